@@ -1,0 +1,114 @@
+//! Owned results and options of the host client.
+//!
+//! Owns the std-side, owned counterparts of borrowed replies ([`AgentInfo`], [`ExecOutput`],
+//! [`FileContents`]) and [`ConnectOptions`]. Copying out of the frame buffer happens once, here.
+
+use std::time::Duration;
+
+use crate::limits::MAX_FRAME_LEN;
+use crate::message::{ExecResult, HelloOk};
+
+/// What Hello told about the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// The protocol version in force.
+    pub version: u8,
+    /// Largest frame the agent accepts; requests never exceed it.
+    pub max_frame_len: usize,
+    /// Agent name.
+    pub name: String,
+    /// Agent software version.
+    pub software_version: String,
+    /// Host-side port the VMM assigned in the vsock handshake (`None` without a handshake).
+    pub host_port: Option<u32>,
+}
+
+impl AgentInfo {
+    pub(crate) fn from_hello(ok: &HelloOk<'_>, host_port: Option<u32>) -> Self {
+        AgentInfo {
+            version: ok.version,
+            max_frame_len: (ok.max_frame_len as usize).min(MAX_FRAME_LEN),
+            name: ok.name.to_owned(),
+            software_version: ok.software_version.to_owned(),
+            host_port,
+        }
+    }
+}
+
+/// How a command run by Exec ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit status (`-N` for death by signal N).
+    pub exit_code: i32,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// The agent cut stdout to fit its reply.
+    pub stdout_truncated: bool,
+    /// The agent cut stderr to fit its reply.
+    pub stderr_truncated: bool,
+}
+
+impl ExecOutput {
+    /// Whether the command exited with status 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
+    }
+}
+
+impl From<&ExecResult<'_>> for ExecOutput {
+    fn from(r: &ExecResult<'_>) -> Self {
+        ExecOutput {
+            exit_code: r.exit_code,
+            stdout: r.stdout.to_vec(),
+            stderr: r.stderr.to_vec(),
+            stdout_truncated: r.stdout_truncated,
+            stderr_truncated: r.stderr_truncated,
+        }
+    }
+}
+
+/// A whole file read from the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileContents {
+    /// Permission bits.
+    pub mode: u32,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// How [`AgentClient`](super::AgentClient) connects and how long calls may take.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Bound on connect + vsock handshake + Hello.
+    pub connect_timeout: Duration,
+    /// Bound on each later call (settable per client with `set_call_timeout`).
+    pub call_timeout: Duration,
+    /// Largest reply frame the client accepts (announced in Hello; clamped to 4 KiB..=1 MiB).
+    pub max_frame_len: usize,
+    /// Name announced in Hello.
+    pub client_name: String,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            connect_timeout: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(5),
+            max_frame_len: MAX_FRAME_LEN,
+            client_name: "ember-host".to_owned(),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Options with one timeout for connecting and for each call.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        ConnectOptions {
+            connect_timeout: timeout,
+            call_timeout: timeout,
+            ..ConnectOptions::default()
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Message kinds and error codes: the byte values that name things on the wire.
+//!
+//! Owns the `kind` byte of the frame header and the `code` of Error replies. Requests use
+//! `0x01..=0x7F`; the reply to request kind `k` is `k | 0x80`; `0xFE` (Error) and `0xFF`
+//! (Unsupported) answer any request. It does not know message bodies.
+
+use core::fmt;
+
+/// The `kind` byte of a frame: which message the body holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Kind {
+    /// Request: version negotiation; must be the first request on a connection.
+    Hello = 0x01,
+    /// Request: liveness check with an echoed payload.
+    Ping = 0x02,
+    /// Request: uptime, boot id and generation.
+    Health = 0x03,
+    /// Request: run a command.
+    Exec = 0x04,
+    /// Request: write (part of) a file.
+    PutFile = 0x05,
+    /// Request: read (part of) a file.
+    GetFile = 0x06,
+    /// Request: fresh entropy, wall-clock time and generation after a clone.
+    Reseed = 0x07,
+    /// Request: power the guest off.
+    Shutdown = 0x08,
+    /// Reply to Hello.
+    HelloOk = 0x81,
+    /// Reply to Ping.
+    Pong = 0x82,
+    /// Reply to Health.
+    HealthReport = 0x83,
+    /// Reply to Exec.
+    ExecResult = 0x84,
+    /// Reply to PutFile.
+    PutFileOk = 0x85,
+    /// Reply to GetFile.
+    FileData = 0x86,
+    /// Reply to Reseed.
+    ReseedOk = 0x87,
+    /// Reply to Shutdown.
+    ShutdownOk = 0x88,
+    /// Reply to any request: the request failed.
+    Error = 0xFE,
+    /// Reply to any request: the agent does not know the request's kind.
+    Unsupported = 0xFF,
+}
+
+impl Kind {
+    /// Every kind, requests first.
+    pub const ALL: [Kind; 18] = [
+        Kind::Hello,
+        Kind::Ping,
+        Kind::Health,
+        Kind::Exec,
+        Kind::PutFile,
+        Kind::GetFile,
+        Kind::Reseed,
+        Kind::Shutdown,
+        Kind::HelloOk,
+        Kind::Pong,
+        Kind::HealthReport,
+        Kind::ExecResult,
+        Kind::PutFileOk,
+        Kind::FileData,
+        Kind::ReseedOk,
+        Kind::ShutdownOk,
+        Kind::Error,
+        Kind::Unsupported,
+    ];
+
+    /// The kind with wire value `byte`, if protocol version 1 defines one.
+    pub const fn from_u8(byte: u8) -> Option<Kind> {
+        Some(match byte {
+            0x01 => Kind::Hello,
+            0x02 => Kind::Ping,
+            0x03 => Kind::Health,
+            0x04 => Kind::Exec,
+            0x05 => Kind::PutFile,
+            0x06 => Kind::GetFile,
+            0x07 => Kind::Reseed,
+            0x08 => Kind::Shutdown,
+            0x81 => Kind::HelloOk,
+            0x82 => Kind::Pong,
+            0x83 => Kind::HealthReport,
+            0x84 => Kind::ExecResult,
+            0x85 => Kind::PutFileOk,
+            0x86 => Kind::FileData,
+            0x87 => Kind::ReseedOk,
+            0x88 => Kind::ShutdownOk,
+            0xFE => Kind::Error,
+            0xFF => Kind::Unsupported,
+            _ => return None,
+        })
+    }
+
+    /// The wire value.
+    pub const fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Whether this kind is a request (sent by the host).
+    pub const fn is_request(self) -> bool {
+        (self as u8) < 0x80
+    }
+
+    /// The successful reply kind for a request kind (`None` for reply kinds).
+    pub const fn reply(self) -> Option<Kind> {
+        if self.is_request() {
+            Kind::from_u8(self as u8 | 0x80)
+        } else {
+            None
+        }
+    }
+
+    /// Human-readable name, as used in the wire-format documentation.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Hello => "Hello",
+            Kind::Ping => "Ping",
+            Kind::Health => "Health",
+            Kind::Exec => "Exec",
+            Kind::PutFile => "PutFile",
+            Kind::GetFile => "GetFile",
+            Kind::Reseed => "Reseed",
+            Kind::Shutdown => "Shutdown",
+            Kind::HelloOk => "HelloOk",
+            Kind::Pong => "Pong",
+            Kind::HealthReport => "HealthReport",
+            Kind::ExecResult => "ExecResult",
+            Kind::PutFileOk => "PutFileOk",
+            Kind::FileData => "FileData",
+            Kind::ReseedOk => "ReseedOk",
+            Kind::ShutdownOk => "ShutdownOk",
+            Kind::Error => "Error",
+            Kind::Unsupported => "Unsupported",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (0x{:02x})", self.name(), self.as_u8())
+    }
+}
+
+/// The `code` of an Error reply. Unknown codes are carried as they are (forward compatibility).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// The request frame could not be decoded; the agent closes the connection after this reply.
+    pub const MALFORMED: ErrorCode = ErrorCode(1);
+    /// The frame's protocol version is not one the agent speaks, or Hello shares no version.
+    pub const UNSUPPORTED_VERSION: ErrorCode = ErrorCode(2);
+    /// A request other than Hello arrived before a successful Hello.
+    pub const HELLO_REQUIRED: ErrorCode = ErrorCode(3);
+    /// The reply would exceed the negotiated frame size, or a resource limit was hit.
+    pub const TOO_LARGE: ErrorCode = ErrorCode(4);
+    /// The file or command does not exist.
+    pub const NOT_FOUND: ErrorCode = ErrorCode(5);
+    /// The agent may not do that.
+    pub const PERMISSION_DENIED: ErrorCode = ErrorCode(6);
+    /// The request is well-formed but its values make no sense to the agent.
+    pub const INVALID_ARGUMENT: ErrorCode = ErrorCode(7);
+    /// An I/O error inside the guest.
+    pub const IO: ErrorCode = ErrorCode(8);
+    /// The agent is busy; the request may be retried.
+    pub const BUSY: ErrorCode = ErrorCode(9);
+    /// A guest-side time limit (Exec `timeout_ms`) expired.
+    pub const TIMED_OUT: ErrorCode = ErrorCode(10);
+    /// Anything else that went wrong inside the agent.
+    pub const INTERNAL: ErrorCode = ErrorCode(11);
+
+    /// Name of a code this version defines, `None` for others.
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            1 => "malformed",
+            2 => "unsupported version",
+            3 => "hello required",
+            4 => "too large",
+            5 => "not found",
+            6 => "permission denied",
+            7 => "invalid argument",
+            8 => "i/o error",
+            9 => "busy",
+            10 => "timed out",
+            11 => "internal error",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name} ({})", self.0),
+            None => write!(f, "error code {}", self.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_values_round_trip() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_u8(kind.as_u8()), Some(kind));
+        }
+        let defined = (0..=255u8).filter(|b| Kind::from_u8(*b).is_some()).count();
+        assert_eq!(defined, Kind::ALL.len());
+    }
+
+    #[test]
+    fn every_request_has_a_reply() {
+        for kind in Kind::ALL.iter().filter(|k| k.is_request()) {
+            let reply = kind.reply().unwrap();
+            assert!(!reply.is_request());
+            assert_eq!(reply.as_u8(), kind.as_u8() | 0x80);
+        }
+        assert_eq!(Kind::Error.reply(), None);
+    }
+
+    #[test]
+    fn unknown_error_codes_are_kept() {
+        assert_eq!(ErrorCode(999).name(), None);
+        assert_eq!(ErrorCode::NOT_FOUND.name(), Some("not found"));
+    }
+}

@@ -1,0 +1,352 @@
+//! Replies (agent → host): their borrowed types and body codec.
+//!
+//! Owns the body layout of the ten reply kinds, Error and Unsupported included. Decoded replies
+//! borrow from the frame buffer; replies to encode borrow from the caller (the guest agent's
+//! buffers). Framing is the frame module's job.
+
+use super::rules;
+use super::{encoded_len_of, kind_of};
+use crate::codec::{Reader, Writer};
+use crate::error::{DecodeError, EncodeError, FieldError, FieldProblem};
+use crate::frame::{self, Header};
+use crate::kind::{ErrorCode, Kind};
+use crate::limits::{BOOT_ID_LEN, MAX_FRAME_LEN, VERSION};
+
+/// HelloOk: the version the agent chose and what it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloOk<'a> {
+    /// The chosen version: one of those the Hello offered.
+    pub version: u8,
+    /// Largest frame (length prefix included) the agent accepts; at least `MIN_FRAME_LEN`.
+    pub max_frame_len: u32,
+    /// The agent's name (UTF-8, up to 64 bytes).
+    pub name: &'a str,
+    /// The agent's software version (UTF-8, up to 64 bytes).
+    pub software_version: &'a str,
+}
+
+/// HealthReport: how long the guest has been up, which boot this is, and its generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct HealthReport {
+    /// Nanoseconds since the guest booted (a restored snapshot continues the original's count).
+    pub uptime_ns: u64,
+    /// Random id chosen at boot (clones of one snapshot share it; use `generation` to tell them apart).
+    pub boot_id: [u8; BOOT_ID_LEN],
+    /// The generation last set by Reseed (0 before any).
+    pub generation: u64,
+}
+
+/// ExecResult: how the command ended and what it printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecResult<'a> {
+    /// Exit status; a command killed by signal N reports `-N`.
+    pub exit_code: i32,
+    /// The agent cut stdout to fit the reply frame.
+    pub stdout_truncated: bool,
+    /// The agent cut stderr to fit the reply frame.
+    pub stderr_truncated: bool,
+    /// Standard output.
+    pub stdout: &'a [u8],
+    /// Standard error.
+    pub stderr: &'a [u8],
+}
+
+/// FileData: a chunk of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileData<'a> {
+    /// The file's permission bits (at most 0o7777).
+    pub mode: u32,
+    /// The file's total size in bytes; the read is complete when offset + data length reaches it.
+    pub size: u64,
+    /// The bytes at the requested offset.
+    pub data: &'a [u8],
+}
+
+/// Error: the request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorReply<'a> {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// Human-readable detail (UTF-8, up to 1024 bytes).
+    pub message: &'a str,
+}
+
+/// A reply, borrowed from a decoded frame or from the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// Reply to Hello.
+    Hello(HelloOk<'a>),
+    /// Reply to Ping: the request's payload.
+    Pong {
+        /// The echoed payload.
+        payload: &'a [u8],
+    },
+    /// Reply to Health.
+    Health(HealthReport),
+    /// Reply to Exec.
+    Exec(ExecResult<'a>),
+    /// Reply to PutFile: the data was written.
+    PutFile,
+    /// Reply to GetFile.
+    File(FileData<'a>),
+    /// Reply to Reseed: the generation now in force.
+    Reseeded {
+        /// The generation the agent applied.
+        generation: u64,
+    },
+    /// Reply to Shutdown: the guest powers off after sending it.
+    Shutdown,
+    /// Any request failed.
+    Error(ErrorReply<'a>),
+    /// The agent does not know the request's kind.
+    Unsupported {
+        /// The request kind byte it did not know.
+        kind: u8,
+    },
+}
+
+impl<'a> Reply<'a> {
+    /// The message kind.
+    pub const fn kind(&self) -> Kind {
+        match self {
+            Reply::Hello(_) => Kind::HelloOk,
+            Reply::Pong { .. } => Kind::Pong,
+            Reply::Health(_) => Kind::HealthReport,
+            Reply::Exec(_) => Kind::ExecResult,
+            Reply::PutFile => Kind::PutFileOk,
+            Reply::File(_) => Kind::FileData,
+            Reply::Reseeded { .. } => Kind::ReseedOk,
+            Reply::Shutdown => Kind::ShutdownOk,
+            Reply::Error(_) => Kind::Error,
+            Reply::Unsupported { .. } => Kind::Unsupported,
+        }
+    }
+
+    /// Encodes the reply as one frame into `out`; returns the frame's length.
+    pub fn encode(&self, request_id: u64, out: &mut [u8]) -> Result<usize, EncodeError> {
+        self.encode_limited(request_id, MAX_FRAME_LEN, out)
+    }
+
+    /// Like [`encode`](Self::encode), refusing frames larger than `max_frame_len` (the peer's).
+    pub fn encode_limited(
+        &self,
+        request_id: u64,
+        max_frame_len: usize,
+        out: &mut [u8],
+    ) -> Result<usize, EncodeError> {
+        let kind = self.kind();
+        let header = Header {
+            version: VERSION,
+            kind: kind.as_u8(),
+            request_id,
+        };
+        frame::encode_with(header, kind, out, max_frame_len, |w| self.write_body(w))
+    }
+
+    /// The size of the frame [`encode`](Self::encode) would produce.
+    pub fn encoded_len(&self) -> Result<usize, EncodeError> {
+        encoded_len_of(|out| self.encode(0, out))
+    }
+
+    /// Decodes one whole frame holding a reply.
+    pub fn decode(frame: &'a [u8]) -> Result<(Header, Reply<'a>), DecodeError> {
+        let (header, body) = frame::split_frame(frame)?;
+        Ok((header, Reply::decode_body(&header, body)?))
+    }
+
+    /// Decodes a reply body given its (already split) header.
+    pub fn decode_body(header: &Header, body: &'a [u8]) -> Result<Reply<'a>, DecodeError> {
+        let kind = kind_of(header, false)?;
+        let mut r = Reader::new(body, kind);
+        let reply = match kind {
+            Kind::HelloOk => {
+                let version = r.u8("version")?;
+                if version == 0 {
+                    return Err(
+                        field(kind, "version", FieldProblem::OutOfRange { value: 0 }).into(),
+                    );
+                }
+                Reply::Hello(HelloOk {
+                    version,
+                    max_frame_len: r.u32_in("max_frame_len", rules::MAX_FRAME)?,
+                    name: r.text(&rules::NAME)?,
+                    software_version: r.text(&rules::SOFTWARE_VERSION)?,
+                })
+            }
+            Kind::Pong => Reply::Pong {
+                payload: r.bytes(&rules::PAYLOAD)?,
+            },
+            Kind::HealthReport => Reply::Health(HealthReport {
+                uptime_ns: r.u64("uptime_ns")?,
+                boot_id: r.fixed("boot_id")?,
+                generation: r.u64("generation")?,
+            }),
+            Kind::ExecResult => {
+                let exit_code = r.i32("exit_code")?;
+                let flags = r.u8("flags")?;
+                if flags & !rules::EXEC_FLAGS_KNOWN != 0 {
+                    let problem = FieldProblem::OutOfRange {
+                        value: u64::from(flags),
+                    };
+                    return Err(field(kind, "flags", problem).into());
+                }
+                Reply::Exec(ExecResult {
+                    exit_code,
+                    stdout_truncated: flags & 0b01 != 0,
+                    stderr_truncated: flags & 0b10 != 0,
+                    stdout: r.bytes(&rules::STDOUT)?,
+                    stderr: r.bytes(&rules::STDERR)?,
+                })
+            }
+            Kind::PutFileOk => Reply::PutFile,
+            Kind::FileData => Reply::File(FileData {
+                mode: r.u32_in("mode", rules::MODE)?,
+                size: r.u64("size")?,
+                data: r.bytes(&rules::DATA)?,
+            }),
+            Kind::ReseedOk => Reply::Reseeded {
+                generation: r.u64("generation")?,
+            },
+            Kind::ShutdownOk => Reply::Shutdown,
+            Kind::Error => Reply::Error(ErrorReply {
+                code: ErrorCode(r.u16("code")?),
+                message: r.text(&rules::MESSAGE)?,
+            }),
+            Kind::Unsupported => Reply::Unsupported {
+                kind: r.u8("kind")?,
+            },
+            _ => return Err(DecodeError::UnknownKind { kind: header.kind }),
+        };
+        super::finish(&r, kind)?;
+        Ok(reply)
+    }
+
+    fn write_body(&self, w: &mut Writer<'_>) -> Result<(), FieldError> {
+        match self {
+            Reply::Hello(h) => {
+                if h.version == 0 {
+                    let problem = FieldProblem::OutOfRange { value: 0 };
+                    return Err(field(Kind::HelloOk, "version", problem));
+                }
+                w.u8(h.version);
+                w.u32_in("max_frame_len", h.max_frame_len, rules::MAX_FRAME)?;
+                w.bytes(&rules::NAME, h.name.as_bytes())?;
+                w.bytes(&rules::SOFTWARE_VERSION, h.software_version.as_bytes())?;
+            }
+            Reply::Pong { payload } => w.bytes(&rules::PAYLOAD, payload)?,
+            Reply::Health(h) => {
+                w.u64(h.uptime_ns);
+                w.raw(&h.boot_id);
+                w.u64(h.generation);
+            }
+            Reply::Exec(e) => {
+                w.i32(e.exit_code);
+                w.u8(u8::from(e.stdout_truncated) | (u8::from(e.stderr_truncated) << 1));
+                w.bytes(&rules::STDOUT, e.stdout)?;
+                w.bytes(&rules::STDERR, e.stderr)?;
+            }
+            Reply::PutFile | Reply::Shutdown => {}
+            Reply::File(f) => {
+                w.u32_in("mode", f.mode, rules::MODE)?;
+                w.u64(f.size);
+                w.bytes(&rules::DATA, f.data)?;
+            }
+            Reply::Reseeded { generation } => w.u64(*generation),
+            Reply::Error(e) => {
+                w.u16(e.code.0);
+                w.bytes(&rules::MESSAGE, e.message.as_bytes())?;
+            }
+            Reply::Unsupported { kind } => w.u8(*kind),
+        }
+        Ok(())
+    }
+}
+
+fn field(kind: Kind, field: &'static str, problem: FieldProblem) -> FieldError {
+    FieldError {
+        kind,
+        field,
+        problem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(reply: Reply<'_>) {
+        let mut buf = [0u8; 4096];
+        let n = reply.encode(7, &mut buf).unwrap();
+        assert_eq!(reply.encoded_len().unwrap(), n);
+        let (header, back) = Reply::decode(&buf[..n]).unwrap();
+        assert_eq!(header.request_id, 7);
+        assert_eq!(back, reply);
+    }
+
+    #[test]
+    fn every_reply_round_trips() {
+        round_trip(Reply::Hello(HelloOk {
+            version: 1,
+            max_frame_len: 4096,
+            name: "probe",
+            software_version: "0.1",
+        }));
+        round_trip(Reply::Pong { payload: b"x" });
+        round_trip(Reply::Health(HealthReport {
+            uptime_ns: 5,
+            boot_id: [3; 16],
+            generation: 2,
+        }));
+        round_trip(Reply::Exec(ExecResult {
+            exit_code: -9,
+            stdout_truncated: true,
+            stderr_truncated: false,
+            stdout: b"out",
+            stderr: b"",
+        }));
+        round_trip(Reply::PutFile);
+        round_trip(Reply::File(FileData {
+            mode: 0o600,
+            size: 10,
+            data: b"0123",
+        }));
+        round_trip(Reply::Reseeded { generation: 4 });
+        round_trip(Reply::Shutdown);
+        round_trip(Reply::Error(ErrorReply {
+            code: ErrorCode(4242),
+            message: "nope",
+        }));
+        round_trip(Reply::Unsupported { kind: 0x42 });
+    }
+
+    #[test]
+    fn unknown_exec_flags_are_rejected() {
+        let mut buf = [0u8; 64];
+        let n = Reply::Exec(ExecResult {
+            exit_code: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stdout: b"",
+            stderr: b"",
+        })
+        .encode(1, &mut buf)
+        .unwrap();
+        buf[20] = 0x04;
+        assert!(matches!(
+            Reply::decode(&buf[..n]),
+            Err(DecodeError::Field(FieldError { field: "flags", .. }))
+        ));
+    }
+
+    #[test]
+    fn hello_version_zero_is_rejected_both_ways() {
+        let hello = HelloOk {
+            version: 0,
+            max_frame_len: 4096,
+            name: "",
+            software_version: "",
+        };
+        let mut buf = [0u8; 64];
+        assert!(Reply::Hello(hello).encode(1, &mut buf).is_err());
+    }
+}
