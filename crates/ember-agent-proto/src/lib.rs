@@ -9,11 +9,11 @@
 //!   per-connection protocol state (Hello, Ping, Unsupported, malformed frames).
 //!
 //! With the `std` feature (default):
-//! - [`io`]: [`io::FrameReader`] (buffered, partial reads, oversize rejected before allocating);
-//! - [`vsock`]: Firecracker's hybrid vsock handshake (`CONNECT <port>\n` / `OK <hostport>\n`);
-//! - [`client`]: [`AgentClient`], the host's blocking client with per-call deadlines.
+//! - `io`: `io::FrameReader` (buffered, partial reads, oversize rejected before allocating);
+//! - `vsock`: Firecracker's hybrid vsock handshake (`CONNECT <port>\n` / `OK <hostport>\n`);
+//! - `client`: `AgentClient`, the host's blocking client with per-call deadlines.
 //!
-//! With the `test-agent` feature: [`test_agent`], a reference agent on a hybrid-vsock Unix socket
+//! With the `test-agent` feature: `test_agent`, a reference agent on a hybrid-vsock Unix socket
 //! with fault injection, built from the guest-side [`Session`].
 //!
 //! To build for a guest: `default-features = false` (checked by `tests/no_std_build.rs` against

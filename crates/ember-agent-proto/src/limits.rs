@@ -1,7 +1,7 @@
 //! Hard limits of protocol version 1.
 //!
 //! Owns every numeric bound of the wire format. Encoders and decoders both enforce them (through the
-//! field rules in [`crate::message::rules`]), so a frame that one side can build the other side accepts.
+//! field rules in `message/rules.rs`), so a frame that one side can build the other side accepts.
 //! Changing any value here is a wire-format change and needs a new protocol version.
 
 /// The protocol version this crate implements (the only one so far).

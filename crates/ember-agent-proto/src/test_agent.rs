@@ -104,7 +104,7 @@ struct Shared {
     connections: AtomicU64,
     requests: AtomicU64,
     shutdown_requested: AtomicBool,
-    streams: Mutex<Vec<UnixStream>>,
+    streams: Mutex<HashMap<u64, UnixStream>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -136,7 +136,7 @@ impl TestAgent {
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             shutdown_requested: AtomicBool::new(false),
-            streams: Mutex::new(Vec::new()),
+            streams: Mutex::new(HashMap::new()),
             workers: Mutex::new(Vec::new()),
         });
         let accept_shared = Arc::clone(&shared);
@@ -204,7 +204,7 @@ impl Drop for TestAgent {
         if let Some(accept) = self.accept.take() {
             let _ = accept.join();
         }
-        for stream in lock(&self.shared.streams).drain(..) {
+        for (_, stream) in lock(&self.shared.streams).drain() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
         let workers: Vec<_> = lock(&self.shared.workers).drain(..).collect();
@@ -223,7 +223,7 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
         let Ok(stream) = conn else { continue };
         let n = shared.connections.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = stream.try_clone() {
-            lock(&shared.streams).push(clone);
+            lock(&shared.streams).insert(n, clone);
         }
         let conn_shared = Arc::clone(shared);
         let spawned = thread::Builder::new()
@@ -231,6 +231,10 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
             .spawn(move || {
                 if let Err(e) = serve(stream, &conn_shared, n) {
                     tracing::debug!(error = %e, "test agent connection ended");
+                }
+                // Close for real: the clone kept for `Drop` would otherwise hold it open.
+                if let Some(stream) = lock(&conn_shared.streams).remove(&n) {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
                 }
             });
         if let Ok(handle) = spawned {

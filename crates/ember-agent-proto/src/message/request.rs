@@ -324,6 +324,21 @@ mod tests {
     }
 
     #[test]
+    fn documented_ping_example_matches() {
+        // The example at the end of WIRE-FORMAT.md.
+        let mut buf = [0u8; 32];
+        let n = Request::Ping(Ping { payload: b"hi" })
+            .encode(2, &mut buf)
+            .unwrap();
+        assert_eq!(
+            &buf[..n],
+            &[
+                0x12, 0, 0, 0, 1, 0x02, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, b'h', b'i'
+            ]
+        );
+    }
+
+    #[test]
     fn limits_are_enforced_on_encode() {
         let mut buf = [0u8; 64];
         let argv = ["x"; MAX_ARGS + 1];
