@@ -1,0 +1,100 @@
+//! Initial vCPU registers for the 64-bit boot: general registers (entry point, stack, zero
+//! page in `rsi`), long-mode segments/paging, FPU defaults and the LAPIC's LINT pins.
+
+use kvm_bindings::{kvm_fpu, kvm_regs};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::ArchError;
+use super::gdt::{BOOT_GDT, segment_from_entry};
+use super::layout::{BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PML4_ADDR, ZERO_PAGE_ADDR};
+
+const X86_CR0_PE: u64 = 0x1;
+const X86_CR0_PG: u64 = 0x8000_0000;
+const X86_CR4_PAE: u64 = 0x20;
+const EFER_LME: u64 = 0x100;
+const EFER_LMA: u64 = 0x400;
+
+fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> ArchError {
+    move |source| ArchError::Kvm { what, source }
+}
+
+/// Writes the boot GDT and an empty IDT into guest memory.
+pub fn write_gdt_and_idt(mem: &GuestMemoryMmap) -> Result<(), ArchError> {
+    for (i, entry) in BOOT_GDT.iter().enumerate() {
+        let addr = GDT_ADDR + 8 * i as u64;
+        mem.write_obj(*entry, GuestAddress(addr))
+            .map_err(|source| ArchError::GuestWrite { what: "GDT", addr, source })?;
+    }
+    mem.write_obj(0u64, GuestAddress(IDT_ADDR))
+        .map_err(|source| ArchError::GuestWrite { what: "IDT", addr: IDT_ADDR, source })
+}
+
+/// Sets the general registers: `rip` = entry, boot stack, `rsi` = zero page.
+pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), ArchError> {
+    let regs = kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rsp: BOOT_STACK_POINTER,
+        rbp: BOOT_STACK_POINTER,
+        rsi: ZERO_PAGE_ADDR,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
+}
+
+/// Sets segments, descriptor tables and control registers for 64-bit mode with paging.
+pub fn setup_sregs(vcpu: &VcpuFd) -> Result<(), ArchError> {
+    let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
+    sregs.idt.base = IDT_ADDR;
+    sregs.idt.limit = 7;
+    let code = segment_from_entry(BOOT_GDT[1], 1);
+    let data = segment_from_entry(BOOT_GDT[2], 2);
+    let tss = segment_from_entry(BOOT_GDT[3], 3);
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = tss;
+    sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
+    sregs.cr3 = PML4_ADDR;
+    sregs.cr4 |= X86_CR4_PAE;
+    sregs.efer |= EFER_LME | EFER_LMA;
+    vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))
+}
+
+/// Default x87/SSE control words.
+pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), ArchError> {
+    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    vcpu.set_fpu(&fpu).map_err(kvm("KVM_SET_FPU"))
+}
+
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+fn lapic_reg(regs: &[std::os::raw::c_char; 1024], offset: usize) -> u32 {
+    let b = |i: usize| regs[offset + i] as u8;
+    u32::from_le_bytes([b(0), b(1), b(2), b(3)])
+}
+
+fn set_lapic_reg(regs: &mut [std::os::raw::c_char; 1024], offset: usize, value: u32) {
+    for (i, byte) in value.to_le_bytes().iter().enumerate() {
+        regs[offset + i] = *byte as std::os::raw::c_char;
+    }
+}
+
+/// LINT0 = ExtINT (legacy PIC), LINT1 = NMI, as a PC's BIOS leaves them.
+pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), ArchError> {
+    let mut lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
+    let lvt0 = lapic_reg(&lapic.regs, APIC_LVT0);
+    set_lapic_reg(&mut lapic.regs, APIC_LVT0, (lvt0 & !0x700) | (APIC_MODE_EXTINT << 8));
+    let lvt1 = lapic_reg(&lapic.regs, APIC_LVT1);
+    set_lapic_reg(&mut lapic.regs, APIC_LVT1, (lvt1 & !0x700) | (APIC_MODE_NMI << 8));
+    vcpu.set_lapic(&lapic).map_err(kvm("KVM_SET_LAPIC"))
+}

@@ -1,0 +1,269 @@
+//! Assembles a running [`Microvm`] from a configuration (boot) or from a decoded snapshot
+//! (restore), on top of a [`VmShell`]: the VM, irqchip, PIT, vCPU 0 and interrupt eventfds,
+//! created ahead of time while the process waits for its first request, so neither path pays
+//! for them.
+//!
+//! Boot order: memory, kernel, command line, zero page, MP table, page tables and GDT, then
+//! per vCPU: normalized CPUID, boot MSRs, registers, FPU, LAPIC LINTs; devices; threads.
+//! Restore order: memory (copy-on-write mapping of the file, or eager copy), VM state (PIT,
+//! clock, PICs, IOAPIC), per-vCPU state, devices, threads.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::arch::x86_64::boot_params::ZeroPage;
+use crate::arch::x86_64::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, ram_regions};
+use crate::arch::x86_64::{ArchError, cpuid, mptable, msr, paging, regs};
+use crate::config::VmConfig;
+use crate::devices::IrqLine;
+use crate::devices::bus::Buses;
+use crate::devices::legacy::i8042::KBD_GSI;
+use crate::devices::legacy::serial::{COM1_GSI, SerialOutput, SerialSink};
+use crate::devices::legacy::{LegacyDevices, LegacyError};
+use crate::exit::ExitSignal;
+use crate::loader::{self, LoaderError};
+use crate::microvm::Microvm;
+use crate::snapshot::MicrovmState;
+use crate::timing::PhaseTimings;
+use crate::vstate::kvm::{KvmContext, KvmError};
+use crate::vstate::memory::{GuestMemory, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vcpu_state::{VcpuStateError, set_msrs_exact};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors building a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// VM-level KVM failure.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// KVM system failure.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Creating a vCPU failed.
+    #[error("KVM_CREATE_VCPU {index}: {source}")]
+    CreateVcpu {
+        /// vCPU index.
+        index: u8,
+        /// The errno.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel loading.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// Boot structures.
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    /// vCPU state ioctls.
+    #[error(transparent)]
+    VcpuState(#[from] VcpuStateError),
+    /// vCPU threads.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Devices.
+    #[error(transparent)]
+    Legacy(#[from] LegacyError),
+    /// An eventfd or output file.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration cannot be booted.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A VM with its irqchip, PIT, vCPU 0 and interrupt lines, not yet given memory or state.
+pub struct VmShell {
+    vm: Vm,
+    vcpu0: VcpuFd,
+    serial_evt: EventFd,
+    kbd_evt: EventFd,
+}
+
+impl std::fmt::Debug for VmShell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmShell").finish_non_exhaustive()
+    }
+}
+
+impl VmShell {
+    /// Creates the VM, irqchip, PIT, vCPU 0, and the COM1/keyboard irqfds (~0.3 ms).
+    pub fn create(kvm: &KvmContext) -> Result<VmShell, BuildError> {
+        let vm = Vm::create(kvm.kvm())?;
+        let vcpu0 = vm.fd().create_vcpu(0).map_err(|source| BuildError::CreateVcpu { index: 0, source })?;
+        let evt = || EventFd::new(EFD_NONBLOCK).map_err(|source| BuildError::Io { what: "eventfd", source });
+        let serial_evt = evt()?;
+        let kbd_evt = evt()?;
+        vm.register_irqfd(&serial_evt, COM1_GSI)?;
+        vm.register_irqfd(&kbd_evt, KBD_GSI)?;
+        Ok(VmShell { vm, vcpu0, serial_evt, kbd_evt })
+    }
+}
+
+fn create_vcpus(vm: &Vm, first: VcpuFd, count: u8) -> Result<Vec<VcpuFd>, BuildError> {
+    let mut fds = Vec::with_capacity(usize::from(count));
+    fds.push(first);
+    for index in 1..count {
+        fds.push(vm.fd().create_vcpu(u64::from(index)).map_err(|source| BuildError::CreateVcpu { index, source })?);
+    }
+    Ok(fds)
+}
+
+fn attach_devices(
+    shell_evts: (EventFd, EventFd),
+    serial: &SerialOutput,
+    exit: &Arc<ExitSignal>,
+    state: Option<&crate::devices::legacy::LegacyState>,
+) -> Result<(Buses, LegacyDevices), BuildError> {
+    let out = SerialSink::open(serial).map_err(|source| BuildError::Io { what: "opening serial output", source })?;
+    let mut buses = Buses::default();
+    let devices = LegacyDevices::attach(
+        &mut buses.pio,
+        IrqLine(shell_evts.0),
+        IrqLine(shell_evts.1),
+        out,
+        exit.clone(),
+        state,
+    )?;
+    Ok((buses, devices))
+}
+
+/// Common inputs of boot and restore.
+pub struct BuildContext<'a> {
+    /// The KVM handle.
+    pub kvm: &'a Arc<KvmContext>,
+    /// Where stop requests go.
+    pub exit: &'a Arc<ExitSignal>,
+    /// Where COM1 output goes.
+    pub serial: &'a SerialOutput,
+}
+
+/// Boots `config` on `shell`; returns once every vCPU is about to run.
+pub fn boot(
+    ctx: &BuildContext<'_>,
+    shell: VmShell,
+    config: &VmConfig,
+    timings: &mut PhaseTimings,
+) -> Result<Microvm, BuildError> {
+    let boot_source = config
+        .boot_source
+        .as_ref()
+        .ok_or_else(|| BuildError::Config("no boot source configured (PUT /boot-source)".into()))?;
+    let machine = &config.machine_config;
+    let memory = GuestMemory::anonymous(&ram_regions(machine.mem_bytes()))?;
+    shell.vm.register_memory(&memory)?;
+    timings.phase("memory");
+
+    let kernel = loader::load(&memory, Path::new(&boot_source.kernel_image_path))?;
+    let cmdline = boot_source.cmdline();
+    if cmdline.len() > CMDLINE_MAX_SIZE {
+        return Err(BuildError::Config(format!("boot_args: longer than {CMDLINE_MAX_SIZE} bytes")));
+    }
+    let mut cmd_bytes = cmdline.as_bytes().to_vec();
+    cmd_bytes.push(0);
+    memory.mmap().write_slice(&cmd_bytes, GuestAddress(CMDLINE_ADDR)).map_err(|source| ArchError::GuestWrite {
+        what: "command line",
+        addr: CMDLINE_ADDR,
+        source,
+    })?;
+    let mut zero_page = ZeroPage::new();
+    zero_page.set_cmdline(CMDLINE_ADDR as u32, cmdline.len() as u32);
+    zero_page.add_standard_e820(&memory.layout())?;
+    zero_page.write_to(memory.mmap())?;
+    mptable::write(memory.mmap(), machine.vcpu_count)?;
+    paging::write_identity_page_tables(memory.mmap())?;
+    regs::write_gdt_and_idt(memory.mmap())?;
+    timings.phase("load_kernel");
+
+    let fds = create_vcpus(&shell.vm, shell.vcpu0, machine.vcpu_count)?;
+    let supported = ctx.kvm.supported_cpuid()?;
+    let boot_msrs = msr::boot_msr_entries();
+    for (index, fd) in fds.iter().enumerate() {
+        let mut entries = supported.to_vec();
+        cpuid::normalize(&mut entries, index as u8, machine.vcpu_count, ctx.kvm.tsc_deadline());
+        let cpuid = kvm_bindings::CpuId::from_entries(&entries)
+            .map_err(|_| BuildError::Config("too many CPUID entries".into()))?;
+        fd.set_cpuid2(&cpuid).map_err(|source| ArchError::Kvm { what: "KVM_SET_CPUID2", source })?;
+        set_msrs_exact(fd, &boot_msrs)?;
+        regs::setup_regs(fd, kernel.entry)?;
+        regs::setup_sregs(fd)?;
+        regs::setup_fpu(fd)?;
+        regs::setup_lint(fd)?;
+    }
+    timings.phase("configure_vcpus");
+
+    let (buses, devices) = attach_devices((shell.serial_evt, shell.kbd_evt), ctx.serial, ctx.exit, None)?;
+    let microvm = Microvm::start(ctx, shell.vm, memory, fds, buses, devices, config.clone(), false, timings)?;
+    Ok(microvm)
+}
+
+/// What a restore needs besides the shell: the decoded state and the open memory file.
+pub struct RestoreInput {
+    /// Decoded snapshot.
+    pub state: MicrovmState,
+    /// Parsed configuration from the snapshot.
+    pub config: VmConfig,
+    /// The memory file (already checked to match the snapshot's size).
+    pub mem_file: File,
+    /// Copy memory instead of mapping it copy-on-write.
+    pub eager: bool,
+    /// Run right away.
+    pub resume: bool,
+}
+
+/// Restores a snapshot on `shell`; returns once the vCPUs are about to run (or parked when
+/// `resume` is false).
+pub fn restore(
+    ctx: &BuildContext<'_>,
+    shell: VmShell,
+    input: RestoreInput,
+    timings: &mut PhaseTimings,
+) -> Result<Microvm, BuildError> {
+    let RestoreInput { state, config, mem_file, eager, resume } = input;
+    let memory = if eager {
+        GuestMemory::from_file_eager(&mem_file, &state.memory_regions)?
+    } else {
+        GuestMemory::from_file_private(mem_file, &state.memory_regions)?
+    };
+    timings.phase("map_memory");
+    shell.vm.register_memory(&memory)?;
+    timings.phase("register_memory");
+    shell.vm.restore_state(&state.vm)?;
+    timings.phase("vm_state");
+    let count = state.vcpus.len() as u8;
+    let fds = create_vcpus(&shell.vm, shell.vcpu0, count)?;
+    for (fd, s) in fds.iter().zip(&state.vcpus) {
+        s.restore(fd)?;
+    }
+    timings.phase("vcpu_state");
+    let (buses, devices) =
+        attach_devices((shell.serial_evt, shell.kbd_evt), ctx.serial, ctx.exit, Some(&state.legacy))?;
+    timings.phase("devices");
+    Microvm::start(ctx, shell.vm, memory, fds, buses, devices, config, !resume, timings)
+}
+
+/// Wraps vCPU fds into threads (used by [`Microvm::start`]).
+pub(crate) fn spawn_vcpus(
+    fds: Vec<VcpuFd>,
+    buses: &Arc<Buses>,
+    exit: &Arc<ExitSignal>,
+    paused: bool,
+) -> Result<Vec<crate::vstate::vcpu::VcpuHandle>, VcpuError> {
+    let mut handles = Vec::with_capacity(fds.len());
+    for (index, fd) in fds.into_iter().enumerate() {
+        handles.push(Vcpu::new(index as u8, fd, buses.clone(), exit.clone()).spawn(paused)?);
+    }
+    Ok(handles)
+}

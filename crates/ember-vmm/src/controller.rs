@@ -1,0 +1,397 @@
+//! API actions mapped onto the VMM (Firecracker's `rpc_interface`): the state machine
+//! Not started -> Running <-> Paused, which action is allowed when, and the one place where
+//! errors become the `fault_message` of a 400.
+//!
+//! The controller keeps a [`VmShell`] ready while nothing runs, so boot and restore start from
+//! an existing VM. A failed restore that already touched the shell throws it away (closing a
+//! VM costs milliseconds, so that happens on a helper thread) and builds a fresh one lazily.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::builder::{self, BuildContext, BuildError, RestoreInput, VmShell};
+use crate::config::actions::{ActionType, VmStateValue};
+use crate::config::snapshot::{SnapshotCreateParams, SnapshotLoadParams};
+use crate::config::{
+    BootSourceConfig, ConfigError, DriveConfig, MachineConfig, MachineConfigPatch,
+    NetworkInterfaceConfig, VmConfig, VsockConfig,
+};
+use crate::devices::legacy::serial::SerialOutput;
+use crate::exit::ExitSignal;
+use crate::microvm::{Microvm, MicrovmError};
+use crate::snapshot::{MicrovmState, SnapshotError};
+use crate::timing::{PhaseTimings, Timings, now_ns};
+use crate::vstate::kvm::KvmContext;
+
+/// One API request, parsed and validated for shape.
+#[derive(Debug, Clone)]
+pub enum VmmAction {
+    /// `GET /`.
+    GetInstanceInfo,
+    /// `GET /version`.
+    GetVersion,
+    /// `GET /machine-config`.
+    GetMachineConfig,
+    /// `PUT /machine-config`.
+    PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config`.
+    PatchMachineConfig(MachineConfigPatch),
+    /// `PUT /boot-source`.
+    PutBootSource(BootSourceConfig),
+    /// `PUT /drives/{id}`.
+    PutDrive(DriveConfig),
+    /// `PUT /network-interfaces/{id}`.
+    PutNetworkInterface(NetworkInterfaceConfig),
+    /// `PUT /vsock`.
+    PutVsock(VsockConfig),
+    /// `PUT /actions`.
+    Action(ActionType),
+    /// `PATCH /vm`.
+    SetVmState(VmStateValue),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadParams),
+    /// `GET /vm/config`.
+    GetVmConfig,
+    /// `GET /ember/timings` (ember extension).
+    GetTimings,
+}
+
+/// A successful action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionOk {
+    /// 204.
+    NoContent,
+    /// 200 with a JSON body.
+    Json(serde_json::Value),
+}
+
+/// Why an action failed; its `Display` is the `fault_message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// Invalid input.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Not allowed in the current state.
+    #[error("{0}")]
+    State(String),
+    /// Building the VM failed.
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// The running VM refused.
+    #[error("{0}")]
+    Microvm(#[from] MicrovmError),
+    /// Loading a snapshot failed.
+    #[error("loading snapshot {path}: {source}")]
+    Snapshot {
+        /// The state file.
+        path: String,
+        /// Why.
+        source: SnapshotError,
+    },
+    /// A snapshot's memory file does not fit it.
+    #[error("memory file {path}: {message}")]
+    MemFile {
+        /// The memory file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+const NOT_AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
+const NOT_BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
+
+/// The VMM's state machine.
+pub struct Controller {
+    id: String,
+    kvm: Arc<KvmContext>,
+    exit: Arc<ExitSignal>,
+    serial: SerialOutput,
+    pending: VmConfig,
+    configured: bool,
+    shell: Option<VmShell>,
+    vm: Option<Microvm>,
+    timings: Timings,
+}
+
+impl Controller {
+    /// A controller for a VM named `id`.
+    pub fn new(id: String, kvm: Arc<KvmContext>, exit: Arc<ExitSignal>, serial: SerialOutput) -> Controller {
+        Controller {
+            id,
+            kvm,
+            exit,
+            serial,
+            pending: VmConfig::default(),
+            configured: false,
+            shell: None,
+            vm: None,
+            timings: Timings::default(),
+        }
+    }
+
+    /// Timestamps recorded by `main`.
+    pub fn timings_mut(&mut self) -> &mut Timings {
+        &mut self.timings
+    }
+
+    /// Creates the VM shell now (call while idle) so the first boot or restore skips it.
+    pub fn prepare(&mut self) {
+        if self.vm.is_none() && self.shell.is_none() {
+            match VmShell::create(&self.kvm) {
+                Ok(s) => self.shell = Some(s),
+                Err(e) => tracing::warn!(error = %e, "cannot pre-create the VM"),
+            }
+        }
+    }
+
+    fn take_shell(&mut self) -> Result<VmShell, ControllerError> {
+        match self.shell.take() {
+            Some(s) => Ok(s),
+            None => Ok(VmShell::create(&self.kvm)?),
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match &self.vm {
+            None => "Not started",
+            Some(vm) if vm.is_paused() => "Paused",
+            Some(_) => "Running",
+        }
+    }
+
+    fn before_start(&self) -> Result<(), ControllerError> {
+        if self.vm.is_some() {
+            return Err(ControllerError::State(NOT_AFTER_START.into()));
+        }
+        Ok(())
+    }
+
+    fn started(&mut self) -> Result<&mut Microvm, ControllerError> {
+        self.vm.as_mut().ok_or_else(|| ControllerError::State(NOT_BEFORE_START.into()))
+    }
+
+    /// Boots the pending configuration (also used for `--config-file`).
+    pub fn boot_config(&mut self, config: VmConfig) -> Result<(), ControllerError> {
+        self.before_start()?;
+        config.validate()?;
+        self.pending = config;
+        self.configured = true;
+        self.start_instance()
+    }
+
+    fn start_instance(&mut self) -> Result<(), ControllerError> {
+        self.before_start()?;
+        if self.pending.boot_source.is_none() {
+            return Err(ControllerError::State(
+                "Cannot start the microVM: no boot source configured (PUT /boot-source first).".into(),
+            ));
+        }
+        for d in &self.pending.drives {
+            tracing::warn!(drive = %d.drive_id, "drives are stored but not attached yet");
+        }
+        let mut timings = PhaseTimings::starting_at(now_ns());
+        let shell = self.take_shell()?;
+        timings.phase("vm_shell");
+        let ctx = BuildContext { kvm: &self.kvm, exit: &self.exit, serial: &self.serial };
+        let vm = builder::boot(&ctx, shell, &self.pending, &mut timings)?;
+        tracing::info!(total_us = timings.total_us, phases = ?timings.phases_us, "microVM booted");
+        self.timings.boot = Some(timings);
+        self.vm = Some(vm);
+        Ok(())
+    }
+
+    /// Runs one action. `received_ns` is when the request's bytes arrived.
+    pub fn handle(&mut self, action: VmmAction, received_ns: u64) -> Result<ActionOk, ControllerError> {
+        match action {
+            VmmAction::GetInstanceInfo => Ok(ActionOk::Json(json!({
+                "app_name": "ember-vmm",
+                "id": self.id,
+                "state": self.state_name(),
+                "vmm_version": crate::VMM_VERSION,
+            }))),
+            VmmAction::GetVersion => Ok(ActionOk::Json(json!({ "firecracker_version": crate::VMM_VERSION }))),
+            VmmAction::GetMachineConfig => {
+                let m = match &self.vm {
+                    Some(vm) => &vm.config().machine_config,
+                    None => &self.pending.machine_config,
+                };
+                Ok(ActionOk::Json(serde_json::to_value(m).unwrap_or_default()))
+            }
+            VmmAction::GetVmConfig => {
+                let c = match &self.vm {
+                    Some(vm) => vm.config(),
+                    None => &self.pending,
+                };
+                Ok(ActionOk::Json(serde_json::to_value(c).unwrap_or_default()))
+            }
+            VmmAction::GetTimings => Ok(ActionOk::Json(serde_json::to_value(&self.timings).unwrap_or_default())),
+            VmmAction::PutMachineConfig(m) => {
+                self.before_start()?;
+                m.validate()?;
+                self.pending.machine_config = m;
+                self.configured = true;
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::PatchMachineConfig(p) => {
+                self.before_start()?;
+                self.pending.machine_config = p.apply(&self.pending.machine_config)?;
+                self.configured = true;
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::PutBootSource(b) => {
+                self.before_start()?;
+                b.validate()?;
+                self.pending.boot_source = Some(b);
+                self.configured = true;
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::PutDrive(d) => {
+                self.before_start()?;
+                self.pending.upsert_drive(d)?;
+                self.configured = true;
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::PutNetworkInterface(n) => {
+                self.before_start()?;
+                self.pending.upsert_network(n);
+                self.configured = true;
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::PutVsock(v) => {
+                self.before_start()?;
+                v.validate()?;
+                self.pending.vsock = Some(v);
+                self.configured = true;
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::Action(ActionType::InstanceStart) => {
+                self.start_instance()?;
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::Action(ActionType::SendCtrlAltDel) => {
+                let vm = self.started()?;
+                if vm.is_paused() {
+                    return Err(ControllerError::State("Cannot send Ctrl+Alt+Del: the microVM is paused.".into()));
+                }
+                vm.send_ctrl_alt_del()?;
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::Action(ActionType::FlushMetrics) => {
+                Err(ControllerError::State("The metrics system is not initialized.".into()))
+            }
+            VmmAction::SetVmState(VmStateValue::Paused) => {
+                let vm = self.started()?;
+                if !vm.is_paused() {
+                    vm.pause()?;
+                }
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::SetVmState(VmStateValue::Resumed) => {
+                let vm = self.started()?;
+                if vm.is_paused() {
+                    vm.resume()?;
+                }
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::CreateSnapshot(p) => self.create_snapshot(p, received_ns),
+            VmmAction::LoadSnapshot(p) => self.load_snapshot(p, received_ns),
+        }
+    }
+
+    fn create_snapshot(&mut self, p: SnapshotCreateParams, received_ns: u64) -> Result<ActionOk, ControllerError> {
+        p.validate()?;
+        let vm = self.started()?;
+        if !vm.is_paused() {
+            return Err(ControllerError::State(
+                "Cannot create a snapshot while the microVM is running: pause it first (PATCH /vm {\"state\": \"Paused\"}).".into(),
+            ));
+        }
+        let mut timings = PhaseTimings::starting_at(received_ns);
+        let stats = vm.snapshot(Path::new(&p.snapshot_path), Path::new(&p.mem_file_path), &mut timings)?;
+        tracing::info!(
+            total_us = timings.total_us,
+            state_bytes = stats.state_bytes,
+            memory_written = stats.memory.written_bytes,
+            phases = ?timings.phases_us,
+            "snapshot created"
+        );
+        self.timings.snapshot_create = Some(timings);
+        Ok(ActionOk::NoContent)
+    }
+
+    fn load_snapshot(&mut self, p: SnapshotLoadParams, received_ns: u64) -> Result<ActionOk, ControllerError> {
+        let mut timings = PhaseTimings::starting_at(received_ns);
+        let mem_path = p.validate()?.to_string();
+        self.before_start()?;
+        if self.configured {
+            return Err(ControllerError::State(
+                "Loading a microVM snapshot is not allowed after configuring boot-specific resources.".into(),
+            ));
+        }
+        let snap_err = |source| ControllerError::Snapshot { path: p.snapshot_path.clone(), source };
+        let bytes = std::fs::read(&p.snapshot_path).map_err(|source| {
+            snap_err(SnapshotError::Io { what: "reading", path: p.snapshot_path.clone(), source })
+        })?;
+        timings.phase("read_state");
+        let state = MicrovmState::from_bytes(&bytes).map_err(snap_err)?;
+        let mut config: VmConfig = serde_json::from_slice(&state.config_json).map_err(|e| {
+            snap_err(SnapshotError::Structure(format!("configuration section is not valid: {e}")))
+        })?;
+        if usize::from(config.machine_config.vcpu_count) != state.vcpus.len()
+            || config.machine_config.mem_bytes() != state.memory_size()
+        {
+            return Err(snap_err(SnapshotError::Structure(
+                "configuration does not match the saved vCPUs or memory".into(),
+            )));
+        }
+        for (i, o) in p.network_overrides.iter().flatten().enumerate() {
+            match config.network_interfaces.iter_mut().find(|n| n.iface_id == o.iface_id) {
+                Some(n) => n.host_dev_name = o.host_dev_name.clone(),
+                None => {
+                    return Err(ConfigError::new(
+                        format!("network_overrides[{i}].iface_id"),
+                        format!("the snapshot has no network interface {:?}", o.iface_id),
+                    )
+                    .into());
+                }
+            }
+        }
+        if let Some(v) = &p.vsock_override {
+            match config.vsock.as_mut() {
+                Some(vs) => vs.uds_path = v.uds_path.clone(),
+                None => return Err(ConfigError::new("vsock_override", "the snapshot has no vsock device").into()),
+            }
+        }
+        timings.phase("decode_state");
+        let mem_err = |message: String| ControllerError::MemFile { path: mem_path.clone(), message };
+        let mem_file = File::open(&mem_path).map_err(|e| mem_err(format!("cannot open: {e}")))?;
+        let len = mem_file.metadata().map_err(|e| mem_err(format!("cannot stat: {e}")))?.len();
+        if len != state.memory_size() {
+            return Err(mem_err(format!(
+                "size {len} does not match the snapshot's guest memory ({} bytes)",
+                state.memory_size()
+            )));
+        }
+        timings.phase("open_memory");
+        let shell = self.take_shell()?;
+        let ctx = BuildContext { kvm: &self.kvm, exit: &self.exit, serial: &self.serial };
+        let input = RestoreInput {
+            state,
+            config,
+            mem_file,
+            eager: p.ember_eager_load.unwrap_or(false),
+            resume: p.resume_vm.unwrap_or(false),
+        };
+        let vm = builder::restore(&ctx, shell, input, &mut timings)?;
+        tracing::info!(total_us = timings.total_us, phases = ?timings.phases_us, "snapshot loaded");
+        self.timings.restore = Some(timings);
+        self.vm = Some(vm);
+        Ok(ActionOk::NoContent)
+    }
+}

@@ -1,0 +1,36 @@
+//! ember-vmm: a KVM virtual machine monitor for one microVM per process.
+//!
+//! Built on the rust-vmm crates, it speaks Firecracker's REST API over a Unix socket, boots
+//! ELF kernels with Firecracker's 64-bit convention, pauses, resumes, snapshots and restores.
+//! The folder tree follows the data path (see `shared/notes/architecture.md`):
+//!
+//! - [`api`]: HTTP/1.1 over the Unix socket, one module per resource, Firecracker shapes;
+//! - [`controller`]: API actions mapped onto the VMM's state machine (Firecracker's
+//!   `rpc_interface`), the one place errors become `fault_message`s;
+//! - [`config`]: validated configuration types, one per API resource;
+//! - [`builder`]: configuration or snapshot -> running [`microvm::Microvm`];
+//! - [`vstate`]: KVM handle, VM (memory regions, irqchip, clock), vCPUs (threads, run loop,
+//!   state), guest memory;
+//! - [`arch`]: x86_64 boot protocol, page tables, GDT, MSRs, CPUID normalization, MP table;
+//! - [`loader`]: the kernel-image seam (ELF now; bzImage/PVH slot in here);
+//! - [`devices`]: port/MMIO buses and the legacy devices (16550 serial, i8042);
+//! - [`snapshot`]: the versioned binary state format and the memory file;
+//! - [`timing`]: monotonic timestamps and per-phase timings.
+//!
+//! `unsafe` lives only in `vstate` (KVM ioctls, signal kick, guest memory mappings).
+
+pub mod api;
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod controller;
+pub mod devices;
+pub mod exit;
+pub mod loader;
+pub mod microvm;
+pub mod snapshot;
+pub mod timing;
+pub mod vstate;
+
+/// The version reported by `GET /` and `GET /version`.
+pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,104 @@
+//! `ember-vmm`: one microVM per process, driven through a Firecracker-compatible API socket.
+//!
+//! ```text
+//! ember-vmm --api-sock <path> [--config-file <json>] [--id <vm id>] [--serial-out <file>]
+//!           [--log-level error|warn|info|debug|trace]
+//! ```
+//! With `--config-file` the VM boots right away (like `firecracker --config-file`); the API
+//! keeps serving either way. The process exits 0 when the guest resets or shuts down, 1 on a
+//! fatal vCPU error, 2 on a startup error.
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use ember_vmm::config::VmConfig;
+use ember_vmm::controller::Controller;
+use ember_vmm::devices::legacy::serial::SerialOutput;
+use ember_vmm::exit::ExitSignal;
+use ember_vmm::timing::now_ns;
+use ember_vmm::vstate::kvm::KvmContext;
+use tracing::level_filters::LevelFilter;
+
+/// ember's microVM monitor.
+#[derive(Debug, Parser)]
+#[command(name = "ember-vmm", version, about)]
+struct Args {
+    /// Path of the Unix socket the API listens on (must not exist).
+    #[arg(long)]
+    api_sock: PathBuf,
+    /// Boot right away from this configuration (the `GET /vm/config` shape).
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+    /// The microVM's id, reported by `GET /`.
+    #[arg(long, default_value = "anonymous-instance")]
+    id: String,
+    /// Write the guest's serial console here instead of stdout ("-" for stdout, "none" to
+    /// discard).
+    #[arg(long)]
+    serial_out: Option<PathBuf>,
+    /// Log level (logs go to stderr).
+    #[arg(long, default_value = "warn")]
+    log_level: LevelFilter,
+}
+
+fn init_logging(level: LevelFilter) {
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false);
+    if std::env::var_os("RUST_LOG").is_some() {
+        builder.with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    } else {
+        builder.with_max_level(level).init();
+    }
+}
+
+fn run(args: Args, main_start_ns: u64) -> Result<i32> {
+    let serial = match args.serial_out.as_deref().and_then(|p| p.to_str()) {
+        None | Some("-") => SerialOutput::Stdout,
+        Some("none") => SerialOutput::Sink,
+        Some(_) => SerialOutput::File(args.serial_out.clone().unwrap_or_default()),
+    };
+    let config = match &args.config_file {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(VmConfig::from_file_contents(&bytes).with_context(|| format!("invalid {}", path.display()))?)
+        }
+        None => None,
+    };
+    let kvm = Arc::new(KvmContext::open().context("KVM is not usable")?);
+    let exit = Arc::new(ExitSignal::new().context("creating the exit eventfd")?);
+    if args.api_sock.exists() {
+        bail!("API socket {} already exists", args.api_sock.display());
+    }
+    let listener = UnixListener::bind(&args.api_sock)
+        .with_context(|| format!("binding the API socket {}", args.api_sock.display()))?;
+    let mut controller = Controller::new(args.id.clone(), kvm, exit.clone(), serial);
+    controller.timings_mut().main_start_ns = main_start_ns;
+    controller.timings_mut().api_ready_ns = now_ns();
+    match config {
+        Some(cfg) => controller.boot_config(cfg).context("booting from the configuration file")?,
+        None => controller.prepare(),
+    }
+    let code = ember_vmm::api::server::run(listener, &mut controller, &exit);
+    let _ = std::fs::remove_file(&args.api_sock);
+    Ok(code?)
+}
+
+fn main() {
+    let main_start_ns = now_ns();
+    let args = Args::parse();
+    init_logging(args.log_level);
+    let code = match run(args, main_start_ns) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("ember-vmm: {e:#}");
+            }
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,219 @@
+//! A running (or paused) microVM: its vCPU threads, devices, KVM VM and guest memory, and
+//! the operations on it — pause, resume, Ctrl+Alt+Del, snapshot.
+//!
+//! Field order matters: vCPU threads are stopped and joined first, then devices, the VM
+//! (KVM frees its state), and guest memory last.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kvm_ioctls::VcpuFd;
+
+use crate::builder::{BuildContext, BuildError, spawn_vcpus};
+use crate::config::VmConfig;
+use crate::devices::bus::Buses;
+use crate::devices::legacy::LegacyDevices;
+use crate::snapshot::MicrovmState;
+use crate::timing::PhaseTimings;
+use crate::vstate::kvm::KvmContext;
+use crate::vstate::memory::{DumpStats, GuestMemory, MemoryError};
+use crate::vstate::vcpu::{VcpuError, VcpuHandle};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors of operations on a running VM.
+#[derive(Debug, thiserror::Error)]
+pub enum MicrovmError {
+    /// A vCPU did not cooperate.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Reading VM state failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Dumping memory failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Writing a snapshot file failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Listing MSRs failed.
+    #[error(transparent)]
+    Kvm(#[from] crate::vstate::kvm::KvmError),
+    /// The operation needs another run state.
+    #[error("{0}")]
+    State(&'static str),
+}
+
+/// Sizes written by a snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotStats {
+    /// Bytes of the state file.
+    pub state_bytes: usize,
+    /// Memory dump statistics.
+    pub memory: DumpStats,
+}
+
+/// A microVM whose vCPU threads exist.
+pub struct Microvm {
+    vcpus: Vec<VcpuHandle>,
+    devices: LegacyDevices,
+    _buses: Arc<Buses>,
+    vm: Vm,
+    memory: GuestMemory,
+    kvm: Arc<KvmContext>,
+    config: VmConfig,
+    paused: bool,
+}
+
+impl Microvm {
+    /// Spawns the vCPU threads (running, or parked when `paused`) and waits until running ones
+    /// are about to enter `KVM_RUN`; the BSP's timestamp ends `timings`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(
+        ctx: &BuildContext<'_>,
+        vm: Vm,
+        memory: GuestMemory,
+        fds: Vec<VcpuFd>,
+        buses: Buses,
+        devices: LegacyDevices,
+        config: VmConfig,
+        paused: bool,
+        timings: &mut PhaseTimings,
+    ) -> Result<Microvm, BuildError> {
+        let buses = Arc::new(buses);
+        let mut vcpus = spawn_vcpus(fds, &buses, ctx.exit, paused)?;
+        if !paused {
+            let mut bsp_start = 0;
+            for v in vcpus.iter_mut() {
+                let t = v.wait_running()?;
+                if v.index() == 0 {
+                    bsp_start = t;
+                }
+            }
+            timings.end_at("start_vcpus", bsp_start);
+        } else {
+            timings.phase("start_vcpus");
+        }
+        Ok(Microvm { vcpus, devices, _buses: buses, vm, memory, kvm: ctx.kvm.clone(), config, paused })
+    }
+
+    /// True while the vCPUs are parked.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The configuration the VM runs with.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Stops every vCPU at an instruction boundary.
+    pub fn pause(&mut self) -> Result<(), MicrovmError> {
+        for v in &self.vcpus {
+            v.pause()?;
+        }
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Lets the vCPUs run again; returns the BSP's "about to run" timestamp.
+    pub fn resume(&mut self) -> Result<u64, MicrovmError> {
+        let mut t = 0;
+        for v in &self.vcpus {
+            let ts = v.resume()?;
+            if v.index() == 0 {
+                t = ts;
+            }
+        }
+        self.paused = false;
+        Ok(t)
+    }
+
+    /// Injects Ctrl+Alt+Del.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), MicrovmError> {
+        if self.devices.send_ctrl_alt_del() {
+            Ok(())
+        } else {
+            Err(MicrovmError::State("the i8042 keyboard buffer is full"))
+        }
+    }
+
+    /// Writes a full snapshot (VM must be paused): state file and sparse memory file, each
+    /// written to a temporary file and renamed into place, so VMs already mapping an older
+    /// memory file at the same path keep their pages.
+    pub fn snapshot(
+        &self,
+        snapshot_path: &Path,
+        mem_path: &Path,
+        timings: &mut PhaseTimings,
+    ) -> Result<SnapshotStats, MicrovmError> {
+        if !self.paused {
+            return Err(MicrovmError::State("the VM must be paused"));
+        }
+        let msrs = self.kvm.msrs_to_save()?;
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for v in &self.vcpus {
+            vcpus.push(v.save_state(msrs)?);
+        }
+        let host_tsc_khz = vcpus.first().and_then(|v| v.tsc_khz).unwrap_or(0);
+        timings.phase("vcpu_state");
+        let state = MicrovmState {
+            memory_regions: self.memory.layout(),
+            config_json: serde_json::to_vec(&self.config).unwrap_or_default(),
+            vm: self.vm.save_state()?,
+            vcpus,
+            legacy: self.devices.state(),
+            host_tsc_khz,
+        };
+        timings.phase("vm_state");
+        let bytes = state.to_bytes();
+        write_atomically(snapshot_path, |mut f| f.write_all(&bytes))?;
+        timings.phase("write_state");
+        let mut stats = DumpStats::default();
+        let mut mem_err = None;
+        write_atomically(mem_path, |f| match self.memory.dump_sparse(f) {
+            Ok(s) => {
+                stats = s;
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                mem_err = Some(e);
+                Err(std::io::Error::other(msg))
+            }
+        })
+        .map_err(|e| match mem_err.take() {
+            Some(m) => MicrovmError::Memory(m),
+            None => e,
+        })?;
+        timings.phase("write_memory");
+        Ok(SnapshotStats { state_bytes: bytes.len(), memory: stats })
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+fn write_atomically(path: &Path, fill: impl FnOnce(&File) -> std::io::Result<()>) -> Result<(), MicrovmError> {
+    let tmp = temp_path(path);
+    let wrap = |source| MicrovmError::Write { path: path.display().to_string(), source };
+    let result = (|| {
+        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        fill(&f)?;
+        f.sync_data()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(wrap)
+}

@@ -1,0 +1,76 @@
+//! Snapshots: ember's own versioned binary format for the VM state ([`format`] for the
+//! container — magic, version, length, CRC32 — and [`state`] for its sections), the codec
+//! primitives ([`codec`]), and the memory file (written sparsely by `vstate::memory`, mapped
+//! copy-on-write on restore).
+//!
+//! Never JSON for vCPU state: decoding the whole state here takes microseconds. Device state
+//! is a section per device family, encoded by the device's own module; the virtio devices add
+//! their own section ids next to [`state::SECTION_LEGACY_DEVICES`].
+
+pub mod codec;
+pub mod format;
+pub mod state;
+
+pub use self::format::{FORMAT_VERSION, MAGIC};
+pub use self::state::MicrovmState;
+
+/// Errors reading a snapshot file.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The file cannot be read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Too short to hold a header.
+    #[error("snapshot file is truncated: {len} bytes, smaller than the {header}-byte header")]
+    TooShort {
+        /// File length.
+        len: usize,
+        /// Header length.
+        header: usize,
+    },
+    /// Not our magic.
+    #[error("not an ember-vmm snapshot file (bad magic)")]
+    BadMagic,
+    /// A version this build cannot read.
+    #[error("unsupported snapshot format version {found} (this ember-vmm reads version {supported})")]
+    Version {
+        /// Version in the file.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// Length does not match the header.
+    #[error("snapshot file is truncated or has trailing data: header says {expected} bytes, file has {found}")]
+    Length {
+        /// Bytes expected.
+        expected: u64,
+        /// Bytes present.
+        found: u64,
+    },
+    /// CRC mismatch.
+    #[error("snapshot checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is corrupt")]
+    Checksum {
+        /// CRC in the file.
+        stored: u32,
+        /// CRC of the contents.
+        computed: u32,
+    },
+    /// A section is malformed.
+    #[error("snapshot section {section}: {source}")]
+    Section {
+        /// Section name.
+        section: &'static str,
+        /// Why.
+        source: codec::DecodeError,
+    },
+    /// A required section is missing or duplicated, or an unknown one is present.
+    #[error("snapshot structure: {0}")]
+    Structure(String),
+}
