@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ember_agent_proto::test_agent::{Fault, TestAgent, TestAgentConfig};
-use ember_agent_proto::{AgentClient, ConnectOptions};
+use ember_agent_proto::{AgentClient, ConnectOptions, Header, encode_raw_frame};
 use tempfile::TempDir;
 
 /// Generous timeout for calls that should succeed.
@@ -63,4 +63,12 @@ pub fn raw_server(
         serve(stream);
     });
     (dir, path, handle)
+}
+
+/// A frame with an arbitrary header and an unvalidated body.
+pub fn frame(header: Header, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; 64 + body.len()];
+    let n = encode_raw_frame(header, body, &mut out).unwrap();
+    out.truncate(n);
+    out
 }
