@@ -40,12 +40,21 @@ pub enum ReadFrameError {
 ///
 /// Errors leave the buffered bytes in place, so after `Interrupted` or a timeout the next call
 /// continues the same frame (the client never does: it drops a connection that timed out).
-#[derive(Debug)]
 pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
     max_frame_len: usize,
+}
+
+impl std::fmt::Debug for FrameReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReader")
+            .field("buffered", &self.buffered())
+            .field("capacity", &self.buf.len())
+            .field("max_frame_len", &self.max_frame_len)
+            .finish()
+    }
 }
 
 impl FrameReader {

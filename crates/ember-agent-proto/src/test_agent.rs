@@ -220,7 +220,11 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(stream) = conn else { continue };
+        let Ok(stream) = conn else {
+            // Out of descriptors or similar: back off instead of spinning.
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
         let n = shared.connections.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = stream.try_clone() {
             lock(&shared.streams).insert(n, clone);

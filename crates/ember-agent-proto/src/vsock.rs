@@ -234,6 +234,34 @@ mod tests {
     }
 
     #[test]
+    fn blocked_connect_ends_by_the_deadline() {
+        // A listener with a backlog of 0 that never accepts: the first connect is queued, later
+        // ones block in the kernel until SO_SNDTIMEO fires.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sock");
+        let listener = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        socket::bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        socket::listen(&listener, socket::Backlog::new(0).unwrap()).unwrap();
+        let mut queued = Vec::new();
+        let started = Instant::now();
+        let err = loop {
+            match connect_unix(&path, Instant::now() + Duration::from_millis(100)) {
+                Ok(stream) => queued.push(stream),
+                Err(e) => break e,
+            }
+            assert!(queued.len() < 16, "backlog never filled");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
     fn missing_socket_is_a_connect_error() {
         let dir = tempfile::tempdir().unwrap();
         let err = connect(

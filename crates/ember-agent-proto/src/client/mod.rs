@@ -29,7 +29,6 @@ use crate::{HealthReport, limits};
 const PUT_FILE_OVERHEAD: usize = HEADER_LEN + 4 + 4 + 8 + 4;
 
 /// A connection to a guest agent.
-#[derive(Debug)]
 pub struct AgentClient {
     stream: UnixStream,
     reader: FrameReader,
@@ -38,6 +37,18 @@ pub struct AgentClient {
     agent: AgentInfo,
     call_timeout: Duration,
     poisoned: Option<String>,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("agent", &self.agent)
+            .field("next_id", &self.next_id)
+            .field("call_timeout", &self.call_timeout)
+            .field("poisoned", &self.poisoned)
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AgentClient {
