@@ -203,13 +203,28 @@ fn verify(
     }
 }
 
-/// Runs `PRAGMA <pragma>` and returns its findings (empty when it says `ok`), at most 20.
+/// Most integrity-check findings kept in an error.
+const MAX_FINDINGS: usize = 20;
+
+/// Runs `PRAGMA <pragma>` and returns its findings (empty when it says `ok`), at most
+/// [`MAX_FINDINGS`].
 pub(crate) fn run_check(conn: &Connection, pragma: &str) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare(&format!("PRAGMA {pragma}(20)"))?;
-    let lines = stmt
+    let rows = stmt
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(if lines == ["ok"] { Vec::new() } else { lines })
+    if rows == ["ok"] {
+        return Ok(Vec::new());
+    }
+    // A row may itself hold several newline-separated findings.
+    Ok(rows
+        .iter()
+        .flat_map(|r| r.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("***"))
+        .take(MAX_FINDINGS)
+        .map(str::to_string)
+        .collect())
 }
 
 /// While verifying, every SQLite error but "busy" means the file cannot be trusted.
