@@ -1,0 +1,365 @@
+//! Crash test: a child process saves, updates and removes machines and saves snapshots in a loop,
+//! announcing each operation before it starts (`@B ...`) and after its commit returned (`@C ...`),
+//! and is killed with SIGKILL at a random moment, at least 200 times on one database. After every
+//! kill the parent reopens the database and checks that
+//! - it opens (never a corruption error), `PRAGMA integrity_check` and the foreign keys are clean;
+//! - every record whose commit was announced is there, and nothing else is, except that the one
+//!   operation in flight at the kill may have committed or not;
+//! - no record is torn: every field agrees with the generation the record carries;
+//! - network allocations are unique and never change under a machine;
+//! - the recovery report lists exactly the machines stored in a state that needs recovery.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ember_store::{NetworkAllocation, NetworkRequest, Store};
+use support::{Rng, check_generation, config, generation_machine, name, snapshot, tagged_lines};
+
+const DB_VAR: &str = "EMBER_STORE_CRASH_DB";
+const SEED_VAR: &str = "EMBER_STORE_CRASH_SEED";
+
+/// One operation as announced by the child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Save(String),
+    Update(String, u64),
+    Remove(String),
+    FailedUpdate(String),
+    Snapshot(String),
+}
+
+impl Op {
+    fn parse(words: &[&str]) -> Op {
+        match words {
+            ["save", n] => Op::Save((*n).into()),
+            ["update", n, g] => Op::Update((*n).into(), g.parse().unwrap()),
+            ["remove", n] => Op::Remove((*n).into()),
+            ["fail", n] => Op::FailedUpdate((*n).into()),
+            ["snap", id] => Op::Snapshot((*id).into()),
+            other => panic!("unknown operation {other:?}"),
+        }
+    }
+
+    fn encode(&self) -> String {
+        match self {
+            Op::Save(n) => format!("save {n}"),
+            Op::Update(n, g) => format!("update {n} {g}"),
+            Op::Remove(n) => format!("remove {n}"),
+            Op::FailedUpdate(n) => format!("fail {n}"),
+            Op::Snapshot(id) => format!("snap {id}"),
+        }
+    }
+}
+
+/// What the database should hold: machine generations and snapshot ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Model {
+    machines: BTreeMap<String, u64>,
+    snapshots: BTreeSet<String>,
+}
+
+impl Model {
+    /// Applies a committed operation, checking it follows from the current state.
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Save(n) => assert!(self.machines.insert(n.clone(), 0).is_none(), "{op:?} twice"),
+            Op::Update(n, g) => {
+                let old = self.machines.insert(n.clone(), *g);
+                assert_eq!(old, Some(g - 1), "{op:?} does not follow the model");
+            }
+            Op::Remove(n) => assert!(
+                self.machines.remove(n).is_some(),
+                "{op:?} of a missing machine"
+            ),
+            Op::FailedUpdate(n) => assert!(self.machines.contains_key(n), "{op:?}"),
+            Op::Snapshot(id) => assert!(self.snapshots.insert(id.clone()), "{op:?} twice"),
+        }
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // One write per line, so a kill never leaves half a line that parses.
+    out.write_all(format!("@{line}\n").as_bytes()).unwrap();
+    out.flush().unwrap();
+}
+
+/// Child side: runs operations until killed.
+#[test]
+fn crash_child() {
+    let (Ok(db), Ok(seed)) = (std::env::var(DB_VAR), std::env::var(SEED_VAR)) else {
+        return;
+    };
+    let seed: u64 = seed.parse().unwrap();
+    let mut rng = Rng::new(seed);
+    let store = match Store::open(&db, config()) {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("openerr {e}"));
+            return;
+        }
+    };
+    let mut live: Vec<(String, u64)> = store
+        .list()
+        .unwrap()
+        .iter()
+        .map(|r| (r.name.to_string(), check_generation(r).unwrap()))
+        .collect();
+    say("ready");
+    for n in 0u64.. {
+        let roll = rng.below(100);
+        let op = if live.len() < 10 || (roll < 25 && live.len() < 60) {
+            Op::Save(format!("s{seed}n{n}"))
+        } else if roll < 35 {
+            Op::Remove(live[rng.below(live.len() as u64) as usize].0.clone())
+        } else if roll < 40 {
+            Op::FailedUpdate(live[rng.below(live.len() as u64) as usize].0.clone())
+        } else if roll < 45 {
+            Op::Snapshot(format!("snap-s{seed}n{n}"))
+        } else {
+            let (name, g) = &live[rng.below(live.len() as u64) as usize];
+            Op::Update(name.clone(), g + 1)
+        };
+        say(&format!("B {}", op.encode()));
+        match &op {
+            Op::Save(n) => {
+                store
+                    .save(
+                        &name(n),
+                        &generation_machine(n, 0),
+                        NetworkRequest::Allocate,
+                    )
+                    .unwrap();
+                live.push((n.clone(), 0));
+            }
+            Op::Update(n, g) => {
+                store
+                    .update(&name(n), |m| {
+                        *m = generation_machine(n, *g);
+                        Ok::<_, std::convert::Infallible>(())
+                    })
+                    .unwrap();
+                live.iter_mut().find(|(l, _)| l == n).unwrap().1 = *g;
+            }
+            Op::Remove(n) => {
+                store.remove(&name(n)).unwrap().unwrap();
+                live.retain(|(l, _)| l != n);
+            }
+            Op::FailedUpdate(n) => {
+                let r = store.update(&name(n), |m| {
+                    m.vcpus = 31;
+                    m.cmdline = Some("half-written".into());
+                    Err("changed my mind")
+                });
+                assert!(r.is_err());
+            }
+            Op::Snapshot(id) => store.save_snapshot(&snapshot(id, None, None)).unwrap(),
+        }
+        say(&format!("C {}", op.encode()));
+    }
+}
+
+/// The outcome of one child run: committed operations applied to `model`, and the one in flight.
+fn apply_output(lines: &[String], model: &mut Model) -> Option<Op> {
+    let mut pending = None;
+    for line in lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["ready"] => {}
+            ["openerr", ..] => panic!("the child could not open the store: {line}"),
+            ["B", rest @ ..] => {
+                assert!(pending.is_none(), "two operations in flight");
+                pending = Some(Op::parse(rest));
+            }
+            ["C", rest @ ..] => {
+                let op = Op::parse(rest);
+                assert_eq!(pending.take().as_ref(), Some(&op), "commit without begin");
+                model.apply(&op);
+            }
+            _ => panic!("unexpected child line {line:?}"),
+        }
+    }
+    pending
+}
+
+/// Reopens the database and checks it against the model; returns the model it actually holds.
+fn verify(
+    path: &Path,
+    model: &Model,
+    pending: Option<&Op>,
+    allocations: &mut BTreeMap<String, NetworkAllocation>,
+) -> Model {
+    let store = Store::open(path, config()).unwrap_or_else(|e| panic!("reopen failed: {e}"));
+    let findings = store.integrity_check().unwrap();
+    assert!(findings.is_empty(), "integrity check: {findings:?}");
+
+    let records = store.list().unwrap();
+    let mut found = Model::default();
+    for r in &records {
+        let g = check_generation(r).unwrap_or_else(|e| panic!("{e}"));
+        found.machines.insert(r.name.to_string(), g);
+    }
+    for s in store.list_snapshots(None).unwrap() {
+        assert_eq!(
+            s,
+            snapshot(s.id.as_str(), None, None),
+            "snapshot {} is torn",
+            s.id
+        );
+        found.snapshots.insert(s.id.to_string());
+    }
+    let mut after = model.clone();
+    if let Some(op) = pending {
+        after.apply(op);
+    }
+    assert!(
+        found == *model || found == after,
+        "the database matches neither the committed state nor the committed state plus the operation in flight ({pending:?})\n found {found:?}\n model {model:?}"
+    );
+
+    let mut seen = [
+        HashSet::new(),
+        HashSet::new(),
+        HashSet::new(),
+        HashSet::new(),
+    ];
+    for r in &records {
+        let net = r
+            .network
+            .clone()
+            .unwrap_or_else(|| panic!("{} lost its allocation", r.name));
+        for (set, v) in seen.iter_mut().zip([
+            net.ip.to_string(),
+            net.mac.to_string(),
+            net.vsock_cid.to_string(),
+            net.tap.clone(),
+        ]) {
+            assert!(set.insert(v.clone()), "{v} is allocated twice");
+        }
+        let first = allocations
+            .entry(r.name.to_string())
+            .or_insert_with(|| net.clone());
+        assert_eq!(*first, net, "the allocation of {} changed", r.name);
+    }
+    allocations.retain(|n, _| found.machines.contains_key(n));
+
+    let recovering: BTreeSet<String> = store
+        .recovery_report()
+        .machines
+        .iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    let should: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r.machine.state.needs_recovery())
+        .map(|r| r.name.to_string())
+        .collect();
+    assert_eq!(recovering, should);
+    found
+}
+
+#[test]
+fn sigkill_at_random_points_loses_no_committed_record() {
+    if std::env::var_os(DB_VAR).is_some() {
+        return;
+    }
+    let iterations: u64 = std::env::var("EMBER_STORE_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.db");
+    let mut model = Model::default();
+    let mut allocations = BTreeMap::new();
+    let mut rng = Rng::new(0x5eed);
+    let started = Instant::now();
+    let (mut committed, mut in_flight_landed, mut in_flight_lost) = (0usize, 0usize, 0usize);
+
+    for i in 0..iterations {
+        let mut cmd = support::child("crash_child");
+        cmd.env(DB_VAR, &path).env(SEED_VAR, i.to_string());
+        let mut child = cmd.spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let err_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+            text
+        });
+
+        let mut raw = Vec::new();
+        if rng.below(10) == 0 {
+            // Early: during exec, open, WAL recovery or the first commits.
+            std::thread::sleep(Duration::from_micros(rng.below(4000)));
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let line = rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .unwrap_or_else(|_| panic!("child {i} never became ready"));
+                let ready = line == "@ready";
+                raw.push(line);
+                if ready {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+        }
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        reader.join().unwrap();
+        raw.extend(rx.try_iter());
+        let stderr = err_reader.join().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "child {i} ended by itself ({status}); stderr:\n{stderr}"
+        );
+
+        let lines = tagged_lines(raw.join("\n").as_bytes());
+        let commits = lines.iter().filter(|l| l.starts_with("C ")).count();
+        let pending = apply_output(&lines, &mut model);
+        committed += commits;
+        let found = verify(&path, &model, pending.as_ref(), &mut allocations);
+        if pending.is_some() {
+            if found == model {
+                in_flight_lost += 1;
+            } else {
+                in_flight_landed += 1;
+            }
+        }
+        model = found;
+    }
+
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".init-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    eprintln!(
+        "crash test: {iterations} SIGKILLs in {:.1?}, {committed} commits verified, in-flight operation committed {in_flight_landed} times and lost {in_flight_lost} times, {} machines and {} snapshots at the end",
+        started.elapsed(),
+        model.machines.len(),
+        model.snapshots.len()
+    );
+    assert!(
+        committed > iterations as usize,
+        "the children barely ran: {committed} commits"
+    );
+}
