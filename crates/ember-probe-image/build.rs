@@ -11,10 +11,18 @@ const GUEST_RUSTFLAGS: &[&str] = &["-C", "relocation-model=static", "-C", "link-
 const TARGET: &str = "x86_64-unknown-none";
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let guest_dir = manifest_dir.join("../../guest/ember-probe");
     let guest_dir = guest_dir.canonicalize().unwrap_or(guest_dir);
-    for f in ["src", "Cargo.toml", "Cargo.lock", "link.ld", "build.rs", ".cargo/config.toml"] {
+    for f in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "link.ld",
+        "build.rs",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(f).display());
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
@@ -25,7 +33,14 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&guest_dir)
-        .args(["build", "--release", "--offline", "--target", TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // Do not let the host build's settings leak into the guest build.
     for var in [
@@ -43,7 +58,9 @@ fn main() {
         cmd.env_remove(var);
     }
     cmd.env("CARGO_ENCODED_RUSTFLAGS", GUEST_RUSTFLAGS.join("\x1f"));
-    let status = cmd.status().expect("failed to run cargo to build guest/ember-probe");
+    let status = cmd
+        .status()
+        .expect("failed to run cargo to build guest/ember-probe");
     if !status.success() {
         panic!(
             "building guest/ember-probe failed ({status}); if the x86_64-unknown-none target is \
@@ -51,7 +68,11 @@ fn main() {
         );
     }
     let elf = target_dir.join(TARGET).join("release").join("ember-probe");
-    assert!(elf.is_file(), "guest build produced no ELF at {}", elf.display());
+    assert!(
+        elf.is_file(),
+        "guest build produced no ELF at {}",
+        elf.display()
+    );
     println!("cargo:rustc-env=EMBER_PROBE_ELF={}", elf.display());
 }
 

@@ -60,7 +60,10 @@ pub fn parse_banner(line: &str) -> Option<Banner> {
 
 /// Parses `ember-probe: count=<n>`.
 pub fn parse_count_line(line: &str) -> Option<u64> {
-    line.trim().strip_prefix("ember-probe: count=")?.parse().ok()
+    line.trim()
+        .strip_prefix("ember-probe: count=")?
+        .parse()
+        .ok()
 }
 
 /// The decoded state page.
@@ -87,7 +90,12 @@ impl ProbeState {
             b.copy_from_slice(&page[i * 8..i * 8 + 8]);
             u64::from_le_bytes(b)
         };
-        Some(ProbeState { counter: word(1), boot_id: word(2), hz: word(3), report: word(4) })
+        Some(ProbeState {
+            counter: word(1),
+            boot_id: word(2),
+            hz: word(3),
+            report: word(4),
+        })
     }
 }
 
@@ -123,8 +131,15 @@ mod tests {
 
     #[test]
     fn parses_output_lines() {
-        let b = parse_banner("ember-probe: boot_id=00000000deadbeef counter_gpa=0x1f0008\n").unwrap();
-        assert_eq!(b, Banner { boot_id: 0xdead_beef, counter_gpa: COUNTER_GPA });
+        let b =
+            parse_banner("ember-probe: boot_id=00000000deadbeef counter_gpa=0x1f0008\n").unwrap();
+        assert_eq!(
+            b,
+            Banner {
+                boot_id: 0xdead_beef,
+                counter_gpa: COUNTER_GPA
+            }
+        );
         assert_eq!(parse_count_line("ember-probe: count=42"), Some(42));
         assert_eq!(parse_count_line("ember-probe: count=x"), None);
         assert_eq!(parse_banner("hello"), None);

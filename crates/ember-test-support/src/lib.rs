@@ -83,16 +83,26 @@ pub struct ApiClient {
 impl ApiClient {
     /// Connects, retrying until the socket accepts or `timeout` passes.
     pub fn connect(path: &Path, timeout: Duration) -> ApiClient {
-        let stream = wait_for(timeout, &format!("API socket {}", path.display()), || UnixStream::connect(path).ok());
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        ApiClient { reader: BufReader::new(stream) }
+        let stream = wait_for(timeout, &format!("API socket {}", path.display()), || {
+            UnixStream::connect(path).ok()
+        });
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        ApiClient {
+            reader: BufReader::new(stream),
+        }
     }
 
     /// Sends a request and reads the response.
     pub fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
         if let Some(b) = body {
-            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ));
         } else {
             req.push_str("\r\n");
         }
@@ -116,7 +126,10 @@ impl ApiClient {
 
     /// Writes raw bytes and reads one response.
     pub fn send_raw(&mut self, bytes: &[u8]) -> HttpResponse {
-        self.reader.get_mut().write_all(bytes).expect("writing the request");
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .expect("writing the request");
         self.read_response()
     }
 
@@ -124,7 +137,9 @@ impl ApiClient {
     pub fn read_response(&mut self) -> HttpResponse {
         loop {
             let mut status_line = String::new();
-            self.reader.read_line(&mut status_line).expect("reading the status line");
+            self.reader
+                .read_line(&mut status_line)
+                .expect("reading the status line");
             let status: u16 = status_line
                 .split_whitespace()
                 .nth(1)
@@ -138,10 +153,10 @@ impl ApiClient {
                 if line.is_empty() {
                     break;
                 }
-                if let Some((k, v)) = line.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
                 }
             }
             if status == 100 {
@@ -149,7 +164,10 @@ impl ApiClient {
             }
             let mut body = vec![0u8; length];
             self.reader.read_exact(&mut body).expect("reading the body");
-            return HttpResponse { status, body: String::from_utf8_lossy(&body).into_owned() };
+            return HttpResponse {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            };
         }
     }
 }
@@ -201,7 +219,13 @@ impl VmmProcess {
             .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
         let stdout = capture(child.stdout.take().unwrap());
         let stderr = capture(child.stderr.take().unwrap());
-        VmmProcess { child, api_sock: api_sock.to_path_buf(), stdout, stderr, status: None }
+        VmmProcess {
+            child,
+            api_sock: api_sock.to_path_buf(),
+            stdout,
+            stderr,
+            status: None,
+        }
     }
 
     /// The process id.
@@ -230,7 +254,13 @@ impl VmmProcess {
     }
 
     /// Waits until a stdout line satisfies `pred` (starting at line `skip`), returning it.
-    pub fn wait_for_line(&self, timeout: Duration, what: &str, skip: usize, mut pred: impl FnMut(&str) -> bool) -> String {
+    pub fn wait_for_line(
+        &self,
+        timeout: Duration,
+        what: &str,
+        skip: usize,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         let mut guard = self.stdout.bytes.lock().unwrap();
         loop {
@@ -248,13 +278,24 @@ impl VmmProcess {
                     self.stderr_text()
                 );
             }
-            guard = self.stdout.changed.wait_timeout(guard, deadline - now).unwrap().0;
+            guard = self
+                .stdout
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 
     /// Number of complete stdout lines so far.
     pub fn stdout_lines(&self) -> usize {
-        self.stdout.bytes.lock().unwrap().iter().filter(|&&b| b == b'\n').count()
+        self.stdout
+            .bytes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
     }
 
     /// Kills the process (SIGKILL) and reaps it.
@@ -271,7 +312,9 @@ impl VmmProcess {
             return s;
         }
         let child = &mut self.child;
-        let s = wait_for(timeout, "the VMM process to exit", || child.try_wait().ok().flatten());
+        let s = wait_for(timeout, "the VMM process to exit", || {
+            child.try_wait().ok().flatten()
+        });
         self.status = Some(s);
         s
     }
@@ -336,16 +379,28 @@ mod tests {
 
     #[test]
     fn fault_message_parsing() {
-        let r = HttpResponse { status: 400, body: r#"{"fault_message":"bad \"x\" here"}"#.into() };
+        let r = HttpResponse {
+            status: 400,
+            body: r#"{"fault_message":"bad \"x\" here"}"#.into(),
+        };
         assert_eq!(r.fault_message().unwrap(), "bad \"x\" here");
-        let r = HttpResponse { status: 204, body: String::new() };
+        let r = HttpResponse {
+            status: 204,
+            body: String::new(),
+        };
         assert_eq!(r.fault_message(), None);
     }
 
     #[test]
     fn wait_for_polls() {
         let mut n = 0;
-        assert_eq!(wait_for(Duration::from_secs(5), "n to reach 3", || { n += 1; (n >= 3).then_some(n) }), 3);
+        assert_eq!(
+            wait_for(Duration::from_secs(5), "n to reach 3", || {
+                n += 1;
+                (n >= 3).then_some(n)
+            }),
+            3
+        );
         assert_eq!(try_wait_for(Duration::from_millis(10), || None::<()>), None);
     }
 

@@ -102,13 +102,26 @@ impl VmShell {
     /// Creates the VM, irqchip, PIT, vCPU 0, and the COM1/keyboard irqfds (~0.3 ms).
     pub fn create(kvm: &KvmContext) -> Result<VmShell, BuildError> {
         let vm = Vm::create(kvm.kvm())?;
-        let vcpu0 = vm.fd().create_vcpu(0).map_err(|source| BuildError::CreateVcpu { index: 0, source })?;
-        let evt = || EventFd::new(EFD_NONBLOCK).map_err(|source| BuildError::Io { what: "eventfd", source });
+        let vcpu0 = vm
+            .fd()
+            .create_vcpu(0)
+            .map_err(|source| BuildError::CreateVcpu { index: 0, source })?;
+        let evt = || {
+            EventFd::new(EFD_NONBLOCK).map_err(|source| BuildError::Io {
+                what: "eventfd",
+                source,
+            })
+        };
         let serial_evt = evt()?;
         let kbd_evt = evt()?;
         vm.register_irqfd(&serial_evt, COM1_GSI)?;
         vm.register_irqfd(&kbd_evt, KBD_GSI)?;
-        Ok(VmShell { vm, vcpu0, serial_evt, kbd_evt })
+        Ok(VmShell {
+            vm,
+            vcpu0,
+            serial_evt,
+            kbd_evt,
+        })
     }
 }
 
@@ -116,7 +129,11 @@ fn create_vcpus(vm: &Vm, first: VcpuFd, count: u8) -> Result<Vec<VcpuFd>, BuildE
     let mut fds = Vec::with_capacity(usize::from(count));
     fds.push(first);
     for index in 1..count {
-        fds.push(vm.fd().create_vcpu(u64::from(index)).map_err(|source| BuildError::CreateVcpu { index, source })?);
+        fds.push(
+            vm.fd()
+                .create_vcpu(u64::from(index))
+                .map_err(|source| BuildError::CreateVcpu { index, source })?,
+        );
     }
     Ok(fds)
 }
@@ -127,7 +144,10 @@ fn attach_devices(
     exit: &Arc<ExitSignal>,
     state: Option<&crate::devices::legacy::LegacyState>,
 ) -> Result<(Buses, LegacyDevices), BuildError> {
-    let out = SerialSink::open(serial).map_err(|source| BuildError::Io { what: "opening serial output", source })?;
+    let out = SerialSink::open(serial).map_err(|source| BuildError::Io {
+        what: "opening serial output",
+        source,
+    })?;
     let mut buses = Buses::default();
     let devices = LegacyDevices::attach(
         &mut buses.pio,
@@ -169,15 +189,20 @@ pub fn boot(
     let kernel = loader::load(&memory, Path::new(&boot_source.kernel_image_path))?;
     let cmdline = boot_source.cmdline();
     if cmdline.len() > CMDLINE_MAX_SIZE {
-        return Err(BuildError::Config(format!("boot_args: longer than {CMDLINE_MAX_SIZE} bytes")));
+        return Err(BuildError::Config(format!(
+            "boot_args: longer than {CMDLINE_MAX_SIZE} bytes"
+        )));
     }
     let mut cmd_bytes = cmdline.as_bytes().to_vec();
     cmd_bytes.push(0);
-    memory.mmap().write_slice(&cmd_bytes, GuestAddress(CMDLINE_ADDR)).map_err(|source| ArchError::GuestWrite {
-        what: "command line",
-        addr: CMDLINE_ADDR,
-        source,
-    })?;
+    memory
+        .mmap()
+        .write_slice(&cmd_bytes, GuestAddress(CMDLINE_ADDR))
+        .map_err(|source| ArchError::GuestWrite {
+            what: "command line",
+            addr: CMDLINE_ADDR,
+            source,
+        })?;
     let mut zero_page = ZeroPage::new();
     zero_page.set_cmdline(CMDLINE_ADDR as u32, cmdline.len() as u32);
     zero_page.add_standard_e820(&memory.layout())?;
@@ -192,10 +217,18 @@ pub fn boot(
     let boot_msrs = msr::boot_msr_entries();
     for (index, fd) in fds.iter().enumerate() {
         let mut entries = supported.to_vec();
-        cpuid::normalize(&mut entries, index as u8, machine.vcpu_count, ctx.kvm.tsc_deadline());
+        cpuid::normalize(
+            &mut entries,
+            index as u8,
+            machine.vcpu_count,
+            ctx.kvm.tsc_deadline(),
+        );
         let cpuid = kvm_bindings::CpuId::from_entries(&entries)
             .map_err(|_| BuildError::Config("too many CPUID entries".into()))?;
-        fd.set_cpuid2(&cpuid).map_err(|source| ArchError::Kvm { what: "KVM_SET_CPUID2", source })?;
+        fd.set_cpuid2(&cpuid).map_err(|source| ArchError::Kvm {
+            what: "KVM_SET_CPUID2",
+            source,
+        })?;
         set_msrs_exact(fd, &boot_msrs)?;
         regs::setup_regs(fd, kernel.entry)?;
         regs::setup_sregs(fd)?;
@@ -204,8 +237,23 @@ pub fn boot(
     }
     timings.phase("configure_vcpus");
 
-    let (buses, devices) = attach_devices((shell.serial_evt, shell.kbd_evt), ctx.serial, ctx.exit, None)?;
-    let microvm = Microvm::start(ctx, shell.vm, memory, fds, buses, devices, config.clone(), false, timings)?;
+    let (buses, devices) = attach_devices(
+        (shell.serial_evt, shell.kbd_evt),
+        ctx.serial,
+        ctx.exit,
+        None,
+    )?;
+    let microvm = Microvm::start(
+        ctx,
+        shell.vm,
+        memory,
+        fds,
+        buses,
+        devices,
+        config.clone(),
+        false,
+        timings,
+    )?;
     Ok(microvm)
 }
 
@@ -231,7 +279,13 @@ pub fn restore(
     input: RestoreInput,
     timings: &mut PhaseTimings,
 ) -> Result<Microvm, BuildError> {
-    let RestoreInput { state, config, mem_file, eager, resume } = input;
+    let RestoreInput {
+        state,
+        config,
+        mem_file,
+        eager,
+        resume,
+    } = input;
     let memory = if eager {
         GuestMemory::from_file_eager(&mem_file, &state.memory_regions)?
     } else {
@@ -248,10 +302,16 @@ pub fn restore(
         s.restore(fd)?;
     }
     timings.phase("vcpu_state");
-    let (buses, devices) =
-        attach_devices((shell.serial_evt, shell.kbd_evt), ctx.serial, ctx.exit, Some(&state.legacy))?;
+    let (buses, devices) = attach_devices(
+        (shell.serial_evt, shell.kbd_evt),
+        ctx.serial,
+        ctx.exit,
+        Some(&state.legacy),
+    )?;
     timings.phase("devices");
-    Microvm::start(ctx, shell.vm, memory, fds, buses, devices, config, !resume, timings)
+    Microvm::start(
+        ctx, shell.vm, memory, fds, buses, devices, config, !resume, timings,
+    )
 }
 
 /// Wraps vCPU fds into threads (used by [`Microvm::start`]).

@@ -103,8 +103,10 @@ pub enum ControllerError {
     },
 }
 
-const NOT_AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
-const NOT_BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
+const NOT_AFTER_START: &str =
+    "The requested operation is not supported after starting the microVM.";
+const NOT_BEFORE_START: &str =
+    "The requested operation is not supported before starting the microVM.";
 
 /// The VMM's state machine.
 pub struct Controller {
@@ -121,7 +123,12 @@ pub struct Controller {
 
 impl Controller {
     /// A controller for a VM named `id`.
-    pub fn new(id: String, kvm: Arc<KvmContext>, exit: Arc<ExitSignal>, serial: SerialOutput) -> Controller {
+    pub fn new(
+        id: String,
+        kvm: Arc<KvmContext>,
+        exit: Arc<ExitSignal>,
+        serial: SerialOutput,
+    ) -> Controller {
         Controller {
             id,
             kvm,
@@ -173,7 +180,9 @@ impl Controller {
     }
 
     fn started(&mut self) -> Result<&mut Microvm, ControllerError> {
-        self.vm.as_mut().ok_or_else(|| ControllerError::State(NOT_BEFORE_START.into()))
+        self.vm
+            .as_mut()
+            .ok_or_else(|| ControllerError::State(NOT_BEFORE_START.into()))
     }
 
     /// Boots the pending configuration (also used for `--config-file`).
@@ -189,7 +198,8 @@ impl Controller {
         self.before_start()?;
         if self.pending.boot_source.is_none() {
             return Err(ControllerError::State(
-                "Cannot start the microVM: no boot source configured (PUT /boot-source first).".into(),
+                "Cannot start the microVM: no boot source configured (PUT /boot-source first)."
+                    .into(),
             ));
         }
         for d in &self.pending.drives {
@@ -198,7 +208,11 @@ impl Controller {
         let mut timings = PhaseTimings::starting_at(now_ns());
         let shell = self.take_shell()?;
         timings.phase("vm_shell");
-        let ctx = BuildContext { kvm: &self.kvm, exit: &self.exit, serial: &self.serial };
+        let ctx = BuildContext {
+            kvm: &self.kvm,
+            exit: &self.exit,
+            serial: &self.serial,
+        };
         let vm = builder::boot(&ctx, shell, &self.pending, &mut timings)?;
         tracing::info!(total_us = timings.total_us, phases = ?timings.phases_us, "microVM booted");
         self.timings.boot = Some(timings);
@@ -207,7 +221,11 @@ impl Controller {
     }
 
     /// Runs one action. `received_ns` is when the request's bytes arrived.
-    pub fn handle(&mut self, action: VmmAction, received_ns: u64) -> Result<ActionOk, ControllerError> {
+    pub fn handle(
+        &mut self,
+        action: VmmAction,
+        received_ns: u64,
+    ) -> Result<ActionOk, ControllerError> {
         match action {
             VmmAction::GetInstanceInfo => Ok(ActionOk::Json(json!({
                 "app_name": "ember-vmm",
@@ -215,7 +233,9 @@ impl Controller {
                 "state": self.state_name(),
                 "vmm_version": crate::VMM_VERSION,
             }))),
-            VmmAction::GetVersion => Ok(ActionOk::Json(json!({ "firecracker_version": crate::VMM_VERSION }))),
+            VmmAction::GetVersion => Ok(ActionOk::Json(
+                json!({ "firecracker_version": crate::VMM_VERSION }),
+            )),
             VmmAction::GetMachineConfig => {
                 let m = match &self.vm {
                     Some(vm) => &vm.config().machine_config,
@@ -230,7 +250,9 @@ impl Controller {
                 };
                 Ok(ActionOk::Json(serde_json::to_value(c).unwrap_or_default()))
             }
-            VmmAction::GetTimings => Ok(ActionOk::Json(serde_json::to_value(&self.timings).unwrap_or_default())),
+            VmmAction::GetTimings => Ok(ActionOk::Json(
+                serde_json::to_value(&self.timings).unwrap_or_default(),
+            )),
             VmmAction::PutMachineConfig(m) => {
                 self.before_start()?;
                 m.validate()?;
@@ -277,14 +299,16 @@ impl Controller {
             VmmAction::Action(ActionType::SendCtrlAltDel) => {
                 let vm = self.started()?;
                 if vm.is_paused() {
-                    return Err(ControllerError::State("Cannot send Ctrl+Alt+Del: the microVM is paused.".into()));
+                    return Err(ControllerError::State(
+                        "Cannot send Ctrl+Alt+Del: the microVM is paused.".into(),
+                    ));
                 }
                 vm.send_ctrl_alt_del()?;
                 Ok(ActionOk::NoContent)
             }
-            VmmAction::Action(ActionType::FlushMetrics) => {
-                Err(ControllerError::State("The metrics system is not initialized.".into()))
-            }
+            VmmAction::Action(ActionType::FlushMetrics) => Err(ControllerError::State(
+                "The metrics system is not initialized.".into(),
+            )),
             VmmAction::SetVmState(VmStateValue::Paused) => {
                 let vm = self.started()?;
                 if !vm.is_paused() {
@@ -304,7 +328,11 @@ impl Controller {
         }
     }
 
-    fn create_snapshot(&mut self, p: SnapshotCreateParams, received_ns: u64) -> Result<ActionOk, ControllerError> {
+    fn create_snapshot(
+        &mut self,
+        p: SnapshotCreateParams,
+        received_ns: u64,
+    ) -> Result<ActionOk, ControllerError> {
         p.validate()?;
         let vm = self.started()?;
         if !vm.is_paused() {
@@ -313,7 +341,11 @@ impl Controller {
             ));
         }
         let mut timings = PhaseTimings::starting_at(received_ns);
-        let stats = vm.snapshot(Path::new(&p.snapshot_path), Path::new(&p.mem_file_path), &mut timings)?;
+        let stats = vm.snapshot(
+            Path::new(&p.snapshot_path),
+            Path::new(&p.mem_file_path),
+            &mut timings,
+        )?;
         tracing::info!(
             total_us = timings.total_us,
             state_bytes = stats.state_bytes,
@@ -325,7 +357,11 @@ impl Controller {
         Ok(ActionOk::NoContent)
     }
 
-    fn load_snapshot(&mut self, p: SnapshotLoadParams, received_ns: u64) -> Result<ActionOk, ControllerError> {
+    fn load_snapshot(
+        &mut self,
+        p: SnapshotLoadParams,
+        received_ns: u64,
+    ) -> Result<ActionOk, ControllerError> {
         let mut timings = PhaseTimings::starting_at(received_ns);
         let mem_path = p.validate()?.to_string();
         self.before_start()?;
@@ -334,14 +370,23 @@ impl Controller {
                 "Loading a microVM snapshot is not allowed after configuring boot-specific resources.".into(),
             ));
         }
-        let snap_err = |source| ControllerError::Snapshot { path: p.snapshot_path.clone(), source };
+        let snap_err = |source| ControllerError::Snapshot {
+            path: p.snapshot_path.clone(),
+            source,
+        };
         let bytes = std::fs::read(&p.snapshot_path).map_err(|source| {
-            snap_err(SnapshotError::Io { what: "reading", path: p.snapshot_path.clone(), source })
+            snap_err(SnapshotError::Io {
+                what: "reading",
+                path: p.snapshot_path.clone(),
+                source,
+            })
         })?;
         timings.phase("read_state");
         let state = MicrovmState::from_bytes(&bytes).map_err(snap_err)?;
         let mut config: VmConfig = serde_json::from_slice(&state.config_json).map_err(|e| {
-            snap_err(SnapshotError::Structure(format!("configuration section is not valid: {e}")))
+            snap_err(SnapshotError::Structure(format!(
+                "configuration section is not valid: {e}"
+            )))
         })?;
         if usize::from(config.machine_config.vcpu_count) != state.vcpus.len()
             || config.machine_config.mem_bytes() != state.memory_size()
@@ -351,7 +396,11 @@ impl Controller {
             )));
         }
         for (i, o) in p.network_overrides.iter().flatten().enumerate() {
-            match config.network_interfaces.iter_mut().find(|n| n.iface_id == o.iface_id) {
+            match config
+                .network_interfaces
+                .iter_mut()
+                .find(|n| n.iface_id == o.iface_id)
+            {
                 Some(n) => n.host_dev_name = o.host_dev_name.clone(),
                 None => {
                     return Err(ConfigError::new(
@@ -365,13 +414,25 @@ impl Controller {
         if let Some(v) = &p.vsock_override {
             match config.vsock.as_mut() {
                 Some(vs) => vs.uds_path = v.uds_path.clone(),
-                None => return Err(ConfigError::new("vsock_override", "the snapshot has no vsock device").into()),
+                None => {
+                    return Err(ConfigError::new(
+                        "vsock_override",
+                        "the snapshot has no vsock device",
+                    )
+                    .into());
+                }
             }
         }
         timings.phase("decode_state");
-        let mem_err = |message: String| ControllerError::MemFile { path: mem_path.clone(), message };
+        let mem_err = |message: String| ControllerError::MemFile {
+            path: mem_path.clone(),
+            message,
+        };
         let mem_file = File::open(&mem_path).map_err(|e| mem_err(format!("cannot open: {e}")))?;
-        let len = mem_file.metadata().map_err(|e| mem_err(format!("cannot stat: {e}")))?.len();
+        let len = mem_file
+            .metadata()
+            .map_err(|e| mem_err(format!("cannot stat: {e}")))?
+            .len();
         if len != state.memory_size() {
             return Err(mem_err(format!(
                 "size {len} does not match the snapshot's guest memory ({} bytes)",
@@ -380,7 +441,11 @@ impl Controller {
         }
         timings.phase("open_memory");
         let shell = self.take_shell()?;
-        let ctx = BuildContext { kvm: &self.kvm, exit: &self.exit, serial: &self.serial };
+        let ctx = BuildContext {
+            kvm: &self.kvm,
+            exit: &self.exit,
+            serial: &self.serial,
+        };
         let input = RestoreInput {
             state,
             config,

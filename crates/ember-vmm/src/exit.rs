@@ -39,7 +39,10 @@ impl ExitSignal {
     pub fn new() -> std::io::Result<ExitSignal> {
         let evt = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
             .map_err(std::io::Error::from)?;
-        Ok(ExitSignal { evt, reason: Mutex::new(None) })
+        Ok(ExitSignal {
+            evt,
+            reason: Mutex::new(None),
+        })
     }
 
     /// Requests a stop (the first reason is kept).

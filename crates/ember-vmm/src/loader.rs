@@ -64,7 +64,10 @@ pub enum LoaderError {
 
 /// Detects the format from the first bytes.
 pub fn detect(path: &Path) -> Result<KernelFormat, LoaderError> {
-    let io = |source| LoaderError::Io { path: path.display().to_string(), source };
+    let io = |source| LoaderError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let mut f = File::open(path).map_err(io)?;
     let mut head = vec![0u8; 0x210];
     let n = f.read(&mut head).map_err(io)?;
@@ -85,12 +88,20 @@ pub fn detect(path: &Path) -> Result<KernelFormat, LoaderError> {
 pub fn load(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, LoaderError> {
     match detect(path)? {
         KernelFormat::Elf => {
-            let mut f = File::open(path)
-                .map_err(|source| LoaderError::Io { path: path.display().to_string(), source })?;
+            let mut f = File::open(path).map_err(|source| LoaderError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
             let res = Elf::load(mem.mmap(), None, &mut f, Some(GuestAddress(HIMEM_START)))
-                .map_err(|source| LoaderError::Load { path: path.display().to_string(), source })?;
+                .map_err(|source| LoaderError::Load {
+                    path: path.display().to_string(),
+                    source,
+                })?;
             // For ELF, linux-loader's `kernel_load` is the entry point.
-            Ok(LoadedKernel { entry: res.kernel_load.0, end: res.kernel_end })
+            Ok(LoadedKernel {
+                entry: res.kernel_load.0,
+                end: res.kernel_end,
+            })
         }
         KernelFormat::BzImage => Err(LoaderError::Unsupported {
             path: path.display().to_string(),

@@ -45,9 +45,13 @@ struct Args {
 }
 
 fn init_logging(level: LevelFilter) {
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false);
     if std::env::var_os("RUST_LOG").is_some() {
-        builder.with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+        builder
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
     } else {
         builder.with_max_level(level).init();
     }
@@ -61,8 +65,12 @@ fn run(args: Args, main_start_ns: u64) -> Result<i32> {
     };
     let config = match &args.config_file {
         Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(VmConfig::from_file_contents(&bytes).with_context(|| format!("invalid {}", path.display()))?)
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                VmConfig::from_file_contents(&bytes)
+                    .with_context(|| format!("invalid {}", path.display()))?,
+            )
         }
         None => None,
     };
@@ -77,7 +85,9 @@ fn run(args: Args, main_start_ns: u64) -> Result<i32> {
     controller.timings_mut().main_start_ns = main_start_ns;
     controller.timings_mut().api_ready_ns = now_ns();
     match config {
-        Some(cfg) => controller.boot_config(cfg).context("booting from the configuration file")?,
+        Some(cfg) => controller
+            .boot_config(cfg)
+            .context("booting from the configuration file")?,
         None => controller.prepare(),
     }
     let code = ember_vmm::api::server::run(listener, &mut controller, &exit);

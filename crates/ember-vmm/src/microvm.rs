@@ -100,7 +100,16 @@ impl Microvm {
         } else {
             timings.phase("start_vcpus");
         }
-        Ok(Microvm { vcpus, devices, _buses: buses, vm, memory, kvm: ctx.kvm.clone(), config, paused })
+        Ok(Microvm {
+            vcpus,
+            devices,
+            _buses: buses,
+            vm,
+            memory,
+            kvm: ctx.kvm.clone(),
+            config,
+            paused,
+        })
     }
 
     /// True while the vCPUs are parked.
@@ -193,21 +202,37 @@ impl Microvm {
             None => e,
         })?;
         timings.phase("write_memory");
-        Ok(SnapshotStats { state_bytes: bytes.len(), memory: stats })
+        Ok(SnapshotStats {
+            state_bytes: bytes.len(),
+            memory: stats,
+        })
     }
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
 }
 
-fn write_atomically(path: &Path, fill: impl FnOnce(&File) -> std::io::Result<()>) -> Result<(), MicrovmError> {
+fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&File) -> std::io::Result<()>,
+) -> Result<(), MicrovmError> {
     let tmp = temp_path(path);
-    let wrap = |source| MicrovmError::Write { path: path.display().to_string(), source };
+    let wrap = |source| MicrovmError::Write {
+        path: path.display().to_string(),
+        source,
+    };
     let result = (|| {
-        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         fill(&f)?;
         f.sync_data()?;
         fs::rename(&tmp, path)

@@ -8,10 +8,10 @@
 //!    [`STATE_GPA`] and prints the banner on COM1:
 //!    `ember-probe: boot_id=<16 hex> counter_gpa=0x1f0008`
 //! 2. reads `ember.hz=<n>` (timer rate, default 100) and `ember.report=<n>` (print a count
-//!    line every n ticks, 0 = never, default 50) from the kernel command line, prints
-//!    `ember-probe: ticking hz=<n> report=<n>`;
+//!    line every n ticks, 0 = never, default 50) from the kernel command line;
 //! 3. installs a minimal IDT, maps the IOAPIC/LAPIC page range, starts the LAPIC timer in
-//!    periodic mode and routes IOAPIC pin 1 (i8042 keyboard) to a vector;
+//!    periodic mode, routes IOAPIC pin 1 (i8042 keyboard) to a vector, and prints
+//!    `ember-probe: ticking hz=<n> report=<n>`;
 //! 4. idles with `sti; hlt`. The timer interrupt handler increments the counter (a u64 at
 //!    `counter_gpa`) and nothing else; the idle loop prints `ember-probe: count=<n>` every
 //!    `report` ticks. A keyboard interrupt (SendCtrlAltDel) makes it print
@@ -49,8 +49,14 @@ pub struct ProbeState {
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".probe_state")]
-static mut PROBE_STATE: ProbeState =
-    ProbeState { magic: 0, counter: 0, boot_id: 0, hz: 0, report: 0, kbd: 0 };
+static mut PROBE_STATE: ProbeState = ProbeState {
+    magic: 0,
+    counter: 0,
+    boot_id: 0,
+    hz: 0,
+    report: 0,
+    kbd: 0,
+};
 
 #[repr(C, align(4096))]
 struct Idt([u64; 512]);
@@ -132,7 +138,9 @@ unsafe extern "C" {
 #[inline(always)]
 fn outb(port: u16, v: u8) {
     // SAFETY: port I/O has no memory effects visible to Rust.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    }
 }
 
 fn puts(s: &[u8]) {
@@ -188,7 +196,9 @@ fn cmdline_u64(cmdline: &[u8], key: &[u8]) -> Option<u64> {
             let mut j = i + key.len();
             let mut any = false;
             while j < cmdline.len() && cmdline[j].is_ascii_digit() {
-                v = v.saturating_mul(10).saturating_add(u64::from(cmdline[j] - b'0'));
+                v = v
+                    .saturating_mul(10)
+                    .saturating_add(u64::from(cmdline[j] - b'0'));
                 j += 1;
                 any = true;
             }
@@ -230,10 +240,8 @@ unsafe fn cmdline<'a>(zero_page: *const u8) -> &'a [u8] {
 /// # Safety
 /// Called once, with interrupts disabled.
 unsafe fn set_gate(vector: usize, handler: u64) {
-    let lo = (handler & 0xffff)
-        | (0x08u64 << 16)
-        | (0x8eu64 << 40)
-        | (((handler >> 16) & 0xffff) << 48);
+    let lo =
+        (handler & 0xffff) | (0x08u64 << 16) | (0x8eu64 << 40) | (((handler >> 16) & 0xffff) << 48);
     // SAFETY: single-threaded boot code owns the IDT.
     unsafe {
         let idt = addr_of_mut!(IDT);
@@ -259,8 +267,14 @@ unsafe fn setup_idt() {
         }
         set_gate(TIMER_VECTOR as usize, probe_timer_isr as *const () as u64);
         set_gate(KBD_VECTOR as usize, probe_kbd_isr as *const () as u64);
-        set_gate(SPURIOUS_VECTOR as usize, probe_spurious_isr as *const () as u64);
-        let ptr = DescriptorPointer { limit: (256 * 16 - 1) as u16, base: addr_of!(IDT) as u64 };
+        set_gate(
+            SPURIOUS_VECTOR as usize,
+            probe_spurious_isr as *const () as u64,
+        );
+        let ptr = DescriptorPointer {
+            limit: (256 * 16 - 1) as u16,
+            base: addr_of!(IDT) as u64,
+        };
         asm!("lidt [{}]", in(reg) &ptr, options(nostack, readonly));
     }
 }
@@ -339,19 +353,15 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
 
     // SAFETY: the zero page comes from the loader (rsi at entry).
     let cmd = unsafe { cmdline(zero_page) };
-    let hz = cmdline_u64(cmd, b"ember.hz=").filter(|&h| (1..=10_000).contains(&h)).unwrap_or(100);
+    let hz = cmdline_u64(cmd, b"ember.hz=")
+        .filter(|&h| (1..=10_000).contains(&h))
+        .unwrap_or(100);
     let report = cmdline_u64(cmd, b"ember.report=").unwrap_or(50);
     // SAFETY: as above.
     unsafe {
         write_volatile(addr_of_mut!((*st).hz), hz);
         write_volatile(addr_of_mut!((*st).report), report);
     }
-    puts(b"ember-probe: ticking hz=");
-    put_dec(hz);
-    puts(b" report=");
-    put_dec(report);
-    puts(b"\n");
-
     // SAFETY: interrupts are still off; this is the one-time setup.
     unsafe {
         setup_idt();
@@ -368,13 +378,24 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
     ioapic_write(0x10 + 2, KBD_VECTOR as u32);
     ioapic_write(0x10 + 2 + 1, 0);
 
+    // Announced once interrupts are routed: from here on the timer ticks and the keyboard
+    // (Ctrl+Alt+Del) is heard.
+    puts(b"ember-probe: ticking hz=");
+    put_dec(hz);
+    puts(b" report=");
+    put_dec(report);
+    puts(b"\n");
+
     let mut next_report = report;
     loop {
         // SAFETY: `sti; hlt` is atomic w.r.t. interrupt delivery; handlers are installed.
         unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
         // SAFETY: the state page is ours; the ISRs only increment/set fields.
         let (count, kbd) = unsafe {
-            (read_volatile(addr_of!((*st).counter)), read_volatile(addr_of!((*st).kbd)))
+            (
+                read_volatile(addr_of!((*st).counter)),
+                read_volatile(addr_of!((*st).kbd)),
+            )
         };
         if kbd != 0 {
             puts(b"ember-probe: ctrl-alt-del, resetting\n");

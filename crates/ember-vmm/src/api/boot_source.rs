@@ -8,7 +8,10 @@ use crate::controller::VmmAction;
 /// Routes `/boot-source`.
 pub fn route(req: &Request) -> Result<VmmAction, RequestError> {
     match req.method {
-        Method::Put => Ok(VmmAction::PutBootSource(from_json(&req.body, "boot-source")?)),
+        Method::Put => Ok(VmmAction::PutBootSource(from_json(
+            &req.body,
+            "boot-source",
+        )?)),
         _ => Err(invalid(req)),
     }
 }

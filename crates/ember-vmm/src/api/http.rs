@@ -70,9 +70,13 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, HttpError> {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() > MAX_HEAD {
-                return Err(HttpError(format!("request head larger than {MAX_HEAD} bytes")));
+                return Err(HttpError(format!(
+                    "request head larger than {MAX_HEAD} bytes"
+                )));
             }
-            return Ok(Parsed::Incomplete { send_continue: false });
+            return Ok(Parsed::Incomplete {
+                send_continue: false,
+            });
         }
         Err(e) => return Err(HttpError(format!("malformed HTTP request: {e}"))),
     };
@@ -91,20 +95,26 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, HttpError> {
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("").trim();
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value.parse().map_err(|_| HttpError(format!("invalid Content-Length {value:?}")))?;
+            let n: usize = value
+                .parse()
+                .map_err(|_| HttpError(format!("invalid Content-Length {value:?}")))?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(HttpError("conflicting Content-Length headers".into()));
             }
             content_length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError("Transfer-Encoding is not supported; send a Content-Length".into()));
+            return Err(HttpError(
+                "Transfer-Encoding is not supported; send a Content-Length".into(),
+            ));
         } else if h.name.eq_ignore_ascii_case("connection") {
             if value.eq_ignore_ascii_case("close") {
                 keep_alive = false;
             } else if value.eq_ignore_ascii_case("keep-alive") {
                 keep_alive = true;
             }
-        } else if h.name.eq_ignore_ascii_case("expect") && value.eq_ignore_ascii_case("100-continue") {
+        } else if h.name.eq_ignore_ascii_case("expect")
+            && value.eq_ignore_ascii_case("100-continue")
+        {
             expect_continue = true;
         }
     }
@@ -116,10 +126,17 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, HttpError> {
     }
     let total = head_len + body_len;
     if buf.len() < total {
-        return Ok(Parsed::Incomplete { send_continue: expect_continue && buf.len() == head_len });
+        return Ok(Parsed::Incomplete {
+            send_continue: expect_continue && buf.len() == head_len,
+        });
     }
     Ok(Parsed::Complete(
-        Request { method, path, body: buf[head_len..total].to_vec(), keep_alive },
+        Request {
+            method,
+            path,
+            body: buf[head_len..total].to_vec(),
+            keep_alive,
+        },
         total,
     ))
 }
@@ -136,17 +153,26 @@ pub struct Response {
 impl Response {
     /// 204 No Content.
     pub fn no_content() -> Response {
-        Response { status: 204, body: None }
+        Response {
+            status: 204,
+            body: None,
+        }
     }
 
     /// 200 with JSON.
     pub fn json(value: &serde_json::Value) -> Response {
-        Response { status: 200, body: Some(value.to_string()) }
+        Response {
+            status: 200,
+            body: Some(value.to_string()),
+        }
     }
 
     /// 400 with `{"fault_message": ...}`.
     pub fn bad_request(message: &str) -> Response {
-        Response { status: 400, body: Some(serde_json::json!({ "fault_message": message }).to_string()) }
+        Response {
+            status: 400,
+            body: Some(serde_json::json!({ "fault_message": message }).to_string()),
+        }
     }
 
     /// Encodes the response.
@@ -157,7 +183,10 @@ impl Response {
             400 => "Bad Request",
             _ => "Internal Server Error",
         };
-        let mut out = format!("HTTP/1.1 {} {}\r\nServer: ember-vmm\r\n", self.status, reason);
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nServer: ember-vmm\r\n",
+            self.status, reason
+        );
         if !keep_alive {
             out.push_str("Connection: close\r\n");
         }
@@ -190,9 +219,13 @@ mod tests {
 
     #[test]
     fn simple_and_pipelined() {
-        let buf = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPUT /vm HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        let buf =
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPUT /vm HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
         let (r, n) = complete(buf);
-        assert_eq!((r.method, r.path.as_str(), r.keep_alive), (Method::Get, "/", true));
+        assert_eq!(
+            (r.method, r.path.as_str(), r.keep_alive),
+            (Method::Get, "/", true)
+        );
         let (r2, n2) = complete(&buf[n..]);
         assert_eq!(r2.body, b"{}");
         assert_eq!(n + n2, buf.len());
@@ -202,10 +235,18 @@ mod tests {
     fn partial_heads_and_bodies() {
         let full = b"PUT /boot-source HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
         for cut in 0..full.len() {
-            assert!(matches!(parse(&full[..cut]), Ok(Parsed::Incomplete { .. })), "cut {cut}");
+            assert!(
+                matches!(parse(&full[..cut]), Ok(Parsed::Incomplete { .. })),
+                "cut {cut}"
+            );
         }
         let head = b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
-        assert_eq!(parse(head).unwrap(), Parsed::Incomplete { send_continue: true });
+        assert_eq!(
+            parse(head).unwrap(),
+            Parsed::Incomplete {
+                send_continue: true
+            }
+        );
     }
 
     #[test]

@@ -9,8 +9,14 @@ use crate::controller::VmmAction;
 pub fn route(req: &Request) -> Result<VmmAction, RequestError> {
     match req.method {
         Method::Get => Ok(VmmAction::GetMachineConfig),
-        Method::Put => Ok(VmmAction::PutMachineConfig(from_json(&req.body, "machine-config")?)),
-        Method::Patch => Ok(VmmAction::PatchMachineConfig(from_json(&req.body, "machine-config")?)),
+        Method::Put => Ok(VmmAction::PutMachineConfig(from_json(
+            &req.body,
+            "machine-config",
+        )?)),
+        Method::Patch => Ok(VmmAction::PatchMachineConfig(from_json(
+            &req.body,
+            "machine-config",
+        )?)),
         _ => Err(invalid(req)),
     }
 }

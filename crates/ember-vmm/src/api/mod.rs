@@ -43,12 +43,19 @@ pub enum RequestError {
 }
 
 fn invalid(req: &Request) -> RequestError {
-    RequestError::Route { method: req.method.to_string(), path: req.path.clone() }
+    RequestError::Route {
+        method: req.method.to_string(),
+        path: req.path.clone(),
+    }
 }
 
 /// Maps a request onto an action.
 pub fn route(req: &Request) -> Result<VmmAction, RequestError> {
-    let path = if req.path.len() > 1 { req.path.trim_end_matches('/') } else { req.path.as_str() };
+    let path = if req.path.len() > 1 {
+        req.path.trim_end_matches('/')
+    } else {
+        req.path.as_str()
+    };
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let first = parts.next().unwrap_or("");
     let rest = parts.next();
@@ -71,9 +78,11 @@ pub fn route(req: &Request) -> Result<VmmAction, RequestError> {
 
 /// Handles one request end to end.
 pub fn handle_request(controller: &mut Controller, req: Request, received_ns: u64) -> Response {
-    let result = route(&req)
-        .map_err(|e| e.to_string())
-        .and_then(|action| controller.handle(action, received_ns).map_err(|e| e.to_string()));
+    let result = route(&req).map_err(|e| e.to_string()).and_then(|action| {
+        controller
+            .handle(action, received_ns)
+            .map_err(|e| e.to_string())
+    });
     match result {
         Ok(ActionOk::NoContent) => Response::no_content(),
         Ok(ActionOk::Json(v)) => Response::json(&v),
@@ -89,25 +98,48 @@ mod tests {
     use super::*;
 
     fn req(method: Method, path: &str, body: &str) -> Request {
-        Request { method, path: path.into(), body: body.as_bytes().to_vec(), keep_alive: true }
+        Request {
+            method,
+            path: path.into(),
+            body: body.as_bytes().to_vec(),
+            keep_alive: true,
+        }
     }
 
     #[test]
     fn routes() {
-        assert!(matches!(route(&req(Method::Get, "/", "")), Ok(VmmAction::GetInstanceInfo)));
-        assert!(matches!(route(&req(Method::Get, "/vm/config", "")), Ok(VmmAction::GetVmConfig)));
+        assert!(matches!(
+            route(&req(Method::Get, "/", "")),
+            Ok(VmmAction::GetInstanceInfo)
+        ));
+        assert!(matches!(
+            route(&req(Method::Get, "/vm/config", "")),
+            Ok(VmmAction::GetVmConfig)
+        ));
         assert!(matches!(
             route(&req(Method::Patch, "/vm", r#"{"state": "Paused"}"#)),
             Ok(VmmAction::SetVmState(_))
         ));
-        let e = route(&req(Method::Get, "/nope", "")).unwrap_err().to_string();
-        assert_eq!(e, "Invalid request method and/or path: GET /nope.");
-        assert!(route(&req(Method::Put, "/", "")).is_err());
-        let e = route(&req(Method::Put, "/actions", r#"{"action_type": "Explode"}"#)).unwrap_err().to_string();
-        assert!(e.contains("action_type"), "{e}");
-        let e = route(&req(Method::Put, "/drives/a", r#"{"drive_id": "b", "is_root_device": false, "path_on_host": "/dev/null"}"#))
+        let e = route(&req(Method::Get, "/nope", ""))
             .unwrap_err()
             .to_string();
+        assert_eq!(e, "Invalid request method and/or path: GET /nope.");
+        assert!(route(&req(Method::Put, "/", "")).is_err());
+        let e = route(&req(
+            Method::Put,
+            "/actions",
+            r#"{"action_type": "Explode"}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("action_type"), "{e}");
+        let e = route(&req(
+            Method::Put,
+            "/drives/a",
+            r#"{"drive_id": "b", "is_root_device": false, "path_on_host": "/dev/null"}"#,
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("does not match"), "{e}");
     }
 }

@@ -36,14 +36,26 @@ pub enum ServerError {
 }
 
 /// Serves the API until the VM asks the process to exit; returns the exit code.
-pub fn run(listener: UnixListener, controller: &mut Controller, exit: &ExitSignal) -> Result<i32, ServerError> {
+pub fn run(
+    listener: UnixListener,
+    controller: &mut Controller,
+    exit: &ExitSignal,
+) -> Result<i32, ServerError> {
     listener.set_nonblocking(true).map_err(ServerError::Io)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(ServerError::Epoll)?;
     let listen_fd = listener.as_raw_fd();
     let exit_fd = exit.eventfd().as_fd().as_raw_fd();
-    epoll.add(listener.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, listen_fd as u64)).map_err(ServerError::Epoll)?;
     epoll
-        .add(exit.eventfd().as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, exit_fd as u64))
+        .add(
+            listener.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, listen_fd as u64),
+        )
+        .map_err(ServerError::Epoll)?;
+    epoll
+        .add(
+            exit.eventfd().as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, exit_fd as u64),
+        )
         .map_err(ServerError::Epoll)?;
     let mut conns: HashMap<RawFd, Conn> = HashMap::new();
     let mut events = [EpollEvent::empty(); 16];
@@ -70,10 +82,8 @@ pub fn run(listener: UnixListener, controller: &mut Controller, exit: &ExitSigna
                 Some(conn) => serve(conn, controller),
                 None => continue,
             };
-            if !keep {
-                if let Some(conn) = conns.remove(&fd) {
-                    let _ = epoll.delete(conn.stream.as_fd());
-                }
+            if !keep && let Some(conn) = conns.remove(&fd) {
+                let _ = epoll.delete(conn.stream.as_fd());
             }
         }
     }
@@ -89,8 +99,18 @@ fn accept_all(listener: &UnixListener, epoll: &Epoll, conns: &mut HashMap<RawFd,
                 }
                 let fd = stream.as_raw_fd();
                 let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-                if epoll.add(stream.as_fd(), EpollEvent::new(flags, fd as u64)).is_ok() {
-                    conns.insert(fd, Conn { stream, buf: Vec::with_capacity(1024), sent_continue: false });
+                if epoll
+                    .add(stream.as_fd(), EpollEvent::new(flags, fd as u64))
+                    .is_ok()
+                {
+                    conns.insert(
+                        fd,
+                        Conn {
+                            stream,
+                            buf: Vec::with_capacity(1024),
+                            sent_continue: false,
+                        },
+                    );
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -132,7 +152,8 @@ fn serve(conn: &mut Conn, controller: &mut Controller) -> bool {
                 conn.sent_continue = false;
                 let keep_alive = req.keep_alive;
                 let resp = super::handle_request(controller, req, received_ns);
-                if write_fully(&mut conn.stream, &resp.to_bytes(keep_alive)).is_err() || !keep_alive {
+                if write_fully(&mut conn.stream, &resp.to_bytes(keep_alive)).is_err() || !keep_alive
+                {
                     return false;
                 }
             }
@@ -146,7 +167,10 @@ fn serve(conn: &mut Conn, controller: &mut Controller) -> bool {
                 return !eof;
             }
             Err(e) => {
-                let _ = write_fully(&mut conn.stream, &Response::bad_request(&e.0).to_bytes(false));
+                let _ = write_fully(
+                    &mut conn.stream,
+                    &Response::bad_request(&e.0).to_bytes(false),
+                );
                 return false;
             }
         }
@@ -161,7 +185,10 @@ fn write_fully(stream: &mut UnixStream, mut bytes: &[u8]) -> io::Result<()> {
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if std::time::Instant::now() > deadline {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "API client not reading"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "API client not reading",
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }

@@ -8,8 +8,7 @@ use super::ConfigError;
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 
 /// Firecracker's default command line, used when `boot_args` is absent.
-pub const DEFAULT_BOOT_ARGS: &str =
-    "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
+pub const DEFAULT_BOOT_ARGS: &str = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
 
 /// Kernel and command line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,14 +39,23 @@ impl BootSourceConfig {
         }
         if let Some(args) = &self.boot_args {
             if args.len() > CMDLINE_MAX_SIZE {
-                return Err(ConfigError::new("boot_args", format!("longer than {CMDLINE_MAX_SIZE} bytes")));
+                return Err(ConfigError::new(
+                    "boot_args",
+                    format!("longer than {CMDLINE_MAX_SIZE} bytes"),
+                ));
             }
-            if args.bytes().any(|b| b == 0 || !(b.is_ascii_graphic() || b == b' ')) {
+            if args
+                .bytes()
+                .any(|b| b == 0 || !(b.is_ascii_graphic() || b == b' '))
+            {
                 return Err(ConfigError::new("boot_args", "must be printable ASCII"));
             }
         }
         if self.initrd_path.is_some() {
-            return Err(ConfigError::new("initrd_path", "initrd images are not supported yet"));
+            return Err(ConfigError::new(
+                "initrd_path",
+                "initrd images are not supported yet",
+            ));
         }
         Ok(())
     }

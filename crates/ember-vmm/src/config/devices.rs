@@ -84,24 +84,45 @@ pub struct DriveConfig {
 impl DriveConfig {
     /// Validates the drive; `url_id` is the id in the request path, if any.
     pub fn validate(&self, field: &str, url_id: Option<&str>) -> Result<(), ConfigError> {
-        let f = |name: &str| if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
-        validate_id(&f("drive_id"), &self.drive_id)?;
-        if let Some(id) = url_id {
-            if id != self.drive_id {
-                return Err(ConfigError::new(f("drive_id"), format!("{:?} does not match the path's id {id:?}", self.drive_id)));
+        let f = |name: &str| {
+            if field.is_empty() {
+                name.to_string()
+            } else {
+                format!("{field}.{name}")
             }
+        };
+        validate_id(&f("drive_id"), &self.drive_id)?;
+        if let Some(id) = url_id
+            && id != self.drive_id
+        {
+            return Err(ConfigError::new(
+                f("drive_id"),
+                format!("{:?} does not match the path's id {id:?}", self.drive_id),
+            ));
         }
         if self.socket.is_some() {
-            return Err(ConfigError::new(f("socket"), "vhost-user block devices are not supported"));
+            return Err(ConfigError::new(
+                f("socket"),
+                "vhost-user block devices are not supported",
+            ));
         }
         if self.io_engine == Some(IoEngine::Async) {
-            return Err(ConfigError::new(f("io_engine"), "only \"Sync\" is supported"));
+            return Err(ConfigError::new(
+                f("io_engine"),
+                "only \"Sync\" is supported",
+            ));
         }
         let Some(path) = &self.path_on_host else {
-            return Err(ConfigError::new(f("path_on_host"), "missing field `path_on_host`"));
+            return Err(ConfigError::new(
+                f("path_on_host"),
+                "missing field `path_on_host`",
+            ));
         };
         if !Path::new(path).exists() {
-            return Err(ConfigError::new(f("path_on_host"), format!("{path}: no such file")));
+            return Err(ConfigError::new(
+                f("path_on_host"),
+                format!("{path}: no such file"),
+            ));
         }
         Ok(())
     }
@@ -131,8 +152,15 @@ pub struct NetworkInterfaceConfig {
 
 /// Checks a TAP device name.
 pub fn validate_host_dev_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) {
-        return Err(ConfigError::new(field, format!("invalid host device name {name:?}")));
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains('/')
+        || name.contains(char::is_whitespace)
+    {
+        return Err(ConfigError::new(
+            field,
+            format!("invalid host device name {name:?}"),
+        ));
     }
     Ok(())
 }
@@ -140,24 +168,40 @@ pub fn validate_host_dev_name(field: &str, name: &str) -> Result<(), ConfigError
 impl NetworkInterfaceConfig {
     /// Validates the interface; `url_id` is the id in the request path, if any.
     pub fn validate(&self, field: &str, url_id: Option<&str>) -> Result<(), ConfigError> {
-        let f = |name: &str| if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
-        validate_id(&f("iface_id"), &self.iface_id)?;
-        if let Some(id) = url_id {
-            if id != self.iface_id {
-                return Err(ConfigError::new(f("iface_id"), format!("{:?} does not match the path's id {id:?}", self.iface_id)));
+        let f = |name: &str| {
+            if field.is_empty() {
+                name.to_string()
+            } else {
+                format!("{field}.{name}")
             }
+        };
+        validate_id(&f("iface_id"), &self.iface_id)?;
+        if let Some(id) = url_id
+            && id != self.iface_id
+        {
+            return Err(ConfigError::new(
+                f("iface_id"),
+                format!("{:?} does not match the path's id {id:?}", self.iface_id),
+            ));
         }
         validate_host_dev_name(&f("host_dev_name"), &self.host_dev_name)?;
         if let Some(mac) = &self.guest_mac {
             let parts: Vec<&str> = mac.split(':').collect();
-            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || u8::from_str_radix(p, 16).is_err()) {
-                return Err(ConfigError::new(f("guest_mac"), format!("invalid MAC address {mac:?}")));
+            if parts.len() != 6
+                || parts
+                    .iter()
+                    .any(|p| p.len() != 2 || u8::from_str_radix(p, 16).is_err())
+            {
+                return Err(ConfigError::new(
+                    f("guest_mac"),
+                    format!("invalid MAC address {mac:?}"),
+                ));
             }
         }
-        if let Some(mtu) = self.mtu {
-            if mtu < 68 {
-                return Err(ConfigError::new(f("mtu"), "must be between 68 and 65535"));
-            }
+        if let Some(mtu) = self.mtu
+            && mtu < 68
+        {
+            return Err(ConfigError::new(f("mtu"), "must be between 68 and 65535"));
         }
         Ok(())
     }
@@ -180,13 +224,19 @@ impl VsockConfig {
     /// Checks the CID and path.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.guest_cid < 3 {
-            return Err(ConfigError::new("guest_cid", format!("must be at least 3 (got {})", self.guest_cid)));
+            return Err(ConfigError::new(
+                "guest_cid",
+                format!("must be at least 3 (got {})", self.guest_cid),
+            ));
         }
         if self.uds_path.is_empty() {
             return Err(ConfigError::new("uds_path", "must not be empty"));
         }
         if self.uds_path.len() > 107 {
-            return Err(ConfigError::new("uds_path", "longer than a Unix socket path can be (107 bytes)"));
+            return Err(ConfigError::new(
+                "uds_path",
+                "longer than a Unix socket path can be (107 bytes)",
+            ));
         }
         Ok(())
     }
@@ -199,18 +249,32 @@ mod tests {
 
     #[test]
     fn net_and_vsock_validation() {
-        let n: NetworkInterfaceConfig =
-            from_json(br#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}"#, "n").unwrap();
+        let n: NetworkInterfaceConfig = from_json(
+            br#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}"#,
+            "n",
+        )
+        .unwrap();
         n.validate("", Some("eth0")).unwrap();
         assert_eq!(n.validate("", Some("eth1")).unwrap_err().field, "iface_id");
-        let bad: NetworkInterfaceConfig =
-            from_json(br#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz"}"#, "n").unwrap();
+        let bad: NetworkInterfaceConfig = from_json(
+            br#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz"}"#,
+            "n",
+        )
+        .unwrap();
         assert_eq!(bad.validate("", None).unwrap_err().field, "guest_mac");
-        let v: VsockConfig = from_json(br#"{"guest_cid": 2, "uds_path": "/tmp/v.sock"}"#, "vsock").unwrap();
+        let v: VsockConfig =
+            from_json(br#"{"guest_cid": 2, "uds_path": "/tmp/v.sock"}"#, "vsock").unwrap();
         assert_eq!(v.validate().unwrap_err().field, "guest_cid");
         let err = from_json::<DriveConfig>(br#"{"drive_id": "root"}"#, "drive").unwrap_err();
         assert!(err.message.contains("is_root_device"), "{err}");
-        let d: DriveConfig = from_json(br#"{"drive_id": "root", "is_root_device": true, "path_on_host": "/nonexistent"}"#, "d").unwrap();
-        assert_eq!(d.validate("", Some("root")).unwrap_err().field, "path_on_host");
+        let d: DriveConfig = from_json(
+            br#"{"drive_id": "root", "is_root_device": true, "path_on_host": "/nonexistent"}"#,
+            "d",
+        )
+        .unwrap();
+        assert_eq!(
+            d.validate("", Some("root")).unwrap_err().field,
+            "path_on_host"
+        );
     }
 }

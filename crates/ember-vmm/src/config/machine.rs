@@ -63,28 +63,43 @@ impl MachineConfig {
         if !(1..=MAX_VCPUS).contains(&self.vcpu_count) {
             return Err(ConfigError::new(
                 "vcpu_count",
-                format!("must be between 1 and {MAX_VCPUS} (got {})", self.vcpu_count),
+                format!(
+                    "must be between 1 and {MAX_VCPUS} (got {})",
+                    self.vcpu_count
+                ),
             ));
         }
         if !(4..=MAX_MEM_MIB).contains(&self.mem_size_mib) {
             return Err(ConfigError::new(
                 "mem_size_mib",
-                format!("must be between 4 and {MAX_MEM_MIB} (got {})", self.mem_size_mib),
+                format!(
+                    "must be between 4 and {MAX_MEM_MIB} (got {})",
+                    self.mem_size_mib
+                ),
             ));
         }
         if self.smt {
-            return Err(ConfigError::new("smt", "simultaneous multithreading is not supported"));
+            return Err(ConfigError::new(
+                "smt",
+                "simultaneous multithreading is not supported",
+            ));
         }
         if self.track_dirty_pages {
-            return Err(ConfigError::new("track_dirty_pages", "dirty page tracking is not supported"));
+            return Err(ConfigError::new(
+                "track_dirty_pages",
+                "dirty page tracking is not supported",
+            ));
         }
         if self.huge_pages != HugePages::None {
             return Err(ConfigError::new("huge_pages", "only \"None\" is supported"));
         }
-        if let Some(t) = &self.cpu_template {
-            if t != "None" {
-                return Err(ConfigError::new("cpu_template", format!("CPU template {t:?} is not supported")));
-            }
+        if let Some(t) = &self.cpu_template
+            && t != "None"
+        {
+            return Err(ConfigError::new(
+                "cpu_template",
+                format!("CPU template {t:?} is not supported"),
+            ));
         }
         Ok(())
     }
@@ -147,19 +162,33 @@ mod tests {
 
     #[test]
     fn validation() {
-        let ok: MachineConfig = from_json(br#"{"vcpu_count": 2, "mem_size_mib": 128}"#, "machine-config").unwrap();
+        let ok: MachineConfig = from_json(
+            br#"{"vcpu_count": 2, "mem_size_mib": 128}"#,
+            "machine-config",
+        )
+        .unwrap();
         ok.validate().unwrap();
-        let zero: MachineConfig = from_json(br#"{"vcpu_count": 0, "mem_size_mib": 128}"#, "m").unwrap();
+        let zero: MachineConfig =
+            from_json(br#"{"vcpu_count": 0, "mem_size_mib": 128}"#, "m").unwrap();
         assert_eq!(zero.validate().unwrap_err().field, "vcpu_count");
-        let err = from_json::<MachineConfig>(br#"{"mem_size_mib": 128}"#, "machine-config").unwrap_err();
+        let err =
+            from_json::<MachineConfig>(br#"{"mem_size_mib": 128}"#, "machine-config").unwrap_err();
         assert!(err.message.contains("missing field `vcpu_count`"), "{err}");
-        let err = from_json::<MachineConfig>(br#"{"vcpu_count": 300, "mem_size_mib": 1}"#, "machine-config").unwrap_err();
+        let err = from_json::<MachineConfig>(
+            br#"{"vcpu_count": 300, "mem_size_mib": 1}"#,
+            "machine-config",
+        )
+        .unwrap_err();
         assert_eq!(err.field, "machine-config.vcpu_count");
         let p: MachineConfigPatch = from_json(br#"{"mem_size_mib": 64}"#, "m").unwrap();
         assert_eq!(p.apply(&ok).unwrap().mem_size_mib, 64);
         let p: MachineConfigPatch = from_json(br#"{"smt": true}"#, "m").unwrap();
         assert_eq!(p.apply(&ok).unwrap_err().field, "smt");
-        let hp: MachineConfig = from_json(br#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#, "m").unwrap();
+        let hp: MachineConfig = from_json(
+            br#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
+            "m",
+        )
+        .unwrap();
         assert_eq!(hp.validate().unwrap_err().field, "huge_pages");
     }
 }

@@ -30,7 +30,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// A new error about `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), message: message.into() }
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -42,14 +45,23 @@ pub fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() { what.to_string() } else { format!("{what}.{path}") };
+        let field = if path == "." || path.is_empty() {
+            what.to_string()
+        } else {
+            format!("{what}.{path}")
+        };
         ConfigError::new(field, e.into_inner().to_string())
     })
 }
 
 /// Checks an identifier used in a URL path (`drive_id`, `iface_id`).
 pub fn validate_id(field: &str, id: &str) -> Result<(), ConfigError> {
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         return Err(ConfigError::new(
             field,
             format!("invalid id {id:?}: use 1 to 64 characters from [A-Za-z0-9_-]"),
@@ -68,7 +80,11 @@ pub struct Unsupported(pub Option<serde_json::Value>);
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Kernel and command line.
-    #[serde(rename = "boot-source", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub boot_source: Option<BootSourceConfig>,
     /// vCPUs and memory.
     #[serde(rename = "machine-config", default)]
@@ -129,16 +145,28 @@ impl VmConfig {
             d.validate(&format!("drives[{i}]"), None)?;
             roots += usize::from(d.is_root_device);
             if self.drives[..i].iter().any(|o| o.drive_id == d.drive_id) {
-                return Err(ConfigError::new(format!("drives[{i}].drive_id"), "duplicate drive id"));
+                return Err(ConfigError::new(
+                    format!("drives[{i}].drive_id"),
+                    "duplicate drive id",
+                ));
             }
         }
         if roots > 1 {
-            return Err(ConfigError::new("drives", "only one drive can be the root device"));
+            return Err(ConfigError::new(
+                "drives",
+                "only one drive can be the root device",
+            ));
         }
         for (i, n) in self.network_interfaces.iter().enumerate() {
             n.validate(&format!("network-interfaces[{i}]"), None)?;
-            if self.network_interfaces[..i].iter().any(|o| o.iface_id == n.iface_id) {
-                return Err(ConfigError::new(format!("network-interfaces[{i}].iface_id"), "duplicate interface id"));
+            if self.network_interfaces[..i]
+                .iter()
+                .any(|o| o.iface_id == n.iface_id)
+            {
+                return Err(ConfigError::new(
+                    format!("network-interfaces[{i}].iface_id"),
+                    "duplicate interface id",
+                ));
             }
         }
         if let Some(v) = &self.vsock {
@@ -149,8 +177,16 @@ impl VmConfig {
 
     /// Adds or replaces a drive.
     pub fn upsert_drive(&mut self, d: DriveConfig) -> Result<(), ConfigError> {
-        if d.is_root_device && self.drives.iter().any(|o| o.is_root_device && o.drive_id != d.drive_id) {
-            return Err(ConfigError::new("is_root_device", "another drive is already the root device"));
+        if d.is_root_device
+            && self
+                .drives
+                .iter()
+                .any(|o| o.is_root_device && o.drive_id != d.drive_id)
+        {
+            return Err(ConfigError::new(
+                "is_root_device",
+                "another drive is already the root device",
+            ));
         }
         match self.drives.iter_mut().find(|o| o.drive_id == d.drive_id) {
             Some(o) => *o = d,
@@ -161,7 +197,11 @@ impl VmConfig {
 
     /// Adds or replaces a network interface.
     pub fn upsert_network(&mut self, n: NetworkInterfaceConfig) {
-        match self.network_interfaces.iter_mut().find(|o| o.iface_id == n.iface_id) {
+        match self
+            .network_interfaces
+            .iter_mut()
+            .find(|o| o.iface_id == n.iface_id)
+        {
             Some(o) => *o = n,
             None => self.network_interfaces.push(n),
         }
@@ -185,12 +225,15 @@ mod tests {
         let again: VmConfig = serde_json::from_slice(&back).unwrap();
         assert_eq!(again, cfg);
 
-        let err = VmConfig::from_file_contents(br#"{"machine-config": {"vcpu_count": "2", "mem_size_mib": 1}}"#)
-            .unwrap_err();
+        let err = VmConfig::from_file_contents(
+            br#"{"machine-config": {"vcpu_count": "2", "mem_size_mib": 1}}"#,
+        )
+        .unwrap_err();
         assert_eq!(err.field, "config.machine-config.vcpu_count", "{err}");
         let err = VmConfig::from_file_contents(br#"{"bogus": 1}"#).unwrap_err();
         assert!(err.message.contains("unknown field `bogus`"), "{err}");
-        let err = VmConfig::from_file_contents(br#"{"metrics": {"metrics_path": "/x"}}"#).unwrap_err();
+        let err =
+            VmConfig::from_file_contents(br#"{"metrics": {"metrics_path": "/x"}}"#).unwrap_err();
         assert_eq!(err.field, "metrics");
         assert!(VmConfig::from_file_contents(b"").is_err());
     }

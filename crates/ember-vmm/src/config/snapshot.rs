@@ -34,7 +34,10 @@ impl SnapshotCreateParams {
     /// Checks the paths and type.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.snapshot_type == Some(SnapshotType::Diff) {
-            return Err(ConfigError::new("snapshot_type", "Diff snapshots are not supported"));
+            return Err(ConfigError::new(
+                "snapshot_type",
+                "Diff snapshots are not supported",
+            ));
         }
         if self.snapshot_path.is_empty() {
             return Err(ConfigError::new("snapshot_path", "must not be empty"));
@@ -43,7 +46,10 @@ impl SnapshotCreateParams {
             return Err(ConfigError::new("mem_file_path", "must not be empty"));
         }
         if self.snapshot_path == self.mem_file_path {
-            return Err(ConfigError::new("mem_file_path", "must differ from snapshot_path"));
+            return Err(ConfigError::new(
+                "mem_file_path",
+                "must differ from snapshot_path",
+            ));
         }
         Ok(())
     }
@@ -133,38 +139,65 @@ impl SnapshotLoadParams {
         }
         let mem = match (&self.mem_backend, &self.mem_file_path) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::new("mem_backend", "give either mem_backend or mem_file_path, not both"));
+                return Err(ConfigError::new(
+                    "mem_backend",
+                    "give either mem_backend or mem_file_path, not both",
+                ));
             }
-            (None, None) => return Err(ConfigError::new("mem_backend", "missing field `mem_backend`")),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "mem_backend",
+                    "missing field `mem_backend`",
+                ));
+            }
             (Some(b), None) => {
                 if b.backend_type == MemBackendType::Uffd {
-                    return Err(ConfigError::new("mem_backend.backend_type", "Uffd is not supported"));
+                    return Err(ConfigError::new(
+                        "mem_backend.backend_type",
+                        "Uffd is not supported",
+                    ));
                 }
                 b.backend_path.as_str()
             }
             (None, Some(p)) => p.as_str(),
         };
         if mem.is_empty() {
-            return Err(ConfigError::new("mem_backend.backend_path", "must not be empty"));
+            return Err(ConfigError::new(
+                "mem_backend.backend_path",
+                "must not be empty",
+            ));
         }
         if self.enable_diff_snapshots == Some(true) || self.track_dirty_pages == Some(true) {
-            return Err(ConfigError::new("track_dirty_pages", "dirty page tracking is not supported"));
+            return Err(ConfigError::new(
+                "track_dirty_pages",
+                "dirty page tracking is not supported",
+            ));
         }
         if self.clock_realtime == Some(true) {
             return Err(ConfigError::new("clock_realtime", "not supported"));
         }
-        if let Some(h) = &self.huge_pages {
-            if h != "Snapshot" && h != "None" {
-                return Err(ConfigError::new("huge_pages", "only \"Snapshot\" or \"None\" are supported"));
-            }
+        if let Some(h) = &self.huge_pages
+            && h != "Snapshot"
+            && h != "None"
+        {
+            return Err(ConfigError::new(
+                "huge_pages",
+                "only \"Snapshot\" or \"None\" are supported",
+            ));
         }
         for (i, o) in self.network_overrides.iter().flatten().enumerate() {
-            validate_host_dev_name(&format!("network_overrides[{i}].host_dev_name"), &o.host_dev_name)?;
+            validate_host_dev_name(
+                &format!("network_overrides[{i}].host_dev_name"),
+                &o.host_dev_name,
+            )?;
         }
-        if let Some(v) = &self.vsock_override {
-            if v.uds_path.is_empty() {
-                return Err(ConfigError::new("vsock_override.uds_path", "must not be empty"));
-            }
+        if let Some(v) = &self.vsock_override
+            && v.uds_path.is_empty()
+        {
+            return Err(ConfigError::new(
+                "vsock_override.uds_path",
+                "must not be empty",
+            ));
         }
         Ok(mem)
     }
@@ -187,7 +220,11 @@ mod tests {
         assert_eq!(p.validate().unwrap_err().field, "mem_backend");
         let err = from_json::<SnapshotLoadParams>(br#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Foo", "backend_path": "/m"}}"#, "snapshot/load").unwrap_err();
         assert_eq!(err.field, "snapshot/load.mem_backend.backend_type");
-        let c: SnapshotCreateParams = from_json(br#"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Diff"}"#, "c").unwrap();
+        let c: SnapshotCreateParams = from_json(
+            br#"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Diff"}"#,
+            "c",
+        )
+        .unwrap();
         assert_eq!(c.validate().unwrap_err().field, "snapshot_type");
     }
 }

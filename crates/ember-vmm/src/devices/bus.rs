@@ -40,7 +40,12 @@ impl std::fmt::Debug for Bus {
 impl Bus {
     /// Adds `device` at `[base, base + len)`.
     pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), BusOverlap> {
-        if len == 0 || self.ranges.iter().any(|(b, l, _)| base < b + l && *b < base + len) {
+        if len == 0
+            || self
+                .ranges
+                .iter()
+                .any(|(b, l, _)| base < b + l && *b < base + len)
+        {
             return Err(BusOverlap { base, len });
         }
         let pos = self.ranges.partition_point(|(b, _, _)| *b < base);
@@ -49,7 +54,10 @@ impl Bus {
     }
 
     fn find(&self, addr: u64) -> Option<(u64, &SharedDevice)> {
-        let idx = self.ranges.partition_point(|(b, _, _)| *b <= addr).checked_sub(1)?;
+        let idx = self
+            .ranges
+            .partition_point(|(b, _, _)| *b <= addr)
+            .checked_sub(1)?;
         let (base, len, dev) = &self.ranges[idx];
         (addr < base + len).then_some((addr - base, dev))
     }

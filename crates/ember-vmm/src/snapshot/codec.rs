@@ -38,7 +38,9 @@ pub struct Writer {
 impl Writer {
     /// An empty writer with some capacity.
     pub fn with_capacity(n: usize) -> Self {
-        Writer { buf: Vec::with_capacity(n) }
+        Writer {
+            buf: Vec::with_capacity(n),
+        }
     }
     /// Appends a u8.
     pub fn u8(&mut self, v: u8) {
@@ -107,7 +109,11 @@ impl<'a> Reader<'a> {
     /// Takes `n` raw bytes.
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(DecodeError::Truncated { what, needed: n, left: self.buf.len() });
+            return Err(DecodeError::Truncated {
+                what,
+                needed: n,
+                left: self.buf.len(),
+            });
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -140,18 +146,23 @@ impl<'a> Reader<'a> {
         self.take(n, what)
     }
     /// Reads a size-prefixed plain-old-data struct; the size must match exactly.
-    pub fn pod<T: FromBytes + Sized>(
-        &mut self,
-        what: &'static str,
-    ) -> Result<T, DecodeError> {
+    pub fn pod<T: FromBytes + Sized>(&mut self, what: &'static str) -> Result<T, DecodeError> {
         let b = self.bytes(what)?;
         T::read_from_bytes(b).map_err(|_| DecodeError::Invalid {
             what,
-            detail: format!("size {} does not match {}", b.len(), std::mem::size_of::<T>()),
+            detail: format!(
+                "size {} does not match {}",
+                b.len(),
+                std::mem::size_of::<T>()
+            ),
         })
     }
     /// Reads a u32 element count, bounded by what the remaining bytes could hold.
-    pub fn count(&mut self, what: &'static str, min_elem_size: usize) -> Result<usize, DecodeError> {
+    pub fn count(
+        &mut self,
+        what: &'static str,
+        min_elem_size: usize,
+    ) -> Result<usize, DecodeError> {
         let n = self.u32(what)? as usize;
         if n.saturating_mul(min_elem_size.max(1)) > self.buf.len() {
             return Err(DecodeError::Invalid {
@@ -166,7 +177,10 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError::Invalid { what, detail: format!("{} trailing bytes", self.buf.len()) })
+            Err(DecodeError::Invalid {
+                what,
+                detail: format!("{} trailing bytes", self.buf.len()),
+            })
         }
     }
 }
@@ -183,7 +197,10 @@ mod tests {
         w.u32(3);
         w.u64(4);
         w.bytes(b"abc");
-        let regs = kvm_bindings::kvm_regs { rip: 0x1234, ..Default::default() };
+        let regs = kvm_bindings::kvm_regs {
+            rip: 0x1234,
+            ..Default::default()
+        };
         w.pod(&regs);
         let v = w.into_vec();
         let mut r = Reader::new(&v);
@@ -215,7 +232,9 @@ mod tests {
         let mut w = Writer::default();
         w.bytes(&[0u8; 7]);
         let v = w.into_vec();
-        let err = Reader::new(&v).pod::<kvm_bindings::kvm_regs>("regs").unwrap_err();
+        let err = Reader::new(&v)
+            .pod::<kvm_bindings::kvm_regs>("regs")
+            .unwrap_err();
         assert!(err.to_string().contains("regs"));
     }
 

@@ -75,22 +75,34 @@ pub fn read_sections(bytes: &[u8]) -> Result<Vec<(u16, &[u8])>, SnapshotError> {
         if bytes.len() >= 8 && bytes[..8] != MAGIC {
             return Err(SnapshotError::BadMagic);
         }
-        return Err(SnapshotError::TooShort { len: bytes.len(), header: HEADER_LEN + 4 });
+        return Err(SnapshotError::TooShort {
+            len: bytes.len(),
+            header: HEADER_LEN + 4,
+        });
     }
     if bytes[..8] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
-    let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let word =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let version = word(8);
     if version != FORMAT_VERSION {
-        return Err(SnapshotError::Version { found: version, supported: FORMAT_VERSION });
+        return Err(SnapshotError::Version {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     let mut len8 = [0u8; 8];
     len8.copy_from_slice(&bytes[16..24]);
     let payload = u64::from_le_bytes(len8);
-    let expected = (HEADER_LEN as u64).saturating_add(payload).saturating_add(4);
+    let expected = (HEADER_LEN as u64)
+        .saturating_add(payload)
+        .saturating_add(4);
     if expected != bytes.len() as u64 {
-        return Err(SnapshotError::Length { expected, found: bytes.len() as u64 });
+        return Err(SnapshotError::Length {
+            expected,
+            found: bytes.len() as u64,
+        });
     }
     let body_end = bytes.len() - 4;
     let stored = word(body_end);
@@ -102,13 +114,17 @@ pub fn read_sections(bytes: &[u8]) -> Result<Vec<(u16, &[u8])>, SnapshotError> {
     let mut pos = HEADER_LEN;
     while pos < body_end {
         if body_end - pos < 8 {
-            return Err(SnapshotError::Structure(format!("section header cut at offset {pos}")));
+            return Err(SnapshotError::Structure(format!(
+                "section header cut at offset {pos}"
+            )));
         }
         let id = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
         let len = word(pos + 4) as usize;
         let start = pos + 8;
         if len > body_end - start {
-            return Err(SnapshotError::Structure(format!("section {id} overruns the payload")));
+            return Err(SnapshotError::Structure(format!(
+                "section {id} overruns the payload"
+            )));
         }
         sections.push((id, &bytes[start..start + len]));
         pos = start + len;
@@ -147,21 +163,36 @@ mod tests {
         }
         // Any truncation is caught.
         for n in 0..good.len() {
-            assert!(read_sections(&good[..n]).is_err(), "truncation to {n} accepted");
+            assert!(
+                read_sections(&good[..n]).is_err(),
+                "truncation to {n} accepted"
+            );
         }
         let mut b = good.clone();
         b[0] = b'X';
         assert!(matches!(read_sections(&b), Err(SnapshotError::BadMagic)));
         let mut b = good.clone();
         b[8] = 9;
-        assert!(matches!(read_sections(&b), Err(SnapshotError::Version { found: 9, .. })));
+        assert!(matches!(
+            read_sections(&b),
+            Err(SnapshotError::Version { found: 9, .. })
+        ));
         let mut b = good.clone();
         b.push(0);
-        assert!(matches!(read_sections(&b), Err(SnapshotError::Length { .. })));
+        assert!(matches!(
+            read_sections(&b),
+            Err(SnapshotError::Length { .. })
+        ));
         let mut b = good.clone();
         let n = b.len();
         b[n - 6] ^= 1;
-        assert!(matches!(read_sections(&b), Err(SnapshotError::Checksum { .. })));
-        assert!(matches!(read_sections(&good[..10]), Err(SnapshotError::TooShort { .. })));
+        assert!(matches!(
+            read_sections(&b),
+            Err(SnapshotError::Checksum { .. })
+        ));
+        assert!(matches!(
+            read_sections(&good[..10]),
+            Err(SnapshotError::TooShort { .. })
+        ));
     }
 }

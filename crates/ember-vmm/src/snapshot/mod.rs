@@ -39,7 +39,9 @@ pub enum SnapshotError {
     #[error("not an ember-vmm snapshot file (bad magic)")]
     BadMagic,
     /// A version this build cannot read.
-    #[error("unsupported snapshot format version {found} (this ember-vmm reads version {supported})")]
+    #[error(
+        "unsupported snapshot format version {found} (this ember-vmm reads version {supported})"
+    )]
     Version {
         /// Version in the file.
         found: u32,
@@ -47,7 +49,9 @@ pub enum SnapshotError {
         supported: u32,
     },
     /// Length does not match the header.
-    #[error("snapshot file is truncated or has trailing data: header says {expected} bytes, file has {found}")]
+    #[error(
+        "snapshot file is truncated or has trailing data: header says {expected} bytes, file has {found}"
+    )]
     Length {
         /// Bytes expected.
         expected: u64,
@@ -55,7 +59,9 @@ pub enum SnapshotError {
         found: u64,
     },
     /// CRC mismatch.
-    #[error("snapshot checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is corrupt")]
+    #[error(
+        "snapshot checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is corrupt"
+    )]
     Checksum {
         /// CRC in the file.
         stored: u32,

@@ -121,7 +121,8 @@ impl MicrovmState {
                 }
                 SECTION_LEGACY_DEVICES => {
                     let s = LegacyState::decode(&mut r).map_err(sec("legacy devices"))?;
-                    r.finish("legacy devices section").map_err(sec("legacy devices"))?;
+                    r.finish("legacy devices section")
+                        .map_err(sec("legacy devices"))?;
                     if legacy.replace(s).is_some() {
                         return Err(dup("legacy devices"));
                     }
@@ -129,7 +130,11 @@ impl MicrovmState {
                 SECTION_HOST => {
                     host_tsc_khz = Some(r.u32("tsc khz").map_err(sec("host"))?);
                 }
-                other => return Err(SnapshotError::Structure(format!("unknown section id {other}"))),
+                other => {
+                    return Err(SnapshotError::Structure(format!(
+                        "unknown section id {other}"
+                    )));
+                }
             }
         }
         let missing = |name: &str| SnapshotError::Structure(format!("missing {name} section"));
@@ -138,7 +143,10 @@ impl MicrovmState {
             return Err(SnapshotError::Structure("invalid memory layout".into()));
         }
         if vcpus.is_empty() || vcpus.len() > 254 {
-            return Err(SnapshotError::Structure(format!("{} vCPU sections", vcpus.len())));
+            return Err(SnapshotError::Structure(format!(
+                "{} vCPU sections",
+                vcpus.len()
+            )));
         }
         Ok(MicrovmState {
             memory_regions,
@@ -163,15 +171,27 @@ mod tests {
         let v = w.into_vec();
         let i8042 = i8042::decode_state(&mut Reader::new(&v)).unwrap();
         let vcpu = VcpuState {
-            cpuid: vec![kvm_bindings::kvm_cpuid_entry2 { function: 1, eax: 7, ..Default::default() }],
+            cpuid: vec![kvm_bindings::kvm_cpuid_entry2 {
+                function: 1,
+                eax: 7,
+                ..Default::default()
+            }],
             mp_state: Default::default(),
-            regs: kvm_bindings::kvm_regs { rip: 0x10_0000, rax: 5, ..Default::default() },
+            regs: kvm_bindings::kvm_regs {
+                rip: 0x10_0000,
+                rax: 5,
+                ..Default::default()
+            },
             sregs: Default::default(),
             xsave: Box::default(),
             xcrs: Default::default(),
             debugregs: Default::default(),
             lapic: Default::default(),
-            msrs: vec![kvm_msr_entry { index: 0x10, data: 99, ..Default::default() }],
+            msrs: vec![kvm_msr_entry {
+                index: 0x10,
+                data: 99,
+                ..Default::default()
+            }],
             events: Default::default(),
             tsc_khz: Some(2_600_000),
         };
@@ -179,14 +199,26 @@ mod tests {
             memory_regions: vec![(0, 128 << 20)],
             config_json: br#"{"machine-config":{"vcpu_count":1,"mem_size_mib":128}}"#.to_vec(),
             vm: VmState {
-                clock: kvm_clock_data { clock: 12345, ..Default::default() },
+                clock: kvm_clock_data {
+                    clock: 12345,
+                    ..Default::default()
+                },
                 pic_master: kvm_irqchip::default(),
-                pic_slave: kvm_irqchip { chip_id: 1, ..Default::default() },
-                ioapic: kvm_irqchip { chip_id: 2, ..Default::default() },
+                pic_slave: kvm_irqchip {
+                    chip_id: 1,
+                    ..Default::default()
+                },
+                ioapic: kvm_irqchip {
+                    chip_id: 2,
+                    ..Default::default()
+                },
                 pit: kvm_pit_state2::default(),
             },
             vcpus: vec![vcpu.clone(), vcpu],
-            legacy: LegacyState { serial: Default::default(), i8042 },
+            legacy: LegacyState {
+                serial: Default::default(),
+                i8042,
+            },
             host_tsc_khz: 2_600_000,
         }
     }
@@ -223,7 +255,10 @@ mod tests {
         for i in (0..bytes.len()).step_by(97) {
             let mut b = bytes.clone();
             b[i] ^= 0xff;
-            assert!(MicrovmState::from_bytes(&b).is_err(), "corruption at {i} accepted");
+            assert!(
+                MicrovmState::from_bytes(&b).is_err(),
+                "corruption at {i} accepted"
+            );
         }
         for n in [0, 7, 23, 100, bytes.len() - 1] {
             assert!(MicrovmState::from_bytes(&bytes[..n]).is_err());

@@ -89,7 +89,10 @@ impl KvmContext {
         let cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|source| KvmError::Ioctl { what: "KVM_GET_SUPPORTED_CPUID", source })?;
+            .map_err(|source| KvmError::Ioctl {
+                what: "KVM_GET_SUPPORTED_CPUID",
+                source,
+            })?;
         Ok(SUPPORTED_CPUID.get_or_init(|| cpuid.as_slice().to_vec()))
     }
 
@@ -102,9 +105,16 @@ impl KvmContext {
         let list = self
             .kvm
             .get_msr_index_list()
-            .map_err(|source| KvmError::Ioctl { what: "KVM_GET_MSR_INDEX_LIST", source })?;
-        let filtered: Vec<u32> =
-            list.as_slice().iter().copied().filter(|i| msr::is_serializable(*i)).collect();
+            .map_err(|source| KvmError::Ioctl {
+                what: "KVM_GET_MSR_INDEX_LIST",
+                source,
+            })?;
+        let filtered: Vec<u32> = list
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|i| msr::is_serializable(*i))
+            .collect();
         Ok(MSRS_TO_SAVE.get_or_init(|| filtered))
     }
 }

@@ -71,7 +71,9 @@ fn with_offsets(regions: &[(u64, u64)]) -> Result<Vec<(u64, u64, u64)>, MemoryEr
     let mut offset = 0u64;
     for &(gpa, size) in regions {
         if size == 0 || size % PAGE_SIZE as u64 != 0 || gpa % PAGE_SIZE as u64 != 0 {
-            return Err(MemoryError::Layout(format!("region {gpa:#x}+{size:#x} is not page-aligned")));
+            return Err(MemoryError::Layout(format!(
+                "region {gpa:#x}+{size:#x} is not page-aligned"
+            )));
         }
         out.push((gpa, size, offset));
         offset += size;
@@ -90,10 +92,19 @@ fn build(
         let (fo, flags) = match file {
             // Private: guest writes go to anonymous copy-on-write pages, never to the file.
             Some(f) => {
-                let dup = f.try_clone().map_err(|source| MemoryError::Io { what: "dup memory file", source })?;
-                (Some(FileOffset::new(dup, file_offset)), libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                let dup = f.try_clone().map_err(|source| MemoryError::Io {
+                    what: "dup memory file",
+                    source,
+                })?;
+                (
+                    Some(FileOffset::new(dup, file_offset)),
+                    libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+                )
             }
-            None => (None, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
+            None => (
+                None,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            ),
         };
         let region = MmapRegion::build(fo, size as usize, prot, flags)
             .map_err(|source| MemoryError::Map { size, source })?;
@@ -101,8 +112,13 @@ fn build(
             .ok_or_else(|| MemoryError::Layout(format!("region at {gpa:#x} overflows")))?;
         mapped.push(region);
     }
-    let mmap = GuestMemoryMmap::from_regions(mapped).map_err(|e| MemoryError::Layout(e.to_string()))?;
-    Ok(GuestMemory { mmap, regions, backing })
+    let mmap =
+        GuestMemoryMmap::from_regions(mapped).map_err(|e| MemoryError::Layout(e.to_string()))?;
+    Ok(GuestMemory {
+        mmap,
+        regions,
+        backing,
+    })
 }
 
 impl GuestMemory {
@@ -113,21 +129,33 @@ impl GuestMemory {
 
     /// Maps `file` MAP_PRIVATE (copy-on-write, no pre-faulting): restore cost independent of
     /// the guest size, pages shared with every other VM restored from the same file.
-    pub fn from_file_private(file: File, regions: &[(u64, u64)]) -> Result<GuestMemory, MemoryError> {
+    pub fn from_file_private(
+        file: File,
+        regions: &[(u64, u64)],
+    ) -> Result<GuestMemory, MemoryError> {
         let r = with_offsets(regions)?;
         let mem = build(r, Some(&file), Backing::Anonymous)?;
-        Ok(GuestMemory { backing: Backing::PrivateFile(file), ..mem })
+        Ok(GuestMemory {
+            backing: Backing::PrivateFile(file),
+            ..mem
+        })
     }
 
     /// Copies the file's data ranges into fresh anonymous memory (holes stay untouched).
-    pub fn from_file_eager(file: &File, regions: &[(u64, u64)]) -> Result<GuestMemory, MemoryError> {
+    pub fn from_file_eager(
+        file: &File,
+        regions: &[(u64, u64)],
+    ) -> Result<GuestMemory, MemoryError> {
         let mem = Self::anonymous(regions)?;
         for (i, &(_, size, file_offset)) in mem.regions.iter().enumerate() {
             for (start, end) in data_ranges(file, file_offset, file_offset + size)? {
                 let dst = mem.region_bytes_mut(i);
                 let slice = &mut dst[(start - file_offset) as usize..(end - file_offset) as usize];
                 file.read_exact_at(slice, start)
-                    .map_err(|source| MemoryError::Io { what: "reading memory file", source })?;
+                    .map_err(|source| MemoryError::Io {
+                        what: "reading memory file",
+                        source,
+                    })?;
             }
         }
         Ok(mem)
@@ -149,7 +177,11 @@ impl GuestMemory {
     }
 
     fn region_host_ptr(&self, index: usize) -> *mut u8 {
-        self.mmap.iter().nth(index).map(|r| r.as_ptr()).unwrap_or(std::ptr::null_mut())
+        self.mmap
+            .iter()
+            .nth(index)
+            .map(|r| r.as_ptr())
+            .unwrap_or(std::ptr::null_mut())
     }
 
     /// Region `index` as bytes. Callers only use it while no vCPU runs (fresh memory before
@@ -199,8 +231,14 @@ impl GuestMemory {
     /// must be paused.
     pub fn dump_sparse(&self, out: &File) -> Result<DumpStats, MemoryError> {
         let total = self.total_size();
-        out.set_len(0).map_err(|source| MemoryError::Io { what: "truncating memory file", source })?;
-        out.set_len(total).map_err(|source| MemoryError::Io { what: "sizing memory file", source })?;
+        out.set_len(0).map_err(|source| MemoryError::Io {
+            what: "truncating memory file",
+            source,
+        })?;
+        out.set_len(total).map_err(|source| MemoryError::Io {
+            what: "sizing memory file",
+            source,
+        })?;
         let mut written = 0u64;
         for (i, &(_, size, file_offset)) in self.regions.iter().enumerate() {
             let bytes = self.region_bytes(i);
@@ -219,13 +257,18 @@ impl GuestMemory {
             for p in 0..=pages {
                 let non_zero = p < pages
                     && (resident[p] & 1 != 0 || backed[p])
-                    && bytes[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].iter().any(|&b| b != 0);
+                    && bytes[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]
+                        .iter()
+                        .any(|&b| b != 0);
                 match (non_zero, run) {
                     (true, None) => run = Some(p),
                     (false, Some(start)) => {
                         let chunk = &bytes[start * PAGE_SIZE..p * PAGE_SIZE];
                         out.write_all_at(chunk, file_offset + (start * PAGE_SIZE) as u64)
-                            .map_err(|source| MemoryError::Io { what: "writing memory file", source })?;
+                            .map_err(|source| MemoryError::Io {
+                                what: "writing memory file",
+                                source,
+                            })?;
                         written += chunk.len() as u64;
                         run = None;
                     }
@@ -233,7 +276,10 @@ impl GuestMemory {
                 }
             }
         }
-        Ok(DumpStats { total_bytes: total, written_bytes: written })
+        Ok(DumpStats {
+            total_bytes: total,
+            written_bytes: written,
+        })
     }
 }
 
@@ -275,8 +321,12 @@ mod tests {
     #[test]
     fn sparse_dump_and_private_restore_round_trip() {
         let mem = GuestMemory::anonymous(&[(0, 1 << 20)]).unwrap();
-        mem.mmap().write_obj(0xdead_beefu64, GuestAddress(0x3000)).unwrap();
-        mem.mmap().write_obj(0x1234u32, GuestAddress(0xf_f000)).unwrap();
+        mem.mmap()
+            .write_obj(0xdead_beefu64, GuestAddress(0x3000))
+            .unwrap();
+        mem.mmap()
+            .write_obj(0x1234u32, GuestAddress(0xf_f000))
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mem");
         let f = File::create(&path).unwrap();
@@ -285,21 +335,51 @@ mod tests {
         assert_eq!(stats.written_bytes, 2 * PAGE_SIZE as u64);
         drop(f);
 
-        let restored = GuestMemory::from_file_private(File::open(&path).unwrap(), &[(0, 1 << 20)]).unwrap();
-        assert_eq!(restored.mmap().read_obj::<u64>(GuestAddress(0x3000)).unwrap(), 0xdead_beef);
+        let restored =
+            GuestMemory::from_file_private(File::open(&path).unwrap(), &[(0, 1 << 20)]).unwrap();
+        assert_eq!(
+            restored
+                .mmap()
+                .read_obj::<u64>(GuestAddress(0x3000))
+                .unwrap(),
+            0xdead_beef
+        );
         // Writes stay private.
-        restored.mmap().write_obj(7u64, GuestAddress(0x3000)).unwrap();
-        let eager = GuestMemory::from_file_eager(&File::open(&path).unwrap(), &[(0, 1 << 20)]).unwrap();
-        assert_eq!(eager.mmap().read_obj::<u64>(GuestAddress(0x3000)).unwrap(), 0xdead_beef);
-        assert_eq!(eager.mmap().read_obj::<u32>(GuestAddress(0xf_f000)).unwrap(), 0x1234);
+        restored
+            .mmap()
+            .write_obj(7u64, GuestAddress(0x3000))
+            .unwrap();
+        let eager =
+            GuestMemory::from_file_eager(&File::open(&path).unwrap(), &[(0, 1 << 20)]).unwrap();
+        assert_eq!(
+            eager.mmap().read_obj::<u64>(GuestAddress(0x3000)).unwrap(),
+            0xdead_beef
+        );
+        assert_eq!(
+            eager
+                .mmap()
+                .read_obj::<u32>(GuestAddress(0xf_f000))
+                .unwrap(),
+            0x1234
+        );
 
         // A dump of the restored memory keeps file-backed pages that were never touched.
         let path2 = dir.path().join("mem2");
         let f2 = File::create(&path2).unwrap();
         let stats2 = restored.dump_sparse(&f2).unwrap();
         assert_eq!(stats2.written_bytes, 2 * PAGE_SIZE as u64);
-        let again = GuestMemory::from_file_private(File::open(&path2).unwrap(), &[(0, 1 << 20)]).unwrap();
-        assert_eq!(again.mmap().read_obj::<u64>(GuestAddress(0x3000)).unwrap(), 7);
-        assert_eq!(again.mmap().read_obj::<u32>(GuestAddress(0xf_f000)).unwrap(), 0x1234);
+        let again =
+            GuestMemory::from_file_private(File::open(&path2).unwrap(), &[(0, 1 << 20)]).unwrap();
+        assert_eq!(
+            again.mmap().read_obj::<u64>(GuestAddress(0x3000)).unwrap(),
+            7
+        );
+        assert_eq!(
+            again
+                .mmap()
+                .read_obj::<u32>(GuestAddress(0xf_f000))
+                .unwrap(),
+            0x1234
+        );
     }
 }

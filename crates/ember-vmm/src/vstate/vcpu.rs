@@ -107,7 +107,12 @@ pub struct Vcpu {
 impl Vcpu {
     /// Wraps a configured vCPU.
     pub fn new(index: u8, fd: VcpuFd, buses: Arc<Buses>, exit: Arc<ExitSignal>) -> Vcpu {
-        Vcpu { index, fd, buses, exit }
+        Vcpu {
+            index,
+            fd,
+            buses,
+            exit,
+        }
     }
 
     /// Starts the thread, running (`paused == false`) or waiting for a resume.
@@ -121,7 +126,13 @@ impl Vcpu {
             .stack_size(256 << 10)
             .spawn(move || self.thread_main(paused, req_rx, resp_tx))
             .map_err(VcpuError::Spawn)?;
-        let handle = VcpuHandle { index, tx: req_tx, rx: resp_rx, thread: Some(thread), first_run_ns: 0 };
+        let handle = VcpuHandle {
+            index,
+            tx: req_tx,
+            rx: resp_rx,
+            thread: Some(thread),
+            first_run_ns: 0,
+        };
         Ok(handle)
     }
 
@@ -197,8 +208,14 @@ impl Vcpu {
         self.fd.set_kvm_immediate_exit(1);
         match self.fd.run() {
             Err(e) if e.errno() == libc::EINTR => {}
-            Ok(exit) => tracing::warn!(vcpu = self.index, ?exit, "unexpected exit while completing I/O"),
-            Err(e) => tracing::warn!(vcpu = self.index, error = %e, "KVM_RUN(immediate_exit) failed"),
+            Ok(exit) => tracing::warn!(
+                vcpu = self.index,
+                ?exit,
+                "unexpected exit while completing I/O"
+            ),
+            Err(e) => {
+                tracing::warn!(vcpu = self.index, error = %e, "KVM_RUN(immediate_exit) failed")
+            }
         }
         self.fd.set_kvm_immediate_exit(0);
     }
@@ -240,9 +257,9 @@ impl Vcpu {
                     RunOutcome::Stop(ExitReason::GuestShutdown)
                 }
                 VcpuExit::Intr => RunOutcome::Kicked,
-                VcpuExit::FailEntry(reason, cpu) => RunOutcome::Stop(ExitReason::VcpuError(format!(
-                    "vCPU {index}: KVM_EXIT_FAIL_ENTRY reason {reason:#x} on cpu {cpu}"
-                ))),
+                VcpuExit::FailEntry(reason, cpu) => RunOutcome::Stop(ExitReason::VcpuError(
+                    format!("vCPU {index}: KVM_EXIT_FAIL_ENTRY reason {reason:#x} on cpu {cpu}"),
+                )),
                 VcpuExit::InternalError => {
                     let run = self.fd.get_kvm_run();
                     // SAFETY: KVM_EXIT_INTERNAL_ERROR says `internal` is the active union field.
@@ -260,7 +277,9 @@ impl Vcpu {
             },
             Err(e) if e.errno() == libc::EINTR => RunOutcome::Kicked,
             Err(e) if e.errno() == libc::EAGAIN => RunOutcome::Continue,
-            Err(e) => RunOutcome::Stop(ExitReason::VcpuError(format!("vCPU {index}: KVM_RUN: {e}"))),
+            Err(e) => {
+                RunOutcome::Stop(ExitReason::VcpuError(format!("vCPU {index}: KVM_RUN: {e}")))
+            }
         }
     }
 }
@@ -307,13 +326,19 @@ impl VcpuHandle {
         match self.rx.recv_timeout(REQUEST_TIMEOUT) {
             Ok(r) => Ok(r),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                Err(VcpuError::NoAnswer { index: self.index, request })
+                Err(VcpuError::NoAnswer {
+                    index: self.index,
+                    request,
+                })
             }
         }
     }
 
     fn send(&self, req: Request, request: &'static str) -> Result<(), VcpuError> {
-        self.tx.send(req).map_err(|_| VcpuError::NoAnswer { index: self.index, request })
+        self.tx.send(req).map_err(|_| VcpuError::NoAnswer {
+            index: self.index,
+            request,
+        })
     }
 
     /// Waits until a vCPU spawned running has entered its run loop; returns the timestamp just
@@ -324,7 +349,10 @@ impl VcpuHandle {
                 self.first_run_ns = t;
                 Ok(t)
             }
-            _ => Err(VcpuError::NoAnswer { index: self.index, request: "start" }),
+            _ => Err(VcpuError::NoAnswer {
+                index: self.index,
+                request: "start",
+            }),
         }
     }
 
@@ -334,7 +362,10 @@ impl VcpuHandle {
         self.kick();
         match self.answer("pause")? {
             Response::Paused => Ok(()),
-            _ => Err(VcpuError::NoAnswer { index: self.index, request: "pause" }),
+            _ => Err(VcpuError::NoAnswer {
+                index: self.index,
+                request: "pause",
+            }),
         }
     }
 
@@ -344,7 +375,10 @@ impl VcpuHandle {
         match self.answer("resume")? {
             Response::Running(t) => Ok(t),
             Response::Paused => Ok(0),
-            _ => Err(VcpuError::NoAnswer { index: self.index, request: "resume" }),
+            _ => Err(VcpuError::NoAnswer {
+                index: self.index,
+                request: "resume",
+            }),
         }
     }
 
@@ -352,8 +386,14 @@ impl VcpuHandle {
     pub fn save_state(&self, msrs: &'static [u32]) -> Result<VcpuState, VcpuError> {
         self.send(Request::SaveState(msrs), "save state")?;
         match self.answer("save state")? {
-            Response::State(r) => (*r).map_err(|source| VcpuError::State { index: self.index, source }),
-            _ => Err(VcpuError::NoAnswer { index: self.index, request: "save state" }),
+            Response::State(r) => (*r).map_err(|source| VcpuError::State {
+                index: self.index,
+                source,
+            }),
+            _ => Err(VcpuError::NoAnswer {
+                index: self.index,
+                request: "save state",
+            }),
         }
     }
 }

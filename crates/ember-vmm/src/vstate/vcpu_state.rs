@@ -7,12 +7,12 @@
 //! exceptions/interrupts/NMIs) and the TSC frequency. Restored in the order KVM needs (CPUID
 //! first, events last).
 
+use kvm_bindings::CpuId;
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_debugregs,
     kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
     kvm_xsave,
 };
-use kvm_bindings::CpuId;
 use kvm_ioctls::VcpuFd;
 
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
@@ -90,7 +90,9 @@ impl std::fmt::Debug for VcpuState {
 impl VcpuState {
     /// Reads the state of a stopped vCPU (no pending I/O: see `Vcpu::complete_pending_io`).
     pub fn save(fd: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, VcpuStateError> {
-        let cpuid = fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_CPUID2"))?;
+        let cpuid = fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(err("KVM_GET_CPUID2"))?;
         let mp_state = fd.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?;
         let regs = fd.get_regs().map_err(err("KVM_GET_REGS"))?;
         let sregs = fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
@@ -123,26 +125,29 @@ impl VcpuState {
             source: kvm_ioctls::Error::new(libc::E2BIG),
         })?;
         fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
-        if let Some(khz) = self.tsc_khz {
-            if fd.get_tsc_khz().ok() != Some(khz) {
-                // Cannot be changed on every host (not on this project's machines): the guest
-                // keeps running at the host's rate. Restore on the host that saved.
-                if let Err(e) = fd.set_tsc_khz(khz) {
-                    tracing::warn!(khz, error = %e, "vCPU TSC frequency differs from the snapshot's");
-                }
+        if let Some(khz) = self.tsc_khz
+            && fd.get_tsc_khz().ok() != Some(khz)
+        {
+            // Cannot be changed on every host (not on this project's machines): the guest
+            // keeps running at the host's rate. Restore on the host that saved.
+            if let Err(e) = fd.set_tsc_khz(khz) {
+                tracing::warn!(khz, error = %e, "vCPU TSC frequency differs from the snapshot's");
             }
         }
-        fd.set_mp_state(self.mp_state).map_err(err("KVM_SET_MP_STATE"))?;
+        fd.set_mp_state(self.mp_state)
+            .map_err(err("KVM_SET_MP_STATE"))?;
         fd.set_regs(&self.regs).map_err(err("KVM_SET_REGS"))?;
         fd.set_sregs(&self.sregs).map_err(err("KVM_SET_SREGS"))?;
         // SAFETY: `xsave` is a complete legacy-size XSAVE area read by KVM_GET_XSAVE from a vCPU
         // with the same CPUID (restored just above), which is what KVM_SET_XSAVE expects.
         unsafe { fd.set_xsave(&self.xsave) }.map_err(err("KVM_SET_XSAVE"))?;
         fd.set_xcrs(&self.xcrs).map_err(err("KVM_SET_XCRS"))?;
-        fd.set_debug_regs(&self.debugregs).map_err(err("KVM_SET_DEBUGREGS"))?;
+        fd.set_debug_regs(&self.debugregs)
+            .map_err(err("KVM_SET_DEBUGREGS"))?;
         fd.set_lapic(&self.lapic).map_err(err("KVM_SET_LAPIC"))?;
         write_msrs(fd, &self.msrs)?;
-        fd.set_vcpu_events(&self.events).map_err(err("KVM_SET_VCPU_EVENTS"))?;
+        fd.set_vcpu_events(&self.events)
+            .map_err(err("KVM_SET_VCPU_EVENTS"))?;
         Ok(())
     }
 
@@ -187,11 +192,27 @@ impl VcpuState {
         for _ in 0..n {
             let index = r.u32("msr index")?;
             let data = r.u64("msr value")?;
-            msrs.push(kvm_msr_entry { index, data, ..Default::default() });
+            msrs.push(kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            });
         }
         let events = r.pod("vcpu events")?;
         let tsc_khz = Some(r.u32("tsc_khz")?).filter(|k| *k != 0);
-        Ok(VcpuState { cpuid, mp_state, regs, sregs, xsave, xcrs, debugregs, lapic, msrs, events, tsc_khz })
+        Ok(VcpuState {
+            cpuid,
+            mp_state,
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            debugregs,
+            lapic,
+            msrs,
+            events,
+            tsc_khz,
+        })
     }
 }
 
@@ -202,7 +223,10 @@ fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, VcpuSta
         let chunk: Vec<kvm_msr_entry> = indices[i..]
             .iter()
             .take(KVM_MAX_MSR_ENTRIES)
-            .map(|&index| kvm_msr_entry { index, ..Default::default() })
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
             .collect();
         let mut msrs = Msrs::from_entries(&chunk).map_err(|_| VcpuStateError {
             what: "MSR list too long",
@@ -211,7 +235,10 @@ fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, VcpuSta
         let n = fd.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS"))?;
         out.extend_from_slice(&msrs.as_slice()[..n.min(chunk.len())]);
         if n < chunk.len() {
-            tracing::debug!(msr = format_args!("{:#x}", chunk[n].index), "MSR not readable, skipped");
+            tracing::debug!(
+                msr = format_args!("{:#x}", chunk[n].index),
+                "MSR not readable, skipped"
+            );
             i += n + 1;
         } else {
             i += n;
@@ -230,7 +257,10 @@ fn write_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), VcpuStateErr
         })?;
         let n = fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
         if n < chunk.len() {
-            tracing::warn!(msr = format_args!("{:#x}", chunk[n].index), "MSR not writable, skipped");
+            tracing::warn!(
+                msr = format_args!("{:#x}", chunk[n].index),
+                "MSR not writable, skipped"
+            );
             i += n + 1;
         } else {
             i += n;
@@ -247,7 +277,10 @@ pub fn set_msrs_exact(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), Vcpu
     })?;
     let n = fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
     if n != entries.len() {
-        return Err(VcpuStateError { what: "KVM_SET_MSRS (boot MSR rejected)", source: kvm_ioctls::Error::new(libc::EINVAL) });
+        return Err(VcpuStateError {
+            what: "KVM_SET_MSRS (boot MSR rejected)",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        });
     }
     Ok(())
 }

@@ -38,9 +38,13 @@ impl Vm {
     /// `KVM_CREATE_VM`, TSS address, in-kernel irqchip and PIT (speaker port dummy).
     pub fn create(kvm: &Kvm) -> Result<Vm, VmError> {
         let fd = kvm.create_vm().map_err(err("KVM_CREATE_VM"))?;
-        fd.set_tss_address(KVM_TSS_ADDR as usize).map_err(err("KVM_SET_TSS_ADDR"))?;
+        fd.set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(err("KVM_SET_TSS_ADDR"))?;
         fd.create_irq_chip().map_err(err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
         fd.create_pit2(pit).map_err(err("KVM_CREATE_PIT2"))?;
         Ok(Vm { fd })
     }
@@ -84,8 +88,13 @@ impl Vm {
     /// Reads the VM-wide device and clock state (VM paused).
     pub fn save_state(&self) -> Result<VmState, VmError> {
         let chip = |chip_id| -> Result<kvm_irqchip, VmError> {
-            let mut c = kvm_irqchip { chip_id, ..Default::default() };
-            self.fd.get_irqchip(&mut c).map_err(err("KVM_GET_IRQCHIP"))?;
+            let mut c = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut c)
+                .map_err(err("KVM_GET_IRQCHIP"))?;
             Ok(c)
         };
         Ok(VmState {
@@ -101,11 +110,20 @@ impl Vm {
     /// `KVM_CLOCK_REALTIME` adjustment).
     pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
         self.fd.set_pit2(&state.pit).map_err(err("KVM_SET_PIT2"))?;
-        let clock = kvm_clock_data { flags: 0, ..state.clock };
+        let clock = kvm_clock_data {
+            flags: 0,
+            ..state.clock
+        };
         self.fd.set_clock(&clock).map_err(err("KVM_SET_CLOCK"))?;
-        self.fd.set_irqchip(&state.pic_master).map_err(err("KVM_SET_IRQCHIP(pic master)"))?;
-        self.fd.set_irqchip(&state.pic_slave).map_err(err("KVM_SET_IRQCHIP(pic slave)"))?;
-        self.fd.set_irqchip(&state.ioapic).map_err(err("KVM_SET_IRQCHIP(ioapic)"))?;
+        self.fd
+            .set_irqchip(&state.pic_master)
+            .map_err(err("KVM_SET_IRQCHIP(pic master)"))?;
+        self.fd
+            .set_irqchip(&state.pic_slave)
+            .map_err(err("KVM_SET_IRQCHIP(pic slave)"))?;
+        self.fd
+            .set_irqchip(&state.ioapic)
+            .map_err(err("KVM_SET_IRQCHIP(ioapic)"))?;
         Ok(())
     }
 }
@@ -127,7 +145,9 @@ pub struct VmState {
 
 impl std::fmt::Debug for VmState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmState").field("clock", &self.clock.clock).finish_non_exhaustive()
+        f.debug_struct("VmState")
+            .field("clock", &self.clock.clock)
+            .finish_non_exhaustive()
     }
 }
 

@@ -48,7 +48,10 @@ impl Default for ZeroPage {
 impl ZeroPage {
     /// A zero page with the loader fields every 64-bit boot needs.
     pub fn new() -> Self {
-        let mut zp = ZeroPage { bytes: Box::new([0u8; 4096]), e820_count: 0 };
+        let mut zp = ZeroPage {
+            bytes: Box::new([0u8; 4096]),
+            e820_count: 0,
+        };
         zp.put(BOOT_FLAG_OFFSET, &0xaa55u16.to_le_bytes());
         zp.put(HEADER_MAGIC_OFFSET, &0x5372_6448u32.to_le_bytes()); // "HdrS"
         zp.put(TYPE_OF_LOADER_OFFSET, &[0xff]); // "other" loader
@@ -90,7 +93,11 @@ impl ZeroPage {
     /// reserved up to 1 MiB, then RAM from 1 MiB (and above 4 GiB).
     pub fn add_standard_e820(&mut self, ram: &[(u64, u64)]) -> Result<(), ArchError> {
         self.add_e820(0, SYSTEM_MEM_START, E820_RAM)?;
-        self.add_e820(SYSTEM_MEM_START, SYSTEM_MEM_END - SYSTEM_MEM_START, E820_RESERVED)?;
+        self.add_e820(
+            SYSTEM_MEM_START,
+            SYSTEM_MEM_END - SYSTEM_MEM_START,
+            E820_RESERVED,
+        )?;
         for &(start, size) in ram {
             let begin = start.max(HIMEM_START);
             let end = start + size;
@@ -131,12 +138,30 @@ mod tests {
         let h = SETUP_HEADER_OFFSET;
         assert_eq!(h + offset_of!(setup_header, boot_flag), BOOT_FLAG_OFFSET);
         assert_eq!(h + offset_of!(setup_header, header), HEADER_MAGIC_OFFSET);
-        assert_eq!(h + offset_of!(setup_header, type_of_loader), TYPE_OF_LOADER_OFFSET);
-        assert_eq!(h + offset_of!(setup_header, ramdisk_image), RAMDISK_IMAGE_OFFSET);
-        assert_eq!(h + offset_of!(setup_header, ramdisk_size), RAMDISK_SIZE_OFFSET);
-        assert_eq!(h + offset_of!(setup_header, cmd_line_ptr), CMD_LINE_PTR_OFFSET);
-        assert_eq!(h + offset_of!(setup_header, kernel_alignment), KERNEL_ALIGNMENT_OFFSET);
-        assert_eq!(h + offset_of!(setup_header, cmdline_size), CMDLINE_SIZE_OFFSET);
+        assert_eq!(
+            h + offset_of!(setup_header, type_of_loader),
+            TYPE_OF_LOADER_OFFSET
+        );
+        assert_eq!(
+            h + offset_of!(setup_header, ramdisk_image),
+            RAMDISK_IMAGE_OFFSET
+        );
+        assert_eq!(
+            h + offset_of!(setup_header, ramdisk_size),
+            RAMDISK_SIZE_OFFSET
+        );
+        assert_eq!(
+            h + offset_of!(setup_header, cmd_line_ptr),
+            CMD_LINE_PTR_OFFSET
+        );
+        assert_eq!(
+            h + offset_of!(setup_header, kernel_alignment),
+            KERNEL_ALIGNMENT_OFFSET
+        );
+        assert_eq!(
+            h + offset_of!(setup_header, cmdline_size),
+            CMDLINE_SIZE_OFFSET
+        );
         assert_eq!(std::mem::size_of::<boot_params>(), 4096);
     }
 

@@ -8,7 +8,9 @@
 //! - AMD: leaf 0x7 ARCH_CAPABILITIES off, 0x8000_0008 core count, 0x8000_001d cache sharing,
 //!   0x8000_001e extended APIC id / compute unit.
 
-use kvm_bindings::{KVM_CPUID_FLAG_SIGNIFCANT_INDEX as KVM_CPUID_FLAG_SIGNIFICANT_INDEX, kvm_cpuid_entry2};
+use kvm_bindings::{
+    KVM_CPUID_FLAG_SIGNIFCANT_INDEX as KVM_CPUID_FLAG_SIGNIFICANT_INDEX, kvm_cpuid_entry2,
+};
 
 /// CPU vendor, from leaf 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +41,11 @@ pub fn vendor(entries: &[kvm_cpuid_entry2]) -> Vendor {
 
 fn set_bits(reg: &mut u32, lo: u32, hi: u32, value: u32) {
     let width = hi - lo + 1;
-    let mask = if width == 32 { u32::MAX } else { ((1u32 << width) - 1) << lo };
+    let mask = if width == 32 {
+        u32::MAX
+    } else {
+        ((1u32 << width) - 1) << lo
+    };
     *reg = (*reg & !mask) | ((value << lo) & mask);
 }
 
@@ -149,12 +155,23 @@ mod tests {
     use super::*;
 
     fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
     }
 
     fn vendor_leaf(id: &[u8; 12]) -> kvm_cpuid_entry2 {
         let word = |i: usize| u32::from_le_bytes([id[i], id[i + 1], id[i + 2], id[i + 3]]);
-        kvm_cpuid_entry2 { function: 0, eax: 0xd, ebx: word(0), edx: word(4), ecx: word(8), ..Default::default() }
+        kvm_cpuid_entry2 {
+            function: 0,
+            eax: 0xd,
+            ebx: word(0),
+            edx: word(4),
+            ecx: word(8),
+            ..Default::default()
+        }
     }
 
     fn get(e: &[kvm_cpuid_entry2], f: u32, i: u32) -> kvm_cpuid_entry2 {
@@ -163,7 +180,13 @@ mod tests {
 
     #[test]
     fn intel_topology() {
-        let mut e = vec![vendor_leaf(b"GenuineIntel"), leaf(1, 0), leaf(0xb, 0), leaf(4, 0), leaf(0xa, 0)];
+        let mut e = vec![
+            vendor_leaf(b"GenuineIntel"),
+            leaf(1, 0),
+            leaf(0xb, 0),
+            leaf(4, 0),
+            leaf(0xa, 0),
+        ];
         e[4].eax = 0x0760_0004;
         assert_eq!(vendor(&e), Vendor::Intel);
         normalize(&mut e, 2, 4, true);
@@ -180,7 +203,13 @@ mod tests {
 
     #[test]
     fn amd_topology() {
-        let mut e = vec![vendor_leaf(b"AuthenticAMD"), leaf(1, 0), leaf(0x8000_0008, 0), leaf(0x8000_001e, 0), leaf(7, 0)];
+        let mut e = vec![
+            vendor_leaf(b"AuthenticAMD"),
+            leaf(1, 0),
+            leaf(0x8000_0008, 0),
+            leaf(0x8000_001e, 0),
+            leaf(7, 0),
+        ];
         e[4].edx = 1 << 29;
         normalize(&mut e, 1, 2, false);
         assert_eq!(vendor(&e), Vendor::Amd);

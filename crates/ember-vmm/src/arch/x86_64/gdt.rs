@@ -28,7 +28,11 @@ pub fn segment_from_entry(entry: u64, index: u16) -> kvm_segment {
     let present = bit(47);
     kvm_segment {
         base: ((entry >> 32) & 0xff00_0000) | ((entry >> 16) & 0x00ff_ffff),
-        limit: if granularity == 1 { (raw_limit << 12) | 0xfff } else { raw_limit },
+        limit: if granularity == 1 {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: index * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present,
@@ -50,7 +54,10 @@ mod tests {
     #[test]
     fn code_segment_is_64_bit() {
         let cs = segment_from_entry(BOOT_GDT[1], 1);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.present, cs.s), (8, 1, 0, 1, 1));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.present, cs.s),
+            (8, 1, 0, 1, 1)
+        );
         assert_eq!(cs.type_, 0xb);
         assert_eq!(cs.limit, 0xffff_ffff);
         let ds = segment_from_entry(BOOT_GDT[2], 2);

@@ -41,7 +41,10 @@ pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO32_START {
         vec![(0, mem_size)]
     } else {
-        vec![(0, MMIO32_START), (FIRST_ADDR_PAST_32BITS, mem_size - MMIO32_START)]
+        vec![
+            (0, MMIO32_START),
+            (FIRST_ADDR_PAST_32BITS, mem_size - MMIO32_START),
+        ]
     }
 }
 
@@ -55,7 +58,10 @@ mod tests {
         assert_eq!(ram_regions(MMIO32_START), vec![(0, MMIO32_START)]);
         assert_eq!(
             ram_regions(4 << 30),
-            vec![(0, MMIO32_START), (FIRST_ADDR_PAST_32BITS, (4 << 30) - MMIO32_START)]
+            vec![
+                (0, MMIO32_START),
+                (FIRST_ADDR_PAST_32BITS, (4 << 30) - MMIO32_START)
+            ]
         );
     }
 }

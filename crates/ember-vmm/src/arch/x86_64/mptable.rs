@@ -16,13 +16,18 @@ const IOAPIC_PINS: u8 = 24;
 const APIC_VERSION: u8 = 0x14;
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// Builds the floating pointer and configuration table for `num_cpus` vCPUs located at `addr`.
 pub fn build(num_cpus: u8, addr: u64) -> Result<Vec<u8>, ArchError> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
-        return Err(ArchError::Invalid(format!("MP table: {num_cpus} vCPUs not supported")));
+        return Err(ArchError::Invalid(format!(
+            "MP table: {num_cpus} vCPUs not supported"
+        )));
     }
     let ioapic_id = num_cpus + 1;
     let table_addr = addr + 16;
@@ -74,7 +79,9 @@ pub fn build(num_cpus: u8, addr: u64) -> Result<Vec<u8>, ArchError> {
     out[10] = checksum(&out);
     out.extend_from_slice(&table);
     if addr + out.len() as u64 > SYSTEM_MEM_END {
-        return Err(ArchError::Invalid("MP table does not fit below 1 MiB".into()));
+        return Err(ArchError::Invalid(
+            "MP table does not fit below 1 MiB".into(),
+        ));
     }
     Ok(out)
 }
@@ -82,11 +89,12 @@ pub fn build(num_cpus: u8, addr: u64) -> Result<Vec<u8>, ArchError> {
 /// Writes the MP table for `num_cpus` vCPUs.
 pub fn write(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), ArchError> {
     let bytes = build(num_cpus, MPTABLE_ADDR)?;
-    mem.write_slice(&bytes, GuestAddress(MPTABLE_ADDR)).map_err(|source| ArchError::GuestWrite {
-        what: "MP table",
-        addr: MPTABLE_ADDR,
-        source,
-    })
+    mem.write_slice(&bytes, GuestAddress(MPTABLE_ADDR))
+        .map_err(|source| ArchError::GuestWrite {
+            what: "MP table",
+            addr: MPTABLE_ADDR,
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -106,7 +114,11 @@ mod tests {
             assert_eq!(table.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
             let count = u16::from_le_bytes([table[34], table[35]]);
             assert_eq!(count, u16::from(n) + 2 + 24 + 2);
-            let cpus = table[44..].chunks(20).take(n as usize).filter(|e| e[0] == 0).count();
+            let cpus = table[44..]
+                .chunks(20)
+                .take(n as usize)
+                .filter(|e| e[0] == 0)
+                .count();
             assert_eq!(cpus, n as usize);
         }
         assert!(build(0, MPTABLE_ADDR).is_err());

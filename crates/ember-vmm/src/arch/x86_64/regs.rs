@@ -24,10 +24,18 @@ pub fn write_gdt_and_idt(mem: &GuestMemoryMmap) -> Result<(), ArchError> {
     for (i, entry) in BOOT_GDT.iter().enumerate() {
         let addr = GDT_ADDR + 8 * i as u64;
         mem.write_obj(*entry, GuestAddress(addr))
-            .map_err(|source| ArchError::GuestWrite { what: "GDT", addr, source })?;
+            .map_err(|source| ArchError::GuestWrite {
+                what: "GDT",
+                addr,
+                source,
+            })?;
     }
     mem.write_obj(0u64, GuestAddress(IDT_ADDR))
-        .map_err(|source| ArchError::GuestWrite { what: "IDT", addr: IDT_ADDR, source })
+        .map_err(|source| ArchError::GuestWrite {
+            what: "IDT",
+            addr: IDT_ADDR,
+            source,
+        })
 }
 
 /// Sets the general registers: `rip` = entry, boot stack, `rsi` = zero page.
@@ -69,7 +77,11 @@ pub fn setup_sregs(vcpu: &VcpuFd) -> Result<(), ArchError> {
 
 /// Default x87/SSE control words.
 pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), ArchError> {
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(kvm("KVM_SET_FPU"))
 }
 
@@ -93,8 +105,16 @@ fn set_lapic_reg(regs: &mut [std::os::raw::c_char; 1024], offset: usize, value: 
 pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), ArchError> {
     let mut lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
     let lvt0 = lapic_reg(&lapic.regs, APIC_LVT0);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT0, (lvt0 & !0x700) | (APIC_MODE_EXTINT << 8));
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT0,
+        (lvt0 & !0x700) | (APIC_MODE_EXTINT << 8),
+    );
     let lvt1 = lapic_reg(&lapic.regs, APIC_LVT1);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT1, (lvt1 & !0x700) | (APIC_MODE_NMI << 8));
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT1,
+        (lvt1 & !0x700) | (APIC_MODE_NMI << 8),
+    );
     vcpu.set_lapic(&lapic).map_err(kvm("KVM_SET_LAPIC"))
 }

@@ -97,10 +97,10 @@ impl I8042 {
     }
 
     fn interrupt(&self) {
-        if self.st.control & CB_KBD_INT != 0 {
-            if let Err(e) = self.irq.trigger() {
-                tracing::warn!(error = %e, "i8042 interrupt failed");
-            }
+        if self.st.control & CB_KBD_INT != 0
+            && let Err(e) = self.irq.trigger()
+        {
+            tracing::warn!(error = %e, "i8042 interrupt failed");
         }
     }
 
@@ -208,9 +208,18 @@ pub fn decode_state(r: &mut Reader<'_>) -> Result<I8042State, DecodeError> {
     let cmd = r.u8("i8042 command")?;
     let buf = r.bytes("i8042 buffer")?.to_vec();
     if buf.len() > BUF_SIZE {
-        return Err(DecodeError::Invalid { what: "i8042 buffer", detail: "too long".into() });
+        return Err(DecodeError::Invalid {
+            what: "i8042 buffer",
+            detail: "too long".into(),
+        });
     }
-    Ok(I8042State { status, control, outp, cmd, buf })
+    Ok(I8042State {
+        status,
+        control,
+        outp,
+        cmd,
+        buf,
+    })
 }
 
 #[cfg(test)]
@@ -220,7 +229,10 @@ mod tests {
 
     fn dev() -> (I8042, Arc<ExitSignal>) {
         let exit = Arc::new(ExitSignal::new().unwrap());
-        (I8042::new(IrqLine(EventFd::new(0).unwrap()), exit.clone()), exit)
+        (
+            I8042::new(IrqLine(EventFd::new(0).unwrap()), exit.clone()),
+            exit,
+        )
     }
 
     #[test]

@@ -33,7 +33,10 @@ impl LegacyState {
     }
     /// Decodes it.
     pub fn decode(r: &mut Reader<'_>) -> Result<LegacyState, DecodeError> {
-        Ok(LegacyState { serial: serial::decode_state(r)?, i8042: i8042::decode_state(r)? })
+        Ok(LegacyState {
+            serial: serial::decode_state(r)?,
+            i8042: i8042::decode_state(r)?,
+        })
     }
 }
 
@@ -57,10 +60,14 @@ impl LegacyDevices {
     ) -> Result<LegacyDevices, LegacyError> {
         let (serial, i8042) = match state {
             Some(s) => (
-                SerialDevice::from_state(&s.serial, serial_irq, out).map_err(LegacyError::Serial)?,
+                SerialDevice::from_state(&s.serial, serial_irq, out)
+                    .map_err(LegacyError::Serial)?,
                 I8042::from_state(&s.i8042, kbd_irq, exit),
             ),
-            None => (SerialDevice::new(serial_irq, out), I8042::new(kbd_irq, exit)),
+            None => (
+                SerialDevice::new(serial_irq, out),
+                I8042::new(kbd_irq, exit),
+            ),
         };
         let serial = Arc::new(Mutex::new(serial));
         let i8042 = Arc::new(Mutex::new(i8042));

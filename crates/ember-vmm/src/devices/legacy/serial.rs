@@ -5,8 +5,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::Serial;
+use vm_superio::serial::{NoEvents, SerialState};
 
 use crate::devices::IrqLine;
 use crate::devices::bus::BusDevice;
@@ -43,7 +43,9 @@ impl SerialSink {
     pub fn open(out: &SerialOutput) -> io::Result<SerialSink> {
         Ok(match out {
             SerialOutput::Stdout => SerialSink::Stdout(io::stdout()),
-            SerialOutput::File(p) => SerialSink::File(OpenOptions::new().create(true).append(true).open(p)?),
+            SerialOutput::File(p) => {
+                SerialSink::File(OpenOptions::new().create(true).append(true).open(p)?)
+            }
             SerialOutput::Sink => SerialSink::Sink,
         })
     }
@@ -79,11 +81,17 @@ pub struct SerialDevice {
 impl SerialDevice {
     /// A UART in reset state.
     pub fn new(irq: IrqLine, out: SerialSink) -> SerialDevice {
-        SerialDevice { uart: Serial::new(irq, out) }
+        SerialDevice {
+            uart: Serial::new(irq, out),
+        }
     }
 
     /// A UART with restored registers.
-    pub fn from_state(state: &SerialState, irq: IrqLine, out: SerialSink) -> io::Result<SerialDevice> {
+    pub fn from_state(
+        state: &SerialState,
+        irq: IrqLine,
+        out: SerialSink,
+    ) -> io::Result<SerialDevice> {
         let uart = Serial::from_state(state, irq, NoEvents, out)
             .map_err(|e| io::Error::other(format!("restoring serial state: {e:?}")))?;
         Ok(SerialDevice { uart })
@@ -102,10 +110,10 @@ impl BusDevice for SerialDevice {
         }
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(&b) = data.first() {
-            if let Err(e) = self.uart.write(offset as u8, b) {
-                tracing::debug!(error = ?e, "serial write failed");
-            }
+        if let Some(&b) = data.first()
+            && let Err(e) = self.uart.write(offset as u8, b)
+        {
+            tracing::debug!(error = ?e, "serial write failed");
         }
     }
 }
@@ -136,7 +144,10 @@ pub fn decode_state(r: &mut Reader<'_>) -> Result<SerialState, DecodeError> {
     }
     let in_buffer = r.bytes("serial input buffer")?.to_vec();
     if in_buffer.len() > 64 {
-        return Err(DecodeError::Invalid { what: "serial input buffer", detail: "longer than the FIFO".into() });
+        return Err(DecodeError::Invalid {
+            what: "serial input buffer",
+            detail: "longer than the FIFO".into(),
+        });
     }
     Ok(SerialState {
         baud_divisor_low: regs[0],
