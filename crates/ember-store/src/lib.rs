@@ -20,11 +20,12 @@
 //! # Layout
 //! `names` (machine names) · `machine`, `snapshot`, `pool` (records and validation) · `network`
 //! (ranges, allocation values) · `alloc` (choosing free values) · `process` (`/proc` identity) ·
-//! `recovery` (report and plan) · `header` (pre-open file inspection) · `schema` (DDL,
+//! `recovery` (report and plan) · `busy` (waiting for another writer) · `header` (pre-open file inspection) · `schema` (DDL,
 //! migrations) · `open` (opening sequence) · `columns`, `sql` (rows) · `store` (the API) ·
 //! `error`.
 
 mod alloc;
+mod busy;
 mod columns;
 pub mod error;
 mod header;

@@ -22,6 +22,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::busy;
 use crate::error::StoreError;
 use crate::header;
 use crate::schema::{self, APPLICATION_ID, MIGRATIONS, Migrated, SCHEMA_VERSION};
@@ -56,6 +57,8 @@ pub(crate) fn open(
     busy_timeout: Duration,
     check: OpenCheck,
 ) -> Result<Opened, StoreError> {
+    // Every lock wait of the whole sequence shares one deadline.
+    let _deadline = busy::Deadline::start(busy_timeout);
     let dir = parent_dir(path);
     check_dir(path, &dir)?;
     let mut created = false;
@@ -92,8 +95,7 @@ pub(crate) fn open(
     // Until the file is known good, closing must not checkpoint the WAL into it.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(sql("disable checkpoint on close"))?;
-    conn.busy_timeout(busy_timeout)
-        .map_err(sql("set the busy timeout"))?;
+    busy::install(&mut conn).map_err(sql("install the busy handler"))?;
 
     verify(&conn, path, busy_timeout, check)?;
     let identity = schema::identity(&conn).map_err(sql("read the schema version"))?;

@@ -19,6 +19,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::alloc;
+use crate::busy;
 use crate::columns::now_ms;
 use crate::error::{RecordKind, StoreError, UpdateError};
 use crate::machine::{Machine, MachineRecord, MachineState};
@@ -181,6 +182,7 @@ impl Store {
         f: impl FnOnce(&Connection) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
         let conn = self.conn.lock();
+        let _deadline = busy::Deadline::start(self.config.busy_timeout);
         f(&conn).map_err(|e| e.into_store(&self.path, op, self.config.busy_timeout))
     }
 
@@ -190,6 +192,7 @@ impl Store {
         f: impl FnOnce(&Transaction<'_>) -> Result<T, TxError<E>>,
     ) -> Result<T, UpdateError<E>> {
         let mut conn = self.conn.lock();
+        let _deadline = busy::Deadline::start(self.config.busy_timeout);
         let store_err = |f: Failure| f.into_store(&self.path, op, self.config.busy_timeout);
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
