@@ -32,7 +32,7 @@ use crate::snapshot::MicrovmState;
 use crate::timing::PhaseTimings;
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{GuestMemory, MemoryError};
-use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuThread};
 use crate::vstate::vcpu_state::{VcpuStateError, set_msrs_exact};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -88,6 +88,7 @@ pub enum BuildError {
 pub struct VmShell {
     vm: Vm,
     vcpu0: VcpuFd,
+    vcpu0_thread: Option<VcpuThread>,
     serial_evt: EventFd,
     kbd_evt: EventFd,
 }
@@ -101,7 +102,16 @@ impl std::fmt::Debug for VmShell {
 impl VmShell {
     /// Creates the VM, irqchip, PIT, vCPU 0, and the COM1/keyboard irqfds (~0.3 ms).
     pub fn create(kvm: &KvmContext) -> Result<VmShell, BuildError> {
-        let vm = Vm::create(kvm.kvm())?;
+        Self::create_with(kvm, None)
+    }
+
+    /// Same, registering `memory` before the irqchip exists (see [`Vm::create_bare`]).
+    fn create_with(kvm: &KvmContext, memory: Option<&GuestMemory>) -> Result<VmShell, BuildError> {
+        let vm = Vm::create_bare(kvm.kvm())?;
+        if let Some(m) = memory {
+            vm.register_memory(m)?;
+        }
+        vm.create_irqchip_and_pit()?;
         let vcpu0 = vm
             .fd()
             .create_vcpu(0)
@@ -116,9 +126,11 @@ impl VmShell {
         let kbd_evt = evt()?;
         vm.register_irqfd(&serial_evt, COM1_GSI)?;
         vm.register_irqfd(&kbd_evt, KBD_GSI)?;
+        let vcpu0_thread = Some(VcpuThread::prespawn(0)?);
         Ok(VmShell {
             vm,
             vcpu0,
+            vcpu0_thread,
             serial_evt,
             kbd_evt,
         })
@@ -170,10 +182,11 @@ pub struct BuildContext<'a> {
     pub serial: &'a SerialOutput,
 }
 
-/// Boots `config` on `shell`; returns once every vCPU is about to run.
+/// Boots `config` on `shell`, or on a VM created now with its memory registered first;
+/// returns once every vCPU is about to run.
 pub fn boot(
     ctx: &BuildContext<'_>,
-    shell: VmShell,
+    shell: Option<VmShell>,
     config: &VmConfig,
     timings: &mut PhaseTimings,
 ) -> Result<Microvm, BuildError> {
@@ -183,8 +196,14 @@ pub fn boot(
         .ok_or_else(|| BuildError::Config("no boot source configured (PUT /boot-source)".into()))?;
     let machine = &config.machine_config;
     let memory = GuestMemory::anonymous(&ram_regions(machine.mem_bytes()))?;
-    shell.vm.register_memory(&memory)?;
-    timings.phase("memory");
+    let shell = match shell {
+        Some(shell) => {
+            shell.vm.register_memory(&memory)?;
+            shell
+        }
+        None => VmShell::create_with(ctx.kvm, Some(&memory))?,
+    };
+    timings.phase("vm_and_memory");
 
     let kernel = loader::load(&memory, Path::new(&boot_source.kernel_image_path))?;
     let cmdline = boot_source.cmdline();
@@ -247,7 +266,7 @@ pub fn boot(
         ctx,
         shell.vm,
         memory,
-        fds,
+        (fds, shell.vcpu0_thread),
         buses,
         devices,
         config.clone(),
@@ -310,20 +329,34 @@ pub fn restore(
     )?;
     timings.phase("devices");
     Microvm::start(
-        ctx, shell.vm, memory, fds, buses, devices, config, !resume, timings,
+        ctx,
+        shell.vm,
+        memory,
+        (fds, shell.vcpu0_thread),
+        buses,
+        devices,
+        config,
+        !resume,
+        timings,
     )
 }
 
 /// Wraps vCPU fds into threads (used by [`Microvm::start`]).
 pub(crate) fn spawn_vcpus(
     fds: Vec<VcpuFd>,
+    mut first_thread: Option<VcpuThread>,
     buses: &Arc<Buses>,
     exit: &Arc<ExitSignal>,
     paused: bool,
 ) -> Result<Vec<crate::vstate::vcpu::VcpuHandle>, VcpuError> {
     let mut handles = Vec::with_capacity(fds.len());
     for (index, fd) in fds.into_iter().enumerate() {
-        handles.push(Vcpu::new(index as u8, fd, buses.clone(), exit.clone()).spawn(paused)?);
+        let vcpu = Vcpu::new(index as u8, fd, buses.clone(), exit.clone());
+        let thread = match first_thread.take() {
+            Some(t) if index == 0 => t,
+            _ => VcpuThread::prespawn(index as u8)?,
+        };
+        handles.push(thread.start(vcpu, paused)?);
     }
     Ok(handles)
 }

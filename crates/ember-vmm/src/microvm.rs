@@ -19,7 +19,7 @@ use crate::snapshot::MicrovmState;
 use crate::timing::PhaseTimings;
 use crate::vstate::kvm::KvmContext;
 use crate::vstate::memory::{DumpStats, GuestMemory, MemoryError};
-use crate::vstate::vcpu::{VcpuError, VcpuHandle};
+use crate::vstate::vcpu::{VcpuError, VcpuHandle, VcpuThread};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Errors of operations on a running VM.
@@ -79,7 +79,7 @@ impl Microvm {
         ctx: &BuildContext<'_>,
         vm: Vm,
         memory: GuestMemory,
-        fds: Vec<VcpuFd>,
+        (fds, first_thread): (Vec<VcpuFd>, Option<VcpuThread>),
         buses: Buses,
         devices: LegacyDevices,
         config: VmConfig,
@@ -87,7 +87,7 @@ impl Microvm {
         timings: &mut PhaseTimings,
     ) -> Result<Microvm, BuildError> {
         let buses = Arc::new(buses);
-        let mut vcpus = spawn_vcpus(fds, &buses, ctx.exit, paused)?;
+        let mut vcpus = spawn_vcpus(fds, first_thread, &buses, ctx.exit, paused)?;
         if !paused {
             let mut bsp_start = 0;
             for v in vcpus.iter_mut() {

@@ -96,6 +96,60 @@ enum Response {
     State(Box<Result<VcpuState, VcpuStateError>>),
 }
 
+/// A vCPU thread created ahead of time (while the VMM is idle), parked until it is given its
+/// vCPU: thread creation is then off the boot/restore path.
+pub struct VcpuThread {
+    index: u8,
+    start_tx: Sender<(Vcpu, bool)>,
+    req_tx: Sender<Request>,
+    resp_rx: Receiver<Response>,
+    thread: JoinHandle<()>,
+}
+
+impl VcpuThread {
+    /// Spawns a parked thread for vCPU `index`.
+    pub fn prespawn(index: u8) -> Result<VcpuThread, VcpuError> {
+        install_kick_handler()?;
+        let (start_tx, start_rx) = channel::<(Vcpu, bool)>();
+        let (req_tx, req_rx) = channel();
+        let (resp_tx, resp_rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .stack_size(256 << 10)
+            .spawn(move || {
+                if let Ok((vcpu, paused)) = start_rx.recv() {
+                    vcpu.thread_main(paused, req_rx, resp_tx);
+                }
+            })
+            .map_err(VcpuError::Spawn)?;
+        Ok(VcpuThread {
+            index,
+            start_tx,
+            req_tx,
+            resp_rx,
+            thread,
+        })
+    }
+
+    /// Hands `vcpu` to the thread, which starts running it (or parks it when `paused`).
+    pub fn start(self, vcpu: Vcpu, paused: bool) -> Result<VcpuHandle, VcpuError> {
+        let index = self.index;
+        self.start_tx
+            .send((vcpu, paused))
+            .map_err(|_| VcpuError::NoAnswer {
+                index,
+                request: "start",
+            })?;
+        Ok(VcpuHandle {
+            index,
+            tx: self.req_tx,
+            rx: self.resp_rx,
+            thread: Some(self.thread),
+            first_run_ns: 0,
+        })
+    }
+}
+
 /// A vCPU before its thread starts.
 pub struct Vcpu {
     index: u8,
@@ -117,23 +171,7 @@ impl Vcpu {
 
     /// Starts the thread, running (`paused == false`) or waiting for a resume.
     pub fn spawn(self, paused: bool) -> Result<VcpuHandle, VcpuError> {
-        install_kick_handler()?;
-        let index = self.index;
-        let (req_tx, req_rx) = channel();
-        let (resp_tx, resp_rx) = channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .stack_size(256 << 10)
-            .spawn(move || self.thread_main(paused, req_rx, resp_tx))
-            .map_err(VcpuError::Spawn)?;
-        let handle = VcpuHandle {
-            index,
-            tx: req_tx,
-            rx: resp_rx,
-            thread: Some(thread),
-            first_run_ns: 0,
-        };
-        Ok(handle)
+        VcpuThread::prespawn(self.index)?.start(self, paused)
     }
 
     fn thread_main(mut self, paused: bool, rx: Receiver<Request>, tx: Sender<Response>) {

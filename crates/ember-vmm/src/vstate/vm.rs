@@ -35,18 +35,35 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// `KVM_CREATE_VM`, TSS address, in-kernel irqchip and PIT (speaker port dummy).
+    /// `KVM_CREATE_VM`, TSS address, in-kernel irqchip and PIT.
     pub fn create(kvm: &Kvm) -> Result<Vm, VmError> {
+        let vm = Self::create_bare(kvm)?;
+        vm.create_irqchip_and_pit()?;
+        Ok(vm)
+    }
+
+    /// `KVM_CREATE_VM` and the TSS address only. A memory slot registered now is cheap; once
+    /// the irqchip and vCPUs exist, the first slot registration within a few milliseconds of
+    /// their creation stalls for several milliseconds (measured on this project's hosts), so a
+    /// boot that knows its memory size registers it in between.
+    pub fn create_bare(kvm: &Kvm) -> Result<Vm, VmError> {
         let fd = kvm.create_vm().map_err(err("KVM_CREATE_VM"))?;
         fd.set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(err("KVM_SET_TSS_ADDR"))?;
-        fd.create_irq_chip().map_err(err("KVM_CREATE_IRQCHIP"))?;
+        Ok(Vm { fd })
+    }
+
+    /// In-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT (speaker port dummy).
+    pub fn create_irqchip_and_pit(&self) -> Result<(), VmError> {
+        self.fd
+            .create_irq_chip()
+            .map_err(err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit).map_err(err("KVM_CREATE_PIT2"))?;
-        Ok(Vm { fd })
+        self.fd.create_pit2(pit).map_err(err("KVM_CREATE_PIT2"))?;
+        Ok(())
     }
 
     /// The VM file descriptor.
