@@ -98,7 +98,7 @@ pub(crate) fn check_length(
     if wal_has_frames {
         return Ok(());
     }
-    if file_len % u64::from(header.page_size) != 0 {
+    if !file_len.is_multiple_of(u64::from(header.page_size)) {
         return Err(Problem::Damaged(format!(
             "the file is {file_len} bytes long, not a whole number of {}-byte pages (truncated)",
             header.page_size

@@ -291,32 +291,40 @@ mod tests {
     #[test]
     fn default_config_is_valid_and_checks_fields() {
         NetworkConfig::default().validate().unwrap();
-        let mut c = NetworkConfig::default();
-        c.gateway = Ipv4Addr::new(172, 30, 255, 255);
+        let c = NetworkConfig {
+            gateway: Ipv4Addr::new(172, 30, 255, 255),
+            ..NetworkConfig::default()
+        };
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
                 .contains("network.gateway")
         );
-        let mut c = NetworkConfig::default();
-        c.first_cid = 2;
+        let c = NetworkConfig {
+            first_cid: 2,
+            ..NetworkConfig::default()
+        };
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
                 .contains("network.vsock_cids")
         );
-        let mut c = NetworkConfig::default();
-        c.tap_prefix = "a-very-long-tap".into();
+        let c = NetworkConfig {
+            tap_prefix: "a-very-long-tap".into(),
+            ..NetworkConfig::default()
+        };
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
                 .contains("longer than 15")
         );
-        let mut c = NetworkConfig::default();
-        c.tap_prefix = "bad/name".into();
+        let c = NetworkConfig {
+            tap_prefix: "bad/name".into(),
+            ..NetworkConfig::default()
+        };
         assert!(
             c.validate()
                 .unwrap_err()

@@ -103,7 +103,8 @@ mod tests {
     #[test]
     fn depth_age_and_parallelism_are_checked() {
         config().validate().unwrap();
-        let cases: [(fn(&mut PoolConfig), &str); 5] = [
+        type Breaker = fn(&mut PoolConfig);
+        let cases: [(Breaker, &str); 5] = [
             (|c| c.max_depth = 0, "pool.max_depth"),
             (|c| c.min_depth = 9, "pool.min_depth"),
             (|c| c.refill_parallelism = 0, "pool.refill_parallelism"),

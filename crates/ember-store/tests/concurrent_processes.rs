@@ -2,6 +2,8 @@
 //! allocations and incrementing one shared counter through `update` — are serialized, not
 //! corrupted: every write of both is present, no increment is lost, allocations are unique, and
 //! the two writers' commits really interleaved.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

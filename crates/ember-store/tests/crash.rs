@@ -8,6 +8,8 @@
 //! - no record is torn: every field agrees with the generation the record carries;
 //! - network allocations are unique and never change under a machine;
 //! - the recovery report lists exactly the machines stored in a state that needs recovery.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,6 +1,8 @@
 //! The store's API on a real file: machines, snapshots and pools through save, load, list, update
 //! and remove; persistence across reopen; rollback of failed or panicking updates; allocation
 //! uniqueness, release and exhaustion; name validation; many threads sharing one store.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -2,6 +2,8 @@
 //! paused or stopping are reported when the store is reopened, with what a supervisor needs; the
 //! liveness check tells a live VMM from an exited one or a reused pid; the suggested plans, once
 //! stored, clear the report.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

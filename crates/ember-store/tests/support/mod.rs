@@ -81,7 +81,7 @@ pub fn generation_machine(name: &str, generation: u64) -> Machine {
     m.block_devices = vec![BlockDevice {
         drive_id: "rootfs".into(),
         path: format!("/d/{name}/{generation}.img").into(),
-        read_only: generation % 2 == 0,
+        read_only: generation.is_multiple_of(2),
     }];
     m.distro = Some("debian".into());
     m.distro_version = Some(format!("12.{generation}"));
