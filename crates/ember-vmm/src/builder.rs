@@ -91,7 +91,13 @@ pub struct VmShell {
     vcpu0_thread: Option<VcpuThread>,
     serial_evt: EventFd,
     kbd_evt: EventFd,
+    created_ns: u64,
 }
+
+/// How long after `KVM_CREATE_IRQCHIP` a memory slot registration may stall (~5 ms measured
+/// on this project's hosts: the kernel waits for a grace period the irqchip set-up started).
+/// A shell younger than this is not used for a restore; a fresh VM registers memory first.
+pub const IRQCHIP_SETTLE_NS: u64 = 8_000_000;
 
 impl std::fmt::Debug for VmShell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,6 +106,11 @@ impl std::fmt::Debug for VmShell {
 }
 
 impl VmShell {
+    /// True once a memory slot can be registered without the post-irqchip stall.
+    pub fn is_settled(&self) -> bool {
+        crate::timing::now_ns().saturating_sub(self.created_ns) >= IRQCHIP_SETTLE_NS
+    }
+
     /// Creates the VM, irqchip, PIT, vCPU 0, and the COM1/keyboard irqfds (~0.3 ms).
     pub fn create(kvm: &KvmContext) -> Result<VmShell, BuildError> {
         Self::create_with(kvm, None)
@@ -133,6 +144,7 @@ impl VmShell {
             vcpu0_thread,
             serial_evt,
             kbd_evt,
+            created_ns: crate::timing::now_ns(),
         })
     }
 }
@@ -290,11 +302,11 @@ pub struct RestoreInput {
     pub resume: bool,
 }
 
-/// Restores a snapshot on `shell`; returns once the vCPUs are about to run (or parked when
-/// `resume` is false).
+/// Restores a snapshot on `shell` (or on a VM created now, memory first); returns once the
+/// vCPUs are about to run (or parked when `resume` is false).
 pub fn restore(
     ctx: &BuildContext<'_>,
-    shell: VmShell,
+    shell: Option<VmShell>,
     input: RestoreInput,
     timings: &mut PhaseTimings,
 ) -> Result<Microvm, BuildError> {
@@ -311,7 +323,13 @@ pub fn restore(
         GuestMemory::from_file_private(mem_file, &state.memory_regions)?
     };
     timings.phase("map_memory");
-    shell.vm.register_memory(&memory)?;
+    let shell = match shell {
+        Some(shell) => {
+            shell.vm.register_memory(&memory)?;
+            shell
+        }
+        None => VmShell::create_with(ctx.kvm, Some(&memory))?,
+    };
     timings.phase("register_memory");
     shell.vm.restore_state(&state.vm)?;
     timings.phase("vm_state");

@@ -2,9 +2,12 @@
 //! Not started -> Running <-> Paused, which action is allowed when, and the one place where
 //! errors become the `fault_message` of a 400.
 //!
-//! The controller keeps a [`VmShell`] ready while nothing runs, so boot and restore start from
-//! an existing VM. A failed restore that already touched the shell throws it away (closing a
-//! VM costs milliseconds, so that happens on a helper thread) and builds a fresh one lazily.
+//! While nothing runs, the controller keeps a [`VmShell`] ready (VM, irqchip, PIT, vCPU 0
+//! and its parked thread), so a restore starts from an existing VM. A restore that fails
+//! before touching the shell (bad request, unreadable/corrupt/mismatched files: everything
+//! checked up front) leaves it intact; one that fails later drops it, and the next attempt
+//! creates a fresh one. A boot without a prepared shell (`--config-file`) creates the VM with
+//! its memory registered first, which is faster right after process start.
 
 use std::fs::File;
 use std::path::Path;
@@ -159,13 +162,6 @@ impl Controller {
                 Ok(s) => self.shell = Some(s),
                 Err(e) => tracing::warn!(error = %e, "cannot pre-create the VM"),
             }
-        }
-    }
-
-    fn take_shell(&mut self) -> Result<VmShell, ControllerError> {
-        match self.shell.take() {
-            Some(s) => Ok(s),
-            None => Ok(VmShell::create(&self.kvm)?),
         }
     }
 
@@ -446,7 +442,16 @@ impl Controller {
             )));
         }
         timings.phase("open_memory");
-        let shell = self.take_shell()?;
+        let shell = match self.shell.take() {
+            Some(shell) if shell.is_settled() => Some(shell),
+            Some(young) => {
+                // Registering memory on it now would stall for milliseconds; build a fresh VM
+                // (memory first) and close this one off the request path.
+                std::thread::spawn(move || drop(young));
+                None
+            }
+            None => None,
+        };
         let ctx = BuildContext {
             kvm: &self.kvm,
             exit: &self.exit,
