@@ -1,0 +1,39 @@
+//! ember-core: the runtime contract every other ember crate plugs into.
+//!
+//! - Model types, all serde and validated at the edge with errors that name the field:
+//!   [`VmSpec`] (boot or restore), [`SnapshotRef`], [`NetworkInterface`], [`DriveSpec`],
+//!   [`VsockSpec`], [`RateLimiter`]/[`TokenBucket`], [`VmView`], [`VmStatus`], [`StackKey`],
+//!   and the identifiers [`VmId`] and [`SnapshotId`].
+//! - The traits [`VmProvider`] (lifecycle) and [`VmQuery`] (views).
+//! - One error type, [`VmError`]: not found, already exists, invalid transition, invalid state,
+//!   invalid spec, provider failure (with its source), unsupported.
+//! - [`InMemoryVmProvider`]: the full lifecycle state machine without any VM behind it, with
+//!   deterministic fault injection, for testing the pool and everything above it.
+//!
+//! # Sync, on purpose
+//! The traits are blocking. Providers are thin layers over blocking work (spawning a VMM process,
+//! a sub-millisecond HTTP request over a Unix socket, KVM ioctls), the warm pool drives them from its
+//! own threads, and a blocking trait stays object-safe (`Arc<dyn VmProvider>`) with no async
+//! runtime forced on the VMM client or on tests. An async caller (the daemon) wraps calls in
+//! `spawn_blocking`. What the contract does demand is concurrency: operations on different VMs
+//! must not wait for each other, so providers never hold a lock across a slow call.
+
+pub mod error;
+pub mod id;
+pub mod in_memory;
+pub mod provider;
+pub mod rate_limiter;
+pub mod snapshot;
+pub mod spec;
+pub mod stack;
+pub mod view;
+
+pub use error::{BoxError, Operation, ResourceKind, VmError, error_chain};
+pub use id::{SnapshotId, VmId};
+pub use in_memory::{FaultPlan, Gate, InMemoryVmProvider};
+pub use provider::{Capabilities, SnapshotRequest, VmProvider, VmQuery};
+pub use rate_limiter::{RateLimiter, TokenBucket};
+pub use snapshot::{NetworkOverride, SnapshotRef, VsockOverride};
+pub use spec::{DriveSpec, MacAddr, NetworkInterface, VmSpec, VsockSpec};
+pub use stack::StackKey;
+pub use view::{VmStatus, VmView};

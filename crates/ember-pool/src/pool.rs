@@ -1,0 +1,567 @@
+//! [`WarmPool`]: the public face of the pool — register and unregister stacks, acquire warm VMs
+//! for tenants, read metrics, shut down.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ember_core::{
+    NetworkOverride, Operation, SnapshotId, SnapshotRef, StackKey, VmError, VmId, VmProvider,
+    VmQuery, VmStatus, error_chain,
+};
+
+use crate::bucket::{Bucket, Entry, needs_resume};
+use crate::config::{BucketConfig, PoolSettings};
+use crate::error::PoolError;
+use crate::metrics::{Counters, EvictionCause, PoolCollector, PoolMetrics};
+use crate::refill;
+use crate::shared::{Shared, Slot, State};
+use crate::validator::{EntryValidator, Phase, ValidationResult};
+
+/// Who a warm VM is being handed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// The id the VM takes on handover.
+    pub id: VmId,
+    /// TAP devices to re-attach the VM's interfaces to (needs a provider with live network
+    /// update).
+    pub network_overrides: Vec<NetworkOverride>,
+}
+
+impl Tenant {
+    /// A tenant with no network overrides; `id` must be a valid VM id.
+    pub fn new(id: &str) -> Result<Self, PoolError> {
+        Ok(Self {
+            id: VmId::new(id).map_err(PoolError::InvalidTenant)?,
+            network_overrides: Vec::new(),
+        })
+    }
+
+    /// Adds network overrides, validating their names.
+    pub fn with_network(mut self, overrides: Vec<NetworkOverride>) -> Result<Self, PoolError> {
+        for (i, o) in overrides.iter().enumerate() {
+            ember_core::id::validate_id(&format!("network_overrides[{i}].iface_id"), &o.iface_id)
+                .and_then(|_| {
+                    ember_core::spec::validate_ifname(
+                        &format!("network_overrides[{i}].host_dev_name"),
+                        &o.host_dev_name,
+                    )
+                })
+                .map_err(PoolError::InvalidTenant)?;
+        }
+        self.network_overrides = overrides;
+        Ok(self)
+    }
+}
+
+/// A warm VM handed to a tenant. The pool no longer tracks it: the caller owns it and destroys it
+/// through the provider when done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcquiredVm {
+    /// The VM's id now (the tenant's).
+    pub vm_id: VmId,
+    /// The id it had in the pool.
+    pub pooled_id: VmId,
+    /// The stack it came from.
+    pub stack: StackKey,
+    /// The snapshot it was restored from.
+    pub template: Option<SnapshotId>,
+    /// Its status after handover (running).
+    pub status: VmStatus,
+    /// How long it waited in the pool.
+    pub pooled_for: Duration,
+    /// How long the acquire call took.
+    pub latency: Duration,
+}
+
+/// A warm pool of pre-restored microVMs per [`StackKey`].
+///
+/// Each registered stack gets a bucket kept at its target depth by an event-driven refiller:
+/// every acquire, registration, eviction and finished spawn wakes it at once; a periodic tick
+/// only ages entries out. [`acquire`](Self::acquire) hands over the pooled VM itself — validated,
+/// renamed to the tenant's id, re-networked, resumed — and nobody restores the snapshot again.
+///
+/// `shutdown` and `Drop` share one code path: stop the refiller, destroy every entry (counted as
+/// evicted with cause `shutdown`), wait for spawns under way to finish and destroy their VMs too.
+pub struct WarmPool<P: VmProvider + VmQuery + 'static> {
+    shared: Arc<Shared<P>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+static POOL_INSTANCES: AtomicU64 = AtomicU64::new(0);
+
+/// A short id unique to this pool instance, part of every pooled VM id.
+fn generation() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64 ^ d.as_secs())
+        .unwrap_or(0);
+    let n = POOL_INSTANCES.fetch_add(1, Ordering::Relaxed);
+    let mix = nanos ^ (u64::from(std::process::id()) << 20) ^ (n << 40);
+    format!("{:06x}", mix & 0xff_ffff)
+}
+
+impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
+    /// Starts a pool: the refiller and `settings.workers` worker threads.
+    pub fn start(
+        provider: P,
+        validator: Arc<dyn EntryValidator>,
+        settings: PoolSettings,
+    ) -> Result<Self, PoolError> {
+        settings.validate()?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let workers = settings.workers;
+        let shared = Arc::new(Shared {
+            provider,
+            validator,
+            settings,
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            ready: Condvar::new(),
+            counters: Counters::new(),
+            generation: generation(),
+            jobs: Mutex::new(Some(tx.clone())),
+        });
+        let pool = Self {
+            shared: Arc::clone(&shared),
+            threads: Mutex::new(Vec::new()),
+        };
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(|source| PoolError::Thread {
+                    what: "refill",
+                    source,
+                })
+        };
+        let mut threads = Vec::with_capacity(workers + 1);
+        for i in 0..workers {
+            let (shared, rx) = (Arc::clone(&shared), rx.clone());
+            threads.push(spawn(
+                format!("ember-pool-w{i}"),
+                Box::new(move || refill::worker(&shared, rx)),
+            )?);
+        }
+        let coord_shared = Arc::clone(&shared);
+        threads.push(spawn(
+            "ember-pool-refill".into(),
+            Box::new(move || refill::coordinator(&coord_shared, tx)),
+        )?);
+        *pool.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
+        Ok(pool)
+    }
+
+    /// The provider the pool drives.
+    pub fn provider(&self) -> &P {
+        &self.shared.provider
+    }
+
+    /// Adds a bucket for `stack`, or replaces its template and config. Entries already in the
+    /// bucket keep serving; new entries are restored from the new template. The template is
+    /// checked with the provider first, so a missing or corrupt one is an error here.
+    pub fn register(
+        &self,
+        stack: StackKey,
+        template: SnapshotRef,
+        config: BucketConfig,
+    ) -> Result<(), PoolError> {
+        config.validate()?;
+        let invalid = |reason: String| PoolError::InvalidTemplate {
+            stack: stack.clone(),
+            reason,
+        };
+        template.validate().map_err(|e| invalid(e.to_string()))?;
+        let mut template = template;
+        match &template.stack {
+            Some(owner) if *owner != stack => {
+                return Err(invalid(format!("the snapshot belongs to stack {owner}")));
+            }
+            Some(_) => {}
+            None => template.stack = Some(stack.clone()),
+        }
+        self.shared
+            .provider
+            .verify_snapshot(&template)
+            .map_err(|e| invalid(error_chain(&e)))?;
+
+        let mut st = self.shared.lock();
+        if st.shutdown {
+            return Err(PoolError::ShutDown);
+        }
+        match st.buckets.get_mut(&stack) {
+            Some(slot) => {
+                slot.bucket.template = Arc::new(template);
+                slot.bucket.config = config;
+                slot.bucket.spawn_succeeded();
+            }
+            None => {
+                let epoch = st.next_epoch;
+                st.next_epoch += 1;
+                let bucket = Bucket::new(stack.clone(), template, config);
+                st.buckets.insert(stack.clone(), Slot { epoch, bucket });
+            }
+        }
+        self.shared.wake_refiller(&mut st);
+        tracing::info!(%stack, "registered warm pool bucket");
+        Ok(())
+    }
+
+    /// Removes `stack`'s bucket and destroys its entries (cause `unregister`); spawns under way
+    /// for it are destroyed when they finish. Returns how many entries were evicted.
+    pub fn unregister(&self, stack: &StackKey) -> Result<usize, PoolError> {
+        let entries = {
+            let mut st = self.shared.lock();
+            let slot = st
+                .buckets
+                .remove(stack)
+                .ok_or_else(|| PoolError::UnknownStack {
+                    stack: stack.clone(),
+                })?;
+            self.shared.ready.notify_all();
+            slot.bucket.entries
+        };
+        let n = entries.len();
+        self.shared
+            .counters
+            .evicted(EvictionCause::Unregister, n as u64);
+        for e in entries {
+            self.shared
+                .dispatch_destroy(e.view.id, EvictionCause::Unregister);
+        }
+        tracing::info!(%stack, evicted = n, "unregistered warm pool bucket");
+        Ok(n)
+    }
+
+    /// The stacks with a bucket.
+    pub fn stacks(&self) -> Vec<StackKey> {
+        let mut v: Vec<StackKey> = self.shared.lock().buckets.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Ready entries in `stack`'s bucket, or `None` if it has none.
+    pub fn depth(&self, stack: &StackKey) -> Option<usize> {
+        self.shared
+            .lock()
+            .buckets
+            .get(stack)
+            .map(|s| s.bucket.entries.len())
+    }
+
+    /// Hands a warm VM of `stack` to `tenant`, or fails at once with `Empty` if none is ready.
+    pub fn acquire(&self, stack: &StackKey, tenant: &Tenant) -> Result<AcquiredVm, PoolError> {
+        self.acquire_until(stack, tenant, None)
+    }
+
+    /// Like [`acquire`](Self::acquire), but waits up to `timeout` for a refill when the bucket is
+    /// empty.
+    pub fn acquire_timeout(
+        &self,
+        stack: &StackKey,
+        tenant: &Tenant,
+        timeout: Duration,
+    ) -> Result<AcquiredVm, PoolError> {
+        self.acquire_until(stack, tenant, Some(Instant::now() + timeout))
+    }
+
+    fn acquire_until(
+        &self,
+        stack: &StackKey,
+        tenant: &Tenant,
+        deadline: Option<Instant>,
+    ) -> Result<AcquiredVm, PoolError> {
+        let t0 = Instant::now();
+        let shared = &self.shared;
+        if !tenant.network_overrides.is_empty()
+            && !shared.provider.capabilities().live_network_update
+        {
+            return Err(PoolError::InvalidTenant(VmError::Unsupported {
+                provider: shared.provider.name(),
+                op: Operation::UpdateNetwork,
+            }));
+        }
+        // Refuse a tenant id that is already taken before touching the bucket (rename would
+        // refuse it too, but only after an entry was taken out and a refill triggered).
+        match shared.provider.get(&tenant.id) {
+            Ok(view) if view.status.is_live() => {
+                return Err(PoolError::InvalidTenant(VmError::AlreadyExists {
+                    kind: ember_core::ResourceKind::Vm,
+                    id: tenant.id.to_string(),
+                }));
+            }
+            _ => {}
+        }
+        let mut last_error: Option<VmError> = None;
+        loop {
+            let entry = self.pop_entry(stack, t0, deadline, &mut last_error)?;
+            match self.hand_over(stack, tenant, &entry) {
+                Ok(status) => {
+                    let latency = t0.elapsed();
+                    Counters::inc(&shared.counters.acquired);
+                    shared.counters.acquire_latency.observe(latency);
+                    tracing::debug!(%stack, vm = %tenant.id, pooled = %entry.view.id, ?latency,
+                        "warm VM handed over");
+                    return Ok(AcquiredVm {
+                        vm_id: tenant.id.clone(),
+                        pooled_id: entry.view.id.clone(),
+                        stack: stack.clone(),
+                        template: entry.view.restored_from.clone(),
+                        status,
+                        pooled_for: entry.ready_at.elapsed(),
+                        latency,
+                    });
+                }
+                Err(HandOver::TenantRejected(e)) => {
+                    self.put_back(stack, entry);
+                    return Err(PoolError::InvalidTenant(e));
+                }
+                Err(HandOver::Evicted(e)) => {
+                    if let Some(e) = e {
+                        last_error = Some(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the oldest ready entry, waiting until `deadline` if given.
+    fn pop_entry(
+        &self,
+        stack: &StackKey,
+        t0: Instant,
+        deadline: Option<Instant>,
+        last_error: &mut Option<VmError>,
+    ) -> Result<Entry, PoolError> {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        loop {
+            if st.shutdown {
+                return Err(PoolError::ShutDown);
+            }
+            let now = Instant::now();
+            let slot = st
+                .buckets
+                .get_mut(stack)
+                .ok_or_else(|| PoolError::UnknownStack {
+                    stack: stack.clone(),
+                })?;
+            if let Some(entry) = slot.bucket.entries.pop_front() {
+                slot.bucket.record_acquire(now);
+                shared.wake_refiller(&mut st);
+                return Ok(entry);
+            }
+            let failing = slot
+                .bucket
+                .failing(&shared.settings)
+                .then(|| slot.bucket.backoff.last_error.clone())
+                .flatten();
+            let out_of_time = deadline.is_none_or(|d| now >= d);
+            if out_of_time {
+                if let Some(source) = last_error.take() {
+                    return Err(PoolError::Handoff {
+                        stack: stack.clone(),
+                        source,
+                    });
+                }
+                return Err(match deadline {
+                    None => PoolError::Empty {
+                        stack: stack.clone(),
+                        last_error: failing,
+                    },
+                    Some(_) => PoolError::Timeout {
+                        stack: stack.clone(),
+                        waited: t0.elapsed(),
+                        last_error: failing,
+                    },
+                });
+            }
+            let wait = deadline.map_or(Duration::ZERO, |d| d - now);
+            st = shared
+                .ready
+                .wait_timeout(st, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Validate, rename, re-network, resume. On a provider failure the VM is evicted.
+    fn hand_over(
+        &self,
+        stack: &StackKey,
+        tenant: &Tenant,
+        entry: &Entry,
+    ) -> Result<VmStatus, HandOver> {
+        let shared = &self.shared;
+        let pooled = &entry.view.id;
+        if let ValidationResult::Unhealthy(reason) =
+            shared.validator.validate(&entry.view, Phase::OnAcquire)
+        {
+            shared.counters.validation_failed(&reason);
+            tracing::warn!(%stack, vm = %pooled, %reason, "warm VM failed validation on acquire");
+            self.evict(pooled.clone(), EvictionCause::Unhealthy);
+            return Err(HandOver::Evicted(None));
+        }
+        match shared.provider.rename(pooled, &tenant.id) {
+            Ok(_) => {}
+            Err(e @ VmError::AlreadyExists { .. }) => return Err(HandOver::TenantRejected(e)),
+            Err(VmError::NotFound { .. }) => {
+                tracing::warn!(%stack, vm = %pooled, "warm VM vanished before handover");
+                self.evict(pooled.clone(), EvictionCause::Died);
+                return Err(HandOver::Evicted(None));
+            }
+            Err(e) => return Err(self.handoff_failed(stack, pooled, e)),
+        }
+        if !tenant.network_overrides.is_empty()
+            && let Err(e) = shared
+                .provider
+                .update_network(&tenant.id, &tenant.network_overrides)
+        {
+            return Err(self.handoff_failed(stack, &tenant.id, e));
+        }
+        if needs_resume(&entry.view) {
+            match shared.provider.resume(&tenant.id) {
+                Ok(view) => return Ok(view.status),
+                Err(e) => return Err(self.handoff_failed(stack, &tenant.id, e)),
+            }
+        }
+        Ok(entry.view.status)
+    }
+
+    fn handoff_failed(&self, stack: &StackKey, vm: &VmId, e: VmError) -> HandOver {
+        Counters::inc(&self.shared.counters.provider_errors);
+        tracing::warn!(%stack, %vm, error = %error_chain(&e), "handing over a warm VM failed");
+        self.evict(vm.clone(), EvictionCause::HandoffFailed);
+        HandOver::Evicted(Some(e))
+    }
+
+    fn evict(&self, vm: VmId, cause: EvictionCause) {
+        self.shared.counters.evicted(cause, 1);
+        self.shared.dispatch_destroy(vm, cause);
+        let mut st = self.shared.lock();
+        self.shared.wake_refiller(&mut st);
+    }
+
+    /// Returns an untouched entry to the front of its bucket (or destroys it if the bucket is
+    /// gone).
+    fn put_back(&self, stack: &StackKey, entry: Entry) {
+        let mut st = self.shared.lock();
+        let shutting_down = st.shutdown;
+        match st.buckets.get_mut(stack) {
+            Some(slot) if !shutting_down => {
+                slot.bucket.entries.push_front(entry);
+                self.shared.ready.notify_all();
+            }
+            _ => {
+                drop(st);
+                let cause = if shutting_down {
+                    EvictionCause::Shutdown
+                } else {
+                    EvictionCause::Unregister
+                };
+                self.evict(entry.view.id, cause);
+            }
+        }
+    }
+
+    /// Tells the pool that a VM's process died (the provider's supervisor calls this). If the VM
+    /// is a pooled entry it is evicted with cause `died` and replaced; returns whether it was.
+    pub fn notify_died(&self, vm: &VmId) -> bool {
+        let found = {
+            let mut st = self.shared.lock();
+            let found = st.buckets.values_mut().any(|slot| {
+                let before = slot.bucket.entries.len();
+                slot.bucket.entries.retain(|e| e.view.id != *vm);
+                slot.bucket.entries.len() != before
+            });
+            if found {
+                self.shared.wake_refiller(&mut st);
+            }
+            found
+        };
+        if found {
+            tracing::warn!(vm = %vm, cause = "died", "evicting warm VM");
+            self.shared.counters.evicted(EvictionCause::Died, 1);
+            self.shared
+                .dispatch_destroy(vm.clone(), EvictionCause::Died);
+        }
+        found
+    }
+
+    /// Every counter, gauge and histogram, read now.
+    pub fn metrics(&self) -> PoolMetrics {
+        read_metrics(&self.shared)
+    }
+
+    /// A prometheus-client collector over this pool's metrics.
+    pub fn collector(&self) -> PoolCollector {
+        let shared = Arc::clone(&self.shared);
+        PoolCollector {
+            read: Box::new(move || read_metrics(&shared)),
+        }
+    }
+
+    /// Stops the refiller, destroys every entry (cause `shutdown`) and waits for spawns under way
+    /// to finish (their VMs are destroyed too). Idempotent; returns how many entries this call
+    /// evicted. [`Drop`] runs the same path.
+    pub fn shutdown(&self) -> usize {
+        let shared = &self.shared;
+        let entries: Vec<(StackKey, Entry)> = {
+            let mut st = shared.lock();
+            st.shutdown = true;
+            shared.wake.notify_all();
+            shared.ready.notify_all();
+            st.buckets
+                .iter_mut()
+                .flat_map(|(k, s)| s.bucket.entries.drain(..).map(move |e| (k.clone(), e)))
+                .collect()
+        };
+        let n = entries.len();
+        shared.counters.evicted(EvictionCause::Shutdown, n as u64);
+        for (stack, e) in entries {
+            tracing::debug!(%stack, vm = %e.view.id, cause = "shutdown", "evicting warm VM");
+            shared.dispatch_destroy(e.view.id, EvictionCause::Shutdown);
+        }
+        // Close the job channel (the coordinator's sender goes when it returns), then wait for
+        // the workers to drain it: every destroy above and every spawn under way completes.
+        shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a warm pool thread panicked");
+            }
+        }
+        if n > 0 {
+            tracing::info!(evicted = n, "warm pool shut down");
+        }
+        n
+    }
+}
+
+/// Outcome of a failed handover.
+enum HandOver {
+    /// The tenant's request cannot be met (its id is taken); the entry is intact.
+    TenantRejected(VmError),
+    /// The entry was evicted; try the next one.
+    Evicted(Option<VmError>),
+}
+
+fn read_metrics<P: VmProvider + VmQuery>(shared: &Shared<P>) -> PoolMetrics {
+    let now = Instant::now();
+    let stacks: BTreeMap<String, _> = {
+        let st = shared.lock();
+        st.buckets
+            .iter()
+            .map(|(k, s)| (k.to_string(), s.bucket.metrics(now, &shared.settings)))
+            .collect()
+    };
+    shared.counters.read(stacks)
+}
+
+impl<P: VmProvider + VmQuery + 'static> Drop for WarmPool<P> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,240 @@
+//! The refiller: one coordinator thread that plans spawns and age evictions whenever something
+//! happens (an acquire, a registration, an eviction, a finished spawn) or a deadline passes (an
+//! entry's expiry, a backoff's end, the periodic tick), and worker threads that run the slow
+//! provider calls the plans produce.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use ember_core::{
+    SnapshotRef, StackKey, VmError, VmId, VmProvider, VmQuery, VmSpec, VmStatus, VmView,
+    error_chain,
+};
+
+use crate::bucket::Entry;
+use crate::metrics::{Counters, EvictionCause};
+use crate::shared::{Job, Shared};
+use crate::validator::{Phase, ValidationResult};
+
+/// The coordinator: plans under the lock, dispatches outside it, sleeps until woken or due.
+pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sender<Job>) {
+    let mut st = shared.lock();
+    loop {
+        if st.shutdown {
+            return;
+        }
+        st.woken = false;
+        Counters::inc(&shared.counters.refill_runs);
+        let now = Instant::now();
+        let mut next = now + shared.settings.tick;
+        let mut expired: Vec<(StackKey, VmId)> = Vec::new();
+        let mut spawns: Vec<Job> = Vec::new();
+        for (key, slot) in st.buckets.iter_mut() {
+            let bucket = &mut slot.bucket;
+            expired.extend(
+                bucket
+                    .take_expired(now)
+                    .into_iter()
+                    .map(|e| (key.clone(), e.view.id)),
+            );
+            for _ in 0..bucket.spawns_wanted(now) {
+                let Some(vm_id) = bucket.next_vm_id(&shared.generation) else {
+                    tracing::error!(stack = %key, "stack slug makes an invalid VM id");
+                    break;
+                };
+                bucket.in_flight += 1;
+                spawns.push(Job::Spawn {
+                    stack: key.clone(),
+                    epoch: slot.epoch,
+                    vm_id,
+                    template: Arc::clone(&bucket.template),
+                    pause_idle: bucket.config.pause_idle,
+                });
+            }
+            if let Some(until) = bucket.backoff.until.filter(|u| *u > now) {
+                next = next.min(until);
+            }
+            if let Some(expiry) = bucket.next_expiry() {
+                // take_expired evicts strictly older than max_age: look just after.
+                next = next.min(expiry + Duration::from_millis(1));
+            }
+        }
+        drop(st);
+
+        shared
+            .counters
+            .evicted(EvictionCause::Age, expired.len() as u64);
+        for (stack, vm_id) in expired {
+            tracing::info!(%stack, vm = %vm_id, cause = "age", "evicting warm VM");
+            shared.dispatch_destroy(vm_id, EvictionCause::Age);
+        }
+        for job in spawns {
+            if let Err(crossbeam_channel::SendError(job)) = jobs.send(job) {
+                // Workers are gone, which only happens at shutdown: undo the plan.
+                abandon_spawn(shared, job);
+            }
+        }
+
+        st = shared.lock();
+        while !st.woken && !st.shutdown {
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            st = shared
+                .wake
+                .wait_timeout(st, next - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+/// A worker: runs jobs until the channel closes (shutdown), then exits.
+pub(crate) fn worker<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Receiver<Job>) {
+    for job in jobs {
+        match job {
+            Job::Destroy { vm_id, cause } => shared.destroy_now(&vm_id, cause),
+            job @ Job::Spawn { .. } => run_spawn(shared, job),
+        }
+    }
+}
+
+fn abandon_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
+    if let Job::Spawn { stack, epoch, .. } = job {
+        let mut st = shared.lock();
+        if let Some(slot) = st.buckets.get_mut(&stack).filter(|s| s.epoch == epoch) {
+            slot.bucket.in_flight = slot.bucket.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+/// Why a spawn did not produce an entry.
+enum SpawnFailure {
+    /// The provider failed before a VM existed.
+    Create(VmError),
+    /// The VM exists but failed validation.
+    Unhealthy(String),
+    /// The VM exists but could not be paused.
+    Pause(VmError),
+}
+
+fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
+    let Job::Spawn {
+        stack,
+        epoch,
+        vm_id,
+        template,
+        pause_idle,
+    } = job
+    else {
+        return;
+    };
+    if shared.lock().shutdown {
+        abandon_spawn(
+            shared,
+            Job::Spawn {
+                stack,
+                epoch,
+                vm_id,
+                template,
+                pause_idle,
+            },
+        );
+        return;
+    }
+    let t0 = Instant::now();
+    let outcome = spawn_one(shared, &vm_id, &template, pause_idle);
+    let elapsed = t0.elapsed();
+    let now = Instant::now();
+
+    let mut st = shared.lock();
+    let shutting_down = st.shutdown;
+    let slot = st.buckets.get_mut(&stack).filter(|s| s.epoch == epoch);
+    match (outcome, slot) {
+        (Ok(view), Some(slot)) if !shutting_down => {
+            let bucket = &mut slot.bucket;
+            bucket.in_flight = bucket.in_flight.saturating_sub(1);
+            bucket.spawn_succeeded();
+            bucket.record_spawn_latency(elapsed);
+            bucket.entries.push_back(Entry {
+                view,
+                ready_at: now,
+            });
+            shared.counters.spawn_latency.observe(elapsed);
+            shared.ready.notify_all();
+            shared.wake_refiller(&mut st);
+            tracing::debug!(%stack, vm = %vm_id, ?elapsed, "warm VM ready");
+        }
+        (Ok(_), slot) => {
+            // Restored fine, but its bucket is gone or the pool is shutting down.
+            if let Some(slot) = slot {
+                slot.bucket.in_flight = slot.bucket.in_flight.saturating_sub(1);
+            }
+            drop(st);
+            let cause = if shutting_down {
+                EvictionCause::Shutdown
+            } else {
+                EvictionCause::Unregister
+            };
+            shared.counters.evicted(cause, 1);
+            shared.destroy_now(&vm_id, cause);
+        }
+        (Err(failure), slot) => {
+            let message = match &failure {
+                SpawnFailure::Create(e) => format!("restore failed: {}", error_chain(e)),
+                SpawnFailure::Unhealthy(r) => format!("validation failed: {r}"),
+                SpawnFailure::Pause(e) => format!("pause failed: {}", error_chain(e)),
+            };
+            if let Some(slot) = slot {
+                let bucket = &mut slot.bucket;
+                bucket.in_flight = bucket.in_flight.saturating_sub(1);
+                bucket.spawn_failed(now, &shared.settings, message.clone());
+                shared.wake_refiller(&mut st);
+            }
+            drop(st);
+            tracing::warn!(%stack, vm = %vm_id, error = %message, "warm VM spawn failed");
+            match failure {
+                SpawnFailure::Create(_) => {}
+                SpawnFailure::Unhealthy(_) => {
+                    shared.counters.evicted(EvictionCause::Unhealthy, 1);
+                    shared.destroy_now(&vm_id, EvictionCause::Unhealthy);
+                }
+                SpawnFailure::Pause(_) => {
+                    shared.counters.evicted(EvictionCause::SpawnFailed, 1);
+                    shared.destroy_now(&vm_id, EvictionCause::SpawnFailed);
+                }
+            }
+        }
+    }
+}
+
+/// Restore, validate and (optionally) pause one entry.
+fn spawn_one<P: VmProvider + VmQuery>(
+    shared: &Shared<P>,
+    vm_id: &VmId,
+    template: &SnapshotRef,
+    pause_idle: bool,
+) -> Result<VmView, SpawnFailure> {
+    let view = shared
+        .provider
+        .create_with_spec(vm_id, &VmSpec::restore(template.clone()))
+        .map_err(|e| {
+            Counters::inc(&shared.counters.provider_errors);
+            SpawnFailure::Create(e)
+        })?;
+    Counters::inc(&shared.counters.created);
+    if let ValidationResult::Unhealthy(reason) = shared.validator.validate(&view, Phase::AfterSpawn)
+    {
+        shared.counters.validation_failed(&reason);
+        return Err(SpawnFailure::Unhealthy(reason));
+    }
+    if pause_idle && view.status == VmStatus::Running {
+        return shared.provider.pause(vm_id).map_err(|e| {
+            Counters::inc(&shared.counters.provider_errors);
+            SpawnFailure::Pause(e)
+        });
+    }
+    Ok(view)
+}

@@ -1,0 +1,51 @@
+//! The validator hook: how the pool decides an entry is fit to hand over.
+
+use ember_core::{VmStatus, VmView};
+
+/// When a validation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Right after a refill restored the entry (the VM is as the restore left it).
+    AfterSpawn,
+    /// On the acquire path, before the entry is renamed and handed over. Keep this fast: the
+    /// tenant is waiting.
+    OnAcquire,
+}
+
+/// A validator's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValidationResult {
+    /// Fit to hand over.
+    Healthy,
+    /// Not fit: the entry is destroyed. The reason is logged and counted per reason, so keep it a
+    /// short category (`"agent timeout"`, `"process died"`), not a unique message.
+    Unhealthy(String),
+}
+
+/// Decides whether an entry is fit to hand over; called after each spawn and on each acquire.
+pub trait EntryValidator: Send + Sync + 'static {
+    /// Probes `vm` (its current view: id, status, stack) in `phase`.
+    fn validate(&self, vm: &VmView, phase: Phase) -> ValidationResult;
+}
+
+/// A validator that trusts every entry the provider reports alive.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AliveValidator;
+
+impl EntryValidator for AliveValidator {
+    fn validate(&self, vm: &VmView, _phase: Phase) -> ValidationResult {
+        match vm.status {
+            VmStatus::Running | VmStatus::Paused => ValidationResult::Healthy,
+            other => ValidationResult::Unhealthy(format!("vm is {other}")),
+        }
+    }
+}
+
+impl<F> EntryValidator for F
+where
+    F: Fn(&VmView, Phase) -> ValidationResult + Send + Sync + 'static,
+{
+    fn validate(&self, vm: &VmView, phase: Phase) -> ValidationResult {
+        self(vm, phase)
+    }
+}

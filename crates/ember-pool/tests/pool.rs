@@ -1,0 +1,677 @@
+//! The warm pool's behaviour over the in-memory provider: refill, handover, validation, backoff,
+//! registration, shutdown and metrics. (Real VMs come with the runtime's own tests.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use ember_core::{
+    Capabilities, FaultPlan, Gate, InMemoryVmProvider, NetworkOverride, Operation, VmError,
+    VmProvider, VmQuery, VmStatus,
+};
+use ember_pool::{
+    AdaptiveDepth, BucketConfig, EvictionCause, Phase, PoolError, PoolSettings, Tenant,
+};
+
+#[test]
+fn refill_is_event_driven_not_tick_driven() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let creates_before = p.calls(Operation::Create);
+    // A tick of an hour: anything that happens below happens because of an event.
+    let pool = start(
+        &p,
+        PoolSettings {
+            tick: Duration::from_secs(3600),
+            ..fast_settings()
+        },
+    );
+    pool.register(s.clone(), snap, config(2, 4)).unwrap();
+    wait_until("fill to max depth", || depth(&pool, &s) == 4);
+    pool.acquire(&s, &Tenant::new("t1").unwrap()).unwrap();
+    pool.acquire(&s, &Tenant::new("t2").unwrap()).unwrap();
+    wait_until("refill after acquire", || depth(&pool, &s) == 4);
+    let m = pool.metrics();
+    assert_eq!(m.created_total, 6);
+    assert_eq!(m.acquired_total, 2);
+    assert_eq!(m.stacks[&s.to_string()].in_flight, 0);
+    assert_eq!(
+        p.calls(Operation::Create) - creates_before,
+        6,
+        "no restore beyond the pool's own"
+    );
+}
+
+#[test]
+fn acquire_hands_over_the_pooled_vm_itself() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap, config(1, 2)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 2);
+    let pooled: Vec<_> = live_with_prefix(&p, "warm-");
+    assert!(
+        pooled.iter().all(|v| v.status == VmStatus::Paused),
+        "idle entries are paused"
+    );
+    let creates_before = p.calls(Operation::Create);
+
+    let vm = pool.acquire(&s, &Tenant::new("tenant-a").unwrap()).unwrap();
+    assert_eq!(vm.vm_id.as_str(), "tenant-a");
+    assert_eq!(vm.status, VmStatus::Running);
+    assert!(
+        pooled.iter().any(|v| v.id == vm.pooled_id),
+        "one of the pooled VMs"
+    );
+    let view = p.get(&vm.vm_id).unwrap();
+    assert_eq!(view.status, VmStatus::Running);
+    assert_eq!(view.restored_from.as_ref().map(|s| s.as_str()), Some("s1"));
+    assert!(
+        matches!(p.get(&vm.pooled_id), Err(VmError::NotFound { .. })),
+        "renamed, not copied"
+    );
+    // The acquire itself restored nothing: the only creates after it are refills.
+    wait_until("refill", || depth(&pool, &s) == 2);
+    assert_eq!(p.calls(Operation::Create) - creates_before, 1);
+    // The pool no longer tracks it: shutdown leaves the tenant's VM alone.
+    pool.shutdown();
+    assert_eq!(p.get(&vm.vm_id).unwrap().status, VmStatus::Running);
+}
+
+#[test]
+fn validator_runs_after_spawn_and_on_acquire_and_unhealthy_entries_are_skipped() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let validator = ProviderHealth::new(&p);
+    let pool = ember_pool::WarmPool::start(p.clone(), validator.clone(), fast_settings()).unwrap();
+    pool.register(s.clone(), snap, config(3, 3)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 3);
+    let pooled = live_with_prefix(&p, "warm-");
+    p.mark_unhealthy(&pooled[0].id, "agent timeout").unwrap();
+    p.mark_unhealthy(&pooled[1].id, "agent timeout").unwrap();
+
+    let vm = pool.acquire(&s, &Tenant::new("t").unwrap()).unwrap();
+    assert_eq!(vm.pooled_id, pooled[2].id, "the healthy one");
+    let m = pool.metrics();
+    assert_eq!(m.validation_failures_total, 2);
+    assert_eq!(m.validation_failures_by_reason["agent timeout"], 2);
+    assert_eq!(m.evicted_by(EvictionCause::Unhealthy), 2);
+    wait_until("unhealthy entries destroyed", || {
+        p.get(&pooled[0].id).unwrap().status == VmStatus::Destroyed
+            && p.get(&pooled[1].id).unwrap().status == VmStatus::Destroyed
+    });
+    let phases = validator.phases.lock().unwrap().clone();
+    assert!(phases.contains(&Phase::AfterSpawn));
+    assert_eq!(phases.iter().filter(|p| **p == Phase::OnAcquire).count(), 3);
+}
+
+#[test]
+fn unhealthy_after_spawn_backs_off_and_shows_failing() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = ember_pool::WarmPool::start(
+        p.clone(),
+        std::sync::Arc::new(|_: &ember_core::VmView, _: Phase| {
+            ember_pool::ValidationResult::Unhealthy("never ready".into())
+        }),
+        fast_settings(),
+    )
+    .unwrap();
+    pool.register(s.clone(), snap, config(1, 2)).unwrap();
+    wait_until("failing", || pool.metrics().stacks[&s.to_string()].failing);
+    let m = pool.metrics();
+    assert_eq!(depth(&pool, &s), 0);
+    assert!(m.evicted_by(EvictionCause::Unhealthy) >= 3);
+    assert!(
+        m.stacks[&s.to_string()]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("never ready")
+    );
+    match pool.acquire(&s, &Tenant::new("t").unwrap()).unwrap_err() {
+        PoolError::Empty {
+            last_error: Some(e),
+            ..
+        } => assert!(e.contains("never ready")),
+        e => panic!("unexpected {e:?}"),
+    }
+    pool.shutdown();
+    assert!(live_with_prefix(&p, "warm-").is_empty());
+}
+
+#[test]
+fn failing_provider_backs_off_instead_of_spinning_then_recovers() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    p.inject(Operation::Create, FaultPlan::fail_all());
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap, config(1, 4)).unwrap();
+    wait_until("failing", || pool.metrics().stacks[&s.to_string()].failing);
+    thread::sleep(Duration::from_millis(500));
+    // Backoff 10 ms doubling to 200 ms: a handful of attempts in half a second, one at a time.
+    // A hot loop would make tens of thousands.
+    let attempts = p.calls(Operation::Create);
+    assert!(
+        attempts < 40,
+        "{attempts} create attempts: the refiller is spinning"
+    );
+    let m = pool.metrics();
+    assert!(m.provider_errors_total >= 3);
+    assert!(
+        m.stacks[&s.to_string()]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("injected fault")
+    );
+    p.clear_faults();
+    wait_until("recovered", || depth(&pool, &s) == 4);
+    assert!(!pool.metrics().stacks[&s.to_string()].failing);
+}
+
+#[test]
+fn spawns_run_in_parallel_up_to_the_limit_and_acquire_is_not_blocked_by_them() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(&p, fast_settings());
+    pool.register(
+        s.clone(),
+        snap.clone(),
+        BucketConfig {
+            refill_parallelism: 3,
+            ..config(1, 2)
+        },
+    )
+    .unwrap();
+    wait_until("fill", || depth(&pool, &s) == 2);
+    // Now every restore hangs in the provider.
+    let gate = Gate::new();
+    p.inject(Operation::Create, FaultPlan::hold(gate.clone()));
+    pool.acquire(&s, &Tenant::new("t1").unwrap()).unwrap();
+    wait_until("one spawn held", || gate.waiting() == 1);
+    // The remaining entry is still handed over while the refill is stuck.
+    pool.acquire(&s, &Tenant::new("t2").unwrap()).unwrap();
+    wait_until("two spawns held", || gate.waiting() == 2);
+    // Raise the depth: the refiller wants 6 more but may run only 3 at once.
+    pool.register(
+        s.clone(),
+        snap,
+        BucketConfig {
+            refill_parallelism: 3,
+            ..config(1, 8)
+        },
+    )
+    .unwrap();
+    wait_until("three spawns held", || gate.waiting() == 3);
+    // The coordinator plans in_flight before dispatching: exactly the limit, never more.
+    assert_eq!(pool.metrics().stacks[&s.to_string()].in_flight, 3);
+    gate.open();
+    wait_until("fill to 8", || depth(&pool, &s) == 8);
+}
+
+#[test]
+fn acquire_timeout_waits_for_a_refill_or_times_out_with_the_reason() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let gate = Gate::new();
+    // The first restore waits for the gate and succeeds; every later one fails.
+    p.inject(
+        Operation::Create,
+        FaultPlan {
+            hold: Some(gate.clone()),
+            fail_calls: (2..10_000).collect(),
+            ..FaultPlan::default()
+        },
+    );
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap, config(1, 1)).unwrap();
+    assert!(matches!(
+        pool.acquire(&s, &Tenant::new("now").unwrap()),
+        Err(PoolError::Empty { .. })
+    ));
+    thread::scope(|sc| {
+        let waiter = sc.spawn(|| pool.acquire_timeout(&s, &Tenant::new("later").unwrap(), WAIT));
+        wait_until("spawn held", || gate.waiting() == 1);
+        gate.open();
+        let vm = waiter.join().unwrap().unwrap();
+        assert_eq!(vm.vm_id.as_str(), "later");
+    });
+    wait_until("failing", || pool.metrics().stacks[&s.to_string()].failing);
+    match pool
+        .acquire_timeout(
+            &s,
+            &Tenant::new("never").unwrap(),
+            Duration::from_millis(100),
+        )
+        .unwrap_err()
+    {
+        PoolError::Timeout {
+            last_error: Some(e),
+            waited,
+            ..
+        } => {
+            assert!(e.contains("injected fault"), "{e}");
+            assert!(waited >= Duration::from_millis(100));
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+}
+
+#[test]
+fn register_replaces_the_template_for_new_entries() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let v1 = template(&p, &s, "v1");
+    let v2 = template(&p, &s, "v2");
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), v1, config(2, 2)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 2);
+    pool.register(s.clone(), v2, config(2, 2)).unwrap();
+    let from = |t: &str| {
+        pool.acquire_timeout(&s, &Tenant::new(t).unwrap(), WAIT)
+            .unwrap()
+            .template
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(from("a"), "v1", "existing entries keep serving");
+    assert_eq!(from("b"), "v1");
+    assert_eq!(from("c"), "v2", "new entries use the new template");
+}
+
+#[test]
+fn bad_registrations_are_clear_errors_and_other_stacks_keep_serving() {
+    let p = InMemoryVmProvider::new();
+    let (a, b) = (stack("alpha"), stack("beta"));
+    let snap_a = template(&p, &a, "sa");
+    let pool = start(&p, fast_settings());
+    pool.register(a.clone(), snap_a.clone(), config(1, 2))
+        .unwrap();
+
+    let err = pool
+        .register(b.clone(), snap_a.clone(), config(1, 2))
+        .unwrap_err();
+    assert!(matches!(err, PoolError::InvalidTemplate { .. }), "{err}");
+    assert!(err.to_string().contains("belongs to stack alpha"), "{err}");
+
+    let mut ghost = snap_a.clone();
+    ghost.snapshot_id = ember_core::SnapshotId::new("ghost").unwrap();
+    ghost.stack = Some(b.clone());
+    let err = pool.register(b.clone(), ghost, config(1, 2)).unwrap_err();
+    assert!(
+        err.to_string().contains("snapshot \"ghost\" not found"),
+        "{err}"
+    );
+
+    for (cfg, field) in [(config(1, 0), "max_depth"), (config(3, 2), "min_depth")] {
+        match pool.register(b.clone(), snap_a.clone(), cfg).unwrap_err() {
+            PoolError::InvalidConfig { field: f, .. } => assert_eq!(f, field),
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+    let err = Tenant::new("bad tenant/id").unwrap_err();
+    assert!(err.to_string().contains("vm_id"), "{err}");
+    assert!(matches!(
+        pool.acquire(&b, &Tenant::new("t").unwrap()),
+        Err(PoolError::UnknownStack { .. })
+    ));
+    assert!(matches!(
+        pool.unregister(&b),
+        Err(PoolError::UnknownStack { .. })
+    ));
+    // Stack alpha is untouched by all of that.
+    pool.acquire_timeout(&a, &Tenant::new("ok").unwrap(), WAIT)
+        .unwrap();
+    assert_eq!(pool.stacks(), vec![a]);
+}
+
+#[test]
+fn tenant_id_in_use_leaves_the_entry_in_the_pool() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap, config(1, 1)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 1);
+    p.create(&id("taken")).unwrap();
+    let err = pool
+        .acquire(&s, &Tenant::new("taken").unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(err, PoolError::InvalidTenant(VmError::AlreadyExists { .. })),
+        "{err}"
+    );
+    assert_eq!(depth(&pool, &s), 1);
+    assert_eq!(pool.metrics().evicted_total(), 0);
+    pool.acquire(&s, &Tenant::new("free").unwrap()).unwrap();
+}
+
+#[test]
+fn network_overrides_apply_where_supported_and_are_refused_otherwise() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap, config(1, 1)).unwrap();
+    let net = vec![NetworkOverride {
+        iface_id: "eth0".into(),
+        host_dev_name: "tap-t1".into(),
+    }];
+    let tenant = Tenant::new("t1")
+        .unwrap()
+        .with_network(net.clone())
+        .unwrap();
+    let vm = pool.acquire_timeout(&s, &tenant, WAIT).unwrap();
+    assert_eq!(p.network_of(&vm.vm_id).unwrap(), net);
+
+    assert!(
+        Tenant::new("t")
+            .unwrap()
+            .with_network(vec![NetworkOverride {
+                iface_id: "eth0".into(),
+                host_dev_name: "no/slashes".into(),
+            }])
+            .is_err()
+    );
+
+    p.set_capabilities(Capabilities::default());
+    wait_until("refill", || depth(&pool, &s) == 1);
+    let tenant = Tenant::new("t2").unwrap().with_network(net).unwrap();
+    let err = pool.acquire(&s, &tenant).unwrap_err();
+    assert!(
+        matches!(err, PoolError::InvalidTenant(VmError::Unsupported { .. })),
+        "{err}"
+    );
+    assert_eq!(depth(&pool, &s), 1, "nothing was taken from the pool");
+}
+
+#[test]
+fn handoff_failure_evicts_and_tries_the_next_entry() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap, config(2, 2)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 2);
+    p.fail_nth(Operation::Resume, 1);
+    let vm = pool.acquire(&s, &Tenant::new("t").unwrap()).unwrap();
+    assert_eq!(p.get(&vm.vm_id).unwrap().status, VmStatus::Running);
+    assert_eq!(pool.metrics().evicted_by(EvictionCause::HandoffFailed), 1);
+    // A provider that fails every handover: the caller learns why.
+    p.inject(Operation::Rename, FaultPlan::fail_all());
+    wait_until("refill", || depth(&pool, &s) == 2);
+    let err = pool.acquire(&s, &Tenant::new("t2").unwrap()).unwrap_err();
+    assert!(matches!(err, PoolError::Handoff { .. }), "{err}");
+    assert!(ember_core::error_chain(&err).contains("injected fault"));
+}
+
+#[test]
+fn unregister_destroys_entries_and_spawns_under_way() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap, config(2, 3)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 3);
+    let gate = Gate::new();
+    p.inject(Operation::Create, FaultPlan::hold(gate.clone()));
+    pool.acquire(&s, &Tenant::new("t").unwrap()).unwrap();
+    wait_until("spawn held", || gate.waiting() == 1);
+    assert_eq!(pool.unregister(&s).unwrap(), 2);
+    gate.open();
+    wait_until("held spawn destroyed too", || {
+        pool.metrics().evicted_by(EvictionCause::Unregister) == 3
+            && live_with_prefix(&p, "warm-").is_empty()
+    });
+    assert!(matches!(
+        pool.acquire(&s, &Tenant::new("t2").unwrap()),
+        Err(PoolError::UnknownStack { .. })
+    ));
+}
+
+#[test]
+fn entries_age_out_and_are_replaced() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(&p, fast_settings());
+    pool.register(
+        s.clone(),
+        snap,
+        BucketConfig {
+            max_age: Duration::from_millis(100),
+            ..config(2, 2)
+        },
+    )
+    .unwrap();
+    wait_until("aged out and replaced", || {
+        let m = pool.metrics();
+        m.evicted_by(EvictionCause::Age) >= 4 && m.created_total >= 6
+    });
+    wait_until("fill", || depth(&pool, &s) == 2);
+}
+
+#[test]
+fn died_entries_are_evicted_with_cause_died_and_replaced() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap, config(2, 2)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 2);
+    let victim = live_with_prefix(&p, "warm-")[0].id.clone();
+    p.crash(&victim).unwrap();
+    assert!(pool.notify_died(&victim));
+    assert!(!pool.notify_died(&id("not-pooled")));
+    assert_eq!(pool.metrics().evicted_by(EvictionCause::Died), 1);
+    wait_until("replaced", || {
+        pool.metrics().created_total == 3 && depth(&pool, &s) == 2
+    });
+    wait_until("destroyed", || {
+        p.get(&victim).unwrap().status == VmStatus::Destroyed
+    });
+}
+
+#[test]
+fn shutdown_is_idempotent_and_drop_shares_its_path() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap.clone(), config(3, 3))
+        .unwrap();
+    wait_until("fill", || depth(&pool, &s) == 3);
+    assert_eq!(pool.shutdown(), 3);
+    assert_eq!(pool.shutdown(), 0);
+    assert_eq!(pool.metrics().evicted_by(EvictionCause::Shutdown), 3);
+    assert!(live_with_prefix(&p, "warm-").is_empty());
+    assert!(matches!(
+        pool.acquire(&s, &Tenant::new("t").unwrap()),
+        Err(PoolError::ShutDown)
+    ));
+    drop(pool);
+
+    // Drop with a spawn stuck in the provider: it waits for it and destroys its VM.
+    let gate = Gate::new();
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap, config(2, 2)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 2);
+    p.inject(Operation::Create, FaultPlan::hold(gate.clone()));
+    pool.acquire(&s, &Tenant::new("t").unwrap()).unwrap();
+    wait_until("spawn held", || gate.waiting() == 1);
+    let metrics = pool.collector();
+    let opener = {
+        let gate = gate.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            gate.open();
+        })
+    };
+    drop(pool);
+    opener.join().unwrap();
+    let m = metrics.metrics();
+    assert_eq!(
+        m.evicted_by(EvictionCause::Shutdown),
+        2,
+        "one entry + the held spawn"
+    );
+    assert!(live_with_prefix(&p, "warm-").is_empty());
+}
+
+#[test]
+fn adaptive_depth_grows_with_demand() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    p.inject(
+        Operation::Create,
+        FaultPlan::slow(Duration::from_millis(40)),
+    );
+    let pool = start(&p, fast_settings());
+    pool.register(
+        s.clone(),
+        snap,
+        BucketConfig {
+            min_depth: 1,
+            max_depth: 16,
+            refill_parallelism: 8,
+            adaptive: Some(AdaptiveDepth {
+                rate_time_constant: Duration::from_secs(2),
+                latency_alpha: 0.5,
+                headroom: 2.0,
+            }),
+            ..BucketConfig::default()
+        },
+    )
+    .unwrap();
+    let target = || pool.metrics().stacks[&s.to_string()].target_depth;
+    wait_until("first entry", || depth(&pool, &s) >= 1);
+    assert_eq!(target(), 1);
+    for i in 0..60 {
+        pool.acquire_timeout(&s, &Tenant::new(&format!("t{i}")).unwrap(), WAIT)
+            .unwrap();
+    }
+    // 60 acquires in about as many spawn latencies: demand x latency x 2 is well above 1.
+    assert!(target() >= 2, "target {} did not follow demand", target());
+}
+
+#[test]
+fn metrics_encode_for_prometheus() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(&p, fast_settings());
+    pool.register(s.clone(), snap, config(1, 1)).unwrap();
+    pool.acquire_timeout(&s, &Tenant::new("t").unwrap(), WAIT)
+        .unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(pool.collector()));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for needle in [
+        "ember_pool_acquired_total 1",
+        "ember_pool_evicted_total{cause=\"age\"} 0",
+        "ember_pool_depth{stack=\"alpha@1.0.0 (1 vCPU, 128 MiB)\"}",
+        "ember_pool_acquire_seconds_count 1",
+        "ember_pool_failing{stack=",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
+
+#[test]
+fn many_threads_acquire_each_vm_exactly_once_and_everything_is_accounted_for() {
+    let p = InMemoryVmProvider::new();
+    let (a, b) = (stack("alpha"), stack("beta"));
+    let snaps = [template(&p, &a, "sa"), template(&p, &b, "sb")];
+    // Some spawns fail and some entries turn out unhealthy, to exercise every path at once.
+    p.inject(
+        Operation::Create,
+        FaultPlan::fail_calls((1..2000).step_by(13)),
+    );
+    let pool = start(&p, fast_settings());
+    for (s, snap) in [(&a, &snaps[0]), (&b, &snaps[1])] {
+        pool.register(
+            s.clone(),
+            snap.clone(),
+            BucketConfig {
+                refill_parallelism: 4,
+                ..config(2, 8)
+            },
+        )
+        .unwrap();
+    }
+    let per_thread = 25;
+    let handed: Vec<_> = thread::scope(|sc| {
+        let hs: Vec<_> = (0..16)
+            .map(|t| {
+                let (pool, p, a, b) = (&pool, &p, &a, &b);
+                sc.spawn(move || {
+                    let mut got = vec![];
+                    for i in 0..per_thread {
+                        if i % 7 == 3 {
+                            // Poison whatever is at the front of the bucket now and then.
+                            if let Some(v) = live_with_prefix(p, "warm-").first() {
+                                let _ = p.mark_unhealthy(&v.id, "chaos");
+                            }
+                        }
+                        let s = if (t + i) % 2 == 0 { a } else { b };
+                        let tenant = Tenant::new(&format!("t{t}-{i}")).unwrap();
+                        got.push(pool.acquire_timeout(s, &tenant, WAIT).unwrap());
+                    }
+                    got
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(handed.len(), 16 * per_thread);
+    let pooled_ids: HashSet<_> = handed.iter().map(|v| v.pooled_id.clone()).collect();
+    assert_eq!(
+        pooled_ids.len(),
+        handed.len(),
+        "a pooled VM was handed out twice"
+    );
+    for vm in &handed {
+        assert_eq!(p.get(&vm.vm_id).unwrap().status, VmStatus::Running);
+    }
+    pool.shutdown();
+
+    // Accounting: every VM the pool ever created was handed out once or destroyed, and the
+    // counters agree with the provider.
+    let m = pool.metrics();
+    let all = p.list().unwrap();
+    let warm_left = all
+        .iter()
+        .filter(|v| v.id.as_str().starts_with("warm-") && v.status != VmStatus::Destroyed)
+        .count();
+    assert_eq!(warm_left, 0, "pooled VMs leaked");
+    let destroyed_pooled = all
+        .iter()
+        .filter(|v| v.id.as_str().starts_with("warm-") && v.status == VmStatus::Destroyed)
+        .count() as u64;
+    assert_eq!(m.acquired_total, handed.len() as u64);
+    assert_eq!(m.created_total, m.acquired_total + m.evicted_total());
+    assert_eq!(
+        destroyed_pooled,
+        m.evicted_total(),
+        "every eviction destroyed its VM"
+    );
+    assert_eq!(m.destroy_failures_total, 0);
+    assert!(
+        m.provider_errors_total > 0 && m.validation_failures_total > 0,
+        "{m:?}"
+    );
+}
