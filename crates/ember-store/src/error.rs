@@ -205,6 +205,19 @@ pub enum StoreError {
         /// Its key.
         key: String,
     },
+    /// A conditional update found the record at another revision than expected: someone else
+    /// changed it since it was read.
+    #[error("{kind} {key:?} is at revision {found}, not {expected}; it changed since it was read")]
+    Stale {
+        /// The kind of record.
+        kind: RecordKind,
+        /// Its key.
+        key: String,
+        /// The revision the caller expected.
+        expected: u64,
+        /// The revision stored.
+        found: u64,
+    },
     /// A record refers to another record that does not exist.
     #[error("{field} refers to {kind} {key:?}, which is not in the store")]
     UnknownReference {

@@ -14,6 +14,7 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -245,7 +246,10 @@ fn corrupt_or(
     }
 }
 
-/// WAL, fsync on every commit, foreign keys.
+/// Bytes the `-wal` file is truncated to after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 8 << 20;
+
+/// WAL, fsync on every commit, foreign keys, a bounded WAL file.
 fn configure(conn: &Connection, path: &Path, busy_timeout: Duration) -> Result<(), StoreError> {
     let sql = |op| move |e| StoreError::sqlite(path, op, busy_timeout, e);
     let mode: String = conn
@@ -264,6 +268,9 @@ fn configure(conn: &Connection, path: &Path, busy_timeout: Duration) -> Result<(
         .map_err(sql("set synchronous=FULL"))?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(sql("enable foreign keys"))?;
+    // The WAL is reused after each checkpoint; cap what a burst of writes leaves on disk.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+        .map_err(sql("limit the WAL size"))?;
     let fk: bool = conn
         .pragma_query_value(None, "foreign_keys", |r| r.get(0))
         .map_err(sql("check foreign keys"))?;
@@ -341,6 +348,10 @@ fn create(path: &Path, dir: &Path) -> Result<bool, StoreError> {
         conn.close()
             .map_err(|(_, e)| sql("close the new database")(e))?;
     }
+    // Host state (paths, tenants, pids) is the daemon's alone; SQLite gives the -wal and -shm
+    // files the database's mode.
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+        .map_err(io("restrict the new database's permissions", &tmp))?;
     File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(io("fsync the new database", &tmp))?;
@@ -415,6 +426,8 @@ mod tests {
         assert!(first.created);
         assert_eq!(first.migrated_from, 1, "created complete by `create`");
         drop(first);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
         let again = open(&path, Duration::from_secs(1), OpenCheck::Quick).unwrap();
         assert!(!again.created);
         assert_eq!(again.migrated_from, 1);

@@ -279,11 +279,43 @@ impl Store {
         name: &MachineName,
         change: impl FnOnce(&mut Machine) -> Result<(), E>,
     ) -> Result<MachineRecord, UpdateError<E>> {
+        self.update_inner(name, None, change)
+    }
+
+    /// Like [`Store::update`], but only if the record is still at `revision` (the one a caller read
+    /// earlier, such as a [`RecoveryEntry`](crate::RecoveryEntry)'s); otherwise
+    /// [`StoreError::Stale`] and nothing is written.
+    pub fn update_at<E>(
+        &self,
+        name: &MachineName,
+        revision: u64,
+        change: impl FnOnce(&mut Machine) -> Result<(), E>,
+    ) -> Result<MachineRecord, UpdateError<E>> {
+        self.update_inner(name, Some(revision), change)
+    }
+
+    fn update_inner<E>(
+        &self,
+        name: &MachineName,
+        expected_revision: Option<u64>,
+        change: impl FnOnce(&mut Machine) -> Result<(), E>,
+    ) -> Result<MachineRecord, UpdateError<E>> {
         let record = self.write("update machine", |tx| {
             let (id, record) = machines::load(tx, name)?.ok_or_else(|| StoreError::NotFound {
                 kind: RecordKind::Machine,
                 key: name.to_string(),
             })?;
+            if let Some(expected) = expected_revision
+                && expected != record.revision
+            {
+                return Err(StoreError::Stale {
+                    kind: RecordKind::Machine,
+                    key: name.to_string(),
+                    expected,
+                    found: record.revision,
+                }
+                .into());
+            }
             let mut machine = record.machine;
             change(&mut machine).map_err(TxError::Rejected)?;
             machine.validate()?;

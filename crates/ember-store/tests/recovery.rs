@@ -192,11 +192,29 @@ fn reopened_store_reports_what_a_supervisor_needs() {
         RecoveryAction::CleanUp
     );
 
-    // The supervisor carries out the plans and stores the outcome.
+    // The supervisor carries out the plans and stores the outcome, provided nobody changed the
+    // record since the report was taken.
+    let first = &report.machines[0];
+    store
+        .update(&first.name, |m| {
+            m.console_log = None;
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .unwrap();
+    let stale = store
+        .update_at(&first.name, first.revision, |_| {
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(stale.store_error(), Some(ember_store::StoreError::Stale { expected, found, .. }) if *found == expected + 1),
+        "{stale:?}"
+    );
     for entry in &report.machines {
         let plan = entry.plan(entry.liveness().unwrap().as_ref());
+        let current = store.load(&entry.name).unwrap().revision;
         store
-            .update(&entry.name, |m| {
+            .update_at(&entry.name, current, |m| {
                 m.state = plan.state_after;
                 Ok::<_, std::convert::Infallible>(())
             })
