@@ -248,13 +248,23 @@ fn child_open_and_report() {
 }
 
 /// Opens `path` in a child process that cannot override file permissions: as `nobody` when the
-/// tests run as root (root ignores directory modes), as ourselves otherwise.
-fn open_unprivileged(path: &Path) -> String {
-    let mut cmd = support::child("child_open_and_report");
-    cmd.env("EMBER_STORE_CHILD_OPEN", path);
-    if nix::unistd::geteuid().is_root() {
+/// tests run as root (root ignores directory modes), as ourselves otherwise. `nobody` runs a copy
+/// of this test binary placed in `bin_dir`, since the original may sit under a directory it cannot
+/// enter (such as `/root`).
+fn open_unprivileged(path: &Path, bin_dir: &Path) -> String {
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let exe = bin_dir.join("bad_input-child");
+        if !exe.exists() {
+            fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+            fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut cmd = support::child_from(&exe, "child_open_and_report");
         cmd.uid(65534).gid(65534);
-    }
+        cmd
+    } else {
+        support::child("child_open_and_report")
+    };
+    cmd.env("EMBER_STORE_CHILD_OPEN", path);
     let out = cmd.output().unwrap();
     let lines = tagged_lines(&out.stdout);
     assert_eq!(
@@ -280,7 +290,7 @@ fn read_only_directories_and_files_are_clear_errors() {
     fs::set_permissions(&existing, fs::Permissions::from_mode(0o666)).unwrap();
     fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
     for p in [&fresh, &existing] {
-        let out = open_unprivileged(p);
+        let out = open_unprivileged(p, top.path());
         assert!(out.starts_with("err DirectoryNotWritable"), "{out}");
         assert!(
             out.contains("not writable") && out.contains(&ro.display().to_string()),
@@ -297,7 +307,7 @@ fn read_only_directories_and_files_are_clear_errors() {
     fs::set_permissions(&rw, fs::Permissions::from_mode(0o777)).unwrap();
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o444)).unwrap();
     let before = fingerprint(&locked);
-    let out = open_unprivileged(&locked);
+    let out = open_unprivileged(&locked, top.path());
     assert!(out.starts_with("err FileNotWritable"), "{out}");
     assert!(out.contains(&locked.display().to_string()), "{out}");
     assert_eq!(fingerprint(&locked), before);

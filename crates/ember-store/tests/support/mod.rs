@@ -121,7 +121,12 @@ pub fn check_generation(record: &MachineRecord) -> Result<u64, String> {
 
 /// A command re-executing this test binary to run only `test` with `--nocapture`.
 pub fn child(test: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    child_from(&std::env::current_exe().unwrap(), test)
+}
+
+/// Like [`child`], running a copy of this test binary at `exe`.
+pub fn child_from(exe: &Path, test: &str) -> Command {
+    let mut cmd = Command::new(exe);
     cmd.args(["--exact", test, "--nocapture", "--test-threads=1", "-q"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
