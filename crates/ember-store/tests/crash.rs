@@ -305,22 +305,32 @@ fn sigkill_at_random_points_loses_no_committed_record() {
         });
 
         let mut raw = Vec::new();
-        if rng.below(10) == 0 {
-            // Early: during exec, open, WAL recovery or the first commits.
-            std::thread::sleep(Duration::from_micros(rng.below(4000)));
-        } else {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
+        let wait_for = |raw: &mut Vec<String>, done: &dyn Fn(&[String]) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !done(raw) {
                 let line = rx
                     .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .unwrap_or_else(|_| panic!("child {i} never became ready"));
-                let ready = line == "@ready";
+                    .unwrap_or_else(|_| panic!("child {i} stalled; said {raw:?}"));
                 raw.push(line);
-                if ready {
-                    break;
-                }
             }
-            std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+        };
+        match rng.below(10) {
+            // Early: during exec, open, WAL recovery or the first commits.
+            0 => std::thread::sleep(Duration::from_micros(rng.below(4000))),
+            // After a random number of commits, so every run does real work however slow the
+            // disk, then a little later so the kill lands anywhere inside an operation.
+            1..=4 => {
+                let commits = 1 + rng.below(20) as usize;
+                wait_for(&mut raw, &|r: &[String]| {
+                    r.iter().filter(|l| l.starts_with("@C ")).count() >= commits
+                });
+                std::thread::sleep(Duration::from_micros(rng.below(3000)));
+            }
+            // At a random time after the store is open.
+            _ => {
+                wait_for(&mut raw, &|r: &[String]| r.iter().any(|l| l == "@ready"));
+                std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+            }
         }
         child.kill().unwrap();
         let status = child.wait().unwrap();
@@ -361,7 +371,7 @@ fn sigkill_at_random_points_loses_no_committed_record() {
         model.snapshots.len()
     );
     assert!(
-        committed > iterations as usize,
+        committed >= 2 * iterations as usize,
         "the children barely ran: {committed} commits"
     );
 }
