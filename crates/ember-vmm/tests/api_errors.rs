@@ -297,6 +297,25 @@ fn broken_snapshots_are_refused_and_the_vmm_stays_usable() {
         ),
         (load_body(&snap, &short_mem, true), "does not match"),
         (load_body(&mem, &mem, true), "bad magic"),
+        (
+            {
+                let mut b: serde_json::Value =
+                    serde_json::from_str(&load_body(&snap, &mem, true)).unwrap();
+                b["network_overrides"] =
+                    serde_json::json!([{"iface_id": "eth9", "host_dev_name": "tap9"}]);
+                b.to_string()
+            },
+            "no network interface",
+        ),
+        (
+            {
+                let mut b: serde_json::Value =
+                    serde_json::from_str(&load_body(&snap, &mem, true)).unwrap();
+                b["mem_backend"]["backend_type"] = serde_json::json!("Uffd");
+                b.to_string()
+            },
+            "Uffd",
+        ),
     ];
     for (body, needle) in &cases {
         assert_400(&c.put("/snapshot/load", body), needle);

@@ -221,6 +221,9 @@ impl Vcpu {
         match req {
             Request::Pause => {
                 *running = false;
+                // Tell a kvmclock guest it was stopped (no soft-lockup warnings on resume);
+                // EINVAL when the guest does not use kvmclock, which is fine.
+                let _ = self.fd.kvmclock_ctrl();
                 let _ = tx.send(Response::Paused);
             }
             Request::Resume => {
