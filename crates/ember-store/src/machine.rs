@@ -2,7 +2,7 @@
 //! what the store owns: name, network allocation, timestamps, revision), [`MachineState`] and
 //! [`BlockDevice`], with their validation.
 //!
-//! Pure values; reading and writing rows is [`sql::machines`](crate::sql)'s job.
+//! Pure values; reading and writing rows is the private `sql::machines` module's job.
 
 use std::collections::HashSet;
 use std::fmt;

@@ -2,7 +2,7 @@
 //! draws from) and [`NetworkAllocation`] (TAP name, IPv4, MAC, vsock CID).
 //!
 //! Pure values and their validation only; choosing free values inside a transaction is
-//! [`alloc`](crate::alloc)'s job.
+//! the private `alloc` module's job.
 
 use std::fmt;
 use std::net::Ipv4Addr;

@@ -6,7 +6,7 @@
 //! 2. a missing file is created complete in a temporary file and hard-linked into place (a link
 //!    never replaces an existing file, so two processes racing to create both end up on one
 //!    database, and a crash leaves either no file or a complete one);
-//! 3. an existing file is inspected read-only ([`header`](crate::header)): empty, short, foreign or
+//! 3. an existing file is inspected read-only (the private `header` module): empty, short, foreign or
 //!    truncated files are refused before SQLite opens them;
 //! 4. SQLite opens it without `CREATE`, with checkpoint-on-close disabled until the integrity check
 //!    and the identity check pass, so a damaged file is left byte-for-byte untouched;

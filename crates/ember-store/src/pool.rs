@@ -1,7 +1,7 @@
 //! The pool record: [`PoolConfig`] (template snapshot, depth, age and refill settings of one warm
 //! pool bucket) and [`PoolRecord`] (that, keyed by its [`StackKey`]), with validation.
 //!
-//! Pure values; reading and writing rows is [`sql`](crate::sql)'s job.
+//! Pure values; reading and writing rows is the private `sql` module's job.
 
 use std::time::{Duration, SystemTime};
 

@@ -2,7 +2,7 @@
 //! checksum, the stack they belong to and, for diff snapshots, their parent), with its validation.
 //!
 //! Snapshots are immutable once saved: there is no update, only save and remove. Pure values;
-//! reading and writing rows is [`sql`](crate::sql)'s job.
+//! reading and writing rows is the private `sql` module's job.
 
 use std::path::PathBuf;
 use std::time::SystemTime;

@@ -7,7 +7,7 @@
 //! `synchronous=FULL` a call that returned `Ok` is on disk. `save_*` is insert-only: it fails with
 //! [`StoreError::AlreadyExists`] rather than overwrite, and changes go through `update*`, whose
 //! closure sees the current record. This module sequences transactions; rows are
-//! [`sql`](crate::sql)'s job and allocation is [`alloc`](crate::alloc)'s.
+//! the private `sql` module's job and allocation the private `alloc` module's.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
