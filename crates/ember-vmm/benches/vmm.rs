@@ -11,6 +11,7 @@
 //! - `restore.process_start_to_first_output`: spawn -> first console line after the restore;
 //! - `restore_eager.vmm`: as `restore.vmm` with the memory file copied (`ember_eager_load`);
 //! - `restore.throughput`: restores per second into 20 pre-spawned processes, 2 client threads;
+//! - `restore.spawn_and_restore_throughput`: the same with the process start on the path;
 //! - `memory.private_per_idle_vm` (KiB, /proc smaps_rollup Private_*) and
 //!   `memory.pss_per_idle_vm`, over 20 restored idle VMs (KVM's kernel-side memory, ~0.6 MB per
 //!   VM on these hosts, is not visible per process and not included).
@@ -235,6 +236,44 @@ fn restore_throughput(dir: &Path, snap: &Path, mem: &Path) {
     }
 }
 
+/// Spawn a process and restore into it, back to back from 2 client threads: the refill rate
+/// when no spare process is ready (process start on the path).
+fn spawn_and_restore_throughput(dir: &Path, snap: &Path, mem: &Path) {
+    const N: usize = 20;
+    let body = load_body(snap, mem, false);
+    let t0 = Instant::now();
+    let procs: Vec<VmmProcess> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let body = &body;
+                s.spawn(move || {
+                    (0..N / 2)
+                        .map(|i| {
+                            let vmm = spawn(dir, &format!("sr{t}-{i}"), &["--serial-out", "none"]);
+                            let mut c = vmm.client();
+                            assert_eq!(c.put("/snapshot/load", body).status, 204);
+                            assert_eq!(c.patch("/vm", r#"{"state": "Paused"}"#).status, 204);
+                            vmm
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({ "bench": "restore.spawn_and_restore_throughput", "unit": "restores/s", "n": N, "value": round(N as f64 / secs) })
+    );
+    for mut v in procs {
+        v.kill();
+    }
+}
+
 fn memory(dir: &Path, snap: &Path, mem: &Path) {
     const N: usize = 20;
     let body = load_body(snap, mem, false);
@@ -281,6 +320,7 @@ fn main() {
     restore(d, 10, &quiet_snap, &quiet_mem, true);
     restore_first_output(d, 30, &chatty_snap, &chatty_mem);
     restore_throughput(d, &quiet_snap, &quiet_mem);
+    spawn_and_restore_throughput(d, &quiet_snap, &quiet_mem);
     let (idle_snap, idle_mem) = make_snapshot(d, "idle", "ember.hz=100 ember.report=0");
     memory(d, &idle_snap, &idle_mem);
 }

@@ -165,6 +165,19 @@ impl Controller {
         }
     }
 
+    /// The prepared shell if memory can be registered on it without the post-irqchip stall;
+    /// a younger one is closed off the request path and the builder makes a memory-first VM.
+    fn take_settled_shell(&mut self) -> Option<VmShell> {
+        match self.shell.take() {
+            Some(shell) if shell.is_settled() => Some(shell),
+            Some(young) => {
+                std::thread::spawn(move || drop(young));
+                None
+            }
+            None => None,
+        }
+    }
+
     fn state_name(&self) -> &'static str {
         match &self.vm {
             None => "Not started",
@@ -209,7 +222,7 @@ impl Controller {
         let mut timings = PhaseTimings::starting_at(now_ns());
         // A prepared shell is used as is; otherwise the builder creates the VM with memory
         // registered first (faster right after process start).
-        let shell = self.shell.take();
+        let shell = self.take_settled_shell();
         let ctx = BuildContext {
             kvm: &self.kvm,
             exit: &self.exit,
@@ -442,16 +455,7 @@ impl Controller {
             )));
         }
         timings.phase("open_memory");
-        let shell = match self.shell.take() {
-            Some(shell) if shell.is_settled() => Some(shell),
-            Some(young) => {
-                // Registering memory on it now would stall for milliseconds; build a fresh VM
-                // (memory first) and close this one off the request path.
-                std::thread::spawn(move || drop(young));
-                None
-            }
-            None => None,
-        };
+        let shell = self.take_settled_shell();
         let ctx = BuildContext {
             kvm: &self.kvm,
             exit: &self.exit,
