@@ -419,15 +419,31 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                 .provider
                 .update_network(&tenant.id, &tenant.network_overrides)
         {
-            return Err(self.handoff_failed(stack, &tenant.id, e));
+            self.release_tenant_id(stack, &tenant.id, pooled);
+            return Err(self.handoff_failed(stack, pooled, e));
         }
         if needs_resume(&entry.view) {
             match shared.provider.resume(&tenant.id) {
                 Ok(view) => return Ok(view.status),
-                Err(e) => return Err(self.handoff_failed(stack, &tenant.id, e)),
+                Err(e) => {
+                    self.release_tenant_id(stack, &tenant.id, pooled);
+                    return Err(self.handoff_failed(stack, pooled, e));
+                }
             }
         }
         Ok(entry.view.status)
+    }
+
+    /// After a failure past the rename, frees the tenant's id before the next entry is tried:
+    /// renames the VM back to its pooled id (it is then destroyed off the acquire path), or, if
+    /// even that fails, destroys it under the tenant's id right here.
+    fn release_tenant_id(&self, stack: &StackKey, tenant: &VmId, pooled: &VmId) {
+        if let Err(e) = self.shared.provider.rename(tenant, pooled) {
+            tracing::warn!(%stack, vm = %tenant, error = %error_chain(&e),
+                "could not rename a failed handover back; destroying it in place");
+            self.shared
+                .destroy_now(tenant, EvictionCause::HandoffFailed);
+        }
     }
 
     fn handoff_failed(&self, stack: &StackKey, vm: &VmId, e: VmError) -> HandOver {
