@@ -3,12 +3,15 @@
 //! `{"bench": ..., "unit": ..., "n": ..., "p50": ..., "p90": ..., "p99": ..., "min": ..., "max": ...}`.
 //!
 //! - `cold_boot.process_start_to_banner`: spawn -> banner line read from the console pipe;
+//! - `cold_boot.process_start_to_banner_written`: spawn -> the VMM wrote the banner's newline
+//!   (without the reader's per-byte pipe wake-ups); `cold_boot.process_start_to_main`: exec;
 //! - `cold_boot.main_to_vcpu_run`: inside the VMM, `main` -> BSP about to enter KVM_RUN;
 //! - `snapshot_create.client` / `.vmm`: `PUT /snapshot/create` of a paused 128 MiB probe VM;
 //! - `restore.vmm`: inside the VMM, `/snapshot/load` request received -> BSP about to run, into
 //!   spare processes started ahead of time (as the pool keeps them);
 //! - `restore.client`: request sent -> 204 received (VM running);
-//! - `restore.process_start_to_first_output`: spawn -> first console line after the restore;
+//! - `restore.process_start_to_first_output` (read by the client) and `..._written` (written
+//!   by the VMM): spawn -> first console line after the restore (probe ticking at 2 kHz);
 //! - `restore_eager.vmm`: as `restore.vmm` with the memory file copied (`ember_eager_load`);
 //! - `restore.throughput`: restores per second into 20 pre-spawned processes, 2 client threads;
 //! - `restore.spawn_and_restore_throughput`: the same with the process start on the path;
@@ -31,6 +34,7 @@ use std::time::{Duration, Instant};
 use ember_test_support::{
     ApiClient, DEFAULT_TIMEOUT, VmmProcess, private_memory_kib, smaps_rollup_kib,
 };
+use ember_vmm::timing::now_ns;
 
 fn vmm_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember-vmm"))
@@ -89,10 +93,11 @@ fn load_body(snap: &Path, mem: &Path, eager: bool) -> String {
 
 fn cold_boot(dir: &Path, n: usize) {
     let cfg = probe_config(dir, "ember.report=0", 128);
-    let mut wall = Vec::new();
-    let mut inside = Vec::new();
+    let (mut wall, mut written, mut to_main, mut inside) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let t0 = Instant::now();
+        let spawn_ns = now_ns() as f64;
         let vmm = spawn(
             dir,
             &format!("boot{i}"),
@@ -107,8 +112,12 @@ fn cold_boot(dir: &Path, n: usize) {
         let boot = &t["boot"];
         let end = boot["start_ns"].as_f64().unwrap() + boot["total_us"].as_f64().unwrap() * 1000.0;
         inside.push((end - main) / 1000.0);
+        to_main.push((main - spawn_ns) / 1000.0);
+        written.push((t["console_first_line_ns"].as_f64().unwrap() - spawn_ns) / 1000.0);
     }
     report("cold_boot.process_start_to_banner", "us", wall);
+    report("cold_boot.process_start_to_banner_written", "us", written);
+    report("cold_boot.process_start_to_main", "us", to_main);
     report("cold_boot.main_to_vcpu_run", "us", inside);
 }
 
@@ -191,17 +200,25 @@ fn restore(dir: &Path, n: usize, snap: &Path, mem: &Path, eager: bool) {
 
 fn restore_first_output(dir: &Path, n: usize, snap: &Path, mem: &Path) {
     let body = load_body(snap, mem, false);
-    let mut wall = Vec::new();
+    let (mut wall, mut written) = (Vec::new(), Vec::new());
     for i in 0..n {
         let t0 = Instant::now();
+        let spawn_ns = now_ns() as f64;
         let mut vmm = spawn(dir, &format!("first{i}"), &[]);
         let mut c = vmm.client();
         assert_eq!(c.put("/snapshot/load", &body).status, 204);
         vmm.wait_for_line(DEFAULT_TIMEOUT, "a count line", 0, |l| l.contains("count="));
         wall.push(t0.elapsed().as_secs_f64() * 1e6);
+        let t = timings(&mut c);
+        written.push((t["console_first_line_ns"].as_f64().unwrap() - spawn_ns) / 1000.0);
         vmm.kill();
     }
     report("restore.process_start_to_first_output", "us", wall);
+    report(
+        "restore.process_start_to_first_output_written",
+        "us",
+        written,
+    );
 }
 
 fn restore_throughput(dir: &Path, snap: &Path, mem: &Path) {

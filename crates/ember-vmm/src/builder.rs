@@ -164,21 +164,23 @@ fn create_vcpus(vm: &Vm, first: VcpuFd, count: u8) -> Result<Vec<VcpuFd>, BuildE
 
 fn attach_devices(
     shell_evts: (EventFd, EventFd),
-    serial: &SerialOutput,
-    exit: &Arc<ExitSignal>,
+    ctx: &BuildContext<'_>,
     state: Option<&crate::devices::legacy::LegacyState>,
 ) -> Result<(Buses, LegacyDevices), BuildError> {
-    let out = SerialSink::open(serial).map_err(|source| BuildError::Io {
-        what: "opening serial output",
-        source,
-    })?;
+    let out =
+        SerialSink::open(ctx.serial, ctx.console_first_line_ns.clone()).map_err(|source| {
+            BuildError::Io {
+                what: "opening serial output",
+                source,
+            }
+        })?;
     let mut buses = Buses::default();
     let devices = LegacyDevices::attach(
         &mut buses.pio,
         IrqLine(shell_evts.0),
         IrqLine(shell_evts.1),
         out,
-        exit.clone(),
+        ctx.exit.clone(),
         state,
     )?;
     Ok((buses, devices))
@@ -192,6 +194,8 @@ pub struct BuildContext<'a> {
     pub exit: &'a Arc<ExitSignal>,
     /// Where COM1 output goes.
     pub serial: &'a SerialOutput,
+    /// Set to CLOCK_MONOTONIC ns when the guest completes its first console line.
+    pub console_first_line_ns: &'a Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Boots `config` on `shell`, or on a VM created now with its memory registered first;
@@ -268,12 +272,7 @@ pub fn boot(
     }
     timings.phase("configure_vcpus");
 
-    let (buses, devices) = attach_devices(
-        (shell.serial_evt, shell.kbd_evt),
-        ctx.serial,
-        ctx.exit,
-        None,
-    )?;
+    let (buses, devices) = attach_devices((shell.serial_evt, shell.kbd_evt), ctx, None)?;
     let microvm = Microvm::start(
         ctx,
         shell.vm,
@@ -339,12 +338,8 @@ pub fn restore(
         s.restore(fd)?;
     }
     timings.phase("vcpu_state");
-    let (buses, devices) = attach_devices(
-        (shell.serial_evt, shell.kbd_evt),
-        ctx.serial,
-        ctx.exit,
-        Some(&state.legacy),
-    )?;
+    let (buses, devices) =
+        attach_devices((shell.serial_evt, shell.kbd_evt), ctx, Some(&state.legacy))?;
     timings.phase("devices");
     Microvm::start(
         ctx,

@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::json;
 
@@ -122,6 +123,7 @@ pub struct Controller {
     shell: Option<VmShell>,
     vm: Option<Microvm>,
     timings: Timings,
+    console_first_line_ns: Arc<AtomicU64>,
 }
 
 impl Controller {
@@ -142,6 +144,7 @@ impl Controller {
             shell: None,
             vm: None,
             timings: Timings::default(),
+            console_first_line_ns: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -227,6 +230,7 @@ impl Controller {
             kvm: &self.kvm,
             exit: &self.exit,
             serial: &self.serial,
+            console_first_line_ns: &self.console_first_line_ns,
         };
         let vm = builder::boot(&ctx, shell, &self.pending, &mut timings)?;
         tracing::info!(total_us = timings.total_us, phases = ?timings.phases_us, "microVM booted");
@@ -265,9 +269,13 @@ impl Controller {
                 };
                 Ok(ActionOk::Json(serde_json::to_value(c).unwrap_or_default()))
             }
-            VmmAction::GetTimings => Ok(ActionOk::Json(
-                serde_json::to_value(&self.timings).unwrap_or_default(),
-            )),
+            VmmAction::GetTimings => {
+                self.timings.console_first_line_ns =
+                    self.console_first_line_ns.load(Ordering::Relaxed);
+                Ok(ActionOk::Json(
+                    serde_json::to_value(&self.timings).unwrap_or_default(),
+                ))
+            }
             VmmAction::PutMachineConfig(m) => {
                 self.before_start()?;
                 m.validate()?;
@@ -460,6 +468,7 @@ impl Controller {
             kvm: &self.kvm,
             exit: &self.exit,
             serial: &self.serial,
+            console_first_line_ns: &self.console_first_line_ns,
         };
         let input = RestoreInput {
             state,

@@ -71,4 +71,7 @@ pub struct Timings {
     pub restore: Option<PhaseTimings>,
     /// Last snapshot create: request received -> files written.
     pub snapshot_create: Option<PhaseTimings>,
+    /// CLOCK_MONOTONIC (ns) when the guest completed its first console line since the last
+    /// boot or restore (0 if none yet): boot -> banner, restore -> first output.
+    pub console_first_line_ns: u64,
 }

@@ -4,6 +4,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use vm_superio::Serial;
 use vm_superio::serial::{NoEvents, SerialState};
@@ -11,6 +13,7 @@ use vm_superio::serial::{NoEvents, SerialState};
 use crate::devices::IrqLine;
 use crate::devices::bus::BusDevice;
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
+use crate::timing::now_ns;
 
 /// COM1's port base.
 pub const COM1_BASE: u64 = 0x3f8;
@@ -28,47 +31,60 @@ pub enum SerialOutput {
     Sink,
 }
 
-/// The writer behind the UART.
-pub enum SerialSink {
-    /// stdout, flushed per byte.
+/// Where the bytes go.
+enum SinkKind {
     Stdout(io::Stdout),
-    /// A file.
     File(File),
-    /// Nowhere.
-    Sink,
+    Discard,
+}
+
+/// The writer behind the UART; records when the first complete line left the guest (for
+/// timings: boot -> banner, restore -> first output).
+pub struct SerialSink {
+    kind: SinkKind,
+    first_line_ns: Arc<AtomicU64>,
 }
 
 impl SerialSink {
-    /// Opens the destination.
-    pub fn open(out: &SerialOutput) -> io::Result<SerialSink> {
-        Ok(match out {
-            SerialOutput::Stdout => SerialSink::Stdout(io::stdout()),
+    /// Opens the destination; `first_line_ns` receives CLOCK_MONOTONIC of the first `\n`.
+    pub fn open(out: &SerialOutput, first_line_ns: Arc<AtomicU64>) -> io::Result<SerialSink> {
+        let kind = match out {
+            SerialOutput::Stdout => SinkKind::Stdout(io::stdout()),
             SerialOutput::File(p) => {
-                SerialSink::File(OpenOptions::new().create(true).append(true).open(p)?)
+                SinkKind::File(OpenOptions::new().create(true).append(true).open(p)?)
             }
-            SerialOutput::Sink => SerialSink::Sink,
+            SerialOutput::Sink => SinkKind::Discard,
+        };
+        Ok(SerialSink {
+            kind,
+            first_line_ns,
         })
     }
 }
 
 impl Write for SerialSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            SerialSink::Stdout(s) => {
+        // Stamped before the bytes leave, so whoever sees the line also sees the stamp.
+        if buf.contains(&b'\n') && self.first_line_ns.load(Ordering::Relaxed) == 0 {
+            self.first_line_ns.store(now_ns(), Ordering::Relaxed);
+        }
+        let n = match &mut self.kind {
+            SinkKind::Stdout(s) => {
                 let mut lock = s.lock();
                 lock.write_all(buf)?;
                 lock.flush()?;
-                Ok(buf.len())
+                buf.len()
             }
-            SerialSink::File(f) => f.write(buf),
-            SerialSink::Sink => Ok(buf.len()),
-        }
+            SinkKind::File(f) => f.write(buf)?,
+            SinkKind::Discard => buf.len(),
+        };
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            SerialSink::Stdout(s) => s.flush(),
-            SerialSink::File(f) => f.flush(),
-            SerialSink::Sink => Ok(()),
+        match &mut self.kind {
+            SinkKind::Stdout(s) => s.flush(),
+            SinkKind::File(f) => f.flush(),
+            SinkKind::Discard => Ok(()),
         }
     }
 }
