@@ -15,6 +15,8 @@
 //! - [`loader`]: the kernel-image seam (ELF now; bzImage/PVH slot in here);
 //! - [`devices`]: port/MMIO buses and the legacy devices (16550 serial, i8042);
 //! - [`snapshot`]: the versioned binary state format and the memory file;
+//! - [`microvm`]: a running VM (pause, resume, Ctrl+Alt+Del, snapshot);
+//! - [`exit`]: how vCPUs and devices ask the process to exit;
 //! - [`timing`]: monotonic timestamps and per-phase timings.
 //!
 //! `unsafe` lives only in `vstate` (KVM ioctls, signal kick, guest memory mappings).
