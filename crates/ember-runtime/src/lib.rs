@@ -1,0 +1,1 @@
+//! ember-runtime: a Firecracker-API client and a provider that runs microVMs in VMM processes.
