@@ -107,6 +107,9 @@ pub enum ControllerError {
     },
 }
 
+/// State files are ~20 KiB per vCPU; anything far larger is not a snapshot of ours.
+const MAX_SNAPSHOT_STATE_BYTES: u64 = 16 << 20;
+
 const NOT_AFTER_START: &str =
     "The requested operation is not supported after starting the microVM.";
 const NOT_BEFORE_START: &str =
@@ -397,6 +400,15 @@ impl Controller {
             path: p.snapshot_path.clone(),
             source,
         };
+        if let Ok(meta) = std::fs::metadata(&p.snapshot_path)
+            && meta.len() > MAX_SNAPSHOT_STATE_BYTES
+        {
+            return Err(snap_err(SnapshotError::Structure(format!(
+                "state file is {} bytes, larger than any ember-vmm snapshot ({} bytes max)",
+                meta.len(),
+                MAX_SNAPSHOT_STATE_BYTES
+            ))));
+        }
         let bytes = std::fs::read(&p.snapshot_path).map_err(|source| {
             snap_err(SnapshotError::Io {
                 what: "reading",

@@ -267,6 +267,11 @@ fn broken_snapshots_are_refused_and_the_vmm_stays_usable() {
     let wrong_version = write("version.snap", &wrong_version);
     let wrong_magic = write("magic.snap", &wrong_magic);
     let empty = write("empty.snap", b"");
+    let huge = d.join("huge.snap");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     let short_mem = d.join("short.mem");
     std::fs::copy(&mem, &short_mem).unwrap();
     std::fs::OpenOptions::new()
@@ -297,6 +302,10 @@ fn broken_snapshots_are_refused_and_the_vmm_stays_usable() {
         ),
         (load_body(&snap, &short_mem, true), "does not match"),
         (load_body(&mem, &mem, true), "bad magic"),
+        (
+            load_body(&huge, &mem, true),
+            "larger than any ember-vmm snapshot",
+        ),
         (
             {
                 let mut b: serde_json::Value =
