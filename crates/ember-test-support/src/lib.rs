@@ -202,30 +202,53 @@ pub struct VmmProcess {
     api_sock: PathBuf,
     stdout: Arc<Captured>,
     stderr: Arc<Captured>,
+    stdin: Option<std::process::ChildStdin>,
     status: Option<ExitStatus>,
 }
 
 impl VmmProcess {
-    /// Spawns `binary --api-sock <api_sock> <extra args>`.
+    /// Spawns `binary --api-sock <api_sock> <extra args>` with stdin from /dev/null.
     pub fn spawn(binary: &Path, api_sock: &Path, extra: &[&str]) -> VmmProcess {
+        Self::spawn_with(binary, api_sock, extra, false)
+    }
+
+    /// Like [`VmmProcess::spawn`], with stdin a pipe written by [`VmmProcess::write_stdin`].
+    pub fn spawn_with_stdin(binary: &Path, api_sock: &Path, extra: &[&str]) -> VmmProcess {
+        Self::spawn_with(binary, api_sock, extra, true)
+    }
+
+    fn spawn_with(binary: &Path, api_sock: &Path, extra: &[&str], pipe_stdin: bool) -> VmmProcess {
         let mut child = Command::new(binary)
             .arg("--api-sock")
             .arg(api_sock)
             .args(extra)
-            .stdin(Stdio::null())
+            .stdin(if pipe_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
         let stdout = capture(child.stdout.take().unwrap());
         let stderr = capture(child.stderr.take().unwrap());
+        let stdin = child.stdin.take();
         VmmProcess {
             child,
             api_sock: api_sock.to_path_buf(),
             stdout,
             stderr,
+            stdin,
             status: None,
         }
+    }
+
+    /// Writes to the process's stdin (spawned with [`VmmProcess::spawn_with_stdin`]).
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("spawned without a stdin pipe");
+        stdin.write_all(bytes).expect("writing to the VMM's stdin");
+        stdin.flush().expect("flushing the VMM's stdin");
     }
 
     /// The process id.

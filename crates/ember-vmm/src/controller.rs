@@ -242,6 +242,19 @@ impl Controller {
         Ok(())
     }
 
+    /// Console input from the VMM's stdin; dropped while no VM runs.
+    pub fn console_input(&self, bytes: &[u8]) {
+        if let Some(vm) = &self.vm {
+            let n = vm.console_input(bytes);
+            if n < bytes.len() {
+                tracing::debug!(
+                    dropped = bytes.len() - n,
+                    "console input overflowed the UART FIFO"
+                );
+            }
+        }
+    }
+
     /// Runs one action. `received_ns` is when the request's bytes arrived.
     pub fn handle(
         &mut self,

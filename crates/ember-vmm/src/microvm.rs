@@ -144,6 +144,11 @@ impl Microvm {
         Ok(t)
     }
 
+    /// Feeds console input to the guest's COM1 (bytes beyond the 64-byte FIFO are dropped).
+    pub fn console_input(&self, bytes: &[u8]) -> usize {
+        self.devices.console_input(bytes)
+    }
+
     /// Injects Ctrl+Alt+Del.
     pub fn send_ctrl_alt_del(&self) -> Result<(), MicrovmError> {
         if self.devices.send_ctrl_alt_del() {

@@ -301,7 +301,10 @@ fn broken_snapshots_are_refused_and_the_vmm_stays_usable() {
             "missing.mem",
         ),
         (load_body(&snap, &short_mem, true), "does not match"),
-        (load_body(&mem, &mem, true), "larger than any ember-vmm snapshot"),
+        (
+            load_body(&mem, &mem, true),
+            "larger than any ember-vmm snapshot",
+        ),
         (
             load_body(&huge, &mem, true),
             "larger than any ember-vmm snapshot",

@@ -82,3 +82,19 @@ fn ctrl_alt_del_resets_the_guest_and_the_vmm_exits_cleanly() {
         "the API socket is removed on exit"
     );
 }
+
+#[test]
+fn console_input_reaches_the_guest_through_the_serial_interrupt() {
+    let dir = tempdir();
+    let mut vmm = spawn_with_stdin(dir.path(), "stdin", &[]);
+    let mut client = vmm.client();
+    boot_via_api(&mut client, 1, 32, "ember.report=0");
+    vmm.wait_for_line(DEFAULT_TIMEOUT, "the ticking line", 0, |l| {
+        l.contains("ticking")
+    });
+    vmm.write_stdin(b"hello\n");
+    let line = vmm.wait_for_line(DEFAULT_TIMEOUT, "the echo of the input", 0, |l| {
+        l.starts_with("ember-probe: rx=")
+    });
+    assert!(line.starts_with("ember-probe: rx=hello"), "{line}");
+}

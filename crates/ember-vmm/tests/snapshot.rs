@@ -97,10 +97,10 @@ fn restore_in_a_new_process_continues_the_counter() {
 }
 
 #[test]
-fn restore_paused_then_resume() {
+fn restore_paused_then_resume_and_console_input() {
     let dir = tempdir();
     let (snap, mem, saved) = make_snapshot(dir.path(), "p", "ember.report=5", 5);
-    let vmm = spawn(dir.path(), "paused", &[]);
+    let mut vmm = spawn_with_stdin(dir.path(), "paused", &[]);
     let mut c = vmm.client();
     let r = c.put("/snapshot/load", &load_body(&snap, &mem, false));
     assert_eq!(r.status, 204, "{r:?}");
@@ -108,6 +108,12 @@ fn restore_paused_then_resume() {
     assert_eq!(info["state"], "Paused");
     resume(&mut c);
     assert!(wait_count_above(&vmm, saved, 0) > saved);
+    // The restored UART, IOAPIC routing and irqfd deliver console input.
+    vmm.write_stdin(b"ping");
+    let line = vmm.wait_for_line(DEFAULT_TIMEOUT, "the echo", 0, |l| {
+        l.starts_with("ember-probe: rx=")
+    });
+    assert!(line.contains("ping"), "{line}");
 }
 
 #[test]

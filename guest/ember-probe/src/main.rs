@@ -16,6 +16,7 @@
 //!    `counter_gpa`) and nothing else; the idle loop prints `ember-probe: count=<n>` every
 //!    `report` ticks. A keyboard interrupt (SendCtrlAltDel) makes it print
 //!    `ember-probe: ctrl-alt-del, resetting` and reset through the i8042 (port 0x64 <- 0xfe).
+//!    Bytes received on COM1 (IRQ 4) are echoed as `ember-probe: rx=<bytes>`.
 //!
 //! Guest ring-0 code is emulated (slow) on some hosts: per-tick work is a handful of
 //! instructions, and the vCPU sleeps in `hlt` between ticks.
@@ -30,6 +31,7 @@ const LAPIC: u64 = 0xfee0_0000;
 const IOAPIC: u64 = 0xfec0_0000;
 const TIMER_VECTOR: u64 = 0x20;
 const KBD_VECTOR: u64 = 0x21;
+const SERIAL_VECTOR: u64 = 0x24;
 const SPURIOUS_VECTOR: u64 = 0xff;
 /// Guest-physical address of [`ProbeState`] (see link.ld).
 const STATE_GPA: u64 = 0x1f_0000;
@@ -45,6 +47,7 @@ pub struct ProbeState {
     hz: u64,
     report: u64,
     kbd: u64,
+    rx: u64,
 }
 
 #[unsafe(no_mangle)]
@@ -56,6 +59,7 @@ static mut PROBE_STATE: ProbeState = ProbeState {
     hz: 0,
     report: 0,
     kbd: 0,
+    rx: 0,
 };
 
 #[repr(C, align(4096))]
@@ -100,6 +104,15 @@ probe_kbd_isr:
     pop rax
     iretq
 
+.global probe_serial_isr
+probe_serial_isr:
+    push rax
+    mov qword ptr [rip + PROBE_STATE + 48], 1
+    mov eax, 0xfee000b0
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
+
 .global probe_spurious_isr
 probe_spurious_isr:
     iretq
@@ -132,6 +145,7 @@ unsafe extern "C" {
     static PROBE_EXC_TABLE: [u64; 32];
     fn probe_timer_isr();
     fn probe_kbd_isr();
+    fn probe_serial_isr();
     fn probe_spurious_isr();
 }
 
@@ -140,6 +154,36 @@ fn outb(port: u16, v: u8) {
     // SAFETY: port I/O has no memory effects visible to Rust.
     unsafe {
         asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    }
+}
+
+#[inline(always)]
+fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: port I/O has no memory effects visible to Rust.
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+/// Echoes what arrived on COM1 as `ember-probe: rx=<bytes>`.
+fn echo_serial_input() {
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < buf.len() && inb(COM1 + 5) & 1 != 0 {
+        let b = inb(COM1);
+        buf[n] = if b.is_ascii_graphic() || b == b' ' {
+            b
+        } else {
+            b'.'
+        };
+        n += 1;
+    }
+    if n > 0 {
+        puts(b"ember-probe: rx=");
+        puts(&buf[..n]);
+        puts(b"\n");
     }
 }
 
@@ -267,6 +311,7 @@ unsafe fn setup_idt() {
         }
         set_gate(TIMER_VECTOR as usize, probe_timer_isr as *const () as u64);
         set_gate(KBD_VECTOR as usize, probe_kbd_isr as *const () as u64);
+        set_gate(SERIAL_VECTOR as usize, probe_serial_isr as *const () as u64);
         set_gate(
             SPURIOUS_VECTOR as usize,
             probe_spurious_isr as *const () as u64,
@@ -377,6 +422,11 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
     // IOAPIC pin 1 (i8042 keyboard): fixed delivery to APIC 0, edge, active high.
     ioapic_write(0x10 + 2, KBD_VECTOR as u32);
     ioapic_write(0x10 + 2 + 1, 0);
+    // IOAPIC pin 4 (COM1) likewise, and the UART's receive interrupt on (OUT2 gates it on PCs).
+    ioapic_write(0x10 + 8, SERIAL_VECTOR as u32);
+    ioapic_write(0x10 + 8 + 1, 0);
+    outb(COM1 + 4, 0x08);
+    outb(COM1 + 1, 0x01);
 
     // Announced once interrupts are routed: from here on the timer ticks and the keyboard
     // (Ctrl+Alt+Del) is heard.
@@ -391,6 +441,12 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
         // SAFETY: `sti; hlt` is atomic w.r.t. interrupt delivery; handlers are installed.
         unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
         // SAFETY: the state page is ours; the ISRs only increment/set fields.
+        if unsafe { read_volatile(addr_of!((*st).rx)) } != 0 {
+            // SAFETY: as above.
+            unsafe { write_volatile(addr_of_mut!((*st).rx), 0) };
+            echo_serial_input();
+        }
+        // SAFETY: as above.
         let (count, kbd) = unsafe {
             (
                 read_volatile(addr_of!((*st).counter)),

@@ -1,5 +1,5 @@
 //! The API server: a Unix listener and its connections on one epoll loop in the main thread,
-//! next to the VM-exit eventfd. Requests are handled one at a time, in arrival order, by the
+//! next to the VM-exit eventfd and stdin (console input for COM1, like Firecracker). Requests are handled one at a time, in arrival order, by the
 //! controller; responses are written before the next request is read.
 
 use std::collections::HashMap;
@@ -57,6 +57,15 @@ pub fn run(
             EpollEvent::new(EpollFlags::EPOLLIN, exit_fd as u64),
         )
         .map_err(ServerError::Epoll)?;
+    // Console input: stdin, when it can be polled (a pipe or terminal; not /dev/null or a file).
+    let stdin = io::stdin();
+    let stdin_fd = stdin.as_fd().as_raw_fd();
+    let mut stdin_open = epoll
+        .add(
+            stdin.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, stdin_fd as u64),
+        )
+        .is_ok();
     let mut conns: HashMap<RawFd, Conn> = HashMap::new();
     let mut events = [EpollEvent::empty(); 16];
     loop {
@@ -72,6 +81,18 @@ pub fn run(
             let fd = ev.data() as RawFd;
             if fd == exit_fd {
                 let _ = exit.eventfd().read();
+                continue;
+            }
+            if stdin_open && fd == stdin_fd {
+                let mut buf = [0u8; 64];
+                match nix::unistd::read(stdin.as_fd(), &mut buf) {
+                    Ok(0) | Err(nix::errno::Errno::EBADF | nix::errno::Errno::EIO) => {
+                        let _ = epoll.delete(stdin.as_fd());
+                        stdin_open = false;
+                    }
+                    Ok(n) => controller.console_input(&buf[..n]),
+                    Err(_) => {}
+                }
                 continue;
             }
             if fd == listen_fd {

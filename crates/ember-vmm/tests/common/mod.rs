@@ -38,6 +38,11 @@ pub fn spawn(dir: &Path, name: &str, extra: &[&str]) -> VmmProcess {
     VmmProcess::spawn(vmm_bin(), &dir.join(format!("{name}.sock")), extra)
 }
 
+/// Spawns ember-vmm with its socket in `dir` and a stdin pipe (console input).
+pub fn spawn_with_stdin(dir: &Path, name: &str, extra: &[&str]) -> VmmProcess {
+    VmmProcess::spawn_with_stdin(vmm_bin(), &dir.join(format!("{name}.sock")), extra)
+}
+
 /// The boot-source body for the probe.
 pub fn boot_source_json(boot_args: &str) -> String {
     serde_json::json!({ "kernel_image_path": probe(), "boot_args": boot_args }).to_string()

@@ -92,6 +92,14 @@ impl LegacyDevices {
         LegacyState { serial, i8042 }
     }
 
+    /// Feeds console input to COM1; returns the bytes accepted.
+    pub fn console_input(&self, bytes: &[u8]) -> usize {
+        match self.serial.lock() {
+            Ok(mut s) => s.enqueue_input(bytes),
+            Err(p) => p.into_inner().enqueue_input(bytes),
+        }
+    }
+
     /// Injects Ctrl+Alt+Del; false if the controller's buffer is full.
     pub fn send_ctrl_alt_del(&self) -> bool {
         match self.i8042.lock() {

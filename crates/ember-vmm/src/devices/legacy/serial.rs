@@ -117,6 +117,18 @@ impl SerialDevice {
     pub fn state(&self) -> SerialState {
         self.uart.state()
     }
+
+    /// Queues console input for the guest (raising the receive interrupt if enabled); returns
+    /// how many bytes fit in the FIFO.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = ?e, "serial input dropped");
+                0
+            }
+        }
+    }
 }
 
 impl BusDevice for SerialDevice {
