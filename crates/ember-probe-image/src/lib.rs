@@ -9,6 +9,8 @@
 //! - banner: `ember-probe: boot_id=<16 hex> counter_gpa=0x<hex>` ([`parse_banner`]);
 //! - `ember-probe: ticking hz=<n> report=<n>` once the timer runs;
 //! - `ember-probe: count=<n>` every `report` ticks ([`parse_count_line`]);
+//! - `ember-probe: rx=<bytes>` echoing console input (COM1 receive interrupt);
+//! - `ember-probe: ctrl-alt-del, resetting` before it resets on Ctrl+Alt+Del;
 //! - the state page at [`STATE_GPA`]: magic `EMBRPRB1`, then the counter (u64 at
 //!   [`COUNTER_GPA`]), boot id, hz, report ([`ProbeState::from_page`]).
 //!
