@@ -422,16 +422,28 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
             self.release_tenant_id(stack, &tenant.id, pooled);
             return Err(self.handoff_failed(stack, pooled, e));
         }
+        let mut view = entry.view.clone();
+        view.id = tenant.id.clone();
         if needs_resume(&entry.view) {
             match shared.provider.resume(&tenant.id) {
-                Ok(view) => return Ok(view.status),
+                Ok(resumed) => view = resumed,
                 Err(e) => {
                     self.release_tenant_id(stack, &tenant.id, pooled);
                     return Err(self.handoff_failed(stack, pooled, e));
                 }
             }
         }
-        Ok(entry.view.status)
+        if let ValidationResult::Unhealthy(reason) =
+            shared.validator.validate(&view, Phase::Handover)
+        {
+            shared.counters.validation_failed(&reason);
+            tracing::warn!(%stack, vm = %tenant.id, pooled = %pooled, %reason,
+                "warm VM failed validation at handover");
+            self.release_tenant_id(stack, &tenant.id, pooled);
+            self.evict(pooled.clone(), EvictionCause::Unhealthy);
+            return Err(HandOver::Evicted(None));
+        }
+        Ok(view.status)
     }
 
     /// After a failure past the rename, frees the tenant's id before the next entry is tried:

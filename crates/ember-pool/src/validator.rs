@@ -8,8 +8,14 @@ pub enum Phase {
     /// Right after a refill restored the entry (the VM is as the restore left it).
     AfterSpawn,
     /// On the acquire path, before the entry is renamed and handed over. Keep this fast: the
-    /// tenant is waiting.
+    /// tenant is waiting. A paused entry cannot answer a guest agent yet; check what the host
+    /// can see (the VMM process, its API).
     OnAcquire,
+    /// After the entry was renamed to the tenant's id, re-networked and resumed, just before it
+    /// is returned: the guest runs, so this is where a guest agent proves it is alive and where
+    /// per-clone state is refreshed (ember reseeds entropy and the clock here). Unhealthy evicts
+    /// the VM and the next entry is tried.
+    Handover,
 }
 
 /// A validator's verdict.

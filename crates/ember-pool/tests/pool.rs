@@ -115,6 +115,44 @@ fn validator_runs_after_spawn_and_on_acquire_and_unhealthy_entries_are_skipped()
     let phases = validator.phases.lock().unwrap().clone();
     assert!(phases.contains(&Phase::AfterSpawn));
     assert_eq!(phases.iter().filter(|p| **p == Phase::OnAcquire).count(), 3);
+    assert_eq!(phases.iter().filter(|p| **p == Phase::Handover).count(), 1);
+}
+
+#[test]
+fn a_vm_rejected_at_handover_is_evicted_and_the_next_one_handed_over() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    // The first handover fails (say, the guest agent does not answer after resume).
+    let rejected = std::sync::atomic::AtomicBool::new(false);
+    let pool = ember_pool::WarmPool::start(
+        p.clone(),
+        std::sync::Arc::new(move |vm: &ember_core::VmView, phase: Phase| {
+            if phase == Phase::Handover {
+                assert_eq!(vm.status, VmStatus::Running, "handover sees the resumed VM");
+                if !rejected.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return ember_pool::ValidationResult::Unhealthy("agent silent".into());
+                }
+            }
+            ember_pool::ValidationResult::Healthy
+        }),
+        fast_settings(),
+    )
+    .unwrap();
+    pool.register(s.clone(), snap, config(2, 2)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 2);
+    let vm = pool.acquire(&s, &Tenant::new("t").unwrap()).unwrap();
+    assert_eq!(vm.vm_id.as_str(), "t");
+    assert_eq!(p.get(&vm.vm_id).unwrap().status, VmStatus::Running);
+    let m = pool.metrics();
+    assert_eq!(m.validation_failures_by_reason["agent silent"], 1);
+    assert_eq!(m.evicted_by(EvictionCause::Unhealthy), 1);
+    assert_eq!(m.acquired_total, 1);
+    pool.shutdown();
+    assert!(
+        live_with_prefix(&p, "warm-").is_empty(),
+        "the rejected VM was destroyed"
+    );
 }
 
 #[test]
