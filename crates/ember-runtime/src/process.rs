@@ -1,0 +1,348 @@
+//! One VMM process: spawned into its slot directory with its stdout (the guest console) and
+//! stderr (the VMM's log) going to files there, watched through a pidfd, killed through the
+//! same pidfd, and reaped exactly once (by the supervisor).
+//!
+//! Every VMM is spawned with `PR_SET_PDEATHSIG = SIGKILL`, so if the process that owns the
+//! provider dies without shutting it down, its VMMs die with it. The parent-death signal fires
+//! when the *thread* that spawned the child exits, so only the provider's long-lived spawner
+//! thread spawns VMMs (see the `spares` module).
+//!
+//! Signals go through the pidfd (`pidfd_send_signal`), never through `kill(pid)`: a pidfd names
+//! one process for good, so a signal can never reach an unrelated process that was given the
+//! same pid after ours was reaped.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+
+use crate::layout::SlotPaths;
+
+/// A pidfd: a file descriptor naming one process for as long as it is open.
+#[derive(Debug)]
+pub struct PidFd(OwnedFd);
+
+impl PidFd {
+    /// `pidfd_open(pid, 0)`.
+    pub fn open(pid: u32) -> io::Result<PidFd> {
+        let pid =
+            libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+        // SAFETY: pidfd_open takes a pid and a flags word and returns a new descriptor or -1;
+        // it touches no memory of ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+        Ok(PidFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// `pidfd_send_signal(fd, sig, NULL, 0)`. `ESRCH` (already exited) is reported as an error.
+    pub fn send_signal(&self, signal: i32) -> io::Result<()> {
+        // SAFETY: the descriptor is open for the lifetime of `self`; a NULL siginfo is allowed
+        // and means "as kill(2) would send it".
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl AsFd for PidFd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// How a VMM process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitInfo {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// It is gone but its status was collected by someone else (another `waitpid` caller).
+    Unknown,
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitInfo::Code(c) => write!(f, "exited with code {c}"),
+            ExitInfo::Signal(s) => match nix::sys::signal::Signal::try_from(*s) {
+                Ok(sig) => write!(f, "killed by {sig}"),
+                Err(_) => write!(f, "killed by signal {s}"),
+            },
+            ExitInfo::Unknown => f.write_str("exited (status collected elsewhere)"),
+        }
+    }
+}
+
+/// Why a VMM could not be spawned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// A log file in the slot could not be created.
+    #[error("cannot create {path}")]
+    Files {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The binary could not be started.
+    #[error("cannot start the VMM binary {binary}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The process started but cannot be watched (the kernel lacks `pidfd_open`, Linux < 5.3).
+    #[error("cannot open a pidfd for VMM process {pid}")]
+    PidFd {
+        /// The process.
+        pid: u32,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A spawned VMM process and what is known about its end.
+#[derive(Debug)]
+pub struct VmmProcess {
+    pid: u32,
+    pidfd: PidFd,
+    paths: SlotPaths,
+    spawned_at: Instant,
+    exit: Mutex<Option<ExitInfo>>,
+    exited: Condvar,
+    /// The provider asked for this process to end (destroy, stop, a discarded spare): its exit
+    /// is expected and not reported as a death.
+    kill_requested: AtomicBool,
+    /// Remove the slot directory once the process is reaped (destroyed VMs, discarded spares).
+    remove_files_on_exit: AtomicBool,
+}
+
+fn log_file(path: &Path) -> Result<File, ProcessError> {
+    OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| ProcessError::Files {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+impl VmmProcess {
+    /// Spawns `binary --api-sock <slot>/api.sock --id <instance_id> <extra args>` with stdin
+    /// from /dev/null, stdout to `console.log` and stderr to `vmm.log` in the slot (whose
+    /// directory must exist), and opens a pidfd for it.
+    pub fn spawn(
+        binary: &Path,
+        extra_args: &[OsString],
+        paths: &SlotPaths,
+        instance_id: &str,
+    ) -> Result<VmmProcess, ProcessError> {
+        let stdout = log_file(&paths.console_log)?;
+        let stderr = log_file(&paths.vmm_log)?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--api-sock")
+            .arg(&paths.api_sock)
+            .arg("--id")
+            .arg(instance_id)
+            .args(extra_args)
+            .current_dir(&paths.dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls (prctl, getppid); it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+                // The parent may have died between fork and prctl: then nobody would kill us.
+                if libc::getppid() as u32 != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let spawned_at = Instant::now();
+        let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+        let pid = child.id();
+        // The `Child` is dropped without waiting: the supervisor reaps through the pidfd.
+        drop(child);
+        let pidfd = match PidFd::open(pid) {
+            Ok(fd) => fd,
+            Err(source) => {
+                // Cannot watch it: kill and reap it here rather than leak it.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+                return Err(ProcessError::PidFd { pid, source });
+            }
+        };
+        Ok(VmmProcess {
+            pid,
+            pidfd,
+            paths: paths.clone(),
+            spawned_at,
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+            kill_requested: AtomicBool::new(false),
+            remove_files_on_exit: AtomicBool::new(false),
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The pidfd (readable once the process has exited).
+    pub fn pidfd(&self) -> &PidFd {
+        &self.pidfd
+    }
+
+    /// The slot number.
+    pub fn slot(&self) -> u64 {
+        self.paths.slot
+    }
+
+    /// The slot's files.
+    pub fn paths(&self) -> &SlotPaths {
+        &self.paths
+    }
+
+    /// When it was spawned.
+    pub fn spawned_at(&self) -> Instant {
+        self.spawned_at
+    }
+
+    /// Asks for the process to end now (SIGKILL); its exit will not be reported as a death.
+    /// With `remove_files`, the slot directory is removed again once the process is reaped.
+    pub fn kill(&self, remove_files: bool) {
+        self.kill_requested.store(true, Ordering::SeqCst);
+        if remove_files {
+            self.remove_files_on_exit.store(true, Ordering::SeqCst);
+        }
+        match self.pidfd.send_signal(libc::SIGKILL) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {} // already exited
+            Err(e) => tracing::error!(pid = self.pid, error = %e, "cannot kill a VMM process"),
+        }
+    }
+
+    /// Whether the provider asked for this process to end.
+    pub fn kill_requested(&self) -> bool {
+        self.kill_requested.load(Ordering::SeqCst)
+    }
+
+    /// Whether the slot should be removed once the process is reaped.
+    pub fn remove_files_on_exit(&self) -> bool {
+        self.remove_files_on_exit.load(Ordering::SeqCst)
+    }
+
+    /// How it ended, once reaped.
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        *self.exit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether it has been reaped.
+    pub fn has_exited(&self) -> bool {
+        self.exit_info().is_some()
+    }
+
+    /// Waits up to `timeout` for the process to be reaped.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitInfo> {
+        let deadline = Instant::now() + timeout;
+        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(e) = *exit {
+                return Some(e);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            exit = self
+                .exited
+                .wait_timeout(exit, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Whether the pidfd says the process has exited (poll, no wait).
+    fn pidfd_readable(&self) -> bool {
+        let mut fds = [nix::poll::PollFd::new(
+            self.pidfd.0.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
+    /// Reaps the process if it has exited (`waitid(P_PIDFD, WNOHANG)`); returns how it ended.
+    /// Only the supervisor calls this, once its pidfd is readable.
+    pub(crate) fn try_reap(&self) -> io::Result<Option<ExitInfo>> {
+        let status = loop {
+            match waitid(
+                Id::PIDFd(self.pidfd.0.as_fd()),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+            ) {
+                Ok(s) => break s,
+                Err(nix::errno::Errno::EINTR) => continue,
+                // Someone else reaped it (a stray waitpid(-1) in the host process).
+                Err(nix::errno::Errno::ECHILD) => break WaitStatus::StillAlive,
+                Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
+            }
+        };
+        let info = match status {
+            WaitStatus::Exited(_, code) => ExitInfo::Code(code),
+            WaitStatus::Signaled(_, sig, _) => ExitInfo::Signal(sig as i32),
+            WaitStatus::StillAlive if self.pidfd_readable() => ExitInfo::Unknown,
+            _ => return Ok(None),
+        };
+        *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
+        self.exited.notify_all();
+        Ok(Some(info))
+    }
+}

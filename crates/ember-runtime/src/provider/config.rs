@@ -1,0 +1,132 @@
+//! How a [`VmmProvider`](super::VmmProvider) is set up: which VMM ([`Flavor`]), where its files
+//! go, how many spare processes it keeps, and its timeouts.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ember_core::VmSpec;
+
+use crate::client::ClientTimeouts;
+use crate::spares::SpareConfig;
+
+/// Which VMM runs the microVMs. Both speak the Firecracker API and are driven by the same
+/// client and provider code; the flavor decides the provider's name and the snapshot format
+/// checks that can be made without the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flavor {
+    /// ember's own VMM (`ember-vmm`), the default.
+    EmberVmm {
+        /// The `ember-vmm` binary.
+        binary: PathBuf,
+    },
+    /// A `firecracker` binary (or anything that speaks its API and CLI: `--api-sock`, `--id`).
+    Firecracker {
+        /// The binary.
+        binary: PathBuf,
+    },
+}
+
+impl Flavor {
+    /// The provider name this flavor reports (`"ember-vmm"` or `"firecracker"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Flavor::EmberVmm { .. } => "ember-vmm",
+            Flavor::Firecracker { .. } => "firecracker",
+        }
+    }
+
+    /// The VMM binary.
+    pub fn binary(&self) -> &Path {
+        match self {
+            Flavor::EmberVmm { binary } | Flavor::Firecracker { binary } => binary,
+        }
+    }
+
+    /// Whether snapshots are in ember-vmm's format (magic `EMBRSNAP`).
+    pub fn writes_ember_snapshots(&self) -> bool {
+        matches!(self, Flavor::EmberVmm { .. })
+    }
+}
+
+/// Timeouts of the provider's slow steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Per API call.
+    pub client: ClientTimeouts,
+    /// How long a create waits for a spare process when none is ready.
+    pub spare_wait: Duration,
+    /// How long `shutdown` waits for killed processes to be reaped.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client: ClientTimeouts::default(),
+            spare_wait: Duration::from_secs(10),
+            shutdown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a [`VmmProvider`](super::VmmProvider) needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    /// The root directory (slots, VM links, snapshots); created if missing, locked for this
+    /// provider, and short enough for Unix socket paths under it (about 60 bytes).
+    pub root: PathBuf,
+    /// Which VMM to run.
+    pub flavor: Flavor,
+    /// Extra arguments for every VMM process, after `--api-sock <path> --id <id>`.
+    pub extra_args: Vec<OsString>,
+    /// Spare processes.
+    pub spares: SpareConfig,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// What [`VmProvider::create`](ember_core::VmProvider::create) boots (it needs a kernel);
+    /// without it `create` is an invalid-spec error.
+    pub default_spec: Option<VmSpec>,
+    /// Make [`verify_snapshot`](ember_core::VmProvider::verify_snapshot) restore the snapshot
+    /// (paused) on a spare process after the file checks — the only check that catches every
+    /// snapshot the VMM would refuse.
+    pub trial_restore: bool,
+}
+
+impl ProviderConfig {
+    /// Defaults for everything but the root and the flavor.
+    pub fn new(root: impl Into<PathBuf>, flavor: Flavor) -> Self {
+        Self {
+            root: root.into(),
+            flavor,
+            extra_args: Vec::new(),
+            spares: SpareConfig::default(),
+            timeouts: Timeouts::default(),
+            default_spec: None,
+            trial_restore: true,
+        }
+    }
+}
+
+/// Finds the `ember-vmm` binary: `$EMBER_VMM_BIN`, then next to the running executable (or one
+/// directory up, for test and bench executables under `target/<profile>/deps`), then `$PATH`.
+pub fn locate_ember_vmm() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("EMBER_VMM_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join("ember-vmm");
+        if candidate.is_file() {
+            return Some(candidate);
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("ember-vmm"))
+            .find(|p| p.is_file())
+    })
+}

@@ -1,0 +1,577 @@
+//! Spare VMM processes: started ahead of need, so a process start is never on the path of a
+//! create, a restore or an acquire.
+//!
+//! One spawner thread keeps `count` spares *ready* — spawned into their own slot, API socket
+//! answering `GET /` — and starts more while callers are waiting. [`Spares::take`] hands out the
+//! oldest ready spare (an ember-vmm spare has had the longest time to settle its pre-created VM
+//! shell) together with its already-open API connection. Spares are accounted for: each is in
+//! the ready queue or starting, watched by the supervisor, and killed at shutdown.
+//!
+//! This thread is the only one that spawns VMM processes: every VMM carries a parent-death
+//! signal tied to the thread that forked it, and this thread lives until the provider shuts
+//! down.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::client::{ClientError, ClientTimeouts, FirecrackerClient};
+use crate::layout::Layout;
+use crate::process::{ExitInfo, ProcessError, VmmProcess};
+use crate::supervisor::Supervisor;
+
+/// Most spawn-to-ready samples kept for [`SpareStats::ready_latencies`].
+const MAX_SAMPLES: usize = 16 * 1024;
+/// Delay between readiness polls of starting processes.
+const POLL: Duration = Duration::from_micros(250);
+
+/// How spares are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpareConfig {
+    /// Ready spares to keep (0 = spawn only on demand).
+    pub count: usize,
+    /// Processes that may be starting at once.
+    pub max_starting: usize,
+    /// How long a process may take from spawn to answering its API.
+    pub startup_timeout: Duration,
+    /// Delay after a failed spawn before the next attempt; doubles per consecutive failure up
+    /// to 32x.
+    pub retry_backoff: Duration,
+}
+
+impl Default for SpareConfig {
+    fn default() -> Self {
+        Self {
+            count: 2,
+            max_starting: 4,
+            startup_timeout: Duration::from_secs(10),
+            retry_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What the spawner needs to start a VMM.
+#[derive(Debug, Clone)]
+pub struct SpawnSettings {
+    /// The VMM binary.
+    pub binary: PathBuf,
+    /// Arguments after `--api-sock <path> --id <id>`.
+    pub extra_args: Vec<OsString>,
+    /// Timeouts for the spare's API client.
+    pub client_timeouts: ClientTimeouts,
+}
+
+/// Why no spare could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpareError {
+    /// The provider is shutting down.
+    #[error("the provider is shutting down")]
+    ShutDown,
+    /// Starting a VMM process failed.
+    #[error("no VMM process could be started")]
+    Spawn(#[source] Arc<SpawnFailure>),
+    /// No spare became ready in time.
+    #[error("no VMM process became ready within {waited:?}")]
+    Timeout {
+        /// How long the caller waited.
+        waited: Duration,
+    },
+}
+
+/// Why one spare failed to start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnFailure {
+    /// The process could not be spawned.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The slot directory could not be created.
+    #[error("cannot create the slot directory {path}")]
+    Slot {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process exited before its API answered.
+    #[error("the VMM (pid {pid}) {exit} before its API answered; its log ends with: {log_tail:?}")]
+    Exited {
+        /// The process.
+        pid: u32,
+        /// How it ended.
+        exit: ExitInfo,
+        /// The end of its stderr.
+        log_tail: String,
+    },
+    /// The API did not answer in time.
+    #[error(
+        "the VMM (pid {pid}) did not answer its API within {waited:?}; its log ends with: {log_tail:?}"
+    )]
+    NotReady {
+        /// The process.
+        pid: u32,
+        /// How long it was given.
+        waited: Duration,
+        /// The end of its stderr.
+        log_tail: String,
+    },
+    /// The API answered with an error.
+    #[error("the VMM (pid {pid}) answered GET / with an error")]
+    Api {
+        /// The process.
+        pid: u32,
+        /// The client error.
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// A ready spare: a fresh VMM process and an open connection to its API.
+#[derive(Debug)]
+pub struct Spare {
+    /// The process.
+    pub process: Arc<VmmProcess>,
+    /// Its API client, connected.
+    pub client: FirecrackerClient,
+    /// When its API first answered.
+    pub ready_at: Instant,
+}
+
+/// Counters of the spare machinery.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpareStats {
+    /// Spares ready now.
+    pub ready: usize,
+    /// Processes starting now.
+    pub starting: usize,
+    /// Processes spawned so far.
+    pub spawned: u64,
+    /// Spares handed out.
+    pub taken: u64,
+    /// Spawns that failed.
+    pub failed: u64,
+    /// Times a caller found no ready spare and had to wait for one.
+    pub waited: u64,
+    /// Spawn-to-API-ready durations of the most recent spares.
+    pub ready_latencies: Vec<Duration>,
+}
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<Spare>,
+    starting: usize,
+    /// Callers blocked in `take`.
+    waiters: usize,
+    next_slot: u64,
+    shutdown: bool,
+    spawned: u64,
+    taken: u64,
+    failed: u64,
+    waited: u64,
+    last_failure: Option<Arc<SpawnFailure>>,
+    consecutive_failures: u32,
+    samples: VecDeque<Duration>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The spawner waits here for work.
+    work: Condvar,
+    /// Takers wait here for a spare (or a failure).
+    ready: Condvar,
+    config: SpareConfig,
+    settings: SpawnSettings,
+    layout: Arc<Layout>,
+    supervisor: Arc<Supervisor>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Critical sections only move spares between collections; a poisoned lock still
+        // guards consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The spare process pool and its spawner thread.
+pub struct Spares {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Spares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.shared.lock();
+        f.debug_struct("Spares")
+            .field("ready", &st.ready.len())
+            .field("starting", &st.starting)
+            .finish()
+    }
+}
+
+impl Spares {
+    /// Starts the spawner thread, which begins filling the pool at once.
+    pub fn start(
+        config: SpareConfig,
+        settings: SpawnSettings,
+        layout: Arc<Layout>,
+        supervisor: Arc<Supervisor>,
+    ) -> std::io::Result<Spares> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                next_slot: 1,
+                ..State::default()
+            }),
+            work: Condvar::new(),
+            ready: Condvar::new(),
+            config,
+            settings,
+            layout,
+            supervisor,
+        });
+        let run = Arc::clone(&shared);
+        let thread = thread::Builder::new()
+            .name("ember-spawner".into())
+            .spawn(move || spawner(&run))?;
+        Ok(Spares {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Takes the oldest ready spare, waiting up to `timeout` for one to become ready. Fails early
+    /// if a spawn fails while waiting (a missing binary should not cost every caller the whole
+    /// timeout).
+    pub fn take(&self, timeout: Duration) -> Result<Spare, SpareError> {
+        let t0 = Instant::now();
+        let deadline = t0 + timeout;
+        let mut st = self.shared.lock();
+        let failed_before = st.failed;
+        let mut counted_wait = false;
+        loop {
+            if st.shutdown {
+                return Err(SpareError::ShutDown);
+            }
+            while let Some(spare) = st.ready.pop_front() {
+                if spare.process.has_exited() {
+                    discard(&self.shared.layout, &spare.process);
+                    continue;
+                }
+                st.taken += 1;
+                // Replace it.
+                self.shared.work.notify_one();
+                return Ok(spare);
+            }
+            if st.failed > failed_before
+                && let Some(f) = &st.last_failure
+            {
+                return Err(SpareError::Spawn(Arc::clone(f)));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(SpareError::Timeout {
+                    waited: t0.elapsed(),
+                });
+            }
+            if !counted_wait {
+                st.waited += 1;
+                counted_wait = true;
+            }
+            st.waiters += 1;
+            self.shared.work.notify_one();
+            st = self
+                .shared
+                .ready
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            st.waiters -= 1;
+        }
+    }
+
+    /// Forgets a ready spare whose process died (called from the supervisor's exit hook);
+    /// returns whether `slot` was a ready spare.
+    pub fn forget_dead(&self, slot: u64) -> bool {
+        let mut st = self.shared.lock();
+        let before = st.ready.len();
+        st.ready.retain(|s| s.process.slot() != slot);
+        let found = st.ready.len() != before;
+        if found {
+            self.shared.work.notify_one();
+        }
+        found
+    }
+
+    /// Counters and the recent spawn-to-ready latencies.
+    pub fn stats(&self) -> SpareStats {
+        let st = self.shared.lock();
+        SpareStats {
+            ready: st.ready.len(),
+            starting: st.starting,
+            spawned: st.spawned,
+            taken: st.taken,
+            failed: st.failed,
+            waited: st.waited,
+            ready_latencies: st.samples.iter().copied().collect(),
+        }
+    }
+
+    /// Slots of the ready spares.
+    pub fn ready_slots(&self) -> Vec<u64> {
+        self.shared
+            .lock()
+            .ready
+            .iter()
+            .map(|s| s.process.slot())
+            .collect()
+    }
+
+    /// Stops the spawner: kills every spare, ready or starting, and removes their slots. The
+    /// spawner thread exits last, after everything it spawned has been killed. Idempotent.
+    pub fn shutdown(&self) {
+        let ready: Vec<Spare> = {
+            let mut st = self.shared.lock();
+            st.shutdown = true;
+            self.shared.work.notify_all();
+            self.shared.ready.notify_all();
+            st.ready.drain(..).collect()
+        };
+        for spare in ready {
+            discard(&self.shared.layout, &spare.process);
+        }
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            tracing::error!("the spawner thread panicked");
+        }
+    }
+}
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Kills a process that will not be used and removes its slot.
+pub(crate) fn discard(layout: &Layout, process: &VmmProcess) {
+    process.kill(true);
+    if let Err(e) = layout.remove_slot(process.slot()) {
+        tracing::warn!(slot = process.slot(), error = %e, "cannot remove a spare's slot");
+    }
+}
+
+/// The end of a log file, for error messages.
+pub(crate) fn log_tail(path: &std::path::Path, max: u64) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+/// A process spawned and not yet answering.
+struct Starting {
+    process: Arc<VmmProcess>,
+    client: FirecrackerClient,
+}
+
+enum Poll {
+    Ready(Spare),
+    Pending(Starting),
+    Failed(SpawnFailure),
+}
+
+fn spawner(shared: &Shared) {
+    let mut starting: Vec<Starting> = Vec::new();
+    let mut backoff_until: Option<Instant> = None;
+    loop {
+        // Plan under the lock.
+        let to_spawn = {
+            let mut st = shared.lock();
+            loop {
+                if st.shutdown {
+                    break;
+                }
+                let wanted = shared.config.count + st.waiters;
+                let have = st.ready.len() + starting.len();
+                let room = shared.config.max_starting.saturating_sub(starting.len());
+                let backing_off = backoff_until.is_some_and(|t| Instant::now() < t);
+                let n = if backing_off {
+                    0
+                } else {
+                    wanted.saturating_sub(have).min(room)
+                };
+                if n > 0 || !starting.is_empty() {
+                    break;
+                }
+                let wait = backoff_until
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(Duration::from_secs(3600));
+                st = shared
+                    .work
+                    .wait_timeout(st, wait)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+                if backoff_until.is_some_and(|t| Instant::now() >= t) {
+                    backoff_until = None;
+                }
+            }
+            if st.shutdown {
+                drop(st);
+                for s in starting.drain(..) {
+                    discard(&shared.layout, &s.process);
+                }
+                return;
+            }
+            let wanted = shared.config.count + st.waiters;
+            let have = st.ready.len() + starting.len();
+            let room = shared.config.max_starting.saturating_sub(starting.len());
+            let backing_off = backoff_until.is_some_and(|t| Instant::now() < t);
+            let n = if backing_off {
+                0
+            } else {
+                wanted.saturating_sub(have).min(room)
+            };
+            let first = st.next_slot;
+            st.next_slot += n as u64;
+            st.starting = starting.len() + n;
+            (first..first + n as u64).collect::<Vec<u64>>()
+        };
+
+        // Spawn outside the lock.
+        for slot in to_spawn {
+            match spawn_one(shared, slot) {
+                Ok(s) => {
+                    shared.lock().spawned += 1;
+                    starting.push(s);
+                }
+                Err(f) => {
+                    backoff_until = Some(record_failure(shared, f));
+                }
+            }
+        }
+
+        // Poll what is starting.
+        let mut still = Vec::with_capacity(starting.len());
+        for s in starting.drain(..) {
+            match poll_ready(shared, s) {
+                Poll::Ready(spare) => {
+                    let mut st = shared.lock();
+                    st.consecutive_failures = 0;
+                    if st.samples.len() == MAX_SAMPLES {
+                        st.samples.pop_front();
+                    }
+                    st.samples
+                        .push_back(spare.ready_at - spare.process.spawned_at());
+                    st.ready.push_back(spare);
+                    shared.ready.notify_all();
+                }
+                Poll::Pending(s) => still.push(s),
+                Poll::Failed(f) => {
+                    backoff_until = Some(record_failure(shared, f));
+                }
+            }
+        }
+        starting = still;
+        shared.lock().starting = starting.len();
+        if !starting.is_empty() {
+            thread::sleep(POLL);
+        }
+    }
+}
+
+/// Counts a failure, wakes takers so they can report it, and returns the end of the backoff.
+fn record_failure(shared: &Shared, failure: SpawnFailure) -> Instant {
+    tracing::warn!(error = %ember_core::error_chain(&failure), "starting a spare VMM failed");
+    let mut st = shared.lock();
+    st.failed += 1;
+    st.consecutive_failures = st.consecutive_failures.saturating_add(1);
+    st.last_failure = Some(Arc::new(failure));
+    shared.ready.notify_all();
+    let factor = 1u32 << st.consecutive_failures.saturating_sub(1).min(5);
+    Instant::now() + shared.config.retry_backoff * factor
+}
+
+fn spawn_one(shared: &Shared, slot: u64) -> Result<Starting, SpawnFailure> {
+    let paths = shared
+        .layout
+        .create_slot(slot)
+        .map_err(|source| SpawnFailure::Slot {
+            path: shared.layout.slot(slot).dir,
+            source,
+        })?;
+    let process = match VmmProcess::spawn(
+        &shared.settings.binary,
+        &shared.settings.extra_args,
+        &paths,
+        &format!("slot-{slot}"),
+    ) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            let _ = shared.layout.remove_slot(slot);
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = shared.supervisor.watch(Arc::clone(&process)) {
+        tracing::error!(error = %e, "cannot watch a VMM process; killing it");
+        discard(&shared.layout, &process);
+        return Err(SpawnFailure::NotReady {
+            pid: process.pid(),
+            waited: Duration::ZERO,
+            log_tail: format!("supervisor: {e}"),
+        });
+    }
+    let client = FirecrackerClient::new(&paths.api_sock, shared.settings.client_timeouts);
+    Ok(Starting { process, client })
+}
+
+fn poll_ready(shared: &Shared, mut s: Starting) -> Poll {
+    let pid = s.process.pid();
+    if let Some(exit) = s.process.exit_info() {
+        let log_tail = log_tail(&s.process.paths().vmm_log, 600);
+        discard(&shared.layout, &s.process);
+        return Poll::Failed(SpawnFailure::Exited {
+            pid,
+            exit,
+            log_tail,
+        });
+    }
+    let age = s.process.spawned_at().elapsed();
+    if s.client.connect().is_err() {
+        if age > shared.config.startup_timeout {
+            let log_tail = log_tail(&s.process.paths().vmm_log, 600);
+            discard(&shared.layout, &s.process);
+            return Poll::Failed(SpawnFailure::NotReady {
+                pid,
+                waited: age,
+                log_tail,
+            });
+        }
+        return Poll::Pending(s);
+    }
+    match s.client.describe_instance() {
+        Ok(_) => Poll::Ready(Spare {
+            process: s.process,
+            client: s.client,
+            ready_at: Instant::now(),
+        }),
+        Err(source) => {
+            discard(&shared.layout, &s.process);
+            Poll::Failed(SpawnFailure::Api { pid, source })
+        }
+    }
+}
