@@ -105,6 +105,8 @@ pub struct Layout {
     vms: PathBuf,
     snapshots: PathBuf,
     lock_path: PathBuf,
+    /// The provider created the root, so it removes it again once empty.
+    created_root: bool,
     _lock: Flock<fs::File>,
 }
 
@@ -162,6 +164,7 @@ impl Layout {
                 max,
             });
         }
+        let created_root = !root.exists();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -182,6 +185,7 @@ impl Layout {
             snapshots: root.join("snapshots"),
             root,
             lock_path,
+            created_root,
             _lock: lock,
         };
         for dir in [&layout.slots, &layout.vms, &layout.snapshots] {
@@ -274,8 +278,9 @@ impl Layout {
         self.snapshots.join(id.as_str())
     }
 
-    /// Removes `slots/`, `vms/` and the lock file, and `snapshots/` if it is empty: what a
-    /// provider leaves after shutdown is its snapshots and nothing else.
+    /// Removes `slots/`, `vms/` and the lock file, `snapshots/` if it is empty, and the root
+    /// if this provider created it and it is now empty: what a provider leaves after shutdown is
+    /// its snapshots and nothing else.
     pub fn remove_runtime_files(&self) -> io::Result<()> {
         for dir in [&self.vms, &self.slots] {
             match fs::remove_dir_all(dir) {
@@ -285,9 +290,13 @@ impl Layout {
         }
         let _ = fs::remove_dir(&self.snapshots); // only succeeds when empty
         match fs::remove_file(&self.lock_path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
+        if self.created_root {
+            let _ = fs::remove_dir(&self.root); // only succeeds when empty
+        }
+        Ok(())
     }
 }
 
@@ -320,7 +329,7 @@ mod tests {
         layout.remove_slot(7).unwrap();
         layout.remove_slot(7).unwrap();
         layout.remove_runtime_files().unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("r")).unwrap().count(), 0);
+        assert!(!dir.path().join("r").exists(), "a root the provider made is removed");
     }
 
     #[test]
