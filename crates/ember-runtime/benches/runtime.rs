@@ -60,7 +60,8 @@ fn report(bench: &str, unit: &str, target: Option<&str>, mut v: Vec<f64>) {
 }
 
 fn report_value(bench: &str, unit: &str, n: usize, value: f64, target: Option<&str>) {
-    let mut obj = serde_json::json!({ "bench": bench, "unit": unit, "n": n, "value": round(value) });
+    let mut obj =
+        serde_json::json!({ "bench": bench, "unit": unit, "n": n, "value": round(value) });
     if let Some(t) = target {
         obj["target"] = t.into();
     }
@@ -133,7 +134,13 @@ fn close(p: Arc<VmmProvider>, snaps: &[&SnapshotRef]) {
 fn spawn_bench(dir: &Path) {
     let p = new_provider(&dir.join("spawn-seq"), spares(40, 1));
     settle(&p, 40);
-    let lat: Vec<f64> = p.stats().spares.ready_latencies.into_iter().map(ms).collect();
+    let lat: Vec<f64> = p
+        .stats()
+        .spares
+        .ready_latencies
+        .into_iter()
+        .map(ms)
+        .collect();
     report("spawn.ready_sequential", "ms", None, lat);
     p.shutdown();
 
@@ -141,7 +148,13 @@ fn spawn_bench(dir: &Path) {
     let p = new_provider(&dir.join("spawn-par"), spares(100, 4));
     settle(&p, 100);
     let secs = t0.elapsed().as_secs_f64();
-    let lat: Vec<f64> = p.stats().spares.ready_latencies.into_iter().map(ms).collect();
+    let lat: Vec<f64> = p
+        .stats()
+        .spares
+        .ready_latencies
+        .into_iter()
+        .map(ms)
+        .collect();
     report("spawn.ready_parallel4", "ms", None, lat);
     report_value("spawn.rate_parallel4", "spares/s", 100, 100.0 / secs, None);
     p.shutdown();
@@ -225,6 +238,9 @@ fn refill_bench(dir: &Path, name: &str, spare_count: usize, n: usize, parallelis
     close(p, &[&snap]);
 }
 
+/// Pool-measured latencies, caller-measured latencies, and the VMs handed out.
+type Samples = (Vec<f64>, Vec<f64>, Vec<VmId>);
+
 fn acquire_bench(dir: &Path, depth: usize, threads: usize) {
     let p = new_provider(&dir.join("acquire"), spares(16, 4));
     let stack = probe_stack("acquire");
@@ -248,7 +264,7 @@ fn acquire_bench(dir: &Path, depth: usize, threads: usize) {
     });
     settle(&p, 16);
     let per_thread = depth / threads;
-    let results: Arc<Mutex<(Vec<f64>, Vec<f64>, Vec<VmId>)>> = Arc::default();
+    let results: Arc<Mutex<Samples>> = Arc::default();
     let start = Arc::new(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -277,9 +293,20 @@ fn acquire_bench(dir: &Path, depth: usize, threads: usize) {
         h.join().unwrap();
     }
     let (pool_lat, wall, ids) = std::mem::take(&mut *results.lock().unwrap());
-    let target = (threads == 32).then_some("<= 2 ms p50, <= 10 ms p99 (without the agent round trip)");
-    report(&format!("acquire.concurrent{threads}"), "ms", target, pool_lat);
-    report(&format!("acquire.concurrent{threads}_wall"), "ms", None, wall);
+    let target =
+        (threads == 32).then_some("<= 2 ms p50, <= 10 ms p99 (without the agent round trip)");
+    report(
+        &format!("acquire.concurrent{threads}"),
+        "ms",
+        target,
+        pool_lat,
+    );
+    report(
+        &format!("acquire.concurrent{threads}_wall"),
+        "ms",
+        None,
+        wall,
+    );
     pool.shutdown();
     for id in ids {
         p.destroy(&id).unwrap();
@@ -336,7 +363,12 @@ fn memory_bench(dir: &Path, n: usize) {
         .filter_map(|pid| ember_test_support::private_memory_kib(*pid))
         .map(|k| k as f64)
         .collect();
-    report("memory.private_per_spare_process", "KiB", None, spare_private);
+    report(
+        "memory.private_per_spare_process",
+        "KiB",
+        None,
+        spare_private,
+    );
     let before = mem_available_kib();
     let pool = WarmPool::start(Arc::clone(&p), Arc::new(AliveValidator), pool_settings(2)).unwrap();
     pool.register(
@@ -422,7 +454,8 @@ fn handover_parts(dir: &Path) {
     let mut ids = Vec::new();
     for i in 0..n {
         let id = vm(&format!("d{i}"));
-        p.create_with_spec(&id, &VmSpec::restore(snap.clone())).unwrap();
+        p.create_with_spec(&id, &VmSpec::restore(snap.clone()))
+            .unwrap();
         ids.push(id);
     }
     settle(&p, 16);

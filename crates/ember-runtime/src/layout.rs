@@ -329,7 +329,10 @@ mod tests {
         layout.remove_slot(7).unwrap();
         layout.remove_slot(7).unwrap();
         layout.remove_runtime_files().unwrap();
-        assert!(!dir.path().join("r").exists(), "a root the provider made is removed");
+        assert!(
+            !dir.path().join("r").exists(),
+            "a root the provider made is removed"
+        );
     }
 
     #[test]

@@ -3,7 +3,12 @@
 //! with cause `died` and replaced; 32 threads acquire 500 VMs, each handed out exactly once;
 //! bad input is refused clearly while other stacks keep serving; after shutdown no VMM process
 //! and no file remain.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod common;
 
@@ -12,9 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use ember_core::{
-    SnapshotRef, StackKey, VmId, VmProvider, VmQuery, VmStatus, VmView, error_chain,
-};
+use ember_core::{SnapshotRef, StackKey, VmId, VmProvider, VmQuery, VmStatus, VmView, error_chain};
 use ember_pool::{
     BucketConfig, EntryValidator, EvictionCause, Phase, PoolError, PoolSettings, Tenant,
     ValidationResult, WarmPool,
@@ -129,7 +132,7 @@ fn fill_acquire_destroy() {
     assert_eq!(got.status, VmStatus::Running);
     assert_eq!(got.template.as_ref(), Some(&tpl.snapshot_id));
     // The tenant's VM is the pooled one, running under the tenant's id, and its guest ticks.
-    assert!(matches!(p.get(&got.pooled_id), Err(_)));
+    assert!(p.get(&got.pooled_id).is_err());
     assert_eq!(p.get(&tenant.id).unwrap().status, VmStatus::Running);
     let saved = ember_probe_image::counter_from_mem_file(&tpl.mem_path).unwrap();
     wait_count_above(&p, &tenant.id, saved);
@@ -179,9 +182,7 @@ fn a_killed_pooled_vmm_is_evicted_as_died_and_replaced() {
     // Every VM in the bucket is alive and each acquire gets a working one.
     for i in 0..3 {
         let t = Tenant::new(&format!("t{i}")).unwrap();
-        let got = pool
-            .acquire_timeout(&stack, &t, DEFAULT_TIMEOUT)
-            .unwrap();
+        let got = pool.acquire_timeout(&stack, &t, DEFAULT_TIMEOUT).unwrap();
         assert_ne!(got.pooled_id, victim);
         p.destroy(&got.vm_id).unwrap();
     }
@@ -318,16 +319,23 @@ fn bad_input_is_refused_and_other_stacks_keep_serving() {
     );
     // A template that belongs to another stack.
     let err = pool
-        .register(other.clone(), {
-            let mut t = tpl.clone();
-            t.stack = Some(good.clone());
-            t
-        }, config(1, 2, 1))
+        .register(
+            other.clone(),
+            {
+                let mut t = tpl.clone();
+                t.stack = Some(good.clone());
+                t
+            },
+            config(1, 2, 1),
+        )
         .unwrap_err();
     assert!(matches!(err, PoolError::InvalidTemplate { .. }), "{err}");
 
     // Depth 0, max < min.
-    for (cfg, field) in [(config(0, 0, 1), "max_depth"), (config(3, 2, 1), "min_depth")] {
+    for (cfg, field) in [
+        (config(0, 0, 1), "max_depth"),
+        (config(3, 2, 1), "min_depth"),
+    ] {
         let err = pool.register(other.clone(), tpl.clone(), cfg).unwrap_err();
         eprintln!("bad config: {err}");
         assert!(

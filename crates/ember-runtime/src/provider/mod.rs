@@ -366,12 +366,13 @@ impl Inner {
                     });
                 }
             }
-            None if !process.kill_requested() => {
-                if self.spares.forget_dead(slot) {
-                    tracing::warn!(slot, pid = process.pid(), %info, "a spare VMM died");
-                    process.kill(true);
-                }
+            // A ready spare that died: drop it (the spawner replaces it) and its files.
+            None if !process.kill_requested() && self.spares.forget_dead(slot) => {
+                tracing::warn!(slot, pid = process.pid(), %info, "a spare VMM died");
+                process.kill(true);
             }
+            // A destroyed VM, a discarded spare, or a process still being made into a VM
+            // (its create reports the failure).
             None => {}
         }
         if process.remove_files_on_exit()
