@@ -3,10 +3,16 @@
 //! created ahead of time while the process waits for its first request, so neither path pays
 //! for them.
 //!
-//! Boot order: memory, kernel, command line, zero page, MP table, page tables and GDT, then
-//! per vCPU: normalized CPUID, boot MSRs, registers, FPU, LAPIC LINTs; devices; threads.
-//! Restore order: memory (copy-on-write mapping of the file, or eager copy), VM state (PIT,
-//! clock, PICs, IOAPIC), per-vCPU state, devices, threads.
+//! Boot order: memory, virtio devices (their `virtio_mmio.device=` entries go on the command
+//! line), kernel, command line, zero page, MP table, page tables and GDT, then per vCPU:
+//! normalized CPUID, boot MSRs, registers, FPU, LAPIC LINTs; legacy devices; threads.
+//! Restore order: virtio devices rebuilt from their sections (sockets bound before anything
+//! irreversible, so a bad `uds_path` leaves the shell usable), memory (copy-on-write mapping
+//! of the file, or eager copy), VM state (PIT, clock, PICs, IOAPIC), per-vCPU state, devices
+//! attached (transport state restored), threads.
+//!
+//! Devices are attached in one place, [`attach_devices`]; which virtio devices exist is
+//! decided by `devices::virtio::registry`.
 
 use std::fs::File;
 use std::path::Path;
@@ -25,6 +31,8 @@ use crate::devices::bus::Buses;
 use crate::devices::legacy::i8042::KBD_GSI;
 use crate::devices::legacy::serial::{COM1_GSI, SerialOutput, SerialSink};
 use crate::devices::legacy::{LegacyDevices, LegacyError};
+use crate::devices::virtio::registry::{self, PreparedDevices};
+use crate::devices::virtio::{VirtioDevice, VirtioError, VirtioManager};
 use crate::exit::ExitSignal;
 use crate::loader::{self, LoaderError};
 use crate::microvm::Microvm;
@@ -71,6 +79,9 @@ pub enum BuildError {
     /// Devices.
     #[error(transparent)]
     Legacy(#[from] LegacyError),
+    /// Virtio devices.
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
     /// An eventfd or output file.
     #[error("{what}: {source}")]
     Io {
@@ -162,11 +173,37 @@ fn create_vcpus(vm: &Vm, first: VcpuFd, count: u8) -> Result<Vec<VcpuFd>, BuildE
     Ok(fds)
 }
 
+/// Where virtio devices come from: new ones for a boot, rebuilt ones (with their saved
+/// sections) for a restore.
+enum VirtioSource<'a> {
+    Boot(Vec<Box<dyn VirtioDevice>>),
+    Restore(
+        Vec<(
+            Box<dyn VirtioDevice>,
+            &'a crate::devices::virtio::manager::DeviceSnapshot,
+        )>,
+    ),
+}
+
+/// Attaches every device: virtio devices on the MMIO bus (irqfds, ioeventfds, device thread)
+/// and the legacy devices on the port bus. The one place devices are put on a VM.
 fn attach_devices(
+    vm: &Vm,
+    memory: &GuestMemory,
     shell_evts: (EventFd, EventFd),
     ctx: &BuildContext<'_>,
-    state: Option<&crate::devices::legacy::LegacyState>,
-) -> Result<(Buses, LegacyDevices), BuildError> {
+    virtio: VirtioSource<'_>,
+    legacy_state: Option<&crate::devices::legacy::LegacyState>,
+) -> Result<(Buses, LegacyDevices, VirtioManager), BuildError> {
+    let mut buses = Buses::default();
+    let virtio = match virtio {
+        VirtioSource::Boot(devices) => {
+            VirtioManager::attach(vm, &mut buses.mmio, memory.mmap(), devices)?
+        }
+        VirtioSource::Restore(devices) => {
+            VirtioManager::restore(vm, &mut buses.mmio, memory.mmap(), devices)?
+        }
+    };
     let out =
         SerialSink::open(ctx.serial, ctx.console_first_line_ns.clone()).map_err(|source| {
             BuildError::Io {
@@ -174,16 +211,15 @@ fn attach_devices(
                 source,
             }
         })?;
-    let mut buses = Buses::default();
     let devices = LegacyDevices::attach(
         &mut buses.pio,
         IrqLine(shell_evts.0),
         IrqLine(shell_evts.1),
         out,
         ctx.exit.clone(),
-        state,
+        legacy_state,
     )?;
-    Ok((buses, devices))
+    Ok((buses, devices, virtio))
 }
 
 /// Common inputs of boot and restore.
@@ -199,11 +235,13 @@ pub struct BuildContext<'a> {
 }
 
 /// Boots `config` on `shell`, or on a VM created now with its memory registered first;
-/// returns once every vCPU is about to run.
+/// returns once every vCPU is about to run. Devices already created by API requests are
+/// taken from `prepared`.
 pub fn boot(
     ctx: &BuildContext<'_>,
     shell: Option<VmShell>,
     config: &VmConfig,
+    prepared: &mut PreparedDevices,
     timings: &mut PhaseTimings,
 ) -> Result<Microvm, BuildError> {
     let boot_source = config
@@ -221,8 +259,19 @@ pub fn boot(
     };
     timings.phase("vm_and_memory");
 
+    let virtio_devices = registry::devices_for_config(config, prepared)?;
+    let (buses, devices, virtio) = attach_devices(
+        &shell.vm,
+        &memory,
+        (shell.serial_evt, shell.kbd_evt),
+        ctx,
+        VirtioSource::Boot(virtio_devices),
+        None,
+    )?;
+    timings.phase("devices");
+
     let kernel = loader::load(&memory, Path::new(&boot_source.kernel_image_path))?;
-    let cmdline = boot_source.cmdline();
+    let cmdline = format!("{}{}", boot_source.cmdline(), virtio.cmdline_entries());
     if cmdline.len() > CMDLINE_MAX_SIZE {
         return Err(BuildError::Config(format!(
             "boot_args: longer than {CMDLINE_MAX_SIZE} bytes"
@@ -272,14 +321,12 @@ pub fn boot(
     }
     timings.phase("configure_vcpus");
 
-    let (buses, devices) = attach_devices((shell.serial_evt, shell.kbd_evt), ctx, None)?;
     let microvm = Microvm::start(
         ctx,
         shell.vm,
         memory,
         (fds, shell.vcpu0_thread),
-        buses,
-        devices,
+        (buses, devices, virtio),
         config.clone(),
         false,
         timings,
@@ -316,6 +363,14 @@ pub fn restore(
         eager,
         resume,
     } = input;
+    // Devices first: binding the vsock socket can fail (path in use), and nothing
+    // irreversible has happened yet.
+    let rebuilt = state
+        .virtio
+        .iter()
+        .map(|s| Ok((registry::restore_device(s, &config)?, s)))
+        .collect::<Result<Vec<_>, VirtioError>>()?;
+    timings.phase("create_devices");
     let memory = if eager {
         GuestMemory::from_file_eager(&mem_file, &state.memory_regions)?
     } else {
@@ -338,16 +393,21 @@ pub fn restore(
         s.restore(fd)?;
     }
     timings.phase("vcpu_state");
-    let (buses, devices) =
-        attach_devices((shell.serial_evt, shell.kbd_evt), ctx, Some(&state.legacy))?;
+    let (buses, devices, virtio) = attach_devices(
+        &shell.vm,
+        &memory,
+        (shell.serial_evt, shell.kbd_evt),
+        ctx,
+        VirtioSource::Restore(rebuilt),
+        Some(&state.legacy),
+    )?;
     timings.phase("devices");
     Microvm::start(
         ctx,
         shell.vm,
         memory,
         (fds, shell.vcpu0_thread),
-        buses,
-        devices,
+        (buses, devices, virtio),
         config,
         !resume,
         timings,

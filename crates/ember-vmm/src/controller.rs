@@ -24,6 +24,8 @@ use crate::config::{
     NetworkInterfaceConfig, VmConfig, VsockConfig,
 };
 use crate::devices::legacy::serial::SerialOutput;
+use crate::devices::virtio::VirtioError;
+use crate::devices::virtio::registry::PreparedDevices;
 use crate::exit::ExitSignal;
 use crate::microvm::{Microvm, MicrovmError};
 use crate::snapshot::{MicrovmState, SnapshotError};
@@ -97,6 +99,9 @@ pub enum ControllerError {
         /// Why.
         source: SnapshotError,
     },
+    /// A device could not be created.
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
     /// A snapshot's memory file does not fit it.
     #[error("memory file {path}: {message}")]
     MemFile {
@@ -124,6 +129,7 @@ pub struct Controller {
     pending: VmConfig,
     configured: bool,
     shell: Option<VmShell>,
+    prepared: PreparedDevices,
     vm: Option<Microvm>,
     timings: Timings,
     console_first_line_ns: Arc<AtomicU64>,
@@ -145,6 +151,7 @@ impl Controller {
             pending: VmConfig::default(),
             configured: false,
             shell: None,
+            prepared: PreparedDevices::default(),
             vm: None,
             timings: Timings::default(),
             console_first_line_ns: Arc::new(AtomicU64::new(0)),
@@ -235,7 +242,7 @@ impl Controller {
             serial: &self.serial,
             console_first_line_ns: &self.console_first_line_ns,
         };
-        let vm = builder::boot(&ctx, shell, &self.pending, &mut timings)?;
+        let vm = builder::boot(&ctx, shell, &self.pending, &mut self.prepared, &mut timings)?;
         tracing::info!(total_us = timings.total_us, phases = ?timings.phases_us, "microVM booted");
         self.timings.boot = Some(timings);
         self.vm = Some(vm);
@@ -327,6 +334,8 @@ impl Controller {
             VmmAction::PutVsock(v) => {
                 self.before_start()?;
                 v.validate()?;
+                // Like Firecracker: the device (and its Unix socket) exists from now on.
+                self.prepared.prepare_vsock(&v)?;
                 self.pending.vsock = Some(v);
                 self.configured = true;
                 Ok(ActionOk::NoContent)

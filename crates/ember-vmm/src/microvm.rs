@@ -1,8 +1,9 @@
 //! A running (or paused) microVM: its vCPU threads, devices, KVM VM and guest memory, and
 //! the operations on it — pause, resume, Ctrl+Alt+Del, snapshot.
 //!
-//! Field order matters: vCPU threads are stopped and joined first, then devices, the VM
-//! (KVM frees its state), and guest memory last.
+//! Field order matters: vCPU threads are stopped and joined first, then devices (the virtio
+//! device thread stops before its devices close their sockets), the VM (KVM frees its state),
+//! and guest memory last.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -15,6 +16,7 @@ use crate::builder::{BuildContext, BuildError, spawn_vcpus};
 use crate::config::VmConfig;
 use crate::devices::bus::Buses;
 use crate::devices::legacy::LegacyDevices;
+use crate::devices::virtio::VirtioManager;
 use crate::snapshot::MicrovmState;
 use crate::timing::PhaseTimings;
 use crate::vstate::kvm::KvmContext;
@@ -62,6 +64,7 @@ pub struct SnapshotStats {
 /// A microVM whose vCPU threads exist.
 pub struct Microvm {
     vcpus: Vec<VcpuHandle>,
+    virtio: VirtioManager,
     devices: LegacyDevices,
     _buses: Arc<Buses>,
     vm: Vm,
@@ -80,8 +83,7 @@ impl Microvm {
         vm: Vm,
         memory: GuestMemory,
         (fds, first_thread): (Vec<VcpuFd>, Option<VcpuThread>),
-        buses: Buses,
-        devices: LegacyDevices,
+        (buses, devices, virtio): (Buses, LegacyDevices, VirtioManager),
         config: VmConfig,
         paused: bool,
         timings: &mut PhaseTimings,
@@ -102,6 +104,7 @@ impl Microvm {
         }
         Ok(Microvm {
             vcpus,
+            virtio,
             devices,
             _buses: buses,
             vm,
@@ -149,6 +152,11 @@ impl Microvm {
         self.devices.console_input(bytes)
     }
 
+    /// The virtio devices.
+    pub fn virtio(&self) -> &VirtioManager {
+        &self.virtio
+    }
+
     /// Injects Ctrl+Alt+Del.
     pub fn send_ctrl_alt_del(&self) -> Result<(), MicrovmError> {
         if self.devices.send_ctrl_alt_del() {
@@ -170,6 +178,12 @@ impl Microvm {
         if !self.paused {
             return Err(MicrovmError::State("the VM must be paused"));
         }
+        // Devices first, and held still until the memory file is written: their
+        // `prepare_save` may touch guest memory (vsock's transport-reset event), and the
+        // device thread must not change memory while it is dumped.
+        let mut quiesced = self.virtio.quiesce();
+        let virtio = quiesced.save();
+        timings.phase("device_state");
         let msrs = self.kvm.msrs_to_save()?;
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for v in &self.vcpus {
@@ -184,6 +198,7 @@ impl Microvm {
             vcpus,
             legacy: self.devices.state(),
             host_tsc_khz,
+            virtio,
         };
         timings.phase("vm_state");
         let bytes = state.to_bytes();
@@ -207,6 +222,7 @@ impl Microvm {
             None => e,
         })?;
         timings.phase("write_memory");
+        drop(quiesced);
         Ok(SnapshotStats {
             state_bytes: bytes.len(),
             memory: stats,

@@ -4,10 +4,11 @@
 //! [`bus::Bus`] before the vCPUs start. Interrupts go through eventfds registered as irqfds
 //! with the in-kernel irqchip. Device state for snapshots lives next to each device
 //! (`save_state`/`restore_state` with the snapshot codec), collected by
-//! [`legacy::LegacyDevices`] (and, in the virtio issue, a `virtio/` sibling).
+//! [`legacy::LegacyDevices`] and [`virtio::VirtioManager`].
 
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;

@@ -19,7 +19,7 @@ use super::codec::Writer;
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"EMBRSNAP";
 /// The version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Header size.
 pub const HEADER_LEN: usize = 24;
 

@@ -4,8 +4,9 @@
 //! copy-on-write on restore).
 //!
 //! Never JSON for vCPU state: decoding the whole state here takes microseconds. Device state
-//! is a section per device family, encoded by the device's own module; the virtio devices add
-//! their own section ids next to [`state::SECTION_LEGACY_DEVICES`].
+//! is a section per device family, encoded by the device's own module: the legacy devices in
+//! [`state::SECTION_LEGACY_DEVICES`], each virtio device in a [`state::SECTION_VIRTIO_DEVICE`]
+//! (written by `devices::virtio::manager`, the device's own bytes by the device).
 
 pub mod codec;
 pub mod format;

@@ -8,14 +8,17 @@
 //! | 4 | vcpu | one per vCPU, in index order ([`VcpuState`]) |
 //! | 5 | legacy devices | COM1 and i8042 registers ([`LegacyState`]) |
 //! | 6 | host | TSC kHz of the host that saved (informational) |
+//! | 7 | virtio device | one per virtio device, in slot order ([`DeviceSnapshot`]: type, id, MMIO window, GSI, transport registers and queues, the device's own bytes) |
 //!
-//! Every section must appear (vcpu at least once); unknown ids are an error, since the
-//! format version governs the layout.
+//! Sections 1-6 must appear (vcpu at least once), section 7 as often as the VM has virtio
+//! devices; unknown ids are an error, since the format version governs the layout
+//! (version 2 added section 7).
 
 use super::SnapshotError;
 use super::codec::{Reader, Writer};
 use super::format::{ContainerWriter, read_sections};
 use crate::devices::legacy::LegacyState;
+use crate::devices::virtio::manager::{DeviceSnapshot, MAX_DEVICES};
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::VmState;
 
@@ -31,6 +34,8 @@ pub const SECTION_VCPU: u16 = 4;
 pub const SECTION_LEGACY_DEVICES: u16 = 5;
 /// Host information.
 pub const SECTION_HOST: u16 = 6;
+/// One virtio device.
+pub const SECTION_VIRTIO_DEVICE: u16 = 7;
 
 /// Everything a restore needs besides guest memory.
 #[derive(Debug, Clone)]
@@ -47,6 +52,8 @@ pub struct MicrovmState {
     pub legacy: LegacyState,
     /// TSC frequency of the saving host, kHz (0 if unknown).
     pub host_tsc_khz: u32,
+    /// Virtio devices, in slot order.
+    pub virtio: Vec<DeviceSnapshot>,
 }
 
 impl MicrovmState {
@@ -72,6 +79,9 @@ impl MicrovmState {
         }
         c.section(SECTION_LEGACY_DEVICES, |w| self.legacy.encode(w));
         c.section(SECTION_HOST, |w: &mut Writer| w.u32(self.host_tsc_khz));
+        for d in &self.virtio {
+            c.section(SECTION_VIRTIO_DEVICE, |w| d.encode(w));
+        }
         c.finish()
     }
 
@@ -84,6 +94,7 @@ impl MicrovmState {
         let mut vcpus = Vec::new();
         let mut legacy = None;
         let mut host_tsc_khz = None;
+        let mut virtio = Vec::new();
         let sec = |section: &'static str| move |source| SnapshotError::Section { section, source };
         let dup = |name: &str| SnapshotError::Structure(format!("duplicate {name} section"));
         for (id, body) in sections {
@@ -130,6 +141,22 @@ impl MicrovmState {
                 SECTION_HOST => {
                     host_tsc_khz = Some(r.u32("tsc khz").map_err(sec("host"))?);
                 }
+                SECTION_VIRTIO_DEVICE => {
+                    let d = DeviceSnapshot::decode(&mut r).map_err(sec("virtio device"))?;
+                    r.finish("virtio device section")
+                        .map_err(sec("virtio device"))?;
+                    if virtio.len() == MAX_DEVICES
+                        || virtio
+                            .iter()
+                            .any(|o: &DeviceSnapshot| o.gsi == d.gsi || o.mmio_base == d.mmio_base)
+                    {
+                        return Err(SnapshotError::Structure(format!(
+                            "virtio device {:?} overlaps another or exceeds the device limit",
+                            d.id
+                        )));
+                    }
+                    virtio.push(d);
+                }
                 other => {
                     return Err(SnapshotError::Structure(format!(
                         "unknown section id {other}"
@@ -155,6 +182,7 @@ impl MicrovmState {
             vcpus,
             legacy: legacy.ok_or_else(|| missing("legacy devices"))?,
             host_tsc_khz: host_tsc_khz.unwrap_or(0),
+            virtio,
         })
     }
 }
@@ -220,6 +248,24 @@ mod tests {
                 i8042,
             },
             host_tsc_khz: 2_600_000,
+            virtio: vec![DeviceSnapshot {
+                device_type: 19,
+                id: "vsock".into(),
+                mmio_base: crate::devices::virtio::manager::MMIO_BASE,
+                gsi: 5,
+                transport: crate::devices::virtio::mmio::TransportState {
+                    status: 15,
+                    acked_features: 1 << 32,
+                    features_select: 0,
+                    driver_features_select: 0,
+                    queue_select: 0,
+                    config_generation: 0,
+                    interrupt_status: 0,
+                    active: true,
+                    queues: vec![virtio_queue::QueueState::default(); 3],
+                },
+                device: vec![3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0x40],
+            }],
         }
     }
 
@@ -245,6 +291,7 @@ mod tests {
         assert_eq!(back.vcpus[0].msrs[0].data, 99);
         assert_eq!(back.vcpus[0].tsc_khz, Some(2_600_000));
         assert_eq!(back.legacy.i8042, s.legacy.i8042);
+        assert_eq!(back.virtio, s.virtio);
         // The encoding is deterministic.
         assert_eq!(back.to_bytes(), bytes);
     }

@@ -1,0 +1,86 @@
+//! A virtio-mmio device's interrupt: the `InterruptStatus` register (read and acknowledged by
+//! the driver on a vCPU thread, set by the device thread) and the irqfd that raises the
+//! device's GSI on the in-kernel IOAPIC (an edge: the irqfd pulses the line).
+//!
+//! The device signals every time it has news, whatever the status bits say: a driver that
+//! polls its rings without reading or acknowledging the status (the probe guest does this to
+//! save MMIO exits) still gets an interrupt per batch.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// `InterruptStatus` bit: a queue has new used buffers.
+pub const INT_VRING: u32 = 0x1;
+/// `InterruptStatus` bit: the configuration space changed.
+pub const INT_CONFIG: u32 = 0x2;
+
+/// Interrupt status and line of one device.
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    /// Wraps an eventfd already registered as an irqfd.
+    pub fn new(irqfd: EventFd) -> Interrupt {
+        Interrupt {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.irqfd.write(1) {
+            tracing::warn!(error = %e, "cannot signal a virtio interrupt");
+        }
+    }
+
+    /// Raises the used-buffer interrupt.
+    pub fn signal_used_queue(&self) {
+        self.raise(INT_VRING);
+    }
+
+    /// Raises the configuration-change interrupt.
+    pub fn signal_config_change(&self) {
+        self.raise(INT_CONFIG);
+    }
+
+    /// The `InterruptStatus` register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// `InterruptACK`: clears the acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Sets the status (restore).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
+    /// The irqfd.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_ack() {
+        let i = Interrupt::new(EventFd::new(0).unwrap());
+        i.signal_used_queue();
+        i.signal_config_change();
+        assert_eq!(i.status(), INT_VRING | INT_CONFIG);
+        assert_eq!(i.irqfd().read().unwrap(), 2);
+        i.ack(INT_VRING);
+        assert_eq!(i.status(), INT_CONFIG);
+    }
+}

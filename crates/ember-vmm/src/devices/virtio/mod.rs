@@ -1,0 +1,62 @@
+//! Virtio devices over the virtio-mmio transport (virtio 1.x, MMIO version 2).
+//!
+//! The pieces, in data-path order:
+//!
+//! - [`device`]: the [`VirtioDevice`] trait every device model implements (features, config
+//!   space, activation, events, snapshot state), and the [`DeviceContext`] it works through;
+//! - [`mmio`]: the transport — the register file a vCPU thread reads and writes on the MMIO
+//!   bus, feature negotiation, queue set-up, activation on `DRIVER_OK`, reset;
+//! - [`interrupt`]: the interrupt status register and the irqfd behind it;
+//! - [`event_loop`]: the device thread — one epoll loop per VM that receives queue
+//!   notifications (ioeventfds) and the devices' own file descriptors, and runs device work
+//!   off the vCPU threads;
+//! - [`manager`]: attaches devices (MMIO window slot, GSI, irqfd, ioeventfds, kernel command
+//!   line entries), quiesces them for a snapshot, saves and restores their state;
+//! - [`registry`]: **the one place a device kind is added**: which devices a configuration
+//!   asks for, and how each kind is rebuilt from a snapshot section;
+//! - [`vsock`]: the vsock device with Firecracker's hybrid Unix-socket backend.
+//!
+//! # Adding a device
+//! 1. Implement [`VirtioDevice`] in `devices/virtio/<name>/` (queue processing in
+//!    `handle_event`, device state in `save_state`, a `restore` constructor).
+//! 2. Add it to [`registry::devices_for_config`] and [`registry::restore_device`].
+//!
+//! Nothing else changes: the manager gives it a slot, an interrupt line, queue notification
+//! eventfds, a command-line entry and a snapshot section.
+
+pub mod device;
+pub mod event_loop;
+pub mod interrupt;
+pub mod manager;
+pub mod mmio;
+pub mod registry;
+#[cfg(test)]
+pub mod testing;
+pub mod vsock;
+
+pub use self::device::{
+    ActivateError, DeviceContext, DeviceEvent, EventRegistry, Interest, Readiness, VirtioDevice,
+};
+pub use self::interrupt::Interrupt;
+pub use self::manager::{VirtioError, VirtioManager};
+
+/// Device type (virtio device ID) of a network card.
+pub const TYPE_NET: u32 = 1;
+/// Device type of a block device.
+pub const TYPE_BLOCK: u32 = 2;
+/// Device type of an entropy source.
+pub const TYPE_RNG: u32 = 4;
+/// Device type of a vsock device.
+pub const TYPE_VSOCK: u32 = 19;
+
+/// Feature bit: the device follows virtio 1.x (required by the transport; offer it).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: indirect descriptors.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+/// Feature bit: `used_event`/`avail_event` notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// The feature mask of one bit.
+pub const fn feature(bit: u32) -> u64 {
+    1u64 << bit
+}
