@@ -28,9 +28,10 @@ use serde::de::DeserializeOwned;
 pub use error::ClientError;
 use http::{Connection, RawResponse, Target, build_request};
 use models::{
-    ActionType, ApiErrorBody, BootSource, Drive, FirecrackerVersion, InstanceActionInfo,
-    InstanceInfo, MachineConfiguration, NetworkInterface, SnapshotCreateParams, SnapshotLoadParams,
-    Vm, VmState, Vsock,
+    ActionType, ApiErrorBody, BootSource, Drive, EntropyDevice, FirecrackerVersion,
+    InstanceActionInfo, InstanceInfo, Logger, MachineConfiguration, MachineConfigurationUpdate,
+    Metrics, NetworkInterface, PartialDrive, PartialNetworkInterface, SnapshotCreateParams,
+    SnapshotLoadParams, Vm, VmState, Vsock,
 };
 
 /// HTTP methods the API uses.
@@ -249,6 +250,53 @@ impl FirecrackerClient {
         let t = self.timeouts.default;
         self.call(Method::Put, "/machine-config", Some(config), t)
             .map(drop)
+    }
+
+    /// `PATCH /machine-config` (pre-boot).
+    pub fn patch_machine_config(
+        &mut self,
+        update: &MachineConfigurationUpdate,
+    ) -> Result<(), ClientError> {
+        let t = self.timeouts.default;
+        self.call(Method::Patch, "/machine-config", Some(update), t)
+            .map(drop)
+    }
+
+    /// `PUT /logger`.
+    pub fn put_logger(&mut self, logger: &Logger) -> Result<(), ClientError> {
+        let t = self.timeouts.default;
+        self.call(Method::Put, "/logger", Some(logger), t).map(drop)
+    }
+
+    /// `PUT /metrics`.
+    pub fn put_metrics(&mut self, metrics: &Metrics) -> Result<(), ClientError> {
+        let t = self.timeouts.default;
+        self.call(Method::Put, "/metrics", Some(metrics), t)
+            .map(drop)
+    }
+
+    /// `PUT /entropy` (pre-boot).
+    pub fn put_entropy(&mut self, entropy: &EntropyDevice) -> Result<(), ClientError> {
+        let t = self.timeouts.default;
+        self.call(Method::Put, "/entropy", Some(entropy), t)
+            .map(drop)
+    }
+
+    /// `PATCH /drives/{drive_id}` (post-boot).
+    pub fn patch_drive(&mut self, drive: &PartialDrive) -> Result<(), ClientError> {
+        let t = self.timeouts.default;
+        let path = format!("/drives/{}", encode_segment(&drive.drive_id));
+        self.call(Method::Patch, &path, Some(drive), t).map(drop)
+    }
+
+    /// `PATCH /network-interfaces/{iface_id}` (post-boot: rate limiters).
+    pub fn patch_network_interface(
+        &mut self,
+        iface: &PartialNetworkInterface,
+    ) -> Result<(), ClientError> {
+        let t = self.timeouts.default;
+        let path = format!("/network-interfaces/{}", encode_segment(&iface.iface_id));
+        self.call(Method::Patch, &path, Some(iface), t).map(drop)
     }
 
     /// `PUT /boot-source` (pre-boot).
