@@ -13,9 +13,10 @@
 //! - `refill.prespawned`: pool refill rate from empty to depth 200 with every process already
 //!   spawned (spawner replacing them concurrently); `refill.sustained`: the same with 8 spares,
 //!   process starts included (the steady-state rate);
-//! - `acquire.concurrent32`: 32 threads acquiring 256 VMs from a pool filled to 256 (AliveValidator,
-//!   no agent round trip), latency measured by the pool; `acquire.concurrent32_wall` as seen
-//!   by the caller;
+//! - `handover.{get,rename,resume,pause}`: the provider calls of a handover, one at a time;
+//! - `acquire.concurrent{1,8,32}`: 1, 8 and 32 threads acquiring 256 VMs from a pool filled
+//!   to 256 (AliveValidator, no agent round trip; refill runs concurrently), latency measured
+//!   by the pool; `..._wall` as seen by the caller;
 //! - `memory.*`: 50 idle pooled VMs (paused after restore) from /proc/<pid>/smaps: private
 //!   memory beyond the guest's own copied pages (VMM process, the target), the guest's pages,
 //!   the total, Pss (KVM's kernel-side memory, ~0.6 MB per VM on these hosts, is not visible
