@@ -320,6 +320,25 @@ impl VmmProcess {
         matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
+    /// Waits for the process to exit and reaps it here (for a process the supervisor does not
+    /// watch).
+    pub(crate) fn reap_blocking(&self) {
+        loop {
+            match waitid(Id::PIDFd(self.pidfd.0.as_fd()), WaitPidFlag::WEXITED) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(WaitStatus::Exited(_, code)) => self.set_exit(ExitInfo::Code(code)),
+                Ok(WaitStatus::Signaled(_, sig, _)) => self.set_exit(ExitInfo::Signal(sig as i32)),
+                _ => self.set_exit(ExitInfo::Unknown),
+            }
+            return;
+        }
+    }
+
+    fn set_exit(&self, info: ExitInfo) {
+        *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
+        self.exited.notify_all();
+    }
+
     /// Reaps the process if it has exited (`waitid(P_PIDFD, WNOHANG)`); returns how it ended.
     /// Only the supervisor calls this, once its pidfd is readable.
     pub(crate) fn try_reap(&self) -> io::Result<Option<ExitInfo>> {
@@ -341,8 +360,7 @@ impl VmmProcess {
             WaitStatus::StillAlive if self.pidfd_readable() => ExitInfo::Unknown,
             _ => return Ok(None),
         };
-        *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
-        self.exited.notify_all();
+        self.set_exit(info);
         Ok(Some(info))
     }
 }

@@ -394,74 +394,63 @@ enum Poll {
     Failed(SpawnFailure),
 }
 
+/// How many processes to start now: enough to reach `count` ready spares plus one per waiting
+/// caller, within `max_starting`, and none while backing off after a failure.
+fn to_start(shared: &Shared, st: &State, starting: usize, backing_off: bool) -> usize {
+    if backing_off {
+        return 0;
+    }
+    let wanted = shared.config.count + st.waiters;
+    let have = st.ready.len() + starting;
+    let room = shared.config.max_starting.saturating_sub(starting);
+    wanted.saturating_sub(have).min(room)
+}
+
 fn spawner(shared: &Shared) {
     let mut starting: Vec<Starting> = Vec::new();
     let mut backoff_until: Option<Instant> = None;
     loop {
-        // Plan under the lock.
-        let to_spawn = {
+        // Plan under the lock; sleep while there is nothing to do.
+        let slots = {
             let mut st = shared.lock();
-            loop {
+            let n = loop {
                 if st.shutdown {
-                    break;
+                    drop(st);
+                    for s in starting.drain(..) {
+                        discard(&shared.layout, &s.process);
+                    }
+                    return;
                 }
-                let wanted = shared.config.count + st.waiters;
-                let have = st.ready.len() + starting.len();
-                let room = shared.config.max_starting.saturating_sub(starting.len());
-                let backing_off = backoff_until.is_some_and(|t| Instant::now() < t);
-                let n = if backing_off {
-                    0
-                } else {
-                    wanted.saturating_sub(have).min(room)
-                };
+                if backoff_until.is_some_and(|t| Instant::now() >= t) {
+                    backoff_until = None;
+                }
+                let n = to_start(shared, &st, starting.len(), backoff_until.is_some());
                 if n > 0 || !starting.is_empty() {
-                    break;
+                    break n;
                 }
                 let wait = backoff_until
                     .map(|t| t.saturating_duration_since(Instant::now()))
-                    .filter(|d| !d.is_zero())
                     .unwrap_or(Duration::from_secs(3600));
                 st = shared
                     .work
                     .wait_timeout(st, wait)
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
-                if backoff_until.is_some_and(|t| Instant::now() >= t) {
-                    backoff_until = None;
-                }
-            }
-            if st.shutdown {
-                drop(st);
-                for s in starting.drain(..) {
-                    discard(&shared.layout, &s.process);
-                }
-                return;
-            }
-            let wanted = shared.config.count + st.waiters;
-            let have = st.ready.len() + starting.len();
-            let room = shared.config.max_starting.saturating_sub(starting.len());
-            let backing_off = backoff_until.is_some_and(|t| Instant::now() < t);
-            let n = if backing_off {
-                0
-            } else {
-                wanted.saturating_sub(have).min(room)
             };
             let first = st.next_slot;
             st.next_slot += n as u64;
             st.starting = starting.len() + n;
-            (first..first + n as u64).collect::<Vec<u64>>()
+            first..first + n as u64
         };
 
         // Spawn outside the lock.
-        for slot in to_spawn {
+        for slot in slots {
             match spawn_one(shared, slot) {
                 Ok(s) => {
                     shared.lock().spawned += 1;
                     starting.push(s);
                 }
-                Err(f) => {
-                    backoff_until = Some(record_failure(shared, f));
-                }
+                Err(f) => backoff_until = Some(record_failure(shared, f)),
             }
         }
 
@@ -481,9 +470,7 @@ fn spawner(shared: &Shared) {
                     shared.ready.notify_all();
                 }
                 Poll::Pending(s) => still.push(s),
-                Poll::Failed(f) => {
-                    backoff_until = Some(record_failure(shared, f));
-                }
+                Poll::Failed(f) => backoff_until = Some(record_failure(shared, f)),
             }
         }
         starting = still;
@@ -529,6 +516,7 @@ fn spawn_one(shared: &Shared, slot: u64) -> Result<Starting, SpawnFailure> {
     if let Err(e) = shared.supervisor.watch(Arc::clone(&process)) {
         tracing::error!(error = %e, "cannot watch a VMM process; killing it");
         discard(&shared.layout, &process);
+        process.reap_blocking();
         return Err(SpawnFailure::NotReady {
             pid: process.pid(),
             waited: Duration::ZERO,

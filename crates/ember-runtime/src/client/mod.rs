@@ -152,28 +152,29 @@ impl FirecrackerClient {
         };
         let mut retried = false;
         loop {
-            self.connect()?;
-            let Some(conn) = self.conn.as_mut() else {
-                // connect() just stored a connection.
-                continue;
+            let mut conn = match self.conn.take() {
+                Some(c) => c,
+                None => {
+                    let c = Connection::connect(&self.socket)?;
+                    self.connects += 1;
+                    c
+                }
             };
             match conn.round_trip(&bytes, target, deadline) {
                 Ok(resp) => {
-                    if resp.close {
-                        self.conn = None;
+                    // Keep the connection unless the server said it closes it.
+                    if !resp.close {
+                        self.conn = Some(conn);
                     }
                     return Ok(resp);
                 }
-                Err(e) => {
-                    self.conn = None;
-                    if e.stale && !retried {
-                        tracing::debug!(socket = %self.socket.display(), error = %e.error,
-                            "keep-alive API connection was dead; reconnecting once");
-                        retried = true;
-                        continue;
-                    }
-                    return Err(e.error);
+                // A failed connection is dropped: its state is unknown.
+                Err(e) if e.stale && !retried => {
+                    tracing::debug!(socket = %self.socket.display(), error = %e.error,
+                        "keep-alive API connection was dead; reconnecting once");
+                    retried = true;
                 }
+                Err(e) => return Err(e.error),
             }
         }
     }
