@@ -1,0 +1,119 @@
+//! The guest agent seen from the host: the warm pool's validator ([`AgentValidator`]) and the
+//! connection a tenant (or a benchmark) opens to its VM's agent.
+//!
+//! Validation by phase: after a restore the guest runs, so its agent must answer Health within a
+//! timeout; on acquire the entry is paused, so only the host side is checked (the provider has
+//! not seen its VMM die); at handover the VM runs under the tenant's id and is sent Reseed —
+//! fresh entropy, the wall clock and a new generation — so clones of one snapshot never share
+//! randomness or a stale clock, and the answer proves the agent is alive.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ember_agent_proto::{AgentClient, ClientError};
+use ember_core::{VmId, VmQuery, VmStatus, VmView};
+use ember_pool::{EntryValidator, Phase, ValidationResult};
+use ember_runtime::VmmProvider;
+
+/// Connects to the agent of VM `id` on `port` through its hybrid vsock socket.
+pub fn connect(
+    provider: &VmmProvider,
+    id: &VmId,
+    port: u32,
+    timeout: Duration,
+) -> Result<AgentClient, AgentError> {
+    let path = provider
+        .vsock_path(id)
+        .map_err(|e| AgentError::NoSocket(e.to_string()))?;
+    connect_path(&path, port, timeout)
+}
+
+/// Connects to an agent through the hybrid vsock socket at `path`.
+pub fn connect_path(path: &Path, port: u32, timeout: Duration) -> Result<AgentClient, AgentError> {
+    AgentClient::connect(path, port, timeout).map_err(AgentError::Client)
+}
+
+/// Why the agent could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The provider has no vsock socket for the VM.
+    #[error("the VM has no vsock socket: {0}")]
+    NoSocket(String),
+    /// Connecting or calling failed.
+    #[error("agent call failed")]
+    Client(#[source] ClientError),
+}
+
+impl AgentError {
+    /// A short, stable category for metrics (`validation_failures{reason=...}`).
+    pub fn category(&self) -> &'static str {
+        match self {
+            AgentError::NoSocket(_) => "no vsock socket",
+            AgentError::Client(e) if e.is_timeout() => "agent timeout",
+            AgentError::Client(_) => "agent error",
+        }
+    }
+}
+
+/// The warm pool's validator over the guest agent.
+pub struct AgentValidator {
+    provider: Arc<VmmProvider>,
+    port: u32,
+    timeout: Duration,
+    generation: AtomicU64,
+}
+
+impl AgentValidator {
+    /// A validator reaching agents on `port`, each call bounded by `timeout`.
+    pub fn new(provider: Arc<VmmProvider>, port: u32, timeout: Duration) -> Self {
+        Self {
+            provider,
+            port,
+            timeout,
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    fn health(&self, vm: &VmId) -> Result<(), AgentError> {
+        let mut agent = connect(&self.provider, vm, self.port, self.timeout)?;
+        agent.health().map(drop).map_err(AgentError::Client)
+    }
+
+    fn reseed(&self, vm: &VmId) -> Result<(), AgentError> {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let mut agent = connect(&self.provider, vm, self.port, self.timeout)?;
+        agent.reseed_fresh(generation).map_err(AgentError::Client)
+    }
+}
+
+fn verdict(what: &str, vm: &VmId, r: Result<(), AgentError>) -> ValidationResult {
+    match r {
+        Ok(()) => ValidationResult::Healthy,
+        Err(e) => {
+            tracing::debug!(%vm, error = %ember_core::error_chain(&e), "{what} failed");
+            ValidationResult::Unhealthy(e.category().to_string())
+        }
+    }
+}
+
+impl EntryValidator for AgentValidator {
+    fn validate(&self, vm: &VmView, phase: Phase) -> ValidationResult {
+        match phase {
+            Phase::AfterSpawn if vm.status == VmStatus::Running => {
+                verdict("agent health", &vm.id, self.health(&vm.id))
+            }
+            // A VM restored paused cannot answer yet; its handover will prove it.
+            Phase::AfterSpawn => ValidationResult::Healthy,
+            Phase::OnAcquire => match self.provider.get(&vm.id) {
+                Ok(v) if matches!(v.status, VmStatus::Running | VmStatus::Paused) => {
+                    ValidationResult::Healthy
+                }
+                Ok(v) => ValidationResult::Unhealthy(format!("vm {}", v.status)),
+                Err(_) => ValidationResult::Unhealthy("vm gone".into()),
+            },
+            Phase::Handover => verdict("agent reseed", &vm.id, self.reseed(&vm.id)),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! `ember bench <boot|restore|acquire|density|vsock>`: measurements of the real system on this
+//! machine, each in its own session (so each proves it leaves nothing behind), reported as
+//! percentiles, throughput and memory, with the project's targets marked met or missed.
+
+mod boot;
+mod density;
+mod handoff;
+mod restore;
+mod vsock;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ember_core::{StackKey, VmError};
+use serde::Serialize;
+
+use crate::session::{Leftovers, Session, SessionError};
+use crate::stats::Summary;
+use crate::template::TemplateError;
+use crate::ui::Ui;
+use crate::warm::{HandoffError, WarmError};
+
+/// Which benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchKind {
+    /// Fresh boot of the probe guest until its agent answers.
+    Boot,
+    /// Restores from a template: latency, and throughput with parallel restores.
+    Restore,
+    /// Warm handoff under 32 concurrent acquirers: acquire → tenant's first agent reply.
+    Acquire,
+    /// Host memory per idle pooled VM.
+    Density,
+    /// Agent round trips over vsock.
+    Vsock,
+}
+
+/// Knobs shared by the benchmarks.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The `ember-vmm` binary.
+    pub vmm: PathBuf,
+    /// The guest kernel (the probe guest).
+    pub kernel: PathBuf,
+    /// Where session directories go.
+    pub workdir: PathBuf,
+    /// The guest agent's vsock port.
+    pub agent_port: u32,
+    /// Samples (or rounds) to take.
+    pub iterations: usize,
+    /// Concurrent workers (acquirers, restorers).
+    pub concurrency: usize,
+    /// VMs for the density benchmark.
+    pub vms: usize,
+}
+
+/// One target of the project, checked against a measured value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is targeted.
+    pub name: String,
+    /// The target, in words (`"<= 2 ms p50"`).
+    pub target: String,
+    /// The measured value, in words.
+    pub measured: String,
+    /// Whether it is met.
+    pub met: bool,
+}
+
+impl Target {
+    fn at_most(name: &str, limit: f64, value: f64, unit: &str) -> Target {
+        Target {
+            name: name.into(),
+            target: format!("<= {limit} {unit}"),
+            measured: format!("{value:.2} {unit}"),
+            met: value <= limit,
+        }
+    }
+
+    fn at_least(name: &str, limit: f64, value: f64, unit: &str) -> Target {
+        Target {
+            name: name.into(),
+            target: format!(">= {limit} {unit}"),
+            measured: format!("{value:.1} {unit}"),
+            met: value >= limit,
+        }
+    }
+}
+
+/// What a benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Which benchmark.
+    pub bench: BenchKind,
+    /// Latency summaries.
+    pub latencies: Vec<Summary>,
+    /// Other figures (throughput, memory), by name.
+    pub figures: serde_json::Map<String, serde_json::Value>,
+    /// The targets this benchmark checks.
+    pub targets: Vec<Target>,
+    /// What the session left behind (must be nothing).
+    pub leftovers: Leftovers,
+}
+
+impl BenchReport {
+    fn new(bench: BenchKind) -> Self {
+        Self {
+            bench,
+            latencies: Vec::new(),
+            figures: serde_json::Map::new(),
+            targets: Vec::new(),
+            leftovers: Leftovers::default(),
+        }
+    }
+
+    fn figure(&mut self, name: &str, value: impl Serialize) {
+        if let Ok(v) = serde_json::to_value(value) {
+            self.figures.insert(name.to_string(), v);
+        }
+    }
+}
+
+/// Why a benchmark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The session could not start.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The warm stack could not be set up.
+    #[error(transparent)]
+    Warm(#[from] WarmError),
+    /// A template could not be built.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// A provider call failed.
+    #[error("{0}")]
+    Provider(String, #[source] VmError),
+    /// A handoff failed.
+    #[error("a handoff failed")]
+    Handoff(#[from] Box<HandoffError>),
+    /// The agent could not be reached.
+    #[error("the agent failed")]
+    Agent(#[from] crate::agent::AgentError),
+    /// Something was left behind.
+    #[error("the benchmark left {} VMM process(es) and {} file(s) behind", .0.processes.len(), .0.files.len())]
+    Leaked(Leftovers),
+}
+
+fn provider_err(what: &str) -> impl FnOnce(VmError) -> BenchError + '_ {
+    move |e| BenchError::Provider(what.to_string(), e)
+}
+
+/// The stack every benchmark uses: the probe guest, 1 vCPU, 128 MiB.
+pub fn probe_stack() -> StackKey {
+    // Invariant: constant, valid name/version/shape.
+    #[allow(clippy::expect_used)]
+    StackKey::new("probe", "1", 1, 128).expect("valid constant stack key")
+}
+
+/// Runs benchmark `kind`.
+pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchError> {
+    let spares = match kind {
+        BenchKind::Restore | BenchKind::Acquire => 16,
+        _ => 4,
+    };
+    ui.stage("starting VMM processes", None);
+    let session = Session::start(&opts.vmm, &opts.workdir, spares)?;
+    ui.finish(&format!("session in {}", session.root().display()));
+    let result = match kind {
+        BenchKind::Boot => boot::run(&session, opts, ui),
+        BenchKind::Restore => restore::run(&session, opts, ui),
+        BenchKind::Acquire => handoff::run(&session, opts, ui),
+        BenchKind::Density => density::run(&session, opts, ui),
+        BenchKind::Vsock => vsock::run(&session, opts, ui),
+    };
+    ui.stage("destroying everything", None);
+    let leftovers = session.finish();
+    ui.finish("done");
+    let mut report = result?;
+    report.targets.push(Target {
+        name: "left behind after the run".into(),
+        target: "0 VMM processes, 0 files".into(),
+        measured: format!(
+            "{} processes, {} files",
+            leftovers.processes.len(),
+            leftovers.files.len()
+        ),
+        met: leftovers.is_clean(),
+    });
+    if !leftovers.is_clean() {
+        return Err(BenchError::Leaked(leftovers));
+    }
+    report.leftovers = leftovers;
+    Ok(report)
+}
+
+/// Time limit for one agent call in benchmarks.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,126 @@
+//! `ember bench restore`: restores of the template snapshot — latency one at a time, and
+//! sustained throughput with parallel restorers (spare VMM processes are consumed faster than
+//! they are pre-spawned, so process starts are part of the sustained figure: this is the rate a
+//! pool can refill at).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ember_core::{SnapshotId, VmId, VmProvider, VmSpec};
+
+use super::{BenchError, BenchKind, BenchOptions, BenchReport, Target, probe_stack, provider_err};
+use crate::session::Session;
+use crate::stats::Summary;
+use crate::template::{self, TemplateSpec};
+use crate::ui::Ui;
+
+pub(super) fn run(
+    session: &Session,
+    opts: &BenchOptions,
+    ui: &dyn Ui,
+) -> Result<BenchReport, BenchError> {
+    let provider = session.provider();
+    ui.stage("building the template snapshot", None);
+    let (snap, _) = template::build(
+        provider,
+        &TemplateSpec {
+            stack: probe_stack(),
+            kernel: opts.kernel.clone(),
+            boot_args: None,
+            agent_port: opts.agent_port,
+            boot_timeout: Duration::from_secs(30),
+        },
+        SnapshotId::new("bench-restore").map_err(provider_err("naming"))?,
+    )?;
+    ui.finish("template ready");
+
+    // Latency: one restore at a time into a ready spare.
+    ui.stage("restoring one at a time", Some(opts.iterations as u64));
+    let mut latency = Vec::with_capacity(opts.iterations);
+    for i in 0..opts.iterations {
+        let id = VmId::new(format!("r-{i}")).map_err(provider_err("naming"))?;
+        let t0 = Instant::now();
+        provider
+            .create_with_spec(&id, &VmSpec::restore(snap.clone()))
+            .map_err(provider_err("restore"))?;
+        latency.push(t0.elapsed());
+        provider.destroy(&id).map_err(provider_err("destroy"))?;
+        ui.progress(i as u64 + 1);
+        // Let the spares refill so every sample restores into a ready process.
+        while provider.stats().spares.ready == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    ui.finish("done");
+
+    // Throughput: `concurrency` restorers, paused VMs (like pooled ones), destroyed afterwards.
+    let total = opts.iterations.max(300);
+    let mut paused = snap.clone();
+    paused.resume = false;
+    ui.stage(
+        &format!("{total} restores with {} restorers", opts.concurrency),
+        Some(total as u64),
+    );
+    let next = AtomicUsize::new(0);
+    let made = Mutex::new(Vec::with_capacity(total));
+    let t0 = Instant::now();
+    let failures: Vec<BenchError> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..opts.concurrency.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            return None;
+                        }
+                        let id = match VmId::new(format!("t-{i}")) {
+                            Ok(id) => id,
+                            Err(e) => return Some(BenchError::Provider("naming".into(), e)),
+                        };
+                        if let Err(e) =
+                            provider.create_with_spec(&id, &VmSpec::restore(paused.clone()))
+                        {
+                            return Some(BenchError::Provider("restore".into(), e));
+                        }
+                        let mut m = made.lock().unwrap_or_else(|p| p.into_inner());
+                        m.push(id);
+                        ui.progress(m.len() as u64);
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .filter_map(|h| h.join().ok().flatten())
+            .collect()
+    });
+    let wall = t0.elapsed();
+    let made = made.into_inner().unwrap_or_else(|p| p.into_inner());
+    for id in &made {
+        provider.destroy(id).map_err(provider_err("destroy"))?;
+    }
+    provider
+        .delete_snapshot(&snap.snapshot_id)
+        .map_err(provider_err("delete snapshot"))?;
+    if let Some(e) = failures.into_iter().next() {
+        return Err(e);
+    }
+    let rate = made.len() as f64 / wall.as_secs_f64();
+    ui.finish(&format!("{rate:.0} restores/s"));
+
+    let mut report = BenchReport::new(BenchKind::Restore);
+    report.latencies.extend(Summary::of(
+        "restore into a ready spare (create_with_spec)",
+        &latency,
+    ));
+    report.figure("sustained_restores", made.len());
+    report.figure("sustained_restorers", opts.concurrency);
+    report.figure("sustained_restores_per_s", (rate * 10.0).round() / 10.0);
+    report.targets.push(Target::at_least(
+        "refill rate (sustained restores incl. process starts)",
+        200.0,
+        rate,
+        "restores/s",
+    ));
+    Ok(report)
+}

@@ -1,0 +1,151 @@
+//! A session: one private root directory and one [`VmmProvider`] for a demo or benchmark run,
+//! and, when it ends, the proof that it left nothing behind — no VMM process, no file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ember_runtime::{Flavor, ProviderConfig, SpareConfig, VmmProvider};
+use serde::Serialize;
+
+/// Why a session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The root directory could not be made.
+    #[error("creating the session directory {path}")]
+    Root {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The provider could not start.
+    #[error("starting the VMM provider")]
+    Provider(#[source] ember_runtime::StartError),
+}
+
+/// What a session left behind when it ended (both should be zero).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Leftovers {
+    /// VMM processes still alive whose command line names the session's directory.
+    pub processes: Vec<u32>,
+    /// Files (not directories) still under the session's directory.
+    pub files: Vec<PathBuf>,
+}
+
+impl Leftovers {
+    /// Nothing left.
+    pub fn is_clean(&self) -> bool {
+        self.processes.is_empty() && self.files.is_empty()
+    }
+}
+
+/// A run's provider and directory.
+pub struct Session {
+    root: PathBuf,
+    provider: Arc<VmmProvider>,
+}
+
+impl Session {
+    /// Makes a fresh directory under `parent` (short: Unix socket paths live under it) and
+    /// starts a provider there with `spares` pre-spawned VMM processes.
+    pub fn start(vmm: &Path, parent: &Path, spares: usize) -> Result<Session, SessionError> {
+        let root = parent.join(format!("ember-{}", std::process::id()));
+        std::fs::create_dir_all(&root).map_err(|source| SessionError::Root {
+            path: root.clone(),
+            source,
+        })?;
+        let mut config = ProviderConfig::new(
+            &root,
+            Flavor::EmberVmm {
+                binary: vmm.to_path_buf(),
+            },
+        );
+        config.spares = SpareConfig {
+            count: spares,
+            ..SpareConfig::default()
+        };
+        let provider = VmmProvider::new(config).map_err(SessionError::Provider)?;
+        Ok(Session {
+            root,
+            provider: Arc::new(provider),
+        })
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &Arc<VmmProvider> {
+        &self.provider
+    }
+
+    /// The session's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Stops every VMM, removes the session's files, and reports what (if anything) is left:
+    /// processes are looked up in /proc by command line (not by the provider's own records),
+    /// files by walking the directory before it is removed.
+    pub fn finish(self) -> Leftovers {
+        self.provider.shutdown();
+        let root_text = self.root.to_string_lossy().into_owned();
+        // A killed process can take a few milliseconds to disappear from /proc.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let processes = loop {
+            let alive = processes_naming(&root_text);
+            if alive.is_empty() || Instant::now() >= deadline {
+                break alive;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut files = Vec::new();
+        walk_files(&self.root, &mut files);
+        // The provider's lock file is the session's own, not a VM's: remove it with the root.
+        files.retain(|f| f.file_name().is_none_or(|n| n != ".lock"));
+        if let Err(e) = std::fs::remove_dir_all(&self.root) {
+            tracing::warn!(root = %self.root.display(), error = %e, "removing the session directory");
+        }
+        Leftovers { processes, files }
+    }
+}
+
+fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => walk_files(&path, out),
+            Ok(_) => out.push(path),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Live processes whose command line contains `needle`.
+fn processes_naming(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let text = String::from_utf8_lossy(&cmdline);
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false);
+            !zombie && text.contains(needle)
+        })
+        .collect()
+}
