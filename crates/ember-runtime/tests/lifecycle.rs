@@ -237,3 +237,58 @@ fn lifecycle_firecracker_flavor_on_ember_vmm() {
 fn lifecycle_real_firecracker() {
     lifecycle(Kind::RealFirecracker);
 }
+
+/// Each VM's vsock socket lives in its own slot: a booted VM's `PUT /vsock` and every restored
+/// copy's `vsock_override` name the VM's slot, whatever path the spec carried, and renames do
+/// not move it.
+#[test]
+fn every_vm_gets_its_own_vsock_socket() {
+    let dir = short_tempdir();
+    let p = provider(dir.path(), flavor(Kind::EmberVmm).unwrap(), 2);
+    let src = vm("vsock-src");
+    let mut spec = probe_spec("ember.report=10");
+    spec.vsock = Some(ember_core::VsockSpec {
+        guest_cid: 3,
+        uds_path: "/somewhere/else.sock".into(),
+    });
+    p.create_with_spec(&src, &spec).unwrap();
+    let vsock_of = |id: &ember_core::VmId| -> std::path::PathBuf {
+        let cfg = p.with_client(id, |c| c.vm_config()).unwrap();
+        cfg["vsock"]["uds_path"].as_str().unwrap().into()
+    };
+    assert_eq!(vsock_of(&src), p.vsock_path(&src).unwrap());
+    assert!(
+        p.vsock_path(&src)
+            .unwrap()
+            .starts_with(p.root().join("slots"))
+    );
+    p.start(&src).unwrap();
+    wait_count_above(&p, &src, 0);
+    p.pause(&src).unwrap();
+    let snap = p
+        .snapshot(
+            &src,
+            &SnapshotRequest {
+                snapshot_id: SnapshotId::new("vs").unwrap(),
+                stack: None,
+            },
+        )
+        .unwrap();
+    let mut paths = std::collections::HashSet::new();
+    for i in 0..3 {
+        let id = vm(&format!("vs-{i}"));
+        p.create_with_spec(&id, &VmSpec::restore(snap.clone()))
+            .unwrap();
+        let path = p.vsock_path(&id).unwrap();
+        assert_eq!(vsock_of(&id), path, "restored with its own socket");
+        assert!(paths.insert(path));
+    }
+    let before = p.vsock_path(&vm("vs-0")).unwrap();
+    p.rename(&vm("vs-0"), &vm("tenant-vs")).unwrap();
+    assert_eq!(p.vsock_path(&vm("tenant-vs")).unwrap(), before);
+    for v in p.list().unwrap() {
+        p.destroy(&v.id).unwrap();
+    }
+    p.delete_snapshot(&snap.snapshot_id).unwrap();
+    shutdown_and_check(&p);
+}
