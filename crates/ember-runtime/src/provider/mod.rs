@@ -17,7 +17,9 @@
 //!   taken from; `verify_snapshot` checks the files and then restores the snapshot on a spare.
 
 mod config;
+mod create;
 mod lifecycle;
+mod snapshot;
 mod vm;
 
 use std::collections::{HashMap, HashSet};
