@@ -25,6 +25,11 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(f).display());
     }
+    // The guest's agent is built on ember-agent-proto's no_std core.
+    let proto_dir = manifest_dir.join("../ember-agent-proto");
+    for f in ["src", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", proto_dir.join(f).display());
+    }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out_dir.join("guest-target");
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());

@@ -20,6 +20,25 @@
 //!
 //! Command-line knobs (append to `boot_args`): `ember.hz=<1..10000>` (timer rate, default 100),
 //! `ember.report=<ticks>` (count line period, 0 = never, default 50).
+//!
+//! # The agent
+//! With a vsock device configured (`PUT /vsock`), the probe runs the ember agent protocol
+//! (`ember-agent-proto`) on vsock port [`AGENT_PORT`]; reach it from the host with
+//! `ember_agent_proto::AgentClient::connect(uds_path, AGENT_PORT, timeout)`. It finds the
+//! device through the `virtio_mmio.device=` entries ember-vmm appends to the command line.
+//! - Hello, Ping; Health: uptime (`counter * 1e9 / hz`: continues across snapshot/restore),
+//!   boot id ([`health_boot_id`] of the banner's id), generation (0 until a Reseed);
+//! - Reseed: stores generation, wall clock and the entropy's digest (state page);
+//! - Exec built-ins: `echo <args..>` ([`echo_output`]), `counter` (tick counter, decimal,
+//!   then `\n`), `sha256 <n>` ([`sha256_output`]; n <= 64 MiB); anything else: Error
+//!   NOT_FOUND; PutFile, GetFile, Shutdown: Unsupported;
+//! - up to 48 connections at once, request frames up to 8 KiB;
+//! - once at boot, a guest-initiated connection to host port [`ANNOUNCE_PORT`] (the VMM
+//!   connects it to `<uds_path>_53`) carrying `ember-probe: ready boot_id=<16 hex>\n`
+//!   ([`parse_ready_line`]); with nothing listening there, the VMM resets it and the probe
+//!   carries on.
+//! - All of it runs in guest ring 3 (guest ring 0 is emulated, ~1000x slower, on this
+//!   project's KVM); the vCPU idles in `hlt` between interrupts.
 
 use std::fs::File;
 use std::io;
@@ -34,6 +53,54 @@ pub const COUNTER_GPA: u64 = STATE_GPA + 8;
 pub const STATE_MAGIC: [u8; 8] = *b"EMBRPRB1";
 /// Smallest guest memory the probe runs in.
 pub const MIN_MEM_MIB: u32 = 4;
+/// The vsock port the probe's agent listens on.
+pub const AGENT_PORT: u32 = 52;
+/// The host vsock port the probe connects to once at boot (`<uds_path>_53` on the host).
+pub const ANNOUNCE_PORT: u32 = 53;
+/// Largest request frame the probe's agent accepts (its announced `max_frame_len`).
+pub const AGENT_MAX_FRAME: usize = 8192;
+
+/// The 16-byte boot id Health reports for a probe whose banner showed `banner_boot_id`:
+/// the id, then `splitmix64(id)`, both little-endian.
+pub fn health_boot_id(banner_boot_id: u64) -> [u8; 16] {
+    let mut z = banner_boot_id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&banner_boot_id.to_le_bytes());
+    out[8..].copy_from_slice(&z.to_le_bytes());
+    out
+}
+
+/// What `echo <args..>` prints: the arguments joined by single spaces, then `\n`.
+pub fn echo_output(args: &[&str]) -> Vec<u8> {
+    let mut out = args.join(" ").into_bytes();
+    out.push(b'\n');
+    out
+}
+
+/// The bytes `sha256 <n>` hashes: byte `i` is `i % 251`.
+pub fn sha256_input(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// What `sha256 <n>` prints, given the digest of [`sha256_input`]`(n)`: lowercase hex, then
+/// `\n`.
+pub fn sha256_output(digest: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = digest
+        .iter()
+        .flat_map(|b| format!("{b:02x}").into_bytes())
+        .collect();
+    out.push(b'\n');
+    out
+}
+
+/// Parses `ember-probe: ready boot_id=<16 hex>` (what the probe sends to [`ANNOUNCE_PORT`]).
+pub fn parse_ready_line(line: &str) -> Option<u64> {
+    let hex = line.trim().strip_prefix("ember-probe: ready boot_id=")?;
+    u64::from_str_radix(hex, 16).ok()
+}
 
 /// Path of the built probe ELF.
 pub fn probe_elf_path() -> &'static Path {
@@ -79,12 +146,16 @@ pub struct ProbeState {
     pub hz: u64,
     /// Count line period in ticks.
     pub report: u64,
+    /// The generation set by the agent's last Reseed (0 before any).
+    pub generation: u64,
 }
 
 impl ProbeState {
-    /// Decodes the first 40 bytes of the state page; `None` if the probe has not booted.
+    /// Decodes the first 64 bytes of the state page; `None` if the probe has not booted.
+    /// Layout (u64 each): magic, counter, boot id, hz, report, keyboard flag, rx flag,
+    /// generation; then wall clock ns, uptime at the last reseed, and a 32-byte seed.
     pub fn from_page(page: &[u8]) -> Option<ProbeState> {
-        if page.len() < 40 || page[..8] != STATE_MAGIC {
+        if page.len() < 64 || page[..8] != STATE_MAGIC {
             return None;
         }
         let word = |i: usize| {
@@ -97,6 +168,7 @@ impl ProbeState {
             boot_id: word(2),
             hz: word(3),
             report: word(4),
+            generation: word(7),
         })
     }
 }
@@ -105,7 +177,7 @@ impl ProbeState {
 /// for guest RAM below 3 GiB).
 pub fn state_from_mem_file(path: &Path) -> io::Result<Option<ProbeState>> {
     let file = File::open(path)?;
-    let mut page = [0u8; 40];
+    let mut page = [0u8; 64];
     file.read_exact_at(&mut page, STATE_GPA)?;
     Ok(ProbeState::from_page(&page))
 }
@@ -145,16 +217,26 @@ mod tests {
         assert_eq!(parse_count_line("ember-probe: count=42"), Some(42));
         assert_eq!(parse_count_line("ember-probe: count=x"), None);
         assert_eq!(parse_banner("hello"), None);
+        assert_eq!(
+            parse_ready_line("ember-probe: ready boot_id=00000000000000ff\n"),
+            Some(255)
+        );
+        assert_eq!(echo_output(&["a", "b"]), b"a b\n");
+        assert_eq!(echo_output(&[]), b"\n");
+        assert_eq!(sha256_output(&[0xab, 0x01]), b"ab01\n");
+        assert_eq!(sha256_input(253)[252], 1);
+        assert_eq!(&health_boot_id(7)[..8], &7u64.to_le_bytes());
     }
 
     #[test]
     fn decodes_state_page() {
         let mut page = vec![0u8; 64];
         assert_eq!(ProbeState::from_page(&page), None);
+        page[56..64].copy_from_slice(&9u64.to_le_bytes());
         page[..8].copy_from_slice(&STATE_MAGIC);
         page[8..16].copy_from_slice(&7u64.to_le_bytes());
         page[24..32].copy_from_slice(&100u64.to_le_bytes());
         let s = ProbeState::from_page(&page).unwrap();
-        assert_eq!((s.counter, s.hz), (7, 100));
+        assert_eq!((s.counter, s.hz, s.generation), (7, 100, 9));
     }
 }

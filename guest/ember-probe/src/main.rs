@@ -17,11 +17,22 @@
 //!    `report` ticks. A keyboard interrupt (SendCtrlAltDel) makes it print
 //!    `ember-probe: ctrl-alt-del, resetting` and reset through the i8042 (port 0x64 <- 0xfe).
 //!    Bytes received on COM1 (IRQ 4) are echoed as `ember-probe: rx=<bytes>`.
+//! 5. runs the agent in ring 3 ([`ring3`]) at boot and after every virtio interrupt: a
+//!    virtio-vsock driver ([`vsock`], [`virtq`]) that listens on port 52 and answers the
+//!    ember agent protocol ([`agent`]), and once announces itself to host port 53.
 //!
 //! Guest ring-0 code is emulated (slow) on some hosts: per-tick work is a handful of
-//! instructions, and the vCPU sleeps in `hlt` between ticks.
+//! instructions, the vCPU sleeps in `hlt` between interrupts, and all per-request work runs
+//! in ring 3 (see [`ring3`]). Memory map: [`layout`].
 #![no_std]
 #![no_main]
+
+mod agent;
+mod layout;
+mod ring3;
+mod sha256;
+mod virtq;
+mod vsock;
 
 use core::arch::{asm, global_asm};
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
@@ -48,6 +59,10 @@ pub struct ProbeState {
     report: u64,
     kbd: u64,
     rx: u64,
+    generation: u64,
+    wall_clock_ns: u64,
+    reseed_uptime_ns: u64,
+    seed: [u64; 4],
 }
 
 #[unsafe(no_mangle)]
@@ -60,7 +75,26 @@ static mut PROBE_STATE: ProbeState = ProbeState {
     report: 0,
     kbd: 0,
     rx: 0,
+    generation: 0,
+    wall_clock_ns: 0,
+    reseed_uptime_ns: 0,
+    seed: [0; 4],
 };
+
+/// The kernel command line (address, length), for the ring-3 agent.
+static mut CMDLINE: (u64, u64) = (0, 0);
+
+/// The agent's entry point (ring 3, fresh stack, interrupts on).
+#[unsafe(no_mangle)]
+pub extern "C" fn probe_user_main() {
+    // SAFETY: only the agent touches the driver, and it runs on one CPU, one entry at a
+    // time; the command line was recorded at boot and stays mapped.
+    unsafe {
+        let (ptr, len) = *addr_of!(CMDLINE);
+        let cmd = core::slice::from_raw_parts(ptr as *const u8, len as usize);
+        (*addr_of_mut!(vsock::DRIVER)).run(cmd);
+    }
+}
 
 #[repr(C, align(4096))]
 struct Idt([u64; 512]);
@@ -128,6 +162,9 @@ EXC \n
 probe_exc_common:
     mov rdi, [rsp]
     mov rsi, [rsp + 8]
+    mov rdx, [rsp + 16]
+    mov rcx, [rsp + 24]
+    mov r8, [rsp + 32]
     and rsp, -16
     call probe_exception
 
@@ -282,16 +319,24 @@ unsafe fn cmdline<'a>(zero_page: *const u8) -> &'a [u8] {
 }
 
 /// # Safety
-/// Called once, with interrupts disabled.
-unsafe fn set_gate(vector: usize, handler: u64) {
+/// Called at boot, with interrupts disabled. `dpl` 3 lets ring 3 use the gate (`int n`).
+unsafe fn set_gate_dpl(vector: usize, handler: u64, dpl: u8) {
+    let access = 0x8eu64 | (u64::from(dpl & 3) << 5);
     let lo =
-        (handler & 0xffff) | (0x08u64 << 16) | (0x8eu64 << 40) | (((handler >> 16) & 0xffff) << 48);
+        (handler & 0xffff) | (0x08u64 << 16) | (access << 40) | (((handler >> 16) & 0xffff) << 48);
     // SAFETY: single-threaded boot code owns the IDT.
     unsafe {
         let idt = addr_of_mut!(IDT);
         (*idt).0[vector * 2] = lo;
         (*idt).0[vector * 2 + 1] = handler >> 32;
     }
+}
+
+/// # Safety
+/// As [`set_gate_dpl`].
+unsafe fn set_gate(vector: usize, handler: u64) {
+    // SAFETY: forwarded contract.
+    unsafe { set_gate_dpl(vector, handler, 0) }
 }
 
 #[repr(C, packed)]
@@ -338,8 +383,9 @@ unsafe fn map_apic_range() {
         let pdpt = (read_volatile(pml4) & 0x000f_ffff_ffff_f000) as *mut u64;
         let pd = addr_of_mut!(HIGH_PD);
         for (i, entry) in (*pd).0.iter_mut().enumerate() {
-            // present | writable | PWT | PCD | 2 MiB page
-            *entry = (0xc000_0000 + ((i as u64) << 21)) | 0x9b;
+            // present | writable | user | PWT | PCD | 2 MiB page (user: the ring-3 agent
+            // drives the virtio-mmio device and the IOAPIC pin directly)
+            *entry = (0xc000_0000 + ((i as u64) << 21)) | 0x9f;
         }
         write_volatile(pdpt.add(3), (pd as u64) | 0x3);
         asm!("mov {tmp}, cr3", "mov cr3, {tmp}", tmp = out(reg) _, options(nostack));
@@ -398,6 +444,8 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
 
     // SAFETY: the zero page comes from the loader (rsi at entry).
     let cmd = unsafe { cmdline(zero_page) };
+    // SAFETY: boot code, single CPU; the agent reads it later.
+    unsafe { *addr_of_mut!(CMDLINE) = (cmd.as_ptr() as u64, cmd.len() as u64) };
     let hz = cmdline_u64(cmd, b"ember.hz=")
         .filter(|&h| (1..=10_000).contains(&h))
         .unwrap_or(100);
@@ -411,6 +459,7 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
     unsafe {
         setup_idt();
         map_apic_range();
+        ring3::setup(set_gate_dpl);
     }
     // LAPIC: software-enable (spurious vector 0xff), accept all priorities.
     mmio_write(LAPIC + 0xf0, 0x100 | SPURIOUS_VECTOR as u32);
@@ -438,8 +487,11 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
 
     let mut next_report = report;
     loop {
-        // SAFETY: `sti; hlt` is atomic w.r.t. interrupt delivery; handlers are installed.
-        unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+        // The agent first (it was asked to run at boot, and after every virtio interrupt).
+        while ring3::take_work() {
+            // SAFETY: the GDT, TSS, gates and user mappings are set up (`ring3::setup`).
+            unsafe { ring3::probe_enter_user() };
+        }
         // SAFETY: the state page is ours; the ISRs only increment/set fields.
         if unsafe { read_volatile(addr_of!((*st).rx)) } != 0 {
             // SAFETY: as above.
@@ -463,16 +515,24 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
             puts(b"\n");
             next_report = count - count % report + report;
         }
+        // SAFETY: `sti; hlt` is atomic w.r.t. interrupt delivery; handlers are installed.
+        unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     }
 }
 
 /// Reports a CPU exception and stops this CPU.
 #[unsafe(no_mangle)]
-pub extern "C" fn probe_exception(vector: u64, word: u64) -> ! {
+pub extern "C" fn probe_exception(vector: u64, word: u64, word2: u64, w3: u64, w4: u64) -> ! {
     puts(b"ember-probe: exception ");
     put_dec(vector);
     puts(b" next=");
     put_hex(word);
+    puts(b" ");
+    put_hex(word2);
+    puts(b" ");
+    put_hex(w3);
+    puts(b" ");
+    put_hex(w4);
     puts(b"\n");
     loop {
         // SAFETY: stop this CPU for good.

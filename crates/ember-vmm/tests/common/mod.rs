@@ -156,3 +156,27 @@ pub fn make_snapshot(
 pub fn let_time_pass() {
     std::thread::sleep(Duration::from_millis(300));
 }
+
+/// The vsock body for `uds`.
+pub fn vsock_json(cid: u32, uds: &Path) -> String {
+    serde_json::json!({ "guest_cid": cid, "uds_path": uds }).to_string()
+}
+
+/// Configures a vsock device, then boots the probe through the API.
+pub fn boot_with_vsock(client: &mut ApiClient, mem_mib: u32, boot_args: &str, uds: &Path) {
+    let r = client.put("/vsock", &vsock_json(3, uds));
+    assert_eq!(r.status, 204, "{r:?}");
+    boot_via_api(client, 1, mem_mib, boot_args);
+}
+
+/// Connects to the probe's agent through the hybrid vsock socket, retrying until it listens.
+pub fn agent(uds: &Path) -> ember_agent_proto::AgentClient {
+    wait_for(DEFAULT_TIMEOUT, "the probe agent on vsock", || {
+        ember_agent_proto::AgentClient::connect(
+            uds,
+            ember_probe_image::AGENT_PORT,
+            Duration::from_secs(5),
+        )
+        .ok()
+    })
+}

@@ -35,7 +35,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::interrupt::Interrupt;
@@ -313,10 +313,19 @@ impl DeviceContext<'_> {
     }
 
     /// Tells the driver that queue `index` has new used buffers, unless the driver
-    /// suppressed the interrupt (`EVENT_IDX`). Call once after a batch of `add_used`.
+    /// suppressed the interrupt: with `EVENT_IDX` through `used_event`, without it through
+    /// the available ring's `VIRTQ_AVAIL_F_NO_INTERRUPT` flag (a hint the spec allows a
+    /// device to honour). Call once after a batch of `add_used`.
     pub fn signal_used(&mut self, index: usize) {
         let needed = match self.queues.get_mut(index) {
-            Some(q) => q.needs_notification(self.mem).unwrap_or(true),
+            Some(q) if q.event_idx_enabled() => q.needs_notification(self.mem).unwrap_or(true),
+            Some(q) => {
+                let flags: u16 = self
+                    .mem
+                    .read_obj(vm_memory::GuestAddress(q.avail_ring()))
+                    .unwrap_or(0);
+                u16::from_le(flags) & 1 == 0
+            }
             None => return,
         };
         if needed {

@@ -1,0 +1,60 @@
+//! The probe's guest-physical memory map (identity-mapped; the first 8 MiB are user-accessible
+//! so the ring-3 agent can reach its buffers).
+//!
+//! | range | what |
+//! |---|---|
+//! | 0x100000.. | the ELF image (text, rodata, data, bss), then the 16 KiB kernel stack |
+//! | 0x1f0000 | the state page the host reads (`STATE_GPA`) |
+//! | 0x200000 | virtqueue rings: RX, TX, event (one 4 KiB page each) |
+//! | 0x203000 | event buffers |
+//! | 0x210000 | RX buffers, [`RX_COUNT`] x [`BUF_LEN`] |
+//! | 0x220000 | TX buffers, [`TX_COUNT`] x [`BUF_LEN`] |
+//! | 0x230000..0x240000 | the ring-3 agent's stack (64 KiB) |
+//! | 0x240000 | per-connection receive storage, [`MAX_CONNS`] x [`CONN_RX_LEN`] |
+//! | 0x2a0000 | per-connection reply buffers, [`MAX_CONNS`] x [`CONN_OUT_LEN`] |
+//! | 0x330000 | scratch for building Exec output ([`SCRATCH_LEN`]) |
+//!
+//! Everything past the image is touched only when used, so an idle VM restored from a
+//! snapshot shares it with its siblings.
+
+/// RX, TX and event queue rings.
+pub const RING_BASE: usize = 0x20_0000;
+/// Event buffers (one u32 each, 8 bytes apart).
+pub const EVENT_BUFS: usize = 0x20_3000;
+/// RX buffers.
+pub const RX_BUFS: usize = 0x21_0000;
+/// TX buffers.
+pub const TX_BUFS: usize = 0x22_0000;
+/// Top of the ring-3 stack.
+pub const USER_STACK_TOP: usize = 0x24_0000;
+/// Per-connection receive storage.
+pub const CONN_RX: usize = 0x24_0000;
+/// Per-connection reply buffers.
+pub const CONN_OUT: usize = 0x2a_0000;
+/// Exec output scratch.
+pub const SCRATCH: usize = 0x33_0000;
+/// Bytes of Exec output scratch.
+pub const SCRATCH_LEN: usize = 8192;
+/// End of the probe's memory (must fit the smallest guest, 4 MiB).
+pub const END: usize = SCRATCH + SCRATCH_LEN;
+
+/// Entries in the RX and TX queues (and buffers of each).
+pub const RX_COUNT: u16 = 32;
+/// TX queue entries.
+pub const TX_COUNT: u16 = 32;
+/// Event queue entries.
+pub const EV_COUNT: u16 = 4;
+/// One RX or TX buffer (packet header included).
+pub const BUF_LEN: usize = 2048;
+/// Most simultaneous agent connections.
+pub const MAX_CONNS: usize = 48;
+/// Receive storage per connection: the largest request frame the agent accepts.
+pub const CONN_RX_LEN: usize = 8192;
+/// Reply buffer per connection.
+pub const CONN_OUT_LEN: usize = 12288;
+
+const _: () = assert!(END <= 4 << 20);
+const _: () = assert!(RX_BUFS + RX_COUNT as usize * BUF_LEN <= TX_BUFS);
+const _: () = assert!(TX_BUFS + TX_COUNT as usize * BUF_LEN <= USER_STACK_TOP - 0x1_0000);
+const _: () = assert!(CONN_RX + MAX_CONNS * CONN_RX_LEN <= CONN_OUT);
+const _: () = assert!(CONN_OUT + MAX_CONNS * CONN_OUT_LEN <= SCRATCH);
