@@ -178,11 +178,10 @@ fn bad_requests_before_boot_on_one_connection() {
         .status,
         204
     );
-    assert_eq!(
-        c.put("/vsock", r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#)
-            .status,
-        204
-    );
+    // PUT /vsock creates the device (binds its socket), as Firecracker does.
+    let uds = dir.path().join("v.sock");
+    assert_eq!(c.put("/vsock", &vsock_json(3, &uds)).status, 204);
+    assert!(uds.exists());
     let cfg: serde_json::Value = serde_json::from_str(&c.get("/vm/config").body).unwrap();
     assert_eq!(cfg["drives"][0]["drive_id"], "rootfs");
     assert_eq!(cfg["vsock"]["guest_cid"], 3);

@@ -39,7 +39,7 @@ pub const SCRATCH_LEN: usize = 8192;
 pub const END: usize = SCRATCH + SCRATCH_LEN;
 
 /// Entries in the RX and TX queues (and buffers of each).
-pub const RX_COUNT: u16 = 32;
+pub const RX_COUNT: u16 = 16;
 /// TX queue entries.
 pub const TX_COUNT: u16 = 32;
 /// Event queue entries.

@@ -151,6 +151,35 @@ pub fn make_snapshot(
     (snap, mem, saved)
 }
 
+/// Like [`make_snapshot`] with a vsock device at `<dir>/<name>-src.vsock`, snapshotted once
+/// its agent answered Health (as ember's template flow does).
+pub fn make_vsock_snapshot(dir: &Path, name: &str, boot_args: &str) -> (PathBuf, PathBuf, u64) {
+    let vmm = spawn(dir, &format!("{name}-src"), &[]);
+    let uds = dir.join(format!("{name}-src.vsock"));
+    let mut c = vmm.client();
+    boot_with_vsock(&mut c, 64, boot_args, &uds);
+    wait_banner(&vmm);
+    agent(&uds).health().unwrap();
+    pause(&mut c);
+    let (snap, mem) = snapshot_paths(dir, name);
+    let r = create_snapshot(&mut c, &snap, &mem);
+    assert_eq!(r.status, 204, "{r:?}");
+    let saved = ember_probe_image::counter_from_mem_file(&mem).unwrap();
+    drop(vmm);
+    (snap, mem, saved)
+}
+
+/// A load body that puts the restored VM's vsock socket at `uds`.
+pub fn load_body_vsock(snap: &Path, mem: &Path, uds: &Path) -> String {
+    serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": { "backend_type": "File", "backend_path": mem },
+        "resume_vm": true,
+        "vsock_override": { "uds_path": uds },
+    })
+    .to_string()
+}
+
 /// A short pause used only where wall time must pass for the property under test (a paused
 /// counter must not move); never used to wait for something to happen.
 pub fn let_time_pass() {

@@ -362,3 +362,6 @@ impl VirtioDevice for Vsock {
         w.u32(self.muxer.local_port_last());
     }
 }
+
+#[cfg(test)]
+mod tests;

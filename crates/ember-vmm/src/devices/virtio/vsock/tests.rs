@@ -1,0 +1,400 @@
+//! Queue-level tests of the vsock device: the test plays the guest driver (descriptors in test
+//! memory) and the host (Unix sockets), and drives the device's events by hand.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::conn::CONN_BUF;
+use super::packet::{HDR_LEN, PacketHeader, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
+use super::*;
+use crate::devices::virtio::testing::{GuestQueue, Harness};
+
+const CID: u64 = 3;
+const RX_BUF: u64 = 0x10_0000;
+const TX_BUF: u64 = 0x20_0000;
+const EV_BUF: u64 = 0x30_0000;
+const BUF: u32 = 4096;
+
+struct Rig {
+    h: Harness,
+    dev: Vsock,
+    rxq: GuestQueue,
+    txq: GuestQueue,
+    evq: GuestQueue,
+    next_rx: u64,
+    next_tx: u64,
+    _dir: tempfile::TempDir,
+    uds: std::path::PathBuf,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let cfg = VsockConfig {
+            guest_cid: CID as u32,
+            uds_path: uds.to_str().unwrap().into(),
+            vsock_id: None,
+        };
+        let dev = Vsock::new(&cfg).unwrap();
+        let mut h = Harness::new(&QUEUE_SIZES);
+        let rxq = h.guest_queue(RXQ, 0x1000, 64);
+        let txq = h.guest_queue(TXQ, 0x3000, 64);
+        let evq = h.guest_queue(EVQ, 0x5000, 4);
+        let mut rig = Rig {
+            h,
+            dev,
+            rxq,
+            txq,
+            evq,
+            next_rx: 0,
+            next_tx: 0,
+            _dir: dir,
+            uds,
+        };
+        rig.dev.activate(&mut rig.h.ctx()).unwrap();
+        rig.event(DeviceEvent::Activated);
+        rig
+    }
+
+    fn event(&mut self, e: DeviceEvent) {
+        let Rig { h, dev, .. } = self;
+        dev.handle_event(e, &mut h.ctx());
+    }
+
+    /// Delivers every ready host-side event to the device (waits up to `ms` for the first).
+    fn pump(&mut self, ms: i32) {
+        let mut wait = ms;
+        loop {
+            let ready = self.h.poll(wait);
+            if ready.is_empty() {
+                return;
+            }
+            for (token, readiness) in ready {
+                self.event(DeviceEvent::Fd { token, readiness });
+            }
+            wait = 0;
+        }
+    }
+
+    /// Posts `n` RX buffers of `len` bytes.
+    fn post_rx(&mut self, n: usize, len: u32) {
+        for _ in 0..n {
+            let addr = RX_BUF + (self.next_rx % 64) * u64::from(BUF);
+            self.next_rx += 1;
+            self.rxq.add_chain(&self.h.mem, &[(addr, len, true)]);
+        }
+        self.event(DeviceEvent::Queue(RXQ as u16));
+    }
+
+    /// Packets the device delivered on RX.
+    fn rx_packets(&mut self) -> Vec<(PacketHeader, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some((id, len)) = self.rxq.next_used(&self.h.mem) {
+            if len == 0 {
+                continue;
+            }
+            let addr = self.rxq_addr(id);
+            let mut b = vec![0u8; len as usize];
+            self.h.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+            let hdr = PacketHeader::from_bytes(b[..HDR_LEN].try_into().unwrap());
+            out.push((hdr, b[HDR_LEN..].to_vec()));
+        }
+        out
+    }
+
+    fn rxq_addr(&self, id: u16) -> u64 {
+        let mut d = [0u8; 8];
+        self.h
+            .mem
+            .read_slice(&mut d, GuestAddress(self.rxq.desc + 16 * u64::from(id)))
+            .unwrap();
+        u64::from_le_bytes(d)
+    }
+
+    /// The guest sends a packet (header and payload split over two descriptors).
+    fn send(&mut self, hdr: PacketHeader, data: &[u8]) {
+        let addr = TX_BUF + (self.next_tx % 64) * u64::from(BUF);
+        self.next_tx += 1;
+        self.h
+            .mem
+            .write_slice(&hdr.to_bytes(), GuestAddress(addr))
+            .unwrap();
+        self.h
+            .mem
+            .write_slice(data, GuestAddress(addr + 64))
+            .unwrap();
+        let mut chain = vec![(addr, HDR_LEN as u32, false)];
+        if !data.is_empty() {
+            chain.push((addr + 64, data.len() as u32, false));
+        }
+        self.txq.add_chain(&self.h.mem, &chain);
+        self.event(DeviceEvent::Queue(TXQ as u16));
+        while self.txq.next_used(&self.h.mem).is_some() {}
+    }
+
+    fn guest_hdr(&self, src_port: u32, dst_port: u32, op: u16) -> PacketHeader {
+        PacketHeader {
+            src_cid: CID,
+            dst_cid: 2,
+            src_port,
+            dst_port,
+            len: 0,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: 1 << 20,
+            fwd_cnt: 0,
+        }
+    }
+
+    /// A host-initiated connection to guest `port`, accepted by the guest.
+    fn host_connect(&mut self, port: u32) -> (UnixStream, u32) {
+        let mut s = UnixStream::connect(&self.uds).unwrap();
+        s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+        self.post_rx(4, BUF);
+        self.pump(1000);
+        let pkts = self.rx_packets();
+        let (req, _) = pkts
+            .iter()
+            .find(|(h, _)| h.op == op::REQUEST)
+            .expect("a REQUEST");
+        assert_eq!((req.dst_cid, req.dst_port, req.src_cid), (CID, port, 2));
+        let host_port = req.src_port;
+        let mut resp = self.guest_hdr(port, host_port, op::RESPONSE);
+        resp.buf_alloc = 8192;
+        self.send(resp, &[]);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = [0u8; 32];
+        let n = s.read(&mut line).unwrap();
+        assert_eq!(&line[..n], format!("OK {host_port}\n").as_bytes());
+        (s, host_port)
+    }
+}
+
+#[test]
+fn host_connection_data_both_ways_and_shutdown() {
+    let mut r = Rig::new();
+    let (mut s, hp) = r.host_connect(52);
+    // Host -> guest, bounded by the guest's credit (8 KiB).
+    s.write_all(&[5u8; 20_000]).unwrap();
+    r.post_rx(16, BUF);
+    r.pump(1000);
+    let got: usize = r
+        .rx_packets()
+        .iter()
+        .filter(|(h, _)| h.op == op::RW)
+        .map(|(h, d)| {
+            assert_eq!(h.len as usize, d.len());
+            assert_eq!((h.buf_alloc, h.src_port, h.dst_port), (CONN_BUF, hp, 52));
+            d.len()
+        })
+        .sum();
+    assert_eq!(got, 8192, "the device sent beyond the guest's credit");
+    // The guest consumed it all: more flows.
+    let mut upd = r.guest_hdr(52, hp, op::CREDIT_UPDATE);
+    upd.buf_alloc = 8192;
+    upd.fwd_cnt = 8192;
+    r.send(upd, &[]);
+    r.post_rx(16, BUF);
+    r.pump(500);
+    let more: usize = r.rx_packets().iter().map(|(_, d)| d.len()).sum();
+    assert_eq!(more, 8192);
+    // Guest -> host.
+    let mut rw = r.guest_hdr(52, hp, op::RW);
+    rw.len = 5;
+    r.send(rw, b"hello");
+    let mut b = [0u8; 5];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"hello");
+    // The guest closes both ways: the device answers RST and the host sees EOF.
+    let mut shut = r.guest_hdr(52, hp, op::SHUTDOWN);
+    shut.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+    r.send(shut, &[]);
+    r.post_rx(2, BUF);
+    assert!(r.rx_packets().iter().any(|(h, _)| h.op == op::RST));
+    // EOF, or a reset since the host's unread bytes were dropped with the stream.
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+}
+
+#[test]
+fn host_close_sends_shutdown_and_guest_rst_ends_it() {
+    let mut r = Rig::new();
+    let (s, hp) = r.host_connect(52);
+    drop(s);
+    r.post_rx(4, BUF);
+    r.pump(500);
+    let pkts = r.rx_packets();
+    let shut = pkts.iter().find(|(h, _)| h.op == op::SHUTDOWN).unwrap();
+    assert_eq!(shut.0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
+    r.send(r.guest_hdr(52, hp, op::RST), &[]);
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+}
+
+#[test]
+fn guest_initiated_connections() {
+    let mut r = Rig::new();
+    let mut side = r.uds.clone().into_os_string();
+    side.push("_77");
+    let listener = UnixListener::bind(&side).unwrap();
+    r.post_rx(4, BUF);
+    r.send(r.guest_hdr(1234, 77, op::REQUEST), &[]);
+    let pkts = r.rx_packets();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!(pkts[0].0.op, op::RESPONSE);
+    assert_eq!((pkts[0].0.src_port, pkts[0].0.dst_port), (77, 1234));
+    let (mut host, _) = listener.accept().unwrap();
+    let mut rw = r.guest_hdr(1234, 77, op::RW);
+    rw.len = 3;
+    r.send(rw, b"abc");
+    let mut b = [0u8; 3];
+    host.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"abc");
+    host.write_all(b"xyz").unwrap();
+    r.post_rx(2, BUF);
+    r.pump(500);
+    let pkts = r.rx_packets();
+    assert_eq!(pkts.last().unwrap().1, b"xyz");
+    // Nobody listens on port 78: RST.
+    r.send(r.guest_hdr(1235, 78, op::REQUEST), &[]);
+    assert_eq!(r.rx_packets()[0].0.op, op::RST);
+    // A packet for no connection: RST; an RST for no connection: nothing.
+    r.send(r.guest_hdr(9, 9, op::RW), &[]);
+    r.send(r.guest_hdr(9, 9, op::RST), &[]);
+    let pkts = r.rx_packets();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!(pkts[0].0.op, op::RST);
+}
+
+#[test]
+fn guest_beyond_its_credit_is_reset() {
+    let mut r = Rig::new();
+    let (s, hp) = r.host_connect(52);
+    // The host never reads: the guest may send at most CONN_BUF beyond what the socket
+    // buffer takes; keep sending until the device resets the connection.
+    s.set_nonblocking(true).unwrap();
+    let chunk = vec![1u8; 60_000];
+    let mut reset = false;
+    for _ in 0..200 {
+        let mut rw = r.guest_hdr(52, hp, op::RW);
+        rw.len = chunk.len() as u32;
+        r.post_rx(2, BUF);
+        r.send(rw, &chunk);
+        if r.rx_packets().iter().any(|(h, _)| h.op == op::RST) {
+            reset = true;
+            break;
+        }
+    }
+    assert!(reset, "a guest overrunning its credit was never reset");
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+}
+
+#[test]
+fn bad_descriptors_never_crash() {
+    let mut r = Rig::new();
+    let (_s, hp) = r.host_connect(52);
+    let mem = r.h.mem.clone();
+    // A header claiming more payload than the chain holds.
+    let mut h = r.guest_hdr(52, hp, op::RW);
+    h.len = 10_000;
+    mem.write_slice(&h.to_bytes(), GuestAddress(TX_BUF))
+        .unwrap();
+    r.txq.add_chain(&mem, &[(TX_BUF, HDR_LEN as u32, false)]);
+    // A descriptor outside guest memory.
+    r.txq.add_chain(&mem, &[(1 << 40, 64, false)]);
+    // A header cut short.
+    r.txq.add_chain(&mem, &[(TX_BUF, 10, false)]);
+    // A descriptor loop.
+    let head = 60;
+    r.txq.write_desc(&mem, head, TX_BUF, 44, 1, head + 1);
+    r.txq.write_desc(&mem, head + 1, TX_BUF, 44, 1, head);
+    r.txq.publish(&mem, head);
+    r.event(DeviceEvent::Queue(TXQ as u16));
+    let mut used = 0;
+    while r.txq.next_used(&mem).is_some() {
+        used += 1;
+    }
+    assert_eq!(used, 4, "every bad TX chain is returned");
+
+    // RX buffers too small for a header, or outside memory, come back empty.
+    let mut r = Rig::new();
+    let mem = r.h.mem.clone();
+    r.send(r.guest_hdr(7, 7, op::RW), &[]); // makes an RST pending
+    r.rxq.add_chain(&mem, &[(RX_BUF, 8, true)]);
+    r.rxq.add_chain(&mem, &[(1 << 40, 4096, true)]);
+    r.rxq.add_chain(&mem, &[(RX_BUF, BUF, true)]);
+    r.event(DeviceEvent::Queue(RXQ as u16));
+    let mut lens = Vec::new();
+    while let Some((_, len)) = r.rxq.next_used(&mem) {
+        lens.push(len);
+    }
+    assert_eq!(lens, vec![0, 0, HDR_LEN as u32]);
+}
+
+#[test]
+fn snapshot_publishes_transport_reset_and_gates_rx() {
+    let mut r = Rig::new();
+    let (mut s, _hp) = r.host_connect(52);
+    let mem = r.h.mem.clone();
+    r.evq.add_chain(&mem, &[(EV_BUF, 8, true)]);
+    mem.write_obj(0xffff_ffffu32, GuestAddress(EV_BUF)).unwrap();
+    let _ = r.h.interrupts();
+    {
+        let Rig { h, dev, .. } = &mut r;
+        dev.prepare_save(&mut h.ctx());
+    }
+    assert_eq!(r.evq.next_used(&mem), Some((0, 4)));
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(EV_BUF)).unwrap(), 0);
+    assert!(r.h.interrupts() > 0);
+    // The host connection was closed.
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = Vec::new();
+    assert!(s.read_to_end(&mut b).is_ok());
+    // The state carries the gate.
+    let mut w = Writer::default();
+    r.dev.save_state(&mut w);
+    let state = w.into_vec();
+    assert_eq!(state[8], 1);
+    // New connections are held back until the guest acknowledges the event...
+    let mut s2 = UnixStream::connect(&r.uds).unwrap();
+    s2.write_all(b"CONNECT 52\n").unwrap();
+    r.post_rx(2, BUF);
+    r.pump(500);
+    assert!(r.rx_packets().is_empty());
+    // ...by notifying the event queue.
+    r.evq.add_chain(&mem, &[(EV_BUF, 8, true)]);
+    r.event(DeviceEvent::Queue(EVQ as u16));
+    assert_eq!(r.rx_packets()[0].0.op, op::REQUEST);
+}
+
+#[test]
+fn restore_checks_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = VsockConfig {
+        guest_cid: 3,
+        uds_path: dir.path().join("r.sock").to_str().unwrap().into(),
+        vsock_id: None,
+    };
+    let mut w = Writer::default();
+    w.u64(3);
+    w.u8(1);
+    w.u32(1 << 30);
+    let good = w.into_vec();
+    let v = Vsock::restore(&cfg, &good).unwrap();
+    assert!(v.pending_event_ack);
+    drop(v);
+    assert!(Vsock::restore(&cfg, &good[..5]).is_err());
+    let mut wrong_cid = good.clone();
+    wrong_cid[0] = 9;
+    assert!(Vsock::restore(&cfg, &wrong_cid).is_err());
+    // The socket file is removed with the device.
+    assert!(!dir.path().join("r.sock").exists());
+}
