@@ -12,7 +12,10 @@
 //!   `restore.vmm`: the same restore inside ember-vmm (`GET /ember/timings`);
 //! - `refill.prespawned`: pool refill rate from empty to depth 200 with every process already
 //!   spawned (spawner replacing them concurrently); `refill.sustained`: the same with 8 spares,
-//!   process starts included (the steady-state rate);
+//!   process starts included (the steady-state rate). Wall-clock rates swing with the other
+//!   tenants of a shared host, so `..._cpu_per_vm` adds the CPU time one pooled VM cost (this
+//!   process, the VMM processes, reaped children: process start, restore, replacement spare)
+//!   and `..._capacity_2cores` the rate two otherwise idle cores would sustain at that cost;
 //! - `handover.{get,rename,resume,pause}`: the provider calls of a handover, one at a time;
 //! - `acquire.concurrent{1,8,32}`: 1, 8 and 32 threads acquiring 256 VMs from a pool filled
 //!   to 256 (AliveValidator, no agent round trip; refill runs concurrently), latency measured
@@ -147,10 +150,18 @@ fn spawn_bench(dir: &Path) {
     report("spawn.ready_sequential", "ms", None, lat);
     p.shutdown();
 
+    let cpu0 = cpu_ms_of(&[]);
     let t0 = Instant::now();
     let p = new_provider(&dir.join("spawn-par"), spares(100, 4));
     settle(&p, 100);
     let secs = t0.elapsed().as_secs_f64();
+    report_value(
+        "spawn.cpu_per_spare",
+        "ms",
+        100,
+        (cpu_ms(&p) - cpu0) / 100.0,
+        None,
+    );
     let lat: Vec<f64> = p
         .stats()
         .spares
@@ -169,13 +180,23 @@ fn restore_bench(dir: &Path, n: usize) {
     let snap = template(&p, &stack, "restore");
     let mut client = Vec::new();
     let mut vmm = Vec::new();
+    let mut vmm_cpu = Vec::new();
     for i in 0..n {
         settle(&p, 8);
         let id = vm(&format!("r{i}"));
+        let before: std::collections::HashMap<u32, f64> = p
+            .process_ids()
+            .into_iter()
+            .map(|pid| (pid, cpu_ms_of(&[pid]) - cpu_ms_of(&[])))
+            .collect();
         let t0 = Instant::now();
         p.create_with_spec(&id, &VmSpec::restore(snap.clone()))
             .unwrap();
         client.push(ms(t0.elapsed()));
+        let pid = p.pid(&id).unwrap();
+        if let Some(b) = before.get(&pid) {
+            vmm_cpu.push(cpu_ms_of(&[pid]) - cpu_ms_of(&[]) - b);
+        }
         let timings = p.with_client(&id, |c| c.ember_timings()).unwrap();
         if let Some(us) = timings["restore"]["total_us"].as_f64() {
             vmm.push(us / 1e3);
@@ -183,8 +204,46 @@ fn restore_bench(dir: &Path, n: usize) {
         p.destroy(&id).unwrap();
     }
     report("restore.client", "ms", None, client);
+    report("restore.vmm_process_cpu", "ms", None, vmm_cpu);
     report("restore.vmm", "ms", None, vmm);
     close(p, &[&snap]);
+}
+
+/// CPU time (ms) used so far by this process, its reaped children, and the live VMM processes
+/// of `p` (from /proc/<pid>/task/*/schedstat).
+fn cpu_ms(p: &VmmProvider) -> f64 {
+    cpu_ms_of(&p.process_ids())
+}
+
+/// CPU time (ms) used so far by this process, its reaped children, and the processes `pids`.
+fn cpu_ms_of(pids: &[u32]) -> f64 {
+    let usage = |who| {
+        // SAFETY: rusage is plain old data; all-zero is a valid value.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct we pass and touches nothing else.
+        unsafe { libc::getrusage(who, &mut ru) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    };
+    let vmms: f64 = pids
+        .iter()
+        .map(|pid| {
+            let mut ns = 0u64;
+            if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+                for t in rd.flatten() {
+                    let text =
+                        std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+                    ns += text
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            }
+            ns as f64 / 1e6
+        })
+        .sum();
+    usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN) + vmms
 }
 
 fn pool_settings(workers: usize) -> PoolSettings {
@@ -206,6 +265,7 @@ fn refill_bench(dir: &Path, name: &str, spare_count: usize, n: usize, parallelis
         pool_settings(parallelism),
     )
     .unwrap();
+    let cpu0 = cpu_ms(&p);
     let t0 = Instant::now();
     pool.register(
         stack.clone(),
@@ -222,6 +282,18 @@ fn refill_bench(dir: &Path, name: &str, spare_count: usize, n: usize, parallelis
         (pool.depth(&stack) == Some(n)).then_some(())
     });
     let secs = t0.elapsed().as_secs_f64();
+    // Every process started during the fill is counted, including the spares that replace the
+    // ones used: wait for them to be ready so their start-up is in.
+    settle(&p, spare_count);
+    let per_vm = (cpu_ms(&p) - cpu0) / n as f64;
+    report_value(&format!("refill.{name}_cpu_per_vm"), "ms", n, per_vm, None);
+    report_value(
+        &format!("refill.{name}_capacity_2cores"),
+        "restores/s",
+        n,
+        2000.0 / per_vm,
+        Some(">= 200 restores/s on 2 cores"),
+    );
     report_value(
         &format!("refill.{name}"),
         "restores/s",
@@ -230,11 +302,15 @@ fn refill_bench(dir: &Path, name: &str, spare_count: usize, n: usize, parallelis
         Some(">= 200 restores/s on 2 cores"),
     );
     let m = pool.metrics();
+    let st = p.stats().spares;
     eprintln!(
-        "{name}: spawn latency p50 <= {:?} p99 <= {:?}; spares waited {}",
+        "{name}: pool spawn latency p50 <= {:?} p99 <= {:?}; spares waited {}; spawner thread cpu {:?} for {} spawns, {:?} in spawn calls",
         m.spawn_latency.quantile_upper_bound(0.5),
         m.spawn_latency.quantile_upper_bound(0.99),
-        p.stats().spares.waited
+        st.waited,
+        st.spawner_cpu,
+        st.spawned,
+        st.spawn_call_total,
     );
     pool.shutdown();
     drop(pool);
@@ -443,6 +519,34 @@ fn main() {
         host_busy_percent(Duration::from_secs(2)),
         None,
     );
+    // `EMBER_BENCH_ONLY=<section>` runs one section (spawn, restore, refill, handover,
+    // acquire, memory) for quick comparisons.
+    let only = std::env::var("EMBER_BENCH_ONLY").ok();
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if !run("all") && only.is_some() {
+        if run("spawn") {
+            spawn_bench(d);
+        }
+        if run("restore") {
+            restore_bench(d, 50);
+        }
+        if run("refill") {
+            refill_bench(d, "prespawned", 200, 200, 2);
+            refill_bench(d, "sustained", 8, 200, 2);
+        }
+        if run("handover") {
+            handover_parts(d);
+        }
+        if run("acquire") {
+            for threads in [1, 8, 32] {
+                acquire_bench(d, 256, threads);
+            }
+        }
+        if run("memory") {
+            memory_bench(d, 50);
+        }
+        return;
+    }
     spawn_bench(d);
     restore_bench(d, 50);
     refill_bench(d, "prespawned", 200, 200, 2);

@@ -13,7 +13,8 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -158,6 +159,10 @@ pub struct SpareStats {
     pub failed: u64,
     /// Times a caller found no ready spare and had to wait for one.
     pub waited: u64,
+    /// CPU time the spawner thread has used (forking, polling starting processes).
+    pub spawner_cpu: Duration,
+    /// Wall time spent inside the spawn call (fork + exec hand-off) in total.
+    pub spawn_call_total: Duration,
     /// Spawn-to-API-ready durations of the most recent spares.
     pub ready_latencies: Vec<Duration>,
 }
@@ -177,6 +182,8 @@ struct State {
     last_failure: Option<Arc<SpawnFailure>>,
     consecutive_failures: u32,
     samples: VecDeque<Duration>,
+    spawner_cpu: Duration,
+    spawn_call_total: Duration,
 }
 
 struct Shared {
@@ -318,6 +325,8 @@ impl Spares {
             taken: st.taken,
             failed: st.failed,
             waited: st.waited,
+            spawner_cpu: st.spawner_cpu,
+            spawn_call_total: st.spawn_call_total,
             ready_latencies: st.samples.iter().copied().collect(),
         }
     }
@@ -386,6 +395,17 @@ pub(crate) fn log_tail(path: &std::path::Path, max: u64) -> String {
 struct Starting {
     process: Arc<VmmProcess>,
     client: FirecrackerClient,
+    probe: Probe,
+}
+
+/// Where the readiness check of a starting process is. It never blocks the spawner: the
+/// `GET /` is written on a non-blocking connection and its answer picked up by a later poll,
+/// so other processes are spawned and polled while this one prepares its VM shell.
+enum Probe {
+    /// The API socket does not accept connections yet.
+    Connecting,
+    /// `GET /` was sent; the answer is being collected.
+    Sent { stream: UnixStream, buf: Vec<u8> },
 }
 
 enum Poll {
@@ -445,9 +465,13 @@ fn spawner(shared: &Shared) {
 
         // Spawn outside the lock.
         for slot in slots {
+            let t0 = Instant::now();
             match spawn_one(shared, slot) {
                 Ok(s) => {
-                    shared.lock().spawned += 1;
+                    let mut st = shared.lock();
+                    st.spawned += 1;
+                    st.spawn_call_total += t0.elapsed();
+                    drop(st);
                     starting.push(s);
                 }
                 Err(f) => backoff_until = Some(record_failure(shared, f)),
@@ -474,11 +498,22 @@ fn spawner(shared: &Shared) {
             }
         }
         starting = still;
-        shared.lock().starting = starting.len();
+        {
+            let mut st = shared.lock();
+            st.starting = starting.len();
+            st.spawner_cpu = thread_cpu();
+        }
         if !starting.is_empty() {
             thread::sleep(POLL);
         }
     }
+}
+
+/// CPU time used by the calling thread.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// Counts a failure, wakes takers so they can report it, and returns the end of the backoff.
@@ -524,42 +559,92 @@ fn spawn_one(shared: &Shared, slot: u64) -> Result<Starting, SpawnFailure> {
         });
     }
     let client = FirecrackerClient::new(&paths.api_sock, shared.settings.client_timeouts);
-    Ok(Starting { process, client })
+    Ok(Starting {
+        process,
+        client,
+        probe: Probe::Connecting,
+    })
 }
 
 fn poll_ready(shared: &Shared, mut s: Starting) -> Poll {
     let pid = s.process.pid();
+    let fail = |s: &Starting, f: SpawnFailure| {
+        discard(&shared.layout, &s.process);
+        Poll::Failed(f)
+    };
     if let Some(exit) = s.process.exit_info() {
         let log_tail = log_tail(&s.process.paths().vmm_log, 600);
-        discard(&shared.layout, &s.process);
-        return Poll::Failed(SpawnFailure::Exited {
-            pid,
-            exit,
-            log_tail,
-        });
+        return fail(
+            &s,
+            SpawnFailure::Exited {
+                pid,
+                exit,
+                log_tail,
+            },
+        );
     }
     let age = s.process.spawned_at().elapsed();
-    if s.client.connect().is_err() {
-        if age > shared.config.startup_timeout {
-            let log_tail = log_tail(&s.process.paths().vmm_log, 600);
-            discard(&shared.layout, &s.process);
-            return Poll::Failed(SpawnFailure::NotReady {
+    if age > shared.config.startup_timeout {
+        let log_tail = log_tail(&s.process.paths().vmm_log, 600);
+        return fail(
+            &s,
+            SpawnFailure::NotReady {
                 pid,
                 waited: age,
                 log_tail,
-            });
-        }
-        return Poll::Pending(s);
+            },
+        );
     }
-    match s.client.describe_instance() {
-        Ok(_) => Poll::Ready(Spare {
-            process: s.process,
-            client: s.client,
-            ready_at: Instant::now(),
-        }),
-        Err(source) => {
-            discard(&shared.layout, &s.process);
-            Poll::Failed(SpawnFailure::Api { pid, source })
+    let api_err = |reason: String| SpawnFailure::Api {
+        pid,
+        source: ClientError::Malformed { reason },
+    };
+    match &mut s.probe {
+        Probe::Connecting => {
+            let Ok(mut stream) = UnixStream::connect(&s.process.paths().api_sock) else {
+                return Poll::Pending(s);
+            };
+            let request = crate::client::http::build_request("GET", "/", None);
+            // A fresh socket's buffer takes the small request whole; then stop blocking.
+            if let Err(e) = stream
+                .write_all(&request)
+                .and_then(|()| stream.set_nonblocking(true))
+            {
+                return fail(&s, api_err(format!("sending GET /: {e}")));
+            }
+            s.probe = Probe::Sent {
+                stream,
+                buf: Vec::with_capacity(512),
+            };
+            Poll::Pending(s)
+        }
+        Probe::Sent { stream, buf } => {
+            let mut chunk = [0u8; 1024];
+            loop {
+                match stream.read(&mut chunk) {
+                    Ok(0) => return fail(&s, api_err("the API closed the connection".into())),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return fail(&s, api_err(format!("reading GET /: {e}"))),
+                }
+            }
+            match crate::client::http::response_status(buf) {
+                Ok(None) => Poll::Pending(s),
+                Ok(Some(200)) => {
+                    // Ready. The create path gets a connection of its own, opened now.
+                    if let Err(source) = s.client.connect() {
+                        return fail(&s, SpawnFailure::Api { pid, source });
+                    }
+                    Poll::Ready(Spare {
+                        process: s.process,
+                        client: s.client,
+                        ready_at: Instant::now(),
+                    })
+                }
+                Ok(Some(status)) => fail(&s, api_err(format!("GET / answered HTTP {status}"))),
+                Err(reason) => fail(&s, api_err(reason)),
+            }
         }
     }
 }

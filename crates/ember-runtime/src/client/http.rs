@@ -253,6 +253,12 @@ struct Head {
     close: bool,
 }
 
+/// The status code of a complete response head at the front of `buf`; `Ok(None)` if more
+/// bytes are needed (for callers that only need to know how a request went).
+pub(crate) fn response_status(buf: &[u8]) -> Result<Option<u16>, String> {
+    Ok(parse_head(buf)?.map(|h| h.status))
+}
+
 /// Parses a response head from the front of `buf`; `Ok(None)` if more bytes are needed.
 fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     if buf.is_empty() {
