@@ -13,7 +13,8 @@
 //!   state), guest memory;
 //! - [`arch`]: x86_64 boot protocol, page tables, GDT, MSRs, CPUID normalization, MP table;
 //! - [`loader`]: the kernel-image seam (ELF now; bzImage/PVH slot in here);
-//! - [`devices`]: port/MMIO buses and the legacy devices (16550 serial, i8042);
+//! - [`devices`]: port/MMIO buses, the legacy devices (16550 serial, i8042) and the virtio-mmio
+//!   devices (transport, device thread, vsock);
 //! - [`snapshot`]: the versioned binary state format and the memory file;
 //! - [`microvm`]: a running VM (pause, resume, Ctrl+Alt+Del, snapshot);
 //! - [`exit`]: how vCPUs and devices ask the process to exit;

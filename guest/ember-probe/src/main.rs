@@ -28,6 +28,7 @@
 #![no_main]
 
 mod agent;
+mod conn;
 mod layout;
 mod ring3;
 mod sha256;

@@ -20,12 +20,11 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use ember_agent_proto::{AgentIdentity, FrameBuffer, Session, Step};
-
 use crate::agent;
+use crate::conn::Conn;
 use crate::layout::{
-    BUF_LEN, CONN_OUT, CONN_OUT_LEN, CONN_RX, CONN_RX_LEN, EV_COUNT, EVENT_BUFS, MAX_CONNS,
-    RING_BASE, RX_BUFS, RX_COUNT, TX_BUFS, TX_COUNT,
+    BUF_LEN, CONN_RX_LEN, EV_COUNT, EVENT_BUFS, MAX_CONNS, RING_BASE, RX_BUFS, RX_COUNT, TX_BUFS,
+    TX_COUNT,
 };
 use crate::virtq::{DESC_F_WRITE, Virtq};
 
@@ -35,41 +34,35 @@ pub const AGENT_PORT: u32 = 52;
 pub const ANNOUNCE_PORT: u32 = 53;
 const ANNOUNCE_LOCAL_PORT: u32 = 49152;
 
-const HOST_CID: u64 = 2;
-const HDR: usize = 44;
-const TYPE_STREAM: u16 = 1;
-const OP_REQUEST: u16 = 1;
-const OP_RESPONSE: u16 = 2;
-const OP_RST: u16 = 3;
-const OP_SHUTDOWN: u16 = 4;
-const OP_RW: u16 = 5;
-const OP_CREDIT_UPDATE: u16 = 6;
-const OP_CREDIT_REQUEST: u16 = 7;
-const SHUTDOWN_BOTH: u32 = 3;
+pub(crate) const HOST_CID: u64 = 2;
+pub(crate) const HDR: usize = 44;
+pub(crate) const TYPE_STREAM: u16 = 1;
+pub(crate) const OP_REQUEST: u16 = 1;
+pub(crate) const OP_RESPONSE: u16 = 2;
+pub(crate) const OP_RST: u16 = 3;
+pub(crate) const OP_SHUTDOWN: u16 = 4;
+pub(crate) const OP_RW: u16 = 5;
+pub(crate) const OP_CREDIT_UPDATE: u16 = 6;
+pub(crate) const OP_CREDIT_REQUEST: u16 = 7;
+pub(crate) const SHUTDOWN_BOTH: u32 = 3;
 
 const RXQ: u32 = 0;
 const TXQ: u32 = 1;
 const EVQ: u32 = 2;
 
-const IDENTITY: AgentIdentity<'static> = AgentIdentity {
-    name: "ember-probe",
-    software_version: env!("CARGO_PKG_VERSION"),
-    max_frame_len: CONN_RX_LEN as u32,
-};
-
 /// A packet header (`struct virtio_vsock_hdr`, the fields the probe uses).
 #[derive(Clone, Copy)]
-struct Hdr {
-    src_cid: u64,
-    dst_cid: u64,
-    src_port: u32,
-    dst_port: u32,
-    len: u32,
-    type_: u16,
-    op: u16,
-    flags: u32,
-    buf_alloc: u32,
-    fwd_cnt: u32,
+pub(crate) struct Hdr {
+    pub(crate) src_cid: u64,
+    pub(crate) dst_cid: u64,
+    pub(crate) src_port: u32,
+    pub(crate) dst_port: u32,
+    pub(crate) len: u32,
+    pub(crate) type_: u16,
+    pub(crate) op: u16,
+    pub(crate) flags: u32,
+    pub(crate) buf_alloc: u32,
+    pub(crate) fwd_cnt: u32,
 }
 
 impl Hdr {
@@ -104,30 +97,6 @@ impl Hdr {
     }
 }
 
-/// One accepted agent connection.
-struct Conn {
-    peer_port: u32,
-    frames: FrameBuffer<'static>,
-    session: Session<'static>,
-    out: &'static mut [u8],
-    out_len: usize,
-    out_sent: usize,
-    fwd_cnt: u32,
-    peer_buf_alloc: u32,
-    peer_fwd_cnt: u32,
-    tx_cnt: u32,
-    send_response: bool,
-    send_credit: bool,
-    close_after_flush: bool,
-}
-
-impl Conn {
-    fn peer_credit(&self) -> u32 {
-        self.peer_buf_alloc
-            .saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Announce {
     Idle,
@@ -138,17 +107,17 @@ enum Announce {
 /// The driver and its sockets.
 pub struct Driver {
     state: DriverState,
-    mmio: usize,
-    cid: u64,
-    rx: Virtq,
-    tx: Virtq,
-    ev: Virtq,
-    tx_free: u32,
-    conns: [Option<Conn>; MAX_CONNS],
-    rst_queue: [(u32, u32); 8],
-    rst_len: usize,
+    pub(crate) mmio: usize,
+    pub(crate) cid: u64,
+    pub(crate) rx: Virtq,
+    pub(crate) tx: Virtq,
+    pub(crate) ev: Virtq,
+    pub(crate) tx_free: u32,
+    pub(crate) conns: [Option<Conn>; MAX_CONNS],
+    pub(crate) rst_queue: [(u32, u32); 8],
+    pub(crate) rst_len: usize,
     announce: Announce,
-    kick_tx: bool,
+    pub(crate) kick_tx: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -184,7 +153,7 @@ fn mmio_write(addr: usize, v: u32) {
     unsafe { write_volatile(addr as *mut u32, v) }
 }
 
-fn buf(base: usize, i: u16) -> &'static mut [u8] {
+pub(crate) fn buf(base: usize, i: u16) -> &'static mut [u8] {
     // SAFETY: buffer `i` of a queue's buffer area (layout.rs); the device only touches a
     // buffer while it is on the available ring, and the agent only between `pop_used` and
     // the next `push`.
@@ -336,11 +305,11 @@ impl Driver {
 
     /// Notifies the device directly from ring 3 (~66 us here). Returning to ring 0 first and
     /// notifying from there (~11 us per exit) measured slower: the ring transition costs more.
-    fn notify(&self, queue: u32) {
+    pub(crate) fn notify(&self, queue: u32) {
         mmio_write(self.mmio + 0x50, queue);
     }
 
-    fn header(&self, src_port: u32, dst_port: u32, op: u16, len: u32) -> Hdr {
+    pub(crate) fn header(&self, src_port: u32, dst_port: u32, op: u16, len: u32) -> Hdr {
         Hdr {
             src_cid: self.cid,
             dst_cid: HOST_CID,
@@ -356,7 +325,7 @@ impl Driver {
     }
 
     /// Queues one packet on TX; false when no TX buffer is free.
-    fn send(&mut self, hdr: &Hdr, data: &[u8]) -> bool {
+    pub(crate) fn send(&mut self, hdr: &Hdr, data: &[u8]) -> bool {
         if self.tx_free == 0 {
             return false;
         }
@@ -371,7 +340,7 @@ impl Driver {
         true
     }
 
-    fn send_rst(&mut self, local_port: u32, peer_port: u32) {
+    pub(crate) fn send_rst(&mut self, local_port: u32, peer_port: u32) {
         let h = self.header(local_port, peer_port, OP_RST, 0);
         if !self.send(&h, &[]) && self.rst_len < self.rst_queue.len() {
             self.rst_queue[self.rst_len] = (local_port, peer_port);
@@ -523,171 +492,5 @@ impl Driver {
             self.send(&shut, &[]);
         }
         self.announce = Announce::Done;
-    }
-
-    fn accept(&mut self, h: &Hdr) {
-        let Some(i) = self.conns.iter().position(|c| c.is_none()) else {
-            return self.send_rst(h.dst_port, h.src_port);
-        };
-        // SAFETY: slot `i`'s receive and reply areas (layout.rs) are used by this connection
-        // only, and the previous user of the slot (if any) was dropped above.
-        let (rx, out) = unsafe {
-            (
-                core::slice::from_raw_parts_mut(
-                    (CONN_RX + i * CONN_RX_LEN) as *mut u8,
-                    CONN_RX_LEN,
-                ),
-                core::slice::from_raw_parts_mut(
-                    (CONN_OUT + i * CONN_OUT_LEN) as *mut u8,
-                    CONN_OUT_LEN,
-                ),
-            )
-        };
-        self.conns[i] = Some(Conn {
-            peer_port: h.src_port,
-            frames: FrameBuffer::new(rx),
-            session: Session::new(IDENTITY),
-            out,
-            out_len: 0,
-            out_sent: 0,
-            fwd_cnt: 0,
-            peer_buf_alloc: h.buf_alloc,
-            peer_fwd_cnt: h.fwd_cnt,
-            tx_cnt: 0,
-            send_response: true,
-            send_credit: false,
-            close_after_flush: false,
-        });
-    }
-
-    /// Handles every whole request frame of connection `i` while its reply buffer is free.
-    fn serve(&mut self, i: usize) {
-        loop {
-            let Some(c) = self.conns[i].as_mut() else {
-                return;
-            };
-            if c.out_len != 0 || c.close_after_flush {
-                return;
-            }
-            let Conn {
-                frames,
-                session,
-                out,
-                ..
-            } = c;
-            let frame = match frames.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => return,
-                Err(_) => {
-                    // Unreadable length prefix: close without a reply.
-                    let peer = c.peer_port;
-                    self.conns[i] = None;
-                    return self.send_rst(AGENT_PORT, peer);
-                }
-            };
-            let frame_len = frame.len() as u32;
-            let (len, close) = match session.handle(frame, out) {
-                Step::Reply { len } => (len, false),
-                Step::Close { reply_len, .. } => (reply_len, true),
-                Step::Request {
-                    request_id,
-                    request,
-                } => (agent::handle(session, request_id, request, out), false),
-            };
-            c.fwd_cnt = c.fwd_cnt.wrapping_add(frame_len);
-            c.out_len = len;
-            c.out_sent = 0;
-            c.close_after_flush = close;
-            if close && len == 0 {
-                // Nothing to say (unreadable header): close now.
-                let peer = c.peer_port;
-                return self.close(i, peer);
-            }
-        }
-    }
-
-    /// Drops connection `i` and tells the host side (SHUTDOWN both ways; the VMM answers
-    /// with RST after flushing what it holds).
-    fn close(&mut self, i: usize, peer: u32) {
-        self.conns[i] = None;
-        let mut shut = self.header(AGENT_PORT, peer, OP_SHUTDOWN, 0);
-        shut.flags = SHUTDOWN_BOTH;
-        if !self.send(&shut, &[]) {
-            self.send_rst(AGENT_PORT, peer);
-        }
-    }
-
-    /// Sends what connections have pending; true if anything was sent.
-    fn flush_all(&mut self) -> bool {
-        let mut sent = false;
-        while self.rst_len > 0 && self.tx_free != 0 {
-            self.rst_len -= 1;
-            let (l, p) = self.rst_queue[self.rst_len];
-            let h = self.header(l, p, OP_RST, 0);
-            sent |= self.send(&h, &[]);
-        }
-        for i in 0..MAX_CONNS {
-            if self.conns[i].is_some() {
-                sent |= self.flush(i);
-            }
-        }
-        sent
-    }
-
-    fn flush(&mut self, i: usize) -> bool {
-        let mut sent = false;
-        loop {
-            let Some(c) = self.conns[i].as_ref() else {
-                return sent;
-            };
-            let mut h = self.header(AGENT_PORT, c.peer_port, OP_RW, 0);
-            h.fwd_cnt = c.fwd_cnt;
-            let (op, chunk) = if c.send_response {
-                (OP_RESPONSE, 0)
-            } else if c.out_sent < c.out_len {
-                let room = (BUF_LEN - HDR).min(c.peer_credit() as usize);
-                if room == 0 {
-                    break;
-                }
-                (OP_RW, (c.out_len - c.out_sent).min(room))
-            } else if c.send_credit {
-                (OP_CREDIT_UPDATE, 0)
-            } else {
-                break;
-            };
-            h.op = op;
-            h.len = chunk as u32;
-            let (start, end) = (c.out_sent, c.out_sent + chunk);
-            let mut data = [0u8; BUF_LEN - HDR];
-            data[..chunk].copy_from_slice(&c.out[start..end]);
-            if !self.send(&h, &data[..chunk]) {
-                return sent;
-            }
-            sent = true;
-            let Some(c) = self.conns[i].as_mut() else {
-                return sent;
-            };
-            c.send_credit = false;
-            match op {
-                OP_RESPONSE => c.send_response = false,
-                OP_RW => {
-                    c.out_sent = end;
-                    c.tx_cnt = c.tx_cnt.wrapping_add(chunk as u32);
-                }
-                _ => {}
-            }
-            if c.out_sent == c.out_len && c.out_len != 0 {
-                c.out_len = 0;
-                c.out_sent = 0;
-                if c.close_after_flush {
-                    let peer = c.peer_port;
-                    self.close(i, peer);
-                    return sent;
-                }
-                // The reply buffer is free: more requests may be waiting.
-                self.serve(i);
-            }
-        }
-        sent
     }
 }
