@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,8 +28,10 @@ use crate::supervisor::Supervisor;
 
 /// Most spawn-to-ready samples kept for [`SpareStats::ready_latencies`].
 const MAX_SAMPLES: usize = 16 * 1024;
-/// Delay between readiness polls of starting processes.
-const POLL: Duration = Duration::from_micros(250);
+/// How often a starting process's API socket is tried until it accepts a connection (a VMM
+/// binds it within a few milliseconds of starting). Once connected, the spawner sleeps in
+/// `poll(2)` on the pending `GET /` answers instead: it wakes when one arrives, not on a timer.
+const CONNECT_RETRY: Duration = Duration::from_millis(1);
 
 /// How spares are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,8 +405,8 @@ struct Starting {
 /// `GET /` is written on a non-blocking connection and its answer picked up by a later poll,
 /// so other processes are spawned and polled while this one prepares its VM shell.
 enum Probe {
-    /// The API socket does not accept connections yet.
-    Connecting,
+    /// The API socket does not accept connections yet; try again at this time.
+    Connecting(Instant),
     /// `GET /` was sent; the answer is being collected.
     Sent { stream: UnixStream, buf: Vec<u8> },
 }
@@ -503,10 +506,34 @@ fn spawner(shared: &Shared) {
             st.starting = starting.len();
             st.spawner_cpu = thread_cpu();
         }
-        if !starting.is_empty() {
-            thread::sleep(POLL);
+        wait_for_progress(&starting);
+    }
+}
+
+/// Sleeps until a starting process may have made progress: a `GET /` answer arrives, or the
+/// next connection attempt is due (at most one retry interval).
+fn wait_for_progress(starting: &[Starting]) {
+    if starting.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let mut timeout = CONNECT_RETRY;
+    let mut fds = Vec::with_capacity(starting.len());
+    for s in starting {
+        match &s.probe {
+            Probe::Connecting(at) => timeout = timeout.min(at.saturating_duration_since(now)),
+            Probe::Sent { stream, .. } => fds.push(nix::poll::PollFd::new(
+                stream.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )),
         }
     }
+    if timeout.is_zero() {
+        return;
+    }
+    let ms = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
+    // Errors (EINTR) only cut the wait short; the caller polls everything again anyway.
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
 }
 
 /// CPU time used by the calling thread.
@@ -562,7 +589,7 @@ fn spawn_one(shared: &Shared, slot: u64) -> Result<Starting, SpawnFailure> {
     Ok(Starting {
         process,
         client,
-        probe: Probe::Connecting,
+        probe: Probe::Connecting(Instant::now() + CONNECT_RETRY),
     })
 }
 
@@ -600,8 +627,13 @@ fn poll_ready(shared: &Shared, mut s: Starting) -> Poll {
         source: ClientError::Malformed { reason },
     };
     match &mut s.probe {
-        Probe::Connecting => {
+        Probe::Connecting(at) => {
+            let now = Instant::now();
+            if now < *at {
+                return Poll::Pending(s);
+            }
             let Ok(mut stream) = UnixStream::connect(&s.process.paths().api_sock) else {
+                *at = now + CONNECT_RETRY;
                 return Poll::Pending(s);
             };
             let request = crate::client::http::build_request("GET", "/", None);
