@@ -16,6 +16,7 @@
 //! - [`devices`]: port/MMIO buses, the legacy devices (16550 serial, i8042) and the virtio-mmio
 //!   devices (transport, device thread, vsock);
 //! - [`snapshot`]: the versioned binary state format and the memory file;
+//! - [`rate_limiter`]: token buckets (bandwidth, ops) with a timerfd, Firecracker's shape;
 //! - [`microvm`]: a running VM (pause, resume, Ctrl+Alt+Del, snapshot);
 //! - [`exit`]: how vCPUs and devices ask the process to exit;
 //! - [`timing`]: monotonic timestamps and per-phase timings.
@@ -31,6 +32,7 @@ pub mod devices;
 pub mod exit;
 pub mod loader;
 pub mod microvm;
+pub mod rate_limiter;
 pub mod snapshot;
 pub mod timing;
 pub mod vstate;
