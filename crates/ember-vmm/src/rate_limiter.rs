@@ -273,8 +273,7 @@ impl TokenBucket {
         let mut b = TokenBucket::new(size, initial_one_time_burst, refill_time_ms, now_ns)
             .map_err(|ms| invalid(format!("refill time {ms} ms overflows")))?
             .ok_or_else(|| invalid("size or refill time is zero".into()))?;
-        if budget > size || one_time_burst > initial_one_time_burst || remainder >= b.refill_ns
-        {
+        if budget > size || one_time_burst > initial_one_time_burst || remainder >= b.refill_ns {
             return Err(invalid(format!(
                 "budget {budget}/{size}, burst {one_time_burst}/{initial_one_time_burst} or \
                  remainder {remainder} out of range"

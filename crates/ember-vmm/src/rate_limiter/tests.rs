@@ -2,9 +2,8 @@
 
 use std::sync::atomic::Ordering;
 
-use nix::poll::{PollFd, PollFlags, poll};
-
 use super::*;
+use crate::devices::virtio::test_utils::wait_for_timer;
 
 const MS: u64 = 1_000_000;
 
@@ -23,14 +22,6 @@ fn limiter(
     let (clock, t) = Clock::manual(1_000 * MS);
     let cfg = RateLimiterConfig { bandwidth, ops };
     (RateLimiter::with_clock(Some(&cfg), clock).unwrap(), t)
-}
-
-/// Blocks until the limiter's timerfd is readable (the test's only use of real time).
-pub(crate) fn wait_for_timer(l: &RateLimiter) {
-    let fd = l.timer_fd().expect("limited");
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    let n = poll(&mut fds, 5_000u16).unwrap();
-    assert_eq!(n, 1, "rate limiter timer did not fire within 5 s");
 }
 
 #[test]
@@ -63,7 +54,10 @@ fn bucket_starts_full_and_refills_at_size_per_refill_time() {
     assert_eq!(b.reduce(1000, 0), Reduction::Taken);
     assert_eq!(b.budget(), 0);
     // 10 ms is a tenth of the refill time: 100 tokens.
-    assert_eq!(b.reduce(101, 10 * MS), Reduction::Refused { wait_ns: 100_000 });
+    assert_eq!(
+        b.reduce(101, 10 * MS),
+        Reduction::Refused { wait_ns: 100_000 }
+    );
     assert_eq!(b.budget(), 100, "refill credited, nothing taken");
     assert_eq!(b.reduce(100, 10 * MS), Reduction::Taken);
     // Never more than size, however long the pause.
@@ -150,7 +144,10 @@ fn a_blocked_limiter_refuses_everything_until_its_timer_is_handled() {
     t.fetch_add(10 * MS, Ordering::AcqRel);
     wait_for_timer(&l);
     assert!(!l.consume(500, TokenType::Bytes));
-    assert!(!l.consume(1, TokenType::Ops), "blocked means blocked for every kind");
+    assert!(
+        !l.consume(1, TokenType::Ops),
+        "blocked means blocked for every kind"
+    );
 
     assert!(l.on_timer().unwrap());
     assert!(!l.is_blocked());

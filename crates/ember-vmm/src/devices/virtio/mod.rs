@@ -14,7 +14,11 @@
 //!   line entries), quiesces them for a snapshot, saves and restores their state;
 //! - [`registry`]: **the one place a device kind is added**: which devices a configuration
 //!   asks for, and how each kind is rebuilt from a snapshot section;
-//! - [`vsock`]: the vsock device with Firecracker's hybrid Unix-socket backend.
+//! - [`vsock`]: the vsock device with Firecracker's hybrid Unix-socket backend;
+//! - [`block`], [`net`], [`rng`]: virtio-blk on a raw file, virtio-net on a TAP, virtio-rng
+//!   on getrandom; their queue-level models know nothing of the transport, report what they
+//!   completed in a [`QueueOutcome`], and complete malformed chains with an error (see
+//!   [`desc_chain`]), never a panic.
 //!
 //! # Adding a device
 //! 1. Implement [`VirtioDevice`] in `devices/virtio/<name>/` (queue processing in
@@ -24,14 +28,20 @@
 //! Nothing else changes: the manager gives it a slot, an interrupt line, queue notification
 //! eventfds, a command-line entry and a snapshot section.
 
+pub mod block;
+pub mod desc_chain;
 pub mod device;
 pub mod event_loop;
 pub mod interrupt;
 pub mod manager;
 pub mod mmio;
+pub mod net;
 pub mod registry;
+pub mod rng;
 #[cfg(test)]
 pub mod testing;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
 
 pub use self::device::{
@@ -39,6 +49,9 @@ pub use self::device::{
 };
 pub use self::interrupt::Interrupt;
 pub use self::manager::{VirtioError, VirtioManager};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
 
 /// Device type (virtio device ID) of a network card.
 pub const TYPE_NET: u32 = 1;
@@ -59,4 +72,47 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// The feature mask of one bit.
 pub const fn feature(bit: u32) -> u64 {
     1u64 << bit
+}
+
+/// What one pass over a queue did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueOutcome {
+    /// Chains returned to the driver through the used ring (interrupt-worthy if non-zero).
+    pub completed: u32,
+    /// Processing stopped because the rate limiter refused a request; the request stays in
+    /// the queue and processing resumes after the limiter's timer event.
+    pub throttled: bool,
+}
+
+/// Copies device configuration space bytes at `offset` into `data` (out-of-range bytes
+/// read as zero, like an absent register).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// Publishes `head` with `len` bytes written; `false` (logged) if the used ring is unusable.
+pub(crate) fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    len: u32,
+    out: &mut QueueOutcome,
+) -> bool {
+    match queue.add_used(mem, head, len) {
+        Ok(()) => {
+            out.completed += 1;
+            true
+        }
+        Err(e) => {
+            tracing::warn!(head, error = %e, "cannot return a chain through the used ring");
+            false
+        }
+    }
 }

@@ -1,0 +1,582 @@
+//! virtio-blk at the queue level: the test plays the guest driver, placing headers, data
+//! buffers and status bytes in guest memory and descriptors in the ring.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::atomic::Ordering;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_queue::{Queue, QueueT};
+
+use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+use super::*;
+use crate::config::devices::{RateLimiterConfig, TokenBucketConfig};
+use crate::devices::virtio::test_utils::{OUTSIDE, TestQueue, test_memory, wait_for_timer};
+
+const SECTORS: u64 = 64;
+const HDR: u64 = 0x1_0000;
+const DATA: u64 = 0x2_0000;
+const STATUS: u64 = 0x30_0000;
+/// A status byte the device never writes: shows "untouched".
+const SENTINEL: u8 = 0xEE;
+const NEXT: u16 = 1;
+const WRITE: u16 = 2;
+
+/// A disk whose sector `i` is filled with byte `i`.
+fn disk() -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    for i in 0..SECTORS {
+        f.write_all(&[i as u8; SECTOR_SIZE as usize]).unwrap();
+    }
+    f
+}
+
+fn params(f: &tempfile::NamedTempFile) -> BlockParams {
+    BlockParams {
+        id: "rootfs".into(),
+        path: f.path().to_path_buf(),
+        read_only: false,
+        cache_type: CacheType::Unsafe,
+        rate_limiter: None,
+        clock: Clock::Monotonic,
+    }
+}
+
+fn sector_of(f: &tempfile::NamedTempFile, sector: u64) -> Vec<u8> {
+    let mut file = f.reopen().unwrap();
+    file.seek(SeekFrom::Start(sector * SECTOR_SIZE)).unwrap();
+    let mut v = vec![0u8; SECTOR_SIZE as usize];
+    file.read_exact(&mut v).unwrap();
+    v
+}
+
+/// Writes a request header at `at`.
+fn header(tq: &TestQueue<'_>, at: u64, kind: u32, sector: u64) {
+    let mut h = [0u8; 16];
+    h[..4].copy_from_slice(&kind.to_le_bytes());
+    h[8..].copy_from_slice(&sector.to_le_bytes());
+    tq.write(at, &h);
+}
+
+/// Queues a well-formed request: header, one data buffer (if `len > 0`), status.
+fn request(tq: &mut TestQueue<'_>, slot: u64, kind: u32, sector: u64, len: u32) -> u16 {
+    let (h, d, s) = (HDR + slot * 0x100, DATA + slot * 0x1_0000, STATUS + slot);
+    header(tq, h, kind, sector);
+    tq.write(s, &[SENTINEL]);
+    let data_writable = kind != VIRTIO_BLK_T_OUT;
+    if len == 0 {
+        tq.add_chain(&[(h, 16, false), (s, 1, true)])
+    } else {
+        tq.add_chain(&[(h, 16, false), (d, len, data_writable), (s, 1, true)])
+    }
+}
+
+fn status(tq: &TestQueue<'_>, slot: u64) -> u8 {
+    tq.read(STATUS + slot, 1)[0]
+}
+
+#[test]
+fn read_write_flush_get_id() {
+    let f = disk();
+    let mem = test_memory();
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut q: Queue = tq.queue();
+    let mut blk = Block::new(params(&f)).unwrap();
+    assert_eq!(blk.nsectors(), SECTORS);
+
+    request(&mut tq, 0, VIRTIO_BLK_T_IN, 3, 1024);
+    tq.write(DATA + 0x1_0000, &[0xAB; 512]);
+    request(&mut tq, 1, VIRTIO_BLK_T_OUT, 10, 512);
+    request(&mut tq, 2, VIRTIO_BLK_T_FLUSH, 0, 0);
+    request(&mut tq, 3, VIRTIO_BLK_T_GET_ID, 0, 20);
+    let out = blk.process_queue(&mem, &mut q);
+    assert_eq!(
+        out,
+        QueueOutcome {
+            completed: 4,
+            throttled: false
+        }
+    );
+    assert_eq!(tq.used_idx(), 4);
+
+    // IN: two sectors into guest memory, used length = data + status.
+    assert_eq!(tq.used(0), (0, 1025));
+    assert_eq!(status(&tq, 0), VIRTIO_BLK_S_OK);
+    assert_eq!(tq.read(DATA, 512), vec![3u8; 512]);
+    assert_eq!(tq.read(DATA + 512, 512), vec![4u8; 512]);
+    // OUT: on the disk, used length = status only.
+    assert_eq!(tq.used(1), (3, 1));
+    assert_eq!(status(&tq, 1), VIRTIO_BLK_S_OK);
+    assert_eq!(sector_of(&f, 10), vec![0xAB; 512]);
+    assert_eq!(sector_of(&f, 11), vec![11u8; 512], "neighbours untouched");
+    // FLUSH with cache_type Unsafe: accepted, nothing to sync.
+    assert_eq!(tq.used(2), (6, 1));
+    assert_eq!(status(&tq, 2), VIRTIO_BLK_S_OK);
+    // GET_ID: the drive id, zero-padded to 20 bytes.
+    assert_eq!(tq.used(3), (8, 21));
+    assert_eq!(status(&tq, 3), VIRTIO_BLK_S_OK);
+    assert_eq!(
+        &tq.read(DATA + 0x3_0000, 20),
+        b"rootfs\0\0\0\0\0\0\0\0\0\0\0\0\0\0"
+    );
+
+    let st = blk.stats();
+    assert_eq!((st.read_bytes, st.write_bytes, st.failed), (1024, 512, 0));
+}
+
+#[test]
+fn any_layout_data_and_status_share_a_descriptor() {
+    let f = disk();
+    let mem = test_memory();
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut q = tq.queue();
+    let mut blk = Block::new(params(&f)).unwrap();
+    header(&tq, HDR, VIRTIO_BLK_T_IN, 5);
+    // Header split over two descriptors; data + status in one 513-byte buffer.
+    tq.add_chain(&[(HDR, 10, false), (HDR + 10, 6, false), (DATA, 513, true)]);
+    blk.process_queue(&mem, &mut q);
+    assert_eq!(tq.used(0), (0, 513));
+    assert_eq!(tq.read(DATA, 512), vec![5u8; 512]);
+    assert_eq!(tq.read(DATA + 512, 1), vec![VIRTIO_BLK_S_OK]);
+}
+
+#[test]
+fn writeback_offers_and_performs_flush() {
+    let f = disk();
+    let mem = test_memory();
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut q = tq.queue();
+    let unsafe_blk = Block::new(params(&f)).unwrap();
+    assert_eq!(unsafe_blk.avail_features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
+    let mut blk = Block::new(BlockParams {
+        cache_type: CacheType::Writeback,
+        ..params(&f)
+    })
+    .unwrap();
+    assert_ne!(blk.avail_features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
+    assert_ne!(blk.avail_features() & VIRTIO_F_VERSION_1, 0);
+    request(&mut tq, 0, VIRTIO_BLK_T_FLUSH, 0, 0);
+    blk.process_queue(&mem, &mut q);
+    assert_eq!(status(&tq, 0), VIRTIO_BLK_S_OK);
+    assert_eq!(blk.stats().flushes, 1);
+}
+
+#[test]
+fn read_only_drive_refuses_writes_and_serves_reads() {
+    let f = disk();
+    let mem = test_memory();
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut q = tq.queue();
+    let mut blk = Block::new(BlockParams {
+        read_only: true,
+        ..params(&f)
+    })
+    .unwrap();
+    assert_ne!(blk.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    tq.write(DATA, &[0x55; 512]);
+    request(&mut tq, 0, VIRTIO_BLK_T_OUT, 2, 512);
+    request(&mut tq, 1, VIRTIO_BLK_T_IN, 2, 512);
+    request(&mut tq, 2, VIRTIO_BLK_T_FLUSH, 0, 0);
+    assert_eq!(blk.process_queue(&mem, &mut q).completed, 3);
+    assert_eq!(status(&tq, 0), VIRTIO_BLK_S_IOERR);
+    assert_eq!(tq.used(0).1, 1);
+    assert_eq!(sector_of(&f, 2), vec![2u8; 512], "disk unchanged");
+    assert_eq!(status(&tq, 1), VIRTIO_BLK_S_OK);
+    assert_eq!(tq.read(DATA + 0x1_0000, 512), vec![2u8; 512]);
+    assert_eq!(status(&tq, 2), VIRTIO_BLK_S_OK);
+    assert_eq!(blk.stats().failed, 1);
+}
+
+#[test]
+fn sector_bounds_partial_sectors_and_unknown_types() {
+    let f = disk();
+    let mem = test_memory();
+    let mut tq = TestQueue::new(&mem, 32);
+    let mut q = tq.queue();
+    let mut blk = Block::new(params(&f)).unwrap();
+    let cases: &[(u32, u64, u32, u8)] = &[
+        (VIRTIO_BLK_T_IN, SECTORS - 2, 1024, VIRTIO_BLK_S_OK), // ends exactly at the end
+        (VIRTIO_BLK_T_IN, SECTORS - 1, 1024, VIRTIO_BLK_S_IOERR), // one sector past the end
+        (VIRTIO_BLK_T_OUT, SECTORS, 512, VIRTIO_BLK_S_IOERR),
+        (VIRTIO_BLK_T_IN, u64::MAX, 512, VIRTIO_BLK_S_IOERR), // sector + count overflows
+        (VIRTIO_BLK_T_IN, 0, 100, VIRTIO_BLK_S_IOERR),        // not whole sectors
+        (11, 0, 512, VIRTIO_BLK_S_UNSUPP),                    // DISCARD is not offered
+        (VIRTIO_BLK_T_GET_ID, 0, 10, VIRTIO_BLK_S_IOERR),     // id buffer too short
+    ];
+    for (slot, &(kind, sector, len, _)) in cases.iter().enumerate() {
+        request(&mut tq, slot as u64, kind, sector, len);
+    }
+    assert_eq!(
+        blk.process_queue(&mem, &mut q).completed,
+        cases.len() as u32
+    );
+    for (slot, &(kind, sector, len, want)) in cases.iter().enumerate() {
+        assert_eq!(
+            status(&tq, slot as u64),
+            want,
+            "type {kind} sector {sector} len {len}"
+        );
+    }
+    assert_eq!(sector_of(&f, SECTORS - 1), vec![(SECTORS - 1) as u8; 512]);
+}
+
+#[test]
+fn bad_descriptors_fail_that_request_only() {
+    let f = disk();
+    let mem = test_memory();
+    let mut tq = TestQueue::new(&mem, 64);
+    let mut q = tq.queue();
+    let mut blk = Block::new(params(&f)).unwrap();
+    for slot in 0..8 {
+        header(&tq, HDR + slot * 0x100, VIRTIO_BLK_T_IN, 1);
+        tq.write(STATUS + slot, &[SENTINEL]);
+    }
+    header(&tq, HDR + 0x400, VIRTIO_BLK_T_OUT, 1);
+    let h = |slot: u64| HDR + slot * 0x100;
+    let s = |slot: u64| STATUS + slot;
+    // 0: data buffer outside guest memory -> IOERR.
+    tq.set_desc(0, h(0), 16, NEXT, 1);
+    tq.set_desc(1, OUTSIDE, 512, NEXT | WRITE, 2);
+    tq.set_desc(2, s(0), 1, WRITE, 0);
+    tq.make_available(0);
+    // 1: a loop (status links back to the header) -> IOERR in the status byte.
+    tq.set_desc(3, h(1), 16, NEXT, 4);
+    tq.set_desc(4, DATA, 512, NEXT | WRITE, 5);
+    tq.set_desc(5, s(1), 1, NEXT | WRITE, 3);
+    tq.make_available(3);
+    // 2: IN whose data buffer is device-readable (wrong direction) -> IOERR.
+    tq.set_desc(6, h(2), 16, NEXT, 7);
+    tq.set_desc(7, DATA, 512, NEXT, 8);
+    tq.set_desc(8, s(2), 1, WRITE, 0);
+    tq.make_available(6);
+    // 3: status descriptor device-readable -> nothing written, used length 0.
+    tq.set_desc(9, h(3), 16, NEXT, 10);
+    tq.set_desc(10, DATA, 512, NEXT | WRITE, 11);
+    tq.set_desc(11, s(3), 1, 0, 0);
+    tq.make_available(9);
+    // 4: OUT whose data is device-writable (wrong direction) -> IOERR, disk untouched.
+    tq.set_desc(12, h(4), 16, NEXT, 13);
+    tq.set_desc(13, DATA, 512, NEXT | WRITE, 14);
+    tq.set_desc(14, s(4), 1, WRITE, 0);
+    tq.make_available(12);
+    // 5: header too short -> IOERR.
+    tq.set_desc(15, h(5), 8, NEXT, 16);
+    tq.set_desc(16, s(5), 1, WRITE, 0);
+    tq.make_available(15);
+    // 6: next index beyond the queue -> the chain has no status: length 0.
+    tq.set_desc(17, h(6), 16, NEXT, 999);
+    tq.make_available(17);
+    // 7: status byte outside guest memory -> length 0.
+    tq.set_desc(18, h(7), 16, NEXT, 19);
+    tq.set_desc(19, OUTSIDE, 1, WRITE, 0);
+    tq.make_available(18);
+    // 8: indirect descriptor (not offered) -> length 0.
+    tq.set_desc(20, DATA, 32, 4, 0);
+    tq.make_available(20);
+    // 9: a head index beyond the queue: cannot be returned, skipped.
+    tq.make_available(500);
+    // 10: a good request after all that.
+    tq.set_desc(21, h(9), 16, NEXT, 22);
+    tq.set_desc(22, DATA + 0x1_0000, 512, NEXT | WRITE, 23);
+    tq.set_desc(23, s(9), 1, WRITE, 0);
+    header(&tq, h(9), VIRTIO_BLK_T_IN, 7);
+    tq.make_available(21);
+
+    let out = blk.process_queue(&mem, &mut q);
+    assert_eq!(
+        out.completed, 10,
+        "every chain but the bad head is returned"
+    );
+    let used: Vec<(u32, u32)> = (0..10).map(|i| tq.used(i)).collect();
+    assert_eq!(
+        used,
+        vec![
+            (0, 1),
+            (3, 1),
+            (6, 1),
+            (9, 0),
+            (12, 1),
+            (15, 1),
+            (17, 0),
+            (18, 0),
+            (20, 0),
+            (21, 513)
+        ]
+    );
+    for slot in [0, 1, 2, 4, 5] {
+        assert_eq!(status(&tq, slot), VIRTIO_BLK_S_IOERR, "slot {slot}");
+    }
+    assert_eq!(
+        status(&tq, 3),
+        SENTINEL,
+        "a readable status byte is never written"
+    );
+    assert_eq!(status(&tq, 9), VIRTIO_BLK_S_OK);
+    assert_eq!(tq.read(DATA + 0x1_0000, 512), vec![7u8; 512]);
+    assert_eq!(sector_of(&f, 1), vec![1u8; 512]);
+    assert_eq!(blk.stats().failed, 10);
+}
+
+#[test]
+fn broken_rings_do_not_crash() {
+    let f = disk();
+    let mem = test_memory();
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut blk = Block::new(params(&f)).unwrap();
+    // The available index jumps by more than the queue size.
+    let mut q = tq.queue();
+    for _ in 0..40 {
+        tq.make_available(0);
+    }
+    assert_eq!(blk.process_queue(&mem, &mut q).completed, 0);
+    // A used ring outside guest memory: chains are consumed, nothing can be returned.
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut q = tq.queue();
+    q.set_used_ring_address(Some(OUTSIDE as u32), Some(0));
+    request(&mut tq, 0, VIRTIO_BLK_T_IN, 0, 512);
+    assert_eq!(blk.process_queue(&mem, &mut q).completed, 0);
+    // An available ring outside guest memory.
+    let mut q = tq.queue();
+    q.set_avail_ring_address(Some(OUTSIDE as u32), Some(0));
+    assert_eq!(blk.process_queue(&mem, &mut q).completed, 0);
+}
+
+#[test]
+fn several_drives_are_independent() {
+    let (fa, fb) = (disk(), disk());
+    let mem = test_memory();
+    let mut ta = TestQueue::at(&mem, 0, 16);
+    let mut tb = TestQueue::at(&mem, 0x8000, 16);
+    let (mut qa, mut qb) = (ta.queue(), tb.queue());
+    let mut a = Block::new(params(&fa)).unwrap();
+    let mut b = Block::new(BlockParams {
+        id: "data".into(),
+        read_only: true,
+        ..params(&fb)
+    })
+    .unwrap();
+    ta.write(DATA, &[0xA1; 512]);
+    request(&mut ta, 0, VIRTIO_BLK_T_OUT, 4, 512);
+    header(&tb, HDR + 0x800, VIRTIO_BLK_T_OUT, 4);
+    tb.write(DATA + 0x10_0000, &[0xB2; 512]);
+    tb.write(STATUS + 8, &[SENTINEL]);
+    tb.add_chain(&[
+        (HDR + 0x800, 16, false),
+        (DATA + 0x10_0000, 512, false),
+        (STATUS + 8, 1, true),
+    ]);
+    assert_eq!(a.process_queue(&mem, &mut qa).completed, 1);
+    assert_eq!(b.process_queue(&mem, &mut qb).completed, 1);
+    assert_eq!(sector_of(&fa, 4), vec![0xA1; 512]);
+    assert_eq!(
+        sector_of(&fb, 4),
+        vec![4u8; 512],
+        "read-only drive b unchanged"
+    );
+    assert_eq!(status(&tb, 8), VIRTIO_BLK_S_IOERR);
+    assert_eq!((ta.used_idx(), tb.used_idx()), (1, 1));
+    assert_eq!(a.device_id()[..6], *b"rootfs");
+    assert_eq!(b.device_id()[..4], *b"data");
+}
+
+fn limited(
+    f: &tempfile::NamedTempFile,
+    cfg: RateLimiterConfig,
+) -> (Block, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let (clock, t) = Clock::manual(1_000_000_000);
+    let blk = Block::new(BlockParams {
+        rate_limiter: Some(cfg),
+        clock,
+        ..params(f)
+    })
+    .unwrap();
+    (blk, t)
+}
+
+#[test]
+fn bandwidth_limit_keeps_a_request_queued_until_the_timer_fires() {
+    let f = disk();
+    let mem = test_memory();
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut q = tq.queue();
+    // 1024 bytes per 100 ms.
+    let (mut blk, t) = limited(
+        &f,
+        RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 1024,
+                one_time_burst: None,
+                refill_time: 100,
+            }),
+            ops: None,
+        },
+    );
+    for slot in 0..3 {
+        request(&mut tq, slot, VIRTIO_BLK_T_IN, slot, 512);
+    }
+    let out = blk.process_queue(&mem, &mut q);
+    assert_eq!(
+        out,
+        QueueOutcome {
+            completed: 2,
+            throttled: true
+        }
+    );
+    assert_eq!(tq.used_idx(), 2);
+    assert_eq!(status(&tq, 2), SENTINEL, "third request not served");
+    assert_eq!(blk.rate_limiter().bandwidth().unwrap().budget(), 0);
+    assert!(blk.rate_limiter().is_blocked());
+
+    // Guest notifications while blocked change nothing.
+    assert_eq!(blk.process_queue(&mem, &mut q).completed, 0);
+    assert_eq!(tq.used_idx(), 2);
+
+    // 50 ms of refill is 512 bytes: exactly the third request.
+    t.fetch_add(50_000_000, Ordering::AcqRel);
+    wait_for_timer(blk.rate_limiter());
+    assert_eq!(
+        blk.process_queue(&mem, &mut q).completed,
+        0,
+        "timer event not handled yet"
+    );
+    assert!(blk.on_rate_limiter_timer());
+    let out = blk.process_queue(&mem, &mut q);
+    assert_eq!(
+        out,
+        QueueOutcome {
+            completed: 1,
+            throttled: false
+        }
+    );
+    assert_eq!(tq.used(2), (6, 513));
+    assert_eq!(status(&tq, 2), VIRTIO_BLK_S_OK);
+    assert_eq!(tq.read(DATA + 0x2_0000, 512), vec![2u8; 512]);
+    assert_eq!(blk.rate_limiter().bandwidth().unwrap().budget(), 0);
+    // Refused once, then twice more while blocked.
+    assert_eq!(blk.stats().throttled, 3);
+}
+
+#[test]
+fn ops_limit_counts_every_request_and_burst_comes_first() {
+    let f = disk();
+    let mem = test_memory();
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut q = tq.queue();
+    // 1 op per 100 ms plus a one-time burst of 2.
+    let (mut blk, t) = limited(
+        &f,
+        RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(TokenBucketConfig {
+                size: 1,
+                one_time_burst: Some(2),
+                refill_time: 100,
+            }),
+        },
+    );
+    request(&mut tq, 0, VIRTIO_BLK_T_FLUSH, 0, 0);
+    request(&mut tq, 1, VIRTIO_BLK_T_GET_ID, 0, 20);
+    request(&mut tq, 2, VIRTIO_BLK_T_IN, 0, 512);
+    request(&mut tq, 3, VIRTIO_BLK_T_IN, 1, 512);
+    let out = blk.process_queue(&mem, &mut q);
+    assert_eq!(
+        out,
+        QueueOutcome {
+            completed: 3,
+            throttled: true
+        }
+    );
+    let ops = blk.rate_limiter().ops().unwrap();
+    assert_eq!((ops.one_time_burst(), ops.budget()), (0, 0));
+    t.fetch_add(100_000_000, Ordering::AcqRel);
+    wait_for_timer(blk.rate_limiter());
+    assert!(blk.on_rate_limiter_timer());
+    assert_eq!(blk.process_queue(&mem, &mut q).completed, 1);
+    assert_eq!(status(&tq, 3), VIRTIO_BLK_S_OK);
+}
+
+#[test]
+fn state_round_trip() {
+    let f = disk();
+    let (mut blk, _) = limited(
+        &f,
+        RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 4096,
+                one_time_burst: None,
+                refill_time: 1000,
+            }),
+            ops: None,
+        },
+    );
+    let mem = test_memory();
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut q = tq.queue();
+    request(&mut tq, 0, VIRTIO_BLK_T_IN, 0, 1024);
+    blk.process_queue(&mem, &mut q);
+    let mut w = Writer::default();
+    blk.encode_state(&mut w);
+    let bytes = w.into_vec();
+
+    let (clock, _) = Clock::manual(5);
+    let p = BlockParams {
+        clock,
+        ..params(&f)
+    };
+    let mut r = Reader::new(&bytes);
+    let back = Block::restore(p.clone(), &mut r).unwrap();
+    r.finish("block").unwrap();
+    assert_eq!(back.rate_limiter().bandwidth().unwrap().budget(), 3072);
+    assert_eq!(back.nsectors(), SECTORS);
+
+    let wrong = BlockParams {
+        id: "other".into(),
+        ..p.clone()
+    };
+    let err = Block::restore(wrong, &mut Reader::new(&bytes)).unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    for cut in 0..bytes.len() {
+        assert!(Block::restore(p.clone(), &mut Reader::new(&bytes[..cut])).is_err());
+    }
+}
+
+#[test]
+fn config_space_and_open_errors() {
+    let f = disk();
+    let blk = Block::new(params(&f)).unwrap();
+    let mut b = [0xFFu8; 8];
+    blk.read_config(0, &mut b);
+    assert_eq!(u64::from_le_bytes(b), SECTORS);
+    let mut hi = [0xFFu8; 4];
+    blk.read_config(4, &mut hi);
+    assert_eq!(hi, [0; 4]);
+    let mut beyond = [0xFFu8; 4];
+    blk.read_config(0x100, &mut beyond);
+    assert_eq!(beyond, [0; 4]);
+
+    let missing = Block::new(BlockParams {
+        path: "/nonexistent/disk.img".into(),
+        ..params(&f)
+    })
+    .unwrap_err();
+    assert!(
+        missing.to_string().contains("/nonexistent/disk.img"),
+        "{missing}"
+    );
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let tiny = Block::new(params(&empty)).unwrap_err();
+    assert!(
+        tiny.to_string().contains("smaller than one sector"),
+        "{tiny}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        Block::new(BlockParams {
+            path: dir.path().into(),
+            read_only: true,
+            ..params(&f)
+        })
+        .is_err()
+    );
+}
