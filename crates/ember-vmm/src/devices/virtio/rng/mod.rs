@@ -1,1 +1,248 @@
-//! virtio-rng (in progress).
+//! virtio-rng (entropy device): fills device-writable buffers with bytes from the host's
+//! `getrandom(2)`, behind an optional rate limiter (Firecracker's `PUT /entropy`).
+//!
+//! One queue. Each chain gets at most [`MAX_REQUEST`] bytes (the spec lets the device write
+//! fewer bytes than offered; the used length says how many). A chain that is malformed or
+//! holds a device-readable buffer is returned with used length 0 and nothing written. A
+//! request refused by the rate limiter (one op plus its bytes) stays in the queue until the
+//! limiter's timer event.
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::desc_chain::{Chain, ChainError, write_stream};
+use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used};
+use crate::config::devices::RateLimiterConfig;
+use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
+use crate::snapshot::codec::{DecodeError, Reader, Writer};
+
+/// Most bytes served per request.
+pub const MAX_REQUEST: u32 = 64 * 1024;
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Counters (tests and debugging).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RngStats {
+    /// Bytes of entropy handed to the guest.
+    pub bytes: u64,
+    /// Chains returned empty because they were malformed.
+    pub failed: u64,
+    /// Times processing stopped on the rate limiter.
+    pub throttled: u64,
+}
+
+/// The entropy device model.
+#[derive(Debug)]
+pub struct Rng {
+    limiter: RateLimiter,
+    stats: RngStats,
+}
+
+impl Rng {
+    /// A device with the given limits (`None`: unlimited) on `clock`.
+    pub fn new(limits: Option<&RateLimiterConfig>, clock: Clock) -> Result<Rng, RateLimiterError> {
+        Ok(Rng {
+            limiter: RateLimiter::with_clock(limits, clock)?,
+            stats: RngStats::default(),
+        })
+    }
+
+    /// Device feature bits offered to the driver.
+    pub fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    /// The rate limiter (its timer fd goes into the device's event loop).
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Handles the limiter's timer event; `true` if the queue should be processed again.
+    pub fn on_rate_limiter_timer(&mut self) -> bool {
+        match self.limiter.on_timer() {
+            Ok(unblocked) => unblocked,
+            Err(e) => {
+                tracing::error!(error = %e, "entropy rate limiter timer");
+                false
+            }
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RngStats {
+        self.stats
+    }
+
+    /// Serves every available chain until the queue is empty or the limiter refuses one.
+    pub fn process_queue(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> QueueOutcome {
+        let mut out = QueueOutcome::default();
+        let mut buf = Vec::new();
+        while let Some(head) = queue.pop_descriptor_chain(mem).map(|c| c.head_index()) {
+            let mut chain = Chain::walk(mem, queue, head);
+            if chain.readable().next().is_some() {
+                chain.fail(ChainError::Layout(
+                    "device-readable buffer in an entropy request",
+                ));
+            }
+            if let Some(e) = &chain.error {
+                tracing::debug!(head, error = %e, "bad entropy request");
+                self.stats.failed += 1;
+                add_used(queue, mem, head, 0, &mut out);
+                continue;
+            }
+            let len = u32::try_from(chain.writable_len())
+                .unwrap_or(u32::MAX)
+                .min(MAX_REQUEST);
+            if !self.limiter.consume_request(u64::from(len)) {
+                queue.go_to_previous_position();
+                self.stats.throttled += 1;
+                out.throttled = true;
+                break;
+            }
+            buf.resize(len as usize, 0);
+            let written = match getrandom::fill(&mut buf)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    write_stream(mem, chain.writable(), 0, &buf).map_err(|e| e.to_string())
+                }) {
+                Ok(()) => len,
+                Err(e) => {
+                    tracing::warn!(error = %e, "filling an entropy buffer failed");
+                    self.stats.failed += 1;
+                    0
+                }
+            };
+            self.stats.bytes += u64::from(written);
+            add_used(queue, mem, head, written, &mut out);
+        }
+        out
+    }
+
+    /// Appends the snapshot state (the limiter's buckets).
+    pub fn encode_state(&self, w: &mut Writer) {
+        self.limiter.encode(w);
+    }
+
+    /// Rebuilds the device from [`Rng::encode_state`]'s bytes.
+    pub fn restore(r: &mut Reader<'_>, clock: Clock) -> Result<Rng, DecodeError> {
+        Ok(Rng {
+            limiter: RateLimiter::decode(r, clock)?,
+            stats: RngStats::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::config::devices::TokenBucketConfig;
+    use crate::devices::virtio::test_utils::{OUTSIDE, TestQueue, test_memory, wait_for_timer};
+
+    const BUF: u64 = 0x1_0000;
+
+    #[test]
+    fn fills_buffers_with_varying_bytes() {
+        let mem = test_memory();
+        let mut tq = TestQueue::new(&mem, 16);
+        let mut q = tq.queue();
+        let mut rng = Rng::new(None, Clock::Monotonic).unwrap();
+        assert_eq!(rng.avail_features(), VIRTIO_F_VERSION_1);
+        tq.add_chain(&[(BUF, 64, true)]);
+        // Split over two descriptors.
+        tq.add_chain(&[(BUF + 0x1000, 100, true), (BUF + 0x2000, 28, true)]);
+        let out = rng.process_queue(&mem, &mut q);
+        assert_eq!(
+            out,
+            QueueOutcome {
+                completed: 2,
+                throttled: false
+            }
+        );
+        assert_eq!(tq.used(0), (0, 64));
+        assert_eq!(tq.used(1), (1, 128));
+        let a = tq.read(BUF, 64);
+        let b = [tq.read(BUF + 0x1000, 100), tq.read(BUF + 0x2000, 28)].concat();
+        for bytes in [&a, &b] {
+            let distinct: std::collections::HashSet<u8> = bytes.iter().copied().collect();
+            assert!(distinct.len() > 16, "not random-looking: {bytes:?}");
+        }
+        assert_ne!(a[..], b[..64]);
+        assert_eq!(rng.stats().bytes, 192);
+    }
+
+    #[test]
+    fn large_buffers_get_at_most_max_request_bytes() {
+        let mem = test_memory();
+        let mut tq = TestQueue::new(&mem, 16);
+        let mut q = tq.queue();
+        let mut rng = Rng::new(None, Clock::Monotonic).unwrap();
+        tq.add_chain(&[(BUF, 0x2_0000, true)]);
+        rng.process_queue(&mem, &mut q);
+        assert_eq!(tq.used(0), (0, MAX_REQUEST));
+    }
+
+    #[test]
+    fn bad_chains_come_back_empty() {
+        let mem = test_memory();
+        let mut tq = TestQueue::new(&mem, 16);
+        let mut q = tq.queue();
+        let mut rng = Rng::new(None, Clock::Monotonic).unwrap();
+        tq.write(BUF, &[0; 16]);
+        tq.add_chain(&[(BUF, 16, false)]); // device-readable: wrong direction
+        tq.add_chain(&[(OUTSIDE, 16, true)]); // outside guest memory
+        tq.set_desc(10, BUF + 0x100, 16, 1 | 2, 10); // a loop onto itself
+        tq.make_available(10);
+        tq.add_chain(&[(BUF + 0x200, 8, true)]); // a good one after
+        assert_eq!(rng.process_queue(&mem, &mut q).completed, 4);
+        assert_eq!(
+            (0..4).map(|i| tq.used(i)).collect::<Vec<_>>(),
+            vec![(0, 0), (1, 0), (10, 0), (2, 8)]
+        );
+        assert_eq!(tq.read(BUF, 16), vec![0; 16], "readable buffer untouched");
+        assert_eq!(rng.stats().failed, 3);
+    }
+
+    #[test]
+    fn rate_limited_requests_wait_for_the_timer() {
+        let mem = test_memory();
+        let mut tq = TestQueue::new(&mem, 16);
+        let mut q = tq.queue();
+        let (clock, t) = Clock::manual(0);
+        let limits = RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 100,
+                one_time_burst: None,
+                refill_time: 20,
+            }),
+            ops: None,
+        };
+        let mut rng = Rng::new(Some(&limits), clock).unwrap();
+        tq.add_chain(&[(BUF, 64, true)]);
+        tq.add_chain(&[(BUF + 0x1000, 64, true)]);
+        assert_eq!(
+            rng.process_queue(&mem, &mut q),
+            QueueOutcome {
+                completed: 1,
+                throttled: true
+            }
+        );
+        assert_eq!(rng.rate_limiter().bandwidth().unwrap().budget(), 36);
+        assert_eq!(tq.used_idx(), 1);
+        // 28 bytes missing at 5 bytes/ms: 5.6 ms.
+        t.fetch_add(5_600_000, Ordering::AcqRel);
+        wait_for_timer(rng.rate_limiter());
+        assert_eq!(rng.process_queue(&mem, &mut q).completed, 0);
+        assert!(rng.on_rate_limiter_timer());
+        assert_eq!(rng.process_queue(&mem, &mut q).completed, 1);
+        assert_eq!(rng.rate_limiter().bandwidth().unwrap().budget(), 0);
+
+        let mut w = Writer::default();
+        rng.encode_state(&mut w);
+        let bytes = w.into_vec();
+        let back = Rng::restore(&mut Reader::new(&bytes), Clock::manual(0).0).unwrap();
+        assert_eq!(back.rate_limiter().config(), Some(limits));
+    }
+}
