@@ -17,8 +17,10 @@
 //!   sleeps in its event loop instead of polling.
 //!
 //! Where ember differs on purpose: the timer is armed for the time the missing tokens take to
-//! refill (at least [`MIN_TIMER_NS`]) instead of a fixed 100 ms, and a failed reduction takes
-//! nothing (Firecracker may spend part of the one-time burst on a request it then refuses).
+//! refill (at least [`MIN_TIMER_NS`]) instead of a fixed 100 ms; a failed reduction takes
+//! nothing (Firecracker may spend part of the one-time burst on a request it then refuses);
+//! and refill is credited on every reduction, so a bucket that sat full does not hand out
+//! a second bucketful right after the first.
 //!
 //! Time comes from a [`Clock`]: the monotonic clock in production, a manual one in tests, so
 //! token accounting is asserted exactly. Buckets take the time as an argument and are pure.
@@ -182,16 +184,16 @@ impl TokenBucket {
         }
     }
 
-    /// Takes `tokens`, the one-time burst first.
+    /// Takes `tokens`, the one-time burst first. Refill is credited first, so time spent
+    /// with a full bucket is not banked (Firecracker only refills when the budget falls
+    /// short, which lets an idle bucket hand out twice its size at once).
     pub fn reduce(&mut self, tokens: u64, now_ns: u64) -> Reduction {
+        self.replenish(now_ns);
         if tokens <= self.one_time_burst {
             self.one_time_burst -= tokens;
             return Reduction::Taken;
         }
         let mut needed = tokens - self.one_time_burst;
-        if needed > self.budget {
-            self.replenish(now_ns);
-        }
         if needed > self.size {
             // Larger than the bucket can ever hold: drain everything, charge the rest as
             // refill time.

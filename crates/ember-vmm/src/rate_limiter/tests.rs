@@ -66,6 +66,14 @@ fn bucket_starts_full_and_refills_at_size_per_refill_time() {
 }
 
 #[test]
+fn time_spent_full_is_not_banked() {
+    let mut b = TokenBucket::new(100, 0, 100, 0).unwrap().unwrap();
+    // Idle for ten refill times, then drain: the bucket holds 100, not 1000 or 200.
+    assert_eq!(b.reduce(100, 1_000 * MS), Reduction::Taken);
+    assert_eq!(b.reduce(1, 1_000 * MS), Reduction::Refused { wait_ns: MS });
+}
+
+#[test]
 fn fractions_of_a_token_carry_over() {
     // 3 tokens per 10 ms: one per 3.33 ms.
     let mut b = TokenBucket::new(3, 0, 10, 0).unwrap().unwrap();

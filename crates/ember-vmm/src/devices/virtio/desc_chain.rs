@@ -303,7 +303,9 @@ mod tests {
     fn every_kind_of_bad_chain_is_reported_not_followed() {
         let mem = test_memory();
         let out = crate::devices::virtio::test_utils::OUTSIDE;
-        let cases: Vec<(Vec<(u16, u64, u32, u16, u16)>, ChainError, usize)> = vec![
+        /// (index, addr, len, flags, next) per descriptor.
+        type Descs = Vec<(u16, u64, u32, u16, u16)>;
+        let cases: Vec<(Descs, ChainError, usize)> = vec![
             // (index, addr, len, flags, next) ...; expected error; descriptors kept
             (
                 vec![(0, 0x1_0000, 16, 1, 1), (1, 0x2_0000, 1, 3, 0)],
