@@ -20,7 +20,7 @@ use crate::builder::{self, BuildContext, BuildError, RestoreInput, VmShell};
 use crate::config::actions::{ActionType, VmStateValue};
 use crate::config::snapshot::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::config::{
-    BootSourceConfig, ConfigError, DriveConfig, MachineConfig, MachineConfigPatch,
+    BootSourceConfig, ConfigError, DriveConfig, EntropyConfig, MachineConfig, MachineConfigPatch,
     NetworkInterfaceConfig, VmConfig, VsockConfig,
 };
 use crate::devices::legacy::serial::SerialOutput;
@@ -53,6 +53,8 @@ pub enum VmmAction {
     PutNetworkInterface(NetworkInterfaceConfig),
     /// `PUT /vsock`.
     PutVsock(VsockConfig),
+    /// `PUT /entropy`.
+    PutEntropy(EntropyConfig),
     /// `PUT /actions`.
     Action(ActionType),
     /// `PATCH /vm`.
@@ -321,12 +323,16 @@ impl Controller {
             }
             VmmAction::PutDrive(d) => {
                 self.before_start()?;
+                crate::devices::virtio::block::check_config(&d)
+                    .map_err(|e| ConfigError::new("path_on_host", e.to_string()))?;
                 self.pending.upsert_drive(d)?;
                 self.configured = true;
                 Ok(ActionOk::NoContent)
             }
             VmmAction::PutNetworkInterface(n) => {
                 self.before_start()?;
+                crate::devices::virtio::net::check_config(&n)
+                    .map_err(|e| ConfigError::new("host_dev_name", e.to_string()))?;
                 self.pending.upsert_network(n);
                 self.configured = true;
                 Ok(ActionOk::NoContent)
@@ -337,6 +343,13 @@ impl Controller {
                 // Like Firecracker: the device (and its Unix socket) exists from now on.
                 self.prepared.prepare_vsock(&v)?;
                 self.pending.vsock = Some(v);
+                self.configured = true;
+                Ok(ActionOk::NoContent)
+            }
+            VmmAction::PutEntropy(e) => {
+                self.before_start()?;
+                e.validate("entropy")?;
+                self.pending.entropy = Some(e);
                 self.configured = true;
                 Ok(ActionOk::NoContent)
             }

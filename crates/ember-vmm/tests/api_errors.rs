@@ -168,16 +168,33 @@ fn bad_requests_before_boot_on_one_connection() {
         assert_400(&r, needle);
         assert_alive(&mut c);
     }
-    // Stored-only devices are accepted (and shown in /vm/config).
-    assert_eq!(c.put("/drives/rootfs", r#"{"drive_id": "rootfs", "is_root_device": true, "path_on_host": "/dev/null", "is_read_only": true}"#).status, 204);
-    assert_eq!(
-        c.put(
-            "/network-interfaces/eth0",
-            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}"#
-        )
-        .status,
-        204
+    // Backing resources are checked when the device is configured.
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let not_a_disk = format!(
+        r#"{{"drive_id": "rootfs", "is_root_device": true, "path_on_host": "{}"}}"#,
+        dir.path().display()
     );
+    assert_400(&c.put("/drives/rootfs", &not_a_disk), "Is a directory");
+    assert_400(
+        &c.put(
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "embnotap0", "guest_mac": "06:00:ac:10:00:02"}"#,
+        ),
+        "host_dev_name: no network interface named \"embnotap0\"",
+    );
+    assert_400(
+        &c.put("/entropy", r#"{"rate_limiter": {"ops": {"size": 1}}}"#),
+        "entropy.rate_limiter.ops: missing field `refill_time`",
+    );
+    assert_alive(&mut c);
+    // Good devices are accepted (and shown in /vm/config).
+    let drive = format!(
+        r#"{{"drive_id": "rootfs", "is_root_device": true, "path_on_host": "{}", "is_read_only": true}}"#,
+        disk.display()
+    );
+    assert_eq!(c.put("/drives/rootfs", &drive).status, 204);
+    assert_eq!(c.put("/entropy", "{}").status, 204);
     // PUT /vsock creates the device (binds its socket), as Firecracker does.
     let uds = dir.path().join("v.sock");
     assert_eq!(c.put("/vsock", &vsock_json(3, &uds)).status, 204);
@@ -185,6 +202,7 @@ fn bad_requests_before_boot_on_one_connection() {
     let cfg: serde_json::Value = serde_json::from_str(&c.get("/vm/config").body).unwrap();
     assert_eq!(cfg["drives"][0]["drive_id"], "rootfs");
     assert_eq!(cfg["vsock"]["guest_cid"], 3);
+    assert_eq!(cfg["entropy"], serde_json::json!({}));
     // A snapshot cannot be loaded once boot resources are configured.
     let r = c.put(
         "/snapshot/load",

@@ -6,13 +6,15 @@
 //! `400 {"fault_message": ...}`, success is `204` or `200` with JSON.
 //!
 //! Routes: `GET /`, `GET /version`, `PUT /boot-source`, `GET|PUT|PATCH /machine-config`,
-//! `PUT /drives/{id}`, `PUT /network-interfaces/{id}`, `PUT /vsock`, `PUT /actions`,
+//! `PUT /drives/{id}`, `PUT /network-interfaces/{id}`, `PUT /vsock`, `PUT /entropy`,
+//! `PUT /actions`,
 //! `PATCH /vm`, `GET /vm/config`, `PUT /snapshot/create`, `PUT /snapshot/load`, and the ember
 //! extension `GET /ember/timings`.
 
 pub mod actions;
 pub mod boot_source;
 pub mod drives;
+pub mod entropy;
 pub mod http;
 pub mod instance;
 pub mod machine_config;
@@ -67,6 +69,7 @@ pub fn route(req: &Request) -> Result<VmmAction, RequestError> {
         ("drives", Some(id)) => drives::route(req, id),
         ("network-interfaces", Some(id)) => network::route(req, id),
         ("vsock", None) => vsock::route(req),
+        ("entropy", None) => entropy::route(req),
         ("actions", None) => actions::route(req),
         ("vm", None) => vm::route(req),
         ("vm", Some("config")) => vm::route_config(req),

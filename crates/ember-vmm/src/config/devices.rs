@@ -1,5 +1,6 @@
-//! `PUT /drives/{id}`, `PUT /network-interfaces/{id}`, `PUT /vsock`: device configuration,
-//! validated and stored now; the virtio devices that use it come with the virtio work.
+//! `PUT /drives/{id}`, `PUT /network-interfaces/{id}`, `PUT /vsock`, `PUT /entropy`: device
+//! configuration, validated here (shapes and numbers; the controller also opens the backing
+//! file or TAP once, so a missing resource fails the request).
 
 use std::path::Path;
 
@@ -30,6 +31,55 @@ pub struct RateLimiterConfig {
     /// Operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<TokenBucketConfig>,
+}
+
+impl RateLimiterConfig {
+    /// Checks the buckets' numbers (`field` names the limiter in errors). A bucket with
+    /// `size` or `refill_time` 0 is valid and disables that limit, as in Firecracker.
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        for (name, bucket) in [("bandwidth", &self.bandwidth), ("ops", &self.ops)] {
+            if let Some(b) = bucket
+                && b.refill_time.checked_mul(1_000_000).is_none()
+            {
+                return Err(ConfigError::new(
+                    format!("{field}.{name}.refill_time"),
+                    format!(
+                        "{} ms is too large (at most {} ms)",
+                        b.refill_time,
+                        u64::MAX / 1_000_000
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /entropy`: the virtio-rng device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {
+    /// Rate limits on the entropy handed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl EntropyConfig {
+    /// Validates the rate limiter.
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        match &self.rate_limiter {
+            Some(r) => r.validate(&join(field, "rate_limiter")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn join(field: &str, name: &str) -> String {
+    if field.is_empty() {
+        name.to_string()
+    } else {
+        format!("{field}.{name}")
+    }
 }
 
 /// Block device cache mode.
@@ -84,13 +134,7 @@ pub struct DriveConfig {
 impl DriveConfig {
     /// Validates the drive; `url_id` is the id in the request path, if any.
     pub fn validate(&self, field: &str, url_id: Option<&str>) -> Result<(), ConfigError> {
-        let f = |name: &str| {
-            if field.is_empty() {
-                name.to_string()
-            } else {
-                format!("{field}.{name}")
-            }
-        };
+        let f = |name: &str| join(field, name);
         validate_id(&f("drive_id"), &self.drive_id)?;
         if let Some(id) = url_id
             && id != self.drive_id
@@ -123,6 +167,9 @@ impl DriveConfig {
                 f("path_on_host"),
                 format!("{path}: no such file"),
             ));
+        }
+        if let Some(r) = &self.rate_limiter {
+            r.validate(&f("rate_limiter"))?;
         }
         Ok(())
     }
@@ -168,13 +215,7 @@ pub fn validate_host_dev_name(field: &str, name: &str) -> Result<(), ConfigError
 impl NetworkInterfaceConfig {
     /// Validates the interface; `url_id` is the id in the request path, if any.
     pub fn validate(&self, field: &str, url_id: Option<&str>) -> Result<(), ConfigError> {
-        let f = |name: &str| {
-            if field.is_empty() {
-                name.to_string()
-            } else {
-                format!("{field}.{name}")
-            }
-        };
+        let f = |name: &str| join(field, name);
         validate_id(&f("iface_id"), &self.iface_id)?;
         if let Some(id) = url_id
             && id != self.iface_id
@@ -202,6 +243,14 @@ impl NetworkInterfaceConfig {
             && mtu < 68
         {
             return Err(ConfigError::new(f("mtu"), "must be between 68 and 65535"));
+        }
+        for (name, r) in [
+            ("rx_rate_limiter", &self.rx_rate_limiter),
+            ("tx_rate_limiter", &self.tx_rate_limiter),
+        ] {
+            if let Some(r) = r {
+                r.validate(&f(name))?;
+            }
         }
         Ok(())
     }
@@ -276,5 +325,41 @@ mod tests {
             d.validate("", Some("root")).unwrap_err().field,
             "path_on_host"
         );
+    }
+
+    #[test]
+    fn rate_limiter_and_entropy_validation() {
+        let n: NetworkInterfaceConfig = from_json(
+            br#"{"iface_id": "eth0", "host_dev_name": "tap0",
+                 "tx_rate_limiter": {"ops": {"size": 1, "refill_time": 18446744073709552}}}"#,
+            "n",
+        )
+        .unwrap();
+        let err = n.validate("", None).unwrap_err();
+        assert_eq!(err.field, "tx_rate_limiter.ops.refill_time", "{err}");
+        let err = from_json::<DriveConfig>(
+            br#"{"drive_id": "d", "is_root_device": false, "path_on_host": "/dev/null",
+                 "rate_limiter": {"bandwidth": {"size": -1, "refill_time": 100}}}"#,
+            "drive",
+        )
+        .unwrap_err();
+        assert!(
+            err.field.starts_with("drive.rate_limiter.bandwidth"),
+            "{err}"
+        );
+        let err = from_json::<EntropyConfig>(
+            br#"{"rate_limiter": {"bandwidth": {"size": 10}}}"#,
+            "entropy",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("refill_time"), "{err}");
+        let e: EntropyConfig = from_json(
+            br#"{"rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}"#,
+            "entropy",
+        )
+        .unwrap();
+        e.validate("").unwrap();
+        let e: EntropyConfig = from_json(b"{}", "entropy").unwrap();
+        assert_eq!(e, EntropyConfig::default());
     }
 }

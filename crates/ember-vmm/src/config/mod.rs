@@ -14,7 +14,7 @@ pub mod snapshot;
 use serde::{Deserialize, Serialize};
 
 pub use self::boot_source::BootSourceConfig;
-pub use self::devices::{DriveConfig, NetworkInterfaceConfig, VsockConfig};
+pub use self::devices::{DriveConfig, EntropyConfig, NetworkInterfaceConfig, VsockConfig};
 pub use self::machine::{MachineConfig, MachineConfigPatch};
 
 /// A configuration value is invalid.
@@ -89,10 +89,10 @@ pub struct VmConfig {
     /// vCPUs and memory.
     #[serde(rename = "machine-config", default)]
     pub machine_config: MachineConfig,
-    /// Block devices (stored; devices arrive with the virtio work).
+    /// Block devices.
     #[serde(default)]
     pub drives: Vec<DriveConfig>,
-    /// Network interfaces (stored; devices arrive with the virtio work).
+    /// Network interfaces.
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
     /// vsock device (stored; device arrives with the virtio work).
@@ -110,9 +110,9 @@ pub struct VmConfig {
     /// Not supported (must be absent or null).
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<serde_json::Value>,
-    /// Not supported (must be absent or null).
+    /// The entropy device (virtio-rng).
     #[serde(default)]
-    pub entropy: Option<serde_json::Value>,
+    pub entropy: Option<EntropyConfig>,
 }
 
 impl VmConfig {
@@ -130,7 +130,6 @@ impl VmConfig {
             ("logger", &self.logger),
             ("metrics", &self.metrics),
             ("mmds-config", &self.mmds_config),
-            ("entropy", &self.entropy),
         ] {
             if v.is_some() {
                 return Err(ConfigError::new(name, "not supported by ember-vmm"));
@@ -171,6 +170,9 @@ impl VmConfig {
         }
         if let Some(v) = &self.vsock {
             v.validate()?;
+        }
+        if let Some(e) = &self.entropy {
+            e.validate("entropy")?;
         }
         Ok(())
     }

@@ -188,6 +188,13 @@ fn disk_size(file: &File, path: &Path) -> io::Result<u64> {
     Ok(end)
 }
 
+/// Checks that the drive `cfg` describes can be opened (the file exists, is a regular file
+/// or block device of at least one sector, and opens with the configured access); nothing is
+/// kept open.
+pub fn check_config(cfg: &DriveConfig) -> Result<(), BlockError> {
+    open_disk(&BlockParams::from_config(cfg)?).map(drop)
+}
+
 impl Block {
     /// Opens the backing file and builds the rate limiter.
     pub fn new(params: BlockParams) -> Result<Block, BlockError> {

@@ -158,6 +158,11 @@ impl NetParams {
     }
 }
 
+/// Checks that the TAP `cfg` names exists and can be attached (opened and closed again).
+pub fn check_config(cfg: &NetworkInterfaceConfig) -> Result<(), TapError> {
+    Tap::open(&cfg.host_dev_name).map(drop)
+}
+
 /// One virtio-net device model.
 #[derive(Debug)]
 pub struct Net {
