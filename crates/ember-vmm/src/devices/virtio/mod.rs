@@ -39,9 +39,9 @@ pub mod net;
 pub mod registry;
 pub mod rng;
 #[cfg(test)]
-pub mod testing;
-#[cfg(test)]
 pub(crate) mod test_utils;
+#[cfg(test)]
+pub mod testing;
 pub mod vsock;
 
 pub use self::device::{

@@ -30,7 +30,7 @@ use vm_memory::GuestMemoryMmap;
 
 use self::request::{Request, RequestError};
 use super::desc_chain::Chain;
-use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, read_config_bytes};
+use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, feature, read_config_bytes};
 use crate::config::devices::{CacheType, DriveConfig};
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
@@ -235,7 +235,7 @@ impl Block {
 
     /// Device feature bits offered to the driver.
     pub fn avail_features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1;
+        let mut f = feature(VIRTIO_F_VERSION_1);
         if self.params.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
         }

@@ -155,7 +155,7 @@ fn writeback_offers_and_performs_flush() {
     })
     .unwrap();
     assert_ne!(blk.avail_features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
-    assert_ne!(blk.avail_features() & VIRTIO_F_VERSION_1, 0);
+    assert_ne!(blk.avail_features() & feature(VIRTIO_F_VERSION_1), 0);
     request(&mut tq, 0, VIRTIO_BLK_T_FLUSH, 0, 0);
     blk.process_queue(&mem, &mut q);
     assert_eq!(status(&tq, 0), VIRTIO_BLK_S_OK);

@@ -31,7 +31,7 @@ use vm_memory::GuestMemoryMmap;
 
 use self::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::desc_chain::{Chain, ChainError, read_stream, write_stream};
-use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, read_config_bytes};
+use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, feature, read_config_bytes};
 use crate::config::devices::{NetworkInterfaceConfig, RateLimiterConfig};
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
@@ -225,7 +225,7 @@ impl Net {
 
     /// Device feature bits offered to the driver.
     pub fn avail_features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1;
+        let mut f = feature(VIRTIO_F_VERSION_1);
         if self.params.guest_mac.is_some() {
             f |= 1 << VIRTIO_NET_F_MAC;
         }

@@ -213,7 +213,7 @@ fn mac_mtu_and_features_in_config_space() {
         let f = net.avail_features();
         assert_ne!(f & (1 << VIRTIO_NET_F_MAC), 0);
         assert_eq!(f & (1 << VIRTIO_NET_F_MTU), 0);
-        assert_ne!(f & VIRTIO_F_VERSION_1, 0);
+        assert_ne!(f & feature(VIRTIO_F_VERSION_1), 0);
         // A second TAP: re-attaching et0 right after closing it can meet EBUSY while a
         // child forked by a parallel test still holds a copy of the descriptor.
         ns.tap("et1", "10.78.0.1");

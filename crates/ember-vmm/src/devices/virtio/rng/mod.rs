@@ -11,7 +11,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::desc_chain::{Chain, ChainError, write_stream};
-use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used};
+use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, feature};
 use crate::config::devices::RateLimiterConfig;
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
@@ -50,7 +50,7 @@ impl Rng {
 
     /// Device feature bits offered to the driver.
     pub fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        feature(VIRTIO_F_VERSION_1)
     }
 
     /// The rate limiter (its timer fd goes into the device's event loop).
@@ -149,7 +149,7 @@ mod tests {
         let mut tq = TestQueue::new(&mem, 16);
         let mut q = tq.queue();
         let mut rng = Rng::new(None, Clock::Monotonic).unwrap();
-        assert_eq!(rng.avail_features(), VIRTIO_F_VERSION_1);
+        assert_eq!(rng.avail_features(), feature(VIRTIO_F_VERSION_1));
         tq.add_chain(&[(BUF, 64, true)]);
         // Split over two descriptors.
         tq.add_chain(&[(BUF + 0x1000, 100, true), (BUF + 0x2000, 28, true)]);
