@@ -16,9 +16,10 @@
 //!   asks for, and how each kind is rebuilt from a snapshot section;
 //! - [`vsock`]: the vsock device with Firecracker's hybrid Unix-socket backend;
 //! - [`block`], [`net`], [`rng`]: virtio-blk on a raw file, virtio-net on a TAP, virtio-rng
-//!   on getrandom; their queue-level models know nothing of the transport, report what they
+//!   on getrandom. Their queue-level models know nothing of the transport, report what they
 //!   completed in a [`QueueOutcome`], and complete malformed chains with an error (see
-//!   [`desc_chain`]), never a panic.
+//!   [`desc_chain`]), never a panic; each has a `device.rs` with its [`VirtioDevice`] face,
+//!   and [`wakeup`] holds what they watch besides queues (rate limiter timers, a self-kick).
 //!
 //! # Adding a device
 //! 1. Implement [`VirtioDevice`] in `devices/virtio/<name>/` (queue processing in
@@ -43,6 +44,7 @@ pub(crate) mod test_utils;
 #[cfg(test)]
 pub mod testing;
 pub mod vsock;
+pub mod wakeup;
 
 pub use self::device::{
     ActivateError, DeviceContext, DeviceEvent, EventRegistry, Interest, Readiness, VirtioDevice,
@@ -74,6 +76,17 @@ pub const fn feature(bit: u32) -> u64 {
     1u64 << bit
 }
 
+/// Why a block or net device could not be rebuilt from its snapshot state.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The saved bytes are malformed or do not fit the configuration.
+    #[error("saved state: {0}")]
+    State(#[from] crate::snapshot::codec::DecodeError),
+    /// The backend (drive file, TAP) named by the configuration cannot be opened.
+    #[error("{0}")]
+    Backend(String),
+}
+
 /// What one pass over a queue did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct QueueOutcome {
@@ -82,6 +95,8 @@ pub struct QueueOutcome {
     /// Processing stopped because the rate limiter refused a request; the request stays in
     /// the queue and processing resumes after the limiter's timer event.
     pub throttled: bool,
+    /// Processing stopped at the per-call budget ([`wakeup::BUDGET`]); work may be left.
+    pub more: bool,
 }
 
 /// Copies device configuration space bytes at `offset` into `data` (out-of-range bytes

@@ -6,11 +6,25 @@
 //! vsock socket when `PUT /vsock` arrives, so a bad path fails that request) go into
 //! [`PreparedDevices`].
 
+use super::RestoreError;
+use super::block::{Block, BlockParams};
 use super::device::VirtioDevice;
 use super::manager::{DeviceSnapshot, VirtioError};
+use super::net::{Net, NetParams};
+use super::rng::{RNG_ID, Rng};
 use super::vsock::Vsock;
-use super::{TYPE_VSOCK, device::ActivateError};
+use super::{TYPE_BLOCK, TYPE_NET, TYPE_RNG, TYPE_VSOCK, device::ActivateError};
 use crate::config::{VmConfig, VsockConfig};
+use crate::rate_limiter::Clock;
+use crate::snapshot::codec::Reader;
+
+/// A device that could not be created, in its own words.
+fn device_error(id: &str, e: impl std::fmt::Display) -> VirtioError {
+    VirtioError::Device {
+        id: id.to_string(),
+        source: ActivateError::Device(e.to_string()),
+    }
+}
 
 /// Devices created by API requests before the VM starts.
 #[derive(Debug, Default)]
@@ -40,18 +54,53 @@ impl PreparedDevices {
     }
 }
 
-/// The devices `config` asks for, in slot order: drives, network interfaces, vsock.
+/// The devices `config` asks for, in slot order: drives, network interfaces (each in
+/// configuration order), vsock, entropy.
 pub fn devices_for_config(
     config: &VmConfig,
     prepared: &mut PreparedDevices,
 ) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    // Block devices (one per `config.drives` entry) and network devices (one per
-    // `config.network_interfaces` entry) go here, in configuration order.
+    for d in &config.drives {
+        let block = BlockParams::from_config(d)
+            .and_then(Block::new)
+            .map_err(|e| device_error(&d.drive_id, e))?;
+        devices.push(Box::new(block));
+    }
+    for n in &config.network_interfaces {
+        let net = NetParams::from_config(n)
+            .and_then(Net::new)
+            .map_err(|e| device_error(&n.iface_id, e))?;
+        devices.push(Box::new(net));
+    }
     if let Some(v) = &config.vsock {
         devices.push(Box::new(prepared.take_vsock(v)?));
     }
+    if let Some(e) = &config.entropy {
+        let rng = Rng::new(e.rate_limiter.as_ref(), Clock::Monotonic)
+            .map_err(|e| device_error(RNG_ID, e))?;
+        devices.push(Box::new(rng));
+    }
     Ok(devices)
+}
+
+/// Decodes a device's own state with `f`, which must consume all of it.
+fn decode_all<T, E: Into<RestoreError>>(
+    snapshot: &DeviceSnapshot,
+    f: impl FnOnce(&mut Reader<'_>) -> Result<T, E>,
+) -> Result<T, VirtioError> {
+    let mut r = Reader::new(&snapshot.device);
+    f(&mut r)
+        .map_err(Into::into)
+        .and_then(|t| {
+            r.finish("device state")
+                .map(|()| t)
+                .map_err(RestoreError::from)
+        })
+        .map_err(|e| VirtioError::Snapshot {
+            id: snapshot.id.clone(),
+            message: e.to_string(),
+        })
 }
 
 /// Rebuilds a device from its snapshot section; `config` is the snapshot's configuration with
@@ -71,6 +120,38 @@ pub fn restore_device(
                 .as_ref()
                 .ok_or_else(|| bad("the snapshot's configuration has no vsock section".into()))?;
             Ok(Box::new(Vsock::restore(cfg, &snapshot.device)?))
+        }
+        TYPE_BLOCK => {
+            let cfg = config
+                .drives
+                .iter()
+                .find(|d| d.drive_id == snapshot.id)
+                .ok_or_else(|| bad("the snapshot's configuration has no such drive".into()))?;
+            let params = BlockParams::from_config(cfg).map_err(|e| bad(e.to_string()))?;
+            Ok(Box::new(decode_all(snapshot, |r| {
+                Block::restore(params, r)
+            })?))
+        }
+        TYPE_NET => {
+            let cfg = config
+                .network_interfaces
+                .iter()
+                .find(|n| n.iface_id == snapshot.id)
+                .ok_or_else(|| {
+                    bad("the snapshot's configuration has no such network interface".into())
+                })?;
+            let params = NetParams::from_config(cfg).map_err(|e| bad(e.to_string()))?;
+            Ok(Box::new(decode_all(snapshot, |r| Net::restore(params, r))?))
+        }
+        TYPE_RNG => {
+            if config.entropy.is_none() {
+                return Err(bad(
+                    "the snapshot's configuration has no entropy device".into()
+                ));
+            }
+            Ok(Box::new(decode_all(snapshot, |r| {
+                Rng::restore(r, Clock::Monotonic)
+            })?))
         }
         other => Err(VirtioError::Device {
             id: snapshot.id.clone(),

@@ -16,6 +16,7 @@
 //! [`request`]); a chain without one is returned with length 0. A rate-limited request
 //! stays in the queue (the available index is rewound) until the limiter's timer event.
 
+mod device;
 pub mod request;
 #[cfg(test)]
 mod tests;
@@ -30,7 +31,8 @@ use vm_memory::GuestMemoryMmap;
 
 use self::request::{Request, RequestError};
 use super::desc_chain::Chain;
-use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, feature, read_config_bytes};
+use super::wakeup::BUDGET;
+use super::{QueueOutcome, RestoreError, VIRTIO_F_VERSION_1, add_used, feature, read_config_bytes};
 use crate::config::devices::{CacheType, DriveConfig};
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
@@ -134,6 +136,8 @@ pub struct Block {
     nsectors: u64,
     limiter: RateLimiter,
     stats: BlockStats,
+    /// Present while active (see `device.rs`).
+    kick: Option<super::wakeup::Kick>,
 }
 
 fn open_disk(p: &BlockParams) -> Result<(File, u64), BlockError> {
@@ -210,6 +214,7 @@ impl Block {
             nsectors,
             limiter,
             stats: BlockStats::default(),
+            kick: None,
         })
     }
 
@@ -284,7 +289,14 @@ impl Block {
     /// refuses one (which then stays available).
     pub fn process_queue(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> QueueOutcome {
         let mut out = QueueOutcome::default();
+        let mut budget = BUDGET;
         while let Some(head) = queue.pop_descriptor_chain(mem).map(|c| c.head_index()) {
+            if budget == 0 {
+                queue.go_to_previous_position();
+                out.more = true;
+                break;
+            }
+            budget -= 1;
             let chain = Chain::walk(mem, queue, head);
             let status_at = request::status_location(&chain);
             let parsed = Request::parse(mem, &chain, self.nsectors, self.params.read_only);
@@ -350,7 +362,7 @@ impl Block {
     /// Opens the drive from `params` and applies the state [`Block::encode_state`] saved
     /// (the limiter's budgets). The id and read-only flag must match the configuration; a
     /// capacity change is only logged (the guest keeps the size it saw).
-    pub fn restore(params: BlockParams, r: &mut Reader<'_>) -> Result<Block, DecodeError> {
+    pub fn restore(params: BlockParams, r: &mut Reader<'_>) -> Result<Block, RestoreError> {
         let invalid = |detail: String| DecodeError::Invalid {
             what: "block device state",
             detail,
@@ -359,16 +371,16 @@ impl Block {
         let nsectors = r.u64("drive capacity")?;
         let read_only = r.u8("drive read-only flag")? != 0;
         if id != params.id.as_bytes() || read_only != params.read_only {
-            return Err(invalid(format!(
+            return Err(RestoreError::State(invalid(format!(
                 "saved drive {:?} (read-only {read_only}) does not match the configured {:?} \
                  (read-only {})",
                 String::from_utf8_lossy(id),
                 params.id,
                 params.read_only
-            )));
+            ))));
         }
         let limiter = RateLimiter::decode(r, params.clock.clone())?;
-        let mut block = Block::new(params).map_err(|e| invalid(e.to_string()))?;
+        let mut block = Block::new(params).map_err(|e| RestoreError::Backend(e.to_string()))?;
         if block.nsectors != nsectors {
             tracing::warn!(
                 drive = %block.params.id,

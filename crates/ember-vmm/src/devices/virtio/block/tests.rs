@@ -95,7 +95,8 @@ fn read_write_flush_get_id() {
         out,
         QueueOutcome {
             completed: 4,
-            throttled: false
+            throttled: false,
+            more: false,
         }
     );
     assert_eq!(tq.used_idx(), 4);
@@ -420,7 +421,8 @@ fn bandwidth_limit_keeps_a_request_queued_until_the_timer_fires() {
         out,
         QueueOutcome {
             completed: 2,
-            throttled: true
+            throttled: true,
+            more: false,
         }
     );
     assert_eq!(tq.used_idx(), 2);
@@ -446,7 +448,8 @@ fn bandwidth_limit_keeps_a_request_queued_until_the_timer_fires() {
         out,
         QueueOutcome {
             completed: 1,
-            throttled: false
+            throttled: false,
+            more: false,
         }
     );
     assert_eq!(tq.used(2), (6, 513));
@@ -484,7 +487,8 @@ fn ops_limit_counts_every_request_and_burst_comes_first() {
         out,
         QueueOutcome {
             completed: 3,
-            throttled: true
+            throttled: true,
+            more: false,
         }
     );
     let ops = blk.rate_limiter().ops().unwrap();

@@ -21,6 +21,7 @@
 //!   `network_overrides` moves a restored VM to another TAP. A deferred RX frame is not
 //!   saved (the network may drop frames).
 
+mod device;
 pub mod tap;
 #[cfg(test)]
 mod tests;
@@ -31,7 +32,8 @@ use vm_memory::GuestMemoryMmap;
 
 use self::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::desc_chain::{Chain, ChainError, read_stream, write_stream};
-use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, feature, read_config_bytes};
+use super::wakeup::BUDGET;
+use super::{QueueOutcome, RestoreError, VIRTIO_F_VERSION_1, add_used, feature, read_config_bytes};
 use crate::config::devices::{NetworkInterfaceConfig, RateLimiterConfig};
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
@@ -175,6 +177,9 @@ pub struct Net {
     rx_len: usize,
     tx_buf: Vec<u8>,
     stats: NetStats,
+    /// Present while active (see `device.rs`).
+    kick: Option<super::wakeup::Kick>,
+    tap_watch: device::TapWatch,
 }
 
 impl Net {
@@ -205,6 +210,8 @@ impl Net {
             rx_len: 0,
             tx_buf: Vec::with_capacity(MAX_FRAME),
             stats: NetStats::default(),
+            kick: None,
+            tap_watch: device::TapWatch::Off,
         })
     }
 
@@ -300,9 +307,17 @@ impl Net {
     /// Moves frames from the TAP into RX chains (see the module docs for when it stops).
     pub fn process_rx(&mut self, mem: &GuestMemoryMmap, rxq: &mut Queue) -> QueueOutcome {
         let mut out = QueueOutcome::default();
+        let mut budget = BUDGET;
         loop {
-            if self.rx_len == 0 && !self.read_tap() {
-                return out;
+            if self.rx_len == 0 {
+                if budget == 0 {
+                    out.more = true;
+                    return out;
+                }
+                budget -= 1;
+                if !self.read_tap() {
+                    return out;
+                }
             }
             let Some(chain) = self.next_rx_chain(mem, rxq, &mut out) else {
                 return out;
@@ -393,7 +408,14 @@ impl Net {
     /// limiter refuses a frame (which stays available).
     pub fn process_tx(&mut self, mem: &GuestMemoryMmap, txq: &mut Queue) -> QueueOutcome {
         let mut out = QueueOutcome::default();
+        let mut budget = BUDGET;
         while let Some(head) = txq.pop_descriptor_chain(mem).map(|c| c.head_index()) {
+            if budget == 0 {
+                txq.go_to_previous_position();
+                out.more = true;
+                break;
+            }
+            budget -= 1;
             let mut chain = Chain::walk(mem, txq, head);
             if chain.writable().next().is_some() {
                 chain.fail(ChainError::Layout("device-writable buffer in a TX chain"));
@@ -451,7 +473,7 @@ impl Net {
     /// Opens the TAP named in `params` (the restore-time configuration, so an override moves
     /// the VM to another TAP) and applies the saved limiter state. The id and MAC must match
     /// what was saved: the guest already knows its MAC.
-    pub fn restore(params: NetParams, r: &mut Reader<'_>) -> Result<Net, DecodeError> {
+    pub fn restore(params: NetParams, r: &mut Reader<'_>) -> Result<Net, RestoreError> {
         let invalid = |detail: String| DecodeError::Invalid {
             what: "network device state",
             detail,
@@ -463,20 +485,20 @@ impl Net {
                 let b = r.take(6, "MAC")?;
                 Some([b[0], b[1], b[2], b[3], b[4], b[5]])
             }
-            v => return Err(invalid(format!("MAC presence byte {v}"))),
+            v => return Err(invalid(format!("MAC presence byte {v}")).into()),
         };
         if id != params.id.as_bytes() || mac != params.guest_mac {
-            return Err(invalid(format!(
+            return Err(RestoreError::State(invalid(format!(
                 "saved interface {:?} with MAC {mac:02x?} does not match the configured {:?} \
                  with MAC {:02x?}",
                 String::from_utf8_lossy(id),
                 params.id,
                 params.guest_mac
-            )));
+            ))));
         }
         let rx = RateLimiter::decode(r, params.clock.clone())?;
         let tx = RateLimiter::decode(r, params.clock.clone())?;
-        let mut net = Net::new(params).map_err(|e| invalid(e.to_string()))?;
+        let mut net = Net::new(params).map_err(|e| RestoreError::Backend(e.to_string()))?;
         net.rx_limiter = rx;
         net.tx_limiter = tx;
         Ok(net)

@@ -138,3 +138,9 @@ impl AsFd for Tap {
         self.file.as_fd()
     }
 }
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}

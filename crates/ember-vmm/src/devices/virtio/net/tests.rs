@@ -270,7 +270,8 @@ fn tx_reaches_the_host_and_bad_chains_are_dropped() {
             out,
             QueueOutcome {
                 completed: 5,
-                throttled: false
+                throttled: false,
+                more: false,
             }
         );
         for i in 0..5 {
@@ -402,7 +403,8 @@ fn rx_and_tx_rate_limits_hold_frames_until_the_timer_fires() {
             net.process_tx(&mem, &mut txq),
             QueueOutcome {
                 completed: 1,
-                throttled: true
+                throttled: true,
+                more: false,
             }
         );
         assert_eq!(recv(&sock).0, b"tx-1");
@@ -427,7 +429,8 @@ fn rx_and_tx_rate_limits_hold_frames_until_the_timer_fires() {
             out,
             QueueOutcome {
                 completed: 0,
-                throttled: true
+                throttled: true,
+                more: false,
             }
         );
         assert!(net.rx_deferred());

@@ -7,10 +7,15 @@
 //! request refused by the rate limiter (one op plus its bytes) stays in the queue until the
 //! limiter's timer event.
 
+mod device;
+
+pub use self::device::RNG_ID;
+
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::desc_chain::{Chain, ChainError, write_stream};
+use super::wakeup::BUDGET;
 use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, feature};
 use crate::config::devices::RateLimiterConfig;
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
@@ -37,6 +42,8 @@ pub struct RngStats {
 pub struct Rng {
     limiter: RateLimiter,
     stats: RngStats,
+    /// Present while active (see `device.rs`).
+    kick: Option<super::wakeup::Kick>,
 }
 
 impl Rng {
@@ -45,6 +52,7 @@ impl Rng {
         Ok(Rng {
             limiter: RateLimiter::with_clock(limits, clock)?,
             stats: RngStats::default(),
+            kick: None,
         })
     }
 
@@ -78,7 +86,14 @@ impl Rng {
     pub fn process_queue(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> QueueOutcome {
         let mut out = QueueOutcome::default();
         let mut buf = Vec::new();
+        let mut budget = BUDGET;
         while let Some(head) = queue.pop_descriptor_chain(mem).map(|c| c.head_index()) {
+            if budget == 0 {
+                queue.go_to_previous_position();
+                out.more = true;
+                break;
+            }
+            budget -= 1;
             let mut chain = Chain::walk(mem, queue, head);
             if chain.readable().next().is_some() {
                 chain.fail(ChainError::Layout(
@@ -129,6 +144,7 @@ impl Rng {
         Ok(Rng {
             limiter: RateLimiter::decode(r, clock)?,
             stats: RngStats::default(),
+            kick: None,
         })
     }
 }
@@ -158,7 +174,8 @@ mod tests {
             out,
             QueueOutcome {
                 completed: 2,
-                throttled: false
+                throttled: false,
+                more: false,
             }
         );
         assert_eq!(tq.used(0), (0, 64));
@@ -226,7 +243,8 @@ mod tests {
             rng.process_queue(&mem, &mut q),
             QueueOutcome {
                 completed: 1,
-                throttled: true
+                throttled: true,
+                more: false,
             }
         );
         assert_eq!(rng.rate_limiter().bandwidth().unwrap().budget(), 36);
