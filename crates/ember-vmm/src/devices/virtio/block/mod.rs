@@ -138,6 +138,8 @@ pub struct Block {
     stats: BlockStats,
     /// Present while active (see `device.rs`).
     kick: Option<super::wakeup::Kick>,
+    /// Chains (frames) handled per call before yielding ([`BUDGET`]).
+    budget: u32,
 }
 
 fn open_disk(p: &BlockParams) -> Result<(File, u64), BlockError> {
@@ -215,6 +217,7 @@ impl Block {
             limiter,
             stats: BlockStats::default(),
             kick: None,
+            budget: BUDGET,
         })
     }
 
@@ -289,7 +292,7 @@ impl Block {
     /// refuses one (which then stays available).
     pub fn process_queue(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> QueueOutcome {
         let mut out = QueueOutcome::default();
-        let mut budget = BUDGET;
+        let mut budget = self.budget;
         while let Some(head) = queue.pop_descriptor_chain(mem).map(|c| c.head_index()) {
             if budget == 0 {
                 queue.go_to_previous_position();

@@ -584,3 +584,54 @@ fn config_space_and_open_errors() {
         .is_err()
     );
 }
+
+#[test]
+fn device_face_wakes_on_its_rate_limiter_timer() {
+    use crate::devices::virtio::testing::Harness;
+    use crate::devices::virtio::{DeviceEvent, TYPE_BLOCK, VirtioDevice};
+
+    let f = disk();
+    let (mut blk, t) = limited(
+        &f,
+        RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(TokenBucketConfig {
+                size: 1,
+                one_time_burst: None,
+                refill_time: 50,
+            }),
+        },
+    );
+    assert_eq!(blk.device_type(), TYPE_BLOCK);
+    assert_eq!(VirtioDevice::id(&blk), "rootfs");
+    let mut h = Harness::new(&[QUEUE_SIZE]);
+    let mut gq = h.guest_queue(0, 0, 16);
+    blk.activate(&mut h.ctx()).unwrap();
+    for slot in 0..2u64 {
+        let (hdr, st) = (HDR + slot * 0x100, STATUS + slot);
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&VIRTIO_BLK_T_FLUSH.to_le_bytes());
+        vm_memory::Bytes::write_slice(&h.mem, &b, vm_memory::GuestAddress(hdr)).unwrap();
+        gq.add_chain(&h.mem, &[(hdr, 16, false), (st, 1, true)]);
+    }
+    blk.handle_event(DeviceEvent::Queue(0), &mut h.ctx());
+    assert_eq!(gq.next_used(&h.mem), Some((0, 1)));
+    assert_eq!(
+        gq.next_used(&h.mem),
+        None,
+        "second flush waits for an op token"
+    );
+    assert_eq!(h.interrupts(), 1);
+
+    // The limiter's timer is on the device thread's epoll set; its event resumes the queue.
+    t.fetch_add(50_000_000, Ordering::AcqRel);
+    let events = h.poll(5_000);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (token, readiness) = events[0];
+    blk.handle_event(DeviceEvent::Fd { token, readiness }, &mut h.ctx());
+    assert_eq!(gq.next_used(&h.mem), Some((2, 1)));
+    assert_eq!(h.interrupts(), 1);
+
+    blk.reset(&h.events);
+    assert!(h.poll(0).is_empty());
+}

@@ -180,6 +180,8 @@ pub struct Net {
     /// Present while active (see `device.rs`).
     kick: Option<super::wakeup::Kick>,
     tap_watch: device::TapWatch,
+    /// Chains (frames) handled per call before yielding ([`BUDGET`]).
+    budget: u32,
 }
 
 impl Net {
@@ -212,6 +214,7 @@ impl Net {
             stats: NetStats::default(),
             kick: None,
             tap_watch: device::TapWatch::Off,
+            budget: BUDGET,
         })
     }
 
@@ -307,7 +310,7 @@ impl Net {
     /// Moves frames from the TAP into RX chains (see the module docs for when it stops).
     pub fn process_rx(&mut self, mem: &GuestMemoryMmap, rxq: &mut Queue) -> QueueOutcome {
         let mut out = QueueOutcome::default();
-        let mut budget = BUDGET;
+        let mut budget = self.budget;
         loop {
             if self.rx_len == 0 {
                 if budget == 0 {
@@ -408,7 +411,7 @@ impl Net {
     /// limiter refuses a frame (which stays available).
     pub fn process_tx(&mut self, mem: &GuestMemoryMmap, txq: &mut Queue) -> QueueOutcome {
         let mut out = QueueOutcome::default();
-        let mut budget = BUDGET;
+        let mut budget = self.budget;
         while let Some(head) = txq.pop_descriptor_chain(mem).map(|c| c.head_index()) {
             if budget == 0 {
                 txq.go_to_previous_position();

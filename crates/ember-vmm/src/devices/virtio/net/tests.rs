@@ -537,3 +537,82 @@ fn tap_open_errors_are_specific() {
         }
     });
 }
+
+#[test]
+fn device_face_pauses_the_tap_while_a_frame_waits_for_buffers() {
+    use crate::devices::virtio::testing::Harness;
+    use crate::devices::virtio::{DeviceEvent, TYPE_NET, VirtioDevice};
+
+    in_netns(|ns| {
+        let tap_mac = ns.tap("et0", "10.77.0.1");
+        run(&[
+            "ip",
+            "neigh",
+            "add",
+            "10.77.0.2",
+            "lladdr",
+            "06:00:ac:10:00:02",
+            "dev",
+            "et0",
+            "nud",
+            "permanent",
+        ]);
+        let sock = udp_socket("10.77.0.1:6000");
+        let mut net = Net::new(params("et0")).unwrap();
+        assert_eq!(
+            (net.device_type(), VirtioDevice::id(&net)),
+            (TYPE_NET, "eth0")
+        );
+        let mut h = Harness::new(&[QUEUE_SIZE, QUEUE_SIZE]);
+        let mut rxq = h.guest_queue(0, 0, 16);
+        let mut txq = h.guest_queue(1, 0x1000, 16);
+        net.activate(&mut h.ctx()).unwrap();
+
+        // A frame arrives with no RX buffer: delivered nowhere, the TAP stops being watched.
+        send_to_guest(&net, b"early");
+        let events = h.poll(5_000);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let (token, readiness) = events[0];
+        assert!(readiness.readable);
+        net.handle_event(DeviceEvent::Fd { token, readiness }, &mut h.ctx());
+        assert!(net.rx_deferred());
+        assert!(
+            h.poll(50).is_empty(),
+            "a deferred frame must not keep waking the thread"
+        );
+
+        // The driver posts a buffer and notifies: the frame goes in, the TAP is watched again.
+        rxq.add_chain(&h.mem, &[(RX_BUF, 1526, true)]);
+        net.handle_event(DeviceEvent::Queue(0), &mut h.ctx());
+        let (head, len) = rxq.next_used(&h.mem).unwrap();
+        assert_eq!(head, 0);
+        let mut frame = vec![0u8; len as usize];
+        vm_memory::Bytes::read_slice(&h.mem, &mut frame, vm_memory::GuestAddress(RX_BUF)).unwrap();
+        assert_eq!(rx_payload(&frame), b"early");
+        assert_eq!(h.interrupts(), 1);
+        send_to_guest(&net, b"watched");
+        assert_eq!(h.poll(5_000).len(), 1, "TAP watched again");
+
+        // TX through the queue notification.
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 1), 6000);
+        let f = udp_frame(tap_mac, dst, b"from-guest");
+        vm_memory::Bytes::write_slice(
+            &h.mem,
+            &[0u8; VNET_HDR_LEN],
+            vm_memory::GuestAddress(TX_BUF),
+        )
+        .unwrap();
+        vm_memory::Bytes::write_slice(&h.mem, &f, vm_memory::GuestAddress(TX_BUF + 0x100)).unwrap();
+        txq.add_chain(
+            &h.mem,
+            &[(TX_BUF, 12, false), (TX_BUF + 0x100, f.len() as u32, false)],
+        );
+        net.handle_event(DeviceEvent::Queue(1), &mut h.ctx());
+        assert_eq!(txq.next_used(&h.mem), Some((0, 0)));
+        assert_eq!(recv(&sock).0, b"from-guest");
+
+        // After a reset nothing of the device is watched.
+        net.reset(&h.events);
+        assert!(h.poll(50).is_empty());
+    });
+}
