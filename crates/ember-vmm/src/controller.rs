@@ -67,6 +67,8 @@ pub enum VmmAction {
     GetVmConfig,
     /// `GET /ember/timings` (ember extension).
     GetTimings,
+    /// `GET /ember/devices` (ember extension): the virtio devices of the running VM.
+    GetDevices,
 }
 
 /// A successful action.
@@ -293,6 +295,13 @@ impl Controller {
                     None => &self.pending,
                 };
                 Ok(ActionOk::Json(serde_json::to_value(c).unwrap_or_default()))
+            }
+            VmmAction::GetDevices => {
+                let devices = match &self.vm {
+                    Some(vm) => vm.virtio().describe(),
+                    None => Vec::new(),
+                };
+                Ok(ActionOk::Json(serde_json::Value::Array(devices)))
             }
             VmmAction::GetTimings => {
                 self.timings.console_first_line_ns =

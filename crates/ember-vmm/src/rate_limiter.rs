@@ -513,6 +513,30 @@ impl RateLimiter {
         })
     }
 
+    /// The configuration and current state as JSON (null when unlimited): per bucket its
+    /// `size`, `one_time_burst`, `refill_time`, and the current `budget` and
+    /// `one_time_burst_left`.
+    pub fn describe(&self) -> serde_json::Value {
+        if self.is_unlimited() {
+            return serde_json::Value::Null;
+        }
+        let bucket = |b: &Option<TokenBucket>| match b {
+            Some(b) => serde_json::json!({
+                "size": b.size,
+                "one_time_burst": b.initial_one_time_burst,
+                "refill_time": b.refill_time_ms,
+                "budget": b.budget,
+                "one_time_burst_left": b.one_time_burst,
+            }),
+            None => serde_json::Value::Null,
+        };
+        serde_json::json!({
+            "bandwidth": bucket(&self.bandwidth),
+            "ops": bucket(&self.ops),
+            "blocked": self.blocked,
+        })
+    }
+
     /// Appends the buckets' state (a presence byte per bucket, then its numbers).
     pub fn encode(&self, w: &mut Writer) {
         let now = self.clock.now_ns();

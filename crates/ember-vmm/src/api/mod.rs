@@ -9,7 +9,7 @@
 //! `PUT /drives/{id}`, `PUT /network-interfaces/{id}`, `PUT /vsock`, `PUT /entropy`,
 //! `PUT /actions`,
 //! `PATCH /vm`, `GET /vm/config`, `PUT /snapshot/create`, `PUT /snapshot/load`, and the ember
-//! extension `GET /ember/timings`.
+//! extensions `GET /ember/timings` and `GET /ember/devices`.
 
 pub mod actions;
 pub mod boot_source;
@@ -75,6 +75,7 @@ pub fn route(req: &Request) -> Result<VmmAction, RequestError> {
         ("vm", Some("config")) => vm::route_config(req),
         ("snapshot", Some(which)) => snapshot::route(req, which),
         ("ember", Some("timings")) if req.method == Method::Get => Ok(VmmAction::GetTimings),
+        ("ember", Some("devices")) if req.method == Method::Get => Ok(VmmAction::GetDevices),
         _ => Err(invalid(req)),
     }
 }

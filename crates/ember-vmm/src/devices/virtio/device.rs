@@ -101,6 +101,12 @@ pub trait VirtioDevice: Send {
     fn save_state(&self, w: &mut Writer) {
         let _ = w;
     }
+
+    /// What the device is attached to and its limits, as JSON, for the ember extension
+    /// `GET /ember/devices` (tests and operators; not a stable format). Default: null.
+    fn describe(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// Why [`VirtioDevice::activate`] failed.

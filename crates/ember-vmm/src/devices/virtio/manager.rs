@@ -324,6 +324,25 @@ impl VirtioManager {
             .collect()
     }
 
+    /// Every device as JSON (`GET /ember/devices`): placement, whether the driver activated
+    /// it, and what the device says of itself ([`VirtioDevice::describe`]).
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let core = lock_core(&s.core);
+                serde_json::json!({
+                    "id": s.id,
+                    "device_type": s.device_type,
+                    "mmio_base": s.mmio_base,
+                    "gsi": s.gsi,
+                    "active": core.active,
+                    "backend": core.device.describe(),
+                })
+            })
+            .collect()
+    }
+
     /// Stops device work until the returned guard is dropped (VM paused; used around a
     /// snapshot so guest memory does not change while it is written).
     pub fn quiesce(&self) -> Quiesced<'_> {

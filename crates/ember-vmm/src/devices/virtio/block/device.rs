@@ -105,4 +105,13 @@ impl VirtioDevice for Block {
     fn save_state(&self, w: &mut Writer) {
         self.encode_state(w);
     }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path_on_host": self.params.path,
+            "is_read_only": self.params.read_only,
+            "capacity_sectors": self.nsectors,
+            "rate_limiter": self.limiter.describe(),
+        })
+    }
 }

@@ -208,4 +208,19 @@ impl VirtioDevice for Net {
     fn save_state(&self, w: &mut Writer) {
         self.encode_state(w);
     }
+
+    fn describe(&self) -> serde_json::Value {
+        let mac = self.params.guest_mac.map(|m| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        });
+        serde_json::json!({
+            "host_dev_name": self.tap.name(),
+            "guest_mac": mac,
+            "rx_rate_limiter": self.rx_limiter.describe(),
+            "tx_rate_limiter": self.tx_limiter.describe(),
+        })
+    }
 }

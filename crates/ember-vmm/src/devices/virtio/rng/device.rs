@@ -108,4 +108,8 @@ impl VirtioDevice for Rng {
     fn save_state(&self, w: &mut Writer) {
         self.encode_state(w);
     }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "rate_limiter": self.limiter.describe() })
+    }
 }
