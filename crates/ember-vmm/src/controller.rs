@@ -233,9 +233,6 @@ impl Controller {
                     .into(),
             ));
         }
-        for d in &self.pending.drives {
-            tracing::warn!(drive = %d.drive_id, "drives are stored but not attached yet");
-        }
         let mut timings = PhaseTimings::starting_at(now_ns());
         // A prepared shell is used as is; otherwise the builder creates the VM with memory
         // registered first (faster right after process start).

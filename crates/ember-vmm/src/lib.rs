@@ -14,14 +14,15 @@
 //! - [`arch`]: x86_64 boot protocol, page tables, GDT, MSRs, CPUID normalization, MP table;
 //! - [`loader`]: the kernel-image seam (ELF now; bzImage/PVH slot in here);
 //! - [`devices`]: port/MMIO buses, the legacy devices (16550 serial, i8042) and the virtio-mmio
-//!   devices (transport, device thread, vsock);
+//!   devices (transport, device thread, vsock, block, net, rng);
 //! - [`snapshot`]: the versioned binary state format and the memory file;
 //! - [`rate_limiter`]: token buckets (bandwidth, ops) with a timerfd, Firecracker's shape;
 //! - [`microvm`]: a running VM (pause, resume, Ctrl+Alt+Del, snapshot);
 //! - [`exit`]: how vCPUs and devices ask the process to exit;
 //! - [`timing`]: monotonic timestamps and per-phase timings.
 //!
-//! `unsafe` lives only in `vstate` (KVM ioctls, signal kick, guest memory mappings).
+//! `unsafe` lives only in `vstate` (KVM ioctls, signal kick, guest memory mappings) and in
+//! the TAP ioctls of `devices::virtio::net::tap`.
 
 pub mod api;
 pub mod arch;

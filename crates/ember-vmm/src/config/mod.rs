@@ -95,7 +95,7 @@ pub struct VmConfig {
     /// Network interfaces.
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
-    /// vsock device (stored; device arrives with the virtio work).
+    /// The vsock device.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
     /// Not supported (must be absent or null).
