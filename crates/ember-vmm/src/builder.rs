@@ -271,7 +271,12 @@ pub fn boot(
     timings.phase("devices");
 
     let kernel = loader::load(&memory, Path::new(&boot_source.kernel_image_path))?;
-    let cmdline = format!("{}{}", boot_source.cmdline(), virtio.cmdline_entries());
+    let cmdline = format!(
+        "{}{}{}",
+        boot_source.cmdline(),
+        crate::devices::virtio::block::root_args(&config.drives),
+        virtio.cmdline_entries()
+    );
     if cmdline.len() > CMDLINE_MAX_SIZE {
         return Err(BuildError::Config(format!(
             "boot_args: longer than {CMDLINE_MAX_SIZE} bytes"

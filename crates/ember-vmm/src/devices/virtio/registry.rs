@@ -54,14 +54,14 @@ impl PreparedDevices {
     }
 }
 
-/// The devices `config` asks for, in slot order: drives, network interfaces (each in
-/// configuration order), vsock, entropy.
+/// The devices `config` asks for, in slot order: drives (the root drive first, so it is the
+/// guest's first disk), network interfaces (in configuration order), vsock, entropy.
 pub fn devices_for_config(
     config: &VmConfig,
     prepared: &mut PreparedDevices,
 ) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for d in &config.drives {
+    for d in super::block::slot_order(&config.drives) {
         let block = BlockParams::from_config(d)
             .and_then(Block::new)
             .map_err(|e| device_error(&d.drive_id, e))?;

@@ -194,6 +194,32 @@ fn disk_size(file: &File, path: &Path) -> io::Result<u64> {
     Ok(end)
 }
 
+/// The drives in slot order: the root device first (so a Linux guest sees it as `/dev/vda`),
+/// the others in configuration order.
+pub fn slot_order(drives: &[DriveConfig]) -> impl Iterator<Item = &DriveConfig> {
+    let root = drives.iter().filter(|d| d.is_root_device);
+    root.chain(drives.iter().filter(|d| !d.is_root_device))
+}
+
+/// The kernel command line arguments for the root drive, as Firecracker adds them:
+/// ` root=/dev/vda` (or ` root=PARTUUID=<partuuid>`) and ` ro` or ` rw`; empty without a root
+/// drive.
+pub fn root_args(drives: &[DriveConfig]) -> String {
+    let Some(root) = drives.iter().find(|d| d.is_root_device) else {
+        return String::new();
+    };
+    let dev = match &root.partuuid {
+        Some(uuid) => format!("PARTUUID={uuid}"),
+        None => "/dev/vda".to_string(),
+    };
+    let mode = if root.is_read_only.unwrap_or(false) {
+        "ro"
+    } else {
+        "rw"
+    };
+    format!(" root={dev} {mode}")
+}
+
 /// Checks that the drive `cfg` describes can be opened (the file exists, is a regular file
 /// or block device of at least one sector, and opens with the configured access); nothing is
 /// kept open.

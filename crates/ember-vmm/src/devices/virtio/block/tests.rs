@@ -638,3 +638,31 @@ fn device_face_wakes_on_its_rate_limiter_timer() {
     blk.reset(&h.events);
     assert!(h.poll(0).is_empty());
 }
+
+#[test]
+fn root_drive_goes_first_and_on_the_command_line() {
+    let drive = |id: &str, root: bool, ro: Option<bool>, partuuid: Option<&str>| DriveConfig {
+        drive_id: id.into(),
+        path_on_host: Some("/x".into()),
+        is_root_device: root,
+        is_read_only: ro,
+        partuuid: partuuid.map(Into::into),
+        cache_type: None,
+        rate_limiter: None,
+        io_engine: None,
+        socket: None,
+    };
+    let drives = [
+        drive("data", false, Some(true), None),
+        drive("rootfs", true, None, None),
+        drive("scratch", false, None, None),
+    ];
+    let order: Vec<&str> = slot_order(&drives).map(|d| d.drive_id.as_str()).collect();
+    assert_eq!(order, ["rootfs", "data", "scratch"]);
+    assert_eq!(root_args(&drives), " root=/dev/vda rw");
+    assert_eq!(root_args(&drives[..1]), "");
+    assert_eq!(
+        root_args(&[drive("r", true, Some(true), Some("abcd-01"))]),
+        " root=PARTUUID=abcd-01 ro"
+    );
+}
