@@ -1,6 +1,8 @@
-//! Test helpers: a small guest memory and a driver-side view of a split queue in it
-//! (virtio-queue's `MockSplitQueue`), to place descriptors, make chains available and read
-//! the used ring back, exactly as a guest driver would.
+//! Test helpers for the block, net and rng queue models: a small guest memory and a
+//! driver-side view of a split queue in it built on virtio-queue's own `MockSplitQueue` (raw
+//! descriptor placement, including deliberately broken chains, and used-ring reads by
+//! index), plus [`wait_for_timer`] for rate-limiter tests. Tests of a device's
+//! `VirtioDevice` face use the transport's [`super::testing::Harness`] instead.
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::Queue;
