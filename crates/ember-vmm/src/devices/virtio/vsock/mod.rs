@@ -22,10 +22,13 @@ pub mod packet;
 use std::io::{Read, Write};
 
 use virtio_queue::{QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use self::muxer::{Muxer, MuxerError};
+use self::muxer::{Muxer, MuxerError, TOKEN_KICK};
 use self::packet::{HDR_LEN, MAX_PKT_DATA, PacketHeader};
-use super::device::{ActivateError, DeviceContext, DeviceEvent, EventRegistry, VirtioDevice};
+use super::device::{
+    ActivateError, DeviceContext, DeviceEvent, EventRegistry, Interest, VirtioDevice,
+};
 use super::manager::VirtioError;
 use super::{TYPE_VSOCK, VIRTIO_F_VERSION_1, feature};
 use crate::config::VsockConfig;
@@ -40,8 +43,9 @@ pub const EVQ: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
 pub const EVENT_TRANSPORT_RESET: u32 = 0;
-/// TX descriptor chains handled per event (a guest cannot keep the thread busy forever).
-const TX_BUDGET: usize = 1024;
+/// TX descriptor chains handled per event (a guest cannot keep the thread busy forever); the
+/// rest is handled after a self-kick, behind whatever else is ready.
+const TX_BUDGET: usize = 256;
 
 /// The vsock device.
 pub struct Vsock {
@@ -49,6 +53,7 @@ pub struct Vsock {
     muxer: Muxer,
     pending_event_ack: bool,
     scratch: Vec<u8>,
+    kick: EventFd,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -76,11 +81,19 @@ impl Vsock {
     pub fn new(config: &VsockConfig) -> Result<Vsock, VirtioError> {
         let muxer =
             Muxer::new(u64::from(config.guest_cid), &config.uds_path).map_err(muxer_error)?;
+        let kick = EventFd::new(EFD_NONBLOCK).map_err(|source| VirtioError::Device {
+            id: "vsock".into(),
+            source: ActivateError::Io {
+                what: "vsock kick eventfd",
+                source,
+            },
+        })?;
         Ok(Vsock {
             config: config.clone(),
             muxer,
             pending_event_ack: false,
             scratch: Vec::new(),
+            kick,
         })
     }
 
@@ -117,7 +130,7 @@ impl Vsock {
     }
 
     fn process_tx(&mut self, ctx: &mut DeviceContext<'_>) {
-        let Self { muxer, .. } = self;
+        let Self { muxer, kick, .. } = self;
         let mem = ctx.mem;
         let mut used = false;
         let mut budget = TX_BUDGET;
@@ -139,6 +152,10 @@ impl Vsock {
                 used = true;
                 budget -= 1;
                 if budget == 0 {
+                    // Come back for the rest after other work.
+                    if let Err(e) = kick.write(1) {
+                        tracing::warn!(error = %e, "vsock: cannot kick itself");
+                    }
                     break 'outer;
                 }
             }
@@ -306,12 +323,15 @@ impl VirtioDevice for Vsock {
                 });
             }
         }
-        self.muxer
-            .register(ctx.events)
-            .map_err(|source| ActivateError::Io {
-                what: "watching the vsock socket",
-                source,
-            })
+        let io = |source| ActivateError::Io {
+            what: "watching the vsock socket",
+            source,
+        };
+        self.muxer.register(ctx.events).map_err(io)?;
+        match ctx.events.add(&self.kick, TOKEN_KICK, Interest::READ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            other => other.map_err(io),
+        }
     }
 
     fn handle_event(&mut self, event: DeviceEvent, ctx: &mut DeviceContext<'_>) {
@@ -332,6 +352,12 @@ impl VirtioDevice for Vsock {
                 self.pending_event_ack = false;
             }
             DeviceEvent::Queue(_) => {}
+            DeviceEvent::Fd {
+                token: TOKEN_KICK, ..
+            } => {
+                let _ = self.kick.read();
+                self.process_tx(ctx);
+            }
             DeviceEvent::Fd { token, readiness } => {
                 self.muxer.handle_fd(token, readiness, ctx.events)
             }
@@ -340,6 +366,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self, events: &EventRegistry) {
+        let _ = events.remove(&self.kick);
         self.muxer.unregister(events);
         self.pending_event_ack = false;
     }

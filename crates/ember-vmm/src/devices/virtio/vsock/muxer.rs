@@ -45,7 +45,9 @@ const TICK: Duration = Duration::from_millis(100);
 pub const TOKEN_LISTENER: u32 = 0;
 /// Token of the timer.
 pub const TOKEN_TIMER: u32 = 1;
-const FIRST_TOKEN: u32 = 2;
+/// Token reserved for the device's own self-kick (see `super::Vsock`).
+pub const TOKEN_KICK: u32 = 2;
+const FIRST_TOKEN: u32 = 3;
 
 /// First host-side port given to host-initiated connections (Firecracker's range).
 const LOCAL_PORT_FIRST: u32 = 1 << 30;

@@ -398,3 +398,77 @@ fn restore_checks_its_state() {
     // The socket file is removed with the device.
     assert!(!dir.path().join("r.sock").exists());
 }
+
+#[test]
+fn tx_budget_kicks_the_device_again() {
+    let mut r = Rig::new();
+    // A full 256-entry TX ring of RSTs for unknown connections (ignored by the device).
+    r.txq = r.h.guest_queue(TXQ, 0x8000, 256);
+    let mem = r.h.mem.clone();
+    for i in 0..256u64 {
+        let addr = TX_BUF + i * 64;
+        let h = r.guest_hdr(5, 5, op::RST);
+        mem.write_slice(&h.to_bytes(), GuestAddress(addr)).unwrap();
+        r.txq.add_chain(&mem, &[(addr, HDR_LEN as u32, false)]);
+    }
+    r.event(DeviceEvent::Queue(TXQ as u16));
+    let mut used = 0;
+    while r.txq.next_used(&mem).is_some() {
+        used += 1;
+    }
+    assert_eq!(used, 256);
+    // The budget ran out: the device asked to be woken for the rest.
+    let ready = r.h.poll(0);
+    assert!(
+        ready.iter().any(|(t, _)| *t == super::muxer::TOKEN_KICK),
+        "{ready:?}"
+    );
+    r.pump(0);
+}
+
+#[test]
+fn malformed_reply_from_the_guest_fails_only_that_client() {
+    use ember_agent_proto::{AgentClient, ClientError};
+    let mut r = Rig::new();
+    let uds = r.uds.clone();
+    let client = std::thread::spawn(move || {
+        AgentClient::connect(&uds, 52, Duration::from_secs(10)).map(|_| ())
+    });
+    // Play the guest: accept, read the Hello, answer with a frame whose length prefix is 5.
+    r.post_rx(8, BUF);
+    let mut hp = None;
+    let mut hello = Vec::new();
+    for _ in 0..200 {
+        r.pump(20);
+        for (h, d) in r.rx_packets() {
+            match h.op {
+                op::REQUEST => {
+                    hp = Some(h.src_port);
+                    let mut resp = r.guest_hdr(52, h.src_port, op::RESPONSE);
+                    resp.buf_alloc = 8192;
+                    r.send(resp, &[]);
+                }
+                op::RW => hello.extend(d),
+                _ => {}
+            }
+        }
+        if hello.len() >= 16 {
+            break;
+        }
+        r.post_rx(2, BUF);
+    }
+    let hp = hp.expect("the host connected");
+    assert_eq!(hello[5], 0x01, "the host's first frame is Hello");
+    let mut rw = r.guest_hdr(52, hp, op::RW);
+    rw.len = 16;
+    rw.fwd_cnt = hello.len() as u32;
+    let mut bad = [0u8; 16];
+    bad[0] = 5;
+    r.send(rw, &bad);
+    let err = client.join().unwrap().unwrap_err();
+    assert!(matches!(err, ClientError::Malformed { .. }), "{err}");
+    // The client closed its end: the device tells the guest.
+    r.post_rx(2, BUF);
+    r.pump(1000);
+    assert!(r.rx_packets().iter().any(|(h, _)| h.op == op::SHUTDOWN));
+}
