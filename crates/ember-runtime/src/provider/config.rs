@@ -73,9 +73,14 @@ impl Default for Timeouts {
 /// Everything a [`VmmProvider`](super::VmmProvider) needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
-    /// The root directory (slots, VM links, snapshots); created if missing, locked for this
-    /// provider, and short enough for Unix socket paths under it (about 60 bytes).
+    /// The root directory (slots, VM links, and snapshots unless `snapshots_dir` says
+    /// otherwise); created if missing, locked for this provider, and short enough for Unix
+    /// socket paths under it (about 60 bytes). Put it on a tmpfs (`/run/...`, `/dev/shm/...`):
+    /// every VM creates and removes a few files there.
     pub root: PathBuf,
+    /// Where snapshots live, if not in `<root>/snapshots` (e.g. a disk-backed directory when
+    /// the root is on tmpfs). Created if missing, locked, never removed by the provider.
+    pub snapshots_dir: Option<PathBuf>,
     /// Which VMM to run.
     pub flavor: Flavor,
     /// Extra arguments for every VMM process, after `--api-sock <path> --id <id>`.
@@ -98,6 +103,7 @@ impl ProviderConfig {
     pub fn new(root: impl Into<PathBuf>, flavor: Flavor) -> Self {
         Self {
             root: root.into(),
+            snapshots_dir: None,
             flavor,
             extra_args: Vec::new(),
             spares: SpareConfig::default(),

@@ -158,7 +158,7 @@ impl VmmProvider {
         if !binary.is_file() {
             return Err(StartError::MissingBinary(binary));
         }
-        let layout = Arc::new(Layout::open(&config.root)?);
+        let layout = Arc::new(Layout::open(&config.root, config.snapshots_dir.as_deref())?);
         let snapshots = SnapshotStore::load(layout.snapshots_dir()).map_err(|source| {
             StartError::Snapshots {
                 path: layout.snapshots_dir().to_path_buf(),

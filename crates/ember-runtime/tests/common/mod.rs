@@ -93,11 +93,19 @@ pub fn flavor(kind: Kind) -> Option<Flavor> {
     }
 }
 
-/// A temporary root short enough for socket paths.
+/// A temporary directory for a provider root: on tmpfs when the host has `/dev/shm` (the
+/// runtime's files belong on tmpfs; on a disk-backed filesystem every VM's few file creations
+/// cost milliseconds), short enough for socket paths.
 pub fn short_tempdir() -> tempfile::TempDir {
+    let base = Path::new("/dev/shm");
+    let base = if base.is_dir() {
+        base
+    } else {
+        Path::new("/tmp")
+    };
     tempfile::Builder::new()
         .prefix("er")
-        .tempdir_in("/tmp")
+        .tempdir_in(base)
         .unwrap()
 }
 
