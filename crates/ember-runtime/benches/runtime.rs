@@ -19,7 +19,9 @@
 //! - `handover.{get,rename,resume,pause}`: the provider calls of a handover, one at a time;
 //! - `acquire.concurrent{1,8,32}`: 1, 8 and 32 threads acquiring 256 VMs from a pool filled
 //!   to 256 (AliveValidator, no agent round trip; refill runs concurrently), latency measured
-//!   by the pool; `..._wall` as seen by the caller;
+//!   by the pool; `..._wall` as seen by the caller; `acquire.paced32_at_160_per_s`: 32
+//!   tenants each taking a VM every 200 ms (staggered) and destroying the previous one — a
+//!   steady 160 acquires/s with refill and destroys running;
 //! - `memory.*`: 50 idle pooled VMs (paused after restore) from /proc/<pid>/smaps: private
 //!   memory beyond the guest's own copied pages (VMM process, the target), the guest's pages,
 //!   the total, Pss (KVM's kernel-side memory, ~0.6 MB per VM on these hosts, is not visible
@@ -393,6 +395,89 @@ fn acquire_bench(dir: &Path, depth: usize, threads: usize) {
     close(p, &[&snap]);
 }
 
+/// `threads` tenants, each acquiring a VM every `interval` (staggered), keeping it until its
+/// next acquire and then destroying it: a steady load at a rate the refill sustains, as
+/// opposed to the closed-loop bursts above.
+fn acquire_paced(dir: &Path, threads: usize, rounds: usize, interval: Duration) {
+    let p = new_provider(&dir.join("paced"), spares(16, 4));
+    let stack = probe_stack("paced");
+    let snap = template(&p, &stack, "paced");
+    let depth = 64;
+    let pool = Arc::new(
+        WarmPool::start(Arc::clone(&p), Arc::new(AliveValidator), pool_settings(4)).unwrap(),
+    );
+    pool.register(
+        stack.clone(),
+        snap.clone(),
+        BucketConfig {
+            min_depth: depth,
+            max_depth: depth,
+            refill_parallelism: 4,
+            ..BucketConfig::default()
+        },
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(300), "the pool to fill", || {
+        (pool.depth(&stack) == Some(depth)).then_some(())
+    });
+    settle(&p, 16);
+    let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let t_start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (pool, p, stack, lat) = (
+                Arc::clone(&pool),
+                Arc::clone(&p),
+                stack.clone(),
+                Arc::clone(&lat),
+            );
+            std::thread::spawn(move || {
+                let offset = interval * t as u32 / threads as u32;
+                let mut held: Option<VmId> = None;
+                for r in 0..rounds {
+                    let due = t_start + offset + interval * r as u32;
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    let tenant = Tenant::new(&format!("p{t}-{r}")).unwrap();
+                    let got = pool
+                        .acquire_timeout(&stack, &tenant, Duration::from_secs(10))
+                        .unwrap();
+                    lat.lock().unwrap().push(ms(got.latency));
+                    if let Some(old) = held.replace(got.vm_id) {
+                        p.destroy(&old).unwrap();
+                    }
+                }
+                if let Some(old) = held {
+                    p.destroy(&old).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let rate = (threads * rounds) as f64 / t_start.elapsed().as_secs_f64();
+    let lat = std::mem::take(&mut *lat.lock().unwrap());
+    report(
+        &format!(
+            "acquire.paced{threads}_at_{}_per_s",
+            (threads as f64 / interval.as_secs_f64()).round()
+        ),
+        "ms",
+        None,
+        lat,
+    );
+    report_value(
+        &format!("acquire.paced{threads}_rate"),
+        "acquires/s",
+        threads * rounds,
+        rate,
+        None,
+    );
+    pool.shutdown();
+    drop(pool);
+    close(p, &[&snap]);
+}
+
 /// Private_Clean + Private_Dirty (KiB) of each mapping of `pid`, split into the mapping of
 /// `guest_file` (the guest's copied pages) and everything else.
 fn private_split(pid: u32, guest_file: &Path) -> (u64, u64) {
@@ -541,6 +626,7 @@ fn main() {
             for threads in [1, 8, 32] {
                 acquire_bench(d, 256, threads);
             }
+            acquire_paced(d, 32, 20, Duration::from_millis(200));
         }
         if run("memory") {
             memory_bench(d, 50);
@@ -555,6 +641,7 @@ fn main() {
     for threads in [1, 8, 32] {
         acquire_bench(d, 256, threads);
     }
+    acquire_paced(d, 32, 20, Duration::from_millis(200));
     memory_bench(d, 50);
     report_value(
         "host.cpu_busy_after",
