@@ -14,7 +14,7 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -34,35 +34,19 @@ pub struct PidFd(OwnedFd);
 impl PidFd {
     /// `pidfd_open(pid, 0)`.
     pub fn open(pid: u32) -> io::Result<PidFd> {
-        let pid =
-            libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-        // SAFETY: pidfd_open takes a pid and a flags word and returns a new descriptor or -1;
-        // it touches no memory of ours.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-        // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-        Ok(PidFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let pid = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+        Ok(PidFd(fd))
     }
 
     /// `pidfd_send_signal(fd, sig, NULL, 0)`. `ESRCH` (already exited) is reported as an error.
     pub fn send_signal(&self, signal: i32) -> io::Result<()> {
-        // SAFETY: the descriptor is open for the lifetime of `self`; a NULL siginfo is allowed
-        // and means "as kill(2) would send it".
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.0.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let signal = rustix::process::Signal::from_named_raw(signal)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        rustix::process::pidfd_send_signal(&self.0, signal)?;
         Ok(())
     }
 }
