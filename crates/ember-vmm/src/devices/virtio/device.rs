@@ -150,13 +150,16 @@ pub enum DeviceEvent {
     },
 }
 
-/// Which readiness a registered descriptor is watched for (level-triggered).
+/// Which readiness a registered descriptor is watched for: level-triggered unless `edge`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Interest {
     /// Readable (or a pending connection on a listener).
     pub read: bool,
     /// Writable.
     pub write: bool,
+    /// Edge-triggered: an event only when the readiness changes (the device must then drain
+    /// the descriptor, or remember that it did not).
+    pub edge: bool,
 }
 
 impl Interest {
@@ -164,21 +167,32 @@ impl Interest {
     pub const READ: Interest = Interest {
         read: true,
         write: false,
+        edge: false,
     };
     /// Writable only.
     pub const WRITE: Interest = Interest {
         read: false,
         write: true,
+        edge: false,
     };
     /// Both.
     pub const BOTH: Interest = Interest {
         read: true,
         write: true,
+        edge: false,
     };
     /// Neither (hang-ups and errors are still reported).
     pub const NONE: Interest = Interest {
         read: false,
         write: false,
+        edge: false,
+    };
+    /// Both, edge-triggered: registered once, never changed (saves an `epoll_ctl` per
+    /// state change).
+    pub const EDGE_BOTH: Interest = Interest {
+        read: true,
+        write: true,
+        edge: true,
     };
 
     fn flags(self) -> EventSet {
@@ -188,6 +202,9 @@ impl Interest {
         }
         if self.write {
             f |= EventSet::OUT;
+        }
+        if self.edge {
+            f |= EventSet::EDGE_TRIGGERED;
         }
         f
     }

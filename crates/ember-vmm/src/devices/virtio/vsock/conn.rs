@@ -9,8 +9,11 @@
 //! sends beyond its credit is reset. `fwd_cnt` counts bytes written to the stream; a credit
 //! update is sent when the guest's view of our free space drops below [`CREDIT_THRESHOLD`].
 //!
-//! The connection never blocks: every stream operation is non-blocking, and what it wants
-//! from the event loop is expressed by [`Conn::desired_interest`].
+//! The connection never blocks: every stream operation is non-blocking. Its stream is watched
+//! edge-triggered for everything (registered once: no `epoll_ctl` per state change), so the
+//! connection remembers what an edge told it: `host_data` (bytes may be waiting; cleared only
+//! when a read comes back short or empty-handed) and `tx_buf` (a write hit `EAGAIN`; the next
+//! writable edge flushes it).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -82,9 +85,10 @@ pub struct Conn {
     pub deadline: Option<Instant>,
     /// Whether the muxer's RX queue holds it.
     pub queued: bool,
-    /// Current epoll registration (`None`: not registered).
-    pub registered: Option<Interest>,
+    /// Whether the stream is registered edge-triggered with the event loop.
+    pub registered: bool,
     pending: Pending,
+    host_data: bool,
     host_hup: bool,
     host_eof: bool,
     peer_shut_send: bool,
@@ -110,8 +114,9 @@ impl Conn {
             state,
             deadline: None,
             queued: false,
-            registered: None,
+            registered: false,
             pending: Pending::default(),
+            host_data: false,
             host_hup: false,
             host_eof: false,
             peer_shut_send: false,
@@ -170,16 +175,17 @@ impl Conn {
         self.state == State::Established && !self.host_eof && !self.peer_shut_rcv
     }
 
-    /// What the event loop should watch the stream for (`None`: do not watch it).
-    pub fn desired_interest(&self) -> Option<Interest> {
-        if self.host_hup {
-            // The peer is gone: no more events are needed (a hung-up stream would report
-            // EPOLLHUP forever); what is left to read is read when the guest has credit.
-            return None;
+    /// How the stream is watched: everything, edge-triggered.
+    pub const INTEREST: Interest = Interest::EDGE_BOTH;
+
+    /// Reads again if the host may have data and the guest may take it.
+    fn want_read(&mut self) {
+        if (self.host_data || self.host_hup || !self.prefix.is_empty())
+            && self.can_read_host()
+            && self.peer_credit() > 0
+        {
+            self.pending.rw = true;
         }
-        let read = self.can_read_host() && !self.pending.rw && self.peer_credit() > 0;
-        let write = !self.tx_buf.is_empty();
-        Some(Interest { read, write })
     }
 
     /// Records the credit information every guest packet carries.
@@ -188,9 +194,7 @@ impl Conn {
         self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
         if self.peer_credit() > 0 {
             self.credit_requested = false;
-            if self.host_hup && self.can_read_host() {
-                self.pending.rw = true;
-            }
+            self.want_read();
         }
     }
 
@@ -207,9 +211,7 @@ impl Conn {
                     Ok(n) if n == line.len() => {}
                     _ => return Verdict::Reset,
                 }
-                if !self.prefix.is_empty() {
-                    self.pending.rw = true;
-                }
+                self.want_read();
                 Verdict::Keep
             }
             (State::LocalInit, _) | (State::PeerInit, _) => Verdict::Reset,
@@ -308,19 +310,20 @@ impl Conn {
         Ok(())
     }
 
-    /// Handles readiness of the host stream.
+    /// Handles an edge on the host stream.
     pub fn host_ready(&mut self, r: Readiness) -> Verdict {
         if r.writable && self.flush_to_host().is_err() {
             return Verdict::Reset;
         }
-        if r.readable && self.can_read_host() {
-            self.pending.rw = true;
+        if r.readable {
+            self.host_data = true;
+            self.want_read();
         }
         if r.hangup || r.error {
             self.host_hup = true;
             if self.can_read_host() {
                 // Read what is left, then find EOF.
-                self.pending.rw = true;
+                self.want_read();
             } else if self.state != State::Closing {
                 return match self.state {
                     State::LocalInit | State::PeerInit => Verdict::Reset,
@@ -415,6 +418,7 @@ impl Conn {
         let credit = self.peer_credit() as usize;
         let want = buf.len().min(credit);
         if want == 0 {
+            // Resumed by the next credit update (`absorb_credit`).
             self.pending.rw = false;
             if !self.credit_requested {
                 self.credit_requested = true;
@@ -437,13 +441,15 @@ impl Conn {
                         return Ok(None);
                     }
                     Ok(n) => {
-                        if n < want {
-                            // Probably drained: let epoll say when there is more.
-                            self.pending.rw = self.host_hup;
+                        if n < want && !self.host_hup {
+                            // Drained: the next readable edge says when there is more.
+                            self.host_data = false;
+                            self.pending.rw = false;
                         }
                         break n;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.host_data = false;
                         self.pending.rw = false;
                         return Ok(None);
                     }

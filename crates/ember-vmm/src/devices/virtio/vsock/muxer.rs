@@ -257,11 +257,9 @@ impl Muxer {
         self.rxq.push_back(RxItem::Rst(key));
     }
 
-    fn remove(&mut self, key: ConnKey, events: &EventRegistry) {
+    /// Drops a connection; closing its stream also takes it out of the epoll set.
+    fn remove(&mut self, key: ConnKey) {
         if let Some(c) = self.conns.remove(&key) {
-            if c.registered.is_some() {
-                let _ = events.remove(&c.stream);
-            }
             self.targets.remove(&c.token);
         }
     }
@@ -270,28 +268,21 @@ impl Muxer {
     fn settle(&mut self, key: ConnKey, verdict: Verdict, events: &EventRegistry) {
         match verdict {
             Verdict::Keep => {}
-            Verdict::Remove => return self.remove(key, events),
+            Verdict::Remove => return self.remove(key),
             Verdict::Reset => {
-                self.remove(key, events);
+                self.remove(key);
                 return self.enqueue_rst(key);
             }
         }
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        let want = c.desired_interest();
-        if want != c.registered {
-            let r = match (c.registered, want) {
-                (None, Some(i)) => events.add(&c.stream, c.token, i),
-                (Some(_), Some(i)) => events.modify(&c.stream, c.token, i),
-                (Some(_), None) => events.remove(&c.stream),
-                (None, None) => Ok(()),
-            };
-            match r {
-                Ok(()) => c.registered = want,
+        if !c.registered {
+            match events.add(&c.stream, c.token, Conn::INTEREST) {
+                Ok(()) => c.registered = true,
                 Err(e) => {
                     tracing::warn!(error = %e, "vsock: cannot watch a host stream");
-                    self.remove(key, events);
+                    self.remove(key);
                     return self.enqueue_rst(key);
                 }
             }
@@ -360,10 +351,9 @@ impl Muxer {
         }
     }
 
-    fn drop_handshake(&mut self, token: u32, events: &EventRegistry) {
-        if let Some(h) = self.handshakes.remove(&token) {
-            let _ = events.remove(&h.stream);
-        }
+    /// Drops a pending host connection (closing it takes it out of the epoll set).
+    fn drop_handshake(&mut self, token: u32) {
+        self.handshakes.remove(&token);
         self.targets.remove(&token);
     }
 
@@ -374,17 +364,17 @@ impl Muxer {
             return;
         };
         let n = match h.stream.read(&mut h.line[h.len..]) {
-            Ok(0) => return self.drop_handshake(token, events),
+            Ok(0) => return self.drop_handshake(token),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
-            Err(_) => return self.drop_handshake(token, events),
+            Err(_) => return self.drop_handshake(token),
         };
         h.len += n;
         let Some(nl) = h.line[..h.len].iter().position(|&b| b == b'\n') else {
             if h.len == MAX_CONNECT_LINE {
                 tracing::debug!("vsock: CONNECT line too long");
-                self.drop_handshake(token, events);
+                self.drop_handshake(token);
             }
             return;
         };
@@ -395,13 +385,12 @@ impl Muxer {
                 line = %h.line[..nl].escape_ascii(),
                 "vsock: bad CONNECT line from the host"
             );
-            return self.drop_handshake(token, events);
+            return self.drop_handshake(token);
         };
         let Some(h) = self.handshakes.remove(&token) else {
             return;
         };
         if self.conns.len() >= MAX_CONNECTIONS {
-            let _ = events.remove(&h.stream);
             self.targets.remove(&token);
             return;
         }
@@ -418,7 +407,13 @@ impl Muxer {
             prefix,
             Instant::now(),
         );
-        conn.registered = Some(Interest::READ);
+        // From the handshake's level-triggered read to the connection's edge-triggered watch.
+        if let Err(e) = events.modify(&conn.stream, token, Conn::INTEREST) {
+            tracing::warn!(error = %e, "vsock: cannot watch a host stream");
+            self.targets.remove(&token);
+            return;
+        }
+        conn.registered = true;
         self.targets.insert(token, Target::Conn(key));
         self.conns.insert(key, conn);
         self.settle(key, Verdict::Keep, events);
@@ -435,7 +430,7 @@ impl Muxer {
             .collect();
         for t in expired {
             tracing::debug!("vsock: host connection sent no CONNECT line in time");
-            self.drop_handshake(t, events);
+            self.drop_handshake(t);
         }
         let expired: Vec<(ConnKey, State)> = self
             .conns
