@@ -187,8 +187,13 @@ impl Interest {
         write: false,
         edge: false,
     };
-    /// Both, edge-triggered: registered once, never changed (saves an `epoll_ctl` per
-    /// state change).
+    /// Readable, edge-triggered.
+    pub const EDGE_READ: Interest = Interest {
+        read: true,
+        write: false,
+        edge: true,
+    };
+    /// Both, edge-triggered.
     pub const EDGE_BOTH: Interest = Interest {
         read: true,
         write: true,

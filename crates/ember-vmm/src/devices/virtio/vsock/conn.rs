@@ -10,10 +10,11 @@
 //! update is sent when the guest's view of our free space drops below [`CREDIT_THRESHOLD`].
 //!
 //! The connection never blocks: every stream operation is non-blocking. Its stream is watched
-//! edge-triggered for everything (registered once: no `epoll_ctl` per state change), so the
-//! connection remembers what an edge told it: `host_data` (bytes may be waiting; cleared only
-//! when a read comes back short or empty-handed) and `tx_buf` (a write hit `EAGAIN`; the next
-//! writable edge flushes it).
+//! edge-triggered for input (registered once: no `epoll_ctl` per state change), so the
+//! connection remembers what an edge told it in `host_data` (bytes may be waiting; cleared
+//! only when a read comes back short or empty-handed). Output is watched only while `tx_buf`
+//! holds bytes a write could not place ([`Conn::interest`]): a Unix socket reports
+//! writability every time its peer reads, which would wake the device thread per reply.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -85,8 +86,8 @@ pub struct Conn {
     pub deadline: Option<Instant>,
     /// Whether the muxer's RX queue holds it.
     pub queued: bool,
-    /// Whether the stream is registered edge-triggered with the event loop.
-    pub registered: bool,
+    /// How the stream is registered with the event loop (`None`: not registered).
+    pub registered: Option<Interest>,
     pending: Pending,
     host_data: bool,
     host_hup: bool,
@@ -114,7 +115,7 @@ impl Conn {
             state,
             deadline: None,
             queued: false,
-            registered: false,
+            registered: None,
             pending: Pending::default(),
             host_data: false,
             host_hup: false,
@@ -175,8 +176,14 @@ impl Conn {
         self.state == State::Established && !self.host_eof && !self.peer_shut_rcv
     }
 
-    /// How the stream is watched: everything, edge-triggered.
-    pub const INTEREST: Interest = Interest::EDGE_BOTH;
+    /// How the stream should be watched: input always, output while bytes wait for it.
+    pub fn interest(&self) -> Interest {
+        if self.tx_buf.is_empty() {
+            Interest::EDGE_READ
+        } else {
+            Interest::EDGE_BOTH
+        }
+    }
 
     /// Reads again if the host may have data and the guest may take it.
     fn want_read(&mut self) {

@@ -277,9 +277,14 @@ impl Muxer {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        if !c.registered {
-            match events.add(&c.stream, c.token, Conn::INTEREST) {
-                Ok(()) => c.registered = true,
+        let want = c.interest();
+        if c.registered != Some(want) {
+            let r = match c.registered {
+                None => events.add(&c.stream, c.token, want),
+                Some(_) => events.modify(&c.stream, c.token, want),
+            };
+            match r {
+                Ok(()) => c.registered = Some(want),
                 Err(e) => {
                     tracing::warn!(error = %e, "vsock: cannot watch a host stream");
                     self.remove(key);
@@ -408,12 +413,13 @@ impl Muxer {
             Instant::now(),
         );
         // From the handshake's level-triggered read to the connection's edge-triggered watch.
-        if let Err(e) = events.modify(&conn.stream, token, Conn::INTEREST) {
+        let want = conn.interest();
+        if let Err(e) = events.modify(&conn.stream, token, want) {
             tracing::warn!(error = %e, "vsock: cannot watch a host stream");
             self.targets.remove(&token);
             return;
         }
-        conn.registered = true;
+        conn.registered = Some(want);
         self.targets.insert(token, Target::Conn(key));
         self.conns.insert(key, conn);
         self.settle(key, Verdict::Keep, events);
