@@ -7,9 +7,10 @@
 //! fresh entropy, the wall clock and a new generation — so clones of one snapshot never share
 //! randomness or a stale clock, and the answer proves the agent is alive.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ember_agent_proto::{AgentClient, ClientError};
@@ -58,11 +59,16 @@ impl AgentError {
 }
 
 /// The warm pool's validator over the guest agent.
+///
+/// The connection that reseeded a VM at handover is kept for its tenant
+/// ([`take_connection`](Self::take_connection)), so the tenant's first call does not pay for a
+/// second vsock handshake and Hello.
 pub struct AgentValidator {
     provider: Arc<VmmProvider>,
     port: u32,
     timeout: Duration,
     generation: AtomicU64,
+    handed_over: Mutex<HashMap<VmId, AgentClient>>,
 }
 
 impl AgentValidator {
@@ -73,7 +79,21 @@ impl AgentValidator {
             port,
             timeout,
             generation: AtomicU64::new(1),
+            handed_over: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The agent connection that reseeded `vm` at handover, if the caller has not taken it yet.
+    pub fn take_connection(&self, vm: &VmId) -> Option<AgentClient> {
+        self.handed_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(vm)
+    }
+
+    /// Drops a kept connection (the VM is gone).
+    pub fn forget(&self, vm: &VmId) {
+        drop(self.take_connection(vm));
     }
 
     fn health(&self, vm: &VmId) -> Result<(), AgentError> {
@@ -84,7 +104,13 @@ impl AgentValidator {
     fn reseed(&self, vm: &VmId) -> Result<(), AgentError> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let mut agent = connect(&self.provider, vm, self.port, self.timeout)?;
-        agent.reseed_fresh(generation).map_err(AgentError::Client)
+        agent.reseed_fresh(generation).map_err(AgentError::Client)?;
+        // Kept for the tenant: its first call then needs no new handshake.
+        self.handed_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(vm.clone(), agent);
+        Ok(())
     }
 }
 

@@ -245,10 +245,7 @@ pub fn summaries(prefix: &str, hs: &[Handoff]) -> Vec<Summary> {
             "acquire (validate, rename, resume, reseed)",
             col(|h| h.acquire),
         ),
-        (
-            "agent connect (vsock handshake + hello)",
-            col(|h| h.connect),
-        ),
+        ("agent connection for the tenant", col(|h| h.connect)),
         ("first agent call (exec echo)", col(|h| h.first_call)),
         ("acquire -> first agent reply", col(|h| h.total)),
     ]

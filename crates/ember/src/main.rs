@@ -34,8 +34,9 @@ struct Cli {
     /// Print results as JSON on stdout (progress still goes to stderr).
     #[arg(long, global = true)]
     json: bool,
-    /// Where session directories go (kept short: Unix socket paths live under it).
-    #[arg(long, global = true, default_value = "/tmp")]
+    /// Where session directories go: tmpfs (VM directories are made and removed per VM) and
+    /// short (Unix socket paths live under it).
+    #[arg(long, global = true, default_value = "/dev/shm")]
     workdir: PathBuf,
     /// The ember-vmm binary (default: $EMBER_VMM_BIN, next to this binary, $PATH, or built).
     #[arg(long, global = true)]

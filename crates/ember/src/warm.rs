@@ -67,6 +67,7 @@ pub struct WarmStack {
     /// How building the template went.
     pub template_report: TemplateReport,
     provider: Arc<VmmProvider>,
+    validator: Arc<AgentValidator>,
     listener: ListenerId,
     agent_port: u32,
     agent_timeout: Duration,
@@ -104,11 +105,14 @@ impl WarmStack {
             template_report.snapshot_us as f64 / 1e3
         ));
 
-        let validator =
-            AgentValidator::new(Arc::clone(provider), opts.agent_port, opts.agent_timeout);
+        let validator = Arc::new(AgentValidator::new(
+            Arc::clone(provider),
+            opts.agent_port,
+            opts.agent_timeout,
+        ));
         let pool = Arc::new(WarmPool::start(
             Arc::clone(provider),
-            Arc::new(validator),
+            Arc::clone(&validator) as Arc<dyn ember_pool::EntryValidator>,
             PoolSettings::default(),
         )?);
         let weak: Weak<Pool> = Arc::downgrade(&pool);
@@ -123,6 +127,7 @@ impl WarmStack {
             template,
             template_report,
             provider: Arc::clone(provider),
+            validator,
             listener,
             agent_port: opts.agent_port,
             agent_timeout: opts.agent_timeout,
@@ -194,12 +199,18 @@ impl WarmStack {
             .pool
             .acquire_timeout(&self.stack, &tenant, Duration::from_secs(30))?;
         let acquired = t0.elapsed();
-        let mut client = agent::connect(
-            &self.provider,
-            &vm.vm_id,
-            self.agent_port,
-            self.agent_timeout,
-        )?;
+        // The connection that reseeded the VM at handover, or a new one.
+        let kept = self.validator.take_connection(&vm.vm_id);
+        tracing::debug!(vm = %vm.vm_id, reused = kept.is_some(), "tenant agent connection");
+        let mut client = match kept {
+            Some(c) => c,
+            None => agent::connect(
+                &self.provider,
+                &vm.vm_id,
+                self.agent_port,
+                self.agent_timeout,
+            )?,
+        };
         let connected = t0.elapsed();
         let mut argv = vec!["echo"];
         argv.extend_from_slice(words);
@@ -219,6 +230,7 @@ impl WarmStack {
 
     /// Destroys a tenant's VM.
     pub fn release(&self, vm: &VmId) -> Result<(), ember_core::VmError> {
+        self.validator.forget(vm);
         self.provider.destroy(vm)
     }
 
@@ -239,7 +251,8 @@ pub struct Handoff {
     pub vm_id: VmId,
     /// The pool's acquire (validate, rename, resume, reseed).
     pub acquire: Duration,
-    /// Connecting to the agent (vsock handshake + Hello).
+    /// Getting the tenant its agent connection (the one kept from the handover's Reseed, or a
+    /// new vsock handshake + Hello).
     pub connect: Duration,
     /// The first agent command.
     pub first_call: Duration,
