@@ -11,7 +11,11 @@
 //!   fresh connection (what the pool's validator pays);
 //! - `vsock.restore_to_first_health`: `/snapshot/load` sent into a spare process -> first
 //!   Health answered (new connection; includes the guest handling the transport reset);
-//! - `vsock.ping_rtt_20vms`: Ping round trip with 20 restored VMs idling beside it.
+//! - `vsock.ping_rtt_20vms`: Ping round trip with 20 restored VMs idling beside it;
+//! - `vsock.connect_hello_health_32_concurrent`: 32 threads, each on its own restored VM,
+//!   each repeatedly connecting and calling Health (the pool validator under load);
+//! - `vsock.connect_reseed_exec_32_concurrent`: the same with Hello, Reseed and an Exec
+//!   `echo` on the fresh connection (a tenant's hand-over and first call).
 //!
 //! Under `cargo test` (no `--bench` argument) it only checks that it starts.
 #![allow(
@@ -71,8 +75,11 @@ fn connect(uds: &Path) -> AgentClient {
 fn make_template(dir: &Path) -> (PathBuf, PathBuf) {
     let uds = dir.join("tmpl.vsock");
     let cfg = dir.join("tmpl.json");
+    // EMBER_BENCH_BOOT_ARGS overrides the probe's command line (e.g. "ember.hz=10
+    // ember.report=0" for a pool template whose idle VMs tick less).
+    let args = std::env::var("EMBER_BENCH_BOOT_ARGS").unwrap_or_else(|_| "ember.report=0".into());
     let json = serde_json::json!({
-        "boot-source": { "kernel_image_path": ember_probe_image::probe_elf_path(), "boot_args": "ember.report=0" },
+        "boot-source": { "kernel_image_path": ember_probe_image::probe_elf_path(), "boot_args": args },
         "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
         "vsock": { "guest_cid": 3, "uds_path": uds },
     });
@@ -204,6 +211,116 @@ fn restore_to_first_health(dir: &Path, snap: &Path, mem: &Path, n: usize) {
     report("vsock.restore_to_first_health", "us", v);
 }
 
+/// CPU time (us) of a live process's threads by thread name (`/proc/<pid>/task/*/schedstat`).
+fn thread_cpu_us(pid: u32) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let ns: f64 = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0.0);
+        *out.entry(name.trim().to_string()).or_insert(0.0) += ns / 1000.0;
+    }
+    out
+}
+
+/// CPU time (us) of this process, exited threads included (`/proc/self/stat`, 10 ms ticks).
+fn own_cpu_us() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) * 10_000.0
+}
+
+/// CPU time (us) by role: the client (this process), vCPU threads, device threads, the
+/// rest of the VMMs.
+fn cpu_of(vms: &[Restored]) -> std::collections::HashMap<String, f64> {
+    let mut total = std::collections::HashMap::new();
+    total.insert("client".to_string(), own_cpu_us());
+    for vm in vms {
+        for (k, v) in thread_cpu_us(vm.vmm.pid()) {
+            let k = match k.as_str() {
+                k if k.starts_with("vcpu") => "vcpu",
+                "virtio" => "virtio",
+                _ => "vmm_other",
+            };
+            *total.entry(k.to_string()).or_insert(0.0) += v;
+        }
+    }
+    total
+}
+
+fn concurrent(vms: &[Restored]) {
+    let rounds = 20;
+    let run = |f: &(dyn Fn(&Path) + Sync)| -> Vec<f64> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = vms
+                .iter()
+                .map(|vm| {
+                    s.spawn(move || {
+                        (0..rounds)
+                            .map(|_| {
+                                let t = Instant::now();
+                                f(&vm.uds);
+                                t.elapsed().as_secs_f64() * 1e6
+                            })
+                            .collect::<Vec<f64>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        })
+    };
+    let health = |uds: &Path| {
+        let mut a = AgentClient::connect(uds, AGENT_PORT, Duration::from_secs(10)).unwrap();
+        a.health().unwrap();
+    };
+    let before = cpu_of(vms);
+    let lat = run(&health);
+    let after = cpu_of(vms);
+    let ops = lat.len() as f64;
+    report("vsock.connect_hello_health_32_concurrent", "us", lat);
+    let mut per_op: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), (v - before.get(k).copied().unwrap_or(0.0)) / ops))
+        .collect();
+    per_op.sort_by(|a, b| a.0.cmp(&b.0));
+    let obj: serde_json::Map<String, serde_json::Value> = per_op
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::json!((v * 10.0).round() / 10.0)))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"bench": "vsock.connect_hello_health_cpu_per_op", "unit": "us", "by_thread": obj})
+    );
+    let generation = std::sync::atomic::AtomicU64::new(1);
+    let hand_over = |uds: &Path| {
+        let mut a = AgentClient::connect(uds, AGENT_PORT, Duration::from_secs(10)).unwrap();
+        a.reseed(&ember_agent_proto::Reseed {
+            generation: generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            wall_clock_ns: 1,
+            entropy: &[7u8; 32],
+        })
+        .unwrap();
+        a.exec(&Exec::new(&["echo", "tenant"])).unwrap();
+    };
+    report(
+        "vsock.connect_reseed_exec_32_concurrent",
+        "us",
+        run(&hand_over),
+    );
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         assert!(vmm_bin().is_file());
@@ -215,7 +332,12 @@ fn main() {
         .tempdir()
         .unwrap();
     let d = dir.path();
+    // `cargo bench -p ember-vmm --bench vsock -- concurrent` runs only that part.
+    let only_concurrent = std::env::args().any(|a| a == "concurrent");
     let (snap, mem) = make_template(d);
+    if only_concurrent {
+        return run_concurrent(d, &snap, &mem);
+    }
     let vm = restore(d, "main", &snap, &mem);
     round_trips(&vm);
     restore_to_first_health(d, &snap, &mem, 30);
@@ -233,4 +355,15 @@ fn main() {
     );
     drop(others);
     drop(vm.vmm);
+    run_concurrent(d, &snap, &mem);
+}
+
+fn run_concurrent(d: &Path, snap: &Path, mem: &Path) {
+    let vms: Vec<Restored> = (0..32)
+        .map(|i| restore(d, &format!("c{i}"), snap, mem))
+        .collect();
+    for v in &vms {
+        connect(&v.uds).health().unwrap();
+    }
+    concurrent(&vms);
 }
