@@ -11,7 +11,7 @@
 //! of the file, or eager copy), VM state (PIT, clock, PICs, IOAPIC), per-vCPU state, devices
 //! attached (transport state restored), threads.
 //!
-//! Devices are attached in one place, [`attach_devices`]; which virtio devices exist is
+//! Devices are attached in one place, `attach_devices`; which virtio devices exist is
 //! decided by `devices::virtio::registry`.
 
 use std::fs::File;
