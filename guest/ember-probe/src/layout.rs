@@ -5,8 +5,7 @@
 //! |---|---|
 //! | 0x100000.. | the ELF image (text, rodata, data, bss), then the 16 KiB kernel stack |
 //! | 0x1f0000 | the state page the host reads (`STATE_GPA`) |
-//! | 0x200000 | virtqueue rings: RX, TX, event (one 4 KiB page each) |
-//! | 0x203000 | event buffers |
+//! | 0x200000 | virtqueue rings, one page: RX at +0, TX at +0x200, event at +0x600, event buffers at +0x800 |
 //! | 0x210000 | RX buffers, [`RX_COUNT`] x [`BUF_LEN`] |
 //! | 0x220000 | TX buffers, [`TX_COUNT`] x [`BUF_LEN`] |
 //! | 0x230000..0x240000 | the ring-3 agent's stack (64 KiB) |
@@ -17,10 +16,15 @@
 //! Everything past the image is touched only when used, so an idle VM restored from a
 //! snapshot shares it with its siblings.
 
-/// RX, TX and event queue rings.
-pub const RING_BASE: usize = 0x20_0000;
+/// RX queue rings (the page also holds the TX and event queues, and the event buffers: an
+/// agent request writes one ring page instead of three).
+pub const RX_RING: usize = 0x20_0000;
+/// TX queue rings.
+pub const TX_RING: usize = RX_RING + 0x200;
+/// Event queue rings.
+pub const EV_RING: usize = RX_RING + 0x600;
 /// Event buffers (one u32 each, 8 bytes apart).
-pub const EVENT_BUFS: usize = 0x20_3000;
+pub const EVENT_BUFS: usize = RX_RING + 0x800;
 /// RX buffers.
 pub const RX_BUFS: usize = 0x21_0000;
 /// TX buffers.
@@ -54,6 +58,10 @@ pub const CONN_RX_LEN: usize = 8192;
 pub const CONN_OUT_LEN: usize = 12288;
 
 const _: () = assert!(END <= 4 << 20);
+const _: () = assert!(RX_RING + crate::virtq::footprint(RX_COUNT) <= TX_RING);
+const _: () = assert!(TX_RING + crate::virtq::footprint(TX_COUNT) <= EV_RING);
+const _: () = assert!(EV_RING + crate::virtq::footprint(EV_COUNT) <= EVENT_BUFS);
+const _: () = assert!(EVENT_BUFS + 8 * EV_COUNT as usize <= RX_RING + 0x1000);
 const _: () = assert!(RX_BUFS + RX_COUNT as usize * BUF_LEN <= TX_BUFS);
 const _: () = assert!(TX_BUFS + TX_COUNT as usize * BUF_LEN <= USER_STACK_TOP - 0x1_0000);
 const _: () = assert!(CONN_RX + MAX_CONNS * CONN_RX_LEN <= CONN_OUT);

@@ -1,5 +1,6 @@
-//! The driver side of a split virtqueue (virtio 1.x, 2.7) in a fixed 4 KiB page: descriptor
-//! table at +0, available ring at +512, used ring at +1024 (room for 32 entries).
+//! The driver side of a split virtqueue (virtio 1.x, 2.7) at a fixed address: descriptor
+//! table, then the available ring, then the used ring (4-byte aligned), back to back (for 32
+//! entries: 846 bytes; the probe puts all three queues in one page).
 //!
 //! Descriptor `i` permanently describes buffer `i` of its queue, so a used element's id is
 //! the buffer index. Runs in ring 3; the device reads and writes these rings from another
@@ -13,22 +14,31 @@ pub const DESC_F_WRITE: u16 = 2;
 /// Used-ring flag: the device does not want notifications.
 const USED_F_NO_NOTIFY: u16 = 1;
 
-const AVAIL_OFF: usize = 512;
-const USED_OFF: usize = 1024;
+/// Bytes a queue of `size` entries occupies.
+pub const fn footprint(size: u16) -> usize {
+    let size = size as usize;
+    let used = (16 * size + 6 + 2 * size + 3) & !3;
+    used + 6 + 8 * size
+}
 
 /// One split queue.
 pub struct Virtq {
     base: usize,
+    avail: usize,
+    used: usize,
     size: u16,
     avail_idx: u16,
     last_used: u16,
 }
 
 impl Virtq {
-    /// A queue of `size` (<= 32) entries in the page at `base`.
+    /// A queue of `size` entries at `base` (16-byte aligned, [`footprint`] bytes).
     pub const fn new(base: usize, size: u16) -> Virtq {
+        let avail = base + 16 * size as usize;
         Virtq {
             base,
+            avail,
+            used: (avail + 6 + 2 * size as usize + 3) & !3,
             size,
             avail_idx: 0,
             last_used: 0,
@@ -42,14 +52,13 @@ impl Virtq {
 
     /// Guest-physical addresses of the descriptor table, available and used rings.
     pub fn addresses(&self) -> (u64, u64, u64) {
-        let b = self.base as u64;
-        (b, b + AVAIL_OFF as u64, b + USED_OFF as u64)
+        (self.base as u64, self.avail as u64, self.used as u64)
     }
 
     /// Points descriptor `i` at `addr` / `len`.
     pub fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16) {
         let d = (self.base + 16 * usize::from(i)) as *mut u8;
-        // SAFETY: the ring page is ours (see layout.rs) and `i < size <= 32`.
+        // SAFETY: the rings are ours (see layout.rs) and `i < size`.
         unsafe {
             write_volatile(d as *mut u64, addr);
             write_volatile(d.add(8) as *mut u32, len);
@@ -67,27 +76,27 @@ impl Virtq {
     /// Offers descriptor chain `head` to the device (publishes the new index).
     pub fn push(&mut self, head: u16) {
         let slot = usize::from(self.avail_idx % self.size);
-        // SAFETY: the available ring lies in our ring page.
+        // SAFETY: the available ring lies in our ring area.
         unsafe {
-            write_volatile((self.base + AVAIL_OFF + 4 + 2 * slot) as *mut u16, head);
+            write_volatile((self.avail + 4 + 2 * slot) as *mut u16, head);
             fence(Ordering::SeqCst);
             self.avail_idx = self.avail_idx.wrapping_add(1);
-            write_volatile((self.base + AVAIL_OFF + 2) as *mut u16, self.avail_idx);
+            write_volatile((self.avail + 2) as *mut u16, self.avail_idx);
         }
         fence(Ordering::SeqCst);
     }
 
     /// The next used element `(id, len)`.
     pub fn pop_used(&mut self) -> Option<(u16, u32)> {
-        // SAFETY: the used ring lies in our ring page; the device writes it.
+        // SAFETY: the used ring lies in our ring area; the device writes it.
         unsafe {
-            let idx = read_volatile((self.base + USED_OFF + 2) as *const u16);
+            let idx = read_volatile((self.used + 2) as *const u16);
             if idx == self.last_used {
                 return None;
             }
             fence(Ordering::SeqCst);
             let slot = usize::from(self.last_used % self.size);
-            let e = self.base + USED_OFF + 4 + 8 * slot;
+            let e = self.used + 4 + 8 * slot;
             let id = read_volatile(e as *const u32);
             let len = read_volatile((e + 4) as *const u32);
             self.last_used = self.last_used.wrapping_add(1);
@@ -98,15 +107,15 @@ impl Virtq {
     /// Whether used elements are waiting.
     pub fn has_used(&self) -> bool {
         // SAFETY: as in `pop_used`.
-        let idx = unsafe { read_volatile((self.base + USED_OFF + 2) as *const u16) };
+        let idx = unsafe { read_volatile((self.used + 2) as *const u16) };
         idx != self.last_used
     }
 
     /// Asks the device not to interrupt for this queue (`VIRTQ_AVAIL_F_NO_INTERRUPT`, a hint
     /// ember-vmm honours) or to interrupt again.
     pub fn set_no_interrupt(&self, on: bool) {
-        // SAFETY: the available ring's flags word lies in our ring page.
-        unsafe { write_volatile((self.base + AVAIL_OFF) as *mut u16, u16::from(on)) };
+        // SAFETY: the available ring's flags word lies in our ring area.
+        unsafe { write_volatile(self.avail as *mut u16, u16::from(on)) };
         fence(Ordering::SeqCst);
     }
 
@@ -114,7 +123,7 @@ impl Virtq {
     pub fn device_wants_notify(&self) -> bool {
         fence(Ordering::SeqCst);
         // SAFETY: as in `pop_used`.
-        let flags = unsafe { read_volatile((self.base + USED_OFF) as *const u16) };
+        let flags = unsafe { read_volatile(self.used as *const u16) };
         flags & USED_F_NO_NOTIFY == 0
     }
 }

@@ -23,8 +23,8 @@ use core::ptr::{read_volatile, write_volatile};
 use crate::agent;
 use crate::conn::Conn;
 use crate::layout::{
-    BUF_LEN, CONN_RX_LEN, EV_COUNT, EVENT_BUFS, MAX_CONNS, RING_BASE, RX_BUFS, RX_COUNT, TX_BUFS,
-    TX_COUNT,
+    BUF_LEN, CONN_RX_LEN, EV_COUNT, EV_RING, EVENT_BUFS, MAX_CONNS, RX_BUFS, RX_COUNT, RX_RING,
+    TX_BUFS, TX_COUNT, TX_RING,
 };
 use crate::virtq::{DESC_F_WRITE, Virtq};
 
@@ -132,9 +132,9 @@ pub static mut DRIVER: Driver = Driver {
     state: DriverState::Uninit,
     mmio: 0,
     cid: 0,
-    rx: Virtq::new(RING_BASE, RX_COUNT),
-    tx: Virtq::new(RING_BASE + 0x1000, TX_COUNT),
-    ev: Virtq::new(RING_BASE + 0x2000, EV_COUNT),
+    rx: Virtq::new(RX_RING, RX_COUNT),
+    tx: Virtq::new(TX_RING, TX_COUNT),
+    ev: Virtq::new(EV_RING, EV_COUNT),
     tx_free: 0,
     conns: [const { None }; MAX_CONNS],
     rst_queue: [(0, 0); 8],
