@@ -145,6 +145,10 @@ pub struct PoolSettings {
     pub workers: usize,
     /// Attempts to destroy an evicted VM before giving up and logging it as leaked.
     pub destroy_attempts: u32,
+    /// While acquires are under way and a bucket still has ready entries, its refills wait — at
+    /// most this long — so a burst of handovers does not compete with the restores it
+    /// triggered for the CPU. An empty bucket never waits. Zero disables yielding.
+    pub refill_yield: Duration,
 }
 
 impl Default for PoolSettings {
@@ -156,6 +160,7 @@ impl Default for PoolSettings {
             failing_after: 3,
             workers: 4,
             destroy_attempts: 3,
+            refill_yield: Duration::from_millis(20),
         }
     }
 }
@@ -192,6 +197,15 @@ impl PoolSettings {
             return Err(invalid(
                 "destroy_attempts",
                 "must be at least 1".to_string(),
+            ));
+        }
+        if self.refill_yield > Duration::from_secs(10) {
+            return Err(invalid(
+                "refill_yield",
+                format!(
+                    "{:?} is too long; at most 10 s is allowed",
+                    self.refill_yield
+                ),
             ));
         }
         Ok(())

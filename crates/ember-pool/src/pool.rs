@@ -275,6 +275,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
     ) -> Result<AcquiredVm, PoolError> {
         let t0 = Instant::now();
         let shared = &self.shared;
+        let _acquiring = Acquiring::enter(shared);
         if !tenant.network_overrides.is_empty()
             && !shared.provider.capabilities().live_network_update
         {
@@ -565,6 +566,28 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
             tracing::info!(evicted = n, "warm pool shut down");
         }
         n
+    }
+}
+
+/// Counts an acquire as under way for as long as it lives (the refiller yields to them).
+struct Acquiring<'a, P: VmProvider + VmQuery> {
+    shared: &'a Shared<P>,
+}
+
+impl<'a, P: VmProvider + VmQuery> Acquiring<'a, P> {
+    fn enter(shared: &'a Shared<P>) -> Self {
+        shared.lock().acquiring += 1;
+        Self { shared }
+    }
+}
+
+impl<P: VmProvider + VmQuery> Drop for Acquiring<'_, P> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.acquiring = st.acquiring.saturating_sub(1);
+        if st.acquiring == 0 {
+            self.shared.wake_refiller(&mut st);
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
         let mut next = now + shared.settings.tick;
         let mut expired: Vec<(StackKey, VmId)> = Vec::new();
         let mut spawns: Vec<Job> = Vec::new();
+        let yielding = yield_to_acquires(shared, &mut st, now, &mut next);
         for (key, slot) in st.buckets.iter_mut() {
             let bucket = &mut slot.bucket;
             expired.extend(
@@ -38,7 +39,12 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
                     .into_iter()
                     .map(|e| (key.clone(), e.view.id)),
             );
-            for _ in 0..bucket.spawns_wanted(now) {
+            let wanted = if yielding && !bucket.entries.is_empty() {
+                0
+            } else {
+                bucket.spawns_wanted(now)
+            };
+            for _ in 0..wanted {
                 let Some(vm_id) = bucket.next_vm_id(&shared.generation) else {
                     tracing::error!(stack = %key, "stack slug makes an invalid VM id");
                     break;
@@ -88,6 +94,29 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+    }
+}
+
+/// Whether refills should wait for the acquires under way (bounded by
+/// `PoolSettings::refill_yield` from when the yielding began); brings `next` forward to the end
+/// of the yield.
+fn yield_to_acquires<P: VmProvider + VmQuery>(
+    shared: &Shared<P>,
+    st: &mut crate::shared::State,
+    now: Instant,
+    next: &mut Instant,
+) -> bool {
+    let limit = shared.settings.refill_yield;
+    if st.acquiring == 0 || limit.is_zero() {
+        st.yielding_since = None;
+        return false;
+    }
+    let until = *st.yielding_since.get_or_insert(now) + limit;
+    if now < until {
+        *next = (*next).min(until);
+        true
+    } else {
+        false
     }
 }
 

@@ -43,6 +43,10 @@ pub(crate) struct State {
     /// Set by anyone who wants the refiller to run a pass now.
     pub woken: bool,
     pub next_epoch: u64,
+    /// Acquire calls under way.
+    pub acquiring: usize,
+    /// Since when the refiller has been yielding to acquires (see `PoolSettings::refill_yield`).
+    pub yielding_since: Option<std::time::Instant>,
 }
 
 /// The pool's shared core.
@@ -90,8 +94,10 @@ impl<P: VmProvider + VmQuery> Shared<P> {
         }
     }
 
-    /// Destroys a VM, retrying a few times; a VM already gone counts as destroyed.
+    /// Destroys an evicted VM (telling the validator first), retrying a few times; a VM already
+    /// gone counts as destroyed.
     pub fn destroy_now(&self, vm_id: &VmId, cause: EvictionCause) {
+        self.validator.evicted(vm_id, cause);
         let attempts = self.settings.destroy_attempts;
         for attempt in 1..=attempts {
             match self.provider.destroy(vm_id) {

@@ -1,6 +1,8 @@
 //! The validator hook: how the pool decides an entry is fit to hand over.
 
-use ember_core::{VmStatus, VmView};
+use ember_core::{VmId, VmStatus, VmView};
+
+use crate::metrics::EvictionCause;
 
 /// When a validation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +34,12 @@ pub enum ValidationResult {
 pub trait EntryValidator: Send + Sync + 'static {
     /// Probes `vm` (its current view: id, status, stack) in `phase`.
     fn validate(&self, vm: &VmView, phase: Phase) -> ValidationResult;
+
+    /// The pool is about to destroy `vm` (evicted for `cause`): drop anything kept for it. Called
+    /// once per evicted VM, before the provider's destroy. The default keeps nothing.
+    fn evicted(&self, vm: &VmId, cause: EvictionCause) {
+        let _ = (vm, cause);
+    }
 }
 
 /// A validator that trusts every entry the provider reports alive.

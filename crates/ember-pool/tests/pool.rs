@@ -722,3 +722,114 @@ fn many_threads_acquire_each_vm_exactly_once_and_everything_is_accounted_for() {
         "{m:?}"
     );
 }
+
+#[test]
+fn the_validator_hears_of_every_eviction_once() {
+    use std::sync::Mutex;
+    struct Recorder(Mutex<Vec<(ember_core::VmId, EvictionCause)>>);
+    impl ember_pool::EntryValidator for Recorder {
+        fn validate(&self, _: &ember_core::VmView, _: Phase) -> ember_pool::ValidationResult {
+            ember_pool::ValidationResult::Healthy
+        }
+        fn evicted(&self, vm: &ember_core::VmId, cause: EvictionCause) {
+            self.0.lock().unwrap().push((vm.clone(), cause));
+        }
+    }
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let recorder = std::sync::Arc::new(Recorder(Mutex::new(Vec::new())));
+    let pool = ember_pool::WarmPool::start(p.clone(), recorder.clone(), fast_settings()).unwrap();
+    pool.register(
+        s.clone(),
+        snap,
+        BucketConfig {
+            max_age: Duration::from_millis(50),
+            ..config(2, 2)
+        },
+    )
+    .unwrap();
+    // A second stack whose entries never age: they are in the bucket at shutdown.
+    let b = stack("beta");
+    pool.register(b.clone(), template(&p, &b, "sb"), config(1, 1))
+        .unwrap();
+    wait_until("some aged out", || {
+        pool.metrics().evicted_by(EvictionCause::Age) >= 2
+    });
+    wait_until("beta full", || depth(&pool, &b) == 1);
+    pool.shutdown();
+    let m = pool.metrics();
+    let seen = recorder.0.lock().unwrap().clone();
+    assert_eq!(seen.len() as u64, m.evicted_total(), "{seen:?}");
+    let ids: HashSet<_> = seen.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids.len(), seen.len(), "each VM once");
+    assert!(seen.iter().any(|(_, c)| *c == EvictionCause::Age));
+    assert!(seen.iter().any(|(_, c)| *c == EvictionCause::Shutdown));
+}
+
+#[test]
+fn refills_yield_to_acquires_under_way_but_only_while_stock_remains_and_only_briefly() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let pool = start(
+        &p,
+        PoolSettings {
+            refill_yield: Duration::from_millis(300),
+            ..fast_settings()
+        },
+    );
+    pool.register(s.clone(), snap, config(3, 3)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 3);
+    let created = pool.metrics().created_total;
+
+    // One acquire hangs in the provider's rename: a handover under way.
+    let gate = Gate::new();
+    p.inject(Operation::Rename, FaultPlan::hold(gate.clone()));
+    thread::scope(|sc| {
+        let held = sc.spawn(|| pool.acquire(&s, &Tenant::new("slow").unwrap()));
+        wait_until("rename held", || gate.waiting() == 1);
+        // Stock remains (2 ready): no refill while the acquire is under way...
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            pool.metrics().created_total,
+            created,
+            "refill did not yield"
+        );
+        // ...but only for refill_yield: then the refill goes ahead even though it still hangs.
+        wait_until("refill after the yield", || {
+            pool.metrics().created_total == created + 1
+        });
+        gate.open();
+        held.join().unwrap().unwrap();
+    });
+    wait_until("full again", || depth(&pool, &s) == 3);
+
+    // An empty bucket never waits. A depth-1 bucket and a yield far longer than the test: the
+    // refill can only start during the held acquire because the bucket is empty.
+    p.clear_faults();
+    let pool = start(
+        &p,
+        PoolSettings {
+            refill_yield: Duration::from_secs(10),
+            ..fast_settings()
+        },
+    );
+    let b = stack("beta");
+    let snap_b = template(&p, &b, "sb");
+    pool.register(b.clone(), snap_b, config(1, 1)).unwrap();
+    wait_until("fill beta", || depth(&pool, &b) == 1);
+    let before = pool.metrics().created_total;
+    let gate = Gate::new();
+    p.inject(Operation::Resume, FaultPlan::hold(gate.clone()));
+    thread::scope(|sc| {
+        let held = sc.spawn(|| pool.acquire(&b, &Tenant::new("last").unwrap()));
+        wait_until("resume held", || gate.waiting() == 1);
+        wait_until(
+            "refill of the empty bucket despite the held acquire",
+            || pool.metrics().created_total > before,
+        );
+        gate.open();
+        held.join().unwrap().unwrap();
+    });
+}

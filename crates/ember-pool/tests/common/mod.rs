@@ -75,6 +75,7 @@ pub fn fast_settings() -> PoolSettings {
         failing_after: 3,
         workers: 4,
         destroy_attempts: 3,
+        refill_yield: Duration::from_millis(20),
     }
 }
 
