@@ -67,6 +67,8 @@ pub struct SpawnSettings {
     pub extra_args: Vec<OsString>,
     /// Timeouts for the spare's API client.
     pub client_timeouts: ClientTimeouts,
+    /// How spawned VMMs are made to die with their owner.
+    pub parent_death: crate::process::ParentDeath,
 }
 
 /// Why no spare could be had.
@@ -568,6 +570,7 @@ fn spawn_one(shared: &Shared, slot: u64) -> Result<Starting, SpawnFailure> {
         &shared.settings.extra_args,
         &paths,
         &format!("slot-{slot}"),
+        shared.settings.parent_death,
     ) {
         Ok(p) => Arc::new(p),
         Err(e) => {

@@ -39,6 +39,10 @@ struct Args {
     /// discard).
     #[arg(long)]
     serial_out: Option<PathBuf>,
+    /// Die with this process: the VMM sets its parent-death signal to SIGKILL and exits at once
+    /// if its parent is already not `<pid>` (the owner died before the signal was armed).
+    #[arg(long)]
+    parent_pid: Option<u32>,
     /// Log level (logs go to stderr).
     #[arg(long, default_value = "warn")]
     log_level: LevelFilter,
@@ -57,7 +61,22 @@ fn init_logging(level: LevelFilter) {
     }
 }
 
+/// Arms SIGKILL on the parent's death, then makes sure the parent is still the one we were
+/// given (it may have died before the signal was armed; then nobody would ever kill us).
+fn die_with_parent(parent: u32) -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .context("setting the parent-death signal")?;
+    let now = nix::unistd::getppid().as_raw();
+    if u32::try_from(now).ok() != Some(parent) {
+        bail!("parent process {parent} is gone (parent is now {now})");
+    }
+    Ok(())
+}
+
 fn run(args: Args, main_start_ns: u64) -> Result<i32> {
+    if let Some(parent) = args.parent_pid {
+        die_with_parent(parent)?;
+    }
     let serial = match args.serial_out.as_deref().and_then(|p| p.to_str()) {
         None | Some("-") => SerialOutput::Stdout,
         Some("none") => SerialOutput::Sink,

@@ -134,17 +134,14 @@ impl Microvm {
         Ok(())
     }
 
-    /// Lets the vCPUs run again; returns the BSP's "about to run" timestamp.
-    pub fn resume(&mut self) -> Result<u64, MicrovmError> {
-        let mut t = 0;
+    /// Lets the vCPUs run again. Does not wait for their threads to wake (`PATCH /vm` answers
+    /// as soon as the request is queued; requests to a vCPU are handled in order).
+    pub fn resume(&mut self) -> Result<(), MicrovmError> {
         for v in &self.vcpus {
-            let ts = v.resume()?;
-            if v.index() == 0 {
-                t = ts;
-            }
+            v.resume_detached()?;
         }
         self.paused = false;
-        Ok(t)
+        Ok(())
     }
 
     /// Feeds console input to the guest's COM1 (bytes beyond the 64-byte FIFO are dropped).

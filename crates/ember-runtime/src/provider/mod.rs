@@ -185,6 +185,10 @@ impl VmmProvider {
                 binary,
                 extra_args: config.extra_args.clone(),
                 client_timeouts: config.timeouts.client,
+                parent_death: match &config.flavor {
+                    Flavor::EmberVmm { .. } => crate::process::ParentDeath::Flag,
+                    Flavor::Firecracker { .. } => crate::process::ParentDeath::PreExec,
+                },
             },
             Arc::clone(&layout),
             Arc::clone(&supervisor),

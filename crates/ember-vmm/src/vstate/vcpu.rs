@@ -85,6 +85,8 @@ pub enum VcpuError {
 enum Request {
     Pause,
     Resume,
+    /// Resume without answering (the caller does not wait for the thread to wake).
+    ResumeDetached,
     SaveState(&'static [u32]),
     Exit,
 }
@@ -233,6 +235,9 @@ impl Vcpu {
                     *running = true;
                     let _ = tx.send(Response::Running(now_ns()));
                 }
+            }
+            Request::ResumeDetached => {
+                *running = !self.exit.is_requested();
             }
             Request::SaveState(msrs) => {
                 self.complete_pending_io();
@@ -421,6 +426,12 @@ impl VcpuHandle {
                 request: "resume",
             }),
         }
+    }
+
+    /// Lets a paused vCPU run again without waiting for its thread to wake: requests are
+    /// handled in order, so a later pause or state read still sees it resumed first.
+    pub fn resume_detached(&self) -> Result<(), VcpuError> {
+        self.send(Request::ResumeDetached, "resume")
     }
 
     /// Reads the state of a paused vCPU.
