@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ember_agent_proto::{AgentClient, ClientError};
 use ember_core::{VmId, VmQuery, VmStatus, VmView};
-use ember_pool::{EntryValidator, Phase, ValidationResult};
+use ember_pool::{EntryValidator, EvictionCause, Phase, ValidationResult};
 use ember_runtime::VmmProvider;
 
 /// Connects to the agent of VM `id` on `port` through its hybrid vsock socket.
@@ -68,6 +68,10 @@ pub struct AgentValidator {
     port: u32,
     timeout: Duration,
     generation: AtomicU64,
+    /// Pooled VMs' agent connections from their after-restore Health check, by provider slot
+    /// (stable across the rename at handover). A paused VM keeps its vsock connections.
+    pooled: Mutex<HashMap<u64, AgentClient>>,
+    /// Handed-over VMs' connections, waiting for their tenant.
     handed_over: Mutex<HashMap<VmId, AgentClient>>,
 }
 
@@ -79,16 +83,14 @@ impl AgentValidator {
             port,
             timeout,
             generation: AtomicU64::new(1),
+            pooled: Mutex::new(HashMap::new()),
             handed_over: Mutex::new(HashMap::new()),
         }
     }
 
     /// The agent connection that reseeded `vm` at handover, if the caller has not taken it yet.
     pub fn take_connection(&self, vm: &VmId) -> Option<AgentClient> {
-        self.handed_over
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(vm)
+        lock(&self.handed_over).remove(vm)
     }
 
     /// Drops a kept connection (the VM is gone).
@@ -98,20 +100,41 @@ impl AgentValidator {
 
     fn health(&self, vm: &VmId) -> Result<(), AgentError> {
         let mut agent = connect(&self.provider, vm, self.port, self.timeout)?;
-        agent.health().map(drop).map_err(AgentError::Client)
+        agent.health().map_err(AgentError::Client)?;
+        if let Ok(slot) = self.provider.slot(vm) {
+            lock(&self.pooled).insert(slot, agent);
+        }
+        Ok(())
     }
 
     fn reseed(&self, vm: &VmId) -> Result<(), AgentError> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let mut agent = connect(&self.provider, vm, self.port, self.timeout)?;
-        agent.reseed_fresh(generation).map_err(AgentError::Client)?;
+        let kept = self
+            .provider
+            .slot(vm)
+            .ok()
+            .and_then(|slot| lock(&self.pooled).remove(&slot));
+        // The connection kept since the Health check, if it still works; else a new one.
+        let had = kept.is_some();
+        let reused = kept.and_then(|mut agent| agent.reseed_fresh(generation).ok().map(|_| agent));
+        tracing::debug!(%vm, kept = had, reused = reused.is_some(), "reseed at handover");
+        let agent = match reused {
+            Some(agent) => agent,
+            None => {
+                let mut agent = connect(&self.provider, vm, self.port, self.timeout)?;
+                agent.reseed_fresh(generation).map_err(AgentError::Client)?;
+                agent
+            }
+        };
         // Kept for the tenant: its first call then needs no new handshake.
-        self.handed_over
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(vm.clone(), agent);
+        lock(&self.handed_over).insert(vm.clone(), agent);
         Ok(())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only inserts and removes happen under these locks; a poisoned one is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn verdict(what: &str, vm: &VmId, r: Result<(), AgentError>) -> ValidationResult {
@@ -141,5 +164,12 @@ impl EntryValidator for AgentValidator {
             },
             Phase::Handover => verdict("agent reseed", &vm.id, self.reseed(&vm.id)),
         }
+    }
+
+    fn evicted(&self, vm: &VmId, _cause: EvictionCause) {
+        if let Ok(slot) = self.provider.slot(vm) {
+            lock(&self.pooled).remove(&slot);
+        }
+        lock(&self.handed_over).remove(vm);
     }
 }

@@ -13,7 +13,7 @@ use crate::session::{Leftovers, Session, SessionError};
 use crate::stats::Summary;
 use crate::template::TemplateReport;
 use crate::ui::Ui;
-use crate::warm::{Handoff, HandoffError, WarmError, WarmOptions, WarmStack};
+use crate::warm::{Handoff, HandoffError, PROBE_TEMPLATE_ARGS, WarmError, WarmOptions, WarmStack};
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub struct DemoOptions {
     pub concurrent: usize,
     /// Warm pool depth.
     pub depth: usize,
+    /// How pooled VMs wait.
+    pub pooled: crate::warm::Pooled,
 }
 
 /// Pool counters at the end of the demo.
@@ -122,6 +124,8 @@ fn run_in(session: &Session, opts: &DemoOptions, ui: &dyn Ui) -> Result<DemoRepo
         &WarmOptions {
             stack,
             kernel: opts.kernel.clone(),
+            boot_args: Some(PROBE_TEMPLATE_ARGS.to_string()),
+            pooled: opts.pooled,
             agent_port: opts.agent_port,
             agent_timeout: Duration::from_secs(2),
             depth: opts.depth,
@@ -129,7 +133,7 @@ fn run_in(session: &Session, opts: &DemoOptions, ui: &dyn Ui) -> Result<DemoRepo
         },
         ui,
     )?;
-    let result = phases(&warm, opts, ui);
+    let result = phases(session, &warm, opts, ui);
     let m = warm.pool.metrics();
     let template = warm.template_report.clone();
     warm.shutdown();
@@ -151,7 +155,12 @@ fn run_in(session: &Session, opts: &DemoOptions, ui: &dyn Ui) -> Result<DemoRepo
 
 type Phases = (Vec<Summary>, Vec<Summary>, String);
 
-fn phases(warm: &WarmStack, opts: &DemoOptions, ui: &dyn Ui) -> Result<Phases, DemoError> {
+fn phases(
+    session: &Session,
+    warm: &WarmStack,
+    opts: &DemoOptions,
+    ui: &dyn Ui,
+) -> Result<Phases, DemoError> {
     // One after another, letting the pool refill between handoffs as a real caller would.
     ui.stage(
         "handing VMs to tenants one by one",
@@ -179,6 +188,7 @@ fn phases(warm: &WarmStack, opts: &DemoOptions, ui: &dyn Ui) -> Result<Phases, D
         Some(opts.concurrent as u64),
     );
     let _ = warm.wait_full(&crate::ui::Quiet, Duration::from_secs(30));
+    session.settle(Duration::from_secs(10));
     let barrier = Barrier::new(opts.concurrent);
     let done = Mutex::new(0u64);
     let results: Vec<Result<Handoff, DemoError>> = std::thread::scope(|s| {

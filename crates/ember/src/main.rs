@@ -19,10 +19,11 @@ use ember::bench::{self, BenchKind, BenchOptions, BenchReport};
 use ember::demo::{self, DemoOptions, DemoReport};
 use ember::output::latency_table;
 use ember::ui::Ui;
+use ember::warm::Pooled;
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// The probe guest's agent port (see guest/ember-probe).
-const DEFAULT_AGENT_PORT: u32 = 52;
+/// The probe guest's agent port.
+const DEFAULT_AGENT_PORT: u32 = ember_probe_image::AGENT_PORT;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +45,9 @@ struct Cli {
     /// The guest agent's vsock port.
     #[arg(long, global = true, default_value_t = DEFAULT_AGENT_PORT)]
     agent_port: u32,
+    /// How pooled VMs wait for their tenant: paused (no CPU) or running (no resume at handover).
+    #[arg(long, global = true, value_enum, default_value = "paused")]
+    pooled: Pooled,
     /// Log level for diagnostics on stderr.
     #[arg(long, global = true, default_value = "warn")]
     log_level: tracing::level_filters::LevelFilter,
@@ -78,6 +82,9 @@ enum Command {
         /// VMs for the density benchmark.
         #[arg(long, default_value_t = 50)]
         vms: usize,
+        /// Handoffs per second in the paced phase of the acquire benchmark.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
     },
 }
 
@@ -166,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
                     sequential,
                     concurrent,
                     depth,
+                    pooled: cli.pooled,
                 },
                 &ui,
             )
@@ -177,6 +185,7 @@ fn run(cli: Cli) -> Result<()> {
             iterations,
             concurrency,
             vms,
+            rate,
         } => {
             let report = bench::run(
                 kind,
@@ -188,6 +197,8 @@ fn run(cli: Cli) -> Result<()> {
                     iterations,
                     concurrency,
                     vms,
+                    pooled: cli.pooled,
+                    rate,
                 },
                 &ui,
             )

@@ -45,6 +45,7 @@ impl Leftovers {
 pub struct Session {
     root: PathBuf,
     provider: Arc<VmmProvider>,
+    spares: usize,
 }
 
 impl Session {
@@ -70,12 +71,34 @@ impl Session {
         Ok(Session {
             root,
             provider: Arc::new(provider),
+            spares,
         })
     }
 
     /// The provider.
     pub fn provider(&self) -> &Arc<VmmProvider> {
         &self.provider
+    }
+
+    /// Waits (up to `timeout`) until the host is quiet: every spare VMM is started and ready,
+    /// and no destroyed VMM is still being torn down. Benchmarks call it before a measured
+    /// burst so the burst does not share the CPU with the previous phase's cleanup. Returns
+    /// whether it got quiet in time.
+    pub fn settle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.provider.stats();
+            let quiet = s.spares.starting == 0
+                && s.spares.ready >= self.spares
+                && s.processes <= s.vms + s.spares.ready;
+            if quiet {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// The session's directory.

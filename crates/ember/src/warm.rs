@@ -18,6 +18,21 @@ use crate::ui::Ui;
 /// The pool type ember runs over real VMs.
 pub type Pool = WarmPool<Arc<VmmProvider>>;
 
+/// How pooled VMs wait for their tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooled {
+    /// Paused: no CPU while waiting; handover resumes them (one more API call).
+    Paused,
+    /// Running (idle in the guest): handover skips the resume; each costs its guest's timer
+    /// ticks while it waits.
+    Running,
+}
+
+/// The probe guest's command line for templates: a 10 Hz timer, so a VM idling in the pool or
+/// with its tenant costs little CPU.
+pub const PROBE_TEMPLATE_ARGS: &str = "ember.hz=10";
+
 /// What a warm stack needs.
 #[derive(Debug, Clone)]
 pub struct WarmOptions {
@@ -25,6 +40,10 @@ pub struct WarmOptions {
     pub stack: StackKey,
     /// The guest kernel for the template.
     pub kernel: PathBuf,
+    /// The template's kernel command line.
+    pub boot_args: Option<String>,
+    /// How pooled VMs wait.
+    pub pooled: Pooled,
     /// The agent's vsock port.
     pub agent_port: u32,
     /// Agent call timeout (validation and handover).
@@ -93,7 +112,7 @@ impl WarmStack {
             &TemplateSpec {
                 stack: opts.stack.clone(),
                 kernel: opts.kernel.clone(),
-                boot_args: None,
+                boot_args: opts.boot_args.clone(),
                 agent_port: opts.agent_port,
                 boot_timeout: Duration::from_secs(30),
             },
@@ -139,6 +158,7 @@ impl WarmStack {
                 min_depth: opts.depth,
                 max_depth: opts.depth,
                 refill_parallelism: opts.refill_parallelism,
+                pause_idle: opts.pooled == Pooled::Paused,
                 ..BucketConfig::default()
             },
         )?;

@@ -22,6 +22,7 @@ pub(super) fn run(
     let stack = probe_stack();
     let spec = VmSpec {
         kernel: Some(opts.kernel.clone()),
+        boot_args: Some(crate::warm::PROBE_TEMPLATE_ARGS.to_string()),
         vcpu_count: stack.vcpu_count(),
         mem_size_mib: stack.mem_size_mib(),
         vsock: Some(VsockSpec {
@@ -52,6 +53,7 @@ pub(super) fn run(
         };
         provider.destroy(&id).map_err(provider_err("destroy"))?;
         to_agent.push(r?);
+        session.settle(std::time::Duration::from_secs(10));
         ui.progress(i as u64 + 1);
     }
     ui.finish("booted");

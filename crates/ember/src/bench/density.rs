@@ -14,7 +14,7 @@ use super::{
 use crate::memory::{VmmMemory, vmm_memory};
 use crate::session::Session;
 use crate::ui::Ui;
-use crate::warm::{WarmOptions, WarmStack};
+use crate::warm::{PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack};
 
 #[derive(Serialize)]
 struct Spread {
@@ -41,6 +41,8 @@ pub(super) fn run(
         &WarmOptions {
             stack: stack.clone(),
             kernel: opts.kernel.clone(),
+            boot_args: Some(PROBE_TEMPLATE_ARGS.to_string()),
+            pooled: opts.pooled,
             agent_port: opts.agent_port,
             agent_timeout: AGENT_TIMEOUT,
             depth: opts.vms,

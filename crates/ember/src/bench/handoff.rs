@@ -1,6 +1,9 @@
-//! `ember bench acquire`: warm handoff under concurrency — rounds in which `concurrency`
-//! tenants acquire at once from a full pool, each timed from its acquire call to its first agent
-//! reply (exec echo); the pool refills between rounds.
+//! `ember bench acquire`: warm handoff under concurrency, each handoff timed from its acquire
+//! call to its tenant's first agent reply (exec echo), in two shapes:
+//! - bursts: rounds in which `concurrency` tenants acquire at the same instant from a full pool
+//!   (the pool refills between rounds) — the worst case for a 2-core host;
+//! - paced: `concurrency` acquirer threads sharing a steady aggregate rate (`rate` handoffs/s),
+//!   the pool refilling as it goes — a sustained load.
 
 use std::sync::{Barrier, Mutex};
 use std::time::Duration;
@@ -9,7 +12,7 @@ use super::{AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, Tar
 use crate::demo::summaries;
 use crate::session::Session;
 use crate::ui::{Quiet, Ui};
-use crate::warm::{Handoff, WarmOptions, WarmStack};
+use crate::warm::{Handoff, PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack};
 
 pub(super) fn run(
     session: &Session,
@@ -21,6 +24,8 @@ pub(super) fn run(
         &WarmOptions {
             stack: probe_stack(),
             kernel: opts.kernel.clone(),
+            boot_args: Some(PROBE_TEMPLATE_ARGS.to_string()),
+            pooled: opts.pooled,
             agent_port: opts.agent_port,
             agent_timeout: AGENT_TIMEOUT,
             depth: opts.concurrency,
@@ -28,37 +33,49 @@ pub(super) fn run(
         },
         ui,
     )?;
-    let result = rounds(&warm, opts, ui);
+    let result = rounds(session, &warm, opts, ui).and_then(|burst| {
+        warm.wait_full(&Quiet, Duration::from_secs(60))?;
+        session.settle(Duration::from_secs(10));
+        Ok((burst, paced(&warm, opts, ui)?))
+    });
     let metrics = warm.pool.metrics();
     warm.shutdown();
-    let samples = result?;
+    let (samples, paced_samples) = result?;
     let mut report = BenchReport::new(BenchKind::Acquire);
-    report.latencies = summaries("", &samples);
-    if let Some(total) = report
-        .latencies
-        .iter()
-        .find(|s| s.name.starts_with("acquire ->"))
-    {
+    report.latencies = summaries("burst: ", &samples);
+    report.latencies.extend(summaries(
+        &format!("paced {}/s: ", opts.rate),
+        &paced_samples,
+    ));
+    for (shape, prefix) in [("bursts", "burst: "), ("paced", "paced ")] {
+        let Some(total) = report
+            .latencies
+            .iter()
+            .find(|s| s.name.starts_with(prefix) && s.name.contains("acquire ->"))
+            .cloned()
+        else {
+            continue;
+        };
+        let what = format!(
+            "acquire -> first agent reply, {} concurrent acquirers, {shape}",
+            opts.concurrency
+        );
         report.targets.push(Target::at_most(
-            &format!(
-                "acquire -> first agent reply, {} concurrent, p50",
-                opts.concurrency
-            ),
+            &format!("{what}, p50"),
             2.0,
             total.p50_us / 1e3,
             "ms",
         ));
         report.targets.push(Target::at_most(
-            &format!(
-                "acquire -> first agent reply, {} concurrent, p99",
-                opts.concurrency
-            ),
+            &format!("{what}, p99"),
             10.0,
             total.p99_us / 1e3,
             "ms",
         ));
     }
-    report.figure("handoffs", samples.len());
+    report.figure("burst_handoffs", samples.len());
+    report.figure("paced_handoffs", paced_samples.len());
+    report.figure("paced_rate_per_s", opts.rate);
     report.figure("concurrency", opts.concurrency);
     report.figure("pool_created", metrics.created_total);
     report.figure(
@@ -68,7 +85,12 @@ pub(super) fn run(
     Ok(report)
 }
 
-fn rounds(warm: &WarmStack, opts: &BenchOptions, ui: &dyn Ui) -> Result<Vec<Handoff>, BenchError> {
+fn rounds(
+    session: &Session,
+    warm: &WarmStack,
+    opts: &BenchOptions,
+    ui: &dyn Ui,
+) -> Result<Vec<Handoff>, BenchError> {
     let rounds = opts.iterations.div_ceil(opts.concurrency).max(1);
     ui.stage(
         &format!(
@@ -80,6 +102,7 @@ fn rounds(warm: &WarmStack, opts: &BenchOptions, ui: &dyn Ui) -> Result<Vec<Hand
     let all = Mutex::new(Vec::new());
     for round in 0..rounds {
         warm.wait_full(&Quiet, Duration::from_secs(60))?;
+        session.settle(Duration::from_secs(10));
         let barrier = Barrier::new(opts.concurrency);
         let results: Vec<Result<Handoff, BenchError>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..opts.concurrency)
@@ -107,4 +130,55 @@ fn rounds(warm: &WarmStack, opts: &BenchOptions, ui: &dyn Ui) -> Result<Vec<Hand
     }
     ui.finish("done");
     Ok(all.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// `concurrency` threads share one schedule of start times, `1/rate` apart; each takes the next
+/// slot, waits for it, and hands a VM over.
+fn paced(warm: &WarmStack, opts: &BenchOptions, ui: &dyn Ui) -> Result<Vec<Handoff>, BenchError> {
+    let total = opts.iterations.max(1);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
+    ui.stage(
+        &format!(
+            "{total} handoffs at {}/s by {} acquirers",
+            opts.rate, opts.concurrency
+        ),
+        Some(total as u64),
+    );
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let start = std::time::Instant::now();
+    let out = Mutex::new(Vec::with_capacity(total));
+    let failure = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..opts.concurrency.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total || failure.lock().is_ok_and(|f| f.is_some()) {
+                    return;
+                }
+                let at = start + interval.mul_f64(i as f64);
+                if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                match warm.handoff(&format!("p{i}"), &["bench"]) {
+                    Ok(h) => {
+                        if let Err(e) = warm.release(&h.vm_id) {
+                            tracing::warn!(vm = %h.vm_id, error = %ember_core::error_chain(&e), "destroying a tenant VM");
+                        }
+                        let mut v = out.lock().unwrap_or_else(|p| p.into_inner());
+                        v.push(h);
+                        ui.progress(v.len() as u64);
+                    }
+                    Err(e) => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(BenchError::from(Box::new(e)));
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    ui.finish("done");
+    Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
 }

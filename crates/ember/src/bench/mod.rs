@@ -53,6 +53,10 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// VMs for the density benchmark.
     pub vms: usize,
+    /// How pooled VMs wait (acquire, density).
+    pub pooled: crate::warm::Pooled,
+    /// Aggregate handoff rate of the paced phase of the acquire benchmark, per second.
+    pub rate: u32,
 }
 
 /// One target of the project, checked against a measured value.

@@ -27,7 +27,7 @@ pub(super) fn run(
         &TemplateSpec {
             stack: probe_stack(),
             kernel: opts.kernel.clone(),
-            boot_args: None,
+            boot_args: Some(crate::warm::PROBE_TEMPLATE_ARGS.to_string()),
             agent_port: opts.agent_port,
             boot_timeout: Duration::from_secs(30),
         },
@@ -47,10 +47,9 @@ pub(super) fn run(
         latency.push(t0.elapsed());
         provider.destroy(&id).map_err(provider_err("destroy"))?;
         ui.progress(i as u64 + 1);
-        // Let the spares refill so every sample restores into a ready process.
-        while provider.stats().spares.ready == 0 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // Let the spares refill and the destroyed VM's teardown finish, so every sample
+        // restores into a ready process on a quiet host.
+        session.settle(Duration::from_secs(10));
     }
     ui.finish("done");
 

@@ -28,7 +28,7 @@ pub(super) fn run(
         &TemplateSpec {
             stack: probe_stack(),
             kernel: opts.kernel.clone(),
-            boot_args: None,
+            boot_args: Some(crate::warm::PROBE_TEMPLATE_ARGS.to_string()),
             agent_port: opts.agent_port,
             boot_timeout: Duration::from_secs(30),
         },
