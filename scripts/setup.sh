@@ -6,9 +6,12 @@ set -euo pipefail
 rustup component add rustfmt clippy >/dev/null
 rustup target add x86_64-unknown-none >/dev/null
 
-# Debian packages the tests use (only when missing, so re-runs are quick).
+# Debian packages the tests use (only when missing, so re-runs are quick):
+# iproute2 (`ip netns`, TAP devices for the net device tests), util-linux (`unshare` for the
+# no-KVM test).
+packages=(iproute2 util-linux)
 need=()
-for pkg in "$@"; do
+for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

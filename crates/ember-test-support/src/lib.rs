@@ -6,7 +6,7 @@
 //! - [`VmmProcess`]: spawns a VMM binary (ember-vmm or firecracker) with its stdout/stderr
 //!   captured, waits for its API socket, kills it on drop;
 //! - [`private_memory_kib`]: a process's private memory from `/proc/<pid>/smaps_rollup`;
-//! - [`cargo_bin`]: finds a workspace binary next to the test executable.
+//! - [`package_bin`] / [`vmm_bin`]: another workspace package's binary, built on demand.
 //!
 //! Helpers panic with a descriptive message on failure: they are for tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -379,21 +379,64 @@ pub fn smaps_rollup_kib(pid: u32, name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Finds a binary built by cargo in the same target profile as the running test
-/// (`target/<profile>/<name>`), for crates whose tests drive another crate's binary.
-pub fn cargo_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.ends_with("deps") {
-        dir.pop();
+/// A binary of another workspace package, built on demand: cargo does not build other
+/// packages' binaries for a test, so `cargo test -p <one crate>` would otherwise miss it.
+/// `cargo build -p <package> --bin <bin>` runs into this test's own target directory and
+/// profile (cheap when it is up to date, as under `cargo test --workspace`); each binary is
+/// built at most once per test process. For `ember-vmm`, `$EMBER_VMM_BIN` overrides.
+pub fn package_bin(package: &str, bin: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    if bin == "ember-vmm"
+        && let Some(p) = std::env::var_os("EMBER_VMM_BIN")
+    {
+        return PathBuf::from(p);
     }
-    let candidate = dir.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = built.iter().find(|(b, _)| b == bin) {
+        return p.clone();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut profile_dir = exe.parent().expect("exe dir").to_path_buf();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
+    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+    let profile = profile_dir
+        .file_name()
+        .expect("profile dir name")
+        .to_string_lossy()
+        .into_owned();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build -p {package}: {e}"));
     assert!(
-        candidate.is_file(),
-        "{} not found: build it first (cargo build -p <crate with the binary>)",
-        candidate.display()
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
     );
-    candidate
+    let path = profile_dir.join(bin);
+    assert!(path.is_file(), "{} missing after the build", path.display());
+    built.push((bin.to_string(), path.clone()));
+    path
+}
+
+/// The `ember-vmm` binary (`$EMBER_VMM_BIN`, or built on demand).
+pub fn vmm_bin() -> PathBuf {
+    package_bin("ember-vmm", "ember-vmm")
 }
 
 #[cfg(test)]

@@ -11,53 +11,14 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use ember_test_support::{DEFAULT_TIMEOUT, wait_for};
 
-/// The ember-vmm binary: `$EMBER_VMM_BIN`, or built by cargo into the same target directory
-/// and profile as this test (cargo does not build another package's binaries for our tests).
+/// The ember-vmm binary: `$EMBER_VMM_BIN`, or built on demand (see
+/// `ember_test_support::package_bin`).
 pub fn vmm_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("EMBER_VMM_BIN") {
-            return PathBuf::from(p);
-        }
-        let exe = std::env::current_exe().unwrap();
-        let mut profile_dir = exe.parent().unwrap().to_path_buf();
-        if profile_dir.ends_with("deps") {
-            profile_dir.pop();
-        }
-        let target_dir = profile_dir.parent().unwrap().to_path_buf();
-        let profile = profile_dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "ember-vmm", "--bin", "ember-vmm"])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let status = cmd.status().expect("running cargo build -p ember-vmm");
-        assert!(status.success(), "cargo build -p ember-vmm failed");
-        let bin = profile_dir.join("ember-vmm");
-        assert!(bin.is_file(), "{} missing after the build", bin.display());
-        bin
-    })
-    .clone()
+    ember_test_support::vmm_bin()
 }
 
 use std::sync::Arc;

@@ -54,7 +54,7 @@ pub(super) fn run(
     ui.finish("done");
 
     // Throughput: `concurrency` restorers, paused VMs (like pooled ones), destroyed afterwards.
-    let total = opts.iterations.max(300);
+    let total = opts.iterations.max(8 * opts.concurrency);
     let mut paused = snap.clone();
     paused.resume = false;
     ui.stage(

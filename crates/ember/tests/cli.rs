@@ -1,0 +1,126 @@
+//! The `ember` command end to end on real KVM: `ember demo` and every `ember bench`, as a user
+//! runs them (the binary, JSON output), each proving it left no VMM process and no file.
+//! Sizes are small so the suite stays fast; the figures themselves are not asserted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn ember(args: &[&str]) -> Value {
+    let workdir = tempfile::Builder::new()
+        .prefix("e")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .env("EMBER_VMM_BIN", ember_test_support::vmm_bin())
+        .arg("--json")
+        .arg("--workdir")
+        .arg(workdir.path())
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ember {args:?} failed:\n{stderr}\n{stdout}"
+    );
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("ember {args:?} printed no JSON ({e}):\n{stdout}"));
+    assert_eq!(v["leftovers"]["processes"], Value::Array(vec![]), "{v}");
+    assert_eq!(v["leftovers"]["files"], Value::Array(vec![]), "{v}");
+    assert_eq!(
+        std::fs::read_dir(workdir.path()).unwrap().count(),
+        0,
+        "the session directory is removed"
+    );
+    v
+}
+
+fn latency<'a>(v: &'a Value, name_part: &str) -> &'a Value {
+    v["latencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"].as_str().unwrap().contains(name_part))
+        .unwrap_or_else(|| panic!("no latency named like {name_part:?} in {v}"))
+}
+
+#[test]
+fn demo_hands_vms_to_tenants_and_leaves_nothing() {
+    let v = ember(&[
+        "demo",
+        "--sequential",
+        "3",
+        "--concurrent",
+        "4",
+        "--depth",
+        "4",
+    ]);
+    assert_eq!(v["sample_output"], "hello from tenant-0");
+    assert_eq!(v["pool"]["acquired"], 7);
+    assert_eq!(v["pool"]["validation_failures"], 0);
+    for phase in ["sequential", "concurrent"] {
+        let rows = v[phase].as_array().unwrap();
+        assert_eq!(rows.len(), 4, "{phase}: {v}");
+        assert!(rows.iter().all(|r| r["p50_us"].as_f64().unwrap() >= 0.0));
+    }
+    assert_eq!(v["sequential"][0]["n"], 3);
+    assert_eq!(v["concurrent"][0]["n"], 4);
+}
+
+#[test]
+fn every_bench_runs_and_reports() {
+    let small = [
+        "--iterations",
+        "4",
+        "--concurrency",
+        "4",
+        "--vms",
+        "4",
+        "--rate",
+        "50",
+    ];
+    let run = |kind: &str| {
+        let mut args = vec!["bench", kind];
+        args.extend_from_slice(&small);
+        let v = ember(&args);
+        assert_eq!(v["bench"], kind);
+        let targets = v["targets"].as_array().unwrap();
+        assert!(
+            targets
+                .iter()
+                .any(|t| t["name"] == "left behind after the run" && t["met"] == true),
+            "{v}"
+        );
+        v
+    };
+    let boot = run("boot");
+    assert_eq!(latency(&boot, "agent answers Health")["n"], 4);
+
+    let restore = run("restore");
+    assert_eq!(latency(&restore, "restore into a ready spare")["n"], 4);
+    assert_eq!(restore["figures"]["sustained_restores"], 32);
+    assert!(
+        restore["figures"]["sustained_restores_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    let acquire = run("acquire");
+    assert_eq!(latency(&acquire, "burst: acquire ->")["n"], 4);
+    assert_eq!(latency(&acquire, "paced 50/s: acquire ->")["n"], 4);
+
+    let density = run("density");
+    assert_eq!(density["figures"]["idle_pooled_vms"], 4);
+    let vmm_kib = density["figures"]["vmm_private"]["max_kib"]
+        .as_u64()
+        .unwrap();
+    assert!(vmm_kib > 0, "memory was measured: {density}");
+
+    let vsock = run("vsock");
+    assert_eq!(latency(&vsock, "exec echo")["name"], "exec echo round trip");
+    assert!(vsock["figures"]["exec_echo_per_s"].as_f64().unwrap() > 0.0);
+}
