@@ -46,6 +46,7 @@ pub struct Session {
     root: PathBuf,
     provider: Arc<VmmProvider>,
     spares: usize,
+    finished: bool,
 }
 
 impl Session {
@@ -72,6 +73,7 @@ impl Session {
             root,
             provider: Arc::new(provider),
             spares,
+            finished: false,
         })
     }
 
@@ -109,7 +111,8 @@ impl Session {
     /// Stops every VMM, removes the session's files, and reports what (if anything) is left:
     /// processes are looked up in /proc by command line (not by the provider's own records),
     /// files by walking the directory before it is removed.
-    pub fn finish(self) -> Leftovers {
+    pub fn finish(mut self) -> Leftovers {
+        self.finished = true;
         self.provider.shutdown();
         let root_text = self.root.to_string_lossy().into_owned();
         // A killed process can take a few milliseconds to disappear from /proc.
@@ -129,6 +132,17 @@ impl Session {
             tracing::warn!(root = %self.root.display(), error = %e, "removing the session directory");
         }
         Leftovers { processes, files }
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped without [`finish`](Session::finish) (a panic unwinding through a run)
+    /// still stops its VMMs and removes its directory.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.provider.shutdown();
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
     }
 }
 
