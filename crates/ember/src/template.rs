@@ -67,18 +67,7 @@ pub fn build(
             source,
         }
     })?;
-    let vm_spec = VmSpec {
-        kernel: Some(spec.kernel.clone()),
-        boot_args: spec.boot_args.clone(),
-        vcpu_count: spec.stack.vcpu_count(),
-        mem_size_mib: spec.stack.mem_size_mib(),
-        // The provider puts the socket in the VM's own directory.
-        vsock: Some(VsockSpec {
-            guest_cid: 3,
-            uds_path: PathBuf::from("v.sock"),
-        }),
-        ..VmSpec::default()
-    };
+    let vm_spec = boot_spec(spec);
     let step = |step: &'static str| move |source| TemplateError::Provider { step, source };
     let result = (|| {
         let t0 = Instant::now();
@@ -111,6 +100,22 @@ pub fn build(
     let (mut snap, report) = result?;
     snap.resume = true;
     Ok((snap, report))
+}
+
+/// The spec that boots `spec`'s guest with its shape and a vsock device (the provider puts the
+/// socket in the VM's own directory).
+pub fn boot_spec(spec: &TemplateSpec) -> VmSpec {
+    VmSpec {
+        kernel: Some(spec.kernel.clone()),
+        boot_args: spec.boot_args.clone(),
+        vcpu_count: spec.stack.vcpu_count(),
+        mem_size_mib: spec.stack.mem_size_mib(),
+        vsock: Some(VsockSpec {
+            guest_cid: 3,
+            uds_path: PathBuf::from("v.sock"),
+        }),
+        ..VmSpec::default()
+    }
 }
 
 fn wait_for_agent(

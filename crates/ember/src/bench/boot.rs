@@ -1,9 +1,8 @@
 //! `ember bench boot`: create + start the probe guest, until its agent answers Health.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use ember_core::{VmId, VmProvider, VmSpec, VsockSpec};
+use ember_core::{VmId, VmProvider};
 
 use super::{
     AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, probe_stack, provider_err,
@@ -19,18 +18,8 @@ pub(super) fn run(
     ui: &dyn Ui,
 ) -> Result<BenchReport, BenchError> {
     let provider = session.provider();
-    let stack = probe_stack();
-    let spec = VmSpec {
-        kernel: Some(opts.kernel.clone()),
-        boot_args: Some(crate::warm::PROBE_TEMPLATE_ARGS.to_string()),
-        vcpu_count: stack.vcpu_count(),
-        mem_size_mib: stack.mem_size_mib(),
-        vsock: Some(VsockSpec {
-            guest_cid: 3,
-            uds_path: PathBuf::from("v.sock"),
-        }),
-        ..VmSpec::default()
-    };
+    let _stack = probe_stack();
+    let spec = crate::template::boot_spec(&super::probe_template_spec(opts));
     let mut create_start = Vec::new();
     let mut to_agent = Vec::new();
     ui.stage("booting probe guests", Some(opts.iterations as u64));

@@ -199,5 +199,33 @@ pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchRep
     Ok(report)
 }
 
+/// What every benchmark boots: the probe guest on [`probe_stack`] with the template arguments.
+fn probe_template_spec(opts: &BenchOptions) -> crate::template::TemplateSpec {
+    crate::template::TemplateSpec {
+        stack: probe_stack(),
+        kernel: opts.kernel.clone(),
+        boot_args: Some(crate::warm::PROBE_TEMPLATE_ARGS.to_string()),
+        agent_port: opts.agent_port,
+        boot_timeout: std::time::Duration::from_secs(30),
+    }
+}
+
+/// Builds the probe template snapshot `name` (reporting it as a stage).
+fn probe_template(
+    session: &Session,
+    opts: &BenchOptions,
+    ui: &dyn Ui,
+    name: &str,
+) -> Result<ember_core::SnapshotRef, BenchError> {
+    ui.stage("building the template snapshot", None);
+    let (snap, _) = crate::template::build(
+        session.provider(),
+        &probe_template_spec(opts),
+        ember_core::SnapshotId::new(name).map_err(provider_err("naming"))?,
+    )?;
+    ui.finish("template ready");
+    Ok(snap)
+}
+
 /// Time limit for one agent call in benchmarks.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(5);

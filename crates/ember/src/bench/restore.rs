@@ -7,12 +7,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ember_core::{SnapshotId, VmId, VmProvider, VmSpec};
+use ember_core::{VmId, VmProvider, VmSpec};
 
-use super::{BenchError, BenchKind, BenchOptions, BenchReport, Target, probe_stack, provider_err};
+use super::{BenchError, BenchKind, BenchOptions, BenchReport, Target, provider_err};
 use crate::session::Session;
 use crate::stats::Summary;
-use crate::template::{self, TemplateSpec};
 use crate::ui::Ui;
 
 pub(super) fn run(
@@ -21,19 +20,7 @@ pub(super) fn run(
     ui: &dyn Ui,
 ) -> Result<BenchReport, BenchError> {
     let provider = session.provider();
-    ui.stage("building the template snapshot", None);
-    let (snap, _) = template::build(
-        provider,
-        &TemplateSpec {
-            stack: probe_stack(),
-            kernel: opts.kernel.clone(),
-            boot_args: Some(crate::warm::PROBE_TEMPLATE_ARGS.to_string()),
-            agent_port: opts.agent_port,
-            boot_timeout: Duration::from_secs(30),
-        },
-        SnapshotId::new("bench-restore").map_err(provider_err("naming"))?,
-    )?;
-    ui.finish("template ready");
+    let snap = super::probe_template(session, opts, ui, "bench-restore")?;
 
     // Latency: one restore at a time into a ready spare.
     ui.stage("restoring one at a time", Some(opts.iterations as u64));

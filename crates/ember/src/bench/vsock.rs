@@ -5,15 +5,12 @@
 use std::time::{Duration, Instant};
 
 use ember_agent_proto::Exec;
-use ember_core::{SnapshotId, VmId, VmProvider, VmSpec};
+use ember_core::{VmId, VmProvider, VmSpec};
 
-use super::{
-    AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, probe_stack, provider_err,
-};
+use super::{AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, provider_err};
 use crate::agent::{self, AgentError};
 use crate::session::Session;
 use crate::stats::Summary;
-use crate::template::{self, TemplateSpec};
 use crate::ui::Ui;
 
 pub(super) fn run(
@@ -22,18 +19,8 @@ pub(super) fn run(
     ui: &dyn Ui,
 ) -> Result<BenchReport, BenchError> {
     let provider = session.provider();
-    ui.stage("building the template snapshot", None);
-    let (snap, _) = template::build(
-        provider,
-        &TemplateSpec {
-            stack: probe_stack(),
-            kernel: opts.kernel.clone(),
-            boot_args: Some(crate::warm::PROBE_TEMPLATE_ARGS.to_string()),
-            agent_port: opts.agent_port,
-            boot_timeout: Duration::from_secs(30),
-        },
-        SnapshotId::new("bench-vsock").map_err(provider_err("naming"))?,
-    )?;
+    let snap = super::probe_template(session, opts, ui, "bench-vsock")?;
+    ui.stage("restoring a VM", None);
     let id = VmId::new("vsock-bench").map_err(provider_err("naming"))?;
     provider
         .create_with_spec(&id, &VmSpec::restore(snap.clone()))
