@@ -8,7 +8,9 @@ use std::io;
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::device::{EventRegistry, Interest};
+use virtio_queue::QueueT;
+
+use super::device::{ActivateError, DeviceContext, DeviceEvent, EventRegistry, Interest};
 use crate::rate_limiter::RateLimiter;
 
 /// Most chains (or frames) one device handles per event before yielding the thread.
@@ -59,5 +61,86 @@ pub fn watch_limiter(events: &EventRegistry, limiter: &RateLimiter, token: u32) 
 pub fn unwatch_limiter(events: &EventRegistry, limiter: &RateLimiter) {
     if let Some(fd) = limiter.timer_fd() {
         let _ = events.remove(&fd);
+    }
+}
+
+/// The wake-up plumbing of a device with one request queue and a rate limiter (block, rng):
+/// activation checks the queue and watches the limiter's timer and a self-kick, events are
+/// sorted into what the device must do, and reset stops watching both.
+#[derive(Debug, Default)]
+pub struct SingleQueueWakeups {
+    kick: Option<Kick>,
+}
+
+/// What a device event asks of a single-queue device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Serve the queue (activation, a queue notification, or the device's own kick).
+    Serve,
+    /// The rate limiter's timer fired: replenish, then serve if tokens are back.
+    LimiterTimer,
+    /// Not for this device.
+    Nothing,
+}
+
+const TOKEN_LIMITER: u32 = 0;
+const TOKEN_KICK: u32 = 1;
+
+impl SingleQueueWakeups {
+    /// Checks that queue 0 is ready and starts watching the kick and `limiter`'s timer.
+    pub fn activate(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        limiter: &RateLimiter,
+    ) -> Result<(), ActivateError> {
+        if !ctx.queues.first().is_some_and(|q| q.ready()) {
+            return Err(ActivateError::Queue {
+                index: 0,
+                reason: "not ready".into(),
+            });
+        }
+        let io = |what: &'static str| move |source| ActivateError::Io { what, source };
+        let kick = Kick::new().map_err(io("creating the device kick eventfd"))?;
+        kick.register(ctx.events, TOKEN_KICK)
+            .map_err(io("watching the device kick"))?;
+        watch_limiter(ctx.events, limiter, TOKEN_LIMITER)
+            .map_err(io("watching the rate limiter timer"))?;
+        self.kick = Some(kick);
+        Ok(())
+    }
+
+    /// What `event` asks of the device (consuming a kick).
+    pub fn classify(&self, event: &DeviceEvent) -> Wake {
+        match event {
+            DeviceEvent::Activated | DeviceEvent::Queue(0) => Wake::Serve,
+            DeviceEvent::Fd {
+                token: TOKEN_LIMITER,
+                ..
+            } => Wake::LimiterTimer,
+            DeviceEvent::Fd {
+                token: TOKEN_KICK, ..
+            } => {
+                if let Some(k) = &self.kick {
+                    k.clear();
+                }
+                Wake::Serve
+            }
+            DeviceEvent::Queue(_) | DeviceEvent::Fd { .. } => Wake::Nothing,
+        }
+    }
+
+    /// Asks for another turn (work was left at the per-event budget).
+    pub fn rearm(&self) {
+        if let Some(k) = &self.kick {
+            k.arm();
+        }
+    }
+
+    /// Stops watching the kick and `limiter`'s timer.
+    pub fn reset(&mut self, events: &EventRegistry, limiter: &RateLimiter) {
+        unwatch_limiter(events, limiter);
+        if let Some(k) = self.kick.take() {
+            k.unregister(events);
+        }
     }
 }

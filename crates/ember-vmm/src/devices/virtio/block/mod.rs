@@ -136,8 +136,8 @@ pub struct Block {
     nsectors: u64,
     limiter: RateLimiter,
     stats: BlockStats,
-    /// Present while active (see `device.rs`).
-    kick: Option<super::wakeup::Kick>,
+    /// Its kick and limiter-timer plumbing while active (see `device.rs`).
+    wakeups: super::wakeup::SingleQueueWakeups,
     /// Chains (frames) handled per call before yielding ([`BUDGET`]).
     budget: u32,
 }
@@ -242,7 +242,7 @@ impl Block {
             nsectors,
             limiter,
             stats: BlockStats::default(),
-            kick: None,
+            wakeups: super::wakeup::SingleQueueWakeups::default(),
             budget: BUDGET,
         })
     }

@@ -1,18 +1,14 @@
 //! The [`VirtioDevice`] face of [`Rng`]: one request queue; woken by its notifications, its
 //! rate limiter's timer and its own kick (work left over after the per-event budget).
 
-use virtio_queue::QueueT;
-
 use super::Rng;
 use crate::devices::virtio::TYPE_RNG;
 use crate::devices::virtio::device::{
     ActivateError, DeviceContext, DeviceEvent, EventRegistry, VirtioDevice,
 };
-use crate::devices::virtio::wakeup::{Kick, unwatch_limiter, watch_limiter};
+use crate::devices::virtio::wakeup::Wake;
 use crate::snapshot::codec::Writer;
 
-const TOKEN_LIMITER: u32 = 0;
-const TOKEN_KICK: u32 = 1;
 const QUEUE_SIZES: [u16; 1] = [super::QUEUE_SIZE];
 
 /// The id of the entropy device (there is at most one).
@@ -27,10 +23,8 @@ impl Rng {
         if out.completed > 0 {
             ctx.signal_used(0);
         }
-        if out.more
-            && let Some(k) = &self.kick
-        {
-            k.arm();
+        if out.more {
+            self.wakeups.rearm();
         }
     }
 }
@@ -58,51 +52,23 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, ctx: &mut DeviceContext<'_>) -> Result<(), ActivateError> {
-        if !ctx.queues.first().is_some_and(|q| q.ready()) {
-            return Err(ActivateError::Queue {
-                index: 0,
-                reason: "not ready".into(),
-            });
-        }
-        let io = |what: &'static str| move |source| ActivateError::Io { what, source };
-        let kick = Kick::new().map_err(io("entropy kick eventfd"))?;
-        kick.register(ctx.events, TOKEN_KICK)
-            .map_err(io("watching the entropy kick"))?;
-        watch_limiter(ctx.events, &self.limiter, TOKEN_LIMITER)
-            .map_err(io("watching the entropy rate limiter"))?;
-        self.kick = Some(kick);
-        Ok(())
+        self.wakeups.activate(ctx, &self.limiter)
     }
 
     fn handle_event(&mut self, event: DeviceEvent, ctx: &mut DeviceContext<'_>) {
-        match event {
-            DeviceEvent::Activated | DeviceEvent::Queue(0) => self.run(ctx),
-            DeviceEvent::Queue(_) => {}
-            DeviceEvent::Fd {
-                token: TOKEN_LIMITER,
-                ..
-            } => {
+        match self.wakeups.classify(&event) {
+            Wake::Serve => self.run(ctx),
+            Wake::LimiterTimer => {
                 if self.on_rate_limiter_timer() {
                     self.run(ctx);
                 }
             }
-            DeviceEvent::Fd {
-                token: TOKEN_KICK, ..
-            } => {
-                if let Some(k) = &self.kick {
-                    k.clear();
-                }
-                self.run(ctx);
-            }
-            DeviceEvent::Fd { .. } => {}
+            Wake::Nothing => {}
         }
     }
 
     fn reset(&mut self, events: &EventRegistry) {
-        unwatch_limiter(events, &self.limiter);
-        if let Some(k) = self.kick.take() {
-            k.unregister(events);
-        }
+        self.wakeups.reset(events, &self.limiter);
     }
 
     fn save_state(&self, w: &mut Writer) {

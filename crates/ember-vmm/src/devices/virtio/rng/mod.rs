@@ -42,8 +42,8 @@ pub struct RngStats {
 pub struct Rng {
     limiter: RateLimiter,
     stats: RngStats,
-    /// Present while active (see `device.rs`).
-    kick: Option<super::wakeup::Kick>,
+    /// Its kick and limiter-timer plumbing while active (see `device.rs`).
+    wakeups: super::wakeup::SingleQueueWakeups,
     /// Chains (frames) handled per call before yielding ([`BUDGET`]).
     budget: u32,
 }
@@ -54,7 +54,7 @@ impl Rng {
         Ok(Rng {
             limiter: RateLimiter::with_clock(limits, clock)?,
             stats: RngStats::default(),
-            kick: None,
+            wakeups: super::wakeup::SingleQueueWakeups::default(),
             budget: BUDGET,
         })
     }
@@ -147,7 +147,7 @@ impl Rng {
         Ok(Rng {
             limiter: RateLimiter::decode(r, clock)?,
             stats: RngStats::default(),
-            kick: None,
+            wakeups: super::wakeup::SingleQueueWakeups::default(),
             budget: BUDGET,
         })
     }
