@@ -220,12 +220,13 @@ fn cpu_ms(p: &VmmProvider) -> f64 {
 /// CPU time (ms) used so far by this process, its reaped children, and the processes `pids`.
 fn cpu_ms_of(pids: &[u32]) -> f64 {
     let usage = |who| {
-        // SAFETY: rusage is plain old data; all-zero is a valid value.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: getrusage fills the struct we pass and touches nothing else.
-        unsafe { libc::getrusage(who, &mut ru) };
-        let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
-        tv(ru.ru_utime) + tv(ru.ru_stime)
+        use nix::sys::time::TimeValLike;
+        nix::sys::resource::getrusage(who)
+            .map(|ru| {
+                (ru.user_time().num_microseconds() + ru.system_time().num_microseconds()) as f64
+                    / 1e3
+            })
+            .unwrap_or(0.0)
     };
     let vmms: f64 = pids
         .iter()
@@ -245,7 +246,8 @@ fn cpu_ms_of(pids: &[u32]) -> f64 {
             ns as f64 / 1e6
         })
         .sum();
-    usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN) + vmms
+    use nix::sys::resource::UsageWho;
+    usage(UsageWho::RUSAGE_SELF) + usage(UsageWho::RUSAGE_CHILDREN) + vmms
 }
 
 fn pool_settings(workers: usize) -> PoolSettings {

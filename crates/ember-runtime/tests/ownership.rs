@@ -70,8 +70,8 @@ fn vmms_die_with_their_owner() {
         });
         let pids: Vec<String> = p.process_ids().iter().map(u32::to_string).collect();
         println!("PIDS {}", pids.join(" "));
-        // SAFETY: the child test process kills itself, on purpose, without unwinding.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        // The child test process kills itself, on purpose, without unwinding.
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
         unreachable!();
     }
     let dir = short_tempdir();

@@ -165,8 +165,11 @@ fn a_killed_pooled_vmm_is_evicted_as_died_and_replaced() {
     wait_depth(&pool, &stack, 3);
     let victim = p.list().unwrap()[0].id.clone();
     let pid = p.pid(&victim).unwrap();
-    // SAFETY: SIGKILL to a child process this test owns.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 
     wait_for(DEFAULT_TIMEOUT, "an eviction with cause died", || {
         (pool.metrics().evicted_by(EvictionCause::Died) == 1).then_some(())

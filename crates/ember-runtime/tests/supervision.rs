@@ -44,8 +44,11 @@ fn sigkill_is_noticed_at_once() {
         new
     };
     let pid = p.pid(&victim).unwrap();
-    // SAFETY: sending SIGKILL to a child process this test owns.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 
     // No call is made on the VM: the report comes from the supervisor alone.
     let exit = rx.recv_timeout(DEFAULT_TIMEOUT).expect("the death report");
@@ -82,8 +85,11 @@ fn a_spare_that_dies_is_replaced() {
         let s = p.stats();
         (s.spares.ready == 2).then(|| p.process_ids())
     });
-    // SAFETY: SIGKILL to a child process this test owns.
-    assert_eq!(unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) }, 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     wait_for(DEFAULT_TIMEOUT, "the dead spare to be replaced", || {
         let s = p.stats();
         (s.spares.ready == 2 && !p.process_ids().contains(&pids[0]) && s.spares.spawned >= 3)
