@@ -45,6 +45,9 @@ pub(crate) struct Bucket {
     pub config: BucketConfig,
     pub entries: VecDeque<Entry>,
     pub in_flight: usize,
+    /// `acquire_timeout` callers waiting for an entry of this bucket (refills never yield to
+    /// handovers while someone waits).
+    pub waiters: usize,
     pub backoff: Backoff,
     pub demand: Demand,
     next_seed: u64,
@@ -58,6 +61,7 @@ impl Bucket {
             config,
             entries: VecDeque::new(),
             in_flight: 0,
+            waiters: 0,
             backoff: Backoff::default(),
             demand: Demand::default(),
             next_seed: 0,

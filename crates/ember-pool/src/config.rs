@@ -145,10 +145,15 @@ pub struct PoolSettings {
     pub workers: usize,
     /// Attempts to destroy an evicted VM before giving up and logging it as leaked.
     pub destroy_attempts: u32,
-    /// While acquires are under way and a bucket still has ready entries, its refills wait — at
-    /// most this long — so a burst of handovers does not compete with the restores it
-    /// triggered for the CPU. An empty bucket never waits. Zero disables yielding.
+    /// While acquires are under way (and for [`refill_grace`](Self::refill_grace) after the
+    /// last one ends), refills wait — at most this long — so a burst of handovers and its
+    /// tenants' first requests do not compete with the restores they triggered for the CPU. A
+    /// bucket with an `acquire_timeout` caller waiting for an entry never waits. Zero disables
+    /// yielding.
     pub refill_yield: Duration,
+    /// How long after the last acquire ends refills still yield: the time the new tenants
+    /// need for their first requests (within `refill_yield` in total).
+    pub refill_grace: Duration,
 }
 
 impl Default for PoolSettings {
@@ -161,6 +166,7 @@ impl Default for PoolSettings {
             workers: 4,
             destroy_attempts: 3,
             refill_yield: Duration::from_millis(20),
+            refill_grace: Duration::from_millis(5),
         }
     }
 }
@@ -205,6 +211,15 @@ impl PoolSettings {
                 format!(
                     "{:?} is too long; at most 10 s is allowed",
                     self.refill_yield
+                ),
+            ));
+        }
+        if self.refill_grace > self.refill_yield {
+            return Err(invalid(
+                "refill_grace",
+                format!(
+                    "{:?} is longer than refill_yield ({:?}), which bounds it",
+                    self.refill_grace, self.refill_yield
                 ),
             ));
         }
@@ -283,6 +298,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(msg.contains("at most max_depth"), "{msg}");
+    }
+
+    #[test]
+    fn refill_grace_is_bounded_by_the_yield() {
+        PoolSettings::default().validate().unwrap();
+        let e = PoolSettings {
+            refill_yield: Duration::from_millis(10),
+            refill_grace: Duration::from_millis(11),
+            ..PoolSettings::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(field_of(e), "refill_grace");
     }
 
     #[test]

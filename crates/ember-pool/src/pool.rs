@@ -380,11 +380,17 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                 });
             }
             let wait = deadline.map_or(Duration::ZERO, |d| d - now);
+            // A waiter: the refiller must not yield this bucket's refills to handovers.
+            slot.bucket.waiters += 1;
+            shared.wake_refiller(&mut st);
             st = shared
                 .ready
                 .wait_timeout(st, wait)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
+            if let Some(slot) = st.buckets.get_mut(stack) {
+                slot.bucket.waiters = slot.bucket.waiters.saturating_sub(1);
+            }
         }
     }
 
@@ -586,6 +592,7 @@ impl<P: VmProvider + VmQuery> Drop for Acquiring<'_, P> {
         let mut st = self.shared.lock();
         st.acquiring = st.acquiring.saturating_sub(1);
         if st.acquiring == 0 {
+            st.acquires_ended_at = Some(Instant::now());
             self.shared.wake_refiller(&mut st);
         }
     }

@@ -39,7 +39,7 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
                     .into_iter()
                     .map(|e| (key.clone(), e.view.id)),
             );
-            let wanted = if yielding && !bucket.entries.is_empty() {
+            let wanted = if yielding && bucket.waiters == 0 {
                 0
             } else {
                 bucket.spawns_wanted(now)
@@ -97,9 +97,9 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
     }
 }
 
-/// Whether refills should wait for the acquires under way (bounded by
-/// `PoolSettings::refill_yield` from when the yielding began); brings `next` forward to the end
-/// of the yield.
+/// Whether refills should wait for the acquires under way or just ended (within
+/// `PoolSettings::refill_grace`), bounded by `PoolSettings::refill_yield` from when the
+/// yielding began; brings `next` forward to when the yield ends.
 fn yield_to_acquires<P: VmProvider + VmQuery>(
     shared: &Shared<P>,
     st: &mut crate::shared::State,
@@ -107,11 +107,21 @@ fn yield_to_acquires<P: VmProvider + VmQuery>(
     next: &mut Instant,
 ) -> bool {
     let limit = shared.settings.refill_yield;
-    if st.acquiring == 0 || limit.is_zero() {
+    let grace_until = st
+        .acquires_ended_at
+        .map(|t| t + shared.settings.refill_grace)
+        .filter(|g| now < *g);
+    let busy = st.acquiring > 0 || grace_until.is_some();
+    if !busy || limit.is_zero() {
         st.yielding_since = None;
         return false;
     }
-    let until = *st.yielding_since.get_or_insert(now) + limit;
+    let mut until = *st.yielding_since.get_or_insert(now) + limit;
+    if st.acquiring == 0
+        && let Some(g) = grace_until
+    {
+        until = until.min(g);
+    }
     if now < until {
         *next = (*next).min(until);
         true

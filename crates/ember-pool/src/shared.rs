@@ -45,6 +45,8 @@ pub(crate) struct State {
     pub next_epoch: u64,
     /// Acquire calls under way.
     pub acquiring: usize,
+    /// When the last acquire under way ended (the start of `PoolSettings::refill_grace`).
+    pub acquires_ended_at: Option<std::time::Instant>,
     /// Since when the refiller has been yielding to acquires (see `PoolSettings::refill_yield`).
     pub yielding_since: Option<std::time::Instant>,
 }

@@ -805,13 +805,15 @@ fn refills_yield_to_acquires_under_way_but_only_while_stock_remains_and_only_bri
     });
     wait_until("full again", || depth(&pool, &s) == 3);
 
-    // An empty bucket never waits. A depth-1 bucket and a yield far longer than the test: the
-    // refill can only start during the held acquire because the bucket is empty.
+    // An empty bucket with nobody waiting still yields (the burst that emptied it is still
+    // being handed over); one with an `acquire_timeout` caller waiting never does. A depth-1
+    // bucket and a yield far longer than the test.
     p.clear_faults();
     let pool = start(
         &p,
         PoolSettings {
             refill_yield: Duration::from_secs(10),
+            refill_grace: Duration::ZERO,
             ..fast_settings()
         },
     );
@@ -825,11 +827,46 @@ fn refills_yield_to_acquires_under_way_but_only_while_stock_remains_and_only_bri
     thread::scope(|sc| {
         let held = sc.spawn(|| pool.acquire(&b, &Tenant::new("last").unwrap()));
         wait_until("resume held", || gate.waiting() == 1);
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            pool.metrics().created_total,
+            before,
+            "the empty bucket's refill did not yield to the handover"
+        );
+        let waiter = sc.spawn(|| {
+            pool.acquire_timeout(&b, &Tenant::new("next").unwrap(), Duration::from_secs(10))
+        });
         wait_until(
-            "refill of the empty bucket despite the held acquire",
+            "refill for the waiting acquirer despite the held acquire",
             || pool.metrics().created_total > before,
         );
         gate.open();
         held.join().unwrap().unwrap();
+        waiter.join().unwrap().unwrap();
     });
+}
+
+#[test]
+fn refills_wait_for_the_grace_after_the_last_acquire() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("gamma");
+    let snap = template(&p, &s, "sg");
+    let pool = start(
+        &p,
+        PoolSettings {
+            refill_yield: Duration::from_secs(5),
+            refill_grace: Duration::from_millis(400),
+            ..fast_settings()
+        },
+    );
+    pool.register(s.clone(), snap, config(2, 2)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 2);
+    let created = pool.metrics().created_total;
+    pool.acquire(&s, &Tenant::new("first").unwrap()).unwrap();
+    // The tenant's first requests get the CPU: no restore right after the acquire...
+    thread::sleep(Duration::from_millis(150));
+    assert_eq!(pool.metrics().created_total, created, "refill did not wait");
+    // ...and the refill follows once the grace has passed, with no other event to wake it.
+    wait_until("refill after the grace", || depth(&pool, &s) == 2);
+    assert_eq!(pool.metrics().created_total, created + 1);
 }

@@ -5,7 +5,11 @@
 //! timeout; on acquire the entry is paused, so only the host side is checked (the provider has
 //! not seen its VMM die); at handover the VM runs under the tenant's id and is sent Reseed —
 //! fresh entropy, the wall clock and a new generation — so clones of one snapshot never share
-//! randomness or a stale clock, and the answer proves the agent is alive.
+//! randomness or a stale clock. The Reseed goes out ahead on the connection the tenant gets
+//! ([`AgentValidator::take_connection`]): the guest handles it before anything the tenant
+//! sends, and its answer is checked before the tenant's first reply is handed on (a guest that
+//! did not reseed fails that call and poisons the connection). Handover and first request then
+//! share one guest wake-up, which under a burst of handoffs is most of the cost.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -62,7 +66,7 @@ impl AgentError {
 ///
 /// The connection that reseeded a VM at handover is kept for its tenant
 /// ([`take_connection`](Self::take_connection)), so the tenant's first call does not pay for a
-/// second vsock handshake and Hello.
+/// second vsock handshake and Hello, and carries the check of the Reseed's answer.
 pub struct AgentValidator {
     provider: Arc<VmmProvider>,
     port: u32,
@@ -89,6 +93,7 @@ impl AgentValidator {
     }
 
     /// The agent connection that reseeded `vm` at handover, if the caller has not taken it yet.
+    /// Its first call (or [`AgentClient::finish_pending`]) checks the Reseed's answer.
     pub fn take_connection(&self, vm: &VmId) -> Option<AgentClient> {
         lock(&self.handed_over).remove(vm)
     }
@@ -116,13 +121,16 @@ impl AgentValidator {
             .and_then(|slot| lock(&self.pooled).remove(&slot));
         // The connection kept since the Health check, if it still works; else a new one.
         let had = kept.is_some();
-        let reused = kept.and_then(|mut agent| agent.reseed_fresh(generation).ok().map(|_| agent));
+        let reused =
+            kept.and_then(|mut agent| agent.send_reseed_fresh(generation).ok().map(|_| agent));
         tracing::debug!(%vm, kept = had, reused = reused.is_some(), "reseed at handover");
         let agent = match reused {
             Some(agent) => agent,
             None => {
                 let mut agent = connect(&self.provider, vm, self.port, self.timeout)?;
-                agent.reseed_fresh(generation).map_err(AgentError::Client)?;
+                agent
+                    .send_reseed_fresh(generation)
+                    .map_err(AgentError::Client)?;
                 agent
             }
         };

@@ -252,11 +252,14 @@ pub fn summaries(prefix: &str, hs: &[Handoff]) -> Vec<Summary> {
     let col = |f: fn(&Handoff) -> Duration| hs.iter().map(f).collect::<Vec<_>>();
     [
         (
-            "acquire (validate, rename, resume, reseed)",
+            "acquire (validate, rename, resume, Reseed sent)",
             col(|h| h.acquire),
         ),
         ("agent connection for the tenant", col(|h| h.connect)),
-        ("first agent call (exec echo)", col(|h| h.first_call)),
+        (
+            "first agent call (Reseed answer, exec echo)",
+            col(|h| h.first_call),
+        ),
         ("acquire -> first agent reply", col(|h| h.total)),
     ]
     .into_iter()

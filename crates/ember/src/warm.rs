@@ -269,7 +269,7 @@ impl WarmStack {
 pub struct Handoff {
     /// The tenant's VM.
     pub vm_id: VmId,
-    /// The pool's acquire (validate, rename, resume, reseed).
+    /// The pool's acquire (validate, rename, resume, Reseed sent ahead).
     pub acquire: Duration,
     /// Getting the tenant its agent connection (the one kept from the handover's Reseed, or a
     /// new vsock handshake + Hello).

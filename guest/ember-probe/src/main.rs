@@ -12,9 +12,9 @@
 //! 3. installs a minimal IDT, maps the IOAPIC/LAPIC page range, starts the LAPIC timer in
 //!    periodic mode, routes IOAPIC pin 1 (i8042 keyboard) to a vector, and prints
 //!    `ember-probe: ticking hz=<n> report=<n>`;
-//! 4. idles with `sti; hlt`. The timer interrupt handler increments the counter (a u64 at
-//!    `counter_gpa`) and nothing else; the idle loop prints `ember-probe: count=<n>` every
-//!    `report` ticks. A keyboard interrupt (SendCtrlAltDel) makes it print
+//! 4. idles with `sti; hlt` (in the agent's idle loop, see [`ring3`]). The timer interrupt
+//!    handler increments the counter (a u64 at `counter_gpa`) and nothing else; the kernel
+//!    loop prints `ember-probe: count=<n>` every `report` ticks. A keyboard interrupt (SendCtrlAltDel) makes it print
 //!    `ember-probe: ctrl-alt-del, resetting` and reset through the i8042 (port 0x64 <- 0xfe).
 //!    Bytes received on COM1 (IRQ 4) are echoed as `ember-probe: rx=<bytes>`.
 //! 5. runs the agent in ring 3 ([`ring3`]) at boot and after every virtio interrupt: a
@@ -488,11 +488,17 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
 
     let mut next_report = report;
     loop {
-        // The agent first (it was asked to run at boot, and after every virtio interrupt).
-        while ring3::take_work() {
-            // SAFETY: the GDT, TSS, gates and user mappings are set up (`ring3::setup`).
-            unsafe { ring3::probe_enter_user() };
+        // SAFETY: a plain word the agent's idle loop reads with interrupts off, as here.
+        unsafe {
+            write_volatile(
+                addr_of_mut!(ring3::PROBE_NEXT_REPORT),
+                if report == 0 { u64::MAX } else { next_report },
+            );
         }
+        // The agent runs, idles (in `hlt` under its #UD frame, where virtio interrupts resume
+        // it directly) and comes back here only when this loop has duties.
+        // SAFETY: the GDT, TSS, gates and user mappings are set up (`ring3::setup`).
+        unsafe { ring3::probe_enter_user() };
         // SAFETY: the state page is ours; the ISRs only increment/set fields.
         if unsafe { read_volatile(addr_of!((*st).rx)) } != 0 {
             // SAFETY: as above.
@@ -516,8 +522,6 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
             puts(b"\n");
             next_report = count - count % report + report;
         }
-        // SAFETY: `sti; hlt` is atomic w.r.t. interrupt delivery; handlers are installed.
-        unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     }
 }
 

@@ -4,19 +4,28 @@
 //!
 //! - [`setup`] (ring 0, once): a GDT with user segments and a TSS (RSP0 = a dedicated
 //!   interrupt stack), the user bit on the low 8 MiB and the APIC/MMIO window, and two IDT
-//!   gates: [`VIRTIO_VECTOR`] (any virtio interrupt: set [`PROBE_WORK`], EOI) and #UD.
-//! - `probe_enter_user` (ring 0): saves the kernel's callee-saved registers and stack
-//!   pointer, `iretq`s to `probe_user_main` on a fresh user stack with IF=1 and IOPL=3.
-//! - The agent returns by executing `ud2` at `probe_user_exit`: on this project's KVM,
+//!   gates: [`VIRTIO_VECTOR`] (any virtio interrupt) and #UD.
+//! - `probe_enter_user` (ring 0, from the kernel loop): saves the kernel's callee-saved
+//!   registers and stack pointer, `iretq`s to `probe_user_main` on a fresh user stack with
+//!   IF=1 and IOPL=3.
+//! - The agent goes idle by executing `ud2` at `probe_user_exit`: on this project's KVM,
 //!   `int n` from ring 3 raises #UD and `syscall` does not change the privilege level, but
-//!   exceptions are delivered properly. The #UD handler recognises the address, restores the
-//!   kernel stack and "returns" from `probe_enter_user` with interrupts off (any other #UD is
-//!   reported as an exception). Interrupts during user mode run their handlers on the TSS
-//!   stack and resume the agent.
+//!   exceptions are delivered properly. The #UD handler recognises the address and runs the
+//!   idle loop right there, under the agent's frame: `sti; hlt` until something happens. A
+//!   virtio interrupt taken in that `hlt` drops its own frame and `iretq`s from the #UD frame
+//!   straight back into the agent (past the `ud2`, which loops to the agent's entry). When
+//!   the kernel loop has duties (a count report, a key press, serial input) the idle loop
+//!   restores the kernel stack and "returns" from `probe_enter_user` with interrupts off.
+//!   Any other #UD is reported as an exception. Interrupts during user mode run their
+//!   handlers on the TSS stack and resume the agent; a virtio one sets [`PROBE_WORK`] so the
+//!   idle loop resumes the agent at once.
 //!
-//! Measured per wake-up (see shared/notes/kvm-on-these-machines.md): interrupt to kernel loop
-//! ~16 us, `iretq` into ring 3 ~28 us, the #UD return ~31 us, the agent's work ~1-2 us plus
-//! ~11 us per queue notification (an ioeventfd write from ring 3).
+//! Per request wake-up, ring 0 executes ~20 (emulated) instructions: the interrupt, EOI, one
+//! `iretq` into ring 3, and the `ud2` back into `hlt`. The earlier design (interrupt handler
+//! `iretq` to a kernel loop, which entered ring 3 and was returned to by the #UD handler)
+//! measured ~16 us + ~28 us + ~31 us of ring-0 time per wake-up (see
+//! shared/notes/kvm-on-these-machines.md); the agent's own work is ~1-2 us plus ~11 us per
+//! queue notification (an ioeventfd write from ring 3).
 
 use core::arch::{asm, global_asm};
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
@@ -54,9 +63,14 @@ struct Stack([u8; 16384]);
 /// Where interrupts taken in ring 3 (and the return gate) run.
 static mut INTERRUPT_STACK: Stack = Stack([0; 16384]);
 
-/// Set by the virtio interrupt handler: the agent has work.
+/// Set by the virtio interrupt handler when it interrupts the agent itself: the idle loop
+/// then resumes the agent at once.
 #[unsafe(no_mangle)]
-pub static mut PROBE_WORK: u64 = 1;
+pub static mut PROBE_WORK: u64 = 0;
+/// The count at which the kernel loop wants to print its next report (`u64::MAX`: never);
+/// the agent's idle loop leaves for the kernel loop once the counter reaches it.
+#[unsafe(no_mangle)]
+pub static mut PROBE_NEXT_REPORT: u64 = u64::MAX;
 /// The kernel's stack pointer while the agent runs.
 #[unsafe(no_mangle)]
 static mut PROBE_KERNEL_RSP: u64 = 0;
@@ -89,17 +103,41 @@ probe_user_start:
 .global probe_user_exit
 probe_user_exit:
     ud2
+    jmp probe_user_start
 
-// #UD: the agent's way back (at `probe_user_exit`), or a real invalid opcode.
+// #UD: the agent going idle (at `probe_user_exit`), or a real invalid opcode.
 .global probe_ud_isr
 probe_ud_isr:
     push rax
     lea rax, [rip + probe_user_exit]
     cmp [rsp + 8], rax
     pop rax
-    je probe_user_return
+    je probe_agent_idle
     push 6
     jmp probe_exc_common
+
+// The idle loop, on the interrupt stack under the agent's #UD frame (no other pushes: the
+// virtio ISR relies on it). General registers are free: nothing of the agent's is live at
+// `probe_user_exit`. Leaves to the kernel loop when it has duties (a count report due, a
+// key press, serial input), resumes the agent when a virtio interrupt came, else sleeps.
+probe_agent_idle:
+    mov rax, [rip + PROBE_STATE + 8]
+    cmp rax, [rip + PROBE_NEXT_REPORT]
+    jae probe_user_return
+    mov rax, [rip + PROBE_STATE + 40]
+    or rax, [rip + PROBE_STATE + 48]
+    jnz probe_user_return
+    cmp qword ptr [rip + PROBE_WORK], 0
+    jne 2f
+    sti
+    hlt
+.global probe_idle_woken
+probe_idle_woken:
+    cli
+    jmp probe_agent_idle
+2:  mov qword ptr [rip + PROBE_WORK], 0
+    add qword ptr [rsp], 2
+    iretq
 
 .global probe_user_return
 probe_user_return:
@@ -112,12 +150,22 @@ probe_user_return:
     pop rbx
     ret
 
+// A virtio interrupt. Taken in the idle loop's `hlt` (the common case), it drops its own
+// frame and resumes the agent straight from the #UD frame underneath: one `iretq`, straight
+// to ring 3. Anywhere else it flags the work for the agent's next look.
 .global probe_virtio_isr
 probe_virtio_isr:
-    mov qword ptr [rip + PROBE_WORK], 1
     push rax
     mov eax, 0xfee000b0
     mov dword ptr [rax], 0
+    lea rax, [rip + probe_idle_woken]
+    cmp [rsp + 8], rax
+    jne 1f
+    // Back to the idle loop's stack pointer (the CPU may have aligned it before pushing).
+    mov rsp, [rsp + 32]
+    add qword ptr [rsp], 2
+    iretq
+1:  mov qword ptr [rip + PROBE_WORK], 1
     pop rax
     iretq
 "#
@@ -191,20 +239,5 @@ pub unsafe fn setup(set_gate: unsafe fn(usize, u64, u8)) {
             write_volatile(e, read_volatile(e) | 4);
         }
         asm!("mov {tmp}, cr3", "mov cr3, {tmp}", tmp = out(reg) _, options(nostack));
-    }
-}
-
-/// True (and cleared) if a virtio interrupt arrived since the last call.
-pub fn take_work() -> bool {
-    // SAFETY: a plain word shared with the interrupt handler, read and cleared with
-    // interrupts disabled.
-    unsafe {
-        let p = addr_of_mut!(PROBE_WORK);
-        if read_volatile(p) != 0 {
-            write_volatile(p, 0);
-            true
-        } else {
-            false
-        }
     }
 }

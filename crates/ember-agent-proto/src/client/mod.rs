@@ -4,7 +4,10 @@
 //! negotiation, typed calls with a deadline each, request-id matching, and poisoning the
 //! connection after any failure that could leave the stream out of step (timeouts, I/O errors,
 //! malformed or mismatched replies). Agent-side Error and Unsupported replies are errors that keep
-//! the connection. One request is in flight at a time; use one client per thread.
+//! the connection. One call is in flight at a time; use one client per thread. The one
+//! exception is a Reseed sent ahead ([`AgentClient::send_reseed`]): its reply is read and
+//! checked before the next call's, so a warm VM's handover and its tenant's first request share
+//! one guest wake-up while the tenant still never sees an answer from an un-reseeded guest.
 
 mod error;
 mod types;
@@ -37,6 +40,15 @@ pub struct AgentClient {
     agent: AgentInfo,
     call_timeout: Duration,
     poisoned: Option<String>,
+    /// A Reseed sent ahead whose reply has not been read yet.
+    pending: Option<PendingReseed>,
+}
+
+/// A Reseed sent ahead ([`AgentClient::send_reseed`]).
+#[derive(Debug, Clone, Copy)]
+struct PendingReseed {
+    id: u64,
+    generation: u64,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -46,6 +58,7 @@ impl std::fmt::Debug for AgentClient {
             .field("next_id", &self.next_id)
             .field("call_timeout", &self.call_timeout)
             .field("poisoned", &self.poisoned)
+            .field("pending", &self.pending)
             .field("reader", &self.reader)
             .finish_non_exhaustive()
     }
@@ -123,6 +136,7 @@ impl AgentClient {
             },
             call_timeout: options.call_timeout,
             poisoned: None,
+            pending: None,
         };
         let hello = Request::Hello(Hello {
             versions: SUPPORTED_VERSIONS,
@@ -281,17 +295,50 @@ impl AgentClient {
 
     /// Reseed with 32 bytes from the host's getrandom and the current wall-clock time.
     pub fn reseed_fresh(&mut self, generation: u64) -> Result<(), ClientError> {
-        let mut entropy = [0u8; 32];
-        getrandom::fill(&mut entropy).map_err(|e| ClientError::Entropy(e.to_string()))?;
-        let wall_clock_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        let (entropy, wall_clock_ns) = fresh_seed()?;
         self.reseed(&Reseed {
             generation,
             wall_clock_ns,
             entropy: &entropy,
         })
+    }
+
+    /// Sends Reseed without waiting for its reply. The reply is read and checked by the next
+    /// call on this connection (before that call's own reply) or by
+    /// [`finish_pending`](Self::finish_pending); if it is not a `Reseeded` for `generation`,
+    /// that call fails with the Reseed's error and the connection is poisoned — the guest was
+    /// not reseeded, so nothing it answers afterwards is handed on. A Reseed still pending is
+    /// finished first.
+    pub fn send_reseed(&mut self, reseed: &Reseed<'_>) -> Result<(), ClientError> {
+        self.finish_pending()?;
+        let deadline = Instant::now() + self.call_timeout;
+        let id = self.send(&Request::Reseed(*reseed), deadline)?;
+        self.pending = Some(PendingReseed {
+            id,
+            generation: reseed.generation,
+        });
+        Ok(())
+    }
+
+    /// [`send_reseed`](Self::send_reseed) with fresh entropy and the current wall-clock time.
+    pub fn send_reseed_fresh(&mut self, generation: u64) -> Result<(), ClientError> {
+        let (entropy, wall_clock_ns) = fresh_seed()?;
+        self.send_reseed(&Reseed {
+            generation,
+            wall_clock_ns,
+            entropy: &entropy,
+        })
+    }
+
+    /// Whether a Reseed sent ahead still awaits its reply.
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Waits for the reply of a Reseed sent ahead, if any, and checks it.
+    pub fn finish_pending(&mut self) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.call_timeout;
+        self.receive_pending(deadline)
     }
 
     /// Asks the guest to power off; the connection is spent afterwards.
@@ -321,6 +368,28 @@ impl AgentClient {
         timeout: Duration,
         on_reply: impl FnOnce(Reply<'_>) -> Result<T, String>,
     ) -> Result<T, ClientError> {
+        let kind = request.kind();
+        let id = self.send(request, deadline)?;
+        // A Reseed sent ahead answers first; the guest handles both in order.
+        self.receive_pending(deadline)?;
+        let result = receive(&self.stream, &mut self.reader, kind, id, deadline, timeout).and_then(
+            |reply| {
+                on_reply(reply).map_err(|detail| ClientError::Protocol {
+                    request: kind,
+                    detail,
+                })
+            },
+        );
+        if let Err(e) = &result
+            && e.poisons()
+        {
+            self.poison(e);
+        }
+        result
+    }
+
+    /// Encodes and writes one request under a fresh id (refused on a poisoned connection).
+    fn send(&mut self, request: &Request<'_>, deadline: Instant) -> Result<u64, ClientError> {
         if let Some(cause) = &self.poisoned {
             return Err(ClientError::Poisoned {
                 cause: cause.clone(),
@@ -336,24 +405,49 @@ impl AgentClient {
                 error,
             },
         )?;
-        let result = exchange(
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let mut io = DeadlineIo::new(&self.stream, deadline);
+        let sent = io
+            .write_all(&self.out)
+            .map_err(|e| io_error(kind, timeout, "sending the request", e));
+        if let Err(e) = sent {
+            self.poison(&e);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Reads and checks the reply of a Reseed sent ahead, if any; any failure poisons.
+    fn receive_pending(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let result = receive(
             &self.stream,
             &mut self.reader,
-            &self.out,
-            kind,
-            id,
+            Kind::Reseed,
+            pending.id,
             deadline,
             timeout,
         )
-        .and_then(|reply| {
-            on_reply(reply).map_err(|detail| ClientError::Protocol {
-                request: kind,
-                detail,
-            })
+        .and_then(|reply| match reply {
+            Reply::Reseeded { generation } if generation == pending.generation => Ok(()),
+            Reply::Reseeded { generation } => Err(ClientError::Protocol {
+                request: Kind::Reseed,
+                detail: format!(
+                    "agent applied generation {generation}, asked for {}",
+                    pending.generation
+                ),
+            }),
+            _ => Err(ClientError::Protocol {
+                request: Kind::Reseed,
+                detail: "unreachable: kind checked".to_owned(),
+            }),
         });
-        if let Err(e) = &result
-            && e.poisons()
-        {
+        if let Err(e) = &result {
+            // Even an agent-side refusal: the guest was not reseeded, so nothing later on this
+            // connection may be handed on.
             self.poison(e);
         }
         result
@@ -367,43 +461,58 @@ impl AgentClient {
     }
 }
 
-/// Sends one encoded request and reads its reply.
-fn exchange<'r>(
+/// 32 bytes from the host's getrandom and the wall-clock time in nanoseconds.
+fn fresh_seed() -> Result<([u8; 32], u64), ClientError> {
+    let mut entropy = [0u8; 32];
+    getrandom::fill(&mut entropy).map_err(|e| ClientError::Entropy(e.to_string()))?;
+    let wall_clock_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    Ok((entropy, wall_clock_ns))
+}
+
+/// A socket error as a timeout (the deadline passed) or an I/O failure.
+fn io_error(
+    kind: Kind,
+    timeout: Duration,
+    stage: &'static str,
+    source: std::io::Error,
+) -> ClientError {
+    if matches!(
+        source.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    ) {
+        ClientError::Timeout {
+            request: kind,
+            stage,
+            timeout,
+        }
+    } else {
+        ClientError::Io {
+            request: kind,
+            stage,
+            source,
+        }
+    }
+}
+
+/// Reads the reply to request `id` (of `kind`).
+fn receive<'r>(
     stream: &UnixStream,
     reader: &'r mut FrameReader,
-    frame: &[u8],
     kind: Kind,
     id: u64,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<Reply<'r>, ClientError> {
     let mut io = DeadlineIo::new(stream, deadline);
-    let io_error = |stage: &'static str, source: std::io::Error| {
-        if matches!(
-            source.kind(),
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-        ) {
-            ClientError::Timeout {
-                request: kind,
-                stage,
-                timeout,
-            }
-        } else {
-            ClientError::Io {
-                request: kind,
-                stage,
-                source,
-            }
-        }
-    };
-    io.write_all(frame)
-        .map_err(|e| io_error("sending the request", e))?;
     let bytes = reader.read_frame(&mut io).map_err(|e| match e {
         ReadFrameError::Closed { buffered } => ClientError::Closed {
             request: kind,
             buffered,
         },
-        ReadFrameError::Io(source) => io_error("waiting for the reply", source),
+        ReadFrameError::Io(source) => io_error(kind, timeout, "waiting for the reply", source),
         ReadFrameError::Frame(error) => ClientError::Malformed {
             request: kind,
             error: error.into(),

@@ -188,3 +188,27 @@ fn small_agent_frame_limit_is_respected_by_the_client() {
     client.put_file("/f", 0o644, &blob).unwrap();
     assert_eq!(client.get_file("/f", 1 << 20).unwrap().data, blob);
 }
+
+#[test]
+fn reseed_sent_ahead_is_answered_before_the_next_call() {
+    let fx = Fixture::new(Fault::None);
+    let mut client = fx.connect();
+    // Nothing pending: finishing is a no-op.
+    client.finish_pending().unwrap();
+    client.send_reseed_fresh(11).unwrap();
+    assert!(client.has_pending());
+    // The next call reads the Reseed's reply first, then its own.
+    let out = client.exec(&Exec::new(&["echo", "after"])).unwrap();
+    assert_eq!(out.stdout, b"after\n");
+    assert!(!client.has_pending());
+    assert_eq!(fx.agent.last_reseed().unwrap().generation, 11);
+    assert_eq!(client.health().unwrap().generation, 11);
+
+    // A second Reseed sent while one is pending finishes the first.
+    client.send_reseed_fresh(12).unwrap();
+    client.send_reseed_fresh(13).unwrap();
+    client.finish_pending().unwrap();
+    assert!(!client.has_pending());
+    assert_eq!(client.health().unwrap().generation, 13);
+    assert!(client.poisoned().is_none());
+}

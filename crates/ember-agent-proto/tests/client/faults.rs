@@ -235,3 +235,89 @@ fn server_closing_mid_reply_is_an_error() {
     );
     server.join().unwrap();
 }
+
+/// An agent that answers Hello, then answers each request with `reply_for(request kind)`.
+fn scripted_agent(
+    reply_for: impl Fn(&Request<'_>) -> Reply<'static> + Send + 'static,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::thread::JoinHandle<()>,
+) {
+    raw_server(move |mut stream| {
+        let mut reader = FrameReader::new(1 << 20);
+        let mut out = Vec::new();
+        let hello = reader.read_frame(&mut stream).unwrap();
+        let (h, _) = Request::decode(hello).unwrap();
+        let ok = Reply::Hello(ember_agent_proto::HelloOk {
+            version: 1,
+            max_frame_len: 4096,
+            name: "scripted",
+            software_version: "0",
+        });
+        encode_into_vec(&mut out, |b| ok.encode(h.request_id, b)).unwrap();
+        stream.write_all(&out).unwrap();
+        while let Ok(bytes) = reader.read_frame(&mut stream) {
+            let (h, request) = Request::decode(bytes).unwrap();
+            let reply = reply_for(&request);
+            encode_into_vec(&mut out, |b| reply.encode(h.request_id, b)).unwrap();
+            if stream.write_all(&out).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_failed_reseed_sent_ahead_fails_the_next_call_and_poisons() {
+    // The agent refuses Reseed but would answer Exec: the Exec's answer must not be handed on.
+    let (_dir, path, server) = scripted_agent(|request| match request {
+        Request::Reseed(_) => Reply::Error(ember_agent_proto::ErrorReply {
+            code: ember_agent_proto::ErrorCode::IO,
+            message: "no entropy sink",
+        }),
+        _ => Reply::Exec(ember_agent_proto::ExecResult {
+            exit_code: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stdout: b"leaked\n",
+            stderr: b"",
+        }),
+    });
+    let mut client = AgentClient::connect(&path, 52, OK_TIMEOUT).unwrap();
+    client.send_reseed_fresh(5).unwrap();
+    let err = client.exec(&Exec::new(&["echo", "x"])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Agent {
+                request: Kind::Reseed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(client.poisoned().is_some());
+    assert!(matches!(
+        client.ping().unwrap_err(),
+        ClientError::Poisoned { .. }
+    ));
+    drop(client);
+    server.join().unwrap();
+
+    // A Reseeded for another generation is a protocol violation, found by finish_pending too.
+    let (_dir, path, server) = scripted_agent(|_| Reply::Reseeded { generation: 99 });
+    let mut client = AgentClient::connect(&path, 52, OK_TIMEOUT).unwrap();
+    client.send_reseed_fresh(5).unwrap();
+    let err = client.finish_pending().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ClientError::Protocol { request: Kind::Reseed, detail } if detail.contains("99")
+        ),
+        "{err}"
+    );
+    assert!(client.poisoned().is_some());
+    drop(client);
+    server.join().unwrap();
+}

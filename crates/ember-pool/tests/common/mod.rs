@@ -76,6 +76,7 @@ pub fn fast_settings() -> PoolSettings {
         workers: 4,
         destroy_attempts: 3,
         refill_yield: Duration::from_millis(20),
+        refill_grace: Duration::from_millis(5),
     }
 }
 
