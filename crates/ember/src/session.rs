@@ -83,9 +83,10 @@ impl Session {
     }
 
     /// Waits (up to `timeout`) until the host is quiet: every spare VMM is started and ready,
-    /// and no destroyed VMM is still being torn down. Benchmarks call it before a measured
-    /// burst so the burst does not share the CPU with the previous phase's cleanup. Returns
-    /// whether it got quiet in time.
+    /// no destroyed VMM is still being torn down, and the CPUs are idle (the kernel finishes a
+    /// VM's teardown in its own workers after the process is gone). Benchmarks call it before a
+    /// measured burst so the burst does not share the CPU with the previous phase's cleanup.
+    /// Returns whether it got quiet in time.
     pub fn settle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
@@ -94,13 +95,21 @@ impl Session {
                 && s.spares.ready >= self.spares
                 && s.processes <= s.vms + s.spares.ready;
             if quiet {
-                return true;
+                break;
             }
             if Instant::now() >= deadline {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        // Idle CPUs: at most a second (a host busy with other work never gets there).
+        let cpu_deadline = deadline.min(Instant::now() + Duration::from_secs(1));
+        while cpu_busy_fraction(Duration::from_millis(50)).is_some_and(|b| b >= 0.1) {
+            if Instant::now() >= cpu_deadline {
+                return false;
+            }
+        }
+        true
     }
 
     /// The session's directory.
@@ -185,4 +194,29 @@ fn processes_naming(needle: &str) -> Vec<u32> {
             !zombie && text.contains(needle)
         })
         .collect()
+}
+
+/// The host's CPU busy fraction over `window` (all CPUs, from /proc/stat), or `None` where
+/// /proc/stat cannot be read.
+fn cpu_busy_fraction(window: Duration) -> Option<f64> {
+    let before = cpu_jiffies()?;
+    std::thread::sleep(window);
+    let after = cpu_jiffies()?;
+    let total = after.0.saturating_sub(before.0);
+    let idle = after.1.saturating_sub(before.1);
+    (total > 0).then(|| 1.0 - idle as f64 / total as f64)
+}
+
+/// (all, idle + iowait) jiffies from the first line of /proc/stat.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let all: u64 = v.iter().take(8).sum();
+    Some((all, idle))
 }
