@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use ember::bench::Acquirers;
 use ember::bench::{self, BenchKind, BenchOptions, BenchReport};
 use ember::demo::{self, DemoOptions, DemoReport};
 use ember::output::latency_table;
@@ -85,6 +86,10 @@ enum Command {
         /// Handoffs per second in the paced phase of the acquire benchmark.
         #[arg(long, default_value_t = 100)]
         rate: u32,
+        /// Which threads acquire in the acquire benchmark's bursts: fresh ones each round, or
+        /// long-lived ones that sleep between rounds (as a server's request threads do).
+        #[arg(long, value_enum, default_value = "per-round")]
+        acquirers: Acquirers,
     },
 }
 
@@ -186,6 +191,7 @@ fn run(cli: Cli) -> Result<()> {
             concurrency,
             vms,
             rate,
+            acquirers,
         } => {
             let report = bench::run(
                 kind,
@@ -199,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
                     vms,
                     pooled: cli.pooled,
                     rate,
+                    acquirers,
                 },
                 &ui,
             )

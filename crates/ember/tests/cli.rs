@@ -112,6 +112,12 @@ fn every_bench_runs_and_reports() {
     let acquire = run("acquire");
     assert_eq!(latency(&acquire, "burst: acquire ->")["n"], 4);
     assert_eq!(latency(&acquire, "paced 50/s: acquire ->")["n"], 4);
+    // The same bursts by long-lived acquirer threads.
+    let mut args = vec!["bench", "acquire", "--acquirers", "long-lived"];
+    args.extend_from_slice(&small);
+    let long_lived = ember(&args);
+    assert_eq!(long_lived["figures"]["acquirers"], "long-lived", "{long_lived}");
+    assert_eq!(latency(&long_lived, "burst: acquire ->")["n"], 4);
 
     let density = run("density");
     assert_eq!(density["figures"]["idle_pooled_vms"], 4);

@@ -1,18 +1,22 @@
 //! `ember bench acquire`: warm handoff under concurrency, each handoff timed from its acquire
 //! call to its tenant's first agent reply (exec echo), in two shapes:
 //! - bursts: rounds in which `concurrency` tenants acquire at the same instant from a full pool
-//!   (the pool refills between rounds) — the worst case for a 2-core host;
+//!   (the pool refills between rounds) — the worst case for a 2-core host. The acquirers are
+//!   fresh threads each round, or ([`Acquirers::LongLived`]) threads started once that sleep
+//!   between rounds, as a server's request threads do: the scheduler treats the two
+//!   differently, and the p50 shows it;
 //! - paced: `concurrency` acquirer threads sharing a steady aggregate rate (`rate` handoffs/s),
 //!   the pool refilling as it goes — a sustained load.
 
-use std::sync::{Barrier, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Barrier, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, Target, probe_stack};
 use crate::demo::summaries;
 use crate::session::Session;
 use crate::ui::{Quiet, Ui};
-use crate::warm::{Handoff, PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack};
+use crate::warm::{Handoff, HandoffError, PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack};
 
 pub(super) fn run(
     session: &Session,
@@ -77,6 +81,7 @@ pub(super) fn run(
     report.figure("paced_handoffs", paced_samples.len());
     report.figure("paced_rate_per_s", opts.rate);
     report.figure("concurrency", opts.concurrency);
+    report.figure("acquirers", opts.acquirers);
     report.figure("pool_created", metrics.created_total);
     report.figure(
         "pool_validation_failures",
@@ -99,6 +104,22 @@ fn rounds(
         ),
         Some((rounds * opts.concurrency) as u64),
     );
+    let all = match opts.acquirers {
+        Acquirers::PerRound => per_round(session, warm, opts, rounds, ui)?,
+        Acquirers::LongLived => long_lived(session, warm, opts, rounds, ui)?,
+    };
+    ui.finish("done");
+    Ok(all)
+}
+
+/// Each round starts `concurrency` fresh threads that meet at a barrier and hand over at once.
+fn per_round(
+    session: &Session,
+    warm: &WarmStack,
+    opts: &BenchOptions,
+    rounds: usize,
+    ui: &dyn Ui,
+) -> Result<Vec<Handoff>, BenchError> {
     let all = Mutex::new(Vec::new());
     for round in 0..rounds {
         warm.wait_full(&Quiet, Duration::from_secs(60))?;
@@ -128,8 +149,77 @@ fn rounds(
         }
         ui.progress(got.len() as u64);
     }
-    ui.finish("done");
     Ok(all.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// `concurrency` threads started once, sleeping between rounds (as a server's request threads
+/// do) and released together by a barrier each round.
+fn long_lived(
+    session: &Session,
+    warm: &WarmStack,
+    opts: &BenchOptions,
+    rounds: usize,
+    ui: &dyn Ui,
+) -> Result<Vec<Handoff>, BenchError> {
+    let n = opts.concurrency.max(1);
+    let (start, done) = (Barrier::new(n + 1), Barrier::new(n + 1));
+    let stop = AtomicBool::new(false);
+    let results: Mutex<Vec<Result<Handoff, HandoffError>>> = Mutex::new(Vec::new());
+    let mut all = Vec::new();
+    let mut failure: Option<BenchError> = None;
+    std::thread::scope(|s| {
+        for i in 0..n {
+            let (start, done, stop, results) = (&start, &done, &stop, &results);
+            s.spawn(move || {
+                for round in 0..rounds {
+                    start.wait();
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let r = warm.handoff(&format!("b{round}-{i}"), &["bench"]);
+                    lock(results).push(r);
+                    done.wait();
+                }
+            });
+        }
+        for round in 0..rounds {
+            let ready = warm.wait_full(&Quiet, Duration::from_secs(60));
+            if let Err(e) = ready {
+                failure = Some(BenchError::from(e));
+                stop.store(true, Ordering::Relaxed);
+                start.wait();
+                return;
+            }
+            session.settle(Duration::from_secs(10));
+            start.wait();
+            done.wait();
+            for r in lock(&results).drain(..) {
+                match r {
+                    Ok(h) => {
+                        if let Err(e) = warm.release(&h.vm_id) {
+                            tracing::warn!(vm = %h.vm_id, error = %ember_core::error_chain(&e), "destroying a tenant VM");
+                        }
+                        all.push(h);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(BenchError::from(Box::new(e)));
+                    }
+                }
+            }
+            ui.progress(all.len() as u64);
+            if failure.is_some() {
+                stop.store(true, Ordering::Relaxed);
+                if round + 1 < rounds {
+                    start.wait();
+                }
+                return;
+            }
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(all)
 }
 
 /// `concurrency` threads share one schedule of start times, `1/rate` apart; each takes the next
@@ -181,4 +271,19 @@ fn paced(warm: &WarmStack, opts: &BenchOptions, ui: &dyn Ui) -> Result<Vec<Hando
     }
     ui.finish("done");
     Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Which threads acquire in the burst rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Acquirers {
+    /// Fresh threads each round.
+    PerRound,
+    /// Threads started once, sleeping between rounds.
+    LongLived,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only pushes and drains happen under it; a poisoned one is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

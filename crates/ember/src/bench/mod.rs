@@ -5,6 +5,8 @@
 mod boot;
 mod density;
 mod handoff;
+
+pub use handoff::Acquirers;
 mod restore;
 mod vsock;
 
@@ -57,6 +59,8 @@ pub struct BenchOptions {
     pub pooled: crate::warm::Pooled,
     /// Aggregate handoff rate of the paced phase of the acquire benchmark, per second.
     pub rate: u32,
+    /// Which threads acquire in the acquire benchmark's bursts.
+    pub acquirers: Acquirers,
 }
 
 /// One target of the project, checked against a measured value.
