@@ -116,7 +116,10 @@ fn every_bench_runs_and_reports() {
     let mut args = vec!["bench", "acquire", "--acquirers", "long-lived"];
     args.extend_from_slice(&small);
     let long_lived = ember(&args);
-    assert_eq!(long_lived["figures"]["acquirers"], "long-lived", "{long_lived}");
+    assert_eq!(
+        long_lived["figures"]["acquirers"], "long-lived",
+        "{long_lived}"
+    );
     assert_eq!(latency(&long_lived, "burst: acquire ->")["n"], 4);
 
     let density = run("density");
