@@ -87,10 +87,30 @@ pub enum DemoError {
     /// Something was left behind.
     #[error("the demo left {} VMM process(es) and {} file(s) behind", .0.processes.len(), .0.files.len())]
     Leaked(Leftovers),
+    /// An option is out of range.
+    #[error("--{option}: {reason}")]
+    InvalidOption {
+        /// The option, as typed.
+        option: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }
+
+/// The pool's own depth limit.
+const MAX_DEPTH: usize = 4096;
 
 /// Runs the demo.
 pub fn run(opts: &DemoOptions, ui: &dyn Ui) -> Result<DemoReport, DemoError> {
+    if !(1..=MAX_DEPTH).contains(&opts.depth) {
+        return Err(DemoError::InvalidOption {
+            option: "depth",
+            reason: format!(
+                "{} is out of range; 1 to {MAX_DEPTH} are allowed",
+                opts.depth
+            ),
+        });
+    }
     ui.stage("starting VMM processes", None);
     let session = Session::start(&opts.vmm, &opts.workdir, opts.depth.min(16))?;
     ui.finish(&format!("session in {}", session.root().display()));

@@ -129,11 +129,17 @@ impl WarmStack {
             opts.agent_port,
             opts.agent_timeout,
         ));
-        let pool = Arc::new(WarmPool::start(
+        let pool = match WarmPool::start(
             Arc::clone(provider),
             Arc::clone(&validator) as Arc<dyn ember_pool::EntryValidator>,
             PoolSettings::default(),
-        )?);
+        ) {
+            Ok(pool) => Arc::new(pool),
+            Err(e) => {
+                delete_template(provider, &template.snapshot_id);
+                return Err(e.into());
+            }
+        };
         let weak: Weak<Pool> = Arc::downgrade(&pool);
         let listener = provider.add_exit_listener(Arc::new(move |exit: &VmExit| {
             if let Some(pool) = weak.upgrade() {
@@ -151,19 +157,29 @@ impl WarmStack {
             agent_port: opts.agent_port,
             agent_timeout: opts.agent_timeout,
         };
-        stack.pool.register(
-            opts.stack.clone(),
-            stack.template.clone(),
-            BucketConfig {
-                min_depth: opts.depth,
-                max_depth: opts.depth,
-                refill_parallelism: opts.refill_parallelism,
-                pause_idle: opts.pooled == Pooled::Paused,
-                ..BucketConfig::default()
-            },
-        )?;
-        stack.wait_full(ui, Duration::from_secs(60))?;
-        Ok(stack)
+        let ready = stack
+            .pool
+            .register(
+                opts.stack.clone(),
+                stack.template.clone(),
+                BucketConfig {
+                    min_depth: opts.depth,
+                    max_depth: opts.depth,
+                    refill_parallelism: opts.refill_parallelism,
+                    pause_idle: opts.pooled == Pooled::Paused,
+                    ..BucketConfig::default()
+                },
+            )
+            .map_err(WarmError::from)
+            .and_then(|()| stack.wait_full(ui, Duration::from_secs(60)));
+        match ready {
+            Ok(()) => Ok(stack),
+            Err(e) => {
+                // Nothing of a half-started stack stays: pooled VMs, listener, template.
+                stack.shutdown();
+                Err(e)
+            }
+        }
     }
 
     /// Waits until the bucket is at its depth again.
@@ -258,9 +274,13 @@ impl WarmStack {
     pub fn shutdown(self) {
         self.pool.shutdown();
         self.provider.remove_exit_listener(self.listener);
-        if let Err(e) = self.provider.delete_snapshot(&self.template.snapshot_id) {
-            tracing::warn!(error = %ember_core::error_chain(&e), "deleting the template snapshot");
-        }
+        delete_template(&self.provider, &self.template.snapshot_id);
+    }
+}
+
+fn delete_template(provider: &VmmProvider, id: &SnapshotId) {
+    if let Err(e) = provider.delete_snapshot(id) {
+        tracing::warn!(error = %ember_core::error_chain(&e), "deleting the template snapshot");
     }
 }
 

@@ -133,3 +133,27 @@ fn every_bench_runs_and_reports() {
     assert_eq!(latency(&vsock, "exec echo")["name"], "exec echo round trip");
     assert!(vsock["figures"]["exec_echo_per_s"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn bad_options_are_one_clear_error_before_anything_starts() {
+    for (command, option, value) in [
+        (&["bench", "acquire"][..], "--concurrency", "0"),
+        (&["bench", "acquire"][..], "--iterations", "0"),
+        (&["bench", "density"][..], "--vms", "5000"),
+        (&["demo"][..], "--depth", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .env("EMBER_VMM_BIN", ember_test_support::vmm_bin())
+            .args(command)
+            .args([option, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{option} {value} accepted");
+        assert!(stderr.contains(option), "{option} {value}: {stderr}");
+        assert!(
+            !stderr.contains("starting VMM processes"),
+            "{option} {value}: checked before starting anything: {stderr}"
+        );
+    }
+}

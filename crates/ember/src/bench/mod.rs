@@ -153,6 +153,46 @@ pub enum BenchError {
     /// Something was left behind.
     #[error("the benchmark left {} VMM process(es) and {} file(s) behind", .0.processes.len(), .0.files.len())]
     Leaked(Leftovers),
+    /// An option is out of range.
+    #[error("--{option}: {reason}")]
+    InvalidOption {
+        /// The option, as typed.
+        option: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+}
+
+/// Most VMs a benchmark may pool or run at once (the pool's own depth limit).
+const MAX_CONCURRENCY: usize = 4096;
+
+impl BenchOptions {
+    /// Checks the counts before anything starts.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let at_least_one = |option: &'static str, v: u64| {
+            if v == 0 {
+                Err(BenchError::InvalidOption {
+                    option,
+                    reason: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one("iterations", self.iterations as u64)?;
+        at_least_one("concurrency", self.concurrency as u64)?;
+        at_least_one("vms", self.vms as u64)?;
+        at_least_one("rate", u64::from(self.rate))?;
+        for (option, v) in [("concurrency", self.concurrency), ("vms", self.vms)] {
+            if v > MAX_CONCURRENCY {
+                return Err(BenchError::InvalidOption {
+                    option,
+                    reason: format!("{v} is more than the {MAX_CONCURRENCY} allowed"),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 fn provider_err(what: &str) -> impl FnOnce(VmError) -> BenchError + '_ {
@@ -168,6 +208,7 @@ pub fn probe_stack() -> StackKey {
 
 /// Runs benchmark `kind`.
 pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchError> {
+    opts.validate()?;
     let spares = match kind {
         BenchKind::Restore | BenchKind::Acquire => 16,
         _ => 4,
