@@ -351,7 +351,14 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                 })?;
             if let Some(entry) = slot.bucket.entries.pop_front() {
                 slot.bucket.record_acquire(now);
-                shared.wake_refiller(&mut st);
+                // A refiller already yielding to acquires (within its limit) would only
+                // yield again: waking it would add a thread and a lock round to the burst.
+                // It runs when the yield ends or the last acquire finishes.
+                let limit = shared.settings.refill_yield;
+                let yielding = st.yielding_since.is_some_and(|t| now < t + limit);
+                if !yielding {
+                    shared.wake_refiller(&mut st);
+                }
                 return Ok(entry);
             }
             let failing = slot

@@ -870,3 +870,51 @@ fn refills_wait_for_the_grace_after_the_last_acquire() {
     wait_until("refill after the grace", || depth(&pool, &s) == 2);
     assert_eq!(pool.metrics().created_total, created + 1);
 }
+
+#[test]
+fn acquires_do_not_wake_a_refiller_that_is_yielding_to_them() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("delta");
+    let snap = template(&p, &s, "sd");
+    let pool = start(
+        &p,
+        PoolSettings {
+            tick: Duration::from_secs(5),
+            refill_yield: Duration::from_secs(10),
+            refill_grace: Duration::ZERO,
+            ..fast_settings()
+        },
+    );
+    pool.register(s.clone(), snap, config(4, 4)).unwrap();
+    wait_until("fill", || depth(&pool, &s) == 4);
+    let gate = Gate::new();
+    p.inject(Operation::Rename, FaultPlan::hold(gate.clone()));
+    let before = pool.metrics().refill_runs_total;
+    thread::scope(|sc| {
+        let first = sc.spawn(|| pool.acquire(&s, &Tenant::new("t1").unwrap()));
+        wait_until("first rename held", || gate.waiting() == 1);
+        // The first acquire woke the refiller, which now yields.
+        wait_until("refiller ran", || pool.metrics().refill_runs_total > before);
+        thread::sleep(Duration::from_millis(50));
+        let yielding = pool.metrics().refill_runs_total;
+        let more: Vec<_> = (2..=3)
+            .map(|i| {
+                let (pool, s) = (&pool, &s);
+                sc.spawn(move || pool.acquire(s, &Tenant::new(format!("t{i}").as_str()).unwrap()))
+            })
+            .collect();
+        wait_until("all renames held", || gate.waiting() == 3);
+        thread::sleep(Duration::from_millis(100));
+        let after = pool.metrics().refill_runs_total;
+        // Released before asserting, so a failure cannot leave the scope waiting on the gate.
+        gate.open();
+        first.join().unwrap().unwrap();
+        for h in more {
+            h.join().unwrap().unwrap();
+        }
+        assert_eq!(after, yielding, "acquires woke a refiller that only yields");
+    });
+    // Once the acquires are over, the refiller runs and refills.
+    p.clear_faults();
+    wait_until("full again", || depth(&pool, &s) == 4);
+}
