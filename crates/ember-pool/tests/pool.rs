@@ -770,17 +770,11 @@ fn the_validator_hears_of_every_eviction_once() {
 #[test]
 fn refills_yield_to_acquires_under_way_but_only_while_stock_remains_and_only_briefly() {
     let p = InMemoryVmProvider::new();
-    let s = stack("alpha");
-    let snap = template(&p, &s, "s1");
-    let pool = start(
-        &p,
-        PoolSettings {
-            refill_yield: Duration::from_millis(300),
-            ..fast_settings()
-        },
-    );
-    pool.register(s.clone(), snap, config(3, 3)).unwrap();
-    wait_until("fill", || depth(&pool, &s) == 3);
+    let settings = PoolSettings {
+        refill_yield: Duration::from_millis(300),
+        ..fast_settings()
+    };
+    let (pool, s) = filled(&p, settings, "alpha", 3);
     let created = pool.metrics().created_total;
 
     // One acquire hangs in the provider's rename: a handover under way.
@@ -809,18 +803,12 @@ fn refills_yield_to_acquires_under_way_but_only_while_stock_remains_and_only_bri
     // being handed over); one with an `acquire_timeout` caller waiting never does. A depth-1
     // bucket and a yield far longer than the test.
     p.clear_faults();
-    let pool = start(
-        &p,
-        PoolSettings {
-            refill_yield: Duration::from_secs(10),
-            refill_grace: Duration::ZERO,
-            ..fast_settings()
-        },
-    );
-    let b = stack("beta");
-    let snap_b = template(&p, &b, "sb");
-    pool.register(b.clone(), snap_b, config(1, 1)).unwrap();
-    wait_until("fill beta", || depth(&pool, &b) == 1);
+    let settings = PoolSettings {
+        refill_yield: Duration::from_secs(10),
+        refill_grace: Duration::ZERO,
+        ..fast_settings()
+    };
+    let (pool, b) = filled(&p, settings, "beta", 1);
     let before = pool.metrics().created_total;
     let gate = Gate::new();
     p.inject(Operation::Resume, FaultPlan::hold(gate.clone()));
@@ -849,18 +837,12 @@ fn refills_yield_to_acquires_under_way_but_only_while_stock_remains_and_only_bri
 #[test]
 fn refills_wait_for_the_grace_after_the_last_acquire() {
     let p = InMemoryVmProvider::new();
-    let s = stack("gamma");
-    let snap = template(&p, &s, "sg");
-    let pool = start(
-        &p,
-        PoolSettings {
-            refill_yield: Duration::from_secs(5),
-            refill_grace: Duration::from_millis(400),
-            ..fast_settings()
-        },
-    );
-    pool.register(s.clone(), snap, config(2, 2)).unwrap();
-    wait_until("fill", || depth(&pool, &s) == 2);
+    let settings = PoolSettings {
+        refill_yield: Duration::from_secs(5),
+        refill_grace: Duration::from_millis(400),
+        ..fast_settings()
+    };
+    let (pool, s) = filled(&p, settings, "gamma", 2);
     let created = pool.metrics().created_total;
     pool.acquire(&s, &Tenant::new("first").unwrap()).unwrap();
     // The tenant's first requests get the CPU: no restore right after the acquire...
@@ -874,19 +856,13 @@ fn refills_wait_for_the_grace_after_the_last_acquire() {
 #[test]
 fn acquires_do_not_wake_a_refiller_that_is_yielding_to_them() {
     let p = InMemoryVmProvider::new();
-    let s = stack("delta");
-    let snap = template(&p, &s, "sd");
-    let pool = start(
-        &p,
-        PoolSettings {
-            tick: Duration::from_secs(5),
-            refill_yield: Duration::from_secs(10),
-            refill_grace: Duration::ZERO,
-            ..fast_settings()
-        },
-    );
-    pool.register(s.clone(), snap, config(4, 4)).unwrap();
-    wait_until("fill", || depth(&pool, &s) == 4);
+    let settings = PoolSettings {
+        tick: Duration::from_secs(5),
+        refill_yield: Duration::from_secs(10),
+        refill_grace: Duration::ZERO,
+        ..fast_settings()
+    };
+    let (pool, s) = filled(&p, settings, "delta", 4);
     let gate = Gate::new();
     p.inject(Operation::Rename, FaultPlan::hold(gate.clone()));
     let before = pool.metrics().refill_runs_total;

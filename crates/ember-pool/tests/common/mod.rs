@@ -92,6 +92,23 @@ pub fn start(p: &InMemoryVmProvider, settings: PoolSettings) -> WarmPool<InMemor
     WarmPool::start(p.clone(), ProviderHealth::new(p), settings).unwrap()
 }
 
+/// A pool started with `settings` and one stack `name` registered at `depth` (min = max),
+/// filled.
+pub fn filled(
+    p: &InMemoryVmProvider,
+    settings: PoolSettings,
+    name: &str,
+    depth: usize,
+) -> (WarmPool<InMemoryVmProvider>, StackKey) {
+    let s = stack(name);
+    let snap = template(p, &s, &format!("{name}-snap"));
+    let pool = start(p, settings);
+    pool.register(s.clone(), snap, config(depth, depth))
+        .unwrap();
+    wait_until("fill", || self::depth(&pool, &s) == depth);
+    (pool, s)
+}
+
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !f() {
