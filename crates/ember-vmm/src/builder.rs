@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::arch::x86_64::boot_params::ZeroPage;
 use crate::arch::x86_64::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, ram_regions};
@@ -100,8 +99,6 @@ pub struct VmShell {
     vm: Vm,
     vcpu0: VcpuFd,
     vcpu0_thread: Option<VcpuThread>,
-    serial_evt: EventFd,
-    kbd_evt: EventFd,
     created_ns: u64,
 }
 
@@ -122,7 +119,7 @@ impl VmShell {
         crate::timing::now_ns().saturating_sub(self.created_ns) >= IRQCHIP_SETTLE_NS
     }
 
-    /// Creates the VM, irqchip, PIT, vCPU 0, and the COM1/keyboard irqfds (~0.3 ms).
+    /// Creates the VM, irqchip, PIT and vCPU 0 (~0.3 ms).
     pub fn create(kvm: &KvmContext) -> Result<VmShell, BuildError> {
         Self::create_with(kvm, None)
     }
@@ -138,23 +135,11 @@ impl VmShell {
             .fd()
             .create_vcpu(0)
             .map_err(|source| BuildError::CreateVcpu { index: 0, source })?;
-        let evt = || {
-            EventFd::new(EFD_NONBLOCK).map_err(|source| BuildError::Io {
-                what: "eventfd",
-                source,
-            })
-        };
-        let serial_evt = evt()?;
-        let kbd_evt = evt()?;
-        vm.register_irqfd(&serial_evt, COM1_GSI)?;
-        vm.register_irqfd(&kbd_evt, KBD_GSI)?;
         let vcpu0_thread = Some(VcpuThread::prespawn(0)?);
         Ok(VmShell {
             vm,
             vcpu0,
             vcpu0_thread,
-            serial_evt,
-            kbd_evt,
             created_ns: crate::timing::now_ns(),
         })
     }
@@ -190,7 +175,6 @@ enum VirtioSource<'a> {
 fn attach_devices(
     vm: &Vm,
     memory: &GuestMemory,
-    shell_evts: (EventFd, EventFd),
     ctx: &BuildContext<'_>,
     virtio: VirtioSource<'_>,
     legacy_state: Option<&crate::devices::legacy::LegacyState>,
@@ -213,8 +197,8 @@ fn attach_devices(
         })?;
     let devices = LegacyDevices::attach(
         &mut buses.pio,
-        IrqLine(shell_evts.0),
-        IrqLine(shell_evts.1),
+        IrqLine::Gsi(vm.line(COM1_GSI)),
+        IrqLine::Gsi(vm.line(KBD_GSI)),
         out,
         ctx.exit.clone(),
         legacy_state,
@@ -263,7 +247,6 @@ pub fn boot(
     let (buses, devices, virtio) = attach_devices(
         &shell.vm,
         &memory,
-        (shell.serial_evt, shell.kbd_evt),
         ctx,
         VirtioSource::Boot(virtio_devices),
         None,
@@ -401,7 +384,6 @@ pub fn restore(
     let (buses, devices, virtio) = attach_devices(
         &shell.vm,
         &memory,
-        (shell.serial_evt, shell.kbd_evt),
         ctx,
         VirtioSource::Restore(rebuilt),
         Some(&state.legacy),

@@ -272,7 +272,7 @@ mod tests {
     fn i8042_state() -> i8042::I8042State {
         let exit = std::sync::Arc::new(crate::exit::ExitSignal::new().unwrap());
         let dev = i8042::I8042::new(
-            crate::devices::IrqLine(vmm_sys_util::eventfd::EventFd::new(0).unwrap()),
+            crate::devices::IrqLine::Eventfd(vmm_sys_util::eventfd::EventFd::new(0).unwrap()),
             exit,
         );
         dev.state()

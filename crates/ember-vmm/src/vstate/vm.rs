@@ -1,18 +1,56 @@
 //! The KVM VM: creation with the in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT, guest
-//! memory slots, interrupt eventfds, and the VM-wide state of a snapshot (clock, PICs, IOAPIC,
-//! PIT) with its binary encoding.
+//! memory slots, interrupt lines ([`GsiLine`]), and the VM-wide state of a snapshot (clock,
+//! PICs, IOAPIC, PIT) with its binary encoding.
+//!
+//! Interrupts are pulsed with `KVM_IRQ_LINE` from the thread that has news, not through
+//! irqfds: KVM injects an irqfd on an irqchip (IOAPIC/PIC) route from a kernel worker
+//! (`kvm_arch_set_irq_inatomic` only handles MSI routes), so every irqfd interrupt costs a
+//! worker wake-up and a context switch, and puts an ordinary-priority kworker on the path of
+//! every virtio reply. `KVM_IRQ_LINE` raises and lowers the line synchronously in the caller:
+//! the same edge, delivered by the same IOAPIC code, one hop shorter.
 
 use kvm_bindings::{
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
     kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
 };
+use std::sync::{Arc, Mutex};
+
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::GuestMemory;
 use crate::arch::x86_64::layout::KVM_TSS_ADDR;
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
+
+/// One interrupt line of the in-kernel irqchip, shareable across the threads that raise it.
+#[derive(Debug)]
+pub struct GsiLine {
+    fd: Arc<VmFd>,
+    gsi: u32,
+    /// Serializes pulses: two threads pulsing at once would share one rising edge, and the
+    /// second one's news could land after the guest's handler had looked. In turn, each
+    /// pulse is its own edge (irqfd injection behaves the same way).
+    pulsing: Mutex<()>,
+}
+
+impl GsiLine {
+    /// An edge on the line: raised, then lowered.
+    pub fn pulse(&self) -> Result<(), VmError> {
+        // Only `()` is guarded; a poisoned lock is still usable.
+        let _one_at_a_time = self.pulsing.lock().unwrap_or_else(|p| p.into_inner());
+        self.fd
+            .set_irq_line(self.gsi, true)
+            .map_err(err("KVM_IRQ_LINE (raise)"))?;
+        self.fd
+            .set_irq_line(self.gsi, false)
+            .map_err(err("KVM_IRQ_LINE (lower)"))
+    }
+
+    /// The line's GSI.
+    pub fn gsi(&self) -> u32 {
+        self.gsi
+    }
+}
 
 /// Errors of VM-level KVM operations.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +69,7 @@ fn err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// A KVM VM with its irqchip and PIT.
 #[derive(Debug)]
 pub struct Vm {
-    fd: VmFd,
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
@@ -50,7 +88,7 @@ impl Vm {
         let fd = kvm.create_vm().map_err(err("KVM_CREATE_VM"))?;
         fd.set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(err("KVM_SET_TSS_ADDR"))?;
-        Ok(Vm { fd })
+        Ok(Vm { fd: Arc::new(fd) })
     }
 
     /// In-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT (speaker port dummy).
@@ -97,9 +135,13 @@ impl Vm {
         Ok(())
     }
 
-    /// Routes `evt` to interrupt line `gsi` of the irqchip.
-    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
-        self.fd.register_irqfd(evt, gsi).map_err(err("KVM_IRQFD"))
+    /// Interrupt line `gsi` of the irqchip, pulsed with `KVM_IRQ_LINE` (see the module doc).
+    pub fn line(&self, gsi: u32) -> GsiLine {
+        GsiLine {
+            fd: Arc::clone(&self.fd),
+            gsi,
+            pulsing: Mutex::new(()),
+        }
     }
 
     /// Reads the VM-wide device and clock state (VM paused).

@@ -230,7 +230,7 @@ mod tests {
     fn dev() -> (I8042, Arc<ExitSignal>) {
         let exit = Arc::new(ExitSignal::new().unwrap());
         (
-            I8042::new(IrqLine(EventFd::new(0).unwrap()), exit.clone()),
+            I8042::new(IrqLine::Eventfd(EventFd::new(0).unwrap()), exit.clone()),
             exit,
         )
     }
@@ -255,7 +255,7 @@ mod tests {
         encode_state(&d.state(), &mut w);
         let v = w.into_vec();
         let st = decode_state(&mut Reader::new(&v)).unwrap();
-        let mut d2 = I8042::from_state(&st, IrqLine(EventFd::new(0).unwrap()), exit);
+        let mut d2 = I8042::from_state(&st, IrqLine::Eventfd(EventFd::new(0).unwrap()), exit);
         d2.read(OFS_DATA, &mut b);
         assert_eq!(b[0], 0x11);
     }

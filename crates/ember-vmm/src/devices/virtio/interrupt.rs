@@ -1,6 +1,6 @@
 //! A virtio-mmio device's interrupt: the `InterruptStatus` register (read and acknowledged by
-//! the driver on a vCPU thread, set by the device thread) and the irqfd that raises the
-//! device's GSI on the in-kernel IOAPIC (an edge: the irqfd pulses the line).
+//! the driver on a vCPU thread, set by the device thread) and the line that raises the
+//! device's GSI on the in-kernel IOAPIC (an edge: the line is pulsed).
 //!
 //! The device signals every time it has news, whatever the status bits say: a driver that
 //! polls its rings without reading or acknowledging the status (the probe guest does this to
@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vmm_sys_util::eventfd::EventFd;
+use crate::devices::IrqLine;
 
 /// `InterruptStatus` bit: a queue has new used buffers.
 pub const INT_VRING: u32 = 0x1;
@@ -19,21 +19,21 @@ pub const INT_CONFIG: u32 = 0x2;
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
-    irqfd: EventFd,
+    line: IrqLine,
 }
 
 impl Interrupt {
-    /// Wraps an eventfd already registered as an irqfd.
-    pub fn new(irqfd: EventFd) -> Interrupt {
+    /// The interrupt of a device on `line`.
+    pub fn new(line: IrqLine) -> Interrupt {
         Interrupt {
             status: AtomicU32::new(0),
-            irqfd,
+            line,
         }
     }
 
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
-        if let Err(e) = self.irqfd.write(1) {
+        if let Err(e) = self.line.pulse() {
             tracing::warn!(error = %e, "cannot signal a virtio interrupt");
         }
     }
@@ -63,23 +63,25 @@ impl Interrupt {
         self.status.store(bits, Ordering::SeqCst);
     }
 
-    /// The irqfd.
-    pub fn irqfd(&self) -> &EventFd {
-        &self.irqfd
+    /// The line.
+    pub fn line(&self) -> &IrqLine {
+        &self.line
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use vmm_sys_util::eventfd::EventFd;
+
     use super::*;
 
     #[test]
     fn status_and_ack() {
-        let i = Interrupt::new(EventFd::new(0).unwrap());
+        let i = Interrupt::new(IrqLine::Eventfd(EventFd::new(0).unwrap()));
         i.signal_used_queue();
         i.signal_config_change();
         assert_eq!(i.status(), INT_VRING | INT_CONFIG);
-        assert_eq!(i.irqfd().read().unwrap(), 2);
+        assert_eq!(i.line().eventfd().unwrap().read().unwrap(), 2);
         i.ack(INT_VRING);
         assert_eq!(i.status(), INT_CONFIG);
     }

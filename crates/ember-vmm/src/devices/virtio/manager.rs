@@ -1,6 +1,6 @@
 //! Attaches virtio-mmio devices to a VM and owns them while it runs: each device gets the next
-//! 4 KiB slot of the MMIO window at [`MMIO_BASE`] and the next GSI from [`FIRST_GSI`], an
-//! irqfd on that GSI, one ioeventfd per queue on its `QueueNotify` register, and a
+//! 4 KiB slot of the MMIO window at [`MMIO_BASE`] and the next GSI from [`FIRST_GSI`] (its
+//! interrupt line, pulsed with `KVM_IRQ_LINE`), one ioeventfd per queue on its `QueueNotify` register, and a
 //! `virtio_mmio.device=4K@<addr>:<gsi>` kernel command line entry (how Linux, and the probe
 //! guest, find them). Slot order is the order the registry lists devices in; a restore
 //! reuses the saved addresses and GSIs.
@@ -21,6 +21,7 @@ use super::device::{ActivateError, EventRegistry, VirtioDevice};
 use super::event_loop::{self, EventLoop, LoopSlot};
 use super::interrupt::Interrupt;
 use super::mmio::{MMIO_LEN, MmioTransport, NOTIFY_OFFSET, TransportState, VirtioCore, lock_core};
+use crate::devices::IrqLine;
 use crate::devices::bus::{Bus, BusOverlap, SharedDevice};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
 use crate::vstate::vm::{Vm, VmError};
@@ -245,8 +246,6 @@ impl VirtioManager {
                     message: format!("GSI {gsi} is used twice"),
                 });
             }
-            let irqfd = eventfd(&id)?;
-            vm.register_irqfd(&irqfd, gsi)?;
             let mut queue_evts = Vec::new();
             for q in 0..device.queue_max_sizes().len() {
                 let evt = eventfd(&id)?;
@@ -259,7 +258,7 @@ impl VirtioManager {
                 queue_evts.push(evt);
             }
             let kick = eventfd(&id)?;
-            let interrupt = Arc::new(Interrupt::new(irqfd));
+            let interrupt = Arc::new(Interrupt::new(IrqLine::Gsi(vm.line(gsi))));
             let events = EventRegistry::new(epoll.clone(), index as u16);
             let core =
                 VirtioCore::new(device, mem.clone(), interrupt, events).map_err(|source| {

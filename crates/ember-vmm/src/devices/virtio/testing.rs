@@ -168,7 +168,9 @@ impl Harness {
                 .iter()
                 .map(|&m| Queue::new(m).expect("queue"))
                 .collect(),
-            interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")),
+            interrupt: Interrupt::new(crate::devices::IrqLine::Eventfd(
+                EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+            )),
             events: EventRegistry::new(epoll.clone(), 0),
             epoll,
             acked_features: 1 << 32,
@@ -209,6 +211,10 @@ impl Harness {
 
     /// Number of interrupts raised since the last call.
     pub fn interrupts(&self) -> u64 {
-        self.interrupt.irqfd().read().unwrap_or(0)
+        self.interrupt
+            .line()
+            .eventfd()
+            .and_then(|e| e.read().ok())
+            .unwrap_or(0)
     }
 }

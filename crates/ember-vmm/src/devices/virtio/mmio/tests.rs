@@ -62,7 +62,9 @@ fn rig() -> Rig {
     let core = VirtioCore::new(
         Box::new(Dummy(log.clone())),
         h.mem.clone(),
-        Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+        Arc::new(Interrupt::new(crate::devices::IrqLine::Eventfd(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        ))),
         h.events,
     )
     .unwrap();
