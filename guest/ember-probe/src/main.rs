@@ -40,6 +40,12 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 const COM1: u16 = 0x3f8;
 const LAPIC: u64 = 0xfee0_0000;
+/// The LAPIC's EOI register through the low alias of the 3-4 GiB window (see
+/// [`map_apic_range`]): below 2 GiB, so handlers write it with an absolute address and need
+/// no register.
+pub const LAPIC_EOI_ALIAS: u64 = LAPIC_ALIAS_BASE + (LAPIC + 0xb0 - 0xc000_0000);
+/// Where the 3-4 GiB window (IOAPIC, LAPIC, virtio-mmio) is aliased for ring 0.
+const LAPIC_ALIAS_BASE: u64 = 0x4000_0000;
 const IOAPIC: u64 = 0xfec0_0000;
 const TIMER_VECTOR: u64 = 0x20;
 const KBD_VECTOR: u64 = 0x21;
@@ -122,30 +128,28 @@ _start:
 .section .text
 .global probe_timer_isr
 probe_timer_isr:
-    lock inc qword ptr [rip + PROBE_STATE + 8]
-    push rax
-    mov eax, 0xfee000b0
-    mov dword ptr [rax], 0
-    pop rax
+    inc qword ptr [rip + PROBE_STATE + 8]
+    dec qword ptr [rip + PROBE_TICKS_TO_REPORT]
+    jnz 1f
+    mov byte ptr [rip + PROBE_ATTENTION + {attn_report}], 1
+1:  mov dword ptr [{eoi}], 0
     iretq
 
 .global probe_kbd_isr
 probe_kbd_isr:
     push rax
     in al, 0x60
-    mov qword ptr [rip + PROBE_STATE + 40], 1
-    mov eax, 0xfee000b0
-    mov dword ptr [rax], 0
     pop rax
+    mov qword ptr [rip + PROBE_STATE + 40], 1
+    mov byte ptr [rip + PROBE_ATTENTION + {attn_kbd}], 1
+    mov dword ptr [{eoi}], 0
     iretq
 
 .global probe_serial_isr
 probe_serial_isr:
-    push rax
     mov qword ptr [rip + PROBE_STATE + 48], 1
-    mov eax, 0xfee000b0
-    mov dword ptr [rax], 0
-    pop rax
+    mov byte ptr [rip + PROBE_ATTENTION + {attn_rx}], 1
+    mov dword ptr [{eoi}], 0
     iretq
 
 .global probe_spurious_isr
@@ -176,7 +180,11 @@ PROBE_EXC_TABLE:
 .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad probe_exc_\n
 .endr
-"#
+"#,
+    eoi = const LAPIC_EOI_ALIAS,
+    attn_report = const ring3::ATTN_REPORT,
+    attn_kbd = const ring3::ATTN_KBD,
+    attn_rx = const ring3::ATTN_RX,
 );
 
 unsafe extern "C" {
@@ -371,7 +379,8 @@ unsafe fn setup_idt() {
 }
 
 /// Maps 0xc000_0000..0x1_0000_0000 (IOAPIC and LAPIC pages) uncached with 2 MiB pages, in
-/// whatever identity page tables the loader built (PML4[0] -> PDPT, as Firecracker does).
+/// whatever identity page tables the loader built (PML4[0] -> PDPT, as Firecracker does),
+/// and aliases it at [`LAPIC_ALIAS_BASE`].
 ///
 /// # Safety
 /// Called once at boot; the loader's page tables are identity-mapped and writable.
@@ -389,6 +398,10 @@ unsafe fn map_apic_range() {
             *entry = (0xc000_0000 + ((i as u64) << 21)) | 0x9f;
         }
         write_volatile(pdpt.add(3), (pd as u64) | 0x3);
+        // The same window again at 1-2 GiB (ring 0 only), where an absolute 32-bit address
+        // reaches it: interrupt handlers write the EOI register without a scratch register.
+        // The probe uses no RAM above 4 MiB, so this slot of the identity map is free.
+        write_volatile(pdpt.add(1), (pd as u64) | 0x3);
         asm!("mov {tmp}, cr3", "mov cr3, {tmp}", tmp = out(reg) _, options(nostack));
     }
 }
@@ -488,12 +501,19 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
 
     let mut next_report = report;
     loop {
-        // SAFETY: a plain word the agent's idle loop reads with interrupts off, as here.
+        // SAFETY: words the handlers and the idle loop use with interrupts off, as here; the
+        // counter is only incremented by the timer handler.
         unsafe {
+            let count = read_volatile(addr_of!((*st).counter));
             write_volatile(
-                addr_of_mut!(ring3::PROBE_NEXT_REPORT),
-                if report == 0 { u64::MAX } else { next_report },
+                addr_of_mut!(ring3::PROBE_TICKS_TO_REPORT),
+                if report == 0 {
+                    u64::MAX
+                } else {
+                    next_report.saturating_sub(count).max(1)
+                },
             );
+            write_volatile(addr_of_mut!(ring3::PROBE_ATTENTION), 0);
         }
         // The agent runs, idles (in `hlt` under its #UD frame, where virtio interrupts resume
         // it directly) and comes back here only when this loop has duties.

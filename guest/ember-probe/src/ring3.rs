@@ -17,11 +17,15 @@
 //!   the kernel loop has duties (a count report, a key press, serial input) the idle loop
 //!   restores the kernel stack and "returns" from `probe_enter_user` with interrupts off.
 //!   Any other #UD is reported as an exception. Interrupts during user mode run their
-//!   handlers on the TSS stack and resume the agent; a virtio one sets [`PROBE_WORK`] so the
-//!   idle loop resumes the agent at once.
+//!   handlers on the TSS stack and resume the agent; a virtio one raises [`ATTN_WORK`] so
+//!   the idle loop resumes the agent at once.
 //!
-//! Per request wake-up, ring 0 executes ~20 (emulated) instructions: the interrupt, EOI, one
-//! `iretq` into ring 3, and the `ud2` back into `hlt`. The earlier design (interrupt handler
+//! Per request wake-up, ring 0 executes 12 (emulated, ~2 us each) instructions: the #UD
+//! check (2), the idle loop (one compare of [`PROBE_ATTENTION`], `sti`, `hlt`), and the
+//! virtio handler (EOI through an absolute alias of the LAPIC, a compare, the stack switch,
+//! the skip past `ud2`, one `iretq` into ring 3) — it was 24 with a register saved and
+//! restored around the EOI, an address loaded into a register for each compare, and four
+//! separate flags tested before each `hlt`. The earlier design (interrupt handler
 //! `iretq` to a kernel loop, which entered ring 3 and was returned to by the #UD handler)
 //! measured ~16 us + ~28 us + ~31 us of ring-0 time per wake-up (see
 //! shared/notes/kvm-on-these-machines.md); the agent's own work is ~1-2 us plus ~11 us per
@@ -63,14 +67,25 @@ struct Stack([u8; 16384]);
 /// Where interrupts taken in ring 3 (and the return gate) run.
 static mut INTERRUPT_STACK: Stack = Stack([0; 16384]);
 
-/// Set by the virtio interrupt handler when it interrupts the agent itself: the idle loop
-/// then resumes the agent at once.
+/// Why the idle loop must not sleep, one byte per reason so each handler sets its own byte
+/// with one store and the idle loop tests all eight with one compare: [`ATTN_WORK`] (a
+/// virtio interrupt came while the agent ran: resume it), and the kernel loop's duties
+/// [`ATTN_KBD`], [`ATTN_RX`] and [`ATTN_REPORT`]. The kernel loop clears it before it enters
+/// the agent.
 #[unsafe(no_mangle)]
-pub static mut PROBE_WORK: u64 = 0;
-/// The count at which the kernel loop wants to print its next report (`u64::MAX`: never);
-/// the agent's idle loop leaves for the kernel loop once the counter reaches it.
+pub static mut PROBE_ATTENTION: u64 = 0;
+/// [`PROBE_ATTENTION`] byte: virtio news for the agent.
+pub const ATTN_WORK: usize = 0;
+/// [`PROBE_ATTENTION`] byte: a key press (i8042).
+pub const ATTN_KBD: usize = 1;
+/// [`PROBE_ATTENTION`] byte: serial input.
+pub const ATTN_RX: usize = 2;
+/// [`PROBE_ATTENTION`] byte: a count report is due.
+pub const ATTN_REPORT: usize = 3;
+/// Timer ticks until the kernel loop's next count report (the timer handler counts it down
+/// and raises [`ATTN_REPORT`] at zero; `u64::MAX`: never).
 #[unsafe(no_mangle)]
-pub static mut PROBE_NEXT_REPORT: u64 = u64::MAX;
+pub static mut PROBE_TICKS_TO_REPORT: u64 = u64::MAX;
 /// The kernel's stack pointer while the agent runs.
 #[unsafe(no_mangle)]
 static mut PROBE_KERNEL_RSP: u64 = 0;
@@ -108,26 +123,15 @@ probe_user_exit:
 // #UD: the agent going idle (at `probe_user_exit`), or a real invalid opcode.
 .global probe_ud_isr
 probe_ud_isr:
-    push rax
-    lea rax, [rip + probe_user_exit]
-    cmp [rsp + 8], rax
-    pop rax
-    je probe_agent_idle
-    push 6
-    jmp probe_exc_common
+    cmp qword ptr [rsp], offset probe_user_exit
+    jne 1f
 
 // The idle loop, on the interrupt stack under the agent's #UD frame (no other pushes: the
 // virtio ISR relies on it). General registers are free: nothing of the agent's is live at
-// `probe_user_exit`. Leaves to the kernel loop when it has duties (a count report due, a
-// key press, serial input), resumes the agent when a virtio interrupt came, else sleeps.
+// `probe_user_exit`. Sleeps unless something needs attention (one compare, see
+// PROBE_ATTENTION).
 probe_agent_idle:
-    mov rax, [rip + PROBE_STATE + 8]
-    cmp rax, [rip + PROBE_NEXT_REPORT]
-    jae probe_user_return
-    mov rax, [rip + PROBE_STATE + 40]
-    or rax, [rip + PROBE_STATE + 48]
-    jnz probe_user_return
-    cmp qword ptr [rip + PROBE_WORK], 0
+    cmp qword ptr [rip + PROBE_ATTENTION], 0
     jne 2f
     sti
     hlt
@@ -135,7 +139,12 @@ probe_agent_idle:
 probe_idle_woken:
     cli
     jmp probe_agent_idle
-2:  mov qword ptr [rip + PROBE_WORK], 0
+1:  push 6
+    jmp probe_exc_common
+// Virtio news for the agent: resume it (past its `ud2`); else the kernel loop has duties.
+2:  cmp byte ptr [rip + PROBE_ATTENTION + {attn_work}], 0
+    je probe_user_return
+    mov byte ptr [rip + PROBE_ATTENTION + {attn_work}], 0
     add qword ptr [rsp], 2
     iretq
 
@@ -152,23 +161,22 @@ probe_user_return:
 
 // A virtio interrupt. Taken in the idle loop's `hlt` (the common case), it drops its own
 // frame and resumes the agent straight from the #UD frame underneath: one `iretq`, straight
-// to ring 3. Anywhere else it flags the work for the agent's next look.
+// to ring 3. Anywhere else it flags the work for the agent's next look. No register is
+// touched: the EOI goes through the LAPIC's low alias (an absolute address).
 .global probe_virtio_isr
 probe_virtio_isr:
-    push rax
-    mov eax, 0xfee000b0
-    mov dword ptr [rax], 0
-    lea rax, [rip + probe_idle_woken]
-    cmp [rsp + 8], rax
+    mov dword ptr [{eoi}], 0
+    cmp qword ptr [rsp], offset probe_idle_woken
     jne 1f
     // Back to the idle loop's stack pointer (the CPU may have aligned it before pushing).
-    mov rsp, [rsp + 32]
+    mov rsp, [rsp + 24]
     add qword ptr [rsp], 2
     iretq
-1:  mov qword ptr [rip + PROBE_WORK], 1
-    pop rax
+1:  mov byte ptr [rip + PROBE_ATTENTION + {attn_work}], 1
     iretq
-"#
+"#,
+    eoi = const crate::LAPIC_EOI_ALIAS,
+    attn_work = const ATTN_WORK,
 );
 
 unsafe extern "C" {
