@@ -118,6 +118,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
             validator,
             settings,
             state: Mutex::new(State::default()),
+            acquiring: std::sync::atomic::AtomicUsize::new(0),
             wake: Condvar::new(),
             ready: Condvar::new(),
             counters: Counters::new(),
@@ -589,18 +590,35 @@ struct Acquiring<'a, P: VmProvider + VmQuery> {
 
 impl<'a, P: VmProvider + VmQuery> Acquiring<'a, P> {
     fn enter(shared: &'a Shared<P>) -> Self {
-        shared.lock().acquiring += 1;
+        shared.acquiring.fetch_add(1, Ordering::SeqCst);
         Self { shared }
     }
 }
 
 impl<P: VmProvider + VmQuery> Drop for Acquiring<'_, P> {
     fn drop(&mut self) {
-        let mut st = self.shared.lock();
-        st.acquiring = st.acquiring.saturating_sub(1);
-        if st.acquiring == 0 {
+        let shared = self.shared;
+        // Not the last one: no lock needed.
+        if shared
+            .acquiring
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n > 1).then(|| n - 1)
+            })
+            .is_ok()
+        {
+            return;
+        }
+        // Perhaps the last one: reach zero under the lock, with the end of the burst.
+        let mut st = shared.lock();
+        let before = shared
+            .acquiring
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        if before <= 1 {
             st.acquires_ended_at = Some(Instant::now());
-            self.shared.wake_refiller(&mut st);
+            shared.wake_refiller(&mut st);
         }
     }
 }

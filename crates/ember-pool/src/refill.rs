@@ -4,6 +4,7 @@
 //! provider calls the plans produce.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -111,13 +112,14 @@ fn yield_to_acquires<P: VmProvider + VmQuery>(
         .acquires_ended_at
         .map(|t| t + shared.settings.refill_grace)
         .filter(|g| now < *g);
-    let busy = st.acquiring > 0 || grace_until.is_some();
+    let acquiring = shared.acquiring.load(Ordering::SeqCst);
+    let busy = acquiring > 0 || grace_until.is_some();
     if !busy || limit.is_zero() {
         st.yielding_since = None;
         return false;
     }
     let mut until = *st.yielding_since.get_or_insert(now) + limit;
-    if st.acquiring == 0
+    if acquiring == 0
         && let Some(g) = grace_until
     {
         until = until.min(g);

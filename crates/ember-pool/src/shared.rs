@@ -43,8 +43,6 @@ pub(crate) struct State {
     /// Set by anyone who wants the refiller to run a pass now.
     pub woken: bool,
     pub next_epoch: u64,
-    /// Acquire calls under way.
-    pub acquiring: usize,
     /// When the last acquire under way ended (the start of `PoolSettings::refill_grace`).
     pub acquires_ended_at: Option<std::time::Instant>,
     /// Since when the refiller has been yielding to acquires (see `PoolSettings::refill_yield`).
@@ -57,6 +55,11 @@ pub(crate) struct Shared<P> {
     pub validator: Arc<dyn EntryValidator>,
     pub settings: PoolSettings,
     pub state: Mutex<State>,
+    /// Acquire calls under way. Outside the lock, so an acquire takes the lock once (to take
+    /// its entry) rather than three times: under a burst of acquirers every extra round on a
+    /// contended lock is a futex sleep, a wake-up and a wait for a CPU. It reaches zero only
+    /// under the lock, together with `State::acquires_ended_at`.
+    pub acquiring: std::sync::atomic::AtomicUsize,
     /// The refiller waits here.
     pub wake: Condvar,
     /// `acquire_timeout` callers wait here for entries.

@@ -235,7 +235,7 @@ impl VmProvider for VmmProvider {
 
 impl VmQuery for VmmProvider {
     fn list(&self) -> Result<Vec<VmView>, VmError> {
-        let entries: Vec<Arc<VmEntry>> = self.inner.table().vms.values().cloned().collect();
+        let entries: Vec<Arc<VmEntry>> = self.inner.table_read().vms.values().cloned().collect();
         let mut views: Vec<VmView> = entries
             .iter()
             .map(|e| e.record().view())

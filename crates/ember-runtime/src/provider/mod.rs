@@ -25,7 +25,9 @@ mod vm;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 use std::time::{Duration, Instant};
 
 pub use config::{Flavor, ProviderConfig, Timeouts, locate_ember_vmm};
@@ -95,7 +97,9 @@ pub(crate) struct Inner {
     pub config: ProviderConfig,
     pub layout: Arc<Layout>,
     pub snapshots: SnapshotStore,
-    table: Mutex<Table>,
+    /// Read on every call (by id or slot), written on create, rename and destroy: readers
+    /// never wait for each other, which matters under a burst of handoffs.
+    table: RwLock<Table>,
     listeners: Mutex<Vec<(ListenerId, ExitListener)>>,
     next_listener: AtomicU64,
     pub supervisor: Arc<Supervisor>,
@@ -202,7 +206,7 @@ impl VmmProvider {
             config,
             layout,
             snapshots,
-            table: Mutex::new(Table::default()),
+            table: RwLock::new(Table::default()),
             listeners: Mutex::new(Vec::new()),
             next_listener: AtomicU64::new(1),
             supervisor,
@@ -308,7 +312,7 @@ impl VmmProvider {
     /// Process and spare figures.
     pub fn stats(&self) -> ProviderStats {
         ProviderStats {
-            vms: self.inner.table().vms.len(),
+            vms: self.inner.table_read().vms.len(),
             processes: self.inner.supervisor.watched(),
             spares: self.inner.spares.stats(),
         }
@@ -335,9 +339,16 @@ impl Drop for VmmProvider {
 }
 
 impl Inner {
-    pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
+    /// The table, for changes.
+    pub(crate) fn table(&self) -> RwLockWriteGuard<'_, Table> {
         // Only map inserts/removes under this lock; a poisoned table is still consistent.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The table, for lookups.
+    pub(crate) fn table_read(&self) -> RwLockReadGuard<'_, Table> {
+        // As for `table`.
+        self.table.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn listeners(&self) -> MutexGuard<'_, Vec<(ListenerId, ExitListener)>> {
@@ -346,7 +357,7 @@ impl Inner {
 
     /// The live entry named `id`.
     pub(crate) fn entry(&self, id: &VmId) -> Result<Arc<VmEntry>, VmError> {
-        self.table()
+        self.table_read()
             .vms
             .get(id)
             .cloned()
@@ -356,7 +367,7 @@ impl Inner {
     /// The supervisor's report of a reaped process.
     fn on_exit(&self, process: &Arc<VmmProcess>, info: ExitInfo) {
         let slot = process.slot();
-        let entry = self.table().by_slot.get(&slot).cloned();
+        let entry = self.table_read().by_slot.get(&slot).cloned();
         let mut died = None;
         match entry {
             Some(entry) => {
