@@ -170,7 +170,7 @@ enum VirtioSource<'a> {
     ),
 }
 
-/// Attaches every device: virtio devices on the MMIO bus (irqfds, ioeventfds, device thread)
+/// Attaches every device: virtio devices on the MMIO bus (interrupt lines, ioeventfds, device thread)
 /// and the legacy devices on the port bus. The one place devices are put on a VM.
 fn attach_devices(
     vm: &Vm,

@@ -1,5 +1,5 @@
 //! COM1: a 16550A UART (vm-superio) whose output goes to stdout, a file or nowhere, and whose
-//! interrupt is an irqfd on GSI 4. Its registers are part of the snapshot.
+//! interrupt is GSI 4 of the irqchip, pulsed with `KVM_IRQ_LINE`. Its registers are part of the snapshot.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

@@ -6,11 +6,11 @@
 //!   space, activation, events, snapshot state), and the [`DeviceContext`] it works through;
 //! - [`mmio`]: the transport — the register file a vCPU thread reads and writes on the MMIO
 //!   bus, feature negotiation, queue set-up, activation on `DRIVER_OK`, reset;
-//! - [`interrupt`]: the interrupt status register and the irqfd behind it;
+//! - [`interrupt`]: the interrupt status register and the interrupt line behind it;
 //! - [`event_loop`]: the device thread — one epoll loop per VM that receives queue
 //!   notifications (ioeventfds) and the devices' own file descriptors, and runs device work
 //!   off the vCPU threads;
-//! - [`manager`]: attaches devices (MMIO window slot, GSI, irqfd, ioeventfds, kernel command
+//! - [`manager`]: attaches devices (MMIO window slot, GSI and its line, ioeventfds, kernel command
 //!   line entries), quiesces them for a snapshot, saves and restores their state;
 //! - [`registry`]: **the one place a device kind is added**: which devices a configuration
 //!   asks for, and how each kind is rebuilt from a snapshot section;
