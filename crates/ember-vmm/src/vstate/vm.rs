@@ -231,3 +231,33 @@ impl VmState {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_pulse_from_many_threads_and_need_an_irqchip() {
+        let kvm = Kvm::new().expect("/dev/kvm");
+        let bare = Vm::create_bare(&kvm).unwrap();
+        let err = bare.line(5).pulse().unwrap_err();
+        assert!(err.to_string().contains("KVM_IRQ_LINE"), "{err}");
+
+        let vm = Vm::create(&kvm).unwrap();
+        let line = std::sync::Arc::new(vm.line(5));
+        assert_eq!(line.gsi(), 5);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let line = std::sync::Arc::clone(&line);
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        line.pulse().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
