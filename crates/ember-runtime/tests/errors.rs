@@ -281,6 +281,30 @@ fn a_missing_binary_is_a_clear_start_error() {
 }
 
 #[test]
+fn a_relative_binary_path_still_names_the_binary() {
+    // VMM processes start in their own directories; a path relative to the caller's must
+    // keep naming the same binary there.
+    let abs = vmm_bin();
+    let cwd = std::env::current_dir().unwrap();
+    let up = cwd.components().count() - 1;
+    let rel: PathBuf = std::iter::repeat_n(std::path::Component::ParentDir, up)
+        .collect::<PathBuf>()
+        .join(abs.strip_prefix("/").unwrap());
+    assert!(rel.is_relative() && rel.is_file(), "{}", rel.display());
+    let dir = short_tempdir();
+    let p = provider(
+        dir.path(),
+        ember_runtime::Flavor::EmberVmm { binary: rel },
+        1,
+    );
+    let id = vm("relative-bin");
+    p.create_with_spec(&id, &probe_spec("ember.hz=10")).unwrap();
+    p.start(&id).unwrap();
+    p.destroy(&id).unwrap();
+    shutdown_and_check(&p);
+}
+
+#[test]
 fn a_vmm_that_cannot_start_fails_creates_quickly() {
     // A "VMM" that exits at once: every spawn fails and creates say why, without waiting for
     // the whole spare timeout.

@@ -158,10 +158,13 @@ impl VmmProvider {
     /// Opens the root directory (taking its lock, clearing leftovers, loading its snapshots),
     /// starts the supervisor and the spawner, and begins filling the spare pool.
     pub fn new(config: ProviderConfig) -> Result<VmmProvider, StartError> {
-        let binary = config.flavor.binary().to_path_buf();
-        if !binary.is_file() {
-            return Err(StartError::MissingBinary(binary));
+        let given = config.flavor.binary().to_path_buf();
+        if !given.is_file() {
+            return Err(StartError::MissingBinary(given));
         }
+        // VMM processes start in their own directories, where a relative path would name
+        // something else.
+        let binary = std::path::absolute(&given).map_err(|_| StartError::MissingBinary(given))?;
         let layout = Arc::new(Layout::open(&config.root, config.snapshots_dir.as_deref())?);
         let snapshots = SnapshotStore::load(layout.snapshots_dir()).map_err(|source| {
             StartError::Snapshots {
