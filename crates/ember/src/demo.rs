@@ -13,7 +13,9 @@ use crate::session::{Leftovers, Session, SessionError};
 use crate::stats::Summary;
 use crate::template::TemplateReport;
 use crate::ui::Ui;
-use crate::warm::{Handoff, HandoffError, PROBE_TEMPLATE_ARGS, WarmError, WarmOptions, WarmStack};
+use crate::warm::{
+    Handoff, HandoffError, HandoffTiming, PROBE_TEMPLATE_ARGS, WarmError, WarmOptions, WarmStack,
+};
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -201,7 +203,7 @@ fn phases(
     }
     let sample = seq.first().map(|h| h.output.clone()).unwrap_or_default();
     ui.finish(&format!("{} handoffs", seq.len()));
-    release_all(warm, &seq);
+    let seq = release_all(warm, seq);
 
     ui.stage(
         &format!("handing {} VMs to tenants at once", opts.concurrent),
@@ -251,7 +253,7 @@ fn phases(
             Err(e) => first_error = first_error.or(Some(e)),
         }
     }
-    release_all(warm, &burst);
+    let burst = release_all(warm, burst);
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -259,17 +261,13 @@ fn phases(
     Ok((summaries("", &seq), summaries("", &burst), sample))
 }
 
-fn release_all(warm: &WarmStack, handoffs: &[Handoff]) {
-    for h in handoffs {
-        if let Err(e) = warm.release(&h.vm_id) {
-            tracing::warn!(vm = %h.vm_id, error = %ember_core::error_chain(&e), "destroying a tenant VM");
-        }
-    }
+fn release_all(warm: &WarmStack, handoffs: Vec<Handoff>) -> Vec<HandoffTiming> {
+    handoffs.into_iter().map(|h| warm.release(h)).collect()
 }
 
 /// The four latency rows of a set of handoffs.
-pub fn summaries(prefix: &str, hs: &[Handoff]) -> Vec<Summary> {
-    let col = |f: fn(&Handoff) -> Duration| hs.iter().map(f).collect::<Vec<_>>();
+pub fn summaries(prefix: &str, hs: &[HandoffTiming]) -> Vec<Summary> {
+    let col = |f: fn(&HandoffTiming) -> Duration| hs.iter().map(f).collect::<Vec<_>>();
     [
         (
             "acquire (validate, rename, resume, Reseed sent)",

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use ember_agent_proto::Exec;
+use ember_agent_proto::{AgentClient, Exec};
 use ember_core::{SnapshotId, SnapshotRef, StackKey, VmId, VmProvider};
 use ember_pool::{BucketConfig, PoolError, PoolSettings, Tenant, WarmPool};
 use ember_runtime::{ListenerId, VmExit, VmmProvider};
@@ -227,7 +227,9 @@ impl WarmStack {
             .map_or(1, |s| s.target_depth)
     }
 
-    /// Hands a warm VM to `tenant` and runs its first agent command (`echo <words>`).
+    /// Hands a warm VM to `tenant` and runs its first agent command (`echo <words>`). The
+    /// tenant keeps its agent connection (in the returned [`Handoff`]) until
+    /// [`release`](Self::release).
     pub fn handoff(&self, tenant: &str, words: &[&str]) -> Result<Handoff, HandoffError> {
         let t0 = Instant::now();
         let tenant = Tenant::new(tenant)?;
@@ -238,36 +240,66 @@ impl WarmStack {
         // The connection that reseeded the VM at handover, or a new one.
         let kept = self.validator.take_connection(&vm.vm_id);
         tracing::debug!(vm = %vm.vm_id, reused = kept.is_some(), "tenant agent connection");
-        let mut client = match kept {
-            Some(c) => c,
+        let connection = match kept {
+            Some(c) => Ok(c),
             None => agent::connect(
                 &self.provider,
                 &vm.vm_id,
                 self.agent_port,
                 self.agent_timeout,
-            )?,
+            ),
+        };
+        let mut client = match connection {
+            Ok(c) => c,
+            Err(e) => {
+                self.destroy(&vm.vm_id);
+                return Err(e.into());
+            }
         };
         let connected = t0.elapsed();
         let mut argv = vec!["echo"];
         argv.extend_from_slice(words);
-        let out = client
-            .exec(&Exec::new(&argv))
-            .map_err(|e| HandoffError::Agent(AgentError::Client(e)))?;
+        let out = match client.exec(&Exec::new(&argv)) {
+            Ok(out) => out,
+            Err(e) => {
+                drop(client);
+                self.destroy(&vm.vm_id);
+                return Err(HandoffError::Agent(AgentError::Client(e)));
+            }
+        };
         let done = t0.elapsed();
         Ok(Handoff {
             vm_id: vm.vm_id,
-            acquire: acquired,
-            connect: connected - acquired,
-            first_call: done - connected,
-            total: done,
+            agent: client,
+            timing: HandoffTiming {
+                acquire: acquired,
+                connect: connected - acquired,
+                first_call: done - connected,
+                total: done,
+            },
             output: String::from_utf8_lossy(&out.stdout).trim_end().to_string(),
         })
     }
 
-    /// Destroys a tenant's VM.
-    pub fn release(&self, vm: &VmId) -> Result<(), ember_core::VmError> {
+    /// Ends a tenant's use of its VM: closes its agent connection and destroys the VM (a
+    /// failure to destroy is logged). Returns the handoff's timings.
+    pub fn release(&self, handoff: Handoff) -> HandoffTiming {
+        let Handoff {
+            vm_id,
+            agent,
+            timing,
+            ..
+        } = handoff;
+        drop(agent);
+        self.destroy(&vm_id);
+        timing
+    }
+
+    fn destroy(&self, vm: &VmId) {
         self.validator.forget(vm);
-        self.provider.destroy(vm)
+        if let Err(e) = self.provider.destroy(vm) {
+            tracing::warn!(%vm, error = %ember_core::error_chain(&e), "destroying a tenant VM");
+        }
     }
 
     /// Shuts the pool down, forgets the listener and deletes the template snapshot.
@@ -284,11 +316,23 @@ fn delete_template(provider: &VmmProvider, id: &SnapshotId) {
     }
 }
 
-/// One handoff, timed.
-#[derive(Debug, Clone)]
+/// A VM handed to its tenant, with the tenant's open agent connection and how long it took.
+#[derive(Debug)]
 pub struct Handoff {
     /// The tenant's VM.
     pub vm_id: VmId,
+    /// The tenant's agent connection, open until [`WarmStack::release`]: a tenant works
+    /// over it, and closing it is part of ending the tenancy, not of the handoff.
+    pub agent: AgentClient,
+    /// How long each step took.
+    pub timing: HandoffTiming,
+    /// What the first command printed.
+    pub output: String,
+}
+
+/// How long one handoff took, step by step.
+#[derive(Debug, Clone, Copy)]
+pub struct HandoffTiming {
     /// The pool's acquire (validate, rename, resume, Reseed sent ahead).
     pub acquire: Duration,
     /// Getting the tenant its agent connection (the one kept from the handover's Reseed, or a
@@ -298,8 +342,6 @@ pub struct Handoff {
     pub first_call: Duration,
     /// From the acquire call to the first command's reply.
     pub total: Duration,
-    /// What the command printed.
-    pub output: String,
 }
 
 /// Why a handoff failed.

@@ -16,7 +16,9 @@ use super::{AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, Tar
 use crate::demo::summaries;
 use crate::session::Session;
 use crate::ui::{Quiet, Ui};
-use crate::warm::{Handoff, HandoffError, PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack};
+use crate::warm::{
+    Handoff, HandoffError, HandoffTiming, PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack,
+};
 
 pub(super) fn run(
     session: &Session,
@@ -95,7 +97,7 @@ fn rounds(
     warm: &WarmStack,
     opts: &BenchOptions,
     ui: &dyn Ui,
-) -> Result<Vec<Handoff>, BenchError> {
+) -> Result<Vec<HandoffTiming>, BenchError> {
     let rounds = opts.iterations.div_ceil(opts.concurrency).max(1);
     ui.stage(
         &format!(
@@ -119,7 +121,7 @@ fn per_round(
     opts: &BenchOptions,
     rounds: usize,
     ui: &dyn Ui,
-) -> Result<Vec<Handoff>, BenchError> {
+) -> Result<Vec<HandoffTiming>, BenchError> {
     let all = Mutex::new(Vec::new());
     for round in 0..rounds {
         warm.wait_full(&Quiet, Duration::from_secs(60))?;
@@ -140,12 +142,15 @@ fn per_round(
             hs.into_iter().filter_map(|h| h.join().ok()).collect()
         });
         let mut got = all.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failure = None;
         for r in results {
-            let h = r?;
-            if let Err(e) = warm.release(&h.vm_id) {
-                tracing::warn!(vm = %h.vm_id, error = %ember_core::error_chain(&e), "destroying a tenant VM");
+            match r {
+                Ok(h) => got.push(warm.release(h)),
+                Err(e) => failure = failure.or(Some(e)),
             }
-            got.push(h);
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         ui.progress(got.len() as u64);
     }
@@ -160,7 +165,7 @@ fn long_lived(
     opts: &BenchOptions,
     rounds: usize,
     ui: &dyn Ui,
-) -> Result<Vec<Handoff>, BenchError> {
+) -> Result<Vec<HandoffTiming>, BenchError> {
     let n = opts.concurrency.max(1);
     let (start, done) = (Barrier::new(n + 1), Barrier::new(n + 1));
     let stop = AtomicBool::new(false);
@@ -195,12 +200,7 @@ fn long_lived(
             done.wait();
             for r in lock(&results).drain(..) {
                 match r {
-                    Ok(h) => {
-                        if let Err(e) = warm.release(&h.vm_id) {
-                            tracing::warn!(vm = %h.vm_id, error = %ember_core::error_chain(&e), "destroying a tenant VM");
-                        }
-                        all.push(h);
-                    }
+                    Ok(h) => all.push(warm.release(h)),
                     Err(e) => {
                         failure.get_or_insert(BenchError::from(Box::new(e)));
                     }
@@ -224,7 +224,11 @@ fn long_lived(
 
 /// `concurrency` threads share one schedule of start times, `1/rate` apart; each takes the next
 /// slot, waits for it, and hands a VM over.
-fn paced(warm: &WarmStack, opts: &BenchOptions, ui: &dyn Ui) -> Result<Vec<Handoff>, BenchError> {
+fn paced(
+    warm: &WarmStack,
+    opts: &BenchOptions,
+    ui: &dyn Ui,
+) -> Result<Vec<HandoffTiming>, BenchError> {
     let total = opts.iterations.max(1);
     let interval = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
     ui.stage(
@@ -240,27 +244,27 @@ fn paced(warm: &WarmStack, opts: &BenchOptions, ui: &dyn Ui) -> Result<Vec<Hando
     let failure = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..opts.concurrency.max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total || failure.lock().is_ok_and(|f| f.is_some()) {
-                    return;
-                }
-                let at = start + interval.mul_f64(i as f64);
-                if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                match warm.handoff(&format!("p{i}"), &["bench"]) {
-                    Ok(h) => {
-                        if let Err(e) = warm.release(&h.vm_id) {
-                            tracing::warn!(vm = %h.vm_id, error = %ember_core::error_chain(&e), "destroying a tenant VM");
-                        }
-                        let mut v = out.lock().unwrap_or_else(|p| p.into_inner());
-                        v.push(h);
-                        ui.progress(v.len() as u64);
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= total || failure.lock().is_ok_and(|f| f.is_some()) {
+                        return;
                     }
-                    Err(e) => {
-                        *failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(BenchError::from(Box::new(e)));
+                    let at = start + interval.mul_f64(i as f64);
+                    if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    match warm.handoff(&format!("p{i}"), &["bench"]) {
+                        Ok(h) => {
+                            let timing = warm.release(h);
+                            let mut v = out.lock().unwrap_or_else(|p| p.into_inner());
+                            v.push(timing);
+                            ui.progress(v.len() as u64);
+                        }
+                        Err(e) => {
+                            *failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(BenchError::from(Box::new(e)));
+                        }
                     }
                 }
             });
