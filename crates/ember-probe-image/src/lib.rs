@@ -18,7 +18,8 @@
 //! snapshot*, from the memory file at offset [`COUNTER_GPA`] (guest RAM below 3 GiB is stored
 //! at file offset == guest-physical address) — see [`counter_from_mem_file`].
 //!
-//! Command-line knobs (append to `boot_args`): `ember.hz=<1..10000>` (timer rate, default 100),
+//! Command-line knobs (append to `boot_args`): `ember.hz=<0..10000>` (timer rate, default 100;
+//! 0 = no timer: tickless, an idle VM costs no host CPU, counter and uptime stay 0),
 //! `ember.report=<ticks>` (count line period, 0 = never, default 50).
 //!
 //! # The agent

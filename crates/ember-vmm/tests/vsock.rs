@@ -111,6 +111,29 @@ fn agent_answers_every_kind_of_request() {
 }
 
 #[test]
+fn a_tickless_probe_answers_without_a_timer() {
+    // `ember.hz=0`: no timer interrupt ever (the tick counter stays 0 while the guest idles),
+    // yet every agent request still wakes it.
+    let dir = tempdir();
+    let uds = dir.path().join("tickless.vsock");
+    let vmm = spawn(dir.path(), "tickless", &[]);
+    let mut c = vmm.client();
+    boot_with_vsock(&mut c, 32, "ember.hz=0 ember.report=0", &uds);
+    wait_banner(&vmm);
+    vmm.wait_for_line(DEFAULT_TIMEOUT, "the ticking line", 0, |l| {
+        l.contains("ticking hz=0 report=0")
+    });
+    let mut a = agent(&uds);
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        assert_eq!(a.health().unwrap().uptime_ns, 0);
+        let out = a.exec(&Exec::new(&["counter"])).unwrap();
+        assert_eq!(out.stdout, b"0\n");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn thousand_sequential_and_thirty_two_concurrent_requests() {
     let dir = tempdir();
     let (_vmm, uds, _) = booted(dir.path(), "load");

@@ -1,7 +1,7 @@
 //! The probe's agent: what it answers to the requests the protocol session hands out (ring 3).
 //!
 //! - Health: uptime from the timer tick counter (`counter * 1e9 / hz`, so a restored
-//!   snapshot continues its count), the boot id (16 bytes: the banner's id, then
+//!   snapshot continues its count; 0 without a timer, `hz=0`), the boot id (16 bytes: the banner's id, then
 //!   `splitmix64` of it, both little-endian), and the generation set by the last Reseed.
 //! - Reseed: stores the generation, the wall-clock time and a digest of the entropy mixed
 //!   with the previous seed in the state page; Health then reports the new generation.
@@ -37,8 +37,10 @@ fn counter() -> u64 {
 fn uptime_ns() -> u64 {
     let st = crate::state();
     // SAFETY: as in `boot_id`.
-    let hz = unsafe { read_volatile(addr_of!((*st).hz)) }.max(1);
-    counter().saturating_mul(1_000_000_000 / hz)
+    let hz = unsafe { read_volatile(addr_of!((*st).hz)) };
+    1_000_000_000u64
+        .checked_div(hz)
+        .map_or(0, |period| counter().saturating_mul(period))
 }
 
 /// Writes `v` as 16 lowercase hex digits; returns 16.

@@ -7,10 +7,12 @@
 //! 1. masks the legacy PIC, derives a boot id from the TSC, fills its state page at
 //!    [`STATE_GPA`] and prints the banner on COM1:
 //!    `ember-probe: boot_id=<16 hex> counter_gpa=0x1f0008`
-//! 2. reads `ember.hz=<n>` (timer rate, default 100) and `ember.report=<n>` (print a count
-//!    line every n ticks, 0 = never, default 50) from the kernel command line;
+//! 2. reads `ember.hz=<n>` (timer rate, default 100; 0 = no timer: the guest is tickless, an
+//!    idle VM costs its host no CPU, and the counter, uptime and reports stay at 0) and
+//!    `ember.report=<n>` (print a count line every n ticks, 0 = never, default 50) from the
+//!    kernel command line;
 //! 3. installs a minimal IDT, maps the IOAPIC/LAPIC page range, starts the LAPIC timer in
-//!    periodic mode, routes IOAPIC pin 1 (i8042 keyboard) to a vector, and prints
+//!    periodic mode (unless `hz=0`), routes IOAPIC pin 1 (i8042 keyboard) to a vector, and prints
 //!    `ember-probe: ticking hz=<n> report=<n>`;
 //! 4. idles with `sti; hlt` (in the agent's idle loop, see [`ring3`]). The timer interrupt
 //!    handler increments the counter (a u64 at `counter_gpa`) and nothing else; the kernel
@@ -461,7 +463,7 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
     // SAFETY: boot code, single CPU; the agent reads it later.
     unsafe { *addr_of_mut!(CMDLINE) = (cmd.as_ptr() as u64, cmd.len() as u64) };
     let hz = cmdline_u64(cmd, b"ember.hz=")
-        .filter(|&h| (1..=10_000).contains(&h))
+        .filter(|&h| h <= 10_000)
         .unwrap_or(100);
     let report = cmdline_u64(cmd, b"ember.report=").unwrap_or(50);
     // SAFETY: as above.
@@ -478,10 +480,13 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
     // LAPIC: software-enable (spurious vector 0xff), accept all priorities.
     mmio_write(LAPIC + 0xf0, 0x100 | SPURIOUS_VECTOR as u32);
     mmio_write(LAPIC + 0x80, 0);
-    // Periodic timer; KVM's LAPIC timer counts at 1 GHz with divide-by-1.
-    mmio_write(LAPIC + 0x3e0, 0xb);
-    mmio_write(LAPIC + 0x320, (1 << 17) | TIMER_VECTOR as u32);
-    mmio_write(LAPIC + 0x380, (1_000_000_000 / hz) as u32);
+    // Periodic timer; KVM's LAPIC timer counts at 1 GHz with divide-by-1. Without one (hz=0)
+    // the LVT timer stays masked, as reset leaves it.
+    if let Some(period_ns) = 1_000_000_000u64.checked_div(hz) {
+        mmio_write(LAPIC + 0x3e0, 0xb);
+        mmio_write(LAPIC + 0x320, (1 << 17) | TIMER_VECTOR as u32);
+        mmio_write(LAPIC + 0x380, period_ns as u32);
+    }
     // IOAPIC pin 1 (i8042 keyboard): fixed delivery to APIC 0, edge, active high.
     ioapic_write(0x10 + 2, KBD_VECTOR as u32);
     ioapic_write(0x10 + 2 + 1, 0);
