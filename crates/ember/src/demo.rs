@@ -270,7 +270,7 @@ pub fn summaries(prefix: &str, hs: &[HandoffTiming]) -> Vec<Summary> {
     let col = |f: fn(&HandoffTiming) -> Duration| hs.iter().map(f).collect::<Vec<_>>();
     [
         (
-            "acquire (validate, rename, resume, Reseed sent)",
+            "acquire (validate, rename, resume if paused, Reseed sent)",
             col(|h| h.acquire),
         ),
         ("agent connection for the tenant", col(|h| h.connect)),

@@ -7,12 +7,14 @@
 //! - [`template`]: boot the probe guest, wait for its agent, pause, snapshot: a stack's template.
 //! - [`agent`]: the pool's validator over the guest agent (Health after restore, Reseed at
 //!   handover) and the tenant-side agent connection.
+//! - [`memory`] and [`cpu`]: what a VMM process costs its host, from /proc.
 //! - [`stats`]: latency summaries (p50/p90/p99) as tables and JSON.
 //! - [`warm`]: a stack kept warm over real VMs, and the handoff of one VM to a tenant.
 //! - [`demo`] and [`bench`]: the two commands; [`ui`] is how they report progress.
 
 pub mod agent;
 pub mod bench;
+pub mod cpu;
 pub mod demo;
 pub mod host;
 pub mod memory;

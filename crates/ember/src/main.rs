@@ -46,8 +46,9 @@ struct Cli {
     /// The guest agent's vsock port.
     #[arg(long, global = true, default_value_t = DEFAULT_AGENT_PORT)]
     agent_port: u32,
-    /// How pooled VMs wait for their tenant: paused (no CPU) or running (no resume at handover).
-    #[arg(long, global = true, value_enum, default_value = "paused")]
+    /// How pooled VMs wait for their tenant: running (no resume at handover; the probe template
+    /// is tickless, so an idle running VM costs no CPU) or paused (no CPU whatever the guest).
+    #[arg(long, global = true, value_enum, default_value = "running")]
     pooled: Pooled,
     /// Log level for diagnostics on stderr.
     #[arg(long, global = true, default_value = "warn")]

@@ -22,16 +22,19 @@ pub type Pool = WarmPool<Arc<VmmProvider>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooled {
-    /// Paused: no CPU while waiting; handover resumes them (one more API call).
+    /// Paused: no CPU while waiting, whatever the guest does when idle; handover resumes
+    /// them (one more API call on the handoff path).
     Paused,
-    /// Running (idle in the guest): handover skips the resume; each costs its guest's timer
-    /// ticks while it waits.
+    /// Running, idle in the guest: handover skips the resume. Costs host CPU only if the
+    /// guest wakes itself while idle — the probe template is tickless, so none (`ember
+    /// bench density` shows it); a guest with a timer tick pays for each tick.
     Running,
 }
 
-/// The probe guest's command line for templates: a 10 Hz timer, so a VM idling in the pool or
-/// with its tenant costs little CPU.
-pub const PROBE_TEMPLATE_ARGS: &str = "ember.hz=10";
+/// The probe guest's command line for templates: no timer (tickless) and no console reports,
+/// so a VM idling in the pool or with its tenant, paused or running, costs its host no CPU
+/// (`ember bench density` measures it).
+pub const PROBE_TEMPLATE_ARGS: &str = "ember.hz=0 ember.report=0";
 
 /// What a warm stack needs.
 #[derive(Debug, Clone)]
@@ -333,7 +336,7 @@ pub struct Handoff {
 /// How long one handoff took, step by step.
 #[derive(Debug, Clone, Copy)]
 pub struct HandoffTiming {
-    /// The pool's acquire (validate, rename, resume, Reseed sent ahead).
+    /// The pool's acquire (validate, rename, resume if pooled paused, Reseed sent ahead).
     pub acquire: Duration,
     /// Getting the tenant its agent connection (the one kept from the handover's Reseed, or a
     /// new vsock handshake + Hello).

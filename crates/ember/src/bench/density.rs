@@ -1,6 +1,8 @@
-//! `ember bench density`: host memory of idle pooled VMs, from each VMM's /proc/<pid>/smaps —
-//! the VMM's own private pages (everything but guest memory), the guest pages it holds
-//! privately (what the guest touched since restore), and PSS.
+//! `ember bench density`: what idle pooled VMs cost their host. Memory from each VMM's
+//! /proc/<pid>/smaps — the VMM's own private pages (everything but guest memory), the guest
+//! pages it holds privately (what the guest touched since restore), and PSS; CPU from its
+//! threads' /proc schedstat over an idle window — time on a CPU and wake-ups per second (a
+//! paused VM, or a running one whose guest idles without a timer, should cost none).
 
 use std::time::Duration;
 
@@ -11,10 +13,30 @@ use super::{
     AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, Target, probe_stack,
     provider_err,
 };
+use crate::cpu::{CpuUse, cpu_use};
 use crate::memory::{VmmMemory, vmm_memory};
 use crate::session::Session;
 use crate::ui::Ui;
 use crate::warm::{PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack};
+
+/// How long idle VMs are watched for their CPU use.
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
+
+/// A per-VM rate: mean and worst.
+#[derive(Serialize)]
+struct PerVm {
+    mean: f64,
+    max: f64,
+}
+
+impl PerVm {
+    fn of(v: &[f64]) -> PerVm {
+        PerVm {
+            mean: v.iter().sum::<f64>() / v.len().max(1) as f64,
+            max: v.iter().copied().fold(0.0, f64::max),
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct Spread {
@@ -53,22 +75,31 @@ pub(super) fn run(
     // Let the pooled VMs sit idle for a moment before reading their memory.
     std::thread::sleep(Duration::from_secs(1));
     let provider = session.provider();
-    let measured: Result<Vec<VmmMemory>, BenchError> = (|| {
-        let mut out = Vec::new();
+    let measured: Result<(Vec<VmmMemory>, Vec<CpuUse>), BenchError> = (|| {
+        let mut pids = Vec::new();
         for vm in provider.list().map_err(provider_err("list"))? {
-            if vm.status != VmStatus::Paused || !vm.id.as_str().starts_with("warm-") {
-                continue;
-            }
-            let pid = provider.pid(&vm.id).map_err(provider_err("pid"))?;
-            let guest_kib = u64::from(stack.mem_size_mib()) * 1024;
-            if let Ok(m) = vmm_memory(pid, guest_kib) {
-                out.push(m);
+            let idle = matches!(vm.status, VmStatus::Paused | VmStatus::Running);
+            if idle && vm.id.as_str().starts_with("warm-") {
+                pids.push(provider.pid(&vm.id).map_err(provider_err("pid"))?);
             }
         }
-        Ok(out)
+        let before: Vec<Option<CpuUse>> = pids.iter().map(|&p| cpu_use(p).ok()).collect();
+        std::thread::sleep(IDLE_WINDOW);
+        let mut cpu = Vec::new();
+        for (&pid, before) in pids.iter().zip(before) {
+            if let (Some(before), Ok(after)) = (before, cpu_use(pid)) {
+                cpu.push(after.since(before));
+            }
+        }
+        let guest_kib = u64::from(stack.mem_size_mib()) * 1024;
+        let mems = pids
+            .iter()
+            .filter_map(|&pid| vmm_memory(pid, guest_kib).ok())
+            .collect();
+        Ok((mems, cpu))
     })();
     warm.shutdown();
-    let mems = measured?;
+    let (mems, cpu) = measured?;
     let mut report = BenchReport::new(BenchKind::Density);
     report.figure("idle_pooled_vms", mems.len());
     let vmm = spread(&mems, |m| m.vmm_private_kib);
@@ -77,6 +108,13 @@ pub(super) fn run(
     report.figure("guest_private", spread(&mems, |m| m.guest_private_kib));
     report.figure("process_private", spread(&mems, |m| m.private_kib));
     report.figure("process_pss", spread(&mems, |m| m.pss_kib));
+    let per_s = |v: u64| v as f64 / IDLE_WINDOW.as_secs_f64();
+    let cpu_us: Vec<f64> = cpu.iter().map(|c| per_s(c.run_ns) / 1e3).collect();
+    let wakeups: Vec<f64> = cpu.iter().map(|c| per_s(c.timeslices)).collect();
+    report.figure("pooled", opts.pooled);
+    report.figure("idle_window_s", IDLE_WINDOW.as_secs_f64());
+    report.figure("idle_cpu_us_per_s", PerVm::of(&cpu_us));
+    report.figure("idle_wakeups_per_s", PerVm::of(&wakeups));
     report.targets.push(Target::at_most(
         "host memory per idle pooled VM beyond guest-touched pages (worst VMM, private)",
         2.0,
