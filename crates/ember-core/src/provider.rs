@@ -68,6 +68,14 @@ pub trait VmProvider: Send + Sync {
     /// Resumes a `Paused` VM.
     fn resume(&self, id: &VmId) -> Result<VmView, VmError>;
 
+    /// Resumes a `Paused` VM for a caller whose next step proves it runs (a guest agent round
+    /// trip): a provider may return once the resume is on its way, before the VMM has
+    /// acknowledged it, and report a failed acknowledgement on the VM's next call. Same
+    /// checks and result as [`resume`](Self::resume), which is what it does by default.
+    fn resume_unacknowledged(&self, id: &VmId) -> Result<VmView, VmError> {
+        self.resume(id)
+    }
+
     /// Stops the guest; only destroy follows.
     fn stop(&self, id: &VmId) -> Result<VmView, VmError>;
 
@@ -139,6 +147,9 @@ macro_rules! forward_provider {
             }
             fn resume(&self, id: &VmId) -> Result<VmView, VmError> {
                 (**self).resume(id)
+            }
+            fn resume_unacknowledged(&self, id: &VmId) -> Result<VmView, VmError> {
+                (**self).resume_unacknowledged(id)
             }
             fn stop(&self, id: &VmId) -> Result<VmView, VmError> {
                 (**self).stop(id)

@@ -440,7 +440,8 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
         let mut view = entry.view.clone();
         view.id = tenant.id.clone();
         if needs_resume(&entry.view) {
-            match shared.provider.resume(&tenant.id) {
+            // The handover validation's agent call (or the tenant's first) proves the resume.
+            match shared.provider.resume_unacknowledged(&tenant.id) {
                 Ok(resumed) => view = resumed,
                 Err(e) => {
                     self.release_tenant_id(stack, &tenant.id, pooled);

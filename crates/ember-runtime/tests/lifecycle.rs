@@ -114,10 +114,22 @@ fn lifecycle(kind: Kind) {
         // Each copy continues the guest from the saved counter.
         assert!(wait_count_above(&p, id, saved) > saved);
     }
-    for id in &paused {
-        assert_eq!(p.resume(id).unwrap().status, VmStatus::Running);
-        wait_count_above(&p, id, saved);
-    }
+    assert_eq!(p.resume(&paused[0]).unwrap().status, VmStatus::Running);
+    wait_count_above(&p, &paused[0], saved);
+    // A resume whose acknowledgement is read by the VM's next call: the guest runs at once,
+    // the same transition rules hold, and the next call (pause) finds the API in step.
+    assert_eq!(
+        p.resume_unacknowledged(&paused[1]).unwrap().status,
+        VmStatus::Running
+    );
+    assert!(matches!(
+        p.resume_unacknowledged(&paused[1]).unwrap_err(),
+        VmError::InvalidTransition { .. }
+    ));
+    let counted = wait_count_above(&p, &paused[1], saved);
+    assert_eq!(p.pause(&paused[1]).unwrap().status, VmStatus::Paused);
+    assert_eq!(p.resume(&paused[1]).unwrap().status, VmStatus::Running);
+    wait_count_above(&p, &paused[1], counted);
     let slots: std::collections::HashSet<u64> = running
         .iter()
         .chain(&paused)

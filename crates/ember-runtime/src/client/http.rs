@@ -59,6 +59,16 @@ pub(crate) struct Target<'a> {
     pub timeout: Duration,
 }
 
+impl Target<'_> {
+    fn timed_out(&self) -> ClientError {
+        ClientError::Timeout {
+            method: self.method,
+            path: self.path.to_string(),
+            timeout: self.timeout,
+        }
+    }
+}
+
 fn remaining(deadline: Instant) -> Option<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     // A zero timeout means "block forever" to the socket API; never pass one.
@@ -105,27 +115,51 @@ impl Connection {
         deadline: Instant,
     ) -> Result<RawResponse, RoundTripError> {
         let reused = self.served > 0;
-        let timeout = || ClientError::Timeout {
-            method: target.method,
-            path: target.path.to_string(),
-            timeout: target.timeout,
-        };
-        let fail = |error: ClientError, stale: bool| RoundTripError { error, stale };
+        self.send(request, target, deadline)?;
+        self.receive(target, deadline, reused)
+    }
 
+    /// Whether this connection has served a request (a failure on it may be a dead
+    /// keep-alive connection).
+    pub fn reused(&self) -> bool {
+        self.served > 0
+    }
+
+    /// Writes `request` (a complete HTTP request) by `deadline`.
+    pub fn send(
+        &mut self,
+        request: &[u8],
+        target: Target<'_>,
+        deadline: Instant,
+    ) -> Result<(), RoundTripError> {
+        let reused = self.reused();
+        let fail = |error: ClientError, stale: bool| RoundTripError { error, stale };
         let Some(left) = remaining(deadline) else {
-            return Err(fail(timeout(), false));
+            return Err(fail(target.timed_out(), false));
         };
         self.stream
             .set_write_timeout(Some(left))
             .map_err(|source| fail(io_err("writing the request", source), false))?;
         if let Err(e) = self.stream.write_all(request) {
             if is_timeout(&e) {
-                return Err(fail(timeout(), false));
+                return Err(fail(target.timed_out(), false));
             }
             let stale = reused && is_broken(&e);
             return Err(fail(io_err("writing the request", e), stale));
         }
+        Ok(())
+    }
 
+    /// Reads the response to the request sent last, by `deadline`. `reused`: the connection
+    /// had served a request before that one.
+    pub fn receive(
+        &mut self,
+        target: Target<'_>,
+        deadline: Instant,
+        reused: bool,
+    ) -> Result<RawResponse, RoundTripError> {
+        let timeout = || target.timed_out();
+        let fail = |error: ClientError, stale: bool| RoundTripError { error, stale };
         let mut received = 0usize;
         loop {
             match parse_head(&self.buf) {

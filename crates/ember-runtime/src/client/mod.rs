@@ -80,6 +80,36 @@ impl Default for ClientTimeouts {
     }
 }
 
+fn encode_body<B: Serialize + ?Sized>(
+    path: &str,
+    body: Option<&B>,
+) -> Result<Option<Vec<u8>>, ClientError> {
+    body.map(serde_json::to_vec)
+        .transpose()
+        .map_err(|source| ClientError::Json {
+            what: "encoding the request",
+            path: path.to_string(),
+            source,
+        })
+}
+
+/// The body of a 2xx response; any other status becomes [`ClientError::Api`] with the
+/// server's `fault_message`.
+fn check_status(method: Method, path: &str, resp: RawResponse) -> Result<Vec<u8>, ClientError> {
+    if (200..300).contains(&resp.status) {
+        return Ok(resp.body);
+    }
+    let fault_message = serde_json::from_slice::<ApiErrorBody>(&resp.body)
+        .map(|b| b.fault_message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&resp.body).trim().to_string());
+    Err(ClientError::Api {
+        method: method.as_str(),
+        path: path.to_string(),
+        status: resp.status,
+        fault_message,
+    })
+}
+
 /// A Firecracker API client bound to one API socket.
 #[derive(Debug)]
 pub struct FirecrackerClient {
@@ -88,6 +118,18 @@ pub struct FirecrackerClient {
     timeouts: ClientTimeouts,
     /// Connections opened so far (1 for a client whose keep-alive connection never broke).
     connects: u64,
+    /// A request sent whose response has not been read yet ([`send_unacknowledged`]).
+    ///
+    /// [`send_unacknowledged`]: FirecrackerClient::send_unacknowledged
+    unread: Option<Unread>,
+}
+
+/// A request whose response is still to be read.
+#[derive(Debug, Clone, Copy)]
+struct Unread {
+    method: Method,
+    path: &'static str,
+    timeout: Duration,
 }
 
 impl FirecrackerClient {
@@ -98,6 +140,7 @@ impl FirecrackerClient {
             conn: None,
             timeouts,
             connects: 0,
+            unread: None,
         }
     }
 
@@ -133,6 +176,88 @@ impl FirecrackerClient {
     /// Drops the connection; the next call opens a new one.
     pub fn disconnect(&mut self) {
         self.conn = None;
+        self.unread = None;
+    }
+
+    /// Whether a request sent with [`send_unacknowledged`](Self::send_unacknowledged) still
+    /// has its response unread.
+    pub fn has_unread(&self) -> bool {
+        self.unread.is_some()
+    }
+
+    /// Sends a request without waiting for its response: the caller goes on at once, and the
+    /// response is read — and an error status reported — by
+    /// [`acknowledge`](Self::acknowledge) or before this client's next call. For a request
+    /// whose effect the caller proves another way (a resume, proven by the guest answering).
+    pub fn send_unacknowledged<B: Serialize + ?Sized>(
+        &mut self,
+        method: Method,
+        path: &'static str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        self.acknowledge()?;
+        let encoded = encode_body(path, body)?;
+        let bytes = build_request(method.as_str(), path, encoded.as_deref());
+        let target = Target {
+            method: method.as_str(),
+            path,
+            timeout,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut retried = false;
+        loop {
+            let mut conn = match self.conn.take() {
+                Some(c) => c,
+                None => {
+                    let c = Connection::connect(&self.socket)?;
+                    self.connects += 1;
+                    c
+                }
+            };
+            match conn.send(&bytes, target, deadline) {
+                Ok(()) => {
+                    self.conn = Some(conn);
+                    self.unread = Some(Unread {
+                        method,
+                        path,
+                        timeout,
+                    });
+                    return Ok(());
+                }
+                Err(e) if e.stale && !retried => {
+                    tracing::debug!(socket = %self.socket.display(), error = %e.error,
+                        "keep-alive API connection was dead; reconnecting once");
+                    retried = true;
+                }
+                Err(e) => return Err(e.error),
+            }
+        }
+    }
+
+    /// Reads the response to the request sent with
+    /// [`send_unacknowledged`](Self::send_unacknowledged), if any, and turns an error status
+    /// into [`ClientError::Api`] naming that request.
+    pub fn acknowledge(&mut self) -> Result<(), ClientError> {
+        let Some(unread) = self.unread.take() else {
+            return Ok(());
+        };
+        let target = Target {
+            method: unread.method.as_str(),
+            path: unread.path,
+            timeout: unread.timeout,
+        };
+        let Some(mut conn) = self.conn.take() else {
+            return Err(ClientError::Closed { received: 0 });
+        };
+        // Sent on this connection already: a dead connection now is not safe to retry.
+        let resp = conn
+            .receive(target, Instant::now() + unread.timeout, false)
+            .map_err(|e| e.error)?;
+        if !resp.close {
+            self.conn = Some(conn);
+        }
+        check_status(unread.method, unread.path, resp).map(drop)
     }
 
     /// Sends one request and returns the raw response, whatever its status.
@@ -143,6 +268,7 @@ impl FirecrackerClient {
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<RawResponse, ClientError> {
+        self.acknowledge()?;
         let deadline = Instant::now() + timeout;
         let bytes = build_request(method.as_str(), path, body);
         let target = Target {
@@ -188,27 +314,9 @@ impl FirecrackerClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<Vec<u8>, ClientError> {
-        let encoded =
-            body.map(serde_json::to_vec)
-                .transpose()
-                .map_err(|source| ClientError::Json {
-                    what: "encoding the request",
-                    path: path.to_string(),
-                    source,
-                })?;
+        let encoded = encode_body(path, body)?;
         let resp = self.request(method, path, encoded.as_deref(), timeout)?;
-        if (200..300).contains(&resp.status) {
-            return Ok(resp.body);
-        }
-        let fault_message = serde_json::from_slice::<ApiErrorBody>(&resp.body)
-            .map(|b| b.fault_message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&resp.body).trim().to_string());
-        Err(ClientError::Api {
-            method: method.as_str(),
-            path: path.to_string(),
-            status: resp.status,
-            fault_message,
-        })
+        check_status(method, path, resp)
     }
 
     fn get_json<R: DeserializeOwned>(&mut self, path: &str) -> Result<R, ClientError> {
@@ -367,6 +475,16 @@ impl FirecrackerClient {
     /// `PATCH /vm {"state": "Resumed"}`.
     pub fn resume(&mut self) -> Result<(), ClientError> {
         self.patch_vm(VmState::Resumed)
+    }
+
+    /// `PATCH /vm {"state": "Resumed"}` without waiting for the answer (see
+    /// [`send_unacknowledged`](Self::send_unacknowledged)).
+    pub fn resume_unacknowledged(&mut self) -> Result<(), ClientError> {
+        let t = self.timeouts.default;
+        let body = Vm {
+            state: VmState::Resumed,
+        };
+        self.send_unacknowledged(Method::Patch, "/vm", Some(&body), t)
     }
 
     /// `PUT /snapshot/create` (the VM must be paused).

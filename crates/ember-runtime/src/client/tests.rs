@@ -257,3 +257,71 @@ fn path_segments_are_encoded() {
     assert_eq!(encode_segment("rootfs"), "rootfs");
     assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
 }
+
+#[test]
+fn an_unacknowledged_request_is_answered_before_the_next_call() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let (_d, path, conns) = serve(move |line, body| {
+        log.lock().unwrap().push(format!("{line} {body}"));
+        Some(NO_CONTENT.to_vec())
+    });
+    let mut c = client(&path);
+    for _ in 0..20 {
+        c.resume_unacknowledged().unwrap();
+        assert!(c.has_unread());
+        // The next call reads the pending answer first, then its own.
+        c.pause().unwrap();
+        assert!(!c.has_unread());
+    }
+    c.resume_unacknowledged().unwrap();
+    c.acknowledge().unwrap();
+    assert!(!c.has_unread());
+    c.acknowledge().unwrap();
+    assert_eq!(*conns.lock().unwrap(), 1);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 41);
+    assert!(
+        seen[0].starts_with("PATCH /vm ") && seen[0].contains("Resumed"),
+        "{seen:?}"
+    );
+    assert!(seen[1].contains("Paused"), "{seen:?}");
+}
+
+#[test]
+fn a_failed_unacknowledged_request_fails_the_next_call_naming_itself() {
+    let (_d, path, _) = serve(|line, _| {
+        if line.starts_with("PATCH /vm ") {
+            let err = r#"{"fault_message":"the microVM is not paused"}"#;
+            Some(
+                format!(
+                    "HTTP/1.1 400 \r\nConnection: keep-alive\r\nContent-Length: {}\r\n\r\n{err}",
+                    err.len()
+                )
+                .into_bytes(),
+            )
+        } else {
+            Some(NO_CONTENT.to_vec())
+        }
+    });
+    let mut c = client(&path);
+    c.resume_unacknowledged().unwrap();
+    let err = c.instance_start().unwrap_err();
+    assert_eq!(err.fault_message(), Some("the microVM is not paused"));
+    assert!(err.to_string().contains("PATCH /vm"), "{err}");
+    // Reported once: the connection is in step again and the next call is its own.
+    c.instance_start().unwrap();
+    assert!(c.is_connected());
+}
+
+#[test]
+fn an_unacknowledged_request_to_a_server_that_hangs_up_is_an_error_later() {
+    // Reads the request, then closes without answering.
+    let (_d, path, _) = serve(|_, _| None);
+    let mut c = client(&path);
+    c.resume_unacknowledged().unwrap();
+    let err = c.acknowledge().unwrap_err();
+    assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+    assert!(!c.has_unread());
+    assert!(!c.is_connected());
+}

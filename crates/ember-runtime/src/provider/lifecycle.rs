@@ -208,6 +208,17 @@ impl VmProvider for VmmProvider {
             .transition(Operation::Resume, id, VmStatus::Running, |c| c.resume())
     }
 
+    /// Writes `PATCH /vm` and returns without reading the answer; the VM's next API call reads
+    /// it first (a failed resume then fails that call, naming `PATCH /vm`). Saves the caller a
+    /// sleep and a wake-up, and lets the guest find host data sent meanwhile already pending
+    /// when its vCPU first runs.
+    fn resume_unacknowledged(&self, id: &VmId) -> Result<VmView, VmError> {
+        self.inner
+            .transition(Operation::Resume, id, VmStatus::Running, |c| {
+                c.resume_unacknowledged()
+            })
+    }
+
     fn stop(&self, id: &VmId) -> Result<VmView, VmError> {
         self.inner.stop_vm(id)
     }
