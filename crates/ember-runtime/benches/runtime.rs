@@ -108,10 +108,10 @@ fn settle(p: &VmmProvider, n: usize) {
     });
 }
 
-/// A quiet probe template (10 Hz timer, no console output), restoring paused.
+/// A quiet probe template (no timer, no console output), restoring paused.
 fn template(p: &VmmProvider, stack: &StackKey, sid: &str) -> SnapshotRef {
     let id = vm(&format!("tpl-{sid}"));
-    p.create_with_spec(&id, &probe_spec("ember.hz=10 ember.report=0"))
+    p.create_with_spec(&id, &probe_spec("ember.hz=0 ember.report=0"))
         .unwrap();
     p.start(&id).unwrap();
     wait_console(p, &id, "the probe ticking", 0, |l| {
