@@ -8,7 +8,7 @@ rustup target add x86_64-unknown-none >/dev/null
 
 # Debian packages the tests use (only when missing, so re-runs are quick):
 # iproute2 (`ip netns`, TAP devices for the net device tests), util-linux (`unshare` for the
-# no-KVM test).
+# no-KVM test; `setpriv`, which starts Firecracker-flavor VMMs with a parent-death signal).
 packages=(iproute2 util-linux)
 need=()
 for pkg in "${packages[@]}"; do

@@ -48,6 +48,7 @@
 //! - **Stop is a kill**: a VMM process does not restart a guest it stopped; the VM's files stay
 //!   until destroy.
 //! - **Capabilities**: no live network update yet (`update_network` is unsupported).
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod error;

@@ -2,8 +2,10 @@
 //! stderr (the VMM's log) going to files there, watched through a pidfd, killed through the
 //! same pidfd, and reaped exactly once (by the supervisor).
 //!
-//! Every VMM is spawned with `PR_SET_PDEATHSIG = SIGKILL`, so if the process that owns the
-//! provider dies without shutting it down, its VMMs die with it. The parent-death signal fires
+//! Every VMM is spawned with `PR_SET_PDEATHSIG = SIGKILL` (ember-vmm sets it itself given
+//! `--parent-pid`; others start through `setpriv --pdeathsig`, see [`ParentDeath`]), so if the
+//! process that owns the provider dies without shutting it down, its VMMs die with it. The
+//! parent-death signal fires
 //! when the *thread* that spawned the child exits, so only the provider's long-lived spawner
 //! thread spawns VMMs (see the `spares` module).
 //!
@@ -16,7 +18,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -157,9 +158,19 @@ pub enum ParentDeath {
     /// fork and exec, so the standard library uses `posix_spawn` (`vfork` semantics): no
     /// copy of the owner's page tables, no copy-on-write faults in the owner's other threads.
     Flag,
-    /// For VMMs without such a flag (Firecracker): set the signal between fork and exec.
-    PreExec,
+    /// For VMMs without such a flag (Firecracker): started through util-linux's
+    /// `setpriv --pdeathsig KILL`, which sets the signal and execs a shell that checks its
+    /// parent is still the owner (the owner may have died before the signal was set) and
+    /// execs the VMM — all in the one process the owner spawned, with no code of ours
+    /// between fork and exec.
+    Launcher,
 }
+
+/// The launcher for [`ParentDeath::Launcher`].
+const SETPRIV: &str = "setpriv";
+
+/// Run by `sh -c` under `setpriv`: `$0` is the owner's pid, `"$@"` the VMM command.
+const OWNER_CHECK: &str = r#"[ "$PPID" = "$0" ] || { echo "ember: owner $0 is gone; not starting $1" >&2; exit 70; }; exec "$@""#;
 
 impl VmmProcess {
     /// Spawns `binary --api-sock <slot>/api.sock --id <instance_id> <extra args>` with stdin
@@ -175,7 +186,17 @@ impl VmmProcess {
     ) -> Result<VmmProcess, ProcessError> {
         let stdout = log_file(&paths.console_log)?;
         let stderr = log_file(&paths.vmm_log)?;
-        let mut cmd = Command::new(binary);
+        let owner = std::process::id().to_string();
+        let (mut cmd, started) = match parent_death {
+            ParentDeath::Flag => (Command::new(binary), binary.to_path_buf()),
+            ParentDeath::Launcher => {
+                let mut c = Command::new(SETPRIV);
+                c.args(["--pdeathsig", "KILL", "--", "/bin/sh", "-c", OWNER_CHECK])
+                    .arg(&owner)
+                    .arg(binary);
+                (c, PathBuf::from(SETPRIV))
+            }
+        };
         cmd.arg("--api-sock")
             .arg(&paths.api_sock)
             .arg("--id")
@@ -185,28 +206,12 @@ impl VmmProcess {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        let parent = std::process::id();
-        match parent_death {
-            ParentDeath::Flag => {
-                cmd.arg("--parent-pid").arg(parent.to_string());
-            }
-            // SAFETY: the closure runs in the forked child before exec and only makes
-            // async-signal-safe system calls (prctl, getppid); it allocates nothing.
-            ParentDeath::PreExec => unsafe {
-                cmd.pre_exec(move || {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-                    // The parent may have died between fork and prctl: then nobody kills us.
-                    if libc::getppid() as u32 != parent {
-                        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                    }
-                    Ok(())
-                });
-            },
+        if parent_death == ParentDeath::Flag {
+            cmd.arg("--parent-pid").arg(&owner);
         }
         let spawned_at = Instant::now();
         let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
-            binary: binary.to_path_buf(),
+            binary: started,
             source,
         })?;
         let pid = child.id();
@@ -366,5 +371,44 @@ impl VmmProcess {
         };
         self.set_exit(info);
         Ok(Some(info))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(owner: &str, cmd: &[&str]) -> std::process::Output {
+        Command::new(SETPRIV)
+            .args([
+                "--pdeathsig",
+                "KILL",
+                "--",
+                "/bin/sh",
+                "-c",
+                OWNER_CHECK,
+                owner,
+            ])
+            .args(cmd)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_launcher_execs_the_vmm_only_for_its_owner() {
+        // Spawned by this process: the check passes and the command runs with its arguments.
+        let me = std::process::id().to_string();
+        let out = launch(&me, &["/bin/echo", "a b", "c"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(out.stdout, b"a b c\n");
+        // An owner that is not the parent (it died and the child was re-parented): refused.
+        let out = launch("1", &["/bin/echo", "never"]);
+        assert_eq!(out.status.code(), Some(70), "{out:?}");
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("owner 1 is gone; not starting /bin/echo"),
+            "{err}"
+        );
     }
 }

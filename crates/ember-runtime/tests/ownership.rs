@@ -49,16 +49,30 @@ fn snapshots_survive_a_provider_restart() {
 }
 
 const CHILD_ROOT: &str = "EMBER_RUNTIME_TEST_CHILD_ROOT";
+const CHILD_KIND: &str = "EMBER_RUNTIME_TEST_CHILD_KIND";
 
+/// ember-vmm arranges its own parent-death signal (`--parent-pid`).
 #[test]
 fn vmms_die_with_their_owner() {
+    die_with_owner("vmms_die_with_their_owner", Kind::EmberVmm);
+}
+
+/// A Firecracker-style VMM gets it from the `setpriv` launcher.
+#[test]
+fn firecracker_style_vmms_die_with_their_owner() {
+    die_with_owner(
+        "firecracker_style_vmms_die_with_their_owner",
+        Kind::FirecrackerStyle,
+    );
+}
+
+fn die_with_owner(test: &str, kind: Kind) {
     if let Some(root) = std::env::var_os(CHILD_ROOT) {
+        if std::env::var(CHILD_KIND).ok().as_deref() != Some(&format!("{kind:?}")) {
+            return;
+        }
         // The child: start VMs, say which processes exist, and die without cleaning up.
-        let p = provider(
-            std::path::Path::new(&root),
-            flavor(Kind::EmberVmm).unwrap(),
-            2,
-        );
+        let p = provider(std::path::Path::new(&root), flavor(kind).unwrap(), 2);
         for i in 0..2 {
             let id = vm(&format!("orphan-{i}"));
             p.create_with_spec(&id, &probe_spec("ember.report=10"))
@@ -76,8 +90,9 @@ fn vmms_die_with_their_owner() {
     }
     let dir = short_tempdir();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "vmms_die_with_their_owner", "--nocapture"])
+        .args(["--exact", test, "--nocapture"])
         .env(CHILD_ROOT, dir.path())
+        .env(CHILD_KIND, format!("{kind:?}"))
         .env("EMBER_VMM_BIN", vmm_bin())
         .stdout(Stdio::piped())
         .spawn()
@@ -97,7 +112,7 @@ fn vmms_die_with_their_owner() {
     // The next provider on the root clears what the dead one left.
     let root = dir.path().join("root");
     assert!(root.join("vms/orphan-0").exists());
-    let p = provider(dir.path(), flavor(Kind::EmberVmm).unwrap(), 1);
+    let p = provider(dir.path(), flavor(kind).unwrap(), 1);
     assert_eq!(std::fs::read_dir(root.join("vms")).unwrap().count(), 0);
     assert!(p.list().unwrap().is_empty());
     shutdown_and_check(&p);

@@ -194,7 +194,7 @@ impl VmmProvider {
                 client_timeouts: config.timeouts.client,
                 parent_death: match &config.flavor {
                     Flavor::EmberVmm { .. } => crate::process::ParentDeath::Flag,
-                    Flavor::Firecracker { .. } => crate::process::ParentDeath::PreExec,
+                    Flavor::Firecracker { .. } => crate::process::ParentDeath::Launcher,
                 },
             },
             Arc::clone(&layout),
