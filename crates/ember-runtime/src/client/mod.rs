@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use error::ClientError;
-use http::{Connection, RawResponse, Target, build_request};
+use http::{Connection, RawResponse, RoundTripError, Target, build_request};
 use models::{
     ActionType, ApiErrorBody, BootSource, Drive, EntropyDevice, FirecrackerVersion,
     InstanceActionInfo, InstanceInfo, Logger, MachineConfiguration, MachineConfigurationUpdate,
@@ -205,34 +205,13 @@ impl FirecrackerClient {
             timeout,
         };
         let deadline = Instant::now() + timeout;
-        let mut retried = false;
-        loop {
-            let mut conn = match self.conn.take() {
-                Some(c) => c,
-                None => {
-                    let c = Connection::connect(&self.socket)?;
-                    self.connects += 1;
-                    c
-                }
-            };
-            match conn.send(&bytes, target, deadline) {
-                Ok(()) => {
-                    self.conn = Some(conn);
-                    self.unread = Some(Unread {
-                        method,
-                        path,
-                        timeout,
-                    });
-                    return Ok(());
-                }
-                Err(e) if e.stale && !retried => {
-                    tracing::debug!(socket = %self.socket.display(), error = %e.error,
-                        "keep-alive API connection was dead; reconnecting once");
-                    retried = true;
-                }
-                Err(e) => return Err(e.error),
-            }
-        }
+        self.on_connection(|conn| conn.send(&bytes, target, deadline).map(|()| ((), true)))?;
+        self.unread = Some(Unread {
+            method,
+            path,
+            timeout,
+        });
+        Ok(())
     }
 
     /// Reads the response to the request sent with
@@ -276,6 +255,22 @@ impl FirecrackerClient {
             path,
             timeout,
         };
+        self.on_connection(|conn| {
+            // Keep the connection unless the server said it closes it.
+            conn.round_trip(&bytes, target, deadline).map(|resp| {
+                let keep = !resp.close;
+                (resp, keep)
+            })
+        })
+    }
+
+    /// Runs `f` on the open connection (opening one if needed) and keeps the connection if
+    /// `f` says so. A connection `f` fails on is dropped (its state is unknown); a dead
+    /// keep-alive connection is replaced and `f` retried once.
+    fn on_connection<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Connection) -> Result<(T, bool), RoundTripError>,
+    ) -> Result<T, ClientError> {
         let mut retried = false;
         loop {
             let mut conn = match self.conn.take() {
@@ -286,15 +281,13 @@ impl FirecrackerClient {
                     c
                 }
             };
-            match conn.round_trip(&bytes, target, deadline) {
-                Ok(resp) => {
-                    // Keep the connection unless the server said it closes it.
-                    if !resp.close {
+            match f(&mut conn) {
+                Ok((out, keep)) => {
+                    if keep {
                         self.conn = Some(conn);
                     }
-                    return Ok(resp);
+                    return Ok(out);
                 }
-                // A failed connection is dropped: its state is unknown.
                 Err(e) if e.stale && !retried => {
                     tracing::debug!(socket = %self.socket.display(), error = %e.error,
                         "keep-alive API connection was dead; reconnecting once");
