@@ -9,11 +9,11 @@ use std::time::Duration;
 use ember_core::StackKey;
 use serde::Serialize;
 
-use crate::session::{Leftovers, Session, SessionError};
 use crate::stats::Summary;
-use crate::template::TemplateReport;
-use crate::ui::Ui;
-use crate::warm::{
+use ember_host::session::{Leftovers, Session, SessionError};
+use ember_host::template::TemplateReport;
+use ember_host::ui::Ui;
+use ember_host::warm::{
     Handoff, HandoffError, HandoffTiming, PROBE_TEMPLATE_ARGS, WarmError, WarmOptions, WarmStack,
 };
 
@@ -35,7 +35,7 @@ pub struct DemoOptions {
     /// Warm pool depth.
     pub depth: usize,
     /// How pooled VMs wait.
-    pub pooled: crate::warm::Pooled,
+    pub pooled: ember_host::warm::Pooled,
 }
 
 /// Pool counters at the end of the demo.
@@ -135,7 +135,7 @@ pub fn run(opts: &DemoOptions, ui: &dyn Ui) -> Result<DemoReport, DemoError> {
 fn run_in(session: &Session, opts: &DemoOptions, ui: &dyn Ui) -> Result<DemoReport, DemoError> {
     let stack = StackKey::new("probe", "1", 1, 128).map_err(|e| {
         DemoError::Warm(WarmError::Template(
-            crate::template::TemplateError::Provider {
+            ember_host::template::TemplateError::Provider {
                 step: "naming",
                 source: e,
             },
@@ -199,7 +199,7 @@ fn phases(
             })?;
         seq.push(h);
         ui.progress(i as u64 + 1);
-        let _ = warm.wait_full(&crate::ui::Quiet, Duration::from_secs(30));
+        let _ = warm.wait_full(&ember_host::ui::Quiet, Duration::from_secs(30));
     }
     let sample = seq.first().map(|h| h.output.clone()).unwrap_or_default();
     ui.finish(&format!("{} handoffs", seq.len()));
@@ -209,7 +209,7 @@ fn phases(
         &format!("handing {} VMs to tenants at once", opts.concurrent),
         Some(opts.concurrent as u64),
     );
-    let _ = warm.wait_full(&crate::ui::Quiet, Duration::from_secs(30));
+    let _ = warm.wait_full(&ember_host::ui::Quiet, Duration::from_secs(30));
     session.settle(Duration::from_secs(10));
     let barrier = Barrier::new(opts.concurrent);
     let done = Mutex::new(0u64);

@@ -19,8 +19,8 @@ use ember::bench::Acquirers;
 use ember::bench::{self, BenchKind, BenchOptions, BenchReport};
 use ember::demo::{self, DemoOptions, DemoReport};
 use ember::output::latency_table;
-use ember::ui::Ui;
-use ember::warm::Pooled;
+use ember_host::ui::Ui;
+use ember_host::warm::Pooled;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The probe guest's agent port.
@@ -48,7 +48,7 @@ struct Cli {
     agent_port: u32,
     /// How pooled VMs wait for their tenant: running (no resume at handover; the probe template
     /// is tickless, so an idle running VM costs no CPU) or paused (no CPU whatever the guest).
-    #[arg(long, global = true, value_enum, default_value = "running")]
+    #[arg(long, global = true, default_value = "running")]
     pooled: Pooled,
     /// Log level for diagnostics on stderr.
     #[arg(long, global = true, default_value = "warn")]
@@ -154,13 +154,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    ember::host::check_kvm()?;
+    ember_host::host::check_kvm()?;
     let ui = Bars {
         current: Mutex::new(None),
     };
     let vmm = match &cli.vmm {
         Some(p) => p.clone(),
-        None => ember::host::vmm_binary(|| ui.stage("building ember-vmm (first run)", None))?,
+        None => ember_host::host::vmm_binary(|| ui.stage("building ember-vmm (first run)", None))?,
     };
     ui.finish(&format!("using {}", vmm.display()));
     let kernel = ember_probe_image::probe_elf_path().to_path_buf();

@@ -7,10 +7,10 @@ use ember_core::{VmId, VmProvider};
 use super::{
     AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, probe_stack, provider_err,
 };
-use crate::agent::{self, AgentError};
-use crate::session::Session;
 use crate::stats::Summary;
-use crate::ui::Ui;
+use ember_host::agent::{self, AgentError};
+use ember_host::session::Session;
+use ember_host::ui::Ui;
 
 pub(super) fn run(
     session: &Session,
@@ -19,7 +19,7 @@ pub(super) fn run(
 ) -> Result<BenchReport, BenchError> {
     let provider = session.provider();
     let _stack = probe_stack();
-    let spec = crate::template::boot_spec(&super::probe_template_spec(opts));
+    let spec = ember_host::template::boot_spec(&super::probe_template_spec(opts));
     let mut create_start = Vec::new();
     let mut to_agent = Vec::new();
     ui.stage("booting probe guests", Some(opts.iterations as u64));

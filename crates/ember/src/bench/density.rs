@@ -13,11 +13,11 @@ use super::{
     AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, Target, probe_stack,
     provider_err,
 };
-use crate::cpu::{CpuUse, cpu_use};
-use crate::memory::{VmmMemory, vmm_memory};
-use crate::session::Session;
-use crate::ui::Ui;
-use crate::warm::{PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack};
+use ember_host::cpu::{CpuUse, cpu_use};
+use ember_host::memory::{VmmMemory, vmm_memory};
+use ember_host::session::Session;
+use ember_host::ui::Ui;
+use ember_host::warm::{PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack};
 
 /// How long idle VMs are watched for their CPU use.
 const IDLE_WINDOW: Duration = Duration::from_secs(2);

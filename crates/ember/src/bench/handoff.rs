@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use super::{AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, Target, probe_stack};
 use crate::demo::summaries;
-use crate::session::Session;
-use crate::ui::{Quiet, Ui};
-use crate::warm::{
+use ember_host::session::Session;
+use ember_host::ui::{Quiet, Ui};
+use ember_host::warm::{
     Handoff, HandoffError, HandoffTiming, PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack,
 };
 

@@ -16,11 +16,11 @@ use std::time::Duration;
 use ember_core::{StackKey, VmError};
 use serde::Serialize;
 
-use crate::session::{Leftovers, Session, SessionError};
 use crate::stats::Summary;
-use crate::template::TemplateError;
-use crate::ui::Ui;
-use crate::warm::{HandoffError, WarmError};
+use ember_host::session::{Leftovers, Session, SessionError};
+use ember_host::template::TemplateError;
+use ember_host::ui::Ui;
+use ember_host::warm::{HandoffError, WarmError};
 
 /// Which benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -56,7 +56,7 @@ pub struct BenchOptions {
     /// VMs for the density benchmark.
     pub vms: usize,
     /// How pooled VMs wait (acquire, density).
-    pub pooled: crate::warm::Pooled,
+    pub pooled: ember_host::warm::Pooled,
     /// Aggregate handoff rate of the paced phase of the acquire benchmark, per second.
     pub rate: u32,
     /// Which threads acquire in the acquire benchmark's bursts.
@@ -149,7 +149,7 @@ pub enum BenchError {
     Handoff(#[from] Box<HandoffError>),
     /// The agent could not be reached.
     #[error("the agent failed")]
-    Agent(#[from] crate::agent::AgentError),
+    Agent(#[from] ember_host::agent::AgentError),
     /// Something was left behind.
     #[error("the benchmark left {} VMM process(es) and {} file(s) behind", .0.processes.len(), .0.files.len())]
     Leaked(Leftovers),
@@ -245,11 +245,11 @@ pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchRep
 }
 
 /// What every benchmark boots: the probe guest on [`probe_stack`] with the template arguments.
-fn probe_template_spec(opts: &BenchOptions) -> crate::template::TemplateSpec {
-    crate::template::TemplateSpec {
+fn probe_template_spec(opts: &BenchOptions) -> ember_host::template::TemplateSpec {
+    ember_host::template::TemplateSpec {
         stack: probe_stack(),
         kernel: opts.kernel.clone(),
-        boot_args: Some(crate::warm::PROBE_TEMPLATE_ARGS.to_string()),
+        boot_args: Some(ember_host::warm::PROBE_TEMPLATE_ARGS.to_string()),
         agent_port: opts.agent_port,
         boot_timeout: std::time::Duration::from_secs(30),
     }
@@ -263,7 +263,7 @@ fn probe_template(
     name: &str,
 ) -> Result<ember_core::SnapshotRef, BenchError> {
     ui.stage("building the template snapshot", None);
-    let (snap, _) = crate::template::build(
+    let (snap, _) = ember_host::template::build(
         session.provider(),
         &probe_template_spec(opts),
         ember_core::SnapshotId::new(name).map_err(provider_err("naming"))?,

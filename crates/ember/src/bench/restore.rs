@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use ember_core::{VmId, VmProvider, VmSpec};
 
 use super::{BenchError, BenchKind, BenchOptions, BenchReport, Target, provider_err};
-use crate::session::Session;
 use crate::stats::Summary;
-use crate::ui::Ui;
+use ember_host::session::Session;
+use ember_host::ui::Ui;
 
 pub(super) fn run(
     session: &Session,

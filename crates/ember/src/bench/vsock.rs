@@ -8,10 +8,10 @@ use ember_agent_proto::Exec;
 use ember_core::{VmId, VmProvider, VmSpec};
 
 use super::{AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, provider_err};
-use crate::agent::{self, AgentError};
-use crate::session::Session;
 use crate::stats::Summary;
-use crate::ui::Ui;
+use ember_host::agent::{self, AgentError};
+use ember_host::session::Session;
+use ember_host::ui::Ui;
 
 pub(super) fn run(
     session: &Session,

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use ember::session::Session;
-use ember::ui::Quiet;
-use ember::warm::{PROBE_TEMPLATE_ARGS, Pooled, WarmOptions, WarmStack};
 use ember_core::StackKey;
+use ember_host::session::Session;
+use ember_host::ui::Quiet;
+use ember_host::warm::{PROBE_TEMPLATE_ARGS, Pooled, WarmOptions, WarmStack};
 
 #[test]
 fn a_stack_that_fails_after_its_template_leaves_nothing() {
