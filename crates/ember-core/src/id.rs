@@ -125,6 +125,19 @@ validated_id!(
     "snapshot_id"
 );
 
+validated_id!(
+    /// The identity of a tenant's sandbox. Its VM carries the same id ([`SandboxId::vm_id`]).
+    SandboxId,
+    "sandbox_id"
+);
+
+impl SandboxId {
+    /// The id of the sandbox's VM: the same text (a warm VM is renamed to it at handover).
+    pub fn vm_id(&self) -> VmId {
+        VmId(self.0.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

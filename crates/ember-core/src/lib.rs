@@ -7,6 +7,10 @@
 //! - The traits [`VmProvider`] (lifecycle) and [`VmQuery`] (views).
 //! - One error type, [`VmError`]: not found, already exists, invalid transition, invalid state,
 //!   invalid spec, provider failure (with its source), unsupported.
+//! - The host's records, shared by the runtime, the store and the daemon so there is one
+//!   vocabulary: [`SnapshotInfo`] (a snapshot's catalog entry), [`VmRecord`] (a live VM and its
+//!   VMM process, enough to re-adopt it after a daemon restart), [`Template`] /
+//!   [`TemplateSpec`], [`PoolSpec`], [`Sandbox`] (a tenant's VM, its labels, env and deadline).
 //! - [`InMemoryVmProvider`]: the full lifecycle state machine without any VM behind it, with
 //!   deterministic fault injection, for testing the pool and everything above it.
 //!
@@ -21,19 +25,31 @@
 pub mod error;
 pub mod id;
 pub mod in_memory;
+pub mod pool_spec;
+pub mod process;
 pub mod provider;
 pub mod rate_limiter;
+pub mod sandbox;
 pub mod snapshot;
+pub mod snapshot_info;
 pub mod spec;
 pub mod stack;
+pub mod template;
 pub mod view;
+pub mod vm_record;
 
 pub use error::{BoxError, Operation, ResourceKind, VmError, error_chain};
-pub use id::{SnapshotId, VmId};
+pub use id::{SandboxId, SnapshotId, VmId};
 pub use in_memory::{FaultPlan, Gate, InMemoryVmProvider};
+pub use pool_spec::{PoolSpec, Pooled};
+pub use process::ProcessIdentity;
 pub use provider::{Capabilities, SnapshotRequest, VmProvider, VmQuery};
 pub use rate_limiter::{RateLimiter, TokenBucket};
+pub use sandbox::{EndCause, Sandbox, SandboxEnd, SandboxStart, SandboxState};
 pub use snapshot::{NetworkOverride, SnapshotRef, VsockOverride};
+pub use snapshot_info::SnapshotInfo;
 pub use spec::{DriveSpec, MacAddr, NetworkInterface, VmSpec, VsockSpec};
 pub use stack::StackKey;
+pub use template::{GuestSpec, Template, TemplateBuild, TemplateName, TemplateSpec, TemplateState};
 pub use view::{VmStatus, VmView};
+pub use vm_record::{VmOwner, VmProcess, VmRecord};

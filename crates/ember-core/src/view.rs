@@ -108,6 +108,26 @@ pub mod unix_millis {
     }
 }
 
+/// Serializes an `Option<SystemTime>` as integer milliseconds since the Unix epoch (or null).
+pub mod opt_unix_millis {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes `t` as milliseconds since the epoch, `None` as null.
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::unix_millis::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserializes milliseconds since the epoch, or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

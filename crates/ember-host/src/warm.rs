@@ -18,40 +18,7 @@ use crate::ui::Ui;
 /// The pool type ember runs over real VMs.
 pub type Pool = WarmPool<Arc<VmmProvider>>;
 
-/// How pooled VMs wait for their tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooled {
-    /// Paused: no CPU while waiting, whatever the guest does when idle; handover resumes
-    /// them (one more API call on the handoff path).
-    Paused,
-    /// Running, idle in the guest: handover skips the resume. Costs host CPU only if the
-    /// guest wakes itself while idle — the probe template is tickless, so none (`ember
-    /// bench density` shows it); a guest with a timer tick pays for each tick.
-    Running,
-}
-
-impl std::str::FromStr for Pooled {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "paused" => Ok(Pooled::Paused),
-            "running" => Ok(Pooled::Running),
-            other => Err(format!(
-                "{other:?} is not a pooled state; use running or paused"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Pooled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Pooled::Paused => "paused",
-            Pooled::Running => "running",
-        })
-    }
-}
+pub use ember_core::Pooled;
 
 /// The probe guest's command line for templates: no timer (tickless) and no console reports,
 /// so a VM idling in the pool or with its tenant, paused or running, costs its host no CPU

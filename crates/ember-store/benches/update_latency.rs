@@ -1,6 +1,7 @@
-//! Benchmark of ember-store with fsync on (`synchronous=FULL`, WAL): latency percentiles and
-//! throughput of `update` (one load-modify-write transaction), `save` with a network allocation,
-//! `remove`, `load`, and `update` with two connections writing at once. Prints one JSON object.
+//! Benchmark of ember-store (WAL): latency percentiles and throughput of a sandbox `update` (one
+//! load-modify-write transaction) at both durabilities — fsynced (`Full`) and crash-safe for the
+//! process (`Process`, no fsync) — an insert with a network allocation, `remove`, `load`, and
+//! updates from two connections at once. Prints one JSON object with the CPU model and kernel.
 //!
 //! `cargo bench -p ember-store --bench update_latency` runs the full measurement; without
 //! `--bench` (as under `cargo test --all-targets`) it runs a short smoke pass. The database lives
@@ -12,11 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ember_core::VmId;
-use ember_store::{
-    Machine, MachineName, MachineState, NetworkRequest, ProcessIdentity, Store, StoreConfig,
-    StoreError,
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use ember_core::{
+    Sandbox, SandboxId, SandboxState, SnapshotId, SnapshotInfo, StackKey, Template, TemplateName,
+    TemplateSpec, TemplateState,
 };
+use ember_store::{Durability, Store, StoreConfig, StoreError};
 use serde_json::{Value, json};
 
 /// Latency samples of one operation.
@@ -50,18 +54,72 @@ fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn name(i: usize) -> MachineName {
-    MachineName::new(format!("bench-{i}")).unwrap_or_else(|e| panic!("{e}"))
+fn stack() -> StackKey {
+    StackKey::new("bench", "v1", 1, 128).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn machine(i: usize) -> Machine {
-    let vm = VmId::new(format!("vm-bench-{i}")).unwrap_or_else(|e| panic!("{e}"));
-    let mut m = Machine::new(vm, 2, 256);
-    m.kernel = Some("/var/lib/ember/vmlinux".into());
-    m.cmdline = Some("console=ttyS0 reboot=k panic=1 pci=off".into());
-    m.api_socket = Some(format!("/run/ember/bench-{i}/api.sock").into());
-    m.console_log = Some(format!("/run/ember/bench-{i}/console.log").into());
-    m
+fn seed(store: &Store) {
+    let snap = SnapshotInfo {
+        snapshot_id: SnapshotId::new("tpl-bench").unwrap_or_else(|e| panic!("{e}")),
+        stack: Some(stack()),
+        state_path: "/var/lib/ember/snapshots/tpl-bench/state".into(),
+        mem_path: "/var/lib/ember/snapshots/tpl-bench/mem".into(),
+        provider: "ember-vmm".into(),
+        vmm_version: "0.1.0".into(),
+        vcpu_count: 1,
+        mem_size_mib: 128,
+        state_len: 20_480,
+        state_crc32: 1,
+        mem_len: 128 << 20,
+        vsock_cid: Some(3),
+        network_interfaces: vec![],
+        source_vm: None,
+        created_at: SystemTime::now(),
+    };
+    let template = Template {
+        name: TemplateName::new("bench").unwrap_or_else(|e| panic!("{e}")),
+        spec: TemplateSpec::probe(),
+        stack: stack(),
+        state: TemplateState::Ready,
+        snapshot: Some(snap.snapshot_id.clone()),
+        error: None,
+        build: None,
+        created_at: SystemTime::now(),
+    };
+    store
+        .write::<_, StoreError>("seed", Durability::Full, |tx| {
+            tx.insert(&snap)?;
+            tx.insert(&template)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn id(i: usize) -> String {
+    format!("bench-{i}")
+}
+
+fn sandbox(i: usize) -> Sandbox {
+    Sandbox {
+        id: SandboxId::new(id(i)).unwrap_or_else(|e| panic!("{e}")),
+        template: TemplateName::new("bench").unwrap_or_else(|e| panic!("{e}")),
+        stack: stack(),
+        state: SandboxState::Running,
+        labels: BTreeMap::from([("team".into(), format!("t{}", i % 7))]),
+        env: BTreeMap::from([("LANG".into(), "C.UTF-8".into())]),
+        timeout_secs: Some(300),
+        deadline: Some(SystemTime::now()),
+        created_at: SystemTime::now(),
+        start: None,
+        end: None,
+    }
+}
+
+fn insert(store: &Store, i: usize) -> Result<(), StoreError> {
+    store.write("insert", Durability::Full, |tx| {
+        tx.insert(&sandbox(i))?;
+        tx.allocate_network(&id(i))?;
+        Ok(())
+    })
 }
 
 fn time<T>(samples: &mut Vec<Duration>, f: impl FnOnce() -> Result<T, StoreError>) -> T {
@@ -71,36 +129,45 @@ fn time<T>(samples: &mut Vec<Duration>, f: impl FnOnce() -> Result<T, StoreError
     out
 }
 
-/// `n` updates round-robin over `machines` machines, flipping state and process.
-fn updates(store: &Store, machines: usize, n: usize, offset: usize) -> Samples {
-    let me = ProcessIdentity::current().unwrap_or_else(|e| panic!("{e}"));
+/// `n` updates round-robin over `count` sandboxes, flipping their state.
+fn updates(store: &Store, count: usize, n: usize, offset: usize, d: Durability) -> Samples {
     let mut durations = Vec::with_capacity(n);
     let start = Instant::now();
     for k in 0..n {
-        let target = name(offset + k % machines);
-        let me = me.clone();
+        let target = id(offset + k % count);
         time(&mut durations, || {
-            store
-                .update(&target, move |m| {
-                    if m.state == MachineState::Running {
-                        m.state = MachineState::Paused;
+            store.write("update", d, |tx| {
+                tx.update::<Sandbox, StoreError>(&target, |s| {
+                    s.state = if s.state == SandboxState::Running {
+                        SandboxState::Paused
                     } else {
-                        m.state = MachineState::Running;
-                    }
-                    m.vmm = Some(me);
-                    m.disk_gib += 1;
-                    Ok::<_, std::convert::Infallible>(())
+                        SandboxState::Running
+                    };
+                    Ok(())
                 })
-                .map_err(|e| match e {
-                    ember_store::UpdateError::Store(s) => s,
-                    ember_store::UpdateError::Rejected(never) => match never {},
-                })
+            })
         });
     }
     Samples {
         durations,
         wall: start.elapsed(),
     }
+}
+
+fn host() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    json!({ "cpu_model": cpu, "kernel": kernel })
 }
 
 fn filesystem(dir: &Path) -> String {
@@ -137,17 +204,17 @@ fn main() {
     let path = dir.path().join("bench.db");
     let store = Store::open(&path, StoreConfig::default()).unwrap_or_else(|e| panic!("{e}"));
 
+    seed(&store);
     for i in 0..machines {
-        store
-            .save(&name(i), &machine(i), NetworkRequest::Allocate)
-            .unwrap_or_else(|e| panic!("{e}"));
+        insert(&store, i).unwrap_or_else(|e| panic!("{e}"));
     }
-    let update = updates(&store, machines, n_updates, 0);
+    let update = updates(&store, machines, n_updates, 0, Durability::Full);
+    let update_process = updates(&store, machines, n_updates, 0, Durability::Process);
 
     let mut loads = Vec::with_capacity(n_updates);
     let start = Instant::now();
     for k in 0..n_updates {
-        time(&mut loads, || store.load(&name(k % machines)));
+        time(&mut loads, || store.load::<Sandbox>(&id(k % machines)));
     }
     let load = Samples {
         durations: loads,
@@ -157,9 +224,7 @@ fn main() {
     let mut saves = Vec::with_capacity(n_saves);
     let start = Instant::now();
     for i in machines..machines + n_saves {
-        time(&mut saves, || {
-            store.save(&name(i), &machine(i), NetworkRequest::Allocate)
-        });
+        time(&mut saves, || insert(&store, i));
     }
     let save = Samples {
         durations: saves,
@@ -168,14 +233,19 @@ fn main() {
     let mut removes = Vec::with_capacity(n_saves);
     let start = Instant::now();
     for i in machines..machines + n_saves {
-        time(&mut removes, || store.remove(&name(i)));
+        time(&mut removes, || {
+            store.write("remove", Durability::Full, |tx| {
+                tx.remove::<Sandbox>(&id(i))?;
+                tx.release_network(&id(i))
+            })
+        });
     }
     let remove = Samples {
         durations: removes,
         wall: start.elapsed(),
     };
 
-    // Two connections (as two processes would have) updating disjoint machines at once.
+    // Two connections (as two processes would have) updating disjoint sandboxes at once.
     let second =
         Arc::new(Store::open(&path, StoreConfig::default()).unwrap_or_else(|e| panic!("{e}")));
     let first = Arc::new(store);
@@ -184,7 +254,9 @@ fn main() {
     let handles: Vec<_> = [(first, 0), (second, half)]
         .into_iter()
         .map(|(s, offset)| {
-            std::thread::spawn(move || updates(&s, half, n_updates / 2, offset).durations)
+            std::thread::spawn(move || {
+                updates(&s, half, n_updates / 2, offset, Durability::Full).durations
+            })
         })
         .collect();
     let mut both = Vec::new();
@@ -202,11 +274,12 @@ fn main() {
     let report = json!({
         "bench": "ember-store",
         "mode": if full { "full" } else { "smoke" },
+        "host": host(),
         "journal_mode": "wal",
-        "synchronous": "FULL",
         "filesystem": filesystem(dir.path()),
-        "machines_in_store": machines,
-        "update": update.json(),
+        "sandboxes_in_store": machines,
+        "update_full": update.json(),
+        "update_process": update_process.json(),
         "update_two_writers": contended.json(),
         "save_with_allocation": save.json(),
         "remove": remove.json(),

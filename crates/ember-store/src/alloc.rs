@@ -1,17 +1,17 @@
-//! The allocator: picks the lowest free IPv4 address, MAC, vsock CID and TAP name for a machine
-//! inside the caller's write transaction, and records them.
+//! The allocator: picks the lowest free IPv4 address, MAC, vsock CID and TAP name for an owner
+//! (a sandbox) inside the caller's write transaction, and records them.
 //!
 //! Because the read of what is taken and the insert of the new allocation happen in the same
 //! `BEGIN IMMEDIATE` transaction, two writers (threads or processes) can never pick the same value;
 //! the table's `UNIQUE` constraints are the last line of defence should that reasoning ever break.
-//! Release is the deletion of the machine's row (`ON DELETE CASCADE`, and an explicit delete).
-//! This module does not know about machine records beyond their row id.
+//! Release is the deletion of the owner's row. This module does not know what an owner is beyond
+//! its key.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use ember_core::MacAddr;
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 
 use crate::error::{Resource, StoreError};
 use crate::network::{NetworkAllocation, NetworkConfig, mac_for_ip};
@@ -37,24 +37,24 @@ pub(crate) fn first_free(first: u64, last: u64, taken: impl Fn(u64) -> bool) -> 
 }
 
 /// Runs `sql` (one integer column) and collects the values.
-fn int_set(tx: &Transaction<'_>, sql: &str) -> rusqlite::Result<HashSet<i64>> {
+fn int_set(tx: &Connection, sql: &str) -> rusqlite::Result<HashSet<i64>> {
     let mut stmt = tx.prepare_cached(sql)?;
     let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
     rows.collect()
 }
 
 /// Runs `sql` (one text column) and collects the values.
-fn text_set(tx: &Transaction<'_>, sql: &str) -> rusqlite::Result<HashSet<String>> {
+fn text_set(tx: &Connection, sql: &str) -> rusqlite::Result<HashSet<String>> {
     let mut stmt = tx.prepare_cached(sql)?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     rows.collect()
 }
 
-/// Picks a free allocation under `config` and records it for the machine row `machine_id`.
+/// Picks a free allocation under `config` and records it for `owner`.
 pub(crate) fn allocate(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     config: &NetworkConfig,
-    machine_id: i64,
+    owner: &str,
 ) -> Result<NetworkAllocation, Failure> {
     let ips = int_set(tx, "SELECT ip FROM net_allocations")?;
     let macs = text_set(tx, "SELECT mac FROM net_allocations")?;
@@ -132,7 +132,7 @@ pub(crate) fn allocate(
         mac,
         vsock_cid: cid,
     };
-    insert(tx, machine_id, &allocation)?;
+    insert(tx, owner, &allocation)?;
     Ok(allocation)
 }
 
@@ -143,14 +143,14 @@ fn count_in(set: &HashSet<i64>, first: u64, last: u64) -> u64 {
         .count() as u64
 }
 
-/// Records `a` for the machine row `machine_id`.
-fn insert(tx: &Transaction<'_>, machine_id: i64, a: &NetworkAllocation) -> rusqlite::Result<()> {
+/// Records `a` for `owner`.
+fn insert(tx: &Connection, owner: &str, a: &NetworkAllocation) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO net_allocations (machine_id, tap, ip, prefix_len, gateway, mac, vsock_cid)
+        "INSERT INTO net_allocations (owner, tap, ip, prefix_len, gateway, mac, vsock_cid)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        machine_id,
+        owner,
         a.tap,
         i64::from(u32::from(a.ip)),
         i64::from(a.prefix_len),
@@ -159,6 +159,53 @@ fn insert(tx: &Transaction<'_>, machine_id: i64, a: &NetworkAllocation) -> rusql
         i64::from(a.vsock_cid),
     ])?;
     Ok(())
+}
+
+/// The allocation recorded for `owner`, if any.
+pub(crate) fn load(conn: &Connection, owner: &str) -> Result<Option<NetworkAllocation>, Failure> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT tap, ip, prefix_len, gateway, mac, vsock_cid FROM net_allocations WHERE owner = ?1",
+    )?;
+    let mut rows = stmt.query([owner])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let bad = |column: &'static str, reason: String| {
+        Failure::decode(
+            crate::error::RecordKind::Sandbox,
+            owner,
+            crate::columns::Decode::new(column, reason),
+        )
+    };
+    let ip: i64 = row.get(1)?;
+    let gateway: i64 = row.get(3)?;
+    let ip = u32::try_from(ip).map_err(|_| bad("ip", format!("{ip} is not an IPv4 address")))?;
+    let gateway = u32::try_from(gateway)
+        .map_err(|_| bad("gateway", format!("{gateway} is not an IPv4 address")))?;
+    let mac: String = row.get(4)?;
+    let mac = mac
+        .parse::<MacAddr>()
+        .map_err(|e| bad("mac", e.to_string()))?;
+    let prefix: i64 = row.get(2)?;
+    let cid: i64 = row.get(5)?;
+    Ok(Some(NetworkAllocation {
+        tap: row.get(0)?,
+        ip: Ipv4Addr::from(ip),
+        prefix_len: crate::columns::sql_to_uint("prefix_len", prefix)
+            .map_err(|d| bad(d.column, d.reason))?,
+        gateway: Ipv4Addr::from(gateway),
+        mac,
+        vsock_cid: crate::columns::sql_to_uint("vsock_cid", cid)
+            .map_err(|d| bad(d.column, d.reason))?,
+    }))
+}
+
+/// Deletes `owner`'s allocation; returns whether there was one.
+pub(crate) fn release(tx: &Connection, owner: &str) -> rusqlite::Result<bool> {
+    let n = tx
+        .prepare_cached("DELETE FROM net_allocations WHERE owner = ?1")?
+        .execute([owner])?;
+    Ok(n > 0)
 }
 
 #[cfg(test)]

@@ -11,25 +11,42 @@ use std::time::Duration;
 
 use rusqlite::ErrorCode;
 
-use crate::names::NameError;
-
 /// What kind of record a key names, for [`StoreError::NotFound`] and friends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordKind {
-    /// A machine, keyed by its [`MachineName`](crate::MachineName).
-    Machine,
-    /// A snapshot, keyed by its [`SnapshotId`](ember_core::SnapshotId).
+    /// A snapshot ([`SnapshotInfo`](ember_core::SnapshotInfo)), keyed by its id.
     Snapshot,
-    /// A pool, keyed by its [`StackKey`](ember_core::StackKey).
+    /// A template ([`Template`](ember_core::Template)), keyed by its name.
+    Template,
+    /// A warm pool ([`PoolSpec`](ember_core::PoolSpec)), keyed by its template's name.
     Pool,
+    /// A sandbox ([`Sandbox`](ember_core::Sandbox)), keyed by its id.
+    Sandbox,
+    /// A live VM ([`VmRecord`](ember_core::VmRecord)), keyed by its id.
+    Vm,
+}
+
+impl RecordKind {
+    /// The table that holds this kind.
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            RecordKind::Snapshot => "snapshots",
+            RecordKind::Template => "templates",
+            RecordKind::Pool => "pools",
+            RecordKind::Sandbox => "sandboxes",
+            RecordKind::Vm => "vms",
+        }
+    }
 }
 
 impl fmt::Display for RecordKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            RecordKind::Machine => "machine",
             RecordKind::Snapshot => "snapshot",
+            RecordKind::Template => "template",
             RecordKind::Pool => "pool",
+            RecordKind::Sandbox => "sandbox",
+            RecordKind::Vm => "VM",
         })
     }
 }
@@ -178,13 +195,10 @@ pub enum StoreError {
         /// What was attempted.
         op: &'static str,
     },
-    /// A name failed validation; the message says what is allowed.
-    #[error(transparent)]
-    InvalidName(#[from] NameError),
     /// A field of a record failed validation; `reason` says what is allowed.
     #[error("invalid {field}: {reason}")]
     InvalidField {
-        /// The field, dotted (`machine.api_socket`, `network.subnet`).
+        /// The field, dotted (`sandbox.labels`, `network.subnet`).
         field: String,
         /// What is wrong and what would be accepted.
         reason: String,
@@ -197,8 +211,8 @@ pub enum StoreError {
         /// Its key.
         key: String,
     },
-    /// A record with this key exists already (`save` is insert-only; use `update`).
-    #[error("{kind} {key:?} already exists; save is insert-only, use update to change it")]
+    /// A record with this key exists already (`insert` never overwrites).
+    #[error("{kind} {key:?} already exists")]
     AlreadyExists {
         /// The kind of record.
         kind: RecordKind,
@@ -221,7 +235,7 @@ pub enum StoreError {
     /// A record refers to another record that does not exist.
     #[error("{field} refers to {kind} {key:?}, which is not in the store")]
     UnknownReference {
-        /// The referring field (`machine.source_snapshot`, `pool.template_snapshot`...).
+        /// The referring field (`template.snapshot`, `pool.template`...).
         field: &'static str,
         /// The kind of record referred to.
         kind: RecordKind,
@@ -235,12 +249,12 @@ pub enum StoreError {
         kind: RecordKind,
         /// Its key.
         key: String,
-        /// Who refers to it (`machine web-1`, `pool alpha@1`, `snapshot s2`).
+        /// Who refers to it (`template probe`, `pool probe`, `sandbox sb-1`).
         users: Vec<String>,
     },
     /// Every value of a configured range is taken.
     #[error(
-        "no free {resource} left in {range} ({in_use} in use); remove machines or widen the range"
+        "no free {resource} left in {range} ({in_use} in use); release allocations or widen the range"
     )]
     Exhausted {
         /// What ran out.
@@ -371,7 +385,7 @@ mod tests {
         );
         let e = StoreError::sqlite(
             std::path::Path::new("/x/ember.db"),
-            "save machine",
+            "insert sandbox",
             Duration::from_secs(5),
             busy,
         );
@@ -384,7 +398,7 @@ mod tests {
         );
         let e = StoreError::sqlite(
             std::path::Path::new("/x/ember.db"),
-            "load machine",
+            "load sandbox",
             Duration::ZERO,
             corrupt,
         );
@@ -401,7 +415,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "no free IPv4 address left in 10.0.0.0/30 (1 in use); remove machines or widen the range"
+            "no free IPv4 address left in 10.0.0.0/30 (1 in use); release allocations or widen the range"
         );
     }
 }

@@ -1,54 +1,58 @@
-//! ember-store: ember's durable host state — machines, snapshots, pools and network allocations —
-//! in one embedded SQLite database that survives a daemon crash or a power cut.
+//! ember-store: ember's durable host state — snapshots, templates, pools, sandboxes, live VMs
+//! and network allocations — in one embedded SQLite database that survives a daemon crash or a
+//! power cut.
 //!
 //! - [`Store::open`] checks the directory and the file before SQLite touches it, creates a missing
 //!   database atomically, refuses damaged, foreign or newer-schema files with an error naming the
-//!   file (never a silent reset), then runs in WAL mode with `synchronous=FULL` and foreign keys on.
-//! - Machines ([`Machine`], [`MachineRecord`]): [`Store::save`] (insert-only, optionally with a
-//!   [`NetworkAllocation`] taken in the same transaction), [`Store::load`], [`Store::list`],
-//!   [`Store::update`] (load-modify-write in one `BEGIN IMMEDIATE` transaction; the closure may
-//!   fail and roll back) and [`Store::remove`] (releases the allocation). Names are
-//!   [`MachineName`]s. Snapshots ([`SnapshotRecord`]) and pools ([`PoolRecord`]) likewise.
+//!   file (never a silent reset), then runs in WAL mode with foreign keys on.
+//! - It keeps ember-core's own types, one per row, as JSON ([`Record`]): [`SnapshotInfo`],
+//!   [`Template`], [`PoolSpec`], [`Sandbox`], [`VmRecord`](ember_core::VmRecord). No second
+//!   vocabulary.
+//! - Every change happens in a transaction: [`Store::write`] runs the caller's closure over a
+//!   [`Tx`] (get, list, insert, put, replace, update, remove, allocate) and commits it with the
+//!   [`Durability`] asked for — fsynced, or crash-safe for this process only (see `store`).
+//!   Writes check records, references (a pool's template must exist) and users (a template a
+//!   pool or a live sandbox uses cannot be removed).
+//! - Sandboxes are listed by state, template and labels, a [`Page`] at a time ([`SandboxFilter`],
+//!   [`Cursor`]).
 //! - Allocation hands out the lowest free IPv4 address, MAC, vsock CID and TAP name from the
 //!   [`NetworkConfig`] ranges; `UNIQUE` constraints back it up; exhaustion is
 //!   [`StoreError::Exhausted`] naming the range.
-//! - Recovery: [`Store::recovery_report`] lists the machines last stored as starting, running,
-//!   paused or stopping, with their VMM [`ProcessIdentity`] (pid, start time, boot id), sockets,
-//!   TAP, CID and files; [`ProcessIdentity::check`] tells whether that very process is alive, and
-//!   [`recovery::plan`] maps the two to a suggested [`RecoveryAction`].
+//!
+//! What a restart must do with what is stored (re-adopt live VMs, mark dead ones) is the
+//! daemon's recovery, not the store's.
+//!
+//! [`SnapshotInfo`]: ember_core::SnapshotInfo
+//! [`Template`]: ember_core::Template
+//! [`PoolSpec`]: ember_core::PoolSpec
+//! [`Sandbox`]: ember_core::Sandbox
 //!
 //! # Layout
-//! `names` (machine names) · `machine`, `snapshot`, `pool` (records and validation) · `network`
-//! (ranges, allocation values) · `alloc` (choosing free values) · `process` (`/proc` identity) ·
-//! `recovery` (report and plan) · `busy` (waiting for another writer) · `header` (pre-open file inspection) · `schema` (DDL,
-//! migrations) · `open` (opening sequence) · `columns`, `sql` (rows) · `store` (the API) ·
-//! `error`.
+//! `record` (what is storable) · `query` (listing filters, pages, cursors) · `tx` (one
+//! transaction's operations) · `store` (open, read, write, durability) · `network` (ranges,
+//! allocation values) · `alloc` (choosing free values) · `busy` (waiting for another writer) ·
+//! `header` (pre-open file inspection) · `schema` (DDL, migrations) · `open` (opening sequence) ·
+//! `columns`, `sql` (rows) · `error`.
 
 mod alloc;
 mod busy;
 mod columns;
 pub mod error;
 mod header;
-pub mod machine;
-pub mod names;
 pub mod network;
 pub mod open;
-pub mod pool;
-pub mod process;
-pub mod recovery;
+pub mod query;
+pub mod record;
 pub mod schema;
-pub mod snapshot;
 mod sql;
 pub mod store;
+pub mod tx;
 
-pub use error::{RecordKind, Resource, StoreError, UpdateError};
-pub use machine::{BlockDevice, Machine, MachineRecord, MachineState};
-pub use names::{MachineName, NameError};
+pub use error::{RecordKind, Resource, StoreError};
 pub use network::{Ipv4Subnet, NetworkAllocation, NetworkConfig};
 pub use open::OpenCheck;
-pub use pool::{PoolConfig, PoolRecord};
-pub use process::{Liveness, ProcError, ProcessIdentity};
-pub use recovery::{RecoveryAction, RecoveryEntry, RecoveryPlan, RecoveryReport};
+pub use query::{Cursor, MAX_PAGE, Page, SandboxFilter};
+pub use record::{Record, Reference, Stored};
 pub use schema::SCHEMA_VERSION;
-pub use snapshot::SnapshotRecord;
-pub use store::{NetworkRequest, Store, StoreConfig};
+pub use store::{CommitObserver, Durability, Store, StoreConfig};
+pub use tx::Tx;

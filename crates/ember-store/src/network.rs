@@ -1,4 +1,4 @@
-//! Network configuration and what one machine is given: [`NetworkConfig`] (the ranges the allocator
+//! Network configuration and what one owner (a sandbox) is given: [`NetworkConfig`] (the ranges the allocator
 //! draws from) and [`NetworkAllocation`] (TAP name, IPv4, MAC, vsock CID).
 //!
 //! Pure values and their validation only; choosing free values inside a transaction is
@@ -24,7 +24,7 @@ pub struct Ipv4Subnet {
 
 /// Shortest prefix accepted (a /8 is already 16 million addresses).
 pub const MIN_PREFIX_LEN: u8 = 8;
-/// Longest prefix accepted: a /30 holds two hosts, the gateway and one machine.
+/// Longest prefix accepted: a /30 holds two hosts, the gateway and one guest.
 pub const MAX_PREFIX_LEN: u8 = 30;
 
 impl Ipv4Subnet {
@@ -240,7 +240,7 @@ pub fn mac_for_ip(ip: Ipv4Addr) -> MacAddr {
         .unwrap_or_else(|_| unreachable!("0x06 is unicast"))
 }
 
-/// What one machine was given: its TAP device, IPv4 address (with prefix and gateway so the guest
+/// What one owner (a sandbox) was given: its TAP device, IPv4 address (with prefix and gateway so the guest
 /// can be configured from the record alone), MAC and vsock CID.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NetworkAllocation {

@@ -139,6 +139,21 @@ pub(crate) fn open(
     })
 }
 
+/// A second connection to the database `open` prepared, for reads only: in WAL mode readers
+/// never wait for the writer, so lookups do not queue behind a commit's fsync.
+pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let sql = |op| move |e| StoreError::sqlite(path, op, busy_timeout, e);
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql("open the reader connection"))?;
+    busy::install(&mut conn).map_err(sql("install the busy handler"))?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(sql("make the reader connection read-only"))?;
+    Ok(conn)
+}
+
 /// The directory holding `path` (`.` for a bare file name).
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {

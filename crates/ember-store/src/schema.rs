@@ -25,79 +25,65 @@ pub(crate) struct Migration {
 /// Every migration, oldest first; versions are 1, 2, 3... without gaps.
 pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
-    description: "machines, network allocations, snapshots, pools",
+    description: "snapshots, templates, pools, sandboxes, VMs, network allocations",
     sql: V1,
 }];
 
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: u32 = 1;
 
+// Every record table holds one ember-core value per row as JSON (`body`), under its key (`id`),
+// with a revision and the time of its last write. The columns that queries and reference checks
+// need are generated from the body, so they can never disagree with it.
 const V1: &str = r#"
 CREATE TABLE snapshots (
     id             TEXT    NOT NULL PRIMARY KEY,
-    stack_name     TEXT,
-    stack_version  TEXT,
-    stack_vcpus    INTEGER,
-    stack_mem_mib  INTEGER,
-    state_path     TEXT    NOT NULL,
-    mem_path       TEXT    NOT NULL,
-    state_size     INTEGER NOT NULL CHECK (state_size >= 0),
-    mem_size       INTEGER NOT NULL CHECK (mem_size >= 0),
-    checksum       TEXT    NOT NULL,
-    created_at_ms  INTEGER NOT NULL,
-    parent         TEXT    REFERENCES snapshots(id) ON DELETE RESTRICT,
-    CHECK ((stack_name IS NULL) = (stack_version IS NULL)
-       AND (stack_name IS NULL) = (stack_vcpus IS NULL)
-       AND (stack_name IS NULL) = (stack_mem_mib IS NULL)),
-    CHECK (parent IS NULL OR parent <> id)
+    body           TEXT    NOT NULL CHECK (json_valid(body)),
+    revision       INTEGER NOT NULL CHECK (revision >= 1),
+    updated_at_ms  INTEGER NOT NULL
 ) STRICT;
-CREATE INDEX snapshots_by_parent ON snapshots(parent);
-CREATE INDEX snapshots_by_stack ON snapshots(stack_name, stack_version, stack_vcpus, stack_mem_mib);
 
-CREATE TABLE machines (
-    id               INTEGER NOT NULL PRIMARY KEY,
-    name             TEXT    NOT NULL UNIQUE,
-    vm_id            TEXT    NOT NULL,
-    state            TEXT    NOT NULL CHECK (state IN
-                         ('created', 'starting', 'running', 'paused', 'stopping', 'stopped')),
-    vcpus            INTEGER NOT NULL CHECK (vcpus BETWEEN 1 AND 255),
-    memory_mib       INTEGER NOT NULL CHECK (memory_mib > 0),
-    disk_gib         INTEGER NOT NULL CHECK (disk_gib >= 0),
-    kernel           TEXT,
-    cmdline          TEXT,
-    block_devices    TEXT    NOT NULL CHECK (json_valid(block_devices)),
-    distro           TEXT,
-    distro_version   TEXT,
-    disk_path        TEXT,
-    ssh_key_path     TEXT,
-    stack_name       TEXT,
-    stack_version    TEXT,
-    stack_vcpus      INTEGER,
-    stack_mem_mib    INTEGER,
-    source_snapshot  TEXT    REFERENCES snapshots(id) ON DELETE RESTRICT,
-    tenant           TEXT,
-    vmm_pid          INTEGER CHECK (vmm_pid > 0),
-    vmm_start_time   INTEGER CHECK (vmm_start_time >= 0),
-    vmm_boot_id      TEXT,
-    api_socket       TEXT,
-    console_log      TEXT,
-    vsock_uds        TEXT,
-    run_dir          TEXT,
-    created_at_ms    INTEGER NOT NULL,
-    updated_at_ms    INTEGER NOT NULL,
-    revision         INTEGER NOT NULL CHECK (revision >= 1),
-    CHECK ((stack_name IS NULL) = (stack_version IS NULL)
-       AND (stack_name IS NULL) = (stack_vcpus IS NULL)
-       AND (stack_name IS NULL) = (stack_mem_mib IS NULL)),
-    CHECK ((vmm_pid IS NULL) = (vmm_start_time IS NULL)
-       AND (vmm_pid IS NULL) = (vmm_boot_id IS NULL)),
-    CHECK (vmm_pid IS NOT NULL OR state NOT IN ('running', 'paused', 'stopping'))
+CREATE TABLE templates (
+    id             TEXT    NOT NULL PRIMARY KEY,
+    body           TEXT    NOT NULL CHECK (json_valid(body)),
+    revision       INTEGER NOT NULL CHECK (revision >= 1),
+    updated_at_ms  INTEGER NOT NULL,
+    snapshot       TEXT    GENERATED ALWAYS AS (body ->> '$.snapshot') VIRTUAL,
+    state          TEXT    GENERATED ALWAYS AS (body ->> '$.state') VIRTUAL
 ) STRICT;
-CREATE INDEX machines_by_state ON machines(state);
-CREATE INDEX machines_by_source_snapshot ON machines(source_snapshot);
+CREATE INDEX templates_by_snapshot ON templates(snapshot);
+
+CREATE TABLE pools (
+    id             TEXT    NOT NULL PRIMARY KEY,
+    body           TEXT    NOT NULL CHECK (json_valid(body)),
+    revision       INTEGER NOT NULL CHECK (revision >= 1),
+    updated_at_ms  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE sandboxes (
+    id             TEXT    NOT NULL PRIMARY KEY,
+    body           TEXT    NOT NULL CHECK (json_valid(body)),
+    revision       INTEGER NOT NULL CHECK (revision >= 1),
+    updated_at_ms  INTEGER NOT NULL,
+    template       TEXT    GENERATED ALWAYS AS (body ->> '$.template') VIRTUAL,
+    state          TEXT    GENERATED ALWAYS AS (body ->> '$.state') VIRTUAL,
+    created_at_ms  INTEGER GENERATED ALWAYS AS (body ->> '$.created_at') VIRTUAL
+) STRICT;
+CREATE INDEX sandboxes_by_created ON sandboxes(created_at_ms, id);
+CREATE INDEX sandboxes_by_state ON sandboxes(state, created_at_ms, id);
+CREATE INDEX sandboxes_by_template ON sandboxes(template, state);
+
+CREATE TABLE vms (
+    id             TEXT    NOT NULL PRIMARY KEY,
+    body           TEXT    NOT NULL CHECK (json_valid(body)),
+    revision       INTEGER NOT NULL CHECK (revision >= 1),
+    updated_at_ms  INTEGER NOT NULL,
+    owner          TEXT    GENERATED ALWAYS AS (body ->> '$.owner') VIRTUAL
+) STRICT;
+CREATE INDEX vms_by_owner ON vms(owner);
 
 CREATE TABLE net_allocations (
-    machine_id  INTEGER NOT NULL PRIMARY KEY REFERENCES machines(id) ON DELETE CASCADE,
+    owner       TEXT    NOT NULL PRIMARY KEY,
     tap         TEXT    NOT NULL UNIQUE CHECK (length(tap) BETWEEN 1 AND 15),
     ip          INTEGER NOT NULL UNIQUE CHECK (ip BETWEEN 0 AND 4294967295),
     prefix_len  INTEGER NOT NULL CHECK (prefix_len BETWEEN 0 AND 32),
@@ -105,22 +91,6 @@ CREATE TABLE net_allocations (
     mac         TEXT    NOT NULL UNIQUE,
     vsock_cid   INTEGER NOT NULL UNIQUE CHECK (vsock_cid BETWEEN 3 AND 4294967294)
 ) STRICT;
-
-CREATE TABLE pools (
-    stack_name          TEXT    NOT NULL,
-    stack_version       TEXT    NOT NULL,
-    stack_vcpus         INTEGER NOT NULL,
-    stack_mem_mib       INTEGER NOT NULL,
-    template_snapshot   TEXT    NOT NULL REFERENCES snapshots(id) ON DELETE RESTRICT,
-    min_depth           INTEGER NOT NULL CHECK (min_depth >= 0),
-    max_depth           INTEGER NOT NULL CHECK (max_depth >= 1 AND max_depth >= min_depth),
-    max_age_ms          INTEGER CHECK (max_age_ms IS NULL OR max_age_ms > 0),
-    refill_parallelism  INTEGER NOT NULL CHECK (refill_parallelism >= 1),
-    updated_at_ms       INTEGER NOT NULL,
-    revision            INTEGER NOT NULL CHECK (revision >= 1),
-    PRIMARY KEY (stack_name, stack_version, stack_vcpus, stack_mem_mib)
-) STRICT;
-CREATE INDEX pools_by_template ON pools(template_snapshot);
 "#;
 
 /// What the database's identity pragmas say.

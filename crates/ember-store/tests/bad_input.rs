@@ -11,19 +11,22 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
-use ember_store::{NetworkRequest, Store, StoreError};
-use support::{config, fingerprint, generation_machine, name, tagged_lines, temp_db};
+use ember_store::{Durability, Store, StoreError};
+use support::{
+    GEN_TEMPLATE, config, fingerprint, generation_sandbox, seed_template, tagged_lines, temp_db,
+};
 
-/// A closed store holding `n` machines (a few hundred KiB), fully checkpointed.
+/// A closed store holding `n` sandboxes (a few hundred KiB), fully checkpointed.
 fn populated(path: &Path, n: usize) {
     let store = Store::open(path, config()).unwrap();
+    seed_template(&store, GEN_TEMPLATE);
     for i in 0..n {
+        let id = format!("m{i}");
         store
-            .save(
-                &name(&format!("m{i}")),
-                &generation_machine(&format!("m{i}"), 0),
-                NetworkRequest::Allocate,
-            )
+            .write::<_, StoreError>("insert", Durability::Full, |tx| {
+                tx.insert(&generation_sandbox(&id, 0))?;
+                tx.allocate_network(&id)
+            })
             .unwrap();
     }
     drop(store);
@@ -116,12 +119,12 @@ fn truncated_while_the_wal_holds_frames() {
     populated(&path, 150);
     let store = Store::open(&path, config()).unwrap();
     for i in 150..200 {
+        let id = format!("m{i}");
         store
-            .save(
-                &name(&format!("m{i}")),
-                &generation_machine(&format!("m{i}"), 0),
-                NetworkRequest::Allocate,
-            )
+            .write::<_, StoreError>("insert", Durability::Full, |tx| {
+                tx.insert(&generation_sandbox(&id, 0))?;
+                tx.allocate_network(&id)
+            })
             .unwrap();
     }
     let crashed = dir.path().join("crashed.db");

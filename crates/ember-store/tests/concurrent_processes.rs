@@ -1,5 +1,5 @@
-//! Two processes writing one store at once — both racing to create it, then saving machines with
-//! allocations and incrementing one shared counter through `update` — are serialized, not
+//! Two processes writing one store at once — both racing to create it, then inserting sandboxes
+//! with allocations and incrementing one shared counter through `update` — are serialized, not
 //! corrupted: every write of both is present, no increment is lost, allocations are unique, and
 //! the two writers' commits really interleaved.
 // Test code: a failed unwrap is a failed test.
@@ -11,8 +11,13 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ember_store::{NetworkRequest, Store, StoreError};
-use support::{config, machine, name, tagged_lines};
+use ember_core::Sandbox;
+use ember_store::{Durability, Store, StoreError};
+use support::{config, sandbox, seed_template, tagged_lines};
+
+fn count_of(s: &Sandbox) -> u64 {
+    s.labels.get("count").map_or(0, |c| c.parse().unwrap())
+}
 
 const DB_VAR: &str = "EMBER_STORE_WRITER_DB";
 const ID_VAR: &str = "EMBER_STORE_WRITER_ID";
@@ -36,23 +41,34 @@ fn writer_child() {
     }
     // Both children open a database that does not exist yet.
     let store = Store::open(&db, config()).unwrap();
-    match store.save(&name("shared"), &machine("vm-shared"), NetworkRequest::None) {
+    seed_template(&store, "t");
+    match store.write::<_, StoreError>("shared", Durability::Full, |tx| {
+        tx.insert(&sandbox("shared", "t"))
+    }) {
         Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
         Err(e) => panic!("{e}"),
     }
     let mut revisions = Vec::new();
     for i in 0..WRITES {
+        let name = format!("w{id}-{i}");
         store
-            .save(
-                &name(&format!("w{id}-{i}")),
-                &machine(&format!("vm-w{id}-{i}")),
-                NetworkRequest::Allocate,
-            )
+            .write::<_, StoreError>("insert", Durability::Full, |tx| {
+                tx.insert(&sandbox(&name, "t"))?;
+                tx.allocate_network(&name)
+            })
             .unwrap();
+        let durability = if i % 2 == 0 {
+            Durability::Process
+        } else {
+            Durability::Full
+        };
         let shared = store
-            .update(&name("shared"), |m| {
-                m.disk_gib += 1;
-                Ok::<_, std::convert::Infallible>(())
+            .write::<_, StoreError>("increment", durability, |tx| {
+                tx.update::<Sandbox, StoreError>("shared", |s| {
+                    let n = count_of(s) + 1;
+                    s.labels.insert("count".into(), n.to_string());
+                    Ok(())
+                })
             })
             .unwrap();
         revisions.push(shared.revision);
@@ -103,28 +119,30 @@ fn two_processes_are_serialized_not_corrupted() {
 
         let store = Store::open(&db, config()).unwrap();
         assert!(store.integrity_check().unwrap().is_empty());
-        let shared = store.load(&name("shared")).unwrap();
+        let shared = store.load::<Sandbox>("shared").unwrap();
         assert_eq!(
-            shared.machine.disk_gib,
+            count_of(&shared.record),
             2 * WRITES,
             "round {round}: lost increments"
         );
         assert_eq!(shared.revision, 2 * WRITES + 1);
-        let all = store.list().unwrap();
+        let all = store.list::<Sandbox>().unwrap();
         assert_eq!(all.len() as u64, 2 * WRITES + 1, "round {round}");
-        for id in 0..2 {
-            for i in 0..WRITES {
-                store.load(&name(&format!("w{id}-{i}"))).unwrap();
-            }
-        }
-        let ips: HashSet<_> = all
-            .iter()
-            .filter_map(|r| r.network.as_ref().map(|n| n.ip))
-            .collect();
-        let cids: HashSet<_> = all
-            .iter()
-            .filter_map(|r| r.network.as_ref().map(|n| n.vsock_cid))
-            .collect();
+        let nets = store
+            .read::<_, StoreError>("allocations", |tx| {
+                let mut nets = Vec::new();
+                for id in 0..2 {
+                    for i in 0..WRITES {
+                        let name = format!("w{id}-{i}");
+                        tx.load::<Sandbox>(&name)?;
+                        nets.push(tx.network_of(&name)?.unwrap());
+                    }
+                }
+                Ok(nets)
+            })
+            .unwrap();
+        let ips: HashSet<_> = nets.iter().map(|n| n.ip).collect();
+        let cids: HashSet<_> = nets.iter().map(|n| n.vsock_cid).collect();
         assert_eq!(
             (ips.len() as u64, cids.len() as u64),
             (2 * WRITES, 2 * WRITES)

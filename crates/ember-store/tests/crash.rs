@@ -1,4 +1,7 @@
-//! Crash test: a child process saves, updates and removes machines and saves snapshots in a loop,
+//! Crash test: a child process inserts, updates and removes sandboxes (each with a network
+//! allocation, taken and released in the same transaction) and inserts snapshots in a loop, each
+//! commit fsynced or only crash-safe for the process (chosen at random: both must survive a
+//! SIGKILL),
 //! announcing each operation before it starts (`@B ...`) and after its commit returned (`@C ...`),
 //! and is killed with SIGKILL at a random moment, at least 200 times on one database. After every
 //! kill the parent reopens the database and checks that
@@ -6,8 +9,8 @@
 //! - every record whose commit was announced is there, and nothing else is, except that the one
 //!   operation in flight at the kill may have committed or not;
 //! - no record is torn: every field agrees with the generation the record carries;
-//! - network allocations are unique and never change under a machine;
-//! - the recovery report lists exactly the machines stored in a state that needs recovery.
+//! - network allocations are unique, never change under a sandbox, and exist exactly for the
+//!   sandboxes stored.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,8 +23,12 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ember_store::{NetworkAllocation, NetworkRequest, Store};
-use support::{Rng, check_generation, config, generation_machine, name, snapshot, tagged_lines};
+use ember_core::{Sandbox, SnapshotInfo};
+use ember_store::{Durability, NetworkAllocation, Store, StoreError};
+use support::{
+    GEN_TEMPLATE, Rng, check_generation, config, generation_sandbox, seed_template, snapshot,
+    tagged_lines,
+};
 
 const DB_VAR: &str = "EMBER_STORE_CRASH_DB";
 const SEED_VAR: &str = "EMBER_STORE_CRASH_SEED";
@@ -59,10 +66,10 @@ impl Op {
     }
 }
 
-/// What the database should hold: machine generations and snapshot ids.
+/// What the database should hold: sandbox generations and snapshot ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Model {
-    machines: BTreeMap<String, u64>,
+    sandboxes: BTreeMap<String, u64>,
     snapshots: BTreeSet<String>,
 }
 
@@ -70,16 +77,19 @@ impl Model {
     /// Applies a committed operation, checking it follows from the current state.
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Save(n) => assert!(self.machines.insert(n.clone(), 0).is_none(), "{op:?} twice"),
+            Op::Save(n) => assert!(
+                self.sandboxes.insert(n.clone(), 0).is_none(),
+                "{op:?} twice"
+            ),
             Op::Update(n, g) => {
-                let old = self.machines.insert(n.clone(), *g);
+                let old = self.sandboxes.insert(n.clone(), *g);
                 assert_eq!(old, Some(g - 1), "{op:?} does not follow the model");
             }
             Op::Remove(n) => assert!(
-                self.machines.remove(n).is_some(),
-                "{op:?} of a missing machine"
+                self.sandboxes.remove(n).is_some(),
+                "{op:?} of a missing sandbox"
             ),
-            Op::FailedUpdate(n) => assert!(self.machines.contains_key(n), "{op:?}"),
+            Op::FailedUpdate(n) => assert!(self.sandboxes.contains_key(n), "{op:?}"),
             Op::Snapshot(id) => assert!(self.snapshots.insert(id.clone()), "{op:?} twice"),
         }
     }
@@ -107,11 +117,12 @@ fn crash_child() {
             return;
         }
     };
+    seed_template(&store, GEN_TEMPLATE);
     let mut live: Vec<(String, u64)> = store
-        .list()
+        .list::<Sandbox>()
         .unwrap()
         .iter()
-        .map(|r| (r.name.to_string(), check_generation(r).unwrap()))
+        .map(|r| (r.record.id.to_string(), check_generation(r).unwrap()))
         .collect();
     say("ready");
     for n in 0u64.. {
@@ -128,40 +139,66 @@ fn crash_child() {
             let (name, g) = &live[rng.below(live.len() as u64) as usize];
             Op::Update(name.clone(), g + 1)
         };
+        let durability = if rng.below(2) == 0 {
+            Durability::Full
+        } else {
+            Durability::Process
+        };
         say(&format!("B {}", op.encode()));
         match &op {
             Op::Save(n) => {
                 store
-                    .save(
-                        &name(n),
-                        &generation_machine(n, 0),
-                        NetworkRequest::Allocate,
-                    )
+                    .write::<_, StoreError>("insert", durability, |tx| {
+                        tx.insert(&generation_sandbox(n, 0))?;
+                        tx.allocate_network(n)?;
+                        Ok(())
+                    })
                     .unwrap();
                 live.push((n.clone(), 0));
             }
             Op::Update(n, g) => {
                 store
-                    .update(&name(n), |m| {
-                        *m = generation_machine(n, *g);
-                        Ok::<_, std::convert::Infallible>(())
+                    .write::<_, StoreError>("update", durability, |tx| {
+                        tx.update::<Sandbox, StoreError>(n, |s| {
+                            *s = generation_sandbox(n, *g);
+                            Ok(())
+                        })
                     })
                     .unwrap();
                 live.iter_mut().find(|(l, _)| l == n).unwrap().1 = *g;
             }
             Op::Remove(n) => {
-                store.remove(&name(n)).unwrap().unwrap();
+                store
+                    .write::<_, StoreError>("remove", durability, |tx| {
+                        tx.remove::<Sandbox>(n)?.unwrap();
+                        assert!(tx.release_network(n)?);
+                        Ok(())
+                    })
+                    .unwrap();
                 live.retain(|(l, _)| l != n);
             }
             Op::FailedUpdate(n) => {
-                let r = store.update(&name(n), |m| {
-                    m.vcpus = 31;
-                    m.cmdline = Some("half-written".into());
-                    Err("changed my mind")
+                #[derive(Debug)]
+                struct ChangedMyMind;
+                impl From<StoreError> for ChangedMyMind {
+                    fn from(_: StoreError) -> Self {
+                        ChangedMyMind
+                    }
+                }
+                let r = store.write::<(), ChangedMyMind>("fail", durability, |tx| {
+                    tx.update::<Sandbox, ChangedMyMind>(n, |s| {
+                        s.labels.insert("half".into(), "written".into());
+                        Ok(())
+                    })?;
+                    tx.release_network(n)?;
+                    Err(ChangedMyMind)
                 });
                 assert!(r.is_err());
             }
-            Op::Snapshot(id) => store.save_snapshot(&snapshot(id, None, None)).unwrap(),
+            Op::Snapshot(id) => store
+                .write::<_, StoreError>("snapshot", durability, |tx| tx.insert(&snapshot(id, None)))
+                .map(drop)
+                .unwrap(),
         }
         say(&format!("C {}", op.encode()));
     }
@@ -201,20 +238,19 @@ fn verify(
     let findings = store.integrity_check().unwrap();
     assert!(findings.is_empty(), "integrity check: {findings:?}");
 
-    let records = store.list().unwrap();
+    let records = store.list::<Sandbox>().unwrap();
     let mut found = Model::default();
     for r in &records {
         let g = check_generation(r).unwrap_or_else(|e| panic!("{e}"));
-        found.machines.insert(r.name.to_string(), g);
+        found.sandboxes.insert(r.record.id.to_string(), g);
     }
-    for s in store.list_snapshots(None).unwrap() {
-        assert_eq!(
-            s,
-            snapshot(s.id.as_str(), None, None),
-            "snapshot {} is torn",
-            s.id
-        );
-        found.snapshots.insert(s.id.to_string());
+    for s in store.list::<SnapshotInfo>().unwrap() {
+        let id = s.record.snapshot_id.to_string();
+        if id.starts_with("tpl-") {
+            continue;
+        }
+        assert_eq!(s.record, snapshot(&id, None), "snapshot {id} is torn");
+        found.snapshots.insert(id);
     }
     let mut after = model.clone();
     if let Some(op) = pending {
@@ -231,11 +267,20 @@ fn verify(
         HashSet::new(),
         HashSet::new(),
     ];
-    for r in &records {
-        let net = r
-            .network
-            .clone()
-            .unwrap_or_else(|| panic!("{} lost its allocation", r.name));
+    let nets: Vec<(String, Option<NetworkAllocation>)> = store
+        .read::<_, StoreError>("allocations", |tx| {
+            records
+                .iter()
+                .map(|r| {
+                    let id = r.record.id.to_string();
+                    let net = tx.network_of(&id)?;
+                    Ok((id, net))
+                })
+                .collect()
+        })
+        .unwrap();
+    for (id, net) in nets {
+        let net = net.unwrap_or_else(|| panic!("{id} lost its allocation"));
         for (set, v) in seen.iter_mut().zip([
             net.ip.to_string(),
             net.mac.to_string(),
@@ -244,25 +289,19 @@ fn verify(
         ]) {
             assert!(set.insert(v.clone()), "{v} is allocated twice");
         }
-        let first = allocations
-            .entry(r.name.to_string())
-            .or_insert_with(|| net.clone());
-        assert_eq!(*first, net, "the allocation of {} changed", r.name);
+        let first = allocations.entry(id.clone()).or_insert_with(|| net.clone());
+        assert_eq!(*first, net, "the allocation of {id} changed");
     }
-    allocations.retain(|n, _| found.machines.contains_key(n));
-
-    let recovering: BTreeSet<String> = store
-        .recovery_report()
-        .machines
-        .iter()
-        .map(|e| e.name.to_string())
-        .collect();
-    let should: BTreeSet<String> = records
-        .iter()
-        .filter(|r| r.machine.state.needs_recovery())
-        .map(|r| r.name.to_string())
-        .collect();
-    assert_eq!(recovering, should);
+    allocations.retain(|n, _| found.sandboxes.contains_key(n));
+    let count: i64 = rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM net_allocations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        count as usize,
+        records.len(),
+        "allocations without a sandbox are left"
+    );
     found
 }
 
@@ -365,9 +404,9 @@ fn sigkill_at_random_points_loses_no_committed_record() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     eprintln!(
-        "crash test: {iterations} SIGKILLs in {:.1?}, {committed} commits verified, in-flight operation committed {in_flight_landed} times and lost {in_flight_lost} times, {} machines and {} snapshots at the end",
+        "crash test: {iterations} SIGKILLs in {:.1?}, {committed} commits verified, in-flight operation committed {in_flight_landed} times and lost {in_flight_lost} times, {} sandboxes and {} snapshots at the end",
         started.elapsed(),
-        model.machines.len(),
+        model.sandboxes.len(),
         model.snapshots.len()
     );
     assert!(

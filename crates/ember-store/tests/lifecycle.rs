@@ -1,6 +1,8 @@
-//! The store's API on a real file: machines, snapshots and pools through save, load, list, update
-//! and remove; persistence across reopen; rollback of failed or panicking updates; allocation
-//! uniqueness, release and exhaustion; name validation; many threads sharing one store.
+//! The store's API on a real file: ember-core's records through insert, get, list, put,
+//! replace, update and remove; persistence across reopen; rollback of failed, invalid or
+//! panicking transactions; references and users; a hand-edited row reported, not handed on;
+//! sandbox listings by state, template and labels, page by page; allocation uniqueness, release
+//! and exhaustion; many threads sharing one store.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,257 +10,414 @@ mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use ember_core::{SnapshotId, StackKey};
-use ember_store::{
-    MachineName, MachineState, NetworkConfig, NetworkRequest, PoolConfig, ProcessIdentity,
-    RecordKind, Resource, Store, StoreError, UpdateError,
+use ember_core::{
+    EndCause, PoolSpec, Pooled, Sandbox, SandboxEnd, SandboxState, SnapshotInfo, Template,
+    TemplateName, VmOwner, VmRecord,
 };
-use support::{config, machine, name, snapshot, temp_db};
+use ember_store::{
+    Durability, NetworkConfig, RecordKind, Resource, SandboxFilter, Store, StoreError,
+};
+use support::{config, sandbox, seed_template, snapshot, stack, t0, temp_db, template};
+
+fn write<T>(
+    store: &Store,
+    f: impl FnOnce(&ember_store::Tx<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    store.write("test", Durability::Full, f)
+}
+
+fn pool(template: &str) -> PoolSpec {
+    PoolSpec {
+        template: TemplateName::new(template).unwrap(),
+        min_depth: 2,
+        max_depth: 8,
+        pooled: Pooled::Running,
+        max_age_secs: Some(600),
+        refill_parallelism: 2,
+    }
+}
+
+fn vm(id: &str) -> VmRecord {
+    VmRecord {
+        id: ember_core::VmId::new(id).unwrap(),
+        owner: VmOwner::Sandbox,
+        status: ember_core::VmStatus::Running,
+        stack: Some(stack("probe")),
+        restored_from: None,
+        created_at: t0(),
+        snapshots: vec![],
+        vcpu_count: 1,
+        mem_size_mib: 128,
+        vsock_cid: Some(3),
+        network_interfaces: vec![],
+        process: ember_core::VmProcess {
+            identity: ember_core::ProcessIdentity {
+                pid: 4242,
+                start_time: 99,
+                boot_id: "boot".into(),
+            },
+            slot: 3,
+            dir: "/run/ember/slots/3".into(),
+            api_socket: "/run/ember/slots/3/api.sock".into(),
+            vsock_socket: "/run/ember/slots/3/vsock.sock".into(),
+        },
+    }
+}
 
 #[test]
-fn machine_round_trip_survives_reopen() {
+fn every_record_kind_round_trips_and_survives_reopen() {
     let (_dir, path) = temp_db();
     let store = Store::open(&path, config()).unwrap();
-    assert!(store.list().unwrap().is_empty());
-    let saved = store
-        .save(
-            &name("web-1"),
-            &machine("vm-web-1"),
-            NetworkRequest::Allocate,
-        )
-        .unwrap();
-    assert_eq!(saved.revision, 1);
-    let net = saved.network.clone().expect("allocated");
-    assert_eq!(
-        net.ip.to_string(),
-        "10.77.0.2",
-        "lowest host after the gateway"
-    );
-    assert_eq!(net.mac.to_string(), "06:00:0a:4d:00:02");
-    assert_eq!(net.tap, "tst0");
-    assert_eq!(net.vsock_cid, 3);
-    assert_eq!(
-        (net.prefix_len, net.gateway.to_string().as_str()),
-        (22, "10.77.0.1")
-    );
-
-    let me = ProcessIdentity::current().unwrap();
-    let updated = store
-        .update(&name("web-1"), |m| {
-            m.state = MachineState::Running;
-            m.vmm = Some(me.clone());
-            m.api_socket = Some("/run/ember/web-1/api.sock".into());
-            Ok::<_, std::convert::Infallible>(())
+    seed_template(&store, "probe");
+    write(&store, |tx| {
+        tx.insert(&pool("probe"))?;
+        tx.insert(&sandbox("sb-1", "probe"))?;
+        tx.insert(&vm("sb-1"))?;
+        Ok(())
+    })
+    .unwrap();
+    let updated = write(&store, |tx| {
+        tx.update::<Sandbox, StoreError>("sb-1", |s| {
+            s.state = SandboxState::Paused;
+            Ok(())
         })
-        .unwrap();
+    })
+    .unwrap();
     assert_eq!(updated.revision, 2);
-    assert_eq!(updated.created_at, saved.created_at);
-    assert!(updated.updated_at >= saved.updated_at);
-    assert_eq!(
-        updated.network, saved.network,
-        "update never touches the allocation"
-    );
     drop(store);
 
     let store = Store::open(&path, config()).unwrap();
-    let loaded = store.load(&name("web-1")).unwrap();
-    assert_eq!(loaded, updated);
-    assert_eq!(store.list().unwrap(), vec![updated]);
-    assert_eq!(store.recovery_report().len(), 1, "it was stored running");
+    assert_eq!(store.load::<Sandbox>("sb-1").unwrap(), updated);
+    assert_eq!(store.load::<VmRecord>("sb-1").unwrap().record, vm("sb-1"));
+    assert_eq!(
+        store.load::<PoolSpec>("probe").unwrap().record,
+        pool("probe")
+    );
+    assert_eq!(
+        store.load::<Template>("probe").unwrap().record,
+        template("probe", "tpl-probe")
+    );
+    assert_eq!(
+        store.list::<SnapshotInfo>().unwrap()[0].record,
+        snapshot("tpl-probe", Some(stack("probe")))
+    );
     assert!(store.integrity_check().unwrap().is_empty());
 }
 
 #[test]
-fn save_is_insert_only_and_remove_is_idempotent() {
+fn insert_never_overwrites_and_remove_is_idempotent() {
     let (_dir, path) = temp_db();
     let store = Store::open(&path, config()).unwrap();
-    let first = store
-        .save(&name("a"), &machine("vm-a"), NetworkRequest::Allocate)
-        .unwrap();
-    let mut other = machine("vm-other");
-    other.vcpus = 4;
-    let err = store
-        .save(&name("a"), &other, NetworkRequest::Allocate)
-        .unwrap_err();
+    seed_template(&store, "probe");
+    let first = write(&store, |tx| tx.insert(&sandbox("a", "probe"))).unwrap();
+    let mut other = sandbox("a", "probe");
+    other.labels.insert("x".into(), "y".into());
+    let err = write(&store, |tx| tx.insert(&other)).unwrap_err();
     assert!(
-        matches!(&err, StoreError::AlreadyExists { kind: RecordKind::Machine, key } if key == "a"),
+        matches!(&err, StoreError::AlreadyExists { kind: RecordKind::Sandbox, key } if key == "a"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("use update"), "{err}");
-    assert_eq!(
-        store.load(&name("a")).unwrap(),
-        first,
-        "the original is untouched"
+    assert_eq!(store.load::<Sandbox>("a").unwrap(), first, "untouched");
+    // put replaces; replace checks the revision.
+    let put = write(&store, |tx| tx.put(&other)).unwrap();
+    assert_eq!(put.revision, 2);
+    let err = write(&store, |tx| tx.replace(&sandbox("a", "probe"), 1)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Stale {
+                expected: 1,
+                found: 2,
+                ..
+            }
+        ),
+        "{err:?}"
     );
-    assert_eq!(store.list().unwrap().len(), 1, "and no allocation leaked");
-
-    let removed = store.remove(&name("a")).unwrap().unwrap();
-    assert_eq!(removed, first);
-    assert!(store.remove(&name("a")).unwrap().is_none());
-    let err = store.load(&name("a")).unwrap_err();
+    let removed = write(&store, |tx| tx.remove::<Sandbox>("a"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed, other);
+    assert!(
+        write(&store, |tx| tx.remove::<Sandbox>("a"))
+            .unwrap()
+            .is_none()
+    );
+    let err = store.load::<Sandbox>("a").unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
-    assert!(store.get(&name("a")).unwrap().is_none());
 }
 
-#[derive(Debug, PartialEq)]
-struct Veto(&'static str);
-
 #[test]
-fn failed_invalid_or_panicking_updates_write_nothing() {
+fn failed_invalid_or_panicking_transactions_write_nothing() {
     let (_dir, path) = temp_db();
-    let store = Store::open(&path, config()).unwrap();
-    let before = store
-        .save(&name("m"), &machine("vm-m"), NetworkRequest::None)
-        .unwrap();
+    let store = Arc::new(Store::open(&path, config()).unwrap());
+    seed_template(&store, "probe");
+    let before = write(&store, |tx| tx.insert(&sandbox("m", "probe"))).unwrap();
 
-    let err = store
-        .update(&name("m"), |m| {
-            m.vcpus = 8;
-            Err(Veto("no"))
-        })
-        .unwrap_err();
-    assert!(matches!(err, UpdateError::Rejected(Veto("no"))), "{err:?}");
-    assert_eq!(store.load(&name("m")).unwrap(), before);
-
-    let err = store
-        .update(&name("m"), |m| {
-            m.state = MachineState::Running; // without a VMM process: invalid
-            Ok::<_, Veto>(())
-        })
-        .unwrap_err();
-    let text = err.to_string();
+    // The closure fails after writing: everything rolls back.
+    let err = write(&store, |tx| {
+        tx.insert(&sandbox("n", "probe"))?;
+        tx.allocate_network("n")?;
+        tx.update::<Sandbox, StoreError>("m", |s| {
+            s.labels.insert("k".into(), "v".into());
+            Ok(())
+        })?;
+        Err::<(), _>(StoreError::invalid("test", "changed my mind"))
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("changed my mind"));
+    assert_eq!(store.load::<Sandbox>("m").unwrap(), before);
+    assert!(store.get::<Sandbox>("n").unwrap().is_none());
     assert!(
-        matches!(err.store_error(), Some(StoreError::InvalidField { field, .. }) if field == "machine.vmm"),
-        "{text}"
+        store
+            .read("net", |tx| tx.network_of("n"))
+            .unwrap()
+            .is_none()
     );
-    assert_eq!(store.load(&name("m")).unwrap(), before);
 
-    let store = Arc::new(store);
-    let s = Arc::clone(&store);
+    // An invalid record is refused naming the field.
+    let mut bad = sandbox("bad", "probe");
+    bad.env.insert("1X".into(), "v".into());
+    let err = write(&store, |tx| tx.insert(&bad)).unwrap_err();
+    assert!(err.to_string().contains("1X"), "{err}");
+    // An update may not change the key.
+    let err = write(&store, |tx| {
+        tx.update::<Sandbox, StoreError>("m", |s| {
+            s.id = ember_core::SandboxId::new("other").unwrap();
+            Ok(())
+        })
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("may not change the key"), "{err}");
+
+    // A panic inside the transaction rolls it back and leaves the store usable.
+    let s2 = Arc::clone(&store);
     let panicked = std::thread::spawn(move || {
-        let _ = s.update(&name("m"), |m| -> Result<(), Veto> {
-            m.vcpus = 16;
-            panic!("closure panics mid-transaction");
+        let _ = write(&s2, |tx| {
+            tx.insert(&sandbox("p", "probe"))?;
+            panic!("boom");
+            #[allow(unreachable_code)]
+            Ok(())
         });
     })
     .join();
     assert!(panicked.is_err());
-    assert_eq!(store.load(&name("m")).unwrap(), before, "rolled back");
-    // The store is still usable after the panic.
-    let after = store
-        .update(&name("m"), |m| {
-            m.vcpus = 4;
-            Ok::<_, Veto>(())
-        })
-        .unwrap();
-    assert_eq!((after.machine.vcpus, after.revision), (4, 2));
+    assert!(store.get::<Sandbox>("p").unwrap().is_none());
+    write(&store, |tx| tx.insert(&sandbox("q", "probe"))).unwrap();
 
+    // A read transaction cannot write.
     let err = store
-        .update(&name("ghost"), |_| Ok::<_, Veto>(()))
+        .read("read", |tx| tx.insert(&sandbox("r", "probe")))
         .unwrap_err();
+    assert!(err.to_string().contains("read transaction"), "{err}");
+}
+
+#[test]
+fn references_must_exist_and_users_block_removal() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path, config()).unwrap();
+    // A template needs its snapshot, a pool its template, a live sandbox its template.
+    let err = write(&store, |tx| tx.insert(&template("probe", "tpl-probe"))).unwrap_err();
     assert!(
-        matches!(err.store_error(), Some(StoreError::NotFound { .. })),
+        matches!(
+            &err,
+            StoreError::UnknownReference {
+                field: "template.snapshot",
+                ..
+            }
+        ),
         "{err:?}"
+    );
+    let err = write(&store, |tx| tx.insert(&pool("probe"))).unwrap_err();
+    assert!(err.to_string().contains("pool.template"), "{err}");
+    let err = write(&store, |tx| tx.insert(&sandbox("s", "probe"))).unwrap_err();
+    assert!(err.to_string().contains("sandbox.template"), "{err}");
+
+    seed_template(&store, "probe");
+    write(&store, |tx| {
+        tx.insert(&pool("probe"))?;
+        tx.insert(&sandbox("s", "probe"))
+    })
+    .unwrap();
+    let err = write(&store, |tx| tx.remove::<Template>("probe")).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, StoreError::InUse { .. })
+            && text.contains("pool probe")
+            && text.contains("sandbox s"),
+        "{text}"
+    );
+    let err = write(&store, |tx| tx.remove::<SnapshotInfo>("tpl-probe")).unwrap_err();
+    assert!(err.to_string().contains("template probe"), "{err}");
+
+    // An ended sandbox and a removed pool no longer hold the template.
+    write(&store, |tx| {
+        tx.remove::<PoolSpec>("probe")?;
+        tx.update::<Sandbox, StoreError>("s", |s| {
+            s.state = SandboxState::Ended;
+            s.end = Some(SandboxEnd {
+                cause: EndCause::Killed,
+                message: "killed by its owner".into(),
+                at: t0(),
+            });
+            Ok(())
+        })
+    })
+    .unwrap();
+    write(&store, |tx| {
+        tx.remove::<Template>("probe")?;
+        tx.remove::<SnapshotInfo>("tpl-probe")
+    })
+    .unwrap();
+    // The ended sandbox keeps its record (and the template's name).
+    assert_eq!(
+        store.load::<Sandbox>("s").unwrap().record.template.as_str(),
+        "probe"
     );
 }
 
 #[test]
-fn invalid_names_say_what_is_allowed() {
-    for bad in ["", "-x", "a/b", "sp ace", &"n".repeat(64)] {
-        let err = MachineName::new(bad).unwrap_err().to_string();
-        assert!(err.contains("1 to 63 ASCII letters, digits"), "{err}");
-        // The store's error wraps the same message.
-        let store_err: StoreError = MachineName::new(bad).unwrap_err().into();
-        assert_eq!(store_err.to_string(), err);
-    }
+fn a_hand_edited_row_is_reported_not_handed_on() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path, config()).unwrap();
+    seed_template(&store, "probe");
+    write(&store, |tx| tx.insert(&sandbox("s", "probe"))).unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE sandboxes SET body = json_set(body, '$.env', json('{\"1X\":\"v\"}')) WHERE id = 's'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path, config()).unwrap();
+    let err = store.load::<Sandbox>("s").unwrap_err();
+    assert!(err.is_corruption(), "{err:?}");
+    assert!(
+        err.to_string().contains("sandbox \"s\"") && err.to_string().contains("1X"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sandboxes_are_listed_by_state_template_and_label_page_by_page() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path, config()).unwrap();
+    seed_template(&store, "a");
+    seed_template(&store, "b");
+    write(&store, |tx| {
+        for i in 0..25u64 {
+            let mut s = sandbox(&format!("s{i:02}"), if i % 2 == 0 { "a" } else { "b" });
+            s.created_at = t0() + std::time::Duration::from_millis(i / 3);
+            if i % 5 == 0 {
+                s.state = SandboxState::Paused;
+            }
+            s.labels.insert("team".into(), format!("t{}", i % 3));
+            s.labels.insert("role.kind/x".into(), "web".into());
+            tx.insert(&s)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let all = |filter: SandboxFilter| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut f = filter;
+        loop {
+            let page = store.sandboxes(&f).unwrap();
+            assert!(page.items.len() <= f.limit);
+            out.extend(page.items.iter().map(|s| s.id.to_string()));
+            match page.next {
+                Some(c) => f.after = Some(c.to_string().parse().unwrap()),
+                None => return out,
+            }
+        }
+    };
+    let everything = all(SandboxFilter {
+        limit: 4,
+        ..SandboxFilter::default()
+    });
+    let want: Vec<String> = (0..25).map(|i| format!("s{i:02}")).collect();
+    assert_eq!(everything, want, "oldest first, each once across pages");
+    let paused = all(SandboxFilter {
+        states: vec![SandboxState::Paused],
+        limit: 2,
+        ..SandboxFilter::default()
+    });
+    assert_eq!(paused, ["s00", "s05", "s10", "s15", "s20"]);
+    let a_team1 = all(SandboxFilter {
+        template: Some(TemplateName::new("a").unwrap()),
+        labels: vec![
+            ("team".into(), "t1".into()),
+            ("role.kind/x".into(), "web".into()),
+        ],
+        ..SandboxFilter::default()
+    });
+    assert_eq!(a_team1, ["s04", "s10", "s16", "s22"]);
+    let err = store
+        .sandboxes(&SandboxFilter {
+            limit: 0,
+            ..SandboxFilter::default()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
+    let err = store
+        .sandboxes(&SandboxFilter {
+            labels: vec![("bad key".into(), "x".into())],
+            ..SandboxFilter::default()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("bad key"), "{err}");
 }
 
 #[test]
 fn allocations_are_unique_released_and_reused() {
     let (_dir, path) = temp_db();
     let store = Store::open(&path, config()).unwrap();
-    let mut records = Vec::new();
-    for i in 0..60 {
-        records.push(
-            store
-                .save(
-                    &name(&format!("m{i}")),
-                    &machine(&format!("vm{i}")),
-                    NetworkRequest::Allocate,
-                )
-                .unwrap(),
-        );
-    }
-    let nets: Vec<_> = records.iter().map(|r| r.network.clone().unwrap()).collect();
-    for (what, distinct) in [
-        (
-            "ip",
-            nets.iter()
-                .map(|n| n.ip.to_string())
-                .collect::<HashSet<_>>()
-                .len(),
-        ),
-        (
-            "mac",
-            nets.iter()
-                .map(|n| n.mac.to_string())
-                .collect::<HashSet<_>>()
-                .len(),
-        ),
-        (
-            "cid",
-            nets.iter()
-                .map(|n| n.vsock_cid.to_string())
-                .collect::<HashSet<_>>()
-                .len(),
-        ),
-        (
-            "tap",
-            nets.iter()
-                .map(|n| n.tap.clone())
-                .collect::<HashSet<_>>()
-                .len(),
-        ),
-    ] {
-        assert_eq!(distinct, 60, "{what} values collide");
-    }
-    assert!(
-        nets.iter().all(|n| n.ip.to_string() != "10.77.0.1"),
-        "gateway handed out"
+    let first = write(&store, |tx| tx.allocate_network("web-1")).unwrap();
+    assert_eq!(
+        first.ip.to_string(),
+        "10.77.0.2",
+        "lowest host after the gateway"
     );
-
-    // Release m7's allocation; the next save gets exactly those values back (lowest free).
-    let freed = store.remove(&name("m7")).unwrap().unwrap().network.unwrap();
-    let again = store
-        .save(&name("new"), &machine("vm-new"), NetworkRequest::Allocate)
-        .unwrap()
-        .network
-        .unwrap();
-    assert_eq!(again, freed);
+    assert_eq!(first.mac.to_string(), "06:00:0a:4d:00:02");
+    assert_eq!((first.tap.as_str(), first.vsock_cid), ("tst0", 3));
+    assert_eq!(
+        (first.prefix_len, first.gateway.to_string().as_str()),
+        (22, "10.77.0.1")
+    );
+    let err = write(&store, |tx| tx.allocate_network("web-1")).unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
+    let second = write(&store, |tx| tx.allocate_network("web-2")).unwrap();
+    assert_ne!(first.ip, second.ip);
+    assert!(write(&store, |tx| tx.release_network("web-1")).unwrap());
+    assert!(!write(&store, |tx| tx.release_network("web-1")).unwrap());
+    let third = write(&store, |tx| tx.allocate_network("web-3")).unwrap();
+    assert_eq!(third, first, "the lowest free values are reused");
+    drop(store);
+    let store = Store::open(&path, config()).unwrap();
+    assert_eq!(
+        store.read("net", |tx| tx.network_of("web-3")).unwrap(),
+        Some(third)
+    );
 }
 
 #[test]
 fn exhaustion_names_the_range() {
     let (dir, path) = temp_db();
     let mut cfg = config();
-    // A /29 has hosts .1-.6; .1 is the gateway, so five machines fit.
+    // A /29 has hosts .1-.6; .1 is the gateway, so five guests fit.
     cfg.network.subnet = "10.9.0.0/29".parse().unwrap();
     cfg.network.gateway = "10.9.0.1".parse().unwrap();
-    let store = Store::open(&path, cfg.clone()).unwrap();
+    let store = Store::open(&path, cfg).unwrap();
+    seed_template(&store, "probe");
     for i in 0..5 {
-        store
-            .save(
-                &name(&format!("m{i}")),
-                &machine("vm"),
-                NetworkRequest::Allocate,
-            )
-            .unwrap();
+        write(&store, |tx| tx.allocate_network(&format!("m{i}"))).unwrap();
     }
-    let err = store
-        .save(&name("m5"), &machine("vm"), NetworkRequest::Allocate)
-        .unwrap_err();
+    let err = write(&store, |tx| {
+        tx.insert(&sandbox("m5", "probe"))?;
+        tx.allocate_network("m5")
+    })
+    .unwrap_err();
     assert!(
         matches!(
             err,
@@ -276,33 +435,19 @@ fn exhaustion_names_the_range() {
         "{text}"
     );
     assert!(
-        store.get(&name("m5")).unwrap().is_none(),
-        "the machine row was rolled back too"
+        store.get::<Sandbox>("m5").unwrap().is_none(),
+        "the sandbox row was rolled back too"
     );
-    // Without an allocation the machine can still be saved.
-    store
-        .save(&name("m5"), &machine("vm"), NetworkRequest::None)
-        .unwrap();
     drop(store);
 
-    // CIDs and TAP names run out on their own ranges.
-    let path2 = dir.path().join("cids.db");
     let mut small = config();
     small.network.first_cid = 10;
     small.network.last_cid = 11;
-    let store = Store::open(&path2, small).unwrap();
+    let store = Store::open(dir.path().join("cids.db"), small).unwrap();
     for i in 0..2 {
-        store
-            .save(
-                &name(&format!("c{i}")),
-                &machine("vm"),
-                NetworkRequest::Allocate,
-            )
-            .unwrap();
+        write(&store, |tx| tx.allocate_network(&format!("c{i}"))).unwrap();
     }
-    let err = store
-        .save(&name("c2"), &machine("vm"), NetworkRequest::Allocate)
-        .unwrap_err();
+    let err = write(&store, |tx| tx.allocate_network("c2")).unwrap_err();
     assert!(
         matches!(
             err,
@@ -316,22 +461,13 @@ fn exhaustion_names_the_range() {
     assert!(err.to_string().contains("vsock CIDs 10 to 11"), "{err}");
     drop(store);
 
-    let path3 = dir.path().join("taps.db");
     let mut taps = config();
     taps.network.last_tap_index = 1;
-    let store = Store::open(&path3, taps).unwrap();
+    let store = Store::open(dir.path().join("taps.db"), taps).unwrap();
     for i in 0..2 {
-        store
-            .save(
-                &name(&format!("t{i}")),
-                &machine("vm"),
-                NetworkRequest::Allocate,
-            )
-            .unwrap();
+        write(&store, |tx| tx.allocate_network(&format!("t{i}"))).unwrap();
     }
-    let err = store
-        .save(&name("t2"), &machine("vm"), NetworkRequest::Allocate)
-        .unwrap_err();
+    let err = write(&store, |tx| tx.allocate_network("t2")).unwrap_err();
     assert!(
         matches!(
             err,
@@ -352,197 +488,46 @@ fn a_changed_tap_prefix_never_reissues_a_name() {
     cfg.network.tap_prefix = "a".into();
     let store = Store::open(&path, cfg.clone()).unwrap();
     for i in 0..11 {
-        store
-            .save(
-                &name(&format!("m{i}")),
-                &machine("vm"),
-                NetworkRequest::Allocate,
-            )
-            .unwrap();
+        write(&store, |tx| tx.allocate_network(&format!("m{i}"))).unwrap();
     }
     drop(store);
     // With prefix "a1", index 0 would be "a10", which "a" + 10 already holds.
     cfg.network.tap_prefix = "a1".into();
     let store = Store::open(&path, cfg).unwrap();
-    let tap = store
-        .save(&name("late"), &machine("vm"), NetworkRequest::Allocate)
-        .unwrap()
-        .network
-        .unwrap()
-        .tap;
+    let tap = write(&store, |tx| tx.allocate_network("late")).unwrap().tap;
     assert_eq!(tap, "a11");
-}
-
-#[test]
-fn snapshots_and_pools_keep_their_references() {
-    let (_dir, path) = temp_db();
-    let store = Store::open(&path, config()).unwrap();
-    let stack = StackKey::new("alpha", "1.0", 2, 256).unwrap();
-    let base = snapshot("base", Some(stack.clone()), None);
-    store.save_snapshot(&base).unwrap();
-    assert!(matches!(
-        store.save_snapshot(&base).unwrap_err(),
-        StoreError::AlreadyExists {
-            kind: RecordKind::Snapshot,
-            ..
-        }
-    ));
-    let orphan = snapshot("diff-x", None, Some("missing"));
-    let err = store.save_snapshot(&orphan).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::UnknownReference {
-                field: "snapshot.parent",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    store
-        .save_snapshot(&snapshot("diff-1", Some(stack.clone()), Some("base")))
-        .unwrap();
-    store.save_snapshot(&snapshot("other", None, None)).unwrap();
-    assert_eq!(
-        store
-            .load_snapshot(&SnapshotId::new("base").unwrap())
-            .unwrap(),
-        base
-    );
-    let of_stack: Vec<_> = store
-        .list_snapshots(Some(&stack))
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id.to_string())
-        .collect();
-    assert_eq!(of_stack, ["base", "diff-1"]);
-    assert_eq!(store.list_snapshots(None).unwrap().len(), 3);
-
-    let pool = PoolConfig {
-        template_snapshot: SnapshotId::new("base").unwrap(),
-        min_depth: 2,
-        max_depth: 4,
-        max_age: Some(Duration::from_secs(300)),
-        refill_parallelism: 2,
-    };
-    let saved = store.save_pool(&stack, &pool).unwrap();
-    assert_eq!((saved.config.clone(), saved.revision), (pool.clone(), 1));
-    assert!(matches!(
-        store.save_pool(&stack, &pool).unwrap_err(),
-        StoreError::AlreadyExists {
-            kind: RecordKind::Pool,
-            ..
-        }
-    ));
-    let mut bad = pool.clone();
-    bad.template_snapshot = SnapshotId::new("nope").unwrap();
-    let other_stack = StackKey::new("beta", "1", 1, 128).unwrap();
-    assert!(matches!(
-        store.save_pool(&other_stack, &bad).unwrap_err(),
-        StoreError::UnknownReference {
-            field: "pool.template_snapshot",
-            ..
-        }
-    ));
-    let err = store
-        .update_pool(&stack, |p| {
-            p.min_depth = 9;
-            Ok::<_, Veto>(())
-        })
-        .unwrap_err();
-    assert!(err.to_string().contains("pool.min_depth"), "{err}");
-    let updated = store
-        .update_pool(&stack, |p| {
-            p.max_depth = 16;
-            p.max_age = None;
-            Ok::<_, Veto>(())
-        })
-        .unwrap();
-    assert_eq!(
-        (
-            updated.config.max_depth,
-            updated.config.max_age,
-            updated.revision
-        ),
-        (16, None, 2)
-    );
-    assert_eq!(store.list_pools().unwrap(), vec![updated.clone()]);
-
-    // A machine restored from the template.
-    let mut m = machine("vm-r");
-    m.stack = Some(stack.clone());
-    m.source_snapshot = Some(SnapshotId::new("base").unwrap());
-    store
-        .save(&name("restored"), &m, NetworkRequest::None)
-        .unwrap();
-    let mut dangling = machine("vm-d");
-    dangling.source_snapshot = Some(SnapshotId::new("gone").unwrap());
-    let err = store
-        .save(&name("dangling"), &dangling, NetworkRequest::None)
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::UnknownReference {
-                field: "machine.source_snapshot",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-
-    // "base" is used by a machine, a pool and a diff snapshot.
-    let err = store
-        .remove_snapshot(&SnapshotId::new("base").unwrap())
-        .unwrap_err();
-    let text = err.to_string();
-    assert!(
-        text.contains("machine restored")
-            && text.contains("pool alpha@1.0")
-            && text.contains("snapshot diff-1"),
-        "{text}"
-    );
-    store.remove(&name("restored")).unwrap();
-    assert_eq!(store.remove_pool(&stack).unwrap(), Some(updated));
-    assert_eq!(store.remove_pool(&stack).unwrap(), None);
-    store
-        .remove_snapshot(&SnapshotId::new("diff-1").unwrap())
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        store
-            .remove_snapshot(&SnapshotId::new("base").unwrap())
-            .unwrap(),
-        Some(base)
-    );
-    assert!(store.integrity_check().unwrap().is_empty());
 }
 
 #[test]
 fn threads_sharing_one_store_lose_nothing() {
     let (_dir, path) = temp_db();
     let store = Arc::new(Store::open(&path, config()).unwrap());
-    store
-        .save(&name("counter"), &machine("vm-c"), NetworkRequest::None)
-        .unwrap();
+    seed_template(&store, "probe");
+    write(&store, |tx| tx.insert(&sandbox("counter", "probe"))).unwrap();
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
                 for i in 0..25 {
+                    let id = format!("t{t}-{i}");
+                    let durability = if i % 2 == 0 {
+                        Durability::Process
+                    } else {
+                        Durability::Full
+                    };
                     store
-                        .save(
-                            &name(&format!("t{t}-{i}")),
-                            &machine("vm"),
-                            NetworkRequest::Allocate,
-                        )
-                        .unwrap();
-                    store
-                        .update(&name("counter"), |m| {
-                            m.disk_gib += 1;
-                            Ok::<_, Veto>(())
+                        .write::<_, StoreError>("insert", durability, |tx| {
+                            tx.insert(&sandbox(&id, "probe"))?;
+                            tx.allocate_network(&id)?;
+                            tx.update::<Sandbox, StoreError>("counter", |s| {
+                                let n: u64 = s.labels.get("n").map_or(0, |v| v.parse().unwrap());
+                                s.labels.insert("n".into(), (n + 1).to_string());
+                                Ok(())
+                            })
                         })
                         .unwrap();
+                    // Readers see committed states while writers write.
+                    store.list::<Sandbox>().unwrap();
                 }
             })
         })
@@ -550,15 +535,42 @@ fn threads_sharing_one_store_lose_nothing() {
     for t in threads {
         t.join().unwrap();
     }
-    let counter = store.load(&name("counter")).unwrap();
-    assert_eq!((counter.machine.disk_gib, counter.revision), (100, 101));
-    let all = store.list().unwrap();
+    let counter = store.load::<Sandbox>("counter").unwrap();
+    assert_eq!(counter.record.labels["n"], "100");
+    assert_eq!(counter.revision, 101);
+    let all = store.list::<Sandbox>().unwrap();
     assert_eq!(all.len(), 101);
-    let ips: HashSet<_> = all
-        .iter()
-        .filter_map(|r| r.network.as_ref().map(|n| n.ip))
+    let ips: HashSet<_> = store
+        .read("nets", |tx| {
+            all.iter()
+                .filter_map(|s| tx.network_of(s.record.id.as_str()).transpose())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|n| n.ip)
         .collect();
     assert_eq!(ips.len(), 100);
+}
+
+#[test]
+fn commits_are_observed_with_their_durability() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path, config()).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    store.set_commit_observer(Arc::new(move |op, d, took| {
+        s.lock().unwrap().push((op, d, took));
+    }));
+    store
+        .write::<_, StoreError>("one", Durability::Process, |tx| tx.allocate_network("x"))
+        .unwrap();
+    let _ = store.write::<(), StoreError>("failed", Durability::Full, |_| {
+        Err(StoreError::invalid("x", "no"))
+    });
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "only committed writes are observed");
+    assert_eq!((seen[0].0, seen[0].1), ("one", Durability::Process));
 }
 
 #[test]

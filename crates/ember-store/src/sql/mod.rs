@@ -1,12 +1,13 @@
-//! Rows: how each record is written to and read from its tables.
+//! Rows: how records are written to and read from their tables.
 //!
-//! One submodule per table family; each takes a connection or transaction opened by
-//! [`Store`](crate::Store) and returns [`Failure`], which the store turns into a
-//! [`StoreError`] naming the file and the operation. Nothing here opens, locks or commits.
+//! [`rows`] is the one generic codec (a [`Record`](crate::Record) as JSON under its key);
+//! [`queries`] holds the few queries that are not "by key" (who refers to a record, sandboxes by
+//! state, label and template, page by page). Each takes a connection or transaction opened by
+//! [`Store`](crate::Store) and returns [`Failure`], which the store turns into a [`StoreError`]
+//! naming the file and the operation. Nothing here opens, locks or commits.
 
-pub(crate) mod machines;
-pub(crate) mod pools;
-pub(crate) mod snapshots;
+pub(crate) mod queries;
+pub(crate) mod rows;
 
 use std::path::Path;
 use std::time::Duration;
@@ -68,10 +69,4 @@ impl Failure {
             },
         }
     }
-}
-
-/// Whether a snapshot with this id is stored.
-pub(crate) fn snapshot_exists(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM snapshots WHERE id = ?1)")?
-        .query_row([id], |r| r.get(0))
 }

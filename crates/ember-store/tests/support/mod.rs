@@ -1,19 +1,20 @@
-//! Shared helpers for ember-store's integration tests: sample records, a deterministic
-//! "generation" payload whose every field can be checked against one number (to spot torn
-//! records), re-executing the test binary as a child process, and file fingerprints.
+//! Shared helpers for ember-store's integration tests: sample records (ember-core's types), a
+//! deterministic "generation" sandbox whose every field can be checked against one number (to
+//! spot torn records), re-executing the test binary as a child process, and file fingerprints.
 //!
 //! Each test binary uses only some of these, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ember_core::{SnapshotId, StackKey, VmId};
-use ember_store::{
-    BlockDevice, Ipv4Subnet, Machine, MachineName, MachineRecord, MachineState, NetworkConfig,
-    OpenCheck, ProcessIdentity, SnapshotRecord, StoreConfig,
+use ember_core::{
+    Sandbox, SandboxId, SandboxStart, SandboxState, SnapshotId, SnapshotInfo, StackKey, Template,
+    TemplateName, TemplateSpec, TemplateState,
 };
+use ember_store::{Durability, Ipv4Subnet, NetworkConfig, OpenCheck, Store, StoreConfig, Stored};
 
 /// A store configuration with a /22 subnet and the default other ranges.
 pub fn config() -> StoreConfig {
@@ -31,89 +32,130 @@ pub fn config() -> StoreConfig {
     }
 }
 
-/// A validated machine name.
-pub fn name(s: &str) -> MachineName {
-    MachineName::new(s).unwrap()
+/// A fixed point in time the sample records use.
+pub fn t0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(1_700_000_000_000)
 }
 
-/// A plain machine in state `Created`.
-pub fn machine(vm: &str) -> Machine {
-    let mut m = Machine::new(VmId::new(vm).unwrap(), 2, 256);
-    m.kernel = Some("/var/lib/ember/vmlinux".into());
-    m.cmdline = Some("console=ttyS0 reboot=k panic=1".into());
-    m
+/// The stack of template `name` (version v1, 1 vCPU, 128 MiB).
+pub fn stack(name: &str) -> StackKey {
+    StackKey::new(name, "v1", 1, 128).unwrap()
 }
 
-/// A snapshot record with derived paths and a fixed checksum.
-pub fn snapshot(id: &str, stack: Option<StackKey>, parent: Option<&str>) -> SnapshotRecord {
-    SnapshotRecord {
-        id: SnapshotId::new(id).unwrap(),
+/// A snapshot's catalog entry with derived paths.
+pub fn snapshot(id: &str, stack: Option<StackKey>) -> SnapshotInfo {
+    SnapshotInfo {
+        snapshot_id: SnapshotId::new(id).unwrap(),
         stack,
-        state_path: format!("/var/lib/ember/snap/{id}.state").into(),
-        mem_path: format!("/var/lib/ember/snap/{id}.mem").into(),
-        state_size: 20_480,
-        mem_size: 128 << 20,
-        checksum: "crc32:0badc0de".into(),
-        created_at: std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
-        parent: parent.map(|p| SnapshotId::new(p).unwrap()),
+        state_path: format!("/var/lib/ember/snapshots/{id}/state").into(),
+        mem_path: format!("/var/lib/ember/snapshots/{id}/mem").into(),
+        provider: "ember-vmm".into(),
+        vmm_version: "0.1.0".into(),
+        vcpu_count: 1,
+        mem_size_mib: 128,
+        state_len: 20_480,
+        state_crc32: 0x0bad_c0de,
+        mem_len: 128 << 20,
+        vsock_cid: Some(3),
+        network_interfaces: vec![],
+        source_vm: None,
+        created_at: t0(),
     }
 }
 
-/// The boot id every generated identity carries (a fixed, fake one).
-pub const FAKE_BOOT_ID: &str = "5f1c0b3e-0000-4000-8000-00000000e3b0";
-
-/// The machine whose every field is derived from `(name, generation)`.
-///
-/// Long enough (a ~1.5 KiB command line) that a record spans more than a few sectors, so a torn
-/// write would show up as fields from two generations.
-pub fn generation_machine(name: &str, generation: u64) -> Machine {
-    let states = MachineState::ALL;
-    let state = states[(generation % states.len() as u64) as usize];
-    let mut m = Machine::new(
-        VmId::new(format!("vm-{name}")).unwrap(),
-        1 + (generation % 8) as u8,
-        128 + (generation % 512) as u32,
-    );
-    m.state = state;
-    m.disk_gib = generation;
-    m.kernel = Some(format!("/k/{name}/{generation}").into());
-    m.cmdline = Some(format!("gen={generation} name={name} {}", "x".repeat(1500)));
-    m.block_devices = vec![BlockDevice {
-        drive_id: "rootfs".into(),
-        path: format!("/d/{name}/{generation}.img").into(),
-        read_only: generation.is_multiple_of(2),
-    }];
-    m.distro = Some("debian".into());
-    m.distro_version = Some(format!("12.{generation}"));
-    m.tenant = Some(format!("tenant-{generation}"));
-    m.vmm = Some(ProcessIdentity {
-        pid: 1000 + (generation % 100_000) as u32,
-        start_time: generation * 7,
-        boot_id: FAKE_BOOT_ID.into(),
-    });
-    m.api_socket = Some(format!("/run/ember/{name}/api.{generation}.sock").into());
-    m.console_log = Some(format!("/run/ember/{name}/console.{generation}.log").into());
-    m.vsock_uds = Some(format!("/run/ember/{name}/vsock.{generation}").into());
-    m.run_dir = Some(format!("/run/ember/{name}").into());
-    m
+/// A ready probe template `name` whose snapshot is `snapshot`.
+pub fn template(name: &str, snapshot: &str) -> Template {
+    Template {
+        name: TemplateName::new(name).unwrap(),
+        spec: TemplateSpec::probe(),
+        stack: stack(name),
+        state: TemplateState::Ready,
+        snapshot: Some(SnapshotId::new(snapshot).unwrap()),
+        error: None,
+        build: None,
+        created_at: t0(),
+    }
 }
 
-/// The generation of a record written with [`generation_machine`], after checking that every
-/// field agrees with it and with the record's revision (a save is generation 0, revision 1; each
-/// update adds one to both).
-pub fn check_generation(record: &MachineRecord) -> Result<u64, String> {
-    let generation = record.machine.disk_gib;
-    let want = generation_machine(record.name.as_str(), generation);
-    if record.machine != want {
+/// Stores template `name` and its snapshot `tpl-<name>` (if not stored yet).
+pub fn seed_template(store: &Store, name: &str) {
+    let snap = format!("tpl-{name}");
+    store
+        .write::<_, ember_store::StoreError>("seed template", Durability::Full, |tx| {
+            if tx.get::<Template>(name)?.is_none() {
+                tx.insert(&snapshot(&snap, Some(stack(name))))?;
+                tx.insert(&template(name, &snap))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// A running sandbox of template `template`.
+pub fn sandbox(id: &str, template: &str) -> Sandbox {
+    Sandbox {
+        id: SandboxId::new(id).unwrap(),
+        template: TemplateName::new(template).unwrap(),
+        stack: stack(template),
+        state: SandboxState::Running,
+        labels: BTreeMap::new(),
+        env: BTreeMap::new(),
+        timeout_secs: None,
+        deadline: None,
+        created_at: t0(),
+        start: None,
+        end: None,
+    }
+}
+
+/// The template the generation sandboxes belong to.
+pub const GEN_TEMPLATE: &str = "gen";
+
+/// The sandbox whose every field is derived from `(id, generation)`.
+///
+/// Long enough (a ~1.5 KiB environment value) that a record spans more than a few sectors, so
+/// a torn write would show up as fields from two generations.
+pub fn generation_sandbox(id: &str, generation: u64) -> Sandbox {
+    let mut s = sandbox(id, GEN_TEMPLATE);
+    s.state = if generation.is_multiple_of(2) {
+        SandboxState::Running
+    } else {
+        SandboxState::Paused
+    };
+    s.labels = BTreeMap::from([
+        ("gen".to_string(), generation.to_string()),
+        ("owner".to_string(), format!("tenant-{id}")),
+    ]);
+    s.env = BTreeMap::from([(
+        "PAYLOAD".to_string(),
+        format!("gen={generation} id={id} {}", "x".repeat(1500)),
+    )]);
+    s.timeout_secs = Some(1 + generation % 1000);
+    s.deadline = Some(t0() + Duration::from_secs(generation));
+    s.start = Some(SandboxStart {
+        warm: generation.is_multiple_of(3),
+        latency_us: generation,
+    });
+    s
+}
+
+/// The generation of a record written with [`generation_sandbox`], after checking that every
+/// field agrees with it and with the record's revision (an insert is generation 0, revision 1;
+/// each update adds one to both).
+pub fn check_generation(stored: &Stored<Sandbox>) -> Result<u64, String> {
+    let r = &stored.record;
+    let generation = r.start.map(|s| s.latency_us).unwrap_or(u64::MAX);
+    let want = generation_sandbox(r.id.as_str(), generation);
+    if *r != want {
         return Err(format!(
-            "machine {} is torn or wrong: fields disagree with generation {generation}:\n got {:?}\nwant {:?}",
-            record.name, record.machine, want
+            "sandbox {} is torn or wrong: fields disagree with generation {generation}:\n got {r:?}\nwant {want:?}",
+            r.id
         ));
     }
-    if record.revision != generation + 1 {
+    if stored.revision != generation + 1 {
         return Err(format!(
-            "machine {}: revision {} does not follow generation {generation}",
-            record.name, record.revision
+            "sandbox {}: revision {} does not follow generation {generation}",
+            r.id, stored.revision
         ));
     }
     Ok(generation)
