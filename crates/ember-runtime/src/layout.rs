@@ -10,7 +10,7 @@
 //!     console.log           the process's stdout: the guest serial console
 //!     vmm.log               the process's stderr: the VMM's own log
 //!   vms/<vm id> -> ../slots/<n>    the VM's id, a symlink
-//!   snapshots/<snapshot id>/       state, mem, meta.json (see the snapshots module)
+//!   snapshots/<snapshot id>/       state, mem (see the snapshots module)
 //! ```
 //!
 //! The snapshots may live elsewhere (`ProviderConfig::snapshots_dir`): the root holds only
@@ -166,12 +166,25 @@ fn lock_dir(dir: &Path) -> Result<Flock<fs::File>, LayoutError> {
     })
 }
 
+/// What to do with the slots and VM links an earlier provider left under the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftovers {
+    /// Remove them: the earlier provider's VMMs died with it (parent-death signal).
+    Clear,
+    /// Keep them: the earlier provider's VMMs may still run (detached), for the new provider to
+    /// re-adopt or clean up.
+    Keep,
+}
+
 impl Layout {
-    /// Creates (or reopens) `root`, takes its lock, and clears what an earlier provider left in
-    /// `slots/` and `vms/` (its processes died with it: every VMM is spawned with a parent-death
-    /// signal). Snapshots are kept: in `<root>/snapshots`, or in `snapshots` when given (created
-    /// if missing and locked as well).
-    pub fn open(root: &Path, snapshots: Option<&Path>) -> Result<Layout, LayoutError> {
+    /// Creates (or reopens) `root`, takes its lock, and clears or keeps what an earlier provider
+    /// left in `slots/` and `vms/` ([`Leftovers`]). Snapshots are kept: in `<root>/snapshots`,
+    /// or in `snapshots` when given (created if missing and locked as well).
+    pub fn open(
+        root: &Path,
+        snapshots: Option<&Path>,
+        leftovers: Leftovers,
+    ) -> Result<Layout, LayoutError> {
         let absolute = |p: &Path| -> Result<PathBuf, LayoutError> {
             if p.is_absolute() {
                 Ok(p.to_path_buf())
@@ -225,12 +238,58 @@ impl Layout {
         for dir in [&layout.slots, &layout.vms, &layout.snapshots] {
             mkdir(dir)?;
         }
-        let stale = clear_dir(&layout.vms)? + clear_dir(&layout.slots)?;
-        if stale > 0 {
-            tracing::warn!(root = %layout.root.display(), stale,
-                "removed VM files an earlier provider left behind");
+        if leftovers == Leftovers::Clear {
+            let stale = clear_dir(&layout.vms)? + clear_dir(&layout.slots)?;
+            if stale > 0 {
+                tracing::warn!(root = %layout.root.display(), stale,
+                    "removed VM files an earlier provider left behind");
+            }
         }
         Ok(layout)
+    }
+
+    /// The slot numbers that have a directory now.
+    pub fn slot_numbers(&self) -> io::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.slots)? {
+            let entry = entry?;
+            if let Some(n) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(n);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The VM links now under `vms/`, with the slot each points to (`None` for anything that
+    /// is not a link to a slot).
+    pub fn vm_links(&self) -> io::Result<Vec<(PathBuf, Option<u64>)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.vms)? {
+            let path = entry?.path();
+            let slot = fs::read_link(&path).ok().and_then(|t| {
+                t.strip_prefix("../slots")
+                    .ok()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse().ok())
+            });
+            out.push((path, slot));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes one entry of `vms/` (a link or anything else found there).
+    pub fn remove_vm_entry(&self, path: &Path) -> io::Result<()> {
+        let r = if path.is_dir() && !path.is_symlink() {
+            fs::remove_dir_all(path)
+        } else {
+            fs::remove_file(path)
+        };
+        match r {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The root directory.
@@ -322,6 +381,12 @@ impl Layout {
                 _ => {}
             }
         }
+        self.remove_lock_files()
+    }
+
+    /// Removes the lock files (and an empty snapshots directory or root) but keeps every slot
+    /// and link: what a detached provider leaves for the next one.
+    pub fn remove_lock_files(&self) -> io::Result<()> {
         match &self.external_snapshots {
             // Only the lock: the directory is the caller's.
             Some((dir, _)) => {
@@ -349,7 +414,7 @@ mod tests {
     #[test]
     fn slots_links_and_rename() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::open(&dir.path().join("r"), None).unwrap();
+        let layout = Layout::open(&dir.path().join("r"), None, Leftovers::Clear).unwrap();
         let p = layout.create_slot(7).unwrap();
         fs::write(&p.console_log, b"hello").unwrap();
         let a = VmId::new("a").unwrap();
@@ -381,26 +446,49 @@ mod tests {
     fn one_provider_per_root_and_stale_files_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("r");
-        let first = Layout::open(&root, None).unwrap();
+        let first = Layout::open(&root, None, Leftovers::Clear).unwrap();
         first.create_slot(1).unwrap();
         assert!(matches!(
-            Layout::open(&root, None).unwrap_err(),
+            Layout::open(&root, None, Leftovers::Clear).unwrap_err(),
             LayoutError::Busy { .. }
         ));
         drop(first);
-        let second = Layout::open(&root, None).unwrap();
+        let second = Layout::open(&root, None, Leftovers::Clear).unwrap();
         assert_eq!(fs::read_dir(second.slots_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn kept_leftovers_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        let first = Layout::open(&root, None, Leftovers::Keep).unwrap();
+        first.create_slot(4).unwrap();
+        first.create_slot(9).unwrap();
+        first.link_vm(&VmId::new("a").unwrap(), 9).unwrap();
+        fs::write(first.vms_dir().join("junk"), b"x").unwrap();
+        first.remove_lock_files().unwrap();
+        drop(first);
+        let second = Layout::open(&root, None, Leftovers::Keep).unwrap();
+        assert_eq!(second.slot_numbers().unwrap(), vec![4, 9]);
+        let links = second.vm_links().unwrap();
+        assert_eq!(links.len(), 2);
+        assert!(links.contains(&(second.vms_dir().join("a"), Some(9))));
+        assert!(links.contains(&(second.vms_dir().join("junk"), None)));
+        second
+            .remove_vm_entry(&second.vms_dir().join("junk"))
+            .unwrap();
+        assert_eq!(second.vm_links().unwrap().len(), 1);
     }
 
     #[test]
     fn snapshots_can_live_elsewhere() {
         let dir = tempfile::tempdir().unwrap();
         let snaps = dir.path().join("snaps");
-        let layout = Layout::open(&dir.path().join("r"), Some(&snaps)).unwrap();
+        let layout = Layout::open(&dir.path().join("r"), Some(&snaps), Leftovers::Clear).unwrap();
         assert_eq!(layout.snapshots_dir(), snaps);
         assert!(!dir.path().join("r/snapshots").exists());
         assert!(matches!(
-            Layout::open(&dir.path().join("r2"), Some(&snaps)).unwrap_err(),
+            Layout::open(&dir.path().join("r2"), Some(&snaps), Leftovers::Clear).unwrap_err(),
             LayoutError::Busy { .. }
         ));
         fs::create_dir(snaps.join("kept")).unwrap();
@@ -413,7 +501,7 @@ mod tests {
     #[test]
     fn long_roots_are_refused() {
         let long = PathBuf::from("/tmp").join("x".repeat(90));
-        let err = Layout::open(&long, None).unwrap_err();
+        let err = Layout::open(&long, None, Leftovers::Clear).unwrap_err();
         assert!(matches!(err, LayoutError::TooLong { .. }), "{err}");
     }
 }

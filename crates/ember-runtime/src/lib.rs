@@ -5,8 +5,10 @@
 //!   ├── spares      pre-spawned, API-ready VMM processes (no process start on the create path)
 //!   ├── supervisor  one epoll thread over pidfds: deaths noticed at once, processes reaped
 //!   ├── process     spawn a VMM into its slot (console/log files, pidfd, parent-death signal)
+//!   ├── adopt       detached VMMs found again after a restart: adopt, sweep, records
+//!   ├── procfs      process identities (pid, start time, boot id) and VMMs found in /proc
 //!   ├── layout      <root>/{slots/<n>, vms/<id> -> ../slots/<n>, snapshots/<id>}
-//!   ├── snapshots   snapshot store: files + meta.json, reloaded at start, cheap integrity checks
+//!   ├── snapshots   snapshot catalog (ember-core SnapshotInfo) and files, cheap integrity checks
 //!   └── client/     Firecracker API client: HTTP/1.1 over UDS, keep-alive, typed errors
 //! ```
 //!
@@ -41,10 +43,14 @@
 //!   tmpfs and the snapshots (`snapshots_dir`) on disk.
 //! - **Rename** is one `rename(2)` of the id symlink; the VMM's sockets never move (see
 //!   [`layout`]).
-//! - **VMMs die with their owner**: spawned with a parent-death signal from one long-lived
-//!   spawner thread, so a crashed owner leaves no VMM behind; the next provider on the same root
-//!   clears the files. This forces `fork` instead of `posix_spawn` (measured: ~0.3 ms CPU per
-//!   spawn on the spawner thread).
+//! - **VMMs die with their owner, or are detached**: by default they are spawned with a
+//!   parent-death signal from one long-lived spawner thread, so a crashed owner (the CLI) leaves
+//!   no VMM behind and the next provider on the same root clears the files. A daemon sets
+//!   `ProviderConfig::detached`: VMMs get their own process group and no parent-death signal,
+//!   a dropped provider leaves them running, and the next provider re-adopts the recorded ones
+//!   ([`VmmProvider::adopt`], from [`VmmProvider::vm_record`]) and kills and removes the rest
+//!   ([`VmmProvider::sweep`]). Snapshots are kept by whoever records state: the catalog starts
+//!   empty ([`VmmProvider::register_snapshot`]).
 //! - **Stop is a kill**: a VMM process does not restart a guest it stopped; the VM's files stay
 //!   until destroy.
 //! - **Capabilities**: no live network update yet (`update_network` is unsupported).
@@ -54,6 +60,7 @@ pub mod client;
 pub mod error;
 pub mod layout;
 pub mod process;
+pub mod procfs;
 pub mod provider;
 pub mod snapshots;
 pub mod spares;
@@ -63,7 +70,7 @@ pub use client::{ClientError, ClientTimeouts, FirecrackerClient};
 pub use error::RuntimeError;
 pub use process::ExitInfo;
 pub use provider::{
-    ExitListener, Flavor, ListenerId, ProviderConfig, ProviderStats, StartError, Timeouts, VmExit,
-    VmPaths, VmmProvider, locate_ember_vmm,
+    AdoptError, ExitListener, Flavor, ListenerId, ProviderConfig, ProviderStats, StartError,
+    SweepReport, Timeouts, VmExit, VmPaths, VmmProvider, locate_ember_vmm,
 };
 pub use spares::{SpareConfig, SpareStats};

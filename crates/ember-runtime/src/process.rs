@@ -2,12 +2,14 @@
 //! stderr (the VMM's log) going to files there, watched through a pidfd, killed through the
 //! same pidfd, and reaped exactly once (by the supervisor).
 //!
-//! Every VMM is spawned with `PR_SET_PDEATHSIG = SIGKILL` (ember-vmm sets it itself given
-//! `--parent-pid`; others start through `setpriv --pdeathsig`, see [`ParentDeath`]), so if the
-//! process that owns the provider dies without shutting it down, its VMMs die with it. The
-//! parent-death signal fires
-//! when the *thread* that spawned the child exits, so only the provider's long-lived spawner
-//! thread spawns VMMs (see the `spares` module).
+//! A VMM is tied to its owner's life or not ([`ParentDeath`]). Tied (the CLI's runs): spawned
+//! with `PR_SET_PDEATHSIG = SIGKILL` (ember-vmm sets it itself given `--parent-pid`; others start
+//! through `setpriv --pdeathsig`), so if the owner dies without shutting the provider down, its
+//! VMMs die with it. The parent-death signal fires when the *thread* that spawned the child
+//! exits, so only the provider's long-lived spawner thread spawns VMMs (see the `spares`
+//! module). Detached (the daemon's): no parent-death signal and a process group of its own (no
+//! terminal signal reaches it), so tenants' VMs outlive a daemon restart; the next owner finds
+//! them again ([`VmmProcess::adopt`]).
 //!
 //! Signals go through the pidfd (`pidfd_send_signal`), never through `kill(pid)`: a pidfd names
 //! one process for good, so a signal can never reach an unrelated process that was given the
@@ -121,10 +123,25 @@ pub enum ProcessError {
     },
 }
 
+/// Why a recorded VMM process cannot be taken over.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdoptProcessError {
+    /// The process is not there any more (exited, a zombie, its pid reused, the host rebooted).
+    #[error("VMM process {pid} is gone: {why}")]
+    Gone {
+        /// The recorded pid.
+        pid: u32,
+        /// What became of it.
+        why: String,
+    },
+}
+
 /// A spawned VMM process and what is known about its end.
 #[derive(Debug)]
 pub struct VmmProcess {
     pid: u32,
+    identity: ember_core::ProcessIdentity,
     pidfd: PidFd,
     paths: SlotPaths,
     spawned_at: Instant,
@@ -164,6 +181,9 @@ pub enum ParentDeath {
     /// execs the VMM — all in the one process the owner spawned, with no code of ours
     /// between fork and exec.
     Launcher,
+    /// Not tied to the owner: no parent-death signal, its own process group. It lives until it
+    /// is killed or its guest stops.
+    Detached,
 }
 
 /// The launcher for [`ParentDeath::Launcher`].
@@ -188,7 +208,9 @@ impl VmmProcess {
         let stderr = log_file(&paths.vmm_log)?;
         let owner = std::process::id().to_string();
         let (mut cmd, started) = match parent_death {
-            ParentDeath::Flag => (Command::new(binary), binary.to_path_buf()),
+            ParentDeath::Flag | ParentDeath::Detached => {
+                (Command::new(binary), binary.to_path_buf())
+            }
             ParentDeath::Launcher => {
                 let mut c = Command::new(SETPRIV);
                 c.args(["--pdeathsig", "KILL", "--", "/bin/sh", "-c", OWNER_CHECK])
@@ -206,8 +228,16 @@ impl VmmProcess {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        if parent_death == ParentDeath::Flag {
-            cmd.arg("--parent-pid").arg(&owner);
+        match parent_death {
+            ParentDeath::Flag => {
+                cmd.arg("--parent-pid").arg(&owner);
+            }
+            // posix_spawn's own setpgid: still no code of ours between fork and exec.
+            ParentDeath::Detached => {
+                use std::os::unix::process::CommandExt;
+                cmd.process_group(0);
+            }
+            ParentDeath::Launcher => {}
         }
         let spawned_at = Instant::now();
         let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
@@ -217,8 +247,13 @@ impl VmmProcess {
         let pid = child.id();
         // The `Child` is dropped without waiting: the supervisor reaps through the pidfd.
         drop(child);
-        let pidfd = match PidFd::open(pid) {
-            Ok(fd) => fd,
+        let opened = PidFd::open(pid).and_then(|fd| {
+            // The pid is ours until we reap it, so its /proc entry is this very process.
+            let identity = crate::procfs::identity_of(pid).map_err(std::io::Error::other)?;
+            Ok((fd, identity))
+        });
+        let (pidfd, identity) = match opened {
+            Ok(o) => o,
             Err(source) => {
                 // Cannot watch it: kill and reap it here rather than leak it.
                 let _ = nix::sys::signal::kill(
@@ -231,6 +266,7 @@ impl VmmProcess {
         };
         Ok(VmmProcess {
             pid,
+            identity,
             pidfd,
             paths: paths.clone(),
             spawned_at,
@@ -241,9 +277,54 @@ impl VmmProcess {
         })
     }
 
+    /// Takes over a VMM an earlier owner spawned (detached) into `paths`: opens a pidfd for
+    /// `identity.pid` and checks, after the pidfd is open (so the pid cannot change hands in
+    /// between), that the process is still the one `identity` names. It is not our child: its
+    /// exit is seen through the pidfd and its status is collected by its real parent.
+    pub fn adopt(
+        identity: &ember_core::ProcessIdentity,
+        paths: &SlotPaths,
+    ) -> Result<VmmProcess, AdoptProcessError> {
+        let pidfd = PidFd::open(identity.pid).map_err(|source| AdoptProcessError::Gone {
+            pid: identity.pid,
+            why: format!("no such process ({source})"),
+        })?;
+        match crate::procfs::liveness(identity) {
+            Ok(crate::procfs::Liveness::Alive) => {}
+            Ok(other) => {
+                return Err(AdoptProcessError::Gone {
+                    pid: identity.pid,
+                    why: other.describe(),
+                });
+            }
+            Err(e) => {
+                return Err(AdoptProcessError::Gone {
+                    pid: identity.pid,
+                    why: e.to_string(),
+                });
+            }
+        }
+        Ok(VmmProcess {
+            pid: identity.pid,
+            identity: identity.clone(),
+            pidfd,
+            paths: paths.clone(),
+            spawned_at: Instant::now(),
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+            kill_requested: AtomicBool::new(false),
+            remove_files_on_exit: AtomicBool::new(false),
+        })
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The process's identity (pid, start time, boot id), taken when it was spawned or adopted.
+    pub fn identity(&self) -> &ember_core::ProcessIdentity {
+        &self.identity
     }
 
     /// The pidfd (readable once the process has exited).

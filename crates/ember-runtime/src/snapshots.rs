@@ -1,114 +1,39 @@
-//! The snapshot store: `<root>/snapshots/<id>/{state, mem, meta.json}`.
+//! The snapshot catalog: which snapshots this provider can restore, and their files under
+//! `<snapshots>/<id>/{state, mem}`.
 //!
 //! A snapshot belongs to its stack (template), not to the VM it was taken from: destroying that
-//! VM never touches it; only [`SnapshotStore::delete`] does. `meta.json` records what a restore
-//! needs to know and cannot read back from a VMM-specific state file: the machine shape, whether
-//! the VM had a vsock device (each restored VM then gets its own socket through
-//! `vsock_override`), the state file's size and CRC32 and the memory file's size (cheap
-//! integrity checks), the provider flavor and VMM version that wrote it. The store is reloaded
-//! from disk when a provider starts; a directory without a readable `meta.json` (a snapshot
-//! interrupted by a crash, or foreign files) is reported and skipped, never deleted.
-//!
-//! `meta.json` is written last, to a temporary name, fsynced and renamed: a snapshot either
-//! has complete metadata or is not listed.
+//! VM never touches it; only [`SnapshotStore::delete`] does. The catalog entry is ember-core's
+//! [`SnapshotInfo`]: what a restore needs to know and cannot read back from a VMM-specific state
+//! file (machine shape, whether the VM had a vsock device, its interfaces), the state file's size
+//! and CRC32 and the memory file's size (cheap integrity checks), the flavor and VMM version that
+//! wrote it. The catalog lives in memory: whoever keeps state across restarts (the daemon's
+//! store) records each new entry ([`VmmProvider::snapshot_info`](crate::VmmProvider)) and hands
+//! the entries back to the next provider ([`SnapshotStore::register`]). A directory no entry
+//! names (a snapshot interrupted by a crash) is found by [`SnapshotStore::unknown_dirs`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ember_core::{ResourceKind, SnapshotId, SnapshotRef, StackKey, VmError, VmId};
-use serde::{Deserialize, Serialize};
+use ember_core::{ResourceKind, SnapshotId, SnapshotInfo, SnapshotRef, VmError};
 
-/// Version of the `meta.json` layout.
-pub const META_FORMAT: u32 = 1;
 /// File name of the state file in a snapshot directory.
 pub const STATE_FILE: &str = "state";
 /// File name of the memory file in a snapshot directory.
 pub const MEM_FILE: &str = "mem";
-/// File name of the metadata in a snapshot directory.
-pub const META_FILE: &str = "meta.json";
 /// The first bytes of an ember-vmm state file.
 pub const EMBER_STATE_MAGIC: &[u8; 8] = b"EMBRSNAP";
 
-/// What `meta.json` holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotMeta {
-    /// [`META_FORMAT`].
-    pub format: u32,
-    /// The snapshot's id (also its directory's name).
-    pub snapshot_id: SnapshotId,
-    /// The stack that owns it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stack: Option<StackKey>,
-    /// The provider flavor that wrote it (`ember-vmm` or `firecracker`).
-    pub provider: String,
-    /// The VMM's version (`GET /version`) when it was taken.
-    pub vmm_version: String,
-    /// vCPUs of the VM.
-    pub vcpu_count: u8,
-    /// Guest memory of the VM, MiB.
-    pub mem_size_mib: u32,
-    /// Size of the state file.
-    pub state_len: u64,
-    /// CRC32 of the state file.
-    pub state_crc32: u32,
-    /// Size of the memory file.
-    pub mem_len: u64,
-    /// The guest CID if the VM had a vsock device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vsock_cid: Option<u32>,
-    /// Ids of the VM's network interfaces.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub network_interfaces: Vec<String>,
-    /// The VM it was taken from (for the record; the snapshot does not depend on it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_vm: Option<VmId>,
-    /// When it was taken, milliseconds since the Unix epoch.
-    pub created_at_ms: u64,
-}
-
-/// A snapshot the store knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSnapshot {
-    /// Its metadata.
-    pub meta: SnapshotMeta,
-    /// Its directory.
-    pub dir: PathBuf,
-}
-
-impl StoredSnapshot {
-    /// The state file.
-    pub fn state_path(&self) -> PathBuf {
-        self.dir.join(STATE_FILE)
-    }
-
-    /// The memory file.
-    pub fn mem_path(&self) -> PathBuf {
-        self.dir.join(MEM_FILE)
-    }
-
-    /// A reference to it (resumes on restore, no overrides).
-    pub fn to_ref(&self) -> SnapshotRef {
-        SnapshotRef::new(
-            self.meta.snapshot_id.clone(),
-            self.meta.stack.clone(),
-            self.state_path(),
-            self.mem_path(),
-        )
-    }
-}
-
 #[derive(Debug, Default)]
 struct Inner {
-    known: BTreeMap<SnapshotId, StoredSnapshot>,
+    known: BTreeMap<SnapshotId, SnapshotInfo>,
     /// Ids being written now.
     reserved: HashSet<SnapshotId>,
 }
 
-/// The provider's snapshots, on disk and in memory.
+/// The provider's snapshots.
 #[derive(Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
@@ -122,7 +47,7 @@ fn not_found(id: &SnapshotId) -> VmError {
     }
 }
 
-/// CRC32 of a file's contents.
+/// CRC32 of a file's contents, and its length.
 pub fn file_crc32(path: &Path) -> io::Result<(u64, u32)> {
     let mut f = fs::File::open(path)?;
     let mut hasher = crc32fast::Hasher::new();
@@ -139,42 +64,13 @@ pub fn file_crc32(path: &Path) -> io::Result<(u64, u32)> {
     Ok((len, hasher.finalize()))
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 impl SnapshotStore {
-    /// Loads every complete snapshot under `dir`.
-    pub fn load(dir: &Path) -> io::Result<SnapshotStore> {
-        let mut known = BTreeMap::new();
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            if !entry.file_type()?.is_dir() {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            match read_meta(&path) {
-                Ok(meta) if meta.snapshot_id.as_str() == name && meta.format == META_FORMAT => {
-                    known.insert(meta.snapshot_id.clone(), StoredSnapshot { meta, dir: path });
-                }
-                Ok(meta) => tracing::warn!(dir = %path.display(), id = %meta.snapshot_id,
-                    format = meta.format, "skipping a snapshot whose metadata does not match its directory or format"),
-                Err(e) => tracing::warn!(dir = %path.display(), error = %e,
-                    "skipping a snapshot directory without readable metadata (incomplete?)"),
-            }
-        }
-        Ok(SnapshotStore {
+    /// An empty catalog over `dir` (which must exist).
+    pub fn new(dir: &Path) -> SnapshotStore {
+        SnapshotStore {
             dir: dir.to_path_buf(),
-            inner: Mutex::new(Inner {
-                known,
-                reserved: HashSet::new(),
-            }),
-        })
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -182,8 +78,32 @@ impl SnapshotStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The snapshot `id`, if known.
-    pub fn get(&self, id: &SnapshotId) -> Option<StoredSnapshot> {
+    /// The directory snapshots are written to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds (or replaces) a catalog entry, after checking it is well-formed and both files exist
+    /// (their contents are checked by `verify_snapshot` and at restore).
+    pub fn register(&self, info: SnapshotInfo) -> Result<(), VmError> {
+        info.validate()?;
+        for (field, path) in [
+            ("snapshot.state_path", &info.state_path),
+            ("snapshot.mem_path", &info.mem_path),
+        ] {
+            if !path.is_file() {
+                return Err(VmError::invalid_spec(
+                    field,
+                    format!("{} is missing or not a regular file", path.display()),
+                ));
+            }
+        }
+        self.lock().known.insert(info.snapshot_id.clone(), info);
+        Ok(())
+    }
+
+    /// The entry `id`, if known.
+    pub fn get(&self, id: &SnapshotId) -> Option<SnapshotInfo> {
         self.lock().known.get(id).cloned()
     }
 
@@ -192,8 +112,34 @@ impl SnapshotStore {
         self.lock()
             .known
             .values()
-            .map(StoredSnapshot::to_ref)
+            .map(SnapshotInfo::to_ref)
             .collect()
+    }
+
+    /// Directories under the snapshots directory that no entry (known or being written) owns:
+    /// leftovers of a snapshot a crash interrupted, or of one whose record was lost.
+    pub fn unknown_dirs(&self) -> io::Result<Vec<PathBuf>> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owned = SnapshotId::new(name.as_str()).is_ok_and(|id| {
+                inner.reserved.contains(&id)
+                    || inner
+                        .known
+                        .get(&id)
+                        .is_some_and(|i| i.state_path.starts_with(entry.path()))
+            });
+            if !owned {
+                out.push(entry.path());
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Reserves `id` and creates its directory; `AlreadyExists` if it is known, being written,
@@ -237,56 +183,51 @@ impl SnapshotStore {
         }
     }
 
-    /// Writes `meta.json` (atomically, fsynced) for a reserved snapshot and publishes it.
-    pub fn commit(&self, meta: SnapshotMeta) -> io::Result<StoredSnapshot> {
-        let dir = self.dir.join(meta.snapshot_id.as_str());
-        let text = serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?;
-        let tmp = dir.join(format!("{META_FILE}.tmp"));
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
+    /// Syncs a reserved snapshot's files and directory to disk and publishes its entry.
+    pub fn commit(&self, info: SnapshotInfo) -> io::Result<SnapshotInfo> {
+        for path in [&info.state_path, &info.mem_path] {
+            fs::File::open(path)?.sync_all()?;
         }
-        fs::rename(&tmp, dir.join(META_FILE))?;
+        let dir = self.dir.join(info.snapshot_id.as_str());
         fs::File::open(&dir)?.sync_all()?;
-        let stored = StoredSnapshot { meta, dir };
+        fs::File::open(&self.dir)?.sync_all()?;
         let mut inner = self.lock();
-        inner.reserved.remove(&stored.meta.snapshot_id);
-        inner
-            .known
-            .insert(stored.meta.snapshot_id.clone(), stored.clone());
-        Ok(stored)
+        inner.reserved.remove(&info.snapshot_id);
+        inner.known.insert(info.snapshot_id.clone(), info.clone());
+        Ok(info)
     }
 
     /// Forgets `id` and removes its files.
-    pub fn delete(&self, id: &SnapshotId) -> Result<StoredSnapshot, VmError> {
-        let stored = self.lock().known.remove(id).ok_or_else(|| not_found(id))?;
-        match fs::remove_dir_all(&stored.dir) {
+    pub fn delete(&self, id: &SnapshotId) -> Result<SnapshotInfo, VmError> {
+        let info = self.lock().known.remove(id).ok_or_else(|| not_found(id))?;
+        let dir = info.state_path.parent().map(Path::to_path_buf);
+        let result = match dir {
+            // Only a directory of our own is removed whole; files elsewhere one by one.
+            Some(d) if d == self.dir.join(id.as_str()) => fs::remove_dir_all(&d),
+            _ => fs::remove_file(&info.state_path).and_then(|()| fs::remove_file(&info.mem_path)),
+        };
+        match result {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(VmError::provider(
                 "snapshot store",
                 ember_core::Operation::DeleteSnapshot,
                 id,
                 e,
             )),
-            _ => Ok(stored),
+            _ => Ok(info),
         }
     }
 
     /// Resolves a reference to a known snapshot: its id must be known and its paths (if they
-    /// differ from the store's) must name the same files.
-    pub fn resolve(&self, r: &SnapshotRef) -> Result<StoredSnapshot, VmError> {
+    /// differ from the catalog's) must name the same files.
+    pub fn resolve(&self, r: &SnapshotRef) -> Result<SnapshotInfo, VmError> {
         let stored = self
             .get(&r.snapshot_id)
             .ok_or_else(|| not_found(&r.snapshot_id))?;
         for (field, given, ours) in [
-            (
-                "restore_from.state_path",
-                &r.state_path,
-                stored.state_path(),
-            ),
-            ("restore_from.mem_path", &r.mem_path, stored.mem_path()),
+            ("restore_from.state_path", &r.state_path, &stored.state_path),
+            ("restore_from.mem_path", &r.mem_path, &stored.mem_path),
         ] {
-            if *given != ours && !same_file(given, &ours) {
+            if given != ours && !same_file(given, ours) {
                 return Err(VmError::invalid_spec(
                     field,
                     format!(
@@ -298,7 +239,7 @@ impl SnapshotStore {
                 ));
             }
         }
-        if let (Some(given), Some(owner)) = (&r.stack, &stored.meta.stack)
+        if let (Some(given), Some(owner)) = (&r.stack, &stored.stack)
             && given != owner
         {
             return Err(VmError::invalid_spec(
@@ -321,18 +262,12 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn read_meta(dir: &Path) -> io::Result<SnapshotMeta> {
-    let bytes = fs::read(dir.join(META_FILE))?;
-    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
 /// The cheap checks of a snapshot's files: both exist and are regular files, the state file
 /// has the recorded size and CRC32 (and, for ember-vmm, its magic), the memory file has the
 /// recorded size. Errors name the file and say what is wrong.
-pub fn check_files(stored: &StoredSnapshot, expect_ember_magic: bool) -> Result<(), VmError> {
-    let meta = &stored.meta;
-    let state = stored.state_path();
-    let mem = stored.mem_path();
+pub fn check_files(meta: &SnapshotInfo, expect_ember_magic: bool) -> Result<(), VmError> {
+    let state = &meta.state_path;
+    let mem = &meta.mem_path;
     let stat = |field: &str, path: &Path| -> Result<u64, VmError> {
         match fs::metadata(path) {
             Ok(m) if m.is_file() => Ok(m.len()),
@@ -350,8 +285,8 @@ pub fn check_files(stored: &StoredSnapshot, expect_ember_magic: bool) -> Result<
             )),
         }
     };
-    let state_len = stat("restore_from.state_path", &state)?;
-    let mem_len = stat("restore_from.mem_path", &mem)?;
+    let state_len = stat("restore_from.state_path", state)?;
+    let mem_len = stat("restore_from.mem_path", mem)?;
     if mem_len != meta.mem_len {
         return Err(VmError::invalid_spec(
             "restore_from.mem_path",
@@ -384,7 +319,7 @@ pub fn check_files(stored: &StoredSnapshot, expect_ember_magic: bool) -> Result<
     }
     if expect_ember_magic {
         let mut magic = [0u8; 8];
-        let ok = fs::File::open(&state)
+        let ok = fs::File::open(state)
             .and_then(|mut f| f.read_exact(&mut magic))
             .is_ok();
         if !ok || &magic != EMBER_STATE_MAGIC {
@@ -397,7 +332,7 @@ pub fn check_files(stored: &StoredSnapshot, expect_ember_magic: bool) -> Result<
             ));
         }
     }
-    let (_, crc) = file_crc32(&state).map_err(|e| {
+    let (_, crc) = file_crc32(state).map_err(|e| {
         VmError::invalid_spec(
             "restore_from.state_path",
             format!("{} cannot be read: {e}", state.display()),
@@ -416,20 +351,20 @@ pub fn check_files(stored: &StoredSnapshot, expect_ember_magic: bool) -> Result<
     Ok(())
 }
 
-/// How old a snapshot is.
-pub fn age(meta: &SnapshotMeta) -> Duration {
-    Duration::from_millis(now_ms().saturating_sub(meta.created_at_ms))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
+    use ember_core::StackKey;
+
     use super::*;
 
-    fn meta(id: &str, state_len: u64, crc: u32, mem_len: u64) -> SnapshotMeta {
-        SnapshotMeta {
-            format: META_FORMAT,
+    fn info(dir: &Path, id: &str, state_len: u64, crc: u32, mem_len: u64) -> SnapshotInfo {
+        SnapshotInfo {
             snapshot_id: SnapshotId::new(id).unwrap(),
             stack: Some(StackKey::new("probe", "1", 1, 16).unwrap()),
+            state_path: dir.join(id).join(STATE_FILE),
+            mem_path: dir.join(id).join(MEM_FILE),
             provider: "ember-vmm".into(),
             vmm_version: "0.1.0".into(),
             vcpu_count: 1,
@@ -440,14 +375,14 @@ mod tests {
             vsock_cid: Some(3),
             network_interfaces: vec![],
             source_vm: None,
-            created_at_ms: now_ms(),
+            created_at: SystemTime::now(),
         }
     }
 
     #[test]
-    fn reserve_commit_reload_delete() {
+    fn reserve_commit_register_delete() {
         let root = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::load(root.path()).unwrap();
+        let store = SnapshotStore::new(root.path());
         let id = SnapshotId::new("s1").unwrap();
         let dir = store.reserve(&id).unwrap();
         assert!(matches!(
@@ -459,16 +394,24 @@ mod tests {
         fs::write(dir.join(STATE_FILE), &state).unwrap();
         fs::write(dir.join(MEM_FILE), vec![0u8; 4096]).unwrap();
         let (len, crc) = file_crc32(&dir.join(STATE_FILE)).unwrap();
-        let stored = store.commit(meta("s1", len, crc, 4096)).unwrap();
+        let stored = store
+            .commit(info(root.path(), "s1", len, crc, 4096))
+            .unwrap();
         check_files(&stored, true).unwrap();
         assert_eq!(store.list().len(), 1);
 
-        // An incomplete directory next to it is skipped on reload.
+        // A second catalog knows nothing until told; an incomplete directory is unknown.
         fs::create_dir(root.path().join("half")).unwrap();
-        let reloaded = SnapshotStore::load(root.path()).unwrap();
-        assert_eq!(reloaded.list(), store.list());
-        let r = reloaded.resolve(&stored.to_ref()).unwrap();
-        assert_eq!(r.meta, stored.meta);
+        let other = SnapshotStore::new(root.path());
+        assert!(other.list().is_empty());
+        other.register(stored.clone()).unwrap();
+        assert_eq!(other.list(), store.list());
+        assert_eq!(
+            other.unknown_dirs().unwrap(),
+            vec![root.path().join("half")]
+        );
+        let r = other.resolve(&stored.to_ref()).unwrap();
+        assert_eq!(r, stored);
 
         // Truncated memory, corrupt state: clear errors.
         fs::write(dir.join(MEM_FILE), vec![0u8; 100]).unwrap();
@@ -483,11 +426,13 @@ mod tests {
         fs::remove_file(dir.join(STATE_FILE)).unwrap();
         let e = check_files(&stored, true).unwrap_err().to_string();
         assert!(e.contains("missing"), "{e}");
+        let e = other.register(stored.clone()).unwrap_err().to_string();
+        assert!(e.contains("snapshot.state_path"), "{e}");
 
-        reloaded.delete(&id).unwrap();
+        other.delete(&id).unwrap();
         assert!(!dir.exists());
         assert!(matches!(
-            reloaded.delete(&id).unwrap_err(),
+            other.delete(&id).unwrap_err(),
             VmError::NotFound { .. }
         ));
     }
@@ -495,12 +440,12 @@ mod tests {
     #[test]
     fn resolve_refuses_other_files_and_stacks() {
         let root = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::load(root.path()).unwrap();
+        let store = SnapshotStore::new(root.path());
         let id = SnapshotId::new("s2").unwrap();
         let dir = store.reserve(&id).unwrap();
         fs::write(dir.join(STATE_FILE), b"x").unwrap();
         fs::write(dir.join(MEM_FILE), b"y").unwrap();
-        let stored = store.commit(meta("s2", 1, 0, 1)).unwrap();
+        let stored = store.commit(info(root.path(), "s2", 1, 0, 1)).unwrap();
         let mut r = stored.to_ref();
         r.mem_path = PathBuf::from("/elsewhere/mem");
         let e = store.resolve(&r).unwrap_err().to_string();

@@ -228,16 +228,18 @@ impl std::fmt::Debug for Spares {
 }
 
 impl Spares {
-    /// Starts the spawner thread, which begins filling the pool at once.
+    /// Starts the spawner thread, which begins filling the pool at once; its slots are numbered
+    /// from `first_slot` up (slots below belong to processes an earlier owner left).
     pub fn start(
         config: SpareConfig,
         settings: SpawnSettings,
         layout: Arc<Layout>,
         supervisor: Arc<Supervisor>,
+        first_slot: u64,
     ) -> std::io::Result<Spares> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                next_slot: 1,
+                next_slot: first_slot.max(1),
                 ..State::default()
             }),
             work: Condvar::new(),

@@ -166,22 +166,28 @@ fn specs_that_cannot_boot_leave_nothing_behind() {
     shutdown_and_check(&p);
 }
 
-/// Rewrites `meta.json` so its size and CRC match the state file again (a snapshot whose
+/// The catalog entry with its size and CRC matching the state file again (a snapshot whose
 /// files are intact as far as the provider can tell, but which the VMM refuses).
-fn reseal(snap: &SnapshotRef) {
-    let meta_path = snap.state_path.parent().unwrap().join("meta.json");
-    let mut meta: serde_json::Value =
-        serde_json::from_slice(&fs::read(&meta_path).unwrap()).unwrap();
-    let (len, crc) = ember_runtime::snapshots::file_crc32(&snap.state_path).unwrap();
-    meta["state_len"] = len.into();
-    meta["state_crc32"] = crc.into();
-    fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+fn reseal(info: &ember_core::SnapshotInfo) -> ember_core::SnapshotInfo {
+    let (len, crc) = ember_runtime::snapshots::file_crc32(&info.state_path).unwrap();
+    ember_core::SnapshotInfo {
+        state_len: len,
+        state_crc32: crc,
+        ..info.clone()
+    }
 }
 
-fn reload(p: std::sync::Arc<VmmProvider>, dir: &std::path::Path) -> std::sync::Arc<VmmProvider> {
+/// A new provider on the same root, told about `info` (as a store would).
+fn reload(
+    p: std::sync::Arc<VmmProvider>,
+    dir: &std::path::Path,
+    info: ember_core::SnapshotInfo,
+) -> std::sync::Arc<VmmProvider> {
     let flavor = p.flavor().clone();
     drop(p);
-    provider(dir, flavor, 1)
+    let p = provider(dir, flavor, 1);
+    p.register_snapshot(info).unwrap();
+    p
 }
 
 #[test]
@@ -192,6 +198,7 @@ fn broken_snapshots_are_caught_with_clear_errors() {
     let snap = make_template(&p, "src", "good", &stack, "ember.report=10");
     p.destroy(&vm("src")).unwrap();
     p.verify_snapshot(&snap).unwrap();
+    let info = p.snapshot_info(&snap.snapshot_id).unwrap();
     let state = fs::read(&snap.state_path).unwrap();
     let mem_len = fs::metadata(&snap.mem_path).unwrap().len();
 
@@ -235,30 +242,26 @@ fn broken_snapshots_are_caught_with_clear_errors() {
     check(&p, "corrupt state", "corrupt");
 
     // Corrupt, but resealed: only the trial restore can tell.
-    reseal(&snap);
-    p = reload(p, dir.path());
+    p = reload(p, dir.path(), reseal(&info));
     check(&p, "corrupt state, resealed", "does not load");
 
     // A format version this ember-vmm does not read, resealed.
     let mut v = state.clone();
     v[8..12].copy_from_slice(&99u32.to_le_bytes());
     fs::write(&snap.state_path, &v).unwrap();
-    reseal(&snap);
-    p = reload(p, dir.path());
+    p = reload(p, dir.path(), reseal(&info));
     check(&p, "wrong version", "version 99");
 
     // Not an ember-vmm file at all.
     let mut m = state.clone();
     m[..8].copy_from_slice(b"NOTSNAP!");
     fs::write(&snap.state_path, &m).unwrap();
-    reseal(&snap);
-    p = reload(p, dir.path());
+    p = reload(p, dir.path(), reseal(&info));
     check(&p, "bad magic", "not an ember-vmm snapshot");
 
     // Missing files.
     fs::write(&snap.state_path, &state).unwrap();
-    reseal(&snap);
-    p = reload(p, dir.path());
+    p = reload(p, dir.path(), reseal(&info));
     p.verify_snapshot(&snap).unwrap();
     fs::remove_file(&snap.mem_path).unwrap();
     check(&p, "missing memory", "missing");

@@ -264,7 +264,16 @@ fn thirty_two_threads_acquire_five_hundred_vms_each_once() {
         p.stats().spares.waited
     );
     // Accounting: every VM created was handed out, is still pooled, or was destroyed by an
-    // eviction.
+    // eviction. A refill still in flight has counted its VM as created but not yet pooled it,
+    // so wait for the refills to settle before reading the counters.
+    let settle = std::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = pool.metrics();
+        if m.stacks.values().all(|s| s.in_flight == 0) || std::time::Instant::now() > settle {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let pooled_now = pool.depth(&stack).unwrap() as u64;
     assert_eq!(
         m.created_total,

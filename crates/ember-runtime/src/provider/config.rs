@@ -92,6 +92,12 @@ pub struct ProviderConfig {
     /// What [`VmProvider::create`](ember_core::VmProvider::create) boots (it needs a kernel);
     /// without it `create` is an invalid-spec error.
     pub default_spec: Option<VmSpec>,
+    /// Detached VMMs (the daemon's): not tied to this process's life (no parent-death signal,
+    /// their own process group), left running when the provider is dropped or
+    /// [released](super::VmmProvider::release), and kept under the root for the next provider
+    /// to [adopt](super::VmmProvider::adopt) or [sweep](super::VmmProvider::sweep). Off (the
+    /// default), every VMM dies with this process and a new provider clears the root.
+    pub detached: bool,
     /// Make [`verify_snapshot`](ember_core::VmProvider::verify_snapshot) restore the snapshot
     /// (paused) on a spare process after the file checks — the only check that catches every
     /// snapshot the VMM would refuse.
@@ -109,6 +115,7 @@ impl ProviderConfig {
             spares: SpareConfig::default(),
             timeouts: Timeouts::default(),
             default_spec: None,
+            detached: false,
             trial_restore: true,
         }
     }

@@ -21,7 +21,6 @@ use crate::client::models::{
 };
 use crate::error::RuntimeError;
 use crate::layout::SlotPaths;
-use crate::snapshots::StoredSnapshot;
 use crate::spares::{Spare, discard};
 
 /// Holds an id reserved in the table while a VM is being created; releases it on drop.
@@ -270,12 +269,12 @@ impl Inner {
             ));
         }
         for (i, o) in snap.network_overrides.iter().enumerate() {
-            if !stored.meta.network_interfaces.contains(&o.iface_id) {
+            if !stored.network_interfaces.contains(&o.iface_id) {
                 return Err(VmError::invalid_spec(
                     format!("restore_from.network_overrides[{i}].iface_id"),
                     format!(
                         "snapshot {} has no network interface {:?}",
-                        stored.meta.snapshot_id, o.iface_id
+                        stored.snapshot_id, o.iface_id
                     ),
                 ));
             }
@@ -289,12 +288,12 @@ impl Inner {
                 } else {
                     VmStatus::Paused
                 },
-                stack: stored.meta.stack.clone(),
-                restored_from: Some(stored.meta.snapshot_id.clone()),
-                vcpu_count: stored.meta.vcpu_count,
-                mem_size_mib: stored.meta.mem_size_mib,
-                vsock_cid: stored.meta.vsock_cid,
-                network_interfaces: stored.meta.network_interfaces.clone(),
+                stack: stored.stack.clone(),
+                restored_from: Some(stored.snapshot_id.clone()),
+                vcpu_count: stored.vcpu_count,
+                mem_size_mib: stored.mem_size_mib,
+                vsock_cid: stored.vsock_cid,
+                network_interfaces: stored.network_interfaces.clone(),
             })
         })
     }
@@ -304,16 +303,16 @@ impl Inner {
 /// every VM restored from it), resume or not, the caller's network overrides, and — if the
 /// snapshot has a vsock device — this slot's own socket.
 pub(super) fn load_params(
-    stored: &StoredSnapshot,
+    stored: &ember_core::SnapshotInfo,
     paths: &SlotPaths,
     resume: bool,
     snap: &SnapshotRef,
 ) -> SnapshotLoadParams {
     SnapshotLoadParams {
-        snapshot_path: stored.state_path(),
+        snapshot_path: stored.state_path.clone(),
         mem_backend: MemoryBackend {
             backend_type: MemoryBackendType::File,
-            backend_path: stored.mem_path(),
+            backend_path: stored.mem_path.clone(),
         },
         track_dirty_pages: None,
         resume_vm: Some(resume),
@@ -325,7 +324,7 @@ pub(super) fn load_params(
                 host_dev_name: o.host_dev_name.clone(),
             })
             .collect(),
-        vsock_override: stored.meta.vsock_cid.map(|_| VsockOverride {
+        vsock_override: stored.vsock_cid.map(|_| VsockOverride {
             uds_path: paths.vsock.clone(),
         }),
     }

@@ -16,6 +16,7 @@
 //! - **Snapshots** ([`crate::snapshots`]) belong to their stack and outlive the VM they were
 //!   taken from; `verify_snapshot` checks the files and then restores the snapshot on a spare.
 
+mod adopt;
 mod config;
 mod create;
 mod lifecycle;
@@ -30,13 +31,14 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 
+pub use adopt::{AdoptError, SweepReport};
 pub use config::{Flavor, ProviderConfig, Timeouts, locate_ember_vmm};
 use ember_core::{VmError, VmId};
 use vm::VmEntry;
 
 use crate::client::{ClientError, FirecrackerClient};
 use crate::error::RuntimeError;
-use crate::layout::{Layout, LayoutError, SlotPaths};
+use crate::layout::{Layout, LayoutError, Leftovers, SlotPaths};
 use crate::process::{ExitInfo, VmmProcess};
 use crate::snapshots::SnapshotStore;
 use crate::spares::{SpareStats, Spares, SpawnSettings};
@@ -107,6 +109,9 @@ pub(crate) struct Inner {
     pub shutting_down: AtomicBool,
     shut_down: Mutex<bool>,
     pub vmm_version: OnceLock<String>,
+    /// What an earlier provider left under the root when this one opened it (detached mode):
+    /// the slots with a directory and the VMM processes found, all numbered below the spares'.
+    pub leftovers: Mutex<adopt::Leftover>,
 }
 
 /// A [`VmProvider`](ember_core::VmProvider) + [`VmQuery`](ember_core::VmQuery) running each
@@ -134,9 +139,9 @@ pub enum StartError {
     /// The VMM binary does not exist.
     #[error("the VMM binary {0} does not exist")]
     MissingBinary(PathBuf),
-    /// The snapshots directory cannot be read.
-    #[error("cannot load the snapshots under {path}")]
-    Snapshots {
+    /// The root's slot directories cannot be listed.
+    #[error("cannot list the slots under {path}")]
+    Slots {
         /// The directory.
         path: PathBuf,
         /// The OS error.
@@ -155,8 +160,10 @@ pub enum StartError {
 }
 
 impl VmmProvider {
-    /// Opens the root directory (taking its lock, clearing leftovers, loading its snapshots),
-    /// starts the supervisor and the spawner, and begins filling the spare pool.
+    /// Opens the root directory (taking its lock; clearing leftovers, or keeping them for
+    /// [`adopt`](Self::adopt) and [`sweep`](Self::sweep) when detached), starts the supervisor
+    /// and the spawner, and begins filling the spare pool. The snapshot catalog starts empty:
+    /// [`register_snapshot`](Self::register_snapshot) what a store kept.
     pub fn new(config: ProviderConfig) -> Result<VmmProvider, StartError> {
         let given = config.flavor.binary().to_path_buf();
         if !given.is_file() {
@@ -165,13 +172,22 @@ impl VmmProvider {
         // VMM processes start in their own directories, where a relative path would name
         // something else.
         let binary = std::path::absolute(&given).map_err(|_| StartError::MissingBinary(given))?;
-        let layout = Arc::new(Layout::open(&config.root, config.snapshots_dir.as_deref())?);
-        let snapshots = SnapshotStore::load(layout.snapshots_dir()).map_err(|source| {
-            StartError::Snapshots {
-                path: layout.snapshots_dir().to_path_buf(),
-                source,
-            }
+        let leftovers = if config.detached {
+            Leftovers::Keep
+        } else {
+            Leftovers::Clear
+        };
+        let layout = Arc::new(Layout::open(
+            &config.root,
+            config.snapshots_dir.as_deref(),
+            leftovers,
+        )?);
+        let left = adopt::Leftover::scan(&layout).map_err(|source| StartError::Slots {
+            path: layout.slots_dir().to_path_buf(),
+            source,
         })?;
+        let first_slot = left.max_slot() + 1;
+        let snapshots = SnapshotStore::new(layout.snapshots_dir());
         let me: Arc<OnceLock<Weak<Inner>>> = Arc::new(OnceLock::new());
         let hook_target = Arc::clone(&me);
         let hook: ExitHook = Arc::new(move |process, info| {
@@ -193,12 +209,14 @@ impl VmmProvider {
                 extra_args: config.extra_args.clone(),
                 client_timeouts: config.timeouts.client,
                 parent_death: match &config.flavor {
+                    _ if config.detached => crate::process::ParentDeath::Detached,
                     Flavor::EmberVmm { .. } => crate::process::ParentDeath::Flag,
                     Flavor::Firecracker { .. } => crate::process::ParentDeath::Launcher,
                 },
             },
             Arc::clone(&layout),
             Arc::clone(&supervisor),
+            first_slot,
         )
         .map_err(|source| StartError::Thread {
             what: "spawner",
@@ -217,10 +235,11 @@ impl VmmProvider {
             shutting_down: AtomicBool::new(false),
             shut_down: Mutex::new(false),
             vmm_version: OnceLock::new(),
+            leftovers: Mutex::new(left),
         });
         let _ = me.set(Arc::downgrade(&inner));
         tracing::info!(provider = inner.name, root = %inner.layout.root().display(),
-            snapshots = inner.snapshots.list().len(), "VMM provider started");
+            detached = inner.config.detached, first_slot, "VMM provider started");
         Ok(VmmProvider { inner })
     }
 
@@ -336,8 +355,14 @@ impl VmmProvider {
 }
 
 impl Drop for VmmProvider {
+    /// A detached provider is [released](Self::release) (its VMs keep running); any other is
+    /// [shut down](Self::shutdown).
     fn drop(&mut self) {
-        self.inner.shutdown();
+        if self.inner.config.detached {
+            self.inner.release();
+        } else {
+            self.inner.shutdown();
+        }
     }
 }
 
@@ -425,6 +450,31 @@ impl Inner {
             };
         }
         RuntimeError::Api(e)
+    }
+
+    /// Stops the spawner (killing the spares) and the supervisor, forgets every VM without
+    /// touching its process or files. Idempotent, and a no-op after `shutdown`.
+    fn release(&self) {
+        let mut done = self.shut_down.lock().unwrap_or_else(|p| p.into_inner());
+        if *done {
+            return;
+        }
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let n = {
+            let mut table = self.table();
+            table.by_slot.clear();
+            let n = table.vms.len();
+            table.vms.clear();
+            n
+        };
+        self.spares.shutdown();
+        self.supervisor.stop();
+        *done = true;
+        tracing::info!(
+            provider = self.name,
+            vms = n,
+            "VMM provider released its VMs (they keep running)"
+        );
     }
 
     fn shutdown(&self) {

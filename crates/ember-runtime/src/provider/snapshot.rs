@@ -12,7 +12,7 @@ use super::create::load_params;
 use crate::client::FirecrackerClient;
 use crate::client::models::{SnapshotCreateParams, SnapshotType};
 use crate::error::RuntimeError;
-use crate::snapshots::{self, META_FORMAT, SnapshotMeta};
+use crate::snapshots;
 use crate::spares::{Spare, discard};
 
 impl Inner {
@@ -74,10 +74,11 @@ impl Inner {
                 .map_err(files("cannot stat the new memory file", &mem_path))
                 .map_err(fail)?
                 .len();
-            let meta = SnapshotMeta {
-                format: META_FORMAT,
+            let meta = ember_core::SnapshotInfo {
                 snapshot_id: sid.clone(),
                 stack: request.stack.clone().or_else(|| rec.stack.clone()),
+                state_path: state_path.clone(),
+                mem_path: mem_path.clone(),
                 provider: self.name.to_string(),
                 vmm_version,
                 vcpu_count: rec.vcpu_count,
@@ -88,13 +89,13 @@ impl Inner {
                 vsock_cid: rec.vsock_cid,
                 network_interfaces: rec.network_interfaces.clone(),
                 source_vm: Some(id.clone()),
-                created_at_ms: snapshots::now_ms(),
+                created_at: std::time::SystemTime::now(),
             };
             let stored = self
                 .snapshots
                 .commit(meta)
                 .map_err(|source| RuntimeError::Files {
-                    what: "cannot write the snapshot metadata in",
+                    what: "cannot sync the snapshot's files in",
                     path: dir.clone(),
                     source,
                 })
@@ -112,7 +113,7 @@ impl Inner {
         if !self.config.trial_restore {
             return Ok(());
         }
-        let sid = &stored.meta.snapshot_id;
+        let sid = &stored.snapshot_id;
         let Spare {
             process,
             mut client,

@@ -81,6 +81,18 @@ pub fn provider(dir: &Path, flavor: Flavor, spares: usize) -> Arc<VmmProvider> {
     Arc::new(VmmProvider::new(config).unwrap())
 }
 
+/// A detached provider of `flavor` on `dir`'s root (kept between providers).
+pub fn detached_provider(dir: &Path, flavor: Flavor, spares: usize) -> Arc<VmmProvider> {
+    let mut config = ProviderConfig::new(dir.join("root"), flavor);
+    config.spares = SpareConfig {
+        count: spares,
+        ..SpareConfig::default()
+    };
+    config.detached = true;
+    config.timeouts.spare_wait = Duration::from_secs(60);
+    Arc::new(VmmProvider::new(config).unwrap())
+}
+
 /// A spec that boots the probe guest.
 pub fn probe_spec(boot_args: &str) -> VmSpec {
     VmSpec {
