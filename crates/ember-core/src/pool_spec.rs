@@ -16,6 +16,7 @@ pub const MAX_REFILL_PARALLELISM: u32 = 256;
 pub const MAX_POOL_AGE_SECS: u64 = 30 * 24 * 3600;
 
 /// How pooled VMs wait for their tenant.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooled {
@@ -51,6 +52,7 @@ impl fmt::Display for Pooled {
 }
 
 /// A template's warm pool.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {

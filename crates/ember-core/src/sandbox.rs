@@ -33,6 +33,7 @@ pub const MAX_ENV_ENTRY_LEN: usize = 4096;
 pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 
 /// Where a sandbox is in its life.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
@@ -93,6 +94,7 @@ impl std::str::FromStr for SandboxState {
 }
 
 /// Why a sandbox ended.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndCause {
@@ -125,6 +127,7 @@ impl fmt::Display for EndCause {
 }
 
 /// How a sandbox ended.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxEnd {
@@ -134,10 +137,12 @@ pub struct SandboxEnd {
     pub message: String,
     /// When.
     #[serde(with = "crate::view::unix_millis")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at: SystemTime,
 }
 
 /// How a sandbox got its VM.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxStart {
@@ -148,6 +153,7 @@ pub struct SandboxStart {
 }
 
 /// A tenant's sandbox as its host records it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sandbox {
@@ -174,9 +180,11 @@ pub struct Sandbox {
         skip_serializing_if = "Option::is_none",
         with = "crate::view::opt_unix_millis"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub deadline: Option<SystemTime>,
     /// When it was asked for.
     #[serde(with = "crate::view::unix_millis")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_at: SystemTime,
     /// How it got its VM, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]

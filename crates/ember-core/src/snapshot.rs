@@ -12,6 +12,7 @@ use crate::spec::{validate_ifname, validate_path, validate_uds_path};
 use crate::stack::StackKey;
 
 /// A snapshot and the options for restoring it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotRef {
@@ -21,8 +22,10 @@ pub struct SnapshotRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<StackKey>,
     /// The VM state file (vCPU, device and VM state).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state_path: PathBuf,
     /// The guest memory file.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub mem_path: PathBuf,
     /// Resume the vCPUs right after restore (true) or leave the VM paused (false).
     #[serde(default = "default_resume")]
@@ -83,6 +86,7 @@ impl SnapshotRef {
 }
 
 /// Replaces the host TAP device of one network interface at restore.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkOverride {
@@ -93,10 +97,12 @@ pub struct NetworkOverride {
 }
 
 /// Replaces the vsock device's host Unix socket at restore.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VsockOverride {
     /// The new host socket path.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub uds_path: PathBuf,
 }
 

@@ -23,6 +23,7 @@ pub const MIN_MEM_MIB: u32 = 16;
 pub const MAX_MEM_MIB: u32 = 256 * 1024;
 
 /// Identifies a pool bucket: stack name, version, vCPU count and memory size.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "RawStackKey")]
 pub struct StackKey {

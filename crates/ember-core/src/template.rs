@@ -25,6 +25,7 @@ pub const DEFAULT_BOOT_TIMEOUT_MS: u64 = 30_000;
 
 /// The name of a template: an identifier of at most [`MAX_STACK_NAME_LEN`] bytes (it is also
 /// the name of the template's stack).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TemplateName(String);
@@ -76,6 +77,7 @@ impl fmt::Display for TemplateName {
 }
 
 /// Which guest a template boots.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum GuestSpec {
@@ -89,15 +91,18 @@ pub enum GuestSpec {
     /// A kernel (ELF vmlinux or bzImage) on the host, with an optional initrd and root disk.
     Kernel {
         /// The kernel image.
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
         kernel: PathBuf,
         /// An initial ramdisk.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
         initrd: Option<PathBuf>,
         /// The kernel command line.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         boot_args: Option<String>,
         /// The root filesystem image.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
         rootfs: Option<PathBuf>,
         /// Attach the root filesystem read-only.
         #[serde(default)]
@@ -106,6 +111,7 @@ pub enum GuestSpec {
 }
 
 /// What a caller asks a template to be.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
@@ -217,6 +223,7 @@ impl TemplateSpec {
 }
 
 /// Where a template's build is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TemplateState {
@@ -246,6 +253,7 @@ impl fmt::Display for TemplateState {
 }
 
 /// How long a template's build took.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateBuild {
@@ -256,6 +264,7 @@ pub struct TemplateBuild {
 }
 
 /// A template as its host records it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
@@ -278,6 +287,7 @@ pub struct Template {
     pub build: Option<TemplateBuild>,
     /// When the build was asked for.
     #[serde(with = "crate::view::unix_millis")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_at: SystemTime,
 }
 

@@ -21,6 +21,7 @@ use crate::stack::StackKey;
 /// ```
 /// A stopped VM cannot start again (a VMM process does not reboot a guest it stopped); destroy it
 /// and create a new one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmStatus {
@@ -69,6 +70,7 @@ impl fmt::Display for VmStatus {
 }
 
 /// A provider's view of one VM.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmView {
     /// The VM's current id (a rename changes it).
@@ -81,6 +83,7 @@ pub struct VmView {
     pub restored_from: Option<SnapshotId>,
     /// When the provider created it.
     #[serde(with = "unix_millis")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_at: SystemTime,
     /// Snapshots taken of this VM (they outlive it).
     pub snapshots: Vec<SnapshotId>,

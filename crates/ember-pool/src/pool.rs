@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ember_core::{
     NetworkOverride, Operation, SnapshotId, SnapshotRef, StackKey, VmError, VmId, VmProvider,
-    VmQuery, VmStatus, error_chain,
+    VmQuery, VmStatus, VmView, error_chain,
 };
 
 use crate::bucket::{Bucket, Entry, needs_resume};
@@ -532,6 +532,81 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                 .dispatch_destroy(vm.clone(), EvictionCause::Died);
         }
         found
+    }
+
+    /// Puts a VM that an earlier owner of the pool left (found again after a restart) back into
+    /// `stack`'s bucket as a ready entry, if the bucket exists, has room below its max depth and
+    /// the VM was restored from the bucket's template. Returns the VM back as the error when it
+    /// is not taken, for the caller to destroy.
+    pub fn adopt(&self, stack: &StackKey, view: VmView) -> Result<(), (VmView, PoolError)> {
+        let mut st = self.shared.lock();
+        if st.shutdown {
+            return Err((view, PoolError::ShutDown));
+        }
+        let Some(slot) = st.buckets.get_mut(stack) else {
+            return Err((
+                view,
+                PoolError::UnknownStack {
+                    stack: stack.clone(),
+                },
+            ));
+        };
+        let bucket = &mut slot.bucket;
+        let same_template = view
+            .restored_from
+            .as_ref()
+            .is_some_and(|t| *t == bucket.template.snapshot_id);
+        let reason = if !same_template {
+            Some("it was not restored from the bucket's template".to_string())
+        } else if bucket.entries.len() + bucket.in_flight >= bucket.config.max_depth {
+            Some(format!("the bucket is full ({} entries)", bucket.entries.len()))
+        } else if !view.status.is_live() {
+            Some(format!("it is {}", view.status))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err((
+                view,
+                PoolError::InvalidTemplate {
+                    stack: stack.clone(),
+                    reason,
+                },
+            ));
+        }
+        tracing::debug!(%stack, vm = %view.id, "adopted warm VM");
+        bucket.entries.push_back(Entry {
+            view,
+            ready_at: Instant::now(),
+        });
+        self.shared.ready.notify_all();
+        Ok(())
+    }
+
+    /// Stops the refiller and workers like [`shutdown`](Self::shutdown) but leaves every ready
+    /// entry running (for the pool's next owner to [`adopt`](Self::adopt)); spawns under way
+    /// finish and their VMs are destroyed. Returns the entries left, by stack.
+    pub fn leave(&self) -> Vec<(StackKey, VmId)> {
+        let shared = &self.shared;
+        let left: Vec<(StackKey, VmId)> = {
+            let mut st = shared.lock();
+            st.shutdown = true;
+            shared.wake.notify_all();
+            shared.ready.notify_all();
+            st.buckets
+                .iter_mut()
+                .flat_map(|(k, s)| s.bucket.entries.drain(..).map(move |e| (k.clone(), e.view.id)))
+                .collect()
+        };
+        shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a warm pool thread panicked");
+            }
+        }
+        tracing::info!(left = left.len(), "warm pool stopped, its VMs left running");
+        left
     }
 
     /// Every counter, gauge and histogram, read now.

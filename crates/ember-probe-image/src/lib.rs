@@ -108,6 +108,12 @@ pub fn probe_elf_path() -> &'static Path {
     Path::new(env!("EMBER_PROBE_ELF"))
 }
 
+/// The probe guest ELF itself, baked into the binary: what a deployed daemon writes into its
+/// state directory, where the build tree (and [`probe_elf_path`]) no longer exists.
+pub fn probe_elf_bytes() -> &'static [u8] {
+    include_bytes!(env!("EMBER_PROBE_ELF"))
+}
+
 /// The banner line's contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Banner {
