@@ -1,31 +1,117 @@
 //! A stack's template: boot the guest, wait until its agent answers, pause, snapshot. The
-//! snapshot is what every pooled VM of the stack is restored from.
+//! snapshot is what every pooled VM of the stack is restored from. [`TemplateBoot`] is the boot
+//! resolved from ember-core's [`TemplateSpec`] (what a caller asks a template to be).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ember_core::{
-    SnapshotId, SnapshotRef, SnapshotRequest, StackKey, VmError, VmId, VmProvider, VmSpec,
-    VsockSpec,
+    GuestSpec, SnapshotId, SnapshotRef, SnapshotRequest, StackKey, TemplateSpec, VmError, VmId,
+    VmProvider, VmSpec, VsockSpec,
 };
 use ember_runtime::VmmProvider;
 use serde::Serialize;
 
 use crate::agent;
 
-/// What to boot for a template.
+/// The probe guest's command line for templates: no timer (tickless) and no console reports,
+/// so a VM idling in the pool or with its tenant, paused or running, costs its host no CPU
+/// (`ember bench density` measures it).
+pub const PROBE_TEMPLATE_ARGS: &str = "ember.hz=0 ember.report=0";
+
+/// A template's boot, resolved from what was asked (ember-core's
+/// [`TemplateSpec`](ember_core::TemplateSpec)) into what the provider runs.
 #[derive(Debug, Clone)]
-pub struct TemplateSpec {
+pub struct TemplateBoot {
     /// The stack the template serves (its vCPU count and memory are the VM's).
     pub stack: StackKey,
-    /// The guest kernel (ELF).
-    pub kernel: PathBuf,
-    /// Kernel command line.
-    pub boot_args: Option<String>,
+    /// What boots: kernel, command line, disks and a vsock device, in the stack's shape.
+    pub boot: VmSpec,
     /// The agent's vsock port.
     pub agent_port: u32,
     /// How long the guest may take to boot and answer.
     pub boot_timeout: Duration,
+}
+
+impl TemplateBoot {
+    /// An ELF kernel with no disks (the probe guest) in `stack`'s shape.
+    pub fn kernel(
+        stack: StackKey,
+        kernel: PathBuf,
+        boot_args: Option<String>,
+        agent_port: u32,
+        boot_timeout: Duration,
+    ) -> Self {
+        let boot = VmSpec {
+            kernel: Some(kernel),
+            boot_args,
+            ..Self::shape(&stack)
+        };
+        Self {
+            stack,
+            boot,
+            agent_port,
+            boot_timeout,
+        }
+    }
+
+    /// Resolves `spec` for `stack`: the probe guest boots `probe_kernel` with
+    /// [`PROBE_TEMPLATE_ARGS`] and the caller's arguments after them; a kernel guest boots its
+    /// kernel, initrd and root filesystem as given.
+    pub fn resolve(stack: StackKey, spec: &TemplateSpec, probe_kernel: &Path) -> Self {
+        let boot_timeout = Duration::from_millis(spec.boot_timeout_ms);
+        match &spec.guest {
+            GuestSpec::Probe { boot_args } => {
+                let args = match boot_args {
+                    Some(extra) => format!("{PROBE_TEMPLATE_ARGS} {extra}"),
+                    None => PROBE_TEMPLATE_ARGS.to_string(),
+                };
+                Self::kernel(
+                    stack,
+                    probe_kernel.to_path_buf(),
+                    Some(args),
+                    spec.agent_port,
+                    boot_timeout,
+                )
+            }
+            GuestSpec::Kernel {
+                kernel,
+                initrd,
+                boot_args,
+                rootfs,
+                rootfs_read_only,
+            } => {
+                let boot = VmSpec {
+                    kernel: Some(kernel.clone()),
+                    initrd: initrd.clone(),
+                    boot_args: boot_args.clone(),
+                    rootfs: rootfs.clone(),
+                    rootfs_read_only: *rootfs_read_only,
+                    ..Self::shape(&stack)
+                };
+                Self {
+                    stack,
+                    boot,
+                    agent_port: spec.agent_port,
+                    boot_timeout,
+                }
+            }
+        }
+    }
+
+    /// The stack's shape and a vsock device (the provider puts the socket in the VM's own
+    /// directory).
+    fn shape(stack: &StackKey) -> VmSpec {
+        VmSpec {
+            vcpu_count: stack.vcpu_count(),
+            mem_size_mib: stack.mem_size_mib(),
+            vsock: Some(VsockSpec {
+                guest_cid: 3,
+                uds_path: PathBuf::from("v.sock"),
+            }),
+            ..VmSpec::default()
+        }
+    }
 }
 
 /// How building the template went.
@@ -58,7 +144,7 @@ pub enum TemplateError {
 /// template VM (the snapshot outlives it). The reference resumes on restore.
 pub fn build(
     provider: &VmmProvider,
-    spec: &TemplateSpec,
+    spec: &TemplateBoot,
     snapshot_id: SnapshotId,
 ) -> Result<(SnapshotRef, TemplateReport), TemplateError> {
     let id = VmId::new(format!("template-{}", spec.stack.slug())).map_err(|source| {
@@ -67,12 +153,12 @@ pub fn build(
             source,
         }
     })?;
-    let vm_spec = boot_spec(spec);
+    let vm_spec = &spec.boot;
     let step = |step: &'static str| move |source| TemplateError::Provider { step, source };
     let result = (|| {
         let t0 = Instant::now();
         provider
-            .create_with_spec(&id, &vm_spec)
+            .create_with_spec(&id, vm_spec)
             .map_err(step("create"))?;
         provider.start(&id).map_err(step("start"))?;
         wait_for_agent(provider, &id, spec)?;
@@ -102,26 +188,10 @@ pub fn build(
     Ok((snap, report))
 }
 
-/// The spec that boots `spec`'s guest with its shape and a vsock device (the provider puts the
-/// socket in the VM's own directory).
-pub fn boot_spec(spec: &TemplateSpec) -> VmSpec {
-    VmSpec {
-        kernel: Some(spec.kernel.clone()),
-        boot_args: spec.boot_args.clone(),
-        vcpu_count: spec.stack.vcpu_count(),
-        mem_size_mib: spec.stack.mem_size_mib(),
-        vsock: Some(VsockSpec {
-            guest_cid: 3,
-            uds_path: PathBuf::from("v.sock"),
-        }),
-        ..VmSpec::default()
-    }
-}
-
 fn wait_for_agent(
     provider: &VmmProvider,
     id: &VmId,
-    spec: &TemplateSpec,
+    spec: &TemplateBoot,
 ) -> Result<(), TemplateError> {
     let deadline = Instant::now() + spec.boot_timeout;
     loop {

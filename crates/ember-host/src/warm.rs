@@ -12,7 +12,7 @@ use ember_pool::{BucketConfig, PoolError, PoolSettings, Tenant, WarmPool};
 use ember_runtime::{ListenerId, VmExit, VmmProvider};
 
 use crate::agent::{self, AgentError, AgentValidator};
-use crate::template::{self, TemplateError, TemplateReport, TemplateSpec};
+use crate::template::{self, TemplateBoot, TemplateError, TemplateReport};
 use crate::ui::Ui;
 
 /// The pool type ember runs over real VMs.
@@ -20,10 +20,7 @@ pub type Pool = WarmPool<Arc<VmmProvider>>;
 
 pub use ember_core::Pooled;
 
-/// The probe guest's command line for templates: no timer (tickless) and no console reports,
-/// so a VM idling in the pool or with its tenant, paused or running, costs its host no CPU
-/// (`ember bench density` measures it).
-pub const PROBE_TEMPLATE_ARGS: &str = "ember.hz=0 ember.report=0";
+pub use crate::template::PROBE_TEMPLATE_ARGS;
 
 /// What a warm stack needs.
 #[derive(Debug, Clone)]
@@ -101,13 +98,13 @@ impl WarmStack {
             })?;
         let (template, template_report) = template::build(
             provider,
-            &TemplateSpec {
-                stack: opts.stack.clone(),
-                kernel: opts.kernel.clone(),
-                boot_args: opts.boot_args.clone(),
-                agent_port: opts.agent_port,
-                boot_timeout: Duration::from_secs(30),
-            },
+            &TemplateBoot::kernel(
+                opts.stack.clone(),
+                opts.kernel.clone(),
+                opts.boot_args.clone(),
+                opts.agent_port,
+                Duration::from_secs(30),
+            ),
             snapshot_id,
         )?;
         ui.finish(&format!(

@@ -169,6 +169,25 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
         template: SnapshotRef,
         config: BucketConfig,
     ) -> Result<(), PoolError> {
+        let template = self.checked_template(&stack, template, &config)?;
+        let mut st = self.shared.lock();
+        if st.shutdown {
+            return Err(PoolError::ShutDown);
+        }
+        self.bucket_for(&mut st, &stack, template, config);
+        self.shared.wake_refiller(&mut st);
+        tracing::info!(%stack, "registered warm pool bucket");
+        Ok(())
+    }
+
+    /// Checks a bucket's config and template (with the provider), giving the template its
+    /// stack.
+    fn checked_template(
+        &self,
+        stack: &StackKey,
+        template: SnapshotRef,
+        config: &BucketConfig,
+    ) -> Result<SnapshotRef, PoolError> {
         config.validate()?;
         let invalid = |reason: String| PoolError::InvalidTemplate {
             stack: stack.clone(),
@@ -177,7 +196,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
         template.validate().map_err(|e| invalid(e.to_string()))?;
         let mut template = template;
         match &template.stack {
-            Some(owner) if *owner != stack => {
+            Some(owner) if owner != stack => {
                 return Err(invalid(format!("the snapshot belongs to stack {owner}")));
             }
             Some(_) => {}
@@ -187,27 +206,38 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
             .provider
             .verify_snapshot(&template)
             .map_err(|e| invalid(error_chain(&e)))?;
+        Ok(template)
+    }
 
-        let mut st = self.shared.lock();
-        if st.shutdown {
-            return Err(PoolError::ShutDown);
-        }
-        match st.buckets.get_mut(&stack) {
-            Some(slot) => {
-                slot.bucket.template = Arc::new(template);
-                slot.bucket.config = config;
-                slot.bucket.spawn_succeeded();
+    /// `stack`'s bucket with `template` and `config`: a new one, or the existing one updated
+    /// (its entries keep serving).
+    fn bucket_for<'s>(
+        &self,
+        st: &'s mut State,
+        stack: &StackKey,
+        template: SnapshotRef,
+        config: BucketConfig,
+    ) -> &'s mut Bucket {
+        let State {
+            buckets,
+            next_epoch,
+            ..
+        } = st;
+        match buckets.entry(stack.clone()) {
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                let bucket = &mut slot.into_mut().bucket;
+                bucket.template = Arc::new(template);
+                bucket.config = config;
+                bucket.spawn_succeeded();
+                bucket
             }
-            None => {
-                let epoch = st.next_epoch;
-                st.next_epoch += 1;
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let epoch = *next_epoch;
+                *next_epoch += 1;
                 let bucket = Bucket::new(stack.clone(), template, config);
-                st.buckets.insert(stack.clone(), Slot { epoch, bucket });
+                &mut v.insert(Slot { epoch, bucket }).bucket
             }
         }
-        self.shared.wake_refiller(&mut st);
-        tracing::info!(%stack, "registered warm pool bucket");
-        Ok(())
     }
 
     /// Removes `stack`'s bucket and destroys its entries (cause `unregister`); spawns under way
@@ -534,53 +564,57 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
         found
     }
 
-    /// Puts a VM that an earlier owner of the pool left (found again after a restart) back into
-    /// `stack`'s bucket as a ready entry, if the bucket exists, has room below its max depth and
-    /// the VM was restored from the bucket's template. Returns the VM back as the error when it
-    /// is not taken, for the caller to destroy.
-    pub fn adopt(&self, stack: &StackKey, view: VmView) -> Result<(), (VmView, PoolError)> {
+    /// Registers `stack` like [`register`](Self::register) and, in the same step (before the
+    /// refiller sees the bucket), puts VMs an earlier owner of the pool left running (found
+    /// again after a restart) into it as ready entries — those restored from the bucket's
+    /// template, live, up to its max depth. Returns the VMs it did not take, each with the
+    /// reason, for the caller to destroy.
+    pub fn register_adopting(
+        &self,
+        stack: StackKey,
+        template: SnapshotRef,
+        config: BucketConfig,
+        left: Vec<VmView>,
+    ) -> Result<Vec<(VmView, String)>, PoolError> {
+        let template = self.checked_template(&stack, template, &config)?;
         let mut st = self.shared.lock();
         if st.shutdown {
-            return Err((view, PoolError::ShutDown));
+            return Err(PoolError::ShutDown);
         }
-        let Some(slot) = st.buckets.get_mut(stack) else {
-            return Err((
-                view,
-                PoolError::UnknownStack {
-                    stack: stack.clone(),
-                },
-            ));
-        };
-        let bucket = &mut slot.bucket;
-        let same_template = view
-            .restored_from
-            .as_ref()
-            .is_some_and(|t| *t == bucket.template.snapshot_id);
-        let reason = if !same_template {
-            Some("it was not restored from the bucket's template".to_string())
-        } else if bucket.entries.len() + bucket.in_flight >= bucket.config.max_depth {
-            Some(format!("the bucket is full ({} entries)", bucket.entries.len()))
-        } else if !view.status.is_live() {
-            Some(format!("it is {}", view.status))
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            return Err((
-                view,
-                PoolError::InvalidTemplate {
-                    stack: stack.clone(),
-                    reason,
-                },
-            ));
+        let bucket = self.bucket_for(&mut st, &stack, template, config);
+        let mut refused = Vec::new();
+        for view in left {
+            let same_template = view
+                .restored_from
+                .as_ref()
+                .is_some_and(|t| *t == bucket.template.snapshot_id);
+            let reason = if !same_template {
+                Some("it was not restored from the bucket's template".to_string())
+            } else if bucket.entries.len() + bucket.in_flight >= bucket.config.max_depth {
+                Some(format!(
+                    "the bucket is full ({} entries)",
+                    bucket.entries.len()
+                ))
+            } else if !view.status.is_live() {
+                Some(format!("it is {}", view.status))
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => refused.push((view, reason)),
+                None => {
+                    tracing::debug!(%stack, vm = %view.id, "adopted warm VM");
+                    bucket.entries.push_back(Entry {
+                        view,
+                        ready_at: Instant::now(),
+                    });
+                }
+            }
         }
-        tracing::debug!(%stack, vm = %view.id, "adopted warm VM");
-        bucket.entries.push_back(Entry {
-            view,
-            ready_at: Instant::now(),
-        });
         self.shared.ready.notify_all();
-        Ok(())
+        self.shared.wake_refiller(&mut st);
+        tracing::info!(%stack, refused = refused.len(), "registered warm pool bucket with adopted VMs");
+        Ok(refused)
     }
 
     /// Stops the refiller and workers like [`shutdown`](Self::shutdown) but leaves every ready
@@ -595,7 +629,12 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
             shared.ready.notify_all();
             st.buckets
                 .iter_mut()
-                .flat_map(|(k, s)| s.bucket.entries.drain(..).map(move |e| (k.clone(), e.view.id)))
+                .flat_map(|(k, s)| {
+                    s.bucket
+                        .entries
+                        .drain(..)
+                        .map(move |e| (k.clone(), e.view.id))
+                })
                 .collect()
         };
         shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -95,8 +95,13 @@ fn agent_answers_every_kind_of_request() {
             "{bad:?}: {err}"
         );
     }
-    let err = a.put_file("/tmp/x", 0o644, b"data").unwrap_err();
-    assert!(matches!(err, ClientError::Unsupported { .. }), "{err}");
+    a.put_file("/tmp/x", 0o644, b"data").unwrap();
+    assert_eq!(a.get_file("/tmp/x", 1024).unwrap().data, b"data");
+    let err = a.get_file("/tmp/missing", 1024).unwrap_err();
+    assert!(
+        matches!(err, ClientError::Agent { code, .. } if code == ErrorCode::NOT_FOUND),
+        "{err}"
+    );
     // Errors keep the connection usable.
     a.ping().unwrap();
 

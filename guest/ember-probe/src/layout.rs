@@ -12,9 +12,12 @@
 //! | 0x240000 | per-connection receive storage, [`MAX_CONNS`] x [`CONN_RX_LEN`] |
 //! | 0x2a0000 | per-connection reply buffers, [`MAX_CONNS`] x [`CONN_OUT_LEN`] |
 //! | 0x330000 | scratch for building Exec output ([`SCRATCH_LEN`]) |
+//! | 0x340000 | the file table's headers, [`FILE_COUNT`] entries in one page (`files.rs`) |
+//! | 0x341000..0x3c1000 | file data, [`FILE_COUNT`] x [`FILE_MAX_LEN`] |
 //!
 //! Everything past the image is touched only when used, so an idle VM restored from a
-//! snapshot shares it with its siblings.
+//! snapshot shares it with its siblings. Nothing here is zeroed at boot: guest memory starts
+//! zeroed, and the file table takes an all-zero entry for a free slot.
 
 /// RX queue rings (the page also holds the TX and event queues, and the event buffers: an
 /// agent request writes one ring page instead of three).
@@ -39,8 +42,20 @@ pub const CONN_OUT: usize = 0x2a_0000;
 pub const SCRATCH: usize = 0x33_0000;
 /// Bytes of Exec output scratch.
 pub const SCRATCH_LEN: usize = 8192;
+/// The file table: [`FILE_COUNT`] headers (path, mode, size) in one page.
+pub const FILES: usize = 0x34_0000;
+/// Bytes of the file table's header page.
+pub const FILE_TABLE_LEN: usize = 0x1000;
+/// File data: slot `i`'s bytes are at `FILE_DATA + i * FILE_MAX_LEN`.
+pub const FILE_DATA: usize = FILES + FILE_TABLE_LEN;
+/// Most files the probe holds at once.
+pub const FILE_COUNT: usize = 8;
+/// Largest file, in bytes.
+pub const FILE_MAX_LEN: usize = 64 << 10;
+/// Longest file path, in bytes (the protocol allows 4096; the probe keeps paths in its table).
+pub const FILE_PATH_MAX: usize = 255;
 /// End of the probe's memory (must fit the smallest guest, 4 MiB).
-pub const END: usize = SCRATCH + SCRATCH_LEN;
+pub const END: usize = FILE_DATA + FILE_COUNT * FILE_MAX_LEN;
 
 /// Entries in the RX and TX queues (and buffers of each).
 pub const RX_COUNT: u16 = 16;
@@ -66,3 +81,5 @@ const _: () = assert!(RX_BUFS + RX_COUNT as usize * BUF_LEN <= TX_BUFS);
 const _: () = assert!(TX_BUFS + TX_COUNT as usize * BUF_LEN <= USER_STACK_TOP - 0x1_0000);
 const _: () = assert!(CONN_RX + MAX_CONNS * CONN_RX_LEN <= CONN_OUT);
 const _: () = assert!(CONN_OUT + MAX_CONNS * CONN_OUT_LEN <= SCRATCH);
+const _: () = assert!(SCRATCH + SCRATCH_LEN <= FILES);
+const _: () = assert!(FILES.is_multiple_of(0x1000) && FILE_DATA.is_multiple_of(0x1000));

@@ -19,7 +19,7 @@ pub(super) fn run(
 ) -> Result<BenchReport, BenchError> {
     let provider = session.provider();
     let _stack = probe_stack();
-    let spec = ember_host::template::boot_spec(&super::probe_template_spec(opts));
+    let spec = super::probe_template_spec(opts).boot;
     let mut create_start = Vec::new();
     let mut to_agent = Vec::new();
     ui.stage("booting probe guests", Some(opts.iterations as u64));

@@ -245,14 +245,14 @@ pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchRep
 }
 
 /// What every benchmark boots: the probe guest on [`probe_stack`] with the template arguments.
-fn probe_template_spec(opts: &BenchOptions) -> ember_host::template::TemplateSpec {
-    ember_host::template::TemplateSpec {
-        stack: probe_stack(),
-        kernel: opts.kernel.clone(),
-        boot_args: Some(ember_host::warm::PROBE_TEMPLATE_ARGS.to_string()),
-        agent_port: opts.agent_port,
-        boot_timeout: std::time::Duration::from_secs(30),
-    }
+fn probe_template_spec(opts: &BenchOptions) -> ember_host::template::TemplateBoot {
+    ember_host::template::TemplateBoot::kernel(
+        probe_stack(),
+        opts.kernel.clone(),
+        Some(ember_host::template::PROBE_TEMPLATE_ARGS.to_string()),
+        opts.agent_port,
+        std::time::Duration::from_secs(30),
+    )
 }
 
 /// Builds the probe template snapshot `name` (reporting it as a stage).

@@ -1,0 +1,228 @@
+//! Work inside a sandbox, over its guest agent: run a command ([`ExecRequest`] →
+//! [`ExecOutput`](ember_agent_proto::ExecOutput)) and move files in and out.
+//!
+//! Calls take one of the sandbox's idle agent connections (or open one) and put it back, so
+//! calls on one sandbox run side by side and a handed-over VM's first call reuses the
+//! connection its Reseed went out on (checking the Reseed's answer first). A paused sandbox is
+//! refused (409) rather than left to time out.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use ember_agent_proto::{AgentClient, ClientError, Exec, ExecOutput};
+use ember_core::sandbox::validate_env_entry;
+use ember_core::{SandboxState, VmId};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{AGENT_TIMEOUT, Engine};
+use crate::error::ApiError;
+
+/// Default guest-side time limit of a command, ms.
+pub const DEFAULT_EXEC_TIMEOUT_MS: u32 = 60_000;
+/// Longest guest-side time limit of a command, ms (one day).
+pub const MAX_EXEC_TIMEOUT_MS: u32 = 24 * 3600 * 1000;
+/// How much longer than its guest-side limit the host waits for a command's answer.
+const EXEC_GRACE: Duration = Duration::from_secs(5);
+
+/// `POST /v1/sandboxes/{id}/exec`: a command to run.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments (1 to 256 entries, each at most 4096 bytes, no NUL).
+    pub argv: Vec<String>,
+    /// Environment for this command, on top of the sandbox's own.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (needs an agent that supports it; the probe guest does not).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Standard input, as text.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Standard input, base64 (instead of `stdin`, for bytes that are not text).
+    #[serde(default)]
+    pub stdin_base64: Option<String>,
+    /// Guest-side time limit, ms (default 60000, at most one day); the command is killed when
+    /// it passes and the call fails with 504.
+    #[serde(default)]
+    pub timeout_ms: Option<u32>,
+}
+
+/// A checked exec request, owning what the agent call borrows.
+struct Checked {
+    argv: Vec<String>,
+    env: Vec<String>,
+    stdin: Vec<u8>,
+    timeout_ms: u32,
+}
+
+impl ExecRequest {
+    fn check(self, sandbox_env: &BTreeMap<String, String>) -> Result<Checked, ApiError> {
+        use ember_agent_proto::limits::{MAX_ARG_LEN, MAX_ARGS};
+        if self.argv.is_empty() || self.argv.len() > MAX_ARGS {
+            return Err(ApiError::invalid(format!(
+                "argv: {} entries; 1 to {MAX_ARGS} are allowed",
+                self.argv.len()
+            )));
+        }
+        for (i, a) in self.argv.iter().enumerate() {
+            if a.len() > MAX_ARG_LEN || a.contains('\0') {
+                return Err(ApiError::invalid(format!(
+                    "argv[{i}]: must be at most {MAX_ARG_LEN} bytes without NUL"
+                )));
+            }
+        }
+        if self.argv[0].is_empty() {
+            return Err(ApiError::invalid("argv[0]: the program must not be empty"));
+        }
+        if let Some(cwd) = &self.cwd {
+            return Err(ApiError::unsupported(format!(
+                "cwd: {cwd:?} cannot be set: the guest agent's protocol (version 1) has no \
+                 working directory; run the command through a shell (`sh -c 'cd DIR && ...'`)"
+            )));
+        }
+        let mut env = sandbox_env.clone();
+        for (k, v) in self.env {
+            validate_env_entry(&k, &v)?;
+            env.insert(k, v);
+        }
+        if env.len() > ember_agent_proto::limits::MAX_ENV {
+            return Err(ApiError::invalid(format!(
+                "env: {} variables with the sandbox's own; at most {} are allowed",
+                env.len(),
+                ember_agent_proto::limits::MAX_ENV
+            )));
+        }
+        let stdin = match (self.stdin, self.stdin_base64) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "stdin, stdin_base64: give one or the other, not both",
+                ));
+            }
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| ApiError::invalid(format!("stdin_base64: not base64 ({e})")))?,
+            (None, None) => Vec::new(),
+        };
+        let timeout_ms = self.timeout_ms.unwrap_or(DEFAULT_EXEC_TIMEOUT_MS);
+        if timeout_ms == 0 || timeout_ms > MAX_EXEC_TIMEOUT_MS {
+            return Err(ApiError::invalid(format!(
+                "timeout_ms: {timeout_ms} is out of range; 1 to {MAX_EXEC_TIMEOUT_MS} are allowed"
+            )));
+        }
+        Ok(Checked {
+            argv: self.argv,
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            stdin,
+            timeout_ms,
+        })
+    }
+}
+
+/// A command's result and how long the call took.
+#[derive(Debug, Clone)]
+pub struct ExecDone {
+    /// What the agent answered.
+    pub output: ExecOutput,
+    /// From the request to the answer.
+    pub duration: Duration,
+}
+
+fn vm_of(id: &ember_core::SandboxId) -> VmId {
+    // Invariant: sandbox ids are valid VM ids (the same validated id rules).
+    VmId::new(id.as_str()).unwrap_or_else(|_| unreachable!("a sandbox id is a valid VM id"))
+}
+
+impl Engine {
+    /// Runs `f` on one of sandbox `id`'s agent connections.
+    fn with_agent<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut AgentClient) -> Result<T, ClientError>,
+    ) -> Result<T, ApiError> {
+        let (sid, live) = self.live_sandbox(id)?;
+        if live.state() == SandboxState::Paused {
+            return Err(ApiError::conflict(format!(
+                "sandbox {sid} is paused; resume it first"
+            )));
+        }
+        let mut agent = match live.take_agent() {
+            Some(agent) => agent,
+            None => self.connect_agent(&vm_of(&sid))?,
+        };
+        let result = f(&mut agent);
+        live.put_agent(agent);
+        result.map_err(|e| {
+            if self.live.get(&sid).is_none() {
+                ApiError::conflict(format!("sandbox {sid} ended during the call"))
+            } else {
+                ApiError::from(e)
+            }
+        })
+    }
+
+    /// Runs a command in sandbox `id` and waits for its result.
+    pub fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecDone, ApiError> {
+        let env = {
+            let (_, live) = self.live_sandbox(id)?;
+            live.env.clone()
+        };
+        let c = req.check(&env)?;
+        let argv: Vec<&str> = c.argv.iter().map(String::as_str).collect();
+        let env: Vec<&str> = c.env.iter().map(String::as_str).collect();
+        let exec = Exec::new(&argv)
+            .with_env(&env)
+            .with_stdin(&c.stdin)
+            .with_timeout_ms(c.timeout_ms);
+        let t0 = Instant::now();
+        let output = self.with_agent(id, |agent| {
+            agent.set_call_timeout(Duration::from_millis(u64::from(c.timeout_ms)) + EXEC_GRACE);
+            let out = agent.exec(&exec);
+            agent.set_call_timeout(AGENT_TIMEOUT);
+            out
+        })?;
+        Ok(ExecDone {
+            output,
+            duration: t0.elapsed(),
+        })
+    }
+
+    /// Writes `data` to `path` in sandbox `id` (created with `mode`, or truncated).
+    pub fn put_file(&self, id: &str, path: &str, mode: u32, data: &[u8]) -> Result<(), ApiError> {
+        check_path(path)?;
+        if mode > 0o7777 {
+            return Err(ApiError::invalid(format!(
+                "mode: {mode:o} is not a permission mode (at most 7777 octal)"
+            )));
+        }
+        if data.len() > self.limits.max_file_bytes {
+            return Err(ApiError::too_large(format!(
+                "the file is {} bytes; at most {} are accepted",
+                data.len(),
+                self.limits.max_file_bytes
+            )));
+        }
+        self.with_agent(id, |agent| agent.put_file(path, mode, data))
+    }
+
+    /// Reads the file at `path` in sandbox `id`.
+    pub fn get_file(&self, id: &str, path: &str) -> Result<Vec<u8>, ApiError> {
+        check_path(path)?;
+        let max = self.limits.max_file_bytes;
+        self.with_agent(id, |agent| agent.get_file(path, max))
+            .map(|c| c.data)
+    }
+}
+
+fn check_path(path: &str) -> Result<(), ApiError> {
+    use ember_agent_proto::limits::MAX_PATH_LEN;
+    if path.is_empty() || path.len() > MAX_PATH_LEN || path.contains('\0') {
+        return Err(ApiError::invalid(format!(
+            "path: must be 1 to {MAX_PATH_LEN} bytes without NUL"
+        )));
+    }
+    Ok(())
+}

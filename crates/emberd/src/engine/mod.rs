@@ -1,0 +1,207 @@
+//! The engine: everything the daemon does, as blocking calls over the store, the runtime's
+//! provider and one warm pool. The HTTP layer ([`crate::api`]) runs these calls on tokio's
+//! blocking threads and turns their results into responses; nothing here knows HTTP.
+//!
+//! ```text
+//! Engine
+//!   ├── store      ember-store: templates, snapshots, pools, sandboxes, VMs (the truth)
+//!   ├── vms        Recorded<VmmProvider>: every VM change written to the store
+//!   ├── pool       one WarmPool over Recorded (owner Pool), a bucket per pooled template
+//!   ├── validator  the guest agent: Health after restore, Reseed at handover
+//!   └── live       per running or paused sandbox: its agent connections, env and deadline
+//! ```
+//!
+//! Submodules: [`templates`] (build, list, delete), [`pools`] (depths per template),
+//! [`sandboxes`] (create, list, pause/resume, timeouts, kill), [`guest`] (exec and files over
+//! the agent), [`vms`] (the raw `VmProvider` contract), [`recovery`] (reconcile the store with
+//! the host at start), [`recorder`] (the recording provider), [`live`] (the in-memory index of
+//! live sandboxes).
+
+pub mod guest;
+pub mod live;
+pub mod pools;
+pub mod recorder;
+pub mod recovery;
+pub mod sandboxes;
+pub mod templates;
+pub mod vms;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ember_core::{SandboxId, VmOwner};
+use ember_host::agent::AgentValidator;
+use ember_pool::{PoolSettings, WarmPool};
+use ember_runtime::{ListenerId, VmmProvider};
+use ember_store::Store;
+
+use crate::metrics::Metrics;
+pub use live::{Live, LiveSandboxes};
+pub use recorder::Recorded;
+
+/// The daemon's warm pool.
+pub type Pool = WarmPool<Recorded>;
+
+/// The vsock port every template's agent listens on (the probe's and ember-agent's).
+pub const AGENT_PORT: u32 = ember_core::template::PROBE_AGENT_PORT;
+
+/// How long connecting to an agent, or one agent call other than an exec, may take before the
+/// sandbox counts as unreachable.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the engine is allowed to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Most sandboxes running or paused at once; creates beyond it are refused (503).
+    pub max_sandboxes: usize,
+    /// Largest file a `files` call moves, bytes.
+    pub max_file_bytes: usize,
+    /// How long an ended sandbox's record is kept before it is pruned.
+    pub ended_retention: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sandboxes: 1024,
+            max_file_bytes: 64 << 20,
+            ended_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Everything the daemon does.
+pub struct Engine {
+    /// The store: the one source of truth.
+    pub store: Arc<Store>,
+    /// The runtime's provider (detached: VMMs outlive the daemon).
+    pub provider: Arc<VmmProvider>,
+    /// The provider with recording, for VMs the raw API makes (owner `api`).
+    pub vms: Recorded,
+    /// The warm pool (its VMs are recorded with owner `pool`).
+    pub pool: Arc<Pool>,
+    /// The agent validator the pool uses (and whose handed-over connections tenants get).
+    pub validator: Arc<AgentValidator>,
+    /// Running and paused sandboxes.
+    pub live: LiveSandboxes,
+    /// The probe guest's kernel, written into the state dir at start.
+    pub probe_kernel: PathBuf,
+    /// The metrics registry's handles.
+    pub metrics: Arc<Metrics>,
+    /// What the engine may hold.
+    pub limits: Limits,
+    /// The next Reseed generation for VMs restored outside the pool.
+    generation: AtomicU64,
+    listener: Mutex<Option<ListenerId>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Maps and options only: a panicked holder leaves them consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    /// Puts the parts together (no recovery yet: see [`recovery::recover`]).
+    pub fn new(
+        store: Arc<Store>,
+        provider: Arc<VmmProvider>,
+        probe_kernel: PathBuf,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+    ) -> Result<Arc<Engine>, ember_pool::PoolError> {
+        let vms = Recorded::new(Arc::clone(&provider), Arc::clone(&store), VmOwner::Api);
+        let validator = Arc::new(AgentValidator::new(
+            Arc::clone(&provider),
+            AGENT_PORT,
+            AGENT_TIMEOUT,
+        ));
+        let pool = Arc::new(WarmPool::start(
+            vms.for_owner(VmOwner::Pool),
+            Arc::clone(&validator) as Arc<dyn ember_pool::EntryValidator>,
+            PoolSettings::default(),
+        )?);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let engine = Arc::new(Engine {
+            store,
+            provider,
+            vms,
+            pool,
+            validator,
+            live: LiveSandboxes::default(),
+            probe_kernel,
+            metrics,
+            limits,
+            generation: AtomicU64::new(seed),
+            listener: Mutex::new(None),
+        });
+        // Deaths: the pool replaces its own; a tenant's sandbox ends with the cause.
+        let weak = Arc::downgrade(&engine);
+        let id =
+            engine
+                .provider
+                .add_exit_listener(Arc::new(move |exit: &ember_runtime::VmExit| {
+                    if let Some(engine) = weak.upgrade() {
+                        engine.vm_died(exit);
+                    }
+                }));
+        *lock(&engine.listener) = Some(id);
+        Ok(engine)
+    }
+
+    /// A fresh Reseed generation.
+    pub fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The supervisor's report of a VMM that died (on its thread: the work goes elsewhere).
+    fn vm_died(self: &Arc<Self>, exit: &ember_runtime::VmExit) {
+        if self.pool.notify_died(&exit.id) {
+            return;
+        }
+        let engine = Arc::clone(self);
+        let exit = exit.clone();
+        let spawned = std::thread::Builder::new()
+            .name("emberd-vm-died".into())
+            .spawn(move || engine.vm_died_now(&exit));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a thread to record a VM's death");
+        }
+    }
+
+    fn vm_died_now(&self, exit: &ember_runtime::VmExit) {
+        let message = format!("its VMM (pid {}) died: {}", exit.pid, exit.exit);
+        if let Ok(id) = SandboxId::new(exit.id.as_str())
+            && self.live.get(&id).is_some()
+        {
+            if let Err(e) = self.end_sandbox(&id, ember_core::EndCause::VmExited, message) {
+                tracing::error!(sandbox = %id, error = %e, "recording a sandbox's death");
+            }
+            return;
+        }
+        // A raw API VM (or one whose owner is gone): its record goes with it.
+        if let Err(e) = self.vms.forget_dead(&exit.id) {
+            tracing::error!(vm = %exit.id, error = %ember_core::error_chain(&e), "forgetting a dead VM");
+        }
+    }
+
+    /// Stops the daemon's threads and leaves every VM running for the next start: the pool's
+    /// ready VMs (adopted back into the pool) and tenants' sandboxes (adopted with their
+    /// records).
+    pub fn leave(&self) {
+        let left = self.pool.leave();
+        tracing::info!(
+            pooled = left.len(),
+            sandboxes = self.live.count(),
+            "leaving VMs running"
+        );
+        if let Some(id) = lock(&self.listener).take() {
+            self.provider.remove_exit_listener(id);
+        }
+        self.live.clear();
+        self.provider.release();
+    }
+}

@@ -1,0 +1,463 @@
+//! Sandboxes: a tenant's VM made from a template — created (a warm VM handed over when the
+//! template has a pool with one ready, a restore of the template's snapshot otherwise), listed,
+//! paused and resumed in memory, given more time, killed, and ended when their deadline passes
+//! or their VMM dies.
+//!
+//! Every change is recorded before it is acknowledged. A create is recorded `creating` before
+//! its VM exists; if the daemon dies before it is recorded `running`, recovery ends it as
+//! `create_failed` and destroys whatever VM it got (the caller never heard it succeed). A kill
+//! records the sandbox `ended` first and then destroys its VM; recovery destroys a VM whose
+//! sandbox has ended.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ember_agent_proto::AgentClient;
+use ember_core::sandbox::{validate_env, validate_labels, validate_timeout};
+use ember_core::{
+    EndCause, Sandbox, SandboxEnd, SandboxId, SandboxStart, SandboxState, Template, TemplateName,
+    VmId, VmOwner, VmProvider, VmSpec, error_chain,
+};
+use ember_pool::{PoolError, Tenant};
+use ember_store::{Cursor, Durability, Page, SandboxFilter, StoreError};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{AGENT_PORT, AGENT_TIMEOUT, Engine, Live};
+use crate::error::ApiError;
+
+/// The time limit a sandbox gets when its create does not say, seconds.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+
+/// `POST /v1/sandboxes`: a sandbox to make.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// The template to make it from (it must be ready).
+    pub template: TemplateName,
+    /// Labels to find it by (keys: ASCII letters, digits, `-_./`, ≤ 63 bytes; values ≤ 256
+    /// bytes).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Environment variables every command in it gets (an exec's own win).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds until it is killed (default 300, at most 30 days); extend it with
+    /// `POST /v1/sandboxes/{id}/timeout`.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `POST /v1/sandboxes/{id}/timeout`: a new time limit, counted from now.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetTimeout {
+    /// Seconds from now until the sandbox is killed (1 to 30 days).
+    pub timeout_secs: u64,
+}
+
+/// What `GET /v1/sandboxes` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ListSandboxes {
+    /// Only these states (empty: all).
+    pub states: Vec<SandboxState>,
+    /// Only sandboxes of this template.
+    pub template: Option<TemplateName>,
+    /// Only sandboxes with every one of these labels.
+    pub labels: Vec<(String, String)>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+}
+
+/// One page of sandboxes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SandboxPage {
+    /// The sandboxes, oldest first.
+    pub items: Vec<Sandbox>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// How a create got its VM.
+struct Obtained {
+    warm: bool,
+    /// The agent connection the handover opened (its Reseed's answer pending).
+    agent: Option<AgentClient>,
+}
+
+fn vm_id(id: &SandboxId) -> VmId {
+    // Invariant: sandbox and VM ids follow the same rules (ember-core's validated id).
+    VmId::new(id.as_str()).unwrap_or_else(|_| unreachable!("a sandbox id is a valid VM id"))
+}
+
+fn sandbox_id(id: &str) -> Result<SandboxId, ApiError> {
+    SandboxId::new(id).map_err(ApiError::from)
+}
+
+impl Engine {
+    /// Makes a sandbox from a ready template and records it `running`.
+    pub fn create_sandbox(&self, req: CreateSandbox) -> Result<Sandbox, ApiError> {
+        validate_labels(&req.labels)?;
+        validate_env(&req.env)?;
+        let timeout = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        validate_timeout("timeout_secs", timeout)?;
+        let template = self.ready_template(&req.template)?;
+        if self.live.count() >= self.limits.max_sandboxes {
+            return Err(ApiError::unavailable(format!(
+                "this host runs its limit of {} sandboxes; kill one or retry later",
+                self.limits.max_sandboxes
+            )));
+        }
+        let id = crate::ids::sandbox_id();
+        let mut sandbox = Sandbox {
+            id: id.clone(),
+            template: template.name.clone(),
+            stack: template.stack.clone(),
+            state: SandboxState::Creating,
+            labels: req.labels,
+            env: req.env,
+            timeout_secs: Some(timeout),
+            deadline: None,
+            created_at: SystemTime::now(),
+            start: None,
+            end: None,
+        };
+        self.store
+            .write("sandbox creating", Durability::Process, |tx| {
+                tx.insert(&sandbox).map(drop)
+            })?;
+        let t0 = Instant::now();
+        let obtained = match self.obtain_vm(&template, &id) {
+            Ok(o) => o,
+            Err(e) => {
+                self.create_failed(&id, &e);
+                return Err(e);
+            }
+        };
+        let latency = t0.elapsed();
+        sandbox.state = SandboxState::Running;
+        sandbox.start = Some(SandboxStart {
+            warm: obtained.warm,
+            latency_us: latency.as_micros() as u64,
+        });
+        sandbox.deadline = Some(SystemTime::now() + Duration::from_secs(timeout));
+        let running = self
+            .store
+            .write("sandbox running", Durability::Process, |tx| {
+                tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
+                    s.state = sandbox.state;
+                    s.start = sandbox.start;
+                    s.deadline = sandbox.deadline;
+                    Ok(())
+                })
+            });
+        let sandbox = match running {
+            Ok(stored) => stored.record,
+            Err(e) => {
+                let err = ApiError::from(e).context("recording the new sandbox");
+                drop(obtained.agent);
+                self.destroy_vm(&vm_id(&id));
+                self.create_failed(&id, &err);
+                return Err(err);
+            }
+        };
+        self.live
+            .insert(id.clone(), Arc::new(Live::new(&sandbox, obtained.agent)));
+        self.metrics.sandbox_created(obtained.warm, latency);
+        tracing::debug!(sandbox = %id, template = %sandbox.template, warm = obtained.warm,
+            latency_us = latency.as_micros() as u64, "sandbox created");
+        Ok(sandbox)
+    }
+
+    /// A warm VM from the template's pool if it has one ready, else a restore of its snapshot;
+    /// either way named `id` and reseeded.
+    fn obtain_vm(&self, template: &Template, id: &SandboxId) -> Result<Obtained, ApiError> {
+        let vm = vm_id(id);
+        if self.pool.depth(&template.stack).is_some() {
+            let tenant = Tenant::new(id.as_str())?;
+            match self.pool.acquire(&template.stack, &tenant) {
+                Ok(acquired) => {
+                    return Ok(Obtained {
+                        warm: true,
+                        agent: self.validator.take_connection(&acquired.vm_id),
+                    });
+                }
+                // Empty (or refilling after failures): a restore is ~1 ms, no need to wait.
+                Err(PoolError::Empty { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let snap = self.snapshot_ref(template)?;
+        let sandboxes = self.vms.for_owner(VmOwner::Sandbox);
+        sandboxes.create_with_spec(&vm, &VmSpec::restore(snap))?;
+        let reseeded = self.connect_agent(&vm).and_then(|mut agent| {
+            agent
+                .send_reseed_fresh(self.next_generation())
+                .map_err(ApiError::from)?;
+            Ok(agent)
+        });
+        match reseeded {
+            Ok(agent) => Ok(Obtained {
+                warm: false,
+                agent: Some(agent),
+            }),
+            Err(e) => {
+                self.destroy_vm(&vm);
+                Err(e.context(format!("reseeding the restored VM {vm}")))
+            }
+        }
+    }
+
+    /// A new connection to VM `vm`'s agent.
+    pub fn connect_agent(&self, vm: &VmId) -> Result<AgentClient, ApiError> {
+        ember_host::agent::connect(&self.provider, vm, AGENT_PORT, AGENT_TIMEOUT)
+            .map_err(ApiError::from)
+    }
+
+    /// Records a create that did not happen as ended, with why.
+    fn create_failed(&self, id: &SandboxId, e: &ApiError) {
+        let message = e.message.clone();
+        let ended = self
+            .store
+            .write("sandbox create failed", Durability::Full, |tx| {
+                tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
+                    s.state = SandboxState::Ended;
+                    s.deadline = None;
+                    s.end = Some(SandboxEnd {
+                        cause: EndCause::CreateFailed,
+                        message,
+                        at: SystemTime::now(),
+                    });
+                    Ok(())
+                })
+            });
+        if let Err(err) = ended {
+            tracing::error!(sandbox = %id, error = %error_chain(&err), "recording a failed create");
+        }
+        self.metrics.sandbox_ended(EndCause::CreateFailed);
+    }
+
+    /// Destroys a VM through the recording provider, logging a failure (a VM already gone is
+    /// fine).
+    pub(crate) fn destroy_vm(&self, vm: &VmId) {
+        self.validator.forget(vm);
+        match self.vms.destroy(vm) {
+            Ok(()) | Err(ember_core::VmError::NotFound { .. }) => {}
+            Err(e) => tracing::error!(%vm, error = %error_chain(&e), "destroying a VM"),
+        }
+    }
+
+    /// One sandbox as recorded (live or ended).
+    pub fn sandbox(&self, id: &str) -> Result<Sandbox, ApiError> {
+        let id = sandbox_id(id)?;
+        self.store
+            .get::<Sandbox>(id.as_str())?
+            .map(|s| s.record)
+            .ok_or_else(|| ApiError::not_found(format!("sandbox {id} not found")))
+    }
+
+    /// One page of sandboxes.
+    pub fn sandboxes(&self, q: ListSandboxes) -> Result<SandboxPage, ApiError> {
+        let after = q.cursor.as_deref().map(str::parse::<Cursor>).transpose()?;
+        let page: Page<Sandbox> = self.store.sandboxes(&SandboxFilter {
+            states: q.states,
+            template: q.template,
+            labels: q.labels,
+            limit: q.limit.unwrap_or(100),
+            after,
+        })?;
+        Ok(SandboxPage {
+            items: page.items,
+            next_cursor: page.next.map(|c| c.to_string()),
+        })
+    }
+
+    /// The live state of sandbox `id`, or why there is none (404 unknown, 409 ended).
+    pub fn live_sandbox(&self, id: &str) -> Result<(SandboxId, Arc<Live>), ApiError> {
+        let id = sandbox_id(id)?;
+        match self.live.get(&id) {
+            Some(live) => Ok((id, live)),
+            None => {
+                let s = self.sandbox(id.as_str())?;
+                Err(ApiError::conflict(format!(
+                    "sandbox {id} is {}{}",
+                    s.state,
+                    s.end
+                        .map(|e| format!(" ({}: {})", e.cause, e.message))
+                        .unwrap_or_default()
+                )))
+            }
+        }
+    }
+
+    /// Kills sandbox `id`: records it ended (`killed`) and destroys its VM. Killing an ended
+    /// sandbox changes nothing and returns its record.
+    pub fn kill_sandbox(&self, id: &str) -> Result<Sandbox, ApiError> {
+        let sid = sandbox_id(id)?;
+        if self.live.get(&sid).is_none() {
+            return self.sandbox(id);
+        }
+        self.end_sandbox(&sid, EndCause::Killed, "killed by its owner".into())
+    }
+
+    /// Ends a live sandbox with `cause`: the record first, then its VM.
+    pub fn end_sandbox(
+        &self,
+        id: &SandboxId,
+        cause: EndCause,
+        message: String,
+    ) -> Result<Sandbox, ApiError> {
+        let Some(live) = self.live.get(id) else {
+            return self.sandbox(id.as_str());
+        };
+        let _turn = live.lifecycle();
+        if self.live.get(id).is_none() {
+            // Ended while this call waited for its turn.
+            return self.sandbox(id.as_str());
+        }
+        let ended = self.store.write("sandbox ended", Durability::Full, |tx| {
+            tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
+                s.state = SandboxState::Ended;
+                s.deadline = None;
+                s.end = Some(SandboxEnd {
+                    cause,
+                    message,
+                    at: SystemTime::now(),
+                });
+                Ok(())
+            })
+        })?;
+        self.live.remove(id);
+        live.drop_agents();
+        self.destroy_vm(&vm_id(id));
+        self.metrics.sandbox_ended(cause);
+        tracing::info!(sandbox = %id, %cause, "sandbox ended");
+        Ok(ended.record)
+    }
+
+    /// Pauses a running sandbox's vCPUs (its memory stays; resume continues it).
+    pub fn pause_sandbox(&self, id: &str) -> Result<Sandbox, ApiError> {
+        self.change_state(id, SandboxState::Running, SandboxState::Paused)
+    }
+
+    /// Resumes a paused sandbox.
+    pub fn resume_sandbox(&self, id: &str) -> Result<Sandbox, ApiError> {
+        self.change_state(id, SandboxState::Paused, SandboxState::Running)
+    }
+
+    fn change_state(
+        &self,
+        id: &str,
+        from: SandboxState,
+        to: SandboxState,
+    ) -> Result<Sandbox, ApiError> {
+        let (id, live) = self.live_sandbox(id)?;
+        let _turn = live.lifecycle();
+        if self.live.get(&id).is_none() {
+            return Err(ApiError::conflict(format!("sandbox {id} has ended")));
+        }
+        let now = live.state();
+        if now == to {
+            return self.sandbox(id.as_str());
+        }
+        if now != from {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is {now}, not {from}"
+            )));
+        }
+        let vm = vm_id(&id);
+        let sandboxes = self.vms.for_owner(VmOwner::Sandbox);
+        match to {
+            SandboxState::Paused => sandboxes.pause(&vm)?,
+            _ => sandboxes.resume(&vm)?,
+        };
+        let stored = self
+            .store
+            .write("sandbox state", Durability::Process, |tx| {
+                tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
+                    s.state = to;
+                    Ok(())
+                })
+            })?;
+        live.set_state(to);
+        tracing::debug!(sandbox = %id, state = %to, "sandbox state changed");
+        Ok(stored.record)
+    }
+
+    /// Gives a live sandbox a new time limit, counted from now.
+    pub fn set_timeout(&self, id: &str, req: SetTimeout) -> Result<Sandbox, ApiError> {
+        validate_timeout("timeout_secs", req.timeout_secs)?;
+        let (id, live) = self.live_sandbox(id)?;
+        let _turn = live.lifecycle();
+        if self.live.get(&id).is_none() {
+            return Err(ApiError::conflict(format!("sandbox {id} has ended")));
+        }
+        let deadline = SystemTime::now() + Duration::from_secs(req.timeout_secs);
+        let stored = self
+            .store
+            .write("sandbox timeout", Durability::Process, |tx| {
+                tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
+                    s.timeout_secs = Some(req.timeout_secs);
+                    s.deadline = Some(deadline);
+                    Ok(())
+                })
+            })?;
+        live.set_deadline(Some(deadline));
+        Ok(stored.record)
+    }
+
+    /// Ends every sandbox whose deadline has passed; returns how many.
+    pub fn reap_expired(&self) -> usize {
+        let expired = self.live.expired(SystemTime::now());
+        let mut n = 0;
+        for id in expired {
+            match self.end_sandbox(&id, EndCause::TimedOut, "its time limit passed".into()) {
+                Ok(_) => n += 1,
+                Err(e) => tracing::error!(sandbox = %id, error = %e, "ending a timed-out sandbox"),
+            }
+        }
+        n
+    }
+
+    /// Removes the records of sandboxes that ended longer than the retention ago; returns how
+    /// many.
+    pub fn prune_ended(&self) -> Result<usize, ApiError> {
+        let Some(cutoff) = SystemTime::now().checked_sub(self.limits.ended_retention) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        let mut after: Option<Cursor> = None;
+        loop {
+            let page = self.store.sandboxes(&SandboxFilter {
+                states: vec![SandboxState::Ended],
+                limit: ember_store::MAX_PAGE,
+                after: after.clone(),
+                ..SandboxFilter::default()
+            })?;
+            let old: Vec<SandboxId> = page
+                .items
+                .iter()
+                .filter(|s| s.end.as_ref().is_some_and(|e| e.at < cutoff))
+                .map(|s| s.id.clone())
+                .collect();
+            if !old.is_empty() {
+                self.store
+                    .write("prune ended sandboxes", Durability::Process, |tx| {
+                        for id in &old {
+                            tx.remove::<Sandbox>(id.as_str())?;
+                        }
+                        Ok::<_, StoreError>(())
+                    })?;
+                removed += old.len();
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(removed),
+            }
+        }
+    }
+}

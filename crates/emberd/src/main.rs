@@ -1,0 +1,157 @@
+//! `emberd`: ember's host daemon.
+//!
+//! ```text
+//! emberd [--socket /run/ember/ember.sock] [--listen 127.0.0.1:PORT --token-file F]
+//!        [--state-dir /var/lib/ember] [--runtime-dir /run/ember/vms] [--vmm PATH]
+//!        [--log-format text|json] [--log-level info]
+//! emberd --print-openapi        the API's OpenAPI document (what /openapi.json serves)
+//! ```
+//! SIGTERM or SIGINT stops it gracefully: no new connections, requests in flight finish, every
+//! VM keeps running for the next start to adopt.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use emberd::{Daemon, DaemonConfig, Limits};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "emberd", version, about = "ember's host daemon: templates, warm pools and sandboxes over an HTTP API")]
+struct Args {
+    /// The Unix socket the API listens on (mode 0660).
+    #[arg(long, default_value = "/run/ember/ember.sock")]
+    socket: PathBuf,
+    /// Also serve the API on this TCP address (every request then needs the bearer token).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// A file holding the bearer token for TCP requests (its first line).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The store, templates' guests and snapshots.
+    #[arg(long, default_value = "/var/lib/ember")]
+    state_dir: PathBuf,
+    /// VM directories and sockets (tmpfs recommended; keep the path short).
+    #[arg(long, default_value = "/run/ember/vms")]
+    runtime_dir: PathBuf,
+    /// The ember-vmm binary (default: $EMBER_VMM_BIN, next to emberd, or $PATH).
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+    /// Spare VMM processes kept ready for creates.
+    #[arg(long, default_value_t = 4)]
+    spares: usize,
+    /// Most sandboxes running or paused at once.
+    #[arg(long, default_value_t = 1024)]
+    max_sandboxes: usize,
+    /// Largest file moved by the files API, bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_file_bytes: usize,
+    /// How long ended sandboxes' records are kept, seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    ended_retention_secs: u64,
+    /// Log lines as text or JSON (on stderr).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level (or a tracing filter, e.g. `emberd=debug,info`).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Print the OpenAPI document and exit.
+    #[arg(long)]
+    print_openapi: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_openapi {
+        print!("{}", emberd::api::openapi_json());
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("emberd")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("emberd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("emberd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let token = match &args.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?;
+            let token = text.lines().next().unwrap_or("").trim().to_string();
+            if token.len() < 16 {
+                bail!(
+                    "the token in {} is {} characters; use at least 16",
+                    path.display(),
+                    token.len()
+                );
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    let vmm = match args.vmm {
+        Some(p) => p,
+        None => ember_runtime::locate_ember_vmm().context(
+            "the ember-vmm binary was not found (next to emberd, $EMBER_VMM_BIN or $PATH); \
+             pass --vmm",
+        )?,
+    };
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let daemon = Daemon::start(DaemonConfig {
+        socket: args.socket,
+        listen: args.listen,
+        token,
+        state_dir: args.state_dir,
+        runtime_dir: args.runtime_dir,
+        vmm,
+        spares: args.spares,
+        limits: Limits {
+            max_sandboxes: args.max_sandboxes,
+            max_file_bytes: args.max_file_bytes,
+            ended_retention: std::time::Duration::from_secs(args.ended_retention_secs),
+        },
+    })
+    .await
+    .context("starting emberd")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
+    }
+    daemon.stop().await;
+    Ok(())
+}
