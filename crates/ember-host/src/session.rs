@@ -123,25 +123,31 @@ impl Session {
     pub fn finish(mut self) -> Leftovers {
         self.finished = true;
         self.provider.shutdown();
-        let root_text = self.root.to_string_lossy().into_owned();
-        // A killed process can take a few milliseconds to disappear from /proc.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let processes = loop {
-            let alive = processes_naming(&root_text);
-            if alive.is_empty() || Instant::now() >= deadline {
-                break alive;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let mut files = Vec::new();
-        walk_files(&self.root, &mut files);
-        // The provider's lock file is the session's own, not a VM's: remove it with the root.
-        files.retain(|f| f.file_name().is_none_or(|n| n != ".lock"));
+        let left = leftovers_in(&self.root, &self.root);
         if let Err(e) = std::fs::remove_dir_all(&self.root) {
             tracing::warn!(root = %self.root.display(), error = %e, "removing the session directory");
         }
-        Leftovers { processes, files }
+        left
     }
+}
+
+/// What is left of a run: live VMM processes whose command line names `root`, waiting up to
+/// 10 s for killed ones to go (a killed process takes a few milliseconds to leave /proc), and
+/// the files under `files_under` (the provider's own `.lock` aside).
+pub fn leftovers_in(root: &Path, files_under: &Path) -> Leftovers {
+    let root_text = root.to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let processes = loop {
+        let alive = processes_naming(&root_text);
+        if alive.is_empty() || Instant::now() >= deadline {
+            break alive;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut files = Vec::new();
+    walk_files(files_under, &mut files);
+    files.retain(|f| f.file_name().is_none_or(|n| n != ".lock"));
+    Leftovers { processes, files }
 }
 
 impl Drop for Session {

@@ -1,11 +1,18 @@
-//! ember's command line as a library: the pieces of `ember demo` and `ember bench` that are
-//! about reporting, so tests can drive them. The orchestration itself (templates, warm stacks,
-//! the agent validator, host checks) is `ember-host`.
+//! ember's command line as a library, so tests can drive its pieces:
 //!
+//! - [`remote`]: the commands that talk to an emberd (`template`, `pool`, `run`, `exec`, `cp`,
+//!   `ls`, `inspect`, `pause`, `resume`, `rm`, `timeout`, `info`);
+//! - [`demo`]: an emberd embedded in the process ([`embedded`]) driven through its API, end to
+//!   end;
+//! - [`bench`]: the measurements (in-process handoff, and the API's own cost);
 //! - [`stats`]: latency summaries (p50/p90/p99) as tables and JSON; [`output`] prints them.
-//! - [`demo`] and [`bench`]: the two commands.
+//!
+//! The orchestration itself (templates, warm stacks, the agent validator, host checks) is
+//! `ember-host`; the daemon is `emberd`.
 
 pub mod bench;
 pub mod demo;
+pub mod embedded;
 pub mod output;
+pub mod remote;
 pub mod stats;

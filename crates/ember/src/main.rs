@@ -1,11 +1,18 @@
-//! `ember`: warm microVM handoff on this machine.
+//! `ember`: the command line of ember — a client of emberd, and the demo and benchmarks.
 //!
 //! ```text
-//! ember demo                      the whole story end to end, with a latency table
-//! ember bench <boot|restore|acquire|density|vsock>
+//! ember template build NAME | ls | rm NAME     templates (boot, agent, snapshot)
+//! ember pool set TEMPLATE --min N | ls | rm     warm pools
+//! ember run TEMPLATE [--label k=v] [--env K=V] [--timeout 300s]
+//! ember exec ID -- CMD ARGS...                  streams output, exits with the command's code
+//! ember cp SRC DST                              one side SANDBOX:/path
+//! ember ls | inspect ID | pause ID | resume ID | rm ID... | timeout ID 10m | info
+//! ember demo                                    an embedded emberd, end to end through its API
+//! ember bench <boot|restore|acquire|density|vsock|api>
 //! ```
-//! Every command prints figures as a table, or as JSON with `--json`. Without a usable
-//! `/dev/kvm` it says so in one line and exits non-zero.
+//! Client commands reach emberd at `--host` (`unix:///run/ember/ember.sock` by default, or
+//! `$EMBER_HOST`; `http://HOST:PORT` with `--token-file`). Tables by default, `--json` everywhere.
+//! Without a usable `/dev/kvm`, `demo` and `bench` say so in one line and exit non-zero.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
@@ -19,8 +26,11 @@ use ember::bench::Acquirers;
 use ember::bench::{self, BenchKind, BenchOptions, BenchReport};
 use ember::demo::{self, DemoOptions, DemoReport};
 use ember::output::latency_table;
+use ember::remote::{self, LsArgs, Out, PoolArgs, TemplateArgs, parse_duration_secs};
+use ember_core::SandboxState;
 use ember_host::ui::Ui;
 use ember_host::warm::Pooled;
+use emberd::client::{Client, Endpoint};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The probe guest's agent port.
@@ -30,9 +40,20 @@ const DEFAULT_AGENT_PORT: u32 = ember_probe_image::AGENT_PORT;
 #[command(
     name = "ember",
     version,
-    about = "Warm microVM handoff: demo and benchmarks"
+    about = "ember: microVM sandboxes handed to tenants in milliseconds"
 )]
 struct Cli {
+    /// Where emberd listens: unix:///path/to/ember.sock or http://HOST:PORT.
+    #[arg(
+        long,
+        global = true,
+        env = "EMBER_HOST",
+        default_value = "unix:///run/ember/ember.sock"
+    )]
+    host: String,
+    /// The bearer token for an http:// host (a file holding it).
+    #[arg(long, global = true, env = "EMBER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Print results as JSON on stdout (progress still goes to stderr).
     #[arg(long, global = true)]
     json: bool,
@@ -58,20 +79,189 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum TemplateCmd {
+    /// Builds a template: boots the guest, waits for its agent, snapshots it.
+    Build {
+        /// Its name.
+        name: String,
+        /// Boot this kernel instead of the probe guest.
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// The kernel's initrd.
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// The root filesystem image.
+        #[arg(long)]
+        rootfs: Option<PathBuf>,
+        /// Kernel command line (added after the probe's own).
+        #[arg(long)]
+        boot_args: Option<String>,
+        /// vCPUs of every sandbox.
+        #[arg(long)]
+        vcpus: Option<u8>,
+        /// Memory of every sandbox, MiB.
+        #[arg(long)]
+        mem: Option<u32>,
+    },
+    /// Lists templates.
+    Ls,
+    /// Deletes a template (refused while a pool or sandbox uses it).
+    Rm {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCmd {
+    /// Creates or changes a template's warm pool.
+    Set {
+        /// The template.
+        template: String,
+        /// Keep at least this many warm VMs.
+        #[arg(long)]
+        min: u32,
+        /// Never more than this many (default: --min).
+        #[arg(long)]
+        max: Option<u32>,
+        /// Pooled VMs wait paused (default: running, idle).
+        #[arg(long)]
+        paused: bool,
+        /// Replace warm VMs older than this (e.g. 1h).
+        #[arg(long, value_parser = parse_duration_secs)]
+        max_age: Option<u64>,
+        /// Restores at once.
+        #[arg(long)]
+        parallelism: Option<u32>,
+        /// Return at once instead of waiting (with a progress bar) until the pool is full.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Lists pools with their counts.
+    Ls,
+    /// Deletes a pool (its idle VMs are destroyed).
+    Rm {
+        /// The template.
+        template: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
-    /// Template snapshot, warm pool, handoffs one by one and at once, latency table, cleanup.
+    /// Templates: build, ls, rm.
+    Template {
+        #[command(subcommand)]
+        cmd: TemplateCmd,
+    },
+    /// Warm pools: set, ls, rm.
+    Pool {
+        #[command(subcommand)]
+        cmd: PoolCmd,
+    },
+    /// Creates a sandbox from a template and prints its id.
+    Run {
+        /// The template.
+        template: String,
+        /// A label, KEY=VALUE (repeat for more).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// An environment variable for every command, KEY=VALUE (repeat for more).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Kill it after this long (e.g. 300s, 10m; default 300s).
+        #[arg(long, value_parser = parse_duration_secs)]
+        timeout: Option<u64>,
+    },
+    /// Runs a command in a sandbox; streams its output and exits with its exit code.
+    Exec {
+        /// The sandbox.
+        id: String,
+        /// An environment variable, KEY=VALUE (repeat for more).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Feed this file to the command's standard input (- for this one's).
+        #[arg(long)]
+        stdin: Option<PathBuf>,
+        /// The command's time limit (e.g. 30s).
+        #[arg(long, value_parser = parse_duration_secs)]
+        timeout: Option<u64>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Copies a file into or out of a sandbox: `ember cp ./f ID:/f` or `ember cp ID:/f ./f`.
+    Cp {
+        /// From (a local path, - for stdin, or ID:/path).
+        src: String,
+        /// To (a local path, - for stdout, or ID:/path).
+        dst: String,
+        /// The new file's permission bits, octal (default 644).
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<u32>,
+    },
+    /// Lists sandboxes (live ones unless --all or --state).
+    Ls {
+        /// Only this state (creating, running, paused, ended); repeat for more.
+        #[arg(long = "state")]
+        states: Vec<SandboxState>,
+        /// Ended ones too.
+        #[arg(long)]
+        all: bool,
+        /// Only this template's.
+        #[arg(long)]
+        template: Option<String>,
+        /// Only those with this label, KEY=VALUE (repeat: all must match).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Prints a sandbox's whole record (JSON).
+    Inspect {
+        /// The sandbox.
+        id: String,
+    },
+    /// Pauses a sandbox (in memory).
+    Pause {
+        /// The sandbox.
+        id: String,
+    },
+    /// Resumes a paused sandbox.
+    Resume {
+        /// The sandbox.
+        id: String,
+    },
+    /// Kills sandboxes.
+    Rm {
+        /// The sandboxes.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Sets a sandbox's time limit, from now (e.g. 10m).
+    Timeout {
+        /// The sandbox.
+        id: String,
+        /// How long from now.
+        #[arg(value_parser = parse_duration_secs)]
+        duration: u64,
+    },
+    /// What the daemon runs and holds.
+    Info,
+    /// An embedded emberd end to end through its API: template, warm pool, sandboxes one by
+    /// one and at once, exec, files, a latency table, cleanup.
     Demo {
-        /// Handoffs one after another.
+        /// Sandboxes one after another.
         #[arg(long, default_value_t = 10)]
         sequential: usize,
-        /// Handoffs at once.
+        /// Sandboxes at once.
         #[arg(long, default_value_t = 32)]
         concurrent: usize,
         /// Warm pool depth.
         #[arg(long, default_value_t = 32)]
         depth: usize,
     },
-    /// Measure one part of the system.
+    /// Measures one part of the system.
     Bench {
         /// What to measure.
         kind: BenchKind,
@@ -137,6 +327,13 @@ impl Bars {
     }
 }
 
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not a permission mode in octal (e.g. 644)"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -144,8 +341,18 @@ fn main() -> ExitCode {
         .with_max_level(cli.log_level)
         .with_target(false)
         .init();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -153,7 +360,229 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn client(cli: &Cli) -> Result<Client> {
+    let token = match &cli.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the token file {}", p.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(Client::new(Endpoint::parse(&cli.host, token)?))
+}
+
+fn bar(msg: &str, total: Option<u64>) -> ProgressBar {
+    let b = match total {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner(),
+    };
+    b.set_message(msg.to_string());
+    b.enable_steady_tick(Duration::from_millis(100));
+    b
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let mut out = Out {
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        json: cli.json,
+    };
+    let ok = Ok(ExitCode::SUCCESS);
+    match &cli.command {
+        Command::Template { cmd } => {
+            let c = client(&cli)?;
+            match cmd {
+                TemplateCmd::Build {
+                    name,
+                    kernel,
+                    initrd,
+                    rootfs,
+                    boot_args,
+                    vcpus,
+                    mem,
+                } => {
+                    let b = (!cli.json).then(|| bar(&format!("building template {name}"), None));
+                    let r = remote::template_build(
+                        &c,
+                        &mut out,
+                        name,
+                        TemplateArgs {
+                            kernel: kernel.clone(),
+                            initrd: initrd.clone(),
+                            rootfs: rootfs.clone(),
+                            boot_args: boot_args.clone(),
+                            vcpus: *vcpus,
+                            mem_mib: *mem,
+                        },
+                    )
+                    .await;
+                    if let Some(b) = b {
+                        b.finish_and_clear();
+                    }
+                    r?;
+                }
+                TemplateCmd::Ls => remote::template_ls(&c, &mut out).await?,
+                TemplateCmd::Rm { name } => remote::template_rm(&c, &mut out, name).await?,
+            }
+            ok
+        }
+        Command::Pool { cmd } => {
+            let c = client(&cli)?;
+            match cmd {
+                PoolCmd::Set {
+                    template,
+                    min,
+                    max,
+                    paused,
+                    max_age,
+                    parallelism,
+                    no_wait,
+                } => {
+                    let b = (!cli.json && !*no_wait).then(|| {
+                        bar(
+                            &format!("filling the pool of {template}"),
+                            Some(u64::from(*min)),
+                        )
+                    });
+                    let r = remote::pool_set(
+                        &c,
+                        &mut out,
+                        template,
+                        PoolArgs {
+                            min: *min,
+                            max: *max,
+                            paused: *paused,
+                            max_age_secs: *max_age,
+                            parallelism: *parallelism,
+                            wait: !*no_wait,
+                        },
+                        |depth, _| {
+                            if let Some(b) = &b {
+                                b.set_position(depth as u64);
+                            }
+                        },
+                    )
+                    .await;
+                    if let Some(b) = b {
+                        b.finish_and_clear();
+                    }
+                    r?;
+                }
+                PoolCmd::Ls => remote::pool_ls(&c, &mut out).await?,
+                PoolCmd::Rm { template } => remote::pool_rm(&c, &mut out, template).await?,
+            }
+            ok
+        }
+        Command::Run {
+            template,
+            labels,
+            env,
+            timeout,
+        } => {
+            remote::run(&client(&cli)?, &mut out, template, labels, env, *timeout).await?;
+            ok
+        }
+        Command::Exec {
+            id,
+            env,
+            stdin,
+            timeout,
+            command,
+        } => {
+            let stdin = match stdin {
+                None => None,
+                Some(p) if p.as_os_str() == "-" => {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                    Some(b)
+                }
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                }
+            };
+            let timeout_ms =
+                timeout.map(|s| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX));
+            let code = remote::exec(
+                &client(&cli)?,
+                &mut out,
+                id,
+                command.clone(),
+                env,
+                stdin,
+                timeout_ms,
+            )
+            .await?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Cp { src, dst, mode } => {
+            remote::cp(&client(&cli)?, &mut out, src, dst, *mode).await?;
+            ok
+        }
+        Command::Ls {
+            states,
+            all,
+            template,
+            labels,
+            limit,
+        } => {
+            remote::ls(
+                &client(&cli)?,
+                &mut out,
+                LsArgs {
+                    states: states.clone(),
+                    all: *all,
+                    template: template.clone(),
+                    labels: labels.clone(),
+                    limit: *limit,
+                },
+            )
+            .await?;
+            ok
+        }
+        Command::Inspect { id } => {
+            remote::inspect(&client(&cli)?, &mut out, id).await?;
+            ok
+        }
+        Command::Pause { id } => {
+            remote::pause(&client(&cli)?, &mut out, id, true).await?;
+            ok
+        }
+        Command::Resume { id } => {
+            remote::pause(&client(&cli)?, &mut out, id, false).await?;
+            ok
+        }
+        Command::Rm { ids } => {
+            remote::rm(&client(&cli)?, &mut out, ids).await?;
+            ok
+        }
+        Command::Timeout { id, duration } => {
+            remote::timeout(&client(&cli)?, &mut out, id, *duration).await?;
+            ok
+        }
+        Command::Info => {
+            remote::info(&client(&cli)?, &mut out).await?;
+            ok
+        }
+        Command::Demo { .. } | Command::Bench { .. } => {
+            local(cli).await?;
+            ok
+        }
+    }
+}
+
+/// `demo` and `bench`: they run VMs on this machine.
+async fn local(cli: Cli) -> Result<()> {
     ember_host::host::check_kvm()?;
     let ui = Bars {
         current: Mutex::new(None),
@@ -173,9 +602,7 @@ fn run(cli: Cli) -> Result<()> {
             let report = demo::run(
                 &DemoOptions {
                     vmm,
-                    kernel,
                     workdir: cli.workdir,
-                    agent_port: cli.agent_port,
                     sequential,
                     concurrent,
                     depth,
@@ -183,6 +610,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 &ui,
             )
+            .await
             .context("ember demo")?;
             print_demo(&report, cli.json)
         }
@@ -194,25 +622,24 @@ fn run(cli: Cli) -> Result<()> {
             rate,
             acquirers,
         } => {
-            let report = bench::run(
-                kind,
-                &BenchOptions {
-                    vmm,
-                    kernel,
-                    workdir: cli.workdir,
-                    agent_port: cli.agent_port,
-                    iterations,
-                    concurrency,
-                    vms,
-                    pooled: cli.pooled,
-                    rate,
-                    acquirers,
-                },
-                &ui,
-            )
-            .with_context(|| format!("ember bench {kind:?}").to_lowercase())?;
+            let opts = BenchOptions {
+                vmm,
+                kernel,
+                workdir: cli.workdir,
+                agent_port: cli.agent_port,
+                iterations,
+                concurrency,
+                vms,
+                pooled: cli.pooled,
+                rate,
+                acquirers,
+            };
+            let report = tokio::task::spawn_blocking(move || bench::run(kind, &opts, &ui))
+                .await?
+                .with_context(|| format!("ember bench {kind:?}").to_lowercase())?;
             print_bench(&report, cli.json)
         }
+        _ => Ok(()),
     }
 }
 
@@ -221,14 +648,22 @@ fn print_demo(r: &DemoReport, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(r)?);
         return Ok(());
     }
-    println!("\nfirst tenant's agent said: {:?}\n", r.sample_output);
-    println!("one handoff at a time:");
+    println!(
+        "\ntemplate built in {:.1} ms; the first sandbox said {:?}; a {}-byte file went in and out\n",
+        r.template_build_ms, r.sample_output, r.file_round_trip_bytes
+    );
+    println!("one sandbox at a time:");
     print!("{}", latency_table(&r.sequential));
     println!(
-        "\n{} handoffs at once:",
+        "\n{} sandboxes at once:",
         r.concurrent.first().map_or(0, |s| s.n)
     );
     print!("{}", latency_table(&r.concurrent));
+    println!(
+        "\n{} of {} creates got a warm VM",
+        r.warm_creates,
+        r.sequential.first().map_or(0, |s| s.n) + r.concurrent.first().map_or(0, |s| s.n)
+    );
     println!(
         "\npool: {} VMs restored, {} handed over, {} evicted, {} failed validations",
         r.pool.created, r.pool.acquired, r.pool.evicted, r.pool.validation_failures

@@ -1,5 +1,5 @@
-//! Rendering results for people: an aligned latency table. (JSON output is serde on the report
-//! types.)
+//! Rendering results for people: an aligned latency table and plain tables. (JSON output is
+//! serde on the report types.)
 
 use crate::stats::{Summary, human_us};
 
@@ -20,6 +20,38 @@ pub fn latency_table(rows: &[Summary]) -> String {
             human_us(r.p99_us),
             human_us(r.max_us),
         ));
+    }
+    out
+}
+
+/// An aligned table: a header row, then one row per entry (columns padded to their widest).
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let pad = widths[i].saturating_sub(c.chars().count());
+                l.push_str(c);
+                l.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        l.truncate(l.trim_end().len());
+        l.push('\n');
+        l
+    };
+    let mut out = line(headers.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out
 }

@@ -26,7 +26,11 @@ enum LogFormat {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "emberd", version, about = "ember's host daemon: templates, warm pools and sandboxes over an HTTP API")]
+#[command(
+    name = "emberd",
+    version,
+    about = "ember's host daemon: templates, warm pools and sandboxes over an HTTP API"
+)]
 struct Args {
     /// The Unix socket the API listens on (mode 0660).
     #[arg(long, default_value = "/run/ember/ember.sock")]

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::stats::Summary;
+
 use super::{AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, Target, probe_stack};
-use crate::demo::summaries;
 use ember_host::session::Session;
 use ember_host::ui::{Quiet, Ui};
 use ember_host::warm::{
@@ -290,4 +291,24 @@ pub enum Acquirers {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Only pushes and drains happen under it; a poisoned one is still consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The four latency rows of a set of handoffs.
+pub fn summaries(prefix: &str, hs: &[HandoffTiming]) -> Vec<Summary> {
+    let col = |f: fn(&HandoffTiming) -> Duration| hs.iter().map(f).collect::<Vec<_>>();
+    [
+        (
+            "acquire (validate, rename, resume if paused, Reseed sent)",
+            col(|h| h.acquire),
+        ),
+        ("agent connection for the tenant", col(|h| h.connect)),
+        (
+            "first agent call (Reseed answer, exec echo)",
+            col(|h| h.first_call),
+        ),
+        ("acquire -> first agent reply", col(|h| h.total)),
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| Summary::of(format!("{prefix}{name}"), &v))
+    .collect()
 }

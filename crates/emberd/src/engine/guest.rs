@@ -13,7 +13,7 @@ use base64::Engine as _;
 use ember_agent_proto::{AgentClient, ClientError, Exec, ExecOutput};
 use ember_core::sandbox::validate_env_entry;
 use ember_core::{SandboxState, VmId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{AGENT_TIMEOUT, Engine};
@@ -27,7 +27,7 @@ pub const MAX_EXEC_TIMEOUT_MS: u32 = 24 * 3600 * 1000;
 const EXEC_GRACE: Duration = Duration::from_secs(5);
 
 /// `POST /v1/sandboxes/{id}/exec`: a command to run.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// The program and its arguments (1 to 256 entries, each at most 4096 bytes, no NUL).
@@ -36,17 +36,17 @@ pub struct ExecRequest {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Working directory (needs an agent that supports it; the probe guest does not).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     /// Standard input, as text.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
     /// Standard input, base64 (instead of `stdin`, for bytes that are not text).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin_base64: Option<String>,
     /// Guest-side time limit, ms (default 60000, at most one day); the command is killed when
     /// it passes and the call fails with 504.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u32>,
 }
 

@@ -15,22 +15,22 @@ use super::Engine;
 use crate::error::ApiError;
 
 /// `PUT /v1/pools/{template}`: the pool's depths.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPool {
     /// Refilled up to at least this many idle VMs.
     pub min_depth: u32,
     /// Never more than this many idle VMs (default: `min_depth`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_depth: Option<u32>,
     /// How idle VMs wait: `running` (default) or `paused`.
     #[serde(default)]
     pub pooled: Pooled,
     /// Idle VMs older than this are replaced (default: never).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age_secs: Option<u64>,
     /// Restores that may run at once for this pool (default 4).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refill_parallelism: Option<u32>,
 }
 

@@ -31,7 +31,7 @@ use crate::error::ApiError;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
 /// `POST /v1/sandboxes`: a sandbox to make.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
     /// The template to make it from (it must be ready).
@@ -45,12 +45,12 @@ pub struct CreateSandbox {
     pub env: BTreeMap<String, String>,
     /// Seconds until it is killed (default 300, at most 30 days); extend it with
     /// `POST /v1/sandboxes/{id}/timeout`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
 }
 
 /// `POST /v1/sandboxes/{id}/timeout`: a new time limit, counted from now.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetTimeout {
     /// Seconds from now until the sandbox is killed (1 to 30 days).

@@ -6,19 +6,19 @@
 use std::time::SystemTime;
 
 use ember_core::{
-    SnapshotId, StackKey, Template, TemplateBuild, TemplateName, TemplateSpec,
-    TemplateState, VmProvider, error_chain,
+    SnapshotId, StackKey, Template, TemplateBuild, TemplateName, TemplateSpec, TemplateState,
+    VmProvider, error_chain,
 };
 use ember_host::template::{self as host_template, TemplateBoot, TemplateError};
 use ember_store::{Durability, StoreError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::Engine;
 use crate::error::ApiError;
 
 /// `POST /v1/templates`: a template to build.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildTemplate {
     /// Its name (what sandboxes and pools name); letters, digits, `-`, `_`, `.`; ≤ 48 bytes.

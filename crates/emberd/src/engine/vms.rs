@@ -8,14 +8,14 @@ use ember_core::{
     SnapshotId, SnapshotRef, SnapshotRequest, StackKey, VmId, VmOwner, VmProvider, VmQuery,
     VmRecord, VmSpec, VmView,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::Engine;
 use crate::error::ApiError;
 
 /// `POST /v1/vms`: a VM to create.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
     /// Its id (letters, digits, `-`, `_`, `.`; at most 64 bytes).
@@ -28,19 +28,19 @@ pub struct CreateVm {
 }
 
 /// `POST /v1/vms/{id}/snapshot`: the snapshot to take of a paused VM.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotVm {
     /// The new snapshot's id.
     #[schema(value_type = String)]
     pub snapshot_id: SnapshotId,
     /// The stack that owns it (it then outlives the VM as that stack's).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<StackKey>,
 }
 
 /// `POST /v1/vms/{id}/rename`: the VM's new id.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameVm {
     /// The new id (unused).
