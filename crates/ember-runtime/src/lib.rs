@@ -9,7 +9,8 @@
 //!   ├── procfs      process identities (pid, start time, boot id) and VMMs found in /proc
 //!   ├── layout      <root>/{slots/<n>, vms/<id> -> ../slots/<n>, snapshots/<id>}
 //!   ├── snapshots   snapshot catalog (ember-core SnapshotInfo) and files, cheap integrity checks
-//!   └── client/     Firecracker API client: HTTP/1.1 over UDS, keep-alive, typed errors
+//!   └── client/     Firecracker API client: HTTP/1.1 over UDS, keep-alive, typed errors;
+//!                   the bodies it sends and reads are ember-fc-api's
 //! ```
 //!
 //! The data path of a restore: `create_with_spec` takes a ready spare (its API connection is

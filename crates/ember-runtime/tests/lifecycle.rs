@@ -16,8 +16,8 @@ use common::*;
 use ember_core::{
     ResourceKind, SnapshotId, SnapshotRequest, VmError, VmProvider, VmQuery, VmSpec, VmStatus,
 };
+use ember_fc_api::InstanceState;
 use ember_runtime::FirecrackerClient;
-use ember_runtime::client::models::InstanceState;
 
 fn lifecycle(kind: Kind) {
     let Some(flavor) = flavor(kind) else { return };

@@ -233,7 +233,7 @@ pub fn boot(
         .as_ref()
         .ok_or_else(|| BuildError::Config("no boot source configured (PUT /boot-source)".into()))?;
     let machine = &config.machine_config;
-    let memory = GuestMemory::anonymous(&ram_regions(machine.mem_bytes()))?;
+    let memory = GuestMemory::anonymous(&ram_regions(machine.mem_size_bytes()))?;
     let shell = match shell {
         Some(shell) => {
             shell.vm.register_memory(&memory)?;

@@ -10,18 +10,19 @@
 //! its memory registered first, which is faster right after process start.
 
 use std::fs::File;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::json;
+use ember_fc_api::{
+    ActionType, BootSource, Drive, EntropyDevice, FieldError, FirecrackerVersion, InstanceInfo,
+    InstanceState, MachineConfiguration, MachineConfigurationUpdate, NetworkInterface,
+    SnapshotCreateParams, SnapshotLoadParams, VmState, Vsock,
+};
 
 use crate::builder::{self, BuildContext, BuildError, RestoreInput, VmShell};
-use crate::config::actions::{ActionType, VmStateValue};
-use crate::config::snapshot::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::config::{
-    BootSourceConfig, ConfigError, DriveConfig, EntropyConfig, MachineConfig, MachineConfigPatch,
-    NetworkInterfaceConfig, VmConfig, VsockConfig,
+    VmConfig, validate_boot_source, validate_machine, validate_snapshot_create,
+    validate_snapshot_load,
 };
 use crate::devices::legacy::serial::SerialOutput;
 use crate::devices::virtio::VirtioError;
@@ -42,23 +43,23 @@ pub enum VmmAction {
     /// `GET /machine-config`.
     GetMachineConfig,
     /// `PUT /machine-config`.
-    PutMachineConfig(MachineConfig),
+    PutMachineConfig(MachineConfiguration),
     /// `PATCH /machine-config`.
-    PatchMachineConfig(MachineConfigPatch),
+    PatchMachineConfig(MachineConfigurationUpdate),
     /// `PUT /boot-source`.
-    PutBootSource(BootSourceConfig),
+    PutBootSource(BootSource),
     /// `PUT /drives/{id}`.
-    PutDrive(DriveConfig),
+    PutDrive(Drive),
     /// `PUT /network-interfaces/{id}`.
-    PutNetworkInterface(NetworkInterfaceConfig),
+    PutNetworkInterface(NetworkInterface),
     /// `PUT /vsock`.
-    PutVsock(VsockConfig),
+    PutVsock(Vsock),
     /// `PUT /entropy`.
-    PutEntropy(EntropyConfig),
+    PutEntropy(EntropyDevice),
     /// `PUT /actions`.
     Action(ActionType),
     /// `PATCH /vm`.
-    SetVmState(VmStateValue),
+    SetVmState(VmState),
     /// `PUT /snapshot/create`.
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load`.
@@ -85,7 +86,7 @@ pub enum ActionOk {
 pub enum ControllerError {
     /// Invalid input.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] FieldError),
     /// Not allowed in the current state.
     #[error("{0}")]
     State(String),
@@ -114,6 +115,11 @@ pub enum ControllerError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// A 200 with `body` as JSON.
+fn json_of<T: serde::Serialize>(body: &T) -> ActionOk {
+    ActionOk::Json(serde_json::to_value(body).unwrap_or_default())
 }
 
 /// State files are ~20 KiB per vCPU; anything far larger is not a snapshot of ours.
@@ -195,11 +201,11 @@ impl Controller {
         }
     }
 
-    fn state_name(&self) -> &'static str {
+    fn state(&self) -> InstanceState {
         match &self.vm {
-            None => "Not started",
-            Some(vm) if vm.is_paused() => "Paused",
-            Some(_) => "Running",
+            None => InstanceState::NotStarted,
+            Some(vm) if vm.is_paused() => InstanceState::Paused,
+            Some(_) => InstanceState::Running,
         }
     }
 
@@ -220,7 +226,7 @@ impl Controller {
     pub fn boot_config(&mut self, config: VmConfig) -> Result<(), ControllerError> {
         self.before_start()?;
         config.validate()?;
-        self.pending = config;
+        self.pending = config.with_defaults();
         self.configured = true;
         self.start_instance()
     }
@@ -270,28 +276,28 @@ impl Controller {
         received_ns: u64,
     ) -> Result<ActionOk, ControllerError> {
         match action {
-            VmmAction::GetInstanceInfo => Ok(ActionOk::Json(json!({
-                "app_name": "ember-vmm",
-                "id": self.id,
-                "state": self.state_name(),
-                "vmm_version": crate::VMM_VERSION,
-            }))),
-            VmmAction::GetVersion => Ok(ActionOk::Json(
-                json!({ "firecracker_version": crate::VMM_VERSION }),
-            )),
+            VmmAction::GetInstanceInfo => Ok(json_of(&InstanceInfo {
+                app_name: "ember-vmm".into(),
+                id: self.id.clone(),
+                state: self.state(),
+                vmm_version: crate::VMM_VERSION.into(),
+            })),
+            VmmAction::GetVersion => Ok(json_of(&FirecrackerVersion {
+                firecracker_version: crate::VMM_VERSION.into(),
+            })),
             VmmAction::GetMachineConfig => {
                 let m = match &self.vm {
                     Some(vm) => &vm.config().machine_config,
                     None => &self.pending.machine_config,
                 };
-                Ok(ActionOk::Json(serde_json::to_value(m).unwrap_or_default()))
+                Ok(json_of(m))
             }
             VmmAction::GetVmConfig => {
                 let c = match &self.vm {
                     Some(vm) => vm.config(),
                     None => &self.pending,
                 };
-                Ok(ActionOk::Json(serde_json::to_value(c).unwrap_or_default()))
+                Ok(json_of(c))
             }
             VmmAction::GetDevices => {
                 let devices = match &self.vm {
@@ -309,20 +315,22 @@ impl Controller {
             }
             VmmAction::PutMachineConfig(m) => {
                 self.before_start()?;
-                m.validate()?;
-                self.pending.machine_config = m;
+                validate_machine(&m)?;
+                self.pending.machine_config = m.with_defaults();
                 self.configured = true;
                 Ok(ActionOk::NoContent)
             }
             VmmAction::PatchMachineConfig(p) => {
                 self.before_start()?;
-                self.pending.machine_config = p.apply(&self.pending.machine_config)?;
+                let m = p.apply(&self.pending.machine_config);
+                validate_machine(&m)?;
+                self.pending.machine_config = m.with_defaults();
                 self.configured = true;
                 Ok(ActionOk::NoContent)
             }
             VmmAction::PutBootSource(b) => {
                 self.before_start()?;
-                b.validate()?;
+                validate_boot_source(&b)?;
                 self.pending.boot_source = Some(b);
                 self.configured = true;
                 Ok(ActionOk::NoContent)
@@ -330,7 +338,7 @@ impl Controller {
             VmmAction::PutDrive(d) => {
                 self.before_start()?;
                 crate::devices::virtio::block::check_config(&d)
-                    .map_err(|e| ConfigError::new("path_on_host", e.to_string()))?;
+                    .map_err(|e| FieldError::new("path_on_host", e.to_string()))?;
                 self.pending.upsert_drive(d)?;
                 self.configured = true;
                 Ok(ActionOk::NoContent)
@@ -338,7 +346,7 @@ impl Controller {
             VmmAction::PutNetworkInterface(n) => {
                 self.before_start()?;
                 crate::devices::virtio::net::check_config(&n)
-                    .map_err(|e| ConfigError::new("host_dev_name", e.to_string()))?;
+                    .map_err(|e| FieldError::new("host_dev_name", e.to_string()))?;
                 self.pending.upsert_network(n);
                 self.configured = true;
                 Ok(ActionOk::NoContent)
@@ -376,14 +384,14 @@ impl Controller {
             VmmAction::Action(ActionType::FlushMetrics) => Err(ControllerError::State(
                 "The metrics system is not initialized.".into(),
             )),
-            VmmAction::SetVmState(VmStateValue::Paused) => {
+            VmmAction::SetVmState(VmState::Paused) => {
                 let vm = self.started()?;
                 if !vm.is_paused() {
                     vm.pause()?;
                 }
                 Ok(ActionOk::NoContent)
             }
-            VmmAction::SetVmState(VmStateValue::Resumed) => {
+            VmmAction::SetVmState(VmState::Resumed) => {
                 let vm = self.started()?;
                 if vm.is_paused() {
                     vm.resume()?;
@@ -400,7 +408,7 @@ impl Controller {
         p: SnapshotCreateParams,
         received_ns: u64,
     ) -> Result<ActionOk, ControllerError> {
-        p.validate()?;
+        validate_snapshot_create(&p)?;
         let vm = self.started()?;
         if !vm.is_paused() {
             return Err(ControllerError::State(
@@ -408,11 +416,7 @@ impl Controller {
             ));
         }
         let mut timings = PhaseTimings::starting_at(received_ns);
-        let stats = vm.snapshot(
-            Path::new(&p.snapshot_path),
-            Path::new(&p.mem_file_path),
-            &mut timings,
-        )?;
+        let stats = vm.snapshot(&p.snapshot_path, &p.mem_file_path, &mut timings)?;
         tracing::info!(
             total_us = timings.total_us,
             state_bytes = stats.state_bytes,
@@ -430,7 +434,7 @@ impl Controller {
         received_ns: u64,
     ) -> Result<ActionOk, ControllerError> {
         let mut timings = PhaseTimings::starting_at(received_ns);
-        let mem_path = p.validate()?.to_string();
+        let mem_path = validate_snapshot_load(&p)?.to_path_buf();
         self.before_start()?;
         if self.configured {
             return Err(ControllerError::State(
@@ -438,7 +442,7 @@ impl Controller {
             ));
         }
         let snap_err = |source| ControllerError::Snapshot {
-            path: p.snapshot_path.clone(),
+            path: p.snapshot_path.display().to_string(),
             source,
         };
         if let Ok(meta) = std::fs::metadata(&p.snapshot_path)
@@ -453,19 +457,21 @@ impl Controller {
         let bytes = std::fs::read(&p.snapshot_path).map_err(|source| {
             snap_err(SnapshotError::Io {
                 what: "reading",
-                path: p.snapshot_path.clone(),
+                path: p.snapshot_path.display().to_string(),
                 source,
             })
         })?;
         timings.phase("read_state");
         let state = MicrovmState::from_bytes(&bytes).map_err(snap_err)?;
-        let mut config: VmConfig = serde_json::from_slice(&state.config_json).map_err(|e| {
-            snap_err(SnapshotError::Structure(format!(
-                "configuration section is not valid: {e}"
-            )))
-        })?;
+        let mut config = serde_json::from_slice::<VmConfig>(&state.config_json)
+            .map_err(|e| {
+                snap_err(SnapshotError::Structure(format!(
+                    "configuration section is not valid: {e}"
+                )))
+            })?
+            .with_defaults();
         if usize::from(config.machine_config.vcpu_count) != state.vcpus.len()
-            || config.machine_config.mem_bytes() != state.memory_size()
+            || config.machine_config.mem_size_bytes() != state.memory_size()
         {
             return Err(snap_err(SnapshotError::Structure(
                 "configuration does not match the saved vCPUs or memory".into(),
@@ -479,7 +485,7 @@ impl Controller {
             {
                 Some(n) => n.host_dev_name = o.host_dev_name.clone(),
                 None => {
-                    return Err(ConfigError::new(
+                    return Err(FieldError::new(
                         format!("network_overrides[{i}].iface_id"),
                         format!("the snapshot has no network interface {:?}", o.iface_id),
                     )
@@ -491,7 +497,7 @@ impl Controller {
             match config.vsock.as_mut() {
                 Some(vs) => vs.uds_path = v.uds_path.clone(),
                 None => {
-                    return Err(ConfigError::new(
+                    return Err(FieldError::new(
                         "vsock_override",
                         "the snapshot has no vsock device",
                     )
@@ -501,7 +507,7 @@ impl Controller {
         }
         timings.phase("decode_state");
         let mem_err = |message: String| ControllerError::MemFile {
-            path: mem_path.clone(),
+            path: mem_path.display().to_string(),
             message,
         };
         let mem_file = File::open(&mem_path).map_err(|e| mem_err(format!("cannot open: {e}")))?;

@@ -7,7 +7,9 @@
 //! - [`api`]: HTTP/1.1 over the Unix socket, one module per resource, Firecracker shapes;
 //! - [`controller`]: API actions mapped onto the VMM's state machine (Firecracker's
 //!   `rpc_interface`), the one place errors become `fault_message`s;
-//! - [`config`]: validated configuration types, one per API resource;
+//! - [`config`]: the whole machine configuration ([`config::VmConfig`]) and what ember-vmm
+//!   checks beyond the API; the request bodies (one type per API resource, with their
+//!   API-level checks) are `ember_fc_api`'s;
 //! - [`builder`]: configuration or snapshot -> running [`microvm::Microvm`];
 //! - [`vstate`]: KVM handle, VM (memory regions, irqchip, clock), vCPUs (threads, run loop,
 //!   state), guest memory;

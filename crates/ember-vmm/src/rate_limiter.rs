@@ -34,8 +34,9 @@ use nix::errno::Errno;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
-use crate::config::devices::{RateLimiterConfig, TokenBucketConfig};
+// The API's shape of a limiter (`ember_fc_api::RateLimiter`), named for its role here.
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
+use ember_fc_api::{RateLimiter as RateLimiterConfig, TokenBucket as TokenBucketConfig};
 
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -333,13 +334,6 @@ fn new_timer() -> Result<TimerFd, RateLimiterError> {
         what: "create",
         source,
     })
-}
-
-/// Checks a rate limiter configuration without creating anything (for API validation).
-pub fn validate(cfg: &RateLimiterConfig) -> Result<(), RateLimiterError> {
-    bucket_from("bandwidth", cfg.bandwidth.as_ref(), 0)?;
-    bucket_from("ops", cfg.ops.as_ref(), 0)?;
-    Ok(())
 }
 
 impl RateLimiter {

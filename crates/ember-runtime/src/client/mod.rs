@@ -10,29 +10,29 @@
 //!   connection ([`http`]).
 //! - Errors are typed ([`ClientError`]): an error status carries the status code and
 //!   Firecracker's `fault_message`.
-//! - One method per API call, with Firecracker's exact JSON shapes ([`models`]).
+//! - One method per API call, with Firecracker's exact JSON shapes: the request and response
+//!   bodies are `ember_fc_api`'s, the same types ember-vmm parses.
 //!
 //! The client is `&mut self` throughout: one VM's calls are serialized by whoever owns the
 //! client; different VMs have different clients and never wait for each other.
 
 mod error;
 pub mod http;
-pub mod models;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-pub use error::ClientError;
-use http::{Connection, RawResponse, RoundTripError, Target, build_request};
-use models::{
+use ember_fc_api::{
     ActionType, ApiErrorBody, BootSource, Drive, EntropyDevice, FirecrackerVersion,
     InstanceActionInfo, InstanceInfo, Logger, MachineConfiguration, MachineConfigurationUpdate,
     Metrics, NetworkInterface, PartialDrive, PartialNetworkInterface, SnapshotCreateParams,
     SnapshotLoadParams, Vm, VmState, Vsock,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use error::ClientError;
+use http::{Connection, RawResponse, RoundTripError, Target, build_request};
 
 /// HTTP methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

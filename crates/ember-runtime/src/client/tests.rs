@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::*;
+use ember_fc_api::{InstanceState, MemoryBackend, MemoryBackendType};
 
 /// Reads one request (head + Content-Length body) from `r`; `None` at EOF.
 fn read_request(r: &mut BufReader<UnixStream>) -> Option<(String, String)> {
@@ -105,7 +106,7 @@ fn keep_alive_reuses_one_connection() {
     for _ in 0..50 {
         c.pause().unwrap();
         let info = c.describe_instance().unwrap();
-        assert_eq!(info.state, models::InstanceState::Running);
+        assert_eq!(info.state, InstanceState::Running);
     }
     assert_eq!(*conns.lock().unwrap(), 1);
     assert_eq!(c.connects(), 1);
@@ -126,16 +127,15 @@ fn error_status_carries_fault_message() {
     });
     let mut c = client(&path);
     let err = c
-        .load_snapshot(&models::SnapshotLoadParams {
-            snapshot_path: "/x".into(),
-            mem_backend: models::MemoryBackend {
-                backend_type: models::MemoryBackendType::File,
-                backend_path: "/y".into(),
-            },
-            track_dirty_pages: None,
+        .load_snapshot(&SnapshotLoadParams {
             resume_vm: Some(true),
-            network_overrides: vec![],
-            vsock_override: None,
+            ..SnapshotLoadParams::new(
+                "/x".into(),
+                MemoryBackend {
+                    backend_type: MemoryBackendType::File,
+                    backend_path: "/y".into(),
+                },
+            )
         })
         .unwrap_err();
     assert_eq!(err.status(), Some(400));

@@ -20,10 +20,10 @@ use ember_core::{
 use super::vm::{VmEntry, VmRecord as Entry};
 use super::{Inner, VmmProvider};
 use crate::client::FirecrackerClient;
-use crate::client::models::InstanceState;
 use crate::layout::Layout;
 use crate::process::VmmProcess;
 use crate::procfs::{self, FoundVmm};
+use ember_fc_api::InstanceState;
 
 /// What an earlier provider left under the root.
 #[derive(Debug, Default)]

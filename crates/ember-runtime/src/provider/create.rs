@@ -11,14 +11,14 @@ use std::time::SystemTime;
 use ember_core::{
     Operation, ResourceKind, SnapshotId, SnapshotRef, VmError, VmId, VmSpec, VmStatus, VmView,
 };
+use ember_fc_api::{
+    BootSource, Drive, MachineConfiguration, MemoryBackend, MemoryBackendType, NetworkInterface,
+    NetworkOverride, SnapshotLoadParams, Vsock, VsockOverride,
+};
 
 use super::Inner;
 use super::vm::{VmEntry, VmRecord};
 use crate::client::FirecrackerClient;
-use crate::client::models::{
-    BootSource, Drive, MachineConfiguration, MemoryBackend, MemoryBackendType, NetworkInterface,
-    NetworkOverride, SnapshotLoadParams, Vsock, VsockOverride,
-};
 use crate::error::RuntimeError;
 use crate::layout::SlotPaths;
 use crate::spares::{Spare, discard};
@@ -193,14 +193,10 @@ impl Inner {
             require_file(&format!("drives[{i}].path_on_host"), &d.path_on_host)?;
         }
         self.create_in_spare(id, |client, paths| {
-            client.put_machine_config(&MachineConfiguration {
-                vcpu_count: spec.vcpu_count,
-                mem_size_mib: spec.mem_size_mib,
-                smt: None,
-                track_dirty_pages: None,
-                huge_pages: None,
-                cpu_template: None,
-            })?;
+            client.put_machine_config(&MachineConfiguration::new(
+                spec.vcpu_count,
+                spec.mem_size_mib,
+            ))?;
             client.put_boot_source(&BootSource {
                 kernel_image_path: kernel.clone(),
                 boot_args: spec.boot_args.clone(),
@@ -208,20 +204,15 @@ impl Inner {
             })?;
             if let Some(rootfs) = &spec.rootfs {
                 client.put_drive(&Drive {
-                    drive_id: "rootfs".into(),
-                    path_on_host: Some(rootfs.clone()),
-                    is_root_device: true,
                     is_read_only: Some(spec.rootfs_read_only),
-                    rate_limiter: None,
+                    ..Drive::new("rootfs", rootfs.clone(), true)
                 })?;
             }
             for d in &spec.drives {
                 client.put_drive(&Drive {
-                    drive_id: d.drive_id.clone(),
-                    path_on_host: Some(d.path_on_host.clone()),
-                    is_root_device: d.is_root_device,
                     is_read_only: Some(d.is_read_only),
                     rate_limiter: d.rate_limiter,
+                    ..Drive::new(d.drive_id.clone(), d.path_on_host.clone(), d.is_root_device)
                 })?;
             }
             for n in &spec.network_interfaces {
@@ -229,16 +220,14 @@ impl Inner {
                     iface_id: n.iface_id.clone(),
                     host_dev_name: n.host_dev_name.clone(),
                     guest_mac: n.guest_mac.map(|m| m.to_string()),
+                    mtu: None,
                     rx_rate_limiter: n.rx_rate_limiter,
                     tx_rate_limiter: n.tx_rate_limiter,
                 })?;
             }
             if let Some(v) = &spec.vsock {
                 // The provider owns the VM's files: the socket lives in the VM's slot.
-                client.put_vsock(&Vsock {
-                    guest_cid: v.guest_cid,
-                    uds_path: paths.vsock.clone(),
-                })?;
+                client.put_vsock(&Vsock::new(v.guest_cid, paths.vsock.clone()))?;
             }
             Ok(Created {
                 status: VmStatus::Created,
@@ -308,24 +297,25 @@ pub(super) fn load_params(
     resume: bool,
     snap: &SnapshotRef,
 ) -> SnapshotLoadParams {
+    let network_overrides: Vec<NetworkOverride> = snap
+        .network_overrides
+        .iter()
+        .map(|o| NetworkOverride {
+            iface_id: o.iface_id.clone(),
+            host_dev_name: o.host_dev_name.clone(),
+        })
+        .collect();
+    let mem_backend = MemoryBackend {
+        backend_type: MemoryBackendType::File,
+        backend_path: stored.mem_path.clone(),
+    };
     SnapshotLoadParams {
-        snapshot_path: stored.state_path.clone(),
-        mem_backend: MemoryBackend {
-            backend_type: MemoryBackendType::File,
-            backend_path: stored.mem_path.clone(),
-        },
-        track_dirty_pages: None,
         resume_vm: Some(resume),
-        network_overrides: snap
-            .network_overrides
-            .iter()
-            .map(|o| NetworkOverride {
-                iface_id: o.iface_id.clone(),
-                host_dev_name: o.host_dev_name.clone(),
-            })
-            .collect(),
+        // Left out when empty, as before: a bare load is what every Firecracker accepts.
+        network_overrides: (!network_overrides.is_empty()).then_some(network_overrides),
         vsock_override: stored.vsock_cid.map(|_| VsockOverride {
             uds_path: paths.vsock.clone(),
         }),
+        ..SnapshotLoadParams::new(stored.state_path.clone(), mem_backend)
     }
 }

@@ -6,11 +6,11 @@
 use std::path::Path;
 
 use ember_core::{Operation, SnapshotRef, SnapshotRequest, VmError, VmId, VmStatus};
+use ember_fc_api::{SnapshotCreateParams, SnapshotType};
 
 use super::Inner;
 use super::create::load_params;
 use crate::client::FirecrackerClient;
-use crate::client::models::{SnapshotCreateParams, SnapshotType};
 use crate::error::RuntimeError;
 use crate::snapshots;
 use crate::spares::{Spare, discard};
@@ -59,6 +59,7 @@ impl Inner {
                 mem_file_path: mem_path.clone(),
                 snapshot_path: state_path.clone(),
                 snapshot_type: Some(SnapshotType::Full),
+                version: None,
             }) {
                 return Err(fail(self.call_failed(&entry.process, e)));
             }

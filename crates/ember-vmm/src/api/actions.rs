@@ -1,8 +1,9 @@
 //! `PUT /actions` {InstanceStart, SendCtrlAltDel, FlushMetrics}.
 
 use super::http::{Method, Request};
+use ember_fc_api::InstanceActionInfo;
+
 use super::{RequestError, invalid};
-use crate::config::actions::InstanceAction;
 use crate::config::from_json;
 use crate::controller::VmmAction;
 
@@ -10,7 +11,7 @@ use crate::controller::VmmAction;
 pub fn route(req: &Request) -> Result<VmmAction, RequestError> {
     match req.method {
         Method::Put => {
-            let a: InstanceAction = from_json(&req.body, "actions")?;
+            let a: InstanceActionInfo = from_json(&req.body, "actions")?;
             Ok(VmmAction::Action(a.action_type))
         }
         _ => Err(invalid(req)),

@@ -2,6 +2,8 @@
 //! bodies, keep-alive, `Expect: 100-continue`, pipelining) and response encoding. No chunked
 //! bodies, no compression; limits keep a misbehaving client from growing our memory.
 
+use ember_fc_api::ApiErrorBody;
+
 /// Largest request head (request line + headers).
 pub const MAX_HEAD: usize = 8 << 10;
 /// Largest body (Firecracker's default payload limit).
@@ -167,11 +169,14 @@ impl Response {
         }
     }
 
-    /// 400 with `{"fault_message": ...}`.
+    /// 400 with `{"fault_message": ...}` (`ember_fc_api::ApiErrorBody`).
     pub fn bad_request(message: &str) -> Response {
+        let body = ApiErrorBody {
+            fault_message: message.to_string(),
+        };
         Response {
             status: 400,
-            body: Some(serde_json::json!({ "fault_message": message }).to_string()),
+            body: Some(serde_json::to_string(&body).unwrap_or_default()),
         }
     }
 

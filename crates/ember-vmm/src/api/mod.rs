@@ -24,8 +24,9 @@ pub mod snapshot;
 pub mod vm;
 pub mod vsock;
 
+use ember_fc_api::FieldError;
+
 use self::http::{Method, Request, Response};
-use crate::config::ConfigError;
 use crate::controller::{ActionOk, Controller, VmmAction};
 
 /// Why a request did not become an action.
@@ -41,7 +42,7 @@ pub enum RequestError {
     },
     /// The body is not acceptable.
     #[error(transparent)]
-    Body(#[from] ConfigError),
+    Body(#[from] FieldError),
 }
 
 fn invalid(req: &Request) -> RequestError {

@@ -1,8 +1,10 @@
 //! `PUT /network-interfaces/{iface_id}`.
 
 use super::http::{Method, Request};
+use ember_fc_api::{NetworkInterface, validate_id};
+
 use super::{RequestError, invalid};
-use crate::config::{NetworkInterfaceConfig, from_json, validate_id};
+use crate::config::from_json;
 use crate::controller::VmmAction;
 
 /// Routes `/network-interfaces/{id}`.
@@ -10,7 +12,7 @@ pub fn route(req: &Request, id: &str) -> Result<VmmAction, RequestError> {
     match req.method {
         Method::Put => {
             validate_id("iface_id", id)?;
-            let n: NetworkInterfaceConfig = from_json(&req.body, "network-interface")?;
+            let n: NetworkInterface = from_json(&req.body, "network-interface")?;
             n.validate("", Some(id))?;
             Ok(VmmAction::PutNetworkInterface(n))
         }

@@ -1,8 +1,9 @@
 //! `PATCH /vm` {Paused, Resumed} and `GET /vm/config`.
 
 use super::http::{Method, Request};
+use ember_fc_api::Vm;
+
 use super::{RequestError, invalid};
-use crate::config::actions::VmStateChange;
 use crate::config::from_json;
 use crate::controller::VmmAction;
 
@@ -10,7 +11,7 @@ use crate::controller::VmmAction;
 pub fn route(req: &Request) -> Result<VmmAction, RequestError> {
     match req.method {
         Method::Patch => {
-            let s: VmStateChange = from_json(&req.body, "vm")?;
+            let s: Vm = from_json(&req.body, "vm")?;
             Ok(VmmAction::SetVmState(s.state))
         }
         _ => Err(invalid(req)),

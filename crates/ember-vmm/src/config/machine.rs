@@ -1,194 +1,104 @@
-//! `PUT/PATCH/GET /machine-config`: vCPUs and memory.
+//! What ember-vmm adds to the API's check of `PUT|PATCH /machine-config`
+//! (`ember_fc_api::MachineConfiguration`): guest memory between [`MIN_MEM_MIB`] and
+//! [`MAX_MEM_MIB`], and none of the switches it does not implement (SMT, dirty page tracking,
+//! huge pages, CPU templates).
 
-use serde::{Deserialize, Serialize};
+use ember_fc_api::{FieldError, HugePages, MachineConfiguration};
 
-use super::ConfigError;
-
-/// Most vCPUs per VM (Firecracker's limit).
-pub const MAX_VCPUS: u8 = 32;
+/// Smallest guest (MiB).
+pub const MIN_MEM_MIB: u32 = 4;
 /// Largest guest (MiB).
 pub const MAX_MEM_MIB: u32 = 256 * 1024;
 
-/// Huge page backing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HugePages {
-    /// 4 KiB pages.
-    #[default]
-    None,
-    /// Transparent huge pages.
-    Transparent,
-    /// hugetlbfs 2 MiB pages.
-    #[serde(rename = "2M")]
-    Hugetlbfs2M,
+/// The machine before any `PUT /machine-config` (Firecracker's: 1 vCPU, 128 MiB), with the
+/// defaults written out as `GET /machine-config` reports them.
+pub fn default_machine() -> MachineConfiguration {
+    MachineConfiguration::default().with_defaults()
 }
 
-/// vCPUs, memory and related switches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MachineConfig {
-    /// Number of vCPUs (1..=32).
-    pub vcpu_count: u8,
-    /// Guest memory in MiB.
-    pub mem_size_mib: u32,
-    /// Simultaneous multithreading (must be false).
-    #[serde(default)]
-    pub smt: bool,
-    /// Dirty page tracking (must be false: no diff snapshots).
-    #[serde(default)]
-    pub track_dirty_pages: bool,
-    /// Huge pages (only "None").
-    #[serde(default)]
-    pub huge_pages: HugePages,
-    /// CPU template (only absent or "None").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_template: Option<String>,
-}
-
-impl Default for MachineConfig {
-    fn default() -> Self {
-        MachineConfig {
-            vcpu_count: 1,
-            mem_size_mib: 128,
-            smt: false,
-            track_dirty_pages: false,
-            huge_pages: HugePages::None,
-            cpu_template: None,
-        }
+/// The API's check, then ember-vmm's: memory range and unsupported switches.
+pub fn validate_machine(m: &MachineConfiguration) -> Result<(), FieldError> {
+    m.validate()?;
+    if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&m.mem_size_mib) {
+        return Err(FieldError::new(
+            "mem_size_mib",
+            format!(
+                "must be between {MIN_MEM_MIB} and {MAX_MEM_MIB} (got {})",
+                m.mem_size_mib
+            ),
+        ));
     }
-}
-
-impl MachineConfig {
-    /// Range and feature checks.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=MAX_VCPUS).contains(&self.vcpu_count) {
-            return Err(ConfigError::new(
-                "vcpu_count",
-                format!(
-                    "must be between 1 and {MAX_VCPUS} (got {})",
-                    self.vcpu_count
-                ),
-            ));
-        }
-        if !(4..=MAX_MEM_MIB).contains(&self.mem_size_mib) {
-            return Err(ConfigError::new(
-                "mem_size_mib",
-                format!(
-                    "must be between 4 and {MAX_MEM_MIB} (got {})",
-                    self.mem_size_mib
-                ),
-            ));
-        }
-        if self.smt {
-            return Err(ConfigError::new(
-                "smt",
-                "simultaneous multithreading is not supported",
-            ));
-        }
-        if self.track_dirty_pages {
-            return Err(ConfigError::new(
-                "track_dirty_pages",
-                "dirty page tracking is not supported",
-            ));
-        }
-        if self.huge_pages != HugePages::None {
-            return Err(ConfigError::new("huge_pages", "only \"None\" is supported"));
-        }
-        if let Some(t) = &self.cpu_template
-            && t != "None"
-        {
-            return Err(ConfigError::new(
-                "cpu_template",
-                format!("CPU template {t:?} is not supported"),
-            ));
-        }
-        Ok(())
+    if m.smt == Some(true) {
+        return Err(FieldError::new(
+            "smt",
+            "simultaneous multithreading is not supported",
+        ));
     }
-
-    /// Guest memory in bytes.
-    pub fn mem_bytes(&self) -> u64 {
-        u64::from(self.mem_size_mib) << 20
+    if m.track_dirty_pages == Some(true) {
+        return Err(FieldError::new(
+            "track_dirty_pages",
+            "dirty page tracking is not supported",
+        ));
     }
-}
-
-/// `PATCH /machine-config`: every field optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MachineConfigPatch {
-    /// New vCPU count.
-    pub vcpu_count: Option<u8>,
-    /// New memory size.
-    pub mem_size_mib: Option<u32>,
-    /// SMT.
-    pub smt: Option<bool>,
-    /// Dirty tracking.
-    pub track_dirty_pages: Option<bool>,
-    /// Huge pages.
-    pub huge_pages: Option<HugePages>,
-    /// CPU template.
-    pub cpu_template: Option<String>,
-}
-
-impl MachineConfigPatch {
-    /// Applies the patch to a copy of `base` and validates the result.
-    pub fn apply(&self, base: &MachineConfig) -> Result<MachineConfig, ConfigError> {
-        let mut m = base.clone();
-        if let Some(v) = self.vcpu_count {
-            m.vcpu_count = v;
-        }
-        if let Some(v) = self.mem_size_mib {
-            m.mem_size_mib = v;
-        }
-        if let Some(v) = self.smt {
-            m.smt = v;
-        }
-        if let Some(v) = self.track_dirty_pages {
-            m.track_dirty_pages = v;
-        }
-        if let Some(v) = self.huge_pages {
-            m.huge_pages = v;
-        }
-        if let Some(v) = &self.cpu_template {
-            m.cpu_template = Some(v.clone());
-        }
-        m.validate()?;
-        Ok(m)
+    if m.huge_pages.is_some_and(|h| h != HugePages::None) {
+        return Err(FieldError::new("huge_pages", "only \"None\" is supported"));
     }
+    if let Some(t) = &m.cpu_template
+        && t != "None"
+    {
+        return Err(FieldError::new(
+            "cpu_template",
+            format!("CPU template {t:?} is not supported"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::from_json;
+    use ember_fc_api::MachineConfigurationUpdate;
 
     #[test]
     fn validation() {
-        let ok: MachineConfig = from_json(
+        let ok: MachineConfiguration = from_json(
             br#"{"vcpu_count": 2, "mem_size_mib": 128}"#,
             "machine-config",
         )
         .unwrap();
-        ok.validate().unwrap();
-        let zero: MachineConfig =
+        validate_machine(&ok).unwrap();
+        let zero: MachineConfiguration =
             from_json(br#"{"vcpu_count": 0, "mem_size_mib": 128}"#, "m").unwrap();
-        assert_eq!(zero.validate().unwrap_err().field, "vcpu_count");
-        let err =
-            from_json::<MachineConfig>(br#"{"mem_size_mib": 128}"#, "machine-config").unwrap_err();
+        assert_eq!(validate_machine(&zero).unwrap_err().field, "vcpu_count");
+        let small: MachineConfiguration =
+            from_json(br#"{"vcpu_count": 1, "mem_size_mib": 3}"#, "m").unwrap();
+        assert_eq!(validate_machine(&small).unwrap_err().field, "mem_size_mib");
+        let err = from_json::<MachineConfiguration>(br#"{"mem_size_mib": 128}"#, "machine-config")
+            .unwrap_err();
         assert!(err.message.contains("missing field `vcpu_count`"), "{err}");
-        let err = from_json::<MachineConfig>(
+        let err = from_json::<MachineConfiguration>(
             br#"{"vcpu_count": 300, "mem_size_mib": 1}"#,
             "machine-config",
         )
         .unwrap_err();
         assert_eq!(err.field, "machine-config.vcpu_count");
-        let p: MachineConfigPatch = from_json(br#"{"mem_size_mib": 64}"#, "m").unwrap();
-        assert_eq!(p.apply(&ok).unwrap().mem_size_mib, 64);
-        let p: MachineConfigPatch = from_json(br#"{"smt": true}"#, "m").unwrap();
-        assert_eq!(p.apply(&ok).unwrap_err().field, "smt");
-        let hp: MachineConfig = from_json(
+        let base = ok.with_defaults();
+        let p: MachineConfigurationUpdate = from_json(br#"{"mem_size_mib": 64}"#, "m").unwrap();
+        assert_eq!(p.apply(&base).mem_size_mib, 64);
+        let p: MachineConfigurationUpdate = from_json(br#"{"smt": true}"#, "m").unwrap();
+        assert_eq!(validate_machine(&p.apply(&base)).unwrap_err().field, "smt");
+        let hp: MachineConfiguration = from_json(
             br#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
             "m",
         )
         .unwrap();
-        assert_eq!(hp.validate().unwrap_err().field, "huge_pages");
+        assert_eq!(validate_machine(&hp).unwrap_err().field, "huge_pages");
+        let none: MachineConfiguration = from_json(
+            br#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "None", "cpu_template": "None"}"#,
+            "m",
+        )
+        .unwrap();
+        validate_machine(&none).unwrap();
     }
 }

@@ -43,9 +43,10 @@ fn refill_time_overflow_is_an_error() {
         bandwidth: None,
         ops: Some(tb(1, None, u64::MAX / 1000)),
     };
-    let err = validate(&cfg).unwrap_err();
+    let err = RateLimiter::new(Some(&cfg)).unwrap_err();
     assert!(err.to_string().starts_with("ops.refill_time"), "{err}");
-    assert!(RateLimiter::new(Some(&cfg)).is_err());
+    let err = ember_fc_api::validate_rate_limiter(&cfg, "rate_limiter").unwrap_err();
+    assert_eq!(err.field, "rate_limiter.ops.refill_time");
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //! vsock socket when `PUT /vsock` arrives, so a bad path fails that request) go into
 //! [`PreparedDevices`].
 
+use ember_fc_api::Vsock as VsockConfig;
+
 use super::RestoreError;
 use super::block::{Block, BlockParams};
 use super::device::VirtioDevice;
@@ -14,7 +16,7 @@ use super::net::{Net, NetParams};
 use super::rng::{RNG_ID, Rng};
 use super::vsock::Vsock;
 use super::{TYPE_BLOCK, TYPE_NET, TYPE_RNG, TYPE_VSOCK, device::ActivateError};
-use crate::config::{VmConfig, VsockConfig};
+use crate::config::VmConfig;
 use crate::rate_limiter::Clock;
 use crate::snapshot::codec::Reader;
 

@@ -25,6 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use ember_fc_api::{CacheType, Drive, RateLimiter as RateLimiterConfig};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -33,7 +34,6 @@ use self::request::{Request, RequestError};
 use super::desc_chain::Chain;
 use super::wakeup::BUDGET;
 use super::{QueueOutcome, RestoreError, VIRTIO_F_VERSION_1, add_used, feature, read_config_bytes};
-use crate::config::devices::{CacheType, DriveConfig};
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
 
@@ -105,24 +105,24 @@ pub struct BlockParams {
     /// Flush behaviour.
     pub cache_type: CacheType,
     /// Rate limits.
-    pub rate_limiter: Option<crate::config::devices::RateLimiterConfig>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// The limiter's clock.
     pub clock: Clock,
 }
 
 impl BlockParams {
     /// Parameters from a validated `PUT /drives` body.
-    pub fn from_config(cfg: &DriveConfig) -> Result<BlockParams, BlockError> {
+    pub fn from_config(cfg: &Drive) -> Result<BlockParams, BlockError> {
         let path = cfg
             .path_on_host
             .as_ref()
             .ok_or_else(|| BlockError::NoPath(cfg.drive_id.clone()))?;
         Ok(BlockParams {
             id: cfg.drive_id.clone(),
-            path: PathBuf::from(path),
+            path: path.clone(),
             read_only: cfg.is_read_only.unwrap_or(false),
             cache_type: cfg.cache_type.unwrap_or(CacheType::Unsafe),
-            rate_limiter: cfg.rate_limiter.clone(),
+            rate_limiter: cfg.rate_limiter,
             clock: Clock::Monotonic,
         })
     }
@@ -196,7 +196,7 @@ fn disk_size(file: &File, path: &Path) -> io::Result<u64> {
 
 /// The drives in slot order: the root device first (so a Linux guest sees it as `/dev/vda`),
 /// the others in configuration order.
-pub fn slot_order(drives: &[DriveConfig]) -> impl Iterator<Item = &DriveConfig> {
+pub fn slot_order(drives: &[Drive]) -> impl Iterator<Item = &Drive> {
     let root = drives.iter().filter(|d| d.is_root_device);
     root.chain(drives.iter().filter(|d| !d.is_root_device))
 }
@@ -204,7 +204,7 @@ pub fn slot_order(drives: &[DriveConfig]) -> impl Iterator<Item = &DriveConfig> 
 /// The kernel command line arguments for the root drive, as Firecracker adds them:
 /// ` root=/dev/vda` (or ` root=PARTUUID=<partuuid>`) and ` ro` or ` rw`; empty without a root
 /// drive.
-pub fn root_args(drives: &[DriveConfig]) -> String {
+pub fn root_args(drives: &[Drive]) -> String {
     let Some(root) = drives.iter().find(|d| d.is_root_device) else {
         return String::new();
     };
@@ -223,7 +223,7 @@ pub fn root_args(drives: &[DriveConfig]) -> String {
 /// Checks that the drive `cfg` describes can be opened (the file exists, is a regular file
 /// or block device of at least one sector, and opens with the configured access); nothing is
 /// kept open.
-pub fn check_config(cfg: &DriveConfig) -> Result<(), BlockError> {
+pub fn check_config(cfg: &Drive) -> Result<(), BlockError> {
     open_disk(&BlockParams::from_config(cfg)?).map(drop)
 }
 

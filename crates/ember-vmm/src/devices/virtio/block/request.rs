@@ -18,13 +18,13 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 
+use ember_fc_api::CacheType;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::{BlockParams, SECTOR_SIZE};
-use crate::config::devices::CacheType;
 use crate::devices::virtio::desc_chain::{Chain, ChainError, ranges, read_stream, write_stream};
 
 /// Status: success.

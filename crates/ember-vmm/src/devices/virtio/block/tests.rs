@@ -14,8 +14,8 @@ use virtio_queue::{Queue, QueueT};
 
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use super::*;
-use crate::config::devices::{RateLimiterConfig, TokenBucketConfig};
 use crate::devices::virtio::test_utils::{OUTSIDE, TestQueue, test_memory, wait_for_timer};
+use ember_fc_api::TokenBucket as TokenBucketConfig;
 
 const SECTORS: u64 = 64;
 const HDR: u64 = 0x1_0000;
@@ -641,7 +641,7 @@ fn device_face_wakes_on_its_rate_limiter_timer() {
 
 #[test]
 fn root_drive_goes_first_and_on_the_command_line() {
-    let drive = |id: &str, root: bool, ro: Option<bool>, partuuid: Option<&str>| DriveConfig {
+    let drive = |id: &str, root: bool, ro: Option<bool>, partuuid: Option<&str>| Drive {
         drive_id: id.into(),
         path_on_host: Some("/x".into()),
         is_root_device: root,

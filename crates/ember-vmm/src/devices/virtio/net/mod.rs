@@ -26,6 +26,7 @@ pub mod tap;
 #[cfg(test)]
 mod tests;
 
+use ember_fc_api::{NetworkInterface, RateLimiter as RateLimiterConfig};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -34,7 +35,6 @@ use self::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::desc_chain::{Chain, ChainError, read_stream, write_stream};
 use super::wakeup::BUDGET;
 use super::{QueueOutcome, RestoreError, VIRTIO_F_VERSION_1, add_used, feature, read_config_bytes};
-use crate::config::devices::{NetworkInterfaceConfig, RateLimiterConfig};
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
 
@@ -140,7 +140,7 @@ pub struct NetParams {
 
 impl NetParams {
     /// Parameters from a validated `PUT /network-interfaces` body.
-    pub fn from_config(cfg: &NetworkInterfaceConfig) -> Result<NetParams, NetError> {
+    pub fn from_config(cfg: &NetworkInterface) -> Result<NetParams, NetError> {
         let guest_mac = match &cfg.guest_mac {
             Some(m) => Some(parse_mac(m).ok_or_else(|| NetError::Mac {
                 id: cfg.iface_id.clone(),
@@ -153,15 +153,15 @@ impl NetParams {
             host_dev_name: cfg.host_dev_name.clone(),
             guest_mac,
             mtu: cfg.mtu,
-            rx_rate_limiter: cfg.rx_rate_limiter.clone(),
-            tx_rate_limiter: cfg.tx_rate_limiter.clone(),
+            rx_rate_limiter: cfg.rx_rate_limiter,
+            tx_rate_limiter: cfg.tx_rate_limiter,
             clock: Clock::Monotonic,
         })
     }
 }
 
 /// Checks that the TAP `cfg` names exists and can be attached (opened and closed again).
-pub fn check_config(cfg: &NetworkInterfaceConfig) -> Result<(), TapError> {
+pub fn check_config(cfg: &NetworkInterface) -> Result<(), TapError> {
     Tap::open(&cfg.host_dev_name).map(drop)
 }
 

@@ -16,8 +16,8 @@ use nix::poll::{PollFd, PollFlags, poll};
 use virtio_queue::Queue;
 
 use super::*;
-use crate::config::devices::TokenBucketConfig;
 use crate::devices::virtio::test_utils::{OUTSIDE, TestQueue, test_memory, wait_for_timer};
+use ember_fc_api::TokenBucket as TokenBucketConfig;
 
 const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
 const TX_BUF: u64 = 0x1_0000;

@@ -11,13 +11,13 @@ mod device;
 
 pub use self::device::RNG_ID;
 
+use ember_fc_api::RateLimiter as RateLimiterConfig;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::desc_chain::{Chain, ChainError, write_stream};
 use super::wakeup::BUDGET;
 use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, feature};
-use crate::config::devices::RateLimiterConfig;
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
 
@@ -158,8 +158,8 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::config::devices::TokenBucketConfig;
     use crate::devices::virtio::test_utils::{OUTSIDE, TestQueue, test_memory, wait_for_timer};
+    use ember_fc_api::TokenBucket as TokenBucketConfig;
 
     const BUF: u64 = 0x1_0000;
 

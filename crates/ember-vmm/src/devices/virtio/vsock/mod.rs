@@ -21,6 +21,7 @@ pub mod packet;
 
 use std::io::{Read, Write};
 
+use ember_fc_api::Vsock as VsockConfig;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -31,7 +32,6 @@ use super::device::{
 };
 use super::manager::VirtioError;
 use super::{TYPE_VSOCK, VIRTIO_F_VERSION_1, feature};
-use crate::config::VsockConfig;
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
 
 /// RX queue index.

@@ -115,9 +115,9 @@ pub struct Muxer {
 
 impl Muxer {
     /// Binds the listener at `uds_path` (which must not exist).
-    pub fn new(guest_cid: u64, uds_path: &str) -> Result<Muxer, MuxerError> {
+    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Muxer, MuxerError> {
         let err = |source| MuxerError {
-            path: uds_path.to_string(),
+            path: uds_path.display().to_string(),
             source,
         };
         let listener = UnixListener::bind(uds_path).map_err(err)?;
@@ -128,7 +128,7 @@ impl Muxer {
             guest_cid,
             listener,
             bound: Bound {
-                path: PathBuf::from(uds_path),
+                path: uds_path.to_path_buf(),
                 dev: meta.dev(),
                 ino: meta.ino(),
             },
