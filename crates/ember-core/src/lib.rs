@@ -11,6 +11,7 @@
 //!   vocabulary: [`SnapshotInfo`] (a snapshot's catalog entry), [`VmRecord`] (a live VM and its
 //!   VMM process, enough to re-adopt it after a daemon restart), [`Template`] /
 //!   [`TemplateSpec`], [`PoolSpec`], [`Sandbox`] (a tenant's VM, its labels, env and deadline).
+//! - [`HostInfo`]: the CPU model, kernel and CPU count every benchmark reports.
 //! - [`InMemoryVmProvider`]: the full lifecycle state machine without any VM behind it, with
 //!   deterministic fault injection, for testing the pool and everything above it.
 //!
@@ -23,6 +24,7 @@
 //! must not wait for each other, so providers never hold a lock across a slow call.
 
 pub mod error;
+pub mod host_info;
 pub mod id;
 pub mod in_memory;
 pub mod pool_spec;
@@ -39,6 +41,7 @@ pub mod view;
 pub mod vm_record;
 
 pub use error::{BoxError, Operation, ResourceKind, VmError, error_chain};
+pub use host_info::HostInfo;
 pub use id::{SandboxId, SnapshotId, VmId};
 pub use in_memory::{FaultPlan, Gate, InMemoryVmProvider};
 pub use pool_spec::{PoolSpec, Pooled};

@@ -894,3 +894,50 @@ fn acquires_do_not_wake_a_refiller_that_is_yielding_to_them() {
     p.clear_faults();
     wait_until("full again", || depth(&pool, &s) == 4);
 }
+
+#[test]
+fn leave_keeps_ready_vms_and_a_new_pool_adopts_them_without_restoring() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let first = start(&p, fast_settings());
+    first
+        .register(s.clone(), snap.clone(), config(3, 3))
+        .unwrap();
+    wait_until("fill", || depth(&first, &s) == 3);
+    let left = first.leave();
+    assert_eq!(left.len(), 3);
+    drop(first);
+    let kept: Vec<_> = live_with_prefix(&p, "warm-");
+    assert_eq!(kept.len(), 3, "leave destroys nothing");
+
+    // A VM of another template and one too many are refused, with the reason.
+    let other = template(&p, &s, "s2");
+    let stranger = id("stranger");
+    p.create_with_spec(&stranger, &ember_core::VmSpec::restore(other))
+        .unwrap();
+    let mut views = kept.clone();
+    views.push(p.get(&stranger).unwrap());
+    let creates_before = p.calls(Operation::Create);
+    let second = start(&p, fast_settings());
+    let refused = second
+        .register_adopting(s.clone(), snap, config(2, 2), views)
+        .unwrap();
+    let reasons: Vec<&str> = refused.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(refused.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("template")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("full")), "{reasons:?}");
+    assert_eq!(depth(&second, &s), 2);
+    // The adopted VMs serve at once and nothing was restored for them.
+    let vm = second.acquire(&s, &Tenant::new("t1").unwrap()).unwrap();
+    assert!(kept.iter().any(|v| v.id == vm.pooled_id));
+    wait_until("refill after acquire", || depth(&second, &s) == 2);
+    assert_eq!(
+        p.calls(Operation::Create) - creates_before,
+        1,
+        "only the refill restored"
+    );
+}

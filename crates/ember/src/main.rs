@@ -634,9 +634,12 @@ async fn local(cli: Cli) -> Result<()> {
                 rate,
                 acquirers,
             };
-            let report = tokio::task::spawn_blocking(move || bench::run(kind, &opts, &ui))
-                .await?
-                .with_context(|| format!("ember bench {kind:?}").to_lowercase())?;
+            let report = if kind == BenchKind::Api {
+                bench::api::run(&opts, &ui).await
+            } else {
+                tokio::task::spawn_blocking(move || bench::run(kind, &opts, &ui)).await?
+            }
+            .with_context(|| format!("ember bench {kind:?}").to_lowercase())?;
             print_bench(&report, cli.json)
         }
         _ => Ok(()),
@@ -681,6 +684,7 @@ fn print_bench(r: &BenchReport, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(r)?);
         return Ok(());
     }
+    println!("host: {}", r.host);
     if !r.latencies.is_empty() {
         print!("{}", latency_table(&r.latencies));
     }

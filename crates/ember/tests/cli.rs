@@ -14,6 +14,10 @@ fn ember(args: &[&str]) -> Value {
         .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ember"))
         .env("EMBER_VMM_BIN", ember_test_support::vmm_bin())
+        .env(
+            "EMBERD_BIN",
+            ember_test_support::package_bin("emberd", "emberd"),
+        )
         .arg("--json")
         .arg("--workdir")
         .arg(workdir.path())
@@ -49,6 +53,7 @@ fn latency<'a>(v: &'a Value, name_part: &str) -> &'a Value {
 
 #[test]
 fn demo_hands_vms_to_tenants_and_leaves_nothing() {
+    // `ember()` also checks that nothing was left (report and work directory).
     let v = ember(&[
         "demo",
         "--sequential",
@@ -58,16 +63,33 @@ fn demo_hands_vms_to_tenants_and_leaves_nothing() {
         "--depth",
         "4",
     ]);
-    assert_eq!(v["sample_output"], "hello from tenant-0");
-    assert_eq!(v["pool"]["acquired"], 7);
-    assert_eq!(v["pool"]["validation_failures"], 0);
-    for phase in ["sequential", "concurrent"] {
+    assert!(v["template_build_ms"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["sample_output"], "hello from tenant-0", "{v}");
+    assert_eq!(v["file_round_trip_bytes"], 4096, "{v}");
+    for (phase, n) in [("sequential", 3), ("concurrent", 4)] {
         let rows = v[phase].as_array().unwrap();
-        assert_eq!(rows.len(), 4, "{phase}: {v}");
-        assert!(rows.iter().all(|r| r["p50_us"].as_f64().unwrap() >= 0.0));
+        let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(rows.len(), 3, "{phase}: {v}");
+        assert!(names[0].starts_with("create"), "{phase}: {names:?}");
+        assert!(names[1].starts_with("first exec"), "{phase}: {names:?}");
+        assert_eq!(names[2], "create -> first exec reply", "{phase}: {names:?}");
+        for r in rows {
+            assert_eq!(r["n"], n, "{phase}: {r}");
+            let (min, p50, max) = (
+                r["min_us"].as_f64().unwrap(),
+                r["p50_us"].as_f64().unwrap(),
+                r["max_us"].as_f64().unwrap(),
+            );
+            assert!(0.0 < min && min <= p50 && p50 <= max, "{phase}: {r}");
+        }
     }
-    assert_eq!(v["sequential"][0]["n"], 3);
-    assert_eq!(v["concurrent"][0]["n"], 4);
+    // The demo waits for a full pool before every create (and before the burst of 4 with a
+    // depth of 4), so every create gets a warm VM: one handover each, counted by the pool.
+    let warm = v["warm_creates"].as_u64().unwrap();
+    assert_eq!(warm, 7, "{v}");
+    assert_eq!(v["pool"]["acquired"], warm, "{v}");
+    assert!(v["pool"]["created"].as_u64().unwrap() >= warm, "{v}");
+    assert_eq!(v["pool"]["validation_failures"], 0, "{v}");
 }
 
 #[test]
@@ -128,6 +150,18 @@ fn every_bench_runs_and_reports() {
         .as_u64()
         .unwrap();
     assert!(vmm_kib > 0, "memory was measured: {density}");
+
+    // The API through a real emberd process, restarts included.
+    let api = run("api");
+    assert_eq!(
+        api["figures"]["restart"]["kill9"]["sandboxes_adopted"], 4,
+        "{api}"
+    );
+    assert!(api["host"]["cpu_model"].as_str().is_some(), "{api}");
+    assert_eq!(
+        latency(&api, "4 at once: create -> first exec reply")["n"],
+        12
+    );
 
     let vsock = run("vsock");
     assert_eq!(latency(&vsock, "exec echo")["name"], "exec echo round trip");

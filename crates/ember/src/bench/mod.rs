@@ -1,7 +1,9 @@
-//! `ember bench <boot|restore|acquire|density|vsock>`: measurements of the real system on this
-//! machine, each in its own session (so each proves it leaves nothing behind), reported as
-//! percentiles, throughput and memory, with the project's targets marked met or missed.
+//! `ember bench <boot|restore|acquire|density|vsock|api>`: measurements of the real system on
+//! this machine, each in its own session (so each proves it leaves nothing behind), reported as
+//! percentiles, throughput and memory with the host they ran on, and the project's targets
+//! marked met or missed. `api` measures a real emberd process through its HTTP API.
 
+pub mod api;
 mod boot;
 mod density;
 mod handoff;
@@ -36,6 +38,8 @@ pub enum BenchKind {
     Density,
     /// Agent round trips over vsock.
     Vsock,
+    /// emberd's HTTP API: create -> first exec through the daemon, restarts, memory.
+    Api,
 }
 
 /// Knobs shared by the benchmarks.
@@ -77,7 +81,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn at_most(name: &str, limit: f64, value: f64, unit: &str) -> Target {
+    pub(crate) fn at_most(name: &str, limit: f64, value: f64, unit: &str) -> Target {
         Target {
             name: name.into(),
             target: format!("<= {limit} {unit}"),
@@ -86,7 +90,7 @@ impl Target {
         }
     }
 
-    fn at_least(name: &str, limit: f64, value: f64, unit: &str) -> Target {
+    pub(crate) fn at_least(name: &str, limit: f64, value: f64, unit: &str) -> Target {
         Target {
             name: name.into(),
             target: format!(">= {limit} {unit}"),
@@ -101,6 +105,8 @@ impl Target {
 pub struct BenchReport {
     /// Which benchmark.
     pub bench: BenchKind,
+    /// The machine it ran on (figures differ between machines).
+    pub host: ember_core::HostInfo,
     /// Latency summaries.
     pub latencies: Vec<Summary>,
     /// Other figures (throughput, memory), by name.
@@ -112,9 +118,10 @@ pub struct BenchReport {
 }
 
 impl BenchReport {
-    fn new(bench: BenchKind) -> Self {
+    pub(crate) fn new(bench: BenchKind) -> Self {
         Self {
             bench,
+            host: ember_core::HostInfo::read(),
             latencies: Vec::new(),
             figures: serde_json::Map::new(),
             targets: Vec::new(),
@@ -150,6 +157,9 @@ pub enum BenchError {
     /// The agent could not be reached.
     #[error("the agent failed")]
     Agent(#[from] ember_host::agent::AgentError),
+    /// A step of the benchmark failed.
+    #[error("{0}")]
+    Failed(String),
     /// Something was left behind.
     #[error("the benchmark left {} VMM process(es) and {} file(s) behind", .0.processes.len(), .0.files.len())]
     Leaked(Leftovers),
@@ -222,6 +232,9 @@ pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchRep
         BenchKind::Acquire => handoff::run(&session, opts, ui),
         BenchKind::Density => density::run(&session, opts, ui),
         BenchKind::Vsock => vsock::run(&session, opts, ui),
+        BenchKind::Api => Err(BenchError::Failed(
+            "the api benchmark runs its own daemon: call bench::api::run".into(),
+        )),
     };
     ui.stage("destroying everything", None);
     let leftovers = session.finish();

@@ -26,12 +26,13 @@ pub mod sandboxes;
 pub mod templates;
 pub mod vms;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use ember_core::{SandboxId, VmOwner};
+use ember_core::{SandboxId, SnapshotRef, Template, TemplateName, VmOwner};
 use ember_host::agent::AgentValidator;
 use ember_pool::{PoolSettings, WarmPool};
 use ember_runtime::{ListenerId, VmmProvider};
@@ -72,6 +73,15 @@ impl Default for Limits {
     }
 }
 
+/// A ready template and the snapshot reference its sandboxes are restored from.
+#[derive(Debug, Clone)]
+pub struct ReadyTemplate {
+    /// The template as recorded.
+    pub template: Template,
+    /// Its snapshot, resuming on restore.
+    pub snapshot: SnapshotRef,
+}
+
 /// Everything the daemon does.
 pub struct Engine {
     /// The store: the one source of truth.
@@ -92,6 +102,9 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     /// What the engine may hold.
     pub limits: Limits,
+    /// Ready templates with the snapshot their sandboxes restore (a cache of the store's, so
+    /// a create reads nothing from the store).
+    ready: RwLock<HashMap<TemplateName, Arc<ReadyTemplate>>>,
     /// The next Reseed generation for VMs restored outside the pool.
     generation: AtomicU64,
     listener: Mutex<Option<ListenerId>>,
@@ -135,6 +148,7 @@ impl Engine {
             probe_kernel,
             metrics,
             limits,
+            ready: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(seed),
             listener: Mutex::new(None),
         });
@@ -150,6 +164,28 @@ impl Engine {
                 }));
         *lock(&engine.listener) = Some(id);
         Ok(engine)
+    }
+
+    /// The cached ready template `name`, if it is one.
+    pub fn cached_ready(&self, name: &TemplateName) -> Option<Arc<ReadyTemplate>> {
+        self.ready
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Caches a template that became ready (or forgets it with `None`).
+    pub fn cache_ready(&self, name: &TemplateName, ready: Option<ReadyTemplate>) {
+        let mut map = self.ready.write().unwrap_or_else(|p| p.into_inner());
+        match ready {
+            Some(r) => {
+                map.insert(name.clone(), Arc::new(r));
+            }
+            None => {
+                map.remove(name);
+            }
+        }
     }
 
     /// A fresh Reseed generation.

@@ -70,7 +70,8 @@ impl Engine {
     /// Sets (creates or changes) the pool of `template`.
     pub fn set_pool(&self, template: &str, req: SetPool) -> Result<PoolStatus, ApiError> {
         let name = TemplateName::new(template)?;
-        let t = self.ready_template(&name)?;
+        let ready = self.ready_template(&name)?;
+        let t = &ready.template;
         let spec = PoolSpec {
             template: name.clone(),
             min_depth: req.min_depth,
@@ -82,7 +83,7 @@ impl Engine {
         spec.validate()?;
         let config = bucket_config(&spec);
         config.validate()?;
-        let snap = self.snapshot_ref(&t)?;
+        let snap = ready.snapshot.clone();
         self.store
             .write("set pool", Durability::Full, |tx| tx.put(&spec).map(drop))?;
         self.pool.register(t.stack.clone(), snap, config)?;

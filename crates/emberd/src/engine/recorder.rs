@@ -8,11 +8,20 @@
 //! claims). Status changes, renames and destroys are written as they succeed. Writes are
 //! [`Durability::Process`]: they survive a daemon crash, and a power cut takes the VMs anyway.
 //!
+//! Two steps of a sandbox's create are recorded by the engine instead, in the one transaction
+//! that also records the sandbox (one commit per create on the hot path): the pool's rename of
+//! a warm VM to the tenant's id is kept as a *pending rename* ([`Recorded::take_pending_rename`]
+//! — until then the store still names the VM by its pooled id, and a daemon that dies in
+//! between finds it back in its pool), and a restore for a sandbox is made with
+//! [`Recorded::create_unrecorded`] (a daemon that dies before the sandbox is recorded sweeps
+//! the unrecorded VMM).
+//!
 //! A store write that fails after the VM changed is a host fault: a create is undone (the VM is
 //! destroyed) and the error returned; for the other operations the error is returned and the
 //! record is repaired at the next successful write or at recovery (which asks the VMM).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use ember_core::{
     Capabilities, NetworkOverride, Operation, SnapshotId, SnapshotRef, SnapshotRequest, VmError,
@@ -27,6 +36,9 @@ pub struct Recorded {
     provider: Arc<VmmProvider>,
     store: Arc<Store>,
     owner: VmOwner,
+    /// Warm VMs renamed to a tenant's id whose record still has the pooled id: tenant id →
+    /// pooled id (shared by every owner's view).
+    pending: Arc<Mutex<HashMap<VmId, VmId>>>,
 }
 
 fn store_fault(op: Operation, id: &dyn std::fmt::Display, e: ember_store::StoreError) -> VmError {
@@ -40,7 +52,26 @@ impl Recorded {
             provider,
             store,
             owner,
+            pending: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, VmId>> {
+        // A map of ids only: a panicked holder leaves it consistent.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pooled id of a warm VM handed to `tenant` whose rename is not recorded yet; the
+    /// caller records it (removing the pooled id's record) in its own transaction.
+    pub fn take_pending_rename(&self, tenant: &VmId) -> Option<VmId> {
+        self.pending().remove(tenant)
+    }
+
+    /// Creates a VM without recording it: the caller records it
+    /// ([`VmmProvider::vm_record`](ember_runtime::VmmProvider::vm_record)) in its own
+    /// transaction, or destroys it.
+    pub fn create_unrecorded(&self, id: &VmId, spec: &VmSpec) -> Result<VmView, VmError> {
+        self.provider.create_with_spec(id, spec)
     }
 
     /// The same provider and store, creating VMs for another owner.
@@ -91,6 +122,10 @@ impl Recorded {
     }
 
     fn rerecord(&self, id: &VmId, view: VmView) -> Result<VmView, VmError> {
+        if self.pending().contains_key(id) {
+            // Recorded with its new id and status when its sandbox is.
+            return Ok(view);
+        }
         let owner = self.owner_of(id).unwrap_or(self.owner);
         self.record(id, owner)?;
         Ok(view)
@@ -166,9 +201,26 @@ impl VmProvider for Recorded {
         Ok(snap)
     }
 
-    /// A pooled VM renamed to a tenant's id becomes the tenant's (its sandbox's); any other VM
-    /// keeps its owner.
+    /// A pooled VM renamed to a tenant's id becomes the tenant's (its sandbox's): the pool's
+    /// renames are kept pending for the sandbox's transaction (and a rename back, after a failed
+    /// handover, just drops the pending one). Any other VM keeps its owner and the rename is
+    /// recorded now.
     fn rename(&self, from: &VmId, to: &VmId) -> Result<VmView, VmError> {
+        if self.owner == VmOwner::Pool {
+            let view = self.provider.rename(from, to)?;
+            let mut pending = self.pending();
+            match pending.remove(from) {
+                // Back to its pooled id: the store never heard of the tenant's.
+                Some(pooled) if pooled == *to => {}
+                Some(pooled) => {
+                    pending.insert(to.clone(), pooled);
+                }
+                None => {
+                    pending.insert(to.clone(), from.clone());
+                }
+            }
+            return Ok(view);
+        }
         let owner = match self.owner_of(from).unwrap_or(self.owner) {
             VmOwner::Pool => VmOwner::Sandbox,
             other => other,
@@ -185,6 +237,12 @@ impl VmProvider for Recorded {
     }
 
     fn destroy(&self, id: &VmId) -> Result<(), VmError> {
+        // A warm VM destroyed under its tenant's id before its sandbox was recorded: the store
+        // still names it by its pooled id.
+        if let Some(pooled) = self.take_pending_rename(id) {
+            self.provider.destroy(id)?;
+            return self.forget(&pooled);
+        }
         match self.provider.destroy(id) {
             Ok(()) => self.forget(id),
             Err(e @ VmError::NotFound { .. }) => {

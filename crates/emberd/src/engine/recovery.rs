@@ -70,6 +70,18 @@ pub fn recover(engine: &Arc<Engine>) -> Result<RecoveryReport, ApiError> {
     let t0 = Instant::now();
     let mut report = RecoveryReport::default();
     recover_snapshots(engine, &mut report)?;
+    for t in engine.store.list::<Template>()? {
+        if t.record.state == TemplateState::Ready {
+            let snapshot = engine.snapshot_ref(&t.record)?;
+            engine.cache_ready(
+                &t.record.name.clone(),
+                Some(super::ReadyTemplate {
+                    template: t.record,
+                    snapshot,
+                }),
+            );
+        }
+    }
 
     // VMs.
     let records = engine.store.list::<VmRecord>()?;

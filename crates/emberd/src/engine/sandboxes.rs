@@ -3,11 +3,14 @@
 //! paused and resumed in memory, given more time, killed, and ended when their deadline passes
 //! or their VMM dies.
 //!
-//! Every change is recorded before it is acknowledged. A create is recorded `creating` before
-//! its VM exists; if the daemon dies before it is recorded `running`, recovery ends it as
-//! `create_failed` and destroys whatever VM it got (the caller never heard it succeed). A kill
-//! records the sandbox `ended` first and then destroys its VM; recovery destroys a VM whose
-//! sandbox has ended.
+//! Every change is recorded before it is acknowledged, with [`Durability::Process`] (it survives
+//! a daemon crash; a power cut takes the VMs with it anyway). A create is recorded once, when it
+//! has its VM: the sandbox, its VM's record and (for a warm VM) the end of the VM's pooled record
+//! in one transaction — the create's one commit. Until then nothing of it is stored: a daemon
+//! that dies mid-create finds a warm VM back in its pool (its record still has the pooled id)
+//! and sweeps a restored one (no record claims it), and the caller never heard of the sandbox.
+//! A kill records the sandbox `ended` first and then destroys its VM; recovery destroys a VM
+//! whose sandbox has ended.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,15 +19,15 @@ use std::time::{Duration, Instant, SystemTime};
 use ember_agent_proto::AgentClient;
 use ember_core::sandbox::{validate_env, validate_labels, validate_timeout};
 use ember_core::{
-    EndCause, Sandbox, SandboxEnd, SandboxId, SandboxStart, SandboxState, Template, TemplateName,
-    VmId, VmOwner, VmProvider, VmSpec, error_chain,
+    EndCause, Sandbox, SandboxEnd, SandboxId, SandboxStart, SandboxState, TemplateName, VmId,
+    VmOwner, VmProvider, VmRecord, VmSpec, error_chain,
 };
 use ember_pool::{PoolError, Tenant};
 use ember_store::{Cursor, Durability, Page, SandboxFilter, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{AGENT_PORT, AGENT_TIMEOUT, Engine, Live};
+use super::{AGENT_PORT, AGENT_TIMEOUT, Engine, Live, ReadyTemplate};
 use crate::error::ApiError;
 
 /// The time limit a sandbox gets when its create does not say, seconds.
@@ -99,13 +102,15 @@ fn sandbox_id(id: &str) -> Result<SandboxId, ApiError> {
 }
 
 impl Engine {
-    /// Makes a sandbox from a ready template and records it `running`.
+    /// Makes a sandbox from a ready template and records it `running`, with its VM, in one
+    /// transaction: nothing is recorded of a create that fails, and a daemon that dies before
+    /// the commit finds the warm VM back in its pool (or sweeps the restored one).
     pub fn create_sandbox(&self, req: CreateSandbox) -> Result<Sandbox, ApiError> {
         validate_labels(&req.labels)?;
         validate_env(&req.env)?;
         let timeout = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
         validate_timeout("timeout_secs", timeout)?;
-        let template = self.ready_template(&req.template)?;
+        let ready = self.ready_template(&req.template)?;
         if self.live.count() >= self.limits.max_sandboxes {
             return Err(ApiError::unavailable(format!(
                 "this host runs its limit of {} sandboxes; kill one or retry later",
@@ -113,58 +118,56 @@ impl Engine {
             )));
         }
         let id = crate::ids::sandbox_id();
-        let mut sandbox = Sandbox {
+        let vm = vm_id(&id);
+        let created_at = SystemTime::now();
+        let t0 = Instant::now();
+        let obtained = self.obtain_vm(&ready, &id)?;
+        let latency = t0.elapsed();
+        let sandbox = Sandbox {
             id: id.clone(),
-            template: template.name.clone(),
-            stack: template.stack.clone(),
-            state: SandboxState::Creating,
+            template: ready.template.name.clone(),
+            stack: ready.template.stack.clone(),
+            state: SandboxState::Running,
             labels: req.labels,
             env: req.env,
             timeout_secs: Some(timeout),
-            deadline: None,
-            created_at: SystemTime::now(),
-            start: None,
+            deadline: Some(SystemTime::now() + Duration::from_secs(timeout)),
+            created_at,
+            start: Some(SandboxStart {
+                warm: obtained.warm,
+                latency_us: latency.as_micros() as u64,
+            }),
             end: None,
         };
-        self.store
-            .write("sandbox creating", Durability::Process, |tx| {
-                tx.insert(&sandbox).map(drop)
-            })?;
-        let t0 = Instant::now();
-        let obtained = match self.obtain_vm(&template, &id) {
-            Ok(o) => o,
-            Err(e) => {
-                self.create_failed(&id, &e);
-                return Err(e);
-            }
-        };
-        let latency = t0.elapsed();
-        sandbox.state = SandboxState::Running;
-        sandbox.start = Some(SandboxStart {
-            warm: obtained.warm,
-            latency_us: latency.as_micros() as u64,
-        });
-        sandbox.deadline = Some(SystemTime::now() + Duration::from_secs(timeout));
-        let running = self
-            .store
-            .write("sandbox running", Durability::Process, |tx| {
-                tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
-                    s.state = sandbox.state;
-                    s.start = sandbox.start;
-                    s.deadline = sandbox.deadline;
-                    Ok(())
-                })
+        let pooled = self.vms.take_pending_rename(&vm);
+        let recorded = self
+            .provider
+            .vm_record(&vm, VmOwner::Sandbox)
+            .map_err(ApiError::from)
+            .and_then(|record| {
+                self.store
+                    .write("sandbox created", Durability::Process, |tx| {
+                        if let Some(p) = &pooled {
+                            tx.remove::<VmRecord>(p.as_str())?;
+                        }
+                        tx.put(&record)?;
+                        tx.insert(&sandbox).map(drop)
+                    })
+                    .map_err(ApiError::from)
             });
-        let sandbox = match running {
-            Ok(stored) => stored.record,
-            Err(e) => {
-                let err = ApiError::from(e).context("recording the new sandbox");
-                drop(obtained.agent);
-                self.destroy_vm(&vm_id(&id));
-                self.create_failed(&id, &err);
-                return Err(err);
+        if let Err(e) = recorded {
+            drop(obtained.agent);
+            self.validator.forget(&vm);
+            if let Err(d) = self.provider.destroy(&vm) {
+                tracing::error!(%vm, error = %error_chain(&d), "destroying an unrecorded sandbox VM");
             }
-        };
+            if let Some(p) = pooled
+                && let Err(f) = self.vms.forget_dead(&p)
+            {
+                tracing::error!(vm = %p, error = %error_chain(&f), "forgetting a handed-over VM");
+            }
+            return Err(e.context("recording the new sandbox"));
+        }
         self.live
             .insert(id.clone(), Arc::new(Live::new(&sandbox, obtained.agent)));
         self.metrics.sandbox_created(obtained.warm, latency);
@@ -174,12 +177,13 @@ impl Engine {
     }
 
     /// A warm VM from the template's pool if it has one ready, else a restore of its snapshot;
-    /// either way named `id` and reseeded.
-    fn obtain_vm(&self, template: &Template, id: &SandboxId) -> Result<Obtained, ApiError> {
+    /// either way named `id`, reseeded, and not recorded yet.
+    fn obtain_vm(&self, ready: &ReadyTemplate, id: &SandboxId) -> Result<Obtained, ApiError> {
         let vm = vm_id(id);
-        if self.pool.depth(&template.stack).is_some() {
+        let stack = &ready.template.stack;
+        if self.pool.depth(stack).is_some() {
             let tenant = Tenant::new(id.as_str())?;
-            match self.pool.acquire(&template.stack, &tenant) {
+            match self.pool.acquire(stack, &tenant) {
                 Ok(acquired) => {
                     return Ok(Obtained {
                         warm: true,
@@ -191,9 +195,8 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
-        let snap = self.snapshot_ref(template)?;
-        let sandboxes = self.vms.for_owner(VmOwner::Sandbox);
-        sandboxes.create_with_spec(&vm, &VmSpec::restore(snap))?;
+        self.vms
+            .create_unrecorded(&vm, &VmSpec::restore(ready.snapshot.clone()))?;
         let reseeded = self.connect_agent(&vm).and_then(|mut agent| {
             agent
                 .send_reseed_fresh(self.next_generation())
@@ -206,7 +209,9 @@ impl Engine {
                 agent: Some(agent),
             }),
             Err(e) => {
-                self.destroy_vm(&vm);
+                if let Err(d) = self.provider.destroy(&vm) {
+                    tracing::error!(%vm, error = %error_chain(&d), "destroying a VM that failed its reseed");
+                }
                 Err(e.context(format!("reseeding the restored VM {vm}")))
             }
         }
@@ -216,29 +221,6 @@ impl Engine {
     pub fn connect_agent(&self, vm: &VmId) -> Result<AgentClient, ApiError> {
         ember_host::agent::connect(&self.provider, vm, AGENT_PORT, AGENT_TIMEOUT)
             .map_err(ApiError::from)
-    }
-
-    /// Records a create that did not happen as ended, with why.
-    fn create_failed(&self, id: &SandboxId, e: &ApiError) {
-        let message = e.message.clone();
-        let ended = self
-            .store
-            .write("sandbox create failed", Durability::Full, |tx| {
-                tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
-                    s.state = SandboxState::Ended;
-                    s.deadline = None;
-                    s.end = Some(SandboxEnd {
-                        cause: EndCause::CreateFailed,
-                        message,
-                        at: SystemTime::now(),
-                    });
-                    Ok(())
-                })
-            });
-        if let Err(err) = ended {
-            tracing::error!(sandbox = %id, error = %error_chain(&err), "recording a failed create");
-        }
-        self.metrics.sandbox_ended(EndCause::CreateFailed);
     }
 
     /// Destroys a VM through the recording provider, logging a failure (a VM already gone is
@@ -319,18 +301,20 @@ impl Engine {
             // Ended while this call waited for its turn.
             return self.sandbox(id.as_str());
         }
-        let ended = self.store.write("sandbox ended", Durability::Full, |tx| {
-            tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
-                s.state = SandboxState::Ended;
-                s.deadline = None;
-                s.end = Some(SandboxEnd {
-                    cause,
-                    message,
-                    at: SystemTime::now(),
-                });
-                Ok(())
-            })
-        })?;
+        let ended = self
+            .store
+            .write("sandbox ended", Durability::Process, |tx| {
+                tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
+                    s.state = SandboxState::Ended;
+                    s.deadline = None;
+                    s.end = Some(SandboxEnd {
+                        cause,
+                        message,
+                        at: SystemTime::now(),
+                    });
+                    Ok(())
+                })
+            })?;
         self.live.remove(id);
         live.drop_agents();
         self.destroy_vm(&vm_id(id));

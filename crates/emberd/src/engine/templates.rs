@@ -97,6 +97,14 @@ impl Engine {
         match outcome {
             Ok(t) => {
                 tracing::info!(template = %t.name, snapshot = ?t.snapshot, "template ready");
+                let snapshot = self.snapshot_ref(&t)?;
+                self.cache_ready(
+                    &t.name,
+                    Some(super::ReadyTemplate {
+                        template: t.clone(),
+                        snapshot,
+                    }),
+                );
                 Ok(t)
             }
             Err(e) => {
@@ -142,17 +150,21 @@ impl Engine {
             .ok_or_else(|| ApiError::not_found(format!("template {:?} not found", name.as_str())))
     }
 
-    /// A template that is ready to make sandboxes from.
-    pub fn ready_template(&self, name: &TemplateName) -> Result<Template, ApiError> {
-        let t = self.template(name.as_str())?;
-        if t.state != TemplateState::Ready || t.snapshot.is_none() {
-            return Err(ApiError::conflict(format!(
-                "template {:?} is {}, not ready",
-                name.as_str(),
-                t.state.as_str()
-            )));
+    /// A template that is ready to make sandboxes from, with its snapshot (from the cache;
+    /// the store only says why one is not there).
+    pub fn ready_template(
+        &self,
+        name: &TemplateName,
+    ) -> Result<std::sync::Arc<super::ReadyTemplate>, ApiError> {
+        if let Some(r) = self.cached_ready(name) {
+            return Ok(r);
         }
-        Ok(t)
+        let t = self.template(name.as_str())?;
+        Err(ApiError::conflict(format!(
+            "template {:?} is {}, not ready",
+            name.as_str(),
+            t.state.as_str()
+        )))
     }
 
     /// Deletes a template and its snapshot; refused while a pool or a live sandbox uses it.
@@ -173,6 +185,7 @@ impl Engine {
             )),
             other => other.into(),
         })?;
+        self.cache_ready(&t.name, None);
         if let Some(s) = &t.snapshot {
             // The record is gone; files left by a failure here are removed at the next start
             // (a snapshot directory no record claims).

@@ -321,8 +321,26 @@ pub fn send_raw_tolerant(sock: &Path, request: &[u8]) -> ember_test_support::Htt
     let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let _ = s.write_all(request);
+    // Read until the response is complete: headers, then Content-Length bytes (the server may
+    // keep the connection open).
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| buf.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text
         .split_whitespace()

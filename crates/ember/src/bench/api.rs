@@ -1,0 +1,589 @@
+//! `ember bench api`: emberd's HTTP API over its Unix socket, measured from a client as a
+//! platform's code sees it, against a real `emberd` process with a warm pool of the probe
+//! template:
+//!
+//! - create → first exec reply, one at a time and `--concurrency` clients at once (bursts),
+//!   and the API's own cost: the client's latency minus what the daemon measured inside (the
+//!   handoff, `start.latency_us`, and the agent call, the exit event's `duration_us`);
+//! - a restart with `--vms` live sandboxes, graceful (SIGTERM) and `kill -9`: from the new
+//!   process's start to serving again, and to every sandbox answering exec;
+//! - emberd's resident memory idle and per live sandbox.
+//!
+//! Everything it made is removed through the API at the end, and the run proves that no VMM
+//! process and no VM file is left.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ember_core::{TemplateName, TemplateSpec};
+use ember_host::session::leftovers_in;
+use ember_host::ui::Ui;
+use emberd::api::sandboxes::ExecEvent;
+use emberd::client::{Client, ClientError, Endpoint};
+use emberd::engine::guest::ExecRequest;
+use emberd::engine::pools::SetPool;
+use emberd::engine::sandboxes::CreateSandbox;
+use emberd::engine::templates::BuildTemplate;
+
+use super::{BenchError, BenchKind, BenchOptions, BenchReport, Target};
+use crate::stats::Summary;
+
+/// A daemon process under measurement.
+struct Daemon {
+    bin: PathBuf,
+    vmm: PathBuf,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("ember.sock")
+    }
+
+    /// Starts it; returns once `/healthz` answers, with how long that took from the spawn.
+    async fn start(&mut self, client: &Client) -> Result<Duration, BenchError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("emberd.log"))
+            .map_err(|e| failed(format!("opening the daemon's log: {e}")))?;
+        let t0 = Instant::now();
+        let child = Command::new(&self.bin)
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--runtime-dir")
+            .arg(self.dir.join("vms"))
+            .arg("--vmm")
+            .arg(&self.vmm)
+            .args(["--spares", "16", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| failed(format!("starting {}: {e}", self.bin.display())))?;
+        self.child = Some(child);
+        loop {
+            if client.healthz().await.is_ok() {
+                return Ok(t0.elapsed());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let log = std::fs::read_to_string(self.dir.join("emberd.log")).unwrap_or_default();
+                return Err(failed(format!("emberd exited ({status}):\n{log}")));
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                return Err(failed("emberd did not serve within 60 s".into()));
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM (graceful) or SIGKILL, and wait for the exit.
+    fn stop(&mut self, graceful: bool) {
+        if let Some(mut c) = self.child.take() {
+            if graceful {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            } else {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+fn failed(message: String) -> BenchError {
+    BenchError::Failed(message)
+}
+
+fn api_err(what: &'static str) -> impl FnOnce(ClientError) -> BenchError {
+    move |e| failed(format!("{what}: {e}"))
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One create → exec, timed from the client and from inside the daemon.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    create: Duration,
+    create_inside: Duration,
+    exec: Duration,
+    exec_inside: Duration,
+}
+
+impl Sample {
+    fn total(&self) -> Duration {
+        self.create + self.exec
+    }
+    fn api_cost(&self) -> Duration {
+        self.create.saturating_sub(self.create_inside) + self.exec.saturating_sub(self.exec_inside)
+    }
+}
+
+fn echo(words: &[&str]) -> ExecRequest {
+    ExecRequest {
+        argv: std::iter::once("echo")
+            .chain(words.iter().copied())
+            .map(String::from)
+            .collect(),
+        env: Default::default(),
+        cwd: None,
+        stdin: None,
+        stdin_base64: None,
+        timeout_ms: None,
+    }
+}
+
+fn probe() -> TemplateName {
+    // Invariant: a valid constant name.
+    TemplateName::new("probe").unwrap_or_else(|_| unreachable!("valid name"))
+}
+
+async fn create_and_exec(c: &Client) -> Result<(String, Sample), BenchError> {
+    let t0 = Instant::now();
+    let sb = c
+        .create_sandbox(&CreateSandbox {
+            template: probe(),
+            labels: Default::default(),
+            env: Default::default(),
+            timeout_secs: Some(3600),
+        })
+        .await
+        .map_err(api_err("creating a sandbox"))?;
+    let create = t0.elapsed();
+    let id = sb.id.to_string();
+    let t1 = Instant::now();
+    let end = c
+        .exec(&id, &echo(&["hi"]), |_| {})
+        .await
+        .map_err(api_err("the first exec"))?;
+    let exec = t1.elapsed();
+    let ExecEvent::Exit {
+        exit_code: 0,
+        duration_us,
+        ..
+    } = end
+    else {
+        return Err(failed(format!("the first exec ended with {end:?}")));
+    };
+    Ok((
+        id,
+        Sample {
+            create,
+            create_inside: Duration::from_micros(sb.start.map_or(0, |s| s.latency_us)),
+            exec,
+            exec_inside: Duration::from_micros(duration_us),
+        },
+    ))
+}
+
+async fn wait_full(c: &Client, depth: usize) -> Result<(), BenchError> {
+    let t0 = Instant::now();
+    loop {
+        let p = c.pool("probe").await.map_err(api_err("reading the pool"))?;
+        if p.depth >= depth && p.in_flight == 0 {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            return Err(failed(format!("the pool did not refill: {p:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn kill_all(c: &Arc<Client>, ids: Vec<String>) -> Result<(), BenchError> {
+    let tasks: Vec<_> = ids
+        .chunks(16)
+        .map(|chunk| {
+            let (c, chunk) = (Arc::clone(c), chunk.to_vec());
+            tokio::spawn(async move {
+                for id in chunk {
+                    c.kill(&id).await?;
+                }
+                Ok::<_, ClientError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await
+            .map_err(|e| failed(format!("a kill task: {e}")))?
+            .map_err(api_err("killing a sandbox"))?;
+    }
+    Ok(())
+}
+
+/// Every sandbox answers an exec; returns when the last one did.
+async fn all_answer(c: &Arc<Client>, ids: &[String]) -> Result<(), BenchError> {
+    let tasks: Vec<_> = ids
+        .chunks(ids.len().div_ceil(16).max(1))
+        .map(|chunk| {
+            let (c, chunk) = (Arc::clone(c), chunk.to_vec());
+            tokio::spawn(async move {
+                for id in chunk {
+                    match c.exec(&id, &echo(&["back"]), |_| {}).await? {
+                        ExecEvent::Exit { exit_code: 0, .. } => {}
+                        other => {
+                            return Err(ClientError::Unexpected(format!("{id}: {other:?}")));
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await
+            .map_err(|e| failed(format!("an exec task: {e}")))?
+            .map_err(api_err("exec after the restart"))?;
+    }
+    Ok(())
+}
+
+fn rows(prefix: &str, samples: &[Sample]) -> Vec<Summary> {
+    let col = |f: fn(&Sample) -> Duration| samples.iter().map(f).collect::<Vec<_>>();
+    [
+        ("create (POST /v1/sandboxes)", col(|s| s.create)),
+        (
+            "  of which inside emberd (handoff)",
+            col(|s| s.create_inside),
+        ),
+        ("first exec (POST .../exec)", col(|s| s.exec)),
+        (
+            "  of which inside emberd (agent call)",
+            col(|s| s.exec_inside),
+        ),
+        ("create -> first exec reply", col(Sample::total)),
+        (
+            "API's own cost (client minus inside)",
+            col(Sample::api_cost),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| Summary::of(format!("{prefix}{name}"), &v))
+    .collect()
+}
+
+fn p50_ms(s: &[Summary], name_part: &str) -> f64 {
+    s.iter()
+        .find(|r| r.name.contains(name_part))
+        .map_or(f64::NAN, |r| r.p50_us / 1e3)
+}
+
+fn p99_ms(s: &[Summary], name_part: &str) -> f64 {
+    s.iter()
+        .find(|r| r.name.contains(name_part))
+        .map_or(f64::NAN, |r| r.p99_us / 1e3)
+}
+
+/// Runs the benchmark (see the module docs).
+pub async fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchError> {
+    opts.validate()?;
+    let bin = ember_host::host::emberd_binary(|| ui.stage("building emberd (first run)", None))
+        .map_err(|e| failed(e.to_string()))?;
+    let dir = opts
+        .workdir
+        .join(format!("emberd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| failed(format!("creating {}: {e}", dir.display())))?;
+    let mut daemon = Daemon {
+        bin,
+        vmm: opts.vmm.clone(),
+        dir: dir.clone(),
+        child: None,
+    };
+    let client = Arc::new(Client::new(Endpoint::Unix(daemon.socket())));
+    let result = measure(&mut daemon, &client, opts, ui).await;
+    daemon.stop(true);
+    let left = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || leftovers_in(&dir, &dir.join("vms")))
+            .await
+            .unwrap_or_default()
+    };
+    for pid in &left.processes {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut report = result?;
+    report.targets.push(Target {
+        name: "left behind after the run".into(),
+        target: "0 VMM processes, 0 files".into(),
+        measured: format!(
+            "{} processes, {} files",
+            left.processes.len(),
+            left.files.len()
+        ),
+        met: left.is_clean(),
+    });
+    if !left.is_clean() {
+        return Err(BenchError::Leaked(left));
+    }
+    report.leftovers = left;
+    Ok(report)
+}
+
+async fn measure(
+    daemon: &mut Daemon,
+    c: &Arc<Client>,
+    opts: &BenchOptions,
+    ui: &dyn Ui,
+) -> Result<BenchReport, BenchError> {
+    let mut report = BenchReport::new(BenchKind::Api);
+    let depth = opts.concurrency;
+    ui.stage("starting emberd", None);
+    daemon.start(c).await?;
+    ui.finish(&format!("serving on {}", daemon.socket().display()));
+    ui.stage(
+        "building the probe template and its warm pool",
+        Some(depth as u64),
+    );
+    c.build_template(&BuildTemplate {
+        name: probe(),
+        spec: TemplateSpec::probe(),
+    })
+    .await
+    .map_err(api_err("building the template"))?;
+    c.set_pool(
+        "probe",
+        &SetPool {
+            min_depth: depth as u32,
+            max_depth: None,
+            pooled: opts.pooled,
+            max_age_secs: None,
+            refill_parallelism: Some(8),
+        },
+    )
+    .await
+    .map_err(api_err("setting the pool"))?;
+    wait_full(c, depth).await?;
+    ui.finish(&format!("{depth} warm VMs"));
+    let pid = daemon.pid().unwrap_or(0);
+    // Idle: a full pool, no sandbox, a moment after the last request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_idle = rss_kib(pid);
+
+    // One at a time.
+    let n_seq = opts.iterations.clamp(1, 100);
+    ui.stage("create -> exec, one at a time", Some(n_seq as u64));
+    let mut seq = Vec::new();
+    for i in 0..n_seq {
+        let (id, s) = create_and_exec(c).await?;
+        seq.push(s);
+        c.kill(&id).await.map_err(api_err("killing"))?;
+        wait_full(c, depth).await?;
+        ui.progress(i as u64 + 1);
+    }
+    ui.finish("done");
+
+    // Bursts of `concurrency` clients at once.
+    let rounds = opts
+        .iterations
+        .div_ceil(opts.concurrency)
+        .clamp(1, 20)
+        .max(3);
+    ui.stage(
+        &format!(
+            "{rounds} bursts of {} creates -> exec at once",
+            opts.concurrency
+        ),
+        Some(rounds as u64),
+    );
+    let mut burst = Vec::new();
+    for r in 0..rounds {
+        wait_full(c, depth).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let barrier = Arc::new(tokio::sync::Barrier::new(opts.concurrency));
+        let tasks: Vec<_> = (0..opts.concurrency)
+            .map(|_| {
+                let (c, barrier) = (Arc::clone(c), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    create_and_exec(&c).await
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            let (id, s) = t
+                .await
+                .map_err(|e| failed(format!("a burst task: {e}")))??;
+            ids.push(id);
+            burst.push(s);
+        }
+        kill_all(c, ids).await?;
+        ui.progress(r as u64 + 1);
+    }
+    ui.finish(&format!("{} creates", burst.len()));
+    report.latencies.extend(rows("one at a time: ", &seq));
+    report
+        .latencies
+        .extend(rows(&format!("{} at once: ", opts.concurrency), &burst));
+
+    // Many live sandboxes, memory, restarts.
+    let n = opts.vms;
+    wait_full(c, depth).await?;
+    ui.stage(&format!("creating {n} live sandboxes"), Some(n as u64));
+    let mut ids = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(8) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|_| {
+                let c = Arc::clone(c);
+                tokio::spawn(async move {
+                    c.create_sandbox(&CreateSandbox {
+                        template: probe(),
+                        labels: Default::default(),
+                        env: Default::default(),
+                        timeout_secs: Some(3600),
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            let sb = t
+                .await
+                .map_err(|e| failed(format!("a create task: {e}")))?
+                .map_err(api_err("creating a live sandbox"))?;
+            ids.push(sb.id.to_string());
+        }
+        ui.progress(ids.len() as u64);
+    }
+    all_answer(c, &ids).await?;
+    wait_full(c, depth).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_live = rss_kib(pid);
+    ui.finish(&format!("{n} sandboxes running"));
+
+    let mut restarts = serde_json::Map::new();
+    let mut worst_serving = Duration::ZERO;
+    let mut all_adopted = true;
+    for (name, graceful) in [("sigterm", true), ("kill9", false)] {
+        ui.stage(
+            &format!("restarting emberd ({name}) under {n} sandboxes"),
+            None,
+        );
+        daemon.stop(graceful);
+        let t0 = Instant::now();
+        let serving = daemon.start(c).await?;
+        all_answer(c, &ids).await?;
+        let answered = t0.elapsed();
+        let info = c.info().await.map_err(api_err("reading /v1/info"))?;
+        let adopted = info.capacity.sandboxes_running;
+        all_adopted &= adopted == n;
+        worst_serving = worst_serving.max(serving);
+        restarts.insert(
+            name.into(),
+            serde_json::json!({
+                "serving_ms": serving.as_secs_f64() * 1e3,
+                "all_answered_exec_ms": answered.as_secs_f64() * 1e3,
+                "sandboxes_adopted": adopted,
+            }),
+        );
+        ui.finish(&format!(
+            "serving after {:.0} ms, all {n} answered after {:.0} ms, {adopted} adopted",
+            serving.as_secs_f64() * 1e3,
+            answered.as_secs_f64() * 1e3
+        ));
+    }
+    let pid = daemon.pid().unwrap_or(0);
+
+    ui.stage("removing everything through the API", None);
+    kill_all(c, ids).await?;
+    c.delete_pool("probe")
+        .await
+        .map_err(api_err("deleting the pool"))?;
+    c.delete_template("probe")
+        .await
+        .map_err(api_err("deleting the template"))?;
+    ui.finish("done");
+
+    let per_sandbox_kib = rss_live.saturating_sub(rss_idle) as f64 / n as f64;
+    report.figure("concurrency", opts.concurrency);
+    report.figure("pooled", opts.pooled);
+    report.figure("live_sandboxes", n);
+    report.figure("emberd_rss_idle_kib", rss_idle);
+    report.figure(&format!("emberd_rss_with_{n}_sandboxes_kib"), rss_live);
+    report.figure("emberd_rss_per_sandbox_kib", per_sandbox_kib);
+    report.figure("emberd_rss_after_restart_kib", rss_kib(pid));
+    report.figure("restart", restarts);
+    let burst_name = format!("{} at once: ", opts.concurrency);
+    let l = &report.latencies;
+    let targets = vec![
+        Target::at_most(
+            &format!("{burst_name}create -> first exec reply p50"),
+            1.5,
+            p50_ms(l, &format!("{burst_name}create -> first")),
+            "ms",
+        ),
+        Target::at_most(
+            &format!("{burst_name}create -> first exec reply p99"),
+            10.0,
+            p99_ms(l, &format!("{burst_name}create -> first")),
+            "ms",
+        ),
+        Target::at_most(
+            "one at a time: the API's own cost p50",
+            0.3,
+            p50_ms(l, "one at a time: API's own cost"),
+            "ms",
+        ),
+        Target::at_most(
+            &format!("{burst_name}the API's own cost p50"),
+            0.3,
+            p50_ms(l, &format!("{burst_name}API's own cost")),
+            "ms",
+        ),
+        Target::at_most(
+            &format!("restart with {n} live sandboxes: serving again"),
+            1000.0,
+            worst_serving.as_secs_f64() * 1e3,
+            "ms",
+        ),
+        Target {
+            name: format!("restart with {n} live sandboxes: all re-adopted"),
+            target: format!("{n} of {n}"),
+            measured: if all_adopted {
+                format!("{n} of {n}")
+            } else {
+                "fewer".into()
+            },
+            met: all_adopted,
+        },
+        Target::at_most("emberd idle RSS", 30.0 * 1024.0, rss_idle as f64, "KiB"),
+        Target::at_most("emberd RSS per live sandbox", 16.0, per_sandbox_kib, "KiB"),
+    ];
+    report.targets.extend(targets);
+    Ok(report)
+}
