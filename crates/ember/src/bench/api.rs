@@ -45,10 +45,13 @@ impl Daemon {
 
     /// Starts it; returns once `/healthz` answers, with how long that took from the spawn.
     async fn start(&mut self, client: &Client) -> Result<Duration, BenchError> {
+        // $EMBER_BENCH_LOG keeps the daemon's log past the run (the run's directory goes).
+        let log_path = std::env::var_os("EMBER_BENCH_LOG")
+            .map_or_else(|| self.dir.join("emberd.log"), PathBuf::from);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("emberd.log"))
+            .open(&log_path)
             .map_err(|e| failed(format!("opening the daemon's log: {e}")))?;
         let t0 = Instant::now();
         let child = Command::new(&self.bin)
@@ -303,6 +306,52 @@ fn p99_ms(s: &[Summary], name_part: &str) -> f64 {
         .map_or(f64::NAN, |r| r.p99_us / 1e3)
 }
 
+/// CPU time a process has used (user + system, its exited threads included), ms.
+fn cpu_ms(pid: u32) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit(')').next()?.split_whitespace().collect::<Vec<_>>();
+            // Fields after the command: state is index 0, utime 11, stime 12.
+            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    ticks as f64 * 1e3 / hz
+}
+
+/// Sum and count of `ember_http_request_duration_seconds` for `method route` in a scrape.
+fn server_time(metrics: &str, method: &str, route: &str) -> (f64, f64) {
+    let labels = format!("{{method=\"{method}\",route=\"{route}\"}}");
+    let read = |suffix: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "ember_http_request_duration_seconds_{suffix}{labels}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (read("sum"), read("count"))
+}
+
+/// Mean server-side time of `method route` between two scrapes, µs.
+fn mean_server_us(before: &str, after: &str, method: &str, route: &str) -> f64 {
+    let (s0, c0) = server_time(before, method, route);
+    let (s1, c1) = server_time(after, method, route);
+    if c1 > c0 {
+        (s1 - s0) / (c1 - c0) * 1e6
+    } else {
+        f64::NAN
+    }
+}
+
 /// Runs the benchmark (see the module docs).
 pub async fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchError> {
     opts.validate()?;
@@ -420,6 +469,9 @@ async fn measure(
         Some(rounds as u64),
     );
     let mut burst = Vec::new();
+    let scrape_before = c.metrics().await.map_err(api_err("reading /metrics"))?;
+    let daemon_pid = daemon.pid().unwrap_or(0);
+    let cpu_before = (cpu_ms(daemon_pid), cpu_ms(std::process::id()));
     for r in 0..rounds {
         wait_full(c, depth).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -444,6 +496,23 @@ async fn measure(
         kill_all(c, ids).await?;
         ui.progress(r as u64 + 1);
     }
+    let scrape_after = c.metrics().await.map_err(api_err("reading /metrics"))?;
+    let cycles = burst.len().max(1) as f64;
+    report.figure(
+        "burst_cpu_per_cycle_ms",
+        serde_json::json!({
+            "emberd": (cpu_ms(daemon_pid) - cpu_before.0) / cycles,
+            "client": (cpu_ms(std::process::id()) - cpu_before.1) / cycles,
+            "note": "create + exec + kill + the pool's refill, per cycle; VMM processes not included",
+        }),
+    );
+    report.figure(
+        "burst_server_side_mean_us",
+        serde_json::json!({
+            "create": mean_server_us(&scrape_before, &scrape_after, "POST", "/v1/sandboxes"),
+            "exec": mean_server_us(&scrape_before, &scrape_after, "POST", "/v1/sandboxes/{id}/exec"),
+        }),
+    );
     ui.finish(&format!("{} creates", burst.len()));
     report.latencies.extend(rows("one at a time: ", &seq));
     report
