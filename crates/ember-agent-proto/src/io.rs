@@ -83,6 +83,16 @@ impl FrameReader {
         self.buf.len()
     }
 
+    /// Frees the buffer if it holds no bytes (an idle connection then costs no buffer; the
+    /// next read allocates one again).
+    pub fn release_idle(&mut self) {
+        if self.start == self.end {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
     /// Adds bytes that were read off the stream by someone else (e.g. after a handshake line).
     pub fn prime(&mut self, bytes: &[u8]) {
         self.compact();

@@ -540,6 +540,11 @@ pub struct LsArgs {
 
 /// `ember ls`.
 pub async fn ls(client: &Client, out: &mut Out<'_>, args: LsArgs) -> Result<(), RemoteError> {
+    if args.limit == 0 {
+        return Err(RemoteError::Usage(
+            "--limit 0 lists nothing; give at least 1".into(),
+        ));
+    }
     let mut q: Vec<(&str, String)> = Vec::new();
     let states: Vec<String> = if !args.states.is_empty() {
         args.states.iter().map(|s| s.to_string()).collect()

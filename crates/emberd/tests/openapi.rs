@@ -52,3 +52,34 @@ fn the_daemon_serves_it() {
         serde_json::from_str(include_str!("../openapi.json")).unwrap();
     assert_eq!(served, committed);
 }
+
+/// The systemd unit in `deploy/` starts emberd with flags it accepts, keeps the VMMs alive
+/// across a restart (KillMode=process) and keeps the runtime directory.
+#[test]
+fn the_systemd_unit_runs_emberd_with_flags_it_accepts() {
+    let unit = include_str!("../../../deploy/emberd.service");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/emberd"));
+    let args: Vec<&str> = words.collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberd"))
+        .args(&args)
+        .arg("--print-openapi")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "emberd refuses the unit's flags: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "KillMode=process",
+        "RuntimeDirectoryPreserve=yes",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit sets {line}");
+    }
+}

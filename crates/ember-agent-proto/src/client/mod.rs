@@ -171,6 +171,15 @@ impl AgentClient {
         self.call_timeout = timeout;
     }
 
+    /// Frees the connection's buffers while no call is under way and no reply is pending, so
+    /// a connection kept idle for later calls holds no buffer memory.
+    pub fn release_buffers(&mut self) {
+        if self.pending.is_none() {
+            self.reader.release_idle();
+            self.out = Vec::new();
+        }
+    }
+
     /// Why the connection is unusable, if it is.
     pub fn poisoned(&self) -> Option<&str> {
         self.poisoned.as_deref()

@@ -7,7 +7,10 @@
 //!   handoff, `start.latency_us`, and the agent call, the exit event's `duration_us`);
 //! - a restart with `--vms` live sandboxes, graceful (SIGTERM) and `kill -9`: from the new
 //!   process's start to serving again, and to every sandbox answering exec;
-//! - emberd's resident memory idle and per live sandbox.
+//! - emberd's resident memory: idle (a fresh daemon with a full pool) and per live sandbox (a
+//!   fresh daemon holding `--vms` sandboxes, each called once, against the idle figure — both
+//!   after a restart, so memory the allocator kept from the bursts does not count; that
+//!   high-water figure is reported too).
 //!
 //! Everything it made is removed through the API at the end, and the run proves that no VMM
 //! process and no VM file is left.
@@ -437,10 +440,13 @@ async fn measure(
     .map_err(api_err("setting the pool"))?;
     wait_full(c, depth).await?;
     ui.finish(&format!("{depth} warm VMs"));
-    let pid = daemon.pid().unwrap_or(0);
-    // Idle: a full pool, no sandbox, a moment after the last request.
+    // Idle: a freshly started daemon with a full pool and no sandbox (restarted, so what the
+    // build left in the allocator does not count), a moment after the last request.
+    daemon.stop(true);
+    daemon.start(c).await?;
+    wait_full(c, depth).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_idle = rss_kib(pid);
+    let rss_idle = rss_kib(daemon.pid().unwrap_or(0));
 
     // One at a time.
     let n_seq = opts.iterations.clamp(1, 100);
@@ -552,10 +558,11 @@ async fn measure(
     all_answer(c, &ids).await?;
     wait_full(c, depth).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_live = rss_kib(pid);
+    let rss_live = rss_kib(daemon.pid().unwrap_or(0));
     ui.finish(&format!("{n} sandboxes running"));
 
     let mut restarts = serde_json::Map::new();
+    let mut rss_steady = 0;
     let mut worst_serving = Duration::ZERO;
     let mut all_adopted = true;
     for (name, graceful) in [("sigterm", true), ("kill9", false)] {
@@ -570,6 +577,11 @@ async fn measure(
         let answered = t0.elapsed();
         let info = c.info().await.map_err(api_err("reading /v1/info"))?;
         let adopted = info.capacity.sandboxes_running;
+        if graceful {
+            // Steady state: a fresh daemon holding `n` sandboxes, each called once.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            rss_steady = rss_kib(daemon.pid().unwrap_or(0));
+        }
         all_adopted &= adopted == n;
         worst_serving = worst_serving.max(serving);
         restarts.insert(
@@ -586,7 +598,6 @@ async fn measure(
             answered.as_secs_f64() * 1e3
         ));
     }
-    let pid = daemon.pid().unwrap_or(0);
 
     ui.stage("removing everything through the API", None);
     kill_all(c, ids).await?;
@@ -598,14 +609,17 @@ async fn measure(
         .map_err(api_err("deleting the template"))?;
     ui.finish("done");
 
-    let per_sandbox_kib = rss_live.saturating_sub(rss_idle) as f64 / n as f64;
+    let per_sandbox_kib = rss_steady.saturating_sub(rss_idle) as f64 / n as f64;
     report.figure("concurrency", opts.concurrency);
     report.figure("pooled", opts.pooled);
     report.figure("live_sandboxes", n);
     report.figure("emberd_rss_idle_kib", rss_idle);
-    report.figure(&format!("emberd_rss_with_{n}_sandboxes_kib"), rss_live);
+    report.figure(&format!("emberd_rss_with_{n}_sandboxes_kib"), rss_steady);
     report.figure("emberd_rss_per_sandbox_kib", per_sandbox_kib);
-    report.figure("emberd_rss_after_restart_kib", rss_kib(pid));
+    report.figure(
+        &format!("emberd_rss_with_{n}_sandboxes_after_the_bursts_kib"),
+        rss_live,
+    );
     report.figure("restart", restarts);
     let burst_name = format!("{} at once: ", opts.concurrency);
     let l = &report.latencies;

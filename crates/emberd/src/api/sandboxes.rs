@@ -294,11 +294,12 @@ pub async fn get_file(
     Ok(([(CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
-/// Pauses a running sandbox's vCPUs (memory stays; exec is refused until it resumes).
+/// Pauses a running sandbox's vCPUs (memory stays; exec is refused until it resumes). Pausing
+/// a paused sandbox changes nothing.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/pause", tag = "sandboxes",
     params(("id" = String, Path, description = "The sandbox's id")),
     responses((status = 200, body = Sandbox), (status = 404, body = ErrorBody),
-        (status = 409, description = "Not running", body = ErrorBody)))]
+        (status = 409, description = "Ended", body = ErrorBody)))]
 pub async fn pause(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -307,11 +308,11 @@ pub async fn pause(
     Ok(Json(blocking(move || e.pause_sandbox(&id)).await?))
 }
 
-/// Resumes a paused sandbox.
+/// Resumes a paused sandbox. Resuming a running sandbox changes nothing.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/resume", tag = "sandboxes",
     params(("id" = String, Path, description = "The sandbox's id")),
     responses((status = 200, body = Sandbox), (status = 404, body = ErrorBody),
-        (status = 409, description = "Not paused", body = ErrorBody)))]
+        (status = 409, description = "Ended", body = ErrorBody)))]
 pub async fn resume(
     State(s): State<AppState>,
     Path(id): Path<String>,

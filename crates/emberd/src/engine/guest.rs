@@ -178,12 +178,14 @@ impl Engine {
             .with_stdin(&c.stdin)
             .with_timeout_ms(c.timeout_ms);
         let t0 = Instant::now();
-        let output = self.with_agent(id, |agent| {
-            agent.set_call_timeout(Duration::from_millis(u64::from(c.timeout_ms)) + EXEC_GRACE);
-            let out = agent.exec(&exec);
-            agent.set_call_timeout(AGENT_TIMEOUT);
-            out
-        })?;
+        let output = self
+            .with_agent(id, |agent| {
+                agent.set_call_timeout(Duration::from_millis(u64::from(c.timeout_ms)) + EXEC_GRACE);
+                let out = agent.exec(&exec);
+                agent.set_call_timeout(AGENT_TIMEOUT);
+                out
+            })
+            .map_err(|e| e.context(format!("running {:?}", c.argv[0])))?;
         Ok(ExecDone {
             output,
             duration: t0.elapsed(),

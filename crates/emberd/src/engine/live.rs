@@ -72,11 +72,13 @@ impl Live {
         lock(&self.agents).pop()
     }
 
-    /// Keeps a connection that is still good for the next call.
-    pub fn put_agent(&self, agent: AgentClient) {
+    /// Keeps a connection that is still good for the next call (without its buffers: an idle
+    /// sandbox should cost the daemon next to nothing).
+    pub fn put_agent(&self, mut agent: AgentClient) {
         if agent.poisoned().is_some() {
             return;
         }
+        agent.release_buffers();
         let mut agents = lock(&self.agents);
         if agents.len() < MAX_IDLE_AGENTS {
             agents.push(agent);

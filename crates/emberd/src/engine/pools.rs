@@ -70,6 +70,12 @@ impl Engine {
     /// Sets (creates or changes) the pool of `template`.
     pub fn set_pool(&self, template: &str, req: SetPool) -> Result<PoolStatus, ApiError> {
         let name = TemplateName::new(template)?;
+        if req.min_depth == 0 && req.max_depth.is_none() {
+            return Err(ApiError::invalid(
+                "min_depth: 0 without max_depth is a pool of nothing; give max_depth, or a \
+                 min_depth of at least 1 (delete the pool to remove it)",
+            ));
+        }
         let ready = self.ready_template(&name)?;
         let t = &ready.template;
         let spec = PoolSpec {
