@@ -1,5 +1,6 @@
-//! One stack's bucket: its template, ready entries, spawns in flight, backoff state and demand
-//! estimate. Pure bookkeeping under the pool's lock — nothing here calls the provider.
+//! One stack's bucket: its template, ready entries, spawns in flight, backoff state, demand
+//! estimate and a handle on the stack's counters. Pure bookkeeping under the pool's lock —
+//! nothing here calls the provider.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use ember_core::{SnapshotRef, StackKey, VmId, VmStatus, VmView};
 
 use crate::config::{BucketConfig, PoolSettings};
-use crate::metrics::StackMetrics;
+use crate::metrics::{StackCounters, StackMetrics};
 
 /// A ready, validated VM waiting to be handed over.
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub(crate) struct Entry {
     pub view: VmView,
     /// When it entered the bucket.
     pub ready_at: Instant,
+    /// Its stack's counters (its eviction or handover is counted there, bucket or not).
+    pub counters: Arc<StackCounters>,
 }
 
 /// Spawn failure streak and the backoff it implies.
@@ -50,11 +53,19 @@ pub(crate) struct Bucket {
     pub waiters: usize,
     pub backoff: Backoff,
     pub demand: Demand,
+    /// The stack's counters, shared with its entries and spawns (and kept by the pool's
+    /// `Counters` after the bucket is gone).
+    pub counters: Arc<StackCounters>,
     next_seed: u64,
 }
 
 impl Bucket {
-    pub fn new(key: StackKey, template: SnapshotRef, config: BucketConfig) -> Self {
+    pub fn new(
+        key: StackKey,
+        template: SnapshotRef,
+        config: BucketConfig,
+        counters: Arc<StackCounters>,
+    ) -> Self {
         Self {
             key,
             template: Arc::new(template),
@@ -64,6 +75,7 @@ impl Bucket {
             waiters: 0,
             backoff: Backoff::default(),
             demand: Demand::default(),
+            counters,
             next_seed: 0,
         }
     }
@@ -191,6 +203,7 @@ impl Bucket {
             consecutive_failures: self.backoff.consecutive_failures,
             failing,
             last_error: self.backoff.last_error.clone(),
+            counts: self.counters.read(),
         }
     }
 }
@@ -214,7 +227,7 @@ mod tests {
             "/s".into(),
             "/m".into(),
         );
-        Bucket::new(key, snap, config)
+        Bucket::new(key, snap, config, Arc::default())
     }
 
     #[test]
@@ -309,10 +322,12 @@ mod tests {
         b.entries.push_back(Entry {
             view: view("old"),
             ready_at: t0,
+            counters: Arc::clone(&b.counters),
         });
         b.entries.push_back(Entry {
             view: view("new"),
             ready_at: t0 + Duration::from_secs(5),
+            counters: Arc::clone(&b.counters),
         });
         assert_eq!(b.next_expiry(), Some(t0 + Duration::from_secs(10)));
         let old = b.take_expired(t0 + Duration::from_secs(11));

@@ -13,7 +13,8 @@
 //!   reasons are logged and counted per reason.
 //! - Metrics ([`PoolMetrics`], [`PoolCollector`] for prometheus-client): created, acquired,
 //!   evicted by cause, refill runs, validation failures, provider errors, depth per stack,
-//!   acquire and spawn latency histograms.
+//!   restores, handovers and evictions by cause per stack ([`StackCounts`], kept after a stack
+//!   is unregistered), acquire and spawn latency histograms.
 //! - Optional adaptive depth ([`AdaptiveDepth`]): the target follows an EWMA of the acquire rate
 //!   times the refill latency, clamped to `[min_depth, max_depth]`.
 //! - `shutdown` and `Drop` share one path and count what they evict.
@@ -32,6 +33,8 @@ pub mod validator;
 
 pub use config::{AdaptiveDepth, BucketConfig, PoolSettings};
 pub use error::PoolError;
-pub use metrics::{EvictionCause, HistogramSnapshot, PoolCollector, PoolMetrics, StackMetrics};
+pub use metrics::{
+    EvictionCause, HistogramSnapshot, PoolCollector, PoolMetrics, StackCounts, StackMetrics,
+};
 pub use pool::{AcquiredVm, Tenant, WarmPool};
 pub use validator::{AliveValidator, EntryValidator, Phase, ValidationResult};

@@ -1,12 +1,22 @@
-//! The pool's metrics: counters, per-stack gauges and latency histograms, kept in atomics and
-//! read out as a [`PoolMetrics`] struct or encoded for Prometheus by [`PoolCollector`].
+//! The pool's metrics: counters, per-stack gauges, per-stack counters and latency histograms,
+//! kept in atomics and read out as a [`PoolMetrics`] struct or encoded for Prometheus by
+//! [`PoolCollector`].
 //!
 //! One source of truth: the struct and the Prometheus text are two views of the same counters.
+//!
+//! Per stack (keyed by the [`StackKey`](ember_core::StackKey)'s display form, the `stack` label)
+//! the pool counts restores, handovers and evictions by cause ([`StackCounts`]). Every place that
+//! counts one of them pool-wide counts it for its stack in the same call, so the per-stack
+//! counters sum to the pool-wide ones. They are monotonic and outlive the stack's bucket: a
+//! registered stack's counts are in [`StackMetrics::counts`], an unregistered one's in
+//! [`PoolMetrics::unregistered_stacks`], and a stack registered again continues from where it
+//! was. The set of stacks is bounded by the templates a host registers, so they are never
+//! dropped.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -14,6 +24,8 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+
+use ember_core::StackKey;
 
 /// Most distinct validation-failure reasons counted separately; later ones count as `"other"`.
 pub const MAX_REASONS: usize = 32;
@@ -154,7 +166,31 @@ impl HistogramSnapshot {
     }
 }
 
-/// Per-stack state read out.
+/// One stack's monotonic counters read out. They survive the stack's unregistration (see
+/// [`PoolMetrics::unregistered_stacks`]) and never go down.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackCounts {
+    /// Entries of this stack restored by refills.
+    pub restored_total: u64,
+    /// Entries of this stack handed to tenants.
+    pub acquired_total: u64,
+    /// Entries of this stack evicted, by cause (every cause, zeros included).
+    pub evicted: BTreeMap<EvictionCause, u64>,
+}
+
+impl StackCounts {
+    /// Sum of this stack's evictions over all causes.
+    pub fn evicted_total(&self) -> u64 {
+        self.evicted.values().sum()
+    }
+
+    /// This stack's evictions of one cause.
+    pub fn evicted_by(&self, cause: EvictionCause) -> u64 {
+        self.evicted.get(&cause).copied().unwrap_or(0)
+    }
+}
+
+/// Per-stack state read out: gauges of the stack's bucket and the stack's counters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StackMetrics {
     /// Ready entries.
@@ -169,6 +205,9 @@ pub struct StackMetrics {
     pub failing: bool,
     /// The last refill error, while failing.
     pub last_error: Option<String>,
+    /// Restores, handovers and evictions of this stack, since the pool started (including
+    /// before an earlier unregistration of the same stack).
+    pub counts: StackCounts,
 }
 
 /// Everything the pool counts, read out at one moment.
@@ -192,6 +231,9 @@ pub struct PoolMetrics {
     pub destroy_failures_total: u64,
     /// Per registered stack (keyed by its display form).
     pub stacks: BTreeMap<String, StackMetrics>,
+    /// The counts of stacks registered once but not now (keyed like `stacks`); a stack is in
+    /// `stacks` or here, never both.
+    pub unregistered_stacks: BTreeMap<String, StackCounts>,
     /// Acquire call latency (successful acquires).
     pub acquire_latency: HistogramSnapshot,
     /// Spawn latency (restore through validation).
@@ -208,14 +250,63 @@ impl PoolMetrics {
     pub fn evicted_by(&self, cause: EvictionCause) -> u64 {
         self.evicted.get(&cause).copied().unwrap_or(0)
     }
+
+    /// The counts of `stack` (its display form), registered or not.
+    pub fn stack_counts(&self, stack: &str) -> Option<&StackCounts> {
+        self.stacks
+            .get(stack)
+            .map(|s| &s.counts)
+            .or_else(|| self.unregistered_stacks.get(stack))
+    }
+
+    /// The counts of every stack ever registered, by display form.
+    pub fn all_stack_counts(&self) -> BTreeMap<&str, &StackCounts> {
+        let registered = self.stacks.iter().map(|(k, s)| (k.as_str(), &s.counts));
+        let unregistered = self
+            .unregistered_stacks
+            .iter()
+            .map(|(k, c)| (k.as_str(), c));
+        registered.chain(unregistered).collect()
+    }
 }
 
-/// The pool's counters (everything but the per-stack state, which lives with the buckets).
+fn read_causes(evicted: &[AtomicU64; 7]) -> BTreeMap<EvictionCause, u64> {
+    EvictionCause::ALL
+        .iter()
+        .map(|c| (*c, evicted[c.index()].load(Ordering::Relaxed)))
+        .collect()
+}
+
+/// One stack's counters, shared by its bucket, its entries and its spawns under way (so an
+/// eviction is counted for its stack even after the bucket is gone), and kept in
+/// [`Counters`]' registry for good. Counted only through [`Counters`], which counts pool-wide in
+/// the same call.
+#[derive(Debug, Default)]
+pub(crate) struct StackCounters {
+    restored: AtomicU64,
+    acquired: AtomicU64,
+    evicted: [AtomicU64; 7],
+}
+
+impl StackCounters {
+    pub(crate) fn read(&self) -> StackCounts {
+        StackCounts {
+            restored_total: self.restored.load(Ordering::Relaxed),
+            acquired_total: self.acquired.load(Ordering::Relaxed),
+            evicted: read_causes(&self.evicted),
+        }
+    }
+}
+
+/// The pool's counters (everything but the per-stack gauges, which live with the buckets).
 #[derive(Debug)]
 pub(crate) struct Counters {
-    pub created: AtomicU64,
-    pub acquired: AtomicU64,
+    created: AtomicU64,
+    acquired: AtomicU64,
     evicted: [AtomicU64; 7],
+    /// Every stack ever registered, by display form: never removed (bounded by the templates a
+    /// host has), so its counts survive unregistration and continue on re-registration.
+    stacks: Mutex<BTreeMap<String, Arc<StackCounters>>>,
     pub refill_runs: AtomicU64,
     pub validation_failures: AtomicU64,
     reasons: Mutex<BTreeMap<String, u64>>,
@@ -231,6 +322,7 @@ impl Counters {
             created: AtomicU64::new(0),
             acquired: AtomicU64::new(0),
             evicted: Default::default(),
+            stacks: Mutex::new(BTreeMap::new()),
             refill_runs: AtomicU64::new(0),
             validation_failures: AtomicU64::new(0),
             reasons: Mutex::new(BTreeMap::new()),
@@ -245,8 +337,47 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn evicted(&self, cause: EvictionCause, n: u64) {
+    /// `stack`'s counters, created on its first registration (the caller may hold the pool's
+    /// lock; this lock is always taken after it).
+    pub(crate) fn for_stack(&self, stack: &StackKey) -> Arc<StackCounters> {
+        let key = stack.to_string();
+        let mut stacks = self.stacks.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(stacks.entry(key).or_default())
+    }
+
+    /// The counts of the stacks not in `registered` (call under the pool's lock, so that the
+    /// two sets are read at one moment).
+    pub(crate) fn unregistered_stacks<V>(
+        &self,
+        registered: &BTreeMap<String, V>,
+    ) -> BTreeMap<String, StackCounts> {
+        let stacks = self.stacks.lock().unwrap_or_else(|p| p.into_inner());
+        stacks
+            .iter()
+            .filter(|(k, _)| !registered.contains_key(*k))
+            .map(|(k, c)| (k.clone(), c.read()))
+            .collect()
+    }
+
+    /// An entry of `stack` restored by a refill.
+    pub(crate) fn restored(&self, stack: &StackCounters) {
+        Self::inc(&self.created);
+        Self::inc(&stack.restored);
+    }
+
+    /// An entry of `stack` handed to a tenant.
+    pub(crate) fn acquired(&self, stack: &StackCounters) {
+        Self::inc(&self.acquired);
+        Self::inc(&stack.acquired);
+    }
+
+    /// `n` entries of `stack` evicted for `cause`.
+    pub(crate) fn evicted(&self, stack: &StackCounters, cause: EvictionCause, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.evicted[cause.index()].fetch_add(n, Ordering::Relaxed);
+        stack.evicted[cause.index()].fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn validation_failed(&self, reason: &str) {
@@ -260,15 +391,16 @@ impl Counters {
         *reasons.entry(key).or_insert(0) += 1;
     }
 
-    pub(crate) fn read(&self, stacks: BTreeMap<String, StackMetrics>) -> PoolMetrics {
+    pub(crate) fn read(
+        &self,
+        stacks: BTreeMap<String, StackMetrics>,
+        unregistered_stacks: BTreeMap<String, StackCounts>,
+    ) -> PoolMetrics {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         PoolMetrics {
             created_total: load(&self.created),
             acquired_total: load(&self.acquired),
-            evicted: EvictionCause::ALL
-                .iter()
-                .map(|c| (*c, load(&self.evicted[c.index()])))
-                .collect(),
+            evicted: read_causes(&self.evicted),
             refill_runs_total: load(&self.refill_runs),
             validation_failures_total: load(&self.validation_failures),
             validation_failures_by_reason: self
@@ -279,6 +411,7 @@ impl Counters {
             provider_errors_total: load(&self.provider_errors),
             destroy_failures_total: load(&self.destroy_failures),
             stacks,
+            unregistered_stacks,
             acquire_latency: self.acquire_latency.snapshot(),
             spawn_latency: self.spawn_latency.snapshot(),
         }
@@ -366,6 +499,41 @@ impl Collector for PoolCollector {
                 ConstCounter::new(*n).encode(fam.encode_family(&labels)?)?;
             }
         }
+        let per_stack = m.all_stack_counts();
+        type StackCounter = (&'static str, &'static str, fn(&StackCounts) -> u64);
+        let stack_counters: [StackCounter; 2] = [
+            (
+                "ember_pool_stack_restored",
+                "Warm VMs restored by refills, per stack",
+                |c| c.restored_total,
+            ),
+            (
+                "ember_pool_stack_acquired",
+                "Warm VMs handed to tenants, per stack",
+                |c| c.acquired_total,
+            ),
+        ];
+        for (name, help, get) in stack_counters {
+            let mut fam = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (stack, c) in &per_stack {
+                let labels = [("stack", *stack)];
+                ConstCounter::new(get(c)).encode(fam.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut fam = enc.encode_descriptor(
+                "ember_pool_stack_evicted",
+                "Warm VMs evicted, per stack and cause",
+                None,
+                MetricType::Counter,
+            )?;
+            for (stack, c) in &per_stack {
+                for (cause, n) in &c.evicted {
+                    let labels = [("stack", *stack), ("cause", cause.as_str())];
+                    ConstCounter::new(*n).encode(fam.encode_family(&labels)?)?;
+                }
+            }
+        }
         type StackGauge = (&'static str, &'static str, fn(&StackMetrics) -> i64);
         let gauges: [StackGauge; 4] = [
             ("ember_pool_depth", "Ready warm VMs per stack", |s| {
@@ -435,13 +603,64 @@ mod tests {
     }
 
     #[test]
+    fn stack_counters_add_to_the_pool_wide_ones_and_outlive_their_bucket() {
+        let c = Counters::new();
+        let alpha = StackKey::new("alpha", "1", 1, 128).unwrap();
+        let beta = StackKey::new("beta", "1", 1, 128).unwrap();
+        let (a, b) = (c.for_stack(&alpha), c.for_stack(&beta));
+        c.restored(&a);
+        c.restored(&a);
+        c.restored(&b);
+        c.acquired(&a);
+        c.evicted(&a, EvictionCause::Age, 1);
+        c.evicted(&b, EvictionCause::Unregister, 1);
+        drop(a);
+        // Registered again (say after an unregistration): the same counters continue.
+        let a = c.for_stack(&alpha);
+        c.evicted(&a, EvictionCause::Shutdown, 0);
+        assert_eq!(a.read().restored_total, 2);
+
+        // alpha registered, beta not.
+        let stack = |counts: StackCounts| StackMetrics {
+            depth: 0,
+            in_flight: 0,
+            target_depth: 0,
+            consecutive_failures: 0,
+            failing: false,
+            last_error: None,
+            counts,
+        };
+        let registered = BTreeMap::from([(alpha.to_string(), stack(a.read()))]);
+        let unregistered = c.unregistered_stacks(&registered);
+        let m = c.read(registered, unregistered);
+        assert_eq!(
+            m.unregistered_stacks.keys().collect::<Vec<_>>(),
+            [&beta.to_string()]
+        );
+        let ca = m.stack_counts(&alpha.to_string()).unwrap();
+        let cb = m.stack_counts(&beta.to_string()).unwrap();
+        assert_eq!((ca.restored_total, ca.acquired_total), (2, 1));
+        assert_eq!(ca.evicted_by(EvictionCause::Age), 1);
+        assert_eq!(ca.evicted_by(EvictionCause::Shutdown), 0);
+        assert_eq!(cb.evicted_by(EvictionCause::Unregister), 1);
+        assert_eq!(
+            ca.evicted.len(),
+            EvictionCause::ALL.len(),
+            "every cause listed"
+        );
+        assert_eq!((m.created_total, m.acquired_total), (3, 1));
+        assert_eq!(m.evicted_total(), 2);
+        assert_eq!(m.all_stack_counts().len(), 2);
+    }
+
+    #[test]
     fn reasons_are_capped() {
         let c = Counters::new();
         for i in 0..(MAX_REASONS + 5) {
             c.validation_failed(&format!("r{i}"));
         }
         c.validation_failed("r0");
-        let m = c.read(BTreeMap::new());
+        let m = c.read(BTreeMap::new(), BTreeMap::new());
         assert_eq!(m.validation_failures_total, MAX_REASONS as u64 + 6);
         assert_eq!(m.validation_failures_by_reason.len(), MAX_REASONS + 1);
         assert_eq!(m.validation_failures_by_reason["other"], 5);

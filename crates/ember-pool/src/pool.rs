@@ -15,7 +15,7 @@ use ember_core::{
 use crate::bucket::{Bucket, Entry, needs_resume};
 use crate::config::{BucketConfig, PoolSettings};
 use crate::error::PoolError;
-use crate::metrics::{Counters, EvictionCause, PoolCollector, PoolMetrics};
+use crate::metrics::{Counters, EvictionCause, PoolCollector, PoolMetrics, StackCounters};
 use crate::refill;
 use crate::shared::{Shared, Slot, State};
 use crate::validator::{EntryValidator, Phase, ValidationResult};
@@ -234,7 +234,8 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
             std::collections::hash_map::Entry::Vacant(v) => {
                 let epoch = *next_epoch;
                 *next_epoch += 1;
-                let bucket = Bucket::new(stack.clone(), template, config);
+                let counters = self.shared.counters.for_stack(stack);
+                let bucket = Bucket::new(stack.clone(), template, config, counters);
                 &mut v.insert(Slot { epoch, bucket }).bucket
             }
         }
@@ -243,7 +244,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
     /// Removes `stack`'s bucket and destroys its entries (cause `unregister`); spawns under way
     /// for it are destroyed when they finish. Returns how many entries were evicted.
     pub fn unregister(&self, stack: &StackKey) -> Result<usize, PoolError> {
-        let entries = {
+        let (entries, counters) = {
             let mut st = self.shared.lock();
             let slot = st
                 .buckets
@@ -252,12 +253,12 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                     stack: stack.clone(),
                 })?;
             self.shared.ready.notify_all();
-            slot.bucket.entries
+            (slot.bucket.entries, slot.bucket.counters)
         };
         let n = entries.len();
         self.shared
             .counters
-            .evicted(EvictionCause::Unregister, n as u64);
+            .evicted(&counters, EvictionCause::Unregister, n as u64);
         for e in entries {
             self.shared
                 .dispatch_destroy(e.view.id, EvictionCause::Unregister);
@@ -332,7 +333,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
             match self.hand_over(stack, tenant, &entry) {
                 Ok(status) => {
                     let latency = t0.elapsed();
-                    Counters::inc(&shared.counters.acquired);
+                    shared.counters.acquired(&entry.counters);
                     shared.counters.acquire_latency.observe(latency);
                     tracing::debug!(%stack, vm = %tenant.id, pooled = %entry.view.id, ?latency,
                         "warm VM handed over");
@@ -446,7 +447,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
         {
             shared.counters.validation_failed(&reason);
             tracing::warn!(%stack, vm = %pooled, %reason, "warm VM failed validation on acquire");
-            self.evict(pooled.clone(), EvictionCause::Unhealthy);
+            self.evict(&entry.counters, pooled.clone(), EvictionCause::Unhealthy);
             return Err(HandOver::Evicted(None));
         }
         match shared.provider.rename(pooled, &tenant.id) {
@@ -454,10 +455,10 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
             Err(e @ VmError::AlreadyExists { .. }) => return Err(HandOver::TenantRejected(e)),
             Err(VmError::NotFound { .. }) => {
                 tracing::warn!(%stack, vm = %pooled, "warm VM vanished before handover");
-                self.evict(pooled.clone(), EvictionCause::Died);
+                self.evict(&entry.counters, pooled.clone(), EvictionCause::Died);
                 return Err(HandOver::Evicted(None));
             }
-            Err(e) => return Err(self.handoff_failed(stack, pooled, e)),
+            Err(e) => return Err(self.handoff_failed(stack, entry, e)),
         }
         if !tenant.network_overrides.is_empty()
             && let Err(e) = shared
@@ -465,7 +466,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                 .update_network(&tenant.id, &tenant.network_overrides)
         {
             self.release_tenant_id(stack, &tenant.id, pooled);
-            return Err(self.handoff_failed(stack, pooled, e));
+            return Err(self.handoff_failed(stack, entry, e));
         }
         let mut view = entry.view.clone();
         view.id = tenant.id.clone();
@@ -475,7 +476,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                 Ok(resumed) => view = resumed,
                 Err(e) => {
                     self.release_tenant_id(stack, &tenant.id, pooled);
-                    return Err(self.handoff_failed(stack, pooled, e));
+                    return Err(self.handoff_failed(stack, entry, e));
                 }
             }
         }
@@ -486,7 +487,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
             tracing::warn!(%stack, vm = %tenant.id, pooled = %pooled, %reason,
                 "warm VM failed validation at handover");
             self.release_tenant_id(stack, &tenant.id, pooled);
-            self.evict(pooled.clone(), EvictionCause::Unhealthy);
+            self.evict(&entry.counters, pooled.clone(), EvictionCause::Unhealthy);
             return Err(HandOver::Evicted(None));
         }
         Ok(view.status)
@@ -504,15 +505,18 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
         }
     }
 
-    fn handoff_failed(&self, stack: &StackKey, vm: &VmId, e: VmError) -> HandOver {
+    fn handoff_failed(&self, stack: &StackKey, entry: &Entry, e: VmError) -> HandOver {
+        let vm = &entry.view.id;
         Counters::inc(&self.shared.counters.provider_errors);
         tracing::warn!(%stack, %vm, error = %error_chain(&e), "handing over a warm VM failed");
-        self.evict(vm.clone(), EvictionCause::HandoffFailed);
+        self.evict(&entry.counters, vm.clone(), EvictionCause::HandoffFailed);
         HandOver::Evicted(Some(e))
     }
 
-    fn evict(&self, vm: VmId, cause: EvictionCause) {
-        self.shared.counters.evicted(cause, 1);
+    /// Counts `vm` (an entry of the stack `counters` count for) as evicted, has it destroyed and
+    /// wakes the refiller.
+    fn evict(&self, counters: &StackCounters, vm: VmId, cause: EvictionCause) {
+        self.shared.counters.evicted(counters, cause, 1);
         self.shared.dispatch_destroy(vm, cause);
         let mut st = self.shared.lock();
         self.shared.wake_refiller(&mut st);
@@ -535,7 +539,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                 } else {
                     EvictionCause::Unregister
                 };
-                self.evict(entry.view.id, cause);
+                self.evict(&entry.counters, entry.view.id, cause);
             }
         }
     }
@@ -545,23 +549,26 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
     pub fn notify_died(&self, vm: &VmId) -> bool {
         let found = {
             let mut st = self.shared.lock();
-            let found = st.buckets.values_mut().any(|slot| {
-                let before = slot.bucket.entries.len();
-                slot.bucket.entries.retain(|e| e.view.id != *vm);
-                slot.bucket.entries.len() != before
+            let found = st.buckets.values_mut().find_map(|slot| {
+                let entries = &mut slot.bucket.entries;
+                let at = entries.iter().position(|e| e.view.id == *vm)?;
+                entries.remove(at)
             });
-            if found {
+            if found.is_some() {
                 self.shared.wake_refiller(&mut st);
             }
             found
         };
-        if found {
-            tracing::warn!(vm = %vm, cause = "died", "evicting warm VM");
-            self.shared.counters.evicted(EvictionCause::Died, 1);
-            self.shared
-                .dispatch_destroy(vm.clone(), EvictionCause::Died);
-        }
-        found
+        let Some(entry) = found else {
+            return false;
+        };
+        tracing::warn!(vm = %vm, cause = "died", "evicting warm VM");
+        self.shared
+            .counters
+            .evicted(&entry.counters, EvictionCause::Died, 1);
+        self.shared
+            .dispatch_destroy(entry.view.id, EvictionCause::Died);
+        true
     }
 
     /// Registers `stack` like [`register`](Self::register) and, in the same step (before the
@@ -607,6 +614,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                     bucket.entries.push_back(Entry {
                         view,
                         ready_at: Instant::now(),
+                        counters: Arc::clone(&bucket.counters),
                     });
                 }
             }
@@ -677,8 +685,10 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                 .collect()
         };
         let n = entries.len();
-        shared.counters.evicted(EvictionCause::Shutdown, n as u64);
         for (stack, e) in entries {
+            shared
+                .counters
+                .evicted(&e.counters, EvictionCause::Shutdown, 1);
             tracing::debug!(%stack, vm = %e.view.id, cause = "shutdown", "evicting warm VM");
             shared.dispatch_destroy(e.view.id, EvictionCause::Shutdown);
         }
@@ -748,14 +758,18 @@ enum HandOver {
 
 fn read_metrics<P: VmProvider + VmQuery>(shared: &Shared<P>) -> PoolMetrics {
     let now = Instant::now();
-    let stacks: BTreeMap<String, _> = {
+    let (stacks, unregistered) = {
         let st = shared.lock();
-        st.buckets
+        let stacks: BTreeMap<String, _> = st
+            .buckets
             .iter()
             .map(|(k, s)| (k.to_string(), s.bucket.metrics(now, &shared.settings)))
-            .collect()
+            .collect();
+        // Under the same lock: a stack is registered or not, never both or neither.
+        let unregistered = shared.counters.unregistered_stacks(&stacks);
+        (stacks, unregistered)
     };
-    shared.counters.read(stacks)
+    shared.counters.read(stacks, unregistered)
 }
 
 impl<P: VmProvider + VmQuery + 'static> Drop for WarmPool<P> {

@@ -14,7 +14,7 @@ use ember_core::{
 };
 
 use crate::bucket::Entry;
-use crate::metrics::{Counters, EvictionCause};
+use crate::metrics::{Counters, EvictionCause, StackCounters};
 use crate::shared::{Job, Shared};
 use crate::validator::{Phase, ValidationResult};
 
@@ -29,7 +29,7 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
         Counters::inc(&shared.counters.refill_runs);
         let now = Instant::now();
         let mut next = now + shared.settings.tick;
-        let mut expired: Vec<(StackKey, VmId)> = Vec::new();
+        let mut expired: Vec<(StackKey, Entry)> = Vec::new();
         let mut spawns: Vec<Job> = Vec::new();
         let yielding = yield_to_acquires(shared, &mut st, now, &mut next);
         for (key, slot) in st.buckets.iter_mut() {
@@ -38,7 +38,7 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
                 bucket
                     .take_expired(now)
                     .into_iter()
-                    .map(|e| (key.clone(), e.view.id)),
+                    .map(|e| (key.clone(), e)),
             );
             let wanted = if yielding && bucket.waiters == 0 {
                 0
@@ -57,6 +57,7 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
                     vm_id,
                     template: Arc::clone(&bucket.template),
                     pause_idle: bucket.config.pause_idle,
+                    counters: Arc::clone(&bucket.counters),
                 });
             }
             if let Some(until) = bucket.backoff.until.filter(|u| *u > now) {
@@ -69,12 +70,12 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
         }
         drop(st);
 
-        shared
-            .counters
-            .evicted(EvictionCause::Age, expired.len() as u64);
-        for (stack, vm_id) in expired {
-            tracing::info!(%stack, vm = %vm_id, cause = "age", "evicting warm VM");
-            shared.dispatch_destroy(vm_id, EvictionCause::Age);
+        for (stack, entry) in expired {
+            shared
+                .counters
+                .evicted(&entry.counters, EvictionCause::Age, 1);
+            tracing::info!(%stack, vm = %entry.view.id, cause = "age", "evicting warm VM");
+            shared.dispatch_destroy(entry.view.id, EvictionCause::Age);
         }
         for job in spawns {
             if let Err(crossbeam_channel::SendError(job)) = jobs.send(job) {
@@ -168,6 +169,7 @@ fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
         vm_id,
         template,
         pause_idle,
+        counters,
     } = job
     else {
         return;
@@ -181,12 +183,13 @@ fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
                 vm_id,
                 template,
                 pause_idle,
+                counters,
             },
         );
         return;
     }
     let t0 = Instant::now();
-    let outcome = spawn_one(shared, &vm_id, &template, pause_idle);
+    let outcome = spawn_one(shared, &counters, &vm_id, &template, pause_idle);
     let elapsed = t0.elapsed();
     let now = Instant::now();
 
@@ -202,6 +205,7 @@ fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
             bucket.entries.push_back(Entry {
                 view,
                 ready_at: now,
+                counters,
             });
             shared.counters.spawn_latency.observe(elapsed);
             shared.ready.notify_all();
@@ -219,7 +223,7 @@ fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
             } else {
                 EvictionCause::Unregister
             };
-            shared.counters.evicted(cause, 1);
+            shared.counters.evicted(&counters, cause, 1);
             shared.destroy_now(&vm_id, cause);
         }
         (Err(failure), slot) => {
@@ -239,11 +243,15 @@ fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
             match failure {
                 SpawnFailure::Create(_) => {}
                 SpawnFailure::Unhealthy(_) => {
-                    shared.counters.evicted(EvictionCause::Unhealthy, 1);
+                    shared
+                        .counters
+                        .evicted(&counters, EvictionCause::Unhealthy, 1);
                     shared.destroy_now(&vm_id, EvictionCause::Unhealthy);
                 }
                 SpawnFailure::Pause(_) => {
-                    shared.counters.evicted(EvictionCause::SpawnFailed, 1);
+                    shared
+                        .counters
+                        .evicted(&counters, EvictionCause::SpawnFailed, 1);
                     shared.destroy_now(&vm_id, EvictionCause::SpawnFailed);
                 }
             }
@@ -251,9 +259,10 @@ fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
     }
 }
 
-/// Restore, validate and (optionally) pause one entry.
+/// Restore, validate and (optionally) pause one entry of the stack `counters` count for.
 fn spawn_one<P: VmProvider + VmQuery>(
     shared: &Shared<P>,
+    counters: &StackCounters,
     vm_id: &VmId,
     template: &SnapshotRef,
     pause_idle: bool,
@@ -265,7 +274,7 @@ fn spawn_one<P: VmProvider + VmQuery>(
             Counters::inc(&shared.counters.provider_errors);
             SpawnFailure::Create(e)
         })?;
-    Counters::inc(&shared.counters.created);
+    shared.counters.restored(counters);
     if let ValidationResult::Unhealthy(reason) = shared.validator.validate(&view, Phase::AfterSpawn)
     {
         shared.counters.validation_failed(&reason);

@@ -9,7 +9,7 @@ use ember_core::{SnapshotRef, StackKey, VmError, VmId, VmProvider, VmQuery, erro
 
 use crate::bucket::Bucket;
 use crate::config::PoolSettings;
-use crate::metrics::{Counters, EvictionCause};
+use crate::metrics::{Counters, EvictionCause, StackCounters};
 use crate::validator::EntryValidator;
 
 /// Work for the pool's worker threads.
@@ -23,6 +23,8 @@ pub(crate) enum Job {
         vm_id: VmId,
         template: Arc<SnapshotRef>,
         pause_idle: bool,
+        /// The stack's counters (the restore, or the VM's eviction, is counted there).
+        counters: Arc<StackCounters>,
     },
     /// Destroy an evicted VM (already counted as evicted).
     Destroy { vm_id: VmId, cause: EvictionCause },

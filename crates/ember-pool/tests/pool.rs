@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::thread;
 use std::time::Duration;
 
@@ -638,6 +638,181 @@ fn metrics_encode_for_prometheus() {
     }
 }
 
+/// One sample line of Prometheus text, `name{key="value",...} number`, as (name, labels,
+/// number). A small parser of its own: the `stack` label's values hold commas, which
+/// prometheus-parse 0.2 splits label values at.
+fn sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (series, number) = line.rsplit_once(' ')?;
+    let number = number.parse().ok()?;
+    let (name, mut rest) = match series.split_once('{') {
+        None => (series, ""),
+        Some((name, labels)) => (name, labels.strip_suffix('}')?),
+    };
+    let mut labels = BTreeMap::new();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => value.push(match chars.next()?.1 {
+                    'n' => '\n',
+                    c => c,
+                }),
+                (_, c) => value.push(c),
+            }
+        };
+        labels.insert(key.to_string(), value);
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    Some((name, labels, number))
+}
+
+/// The value of the sample `name` with exactly `labels` in Prometheus text (at most one).
+fn scraped(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    let want: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut found = text
+        .lines()
+        .filter_map(sample)
+        .filter(|(n, l, _)| *n == name && *l == want);
+    let (_, _, v) = found.next()?;
+    assert!(found.next().is_none(), "{name} {labels:?} twice in\n{text}");
+    Some(v as u64)
+}
+
+#[test]
+fn restores_handovers_and_evictions_are_counted_per_stack_and_outlive_unregistration() {
+    let p = InMemoryVmProvider::new();
+    let (a, b) = (stack("alpha"), stack("beta"));
+    let (sa, sb) = (template(&p, &a, "sa"), template(&p, &b, "sb"));
+    let pool = start(&p, fast_settings());
+    pool.register(a.clone(), sa, config(2, 2)).unwrap();
+    pool.register(
+        b.clone(),
+        sb,
+        BucketConfig {
+            max_age: Duration::from_millis(50),
+            ..config(1, 1)
+        },
+    )
+    .unwrap();
+    let (ka, kb) = (a.to_string(), b.to_string());
+    for i in 0..3 {
+        pool.acquire_timeout(&a, &Tenant::new(&format!("t{i}")).unwrap(), WAIT)
+            .unwrap();
+    }
+    wait_until("beta's entries age out", || {
+        pool.metrics().stacks[&kb]
+            .counts
+            .evicted_by(EvictionCause::Age)
+            >= 2
+    });
+    let m = pool.metrics();
+    let (ca, cb) = (&m.stacks[&ka].counts, &m.stacks[&kb].counts);
+    assert_eq!(ca.acquired_total, 3);
+    assert_eq!(ca.evicted_total(), 0, "{ca:?}");
+    assert!(ca.restored_total >= 3, "{ca:?}");
+    assert_eq!(cb.acquired_total, 0);
+    assert!(cb.restored_total >= 2, "{cb:?}");
+    assert!(m.unregistered_stacks.is_empty());
+
+    pool.unregister(&b).unwrap();
+    let m = pool.metrics();
+    assert!(!m.stacks.contains_key(&kb), "beta is no longer registered");
+    let cb = &m.unregistered_stacks[&kb];
+    assert!(cb.evicted_by(EvictionCause::Age) >= 2, "kept: {cb:?}");
+    assert_eq!(m.stack_counts(&kb), Some(cb));
+    assert!(!m.unregistered_stacks.contains_key(&ka));
+
+    // Shut down (every spawn finishes, every count is final), then read both views.
+    wait_until("alpha refilled", || depth(&pool, &a) == 2);
+    pool.shutdown();
+    let m = pool.metrics();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(pool.collector()));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+
+    let (ca, cb) = (&m.stacks[&ka].counts, &m.unregistered_stacks[&kb]);
+    assert_eq!(ca.acquired_total, 3);
+    assert_eq!(ca.evicted_by(EvictionCause::Age), 0);
+    assert_eq!(
+        ca.evicted_by(EvictionCause::Shutdown),
+        2,
+        "alpha's ready entries"
+    );
+    assert_eq!(ca.restored_total, ca.acquired_total + ca.evicted_total());
+    assert_eq!(cb.acquired_total, 0);
+    assert!(cb.evicted_by(EvictionCause::Age) >= 2, "{cb:?}");
+    assert_eq!(
+        cb.restored_total,
+        cb.evicted_total(),
+        "every beta VM evicted"
+    );
+    // The per-stack counters add up to the pool-wide ones.
+    let all = m.all_stack_counts();
+    assert_eq!(all.len(), 2);
+    let sum = |f: &dyn Fn(&ember_pool::StackCounts) -> u64| all.values().map(|c| f(c)).sum::<u64>();
+    assert_eq!(sum(&|c| c.restored_total), m.created_total);
+    assert_eq!(sum(&|c| c.acquired_total), m.acquired_total);
+    for cause in EvictionCause::ALL {
+        assert_eq!(
+            sum(&|c| c.evicted_by(cause)),
+            m.evicted_by(cause),
+            "{cause}"
+        );
+    }
+
+    // The Prometheus view says the same, for the registered and the unregistered stack.
+    for name in ["restored", "acquired", "evicted"] {
+        let ty = format!("# TYPE ember_pool_stack_{name} counter");
+        assert!(text.contains(&ty), "missing {ty} in\n{text}");
+    }
+    for (stack, c) in [(&ka, ca), (&kb, cb)] {
+        let l = [("stack", stack.as_str())];
+        let get = |name: &str| scraped(&text, name, &l);
+        assert_eq!(
+            get("ember_pool_stack_restored_total"),
+            Some(c.restored_total)
+        );
+        assert_eq!(
+            get("ember_pool_stack_acquired_total"),
+            Some(c.acquired_total)
+        );
+        for cause in EvictionCause::ALL {
+            let l = [("stack", stack.as_str()), ("cause", cause.as_str())];
+            assert_eq!(
+                scraped(&text, "ember_pool_stack_evicted_total", &l),
+                Some(c.evicted_by(cause)),
+                "{stack} {cause} in\n{text}"
+            );
+        }
+    }
+    assert_eq!(
+        scraped(&text, "ember_pool_stack_acquired_total", &[("stack", &ka)]),
+        Some(3)
+    );
+    // The gauges stay per registered stack; the pool-wide counters are unchanged.
+    assert!(text.contains(&format!("ember_pool_depth{{stack=\"{ka}\"}}")));
+    assert!(!text.contains(&format!("ember_pool_depth{{stack=\"{kb}\"}}")));
+    assert_eq!(
+        scraped(&text, "ember_pool_acquired_total", &[]),
+        Some(m.acquired_total)
+    );
+    assert_eq!(
+        scraped(&text, "ember_pool_created_total", &[]),
+        Some(m.created_total)
+    );
+}
+
 #[test]
 fn many_threads_acquire_each_vm_exactly_once_and_everything_is_accounted_for() {
     let p = InMemoryVmProvider::new();
@@ -721,6 +896,24 @@ fn many_threads_acquire_each_vm_exactly_once_and_everything_is_accounted_for() {
         m.provider_errors_total > 0 && m.validation_failures_total > 0,
         "{m:?}"
     );
+    // Per stack too: what each restored was handed out or evicted, and the stacks add up.
+    let (ca, cb) = (
+        &m.stacks[&a.to_string()].counts,
+        &m.stacks[&b.to_string()].counts,
+    );
+    for c in [ca, cb] {
+        assert_eq!(
+            c.restored_total,
+            c.acquired_total + c.evicted_total(),
+            "{c:?}"
+        );
+    }
+    let by_stack =
+        |s: &ember_core::StackKey| handed.iter().filter(|v| v.stack == *s).count() as u64;
+    assert_eq!(ca.acquired_total, by_stack(&a));
+    assert_eq!(cb.acquired_total, by_stack(&b));
+    assert_eq!(ca.restored_total + cb.restored_total, m.created_total);
+    assert_eq!(ca.evicted_total() + cb.evicted_total(), m.evicted_total());
 }
 
 #[test]

@@ -60,6 +60,8 @@ fn sandboxes_survive_sigterm_and_kill_9() {
         let mut short = create("probe");
         short.timeout_secs = Some(2);
         let doomed = c.create_sandbox(&short).await.unwrap().id.to_string();
+        // The pool refilled (a restore under way at SIGTERM is not left running).
+        fill_pool(&c, "probe", 4).await;
         (ids, paused, doomed)
     });
     let running: Vec<String> = ids[5..].to_vec();
