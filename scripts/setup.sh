@@ -9,7 +9,8 @@ rustup target add x86_64-unknown-none >/dev/null
 # Debian packages the tests use (only when missing, so re-runs are quick):
 # iproute2 (`ip netns`, TAP devices for the net device tests), util-linux (`unshare` for the
 # no-KVM test; `setpriv`, which starts Firecracker-flavor VMMs with a parent-death signal).
-packages=(iproute2 util-linux)
+# python3-venv: the e2b SDK's venv below.
+packages=(iproute2 util-linux python3-venv)
 need=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
@@ -18,4 +19,12 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
+fi
+
+# The e2b SDK from PyPI, for the E2B-compatibility tests (crates/emberd/tests/e2b_sdk.rs).
+venv=target/e2b-venv
+e2b_version=2.63.0
+if ! "$venv/bin/python" -c "import e2b, importlib.metadata as m; assert m.version('e2b') == '$e2b_version'" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "e2b==$e2b_version"
 fi

@@ -7,6 +7,9 @@
 //!                 │                                         │  └────pause────^ │
 //!                 └──(failed)──> ended <──(kill, timeout, VM died)─────────────┘
 //! ```
+//! A sandbox is paused in memory (its VM's vCPUs stopped) or on disk (`saved`: its VM was
+//! snapshotted and destroyed; resuming restores it), and when its time limit passes it is killed
+//! or paused to disk ([`OnTimeout`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,7 +18,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::error::VmError;
-use crate::id::SandboxId;
+use crate::id::{SandboxId, SnapshotId};
 use crate::stack::StackKey;
 use crate::template::TemplateName;
 
@@ -126,6 +129,27 @@ impl fmt::Display for EndCause {
     }
 }
 
+/// What happens to a sandbox when its time limit passes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// It is killed (ended, cause `timed_out`).
+    #[default]
+    Kill,
+    /// It is paused to disk (its memory and state kept; resuming brings it back).
+    Pause,
+}
+
+impl OnTimeout {
+    fn is_kill(&self) -> bool {
+        *self == OnTimeout::Kill
+    }
+}
+
+/// Longest access token accepted, bytes.
+pub const MAX_ACCESS_TOKEN_LEN: usize = 128;
+
 /// How a sandbox ended.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +216,17 @@ pub struct Sandbox {
     /// How it ended, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<SandboxEnd>,
+    /// What happens when its time limit passes.
+    #[serde(default, skip_serializing_if = "OnTimeout::is_kill")]
+    pub on_timeout: OnTimeout,
+    /// While it is paused to disk: the snapshot it resumes from (its VM is gone meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub saved: Option<SnapshotId>,
+    /// The token clients present to reach the sandbox's own endpoints (emberd's envd
+    /// listener), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
 
 impl Sandbox {
@@ -214,7 +249,33 @@ impl Sandbox {
                 "an ended sandbox, and only an ended one, says how it ended",
             ));
         }
+        if self.saved.is_some() && self.state != SandboxState::Paused {
+            return Err(VmError::invalid_spec(
+                "sandbox.saved",
+                "only a paused sandbox is saved to disk",
+            ));
+        }
+        if let Some(t) = &self.access_token {
+            validate_access_token(t)?;
+        }
         Ok(())
+    }
+}
+
+/// Checks an access token: 1 to [`MAX_ACCESS_TOKEN_LEN`] ASCII letters, digits, `-` and `_`.
+pub fn validate_access_token(token: &str) -> Result<(), VmError> {
+    let ok = !token.is_empty()
+        && token.len() <= MAX_ACCESS_TOKEN_LEN
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(VmError::invalid_spec(
+            "access_token",
+            format!("must be 1 to {MAX_ACCESS_TOKEN_LEN} ASCII letters, digits, '-' or '_'"),
+        ))
     }
 }
 
@@ -329,6 +390,9 @@ mod tests {
                 latency_us: 250,
             }),
             end: None,
+            on_timeout: OnTimeout::Kill,
+            saved: None,
+            access_token: None,
         }
     }
 
@@ -349,6 +413,13 @@ mod tests {
                 .to_string()
                 .contains("sandbox.end")
         );
+        let mut s = sandbox();
+        s.saved = Some(SnapshotId::new("saved-1").unwrap());
+        assert!(s.validate().unwrap_err().to_string().contains("sandbox.saved"));
+        s.state = SandboxState::Paused;
+        s.validate().unwrap();
+        s.access_token = Some("bad token".into());
+        assert!(s.validate().unwrap_err().to_string().contains("access_token"));
         let mut s = sandbox();
         s.timeout_secs = Some(0);
         assert!(

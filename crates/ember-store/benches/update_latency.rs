@@ -111,6 +111,9 @@ fn sandbox(i: usize) -> Sandbox {
         created_at: SystemTime::now(),
         start: None,
         end: None,
+        on_timeout: ember_core::OnTimeout::Kill,
+        saved: None,
+        access_token: None,
     }
 }
 

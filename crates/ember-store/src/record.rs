@@ -105,17 +105,25 @@ impl Record for Sandbox {
     fn check(&self) -> Result<(), StoreError> {
         self.validate().map_err(from_vm_error)
     }
-    /// A live sandbox needs its template; an ended one only remembers the name.
+    /// A live sandbox needs its template (an ended one only remembers the name), and one paused
+    /// to disk its saved snapshot.
     fn references(&self) -> Vec<Reference> {
+        let mut refs = Vec::new();
         if self.state.is_live() {
-            vec![Reference {
+            refs.push(Reference {
                 field: "sandbox.template",
                 kind: RecordKind::Template,
                 key: self.template.to_string(),
-            }]
-        } else {
-            Vec::new()
+            });
         }
+        if let Some(saved) = &self.saved {
+            refs.push(Reference {
+                field: "sandbox.saved",
+                kind: RecordKind::Snapshot,
+                key: saved.to_string(),
+            });
+        }
+        refs
     }
 }
 

@@ -56,6 +56,7 @@ impl Embedded {
             vmm: vmm.to_path_buf(),
             spares,
             limits: Limits::default(),
+            e2b: None,
         })
         .await;
         let daemon = match daemon {

@@ -47,6 +47,8 @@ pub struct DaemonConfig {
     pub spares: usize,
     /// What the engine may hold.
     pub limits: Limits,
+    /// E2B's REST API and envd listeners, if asked.
+    pub e2b: Option<crate::e2b::E2bConfig>,
 }
 
 /// Why a daemon could not start.
@@ -102,6 +104,8 @@ pub struct Daemon {
     pub recovery: RecoveryReport,
     socket: PathBuf,
     tcp: Option<SocketAddr>,
+    e2b_api: Option<SocketAddr>,
+    e2b_envd: Option<SocketAddr>,
     stop_tx: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -212,6 +216,32 @@ impl Daemon {
                 stop_rx.clone(),
             ));
         }
+        let mut e2b_addrs = (None, None);
+        if let Some(e2b) = &config.e2b {
+            let bind = |addr: SocketAddr| async move {
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Io {
+                        what: "cannot listen on",
+                        path: PathBuf::from(addr.to_string()),
+                        source,
+                    })
+            };
+            let api = bind(e2b.api).await?;
+            e2b_addrs.0 = api.local_addr().ok();
+            let rest = crate::e2b::rest::router(crate::e2b::rest::RestState::new(
+                state.clone(),
+                e2b.api_keys.clone(),
+            ));
+            servers.push(serve(api, rest, stop_rx.clone()));
+            if let Some(addr) = e2b.envd {
+                let envd = bind(addr).await?;
+                e2b_addrs.1 = envd.local_addr().ok();
+                let router =
+                    crate::e2b::envd::router(crate::e2b::envd::EnvdState::new(state.clone()));
+                servers.push(serve(envd, router, stop_rx.clone()));
+            }
+        }
         let background = vec![
             periodic(Arc::clone(&engine), REAP_EVERY, stop_rx.clone(), |e| {
                 e.reap_expired();
@@ -223,6 +253,7 @@ impl Daemon {
             }),
         ];
         tracing::info!(socket = %config.socket.display(), tcp = ?tcp,
+            e2b_api = ?e2b_addrs.0, e2b_envd = ?e2b_addrs.1,
             state_dir = %config.state_dir.display(), runtime_dir = %config.runtime_dir.display(),
             sandboxes = recovery.sandboxes_adopted, pooled = recovery.pooled_adopted,
             startup_ms = t0.elapsed().as_secs_f64() * 1e3, "emberd serving");
@@ -231,6 +262,8 @@ impl Daemon {
             recovery,
             socket: config.socket,
             tcp,
+            e2b_api: e2b_addrs.0,
+            e2b_envd: e2b_addrs.1,
             stop_tx,
             servers,
             background,
@@ -246,6 +279,16 @@ impl Daemon {
     /// The TCP address it serves on, if any (the real port when 0 was asked).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp
+    }
+
+    /// The E2B REST API's address, if served.
+    pub fn e2b_api_addr(&self) -> Option<SocketAddr> {
+        self.e2b_api
+    }
+
+    /// The E2B envd listener's address, if served.
+    pub fn e2b_envd_addr(&self) -> Option<SocketAddr> {
+        self.e2b_envd
     }
 
     /// The graceful stop: stops accepting, lets requests in flight finish, stops the background

@@ -4,6 +4,8 @@
 //! daemon     Daemon: directories locked, store opened, provider (detached VMMs), recovery,
 //!            the API on a Unix socket (+ TCP with a bearer token), time limits, graceful stop
 //! api/       axum handlers per resource, JSON errors, request metrics, OpenAPI (utoipa)
+//! e2b/       E2B's REST API and envd (Connect RPC, files, port forwarding) on their own
+//!            listeners, for the unmodified e2b SDK
 //! engine/    what the daemon does, as blocking calls: templates, pools, sandboxes, guest
 //!            (exec, files), raw VMs, recovery, and the recording provider under all of them
 //! metrics    Prometheus registry: requests, handoffs, sandboxes, VMs, store commits, pool
@@ -21,6 +23,7 @@
 pub mod api;
 pub mod client;
 pub mod daemon;
+pub mod e2b;
 pub mod engine;
 pub mod error;
 pub mod ids;

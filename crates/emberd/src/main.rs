@@ -62,6 +62,16 @@ struct Args {
     /// How long ended sandboxes' records are kept, seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     ended_retention_secs: u64,
+    /// Serve E2B's REST API here (e.g. 127.0.0.1:3000; needs --e2b-api-key-file).
+    #[arg(long)]
+    e2b_api: Option<SocketAddr>,
+    /// API keys the E2B REST API accepts in X-API-KEY, one a line.
+    #[arg(long)]
+    e2b_api_key_file: Option<PathBuf>,
+    /// Serve E2B's envd for every sandbox here (e.g. 127.0.0.1:49983; set the SDK's
+    /// E2B_SANDBOX_URL to it).
+    #[arg(long)]
+    e2b_envd: Option<SocketAddr>,
     /// Log lines as text or JSON (on stderr).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -134,6 +144,16 @@ async fn run(args: Args) -> Result<()> {
              pass --vmm",
         )?,
     };
+    let e2b = match (args.e2b_api, &args.e2b_api_key_file, args.e2b_envd) {
+        (None, None, None) => None,
+        (Some(api), Some(keys), envd) => Some(emberd::e2b::E2bConfig {
+            api,
+            api_keys: emberd::e2b::read_keys(keys).map_err(anyhow::Error::msg)?,
+            envd,
+        }),
+        (Some(_), None, _) => bail!("--e2b-api needs --e2b-api-key-file"),
+        (None, _, _) => bail!("--e2b-envd and --e2b-api-key-file need --e2b-api"),
+    };
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let daemon = Daemon::start(DaemonConfig {
@@ -149,6 +169,7 @@ async fn run(args: Args) -> Result<()> {
             max_file_bytes: args.max_file_bytes,
             ended_retention: std::time::Duration::from_secs(args.ended_retention_secs),
         },
+        e2b,
     })
     .await
     .context("starting emberd")?;

@@ -39,14 +39,24 @@ pub(crate) fn users_of(
         }
     };
     match kind {
-        RecordKind::Snapshot => add(
-            "template",
-            keys(
-                conn,
-                "SELECT id FROM templates WHERE snapshot = ?1 ORDER BY id",
-                key,
-            )?,
-        ),
+        RecordKind::Snapshot => {
+            add(
+                "template",
+                keys(
+                    conn,
+                    "SELECT id FROM templates WHERE snapshot = ?1 ORDER BY id",
+                    key,
+                )?,
+            );
+            add(
+                "sandbox",
+                keys(
+                    conn,
+                    "SELECT id FROM sandboxes WHERE body ->> '$.saved' = ?1 ORDER BY id",
+                    key,
+                )?,
+            );
+        }
         RecordKind::Template => {
             add(
                 "pool",

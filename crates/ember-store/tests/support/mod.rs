@@ -105,6 +105,9 @@ pub fn sandbox(id: &str, template: &str) -> Sandbox {
         created_at: t0(),
         start: None,
         end: None,
+        on_timeout: ember_core::OnTimeout::Kill,
+        saved: None,
+        access_token: None,
     }
 }
 

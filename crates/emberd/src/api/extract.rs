@@ -73,6 +73,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub struct QueryPairs(pub Vec<(String, String)>);
 
 impl QueryPairs {
+    /// Decodes a query string (without its `?`).
+    pub fn parse(query: Option<&str>) -> Result<QueryPairs, ApiError> {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or(""))
+            .map(QueryPairs)
+            .map_err(|e| ApiError::invalid(format!("the query string: {e}")))
+    }
+
     /// Every value of `key`.
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
@@ -109,10 +116,7 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
-            .map(QueryPairs)
-            .map_err(|e| ApiError::invalid(format!("the query string: {e}")))
+        QueryPairs::parse(parts.uri.query())
     }
 }
 

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::extract::{ApiJson, QueryPairs, blocking};
 use crate::engine::guest::{ExecDone, ExecRequest};
-use crate::engine::sandboxes::{CreateSandbox, ListSandboxes, SandboxPage, SetTimeout};
+use crate::engine::sandboxes::{CreateSandbox, ListSandboxes, PauseMode, SandboxPage, SetTimeout};
 use crate::error::{ApiError, ErrorBody};
 
 /// Largest piece of output one exec event carries, bytes.
@@ -294,21 +294,42 @@ pub async fn get_file(
     Ok(([(CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
-/// Pauses a running sandbox's vCPUs (memory stays; exec is refused until it resumes). Pausing
-/// a paused sandbox changes nothing.
+/// Pauses a sandbox: in memory (`mode=memory`, the default: its vCPUs stop, memory stays) or
+/// to disk (`mode=disk`: its VM is snapshotted into the state directory and destroyed; it then
+/// costs no memory or CPU, has no time limit, and survives a daemon restart). Exec is refused
+/// until it resumes. Pausing a paused sandbox changes nothing.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/pause", tag = "sandboxes",
-    params(("id" = String, Path, description = "The sandbox's id")),
+    params(("id" = String, Path, description = "The sandbox's id"),
+        ("mode" = Option<PauseMode>, Query, description = "memory (default) or disk")),
     responses((status = 200, body = Sandbox), (status = 404, body = ErrorBody),
         (status = 409, description = "Ended", body = ErrorBody)))]
 pub async fn pause(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    q: QueryPairs,
 ) -> Result<Json<Sandbox>, ApiError> {
+    q.only(&["mode"])?;
+    let mode = match q.one("mode")? {
+        None | Some("memory") => PauseMode::Memory,
+        Some("disk") => PauseMode::Disk,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "mode: {other:?} is not a pause mode (memory or disk)"
+            )));
+        }
+    };
     let e = s.engine;
-    Ok(Json(blocking(move || e.pause_sandbox(&id)).await?))
+    Ok(Json(
+        blocking(move || match mode {
+            PauseMode::Memory => e.pause_sandbox(&id),
+            PauseMode::Disk => e.pause_to_disk(&id),
+        })
+        .await?,
+    ))
 }
 
-/// Resumes a paused sandbox. Resuming a running sandbox changes nothing.
+/// Resumes a paused sandbox (from memory, or restored from disk). Resuming a running sandbox
+/// changes nothing.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/resume", tag = "sandboxes",
     params(("id" = String, Path, description = "The sandbox's id")),
     responses((status = 200, body = Sandbox), (status = 404, body = ErrorBody),
@@ -318,7 +339,7 @@ pub async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<Sandbox>, ApiError> {
     let e = s.engine;
-    Ok(Json(blocking(move || e.resume_sandbox(&id)).await?))
+    Ok(Json(blocking(move || e.resume_sandbox_with(&id, None)).await?))
 }
 
 /// Sets a new time limit, counted from now.

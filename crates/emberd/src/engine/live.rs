@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use ember_agent_proto::AgentClient;
-use ember_core::{Sandbox, SandboxId, SandboxState};
+use ember_core::{Sandbox, SandboxId, SandboxState, SnapshotId};
 
 /// Most idle agent connections kept per sandbox (more concurrent calls open more, and the
 /// extra ones are closed when they finish).
@@ -22,8 +22,12 @@ pub struct Live {
     state: Mutex<SandboxState>,
     /// When it is killed (a copy of the store's `deadline`).
     deadline: Mutex<Option<SystemTime>>,
+    /// While paused to disk: the snapshot it resumes from (it has no VM meanwhile).
+    saved: Mutex<Option<SnapshotId>>,
     /// Environment every command gets.
     pub env: BTreeMap<String, String>,
+    /// The token clients present to reach its own endpoints (envd), if it has one.
+    pub access_token: Option<String>,
     /// Idle agent connections: a call takes one (or opens one) and puts it back.
     agents: Mutex<Vec<AgentClient>>,
     /// Held across a lifecycle change (pause, resume, kill, timeout) so they do not interleave.
@@ -41,7 +45,9 @@ impl Live {
         Self {
             state: Mutex::new(sandbox.state),
             deadline: Mutex::new(sandbox.deadline),
+            saved: Mutex::new(sandbox.saved.clone()),
             env: sandbox.env.clone(),
+            access_token: sandbox.access_token.clone(),
             agents: Mutex::new(agent.into_iter().collect()),
             lifecycle: Mutex::new(()),
         }
@@ -65,6 +71,16 @@ impl Live {
     /// Records a new deadline (after the store has it).
     pub fn set_deadline(&self, deadline: Option<SystemTime>) {
         *lock(&self.deadline) = deadline;
+    }
+
+    /// The snapshot it resumes from, while paused to disk.
+    pub fn saved(&self) -> Option<SnapshotId> {
+        lock(&self.saved).clone()
+    }
+
+    /// Records that it was saved to disk or restored (after the store has it).
+    pub fn set_saved(&self, saved: Option<SnapshotId>) {
+        *lock(&self.saved) = saved;
     }
 
     /// An idle agent connection, if one is kept.
@@ -121,6 +137,14 @@ impl LiveSandboxes {
     /// How many sandboxes run or are paused.
     pub fn count(&self) -> usize {
         lock(&self.map).len()
+    }
+
+    /// How many have a VM (running or paused in memory); sandboxes paused to disk hold none.
+    pub fn with_vm(&self) -> usize {
+        lock(&self.map)
+            .values()
+            .filter(|l| l.saved().is_none())
+            .count()
     }
 
     /// How many are in each state (running, paused).

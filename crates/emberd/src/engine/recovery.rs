@@ -126,6 +126,21 @@ pub fn recover(engine: &Arc<Engine>) -> Result<RecoveryReport, ApiError> {
                 .get(&vm)
                 .filter(|(owner, _)| *owner == VmOwner::Sandbox)
                 .map(|(_, view)| view.status);
+            if let Some(saved) = &sandbox.saved {
+                // Paused to disk: no VM is its (one left over from a pause cut short is
+                // destroyed below, unclaimed); its snapshot must be loadable.
+                if engine.provider.snapshot_info(saved).is_ok() {
+                    engine
+                        .live
+                        .insert(sandbox.id.clone(), Arc::new(Live::new(sandbox, None)));
+                    report.sandboxes_adopted += 1;
+                } else {
+                    let why = format!("its saved snapshot {saved} cannot be loaded");
+                    end(engine, &sandbox.id, EndCause::VmExited, why.clone())?;
+                    report.sandboxes_lost.push((sandbox.id.to_string(), why));
+                }
+                continue;
+            }
             match (sandbox.state, vm_state) {
                 (SandboxState::Creating, _) => {
                     end(
@@ -183,6 +198,24 @@ pub fn recover(engine: &Arc<Engine>) -> Result<RecoveryReport, ApiError> {
             after: Some(next),
             ..SandboxFilter::default()
         })?;
+    }
+
+    // Saved snapshots no sandbox refers to (a pause or a resume cut short).
+    let referenced: HashSet<String> = engine
+        .store
+        .list::<Sandbox>()?
+        .into_iter()
+        .filter_map(|s| s.record.saved.map(|id| id.to_string()))
+        .collect();
+    for info in engine.store.list::<SnapshotInfo>()? {
+        let id = &info.record.snapshot_id;
+        if id.as_str().starts_with(super::sandboxes::SAVED_PREFIX)
+            && !referenced.contains(id.as_str())
+        {
+            tracing::info!(snapshot = %id, "removing a saved snapshot no sandbox refers to");
+            engine.delete_saved(id);
+            report.snapshot_dirs_removed += 1;
+        }
     }
 
     // Pools.
@@ -327,6 +360,7 @@ fn end(engine: &Engine, id: &SandboxId, cause: EndCause, message: String) -> Res
             tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
                 s.state = SandboxState::Ended;
                 s.deadline = None;
+                s.saved = None;
                 s.end = Some(SandboxEnd {
                     cause,
                     message,

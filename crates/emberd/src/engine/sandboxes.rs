@@ -19,8 +19,9 @@ use std::time::{Duration, Instant, SystemTime};
 use ember_agent_proto::AgentClient;
 use ember_core::sandbox::{validate_env, validate_labels, validate_timeout};
 use ember_core::{
-    EndCause, Sandbox, SandboxEnd, SandboxId, SandboxStart, SandboxState, TemplateName, VmId,
-    VmOwner, VmProvider, VmRecord, VmSpec, error_chain,
+    EndCause, OnTimeout, Sandbox, SandboxEnd, SandboxId, SandboxStart, SandboxState,
+    SnapshotId, SnapshotRequest, TemplateName, VmId, VmOwner, VmProvider, VmRecord, VmSpec,
+    error_chain,
 };
 use ember_pool::{PoolError, Tenant};
 use ember_store::{Cursor, Durability, Page, SandboxFilter, StoreError};
@@ -29,6 +30,10 @@ use utoipa::ToSchema;
 
 use super::{AGENT_PORT, AGENT_TIMEOUT, Engine, Live, ReadyTemplate};
 use crate::error::ApiError;
+
+/// Saved snapshots' ids start with this (`saved-<sandbox>-<suffix>`): recovery removes those no
+/// sandbox refers to.
+pub const SAVED_PREFIX: &str = "saved-";
 
 /// The time limit a sandbox gets when its create does not say, seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -50,6 +55,27 @@ pub struct CreateSandbox {
     /// `POST /v1/sandboxes/{id}/timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+}
+
+/// What a sandbox may carry beyond [`CreateSandbox`] (the E2B API sets these).
+#[derive(Debug, Clone, Default)]
+pub struct SandboxOptions {
+    /// What happens when its time limit passes.
+    pub on_timeout: OnTimeout,
+    /// The token clients present to reach its own endpoints.
+    pub access_token: Option<String>,
+}
+
+/// How `POST /v1/sandboxes/{id}/pause` pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseMode {
+    /// The vCPUs stop; memory stays in the host's RAM (resume is instant).
+    #[default]
+    Memory,
+    /// The VM is snapshotted to the state directory and destroyed: it holds no memory or CPU,
+    /// survives a daemon restart and a host reboot, and resuming restores it.
+    Disk,
 }
 
 /// `POST /v1/sandboxes/{id}/timeout`: a new time limit, counted from now.
@@ -102,16 +128,28 @@ fn sandbox_id(id: &str) -> Result<SandboxId, ApiError> {
 }
 
 impl Engine {
+    /// Makes a sandbox from a ready template (see [`create_sandbox_with`](Self::create_sandbox_with)).
+    pub fn create_sandbox(&self, req: CreateSandbox) -> Result<Sandbox, ApiError> {
+        self.create_sandbox_with(req, SandboxOptions::default())
+    }
+
     /// Makes a sandbox from a ready template and records it `running`, with its VM, in one
     /// transaction: nothing is recorded of a create that fails, and a daemon that dies before
     /// the commit finds the warm VM back in its pool (or sweeps the restored one).
-    pub fn create_sandbox(&self, req: CreateSandbox) -> Result<Sandbox, ApiError> {
+    pub fn create_sandbox_with(
+        &self,
+        req: CreateSandbox,
+        opts: SandboxOptions,
+    ) -> Result<Sandbox, ApiError> {
+        if let Some(t) = &opts.access_token {
+            ember_core::sandbox::validate_access_token(t)?;
+        }
         validate_labels(&req.labels)?;
         validate_env(&req.env)?;
         let timeout = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
         validate_timeout("timeout_secs", timeout)?;
         let ready = self.ready_template(&req.template)?;
-        if self.live.count() >= self.limits.max_sandboxes {
+        if self.live.with_vm() >= self.limits.max_sandboxes {
             return Err(ApiError::unavailable(format!(
                 "this host runs its limit of {} sandboxes; kill one or retry later",
                 self.limits.max_sandboxes
@@ -138,6 +176,9 @@ impl Engine {
                 latency_us: latency.as_micros() as u64,
             }),
             end: None,
+            on_timeout: opts.on_timeout,
+            saved: None,
+            access_token: opts.access_token,
         };
         let pooled = self.vms.take_pending_rename(&vm);
         let recorded = self
@@ -301,12 +342,14 @@ impl Engine {
             // Ended while this call waited for its turn.
             return self.sandbox(id.as_str());
         }
+        let saved = live.saved();
         let ended = self
             .store
             .write("sandbox ended", Durability::Process, |tx| {
                 tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
                     s.state = SandboxState::Ended;
                     s.deadline = None;
+                    s.saved = None;
                     s.end = Some(SandboxEnd {
                         cause,
                         message,
@@ -317,7 +360,10 @@ impl Engine {
             })?;
         self.live.remove(id);
         live.drop_agents();
-        self.destroy_vm(&vm_id(id));
+        match saved {
+            Some(snap) => self.delete_saved(&snap),
+            None => self.destroy_vm(&vm_id(id)),
+        }
         self.metrics.sandbox_ended(cause);
         tracing::info!(sandbox = %id, %cause, "sandbox ended");
         Ok(ended.record)
@@ -353,6 +399,11 @@ impl Engine {
                 "sandbox {id} is {now}, not {from}"
             )));
         }
+        if to == SandboxState::Running
+            && let Some(saved) = live.saved()
+        {
+            return self.restore_saved(&id, &live, &saved, None);
+        }
         let vm = vm_id(&id);
         let sandboxes = self.vms.for_owner(VmOwner::Sandbox);
         match to {
@@ -370,6 +421,172 @@ impl Engine {
         live.set_state(to);
         tracing::debug!(sandbox = %id, state = %to, "sandbox state changed");
         Ok(stored.record)
+    }
+
+    /// Pauses a sandbox to disk: its VM (paused first if it runs) is snapshotted into the state
+    /// directory and destroyed; the sandbox holds no memory or CPU and has no time limit until it
+    /// is resumed. Pausing one that is already on disk changes nothing.
+    pub fn pause_to_disk(&self, id: &str) -> Result<Sandbox, ApiError> {
+        let (id, live) = self.live_sandbox(id)?;
+        let _turn = live.lifecycle();
+        if self.live.get(&id).is_none() {
+            return Err(ApiError::conflict(format!("sandbox {id} has ended")));
+        }
+        if live.saved().is_some() {
+            return self.sandbox(id.as_str());
+        }
+        let vm = vm_id(&id);
+        let sandboxes = self.vms.for_owner(VmOwner::Sandbox);
+        if live.state() == SandboxState::Running {
+            sandboxes.pause(&vm)?;
+            live.set_state(SandboxState::Paused);
+        }
+        let record = self.sandbox(id.as_str())?;
+        let snapshot_id = SnapshotId::new(format!("{SAVED_PREFIX}{id}-{}", crate::ids::suffix()))?;
+        let t0 = Instant::now();
+        sandboxes.snapshot(
+            &vm,
+            &SnapshotRequest {
+                snapshot_id: snapshot_id.clone(),
+                stack: Some(record.stack.clone()),
+            },
+        )?;
+        let stored = self.store.write("sandbox saved", Durability::Full, |tx| {
+            tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
+                s.state = SandboxState::Paused;
+                s.saved = Some(snapshot_id.clone());
+                s.deadline = None;
+                Ok(())
+            })
+        });
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                // The sandbox stays paused in memory; the snapshot goes.
+                self.delete_saved(&snapshot_id);
+                return Err(e.into());
+            }
+        };
+        live.set_saved(Some(snapshot_id.clone()));
+        live.set_deadline(None);
+        live.drop_agents();
+        self.destroy_vm(&vm);
+        tracing::info!(sandbox = %id, snapshot = %snapshot_id,
+            ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox paused to disk");
+        Ok(stored.record)
+    }
+
+    /// Resumes a sandbox, whether paused in memory or on disk; `timeout_secs` (or, when absent,
+    /// its last time limit) counts from now for one restored from disk.
+    pub fn resume_sandbox_with(
+        &self,
+        id: &str,
+        timeout_secs: Option<u64>,
+    ) -> Result<Sandbox, ApiError> {
+        if let Some(t) = timeout_secs {
+            validate_timeout("timeout", t)?;
+        }
+        let (sid, live) = self.live_sandbox(id)?;
+        if let Some(saved) = live.saved() {
+            let _turn = live.lifecycle();
+            if self.live.get(&sid).is_none() {
+                return Err(ApiError::conflict(format!("sandbox {sid} has ended")));
+            }
+            if live.saved().as_ref() == Some(&saved) {
+                return self.restore_saved(&sid, &live, &saved, timeout_secs);
+            }
+        }
+        let sb = self.resume_sandbox(id)?;
+        match timeout_secs {
+            Some(t) => self.set_timeout(id, SetTimeout { timeout_secs: t }),
+            None => Ok(sb),
+        }
+    }
+
+    /// Restores a sandbox saved to disk (its lifecycle turn held): a new VM from the saved
+    /// snapshot, reseeded (entropy, wall clock), recorded running with its VM; then the snapshot
+    /// goes.
+    fn restore_saved(
+        &self,
+        id: &SandboxId,
+        live: &Live,
+        saved: &SnapshotId,
+        timeout_secs: Option<u64>,
+    ) -> Result<Sandbox, ApiError> {
+        let t0 = Instant::now();
+        let info = self
+            .store
+            .get::<ember_core::SnapshotInfo>(saved.as_str())?
+            .ok_or_else(|| ApiError::internal(format!("the saved snapshot {saved} has no record")))?
+            .record;
+        let mut snap = info.to_ref();
+        snap.resume = true;
+        let vm = vm_id(id);
+        self.vms.create_unrecorded(&vm, &VmSpec::restore(snap))?;
+        let reseeded = self.connect_agent(&vm).and_then(|mut agent| {
+            agent
+                .send_reseed_fresh(self.next_generation())
+                .map_err(ApiError::from)?;
+            Ok(agent)
+        });
+        let agent = match reseeded {
+            Ok(a) => a,
+            Err(e) => {
+                if let Err(d) = self.provider.destroy(&vm) {
+                    tracing::error!(%vm, error = %error_chain(&d), "destroying a VM that failed its reseed");
+                }
+                return Err(e.context(format!("resuming sandbox {id} from disk")));
+            }
+        };
+        let record = self.sandbox(id.as_str())?;
+        let timeout = timeout_secs
+            .or(record.timeout_secs)
+            .unwrap_or(DEFAULT_TIMEOUT_SECS);
+        let deadline = SystemTime::now() + Duration::from_secs(timeout);
+        let recorded = self
+            .provider
+            .vm_record(&vm, VmOwner::Sandbox)
+            .map_err(ApiError::from)
+            .and_then(|vm_record| {
+                self.store
+                    .write("sandbox restored", Durability::Process, |tx| {
+                        tx.put(&vm_record)?;
+                        tx.update::<Sandbox, StoreError>(id.as_str(), |s| {
+                            s.state = SandboxState::Running;
+                            s.saved = None;
+                            s.timeout_secs = Some(timeout);
+                            s.deadline = Some(deadline);
+                            Ok(())
+                        })
+                    })
+                    .map_err(ApiError::from)
+            });
+        let stored = match recorded {
+            Ok(s) => s,
+            Err(e) => {
+                drop(agent);
+                if let Err(d) = self.provider.destroy(&vm) {
+                    tracing::error!(%vm, error = %error_chain(&d), "destroying an unrecorded restore");
+                }
+                return Err(e.context(format!("recording sandbox {id}'s resume")));
+            }
+        };
+        live.set_saved(None);
+        live.set_state(SandboxState::Running);
+        live.set_deadline(Some(deadline));
+        live.put_agent(agent);
+        self.delete_saved(saved);
+        tracing::info!(sandbox = %id, ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox resumed from disk");
+        Ok(stored.record)
+    }
+
+    /// Deletes a saved snapshot (files and record); a failure is logged (recovery removes
+    /// saved snapshots no sandbox refers to).
+    pub(crate) fn delete_saved(&self, snapshot: &SnapshotId) {
+        match self.vms.delete_snapshot(snapshot) {
+            Ok(()) | Err(ember_core::VmError::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(%snapshot, error = %error_chain(&e), "deleting a saved snapshot"),
+        }
     }
 
     /// Gives a live sandbox a new time limit, counted from now.
@@ -394,14 +611,24 @@ impl Engine {
         Ok(stored.record)
     }
 
-    /// Ends every sandbox whose deadline has passed; returns how many.
+    /// Ends (or, as their record asks, pauses to disk) every sandbox whose deadline has passed;
+    /// returns how many.
     pub fn reap_expired(&self) -> usize {
         let expired = self.live.expired(SystemTime::now());
         let mut n = 0;
         for id in expired {
-            match self.end_sandbox(&id, EndCause::TimedOut, "its time limit passed".into()) {
-                Ok(_) => n += 1,
-                Err(e) => tracing::error!(sandbox = %id, error = %e, "ending a timed-out sandbox"),
+            let pause = self
+                .sandbox(id.as_str())
+                .is_ok_and(|s| s.on_timeout == OnTimeout::Pause);
+            let done = if pause {
+                self.pause_to_disk(id.as_str()).map(drop)
+            } else {
+                self.end_sandbox(&id, EndCause::TimedOut, "its time limit passed".into())
+                    .map(drop)
+            };
+            match done {
+                Ok(()) => n += 1,
+                Err(e) => tracing::error!(sandbox = %id, error = %e, "a timed-out sandbox"),
             }
         }
         n

@@ -1,0 +1,140 @@
+"""The unmodified e2b SDK (PyPI) against emberd's E2B listeners, on probe-guest sandboxes.
+
+Run by crates/emberd/tests/e2b_sdk.rs with E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY set.
+Every check is an assert; the script exits non-zero on the first failure.
+"""
+import concurrent.futures
+import os
+import sys
+import time
+
+from e2b import Sandbox, SandboxQuery
+from e2b.exceptions import (
+    AuthenticationException,
+    NotFoundException,
+    SandboxException,
+    TimeoutException,
+)
+
+TEMPLATE = os.environ.get("EMBER_TEMPLATE", "probe")
+
+
+def check_lifecycle():
+    sbx = Sandbox.create(template=TEMPLATE, metadata={"owner": "alice", "run": "lc"},
+                         envs={"FOO": "bar"}, timeout=60)
+    info = sbx.get_info()
+    assert info.sandbox_id == sbx.sandbox_id, info
+    assert info.template_id == TEMPLATE, info
+    assert info.metadata == {"owner": "alice", "run": "lc"}, info.metadata
+    assert info.state.value == "running", info.state
+    assert info.cpu_count == 1 and info.memory_mb == 128, info
+
+    # Files, byte for byte.
+    sbx.files.write("/a.txt", "hello file")
+    assert sbx.files.read("/a.txt") == "hello file"
+    blob = bytes((i * 7) % 251 for i in range(40000))
+    sbx.files.write("/blob.bin", blob)
+    assert bytes(sbx.files.read("/blob.bin", format="bytes")) == blob
+    written = sbx.files.write_files([
+        {"path": "/w/one.txt", "data": "1"},
+        {"path": "/w/two.txt", "data": "22"},
+    ])
+    assert sorted(w.path for w in written) == ["/w/one.txt", "/w/two.txt"], written
+    assert sbx.files.read("/w/two.txt") == "22"
+    try:
+        sbx.files.read("/missing")
+        raise AssertionError("reading a missing file succeeded")
+    except NotFoundException:
+        pass
+
+    # Listing with a metadata filter, and paging.
+    found = Sandbox.list(query=SandboxQuery(metadata={"run": "lc"})).next_items()
+    assert [s.sandbox_id for s in found] == [sbx.sandbox_id], found
+
+    # A new time limit, metrics.
+    sbx.set_timeout(120)
+    end = sbx.get_info().end_at.timestamp()
+    assert 100 < end - time.time() <= 121, end - time.time()
+    metrics = sbx.get_metrics()
+    assert len(metrics) == 1 and metrics[0].mem_total == 128 << 20, metrics
+
+    # Pause to disk and resume, three times: the files written before each pause stay.
+    for i in range(3):
+        sbx.files.write(f"/f{i}", f"data{i}")
+        assert sbx.pause() is True
+        assert Sandbox.get_info(sbx.sandbox_id).state.value == "paused"
+        assert sbx.pause() is False, "pausing a paused sandbox"
+        try:
+            sbx.files.read("/a.txt")
+            raise AssertionError("a paused sandbox served a file")
+        except TimeoutException:  # SandboxNotRunningException
+            pass
+        back = Sandbox.connect(sbx.sandbox_id)
+        assert back.get_info().state.value == "running"
+        for j in range(i + 1):
+            assert back.files.read(f"/f{j}") == f"data{j}", (i, j)
+        assert back.files.read("/blob.bin", format="bytes") == blob
+
+    # Kill: gone for the API and for envd.
+    assert sbx.kill() is True
+    assert sbx.kill() is False
+    try:
+        sbx.files.read("/a.txt")
+        raise AssertionError("a killed sandbox served a file")
+    except TimeoutException as e:
+        assert "was not found" in str(e) or "not running" in str(e).lower(), e
+    try:
+        Sandbox.get_info(sbx.sandbox_id)
+        raise AssertionError("a killed sandbox has info")
+    except SandboxException:
+        pass
+    print("lifecycle ok")
+
+
+def check_auto_pause():
+    sbx = Sandbox.create(template=TEMPLATE, timeout=1, lifecycle={"on_timeout": "pause"})
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        state = Sandbox.get_info(sbx.sandbox_id).state.value
+        if state == "paused":
+            break
+        time.sleep(0.2)
+    assert state == "paused", state
+    Sandbox.connect(sbx.sandbox_id).kill()
+    print("auto pause ok")
+
+
+def check_bad_key():
+    try:
+        Sandbox.create(template=TEMPLATE, api_key="x" * 20)
+        raise AssertionError("a wrong key was accepted")
+    except AuthenticationException:
+        pass
+    print("bad key ok")
+
+
+def one_client(i):
+    sbx = Sandbox.create(template=TEMPLATE, metadata={"run": "many", "i": str(i)}, timeout=60)
+    data = f"client {i}".encode() * 100
+    sbx.files.write(f"/c{i}", data)
+    assert bytes(sbx.files.read(f"/c{i}", format="bytes")) == data
+    assert sbx.pause() is True
+    back = Sandbox.connect(sbx.sandbox_id)
+    assert bytes(back.files.read(f"/c{i}", format="bytes")) == data
+    back.kill()
+    return i
+
+
+def check_concurrent(n=16):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        done = sorted(pool.map(one_client, range(n)))
+    assert done == list(range(n)), done
+    left = Sandbox.list(query=SandboxQuery(metadata={"run": "many"})).next_items()
+    assert left == [], left
+    print(f"{n} concurrent clients ok")
+
+
+if __name__ == "__main__":
+    which = sys.argv[1:] or ["lifecycle", "auto_pause", "bad_key", "concurrent"]
+    for name in which:
+        globals()[f"check_{name}"]()
