@@ -16,6 +16,8 @@ pub(crate) enum Content {
     Any,
     /// UTF-8 text.
     Utf8,
+    /// UTF-8 text without NUL (user and group names, so a C agent can pass them on).
+    Utf8NoNul,
     /// Anything but NUL (paths and argv entries, so a C agent can pass them on).
     NoNul,
     /// `KEY=VALUE` without NUL, the key non-empty (environment entries).
@@ -69,6 +71,14 @@ impl BytesRule {
                 }
             }
             Content::NoNul => {
+                if bytes.contains(&0) {
+                    return Err(err(FieldProblem::ContainsNul));
+                }
+            }
+            Content::Utf8NoNul => {
+                if core::str::from_utf8(bytes).is_err() {
+                    return Err(err(FieldProblem::InvalidUtf8));
+                }
                 if bytes.contains(&0) {
                     return Err(err(FieldProblem::ContainsNul));
                 }
@@ -131,6 +141,11 @@ impl<'b> Writer<'b> {
 
     pub(crate) fn i32(&mut self, v: i32) {
         self.put(&v.to_le_bytes());
+    }
+
+    /// A boolean: one byte, 0 or 1.
+    pub(crate) fn bool(&mut self, v: bool) {
+        self.u8(u8::from(v));
     }
 
     /// A fixed-size field (no length prefix).
@@ -258,6 +273,31 @@ impl<'a> Reader<'a> {
         Ok(i32::from_le_bytes(self.array(field)?))
     }
 
+    /// A boolean: one byte, 0 or 1 (anything else is out of range).
+    pub(crate) fn bool(&mut self, field: &'static str) -> Result<bool, FieldError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(FieldError {
+                kind: self.kind,
+                field,
+                problem: FieldProblem::OutOfRange {
+                    value: u64::from(value),
+                },
+            }),
+        }
+    }
+
+    /// Where the next field starts (offset into the body).
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// The body bytes from `start` up to the next field.
+    pub(crate) fn since(&self, start: usize) -> &'a [u8] {
+        self.buf.get(start..self.pos).unwrap_or_default()
+    }
+
     /// A fixed-size field (no length prefix).
     pub(crate) fn fixed<const N: usize>(
         &mut self,
@@ -327,8 +367,7 @@ impl<'a> Reader<'a> {
         for _ in 0..count {
             self.bytes(&rule.item)?;
         }
-        let raw = self.buf.get(start..self.pos).unwrap_or_default();
-        Ok(ByteList::from_wire(raw, count))
+        Ok(ByteList::from_wire(self.since(start), count))
     }
 }
 
@@ -399,6 +438,32 @@ mod tests {
         assert_eq!(
             NAME.check(Kind::Exec, b"").unwrap_err().problem,
             FieldProblem::TooShort { len: 0, min: 1 }
+        );
+    }
+
+    #[test]
+    fn booleans_are_zero_or_one() {
+        let mut r = Reader::new(&[0, 1, 2], Kind::Remove);
+        assert_eq!(r.bool("recursive"), Ok(false));
+        assert_eq!(r.bool("recursive"), Ok(true));
+        assert_eq!(
+            r.bool("recursive").unwrap_err().problem,
+            FieldProblem::OutOfRange { value: 2 }
+        );
+        let user = BytesRule {
+            field: "user",
+            min: 0,
+            max: 8,
+            content: Content::Utf8NoNul,
+        };
+        assert!(user.check(Kind::ExecIn, "usér".as_bytes()).is_ok());
+        assert_eq!(
+            user.check(Kind::ExecIn, b"a\0").unwrap_err().problem,
+            FieldProblem::ContainsNul
+        );
+        assert_eq!(
+            user.check(Kind::ExecIn, &[0xff]).unwrap_err().problem,
+            FieldProblem::InvalidUtf8
         );
     }
 

@@ -26,6 +26,18 @@ pub enum Kind {
     Reseed = 0x07,
     /// Request: power the guest off.
     Shutdown = 0x08,
+    /// Request: what is at a path (kind, mode, size, mtime, owner, symlink target).
+    Stat = 0x09,
+    /// Request: the entries of a directory, to a depth, a page at a time.
+    ListDir = 0x0A,
+    /// Request: create a directory (and, optionally, its missing parents).
+    MakeDir = 0x0B,
+    /// Request: remove a file or directory (optionally with everything in it).
+    Remove = 0x0C,
+    /// Request: rename (move) a file or directory.
+    Rename = 0x0D,
+    /// Request: run a command in a working directory, as a user.
+    ExecIn = 0x0E,
     /// Reply to Hello.
     HelloOk = 0x81,
     /// Reply to Ping.
@@ -42,6 +54,18 @@ pub enum Kind {
     ReseedOk = 0x87,
     /// Reply to Shutdown.
     ShutdownOk = 0x88,
+    /// Reply to Stat.
+    StatResult = 0x89,
+    /// Reply to ListDir.
+    DirListing = 0x8A,
+    /// Reply to MakeDir.
+    MakeDirOk = 0x8B,
+    /// Reply to Remove.
+    RemoveOk = 0x8C,
+    /// Reply to Rename.
+    RenameOk = 0x8D,
+    /// Reply to ExecIn.
+    ExecInResult = 0x8E,
     /// Reply to any request: the request failed.
     Error = 0xFE,
     /// Reply to any request: the agent does not know the request's kind.
@@ -50,7 +74,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, requests first.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 30] = [
         Kind::Hello,
         Kind::Ping,
         Kind::Health,
@@ -59,6 +83,12 @@ impl Kind {
         Kind::GetFile,
         Kind::Reseed,
         Kind::Shutdown,
+        Kind::Stat,
+        Kind::ListDir,
+        Kind::MakeDir,
+        Kind::Remove,
+        Kind::Rename,
+        Kind::ExecIn,
         Kind::HelloOk,
         Kind::Pong,
         Kind::HealthReport,
@@ -67,6 +97,12 @@ impl Kind {
         Kind::FileData,
         Kind::ReseedOk,
         Kind::ShutdownOk,
+        Kind::StatResult,
+        Kind::DirListing,
+        Kind::MakeDirOk,
+        Kind::RemoveOk,
+        Kind::RenameOk,
+        Kind::ExecInResult,
         Kind::Error,
         Kind::Unsupported,
     ];
@@ -82,6 +118,12 @@ impl Kind {
             0x06 => Kind::GetFile,
             0x07 => Kind::Reseed,
             0x08 => Kind::Shutdown,
+            0x09 => Kind::Stat,
+            0x0A => Kind::ListDir,
+            0x0B => Kind::MakeDir,
+            0x0C => Kind::Remove,
+            0x0D => Kind::Rename,
+            0x0E => Kind::ExecIn,
             0x81 => Kind::HelloOk,
             0x82 => Kind::Pong,
             0x83 => Kind::HealthReport,
@@ -90,6 +132,12 @@ impl Kind {
             0x86 => Kind::FileData,
             0x87 => Kind::ReseedOk,
             0x88 => Kind::ShutdownOk,
+            0x89 => Kind::StatResult,
+            0x8A => Kind::DirListing,
+            0x8B => Kind::MakeDirOk,
+            0x8C => Kind::RemoveOk,
+            0x8D => Kind::RenameOk,
+            0x8E => Kind::ExecInResult,
             0xFE => Kind::Error,
             0xFF => Kind::Unsupported,
             _ => return None,
@@ -126,6 +174,12 @@ impl Kind {
             Kind::GetFile => "GetFile",
             Kind::Reseed => "Reseed",
             Kind::Shutdown => "Shutdown",
+            Kind::Stat => "Stat",
+            Kind::ListDir => "ListDir",
+            Kind::MakeDir => "MakeDir",
+            Kind::Remove => "Remove",
+            Kind::Rename => "Rename",
+            Kind::ExecIn => "ExecIn",
             Kind::HelloOk => "HelloOk",
             Kind::Pong => "Pong",
             Kind::HealthReport => "HealthReport",
@@ -134,6 +188,12 @@ impl Kind {
             Kind::FileData => "FileData",
             Kind::ReseedOk => "ReseedOk",
             Kind::ShutdownOk => "ShutdownOk",
+            Kind::StatResult => "StatResult",
+            Kind::DirListing => "DirListing",
+            Kind::MakeDirOk => "MakeDirOk",
+            Kind::RemoveOk => "RemoveOk",
+            Kind::RenameOk => "RenameOk",
+            Kind::ExecInResult => "ExecInResult",
             Kind::Error => "Error",
             Kind::Unsupported => "Unsupported",
         }
@@ -159,7 +219,7 @@ impl ErrorCode {
     pub const HELLO_REQUIRED: ErrorCode = ErrorCode(3);
     /// The reply would exceed the negotiated frame size, or a resource limit was hit.
     pub const TOO_LARGE: ErrorCode = ErrorCode(4);
-    /// The file or command does not exist.
+    /// The file, directory, command or user does not exist.
     pub const NOT_FOUND: ErrorCode = ErrorCode(5);
     /// The agent may not do that.
     pub const PERMISSION_DENIED: ErrorCode = ErrorCode(6);
@@ -173,6 +233,17 @@ impl ErrorCode {
     pub const TIMED_OUT: ErrorCode = ErrorCode(10);
     /// Anything else that went wrong inside the agent.
     pub const INTERNAL: ErrorCode = ErrorCode(11);
+    /// Something that is not a directory is already at the path (MakeDir), like `EEXIST`.
+    pub const ALREADY_EXISTS: ErrorCode = ErrorCode(12);
+    /// A directory was needed (a path component, ListDir, a working directory, a trailing
+    /// `/`, Rename of a directory onto a file), like `ENOTDIR`.
+    pub const NOT_A_DIRECTORY: ErrorCode = ErrorCode(13);
+    /// A file was needed but the path names a directory (PutFile, GetFile, Rename of a file
+    /// onto a directory), like `EISDIR`.
+    pub const IS_A_DIRECTORY: ErrorCode = ErrorCode(14);
+    /// The directory has entries (Remove without `recursive`, Rename onto it), like
+    /// `ENOTEMPTY`.
+    pub const NOT_EMPTY: ErrorCode = ErrorCode(15);
 
     /// Name of a code this version defines, `None` for others.
     pub const fn name(self) -> Option<&'static str> {
@@ -188,6 +259,10 @@ impl ErrorCode {
             9 => "busy",
             10 => "timed out",
             11 => "internal error",
+            12 => "already exists",
+            13 => "not a directory",
+            14 => "is a directory",
+            15 => "directory not empty",
             _ => return None,
         })
     }
@@ -229,5 +304,7 @@ mod tests {
     fn unknown_error_codes_are_kept() {
         assert_eq!(ErrorCode(999).name(), None);
         assert_eq!(ErrorCode::NOT_FOUND.name(), Some("not found"));
+        assert_eq!(ErrorCode::NOT_EMPTY.name(), Some("directory not empty"));
+        assert_eq!(ErrorCode(16).name(), None);
     }
 }

@@ -6,7 +6,9 @@
 //! - [`limits`]: every numeric bound; [`kind`]: kind bytes and error codes;
 //! - [`frame`]: length prefix and header; [`message`]: request and reply bodies;
 //! - [`FrameBuffer`]: frame reassembly in a caller's buffer; [`Session`]: the guest agent's
-//!   per-connection protocol state (Hello, Ping, Unsupported, malformed frames).
+//!   per-connection protocol state (Hello, Ping, Unsupported, malformed frames);
+//! - [`shell`]: `sh -c SCRIPT` unwrapped into one command's words, for agents whose programs
+//!   are built-ins.
 //!
 //! With the `std` feature (default):
 //! - `io`: `io::FrameReader` (buffered, partial reads, oversize rejected before allocating);
@@ -30,6 +32,7 @@ pub mod kind;
 pub mod limits;
 mod list;
 pub mod message;
+pub mod shell;
 
 #[cfg(feature = "std")]
 pub mod client;
@@ -48,9 +51,13 @@ pub use guest::{AgentIdentity, CloseReason, Negotiated, Session, Step};
 pub use kind::{ErrorCode, Kind};
 pub use list::{ByteList, Iter as ByteListIter};
 pub use message::{
-    ErrorReply, Exec, ExecResult, FileData, GetFile, HealthReport, Hello, HelloOk, Ping, PutFile,
-    Reply, Request, Reseed,
+    DirEntries, DirEntry, DirListing, ErrorReply, Exec, ExecIn, ExecResult, FileData, FileKind,
+    FileStat, GetFile, HealthReport, Hello, HelloOk, ListDir, MakeDir, Ping, PutFile, Remove,
+    Rename, Reply, Request, Reseed, Stat,
 };
 
 #[cfg(feature = "std")]
-pub use client::{AgentClient, AgentInfo, ClientError, ConnectOptions, ExecOutput, FileContents};
+pub use client::{
+    AgentClient, AgentInfo, ClientError, ConnectOptions, ExecOutput, FileContents, FileInfo,
+    ListedEntry,
+};

@@ -37,8 +37,15 @@ pub const MAX_ENV: usize = 256;
 /// Longest single argv or environment entry, in bytes.
 pub const MAX_ARG_LEN: usize = 4096;
 
-/// Longest guest path, in bytes (Linux `PATH_MAX`).
+/// Longest guest path, in bytes (Linux `PATH_MAX`): request paths, ExecIn `cwd`, a symlink's
+/// `target`, a ListDir entry's `name`.
 pub const MAX_PATH_LEN: usize = 4096;
+
+/// Longest user or group name, in bytes: ExecIn `user`, StatResult `owner` and `group`.
+pub const MAX_USER_LEN: usize = 64;
+
+/// Smallest ListDir `depth` (1: the directory's own entries).
+pub const MIN_LIST_DEPTH: u32 = 1;
 
 /// Longest message in an Error reply, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 1024;

@@ -2,19 +2,42 @@
 //! `test-agent`).
 //!
 //! Owns a stand-in for "a VMM's vsock socket with a guest agent behind it" for tests of this crate
-//! and of its users (the pool validator, the runtime): it accepts on a Unix socket, answers the
-//! hybrid handshake (`CONNECT <port>\n` → `OK <hostport>\n`), and then serves the protocol with the
-//! same guest-side pieces a real guest uses ([`FrameBuffer`], [`Session`]), plus a few built-in
-//! commands and an in-memory file store. [`Fault`] makes it misbehave on purpose. It is test
-//! tooling: threads per connection, no limits beyond the protocol's.
+//! and of its users (the pool validator, the runtime, the daemon): it accepts on a Unix socket,
+//! answers the hybrid handshake (`CONNECT <port>\n` → `OK <hostport>\n`), and then serves the
+//! protocol with the same guest-side pieces a real guest uses ([`FrameBuffer`], [`Session`]), plus
+//! a few built-in commands. [`Fault`] makes it misbehave on purpose. It is test tooling: threads
+//! per connection, no limits beyond the protocol's.
 //!
-//! Built-in Exec commands: `echo ARGS...` (args joined by spaces, newline), `cat` (stdin to
-//! stdout), `env` (one env entry per line), `exit N`, `false`, `counter` (a shared counter,
-//! incremented and printed), `sleep MS`, `yes N` (N bytes of `y`, truncated to fit the reply).
-//! Anything else exits 127.
+//! Files: every file request works on a real directory of the host, the agent's *root*
+//! ([`TestAgentConfig::root`], by default a fresh directory under the system's temporary
+//! directory, removed when the agent stops), so clients are tested against real file-system
+//! semantics. Guest path `/a/b` is `<root>/a/b`; a relative path is taken from `/` (the
+//! default working directory) or, in ExecIn, from `cwd`; `.` and empty components are skipped
+//! and `..` removes the previous component (never leaving the root), all before the host sees
+//! the path; a trailing `/` is kept, so the host's file system checks it. Symlinks inside the
+//! root are followed by the host as they are (test tooling: a symlink can lead out of the root).
+//! PutFile at offset 0 creates missing parents (0o755) and a new file with exactly `mode`;
+//! MakeDir applies `mode` exactly (no umask) and gives created parents 0o755. ListDir walks
+//! depth-first, each directory's entries sorted by name, without following symlinks. Host
+//! errors map to codes by kind: not found, already exists, not a directory, is a directory,
+//! not empty, permission denied, invalid input; anything else is `IO`. Stat reports owner and
+//! group names from the host's user database.
+//!
+//! Built-in Exec and ExecIn commands: `echo ARGS...` (args joined by spaces, newline), `cat`
+//! (stdin to stdout), `cat PATH...` (files, relative to the working directory; a missing one
+//! exits 1), `env` (one env entry per line), `exit N`, `false`, `counter` (a shared counter,
+//! incremented and printed), `sleep MS`, `yes N` (N bytes of `y`, truncated to fit the reply),
+//! `pwd` (the guest working directory), `whoami` (the user, `root` by default). Anything else
+//! exits 127. `sh`/`bash` `-c SCRIPT` runs the script's one simple command
+//! ([`crate::shell`]). ExecIn: `cwd` must be a directory (`NOT_FOUND`, `NOT_A_DIRECTORY`);
+//! `user` must be empty, `root` or `user` (else `INVALID_ARGUMENT`).
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,11 +45,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::client::{FileInfo, ListedEntry};
 use crate::frame_buffer::FrameBuffer;
 use crate::guest::{AgentIdentity, Session, Step};
 use crate::kind::ErrorCode;
-use crate::limits::{HEADER_LEN, MAX_FRAME_LEN};
-use crate::message::{ErrorReply, Exec, ExecResult, FileData, HealthReport, Reply, Request};
+use crate::limits::{HEADER_LEN, MAX_FRAME_LEN, MAX_MODE, MAX_USER_LEN};
+use crate::list::ByteList;
+use crate::message::{
+    DirEntries, DirEntry, DirListing, ExecResult, FileData, FileKind, FileStat, HealthReport,
+    Reply, Request,
+};
+use crate::shell;
 
 /// Default receive and reply buffer size of the test agent.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 256 * 1024;
@@ -62,6 +91,9 @@ pub struct TestAgentConfig {
     pub max_frame_len: usize,
     /// Misbehaviour for new connections.
     pub fault: Fault,
+    /// The host directory guest paths live in (it must exist); `None`: a fresh directory under
+    /// the system's temporary directory, removed when the agent stops.
+    pub root: Option<PathBuf>,
 }
 
 impl Default for TestAgentConfig {
@@ -71,6 +103,7 @@ impl Default for TestAgentConfig {
             name: "ember-test-agent".to_owned(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             fault: Fault::None,
+            root: None,
         }
     }
 }
@@ -90,13 +123,14 @@ pub struct ReseedRecord {
 struct State {
     generation: u64,
     counter: u64,
-    files: HashMap<Vec<u8>, (u32, Vec<u8>)>,
     last_reseed: Option<ReseedRecord>,
 }
 
 #[derive(Debug)]
 struct Shared {
     config: Mutex<TestAgentConfig>,
+    /// Where guest paths live.
+    root: PathBuf,
     state: Mutex<State>,
     stop: AtomicBool,
     booted: Instant,
@@ -112,23 +146,49 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A running test agent; stops (and removes its socket) when dropped.
+/// A running test agent; stops (and removes its socket, and its root directory if it made
+/// it) when dropped.
 #[derive(Debug)]
 pub struct TestAgent {
     path: PathBuf,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
+    /// The root directory the agent made (removed on drop).
+    own_root: Option<PathBuf>,
 }
 
 impl TestAgent {
     /// Listens on a new Unix socket at `path` (which must not exist).
     pub fn start(path: impl AsRef<Path>, config: TestAgentConfig) -> io::Result<TestAgent> {
         let path = path.as_ref().to_path_buf();
-        let listener = UnixListener::bind(&path)?;
         let mut boot_id = [0u8; 16];
         getrandom::fill(&mut boot_id).map_err(|e| io::Error::other(e.to_string()))?;
+        let (root, own_root) = match &config.root {
+            Some(root) => (fs::canonicalize(root)?, None),
+            None => {
+                let mut tag = [0u8; 8];
+                getrandom::fill(&mut tag).map_err(|e| io::Error::other(e.to_string()))?;
+                let dir = std::env::temp_dir().join(format!(
+                    "ember-test-agent-{}-{:016x}",
+                    std::process::id(),
+                    u64::from_le_bytes(tag)
+                ));
+                DirBuilder::new().mode(0o755).create(&dir)?;
+                (dir.clone(), Some(dir))
+            }
+        };
+        let listener = match UnixListener::bind(&path) {
+            Ok(listener) => listener,
+            Err(e) => {
+                if let Some(dir) = &own_root {
+                    let _ = fs::remove_dir_all(dir);
+                }
+                return Err(e);
+            }
+        };
         let shared = Arc::new(Shared {
             config: Mutex::new(config),
+            root,
             state: Mutex::new(State::default()),
             stop: AtomicBool::new(false),
             booted: Instant::now(),
@@ -147,7 +207,18 @@ impl TestAgent {
             path,
             shared,
             accept: Some(accept),
+            own_root,
         })
+    }
+
+    /// The host directory guest paths live in (guest `/a` is `<root>/a`).
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// Where guest path `path` is on the host.
+    pub fn host_path(&self, path: impl AsRef<[u8]>) -> PathBuf {
+        GuestPath::resolve(&self.shared.root, b"/", path.as_ref()).host
     }
 
     /// The hybrid vsock socket path (what a VM's vsock `uds_path` would be).
@@ -185,9 +256,13 @@ impl TestAgent {
         lock(&self.shared.state).last_reseed.clone()
     }
 
-    /// A file in the in-memory store: mode and contents.
+    /// A regular file at guest path `path`: its permission bits and contents.
     pub fn file(&self, path: impl AsRef<[u8]>) -> Option<(u32, Vec<u8>)> {
-        lock(&self.shared.state).files.get(path.as_ref()).cloned()
+        let host = self.host_path(path);
+        let meta = fs::symlink_metadata(&host)
+            .ok()
+            .filter(fs::Metadata::is_file)?;
+        Some((meta.mode() & MAX_MODE, fs::read(&host).ok()?))
     }
 
     /// Whether a Shutdown request was answered.
@@ -211,7 +286,10 @@ impl Drop for TestAgent {
         for worker in workers {
             let _ = worker.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        let _ = fs::remove_file(&self.path);
+        if let Some(root) = &self.own_root {
+            let _ = fs::remove_dir_all(root);
+        }
     }
 }
 
@@ -339,6 +417,156 @@ struct Scratch {
     data: Vec<u8>,
 }
 
+/// A refused request: its Error reply's code and message.
+#[derive(Debug)]
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The host's error `e` while doing `what` to `path`.
+    fn io(what: &str, path: &GuestPath, e: &io::Error) -> Self {
+        Refusal::new(io_code(e), format!("{what} {}: {e}", path.display()))
+    }
+}
+
+/// The protocol's code for a host I/O error.
+fn io_code(e: &io::Error) -> ErrorCode {
+    use io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => ErrorCode::NOT_FOUND,
+        K::AlreadyExists => ErrorCode::ALREADY_EXISTS,
+        K::NotADirectory => ErrorCode::NOT_A_DIRECTORY,
+        K::IsADirectory => ErrorCode::IS_A_DIRECTORY,
+        K::DirectoryNotEmpty => ErrorCode::NOT_EMPTY,
+        K::PermissionDenied => ErrorCode::PERMISSION_DENIED,
+        K::InvalidInput | K::InvalidFilename => ErrorCode::INVALID_ARGUMENT,
+        K::FileTooLarge | K::StorageFull | K::QuotaExceeded => ErrorCode::TOO_LARGE,
+        _ => ErrorCode::IO,
+    }
+}
+
+/// Creating missing parents met something that is not a directory (`mkdir` says EEXIST).
+fn parent_error(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::AlreadyExists {
+        io::Error::new(io::ErrorKind::NotADirectory, "a parent is not a directory")
+    } else {
+        e
+    }
+}
+
+/// A guest path, normalised, and where it is on the host.
+struct GuestPath {
+    /// `/` or `/a/b` (no trailing `/`).
+    guest: Vec<u8>,
+    /// `<root>/a/b`, with a trailing `/` if the guest path asked for a directory.
+    host: PathBuf,
+    /// The path is the root directory.
+    is_root: bool,
+}
+
+impl GuestPath {
+    /// `path` taken from `cwd` (a normalised absolute guest path) unless it is absolute.
+    fn resolve(root: &Path, cwd: &[u8], path: &[u8]) -> GuestPath {
+        let base: &[u8] = if path.starts_with(b"/") { b"" } else { cwd };
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for part in base.split(|b| *b == b'/').chain(path.split(|b| *b == b'/')) {
+            match part {
+                b"" | b"." => {}
+                b".." => {
+                    parts.pop();
+                }
+                part => parts.push(part),
+            }
+        }
+        let last = path.rsplit(|b| *b == b'/').next().unwrap_or_default();
+        let dir_only = matches!(last, b"" | b"." | b"..");
+        let mut guest = Vec::new();
+        let mut host = OsString::from(root.as_os_str());
+        for part in &parts {
+            guest.push(b'/');
+            guest.extend_from_slice(part);
+            host.push("/");
+            host.push(OsStr::from_bytes(part));
+        }
+        if guest.is_empty() {
+            guest.push(b'/');
+        } else if dir_only {
+            host.push("/");
+        }
+        GuestPath {
+            guest,
+            host: PathBuf::from(host),
+            is_root: parts.is_empty(),
+        }
+    }
+
+    fn display(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.guest)
+    }
+}
+
+/// A user or group name as Stat reports it: the name if it fits, else the decimal id.
+fn id_name(id: u32, name: Option<String>) -> String {
+    name.filter(|n| n.len() <= MAX_USER_LEN && !n.contains('\0'))
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// What `meta` (of `host`, not followed) says, as the protocol reports it.
+fn file_info(host: &Path, meta: &fs::Metadata) -> FileInfo {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let file_type = meta.file_type();
+    let kind = if file_type.is_file() {
+        FileKind::File
+    } else if file_type.is_dir() {
+        FileKind::Directory
+    } else if file_type.is_symlink() {
+        FileKind::Symlink
+    } else {
+        FileKind::Other
+    };
+    let target = match kind {
+        FileKind::Symlink => fs::read_link(host)
+            .map(|t| t.into_os_string().into_vec())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let seconds = u64::try_from(meta.mtime()).unwrap_or(0);
+    let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
+    let owner = User::from_uid(Uid::from_raw(meta.uid())).ok().flatten();
+    let group = Group::from_gid(Gid::from_raw(meta.gid())).ok().flatten();
+    FileInfo {
+        kind,
+        mode: meta.mode() & MAX_MODE,
+        size: meta.len(),
+        mtime_ns: seconds.saturating_mul(1_000_000_000).saturating_add(nanos),
+        owner: id_name(meta.uid(), owner.map(|u| u.name)),
+        group: id_name(meta.gid(), group.map(|g| g.name)),
+        target,
+    }
+}
+
+/// The wire form of `info`.
+fn stat_of(info: &FileInfo) -> FileStat<'_> {
+    FileStat {
+        kind: info.kind,
+        mode: info.mode,
+        size: info.size,
+        mtime_ns: info.mtime_ns,
+        owner: &info.owner,
+        group: &info.group,
+        target: &info.target,
+    }
+}
+
 fn respond(
     shared: &Shared,
     session: &Session<'_>,
@@ -347,8 +575,24 @@ fn respond(
     request: &Request<'_>,
     out: &mut [u8],
 ) -> Result<usize, crate::EncodeError> {
-    let error = |code, message| Reply::Error(ErrorReply { code, message });
+    match answer(shared, session, scratch, id, request, out) {
+        Ok(len) => len,
+        Err(refusal) => session.error(id, refusal.code, &refusal.message, out),
+    }
+}
+
+/// Answers `request` into `out` (the encoding's outcome), or says why it is refused.
+fn answer(
+    shared: &Shared,
+    session: &Session<'_>,
+    scratch: &mut Scratch,
+    id: u64,
+    request: &Request<'_>,
+    out: &mut [u8],
+) -> Result<Result<usize, crate::EncodeError>, Refusal> {
+    let root = shared.root.as_path();
     let reply_room = session.reply_limit().min(out.len());
+    let exec_room = reply_room.saturating_sub(HEADER_LEN + 4 + 1 + 4 + 4);
     let reply = match request {
         Request::Health => Reply::Health(HealthReport {
             uptime_ns: u64::try_from(shared.booted.elapsed().as_nanos()).unwrap_or(u64::MAX),
@@ -356,58 +600,222 @@ fn respond(
             generation: lock(&shared.state).generation,
         }),
         Request::Exec(exec) => {
-            let room = reply_room.saturating_sub(HEADER_LEN + 4 + 1 + 4 + 4);
-            return session.reply_or_error(id, &run(shared, scratch, exec, room), out);
+            let cwd = GuestPath::resolve(root, b"/", b"/");
+            let command = Command {
+                argv: exec.argv,
+                env: exec.env,
+                stdin: exec.stdin,
+                cwd: &cwd,
+                user: "root",
+            };
+            let result = run(shared, scratch, &command, exec_room)?;
+            return Ok(session.reply_or_error(id, &Reply::Exec(result), out));
+        }
+        Request::ExecIn(exec) => {
+            let cwd = GuestPath::resolve(root, b"/", exec.cwd);
+            let meta =
+                fs::metadata(&cwd.host).map_err(|e| Refusal::io("working directory", &cwd, &e))?;
+            if !meta.is_dir() {
+                let message = format!("working directory {}: not a directory", cwd.display());
+                return Err(Refusal::new(ErrorCode::NOT_A_DIRECTORY, message));
+            }
+            let user = match exec.user {
+                "" => "root",
+                known @ ("root" | "user") => known,
+                other => {
+                    let message =
+                        format!("no such user {other:?} (the test agent knows root and user)");
+                    return Err(Refusal::new(ErrorCode::INVALID_ARGUMENT, message));
+                }
+            };
+            let command = Command {
+                argv: exec.argv,
+                env: exec.env,
+                stdin: exec.stdin,
+                cwd: &cwd,
+                user,
+            };
+            let result = run(shared, scratch, &command, exec_room)?;
+            return Ok(session.reply_or_error(id, &Reply::ExecIn(result), out));
         }
         Request::PutFile(put) => {
-            let mut state = lock(&shared.state);
-            let offset = usize::try_from(put.offset).unwrap_or(usize::MAX);
-            if offset == 0 {
-                state
-                    .files
-                    .insert(put.path.to_vec(), (put.mode, put.data.to_vec()));
-                Reply::PutFile
-            } else if let Some((_, contents)) = state.files.get_mut(put.path) {
-                if offset > contents.len() {
-                    error(ErrorCode::INVALID_ARGUMENT, "offset beyond end of file")
-                } else {
-                    contents.truncate(offset);
-                    contents.extend_from_slice(put.data);
-                    Reply::PutFile
+            let path = GuestPath::resolve(root, b"/", put.path);
+            let fail = |e: io::Error| Refusal::io("write", &path, &e);
+            if put.offset == 0 {
+                if let Some(parent) = path.host.parent() {
+                    DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(parent)
+                        .map_err(|e| fail(parent_error(e)))?;
+                }
+                let existed = fs::symlink_metadata(&path.host).is_ok();
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(put.mode)
+                    .open(&path.host)
+                    .map_err(fail)?;
+                file.write_all(put.data).map_err(fail)?;
+                if !existed {
+                    // Exactly `mode`, whatever the umask.
+                    file.set_permissions(fs::Permissions::from_mode(put.mode))
+                        .map_err(fail)?;
                 }
             } else {
-                error(ErrorCode::NOT_FOUND, "no such file")
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path.host)
+                    .map_err(fail)?;
+                if put.offset > file.metadata().map_err(fail)?.len() {
+                    let message = format!("write {}: offset beyond end of file", path.display());
+                    return Err(Refusal::new(ErrorCode::INVALID_ARGUMENT, message));
+                }
+                file.write_all_at(put.data, put.offset).map_err(fail)?;
             }
+            Reply::PutFile
         }
         Request::GetFile(get) => {
-            let state = lock(&shared.state);
-            match state.files.get(get.path) {
-                None => error(ErrorCode::NOT_FOUND, "no such file"),
-                Some((mode, contents)) => {
-                    let offset = usize::try_from(get.offset).unwrap_or(usize::MAX);
-                    let rest = contents.get(offset..).unwrap_or_default();
-                    let room = reply_room.saturating_sub(HEADER_LEN + 4 + 8 + 4);
-                    let max = match get.max_len {
-                        0 => room,
-                        n => room.min(n as usize),
-                    };
-                    scratch.data.clear();
-                    scratch
-                        .data
-                        .extend_from_slice(rest.get(..max.min(rest.len())).unwrap_or_default());
-                    let (mode, size) = (*mode, contents.len() as u64);
-                    drop(state);
-                    return session.reply_or_error(
-                        id,
-                        &Reply::File(FileData {
-                            mode,
-                            size,
-                            data: &scratch.data,
-                        }),
-                        out,
-                    );
-                }
+            let path = GuestPath::resolve(root, b"/", get.path);
+            let fail = |e: io::Error| Refusal::io("read", &path, &e);
+            let file = File::open(&path.host).map_err(fail)?;
+            let meta = file.metadata().map_err(fail)?;
+            if meta.is_dir() {
+                let message = format!("read {}: is a directory", path.display());
+                return Err(Refusal::new(ErrorCode::IS_A_DIRECTORY, message));
             }
+            let size = meta.len();
+            let start = get.offset.min(size);
+            let room = reply_room.saturating_sub(HEADER_LEN + 4 + 8 + 4);
+            let max = match get.max_len {
+                0 => room,
+                n => room.min(n as usize),
+            };
+            let len = usize::try_from(size - start).unwrap_or(usize::MAX).min(max);
+            scratch.data.clear();
+            scratch.data.resize(len, 0);
+            file.read_exact_at(&mut scratch.data, start).map_err(fail)?;
+            let reply = Reply::File(FileData {
+                mode: meta.mode() & MAX_MODE,
+                size,
+                data: &scratch.data,
+            });
+            return Ok(session.reply_or_error(id, &reply, out));
+        }
+        Request::Stat(stat) => {
+            let path = GuestPath::resolve(root, b"/", stat.path);
+            let meta =
+                fs::symlink_metadata(&path.host).map_err(|e| Refusal::io("stat", &path, &e))?;
+            let info = file_info(&path.host, &meta);
+            return Ok(session.reply_or_error(id, &Reply::Stat(stat_of(&info)), out));
+        }
+        Request::ListDir(list) => {
+            let path = GuestPath::resolve(root, b"/", list.path);
+            let fail = |e: io::Error| Refusal::io("list", &path, &e);
+            if !fs::metadata(&path.host).map_err(fail)?.is_dir() {
+                let message = format!("list {}: not a directory", path.display());
+                return Err(Refusal::new(ErrorCode::NOT_A_DIRECTORY, message));
+            }
+            let mut all = Vec::new();
+            walk(&path.host, b"", 1, list.depth, &mut all).map_err(fail)?;
+            let rest = all.get(list.offset as usize..).unwrap_or_default();
+            let max = match list.max_entries {
+                0 => usize::MAX,
+                n => n as usize,
+            };
+            let mut used = DirListing::OVERHEAD;
+            let mut page = Vec::new();
+            for entry in rest.iter().take(max) {
+                let entry = DirEntry {
+                    name: &entry.name,
+                    stat: stat_of(&entry.info),
+                };
+                used += entry.encoded_len();
+                if used > reply_room {
+                    break;
+                }
+                page.push(entry);
+            }
+            if page.is_empty() && !rest.is_empty() {
+                let message = format!("list {}: an entry does not fit a reply", path.display());
+                return Err(Refusal::new(ErrorCode::TOO_LARGE, message));
+            }
+            let reply = Reply::DirListing(DirListing {
+                more: page.len() < rest.len(),
+                entries: DirEntries::from_slice(&page),
+            });
+            return Ok(session.reply_or_error(id, &reply, out));
+        }
+        Request::MakeDir(make) => {
+            let path = GuestPath::resolve(root, b"/", make.path);
+            let fail = |e: io::Error| Refusal::io("make directory", &path, &e);
+            match fs::symlink_metadata(&path.host) {
+                Ok(meta) if meta.is_dir() => Reply::MakeDir { created: false },
+                Ok(_) => {
+                    let message =
+                        format!("make directory {}: something else is there", path.display());
+                    return Err(Refusal::new(ErrorCode::ALREADY_EXISTS, message));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if make.parents
+                        && let Some(parent) = path.host.parent()
+                    {
+                        DirBuilder::new()
+                            .recursive(true)
+                            .mode(0o755)
+                            .create(parent)
+                            .map_err(|e| fail(parent_error(e)))?;
+                    }
+                    DirBuilder::new()
+                        .mode(make.mode)
+                        .create(&path.host)
+                        .map_err(fail)?;
+                    // Exactly `mode`, whatever the umask.
+                    fs::set_permissions(&path.host, fs::Permissions::from_mode(make.mode))
+                        .map_err(fail)?;
+                    Reply::MakeDir { created: true }
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        Request::Remove(remove) => {
+            let path = GuestPath::resolve(root, b"/", remove.path);
+            if path.is_root {
+                return Err(Refusal::new(
+                    ErrorCode::INVALID_ARGUMENT,
+                    "remove /: the root directory stays",
+                ));
+            }
+            let fail = |e: io::Error| Refusal::io("remove", &path, &e);
+            let meta = fs::symlink_metadata(&path.host).map_err(fail)?;
+            let removed = match (meta.is_dir(), remove.recursive) {
+                (true, true) => fs::remove_dir_all(&path.host),
+                (true, false) => fs::remove_dir(&path.host),
+                (false, _) => fs::remove_file(&path.host),
+            };
+            removed.map_err(fail)?;
+            Reply::Remove
+        }
+        Request::Rename(rename) => {
+            let from = GuestPath::resolve(root, b"/", rename.from);
+            let to = GuestPath::resolve(root, b"/", rename.to);
+            if from.is_root || to.is_root {
+                return Err(Refusal::new(
+                    ErrorCode::INVALID_ARGUMENT,
+                    "rename: the root directory stays",
+                ));
+            }
+            fs::rename(&from.host, &to.host).map_err(|e| {
+                let code = match io_code(&e) {
+                    // Linux may say EEXIST for a non-empty directory in the way.
+                    ErrorCode::ALREADY_EXISTS => ErrorCode::NOT_EMPTY,
+                    code => code,
+                };
+                let message = format!("rename {} to {}: {e}", from.display(), to.display());
+                Refusal::new(code, message)
+            })?;
+            Reply::Rename
         }
         Request::Reseed(reseed) => {
             let mut state = lock(&shared.state);
@@ -426,22 +834,83 @@ fn respond(
             kind: other.kind().as_u8(),
         },
     };
-    session.reply_or_error(id, &reply, out)
+    Ok(session.reply_or_error(id, &reply, out))
 }
 
-fn run<'s>(shared: &Shared, scratch: &'s mut Scratch, exec: &Exec<'_>, room: usize) -> Reply<'s> {
+/// Appends the entries of host directory `dir` (and, while `level < depth`, of its
+/// subdirectories) to `out`: depth-first, sorted by name, symlinks not followed; names are
+/// relative to the listed directory (`prefix` is `dir`'s).
+fn walk(
+    dir: &Path,
+    prefix: &[u8],
+    level: u32,
+    depth: u32,
+    out: &mut Vec<ListedEntry>,
+) -> io::Result<()> {
+    let mut names = fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()?;
+    names.sort();
+    for name in names {
+        let host = dir.join(&name);
+        let meta = match fs::symlink_metadata(&host) {
+            Ok(meta) => meta,
+            // Removed since read_dir saw it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut rel = prefix.to_vec();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name.as_bytes());
+        let descend = meta.is_dir() && level < depth;
+        out.push(ListedEntry {
+            name: rel.clone(),
+            info: file_info(&host, &meta),
+        });
+        if descend {
+            walk(&host, &rel, level + 1, depth, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// A command to run: Exec's fields, and ExecIn's working directory and user.
+struct Command<'c, 'r> {
+    argv: ByteList<'r>,
+    env: ByteList<'r>,
+    stdin: &'r [u8],
+    cwd: &'c GuestPath,
+    user: &'c str,
+}
+
+fn run<'s>(
+    shared: &Shared,
+    scratch: &'s mut Scratch,
+    command: &Command<'_, '_>,
+    room: usize,
+) -> Result<ExecResult<'s>, Refusal> {
     scratch.stdout.clear();
     scratch.stderr.clear();
-    let mut args = exec.argv.iter();
-    let program = args.next().unwrap_or_default();
+    let argv: Vec<&[u8]> = match shell::shell_script(command.argv) {
+        None => command.argv.iter().collect(),
+        Some(Ok(script)) => shell::script_words(script)
+            .map_err(|m| Refusal::new(ErrorCode::INVALID_ARGUMENT, m))?
+            .collect(),
+        Some(Err(m)) => return Err(Refusal::new(ErrorCode::INVALID_ARGUMENT, m)),
+    };
+    let mut args = argv.iter().copied();
     let number = |arg: Option<&[u8]>| -> u64 {
         arg.and_then(|a| std::str::from_utf8(a).ok())
             .and_then(|a| a.parse().ok())
             .unwrap_or(0)
     };
     let mut exit_code = 0;
-    match program {
-        b"echo" => {
+    match args.next() {
+        // An empty script: a shell runs nothing and succeeds.
+        None => {}
+        Some(b"echo") => {
             for (i, arg) in args.enumerate() {
                 if i > 0 {
                     scratch.stdout.push(b' ');
@@ -450,28 +919,49 @@ fn run<'s>(shared: &Shared, scratch: &'s mut Scratch, exec: &Exec<'_>, room: usi
             }
             scratch.stdout.push(b'\n');
         }
-        b"cat" => scratch.stdout.extend_from_slice(exec.stdin),
-        b"env" => {
-            for entry in exec.env.iter() {
+        Some(b"cat") if argv.len() == 1 => scratch.stdout.extend_from_slice(command.stdin),
+        Some(b"cat") => {
+            for arg in args {
+                let path = GuestPath::resolve(&shared.root, &command.cwd.guest, arg);
+                match fs::read(&path.host) {
+                    Ok(bytes) => scratch.stdout.extend_from_slice(&bytes),
+                    Err(e) => {
+                        exit_code = 1;
+                        let line = format!("cat: {}: {e}\n", String::from_utf8_lossy(arg));
+                        scratch.stderr.extend_from_slice(line.as_bytes());
+                    }
+                }
+            }
+        }
+        Some(b"env") => {
+            for entry in command.env.iter() {
                 scratch.stdout.extend_from_slice(entry);
                 scratch.stdout.push(b'\n');
             }
         }
-        b"exit" => exit_code = i32::try_from(number(args.next())).unwrap_or(255),
-        b"false" => exit_code = 1,
-        b"counter" => {
+        Some(b"exit") => exit_code = i32::try_from(number(args.next())).unwrap_or(255),
+        Some(b"false") => exit_code = 1,
+        Some(b"counter") => {
             let mut state = lock(&shared.state);
             state.counter += 1;
             scratch
                 .stdout
                 .extend_from_slice(state.counter.to_string().as_bytes());
         }
-        b"sleep" => thread::sleep(Duration::from_millis(number(args.next()))),
-        b"yes" => {
+        Some(b"sleep") => thread::sleep(Duration::from_millis(number(args.next()))),
+        Some(b"yes") => {
             let n = usize::try_from(number(args.next())).unwrap_or(usize::MAX);
             scratch.stdout.resize(n.min(MAX_FRAME_LEN * 2), b'y');
         }
-        other => {
+        Some(b"pwd") => {
+            scratch.stdout.extend_from_slice(&command.cwd.guest);
+            scratch.stdout.push(b'\n');
+        }
+        Some(b"whoami") => {
+            scratch.stdout.extend_from_slice(command.user.as_bytes());
+            scratch.stdout.push(b'\n');
+        }
+        Some(other) => {
             exit_code = 127;
             scratch.stderr.extend_from_slice(other);
             scratch.stderr.extend_from_slice(b": command not found\n");
@@ -482,7 +972,7 @@ fn run<'s>(shared: &Shared, scratch: &'s mut Scratch, exec: &Exec<'_>, room: usi
     let stderr_room = room - scratch.stdout.len();
     let stderr_truncated = scratch.stderr.len() > stderr_room;
     scratch.stderr.truncate(stderr_room);
-    Reply::Exec(ExecResult {
+    Ok(ExecResult {
         exit_code,
         stdout_truncated,
         stderr_truncated,

@@ -5,9 +5,10 @@
 
 use ember_agent_proto::io::FrameReader;
 use ember_agent_proto::{
-    AgentIdentity, ByteList, CloseReason, ErrorCode, ErrorReply, Exec, ExecResult, FileData,
-    FrameBuffer, GetFile, HealthReport, Hello, HelloOk, Ping, PutFile, Reply, Request, Reseed,
-    Session, Step, split_frame,
+    AgentIdentity, ByteList, CloseReason, DirEntries, DirEntry, DirListing, ErrorCode, ErrorReply,
+    Exec, ExecIn, ExecResult, FileData, FileKind, FileStat, FrameBuffer, GetFile, HealthReport,
+    Hello, HelloOk, ListDir, MakeDir, Ping, PutFile, Remove, Rename, Reply, Request, Reseed,
+    Session, Stat, Step, split_frame,
 };
 use proptest::prelude::*;
 
@@ -22,6 +23,12 @@ enum OwnedRequest {
     GetFile(Vec<u8>, u64, u32),
     Reseed(u64, u64, Vec<u8>),
     Shutdown,
+    Stat(Vec<u8>),
+    ListDir(Vec<u8>, u32, u32, u32),
+    MakeDir(Vec<u8>, u32, bool),
+    Remove(Vec<u8>, bool),
+    Rename(Vec<u8>, Vec<u8>),
+    ExecIn(Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<u8>, String, Vec<u8>, u32),
 }
 
 impl OwnedRequest {
@@ -64,6 +71,37 @@ impl OwnedRequest {
                 }))
             }
             OwnedRequest::Shutdown => f(&Request::Shutdown),
+            OwnedRequest::Stat(path) => f(&Request::Stat(Stat { path })),
+            OwnedRequest::ListDir(path, depth, offset, max_entries) => {
+                f(&Request::ListDir(ListDir {
+                    path,
+                    depth: *depth,
+                    offset: *offset,
+                    max_entries: *max_entries,
+                }))
+            }
+            OwnedRequest::MakeDir(path, mode, parents) => f(&Request::MakeDir(MakeDir {
+                path,
+                mode: *mode,
+                parents: *parents,
+            })),
+            OwnedRequest::Remove(path, recursive) => f(&Request::Remove(Remove {
+                path,
+                recursive: *recursive,
+            })),
+            OwnedRequest::Rename(from, to) => f(&Request::Rename(Rename { from, to })),
+            OwnedRequest::ExecIn(argv, env, cwd, user, stdin, timeout_ms) => {
+                let argv: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+                let env: Vec<&[u8]> = env.iter().map(Vec::as_slice).collect();
+                f(&Request::ExecIn(ExecIn {
+                    argv: ByteList::from_bytes(&argv),
+                    env: ByteList::from_bytes(&env),
+                    cwd,
+                    user,
+                    stdin,
+                    timeout_ms: *timeout_ms,
+                }))
+            }
         }
     }
 
@@ -90,10 +128,47 @@ enum OwnedReply {
     Shutdown,
     Error(u16, String),
     Unsupported(u8),
+    Stat(OwnedStat),
+    DirListing(bool, Vec<(Vec<u8>, OwnedStat)>),
+    MakeDir(bool),
+    Remove,
+    Rename,
+    ExecIn(i32, bool, bool, Vec<u8>, Vec<u8>),
+}
+
+/// An owned StatResult body: kind, mode, size, mtime, owner, group, target.
+#[derive(Clone, Debug)]
+struct OwnedStat(FileKind, u32, u64, u64, String, String, Vec<u8>);
+
+impl OwnedStat {
+    fn borrow(&self) -> FileStat<'_> {
+        FileStat {
+            kind: self.0,
+            mode: self.1,
+            size: self.2,
+            mtime_ns: self.3,
+            owner: &self.4,
+            group: &self.5,
+            target: &self.6,
+        }
+    }
 }
 
 impl OwnedReply {
     fn with<R>(&self, f: impl FnOnce(&Reply<'_>) -> R) -> R {
+        if let OwnedReply::DirListing(more, entries) = self {
+            let entries: Vec<DirEntry<'_>> = entries
+                .iter()
+                .map(|(name, stat)| DirEntry {
+                    name,
+                    stat: stat.borrow(),
+                })
+                .collect();
+            return f(&Reply::DirListing(DirListing {
+                more: *more,
+                entries: DirEntries::from_slice(&entries),
+            }));
+        }
         f(&match self {
             OwnedReply::Hello(version, max, name, sv) => Reply::Hello(HelloOk {
                 version: *version,
@@ -129,6 +204,18 @@ impl OwnedReply {
                 message,
             }),
             OwnedReply::Unsupported(kind) => Reply::Unsupported { kind: *kind },
+            OwnedReply::Stat(stat) => Reply::Stat(stat.borrow()),
+            OwnedReply::DirListing(..) => unreachable!("handled above"),
+            OwnedReply::MakeDir(created) => Reply::MakeDir { created: *created },
+            OwnedReply::Remove => Reply::Remove,
+            OwnedReply::Rename => Reply::Rename,
+            OwnedReply::ExecIn(exit_code, o, e, stdout, stderr) => Reply::ExecIn(ExecResult {
+                exit_code: *exit_code,
+                stdout_truncated: *o,
+                stderr_truncated: *e,
+                stdout,
+                stderr,
+            }),
         })
     }
 
@@ -166,6 +253,35 @@ fn env_entry() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+fn user() -> impl Strategy<Value = String> {
+    "[a-z_][a-z0-9_-]{0,15}|"
+}
+
+fn stat() -> impl Strategy<Value = OwnedStat> {
+    (
+        prop_oneof![
+            Just(FileKind::File),
+            Just(FileKind::Directory),
+            Just(FileKind::Symlink),
+            Just(FileKind::Other),
+        ],
+        0u32..=0o7777,
+        any::<u64>(),
+        any::<u64>(),
+        user(),
+        user(),
+        path(),
+    )
+        .prop_map(|(kind, mode, size, mtime, owner, group, target)| {
+            let target = if kind == FileKind::Symlink {
+                target
+            } else {
+                Vec::new()
+            };
+            OwnedStat(kind, mode, size, mtime, owner, group, target)
+        })
+}
+
 fn request() -> impl Strategy<Value = OwnedRequest> {
     prop_oneof![
         (
@@ -194,6 +310,21 @@ fn request() -> impl Strategy<Value = OwnedRequest> {
         )
             .prop_map(|(g, w, e)| OwnedRequest::Reseed(g, w, e)),
         Just(OwnedRequest::Shutdown),
+        path().prop_map(OwnedRequest::Stat),
+        (path(), 1u32.., any::<u32>(), any::<u32>())
+            .prop_map(|(p, d, o, m)| OwnedRequest::ListDir(p, d, o, m)),
+        (path(), 0u32..=0o7777, any::<bool>()).prop_map(|(p, m, r)| OwnedRequest::MakeDir(p, m, r)),
+        (path(), any::<bool>()).prop_map(|(p, r)| OwnedRequest::Remove(p, r)),
+        (path(), path()).prop_map(|(f, t)| OwnedRequest::Rename(f, t)),
+        (
+            prop::collection::vec(no_nul(16), 1..=6),
+            prop::collection::vec(env_entry(), 0..=4),
+            prop_oneof![Just(Vec::new()), path()],
+            user(),
+            data(),
+            any::<u32>()
+        )
+            .prop_map(|(a, e, c, u, s, t)| OwnedRequest::ExecIn(a, e, c, u, s, t)),
     ]
 }
 
@@ -211,6 +342,17 @@ fn reply() -> impl Strategy<Value = OwnedReply> {
         Just(OwnedReply::Shutdown),
         (any::<u16>(), "\\PC{0,64}").prop_map(|(c, m)| OwnedReply::Error(c, m)),
         any::<u8>().prop_map(OwnedReply::Unsupported),
+        stat().prop_map(OwnedReply::Stat),
+        (
+            any::<bool>(),
+            prop::collection::vec((path(), stat()), 0..=4)
+        )
+            .prop_map(|(m, e)| OwnedReply::DirListing(m, e)),
+        any::<bool>().prop_map(OwnedReply::MakeDir),
+        Just(OwnedReply::Remove),
+        Just(OwnedReply::Rename),
+        (any::<i32>(), any::<bool>(), any::<bool>(), data(), data())
+            .prop_map(|(c, o, e, so, se)| OwnedReply::ExecIn(c, o, e, so, se)),
     ]
 }
 
@@ -331,7 +473,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bodies_behind_a_valid_header_never_panic(
-        kind in prop_oneof![1u8..=8, 0x81u8..=0x88, 0xFEu8..=0xFF, any::<u8>()],
+        kind in prop_oneof![1u8..=0x0E, 0x81u8..=0x8E, 0xFEu8..=0xFF, any::<u8>()],
         id in any::<u64>(),
         body in prop::collection::vec(any::<u8>(), 0..=256),
     ) {

@@ -415,11 +415,21 @@ mod tests {
         );
         let mut s = sandbox();
         s.saved = Some(SnapshotId::new("saved-1").unwrap());
-        assert!(s.validate().unwrap_err().to_string().contains("sandbox.saved"));
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sandbox.saved")
+        );
         s.state = SandboxState::Paused;
         s.validate().unwrap();
         s.access_token = Some("bad token".into());
-        assert!(s.validate().unwrap_err().to_string().contains("access_token"));
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("access_token")
+        );
         let mut s = sandbox();
         s.timeout_secs = Some(0);
         assert!(

@@ -33,12 +33,15 @@
 //! - Exec built-ins: `echo <args..>` ([`echo_output`]), `counter` (tick counter, decimal,
 //!   then `\n`), `sha256 <n>` ([`sha256_output`]; n <= 64 MiB), `exit <n>` (exit code n,
 //!   0..=255, no output), `stderr <args..>` (like `echo`, on stderr), `cat <path>` (a file's
-//!   bytes, cut to 8 KiB); an unknown command or file: Error NOT_FOUND, bad arguments:
-//!   INVALID_ARGUMENT;
-//! - PutFile, GetFile: a RAM file table of 8 files, each up to 64 KiB with a path of up to
-//!   255 bytes (byte strings, no directories); kept in guest memory, so in snapshots too. A
-//!   missing file: NOT_FOUND; PutFile past the end: INVALID_ARGUMENT; a longer path, a larger
-//!   file or a ninth file: TOO_LARGE. Shutdown: Unsupported;
+//!   bytes, cut to 8 KiB), `pwd`, `whoami`; each also through `sh`/`bash -c "<one built-in>"`
+//!   (word-split, no shell syntax); an unknown command or file: Error NOT_FOUND, bad
+//!   arguments: INVALID_ARGUMENT; ExecIn runs them in a directory (`cwd`) as `root` or
+//!   `user`;
+//! - files: a RAM tree of up to 32 entries (directories, and 8 files of up to 64 KiB), paths
+//!   up to 255 bytes, behind PutFile (creating missing parents), GetFile, Stat, ListDir,
+//!   MakeDir, Remove and Rename, with POSIX-like errors (NOT_FOUND, ALREADY_EXISTS,
+//!   NOT_A_DIRECTORY, IS_A_DIRECTORY, NOT_EMPTY, TOO_LARGE); kept in guest memory, so in
+//!   snapshots too. Shutdown: Unsupported;
 //! - up to 48 connections at once, request frames up to 8 KiB;
 //! - once at boot, a guest-initiated connection to host port [`ANNOUNCE_PORT`] (the VMM
 //!   connects it to `<uds_path>_53`) carrying `ember-probe: ready boot_id=<16 hex>\n`

@@ -1,7 +1,9 @@
-//! The probe guest's file store and Exec built-ins end to end on real KVM: a probe booted by
+//! The probe guest's file system and Exec built-ins end to end on real KVM: a probe booted by
 //! the provider (ember-vmm), driven through the host's `AgentClient` over its vsock socket —
 //! PutFile/GetFile (chunked, overwritten, written at offsets, refused), `exit`, `stderr` and
-//! `cat`, and a file that survives into a VM restored from a snapshot.
+//! `cat`, and a file that survives into a VM restored from a snapshot; then directories (MakeDir,
+//! Stat, ListDir, Rename, Remove), ExecIn with a working directory and a user, `sh -c` unwrapped,
+//! and directories that survive a snapshot too.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,7 +17,8 @@ use std::time::Duration;
 
 use common::*;
 use ember_agent_proto::{
-    AgentClient, ClientError, ErrorCode, Exec, GetFile, PutFile, Reply, Request,
+    AgentClient, ClientError, ErrorCode, Exec, ExecIn, FileKind, GetFile, ListedEntry, PutFile,
+    Reply, Request, Reseed,
 };
 use ember_core::{SnapshotId, SnapshotRequest, VmProvider, VmQuery, VmSpec, VsockSpec};
 
@@ -23,6 +26,7 @@ const PORT: u32 = ember_probe_image::AGENT_PORT;
 
 /// The probe's limits (guest/ember-probe/src/layout.rs).
 const FILE_COUNT: usize = 8;
+const NODE_COUNT: usize = 32;
 const FILE_MAX_LEN: usize = 64 << 10;
 const FILE_PATH_MAX: usize = 255;
 /// The probe's Exec output scratch (`SCRATCH_LEN`).
@@ -155,8 +159,12 @@ fn probe_files_and_exec_builtins_end_to_end() {
     // Missing files.
     let msg = agent_error(a.get_file("/missing", 1024), ErrorCode::NOT_FOUND);
     assert!(msg.contains("no such file"), "{msg}");
-    // Paths are byte strings: a trailing slash is another file.
-    agent_error(a.get_file("/hello/", 1024), ErrorCode::NOT_FOUND);
+    // Paths are normalised; a trailing slash asks for a directory.
+    assert_eq!(
+        a.get_file("//./data/../hello", 1024).unwrap().data,
+        b"heLLo WORLD!"
+    );
+    agent_error(a.get_file("/hello/", 1024), ErrorCode::NOT_A_DIRECTORY);
 
     // Limits: path length, file size (a refused chunk changes nothing), table size.
     let long = format!("/{}", "p".repeat(FILE_PATH_MAX));
@@ -256,6 +264,298 @@ fn probe_files_and_exec_builtins_end_to_end() {
         a.get_file("/hello", 1024).unwrap().data,
         b"changed in the copy"
     );
+    drop(a);
+
+    for v in p.list().unwrap() {
+        p.destroy(&v.id).unwrap();
+    }
+    p.delete_snapshot(&snap.snapshot_id).unwrap();
+    shutdown_and_check(&p);
+}
+
+fn names(entries: &[ListedEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| String::from_utf8(e.name.clone()).unwrap())
+        .collect()
+}
+
+/// Boots a probe and connects to its agent.
+fn boot_probe(
+    p: &ember_runtime::VmmProvider,
+    id: &ember_core::VmId,
+) -> (std::path::PathBuf, AgentClient) {
+    let mut spec = probe_spec("ember.report=0");
+    spec.vsock = Some(VsockSpec {
+        guest_cid: 3,
+        uds_path: "/unused".into(),
+    });
+    p.create_with_spec(id, &spec).unwrap();
+    p.start(id).unwrap();
+    let path = p.vsock_path(id).unwrap();
+    let a = wait_for(DEFAULT_TIMEOUT, "the probe's agent", || {
+        AgentClient::connect(&path, PORT, Duration::from_secs(2)).ok()
+    });
+    (path, a)
+}
+
+#[test]
+fn probe_directories_exec_in_and_sh_end_to_end() {
+    let dir = short_tempdir();
+    let p = provider(dir.path(), flavor(Kind::EmberVmm).unwrap(), 1);
+    let src = vm("dirs-src");
+    let (_, mut a) = boot_probe(&p, &src);
+
+    // Before any Reseed the probe has no clock: mtime 0. After one, mtimes follow it.
+    let root = a.stat("/").unwrap();
+    assert_eq!(
+        (root.kind, root.mode, root.mtime_ns),
+        (FileKind::Directory, 0o755, 0)
+    );
+    a.put_file("/early", 0o644, b"e").unwrap();
+    assert_eq!(a.stat("/early").unwrap().mtime_ns, 0);
+    a.remove("/early", false).unwrap();
+    let wall = 1_700_000_000_000_000_000u64;
+    a.reseed(&Reseed {
+        generation: 1,
+        wall_clock_ns: wall,
+        entropy: &[7; 32],
+    })
+    .unwrap();
+
+    // mkdir -p, then a file written into a nested path (PutFile creates missing parents).
+    assert!(a.make_dir("/home/user/project", 0o750, true).unwrap());
+    assert!(!a.make_dir("/home/user", 0o755, false).unwrap());
+    agent_error(a.make_dir("/x/y", 0o755, false), ErrorCode::NOT_FOUND);
+    a.put_file("/home/user/project/src/main.rs", 0o600, b"fn main() {}\n")
+        .unwrap();
+    a.put_file("/home/user/notes.txt", 0o644, b"notes").unwrap();
+    agent_error(
+        a.make_dir("/home/user/notes.txt", 0o755, false),
+        ErrorCode::ALREADY_EXISTS,
+    );
+    agent_error(
+        a.put_file("/home/user/notes.txt/x", 0o644, b"x"),
+        ErrorCode::NOT_A_DIRECTORY,
+    );
+    agent_error(a.put_file("/home", 0o644, b"x"), ErrorCode::IS_A_DIRECTORY);
+    agent_error(a.get_file("/home", 1024), ErrorCode::IS_A_DIRECTORY);
+
+    // Stat: a file, a directory (created explicitly and as a parent), a missing path.
+    let file = a.stat("/home/user/project/src/main.rs").unwrap();
+    assert_eq!(
+        (file.kind, file.mode, file.size),
+        (FileKind::File, 0o600, 13)
+    );
+    assert_eq!((file.owner.as_str(), file.group.as_str()), ("root", "root"));
+    assert!(file.mtime_ns >= wall && file.target.is_empty());
+    let project = a.stat("/home/user/project").unwrap();
+    assert_eq!((project.kind, project.mode), (FileKind::Directory, 0o750));
+    let src_dir = a.stat("/home/user/project/src/").unwrap();
+    assert_eq!((src_dir.kind, src_dir.mode), (FileKind::Directory, 0o755));
+    agent_error(a.stat("/home/nobody"), ErrorCode::NOT_FOUND);
+    agent_error(a.stat("/home/user/notes.txt/"), ErrorCode::NOT_A_DIRECTORY);
+
+    // ListDir, depth 1 and 2, depth-first in name order, names relative to the directory.
+    let one = a.list_dir("/home/user", 1, 100).unwrap();
+    assert_eq!(names(&one), ["notes.txt", "project"]);
+    assert_eq!(one[0].info.size, 5);
+    assert!(one[1].info.is_dir());
+    let two = a.list_dir("/home/user", 2, 100).unwrap();
+    assert_eq!(names(&two), ["notes.txt", "project", "project/src"]);
+    let all = a.list_dir("/", u32::MAX, 100).unwrap();
+    assert_eq!(
+        names(&all),
+        [
+            "home",
+            "home/user",
+            "home/user/notes.txt",
+            "home/user/project",
+            "home/user/project/src",
+            "home/user/project/src/main.rs"
+        ]
+    );
+    agent_error(
+        a.list_dir("/home/user/notes.txt", 1, 100),
+        ErrorCode::NOT_A_DIRECTORY,
+    );
+    agent_error(a.list_dir("/nowhere", 1, 100), ErrorCode::NOT_FOUND);
+    let err = a.list_dir("/", 3, 2).unwrap_err();
+    assert!(
+        matches!(err, ClientError::TooManyEntries { max: 2 }),
+        "{err}"
+    );
+
+    // ExecIn: a working directory, a relative `cat`, the user; refusals.
+    let out = a
+        .exec_in(&ExecIn::new(&["cat", "src/main.rs"]).with_cwd(b"/home/user/project"))
+        .unwrap();
+    assert_eq!(out.stdout, b"fn main() {}\n");
+    let out = a
+        .exec_in(&ExecIn::new(&["cat", "../notes.txt"]).with_cwd(b"/home/user/project"))
+        .unwrap();
+    assert_eq!(out.stdout, b"notes");
+    let out = a
+        .exec_in(&ExecIn::new(&["pwd"]).with_cwd(b"/home/user/project/"))
+        .unwrap();
+    assert_eq!(out.stdout, b"/home/user/project\n");
+    let out = a
+        .exec_in(&ExecIn::new(&["whoami"]).with_user("user"))
+        .unwrap();
+    assert_eq!(out.stdout, b"user\n");
+    assert_eq!(a.exec(&Exec::new(&["pwd"])).unwrap().stdout, b"/\n");
+    agent_error(
+        a.exec_in(&ExecIn::new(&["pwd"]).with_cwd(b"/home/nobody")),
+        ErrorCode::NOT_FOUND,
+    );
+    agent_error(
+        a.exec_in(&ExecIn::new(&["pwd"]).with_cwd(b"/home/user/notes.txt")),
+        ErrorCode::NOT_A_DIRECTORY,
+    );
+    agent_error(
+        a.exec_in(&ExecIn::new(&["pwd"]).with_user("admin")),
+        ErrorCode::INVALID_ARGUMENT,
+    );
+    agent_error(
+        a.exec_in(&ExecIn::new(&["cat", "main.rs"]).with_cwd(b"/home/user/project")),
+        ErrorCode::NOT_FOUND,
+    );
+    agent_error(
+        a.exec_in(&ExecIn::new(&["cat", "src"]).with_cwd(b"/home/user/project")),
+        ErrorCode::IS_A_DIRECTORY,
+    );
+
+    // `sh -c` around one built-in, as E2B's SDK sends every command.
+    let out = a
+        .exec(&Exec::new(&["/bin/bash", "-l", "-c", "echo hi"]))
+        .unwrap();
+    assert_eq!((out.exit_code, out.stdout.as_slice()), (0, &b"hi\n"[..]));
+    a.put_file("/a", 0o644, b"contents of a").unwrap();
+    let out = a.exec(&Exec::new(&["sh", "-c", "cat /a"])).unwrap();
+    assert_eq!(out.stdout, b"contents of a");
+    let out = a
+        .exec_in(
+            &ExecIn::new(&["bash", "-l", "-c", "cat notes.txt"])
+                .with_cwd(b"/home/user")
+                .with_user("user"),
+        )
+        .unwrap();
+    assert_eq!(out.stdout, b"notes");
+    let out = a.exec(&Exec::new(&["sh", "-c", "  "])).unwrap();
+    assert_eq!((out.exit_code, out.stdout.len()), (0, 0));
+    let msg = agent_error(
+        a.exec(&Exec::new(&["sh", "-c", "echo a; echo b"])),
+        ErrorCode::INVALID_ARGUMENT,
+    );
+    assert!(msg.contains("one simple command"), "{msg}");
+    agent_error(
+        a.exec(&Exec::new(&["bash", "script.sh"])),
+        ErrorCode::INVALID_ARGUMENT,
+    );
+    agent_error(
+        a.exec(&Exec::new(&["sh", "-c", "ls /"])),
+        ErrorCode::NOT_FOUND,
+    );
+
+    // Rename: a file, then a directory with everything below it; refusals.
+    a.rename("/home/user/notes.txt", "/home/user/project/NOTES")
+        .unwrap();
+    agent_error(a.stat("/home/user/notes.txt"), ErrorCode::NOT_FOUND);
+    assert_eq!(
+        a.get_file("/home/user/project/NOTES", 1024).unwrap().data,
+        b"notes"
+    );
+    a.rename("/home/user/project", "/work").unwrap();
+    assert_eq!(
+        names(&a.list_dir("/work", 2, 100).unwrap()),
+        ["NOTES", "src", "src/main.rs"]
+    );
+    assert_eq!(
+        a.get_file("/work/src/main.rs", 1024).unwrap().data,
+        b"fn main() {}\n"
+    );
+    agent_error(a.stat("/home/user/project"), ErrorCode::NOT_FOUND);
+    agent_error(
+        a.rename("/work", "/work/src/inner"),
+        ErrorCode::INVALID_ARGUMENT,
+    );
+    agent_error(a.rename("/a", "/work"), ErrorCode::IS_A_DIRECTORY);
+    agent_error(a.rename("/work", "/a"), ErrorCode::NOT_A_DIRECTORY);
+    agent_error(a.rename("/home", "/work"), ErrorCode::NOT_EMPTY);
+    agent_error(a.rename("/a", "/no/such/dir/a"), ErrorCode::NOT_FOUND);
+    // A file replaces a file.
+    a.put_file("/b", 0o600, b"b").unwrap();
+    a.rename("/b", "/a").unwrap();
+    assert_eq!(
+        a.get_file("/a", 1024).unwrap(),
+        ember_agent_proto::FileContents {
+            mode: 0o600,
+            data: b"b".to_vec()
+        }
+    );
+
+    // Remove: not-empty refused, then recursive; a file; the root refused.
+    agent_error(a.remove("/work", false), ErrorCode::NOT_EMPTY);
+    a.remove("/work/src/main.rs", false).unwrap();
+    a.remove("/work/src", false).unwrap();
+    a.remove("/work", true).unwrap();
+    agent_error(a.stat("/work/NOTES"), ErrorCode::NOT_FOUND);
+    agent_error(a.remove("/work", true), ErrorCode::NOT_FOUND);
+    agent_error(a.remove("/", true), ErrorCode::INVALID_ARGUMENT);
+    a.remove("/a", false).unwrap();
+    assert_eq!(
+        names(&a.list_dir("/", 5, 100).unwrap()),
+        ["home", "home/user"]
+    );
+
+    // The table holds 32 entries (files and directories); removing frees them.
+    for i in 2..NODE_COUNT {
+        assert!(a.make_dir(format!("/d{i:02}"), 0o755, false).unwrap());
+    }
+    let msg = agent_error(a.make_dir("/one-more", 0o755, false), ErrorCode::TOO_LARGE);
+    assert!(msg.contains("table full"), "{msg}");
+    agent_error(a.put_file("/f", 0o644, b"x"), ErrorCode::TOO_LARGE);
+    for i in 2..NODE_COUNT {
+        a.remove(format!("/d{i:02}"), false).unwrap();
+    }
+    // A rename whose new paths would pass 255 bytes changes nothing.
+    a.put_file("/home/user/f", 0o644, b"x").unwrap();
+    let long = format!("/{}", "l".repeat(250));
+    agent_error(a.rename("/home", &long), ErrorCode::TOO_LARGE);
+    assert!(a.stat("/home/user/f").unwrap().is_file());
+    assert!(a.poisoned().is_none());
+    drop(a);
+
+    // Directories are in the snapshot: a restored copy lists them.
+    p.pause(&src).unwrap();
+    let snap = p
+        .snapshot(
+            &src,
+            &SnapshotRequest {
+                snapshot_id: SnapshotId::new("dirs").unwrap(),
+                stack: None,
+            },
+        )
+        .unwrap();
+    p.destroy(&src).unwrap();
+    let copy = vm("dirs-copy");
+    p.create_with_spec(&copy, &VmSpec::restore(snap.clone()))
+        .unwrap();
+    let path = p.vsock_path(&copy).unwrap();
+    let mut a = wait_for(DEFAULT_TIMEOUT, "the restored probe's agent", || {
+        AgentClient::connect(&path, PORT, Duration::from_secs(2)).ok()
+    });
+    assert_eq!(
+        names(&a.list_dir("/", 5, 100).unwrap()),
+        ["home", "home/user", "home/user/f"]
+    );
+    assert!(a.stat("/home/user").unwrap().is_dir());
+    let out = a
+        .exec_in(&ExecIn::new(&["sh", "-c", "cat f"]).with_cwd(b"/home/user"))
+        .unwrap();
+    assert_eq!(out.stdout, b"x");
+    a.remove("/home", true).unwrap();
+    assert!(a.list_dir("/", 5, 100).unwrap().is_empty());
     drop(a);
 
     for v in p.list().unwrap() {

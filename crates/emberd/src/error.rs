@@ -196,10 +196,12 @@ impl From<ember_agent_proto::ClientError> for ApiError {
                 }
                 ErrorCode::BUSY => Self::unavailable(message),
                 ErrorCode::TIMED_OUT => Self::timeout(message),
+                ErrorCode::ALREADY_EXISTS | ErrorCode::NOT_EMPTY => Self::conflict(message),
+                ErrorCode::NOT_A_DIRECTORY | ErrorCode::IS_A_DIRECTORY => Self::invalid(message),
                 _ => Self::new(StatusCode::BAD_GATEWAY, "guest_error", message),
             },
             C::Unsupported { .. } => Self::unsupported(message),
-            C::FileTooLarge { .. } => Self::too_large(message),
+            C::FileTooLarge { .. } | C::TooManyEntries { .. } => Self::too_large(message),
             C::Encode { .. } => Self::invalid(message),
             _ if e.is_timeout() => Self::timeout(message),
             _ => Self::new(StatusCode::BAD_GATEWAY, "guest_unreachable", message),

@@ -86,7 +86,11 @@ fn the_e2b_sdk_drives_probe_sandboxes() {
     // Everything the script made is gone: no sandbox VM, no saved snapshot.
     let store = d.store();
     assert!(
-        store.list::<ember_core::VmRecord>().unwrap().iter().all(|v| v.record.owner != ember_core::VmOwner::Sandbox),
+        store
+            .list::<ember_core::VmRecord>()
+            .unwrap()
+            .iter()
+            .all(|v| v.record.owner != ember_core::VmOwner::Sandbox),
         "a sandbox VM is left"
     );
     assert!(

@@ -4,37 +4,52 @@
 //!   snapshot continues its count; 0 without a timer, `hz=0`), the boot id (16 bytes: the banner's id, then
 //!   `splitmix64` of it, both little-endian), and the generation set by the last Reseed.
 //! - Reseed: stores the generation, the wall-clock time and a digest of the entropy mixed
-//!   with the previous seed in the state page; Health then reports the new generation.
-//! - Exec built-ins (argv[0]); exit code 0 and no stderr unless said otherwise:
+//!   with the previous seed in the state page; Health then reports the new generation, and
+//!   the file system's mtimes the wall clock from then on (`now_ns`: the Reseed's time plus
+//!   the uptime since; before any Reseed, 0 = unknown).
+//! - Exec and ExecIn built-ins (argv[0]); exit code 0 and no stderr unless said otherwise:
 //!   - `echo <args..>`: stdout the arguments joined by single spaces, then `\n` (like /bin/echo);
 //!   - `counter`: stdout the tick counter in decimal, then `\n`;
 //!   - `sha256 <n>`: stdout the hex SHA-256 of `n` bytes with byte i = i % 251, then `\n`
 //!     (n at most 64 MiB);
 //!   - `exit <n>`: no output, exit code `n` (decimal, 0..=255);
 //!   - `stderr <args..>`: stderr the arguments joined by single spaces, then `\n`;
-//!   - `cat <path>`: stdout the file's bytes (see [`files`](crate::files)); NOT_FOUND if there
-//!     is no such file.
+//!   - `cat <path>`: stdout the file's bytes (see [`files`](crate::files)); a relative path is
+//!     taken from the working directory; NOT_FOUND if there is no such file, IS_A_DIRECTORY
+//!     for a directory;
+//!   - `pwd`: stdout the working directory, then `\n`;
+//!   - `whoami`: stdout the user (`root` unless ExecIn said `user`), then `\n`.
 //!
+//!   `sh`/`bash` (also `/bin/..`, `/usr/bin/..`) `[-l] [-i] [-e] -c SCRIPT` runs SCRIPT's one
+//!   simple command, split on whitespace ([`ember_agent_proto::shell`]: quotes, pipes, `;`,
+//!   `&&`, redirections, variables, globs are INVALID_ARGUMENT), so clients that wrap every
+//!   command in `bash -l -c '...'` (E2B's SDK) reach the built-ins; an empty script exits 0.
 //!   Output is cut (whole words for `echo`/`stderr`, and the truncated flag set) to fit the
 //!   scratch buffer ([`SCRATCH_LEN`]) and the host's frame limit. An unknown command: Error
-//!   NOT_FOUND; bad arguments: INVALID_ARGUMENT.
-//! - PutFile, GetFile: the RAM file table ([`files`](crate::files)). GetFile answers the bytes
-//!   from `offset` (none at or past the end), at most `max_len` (0: no limit) and at most what
-//!   fits one reply frame (the reply buffer, [`CONN_OUT_LEN`](crate::layout::CONN_OUT_LEN), and
-//!   the host's frame limit). Errors: NOT_FOUND (no such file; PutFile at an offset > 0 of a
-//!   missing file), INVALID_ARGUMENT (PutFile offset past the end), TOO_LARGE (path over 255
-//!   bytes, file over 64 KiB, table full).
+//!   NOT_FOUND; bad arguments: INVALID_ARGUMENT. ExecIn: `cwd` (empty: `/`) must be a
+//!   directory (NOT_FOUND, NOT_A_DIRECTORY); `user` must be empty, `root` or `user`
+//!   (INVALID_ARGUMENT otherwise; the probe has no users, so it only changes `whoami`). Exec
+//!   runs in `/` as `root`.
+//! - PutFile, GetFile, Stat, ListDir, MakeDir, Remove, Rename: the RAM file system
+//!   ([`files`](crate::files); paths: [`path`](crate::path)). GetFile answers the bytes from
+//!   `offset` (none at or past the end), at most `max_len` (0: no limit) and at most what fits
+//!   one reply frame (the reply buffer, [`CONN_OUT_LEN`](crate::layout::CONN_OUT_LEN), and the
+//!   host's frame limit). ListDir answers its page depth-first in name order, as many entries
+//!   as `max_entries` allows and the reply frame holds. Stat and ListDir report owner and
+//!   group `root` and no symlinks (the probe has none).
 //! - Shutdown: Unsupported.
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use ember_agent_proto::limits::HEADER_LEN;
 use ember_agent_proto::{
-    ErrorCode, ErrorReply, ExecResult, FileData, HealthReport, Reply, Request, Session,
+    ByteList, DirEntries, DirEntry, DirListing, ErrorCode, ErrorReply, ExecResult, FileData,
+    HealthReport, Reply, Request, Session, shell,
 };
 
-use crate::files::{self, Files};
-use crate::layout::{SCRATCH, SCRATCH_LEN};
+use crate::files::{self, Files, Node, ROOT_STAT};
+use crate::layout::{NODE_COUNT, SCRATCH, SCRATCH_LEN};
+use crate::path::Path;
 use crate::sha256;
 
 /// ExecResult frame bytes besides stdout and stderr: header, exit code, flags, two lengths.
@@ -44,6 +59,9 @@ const FILE_REPLY_OVERHEAD: usize = HEADER_LEN + 4 + 8 + 4;
 
 /// Largest `sha256 <n>`.
 const MAX_SHA_BYTES: u64 = 64 << 20;
+
+/// Most words in an `sh -c` script.
+const MAX_WORDS: usize = 64;
 
 /// The boot id printed in the banner.
 pub fn boot_id() -> u64 {
@@ -65,6 +83,23 @@ fn uptime_ns() -> u64 {
     1_000_000_000u64
         .checked_div(hz)
         .map_or(0, |period| counter().saturating_mul(period))
+}
+
+/// The wall clock, ns since the Unix epoch: the last Reseed's time plus the uptime since
+/// (which stays put without a timer); 0 before any Reseed.
+fn now_ns() -> u64 {
+    let st = crate::state();
+    // SAFETY: as in `boot_id`; only the agent writes these fields (in `reseed`).
+    let (wall, at) = unsafe {
+        (
+            read_volatile(addr_of!((*st).wall_clock_ns)),
+            read_volatile(addr_of!((*st).reseed_uptime_ns)),
+        )
+    };
+    match wall {
+        0 => 0,
+        wall => wall.saturating_add(uptime_ns().saturating_sub(at)),
+    }
 }
 
 /// Writes `v` as 16 lowercase hex digits; returns 16.
@@ -210,8 +245,47 @@ fn join_line<'a>(words: impl Iterator<Item = &'a [u8]>, out: &mut [u8]) -> (usiz
     (n + 1, truncated)
 }
 
+/// Where and as whom a command runs.
+struct Context<'a> {
+    /// The working directory.
+    cwd: &'a Path,
+    /// `root` or `user`.
+    user: &'a [u8],
+}
+
+/// Runs `argv`, a built-in or `sh -c` around one ([`shell`]), with its output going to `out`
+/// (at least 65 bytes).
+fn run(argv: ByteList<'_>, ctx: &Context<'_>, out: &mut [u8], files: &Files) -> ExecOutcome {
+    let script = match shell::shell_script(argv) {
+        None => return exec(argv, ctx, out, files),
+        Some(Ok(script)) => script,
+        Some(Err(message)) => return ExecOutcome::Err(ErrorCode::INVALID_ARGUMENT, message),
+    };
+    let words = match shell::script_words(script) {
+        Ok(words) => words,
+        Err(message) => return ExecOutcome::Err(ErrorCode::INVALID_ARGUMENT, message),
+    };
+    let mut argv: [&[u8]; MAX_WORDS] = [&[]; MAX_WORDS];
+    let mut n = 0;
+    for word in words {
+        let Some(slot) = argv.get_mut(n) else {
+            return ExecOutcome::Err(
+                ErrorCode::INVALID_ARGUMENT,
+                "the script has more than 64 words",
+            );
+        };
+        *slot = word;
+        n += 1;
+    }
+    if n == 0 {
+        // A shell runs an empty script as success.
+        return ExecOutcome::stdout(0, false);
+    }
+    exec(ByteList::from_bytes(&argv[..n]), ctx, out, files)
+}
+
 /// Runs built-in `argv` with its output going to `out` (at least 65 bytes).
-fn exec(argv: ember_agent_proto::ByteList<'_>, out: &mut [u8], files: &Files) -> ExecOutcome {
+fn exec(argv: ByteList<'_>, ctx: &Context<'_>, out: &mut [u8], files: &Files) -> ExecOutcome {
     let mut args = argv.iter();
     let Some(cmd) = args.next() else {
         return ExecOutcome::Err(ErrorCode::INVALID_ARGUMENT, "empty argv");
@@ -275,7 +349,8 @@ fn exec(argv: ember_agent_proto::ByteList<'_>, out: &mut [u8], files: &Files) ->
             let (Some(path), None) = (args.next(), args.next()) else {
                 return ExecOutcome::Err(ErrorCode::INVALID_ARGUMENT, "usage: cat <path>");
             };
-            match files.get(path) {
+            let found = Path::resolve(ctx.cwd, path).and_then(|p| files.get(&p));
+            match found {
                 Ok(f) => {
                     let len = f.data.len().min(out.len());
                     out[..len].copy_from_slice(&f.data[..len]);
@@ -284,10 +359,88 @@ fn exec(argv: ember_agent_proto::ByteList<'_>, out: &mut [u8], files: &Files) ->
                 Err((code, message)) => ExecOutcome::Err(code, message),
             }
         }
+        b"pwd" | b"whoami" => {
+            if args.next().is_some() {
+                return ExecOutcome::Err(ErrorCode::INVALID_ARGUMENT, "takes no arguments");
+            }
+            let text = if cmd == b"pwd" {
+                ctx.cwd.display()
+            } else {
+                ctx.user
+            };
+            let len = text.len().min(out.len() - 1);
+            out[..len].copy_from_slice(&text[..len]);
+            out[len] = b'\n';
+            ExecOutcome::stdout(len + 1, len < text.len())
+        }
         _ => ExecOutcome::Err(
             ErrorCode::NOT_FOUND,
-            "no such command (built-ins: echo, counter, sha256, exit, stderr, cat)",
+            "no such command (built-ins: echo, counter, sha256, exit, stderr, cat, pwd, whoami)",
         ),
+    }
+}
+
+/// The ExecResult (or ExecInResult) body for `outcome`, whose output is in `buf`.
+fn exec_result<'b>(
+    outcome: ExecOutcome,
+    buf: &'b [u8],
+) -> Result<ExecResult<'b>, files::FileError> {
+    match outcome {
+        ExecOutcome::Exited {
+            exit_code,
+            stream,
+            len,
+            truncated,
+        } => {
+            let (output, none) = (&buf[..len], &[][..]);
+            let on_stdout = stream == Stream::Stdout;
+            Ok(ExecResult {
+                exit_code,
+                stdout_truncated: truncated && on_stdout,
+                stderr_truncated: truncated && !on_stdout,
+                stdout: if on_stdout { output } else { none },
+                stderr: if on_stdout { none } else { output },
+            })
+        }
+        ExecOutcome::Err(code, message) => Err((code, message)),
+    }
+}
+
+/// An unused ListDir page slot.
+const PLACEHOLDER: DirEntry<'static> = DirEntry {
+    name: b"",
+    stat: ROOT_STAT,
+};
+
+/// `path` from `/`, normalised.
+fn absolute(path: &[u8]) -> Result<Path, files::FileError> {
+    Path::resolve(&Path::root(), path)
+}
+
+/// ExecIn's working directory: `/` when empty, else an existing directory.
+fn working_dir(cwd: &[u8], files: &Files) -> Result<Path, files::FileError> {
+    if cwd.is_empty() {
+        return Ok(Path::root());
+    }
+    let path = absolute(cwd)?;
+    match files.lookup(&path)? {
+        Node::Root | Node::Dir(_) => Ok(path),
+        Node::File(_) => Err((
+            ErrorCode::NOT_A_DIRECTORY,
+            "the working directory is a file",
+        )),
+    }
+}
+
+/// ExecIn's user: `root` when empty, else `root` or `user`.
+fn user_of(user: &str) -> Result<&[u8], files::FileError> {
+    match user {
+        "" | "root" => Ok(b"root"),
+        "user" => Ok(b"user"),
+        _ => Err((
+            ErrorCode::INVALID_ARGUMENT,
+            "no such user (the probe knows root and user)",
+        )),
     }
 }
 
@@ -298,7 +451,12 @@ pub fn handle(session: &Session<'_>, id: u64, request: Request<'_>, out: &mut [u
     let mut files = files::table();
     // The largest reply frame: the reply buffer, within the host's limit.
     let reply_room = session.reply_limit().min(out.len());
+    let exec_room = reply_room
+        .saturating_sub(EXEC_REPLY_OVERHEAD)
+        .min(SCRATCH_LEN);
     let error = |(code, message): files::FileError| Reply::Error(ErrorReply { code, message });
+    // ListDir's page (borrows the table); filled only for ListDir.
+    let mut page: [DirEntry<'_>; NODE_COUNT];
     let reply = match request {
         Request::Health => Reply::Health(health()),
         Request::Reseed(r) => {
@@ -308,49 +466,97 @@ pub fn handle(session: &Session<'_>, id: u64, request: Request<'_>, out: &mut [u
             }
         }
         Request::Exec(e) => {
-            let room = reply_room.saturating_sub(EXEC_REPLY_OVERHEAD);
-            let buf = &mut buf[..room.min(SCRATCH_LEN)];
-            match exec(e.argv, buf, &files) {
-                ExecOutcome::Exited {
-                    exit_code,
-                    stream,
-                    len,
-                    truncated,
-                } => {
-                    let (output, none) = (&buf[..len], &[][..]);
-                    let on_stdout = stream == Stream::Stdout;
-                    Reply::Exec(ExecResult {
-                        exit_code,
-                        stdout_truncated: truncated && on_stdout,
-                        stderr_truncated: truncated && !on_stdout,
-                        stdout: if on_stdout { output } else { none },
-                        stderr: if on_stdout { none } else { output },
-                    })
-                }
-                ExecOutcome::Err(code, message) => error((code, message)),
-            }
+            let root = Path::root();
+            let ctx = Context {
+                cwd: &root,
+                user: b"root",
+            };
+            let buf = &mut buf[..exec_room];
+            let outcome = run(e.argv, &ctx, buf, &files);
+            exec_result(outcome, buf).map_or_else(error, Reply::Exec)
         }
-        Request::PutFile(p) => match files.put(p.path, p.mode, p.offset, p.data) {
-            Ok(()) => Reply::PutFile,
-            Err(e) => error(e),
-        },
-        Request::GetFile(g) => match files.get(g.path) {
-            Ok(f) => {
+        Request::ExecIn(e) => {
+            let buf = &mut buf[..exec_room];
+            let ran = working_dir(e.cwd, &files).and_then(|cwd| {
+                let ctx = Context {
+                    cwd: &cwd,
+                    user: user_of(e.user)?,
+                };
+                exec_result(run(e.argv, &ctx, buf, &files), buf)
+            });
+            ran.map_or_else(error, Reply::ExecIn)
+        }
+        Request::PutFile(p) => absolute(p.path)
+            .and_then(|path| files.put(&path, p.mode, p.offset, p.data, now_ns()))
+            .map_or_else(error, |()| Reply::PutFile),
+        Request::GetFile(g) => match absolute(g.path).and_then(|path| {
+            let f = files.get(&path)?;
+            Ok((f.mode, f.data))
+        }) {
+            Ok((mode, data)) => {
                 let room = reply_room.saturating_sub(FILE_REPLY_OVERHEAD);
                 let max = match g.max_len {
                     0 => room,
                     n => room.min(n as usize),
                 };
-                let start = usize::try_from(g.offset).map_or(f.data.len(), |o| o.min(f.data.len()));
-                let end = start + max.min(f.data.len() - start);
+                let start = usize::try_from(g.offset).map_or(data.len(), |o| o.min(data.len()));
+                let end = start + max.min(data.len() - start);
                 Reply::File(FileData {
-                    mode: f.mode,
-                    size: f.data.len() as u64,
-                    data: &f.data[start..end],
+                    mode,
+                    size: data.len() as u64,
+                    data: &data[start..end],
                 })
             }
             Err(e) => error(e),
         },
+        Request::Stat(s) => absolute(s.path)
+            .and_then(|path| files.stat(&path))
+            .map_or_else(error, Reply::Stat),
+        Request::ListDir(l) => match absolute(l.path).and_then(|dir| match files.lookup(&dir)? {
+            Node::Root | Node::Dir(_) => Ok(dir),
+            Node::File(_) => Err((ErrorCode::NOT_A_DIRECTORY, "not a directory")),
+        }) {
+            Ok(dir) => {
+                let max = match l.max_entries {
+                    0 => NODE_COUNT,
+                    n => (n as usize).min(NODE_COUNT),
+                };
+                let mut used = DirListing::OVERHEAD;
+                let mut n = 0;
+                let mut more = false;
+                let skip = l.offset as usize;
+                page = [PLACEHOLDER; NODE_COUNT];
+                for (name, stat) in files.list(&dir, l.depth).skip(skip) {
+                    let entry = DirEntry { name, stat };
+                    if n == max || used + entry.encoded_len() > reply_room {
+                        more = true;
+                        break;
+                    }
+                    used += entry.encoded_len();
+                    page[n] = entry;
+                    n += 1;
+                }
+                // Never: an entry (a path of at most 255 bytes) fits the smallest frame.
+                if n == 0 && more {
+                    error((ErrorCode::TOO_LARGE, "an entry does not fit a reply frame"))
+                } else {
+                    Reply::DirListing(DirListing {
+                        more,
+                        entries: DirEntries::from_slice(&page[..n]),
+                    })
+                }
+            }
+            Err(e) => error(e),
+        },
+        Request::MakeDir(m) => absolute(m.path)
+            .and_then(|path| files.make_dir(&path, m.mode, m.parents, now_ns()))
+            .map_or_else(error, |created| Reply::MakeDir { created }),
+        Request::Remove(r) => absolute(r.path)
+            .and_then(|path| files.remove(&path, r.recursive, now_ns()))
+            .map_or_else(error, |()| Reply::Remove),
+        Request::Rename(r) => absolute(r.from)
+            .and_then(|from| files.rename(&from, &absolute(r.to)?, now_ns()))
+            .map_or_else(error, |()| Reply::Rename),
         other => Reply::Unsupported {
             kind: other.kind().as_u8(),
         },

@@ -12,8 +12,8 @@
 //! | 0x240000 | per-connection receive storage, [`MAX_CONNS`] x [`CONN_RX_LEN`] |
 //! | 0x2a0000 | per-connection reply buffers, [`MAX_CONNS`] x [`CONN_OUT_LEN`] |
 //! | 0x330000 | scratch for building Exec output ([`SCRATCH_LEN`]) |
-//! | 0x340000 | the file table's headers, [`FILE_COUNT`] entries in one page (`files.rs`) |
-//! | 0x341000..0x3c1000 | file data, [`FILE_COUNT`] x [`FILE_MAX_LEN`] |
+//! | 0x340000 | the file table: [`NODE_COUNT`] entries (files and directories) in three pages (`files.rs`) |
+//! | 0x343000..0x3c3000 | file data, [`FILE_COUNT`] x [`FILE_MAX_LEN`] |
 //!
 //! Everything past the image is touched only when used, so an idle VM restored from a
 //! snapshot shares it with its siblings. Nothing here is zeroed at boot: guest memory starts
@@ -42,13 +42,15 @@ pub const CONN_OUT: usize = 0x2a_0000;
 pub const SCRATCH: usize = 0x33_0000;
 /// Bytes of Exec output scratch.
 pub const SCRATCH_LEN: usize = 8192;
-/// The file table: [`FILE_COUNT`] headers (path, mode, size) in one page.
+/// The file table: [`NODE_COUNT`] entries (path, kind, mode, size, mtime, data slot).
 pub const FILES: usize = 0x34_0000;
-/// Bytes of the file table's header page.
-pub const FILE_TABLE_LEN: usize = 0x1000;
+/// Bytes of the file table's entry pages.
+pub const FILE_TABLE_LEN: usize = 0x3000;
 /// File data: slot `i`'s bytes are at `FILE_DATA + i * FILE_MAX_LEN`.
 pub const FILE_DATA: usize = FILES + FILE_TABLE_LEN;
-/// Most files the probe holds at once.
+/// Most files and directories (`/` not counted) the probe holds at once.
+pub const NODE_COUNT: usize = 32;
+/// Most files the probe holds at once (data slots).
 pub const FILE_COUNT: usize = 8;
 /// Largest file, in bytes.
 pub const FILE_MAX_LEN: usize = 64 << 10;

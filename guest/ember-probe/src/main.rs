@@ -21,7 +21,7 @@
 //!    Bytes received on COM1 (IRQ 4) are echoed as `ember-probe: rx=<bytes>`.
 //! 5. runs the agent in ring 3 ([`ring3`]) at boot and after every virtio interrupt: a
 //!    virtio-vsock driver ([`vsock`], [`virtq`]) that listens on port 52 and answers the
-//!    ember agent protocol ([`agent`], with a small RAM file store, [`files`]), and once
+//!    ember agent protocol ([`agent`], with a small RAM file system, [`files`]), and once
 //!    announces itself to host port 53.
 //!
 //! Guest ring-0 code is emulated (slow) on some hosts: per-tick work is a handful of
@@ -34,6 +34,7 @@ mod agent;
 mod conn;
 mod files;
 mod layout;
+mod path;
 mod ring3;
 mod sha256;
 mod virtq;

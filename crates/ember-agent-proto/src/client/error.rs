@@ -113,6 +113,13 @@ pub enum ClientError {
         /// The caller's limit.
         max: usize,
     },
+    /// A directory listing has more entries than the caller allowed; the connection stays
+    /// usable.
+    #[error("guest directory listing has more than the {max} entries allowed")]
+    TooManyEntries {
+        /// The caller's limit.
+        max: usize,
+    },
     /// Fresh entropy for Reseed could not be read from the host.
     #[error("reading host entropy for Reseed: {0}")]
     Entropy(String),
@@ -133,6 +140,7 @@ impl ClientError {
                 | ClientError::Unsupported { .. }
                 | ClientError::Encode { .. }
                 | ClientError::FileTooLarge { .. }
+                | ClientError::TooManyEntries { .. }
                 | ClientError::Entropy(_)
                 | ClientError::Poisoned { .. }
         )

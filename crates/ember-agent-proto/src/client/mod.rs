@@ -13,7 +13,7 @@ mod error;
 mod types;
 
 pub use error::ClientError;
-pub use types::{AgentInfo, ConnectOptions, ExecOutput, FileContents};
+pub use types::{AgentInfo, ConnectOptions, ExecOutput, FileContents, FileInfo, ListedEntry};
 
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
@@ -24,7 +24,10 @@ use crate::frame::Header;
 use crate::io::{DeadlineIo, FrameReader, ReadFrameError, encode_into_vec};
 use crate::kind::Kind;
 use crate::limits::{HEADER_LEN, MAX_FRAME_LEN, MIN_FRAME_LEN, SUPPORTED_VERSIONS};
-use crate::message::{Exec, GetFile, Hello, Ping, PutFile, Reply, Request, Reseed};
+use crate::message::{
+    Exec, ExecIn, GetFile, Hello, ListDir, MakeDir, Ping, PutFile, Remove, Rename, Reply, Request,
+    Reseed, Stat,
+};
 use crate::vsock;
 use crate::{HealthReport, limits};
 
@@ -284,6 +287,142 @@ impl AgentClient {
                 return Ok(contents);
             }
         }
+    }
+
+    /// Runs a command in working directory `exec.cwd`, as `exec.user` (each empty for the
+    /// agent's default).
+    pub fn exec_in(&mut self, exec: &ExecIn<'_>) -> Result<ExecOutput, ClientError> {
+        self.call(&Request::ExecIn(*exec), |reply| match reply {
+            Reply::ExecIn(result) => Ok(ExecOutput::from(&result)),
+            _ => Err("unreachable: kind checked".to_owned()),
+        })
+    }
+
+    /// What is at `path` (a final symlink is not followed).
+    pub fn stat(&mut self, path: impl AsRef<[u8]>) -> Result<FileInfo, ClientError> {
+        let request = Request::Stat(Stat {
+            path: path.as_ref(),
+        });
+        self.call(&request, |reply| match reply {
+            Reply::Stat(stat) => Ok(FileInfo::from(&stat)),
+            _ => Err("unreachable: kind checked".to_owned()),
+        })
+    }
+
+    /// Every entry under the directory at `path`, down to `depth` levels (1: its own entries),
+    /// gathered page by page (one call each); more than `max_entries` entries fail with
+    /// [`ClientError::TooManyEntries`]. Pages are separate calls, so entries added or removed
+    /// meanwhile may be missed or seen twice.
+    pub fn list_dir(
+        &mut self,
+        path: impl AsRef<[u8]>,
+        depth: u32,
+        max_entries: usize,
+    ) -> Result<Vec<ListedEntry>, ClientError> {
+        let path = path.as_ref();
+        let mut entries = Vec::new();
+        loop {
+            let too_many = ClientError::TooManyEntries { max: max_entries };
+            let offset = u32::try_from(entries.len()).map_err(|_| too_many)?;
+            // One more than still allowed: enough to tell "too many" without fetching them all.
+            let allowed = max_entries.saturating_sub(entries.len()).saturating_add(1);
+            let request = ListDir {
+                path,
+                depth,
+                offset,
+                max_entries: u32::try_from(allowed).unwrap_or(u32::MAX),
+            };
+            let more = self.list_dir_page_into(&request, &mut entries)?;
+            if entries.len() > max_entries {
+                return Err(ClientError::TooManyEntries { max: max_entries });
+            }
+            if !more {
+                return Ok(entries);
+            }
+        }
+    }
+
+    /// One ListDir page: its entries, and whether more follow (ask again at `offset` + the
+    /// entries received).
+    pub fn list_dir_page(
+        &mut self,
+        request: &ListDir<'_>,
+    ) -> Result<(Vec<ListedEntry>, bool), ClientError> {
+        let mut entries = Vec::new();
+        let more = self.list_dir_page_into(request, &mut entries)?;
+        Ok((entries, more))
+    }
+
+    fn list_dir_page_into(
+        &mut self,
+        request: &ListDir<'_>,
+        entries: &mut Vec<ListedEntry>,
+    ) -> Result<bool, ClientError> {
+        let max = request.max_entries as usize;
+        self.call(&Request::ListDir(*request), |reply| match reply {
+            Reply::DirListing(page) => {
+                if max != 0 && page.entries.len() > max {
+                    return Err(format!(
+                        "{} entries in a page of at most {max}",
+                        page.entries.len()
+                    ));
+                }
+                if page.more && page.entries.is_empty() {
+                    return Err("an empty page that says more entries follow".to_owned());
+                }
+                entries.extend(page.entries.iter().map(|e| ListedEntry::from(&e)));
+                Ok(page.more)
+            }
+            _ => Err("unreachable: kind checked".to_owned()),
+        })
+    }
+
+    /// Creates the directory at `path` with permission bits `mode` (and, with `parents`, its
+    /// missing parents, mode 0o755). Returns false if a directory was there already.
+    pub fn make_dir(
+        &mut self,
+        path: impl AsRef<[u8]>,
+        mode: u32,
+        parents: bool,
+    ) -> Result<bool, ClientError> {
+        let request = Request::MakeDir(MakeDir {
+            path: path.as_ref(),
+            mode,
+            parents,
+        });
+        self.call(&request, |reply| match reply {
+            Reply::MakeDir { created } => Ok(created),
+            _ => Err("unreachable: kind checked".to_owned()),
+        })
+    }
+
+    /// Removes the file, symlink or directory at `path`; a directory with entries only with
+    /// `recursive` (otherwise Error `NOT_EMPTY`).
+    pub fn remove(&mut self, path: impl AsRef<[u8]>, recursive: bool) -> Result<(), ClientError> {
+        let request = Request::Remove(Remove {
+            path: path.as_ref(),
+            recursive,
+        });
+        self.call(&request, |reply| match reply {
+            Reply::Remove => Ok(()),
+            _ => Err("unreachable: kind checked".to_owned()),
+        })
+    }
+
+    /// Renames (moves) the entry at `from` to `to`, replacing a file or empty directory there.
+    pub fn rename(
+        &mut self,
+        from: impl AsRef<[u8]>,
+        to: impl AsRef<[u8]>,
+    ) -> Result<(), ClientError> {
+        let request = Request::Rename(Rename {
+            from: from.as_ref(),
+            to: to.as_ref(),
+        });
+        self.call(&request, |reply| match reply {
+            Reply::Rename => Ok(()),
+            _ => Err("unreachable: kind checked".to_owned()),
+        })
     }
 
     /// Sends Reseed: fresh entropy, the wall-clock time and the VM's new generation.

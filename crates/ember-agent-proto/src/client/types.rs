@@ -1,12 +1,13 @@
 //! Owned results and options of the host client.
 //!
 //! Owns the std-side, owned counterparts of borrowed replies ([`AgentInfo`], [`ExecOutput`],
-//! [`FileContents`]) and [`ConnectOptions`]. Copying out of the frame buffer happens once, here.
+//! [`FileContents`], [`FileInfo`], [`ListedEntry`]) and [`ConnectOptions`]. Copying out of the
+//! frame buffer happens once, here.
 
 use std::time::Duration;
 
 use crate::limits::MAX_FRAME_LEN;
-use crate::message::{ExecResult, HelloOk};
+use crate::message::{DirEntry, ExecResult, FileKind, FileStat, HelloOk};
 
 /// What Hello told about the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +77,69 @@ pub struct FileContents {
     pub mode: u32,
     /// The bytes.
     pub data: Vec<u8>,
+}
+
+/// What is at a guest path (Stat, and each ListDir entry).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileInfo {
+    /// File, directory, symlink or other.
+    pub kind: FileKind,
+    /// Permission bits (at most 0o7777).
+    pub mode: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, nanoseconds since the Unix epoch; 0 when the agent has no clock.
+    pub mtime_ns: u64,
+    /// The owner's user name (or decimal uid).
+    pub owner: String,
+    /// The group's name (or decimal gid).
+    pub group: String,
+    /// A symlink's target; empty for every other kind.
+    pub target: Vec<u8>,
+}
+
+impl FileInfo {
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Directory
+    }
+
+    /// Whether this is a regular file.
+    pub fn is_file(&self) -> bool {
+        self.kind == FileKind::File
+    }
+}
+
+impl From<&FileStat<'_>> for FileInfo {
+    fn from(s: &FileStat<'_>) -> Self {
+        FileInfo {
+            kind: s.kind,
+            mode: s.mode,
+            size: s.size,
+            mtime_ns: s.mtime_ns,
+            owner: s.owner.to_owned(),
+            group: s.group.to_owned(),
+            target: s.target.to_vec(),
+        }
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ListedEntry {
+    /// The path relative to the listed directory (`a`, `a/b` at depth 2, ...).
+    pub name: Vec<u8>,
+    /// What it is.
+    pub info: FileInfo,
+}
+
+impl From<&DirEntry<'_>> for ListedEntry {
+    fn from(e: &DirEntry<'_>) -> Self {
+        ListedEntry {
+            name: e.name.to_vec(),
+            info: FileInfo::from(&e.stat),
+        }
+    }
 }
 
 /// How [`AgentClient`](super::AgentClient) connects and how long calls may take.

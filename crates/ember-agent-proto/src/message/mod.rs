@@ -1,16 +1,22 @@
 //! Messages: the request and reply bodies of protocol version 1.
 //!
 //! Owns the typed messages ([`Request`], [`Reply`] and their structs) and the shared rules table.
-//! Each direction lives in its own module; both use the codec's primitives and the frame module's
-//! header, so this module only holds what they share.
+//! Each direction lives in its own module, file metadata (shared by StatResult and DirListing) in
+//! a third; all use the codec's primitives and the frame module's header, so this module only
+//! holds what they share.
 
 pub(crate) mod rules;
 
 mod reply;
 mod request;
+mod stat;
 
-pub use reply::{ErrorReply, ExecResult, FileData, HealthReport, HelloOk, Reply};
-pub use request::{Exec, GetFile, Hello, Ping, PutFile, Request, Reseed};
+pub use reply::{DirListing, ErrorReply, ExecResult, FileData, HealthReport, HelloOk, Reply};
+pub use request::{
+    Exec, ExecIn, GetFile, Hello, ListDir, MakeDir, Ping, PutFile, Remove, Rename, Request, Reseed,
+    Stat,
+};
+pub use stat::{DirEntries, DirEntry, EntriesIter, FileKind, FileStat};
 
 use crate::codec::Reader;
 use crate::error::{DecodeError, EncodeError};

@@ -1,16 +1,17 @@
 //! Replies (agent → host): their borrowed types and body codec.
 //!
-//! Owns the body layout of the ten reply kinds, Error and Unsupported included. Decoded replies
+//! Owns the body layout of the sixteen reply kinds, Error and Unsupported included. Decoded replies
 //! borrow from the frame buffer; replies to encode borrow from the caller (the guest agent's
 //! buffers). Framing is the frame module's job.
 
 use super::rules;
+use super::stat::{DirEntries, FileStat};
 use super::{encoded_len_of, kind_of};
 use crate::codec::{Reader, Writer};
 use crate::error::{DecodeError, EncodeError, FieldError, FieldProblem};
 use crate::frame::{self, Header};
 use crate::kind::{ErrorCode, Kind};
-use crate::limits::{BOOT_ID_LEN, MAX_FRAME_LEN, VERSION};
+use crate::limits::{BOOT_ID_LEN, HEADER_LEN, MAX_FRAME_LEN, VERSION};
 
 /// HelloOk: the version the agent chose and what it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +63,22 @@ pub struct FileData<'a> {
     pub data: &'a [u8],
 }
 
+/// DirListing: one page of a directory's entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirListing<'a> {
+    /// Entries remain after this page: ask again at `offset` + the entries received so far.
+    pub more: bool,
+    /// This page's entries.
+    pub entries: DirEntries<'a>,
+}
+
+impl DirListing<'_> {
+    /// Bytes of a DirListing frame besides its entries: header, `more`, the entry count.
+    /// An agent fills a reply of at most `max` bytes with entries while
+    /// `OVERHEAD + Σ entry.encoded_len() <= max`.
+    pub const OVERHEAD: usize = HEADER_LEN + 1 + 4;
+}
+
 /// Error: the request failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorReply<'a> {
@@ -96,6 +113,21 @@ pub enum Reply<'a> {
     },
     /// Reply to Shutdown: the guest powers off after sending it.
     Shutdown,
+    /// Reply to Stat.
+    Stat(FileStat<'a>),
+    /// Reply to ListDir.
+    DirListing(DirListing<'a>),
+    /// Reply to MakeDir.
+    MakeDir {
+        /// The directory was created; false: it already existed as a directory.
+        created: bool,
+    },
+    /// Reply to Remove: the entry is gone.
+    Remove,
+    /// Reply to Rename: the entry has its new path.
+    Rename,
+    /// Reply to ExecIn (the same body as ExecResult).
+    ExecIn(ExecResult<'a>),
     /// Any request failed.
     Error(ErrorReply<'a>),
     /// The agent does not know the request's kind.
@@ -117,6 +149,12 @@ impl<'a> Reply<'a> {
             Reply::File(_) => Kind::FileData,
             Reply::Reseeded { .. } => Kind::ReseedOk,
             Reply::Shutdown => Kind::ShutdownOk,
+            Reply::Stat(_) => Kind::StatResult,
+            Reply::DirListing(_) => Kind::DirListing,
+            Reply::MakeDir { .. } => Kind::MakeDirOk,
+            Reply::Remove => Kind::RemoveOk,
+            Reply::Rename => Kind::RenameOk,
+            Reply::ExecIn(_) => Kind::ExecInResult,
             Reply::Error(_) => Kind::Error,
             Reply::Unsupported { .. } => Kind::Unsupported,
         }
@@ -181,23 +219,8 @@ impl<'a> Reply<'a> {
                 boot_id: r.fixed("boot_id")?,
                 generation: r.u64("generation")?,
             }),
-            Kind::ExecResult => {
-                let exit_code = r.i32("exit_code")?;
-                let flags = r.u8("flags")?;
-                if flags & !rules::EXEC_FLAGS_KNOWN != 0 {
-                    let problem = FieldProblem::OutOfRange {
-                        value: u64::from(flags),
-                    };
-                    return Err(field(kind, "flags", problem).into());
-                }
-                Reply::Exec(ExecResult {
-                    exit_code,
-                    stdout_truncated: flags & 0b01 != 0,
-                    stderr_truncated: flags & 0b10 != 0,
-                    stdout: r.bytes(&rules::STDOUT)?,
-                    stderr: r.bytes(&rules::STDERR)?,
-                })
-            }
+            Kind::ExecResult => Reply::Exec(read_exec_result(&mut r, kind)?),
+            Kind::ExecInResult => Reply::ExecIn(read_exec_result(&mut r, kind)?),
             Kind::PutFileOk => Reply::PutFile,
             Kind::FileData => Reply::File(FileData {
                 mode: r.u32_in("mode", rules::MODE)?,
@@ -208,6 +231,16 @@ impl<'a> Reply<'a> {
                 generation: r.u64("generation")?,
             },
             Kind::ShutdownOk => Reply::Shutdown,
+            Kind::StatResult => Reply::Stat(FileStat::read(&mut r, kind)?),
+            Kind::DirListing => Reply::DirListing(DirListing {
+                more: r.bool("more")?,
+                entries: DirEntries::read(&mut r)?,
+            }),
+            Kind::MakeDirOk => Reply::MakeDir {
+                created: r.bool("created")?,
+            },
+            Kind::RemoveOk => Reply::Remove,
+            Kind::RenameOk => Reply::Rename,
             Kind::Error => Reply::Error(ErrorReply {
                 code: ErrorCode(r.u16("code")?),
                 message: r.text(&rules::MESSAGE)?,
@@ -239,13 +272,19 @@ impl<'a> Reply<'a> {
                 w.raw(&h.boot_id);
                 w.u64(h.generation);
             }
-            Reply::Exec(e) => {
+            Reply::Exec(e) | Reply::ExecIn(e) => {
                 w.i32(e.exit_code);
                 w.u8(u8::from(e.stdout_truncated) | (u8::from(e.stderr_truncated) << 1));
                 w.bytes(&rules::STDOUT, e.stdout)?;
                 w.bytes(&rules::STDERR, e.stderr)?;
             }
-            Reply::PutFile | Reply::Shutdown => {}
+            Reply::PutFile | Reply::Shutdown | Reply::Remove | Reply::Rename => {}
+            Reply::Stat(s) => s.write(w, Kind::StatResult)?,
+            Reply::DirListing(l) => {
+                w.bool(l.more);
+                l.entries.write(w)?;
+            }
+            Reply::MakeDir { created } => w.bool(*created),
             Reply::File(f) => {
                 w.u32_in("mode", f.mode, rules::MODE)?;
                 w.u64(f.size);
@@ -262,6 +301,25 @@ impl<'a> Reply<'a> {
     }
 }
 
+/// The ExecResult body (also ExecInResult's).
+fn read_exec_result<'a>(r: &mut Reader<'a>, kind: Kind) -> Result<ExecResult<'a>, FieldError> {
+    let exit_code = r.i32("exit_code")?;
+    let flags = r.u8("flags")?;
+    if flags & !rules::EXEC_FLAGS_KNOWN != 0 {
+        let problem = FieldProblem::OutOfRange {
+            value: u64::from(flags),
+        };
+        return Err(field(kind, "flags", problem));
+    }
+    Ok(ExecResult {
+        exit_code,
+        stdout_truncated: flags & 0b01 != 0,
+        stderr_truncated: flags & 0b10 != 0,
+        stdout: r.bytes(&rules::STDOUT)?,
+        stderr: r.bytes(&rules::STDERR)?,
+    })
+}
+
 fn field(kind: Kind, field: &'static str, problem: FieldProblem) -> FieldError {
     FieldError {
         kind,
@@ -273,6 +331,17 @@ fn field(kind: Kind, field: &'static str, problem: FieldProblem) -> FieldError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{DirEntry, FileKind};
+
+    const STAT: FileStat<'static> = FileStat {
+        kind: FileKind::Directory,
+        mode: 0o755,
+        size: 4096,
+        mtime_ns: 1_700_000_000_000_000_000,
+        owner: "user",
+        group: "user",
+        target: b"",
+    };
 
     fn round_trip(reply: Reply<'_>) {
         let mut buf = [0u8; 4096];
@@ -317,6 +386,115 @@ mod tests {
             message: "nope",
         }));
         round_trip(Reply::Unsupported { kind: 0x42 });
+        round_trip(Reply::Stat(STAT));
+        round_trip(Reply::Stat(FileStat {
+            kind: FileKind::Symlink,
+            target: b"../x",
+            ..STAT
+        }));
+        let entries = [
+            DirEntry {
+                name: b"a",
+                stat: STAT,
+            },
+            DirEntry {
+                name: b"a/b.txt",
+                stat: FileStat {
+                    kind: FileKind::File,
+                    size: 3,
+                    ..STAT
+                },
+            },
+        ];
+        round_trip(Reply::DirListing(DirListing {
+            more: true,
+            entries: DirEntries::from_slice(&entries),
+        }));
+        round_trip(Reply::DirListing(DirListing {
+            more: false,
+            entries: DirEntries::EMPTY,
+        }));
+        round_trip(Reply::MakeDir { created: true });
+        round_trip(Reply::MakeDir { created: false });
+        round_trip(Reply::Remove);
+        round_trip(Reply::Rename);
+        round_trip(Reply::ExecIn(ExecResult {
+            exit_code: 1,
+            stdout_truncated: false,
+            stderr_truncated: true,
+            stdout: b"",
+            stderr: b"err",
+        }));
+    }
+
+    #[test]
+    fn dir_listing_overhead_and_entry_lengths_add_up() {
+        let entries = [DirEntry {
+            name: b"name",
+            stat: STAT,
+        }; 3];
+        let reply = Reply::DirListing(DirListing {
+            more: false,
+            entries: DirEntries::from_slice(&entries),
+        });
+        assert_eq!(
+            reply.encoded_len().unwrap(),
+            DirListing::OVERHEAD + 3 * entries[0].encoded_len()
+        );
+    }
+
+    #[test]
+    fn bad_stat_fields_are_rejected_on_decode() {
+        let mut buf = [0u8; 128];
+        let n = Reply::Stat(STAT).encode(1, &mut buf).unwrap();
+        // kind 5 is no file kind.
+        buf[HEADER_LEN] = 5;
+        assert!(matches!(
+            Reply::decode(&buf[..n]),
+            Err(DecodeError::Field(FieldError { field: "kind", .. }))
+        ));
+        // A target on a directory: append a byte to the (last) target field.
+        buf[HEADER_LEN] = FileKind::Directory.as_u8();
+        let mut frame = buf[..n].to_vec();
+        let len = frame.len();
+        frame[len - 4..].copy_from_slice(&1u32.to_le_bytes());
+        frame.push(b'x');
+        let length = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&length.to_le_bytes());
+        assert!(matches!(
+            Reply::decode(&frame),
+            Err(DecodeError::Field(FieldError {
+                field: "target",
+                ..
+            }))
+        ));
+        // `more` and `created` are booleans.
+        let n = Reply::MakeDir { created: true }
+            .encode(1, &mut buf)
+            .unwrap();
+        buf[HEADER_LEN] = 3;
+        assert!(matches!(
+            Reply::decode(&buf[..n]),
+            Err(DecodeError::Field(FieldError {
+                field: "created",
+                ..
+            }))
+        ));
+        // An entry count the body cannot hold.
+        let n = Reply::DirListing(DirListing {
+            more: false,
+            entries: DirEntries::EMPTY,
+        })
+        .encode(1, &mut buf)
+        .unwrap();
+        buf[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Reply::decode(&buf[..n]),
+            Err(DecodeError::Field(FieldError {
+                problem: FieldProblem::Truncated,
+                ..
+            }))
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Requests (host → agent): their borrowed types and body codec.
 //!
-//! Owns the body layout of the eight request kinds. Decoded requests borrow from the frame buffer
+//! Owns the body layout of the fourteen request kinds. Decoded requests borrow from the frame buffer
 //! (no allocation); requests to encode borrow from the caller. Framing is the frame module's job.
 
 use super::rules;
@@ -73,6 +73,89 @@ impl<'a> Exec<'a> {
         self.timeout_ms = timeout_ms;
         self
     }
+
+    /// The same command in working directory `cwd`: an [`ExecIn`].
+    pub const fn with_cwd(self, cwd: &'a [u8]) -> ExecIn<'a> {
+        ExecIn::from_exec(self).with_cwd(cwd)
+    }
+
+    /// The same command as `user`: an [`ExecIn`].
+    pub const fn with_user(self, user: &'a str) -> ExecIn<'a> {
+        ExecIn::from_exec(self).with_user(user)
+    }
+}
+
+/// ExecIn: Exec with a working directory and a user (each empty for the agent's default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecIn<'a> {
+    /// Program and arguments (1..=256 entries, each up to 4096 bytes without NUL).
+    pub argv: ByteList<'a>,
+    /// Environment entries `KEY=VALUE` (up to 256, each up to 4096 bytes without NUL).
+    pub env: ByteList<'a>,
+    /// Working directory (up to 4096 bytes without NUL); empty: the agent's default.
+    pub cwd: &'a [u8],
+    /// User to run as (UTF-8, up to 64 bytes, no NUL); empty: the agent's default.
+    pub user: &'a str,
+    /// Bytes fed to the command's standard input.
+    pub stdin: &'a [u8],
+    /// Guest-side time limit in milliseconds; 0 means none.
+    pub timeout_ms: u32,
+}
+
+impl<'a> ExecIn<'a> {
+    /// A command in the agent's default directory, as its default user, with no environment,
+    /// no stdin and no guest-side time limit.
+    pub const fn new(argv: &'a [&'a str]) -> Self {
+        ExecIn::from_exec(Exec::new(argv))
+    }
+
+    /// An Exec's command, in the agent's default directory, as its default user.
+    pub const fn from_exec(exec: Exec<'a>) -> Self {
+        ExecIn {
+            argv: exec.argv,
+            env: exec.env,
+            cwd: &[],
+            user: "",
+            stdin: exec.stdin,
+            timeout_ms: exec.timeout_ms,
+        }
+    }
+
+    /// In working directory `cwd`.
+    pub const fn with_cwd(mut self, cwd: &'a [u8]) -> Self {
+        self.cwd = cwd;
+        self
+    }
+
+    /// As `user`.
+    pub const fn with_user(mut self, user: &'a str) -> Self {
+        self.user = user;
+        self
+    }
+
+    /// With environment entries `KEY=VALUE`.
+    pub const fn with_env(mut self, env: &'a [&'a str]) -> Self {
+        self.env = ByteList::from_strs(env);
+        self
+    }
+
+    /// With bytes for standard input.
+    pub const fn with_stdin(mut self, stdin: &'a [u8]) -> Self {
+        self.stdin = stdin;
+        self
+    }
+
+    /// With a guest-side time limit.
+    pub const fn with_timeout_ms(mut self, timeout_ms: u32) -> Self {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+}
+
+impl<'a> From<Exec<'a>> for ExecIn<'a> {
+    fn from(exec: Exec<'a>) -> Self {
+        ExecIn::from_exec(exec)
+    }
 }
 
 /// PutFile: write `data` at `offset` of the file at `path`.
@@ -99,6 +182,67 @@ pub struct GetFile<'a> {
     pub offset: u64,
     /// Most bytes to return; 0 means as many as fit in one reply frame.
     pub max_len: u32,
+}
+
+/// Stat: what is at `path` (a final symlink is not followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat<'a> {
+    /// Guest path (1..=4096 bytes, no NUL).
+    pub path: &'a [u8],
+}
+
+/// ListDir: one page of the entries under the directory at `path`, down to `depth` levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListDir<'a> {
+    /// Guest path of a directory (1..=4096 bytes, no NUL).
+    pub path: &'a [u8],
+    /// Levels to list: 1 = the directory's own entries, 2 = theirs too, ... (at least 1).
+    pub depth: u32,
+    /// Entries to skip (those of the earlier pages).
+    pub offset: u32,
+    /// Most entries to return; 0 means as many as fit in one reply frame.
+    pub max_entries: u32,
+}
+
+impl<'a> ListDir<'a> {
+    /// The first page, as large as a reply frame allows.
+    pub const fn new(path: &'a [u8], depth: u32) -> Self {
+        ListDir {
+            path,
+            depth,
+            offset: 0,
+            max_entries: 0,
+        }
+    }
+}
+
+/// MakeDir: create the directory at `path`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MakeDir<'a> {
+    /// Guest path (1..=4096 bytes, no NUL).
+    pub path: &'a [u8],
+    /// Permission bits of the new directory (at most 0o7777).
+    pub mode: u32,
+    /// Create missing parent directories too (`mkdir -p`).
+    pub parents: bool,
+}
+
+/// Remove: delete the file, symlink or directory at `path`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remove<'a> {
+    /// Guest path (1..=4096 bytes, no NUL).
+    pub path: &'a [u8],
+    /// Remove a directory with everything in it (`rm -r`); without it, only an empty one.
+    pub recursive: bool,
+}
+
+/// Rename: move the entry at `from` to `to` (`rename(2)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rename<'a> {
+    /// Guest path of the entry (1..=4096 bytes, no NUL).
+    pub from: &'a [u8],
+    /// Its new guest path (1..=4096 bytes, no NUL).
+    pub to: &'a [u8],
 }
 
 /// Reseed: fresh entropy, the wall-clock time and a new generation, sent after a clone.
@@ -131,6 +275,18 @@ pub enum Request<'a> {
     Reseed(Reseed<'a>),
     /// Power off.
     Shutdown,
+    /// What is at a path.
+    Stat(Stat<'a>),
+    /// List a directory (a page).
+    ListDir(ListDir<'a>),
+    /// Create a directory.
+    MakeDir(MakeDir<'a>),
+    /// Remove a file or directory.
+    Remove(Remove<'a>),
+    /// Rename a file or directory.
+    Rename(Rename<'a>),
+    /// Run a command in a directory, as a user.
+    ExecIn(ExecIn<'a>),
 }
 
 impl<'a> Request<'a> {
@@ -145,6 +301,12 @@ impl<'a> Request<'a> {
             Request::GetFile(_) => Kind::GetFile,
             Request::Reseed(_) => Kind::Reseed,
             Request::Shutdown => Kind::Shutdown,
+            Request::Stat(_) => Kind::Stat,
+            Request::ListDir(_) => Kind::ListDir,
+            Request::MakeDir(_) => Kind::MakeDir,
+            Request::Remove(_) => Kind::Remove,
+            Request::Rename(_) => Kind::Rename,
+            Request::ExecIn(_) => Kind::ExecIn,
         }
     }
 
@@ -218,6 +380,36 @@ impl<'a> Request<'a> {
                 entropy: r.bytes(&rules::ENTROPY)?,
             }),
             Kind::Shutdown => Request::Shutdown,
+            Kind::Stat => Request::Stat(Stat {
+                path: r.bytes(&rules::PATH)?,
+            }),
+            Kind::ListDir => Request::ListDir(ListDir {
+                path: r.bytes(&rules::PATH)?,
+                depth: r.u32_in("depth", rules::DEPTH)?,
+                offset: r.u32("offset")?,
+                max_entries: r.u32("max_entries")?,
+            }),
+            Kind::MakeDir => Request::MakeDir(MakeDir {
+                path: r.bytes(&rules::PATH)?,
+                mode: r.u32_in("mode", rules::MODE)?,
+                parents: r.bool("parents")?,
+            }),
+            Kind::Remove => Request::Remove(Remove {
+                path: r.bytes(&rules::PATH)?,
+                recursive: r.bool("recursive")?,
+            }),
+            Kind::Rename => Request::Rename(Rename {
+                from: r.bytes(&rules::FROM)?,
+                to: r.bytes(&rules::TO)?,
+            }),
+            Kind::ExecIn => Request::ExecIn(ExecIn {
+                argv: r.list(&rules::ARGV)?,
+                env: r.list(&rules::ENV)?,
+                cwd: r.bytes(&rules::CWD)?,
+                user: r.text(&rules::USER)?,
+                stdin: r.bytes(&rules::STDIN)?,
+                timeout_ms: r.u32("timeout_ms")?,
+            }),
             _ => return Err(DecodeError::UnknownKind { kind: header.kind }),
         };
         super::finish(&r, kind)?;
@@ -255,6 +447,34 @@ impl<'a> Request<'a> {
                 w.u64(r.generation);
                 w.u64(r.wall_clock_ns);
                 w.bytes(&rules::ENTROPY, r.entropy)?;
+            }
+            Request::Stat(s) => w.bytes(&rules::PATH, s.path)?,
+            Request::ListDir(l) => {
+                w.bytes(&rules::PATH, l.path)?;
+                w.u32_in("depth", l.depth, rules::DEPTH)?;
+                w.u32(l.offset);
+                w.u32(l.max_entries);
+            }
+            Request::MakeDir(m) => {
+                w.bytes(&rules::PATH, m.path)?;
+                w.u32_in("mode", m.mode, rules::MODE)?;
+                w.bool(m.parents);
+            }
+            Request::Remove(r) => {
+                w.bytes(&rules::PATH, r.path)?;
+                w.bool(r.recursive);
+            }
+            Request::Rename(r) => {
+                w.bytes(&rules::FROM, r.from)?;
+                w.bytes(&rules::TO, r.to)?;
+            }
+            Request::ExecIn(e) => {
+                w.list(&rules::ARGV, &e.argv)?;
+                w.list(&rules::ENV, &e.env)?;
+                w.bytes(&rules::CWD, e.cwd)?;
+                w.bytes(&rules::USER, e.user.as_bytes())?;
+                w.bytes(&rules::STDIN, e.stdin)?;
+                w.u32(e.timeout_ms);
             }
         }
         Ok(())
@@ -310,6 +530,104 @@ mod tests {
             entropy: &[7; 32],
         }));
         round_trip(Request::Shutdown);
+        round_trip(Request::Stat(Stat { path: b"/etc" }));
+        round_trip(Request::ListDir(ListDir {
+            path: b"/home/user",
+            depth: 2,
+            offset: 10,
+            max_entries: 5,
+        }));
+        round_trip(Request::MakeDir(MakeDir {
+            path: b"/a/b",
+            mode: 0o750,
+            parents: true,
+        }));
+        round_trip(Request::Remove(Remove {
+            path: b"/a",
+            recursive: false,
+        }));
+        round_trip(Request::Rename(Rename {
+            from: b"/a",
+            to: b"/b",
+        }));
+        round_trip(Request::ExecIn(
+            Exec::new(&["cat", "x"])
+                .with_env(&["A=1"])
+                .with_stdin(b"in")
+                .with_timeout_ms(5)
+                .with_cwd(b"/tmp")
+                .with_user("user"),
+        ));
+        round_trip(Request::ExecIn(ExecIn::new(&["pwd"])));
+    }
+
+    #[test]
+    fn exec_in_builders_agree() {
+        let a = ExecIn::new(&["ls"])
+            .with_env(&["A=1"])
+            .with_stdin(b"x")
+            .with_timeout_ms(3)
+            .with_user("root")
+            .with_cwd(b"/");
+        let b = Exec::new(&["ls"])
+            .with_env(&["A=1"])
+            .with_stdin(b"x")
+            .with_timeout_ms(3)
+            .with_cwd(b"/")
+            .with_user("root");
+        assert_eq!(a, b);
+        assert_eq!(ExecIn::from(Exec::new(&["ls"])), ExecIn::new(&["ls"]));
+        assert!(ExecIn::new(&["ls"]).cwd.is_empty() && ExecIn::new(&["ls"]).user.is_empty());
+    }
+
+    #[test]
+    fn new_request_rules_are_enforced_both_ways() {
+        let mut buf = [0u8; 128];
+        // depth 0, an empty path, a NUL in `to`, a mode past 0o7777, a NUL in `user`.
+        for bad in [
+            Request::ListDir(ListDir::new(b"/", 0)),
+            Request::Stat(Stat { path: b"" }),
+            Request::Rename(Rename {
+                from: b"/a",
+                to: b"/b\0",
+            }),
+            Request::MakeDir(MakeDir {
+                path: b"/a",
+                mode: 0o10000,
+                parents: false,
+            }),
+            Request::ExecIn(ExecIn::new(&["ls"]).with_user("ro\0ot")),
+        ] {
+            assert!(
+                matches!(bad.encode(1, &mut buf), Err(EncodeError::Field(_))),
+                "{bad:?}"
+            );
+        }
+        // The same on decode: a valid MakeDir with `parents` = 2, a ListDir with depth 0.
+        let n = Request::MakeDir(MakeDir {
+            path: b"/a",
+            mode: 0o755,
+            parents: true,
+        })
+        .encode(1, &mut buf)
+        .unwrap();
+        buf[n - 1] = 2;
+        assert!(matches!(
+            Request::decode(&buf[..n]),
+            Err(DecodeError::Field(FieldError {
+                field: "parents",
+                problem: FieldProblem::OutOfRange { value: 2 },
+                ..
+            }))
+        ));
+        let n = Request::ListDir(ListDir::new(b"/", 1))
+            .encode(1, &mut buf)
+            .unwrap();
+        buf[HEADER_LEN + 5..HEADER_LEN + 9].copy_from_slice(&0u32.to_le_bytes());
+        assert!(matches!(
+            Request::decode(&buf[..n]),
+            Err(DecodeError::Field(FieldError { field: "depth", .. }))
+        ));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 use crate::codec::{BytesRule, Content, ListRule};
 use crate::limits::{
     MAX_ARG_LEN, MAX_ARGS, MAX_ENTROPY_LEN, MAX_ENV, MAX_FRAME_LEN, MAX_MESSAGE_LEN, MAX_MODE,
-    MAX_NAME_LEN, MAX_PATH_LEN, MAX_VERSIONS, MIN_ENTROPY_LEN, MIN_FRAME_LEN,
+    MAX_NAME_LEN, MAX_PATH_LEN, MAX_USER_LEN, MAX_VERSIONS, MIN_ENTROPY_LEN, MIN_FRAME_LEN,
+    MIN_LIST_DEPTH,
 };
 
 const fn bytes(field: &'static str, min: usize, max: usize, content: Content) -> BytesRule {
@@ -50,9 +51,27 @@ pub(crate) const STDOUT: BytesRule = bytes("stdout", 0, MAX_FRAME_LEN, Content::
 pub(crate) const STDERR: BytesRule = bytes("stderr", 0, MAX_FRAME_LEN, Content::Any);
 /// ExecResult `flags`: bit 0 stdout truncated, bit 1 stderr truncated.
 pub(crate) const EXEC_FLAGS_KNOWN: u8 = 0b11;
-/// PutFile / GetFile `path`: 1..=4096 bytes, no NUL.
+/// `path` of PutFile, GetFile, Stat, ListDir, MakeDir, Remove: 1..=4096 bytes, no NUL.
 pub(crate) const PATH: BytesRule = bytes("path", 1, MAX_PATH_LEN, Content::NoNul);
-/// PutFile / FileData `mode`.
+/// Rename `from`.
+pub(crate) const FROM: BytesRule = bytes("from", 1, MAX_PATH_LEN, Content::NoNul);
+/// Rename `to`.
+pub(crate) const TO: BytesRule = bytes("to", 1, MAX_PATH_LEN, Content::NoNul);
+/// ExecIn `cwd`: empty (the agent's default) or a path.
+pub(crate) const CWD: BytesRule = bytes("cwd", 0, MAX_PATH_LEN, Content::NoNul);
+/// ExecIn `user`: empty (the agent's default) or a user name.
+pub(crate) const USER: BytesRule = bytes("user", 0, MAX_USER_LEN, Content::Utf8NoNul);
+/// StatResult / ListDir entry `owner`.
+pub(crate) const OWNER: BytesRule = bytes("owner", 0, MAX_USER_LEN, Content::Utf8NoNul);
+/// StatResult / ListDir entry `group`.
+pub(crate) const GROUP: BytesRule = bytes("group", 0, MAX_USER_LEN, Content::Utf8NoNul);
+/// StatResult / ListDir entry `target`: a symlink's target, empty for anything else.
+pub(crate) const TARGET: BytesRule = bytes("target", 0, MAX_PATH_LEN, Content::NoNul);
+/// ListDir entry `name`: the path relative to the listed directory.
+pub(crate) const ENTRY_NAME: BytesRule = bytes("name", 1, MAX_PATH_LEN, Content::NoNul);
+/// ListDir `depth`: at least 1.
+pub(crate) const DEPTH: core::ops::RangeInclusive<u32> = MIN_LIST_DEPTH..=u32::MAX;
+/// PutFile / FileData / MakeDir / StatResult `mode`.
 pub(crate) const MODE: core::ops::RangeInclusive<u32> = 0..=MAX_MODE;
 /// PutFile / FileData `data`.
 pub(crate) const DATA: BytesRule = bytes("data", 0, MAX_FRAME_LEN, Content::Any);

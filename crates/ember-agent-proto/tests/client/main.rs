@@ -9,4 +9,5 @@ mod common;
 mod agent_rules;
 mod calls;
 mod faults;
+mod files;
 mod handshake;

@@ -339,7 +339,9 @@ pub async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<Sandbox>, ApiError> {
     let e = s.engine;
-    Ok(Json(blocking(move || e.resume_sandbox_with(&id, None)).await?))
+    Ok(Json(
+        blocking(move || e.resume_sandbox_with(&id, None)).await?,
+    ))
 }
 
 /// Sets a new time limit, counted from now.

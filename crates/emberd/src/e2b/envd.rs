@@ -110,7 +110,9 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 /// The user of `Authorization: Basic base64(user:)`.
 fn basic_user(req: &Request) -> Option<String> {
     let v = header(req, "authorization")?.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(v.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let user = text.split(':').next().unwrap_or("").to_string();
     (!user.is_empty()).then_some(user)
@@ -154,7 +156,11 @@ async fn dispatch(State(st): State<EnvdState>, req: Request) -> Response {
         Some(t) => header(&req, "x-access-token").is_some_and(|h| same(h, t)),
     };
     let user = basic_user(&req);
-    let target = Target { id: sid, live, user };
+    let target = Target {
+        id: sid,
+        live,
+        user,
+    };
     let method = req.method().clone();
     match (method, path.as_str()) {
         (Method::GET, "/health") => StatusCode::NO_CONTENT.into_response(),
@@ -187,8 +193,7 @@ fn unauthorized() -> Response {
 
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -266,7 +271,10 @@ async fn files_get(st: &EnvdState, t: Target, token_ok: bool, req: Request) -> R
         .map(str::to_string)
         .or(t.user);
     let Some(path) = q.one("path").ok().flatten().map(str::to_string) else {
-        return http_error(StatusCode::BAD_REQUEST, "the path query parameter is required");
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "the path query parameter is required",
+        );
     };
     let token = t.live.access_token.clone().unwrap_or_default();
     if !token_ok && !signature_ok(&q, &path, "read", user.as_deref(), &token) {
@@ -328,7 +336,9 @@ async fn files_post(st: &EnvdState, t: Target, token_ok: bool, req: Request) -> 
             "compressed uploads are not supported (this envd is version 0.4.0)",
         );
     }
-    let ct = header(&req, "content-type").unwrap_or("").to_ascii_lowercase();
+    let ct = header(&req, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     if ct.starts_with("multipart/form-data") {
         let mut mp = match axum::extract::Multipart::from_request(req, &()).await {
@@ -371,7 +381,10 @@ async fn files_post(st: &EnvdState, t: Target, token_ok: bool, req: Request) -> 
         }
     } else {
         let Some(p) = path.clone() else {
-            return http_error(StatusCode::BAD_REQUEST, "the path query parameter is required");
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "the path query parameter is required",
+            );
         };
         let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
             Ok(b) => b,

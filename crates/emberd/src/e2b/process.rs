@@ -34,10 +34,7 @@ pub async fn call(st: &EnvdState, t: Target, name: &str, req: Request) -> Respon
             };
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let pid = v["process"]["pid"].as_u64().unwrap_or(0);
-            let err = RpcError::new(
-                Code::NotFound,
-                format!("process with pid {pid} not found"),
-            );
+            let err = RpcError::new(Code::NotFound, format!("process with pid {pid} not found"));
             if name == "Connect" {
                 connect::stream(&[], Some(&err))
             } else {
@@ -83,10 +80,15 @@ fn string_map(v: &Value, field: &str) -> Result<BTreeMap<String, String>, RpcErr
             .map(|(k, v)| {
                 v.as_str()
                     .map(|s| (k.clone(), s.to_string()))
-                    .ok_or_else(|| RpcError::new(Code::InvalidArgument, format!("{field}.{k}: not a string")))
+                    .ok_or_else(|| {
+                        RpcError::new(Code::InvalidArgument, format!("{field}.{k}: not a string"))
+                    })
             })
             .collect(),
-        _ => Err(RpcError::new(Code::InvalidArgument, format!("{field}: not an object"))),
+        _ => Err(RpcError::new(
+            Code::InvalidArgument,
+            format!("{field}: not an object"),
+        )),
     }
 }
 
@@ -99,7 +101,10 @@ async fn start(st: &EnvdState, t: Target, req: Request) -> Response {
     if !streaming {
         return RpcError::new(
             Code::InvalidArgument,
-            format!("Start is a server stream: Content-Type must be {}", connect::STREAM_CONTENT_TYPE),
+            format!(
+                "Start is a server stream: Content-Type must be {}",
+                connect::STREAM_CONTENT_TYPE
+            ),
         )
         .into_response();
     }
@@ -120,7 +125,10 @@ async fn start(st: &EnvdState, t: Target, req: Request) -> Response {
             RpcError::new(Code::InvalidArgument, "Start needs one request message")
         })?;
         if !m["pty"].is_null() {
-            return Err(RpcError::new(Code::Unimplemented, "PTYs are not supported by this envd"));
+            return Err(RpcError::new(
+                Code::Unimplemented,
+                "PTYs are not supported by this envd",
+            ));
         }
         if m["stdin"].as_bool() == Some(true) {
             return Err(RpcError::new(
@@ -136,11 +144,15 @@ async fn start(st: &EnvdState, t: Target, req: Request) -> Response {
         let mut argv = vec![cmd.to_string()];
         argv.extend(strings(&p["args"], "process.args")?);
         let env = string_map(&p["envs"], "process.envs")?;
-        let cwd = p["cwd"].as_str().filter(|c| !c.is_empty()).map(str::to_string);
+        let cwd = p["cwd"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
         Ok(ExecRequest {
             argv,
             env,
             cwd,
+            user: t.user.clone(),
             stdin: None,
             stdin_base64: None,
             timeout_ms,

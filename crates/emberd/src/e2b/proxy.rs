@@ -75,8 +75,8 @@ pub async fn forward_to(vsock: &Path, port: u32, req: Request) -> Result<Respons
         .stream
         .set_nonblocking(true)
         .map_err(|e| Failure::Http(e.to_string()))?;
-    let stream =
-        tokio::net::UnixStream::from_std(hybrid.stream).map_err(|e| Failure::Http(e.to_string()))?;
+    let stream = tokio::net::UnixStream::from_std(hybrid.stream)
+        .map_err(|e| Failure::Http(e.to_string()))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Failure::Http(e.to_string()))?;
@@ -122,7 +122,9 @@ mod tests {
         let listener = UnixListener::bind(path).unwrap();
         std::thread::spawn(move || {
             for _ in 0..2 {
-                let Ok((mut s, _)) = listener.accept() else { return };
+                let Ok((mut s, _)) = listener.accept() else {
+                    return;
+                };
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 let mut line = String::new();
                 r.read_line(&mut line).unwrap();
@@ -141,11 +143,19 @@ mod tests {
                 }
                 let len: usize = head
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
                     .unwrap_or(0);
                 let mut body = vec![0u8; len];
                 r.read_exact(&mut body).unwrap();
-                let reply = format!("{} {}", head.lines().next().unwrap(), String::from_utf8_lossy(&body));
+                let reply = format!(
+                    "{} {}",
+                    head.lines().next().unwrap(),
+                    String::from_utf8_lossy(&body)
+                );
                 write!(
                     s,
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-guest: yes\r\n\r\n{reply}",
@@ -171,10 +181,15 @@ mod tests {
         let resp = forward_to(&sock, 49999, req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["x-guest"], "yes");
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         assert_eq!(&body[..], b"POST /execute?x=1 HTTP/1.1 hello");
         let req = Request::builder().uri("/").body(Body::empty()).unwrap();
-        assert!(matches!(forward_to(&sock, 8080, req).await, Err(Failure::Closed)));
+        assert!(matches!(
+            forward_to(&sock, 8080, req).await,
+            Err(Failure::Closed)
+        ));
         drop(server);
     }
 }

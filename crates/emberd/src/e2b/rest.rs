@@ -24,8 +24,8 @@ use super::model::{
     self, Connect, E2bErrorBody, E2bSandbox, Metric, NewSandbox, SandboxDetail, SetTimeout,
 };
 use super::time::rfc3339;
-use crate::api::extract::{QueryPairs, blocking, parse_json};
 use crate::api::AppState;
+use crate::api::extract::{QueryPairs, blocking, parse_json};
 use crate::engine::sandboxes::{CreateSandbox, ListSandboxes, SandboxOptions};
 use crate::error::ApiError;
 
@@ -114,7 +114,9 @@ pub fn router(state: RestState) -> axum::Router {
                 format!("no route {} {}", req.method(), req.uri().path()),
             )
         })
-        .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_JSON_BODY))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::api::MAX_JSON_BODY,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), api_key))
         .layer(axum::middleware::from_fn_with_state(
             state.app.clone(),
@@ -125,16 +127,14 @@ pub fn router(state: RestState) -> axum::Router {
 
 /// Refuses (401) a request without a valid `X-API-KEY`.
 async fn api_key(State(st): State<RestState>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok());
+    let given = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
     match given {
         Some(k) if st.keys.iter().any(|key| same(key.as_bytes(), k.as_bytes())) => {
             next.run(req).await
         }
-        Some(_) => E2bError::new(StatusCode::UNAUTHORIZED, "the API key is not valid")
-            .into_response(),
+        Some(_) => {
+            E2bError::new(StatusCode::UNAUTHORIZED, "the API key is not valid").into_response()
+        }
         None => E2bError::new(
             StatusCode::UNAUTHORIZED,
             "an X-API-KEY header is required (a key from emberd's --e2b-api-key-file)",
@@ -197,7 +197,10 @@ async fn create(
                 .as_ref()
                 .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty())),
         ),
-        ("network", req.network.as_ref().is_some_and(|v| !v.is_null())),
+        (
+            "network",
+            req.network.as_ref().is_some_and(|v| !v.is_null()),
+        ),
         ("iam", req.iam.as_ref().is_some_and(|v| !v.is_null())),
         (
             "autoResume",
@@ -220,8 +223,7 @@ async fn create(
         Some(v) => {
             let k = v.to_str().unwrap_or("");
             let ok = (1..=255).contains(&k.len())
-                && k
-                    .bytes()
+                && k.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !ok {
                 return Err(bad(
@@ -231,8 +233,8 @@ async fn create(
             Some(k.to_string())
         }
     };
-    let template = TemplateName::new(&req.template_id)
-        .map_err(|e| bad(&format!("templateID: {e}")))?;
+    let template =
+        TemplateName::new(&req.template_id).map_err(|e| bad(&format!("templateID: {e}")))?;
     let engine = Arc::clone(&st.app.engine);
     if let Some(k) = &key {
         let known = {
@@ -367,7 +369,10 @@ async fn list(State(st): State<RestState>, q: QueryPairs) -> Result<Response, E2
         .map_err(|e| bad(format!("template: {e}")))?;
     let limit = q
         .one("limit")?
-        .map(|l| l.parse::<usize>().map_err(|_| bad(format!("limit: {l:?} is not a number"))))
+        .map(|l| {
+            l.parse::<usize>()
+                .map_err(|_| bad(format!("limit: {l:?} is not a number")))
+        })
         .transpose()?;
     let cursor = q.one("nextToken")?.map(str::to_string);
     let e = Arc::clone(&st.app.engine);

@@ -1,5 +1,7 @@
 //! Work inside a sandbox, over its guest agent: run a command ([`ExecRequest`] →
-//! [`ExecOutput`](ember_agent_proto::ExecOutput)) and move files in and out.
+//! [`ExecOutput`](ember_agent_proto::ExecOutput); in a directory or as a user through the
+//! agent's ExecIn), move files in and out, and look at and change its file tree (stat, list,
+//! make directories, remove, rename).
 //!
 //! Calls take one of the sandbox's idle agent connections (or open one) and put it back, so
 //! calls on one sandbox run side by side and a handed-over VM's first call reuses the
@@ -10,7 +12,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use ember_agent_proto::{AgentClient, ClientError, Exec, ExecOutput};
+use ember_agent_proto::{
+    AgentClient, ClientError, Exec, ExecIn, ExecOutput, FileInfo, ListedEntry,
+};
 use ember_core::sandbox::validate_env_entry;
 use ember_core::{SandboxState, VmId};
 use serde::{Deserialize, Serialize};
@@ -23,11 +27,15 @@ use crate::error::ApiError;
 pub const DEFAULT_EXEC_TIMEOUT_MS: u32 = 60_000;
 /// Longest guest-side time limit of a command, ms (one day).
 pub const MAX_EXEC_TIMEOUT_MS: u32 = 24 * 3600 * 1000;
+/// Deepest directory listing.
+pub const MAX_LIST_DEPTH: u32 = 16;
+/// Most entries one listing returns.
+pub const MAX_LIST_ENTRIES: usize = 10_000;
 /// How much longer than its guest-side limit the host waits for a command's answer.
 const EXEC_GRACE: Duration = Duration::from_secs(5);
 
 /// `POST /v1/sandboxes/{id}/exec`: a command to run.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// The program and its arguments (1 to 256 entries, each at most 4096 bytes, no NUL).
@@ -35,9 +43,12 @@ pub struct ExecRequest {
     /// Environment for this command, on top of the sandbox's own.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Working directory (needs an agent that supports it; the probe guest does not).
+    /// Working directory (default: the agent's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// The user to run as (default: the agent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Standard input, as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
@@ -54,11 +65,21 @@ pub struct ExecRequest {
 struct Checked {
     argv: Vec<String>,
     env: Vec<String>,
+    cwd: String,
+    user: String,
     stdin: Vec<u8>,
     timeout_ms: u32,
 }
 
 impl ExecRequest {
+    /// `argv` with everything else at its default.
+    pub fn new(argv: Vec<String>) -> Self {
+        Self {
+            argv,
+            ..Self::default()
+        }
+    }
+
     fn check(self, sandbox_env: &BTreeMap<String, String>) -> Result<Checked, ApiError> {
         use ember_agent_proto::limits::{MAX_ARG_LEN, MAX_ARGS};
         if self.argv.is_empty() || self.argv.len() > MAX_ARGS {
@@ -77,11 +98,18 @@ impl ExecRequest {
         if self.argv[0].is_empty() {
             return Err(ApiError::invalid("argv[0]: the program must not be empty"));
         }
-        if let Some(cwd) = &self.cwd {
-            return Err(ApiError::unsupported(format!(
-                "cwd: {cwd:?} cannot be set: the guest agent's protocol (version 1) has no \
-                 working directory; run the command through a shell (`sh -c 'cd DIR && ...'`)"
+        let cwd = self.cwd.unwrap_or_default();
+        if cwd.len() > ember_agent_proto::limits::MAX_PATH_LEN || cwd.contains('\0') {
+            return Err(ApiError::invalid(format!(
+                "cwd: must be at most {} bytes without NUL",
+                ember_agent_proto::limits::MAX_PATH_LEN
             )));
+        }
+        let user = self.user.unwrap_or_default();
+        if user.len() > 64 || user.contains('\0') || user.contains(':') {
+            return Err(ApiError::invalid(
+                "user: must be at most 64 bytes without NUL or ':'",
+            ));
         }
         let mut env = sandbox_env.clone();
         for (k, v) in self.env {
@@ -116,6 +144,8 @@ impl ExecRequest {
         Ok(Checked {
             argv: self.argv,
             env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd,
+            user,
             stdin,
             timeout_ms,
         })
@@ -177,11 +207,22 @@ impl Engine {
             .with_env(&env)
             .with_stdin(&c.stdin)
             .with_timeout_ms(c.timeout_ms);
+        // Exec where it is enough (every agent has it); ExecIn for a directory or a user.
+        let plain = c.cwd.is_empty() && c.user.is_empty();
+        let exec_in = ExecIn {
+            cwd: c.cwd.as_bytes(),
+            user: &c.user,
+            ..ExecIn::from_exec(exec)
+        };
         let t0 = Instant::now();
         let output = self
             .with_agent(id, |agent| {
                 agent.set_call_timeout(Duration::from_millis(u64::from(c.timeout_ms)) + EXEC_GRACE);
-                let out = agent.exec(&exec);
+                let out = if plain {
+                    agent.exec(&exec)
+                } else {
+                    agent.exec_in(&exec_in)
+                };
                 agent.set_call_timeout(AGENT_TIMEOUT);
                 out
             })
@@ -208,6 +249,44 @@ impl Engine {
             )));
         }
         self.with_agent(id, |agent| agent.put_file(path, mode, data))
+    }
+
+    /// What is at `path` in sandbox `id`.
+    pub fn stat(&self, id: &str, path: &str) -> Result<FileInfo, ApiError> {
+        check_path(path)?;
+        self.with_agent(id, |agent| agent.stat(path))
+    }
+
+    /// The entries under directory `path` in sandbox `id`, `depth` levels down (names relative
+    /// to it), at most [`MAX_LIST_ENTRIES`].
+    pub fn list_dir(&self, id: &str, path: &str, depth: u32) -> Result<Vec<ListedEntry>, ApiError> {
+        check_path(path)?;
+        if depth == 0 || depth > MAX_LIST_DEPTH {
+            return Err(ApiError::invalid(format!(
+                "depth: {depth} is out of range; 1 to {MAX_LIST_DEPTH} are allowed"
+            )));
+        }
+        self.with_agent(id, |agent| agent.list_dir(path, depth, MAX_LIST_ENTRIES))
+    }
+
+    /// Makes directory `path` (and its parents) in sandbox `id`; returns whether it was made
+    /// (false: it existed).
+    pub fn make_dir(&self, id: &str, path: &str) -> Result<bool, ApiError> {
+        check_path(path)?;
+        self.with_agent(id, |agent| agent.make_dir(path, 0o755, true))
+    }
+
+    /// Removes `path` (a directory with everything in it) in sandbox `id`.
+    pub fn remove(&self, id: &str, path: &str) -> Result<(), ApiError> {
+        check_path(path)?;
+        self.with_agent(id, |agent| agent.remove(path, true))
+    }
+
+    /// Renames `from` to `to` in sandbox `id`.
+    pub fn rename(&self, id: &str, from: &str, to: &str) -> Result<(), ApiError> {
+        check_path(from)?;
+        check_path(to)?;
+        self.with_agent(id, |agent| agent.rename(from, to))
     }
 
     /// Reads the file at `path` in sandbox `id`.

@@ -19,9 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 use ember_agent_proto::AgentClient;
 use ember_core::sandbox::{validate_env, validate_labels, validate_timeout};
 use ember_core::{
-    EndCause, OnTimeout, Sandbox, SandboxEnd, SandboxId, SandboxStart, SandboxState,
-    SnapshotId, SnapshotRequest, TemplateName, VmId, VmOwner, VmProvider, VmRecord, VmSpec,
-    error_chain,
+    EndCause, OnTimeout, Sandbox, SandboxEnd, SandboxId, SandboxStart, SandboxState, SnapshotId,
+    SnapshotRequest, TemplateName, VmId, VmOwner, VmProvider, VmRecord, VmSpec, error_chain,
 };
 use ember_pool::{PoolError, Tenant};
 use ember_store::{Cursor, Durability, Page, SandboxFilter, StoreError};
@@ -585,7 +584,9 @@ impl Engine {
     pub(crate) fn delete_saved(&self, snapshot: &SnapshotId) {
         match self.vms.delete_snapshot(snapshot) {
             Ok(()) | Err(ember_core::VmError::NotFound { .. }) => {}
-            Err(e) => tracing::warn!(%snapshot, error = %error_chain(&e), "deleting a saved snapshot"),
+            Err(e) => {
+                tracing::warn!(%snapshot, error = %error_chain(&e), "deleting a saved snapshot")
+            }
         }
     }
 

@@ -259,6 +259,7 @@ pub fn exec(argv: &[&str]) -> emberd::engine::guest::ExecRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: Default::default(),
         cwd: None,
+        user: None,
         stdin: None,
         stdin_base64: None,
         timeout_ms: None,

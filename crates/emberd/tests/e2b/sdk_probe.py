@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from e2b import Sandbox, SandboxQuery
+from e2b import CommandExitException, Sandbox, SandboxQuery
 from e2b.exceptions import (
     AuthenticationException,
     NotFoundException,
@@ -47,6 +47,51 @@ def check_lifecycle():
     except NotFoundException:
         pass
 
+    # The file tree: exists, make_dir, list, rename, remove.
+    assert sbx.files.exists("/a.txt") is True
+    assert sbx.files.exists("/nope") is False
+    assert sbx.files.make_dir("/d/e") is True
+    assert sbx.files.make_dir("/d/e") is False, "making an existing directory"
+    sbx.files.write("/d/e/x.txt", "xx")
+    names = sorted(e.name for e in sbx.files.list("/d/e"))
+    assert names == ["x.txt"], names
+    entry = sbx.files.get_info("/d/e/x.txt")
+    assert entry.type.value == "file" and entry.size == 2, entry
+    assert sbx.files.get_info("/d").type.value == "dir"
+    deep = sorted(e.path for e in sbx.files.list("/d", depth=2))
+    assert deep == ["/d/e", "/d/e/x.txt"], deep
+    moved = sbx.files.rename("/d/e/x.txt", "/d/y.txt")
+    assert moved.path == "/d/y.txt", moved
+    assert sbx.files.read("/d/y.txt") == "xx"
+    sbx.files.remove("/d")
+    assert sbx.files.exists("/d") is False
+
+    # Commands: the probe's built-ins, through the SDK's `bash -l -c`.
+    r = sbx.commands.run("echo hi there")
+    assert (r.stdout, r.stderr, r.exit_code) == ("hi there\n", "", 0), r
+    r = sbx.commands.run("cat /a.txt")
+    assert r.stdout == "hello file", r
+    r = sbx.commands.run("pwd", cwd="/w")
+    assert r.stdout == "/w\n", r
+    try:
+        sbx.commands.run("exit 3")
+        raise AssertionError("a failing command did not raise")
+    except CommandExitException as e:
+        assert e.exit_code == 3, e
+    try:
+        sbx.commands.run("stderr oops")
+    except CommandExitException:
+        raise AssertionError("stderr output is not a failure")
+    r = sbx.commands.run("stderr oops")
+    assert r.stderr == "oops\n" and r.exit_code == 0, r
+    try:
+        sbx.commands.run("no-such-program")
+        raise AssertionError("a missing program did not raise")
+    except CommandExitException as e:
+        assert e.exit_code == 127, e
+    assert sbx.commands.list() == []
+    assert sbx.commands.kill(12345) is False
+
     # Listing with a metadata filter, and paging.
     found = Sandbox.list(query=SandboxQuery(metadata={"run": "lc"})).next_items()
     assert [s.sandbox_id for s in found] == [sbx.sandbox_id], found
@@ -73,6 +118,7 @@ def check_lifecycle():
         assert back.get_info().state.value == "running"
         for j in range(i + 1):
             assert back.files.read(f"/f{j}") == f"data{j}", (i, j)
+        assert back.commands.run("cat /a.txt").stdout == "hello file"
         assert back.files.read("/blob.bin", format="bytes") == blob
 
     # Kill: gone for the API and for envd.
