@@ -52,8 +52,10 @@ pub struct Session {
 impl Session {
     /// Makes a fresh directory under `parent` (short: Unix socket paths live under it) and
     /// starts a provider there with `spares` pre-spawned VMM processes.
+    /// The directory is [`root_under`](Session::root_under)`(parent)`; it is removed again if
+    /// the provider does not start.
     pub fn start(vmm: &Path, parent: &Path, spares: usize) -> Result<Session, SessionError> {
-        let root = parent.join(format!("ember-{}", std::process::id()));
+        let root = Session::root_under(parent);
         std::fs::create_dir_all(&root).map_err(|source| SessionError::Root {
             path: root.clone(),
             source,
@@ -68,13 +70,25 @@ impl Session {
             count: spares,
             ..SpareConfig::default()
         };
-        let provider = VmmProvider::new(config).map_err(SessionError::Provider)?;
+        let provider = match VmmProvider::new(config) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&root);
+                return Err(SessionError::Provider(e));
+            }
+        };
         Ok(Session {
             root,
             provider: Arc::new(provider),
             spares,
             finished: false,
         })
+    }
+
+    /// The directory a session started under `parent` by this process uses (so a caller can
+    /// arrange its cleanup before the session exists).
+    pub fn root_under(parent: &Path) -> PathBuf {
+        parent.join(format!("ember-{}", std::process::id()))
     }
 
     /// The provider.

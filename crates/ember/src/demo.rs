@@ -112,20 +112,31 @@ fn api(what: impl Into<String>) -> impl FnOnce(ClientError) -> DemoError {
 /// The pool's own depth limit.
 const MAX_DEPTH: usize = ember_core::pool_spec::MAX_POOL_DEPTH as usize;
 
+impl DemoOptions {
+    /// Checks the counts before anything starts.
+    pub fn validate(&self) -> Result<(), DemoError> {
+        // The sequential sandboxes all live until the end, as the concurrent ones do: the daemon
+        // holds at most this many.
+        let sandboxes = emberd::Limits::default().max_sandboxes;
+        for (option, value, max) in [
+            ("depth", self.depth, MAX_DEPTH),
+            ("sequential", self.sequential, sandboxes),
+            ("concurrent", self.concurrent, sandboxes),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(DemoError::InvalidOption {
+                    option,
+                    reason: format!("{value} is out of range; 1 to {max} are allowed"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the demo.
 pub async fn run(opts: &DemoOptions, ui: &dyn Ui) -> Result<DemoReport, DemoError> {
-    for (option, value, max) in [
-        ("depth", opts.depth, MAX_DEPTH),
-        ("sequential", opts.sequential, 10_000),
-        ("concurrent", opts.concurrent, 1024),
-    ] {
-        if !(1..=max).contains(&value) {
-            return Err(DemoError::InvalidOption {
-                option,
-                reason: format!("{value} is out of range; 1 to {max} are allowed"),
-            });
-        }
-    }
+    opts.validate()?;
     ui.stage("starting an embedded emberd", None);
     let daemon = Embedded::start(&opts.vmm, &opts.workdir, opts.depth.min(16)).await?;
     ui.finish("serving on its Unix socket");
@@ -213,6 +224,7 @@ fn exec(argv: Vec<String>) -> ExecRequest {
         argv,
         env: Default::default(),
         cwd: None,
+        user: None,
         stdin: None,
         stdin_base64: None,
         timeout_ms: None,

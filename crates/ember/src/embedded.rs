@@ -9,11 +9,16 @@ use ember_host::session::{Leftovers, leftovers_in};
 use emberd::client::{Client, Endpoint};
 use emberd::{Daemon, DaemonConfig, Engine, Limits};
 
+use crate::interrupt::Registration;
+
 /// A daemon embedded for one run.
 pub struct Embedded {
     root: PathBuf,
     daemon: Option<Daemon>,
     client: Arc<Client>,
+    /// Cleans the directory on a signal until the run's own cleanup is done (last field:
+    /// dropped after [`Drop`]).
+    _interrupt: Registration,
 }
 
 /// Why the embedded daemon could not start.
@@ -42,6 +47,7 @@ impl Embedded {
         spares: usize,
     ) -> Result<Embedded, EmbeddedError> {
         let root = workdir.join(format!("emberd-{}", std::process::id()));
+        let interrupt = Registration::new(&root);
         std::fs::create_dir_all(&root).map_err(|source| EmbeddedError::Root {
             path: root.clone(),
             source,
@@ -60,7 +66,14 @@ impl Embedded {
         })
         .await;
         let daemon = match daemon {
-            Ok(d) => d,
+            Ok(d) => {
+                let engine = Arc::clone(&d.engine);
+                interrupt.on_stop(move || {
+                    engine.pool.shutdown();
+                    engine.provider.shutdown();
+                });
+                d
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&root);
                 return Err(e.into());
@@ -70,6 +83,7 @@ impl Embedded {
             root,
             daemon: Some(daemon),
             client: Arc::new(Client::new(Endpoint::Unix(socket))),
+            _interrupt: interrupt,
         })
     }
 

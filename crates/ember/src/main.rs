@@ -12,19 +12,22 @@
 //! ```
 //! Client commands reach emberd at `--host` (`unix:///run/ember/ember.sock` by default, or
 //! `$EMBER_HOST`; `http://HOST:PORT` with `--token-file`). Tables by default, `--json` everywhere.
-//! Without a usable `/dev/kvm`, `demo` and `bench` say so in one line and exit non-zero.
+//! Without a usable `/dev/kvm`, `demo` and `bench` say so in one line and exit non-zero. Their
+//! options are checked before anything starts; on SIGINT, SIGTERM or SIGHUP they kill their VMM
+//! processes, remove their directory, say so and exit with 128 + the signal's number.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use ember::bench::Acquirers;
 use ember::bench::{self, BenchKind, BenchOptions, BenchReport};
 use ember::demo::{self, DemoOptions, DemoReport};
+use ember::interrupt;
 use ember::output::latency_table;
 use ember::remote::{self, LsArgs, Out, PoolArgs, TemplateArgs, parse_duration_secs};
 use ember_core::SandboxState;
@@ -285,6 +288,7 @@ enum Command {
 }
 
 /// Progress bars on stderr, one per stage.
+#[derive(Default)]
 struct Bars {
     current: Mutex<Option<ProgressBar>>,
 }
@@ -325,6 +329,13 @@ impl Bars {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<ProgressBar>> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Removes the current bar (the run was interrupted).
+    fn clear(&self) {
+        if let Some(bar) = self.lock().take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -351,13 +362,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // An interrupted benchmark's blocking thread may still be running: it is not waited for.
+    runtime.shutdown_background();
+    code
 }
 
 fn client(cli: &Cli) -> Result<Client> {
@@ -574,44 +588,125 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             remote::info(&client(&cli)?, &mut out).await?;
             ok
         }
-        Command::Demo { .. } | Command::Bench { .. } => {
-            local(cli).await?;
-            ok
+        Command::Demo { .. } | Command::Bench { .. } => local(cli).await,
+    }
+}
+
+/// `demo` and `bench`: they run VMs on this machine, in a task of their own, until they end or
+/// a signal comes; then whatever they registered (their directory, its VMMs, a daemon) is
+/// cleaned up before the process exits.
+async fn local(cli: Cli) -> Result<ExitCode> {
+    let mut signals = interrupt::Signals::install().context("installing signal handlers")?;
+    let ui = Arc::new(Bars::default());
+    // A task of its own: the signal is seen even while the run blocks a worker thread.
+    let mut work = tokio::spawn(local_run(cli, Arc::clone(&ui)));
+    tokio::select! {
+        done = &mut work => {
+            done.context("the run's task failed")??;
+            Ok(ExitCode::SUCCESS)
+        }
+        signal = signals.recv() => {
+            ui.clear();
+            let cleaned = tokio::task::spawn_blocking(interrupt::clean_up)
+                .await
+                .unwrap_or_default();
+            eprintln!("interrupted: {cleaned}");
+            Ok(ExitCode::from(signal.exit_code()))
         }
     }
 }
 
-/// `demo` and `bench`: they run VMs on this machine.
-async fn local(cli: Cli) -> Result<()> {
-    ember_host::host::check_kvm()?;
-    let ui = Bars {
-        current: Mutex::new(None),
+/// Checks `--workdir`: an existing directory (nothing is created above the run's own).
+fn check_workdir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("--workdir {}: not a directory", dir.display()),
+        Err(e) => bail!(
+            "--workdir {}: {e} (it must be an existing directory)",
+            dir.display()
+        ),
+    }
+}
+
+/// Checks `--vmm` when given: an existing file.
+fn check_vmm(vmm: Option<&Path>) -> Result<()> {
+    let Some(p) = vmm else {
+        return Ok(());
     };
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => bail!("--vmm {}: not a file", p.display()),
+        Err(e) => bail!("--vmm {}: {e}", p.display()),
+    }
+}
+
+async fn local_run(cli: Cli, ui: Arc<Bars>) -> Result<()> {
+    if cli.agent_port == 0 {
+        bail!("--agent-port: must be at least 1");
+    }
+    // Every option first (the counts before the host, as they need none of it), then the host,
+    // then the paths: nothing starts before all of them are known to be good.
+    let placeholder = PathBuf::new();
+    let demo_opts = |vmm: PathBuf, sequential, concurrent, depth| DemoOptions {
+        vmm,
+        workdir: cli.workdir.clone(),
+        sequential,
+        concurrent,
+        depth,
+        pooled: cli.pooled,
+    };
+    let bench_opts = |vmm: PathBuf, iterations, concurrency, vms, rate, acquirers| BenchOptions {
+        vmm,
+        kernel: ember_probe_image::probe_elf_path().to_path_buf(),
+        workdir: cli.workdir.clone(),
+        agent_port: cli.agent_port,
+        iterations,
+        concurrency,
+        vms,
+        pooled: cli.pooled,
+        rate,
+        acquirers,
+    };
+    match cli.command {
+        Command::Demo {
+            sequential,
+            concurrent,
+            depth,
+        } => demo_opts(placeholder, sequential, concurrent, depth).validate()?,
+        Command::Bench {
+            kind,
+            iterations,
+            concurrency,
+            vms,
+            rate,
+            acquirers,
+        } => {
+            bench_opts(placeholder, iterations, concurrency, vms, rate, acquirers).validate(kind)?
+        }
+        _ => {}
+    }
+    ember_host::host::check_kvm()?;
+    check_workdir(&cli.workdir)?;
+    check_vmm(cli.vmm.as_deref())?;
     let vmm = match &cli.vmm {
         Some(p) => p.clone(),
-        None => ember_host::host::vmm_binary(|| ui.stage("building ember-vmm (first run)", None))?,
+        None => {
+            let ui = Arc::clone(&ui);
+            tokio::task::spawn_blocking(move || {
+                ember_host::host::vmm_binary(|| ui.stage("building ember-vmm (first run)", None))
+            })
+            .await??
+        }
     };
     ui.finish(&format!("using {}", vmm.display()));
-    let kernel = ember_probe_image::probe_elf_path().to_path_buf();
     match cli.command {
         Command::Demo {
             sequential,
             concurrent,
             depth,
         } => {
-            let report = demo::run(
-                &DemoOptions {
-                    vmm,
-                    workdir: cli.workdir,
-                    sequential,
-                    concurrent,
-                    depth,
-                    pooled: cli.pooled,
-                },
-                &ui,
-            )
-            .await
-            .context("ember demo")?;
+            let opts = demo_opts(vmm, sequential, concurrent, depth);
+            let report = demo::run(&opts, &*ui).await.context("ember demo")?;
             print_demo(&report, cli.json)
         }
         Command::Bench {
@@ -622,22 +717,11 @@ async fn local(cli: Cli) -> Result<()> {
             rate,
             acquirers,
         } => {
-            let opts = BenchOptions {
-                vmm,
-                kernel,
-                workdir: cli.workdir,
-                agent_port: cli.agent_port,
-                iterations,
-                concurrency,
-                vms,
-                pooled: cli.pooled,
-                rate,
-                acquirers,
-            };
+            let opts = bench_opts(vmm, iterations, concurrency, vms, rate, acquirers);
             let report = if kind == BenchKind::Api {
-                bench::api::run(&opts, &ui).await
+                bench::api::run(&opts, &*ui).await
             } else {
-                tokio::task::spawn_blocking(move || bench::run(kind, &opts, &ui)).await?
+                tokio::task::spawn_blocking(move || bench::run(kind, &opts, &*ui)).await?
             }
             .with_context(|| format!("ember bench {kind:?}").to_lowercase())?;
             print_bench(&report, cli.json)

@@ -392,6 +392,7 @@ pub async fn exec(
         argv,
         env: parse_pairs("env", env)?,
         cwd: None,
+        user: None,
         stdin: None,
         stdin_base64: stdin.map(|b| {
             use base64::Engine as _;

@@ -3,7 +3,9 @@
 //! Sizes are small so the suite stays fast; the figures themselves are not asserted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -168,26 +170,101 @@ fn every_bench_runs_and_reports() {
     assert!(vsock["figures"]["exec_echo_per_s"].as_f64().unwrap() > 0.0);
 }
 
+/// `ember --workdir <dir> ARGS`, which must fail at once with one line naming `option`, having
+/// made nothing under `dir`.
+fn refused(dir: &Path, args: &[&str], option: &str) -> String {
+    let (vmm, emberd) = (
+        ember_test_support::vmm_bin(),
+        ember_test_support::package_bin("emberd", "emberd"),
+    );
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .env("EMBER_VMM_BIN", vmm)
+        .env("EMBERD_BIN", emberd)
+        .arg("--workdir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} accepted: {stderr}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "{args:?}: refused only after {:?}",
+        t0.elapsed()
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: one line, nothing started: {stderr}"
+    );
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(option),
+        "{args:?}: names {option}: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{args:?}");
+    if dir.is_dir() {
+        let made: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
+        assert!(made.is_empty(), "{args:?} made {made:?}");
+    }
+    stderr
+}
+
 #[test]
 fn bad_options_are_one_clear_error_before_anything_starts() {
+    let workdir = tempfile::Builder::new()
+        .prefix("e")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let w = workdir.path();
+    let demo = &["demo"][..];
     for (command, option, value) in [
         (&["bench", "acquire"][..], "--concurrency", "0"),
         (&["bench", "acquire"][..], "--iterations", "0"),
+        (&["bench", "boot"][..], "--iterations", "100000000"),
+        (&["bench", "acquire"][..], "--rate", "0"),
+        (&["bench", "acquire"][..], "--rate", "10000000"),
+        (&["bench", "density"][..], "--vms", "0"),
         (&["bench", "density"][..], "--vms", "5000"),
-        (&["demo"][..], "--depth", "0"),
+        (&["bench", "api"][..], "--vms", "2000"),
+        (&["bench", "api"][..], "--concurrency", "2000"),
+        (&["bench", "vsock"][..], "--agent-port", "0"),
+        (&["bench", "vsock"][..], "--agent-port", "4294967295"),
+        (demo, "--agent-port", "0"),
+        (demo, "--depth", "0"),
+        (demo, "--depth", "100000"),
+        (demo, "--sequential", "0"),
+        (demo, "--sequential", "5000"),
+        (demo, "--concurrent", "0"),
+        (demo, "--concurrent", "5000"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_ember"))
-            .env("EMBER_VMM_BIN", ember_test_support::vmm_bin())
-            .args(command)
-            .args([option, value])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{option} {value} accepted");
-        assert!(stderr.contains(option), "{option} {value}: {stderr}");
-        assert!(
-            !stderr.contains("starting VMM processes"),
-            "{option} {value}: checked before starting anything: {stderr}"
-        );
+        let mut args = command.to_vec();
+        args.extend([option, value]);
+        refused(w, &args, option);
     }
+
+    // --vmm must exist: no session directory is made for it.
+    for command in [demo, &["bench", "boot"][..], &["bench", "api"][..]] {
+        let mut args = command.to_vec();
+        args.extend(["--vmm", "/nonexistent"]);
+        let e = refused(w, &args, "--vmm /nonexistent");
+        assert!(e.contains("No such file"), "{e}");
+    }
+
+    // --workdir must be an existing directory: nothing is created.
+    let missing = w.join("missing").join("dir");
+    for command in [demo, &["bench", "acquire"][..]] {
+        let e = refused(
+            &missing,
+            command,
+            &format!("--workdir {}", missing.display()),
+        );
+        assert!(e.contains("existing directory"), "{e}");
+        assert!(!w.join("missing").exists(), "{command:?} created the path");
+    }
+    let file = w.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let e = refused(&file, demo, "--workdir");
+    assert!(e.contains("not a directory"), "{e}");
 }

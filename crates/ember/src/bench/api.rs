@@ -31,6 +31,7 @@ use emberd::engine::sandboxes::CreateSandbox;
 use emberd::engine::templates::BuildTemplate;
 
 use super::{BenchError, BenchKind, BenchOptions, BenchReport, Target};
+use crate::interrupt::Registration;
 use crate::stats::Summary;
 
 /// A daemon process under measurement.
@@ -39,6 +40,8 @@ struct Daemon {
     vmm: PathBuf,
     dir: PathBuf,
     child: Option<Child>,
+    /// Cleans the directory (the daemon and its VMMs) on a signal.
+    interrupt: Registration,
 }
 
 impl Daemon {
@@ -71,6 +74,7 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .map_err(|e| failed(format!("starting {}: {e}", self.bin.display())))?;
+        self.interrupt.set_daemon(Some(child.id()));
         self.child = Some(child);
         loop {
             if client.healthz().await.is_ok() {
@@ -96,6 +100,7 @@ impl Daemon {
     /// SIGTERM (graceful) or SIGKILL, and wait for the exit.
     fn stop(&mut self, graceful: bool) {
         if let Some(mut c) = self.child.take() {
+            self.interrupt.set_daemon(None);
             if graceful {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(c.id() as i32),
@@ -162,6 +167,7 @@ fn echo(words: &[&str]) -> ExecRequest {
             .collect(),
         env: Default::default(),
         cwd: None,
+        user: None,
         stdin: None,
         stdin_base64: None,
         timeout_ms: None,
@@ -357,12 +363,13 @@ fn mean_server_us(before: &str, after: &str, method: &str, route: &str) -> f64 {
 
 /// Runs the benchmark (see the module docs).
 pub async fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchError> {
-    opts.validate()?;
+    opts.validate(BenchKind::Api)?;
     let bin = ember_host::host::emberd_binary(|| ui.stage("building emberd (first run)", None))
         .map_err(|e| failed(e.to_string()))?;
     let dir = opts
         .workdir
         .join(format!("emberd-bench-{}", std::process::id()));
+    let interrupt = Registration::new(&dir);
     std::fs::create_dir_all(&dir)
         .map_err(|e| failed(format!("creating {}: {e}", dir.display())))?;
     let mut daemon = Daemon {
@@ -370,6 +377,7 @@ pub async fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchE
         vmm: opts.vmm.clone(),
         dir: dir.clone(),
         child: None,
+        interrupt,
     };
     let client = Arc::new(Client::new(Endpoint::Unix(daemon.socket())));
     let result = measure(&mut daemon, &client, opts, ui).await;
@@ -387,6 +395,7 @@ pub async fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchE
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    drop(daemon);
     let mut report = result?;
     report.targets.push(Target {
         name: "left behind after the run".into(),

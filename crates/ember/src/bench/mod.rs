@@ -175,10 +175,14 @@ pub enum BenchError {
 
 /// Most VMs a benchmark may pool or run at once (the pool's own depth limit).
 const MAX_CONCURRENCY: usize = 4096;
+/// Most samples (or handoffs) a benchmark takes.
+const MAX_ITERATIONS: usize = 100_000;
+/// Fastest paced handoff rate, per second.
+const MAX_RATE: u32 = 100_000;
 
 impl BenchOptions {
-    /// Checks the counts before anything starts.
-    pub fn validate(&self) -> Result<(), BenchError> {
+    /// Checks the counts before anything starts, for benchmark `kind`.
+    pub fn validate(&self, kind: BenchKind) -> Result<(), BenchError> {
         let at_least_one = |option: &'static str, v: u64| {
             if v == 0 {
                 Err(BenchError::InvalidOption {
@@ -193,12 +197,40 @@ impl BenchOptions {
         at_least_one("concurrency", self.concurrency as u64)?;
         at_least_one("vms", self.vms as u64)?;
         at_least_one("rate", u64::from(self.rate))?;
-        for (option, v) in [("concurrency", self.concurrency), ("vms", self.vms)] {
-            if v > MAX_CONCURRENCY {
+        at_least_one("agent-port", u64::from(self.agent_port))?;
+        for (option, v, max) in [
+            ("iterations", self.iterations as u64, MAX_ITERATIONS as u64),
+            (
+                "concurrency",
+                self.concurrency as u64,
+                MAX_CONCURRENCY as u64,
+            ),
+            ("vms", self.vms as u64, MAX_CONCURRENCY as u64),
+            ("rate", u64::from(self.rate), u64::from(MAX_RATE)),
+            // u32::MAX is VMADDR_PORT_ANY, no port a guest listens on.
+            (
+                "agent-port",
+                u64::from(self.agent_port),
+                u64::from(u32::MAX - 1),
+            ),
+        ] {
+            if v > max {
                 return Err(BenchError::InvalidOption {
                     option,
-                    reason: format!("{v} is more than the {MAX_CONCURRENCY} allowed"),
+                    reason: format!("{v} is more than the {max} allowed"),
                 });
+            }
+        }
+        if kind == BenchKind::Api {
+            // The daemon holds at most this many sandboxes: the bursts and the live ones.
+            let max = emberd::Limits::default().max_sandboxes;
+            for (option, v) in [("concurrency", self.concurrency), ("vms", self.vms)] {
+                if v > max {
+                    return Err(BenchError::InvalidOption {
+                        option,
+                        reason: format!("{v} is more than the {max} sandboxes emberd holds"),
+                    });
+                }
             }
         }
         Ok(())
@@ -218,13 +250,16 @@ pub fn probe_stack() -> StackKey {
 
 /// Runs benchmark `kind`.
 pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchError> {
-    opts.validate()?;
+    opts.validate(kind)?;
     let spares = match kind {
         BenchKind::Restore | BenchKind::Acquire => 16,
         _ => 4,
     };
     ui.stage("starting VMM processes", None);
+    let interrupt = crate::interrupt::Registration::new(&Session::root_under(&opts.workdir));
     let session = Session::start(&opts.vmm, &opts.workdir, spares)?;
+    let provider = std::sync::Arc::clone(session.provider());
+    interrupt.on_stop(move || provider.shutdown());
     ui.finish(&format!("session in {}", session.root().display()));
     let result = match kind {
         BenchKind::Boot => boot::run(&session, opts, ui),
@@ -238,6 +273,7 @@ pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchRep
     };
     ui.stage("destroying everything", None);
     let leftovers = session.finish();
+    drop(interrupt);
     ui.finish("done");
     let mut report = result?;
     report.targets.push(Target {
