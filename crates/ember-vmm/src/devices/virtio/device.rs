@@ -15,8 +15,15 @@
 //!    device's own descriptors. Process queues through `ctx.queues` and `ctx.mem`, signal
 //!    the guest with [`DeviceContext::signal_used`].
 //! 5. A driver reset (status 0) calls [`VirtioDevice::reset`]; the transport forgets the
-//!    queues and unregisters every descriptor the device registered.
-//! 6. Snapshot (VM paused, device thread quiesced): [`VirtioDevice::prepare_save`] (active
+//!    queues and unregisters every descriptor the device registered. `reset` must cope
+//!    with a device whose `activate` failed half-way (remove what is there, ignore the rest).
+//! 6. A device that finds its rings in an impossible state calls [`DeviceContext::fault`]
+//!    and stops touching the queues. When its call returns, the transport calls
+//!    [`VirtioDevice::reset`] (so it drops its descriptors from the device thread), delivers
+//!    it nothing more, and reports `DEVICE_NEEDS_RESET`; the driver's reset (5.) makes it
+//!    usable again (see [`super::health`]). A broken device is not snapshotted as active:
+//!    its `DEVICE_NEEDS_RESET` is saved and restored, `prepare_save` is not called.
+//! 7. Snapshot (VM paused, device thread quiesced): [`VirtioDevice::prepare_save`] (active
 //!    devices only), then [`VirtioDevice::save_state`]. The transport saves features, status,
 //!    and queue state itself. A restored device is rebuilt by its own `restore` constructor
 //!    (registered in [`super::registry`]); if it was active, the transport restores its
@@ -24,9 +31,15 @@
 //!
 //! # Rules
 //! - Never block: every descriptor a device registers must be non-blocking, and work per
-//!   event must be bounded (a guest or host peer must not be able to stall the thread).
-//! - Never panic on guest input: a bad descriptor chain is that request's error (used length
-//!   0 or an error status), never a crash.
+//!   event must be bounded (a guest or host peer must not be able to stall the thread): at
+//!   most [`super::wakeup::BUDGET`] chains per queue per event, then a self-kick
+//!   ([`super::wakeup::Kick`]) brings the device back behind whatever else is ready.
+//! - Never panic on guest input, never trust it: pop chains with [`super::ring`] and walk them
+//!   with [`super::desc_chain`]. A request the device refuses fails that request (used
+//!   length 0 or an error status) and is counted with [`DeviceContext::guest_error`]; a ring
+//!   or chain no correct driver produces breaks the device ([`DeviceContext::fault`]).
+//! - Never log guest-triggered events directly: [`DeviceContext::guest_error`] and
+//!   [`DeviceContext::fault`] count them and rate-limit the lines.
 //! - Bound memory: buffering per request or connection must have a limit.
 //! - Events may be spurious (a descriptor that is not ready, a queue with nothing new).
 
@@ -38,6 +51,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use super::health::{DeviceHealth, ErrorKind};
 use super::interrupt::Interrupt;
 use crate::snapshot::codec::Writer;
 
@@ -64,14 +78,12 @@ pub trait VirtioDevice: Send {
     /// config space read as zero (the transport pre-fills `data` with zeros).
     fn read_config(&self, offset: u64, data: &mut [u8]);
 
-    /// Writes device configuration space. The default ignores the write with a warning.
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::warn!(
-            device = self.id(),
-            offset,
-            len = data.len(),
-            "guest wrote read-only virtio config space"
-        );
+    /// Writes device configuration space; `false` if the write was refused (the transport
+    /// counts and logs it, rate-limited). The default refuses: no device here has writable
+    /// configuration.
+    fn write_config(&mut self, offset: u64, data: &[u8]) -> bool {
+        let _ = (offset, data);
+        false
     }
 
     /// The driver set `DRIVER_OK` (or a snapshot with an active device was restored): the
@@ -323,6 +335,8 @@ pub struct DeviceContext<'a> {
     pub interrupt: &'a Interrupt,
     /// The device thread's epoll set, for the device's own descriptors.
     pub events: &'a EventRegistry,
+    /// Guest error counters, rate-limited logs and the broken state.
+    pub health: &'a DeviceHealth,
 }
 
 impl std::fmt::Debug for DeviceContext<'_> {
@@ -364,5 +378,22 @@ impl DeviceContext<'_> {
     /// Tells the driver the configuration space changed.
     pub fn signal_config_change(&self) {
         self.interrupt.signal_config_change();
+    }
+
+    /// Counts a guest error that fails one request and logs it, rate-limited.
+    pub fn guest_error(&self, kind: ErrorKind, what: std::fmt::Arguments<'_>) {
+        self.health.report(kind, what);
+    }
+
+    /// The rings are in a state no correct driver produces: marks the device broken (see
+    /// [`super::health`]). Stop touching the queues and return; the transport halts the
+    /// device when the current call returns.
+    pub fn fault(&self, kind: ErrorKind, what: std::fmt::Arguments<'_>) {
+        self.health.break_device(kind, what);
+    }
+
+    /// True once the device is broken (until the driver resets it).
+    pub fn is_broken(&self) -> bool {
+        self.health.is_broken()
     }
 }

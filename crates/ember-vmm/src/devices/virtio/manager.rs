@@ -324,20 +324,46 @@ impl VirtioManager {
     }
 
     /// Every device as JSON (`GET /ember/devices`): placement, whether the driver activated
-    /// it, and what the device says of itself ([`VirtioDevice::describe`]).
+    /// it, how many events reached it, whether it is broken (and why), its guest error counters
+    /// ([`super::health::DeviceHealth::describe`]), its queues as the driver set them up,
+    /// and what the device says of itself ([`VirtioDevice::describe`]).
     pub fn describe(&self) -> Vec<serde_json::Value> {
+        use virtio_queue::QueueT;
         self.slots
             .iter()
             .map(|s| {
                 let core = lock_core(&s.core);
-                serde_json::json!({
+                let queues: Vec<serde_json::Value> = core
+                    .queues
+                    .iter()
+                    .map(|q| {
+                        serde_json::json!({
+                            "size": q.size(),
+                            "ready": q.ready(),
+                            "desc_table": q.desc_table(),
+                            "avail_ring": q.avail_ring(),
+                            "used_ring": q.used_ring(),
+                            "next_avail": q.next_avail(),
+                            "next_used": q.next_used(),
+                        })
+                    })
+                    .collect();
+                let mut v = serde_json::json!({
                     "id": s.id,
                     "device_type": s.device_type,
                     "mmio_base": s.mmio_base,
                     "gsi": s.gsi,
                     "active": core.active,
+                    "events": core.events_seen,
+                    "queues": queues,
                     "backend": core.device.describe(),
-                })
+                });
+                if let (Some(obj), serde_json::Value::Object(health)) =
+                    (v.as_object_mut(), core.health.describe())
+                {
+                    obj.extend(health);
+                }
+                v
             })
             .collect()
     }
@@ -387,12 +413,13 @@ impl std::fmt::Debug for Quiesced<'_> {
 }
 
 impl Quiesced<'_> {
-    /// Runs `prepare_save` on active devices and returns every device's snapshot.
+    /// Runs `prepare_save` on active devices (not broken ones) and returns every device's
+    /// snapshot; a broken device's status carries `DEVICE_NEEDS_RESET`.
     pub fn save(&mut self) -> Vec<DeviceSnapshot> {
         self.guards
             .iter_mut()
             .map(|(slot, transport, core)| {
-                if core.active {
+                if core.active && !core.health.is_broken() {
                     core.with_device(|d, ctx| d.prepare_save(ctx));
                 }
                 let mut w = Writer::default();

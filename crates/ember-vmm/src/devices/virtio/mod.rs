@@ -14,12 +14,20 @@
 //!   line entries), quiesces them for a snapshot, saves and restores their state;
 //! - [`registry`]: **the one place a device kind is added**: which devices a configuration
 //!   asks for, and how each kind is rebuilt from a snapshot section;
+//! - [`health`]: a device facing a hostile guest: guest error counters, log lines
+//!   rate-limited per device and kind, and the *broken* state (`DEVICE_NEEDS_RESET`) an
+//!   impossible ring state puts a device in until the driver resets it;
+//! - [`ring`] and [`desc_chain`]: how every device pops chains (checking the available index
+//!   and heads) and walks them (checking loops, bounds, directions, lengths), without
+//!   allocating;
 //! - [`vsock`]: the vsock device with Firecracker's hybrid Unix-socket backend;
 //! - [`block`], [`net`], [`rng`]: virtio-blk on a raw file, virtio-net on a TAP, virtio-rng
 //!   on getrandom. Their queue-level models know nothing of the transport, report what they
-//!   completed in a [`QueueOutcome`], and complete malformed chains with an error (see
-//!   [`desc_chain`]), never a panic; each has a `device.rs` with its [`VirtioDevice`] face,
-//!   and [`wakeup`] holds what they watch besides queues (rate limiter timers, a self-kick).
+//!   completed in a [`QueueOutcome`] and what went wrong to a
+//!   [`DeviceHealth`](health::DeviceHealth): a bad request fails that request, an impossible
+//!   ring or chain breaks the device, never a panic or a loop; each has a `device.rs` with
+//!   its [`VirtioDevice`] face, and [`wakeup`] holds what they watch besides queues (rate
+//!   limiter timers, a self-kick for work left at the per-event budget).
 //!
 //! # Adding a device
 //! 1. Implement [`VirtioDevice`] in `devices/virtio/<name>/` (queue processing in
@@ -33,11 +41,15 @@ pub mod block;
 pub mod desc_chain;
 pub mod device;
 pub mod event_loop;
+pub mod health;
+#[cfg(test)]
+mod hostile_tests;
 pub mod interrupt;
 pub mod manager;
 pub mod mmio;
 pub mod net;
 pub mod registry;
+pub mod ring;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;
@@ -49,10 +61,11 @@ pub mod wakeup;
 pub use self::device::{
     ActivateError, DeviceContext, DeviceEvent, EventRegistry, Interest, Readiness, VirtioDevice,
 };
+pub use self::health::{DeviceHealth, ErrorKind};
 pub use self::interrupt::Interrupt;
 pub use self::manager::{VirtioError, VirtioManager};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 /// Device type (virtio device ID) of a network card.
@@ -87,7 +100,8 @@ pub enum RestoreError {
     Backend(String),
 }
 
-/// What one pass over a queue did.
+/// What one pass over a queue did. A model that broke its device (see [`health`]) returns
+/// with `more` false: nothing is left to do until the driver resets it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct QueueOutcome {
     /// Chains returned to the driver through the used ring (interrupt-worthy if non-zero).
@@ -112,22 +126,40 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// Publishes `head` with `len` bytes written; `false` (logged) if the used ring is unusable.
+/// Publishes `head` with `len` bytes written; `false` if the used ring is unusable, which
+/// breaks the device (the caller stops).
 pub(crate) fn add_used(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     head: u16,
     len: u32,
     out: &mut QueueOutcome,
+    health: &DeviceHealth,
 ) -> bool {
-    match queue.add_used(mem, head, len) {
+    match ring::add_used(queue, mem, head, len) {
         Ok(()) => {
             out.completed += 1;
             true
         }
         Err(e) => {
-            tracing::warn!(head, error = %e, "cannot return a chain through the used ring");
+            health.break_device(ErrorKind::Ring, format_args!("returning chain {head}: {e}"));
             false
+        }
+    }
+}
+
+/// Pops the next head for a queue-level model: `None` when the queue is empty or the ring is
+/// in an impossible state (which breaks the device).
+pub(crate) fn pop_head(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    health: &DeviceHealth,
+) -> Option<u16> {
+    match ring::pop_head(queue, mem) {
+        Ok(head) => head,
+        Err(e) => {
+            health.break_device(ErrorKind::Ring, format_args!("{e}"));
+            None
         }
     }
 }

@@ -20,6 +20,7 @@ use vmm_sys_util::epoll::{Epoll, EpollEvent};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{DeviceContext, EventRegistry, Readiness, key};
+use super::health::DeviceHealth;
 use super::interrupt::Interrupt;
 
 /// Descriptor flag: another descriptor follows.
@@ -134,6 +135,19 @@ impl GuestQueue {
         Some((id as u16, len))
     }
 
+    /// Sets the available index to `idx` without publishing anything (a hostile driver).
+    pub fn set_avail_idx(&mut self, mem: &GuestMemoryMmap, idx: u16) {
+        self.avail_idx = idx;
+        mem.write_obj(idx, GuestAddress(self.avail + 2))
+            .expect("avail idx in test memory");
+    }
+
+    /// The used ring's index.
+    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(GuestAddress(self.used + 2))
+            .expect("used idx in test memory")
+    }
+
     /// The used ring's flags (bit 0: the device does not want notifications).
     pub fn used_flags(&self, mem: &GuestMemoryMmap) -> u16 {
         mem.read_obj(GuestAddress(self.used))
@@ -154,6 +168,9 @@ pub struct Harness {
     epoll: Arc<Epoll>,
     /// Acked features.
     pub acked_features: u64,
+    /// The device's health (guest error counters, broken state). A test that marks the
+    /// device broken plays the transport's part itself (stop delivering events).
+    pub health: DeviceHealth,
 }
 
 impl Harness {
@@ -174,6 +191,7 @@ impl Harness {
             events: EventRegistry::new(epoll.clone(), 0),
             epoll,
             acked_features: 1 << 32,
+            health: DeviceHealth::new("test"),
         }
     }
 
@@ -193,6 +211,7 @@ impl Harness {
             acked_features: self.acked_features,
             interrupt: &self.interrupt,
             events: &self.events,
+            health: &self.health,
         }
     }
 

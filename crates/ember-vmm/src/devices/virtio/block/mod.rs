@@ -12,9 +12,13 @@
 //! - `GET_ID` answers the drive id, truncated or zero-padded to 20 bytes.
 //! - The used length is the bytes written into guest memory plus the status byte.
 //!
-//! Every request ends with a status byte when the chain has a usable one (see
-//! [`request`]); a chain without one is returned with length 0. A rate-limited request
-//! stays in the queue (the available index is rewound) until the limiter's timer event.
+//! A request the device refuses (see [`request`]: beyond the disk, not whole sectors, a
+//! write to a read-only drive, an unknown type, an I/O error) ends with an error status byte
+//! and is counted in the device's [`DeviceHealth`]; a chain no correct driver builds (a
+//! loop, a buffer outside guest memory, data in the wrong direction, no header or no status
+//! byte) or an impossible available index breaks the device instead (see
+//! [`super::health`]). A rate-limited request stays in the queue (the available index is
+//! rewound) until the limiter's timer event. At most [`BUDGET`] requests per call.
 
 mod device;
 pub mod request;
@@ -27,13 +31,17 @@ use std::path::{Path, PathBuf};
 
 use ember_fc_api::{CacheType, Drive, RateLimiter as RateLimiterConfig};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use self::request::{Request, RequestError};
 use super::desc_chain::Chain;
+use super::health::{DeviceHealth, ErrorKind};
 use super::wakeup::BUDGET;
-use super::{QueueOutcome, RestoreError, VIRTIO_F_VERSION_1, add_used, feature, read_config_bytes};
+use super::{
+    QueueOutcome, RestoreError, VIRTIO_F_VERSION_1, add_used, feature, pop_head, read_config_bytes,
+    ring,
+};
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
 
@@ -140,6 +148,8 @@ pub struct Block {
     wakeups: super::wakeup::SingleQueueWakeups,
     /// Chains (frames) handled per call before yielding ([`BUDGET`]).
     budget: u32,
+    /// The chain being served (its vector is reused).
+    chain: Chain,
 }
 
 fn open_disk(p: &BlockParams) -> Result<(File, u64), BlockError> {
@@ -244,6 +254,7 @@ impl Block {
             stats: BlockStats::default(),
             wakeups: super::wakeup::SingleQueueWakeups::default(),
             budget: BUDGET,
+            chain: Chain::default(),
         })
     }
 
@@ -314,33 +325,47 @@ impl Block {
         self.stats
     }
 
-    /// Serves every available request, in order, until the queue is empty or the rate limiter
-    /// refuses one (which then stays available).
-    pub fn process_queue(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> QueueOutcome {
+    /// Serves the available requests, in order, until the queue is empty, the rate limiter
+    /// refuses one (which then stays available), [`BUDGET`] were served (`more`), or the ring
+    /// breaks the device (reported to `health`).
+    pub fn process_queue(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        health: &DeviceHealth,
+    ) -> QueueOutcome {
         let mut out = QueueOutcome::default();
         let mut budget = self.budget;
-        while let Some(head) = queue.pop_descriptor_chain(mem).map(|c| c.head_index()) {
+        let mut chain = std::mem::take(&mut self.chain);
+        while let Some(head) = pop_head(queue, mem, health) {
             if budget == 0 {
-                queue.go_to_previous_position();
+                ring::unpop(queue);
                 out.more = true;
                 break;
             }
             budget -= 1;
-            let chain = Chain::walk(mem, queue, head);
+            chain.walk_into(mem, queue, head);
             let status_at = request::status_location(&chain);
             let parsed = Request::parse(mem, &chain, self.nsectors, self.params.read_only);
             let (status, written) = match parsed {
                 Ok(req) => {
                     if !self.limiter.consume_request(req.cost_bytes()) {
-                        queue.go_to_previous_position();
+                        ring::unpop(queue);
                         self.stats.throttled += 1;
                         out.throttled = true;
                         break;
                     }
-                    self.execute(mem, &chain, &req)
+                    self.execute(mem, &chain, &req, health)
+                }
+                Err(e) if e.is_fatal() => {
+                    // Left at the bad chain (`GET /ember/devices` shows where it stopped).
+                    ring::unpop(queue);
+                    self.stats.failed += 1;
+                    health.break_device(ErrorKind::Chain, format_args!("request {head}: {e}"));
+                    break;
                 }
                 Err(e) => {
-                    tracing::debug!(drive = %self.params.id, head, error = %e, "bad request");
+                    health.report(ErrorKind::Request, format_args!("request {head}: {e}"));
                     (e.status(), 0)
                 }
             };
@@ -351,19 +376,31 @@ impl Block {
                 Some(addr) => match request::write_status(mem, addr, status) {
                     Ok(()) => written.saturating_add(1),
                     Err(e) => {
-                        tracing::warn!(drive = %self.params.id, error = %e, "status byte");
+                        health.report(
+                            ErrorKind::Request,
+                            format_args!("request {head}: status byte: {e}"),
+                        );
                         0
                     }
                 },
                 None => 0,
             };
-            add_used(queue, mem, head, len, &mut out);
+            if !add_used(queue, mem, head, len, &mut out, health) {
+                break;
+            }
         }
+        self.chain = chain;
         out
     }
 
     /// Runs a parsed request; returns the status and the bytes written to guest memory.
-    fn execute(&mut self, mem: &GuestMemoryMmap, chain: &Chain, req: &Request) -> (u8, u32) {
+    fn execute(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: &Chain,
+        req: &Request,
+        health: &DeviceHealth,
+    ) -> (u8, u32) {
         let id = self.device_id();
         match request::execute(mem, &mut self.file, chain, req, &self.params, id) {
             Ok(done) => {
@@ -373,7 +410,7 @@ impl Block {
                 (request::VIRTIO_BLK_S_OK, done.to_guest)
             }
             Err(RequestError::Io(e)) => {
-                tracing::warn!(drive = %self.params.id, error = %e, "block I/O failed");
+                health.report(ErrorKind::Backend, format_args!("block I/O failed: {e}"));
                 (request::VIRTIO_BLK_S_IOERR, 0)
             }
             Err(e) => (e.status(), 0),

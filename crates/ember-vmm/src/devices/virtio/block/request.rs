@@ -6,13 +6,13 @@
 //! which is the last byte of the last descriptor.
 //!
 //! Which failures get which answer:
-//! - the chain has no usable status byte (last descriptor not device-writable, empty, or
-//!   outside guest memory, or no descriptor at all): nothing is written, the chain is
-//!   returned with used length 0;
-//! - otherwise any malformed chain (loop, index out of range, buffer outside memory,
-//!   readable-after-writable), a short header, data in the wrong direction, a length that is
-//!   not whole sectors, sectors beyond the capacity, a write to a read-only drive, or an I/O
-//!   error: status `IOERR`;
+//! - *fatal* ([`RequestError::is_fatal`]: no correct driver sends it; the device breaks, see
+//!   [`crate::devices::virtio::health`]): a malformed chain (loop, index out of range, buffer
+//!   outside memory, readable-after-writable, more than 4 GiB), no usable status byte (last
+//!   descriptor not device-writable, empty, or outside guest memory), a header shorter than
+//!   16 bytes, data in the wrong direction;
+//! - a length that is not whole sectors, sectors beyond the capacity, a write to a read-only
+//!   drive, a GET_ID buffer too short, or an I/O error: status `IOERR`;
 //! - an unknown request type: status `UNSUPP`.
 
 use std::fs::File;
@@ -80,6 +80,17 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// True for requests no correct driver sends (see the module docs): the device breaks.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            RequestError::Chain(e) => e.is_fatal(),
+            RequestError::NoStatus
+            | RequestError::ShortHeader(_)
+            | RequestError::WrongDirection(_) => true,
+            _ => false,
+        }
+    }
+
     /// The status byte this failure answers.
     pub fn status(&self) -> u8 {
         match self {
@@ -138,11 +149,11 @@ impl Request {
         capacity: u64,
         read_only: bool,
     ) -> Result<Request, RequestError> {
+        if let Some(e) = chain.error {
+            return Err(RequestError::Chain(e));
+        }
         if status_location(chain).is_none() {
             return Err(RequestError::NoStatus);
-        }
-        if let Some(e) = &chain.error {
-            return Err(RequestError::Chain(e.clone()));
         }
         let readable = chain.readable_len();
         if readable < HEADER_LEN {

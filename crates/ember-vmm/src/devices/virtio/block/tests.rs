@@ -83,6 +83,7 @@ fn status(tq: &TestQueue<'_>, slot: u64) -> u8 {
 fn read_write_flush_get_id() {
     let f = disk();
     let mem = test_memory();
+    let hl = DeviceHealth::new("test");
     let mut tq = TestQueue::new(&mem, 16);
     let mut q: Queue = tq.queue();
     let mut blk = Block::new(params(&f)).unwrap();
@@ -93,7 +94,7 @@ fn read_write_flush_get_id() {
     request(&mut tq, 1, VIRTIO_BLK_T_OUT, 10, 512);
     request(&mut tq, 2, VIRTIO_BLK_T_FLUSH, 0, 0);
     request(&mut tq, 3, VIRTIO_BLK_T_GET_ID, 0, 20);
-    let out = blk.process_queue(&mem, &mut q);
+    let out = blk.process_queue(&mem, &mut q, &hl);
     assert_eq!(
         out,
         QueueOutcome {
@@ -133,13 +134,14 @@ fn read_write_flush_get_id() {
 fn any_layout_data_and_status_share_a_descriptor() {
     let f = disk();
     let mem = test_memory();
+    let hl = DeviceHealth::new("test");
     let mut tq = TestQueue::new(&mem, 16);
     let mut q = tq.queue();
     let mut blk = Block::new(params(&f)).unwrap();
     header(&tq, HDR, VIRTIO_BLK_T_IN, 5);
     // Header split over two descriptors; data + status in one 513-byte buffer.
     tq.add_chain(&[(HDR, 10, false), (HDR + 10, 6, false), (DATA, 513, true)]);
-    blk.process_queue(&mem, &mut q);
+    blk.process_queue(&mem, &mut q, &hl);
     assert_eq!(tq.used(0), (0, 513));
     assert_eq!(tq.read(DATA, 512), vec![5u8; 512]);
     assert_eq!(tq.read(DATA + 512, 1), vec![VIRTIO_BLK_S_OK]);
@@ -149,6 +151,7 @@ fn any_layout_data_and_status_share_a_descriptor() {
 fn writeback_offers_and_performs_flush() {
     let f = disk();
     let mem = test_memory();
+    let hl = DeviceHealth::new("test");
     let mut tq = TestQueue::new(&mem, 16);
     let mut q = tq.queue();
     let unsafe_blk = Block::new(params(&f)).unwrap();
@@ -161,7 +164,7 @@ fn writeback_offers_and_performs_flush() {
     assert_ne!(blk.avail_features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
     assert_ne!(blk.avail_features() & feature(VIRTIO_F_VERSION_1), 0);
     request(&mut tq, 0, VIRTIO_BLK_T_FLUSH, 0, 0);
-    blk.process_queue(&mem, &mut q);
+    blk.process_queue(&mem, &mut q, &hl);
     assert_eq!(status(&tq, 0), VIRTIO_BLK_S_OK);
     assert_eq!(blk.stats().flushes, 1);
 }
@@ -170,6 +173,7 @@ fn writeback_offers_and_performs_flush() {
 fn read_only_drive_refuses_writes_and_serves_reads() {
     let f = disk();
     let mem = test_memory();
+    let hl = DeviceHealth::new("test");
     let mut tq = TestQueue::new(&mem, 16);
     let mut q = tq.queue();
     let mut blk = Block::new(BlockParams {
@@ -182,7 +186,7 @@ fn read_only_drive_refuses_writes_and_serves_reads() {
     request(&mut tq, 0, VIRTIO_BLK_T_OUT, 2, 512);
     request(&mut tq, 1, VIRTIO_BLK_T_IN, 2, 512);
     request(&mut tq, 2, VIRTIO_BLK_T_FLUSH, 0, 0);
-    assert_eq!(blk.process_queue(&mem, &mut q).completed, 3);
+    assert_eq!(blk.process_queue(&mem, &mut q, &hl).completed, 3);
     assert_eq!(status(&tq, 0), VIRTIO_BLK_S_IOERR);
     assert_eq!(tq.used(0).1, 1);
     assert_eq!(sector_of(&f, 2), vec![2u8; 512], "disk unchanged");
@@ -196,6 +200,7 @@ fn read_only_drive_refuses_writes_and_serves_reads() {
 fn sector_bounds_partial_sectors_and_unknown_types() {
     let f = disk();
     let mem = test_memory();
+    let hl = DeviceHealth::new("test");
     let mut tq = TestQueue::new(&mem, 32);
     let mut q = tq.queue();
     let mut blk = Block::new(params(&f)).unwrap();
@@ -212,7 +217,7 @@ fn sector_bounds_partial_sectors_and_unknown_types() {
         request(&mut tq, slot as u64, kind, sector, len);
     }
     assert_eq!(
-        blk.process_queue(&mem, &mut q).completed,
+        blk.process_queue(&mem, &mut q, &hl).completed,
         cases.len() as u32
     );
     for (slot, &(kind, sector, len, want)) in cases.iter().enumerate() {
@@ -223,133 +228,224 @@ fn sector_bounds_partial_sectors_and_unknown_types() {
         );
     }
     assert_eq!(sector_of(&f, SECTORS - 1), vec![(SECTORS - 1) as u8; 512]);
+    // Requests the device refuses are the guest's errors, not a broken device.
+    assert!(!hl.is_broken());
+    assert_eq!(hl.count(ErrorKind::Request), 6);
 }
 
 #[test]
-fn bad_descriptors_fail_that_request_only() {
+fn malformed_chains_break_the_device_and_stop_the_queue() {
     let f = disk();
     let mem = test_memory();
-    let mut tq = TestQueue::new(&mem, 64);
-    let mut q = tq.queue();
     let mut blk = Block::new(params(&f)).unwrap();
-    for slot in 0..8 {
-        header(&tq, HDR + slot * 0x100, VIRTIO_BLK_T_IN, 1);
-        tq.write(STATUS + slot, &[SENTINEL]);
-    }
-    header(&tq, HDR + 0x400, VIRTIO_BLK_T_OUT, 1);
-    let h = |slot: u64| HDR + slot * 0x100;
-    let s = |slot: u64| STATUS + slot;
-    // 0: data buffer outside guest memory -> IOERR.
-    tq.set_desc(0, h(0), 16, NEXT, 1);
-    tq.set_desc(1, OUTSIDE, 512, NEXT | WRITE, 2);
-    tq.set_desc(2, s(0), 1, WRITE, 0);
-    tq.make_available(0);
-    // 1: a loop (status links back to the header) -> IOERR in the status byte.
-    tq.set_desc(3, h(1), 16, NEXT, 4);
-    tq.set_desc(4, DATA, 512, NEXT | WRITE, 5);
-    tq.set_desc(5, s(1), 1, NEXT | WRITE, 3);
-    tq.make_available(3);
-    // 2: IN whose data buffer is device-readable (wrong direction) -> IOERR.
-    tq.set_desc(6, h(2), 16, NEXT, 7);
-    tq.set_desc(7, DATA, 512, NEXT, 8);
-    tq.set_desc(8, s(2), 1, WRITE, 0);
-    tq.make_available(6);
-    // 3: status descriptor device-readable -> nothing written, used length 0.
-    tq.set_desc(9, h(3), 16, NEXT, 10);
-    tq.set_desc(10, DATA, 512, NEXT | WRITE, 11);
-    tq.set_desc(11, s(3), 1, 0, 0);
-    tq.make_available(9);
-    // 4: OUT whose data is device-writable (wrong direction) -> IOERR, disk untouched.
-    tq.set_desc(12, h(4), 16, NEXT, 13);
-    tq.set_desc(13, DATA, 512, NEXT | WRITE, 14);
-    tq.set_desc(14, s(4), 1, WRITE, 0);
-    tq.make_available(12);
-    // 5: header too short -> IOERR.
-    tq.set_desc(15, h(5), 8, NEXT, 16);
-    tq.set_desc(16, s(5), 1, WRITE, 0);
-    tq.make_available(15);
-    // 6: next index beyond the queue -> the chain has no status: length 0.
-    tq.set_desc(17, h(6), 16, NEXT, 999);
-    tq.make_available(17);
-    // 7: status byte outside guest memory -> length 0.
-    tq.set_desc(18, h(7), 16, NEXT, 19);
-    tq.set_desc(19, OUTSIDE, 1, WRITE, 0);
-    tq.make_available(18);
-    // 8: indirect descriptor (not offered) -> length 0.
-    tq.set_desc(20, DATA, 32, 4, 0);
-    tq.make_available(20);
-    // 9: a head index beyond the queue: cannot be returned, skipped.
-    tq.make_available(500);
-    // 10: a good request after all that.
-    tq.set_desc(21, h(9), 16, NEXT, 22);
-    tq.set_desc(22, DATA + 0x1_0000, 512, NEXT | WRITE, 23);
-    tq.set_desc(23, s(9), 1, WRITE, 0);
-    header(&tq, h(9), VIRTIO_BLK_T_IN, 7);
-    tq.make_available(21);
+    let h = HDR;
+    let s = STATUS;
+    // (what the reason says, descriptors (index, addr, len, flags, next), head). Each bad
+    // chain sits between a good request before it (served) and one after it (not served).
+    type Descs = Vec<(u16, u64, u32, u16, u16)>;
+    let cases: Vec<(&str, Descs, u16)> = vec![
+        (
+            "outside guest memory",
+            vec![
+                (2, h, 16, NEXT, 3),
+                (3, OUTSIDE, 512, NEXT | WRITE, 4),
+                (4, s, 1, WRITE, 0),
+            ],
+            2,
+        ),
+        (
+            "loop",
+            vec![
+                (2, h, 16, NEXT, 3),
+                (3, DATA, 512, NEXT | WRITE, 4),
+                (4, s, 1, NEXT | WRITE, 2),
+            ],
+            2,
+        ),
+        (
+            "IN request with device-readable data",
+            vec![
+                (2, h, 16, NEXT, 3),
+                (3, DATA, 512, NEXT, 4),
+                (4, s, 1, WRITE, 0),
+            ],
+            2,
+        ),
+        (
+            "descriptor 4 follows a device-writable one",
+            vec![
+                (2, h, 16, NEXT, 3),
+                (3, DATA, 512, NEXT | WRITE, 4),
+                (4, s, 1, 0, 0),
+            ],
+            2,
+        ),
+        (
+            "outside guest memory",
+            vec![(2, h, 16, NEXT, 3), (3, OUTSIDE, 1, WRITE, 0)],
+            2,
+        ),
+        ("no usable status descriptor", vec![(2, h, 16, 0, 0)], 2),
+        (
+            "no usable status descriptor",
+            vec![(2, h, 16, NEXT, 3), (3, s, 0, WRITE, 0)],
+            2,
+        ),
+        (
+            "header is 8 bytes",
+            vec![(2, h, 8, NEXT, 3), (3, s, 1, WRITE, 0)],
+            2,
+        ),
+        ("outside the queue", vec![(2, h, 16, NEXT, 999)], 2),
+        ("indirect", vec![(2, DATA, 32, 4, 0)], 2),
+        (
+            "readable descriptor 4 follows a device-writable",
+            vec![
+                (2, h, 16, NEXT, 3),
+                (3, DATA, 512, NEXT | WRITE, 4),
+                (4, DATA, 16, NEXT, 5),
+                (5, s, 1, WRITE, 0),
+            ],
+            2,
+        ),
+    ];
+    for (what, descs, head) in cases {
+        let hl = DeviceHealth::new("test");
+        let mut tq = TestQueue::new(&mem, 64);
+        let mut q = tq.queue();
+        tq.write(s, &[SENTINEL]);
+        header(&tq, h, VIRTIO_BLK_T_IN, 1);
+        // A good request first (descriptors 0 and 1).
+        header(&tq, HDR + 0x800, VIRTIO_BLK_T_FLUSH, 0);
+        tq.write(STATUS + 8, &[SENTINEL]);
+        tq.add_chain(&[(HDR + 0x800, 16, false), (STATUS + 8, 1, true)]);
+        for &(i, addr, len, flags, next) in &descs {
+            tq.set_desc(i, addr, len, flags, next);
+        }
+        tq.make_available(head);
+        // A good request after it (descriptors 40 and 41).
+        tq.set_desc(40, HDR + 0x900, 16, NEXT, 41);
+        tq.set_desc(41, STATUS + 9, 1, WRITE, 0);
+        header(&tq, HDR + 0x900, VIRTIO_BLK_T_FLUSH, 0);
+        tq.write(STATUS + 9, &[SENTINEL]);
+        tq.make_available(40);
 
-    let out = blk.process_queue(&mem, &mut q);
-    assert_eq!(
-        out.completed, 10,
-        "every chain but the bad head is returned"
-    );
-    let used: Vec<(u32, u32)> = (0..10).map(|i| tq.used(i)).collect();
-    assert_eq!(
-        used,
-        vec![
-            (0, 1),
-            (3, 1),
-            (6, 1),
-            (9, 0),
-            (12, 1),
-            (15, 1),
-            (17, 0),
-            (18, 0),
-            (20, 0),
-            (21, 513)
-        ]
-    );
-    for slot in [0, 1, 2, 4, 5] {
-        assert_eq!(status(&tq, slot), VIRTIO_BLK_S_IOERR, "slot {slot}");
+        let out = blk.process_queue(&mem, &mut q, &hl);
+        assert_eq!(
+            out,
+            QueueOutcome {
+                completed: 1,
+                throttled: false,
+                more: false
+            },
+            "{what}"
+        );
+        assert_eq!(tq.used(0), (0, 1), "{what}");
+        assert_eq!(status(&tq, 8), VIRTIO_BLK_S_OK, "{what}");
+        assert_eq!(
+            status(&tq, 0),
+            SENTINEL,
+            "{what}: the bad chain is not answered"
+        );
+        assert_eq!(
+            status(&tq, 9),
+            SENTINEL,
+            "{what}: nothing after it is served"
+        );
+        assert!(
+            hl.reason()
+                .is_some_and(|r| r.starts_with("chain: ") && r.contains(what)),
+            "{what}: {:?}",
+            hl.reason()
+        );
+        assert_eq!(hl.count(ErrorKind::Chain), 1, "{what}");
+        // The queue is left at the bad chain: called again, the model stops there again.
+        assert_eq!(q.next_avail(), 1, "{what}");
+        assert_eq!(blk.process_queue(&mem, &mut q, &hl).completed, 0, "{what}");
+        assert_eq!(tq.used_idx(), 1, "{what}");
     }
-    assert_eq!(
-        status(&tq, 3),
-        SENTINEL,
-        "a readable status byte is never written"
-    );
-    assert_eq!(status(&tq, 9), VIRTIO_BLK_S_OK);
-    assert_eq!(tq.read(DATA + 0x1_0000, 512), vec![7u8; 512]);
-    assert_eq!(sector_of(&f, 1), vec![1u8; 512]);
-    assert_eq!(blk.stats().failed, 10);
 }
 
 #[test]
-fn broken_rings_do_not_crash() {
+fn impossible_rings_break_the_device() {
     let f = disk();
     let mem = test_memory();
+    let mut blk = Block::new(params(&f)).unwrap();
+    // The available index jumps by more than the queue size: nothing is served.
+    let hl = DeviceHealth::new("test");
     let mut tq = TestQueue::new(&mem, 16);
-    let mut blk = Block::new(params(&f)).unwrap();
-    // The available index jumps by more than the queue size.
     let mut q = tq.queue();
-    for _ in 0..40 {
+    request(&mut tq, 0, VIRTIO_BLK_T_IN, 0, 512);
+    for _ in 0..39 {
         tq.make_available(0);
     }
-    assert_eq!(blk.process_queue(&mem, &mut q).completed, 0);
-    // A used ring outside guest memory: chains are consumed, nothing can be returned.
+    assert_eq!(
+        blk.process_queue(&mem, &mut q, &hl),
+        QueueOutcome::default()
+    );
+    assert_eq!(status(&tq, 0), SENTINEL);
+    assert_eq!(
+        hl.reason().as_deref(),
+        Some("ring: available index 40 is 40 entries ahead of the device's 0 in a queue of 16")
+    );
+    // A head outside the queue.
+    let hl = DeviceHealth::new("test");
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut q = tq.queue();
+    tq.make_available(500);
+    assert_eq!(blk.process_queue(&mem, &mut q, &hl).completed, 0);
+    assert!(hl.reason().unwrap().contains("head 500"));
+    // A used ring outside guest memory: the request runs, cannot be returned, breaks.
+    let hl = DeviceHealth::new("test");
     let mut tq = TestQueue::new(&mem, 16);
     let mut q = tq.queue();
     q.set_used_ring_address(Some(OUTSIDE as u32), Some(0));
     request(&mut tq, 0, VIRTIO_BLK_T_IN, 0, 512);
-    assert_eq!(blk.process_queue(&mem, &mut q).completed, 0);
+    request(&mut tq, 1, VIRTIO_BLK_T_IN, 0, 512);
+    assert_eq!(blk.process_queue(&mem, &mut q, &hl).completed, 0);
+    assert!(
+        hl.reason().unwrap().contains("used ring"),
+        "{:?}",
+        hl.reason()
+    );
+    assert_eq!(status(&tq, 1), SENTINEL, "stopped at the first");
     // An available ring outside guest memory.
+    let hl = DeviceHealth::new("test");
     let mut q = tq.queue();
     q.set_avail_ring_address(Some(OUTSIDE as u32), Some(0));
-    assert_eq!(blk.process_queue(&mem, &mut q).completed, 0);
+    assert_eq!(blk.process_queue(&mem, &mut q, &hl).completed, 0);
+    assert!(hl.reason().unwrap().contains("available ring"));
+    assert_eq!(
+        blk.stats().failed,
+        0,
+        "broken rings are not request failures"
+    );
+}
+
+#[test]
+fn work_per_call_is_bounded_by_the_budget() {
+    let f = disk();
+    let mem = test_memory();
+    let hl = DeviceHealth::new("test");
+    let mut tq = TestQueue::new(&mem, 16);
+    let mut q = tq.queue();
+    let mut blk = Block::new(params(&f)).unwrap();
+    blk.budget = 3;
+    for slot in 0..5 {
+        request(&mut tq, slot, VIRTIO_BLK_T_IN, slot, 512);
+    }
+    let out = blk.process_queue(&mem, &mut q, &hl);
+    assert_eq!((out.completed, out.more), (3, true));
+    let out = blk.process_queue(&mem, &mut q, &hl);
+    assert_eq!((out.completed, out.more), (2, false));
+    assert!(!hl.is_broken());
 }
 
 #[test]
 fn several_drives_are_independent() {
     let (fa, fb) = (disk(), disk());
     let mem = test_memory();
+    let hl = DeviceHealth::new("test");
     let mut ta = TestQueue::at(&mem, 0, 16);
     let mut tb = TestQueue::at(&mem, 0x8000, 16);
     let (mut qa, mut qb) = (ta.queue(), tb.queue());
@@ -370,8 +466,8 @@ fn several_drives_are_independent() {
         (DATA + 0x10_0000, 512, false),
         (STATUS + 8, 1, true),
     ]);
-    assert_eq!(a.process_queue(&mem, &mut qa).completed, 1);
-    assert_eq!(b.process_queue(&mem, &mut qb).completed, 1);
+    assert_eq!(a.process_queue(&mem, &mut qa, &hl).completed, 1);
+    assert_eq!(b.process_queue(&mem, &mut qb, &hl).completed, 1);
     assert_eq!(sector_of(&fa, 4), vec![0xA1; 512]);
     assert_eq!(
         sector_of(&fb, 4),
@@ -402,6 +498,7 @@ fn limited(
 fn bandwidth_limit_keeps_a_request_queued_until_the_timer_fires() {
     let f = disk();
     let mem = test_memory();
+    let hl = DeviceHealth::new("test");
     let mut tq = TestQueue::new(&mem, 16);
     let mut q = tq.queue();
     // 1024 bytes per 100 ms.
@@ -419,7 +516,7 @@ fn bandwidth_limit_keeps_a_request_queued_until_the_timer_fires() {
     for slot in 0..3 {
         request(&mut tq, slot, VIRTIO_BLK_T_IN, slot, 512);
     }
-    let out = blk.process_queue(&mem, &mut q);
+    let out = blk.process_queue(&mem, &mut q, &hl);
     assert_eq!(
         out,
         QueueOutcome {
@@ -434,19 +531,19 @@ fn bandwidth_limit_keeps_a_request_queued_until_the_timer_fires() {
     assert!(blk.rate_limiter().is_blocked());
 
     // Guest notifications while blocked change nothing.
-    assert_eq!(blk.process_queue(&mem, &mut q).completed, 0);
+    assert_eq!(blk.process_queue(&mem, &mut q, &hl).completed, 0);
     assert_eq!(tq.used_idx(), 2);
 
     // 50 ms of refill is 512 bytes: exactly the third request.
     t.fetch_add(50_000_000, Ordering::AcqRel);
     wait_for_timer(blk.rate_limiter());
     assert_eq!(
-        blk.process_queue(&mem, &mut q).completed,
+        blk.process_queue(&mem, &mut q, &hl).completed,
         0,
         "timer event not handled yet"
     );
     assert!(blk.on_rate_limiter_timer());
-    let out = blk.process_queue(&mem, &mut q);
+    let out = blk.process_queue(&mem, &mut q, &hl);
     assert_eq!(
         out,
         QueueOutcome {
@@ -467,6 +564,7 @@ fn bandwidth_limit_keeps_a_request_queued_until_the_timer_fires() {
 fn ops_limit_counts_every_request_and_burst_comes_first() {
     let f = disk();
     let mem = test_memory();
+    let hl = DeviceHealth::new("test");
     let mut tq = TestQueue::new(&mem, 16);
     let mut q = tq.queue();
     // 1 op per 100 ms plus a one-time burst of 2.
@@ -485,7 +583,7 @@ fn ops_limit_counts_every_request_and_burst_comes_first() {
     request(&mut tq, 1, VIRTIO_BLK_T_GET_ID, 0, 20);
     request(&mut tq, 2, VIRTIO_BLK_T_IN, 0, 512);
     request(&mut tq, 3, VIRTIO_BLK_T_IN, 1, 512);
-    let out = blk.process_queue(&mem, &mut q);
+    let out = blk.process_queue(&mem, &mut q, &hl);
     assert_eq!(
         out,
         QueueOutcome {
@@ -499,7 +597,7 @@ fn ops_limit_counts_every_request_and_burst_comes_first() {
     t.fetch_add(100_000_000, Ordering::AcqRel);
     wait_for_timer(blk.rate_limiter());
     assert!(blk.on_rate_limiter_timer());
-    assert_eq!(blk.process_queue(&mem, &mut q).completed, 1);
+    assert_eq!(blk.process_queue(&mem, &mut q, &hl).completed, 1);
     assert_eq!(status(&tq, 3), VIRTIO_BLK_S_OK);
 }
 
@@ -518,10 +616,11 @@ fn state_round_trip() {
         },
     );
     let mem = test_memory();
+    let hl = DeviceHealth::new("test");
     let mut tq = TestQueue::new(&mem, 16);
     let mut q = tq.queue();
     request(&mut tq, 0, VIRTIO_BLK_T_IN, 0, 1024);
-    blk.process_queue(&mem, &mut q);
+    blk.process_queue(&mem, &mut q, &hl);
     let mut w = Writer::default();
     blk.encode_state(&mut w);
     let bytes = w.into_vec();

@@ -10,6 +10,17 @@
 //! registered queue, which is forwarded to that queue's eventfd here.
 //!
 //! Lock order: transport, then core. The device thread takes only the core.
+//!
+//! A hostile driver (see [`super::health`]): register accesses the spec does not allow (unknown
+//! offsets, wrong widths, queue registers outside set-up, invalid queue sizes or ring
+//! alignments, notifications for queues that do not exist or are not ready) are ignored,
+//! counted and logged at most once per second per device; so are status protocol mistakes
+//! (features not offered, status bits cleared without a reset, `DRIVER_OK` too early or on a
+//! device that needs a reset). A device whose activation fails, or that finds its rings in an
+//! impossible state, is *broken*: [`VirtioCore`] stops delivering it events and calls its
+//! `reset` (its descriptors leave the device thread), the status register shows
+//! `DEVICE_NEEDS_RESET`, the configuration-change interrupt is raised, and only a driver reset
+//! (status 0) brings it back. A snapshot keeps `DEVICE_NEEDS_RESET` and a restore honours it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,7 +29,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{ActivateError, DeviceContext, DeviceEvent, EventRegistry, VirtioDevice};
+use super::health::{DeviceHealth, ErrorKind};
 use super::interrupt::Interrupt;
+use super::ring::check_rings;
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::devices::bus::BusDevice;
 
@@ -58,7 +71,14 @@ pub struct VirtioCore {
     pub(crate) interrupt: Arc<Interrupt>,
     pub(crate) events: EventRegistry,
     pub(crate) acked_features: u64,
+    /// The driver activated the device (`DRIVER_OK` accepted), until its reset.
     pub(crate) active: bool,
+    /// Guest error counters and the broken state (shared with the transport and the API).
+    pub(crate) health: Arc<DeviceHealth>,
+    /// The device broke and was halted (its `reset` already ran).
+    halted: bool,
+    /// Events that reached the core (`GET /ember/devices`: a device that stays busy shows).
+    pub(crate) events_seen: u64,
 }
 
 impl std::fmt::Debug for VirtioCore {
@@ -66,6 +86,7 @@ impl std::fmt::Debug for VirtioCore {
         f.debug_struct("VirtioCore")
             .field("device", &self.device.id())
             .field("active", &self.active)
+            .field("broken", &self.health.is_broken())
             .finish_non_exhaustive()
     }
 }
@@ -89,6 +110,7 @@ impl VirtioCore {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let health = Arc::new(DeviceHealth::new(device.id()));
         Ok(VirtioCore {
             device,
             queues,
@@ -97,10 +119,13 @@ impl VirtioCore {
             events,
             acked_features: 0,
             active: false,
+            health,
+            halted: false,
+            events_seen: 0,
         })
     }
 
-    /// Runs `f` with the device and a context over the rest.
+    /// Runs `f` with the device and a context over the rest; halts the device if it broke.
     pub(crate) fn with_device<R>(
         &mut self,
         f: impl FnOnce(&mut dyn VirtioDevice, &mut DeviceContext<'_>) -> R,
@@ -111,28 +136,72 @@ impl VirtioCore {
             acked_features: self.acked_features,
             interrupt: &self.interrupt,
             events: &self.events,
+            health: &self.health,
         };
-        f(self.device.as_mut(), &mut ctx)
+        let r = f(self.device.as_mut(), &mut ctx);
+        if self.health.is_broken() && !self.halted {
+            self.halt();
+        }
+        r
+    }
+
+    /// The device broke: it gets no more events, drops its descriptors from the device
+    /// thread (its `reset`), and the driver hears about it (`DEVICE_NEEDS_RESET` is read from
+    /// the health state; the configuration-change interrupt tells the driver to look).
+    fn halt(&mut self) {
+        self.halted = true;
+        let VirtioCore { device, events, .. } = self;
+        device.reset(events);
+        self.interrupt.signal_config_change();
     }
 
     /// Delivers an event (ignored while inactive: notifications before `DRIVER_OK` are
-    /// dropped).
+    /// dropped, and counted; ignored while broken).
     pub(crate) fn handle_event(&mut self, event: DeviceEvent) {
+        self.events_seen = self.events_seen.wrapping_add(1);
+        if self.health.is_broken() {
+            return;
+        }
+        if let DeviceEvent::Queue(index) = event {
+            let ready = self
+                .queues
+                .get(usize::from(index))
+                .is_some_and(|q| q.ready());
+            if !self.active || !ready {
+                self.health.report(
+                    ErrorKind::Register,
+                    format_args!("notification for queue {index}, which is not in use"),
+                );
+                return;
+            }
+        }
         if self.active {
             self.with_device(|d, ctx| d.handle_event(event, ctx));
         }
     }
 
-    /// Checks the queues and activates the device.
+    /// Checks the queues and activates the device; a failure breaks it.
     fn activate(&mut self) -> Result<(), ActivateError> {
+        let result = self.try_activate();
+        if let Err(e) = &result {
+            self.health
+                .break_device(ErrorKind::Driver, format_args!("activation failed: {e}"));
+            if !self.halted {
+                self.halt();
+            }
+        }
+        result
+    }
+
+    fn try_activate(&mut self) -> Result<(), ActivateError> {
         let event_idx = self.acked_features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
         for (index, q) in self.queues.iter_mut().enumerate() {
             q.set_event_idx(event_idx);
-            if q.ready() && !q.is_valid(&self.mem) {
-                return Err(ActivateError::Queue {
+            if q.ready() {
+                check_rings(q, &self.mem).map_err(|e| ActivateError::Queue {
                     index,
-                    reason: "rings outside guest memory or misaligned".into(),
-                });
+                    reason: e.to_string(),
+                })?;
             }
         }
         self.with_device(|d, ctx| d.activate(ctx))?;
@@ -147,12 +216,21 @@ impl VirtioCore {
             events,
             ..
         } = self;
-        device.reset(events);
+        if !self.halted {
+            device.reset(events);
+        }
         for q in queues.iter_mut() {
             q.reset();
         }
         self.acked_features = 0;
         self.active = false;
+        self.halted = false;
+        self.health.clear();
+    }
+
+    /// The device's health (counters, broken state).
+    pub fn health(&self) -> &Arc<DeviceHealth> {
+        &self.health
     }
 }
 
@@ -160,6 +238,7 @@ impl VirtioCore {
 pub struct MmioTransport {
     core: Arc<Mutex<VirtioCore>>,
     interrupt: Arc<Interrupt>,
+    health: Arc<DeviceHealth>,
     kick: EventFd,
     queue_evts: Vec<EventFd>,
     device_type: u32,
@@ -198,10 +277,11 @@ impl MmioTransport {
         kick: EventFd,
         queue_evts: Vec<EventFd>,
     ) -> MmioTransport {
-        let (interrupt, device_type, avail_features, queue_max) = {
+        let (interrupt, health, device_type, avail_features, queue_max) = {
             let c = lock_core(&core);
             (
                 c.interrupt.clone(),
+                c.health.clone(),
                 c.device.device_type(),
                 c.device.avail_features(),
                 c.device.queue_max_sizes().to_vec(),
@@ -210,6 +290,7 @@ impl MmioTransport {
         MmioTransport {
             core,
             interrupt,
+            health,
             kick,
             queue_evts,
             device_type,
@@ -228,25 +309,48 @@ impl MmioTransport {
         lock_core(&self.core)
     }
 
-    /// The device status register.
+    /// The device status register: what the driver set, plus `DEVICE_NEEDS_RESET` while the
+    /// device is broken.
     pub fn status(&self) -> u32 {
-        self.status
+        if self.health.is_broken() {
+            self.status | status::DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
-    fn with_queue(&self, f: impl FnOnce(&mut Queue)) {
-        // Queue registers are writable between FEATURES_OK and DRIVER_OK only.
+    fn register_error(&self, what: std::fmt::Arguments<'_>) {
+        self.health.report(ErrorKind::Register, what);
+    }
+
+    fn driver_error(&self, what: std::fmt::Arguments<'_>) {
+        self.health.report(ErrorKind::Driver, what);
+    }
+
+    /// Runs `f` on the selected queue if queue registers may be written now (between
+    /// `FEATURES_OK` and `DRIVER_OK`); `f`'s error is a register error.
+    fn with_queue(&self, offset: u64, f: impl FnOnce(&mut Queue) -> Result<(), String>) {
         if self.status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED)
             != status::FEATURES_OK
         {
-            tracing::debug!(
-                status = self.status,
-                "virtio queue register written outside set-up"
-            );
+            self.register_error(format_args!(
+                "queue register {offset:#x} written outside set-up (status {:#x})",
+                self.status
+            ));
             return;
         }
         let mut core = self.core();
-        if let Some(q) = core.queues.get_mut(self.queue_select as usize) {
-            f(q);
+        let select = self.queue_select;
+        let Some(q) = core.queues.get_mut(select as usize) else {
+            drop(core);
+            self.register_error(format_args!(
+                "queue register {offset:#x} written for queue {select}, which does not exist"
+            ));
+            return;
+        };
+        if let Err(e) = f(q) {
+            drop(core);
+            self.register_error(format_args!("queue {select}: register {offset:#x}: {e}"));
         }
     }
 
@@ -265,13 +369,15 @@ impl MmioTransport {
             self.reset();
             return;
         }
+        // DEVICE_NEEDS_RESET is the device's to set: a driver writing back what it read
+        // neither sets nor clears it.
+        let value = value & !status::DEVICE_NEEDS_RESET;
         let added = value & !self.status;
         if value & self.status != self.status {
-            tracing::warn!(
-                old = self.status,
-                new = value,
-                "virtio driver tried to clear status bits without a reset"
-            );
+            self.driver_error(format_args!(
+                "status {value:#x} clears bits of {:#x} without a reset",
+                self.status
+            ));
             return;
         }
         let mut new = value;
@@ -279,17 +385,20 @@ impl MmioTransport {
             let unknown = self.acked_features & !self.avail_features;
             let version_1 = self.acked_features & (1u64 << VIRTIO_F_VERSION_1) != 0;
             if unknown != 0 || !version_1 || self.status & status::DRIVER == 0 {
-                tracing::warn!(
-                    acked = self.acked_features,
-                    offered = self.avail_features,
-                    "virtio feature negotiation refused"
-                );
+                self.driver_error(format_args!(
+                    "feature negotiation refused: acknowledged {:#x}, offered {:#x}",
+                    self.acked_features, self.avail_features
+                ));
                 new &= !status::FEATURES_OK;
             }
         }
         if added & status::DRIVER_OK != 0 {
             if new & status::FEATURES_OK == 0 {
-                tracing::warn!("virtio DRIVER_OK before FEATURES_OK");
+                self.driver_error(format_args!("DRIVER_OK before FEATURES_OK"));
+                return;
+            }
+            if self.health.is_broken() {
+                self.driver_error(format_args!("DRIVER_OK on a device that needs a reset"));
                 return;
             }
             let result = {
@@ -303,13 +412,8 @@ impl MmioTransport {
                         tracing::warn!(error = %e, "cannot wake the device thread");
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(device_type = self.device_type, error = %e, "virtio device activation failed");
-                    new = self.status | status::DEVICE_NEEDS_RESET;
-                    self.status = new;
-                    self.interrupt.signal_config_change();
-                    return;
-                }
+                // The core broke the device (DEVICE_NEEDS_RESET, configuration interrupt).
+                Err(_) => return,
             }
         }
         self.status = new;
@@ -340,12 +444,12 @@ impl MmioTransport {
                     .unwrap_or(0)
             }
             0x60 => self.interrupt.status(),
-            0x70 => self.status,
+            0x70 => self.status(),
             // No shared memory regions: length and base read as all-ones.
             0xb0 | 0xb4 | 0xb8 | 0xbc => u32::MAX,
             0xfc => self.config_generation,
             _ => {
-                tracing::debug!(offset, "read of an unknown virtio-mmio register");
+                self.register_error(format_args!("read of unknown register {offset:#x}"));
                 0
             }
         }
@@ -356,7 +460,10 @@ impl MmioTransport {
             0x14 => self.features_select = v,
             0x20 => {
                 if self.status & (status::DRIVER | status::FEATURES_OK) != status::DRIVER {
-                    tracing::debug!("virtio driver features written outside negotiation");
+                    self.register_error(format_args!(
+                        "driver features written outside negotiation (status {:#x})",
+                        self.status
+                    ));
                     return;
                 }
                 match self.driver_features_select {
@@ -370,35 +477,46 @@ impl MmioTransport {
             }
             0x24 => self.driver_features_select = v,
             0x30 => self.queue_select = v,
-            0x38 => self.with_queue(|q| q.set_size(v as u16)),
-            0x44 => self.with_queue(|q| q.set_ready(v == 1)),
+            0x38 => self.with_queue(offset, |q| {
+                let size = u16::try_from(v).map_err(|_| format!("invalid size {v}"))?;
+                q.try_set_size(size)
+                    .map_err(|_| format!("invalid size {v} (maximum {})", q.max_size()))
+            }),
+            0x44 => self.with_queue(offset, |q| match v {
+                0 | 1 => {
+                    q.set_ready(v == 1);
+                    Ok(())
+                }
+                _ => Err(format!("QueueReady {v} is neither 0 nor 1")),
+            }),
             0x50 => match self.queue_evts.get(v as usize) {
                 Some(evt) => {
                     if let Err(e) = evt.write(1) {
                         tracing::warn!(error = %e, "cannot forward a queue notification");
                     }
                 }
-                None => tracing::debug!(queue = v, "notification for a queue that does not exist"),
+                None => self.register_error(format_args!(
+                    "notification for queue {v}, which does not exist"
+                )),
             },
             0x64 => self.interrupt.ack(v),
             0x70 => self.set_status(v),
-            0x80 => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
-            0x84 => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
-            0x90 => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
-            0x94 => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
-            0xa0 => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
-            0xa4 => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
-            _ => tracing::debug!(
-                offset,
-                "write to an unknown or read-only virtio-mmio register"
-            ),
+            0x80 => self.with_queue(offset, |q| set_ring(q, Ring::Desc, Some(v), None)),
+            0x84 => self.with_queue(offset, |q| set_ring(q, Ring::Desc, None, Some(v))),
+            0x90 => self.with_queue(offset, |q| set_ring(q, Ring::Avail, Some(v), None)),
+            0x94 => self.with_queue(offset, |q| set_ring(q, Ring::Avail, None, Some(v))),
+            0xa0 => self.with_queue(offset, |q| set_ring(q, Ring::Used, Some(v), None)),
+            0xa4 => self.with_queue(offset, |q| set_ring(q, Ring::Used, None, Some(v))),
+            _ => self.register_error(format_args!(
+                "write to unknown or read-only register {offset:#x}"
+            )),
         }
     }
 
     /// Saves the transport's registers and queues (device thread quiesced by the caller).
     pub(crate) fn save(&self, core: &VirtioCore) -> TransportState {
         TransportState {
-            status: self.status,
+            status: self.status(),
             acked_features: self.acked_features,
             features_select: self.features_select,
             driver_features_select: self.driver_features_select,
@@ -437,7 +555,7 @@ impl MmioTransport {
                 reason: format!("invalid saved queue state: {e}"),
             })?;
         }
-        self.status = state.status;
+        self.status = state.status & !status::DEVICE_NEEDS_RESET;
         self.acked_features = state.acked_features;
         self.features_select = state.features_select;
         self.driver_features_select = state.driver_features_select;
@@ -445,12 +563,22 @@ impl MmioTransport {
         self.config_generation = state.config_generation;
         self.interrupt.set_status(state.interrupt_status);
         core.acked_features = state.acked_features;
+        if state.status & status::DEVICE_NEEDS_RESET != 0 {
+            // Broken when saved: stays broken (not activated) until the driver resets it.
+            core.health
+                .set_broken("the device needed a reset when the snapshot was taken".into());
+            core.halted = true;
+            core.active = state.active;
+            return Ok(());
+        }
         if state.active {
             for (index, q) in core.queues.iter().enumerate() {
-                if q.ready() && !q.is_valid(&core.mem) {
+                if q.ready()
+                    && let Err(e) = check_rings(q, &core.mem)
+                {
                     return Err(ActivateError::Queue {
                         index,
-                        reason: "saved rings lie outside guest memory".into(),
+                        reason: format!("saved rings: {e}"),
                     });
                 }
             }
@@ -465,6 +593,33 @@ impl MmioTransport {
     }
 }
 
+/// Which ring address register.
+#[derive(Debug, Clone, Copy)]
+enum Ring {
+    Desc,
+    Avail,
+    Used,
+}
+
+/// Sets the low or high half of a ring address; a misaligned address is refused (the old
+/// one stays) without `virtio_queue` logging it.
+fn set_ring(q: &mut Queue, ring: Ring, low: Option<u32>, high: Option<u32>) -> Result<(), String> {
+    let current = match ring {
+        Ring::Desc => q.desc_table(),
+        Ring::Avail => q.avail_ring(),
+        Ring::Used => q.used_ring(),
+    };
+    let low = low.map_or(current & 0xffff_ffff, u64::from);
+    let high = high.map_or(current >> 32, u64::from);
+    let addr = vm_memory::GuestAddress((high << 32) | low);
+    let result = match ring {
+        Ring::Desc => q.try_set_desc_table_address(addr),
+        Ring::Avail => q.try_set_avail_ring_address(addr),
+        Ring::Used => q.try_set_used_ring_address(addr),
+    };
+    result.map_err(|e| format!("{:#x}: {e}", addr.0))
+}
+
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_OFFSET {
@@ -473,11 +628,10 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            tracing::debug!(
-                offset,
-                len = data.len(),
-                "unaligned virtio-mmio register read"
-            );
+            self.register_error(format_args!(
+                "register read of {} bytes at {offset:#x} (32-bit aligned only)",
+                data.len()
+            ));
             data.fill(0);
             return;
         }
@@ -486,23 +640,28 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_OFFSET {
-            self.core()
+            let accepted = self
+                .core()
                 .device
                 .write_config(offset - CONFIG_OFFSET, data);
-            self.config_generation = self.config_generation.wrapping_add(1);
+            if accepted {
+                self.config_generation = self.config_generation.wrapping_add(1);
+            } else {
+                self.register_error(format_args!(
+                    "write of {} bytes to read-only configuration space at {:#x}",
+                    data.len(),
+                    offset - CONFIG_OFFSET
+                ));
+            }
             return;
         }
-        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            tracing::debug!(
-                offset,
-                len = data.len(),
-                "non-32-bit virtio-mmio register write"
-            );
+        let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) else {
+            self.register_error(format_args!(
+                "register write of {} bytes at {offset:#x} (32-bit aligned only)",
+                data.len()
+            ));
             return;
         };
-        if !offset.is_multiple_of(4) {
-            return;
-        }
         self.write_register(offset, u32::from_le_bytes(bytes));
     }
 }

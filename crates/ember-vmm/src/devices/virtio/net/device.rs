@@ -38,11 +38,11 @@ pub(super) enum TapWatch {
 
 impl Net {
     fn rx(&mut self, ctx: &mut DeviceContext<'_>) {
-        if self.tap_watch == TapWatch::Broken {
+        if self.tap_watch == TapWatch::Broken || ctx.is_broken() {
             return;
         }
         if let Some(q) = ctx.queues.get_mut(RX_QUEUE) {
-            let out = self.process_rx(ctx.mem, q);
+            let out = self.process_rx(ctx.mem, q, ctx.health);
             if out.completed > 0 {
                 ctx.signal_used(RX_QUEUE);
             }
@@ -54,8 +54,11 @@ impl Net {
     }
 
     fn tx(&mut self, ctx: &mut DeviceContext<'_>) {
+        if ctx.is_broken() {
+            return;
+        }
         if let Some(q) = ctx.queues.get_mut(TX_QUEUE) {
-            let out = self.process_tx(ctx.mem, q);
+            let out = self.process_tx(ctx.mem, q, ctx.health);
             if out.completed > 0 {
                 ctx.signal_used(TX_QUEUE);
             }

@@ -9,13 +9,17 @@
 //!   buffer, or the RX rate limiter refuses the frame. In the last two cases the frame is
 //!   kept (*deferred*) and the owner should stop watching the TAP ([`Net::wants_tap_reads`])
 //!   until RX buffers arrive or the limiter's timer fires. RX chains shorter than a full
-//!   frame for the MTU (1526 bytes for 1500), malformed, or with a device-readable buffer
-//!   are returned with used length 0; a frame larger than a valid chain is dropped.
+//!   frame for the MTU (1526 bytes for 1500) are returned with used length 0 (and counted);
+//!   a frame larger than a valid chain is dropped.
 //! - TX: each chain is one frame (header + Ethernet frame, device-readable only); it is
-//!   gathered and written to the TAP in one `write`. Malformed chains, chains with a
-//!   device-writable buffer, and frames shorter than the header or longer than 64 KiB are
-//!   dropped. Every TX chain is returned with used length 0. A frame refused by the TX rate
-//!   limiter stays in the queue until the limiter's timer fires.
+//!   gathered and written to the TAP in one `write`. Frames shorter than the header or
+//!   longer than 64 KiB are dropped (and counted). Every TX chain is returned with used
+//!   length 0. A frame refused by the TX rate limiter stays in the queue until the
+//!   limiter's timer fires.
+//! - A malformed chain (loop, buffer outside guest memory, ...), a buffer in the wrong
+//!   direction (device-readable on RX, device-writable on TX) or an impossible available
+//!   index breaks the device (see [`super::health`]). At most [`BUDGET`] frames per queue
+//!   per call.
 //! - Both limiters charge one op plus the Ethernet frame's bytes (header excluded).
 //! - Restore opens the TAP named by the (possibly overridden) configuration: that is how
 //!   `network_overrides` moves a restored VM to another TAP. A deferred RX frame is not
@@ -28,13 +32,17 @@ mod tests;
 
 use ember_fc_api::{NetworkInterface, RateLimiter as RateLimiterConfig};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use self::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::desc_chain::{Chain, ChainError, read_stream, write_stream};
+use super::health::{DeviceHealth, ErrorKind};
 use super::wakeup::BUDGET;
-use super::{QueueOutcome, RestoreError, VIRTIO_F_VERSION_1, add_used, feature, read_config_bytes};
+use super::{
+    QueueOutcome, RestoreError, VIRTIO_F_VERSION_1, add_used, feature, pop_head, read_config_bytes,
+    ring,
+};
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
 
@@ -105,7 +113,7 @@ pub struct NetStats {
     pub rx_bytes: u64,
     /// Frames from the TAP dropped (larger than the guest's buffer, or unreadable).
     pub rx_dropped: u64,
-    /// RX chains returned unused because they were malformed or too short.
+    /// RX chains returned unused because they were too short (or malformed: the device broke).
     pub rx_bad_chains: u64,
     /// Frames written to the TAP.
     pub tx_frames: u64,
@@ -182,6 +190,8 @@ pub struct Net {
     tap_watch: device::TapWatch,
     /// Chains (frames) handled per call before yielding ([`BUDGET`]).
     budget: u32,
+    /// The chain being served (its vector is reused).
+    chain: Chain,
 }
 
 impl Net {
@@ -215,6 +225,7 @@ impl Net {
             kick: None,
             tap_watch: device::TapWatch::Off,
             budget: BUDGET,
+            chain: Chain::default(),
         })
     }
 
@@ -308,36 +319,42 @@ impl Net {
     }
 
     /// Moves frames from the TAP into RX chains (see the module docs for when it stops).
-    pub fn process_rx(&mut self, mem: &GuestMemoryMmap, rxq: &mut Queue) -> QueueOutcome {
+    pub fn process_rx(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        rxq: &mut Queue,
+        health: &DeviceHealth,
+    ) -> QueueOutcome {
         let mut out = QueueOutcome::default();
         let mut budget = self.budget;
+        let mut chain = std::mem::take(&mut self.chain);
         loop {
             if self.rx_len == 0 {
                 if budget == 0 {
                     out.more = true;
-                    return out;
+                    break;
                 }
                 budget -= 1;
-                if !self.read_tap() {
-                    return out;
+                if !self.read_tap(health) {
+                    break;
                 }
             }
-            let Some(chain) = self.next_rx_chain(mem, rxq, &mut out) else {
-                return out;
-            };
+            if !self.next_rx_chain(mem, rxq, &mut chain, &mut budget, &mut out, health) {
+                break;
+            }
             if self.rx_len as u64 > chain.writable_len() {
                 // Larger than the MTU promised: drop the frame, keep the buffer.
-                rxq.go_to_previous_position();
+                ring::unpop(rxq);
                 self.stats.rx_dropped += 1;
                 self.rx_len = 0;
                 continue;
             }
             let frame_bytes = (self.rx_len - VNET_HDR_LEN) as u64;
             if !self.rx_limiter.consume_request(frame_bytes) {
-                rxq.go_to_previous_position();
+                ring::unpop(rxq);
                 self.stats.rx_throttled += 1;
                 out.throttled = true;
-                return out;
+                break;
             }
             let frame = &mut self.rx_buf[..self.rx_len];
             // num_buffers = 1 (no mergeable buffers).
@@ -350,17 +367,24 @@ impl Net {
                     frame.len() as u32
                 }
                 Err(e) => {
-                    tracing::warn!(iface = %self.params.id, error = %e, "writing an RX frame");
+                    health.report(
+                        ErrorKind::Request,
+                        format_args!("RX chain {}: writing the frame: {e}", chain.head),
+                    );
                     self.stats.rx_bad_chains += 1;
                     0
                 }
             };
-            add_used(rxq, mem, chain.head, len, &mut out);
+            if !add_used(rxq, mem, chain.head, len, &mut out, health) {
+                break;
+            }
         }
+        self.chain = chain;
+        out
     }
 
     /// Reads the next frame from the TAP into `rx_buf`; `false` when none is queued.
-    fn read_tap(&mut self) -> bool {
+    fn read_tap(&mut self, health: &DeviceHealth) -> bool {
         loop {
             match self.tap.read_frame(&mut self.rx_buf) {
                 Ok(n) if n > VNET_HDR_LEN => {
@@ -372,70 +396,106 @@ impl Net {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::warn!(iface = %self.params.id, error = %e, "TAP read failed");
+                    health.report(ErrorKind::Backend, format_args!("TAP read failed: {e}"));
                     return false;
                 }
             }
         }
     }
 
-    /// Pops the next usable RX chain, returning unusable ones with used length 0.
+    /// Pops the next usable RX chain into `chain`, returning too-short ones with used length
+    /// 0 (each costs one unit of `budget`); `false` when there is none (empty queue, budget
+    /// spent, or the device broke).
     fn next_rx_chain(
         &mut self,
         mem: &GuestMemoryMmap,
         rxq: &mut Queue,
+        chain: &mut Chain,
+        budget: &mut u32,
         out: &mut QueueOutcome,
-    ) -> Option<Chain> {
+        health: &DeviceHealth,
+    ) -> bool {
         let min = self.min_rx_buffer();
-        while let Some(head) = rxq.pop_descriptor_chain(mem).map(|c| c.head_index()) {
-            let mut chain = Chain::walk(mem, rxq, head);
+        while let Some(head) = pop_head(rxq, mem, health) {
+            chain.walk_into(mem, rxq, head);
             if chain.readable().next().is_some() {
-                chain.fail(ChainError::Layout("device-readable buffer in an RX chain"));
+                chain.fail(ChainError::WrongDirection(
+                    "device-readable buffer in an RX chain",
+                ));
             }
             if chain.writable_len() < min {
                 chain.fail(ChainError::Layout("RX chain shorter than a full frame"));
             }
-            match &chain.error {
-                None => return Some(chain),
-                Some(e) => {
-                    tracing::debug!(iface = %self.params.id, head, error = %e, "bad RX chain");
-                    self.stats.rx_bad_chains += 1;
-                    add_used(rxq, mem, head, 0, out);
-                }
+            let Some(e) = chain.error else {
+                return true;
+            };
+            self.stats.rx_bad_chains += 1;
+            if e.is_fatal() {
+                ring::unpop(rxq);
+                health.break_device(ErrorKind::Chain, format_args!("RX chain {head}: {e}"));
+                return false;
             }
+            health.report(ErrorKind::Request, format_args!("RX chain {head}: {e}"));
+            if !add_used(rxq, mem, head, 0, out, health) {
+                return false;
+            }
+            if *budget == 0 {
+                out.more = true;
+                return false;
+            }
+            *budget -= 1;
         }
-        None
+        false
     }
 
-    /// Sends every available TX chain to the TAP, until the queue is empty or the TX
-    /// limiter refuses a frame (which stays available).
-    pub fn process_tx(&mut self, mem: &GuestMemoryMmap, txq: &mut Queue) -> QueueOutcome {
+    /// Sends the available TX chains to the TAP, until the queue is empty, the TX limiter
+    /// refuses a frame (which stays available), [`BUDGET`] were sent (`more`), or the ring
+    /// breaks the device.
+    pub fn process_tx(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        txq: &mut Queue,
+        health: &DeviceHealth,
+    ) -> QueueOutcome {
         let mut out = QueueOutcome::default();
         let mut budget = self.budget;
-        while let Some(head) = txq.pop_descriptor_chain(mem).map(|c| c.head_index()) {
+        let mut chain = std::mem::take(&mut self.chain);
+        while let Some(head) = pop_head(txq, mem, health) {
             if budget == 0 {
-                txq.go_to_previous_position();
+                ring::unpop(txq);
                 out.more = true;
                 break;
             }
             budget -= 1;
-            let mut chain = Chain::walk(mem, txq, head);
+            chain.walk_into(mem, txq, head);
             if chain.writable().next().is_some() {
-                chain.fail(ChainError::Layout("device-writable buffer in a TX chain"));
+                chain.fail(ChainError::WrongDirection(
+                    "device-writable buffer in a TX chain",
+                ));
             }
             let len = chain.readable_len();
             if len <= VNET_HDR_LEN as u64 || len > MAX_FRAME as u64 {
                 chain.fail(ChainError::Layout("TX frame length out of range"));
             }
-            if let Some(e) = &chain.error {
-                tracing::debug!(iface = %self.params.id, head, error = %e, "bad TX chain");
+            if let Some(e) = chain.error {
                 self.stats.tx_dropped += 1;
-                add_used(txq, mem, head, 0, &mut out);
+                if e.is_fatal() {
+                    ring::unpop(txq);
+                    health.break_device(ErrorKind::Chain, format_args!("TX chain {head}: {e}"));
+                    break;
+                }
+                health.report(
+                    ErrorKind::Request,
+                    format_args!("TX chain {head}: {e} ({len} bytes)"),
+                );
+                if !add_used(txq, mem, head, 0, &mut out, health) {
+                    break;
+                }
                 continue;
             }
             let frame_bytes = len - VNET_HDR_LEN as u64;
             if !self.tx_limiter.consume_request(frame_bytes) {
-                txq.go_to_previous_position();
+                ring::unpop(txq);
                 self.stats.tx_throttled += 1;
                 out.throttled = true;
                 break;
@@ -450,12 +510,15 @@ impl Net {
                     self.stats.tx_bytes += frame_bytes;
                 }
                 Err(e) => {
-                    tracing::debug!(iface = %self.params.id, error = %e, "TX frame dropped");
+                    health.report(ErrorKind::Backend, format_args!("TX frame dropped: {e}"));
                     self.stats.tx_dropped += 1;
                 }
             }
-            add_used(txq, mem, head, 0, &mut out);
+            if !add_used(txq, mem, head, 0, &mut out, health) {
+                break;
+            }
         }
+        self.chain = chain;
         out
     }
 

@@ -235,61 +235,108 @@ fn mac_mtu_and_features_in_config_space() {
 }
 
 #[test]
-fn tx_reaches_the_host_and_bad_chains_are_dropped() {
+fn tx_reaches_the_host_bad_frames_are_dropped_and_bad_chains_break_the_device() {
     in_netns(|ns| {
         let tap_mac = ns.tap("et0", "10.77.0.1");
         let sock = udp_socket("10.77.0.1:6000");
         let dst = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 1), 6000);
         let mut net = Net::new(params("et0")).unwrap();
         let mem = test_memory();
+        let hl = DeviceHealth::new("test");
         let mut tq = TestQueue::new(&mem, 32);
         let mut q: Queue = tq.queue();
 
-        // Bad chains first, each carrying a valid frame that must not go out.
-        let bad = udp_frame(tap_mac, dst, b"bad");
+        // A frame shorter than the virtio-net header is dropped (a request error).
         tq.write(TX_BUF, &[0u8; VNET_HDR_LEN]);
-        tq.write(TX_BUF + 0x100, &bad);
-        let blen = bad.len() as u32;
-        // A device-writable buffer in a TX chain.
-        tq.add_chain(&[
-            (TX_BUF, 12, false),
-            (TX_BUF + 0x100, blen, false),
-            (TX_BUF + 0x800, 64, true),
-        ]);
-        // A buffer outside guest memory.
-        tq.add_chain(&[(TX_BUF, 12, false), (OUTSIDE, blen, false)]);
-        // A loop.
-        tq.set_desc(20, TX_BUF, 12, NEXT, 21);
-        tq.set_desc(21, TX_BUF + 0x100, blen, NEXT, 20);
-        tq.make_available(20);
-        // Shorter than the virtio-net header.
         tq.add_chain(&[(TX_BUF, 8, false)]);
         // Then a good frame, split over two descriptors.
         queue_tx(&mut tq, TX_BUF + 0x1000, &udp_frame(tap_mac, dst, b"good"));
 
-        let out = net.process_tx(&mem, &mut q);
+        let out = net.process_tx(&mem, &mut q, &hl);
         assert_eq!(
             out,
             QueueOutcome {
-                completed: 5,
+                completed: 2,
                 throttled: false,
                 more: false,
             }
         );
-        for i in 0..5 {
+        for i in 0..2 {
             assert_eq!(tq.used(i).1, 0, "TX chains are returned with length 0");
         }
         let (payload, from) = recv(&sock);
-        assert_eq!(payload, b"good", "the first datagram out is the good one");
+        assert_eq!(payload, b"good");
         assert_eq!(from.to_string(), "10.77.0.2:5000");
         let st = net.stats();
-        assert_eq!((st.tx_frames, st.tx_dropped), (1, 4));
+        assert_eq!((st.tx_frames, st.tx_dropped), (1, 1));
         assert_eq!(st.tx_bytes, udp_frame(tap_mac, dst, b"good").len() as u64);
+        assert!(!hl.is_broken());
+        assert_eq!(hl.count(ErrorKind::Request), 1);
+
+        // Chains no driver builds, each carrying a valid frame that must not go out: the
+        // device breaks at the chain, before the good frame behind it.
+        let bad = udp_frame(tap_mac, dst, b"bad");
+        tq.write(TX_BUF + 0x100, &bad);
+        let blen = bad.len() as u32;
+        type Setup = Box<dyn Fn(&mut TestQueue<'_>)>;
+        let cases: Vec<(&str, Setup)> = vec![
+            (
+                "device-writable buffer in a TX chain",
+                Box::new(move |tq| {
+                    tq.add_chain(&[
+                        (TX_BUF, 12, false),
+                        (TX_BUF + 0x100, blen, false),
+                        (TX_BUF + 0x800, 64, true),
+                    ]);
+                }),
+            ),
+            (
+                "outside guest memory",
+                Box::new(move |tq| {
+                    tq.add_chain(&[(TX_BUF, 12, false), (OUTSIDE, blen, false)]);
+                }),
+            ),
+            (
+                "loop",
+                Box::new(move |tq| {
+                    tq.set_desc(20, TX_BUF, 12, NEXT, 21);
+                    tq.set_desc(21, TX_BUF + 0x100, blen, NEXT, 20);
+                    tq.make_available(20);
+                }),
+            ),
+        ];
+        for (what, setup) in cases {
+            let hl = DeviceHealth::new("test");
+            let mut tq = TestQueue::new(&mem, 32);
+            let mut q: Queue = tq.queue();
+            setup(&mut tq);
+            queue_tx(&mut tq, TX_BUF + 0x1000, &udp_frame(tap_mac, dst, b"after"));
+            let frames = net.stats().tx_frames;
+            assert_eq!(net.process_tx(&mem, &mut q, &hl), QueueOutcome::default());
+            assert_eq!(net.stats().tx_frames, frames, "{what}: nothing sent");
+            assert_eq!(tq.used_idx(), 0, "{what}: nothing returned");
+            assert!(hl.is_broken(), "{what}");
+            assert!(
+                hl.reason().unwrap().contains(what),
+                "{what}: {:?}",
+                hl.reason()
+            );
+            assert_eq!(hl.count(ErrorKind::Chain), 1);
+        }
+        // An impossible available index.
+        let hl = DeviceHealth::new("test");
+        let mut tq = TestQueue::new(&mem, 32);
+        let mut q: Queue = tq.queue();
+        for _ in 0..40 {
+            tq.make_available(0);
+        }
+        assert_eq!(net.process_tx(&mem, &mut q, &hl), QueueOutcome::default());
+        assert!(hl.reason().unwrap().starts_with("ring: available index 40"));
     });
 }
 
 #[test]
-fn rx_delivers_frames_skips_bad_chains_and_defers_without_buffers() {
+fn rx_delivers_frames_skips_short_buffers_breaks_on_bad_chains_and_defers() {
     in_netns(|ns| {
         ns.tap("et0", "10.77.0.1");
         run(&[
@@ -306,45 +353,96 @@ fn rx_delivers_frames_skips_bad_chains_and_defers_without_buffers() {
         ]);
         let mut net = Net::new(params("et0")).unwrap();
         let mem = test_memory();
+        let hl = DeviceHealth::new("test");
         let mut tq = TestQueue::new(&mem, 32);
         let mut q = tq.queue();
 
         // Nothing on the TAP: nothing happens.
-        assert_eq!(net.process_rx(&mem, &mut q), QueueOutcome::default());
+        assert_eq!(net.process_rx(&mem, &mut q, &hl), QueueOutcome::default());
 
         send_to_guest(&net, b"hello-rx");
-        tq.add_chain(&[(RX_BUF, 2000, false)]); // device-readable
         tq.add_chain(&[(RX_BUF, 100, true)]); // shorter than a 1500-byte-MTU frame
-        tq.add_chain(&[(OUTSIDE, 2000, true)]); // outside guest memory
-        tq.set_desc(10, RX_BUF, 2000, NEXT | WRITE, 10); // a loop
-        tq.make_available(10);
         // A good chain: the header and the frame's start in one buffer, the rest in another.
         tq.add_chain(&[(RX_BUF + 0x1000, 40, true), (RX_BUF + 0x2000, 1486, true)]);
-        let out = net.process_rx(&mem, &mut q);
-        assert_eq!(out.completed, 5);
-        let used: Vec<(u32, u32)> = (0..5).map(|i| tq.used(i)).collect();
-        assert_eq!(&used[..4], &[(0, 0), (1, 0), (2, 0), (10, 0)]);
-        let (head, len) = used[4];
-        assert_eq!(head, 3);
+        let out = net.process_rx(&mem, &mut q, &hl);
+        assert_eq!(out.completed, 2);
+        let used: Vec<(u32, u32)> = (0..2).map(|i| tq.used(i)).collect();
+        assert_eq!(used[0], (0, 0));
+        let (head, len) = used[1];
+        assert_eq!(head, 1);
         let frame = [tq.read(RX_BUF + 0x1000, 40), tq.read(RX_BUF + 0x2000, 1486)].concat();
         assert_eq!(rx_payload(&frame[..len as usize]), b"hello-rx");
-        assert_eq!(net.stats().rx_bad_chains, 4);
+        assert_eq!(net.stats().rx_bad_chains, 1);
         assert!(!net.rx_deferred());
+        assert!(!hl.is_broken());
+        assert_eq!(hl.count(ErrorKind::Request), 1);
+
+        // Chains no driver builds break the device; the frame stays deferred.
+        send_to_guest(&net, b"waiting");
+        type Setup = Box<dyn Fn(&mut TestQueue<'_>)>;
+        let cases: Vec<(&str, Setup)> = vec![
+            (
+                "device-readable buffer in an RX chain",
+                Box::new(|tq| {
+                    tq.add_chain(&[(RX_BUF, 2000, false)]);
+                }),
+            ),
+            (
+                "outside guest memory",
+                Box::new(|tq| {
+                    tq.add_chain(&[(OUTSIDE, 2000, true)]);
+                }),
+            ),
+            (
+                "loop",
+                Box::new(|tq| {
+                    tq.set_desc(10, RX_BUF, 2000, NEXT | WRITE, 10);
+                    tq.make_available(10);
+                }),
+            ),
+        ];
+        for (what, setup) in cases {
+            let hl = DeviceHealth::new("test");
+            let mut tq = TestQueue::at(&mem, 0x8000, 32);
+            let mut q = tq.queue();
+            setup(&mut tq);
+            tq.add_chain(&[(RX_BUF + 0x3000, 1526, true)]);
+            assert_eq!(net.process_rx(&mem, &mut q, &hl).completed, 0, "{what}");
+            assert_eq!(tq.used_idx(), 0, "{what}");
+            assert!(
+                hl.reason().is_some_and(|r| r.contains(what)),
+                "{what}: {:?}",
+                hl.reason()
+            );
+            assert!(net.rx_deferred(), "{what}");
+        }
+        // The frame reaches a healthy queue.
+        {
+            let mut tq = TestQueue::at(&mem, 0xc000, 32);
+            let mut q = tq.queue();
+            tq.add_chain(&[(RX_BUF + 0x4000, 1526, true)]);
+            assert_eq!(net.process_rx(&mem, &mut q, &hl).completed, 1);
+            let (_, len) = tq.used(0);
+            assert_eq!(
+                rx_payload(&tq.read(RX_BUF + 0x4000, len as usize)),
+                b"waiting"
+            );
+        }
 
         // No RX buffer: the frame waits, the TAP need not be watched.
         send_to_guest(&net, b"second");
-        assert_eq!(net.process_rx(&mem, &mut q).completed, 0);
+        assert_eq!(net.process_rx(&mem, &mut q, &hl).completed, 0);
         assert!(net.rx_deferred());
         assert!(!net.wants_tap_reads());
         tq.add_chain(&[(RX_BUF + 0x3000, 1526, true)]);
-        assert_eq!(net.process_rx(&mem, &mut q).completed, 1);
-        let (_, len) = tq.used(5);
+        assert_eq!(net.process_rx(&mem, &mut q, &hl).completed, 1);
+        let (_, len) = tq.used(2);
         assert_eq!(
             rx_payload(&tq.read(RX_BUF + 0x3000, len as usize)),
             b"second"
         );
         assert!(net.wants_tap_reads());
-        assert_eq!(net.stats().rx_frames, 2);
+        assert_eq!(net.stats().rx_frames, 3);
     });
 }
 
@@ -394,6 +492,7 @@ fn rx_and_tx_rate_limits_hold_frames_until_the_timer_fires() {
         })
         .unwrap();
         let mem = test_memory();
+        let hl = DeviceHealth::new("test");
         let mut rxt = TestQueue::at(&mem, 0, 16);
         let mut txt = TestQueue::at(&mem, 0x8000, 16);
         let (mut rxq, mut txq) = (rxt.queue(), txt.queue());
@@ -402,7 +501,7 @@ fn rx_and_tx_rate_limits_hold_frames_until_the_timer_fires() {
         queue_tx(&mut txt, TX_BUF, &frame);
         queue_tx(&mut txt, TX_BUF + 0x1000, &udp_frame(tap_mac, dst, b"tx-2"));
         assert_eq!(
-            net.process_tx(&mem, &mut txq),
+            net.process_tx(&mem, &mut txq, &hl),
             QueueOutcome {
                 completed: 1,
                 throttled: true,
@@ -412,21 +511,25 @@ fn rx_and_tx_rate_limits_hold_frames_until_the_timer_fires() {
         assert_eq!(recv(&sock).0, b"tx-1");
         assert_eq!(txt.used_idx(), 1);
         assert_eq!(net.tx_rate_limiter().bandwidth().unwrap().budget(), 0);
-        assert_eq!(net.process_tx(&mem, &mut txq).completed, 0, "still blocked");
+        assert_eq!(
+            net.process_tx(&mem, &mut txq, &hl).completed,
+            0,
+            "still blocked"
+        );
         t.fetch_add(50_000_000, Ordering::AcqRel);
         wait_for_timer(net.tx_rate_limiter());
         assert!(net.on_tx_limiter_timer());
-        assert_eq!(net.process_tx(&mem, &mut txq).completed, 1);
+        assert_eq!(net.process_tx(&mem, &mut txq, &hl).completed, 1);
         assert_eq!(recv(&sock).0, b"tx-2");
 
         // RX: one op per 50 ms; the second frame is deferred until the timer fires.
         rxt.add_chain(&[(RX_BUF, 1526, true)]);
         rxt.add_chain(&[(RX_BUF + 0x1000, 1526, true)]);
         send_to_guest(&net, b"rx-1");
-        assert_eq!(net.process_rx(&mem, &mut rxq).completed, 1);
+        assert_eq!(net.process_rx(&mem, &mut rxq, &hl).completed, 1);
         assert_eq!(net.rx_rate_limiter().ops().unwrap().budget(), 0);
         send_to_guest(&net, b"rx-2");
-        let out = net.process_rx(&mem, &mut rxq);
+        let out = net.process_rx(&mem, &mut rxq, &hl);
         assert_eq!(
             out,
             QueueOutcome {
@@ -437,11 +540,15 @@ fn rx_and_tx_rate_limits_hold_frames_until_the_timer_fires() {
         );
         assert!(net.rx_deferred());
         assert_eq!(rxt.used_idx(), 1);
-        assert_eq!(net.process_rx(&mem, &mut rxq).completed, 0, "still blocked");
+        assert_eq!(
+            net.process_rx(&mem, &mut rxq, &hl).completed,
+            0,
+            "still blocked"
+        );
         t.fetch_add(50_000_000, Ordering::AcqRel);
         wait_for_timer(net.rx_rate_limiter());
         assert!(net.on_rx_limiter_timer());
-        assert_eq!(net.process_rx(&mem, &mut rxq).completed, 1);
+        assert_eq!(net.process_rx(&mem, &mut rxq, &hl).completed, 1);
         let (_, len) = rxt.used(1);
         assert_eq!(
             rx_payload(&rxt.read(RX_BUF + 0x1000, len as usize)),
@@ -469,13 +576,14 @@ fn restore_swaps_the_tap_and_keeps_limiter_state() {
         };
         let mut net = Net::new(p.clone()).unwrap();
         let mem = test_memory();
+        let hl = DeviceHealth::new("test");
         let mut tq = TestQueue::new(&mem, 16);
         let mut q = tq.queue();
         // Before the snapshot: a frame out of et0 to a port nobody listens on.
         let nowhere = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 1), 6999);
         queue_tx(&mut tq, TX_BUF, &udp_frame(tap1_mac, nowhere, b"x"));
         let dst = SocketAddrV4::new(Ipv4Addr::new(10, 78, 0, 1), 6000);
-        net.process_tx(&mem, &mut q);
+        net.process_tx(&mem, &mut q, &hl);
         let mut w = Writer::default();
         net.encode_state(&mut w);
         let bytes = w.into_vec();
@@ -505,7 +613,7 @@ fn restore_swaps_the_tap_and_keeps_limiter_state() {
         let mut tq = TestQueue::new(&mem, 16);
         let mut q = tq.queue();
         queue_tx(&mut tq, TX_BUF, &udp_frame(tap1_mac, dst, b"after-restore"));
-        assert_eq!(back.process_tx(&mem, &mut q).completed, 1);
+        assert_eq!(back.process_tx(&mem, &mut q, &hl).completed, 1);
         assert_eq!(recv(&sock).0, b"after-restore");
         for cut in 0..bytes.len() {
             assert!(Net::restore(p.clone(), &mut Reader::new(&bytes[..cut])).is_err());

@@ -19,7 +19,7 @@ impl Rng {
         let Some(q) = ctx.queues.get_mut(0) else {
             return;
         };
-        let out = self.process_queue(ctx.mem, q);
+        let out = self.process_queue(ctx.mem, q, ctx.health);
         if out.completed > 0 {
             ctx.signal_used(0);
         }

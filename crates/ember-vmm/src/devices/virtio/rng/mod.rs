@@ -3,21 +3,23 @@
 //!
 //! One queue. Each chain gets at most [`MAX_REQUEST`] bytes (the spec lets the device write
 //! fewer bytes than offered; the used length says how many). A chain that is malformed or
-//! holds a device-readable buffer is returned with used length 0 and nothing written. A
-//! request refused by the rate limiter (one op plus its bytes) stays in the queue until the
-//! limiter's timer event.
+//! holds a device-readable buffer, or an impossible available index, breaks the device (see
+//! [`super::health`]); nothing is written. A request refused by the rate limiter (one op plus
+//! its bytes) stays in the queue until the limiter's timer event. At most [`BUDGET`] chains
+//! per call.
 
 mod device;
 
 pub use self::device::RNG_ID;
 
 use ember_fc_api::RateLimiter as RateLimiterConfig;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::desc_chain::{Chain, ChainError, write_stream};
+use super::health::{DeviceHealth, ErrorKind};
 use super::wakeup::BUDGET;
-use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, feature};
+use super::{QueueOutcome, VIRTIO_F_VERSION_1, add_used, feature, pop_head, ring};
 use crate::rate_limiter::{Clock, RateLimiter, RateLimiterError};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
 
@@ -31,7 +33,7 @@ pub const QUEUE_SIZE: u16 = 256;
 pub struct RngStats {
     /// Bytes of entropy handed to the guest.
     pub bytes: u64,
-    /// Chains returned empty because they were malformed.
+    /// Chains not served: malformed (the device broke) or getrandom failed.
     pub failed: u64,
     /// Times processing stopped on the rate limiter.
     pub throttled: u64,
@@ -46,6 +48,10 @@ pub struct Rng {
     wakeups: super::wakeup::SingleQueueWakeups,
     /// Chains (frames) handled per call before yielding ([`BUDGET`]).
     budget: u32,
+    /// The chain being served (its vector is reused).
+    chain: Chain,
+    /// The bytes for one request (kept between calls).
+    buf: Vec<u8>,
 }
 
 impl Rng {
@@ -56,6 +62,8 @@ impl Rng {
             stats: RngStats::default(),
             wakeups: super::wakeup::SingleQueueWakeups::default(),
             budget: BUDGET,
+            chain: Chain::default(),
+            buf: Vec::new(),
         })
     }
 
@@ -85,35 +93,42 @@ impl Rng {
         self.stats
     }
 
-    /// Serves every available chain until the queue is empty or the limiter refuses one.
-    pub fn process_queue(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> QueueOutcome {
+    /// Serves the available chains until the queue is empty, the limiter refuses one,
+    /// [`BUDGET`] were served (`more`), or the ring breaks the device (reported to `health`).
+    pub fn process_queue(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        health: &DeviceHealth,
+    ) -> QueueOutcome {
         let mut out = QueueOutcome::default();
-        let mut buf = Vec::new();
         let mut budget = self.budget;
-        while let Some(head) = queue.pop_descriptor_chain(mem).map(|c| c.head_index()) {
+        let mut chain = std::mem::take(&mut self.chain);
+        let mut buf = std::mem::take(&mut self.buf);
+        while let Some(head) = pop_head(queue, mem, health) {
             if budget == 0 {
-                queue.go_to_previous_position();
+                ring::unpop(queue);
                 out.more = true;
                 break;
             }
             budget -= 1;
-            let mut chain = Chain::walk(mem, queue, head);
+            chain.walk_into(mem, queue, head);
             if chain.readable().next().is_some() {
-                chain.fail(ChainError::Layout(
+                chain.fail(ChainError::WrongDirection(
                     "device-readable buffer in an entropy request",
                 ));
             }
-            if let Some(e) = &chain.error {
-                tracing::debug!(head, error = %e, "bad entropy request");
+            if let Some(e) = chain.fatal() {
+                ring::unpop(queue);
                 self.stats.failed += 1;
-                add_used(queue, mem, head, 0, &mut out);
-                continue;
+                health.break_device(ErrorKind::Chain, format_args!("request {head}: {e}"));
+                break;
             }
             let len = u32::try_from(chain.writable_len())
                 .unwrap_or(u32::MAX)
                 .min(MAX_REQUEST);
             if !self.limiter.consume_request(u64::from(len)) {
-                queue.go_to_previous_position();
+                ring::unpop(queue);
                 self.stats.throttled += 1;
                 out.throttled = true;
                 break;
@@ -126,14 +141,25 @@ impl Rng {
                 }) {
                 Ok(()) => len,
                 Err(e) => {
-                    tracing::warn!(error = %e, "filling an entropy buffer failed");
+                    health.report(
+                        ErrorKind::Backend,
+                        format_args!("filling an entropy buffer failed: {e}"),
+                    );
                     self.stats.failed += 1;
                     0
                 }
             };
             self.stats.bytes += u64::from(written);
-            add_used(queue, mem, head, written, &mut out);
+            if !add_used(queue, mem, head, written, &mut out, health) {
+                break;
+            }
         }
+        // Keep at most one small buffer between bursts.
+        if buf.capacity() > 4096 {
+            buf = Vec::new();
+        }
+        self.chain = chain;
+        self.buf = buf;
         out
     }
 
@@ -149,6 +175,8 @@ impl Rng {
             stats: RngStats::default(),
             wakeups: super::wakeup::SingleQueueWakeups::default(),
             budget: BUDGET,
+            chain: Chain::default(),
+            buf: Vec::new(),
         })
     }
 }
@@ -166,6 +194,7 @@ mod tests {
     #[test]
     fn fills_buffers_with_varying_bytes() {
         let mem = test_memory();
+        let hl = DeviceHealth::new("test");
         let mut tq = TestQueue::new(&mem, 16);
         let mut q = tq.queue();
         let mut rng = Rng::new(None, Clock::Monotonic).unwrap();
@@ -173,7 +202,7 @@ mod tests {
         tq.add_chain(&[(BUF, 64, true)]);
         // Split over two descriptors.
         tq.add_chain(&[(BUF + 0x1000, 100, true), (BUF + 0x2000, 28, true)]);
-        let out = rng.process_queue(&mem, &mut q);
+        let out = rng.process_queue(&mem, &mut q, &hl);
         assert_eq!(
             out,
             QueueOutcome {
@@ -197,38 +226,63 @@ mod tests {
     #[test]
     fn large_buffers_get_at_most_max_request_bytes() {
         let mem = test_memory();
+        let hl = DeviceHealth::new("test");
         let mut tq = TestQueue::new(&mem, 16);
         let mut q = tq.queue();
         let mut rng = Rng::new(None, Clock::Monotonic).unwrap();
         tq.add_chain(&[(BUF, 0x2_0000, true)]);
-        rng.process_queue(&mem, &mut q);
+        rng.process_queue(&mem, &mut q, &hl);
         assert_eq!(tq.used(0), (0, MAX_REQUEST));
     }
 
     #[test]
-    fn bad_chains_come_back_empty() {
+    fn bad_chains_break_the_device_and_nothing_is_written() {
         let mem = test_memory();
-        let mut tq = TestQueue::new(&mem, 16);
-        let mut q = tq.queue();
         let mut rng = Rng::new(None, Clock::Monotonic).unwrap();
-        tq.write(BUF, &[0; 16]);
-        tq.add_chain(&[(BUF, 16, false)]); // device-readable: wrong direction
-        tq.add_chain(&[(OUTSIDE, 16, true)]); // outside guest memory
-        tq.set_desc(10, BUF + 0x100, 16, 1 | 2, 10); // a loop onto itself
-        tq.make_available(10);
-        tq.add_chain(&[(BUF + 0x200, 8, true)]); // a good one after
-        assert_eq!(rng.process_queue(&mem, &mut q).completed, 4);
-        assert_eq!(
-            (0..4).map(|i| tq.used(i)).collect::<Vec<_>>(),
-            vec![(0, 0), (1, 0), (10, 0), (2, 8)]
-        );
-        assert_eq!(tq.read(BUF, 16), vec![0; 16], "readable buffer untouched");
-        assert_eq!(rng.stats().failed, 3);
+        type Setup = fn(&mut TestQueue<'_>);
+        let cases: [(&str, Setup); 4] = [
+            ("device-readable buffer", |tq| {
+                tq.add_chain(&[(BUF, 16, false)]);
+            }),
+            ("outside guest memory", |tq| {
+                tq.add_chain(&[(OUTSIDE, 16, true)]);
+            }),
+            ("loop", |tq| {
+                tq.set_desc(10, BUF, 16, 1 | 2, 10);
+                tq.make_available(10);
+            }),
+            ("available index 21 is 21 entries ahead", |tq| {
+                for _ in 0..20 {
+                    tq.make_available(0);
+                }
+            }),
+        ];
+        for (what, setup) in cases {
+            let hl = DeviceHealth::new("test");
+            let mut tq = TestQueue::new(&mem, 16);
+            let mut q = tq.queue();
+            tq.write(BUF, &[0; 16]);
+            setup(&mut tq);
+            tq.add_chain(&[(BUF + 0x200, 8, true)]); // a good one after
+            assert_eq!(
+                rng.process_queue(&mem, &mut q, &hl),
+                QueueOutcome::default()
+            );
+            assert_eq!(tq.used_idx(), 0, "{what}");
+            assert_eq!(tq.read(BUF, 16), vec![0; 16], "{what}: nothing written");
+            assert!(
+                hl.reason().is_some_and(|r| r.contains(what)),
+                "{what}: {:?}",
+                hl.reason()
+            );
+        }
+        assert_eq!(rng.stats().bytes, 0);
     }
 
     #[test]
     fn rate_limited_requests_wait_for_the_timer() {
         let mem = test_memory();
+        let hl = DeviceHealth::new("test");
         let mut tq = TestQueue::new(&mem, 16);
         let mut q = tq.queue();
         let (clock, t) = Clock::manual(0);
@@ -244,7 +298,7 @@ mod tests {
         tq.add_chain(&[(BUF, 64, true)]);
         tq.add_chain(&[(BUF + 0x1000, 64, true)]);
         assert_eq!(
-            rng.process_queue(&mem, &mut q),
+            rng.process_queue(&mem, &mut q, &hl),
             QueueOutcome {
                 completed: 1,
                 throttled: true,
@@ -256,9 +310,9 @@ mod tests {
         // 28 bytes missing at 5 bytes/ms: 5.6 ms.
         t.fetch_add(5_600_000, Ordering::AcqRel);
         wait_for_timer(rng.rate_limiter());
-        assert_eq!(rng.process_queue(&mem, &mut q).completed, 0);
+        assert_eq!(rng.process_queue(&mem, &mut q, &hl).completed, 0);
         assert!(rng.on_rate_limiter_timer());
-        assert_eq!(rng.process_queue(&mem, &mut q).completed, 1);
+        assert_eq!(rng.process_queue(&mem, &mut q, &hl).completed, 1);
         assert_eq!(rng.rate_limiter().bandwidth().unwrap().budget(), 0);
 
         let mut w = Writer::default();

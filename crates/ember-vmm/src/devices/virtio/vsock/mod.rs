@@ -12,25 +12,32 @@
 //! delivered on RX, so a new connection can never be mistaken for an old one. A restored
 //! device binds the (possibly overridden) `uds_path` anew.
 //!
-//! Guest -> host packets with a bad descriptor chain or a length beyond the chain are dropped
-//! (and their connection reset); the device never trusts a length it did not check.
+//! A hostile guest (see [`super::health`]): a packet whose header is short or whose length
+//! runs beyond its buffers is dropped and counted, as is an RX buffer too short for a
+//! header; the device never trusts a length it did not check. An impossible available index
+//! (the spin this device once had: `virtio_queue` logs it and reports "nothing available"
+//! and "more available" at once), a descriptor loop, a buffer outside guest memory or in the
+//! wrong direction breaks the device until the driver resets it. Each event handles at most
+//! [`TX_BUDGET`] TX chains and [`RX_BUDGET`] RX packets; a self-kick brings the device back
+//! for the rest, behind whatever else is ready.
 
 pub mod conn;
 pub mod muxer;
 pub mod packet;
 
-use std::io::{Read, Write};
-
 use ember_fc_api::Vsock as VsockConfig;
-use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use self::muxer::{Muxer, MuxerError, TOKEN_KICK};
 use self::packet::{HDR_LEN, MAX_PKT_DATA, PacketHeader};
+use super::desc_chain::{Chain, ChainError, read_stream, write_stream};
 use super::device::{
     ActivateError, DeviceContext, DeviceEvent, EventRegistry, Interest, VirtioDevice,
 };
+use super::health::ErrorKind;
 use super::manager::VirtioError;
+use super::ring;
 use super::{TYPE_VSOCK, VIRTIO_F_VERSION_1, feature};
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
 
@@ -43,17 +50,30 @@ pub const EVQ: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
 pub const EVENT_TRANSPORT_RESET: u32 = 0;
-/// TX descriptor chains handled per event (a guest cannot keep the thread busy forever); the
-/// rest is handled after a self-kick, behind whatever else is ready.
-const TX_BUDGET: usize = 256;
+/// TX descriptor chains (and ring re-checks) handled per event (a guest cannot keep the
+/// thread busy forever); the rest is handled after a self-kick, behind whatever else is
+/// ready.
+pub const TX_BUDGET: usize = 256;
+/// RX packets (and ring re-checks) delivered per event; the rest after a self-kick.
+pub const RX_BUDGET: usize = 256;
+/// Payload buffers larger than this are freed after a burst (density: an idle VM keeps none).
+const KEEP_BUF: usize = 8 << 10;
 
 /// The vsock device.
 pub struct Vsock {
     config: VsockConfig,
     muxer: Muxer,
     pending_event_ack: bool,
+    /// RX payload bytes.
     scratch: Vec<u8>,
+    /// TX payload bytes.
+    tx_data: Vec<u8>,
+    /// The chain being handled (its vector is reused).
+    chain: Chain,
     kick: EventFd,
+    /// [`TX_BUDGET`] and [`RX_BUDGET`] (tests lower them).
+    tx_budget: usize,
+    rx_budget: usize,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -93,7 +113,11 @@ impl Vsock {
             muxer,
             pending_event_ack: false,
             scratch: Vec::new(),
+            tx_data: Vec::new(),
+            chain: Chain::default(),
             kick,
+            tx_budget: TX_BUDGET,
+            rx_budget: RX_BUDGET,
         })
     }
 
@@ -129,158 +153,266 @@ impl Vsock {
         self.config.guest_cid == config.guest_cid && self.config.uds_path == config.uds_path
     }
 
+    /// Asks for another turn on the device thread (work left at a budget).
+    fn kick_self(kick: &EventFd) {
+        if let Err(e) = kick.write(1) {
+            tracing::warn!(error = %e, "vsock: cannot kick itself");
+        }
+    }
+
     fn process_tx(&mut self, ctx: &mut DeviceContext<'_>) {
-        let Self { muxer, kick, .. } = self;
-        let mem = ctx.mem;
+        let Self {
+            muxer,
+            kick,
+            chain,
+            tx_data,
+            ..
+        } = self;
+        let (mem, health, events) = (ctx.mem, ctx.health, ctx.events);
         let mut used = false;
-        let mut budget = TX_BUDGET;
-        let mut data = Vec::new();
+        let mut budget = self.tx_budget;
         let Some(q) = ctx.queues.get_mut(TXQ) else {
             return;
         };
-        'outer: loop {
-            let _ = q.disable_notification(mem);
-            while let Some(chain) = q.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                match read_tx_packet(mem, chain, &mut data) {
-                    Ok(hdr) => muxer.from_guest(&hdr, &data, ctx.events),
-                    Err(e) => tracing::debug!(error = %e, "vsock: dropping a bad TX packet"),
-                }
-                if let Err(e) = q.add_used(mem, head, 0) {
-                    tracing::warn!(error = %e, "vsock: cannot return a TX buffer");
-                }
-                used = true;
-                budget -= 1;
-                if budget == 0 {
-                    // Come back for the rest after other work.
-                    if let Err(e) = kick.write(1) {
-                        tracing::warn!(error = %e, "vsock: cannot kick itself");
+        ring::disable_notification(q, mem);
+        loop {
+            if budget == 0 {
+                // Come back for the rest after other work.
+                Self::kick_self(kick);
+                break;
+            }
+            budget -= 1;
+            let head = match ring::pop_head(q, mem) {
+                Ok(Some(head)) => head,
+                Ok(None) => match ring::enable_notification(q, mem) {
+                    Ok(true) => {
+                        ring::disable_notification(q, mem);
+                        continue;
                     }
-                    break 'outer;
+                    Ok(false) => break,
+                    Err(e) => {
+                        health.break_device(ErrorKind::Ring, format_args!("TX queue: {e}"));
+                        break;
+                    }
+                },
+                Err(e) => {
+                    health.break_device(ErrorKind::Ring, format_args!("TX queue: {e}"));
+                    break;
+                }
+            };
+            chain.walk_into(mem, q, head);
+            if chain.writable().next().is_some() {
+                chain.fail(ChainError::WrongDirection(
+                    "device-writable buffer in a TX packet",
+                ));
+            }
+            if let Some(e) = chain.fatal() {
+                ring::unpop(q);
+                health.break_device(ErrorKind::Chain, format_args!("TX chain {head}: {e}"));
+                break;
+            }
+            match read_tx_packet(mem, chain, tx_data) {
+                Ok(hdr) => muxer.from_guest(&hdr, tx_data, events),
+                Err(e) => {
+                    health.report(
+                        ErrorKind::Request,
+                        format_args!("dropping TX packet {head}: {e}"),
+                    );
                 }
             }
-            match q.enable_notification(mem) {
-                Ok(true) => continue,
-                _ => break,
+            if let Err(e) = ring::add_used(q, mem, head, 0) {
+                health.break_device(ErrorKind::Ring, format_args!("TX queue: {e}"));
+                break;
             }
+            used = true;
         }
-        if used {
+        if tx_data.capacity() > KEEP_BUF {
+            *tx_data = Vec::new();
+        }
+        if used && !health.is_broken() {
             ctx.signal_used(TXQ);
         }
     }
 
     fn process_rx(&mut self, ctx: &mut DeviceContext<'_>) {
-        if self.pending_event_ack {
+        if self.pending_event_ack || ctx.is_broken() {
             return;
         }
-        let Self { muxer, scratch, .. } = self;
-        let mem = ctx.mem;
+        let Self {
+            muxer,
+            scratch,
+            chain,
+            kick,
+            ..
+        } = self;
+        let (mem, health, events) = (ctx.mem, ctx.health, ctx.events);
         let mut used = false;
+        let mut budget = self.rx_budget;
         let Some(q) = ctx.queues.get_mut(RXQ) else {
             return;
         };
         while muxer.has_pending_rx() {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
+            if budget == 0 {
+                Self::kick_self(kick);
+                break;
+            }
+            budget -= 1;
+            let head = match ring::pop_head(q, mem) {
+                Ok(Some(head)) => head,
                 // Out of buffers: ask the driver to tell us about new ones.
-                match q.enable_notification(mem) {
+                Ok(None) => match ring::enable_notification(q, mem) {
                     Ok(true) => continue,
-                    _ => break,
+                    Ok(false) => break,
+                    Err(e) => {
+                        health.break_device(ErrorKind::Ring, format_args!("RX queue: {e}"));
+                        break;
+                    }
+                },
+                Err(e) => {
+                    health.break_device(ErrorKind::Ring, format_args!("RX queue: {e}"));
+                    break;
                 }
             };
-            let head = chain.head_index();
-            let mut writer = match chain.writer(mem) {
-                Ok(w) if w.available_bytes() >= HDR_LEN => w,
-                _ => {
-                    tracing::debug!("vsock: RX buffer unusable, returned empty");
-                    let _ = q.add_used(mem, head, 0);
-                    used = true;
-                    continue;
+            chain.walk_into(mem, q, head);
+            if chain.readable().next().is_some() {
+                chain.fail(ChainError::WrongDirection(
+                    "device-readable buffer in an RX buffer",
+                ));
+            }
+            let capacity = chain.writable_len();
+            if capacity < HDR_LEN as u64 {
+                chain.fail(ChainError::Layout("RX buffer shorter than a packet header"));
+            }
+            if let Some(e) = chain.error {
+                if e.is_fatal() {
+                    ring::unpop(q);
+                    health.break_device(ErrorKind::Chain, format_args!("RX chain {head}: {e}"));
+                    break;
                 }
-            };
-            let room = (writer.available_bytes() - HDR_LEN).min(MAX_PKT_DATA);
+                health.report(ErrorKind::Request, format_args!("RX chain {head}: {e}"));
+                if let Err(e) = ring::add_used(q, mem, head, 0) {
+                    health.break_device(ErrorKind::Ring, format_args!("RX queue: {e}"));
+                    break;
+                }
+                used = true;
+                continue;
+            }
+            let room = usize::try_from(capacity - HDR_LEN as u64)
+                .unwrap_or(usize::MAX)
+                .min(MAX_PKT_DATA);
             if scratch.len() < room {
                 scratch.resize(room, 0);
             }
-            match muxer.next_packet(&mut scratch[..room], ctx.events) {
-                Some(hdr) => {
-                    let len = hdr.len as usize;
-                    let ok = writer.write_all(&hdr.to_bytes()).is_ok()
-                        && writer.write_all(&scratch[..len]).is_ok();
-                    let written = if ok { (HDR_LEN + len) as u32 } else { 0 };
-                    if let Err(e) = q.add_used(mem, head, written) {
-                        tracing::warn!(error = %e, "vsock: cannot return an RX buffer");
-                    }
-                    used = true;
-                }
-                None => {
-                    // Nothing to send after all: give the buffer back.
-                    q.go_to_previous_position();
-                    break;
-                }
+            let Some(hdr) = muxer.next_packet(&mut scratch[..room], events) else {
+                // Nothing to send after all: give the buffer back.
+                ring::unpop(q);
+                break;
+            };
+            let payload = scratch.get(..hdr.len as usize).unwrap_or_default();
+            let ok = write_stream(mem, chain.writable(), 0, &hdr.to_bytes()).is_ok()
+                && write_stream(mem, chain.writable(), HDR_LEN as u64, payload).is_ok();
+            let written = if ok {
+                (HDR_LEN + payload.len()) as u32
+            } else {
+                health.report(
+                    ErrorKind::Request,
+                    format_args!("RX chain {head}: cannot write the packet"),
+                );
+                0
+            };
+            if let Err(e) = ring::add_used(q, mem, head, written) {
+                health.break_device(ErrorKind::Ring, format_args!("RX queue: {e}"));
+                break;
             }
+            used = true;
         }
-        if !muxer.has_pending_rx() {
+        if !muxer.has_pending_rx() && !health.is_broken() {
             // Nothing waiting: the driver need not tell us about new RX buffers.
-            let _ = q.disable_notification(mem);
+            ring::disable_notification(q, mem);
         }
-        if used {
+        if used && !health.is_broken() {
             ctx.signal_used(RXQ);
         }
         // Keep the scratch buffer small between bursts.
-        if scratch.capacity() > 8 << 10 && !muxer.has_pending_rx() {
+        if scratch.capacity() > KEEP_BUF && !muxer.has_pending_rx() {
             *scratch = Vec::new();
         }
     }
 
     /// Publishes `TRANSPORT_RESET` on the event queue.
     fn send_transport_reset(&mut self, ctx: &mut DeviceContext<'_>) {
-        let mem = ctx.mem;
+        let (mem, health) = (ctx.mem, ctx.health);
         let Some(q) = ctx.queues.get_mut(EVQ) else {
             return;
         };
-        let Some(chain) = q.pop_descriptor_chain(mem) else {
-            tracing::warn!("vsock: no event buffer; the guest will not see the transport reset");
+        let head = match ring::pop_head(q, mem) {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                health.report(
+                    ErrorKind::Driver,
+                    format_args!("no event buffer; the guest will not see the transport reset"),
+                );
+                return;
+            }
+            Err(e) => {
+                health.break_device(ErrorKind::Ring, format_args!("event queue: {e}"));
+                return;
+            }
+        };
+        let chain = &mut self.chain;
+        chain.walk_into(mem, q, head);
+        if chain.readable().next().is_some() {
+            chain.fail(ChainError::WrongDirection(
+                "device-readable buffer in an event buffer",
+            ));
+        }
+        if let Some(e) = chain.fatal() {
+            ring::unpop(q);
+            health.break_device(ErrorKind::Chain, format_args!("event chain {head}: {e}"));
             return;
+        }
+        let event = EVENT_TRANSPORT_RESET.to_le_bytes();
+        let written = match write_stream(mem, chain.writable(), 0, &event) {
+            Ok(()) => event.len() as u32,
+            Err(_) => {
+                health.report(
+                    ErrorKind::Request,
+                    format_args!("event buffer {head} is shorter than an event"),
+                );
+                0
+            }
         };
-        let head = chain.head_index();
-        let written = match chain.writer(mem) {
-            Ok(mut w) => match w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()) {
-                Ok(()) => 4,
-                Err(_) => 0,
-            },
-            Err(_) => 0,
-        };
-        if let Err(e) = q.add_used(mem, head, written) {
-            tracing::warn!(error = %e, "vsock: cannot return the event buffer");
+        if let Err(e) = ring::add_used(q, mem, head, written) {
+            health.break_device(ErrorKind::Ring, format_args!("event queue: {e}"));
+            return;
         }
         self.pending_event_ack = true;
         ctx.interrupt.signal_used_queue();
     }
 }
 
-/// Reads a TX packet: header, then exactly `hdr.len` payload bytes into `data`.
+/// Reads a TX packet from a checked chain: header, then exactly `hdr.len` payload bytes into
+/// `data`.
 fn read_tx_packet(
-    mem: &vm_memory::GuestMemoryMmap,
-    chain: virtio_queue::DescriptorChain<&vm_memory::GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
     data: &mut Vec<u8>,
 ) -> Result<PacketHeader, String> {
-    let mut reader = chain.reader(mem).map_err(|e| format!("bad chain: {e}"))?;
+    let total = chain.readable_len();
     let mut h = [0u8; HDR_LEN];
-    reader
-        .read_exact(&mut h)
-        .map_err(|e| format!("header: {e}"))?;
+    read_stream(mem, chain.readable(), 0, &mut h)
+        .map_err(|_| format!("{total} bytes is shorter than a packet header"))?;
     let hdr = PacketHeader::from_bytes(&h);
     let len = hdr.len as usize;
-    if len > MAX_PKT_DATA || len > reader.available_bytes() {
+    let rest = total - HDR_LEN as u64;
+    if len > MAX_PKT_DATA || len as u64 > rest {
         return Err(format!(
-            "payload length {len} exceeds the chain ({} bytes) or {MAX_PKT_DATA}",
-            reader.available_bytes()
+            "payload length {len} exceeds the chain ({rest} bytes) or {MAX_PKT_DATA}"
         ));
     }
     data.clear();
     data.resize(len, 0);
-    reader
-        .read_exact(data)
+    read_stream(mem, chain.readable(), HDR_LEN as u64, data)
         .map_err(|e| format!("payload: {e}"))?;
     Ok(hdr)
 }

@@ -10,6 +10,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::conn::CONN_BUF;
 use super::packet::{HDR_LEN, PacketHeader, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
 use super::*;
+use crate::devices::virtio::health::ErrorKind;
 use crate::devices::virtio::testing::{GuestQueue, Harness};
 
 const CID: u64 = 3;
@@ -298,7 +299,7 @@ fn guest_beyond_its_credit_is_reset() {
 }
 
 #[test]
-fn bad_descriptors_never_crash() {
+fn bad_packets_are_dropped_and_counted() {
     let mut r = Rig::new();
     let (_s, hp) = r.host_connect(52);
     let mem = r.h.mem.clone();
@@ -308,35 +309,196 @@ fn bad_descriptors_never_crash() {
     mem.write_slice(&h.to_bytes(), GuestAddress(TX_BUF))
         .unwrap();
     r.txq.add_chain(&mem, &[(TX_BUF, HDR_LEN as u32, false)]);
-    // A descriptor outside guest memory.
-    r.txq.add_chain(&mem, &[(1 << 40, 64, false)]);
     // A header cut short.
     r.txq.add_chain(&mem, &[(TX_BUF, 10, false)]);
-    // A descriptor loop.
-    let head = 60;
-    r.txq.write_desc(&mem, head, TX_BUF, 44, 1, head + 1);
-    r.txq.write_desc(&mem, head + 1, TX_BUF, 44, 1, head);
-    r.txq.publish(&mem, head);
     r.event(DeviceEvent::Queue(TXQ as u16));
     let mut used = 0;
     while r.txq.next_used(&mem).is_some() {
         used += 1;
     }
-    assert_eq!(used, 4, "every bad TX chain is returned");
+    assert_eq!(used, 2, "every bad packet is returned");
+    assert_eq!(r.h.health.count(ErrorKind::Request), 2);
+    assert!(!r.h.health.is_broken());
+    assert_eq!(r.dev.muxer.connection_count(), 1);
 
-    // RX buffers too small for a header, or outside memory, come back empty.
+    // RX buffers too small for a header come back empty; a good one gets the packet.
     let mut r = Rig::new();
     let mem = r.h.mem.clone();
     r.send(r.guest_hdr(7, 7, op::RW), &[]); // makes an RST pending
     r.rxq.add_chain(&mem, &[(RX_BUF, 8, true)]);
-    r.rxq.add_chain(&mem, &[(1 << 40, 4096, true)]);
     r.rxq.add_chain(&mem, &[(RX_BUF, BUF, true)]);
     r.event(DeviceEvent::Queue(RXQ as u16));
     let mut lens = Vec::new();
     while let Some((_, len)) = r.rxq.next_used(&mem) {
         lens.push(len);
     }
-    assert_eq!(lens, vec![0, 0, HDR_LEN as u32]);
+    assert_eq!(lens, vec![0, HDR_LEN as u32]);
+    assert_eq!(r.h.health.count(ErrorKind::Request), 1);
+    assert!(!r.h.health.is_broken());
+}
+
+/// Runs `f` on another thread and fails if it does not return within 10 s (a device that
+/// spins would otherwise hang the test run).
+fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the device did not return within 10 s (spinning?)")
+}
+
+#[test]
+fn impossible_avail_index_breaks_the_device_instead_of_spinning() {
+    // The issue's case: TX avail.idx 40 on a 32-entry queue.
+    let r = within_10s(|| {
+        let mut r = Rig::new();
+        r.txq = r.h.guest_queue(TXQ, 0x8000, 32);
+        let mem = r.h.mem.clone();
+        r.txq.set_avail_idx(&mem, 40);
+        r.event(DeviceEvent::Queue(TXQ as u16));
+        // Delivered again (the transport would not), it still returns at once.
+        r.event(DeviceEvent::Queue(TXQ as u16));
+        r
+    });
+    assert_eq!(
+        r.h.health.reason().as_deref(),
+        Some(
+            "ring: TX queue: available index 40 is 40 entries ahead of the device's 0 in a queue \
+             of 32"
+        )
+    );
+    assert_eq!(
+        r.h.health.count(ErrorKind::Ring),
+        2,
+        "counted each time it was seen"
+    );
+    assert_eq!(r.h.health.breaks(), 1);
+    assert_eq!(r.txq.used_idx(&r.h.mem), 0);
+
+    // The same on RX, with a packet for the guest waiting.
+    let r = within_10s(|| {
+        let mut r = Rig::new();
+        let mut s = UnixStream::connect(&r.uds).unwrap();
+        s.write_all(b"CONNECT 52\n").unwrap();
+        let mem = r.h.mem.clone();
+        r.rxq.set_avail_idx(&mem, 65 + 7);
+        r.pump(1000);
+        r
+    });
+    assert!(
+        r.h.health
+            .reason()
+            .is_some_and(|m| m.starts_with("ring: RX queue: available index 72")),
+        "{:?}",
+        r.h.health.reason()
+    );
+}
+
+#[test]
+fn malformed_chains_break_the_device() {
+    type Setup = fn(&mut Rig);
+    let cases: [(&str, Setup); 5] = [
+        ("outside guest memory", |r| {
+            let mem = r.h.mem.clone();
+            r.txq.add_chain(&mem, &[(1 << 40, 64, false)]);
+            r.event(DeviceEvent::Queue(TXQ as u16));
+        }),
+        ("loop", |r| {
+            let mem = r.h.mem.clone();
+            let head = 60;
+            r.txq.write_desc(&mem, head, TX_BUF, 44, 1, head + 1);
+            r.txq.write_desc(&mem, head + 1, TX_BUF, 44, 1, head);
+            r.txq.publish(&mem, head);
+            r.event(DeviceEvent::Queue(TXQ as u16));
+        }),
+        ("device-writable buffer in a TX packet", |r| {
+            let mem = r.h.mem.clone();
+            r.txq
+                .add_chain(&mem, &[(TX_BUF, 44, false), (TX_BUF + 64, 64, true)]);
+            r.event(DeviceEvent::Queue(TXQ as u16));
+        }),
+        ("RX chain 0: buffer", |r| {
+            r.send(r.guest_hdr(7, 7, op::RW), &[]); // makes an RST pending
+            let mem = r.h.mem.clone();
+            r.rxq.add_chain(&mem, &[(1 << 40, 4096, true)]);
+            r.event(DeviceEvent::Queue(RXQ as u16));
+        }),
+        ("device-readable buffer in an RX buffer", |r| {
+            r.send(r.guest_hdr(7, 7, op::RW), &[]);
+            let mem = r.h.mem.clone();
+            r.rxq
+                .add_chain(&mem, &[(RX_BUF, 64, false), (RX_BUF + 64, 4096, true)]);
+            r.event(DeviceEvent::Queue(RXQ as u16));
+        }),
+    ];
+    for (what, case) in cases {
+        let mut r = Rig::new();
+        case(&mut r);
+        let reason = r.h.health.reason();
+        assert!(
+            reason
+                .as_ref()
+                .is_some_and(|m| m.starts_with("chain: ") && m.contains(what)),
+            "{what}: {reason:?}"
+        );
+        let mem = r.h.mem.clone();
+        assert!(r.rxq.next_used(&mem).is_none(), "{what}");
+    }
+}
+
+#[test]
+fn snapshot_with_a_bad_event_queue_breaks_the_device() {
+    let mut r = Rig::new();
+    r.evq = r.h.guest_queue(EVQ, 0x5000, 4);
+    let mem = r.h.mem.clone();
+    r.evq.set_avail_idx(&mem, 9);
+    let Rig { h, dev, .. } = &mut r;
+    dev.prepare_save(&mut h.ctx());
+    assert!(
+        r.h.health
+            .reason()
+            .is_some_and(|m| m.starts_with("ring: event queue")),
+        "{:?}",
+        r.h.health.reason()
+    );
+    // No event buffer at all is the driver's mistake, not a broken device.
+    let mut r = Rig::new();
+    let Rig { h, dev, .. } = &mut r;
+    dev.prepare_save(&mut h.ctx());
+    assert!(!r.h.health.is_broken());
+    assert_eq!(r.h.health.count(ErrorKind::Driver), 1);
+}
+
+#[test]
+fn rx_budget_kicks_the_device_again() {
+    let mut r = Rig::new();
+    r.dev.rx_budget = 3;
+    let mem = r.h.mem.clone();
+    // Five RSTs for the guest (unknown connections), five buffers.
+    for port in 0..5 {
+        r.send(r.guest_hdr(1000 + port, 7, op::RW), &[]);
+    }
+    for i in 0..5u64 {
+        r.rxq
+            .add_chain(&mem, &[(RX_BUF + i * u64::from(BUF), 64, true)]);
+    }
+    r.event(DeviceEvent::Queue(RXQ as u16));
+    let mut used = 0;
+    while r.rxq.next_used(&mem).is_some() {
+        used += 1;
+    }
+    assert_eq!(used, 3);
+    let ready = r.h.poll(0);
+    assert!(
+        ready.iter().any(|(t, _)| *t == super::muxer::TOKEN_KICK),
+        "{ready:?}"
+    );
+    r.pump(0);
+    while r.rxq.next_used(&mem).is_some() {
+        used += 1;
+    }
+    assert_eq!(used, 5);
 }
 
 #[test]
