@@ -215,7 +215,10 @@ fn broken_snapshots_are_caught_with_clear_errors() {
         nothing_left(p);
     };
 
-    // Truncated memory file.
+    // Truncated memory file (the intact one put back afterwards: extending the truncated file
+    // would zero its end, where ember-vmm's trailer pairs it with the state file).
+    let intact = snap.mem_path.with_extension("intact");
+    fs::copy(&snap.mem_path, &intact).unwrap();
     fs::File::options()
         .write(true)
         .open(&snap.mem_path)
@@ -223,12 +226,7 @@ fn broken_snapshots_are_caught_with_clear_errors() {
         .set_len(mem_len / 2)
         .unwrap();
     check(&p, "truncated memory", "truncated");
-    fs::File::options()
-        .write(true)
-        .open(&snap.mem_path)
-        .unwrap()
-        .set_len(mem_len)
-        .unwrap();
+    fs::rename(&intact, &snap.mem_path).unwrap();
 
     // Truncated state file.
     fs::write(&snap.state_path, &state[..state.len() / 2]).unwrap();

@@ -337,10 +337,13 @@ pub struct RestoreInput {
 }
 
 /// Restores a snapshot on `shell` (or on a VM created now, memory first); returns once the
-/// vCPUs are about to run (or parked when `resume` is false).
+/// vCPUs are about to run (or parked when `resume` is false). The state must have passed
+/// `snapshot::validate::check_restore`. The shell is taken only once the virtio devices are
+/// rebuilt (their host resources — vsock socket, TAPs, drive files — opened): a failure
+/// before that leaves it in `shell` for the next attempt.
 pub fn restore(
     ctx: &BuildContext<'_>,
-    shell: Option<VmShell>,
+    shell: &mut Option<VmShell>,
     input: RestoreInput,
     timings: &mut PhaseTimings,
 ) -> Result<Microvm, BuildError> {
@@ -359,6 +362,7 @@ pub fn restore(
         .map(|s| Ok((registry::restore_device(s, &config)?, s)))
         .collect::<Result<Vec<_>, VirtioError>>()?;
     timings.phase("create_devices");
+    let shell = shell.take();
     let memory = if eager {
         GuestMemory::from_file_eager(&mem_file, &state.memory_regions)?
     } else {

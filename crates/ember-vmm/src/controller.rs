@@ -4,12 +4,13 @@
 //!
 //! While nothing runs, the controller keeps a [`VmShell`] ready (VM, irqchip, PIT, vCPU 0
 //! and its parked thread), so a restore starts from an existing VM. A restore that fails
-//! before touching the shell (bad request, unreadable/corrupt/mismatched files: everything
-//! checked up front) leaves it intact; one that fails later drops it, and the next attempt
-//! creates a fresh one. A boot without a prepared shell (`--config-file`) creates the VM with
-//! its memory registered first, which is faster right after process start.
+//! before touching the shell (bad request; snapshot files that are not regular files, too
+//! large, corrupt, or not a pair; a state that fails `snapshot::validate`; a device's host
+//! resource missing or busy: everything checked up front) leaves it intact; one that fails
+//! later drops it, and the next attempt creates a fresh one. A boot without a prepared shell
+//! (`--config-file`) creates the VM with its memory registered first, which is faster right
+//! after process start.
 
-use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,7 +30,8 @@ use crate::devices::virtio::VirtioError;
 use crate::devices::virtio::registry::PreparedDevices;
 use crate::exit::ExitSignal;
 use crate::microvm::{Microvm, MicrovmError};
-use crate::snapshot::{MicrovmState, SnapshotError};
+use crate::snapshot::files::{self, MemFileError, ReadStateError};
+use crate::snapshot::{MicrovmState, SnapshotError, validate};
 use crate::timing::{PhaseTimings, Timings, now_ns};
 use crate::vstate::kvm::KvmContext;
 
@@ -121,9 +123,6 @@ pub enum ControllerError {
 fn json_of<T: serde::Serialize>(body: &T) -> ActionOk {
     ActionOk::Json(serde_json::to_value(body).unwrap_or_default())
 }
-
-/// State files are ~20 KiB per vCPU; anything far larger is not a snapshot of ours.
-const MAX_SNAPSHOT_STATE_BYTES: u64 = 16 << 20;
 
 const NOT_AFTER_START: &str =
     "The requested operation is not supported after starting the microVM.";
@@ -415,6 +414,7 @@ impl Controller {
                 "Cannot create a snapshot while the microVM is running: pause it first (PATCH /vm {\"state\": \"Paused\"}).".into(),
             ));
         }
+        check_snapshot_targets(&p)?;
         let mut timings = PhaseTimings::starting_at(received_ns);
         let stats = vm.snapshot(&p.snapshot_path, &p.mem_file_path, &mut timings)?;
         tracing::info!(
@@ -435,6 +435,11 @@ impl Controller {
     ) -> Result<ActionOk, ControllerError> {
         let mut timings = PhaseTimings::starting_at(received_ns);
         let mem_path = validate_snapshot_load(&p)?.to_path_buf();
+        let mem_field = if p.mem_backend.is_some() {
+            "mem_backend.backend_path"
+        } else {
+            "mem_file_path"
+        };
         self.before_start()?;
         if self.configured {
             return Err(ControllerError::State(
@@ -445,38 +450,20 @@ impl Controller {
             path: p.snapshot_path.display().to_string(),
             source,
         };
-        if let Ok(meta) = std::fs::metadata(&p.snapshot_path)
-            && meta.len() > MAX_SNAPSHOT_STATE_BYTES
-        {
-            return Err(snap_err(SnapshotError::Structure(format!(
-                "state file is {} bytes, larger than any ember-vmm snapshot ({} bytes max)",
-                meta.len(),
-                MAX_SNAPSHOT_STATE_BYTES
-            ))));
-        }
-        let bytes = std::fs::read(&p.snapshot_path).map_err(|source| {
-            snap_err(SnapshotError::Io {
-                what: "reading",
-                path: p.snapshot_path.display().to_string(),
-                source,
-            })
+        let bytes = files::read_state_file(&p.snapshot_path).map_err(|e| match e {
+            ReadStateError::Open(e) => FieldError::new("snapshot_path", e.to_string()).into(),
+            ReadStateError::Snapshot(e) => snap_err(e),
         })?;
         timings.phase("read_state");
         let state = MicrovmState::from_bytes(&bytes).map_err(snap_err)?;
         let mut config = serde_json::from_slice::<VmConfig>(&state.config_json)
             .map_err(|e| {
-                snap_err(SnapshotError::Structure(format!(
-                    "configuration section is not valid: {e}"
-                )))
+                snap_err(SnapshotError::Invalid {
+                    section: "config",
+                    detail: format!("not a valid configuration: {e}"),
+                })
             })?
             .with_defaults();
-        if usize::from(config.machine_config.vcpu_count) != state.vcpus.len()
-            || config.machine_config.mem_size_bytes() != state.memory_size()
-        {
-            return Err(snap_err(SnapshotError::Structure(
-                "configuration does not match the saved vCPUs or memory".into(),
-            )));
-        }
         for (i, o) in p.network_overrides.iter().flatten().enumerate() {
             match config
                 .network_interfaces
@@ -505,24 +492,18 @@ impl Controller {
                 }
             }
         }
+        validate::check_restore(&state, &config).map_err(snap_err)?;
         timings.phase("decode_state");
-        let mem_err = |message: String| ControllerError::MemFile {
-            path: mem_path.display().to_string(),
-            message,
-        };
-        let mem_file = File::open(&mem_path).map_err(|e| mem_err(format!("cannot open: {e}")))?;
-        let len = mem_file
-            .metadata()
-            .map_err(|e| mem_err(format!("cannot stat: {e}")))?
-            .len();
-        if len != state.memory_size() {
-            return Err(mem_err(format!(
-                "size {len} does not match the snapshot's guest memory ({} bytes)",
-                state.memory_size()
-            )));
-        }
+        let opened = files::open_memory_file(&mem_path, state.snapshot_id, state.memory_size());
+        let mem_file = opened.map_err(|e| match e {
+            MemFileError::Open(e) => FieldError::new(mem_field, e.to_string()).into(),
+            MemFileError::Mismatch(message) => ControllerError::MemFile {
+                path: mem_path.display().to_string(),
+                message,
+            },
+        })?;
         timings.phase("open_memory");
-        let shell = self.take_settled_shell();
+        let mut shell = self.take_settled_shell();
         let ctx = BuildContext {
             kvm: &self.kvm,
             exit: &self.exit,
@@ -536,10 +517,35 @@ impl Controller {
             eager: p.ember_eager_load.unwrap_or(false),
             resume: p.resume_vm.unwrap_or(false),
         };
-        let vm = builder::restore(&ctx, shell, input, &mut timings)?;
+        // A guest that dies from here on died after a restore (see `ExitSignal`).
+        self.exit.mark_restored(true);
+        let result = builder::restore(&ctx, &mut shell, input, &mut timings);
+        let vm = match result {
+            Ok(vm) => vm,
+            Err(e) => {
+                self.exit.mark_restored(false);
+                // Failed before the VM was touched (a device's host resource): keep the shell.
+                self.shell = shell;
+                return Err(e.into());
+            }
+        };
         tracing::info!(total_us = timings.total_us, phases = ?timings.phases_us, "snapshot loaded");
         self.timings.restore = Some(timings);
         self.vm = Some(vm);
         Ok(ActionOk::NoContent)
     }
+}
+
+/// `snapshot/create`'s targets: two different paths, each absent or a regular file (a create
+/// never replaces a device node, FIFO, directory or symbolic link).
+fn check_snapshot_targets(p: &SnapshotCreateParams) -> Result<(), FieldError> {
+    if p.snapshot_path == p.mem_file_path {
+        return Err(FieldError::new(
+            "mem_file_path",
+            "must differ from snapshot_path",
+        ));
+    }
+    files::check_create_target(&p.snapshot_path)
+        .map_err(|m| FieldError::new("snapshot_path", m))?;
+    files::check_create_target(&p.mem_file_path).map_err(|m| FieldError::new("mem_file_path", m))
 }

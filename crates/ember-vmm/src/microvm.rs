@@ -5,9 +5,7 @@
 //! device thread stops before its devices close their sockets), the VM (KVM frees its state),
 //! and guest memory last.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use kvm_ioctls::VcpuFd;
@@ -17,7 +15,7 @@ use crate::config::VmConfig;
 use crate::devices::bus::Buses;
 use crate::devices::legacy::LegacyDevices;
 use crate::devices::virtio::VirtioManager;
-use crate::snapshot::MicrovmState;
+use crate::snapshot::{MicrovmState, SnapshotId, files};
 use crate::timing::PhaseTimings;
 use crate::vstate::kvm::KvmContext;
 use crate::vstate::memory::{DumpStats, GuestMemory, MemoryError};
@@ -163,8 +161,9 @@ impl Microvm {
         }
     }
 
-    /// Writes a full snapshot (VM must be paused): state file and sparse memory file, each
-    /// written to a temporary file and renamed into place, so VMs already mapping an older
+    /// Writes a full snapshot (VM must be paused): state file and sparse memory file, paired
+    /// by a fresh snapshot id, each written to a private temporary file and renamed into place
+    /// once both are complete (`snapshot::files::write_pair`), so VMs already mapping an older
     /// memory file at the same path keep their pages.
     pub fn snapshot(
         &self,
@@ -188,7 +187,9 @@ impl Microvm {
         }
         let host_tsc_khz = vcpus.first().and_then(|v| v.tsc_khz).unwrap_or(0);
         timings.phase("vcpu_state");
+        let snapshot_id = SnapshotId::random();
         let state = MicrovmState {
+            snapshot_id,
             memory_regions: self.memory.layout(),
             config_json: serde_json::to_vec(&self.config).unwrap_or_default(),
             vm: self.vm.save_state()?,
@@ -199,64 +200,23 @@ impl Microvm {
         };
         timings.phase("vm_state");
         let bytes = state.to_bytes();
-        write_atomically(snapshot_path, |mut f| f.write_all(&bytes))?;
-        timings.phase("write_state");
-        let mut stats = DumpStats::default();
-        let mut mem_err = None;
-        write_atomically(mem_path, |f| match self.memory.dump_sparse(f) {
-            Ok(s) => {
-                stats = s;
-                Ok(())
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                mem_err = Some(e);
-                Err(std::io::Error::other(msg))
-            }
-        })
-        .map_err(|e| match mem_err.take() {
-            Some(m) => MicrovmError::Memory(m),
-            None => e,
+        let stats = files::write_pair(
+            snapshot_path,
+            mem_path,
+            &bytes,
+            snapshot_id,
+            self.memory.total_size(),
+            |f| self.memory.dump_sparse(f),
+        )
+        .map_err(|e| match e {
+            files::WriteError::Io { path, source } => MicrovmError::Write { path, source },
+            files::WriteError::Memory(m) => MicrovmError::Memory(m),
         })?;
-        timings.phase("write_memory");
+        timings.phase("write_files");
         drop(quiesced);
         Ok(SnapshotStats {
             state_bytes: bytes.len(),
             memory: stats,
         })
     }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
-}
-
-fn write_atomically(
-    path: &Path,
-    fill: impl FnOnce(&File) -> std::io::Result<()>,
-) -> Result<(), MicrovmError> {
-    let tmp = temp_path(path);
-    let wrap = |source| MicrovmError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    let result = (|| {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        fill(&f)?;
-        f.sync_data()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(wrap)
 }

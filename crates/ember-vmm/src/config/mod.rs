@@ -115,6 +115,16 @@ impl VmConfig {
     /// Validates every section (the API's checks and ember-vmm's), and the whole: unique ids,
     /// at most one root drive.
     pub fn validate(&self) -> Result<(), FieldError> {
+        self.validate_sections(true)
+    }
+
+    /// Every check of [`VmConfig::validate`] but the boot source's: a snapshot's
+    /// configuration, whose kernel is not read again on restore.
+    pub fn validate_for_restore(&self) -> Result<(), FieldError> {
+        self.validate_sections(false)
+    }
+
+    fn validate_sections(&self, boot_source: bool) -> Result<(), FieldError> {
         for (name, v) in [
             ("balloon", &self.balloon),
             ("logger", &self.logger),
@@ -125,7 +135,7 @@ impl VmConfig {
                 return Err(FieldError::new(name, "not supported by ember-vmm"));
             }
         }
-        if let Some(b) = &self.boot_source {
+        if boot_source && let Some(b) = &self.boot_source {
             validate_boot_source(b)?;
         }
         validate_machine(&self.machine_config)?;

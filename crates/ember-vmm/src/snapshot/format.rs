@@ -3,15 +3,20 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "EMBRSNAP"
-//! 8       4     format version (u32 LE), currently 1
+//! 8       4     format version (u32 LE), currently 3
 //! 12      4     flags (0)
 //! 16      8     payload length (u64 LE)
-//! 24      n     payload: sections, each { id u16, reserved u16, length u32, bytes }
-//! 24+n    4     CRC32 (IEEE, crc32fast) of bytes 0..24+n
+//! 24      16    snapshot id (random; the memory file's trailer carries the same id)
+//! 40      n     payload: sections, each { id u16, reserved u16, length u32, bytes }
+//! 40+n    4     CRC32 (IEEE, crc32fast) of bytes 0..40+n
 //! ```
 //!
 //! Checks happen in that order (size, magic, version, length, checksum) so each failure gets
-//! the most precise message.
+//! the most precise message; [`check_header`] runs the first four on the header alone, so a
+//! reader can refuse a file before reading (and allocating for) all of it.
+//!
+//! Version 3 added the snapshot id, which pairs a state file with its memory file (see
+//! `snapshot::files`); version 2 added the virtio device sections.
 
 use super::SnapshotError;
 use super::codec::Writer;
@@ -19,9 +24,39 @@ use super::codec::Writer;
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"EMBRSNAP";
 /// The version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Header size.
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = 40;
+/// Header plus the CRC32 trailer: the smallest possible file.
+pub const MIN_FILE_LEN: usize = HEADER_LEN + 4;
+
+/// The random id that pairs a state file with its memory file: written in the state file's
+/// header and in the memory file's trailer by the same `snapshot/create`, compared on load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SnapshotId(pub [u8; 16]);
+
+impl SnapshotId {
+    /// A fresh random id (`getrandom`); falls back to the clock and pid if the kernel's
+    /// generator fails, which only weakens the pairing check, never breaks it.
+    pub fn random() -> SnapshotId {
+        let mut b = [0u8; 16];
+        if getrandom::fill(&mut b).is_err() {
+            let t = crate::timing::now_ns();
+            b[..8].copy_from_slice(&t.to_le_bytes());
+            b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+        }
+        SnapshotId(b)
+    }
+}
+
+impl std::fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
 
 /// Builds a container from sections.
 #[derive(Debug)]
@@ -29,20 +64,15 @@ pub struct ContainerWriter {
     w: Writer,
 }
 
-impl Default for ContainerWriter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ContainerWriter {
-    /// Starts a container.
-    pub fn new() -> ContainerWriter {
+    /// Starts a container for snapshot `id`.
+    pub fn new(id: SnapshotId) -> ContainerWriter {
         let mut w = Writer::with_capacity(32 << 10);
         w.raw(&MAGIC);
         w.u32(FORMAT_VERSION);
         w.u32(0);
         w.u64(0); // payload length, patched in `finish`
+        w.raw(&id.0);
         ContainerWriter { w }
     }
 
@@ -69,23 +99,36 @@ impl ContainerWriter {
     }
 }
 
-/// Validates a container and returns its sections `(id, body)` in order.
-pub fn read_sections(bytes: &[u8]) -> Result<Vec<(u16, &[u8])>, SnapshotError> {
-    if bytes.len() < HEADER_LEN + 4 {
-        if bytes.len() >= 8 && bytes[..8] != MAGIC {
+/// A validated container.
+#[derive(Debug)]
+pub struct Container<'a> {
+    /// The snapshot id from the header.
+    pub snapshot_id: SnapshotId,
+    /// Sections `(id, body)` in file order.
+    pub sections: Vec<(u16, &'a [u8])>,
+}
+
+fn word(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Checks a file's first bytes (at least [`HEADER_LEN`] of them, or the whole file if shorter)
+/// against the file's length `file_len`: size, magic, version, and the header's payload
+/// length. Cheap; lets a reader refuse a file before reading it.
+pub fn check_header(header: &[u8], file_len: u64) -> Result<(), SnapshotError> {
+    if file_len < MIN_FILE_LEN as u64 || header.len() < HEADER_LEN {
+        if header.len() >= 8 && header[..8] != MAGIC {
             return Err(SnapshotError::BadMagic);
         }
         return Err(SnapshotError::TooShort {
-            len: bytes.len(),
-            header: HEADER_LEN + 4,
+            len: file_len.min(usize::MAX as u64) as usize,
+            header: MIN_FILE_LEN,
         });
     }
-    if bytes[..8] != MAGIC {
+    if header[..8] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
-    let word =
-        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    let version = word(8);
+    let version = word(header, 8);
     if version != FORMAT_VERSION {
         return Err(SnapshotError::Version {
             found: version,
@@ -93,23 +136,31 @@ pub fn read_sections(bytes: &[u8]) -> Result<Vec<(u16, &[u8])>, SnapshotError> {
         });
     }
     let mut len8 = [0u8; 8];
-    len8.copy_from_slice(&bytes[16..24]);
+    len8.copy_from_slice(&header[16..24]);
     let payload = u64::from_le_bytes(len8);
     let expected = (HEADER_LEN as u64)
         .saturating_add(payload)
         .saturating_add(4);
-    if expected != bytes.len() as u64 {
+    if expected != file_len {
         return Err(SnapshotError::Length {
             expected,
-            found: bytes.len() as u64,
+            found: file_len,
         });
     }
+    Ok(())
+}
+
+/// Validates a container and returns its id and sections.
+pub fn read_container(bytes: &[u8]) -> Result<Container<'_>, SnapshotError> {
+    check_header(bytes, bytes.len() as u64)?;
     let body_end = bytes.len() - 4;
-    let stored = word(body_end);
+    let stored = word(bytes, body_end);
     let computed = crc32fast::hash(&bytes[..body_end]);
     if stored != computed {
         return Err(SnapshotError::Checksum { stored, computed });
     }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&bytes[24..40]);
     let mut sections = Vec::with_capacity(8);
     let mut pos = HEADER_LEN;
     while pos < body_end {
@@ -118,38 +169,74 @@ pub fn read_sections(bytes: &[u8]) -> Result<Vec<(u16, &[u8])>, SnapshotError> {
                 "section header cut at offset {pos}"
             )));
         }
-        let id = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
-        let len = word(pos + 4) as usize;
+        let sid = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
+        let len = word(bytes, pos + 4) as usize;
         let start = pos + 8;
         if len > body_end - start {
             return Err(SnapshotError::Structure(format!(
-                "section {id} overruns the payload"
+                "section {sid} overruns the payload"
             )));
         }
-        sections.push((id, &bytes[start..start + len]));
+        sections.push((sid, &bytes[start..start + len]));
         pos = start + len;
     }
-    Ok(sections)
+    Ok(Container {
+        snapshot_id: SnapshotId(id),
+        sections,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ID: SnapshotId = SnapshotId([7; 16]);
+
     fn sample() -> Vec<u8> {
-        let mut c = ContainerWriter::new();
+        let mut c = ContainerWriter::new(ID);
         c.section(1, |w| w.u64(42));
         c.section(7, |w| w.bytes(b"hello"));
         c.finish()
     }
 
+    fn read_sections(b: &[u8]) -> Result<Vec<(u16, &[u8])>, SnapshotError> {
+        read_container(b).map(|c| c.sections)
+    }
+
     #[test]
     fn round_trip() {
         let bytes = sample();
-        let s = read_sections(&bytes).unwrap();
+        let c = read_container(&bytes).unwrap();
+        assert_eq!(c.snapshot_id, ID);
+        let s = c.sections;
         assert_eq!(s.len(), 2);
         assert_eq!(s[0], (1, &42u64.to_le_bytes()[..]));
         assert_eq!(s[1].0, 7);
+        assert_eq!(ID.to_string(), "07".repeat(16));
+        assert_ne!(SnapshotId::random(), SnapshotId::random());
+    }
+
+    #[test]
+    fn header_check_alone() {
+        let good = sample();
+        let len = good.len() as u64;
+        check_header(&good[..HEADER_LEN], len).unwrap();
+        assert!(matches!(
+            check_header(&good[..HEADER_LEN], len + 1),
+            Err(SnapshotError::Length { .. })
+        ));
+        assert!(matches!(
+            check_header(&good[..HEADER_LEN], 1 << 40),
+            Err(SnapshotError::Length { .. })
+        ));
+        assert!(matches!(
+            check_header(&good[..12], 12),
+            Err(SnapshotError::TooShort { .. })
+        ));
+        assert!(matches!(
+            check_header(b"NOTASNAPxxxx", 12),
+            Err(SnapshotError::BadMagic)
+        ));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Snapshots: ember's own versioned binary format for the VM state ([`format`] for the
-//! container — magic, version, length, CRC32 — and [`state`] for its sections), the codec
-//! primitives ([`codec`]), and the memory file (written sparsely by `vstate::memory`, mapped
-//! copy-on-write on restore).
+//! container — magic, version, length, snapshot id, CRC32 — and [`state`] for its sections),
+//! the codec primitives ([`codec`]), the memory file (written sparsely by `vstate::memory`,
+//! mapped copy-on-write on restore), how both files are opened, paired and written
+//! ([`files`]), and the checks a decoded state must pass before a restore touches the VM
+//! ([`validate`]).
 //!
 //! Never JSON for vCPU state: decoding the whole state here takes microseconds. Device state
 //! is a section per device family, encoded by the device's own module: the legacy devices in
@@ -9,10 +11,12 @@
 //! (written by `devices::virtio::manager`, the device's own bytes by the device).
 
 pub mod codec;
+pub mod files;
 pub mod format;
 pub mod state;
+pub mod validate;
 
-pub use self::format::{FORMAT_VERSION, MAGIC};
+pub use self::format::{FORMAT_VERSION, MAGIC, SnapshotId};
 pub use self::state::MicrovmState;
 
 /// Errors reading a snapshot file.
@@ -80,4 +84,13 @@ pub enum SnapshotError {
     /// A required section is missing or duplicated, or an unknown one is present.
     #[error("snapshot structure: {0}")]
     Structure(String),
+    /// The state decodes but does not describe a VM this ember-vmm can restore on this host:
+    /// its sections disagree with each other or name what the host lacks.
+    #[error("invalid {section} section: {detail}")]
+    Invalid {
+        /// The section ("config", "memory", "vcpu", "virtio device").
+        section: &'static str,
+        /// What is wrong, naming the field, region or device.
+        detail: String,
+    },
 }

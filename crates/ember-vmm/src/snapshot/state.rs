@@ -16,7 +16,7 @@
 
 use super::SnapshotError;
 use super::codec::{Reader, Writer};
-use super::format::{ContainerWriter, read_sections};
+use super::format::{ContainerWriter, SnapshotId, read_container};
 use crate::devices::legacy::LegacyState;
 use crate::devices::virtio::manager::{DeviceSnapshot, MAX_DEVICES};
 use crate::vstate::vcpu_state::VcpuState;
@@ -40,6 +40,9 @@ pub const SECTION_VIRTIO_DEVICE: u16 = 7;
 /// Everything a restore needs besides guest memory.
 #[derive(Debug, Clone)]
 pub struct MicrovmState {
+    /// The id pairing this state with its memory file (in the container's header; the memory
+    /// file's trailer carries the same one).
+    pub snapshot_id: SnapshotId,
     /// `(guest address, size)` per RAM region; the memory file holds them back to back.
     pub memory_regions: Vec<(u64, u64)>,
     /// The machine configuration as JSON.
@@ -64,7 +67,7 @@ impl MicrovmState {
 
     /// Encodes the complete snapshot file.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut c = ContainerWriter::new();
+        let mut c = ContainerWriter::new(self.snapshot_id);
         c.section(SECTION_MEMORY, |w| {
             w.u32(self.memory_regions.len() as u32);
             for &(gpa, size) in &self.memory_regions {
@@ -87,7 +90,7 @@ impl MicrovmState {
 
     /// Validates and decodes a snapshot file.
     pub fn from_bytes(bytes: &[u8]) -> Result<MicrovmState, SnapshotError> {
-        let sections = read_sections(bytes)?;
+        let container = read_container(bytes)?;
         let mut memory_regions = None;
         let mut config_json = None;
         let mut vm = None;
@@ -97,7 +100,7 @@ impl MicrovmState {
         let mut virtio = Vec::new();
         let sec = |section: &'static str| move |source| SnapshotError::Section { section, source };
         let dup = |name: &str| SnapshotError::Structure(format!("duplicate {name} section"));
-        for (id, body) in sections {
+        for (id, body) in container.sections {
             let mut r = Reader::new(body);
             match id {
                 SECTION_MEMORY => {
@@ -176,6 +179,7 @@ impl MicrovmState {
             )));
         }
         Ok(MicrovmState {
+            snapshot_id: container.snapshot_id,
             memory_regions,
             config_json: config_json.ok_or_else(|| missing("config"))?,
             vm: vm.ok_or_else(|| missing("vm"))?,
@@ -188,7 +192,7 @@ impl MicrovmState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::devices::legacy::i8042;
     use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_msr_entry, kvm_pit_state2};
@@ -224,6 +228,7 @@ mod tests {
             tsc_khz: Some(2_600_000),
         };
         MicrovmState {
+            snapshot_id: SnapshotId([0x5a; 16]),
             memory_regions: vec![(0, 128 << 20)],
             config_json: br#"{"machine-config":{"vcpu_count":1,"mem_size_mib":128}}"#.to_vec(),
             vm: VmState {
@@ -283,6 +288,7 @@ mod tests {
         let s = sample_state();
         let bytes = s.to_bytes();
         let back = MicrovmState::from_bytes(&bytes).unwrap();
+        assert_eq!(back.snapshot_id, s.snapshot_id);
         assert_eq!(back.memory_regions, s.memory_regions);
         assert_eq!(back.config_json, s.config_json);
         assert_eq!(back.vm.clock.clock, 12345);

@@ -292,7 +292,7 @@ impl Vcpu {
                 }
                 VcpuExit::Shutdown => {
                     tracing::info!(vcpu = index, "guest shutdown (triple fault or reset)");
-                    RunOutcome::Stop(ExitReason::GuestShutdown)
+                    RunOutcome::Stop(self.exit.triple_fault(index))
                 }
                 VcpuExit::SystemEvent(kind, _) => {
                     tracing::info!(vcpu = index, kind, "guest system event");
