@@ -302,10 +302,10 @@ fn every_route_refuses_bad_input_and_changes_nothing() {
         "zero exec timeout",
     );
     check(
-        &post(&exec, r#"{"argv":["echo"],"cwd":"/tmp"}"#),
-        422,
-        "cwd",
-        "cwd",
+        &post(&exec, r#"{"argv":["echo"],"cwd":"/nonexistent"}"#),
+        404,
+        "/nonexistent",
+        "a missing cwd",
     );
     check(
         &post(

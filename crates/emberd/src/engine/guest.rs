@@ -226,7 +226,13 @@ impl Engine {
                 agent.set_call_timeout(AGENT_TIMEOUT);
                 out
             })
-            .map_err(|e| e.context(format!("running {:?}", c.argv[0])))?;
+            .map_err(|e| {
+                if c.cwd.is_empty() {
+                    e.context(format!("running {:?}", c.argv[0]))
+                } else {
+                    e.context(format!("running {:?} in {:?}", c.argv[0], c.cwd))
+                }
+            })?;
         Ok(ExecDone {
             output,
             duration: t0.elapsed(),
