@@ -5,28 +5,33 @@
 //!           [--log-level error|warn|info|debug|trace]
 //! ```
 //! With `--config-file` the VM boots right away (like `firecracker --config-file`); the API
-//! keeps serving either way. The process exits 0 when the guest resets or shuts down, 1 on a
-//! fatal vCPU error, 2 on a startup error.
+//! keeps serving either way. The process exits 0 when the guest resets or shuts down or on
+//! SIGTERM/SIGINT, 1 on a fatal vCPU error, 2 on a startup error; on each of these it removes
+//! its API socket and its vsock device's socket (a SIGKILL leaves them: a later start on the
+//! same path replaces a socket nobody listens on).
 
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use ember_vmm::api::server::ApiSocket;
 use ember_vmm::config::VmConfig;
 use ember_vmm::controller::Controller;
 use ember_vmm::devices::legacy::serial::SerialOutput;
 use ember_vmm::exit::ExitSignal;
 use ember_vmm::timing::now_ns;
 use ember_vmm::vstate::kvm::KvmContext;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::level_filters::LevelFilter;
 
 /// ember's microVM monitor.
 #[derive(Debug, Parser)]
 #[command(name = "ember-vmm", version, about)]
 struct Args {
-    /// Path of the Unix socket the API listens on (must not exist).
+    /// Path of the Unix socket the API listens on. It appears once the API accepts
+    /// connections; a socket left there by a dead process is replaced, a live one refused.
     #[arg(long)]
     api_sock: PathBuf,
     /// Boot right away from this configuration (the `GET /vm/config` shape).
@@ -73,7 +78,21 @@ fn die_with_parent(parent: u32) -> Result<()> {
     Ok(())
 }
 
+/// The stop signals, blocked in every thread (threads inherit the mask, so block before any
+/// is spawned) and read from a signalfd by the API loop.
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
+}
+
 fn run(args: Args, main_start_ns: u64) -> Result<i32> {
+    let signals = SignalFd::with_flags(
+        &stop_signals(),
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )
+    .context("creating the signalfd")?;
     if let Some(parent) = args.parent_pid {
         die_with_parent(parent)?;
     }
@@ -95,11 +114,7 @@ fn run(args: Args, main_start_ns: u64) -> Result<i32> {
     };
     let kvm = Arc::new(KvmContext::open().context("KVM is not usable")?);
     let exit = Arc::new(ExitSignal::new().context("creating the exit eventfd")?);
-    if args.api_sock.exists() {
-        bail!("API socket {} already exists", args.api_sock.display());
-    }
-    let listener = UnixListener::bind(&args.api_sock)
-        .with_context(|| format!("binding the API socket {}", args.api_sock.display()))?;
+    let socket = ApiSocket::bind(&args.api_sock)?;
     let mut controller = Controller::new(args.id.clone(), kvm, exit.clone(), serial);
     controller.timings_mut().main_start_ns = main_start_ns;
     controller.timings_mut().api_ready_ns = now_ns();
@@ -109,15 +124,24 @@ fn run(args: Args, main_start_ns: u64) -> Result<i32> {
             .context("booting from the configuration file")?,
         None => controller.prepare(),
     }
-    let code = ember_vmm::api::server::run(listener, &mut controller, &exit);
-    let _ = std::fs::remove_file(&args.api_sock);
-    Ok(code?)
+    let stop =
+        ember_vmm::api::server::run(socket.listener(), &mut controller, &exit, Some(&signals));
+    // The API socket goes first (clients see the VMM gone), then the VM and its devices:
+    // dropping the vsock device removes its socket.
+    socket.remove_file();
+    drop(controller);
+    Ok(stop?.exit_code())
 }
 
 fn main() {
     let main_start_ns = now_ns();
+    // Before any thread exists, so that every thread inherits the mask.
+    let blocked = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&stop_signals()), None);
     let args = Args::parse();
     init_logging(args.log_level);
+    if let Err(e) = blocked {
+        tracing::warn!(error = %e, "cannot block SIGTERM/SIGINT: they will not clean up");
+    }
     let code = match run(args, main_start_ns) {
         Ok(code) => code,
         Err(e) => {

@@ -82,6 +82,13 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, HttpError> {
         }
         Err(e) => return Err(HttpError(format!("malformed HTTP request: {e}"))),
     };
+    if head_len > MAX_HEAD {
+        // It arrived whole in one read; refused all the same, so a request never needs more
+        // than MAX_HEAD + MAX_BODY bytes of buffer.
+        return Err(HttpError(format!(
+            "request head larger than {MAX_HEAD} bytes"
+        )));
+    }
     let method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
         "PUT" => Method::Put,
@@ -180,12 +187,20 @@ impl Response {
         }
     }
 
+    /// 408 with `{"fault_message": ...}`: the request did not arrive in time.
+    pub fn request_timeout() -> Response {
+        let mut r = Response::bad_request("the request did not arrive in time");
+        r.status = 408;
+        r
+    }
+
     /// Encodes the response.
     pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
         let reason = match self.status {
             200 => "OK",
             204 => "No Content",
             400 => "Bad Request",
+            408 => "Request Timeout",
             _ => "Internal Server Error",
         };
         let mut out = format!(
@@ -268,6 +283,11 @@ mod tests {
         assert_eq!(r.method, Method::Other("DELETE".into()));
         let big = vec![b'a'; MAX_HEAD + 10];
         assert!(parse(&big).is_err());
+        // A complete head over the limit is refused too.
+        let mut long = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+        long.extend_from_slice(b"\r\n\r\n");
+        assert!(parse(&long).is_err());
     }
 
     #[test]
@@ -276,6 +296,8 @@ mod tests {
         let s = String::from_utf8(r.to_bytes(true)).unwrap();
         assert!(s.starts_with("HTTP/1.1 400 Bad Request\r\n"));
         assert!(s.ends_with(r#"{"fault_message":"boom \"x\""}"#));
+        let s = String::from_utf8(Response::request_timeout().to_bytes(false)).unwrap();
+        assert!(s.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{s}");
         let s = String::from_utf8(Response::no_content().to_bytes(false)).unwrap();
         assert!(s.contains("Connection: close") && s.ends_with("\r\n\r\n"));
     }
