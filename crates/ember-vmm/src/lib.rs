@@ -37,6 +37,7 @@ pub mod loader;
 pub mod microvm;
 pub mod rate_limiter;
 pub mod snapshot;
+pub mod stale_socket;
 pub mod timing;
 pub mod vstate;
 
