@@ -6,7 +6,7 @@
 //! processes are `procs`' job; spawning is `process`'s.
 #![forbid(unsafe_code)]
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use ember_agent_proto::ErrorCode;
@@ -33,12 +33,14 @@ pub struct Outcome {
 }
 
 /// Runs `command` with `stdin` to its end; stdout and stderr together keep at most `room` bytes.
+/// If `peer` (the host's connection) hangs up first, the command is killed.
 pub fn run(
     agent: &Agent,
     command: &CommandRequest<'_>,
     stdin: &[u8],
     timeout_ms: u32,
     room: usize,
+    peer: Option<BorrowedFd<'_>>,
 ) -> Result<Outcome, Refusal> {
     let spec = prepare(command, &agent.resolver, &agent.users)?;
     let argv0 = command.argv.get(0).unwrap_or_default();
@@ -53,6 +55,7 @@ pub fn run(
     };
     let started = Instant::now();
     let (pid, exit) = agent.reaper.spawn(&spec, stdio).map_err(setup)?;
+    let _tracked = agent.procs.track_exec(pid);
     // The child has its copies; ours would keep the pipes open.
     drop((stdin_r, stdout_w, stderr_w));
     tracing::debug!(pid = pid.as_raw(), program = %String::from_utf8_lossy(argv0), "exec");
@@ -69,6 +72,7 @@ pub fn run(
             data: stdin,
         }),
         deadline,
+        peer,
         |stream, chunk| {
             let (buf, cut) = match stream {
                 Stream::Stdout => (&mut outcome.stdout, &mut outcome.stdout_truncated),
@@ -79,6 +83,12 @@ pub fn run(
             *cut |= keep < chunk.len();
         },
     );
+    if ended.cancelled {
+        return Err(Refusal::new(
+            ErrorCode::IO,
+            "the host hung up: the command was killed",
+        ));
+    }
     if ended.timed_out {
         return Err(Refusal::new(
             ErrorCode::TIMED_OUT,

@@ -77,13 +77,24 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
-
-    init::ensure_std_fds();
     let as_init = match args.init {
         InitMode::Auto => init::is_pid1(),
         InitMode::Yes => true,
         InitMode::No => false,
     };
+    let result = run(args, as_init);
+    if let Err(e) = &result
+        && init::is_pid1()
+    {
+        // Init must not exit (the kernel panics): say why and power off instead.
+        tracing::error!(error = format!("{e:#}"), "ember-agent failed as PID 1");
+        init::power_off();
+    }
+    result
+}
+
+fn run(args: Args, as_init: bool) -> anyhow::Result<()> {
+    init::ensure_std_fds();
     if as_init {
         init::mount_basics();
     }

@@ -130,6 +130,21 @@ impl Proc {
 struct Inner {
     procs: BTreeMap<u64, Arc<Proc>>,
     next_handle: u64,
+    /// Pids of Exec commands running now (killed at shutdown too).
+    execs: std::collections::HashSet<i32>,
+}
+
+/// Keeps an Exec command's pid in the table while it runs.
+#[derive(Debug)]
+pub struct ExecGuard<'t> {
+    table: &'t Table,
+    pid: Pid,
+}
+
+impl Drop for ExecGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.table.inner).execs.remove(&self.pid.as_raw());
+    }
 }
 
 /// Every background process the agent started.
@@ -163,13 +178,23 @@ impl Table {
         Ok(proc)
     }
 
-    /// Kills every process group still running (at shutdown).
+    /// Kills every process group still running, background and Exec (at shutdown).
     pub fn kill_all(&self) {
-        for proc in lock(&self.inner).procs.values() {
+        let inner = lock(&self.inner);
+        for proc in inner.procs.values() {
             if !proc.exited() {
                 kill_group(proc.pid, Signal::SIGKILL);
             }
         }
+        for pid in &inner.execs {
+            kill_group(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+
+    /// Records a running Exec command until the guard drops.
+    pub fn track_exec(&self, pid: Pid) -> ExecGuard<'_> {
+        lock(&self.inner).execs.insert(pid.as_raw());
+        ExecGuard { table: self, pid }
     }
 
     /// Drops every stream of connection `connection` (it closed); the processes run on.
@@ -199,6 +224,13 @@ impl Table {
         }
         proc
     }
+}
+
+/// What ProcessList reports of one process, taken under its locks.
+struct Snapshot<'p> {
+    exit: Option<(i32, bool)>,
+    stdin_open: bool,
+    argv: Vec<&'p [u8]>,
 }
 
 /// Answers the process requests; `None` for any other request.
@@ -272,20 +304,26 @@ pub fn answer(
                 n => n as usize,
             };
             let room = ctx.reply_room(out.len());
-            let snapshots: Vec<(Option<(i32, bool)>, bool, Vec<&[u8]>)> = rest
+            let snapshots: Vec<Snapshot<'_>> = rest
                 .iter()
                 .take(max)
-                .map(|p| {
-                    (
-                        lock(&p.state).exit,
-                        lock(&p.stdin).is_some(),
-                        p.argv.iter().map(Vec::as_slice).collect(),
-                    )
+                .map(|p| Snapshot {
+                    exit: lock(&p.state).exit,
+                    stdin_open: lock(&p.stdin).is_some(),
+                    argv: p.argv.iter().map(Vec::as_slice).collect(),
                 })
                 .collect();
             let mut used = ProcessListing::OVERHEAD;
             let mut page = Vec::new();
-            for (proc, (exit, stdin_open, argv)) in rest.iter().zip(&snapshots) {
+            for (
+                proc,
+                Snapshot {
+                    exit,
+                    stdin_open,
+                    argv,
+                },
+            ) in rest.iter().zip(&snapshots)
+            {
                 let entry = ProcessEntry {
                     handle: proc.handle,
                     pid: u32::try_from(proc.pid.as_raw()).unwrap_or(0),
@@ -404,6 +442,7 @@ fn run_pump(proc: &Arc<Proc>, stdout: OwnedFd, stderr: OwnedFd, deadline: Option
         stderr,
         None,
         deadline,
+        None,
         |stream, chunk| {
             let stream = match stream {
                 Stream::Stdout => OutputStream::Stdout,

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -177,6 +177,7 @@ fn serve_frames(agent: &Arc<Agent>, stream: &mut File, writer: &Arc<Writer>) -> 
                         agent,
                         session: &session,
                         writer,
+                        peer: stream.as_fd(),
                         request_id,
                     };
                     let len = respond(&ctx, &request, &mut scratch, &mut out, &mut after)
@@ -213,6 +214,8 @@ pub struct Ctx<'a> {
     pub session: &'a Session<'a>,
     /// The connection's writer (for streams).
     pub writer: &'a Arc<Writer>,
+    /// The connection itself (to notice the host hanging up during a long Exec).
+    pub peer: BorrowedFd<'a>,
     /// The request's id.
     pub request_id: u64,
 }
@@ -262,7 +265,14 @@ fn answer(
                 cwd: &[],
                 user: "",
             };
-            let outcome = exec::run(agent, &command, e.stdin, e.timeout_ms, room - EXEC_OVERHEAD)?;
+            let outcome = exec::run(
+                agent,
+                &command,
+                e.stdin,
+                e.timeout_ms,
+                room - EXEC_OVERHEAD,
+                Some(ctx.peer),
+            )?;
             return Ok(session.reply_or_error(id, &Reply::Exec(exec_result(&outcome)), out));
         }
         Request::ExecIn(e) => {
@@ -272,7 +282,14 @@ fn answer(
                 cwd: e.cwd,
                 user: e.user,
             };
-            let outcome = exec::run(agent, &command, e.stdin, e.timeout_ms, room - EXEC_OVERHEAD)?;
+            let outcome = exec::run(
+                agent,
+                &command,
+                e.stdin,
+                e.timeout_ms,
+                room - EXEC_OVERHEAD,
+                Some(ctx.peer),
+            )?;
             return Ok(session.reply_or_error(id, &Reply::ExecIn(exec_result(&outcome)), out));
         }
         Request::PutFile(put) => {

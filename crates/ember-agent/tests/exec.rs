@@ -1,5 +1,12 @@
 //! Exec and ExecIn against the real agent binary: real commands, users, limits and errors.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    missing_docs
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -242,4 +249,62 @@ fn sigterm_stops_the_agent_cleanly() {
     let status = agent.terminate();
     assert!(status.success(), "{status:?}");
     assert!(!socket.exists());
+}
+
+#[test]
+fn sigterm_kills_running_exec_commands() {
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let pidfile = agent.path("exec.pid");
+    let script = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+    let runner = std::thread::spawn(move || c.exec(&Exec::new(&["sh", "-c", &script])));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            break nix::unistd::Pid::from_raw(pid);
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(agent.terminate().success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the exec command survived the agent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The host side sees its connection end.
+    assert!(runner.join().unwrap().is_err());
+}
+
+#[test]
+fn a_host_that_gives_up_gets_its_command_killed() {
+    let agent = Agent::start();
+    let mut c = agent.client();
+    c.set_call_timeout(Duration::from_millis(500));
+    let pidfile = agent.path("gave-up.pid");
+    let script = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+    let err = c.exec(&Exec::new(&["sh", "-c", &script])).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the command outlived the host's interest"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The agent serves on.
+    agent.client().ping().unwrap();
 }

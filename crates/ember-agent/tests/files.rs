@@ -1,5 +1,12 @@
 //! The file requests against the real agent binary on a real directory.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    missing_docs
+)]
+
 mod common;
 
 use common::Agent;

@@ -1,6 +1,13 @@
 //! Background processes against the real agent binary: streamed output while they run, stdin,
 //! signals, listing, attaching, exits and time limits.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    missing_docs
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};

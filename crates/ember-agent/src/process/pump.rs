@@ -8,7 +8,7 @@
 //! (Exec buffers it, background processes stream it).
 #![forbid(unsafe_code)]
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -41,6 +41,8 @@ pub struct Ended {
     pub exit: Exit,
     /// Its time limit expired and its process group was killed.
     pub timed_out: bool,
+    /// The watched peer hung up and the process group was killed.
+    pub cancelled: bool,
 }
 
 /// Bytes to write to the command's stdin, then close it.
@@ -58,7 +60,10 @@ pub fn set_nonblocking(fd: &impl AsFd) -> nix::Result<()> {
     fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
 }
 
-/// Runs the loop until the command has exited and its output is collected.
+/// Runs the loop until the command has exited and its output is collected. If `peer` (the
+/// host's connection) hangs up meanwhile, nobody waits for the result: the process group is
+/// killed.
+#[allow(clippy::too_many_arguments)] // one call per kind of command; a struct would only rename them
 pub fn pump(
     pid: Pid,
     exit: &ExitWatch,
@@ -66,11 +71,13 @@ pub fn pump(
     stderr: OwnedFd,
     mut feed: Option<Feed<'_>>,
     deadline: Option<Instant>,
+    mut peer: Option<BorrowedFd<'_>>,
     mut on_output: impl FnMut(Stream, &[u8]),
 ) -> Ended {
     let mut outputs = [Some(stdout), Some(stderr)];
     let mut exited_at: Option<Instant> = None;
     let mut timed_out = false;
+    let mut cancelled = false;
     let mut buf = vec![0u8; CHUNK];
     if let Some(f) = &feed
         && (f.data.is_empty() || set_nonblocking(&f.fd).is_err())
@@ -99,8 +106,8 @@ pub fn pump(
             }
             None => PollTimeout::NONE,
         };
-        // revents of: stdout, stderr, stdin, exit watch.
-        let mut ready = [false; 4];
+        // revents of: stdout, stderr, stdin, exit watch, peer.
+        let mut ready = [false; 5];
         {
             let mut fds = Vec::with_capacity(4);
             let mut slots = Vec::with_capacity(4);
@@ -117,6 +124,13 @@ pub fn pump(
             if exited_at.is_none() {
                 fds.push(PollFd::new(exit.fd(), PollFlags::POLLIN));
                 slots.push(3);
+                if let Some(fd) = peer {
+                    fds.push(PollFd::new(
+                        fd,
+                        PollFlags::from_bits_retain(libc::POLLRDHUP),
+                    ));
+                    slots.push(4);
+                }
             }
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -126,10 +140,11 @@ pub fn pump(
                 }
             }
             for (fd, slot) in fds.iter().zip(slots) {
-                if fd.revents().is_some_and(|r| !r.is_empty()) {
-                    if let Some(r) = ready.get_mut(slot) {
-                        *r = true;
-                    }
+                // `None`: bits nix has no name for (POLLRDHUP), which also mean "ready".
+                if fd.revents().is_none_or(|r| !r.is_empty())
+                    && let Some(r) = ready.get_mut(slot)
+                {
+                    *r = true;
                 }
             }
         }
@@ -162,6 +177,12 @@ pub fn pump(
                 feed = None; // closes stdin: the command sees end of file
             }
         }
+        if ready[4] && exited_at.is_none() {
+            tracing::info!(pid = pid.as_raw(), "the host hung up: killing the command");
+            cancelled = true;
+            peer = None;
+            kill_group(pid, Signal::SIGKILL);
+        }
         if ready[3] && exit.get().is_some() {
             exited_at = Some(Instant::now());
             feed = None;
@@ -178,6 +199,7 @@ pub fn pump(
     Ended {
         exit: exit.wait(),
         timed_out,
+        cancelled,
     }
 }
 

@@ -220,7 +220,8 @@ struct ChildPlan<'a> {
 /// # Safety
 /// Call only in the child of `fork`; every pointer in `plan` must be valid.
 unsafe fn run_child(plan: &ChildPlan<'_>) -> ! {
-    // SAFETY (whole block): only async-signal-safe libc calls on valid, prepared data.
+    // SAFETY: only async-signal-safe libc calls, on data prepared before fork whose pointers
+    // stay valid (the parent's memory, copied into the child).
     unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
@@ -244,13 +245,12 @@ unsafe fn run_child(plan: &ChildPlan<'_>) -> ! {
                 fail(plan.report, Step::Stdio);
             }
         }
-        if let Some(c) = plan.credentials {
-            if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0
+        if let Some(c) = plan.credentials
+            && (libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0
                 || libc::setgid(c.gid) != 0
-                || libc::setuid(c.uid) != 0
-            {
-                fail(plan.report, Step::Credentials);
-            }
+                || libc::setuid(c.uid) != 0)
+        {
+            fail(plan.report, Step::Credentials);
         }
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             fail(plan.report, Step::Chdir);

@@ -1,6 +1,6 @@
 //! Starts the real `ember-agent` binary on a hybrid-vsock Unix socket in a temp dir.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
