@@ -20,19 +20,44 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Agent {
-        let dir = tempfile::tempdir().unwrap();
+        Agent::start_with(&[], &["--init", "no"])
+    }
+
+    /// The agent binary: `EMBER_AGENT_BIN` (e.g. the static release build) or this build's.
+    pub fn binary() -> PathBuf {
+        std::env::var_os("EMBER_AGENT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ember-agent")))
+    }
+
+    /// Runs `wrapper... ember-agent --listen ... extra...`.
+    pub fn start_with(wrapper: &[&str], extra: &[&str]) -> Agent {
+        // Not under /tmp: an agent that is init mounts a fresh /tmp in its namespace.
+        let base = option_env!("CARGO_TARGET_TMPDIR").map(PathBuf::from);
+        let dir = match base {
+            Some(base) => tempfile::tempdir_in(base).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
         let socket = dir.path().join("agent.sock");
         let work = dir.path().join("work");
         std::fs::create_dir(&work).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ember-agent"))
+        let (program, before) = match wrapper.split_first() {
+            Some((program, rest)) => (PathBuf::from(program), rest.to_vec()),
+            None => (Agent::binary(), Vec::new()),
+        };
+        let mut command = Command::new(program);
+        command.args(before);
+        if !wrapper.is_empty() {
+            command.arg(Agent::binary());
+        }
+        let child = command
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--port")
             .arg(PORT.to_string())
             .arg("--workdir")
             .arg(&work)
-            .arg("--init")
-            .arg("no")
+            .args(extra)
             .arg("--log")
             .arg("debug")
             .stdin(Stdio::null())
@@ -66,6 +91,20 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status.
