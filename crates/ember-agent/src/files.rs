@@ -10,7 +10,7 @@
 //! into replies are the server's job.
 #![forbid(unsafe_code)]
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder, OpenOptions};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -50,8 +50,11 @@ pub fn put_file(agent: &Agent, put: &PutFile<'_>) -> Result<(), Refusal> {
             .create(true)
             .truncate(true)
             .mode(put.mode)
+            // A FIFO without a reader fails (ENXIO) instead of holding the request.
+            .custom_flags(libc::O_NONBLOCK)
             .open(&path)
             .map_err(fail)?;
+        refuse_streams(&path, &file.metadata().map_err(fail)?)?;
         if !existed {
             // Exactly `mode`, whatever the umask.
             file.set_permissions(fs::Permissions::from_mode(put.mode))
@@ -85,7 +88,12 @@ pub fn get_file(
 ) -> Result<(u32, u64), Refusal> {
     let path = agent.resolver.resolve(get.path);
     let fail = |e: io::Error| Refusal::io(format!("read {}", shown(&path)), &e);
-    let file = File::open(&path).map_err(fail)?;
+    // Non-blocking open: a FIFO without a writer must not hold the request.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(fail)?;
     let meta = file.metadata().map_err(fail)?;
     if meta.is_dir() {
         return Err(Refusal::new(
@@ -93,6 +101,7 @@ pub fn get_file(
             format!("read {}: is a directory", shown(&path)),
         ));
     }
+    refuse_streams(&path, &meta)?;
     let max = match get.max_len {
         0 => room,
         n => room.min(n as usize),
@@ -225,6 +234,19 @@ pub fn rename(agent: &Agent, rename: &Rename<'_>) -> Result<(), Refusal> {
         }
         refusal
     })
+}
+
+/// FIFOs and sockets are not files to read or write in chunks.
+fn refuse_streams(path: &Path, meta: &fs::Metadata) -> Result<(), Refusal> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() || t.is_socket() {
+        return Err(Refusal::new(
+            ErrorCode::INVALID_ARGUMENT,
+            format!("{}: a FIFO or socket, not a file", shown(path)),
+        ));
+    }
+    Ok(())
 }
 
 /// Creating missing parents met something that is not a directory (`mkdir` says EEXIST).

@@ -166,3 +166,18 @@ fn file_errors_are_clear() {
     let got = c.get_file("/proc/self/status", 1 << 20).unwrap();
     assert!(got.data.starts_with(b"Name:"));
 }
+
+#[test]
+fn fifos_are_refused_not_waited_on() {
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let fifo = agent.work().join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        code(c.get_file("pipe", 10).unwrap_err()),
+        ErrorCode::INVALID_ARGUMENT
+    );
+    assert!(c.put_file("pipe", 0o644, b"x").is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
