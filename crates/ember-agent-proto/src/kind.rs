@@ -48,6 +48,8 @@ pub enum Kind {
     ProcessList = 0x12,
     /// Request: stream a running background process's output (from now on) and its exit here.
     ProcessAttach = 0x13,
+    /// Request: set the size of a background process's terminal.
+    ProcessResize = 0x14,
     /// Reply to Hello.
     HelloOk = 0x81,
     /// Reply to Ping.
@@ -86,6 +88,8 @@ pub enum Kind {
     ProcessListing = 0x92,
     /// Reply to ProcessAttach.
     ProcessAttached = 0x93,
+    /// Reply to ProcessResize.
+    ProcessResizeOk = 0x94,
     /// Event of a process stream: a chunk of output.
     ProcessOutput = 0xC0,
     /// Event of a process stream: the process ended (the stream's last frame).
@@ -98,7 +102,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, requests first.
-    pub const ALL: [Kind; 42] = [
+    pub const ALL: [Kind; 44] = [
         Kind::Hello,
         Kind::Ping,
         Kind::Health,
@@ -118,6 +122,7 @@ impl Kind {
         Kind::ProcessSignal,
         Kind::ProcessList,
         Kind::ProcessAttach,
+        Kind::ProcessResize,
         Kind::HelloOk,
         Kind::Pong,
         Kind::HealthReport,
@@ -137,6 +142,7 @@ impl Kind {
         Kind::ProcessSignalOk,
         Kind::ProcessListing,
         Kind::ProcessAttached,
+        Kind::ProcessResizeOk,
         Kind::ProcessOutput,
         Kind::ProcessExit,
         Kind::Error,
@@ -165,6 +171,7 @@ impl Kind {
             0x11 => Kind::ProcessSignal,
             0x12 => Kind::ProcessList,
             0x13 => Kind::ProcessAttach,
+            0x14 => Kind::ProcessResize,
             0x81 => Kind::HelloOk,
             0x82 => Kind::Pong,
             0x83 => Kind::HealthReport,
@@ -184,6 +191,7 @@ impl Kind {
             0x91 => Kind::ProcessSignalOk,
             0x92 => Kind::ProcessListing,
             0x93 => Kind::ProcessAttached,
+            0x94 => Kind::ProcessResizeOk,
             0xC0 => Kind::ProcessOutput,
             0xC1 => Kind::ProcessExit,
             0xFE => Kind::Error,
@@ -239,6 +247,7 @@ impl Kind {
             Kind::ProcessSignal => "ProcessSignal",
             Kind::ProcessList => "ProcessList",
             Kind::ProcessAttach => "ProcessAttach",
+            Kind::ProcessResize => "ProcessResize",
             Kind::HelloOk => "HelloOk",
             Kind::Pong => "Pong",
             Kind::HealthReport => "HealthReport",
@@ -258,6 +267,7 @@ impl Kind {
             Kind::ProcessSignalOk => "ProcessSignalOk",
             Kind::ProcessListing => "ProcessListing",
             Kind::ProcessAttached => "ProcessAttached",
+            Kind::ProcessResizeOk => "ProcessResizeOk",
             Kind::ProcessOutput => "ProcessOutput",
             Kind::ProcessExit => "ProcessExit",
             Kind::Error => "Error",

@@ -55,7 +55,7 @@ pub use message::{
     FileStat, GetFile, HealthReport, Hello, HelloOk, ListDir, MakeDir, OutputStream, Ping,
     ProcessEntries, ProcessEntry, ProcessExit, ProcessInput, ProcessList, ProcessListing,
     ProcessOutput, ProcessSignal, ProcessStart, ProcessState, PutFile, Remove, Rename, Reply,
-    Request, Reseed, Stat,
+    Request, Reseed, Stat, TermSize,
 };
 
 #[cfg(feature = "std")]

@@ -66,7 +66,7 @@ pub fn run(
         pid,
         &exit,
         stdout_r,
-        stderr_r,
+        Some(stderr_r),
         Some(Feed {
             fd: stdin_w,
             data: stdin,

@@ -31,7 +31,8 @@ use crate::agent::Agent;
 use crate::process::prepare::{CommandRequest, prepare, spawn_refusal};
 use crate::process::pump::{Stream, kill_group, pump, set_nonblocking};
 use crate::process::reaper::ExitWatch;
-use crate::process::spawn::{Stdio, pipe};
+use crate::process::spawn::{SpawnError, SpawnSpec, Stdio, pipe};
+use crate::process::terminal;
 use crate::refusal::Refusal;
 use crate::server::{After, Ctx, Writer};
 
@@ -83,8 +84,10 @@ pub struct Proc {
     user: String,
     watch: ExitWatch,
     state: Mutex<State>,
-    /// The write end of its stdin (non-blocking), while open.
+    /// The write end of its stdin (non-blocking), while open (a terminal's master).
     stdin: Mutex<Option<OwnedFd>>,
+    /// Its terminal's master, if it runs on one.
+    terminal: Option<OwnedFd>,
 }
 
 impl Proc {
@@ -296,6 +299,19 @@ pub fn answer(
             sent.map_err(|e| Refusal::errno(format!("signal {sig} to pid {}", proc.pid), e))?;
             Reply::ProcessSignal
         }
+        Request::ProcessResize { handle, size } => {
+            let proc = agent.procs.running(*handle)?;
+            let Some(master) = &proc.terminal else {
+                return Err(Refusal::new(
+                    ErrorCode::INVALID_ARGUMENT,
+                    format!("process {handle} has no terminal"),
+                ));
+            };
+            terminal::resize(master, *size).map_err(|e| {
+                Refusal::io(format!("resizing the terminal of process {handle}"), &e)
+            })?;
+            Reply::ProcessResize
+        }
         Request::ProcessList(list) => {
             let procs: Vec<Arc<Proc>> = lock(&agent.procs.inner).procs.values().cloned().collect();
             let rest = procs.get(list.offset as usize..).unwrap_or_default();
@@ -335,6 +351,7 @@ pub fn answer(
                     exit_code: exit.map_or(0, |e| e.0),
                     timed_out: exit.is_some_and(|e| e.1),
                     stdin_open: *stdin_open,
+                    pty: proc.terminal.is_some(),
                     argv: ember_agent_proto::ByteList::from_bytes(argv),
                     cwd: &proc.cwd,
                     user: &proc.user,
@@ -370,6 +387,85 @@ pub fn answer(
     )))
 }
 
+/// The agent's ends of a background process's standard streams.
+#[derive(Debug)]
+struct Parent {
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    terminal: Option<OwnedFd>,
+}
+
+/// Both ends of a background process's standard streams: pipes, or a terminal.
+#[derive(Debug)]
+struct ChildIo {
+    parent: Parent,
+    /// stdin, stdout, stderr of the command.
+    child: [OwnedFd; 3],
+}
+
+impl ChildIo {
+    fn new(start: &ProcessStart<'_>, spec: &mut SpawnSpec) -> Result<ChildIo, SpawnError> {
+        let os = |what: &'static str| {
+            move |e: std::io::Error| SpawnError::Setup {
+                what,
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        };
+        if let Some(size) = start.pty {
+            let pty = terminal::open(size).map_err(os("opening a terminal"))?;
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(os("dup"));
+            set_nonblocking(&pty.master).map_err(|errno| SpawnError::Setup {
+                what: "terminal",
+                errno,
+            })?;
+            spec.controlling_tty = true;
+            if !spec.env.iter().any(|e| e.as_bytes().starts_with(b"TERM=")) {
+                spec.env.push(c"TERM=xterm-256color".to_owned());
+            }
+            let parent = Parent {
+                stdout: dup(&pty.master)?,
+                stderr: None,
+                stdin: Some(dup(&pty.master)?),
+                terminal: Some(pty.master),
+            };
+            let child = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
+            return Ok(ChildIo { parent, child });
+        }
+        let (stdin_r, stdin_w) = if start.stdin {
+            let (r, w) = pipe()?;
+            set_nonblocking(&w).map_err(|errno| SpawnError::Setup {
+                what: "stdin pipe",
+                errno,
+            })?;
+            (r, Some(w))
+        } else {
+            let null = File::open("/dev/null").map_err(os("opening /dev/null"))?;
+            (OwnedFd::from(null), None)
+        };
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        Ok(ChildIo {
+            parent: Parent {
+                stdout: stdout_r,
+                stderr: Some(stderr_r),
+                stdin: stdin_w,
+                terminal: None,
+            },
+            child: [stdin_r, stdout_w, stderr_w],
+        })
+    }
+
+    fn stdio(&self) -> Stdio<'_> {
+        let [stdin, stdout, stderr] = &self.child;
+        Stdio {
+            stdin: stdin.as_fd(),
+            stdout: stdout.as_fd(),
+            stderr: stderr.as_fd(),
+        }
+    }
+}
+
 /// Spawns the process, registers it and starts its pump; with `attach`, subscribes
 /// `connection` before any output can be read.
 fn start_process(
@@ -383,27 +479,24 @@ fn start_process(
         cwd: start.cwd,
         user: start.user,
     };
-    let spec = prepare(&command, &agent.resolver, &agent.users)?;
+    let mut spec = prepare(&command, &agent.resolver, &agent.users)?;
     let argv0 = start.argv.get(0).unwrap_or_default();
+    let io = ChildIo::new(start, &mut spec).map_err(|e| spawn_refusal(argv0, &e))?;
     let setup = |e| spawn_refusal(argv0, &e);
-    let (stdin_r, stdin_w): (OwnedFd, Option<OwnedFd>) = if start.stdin {
-        let (r, w) = pipe().map_err(setup)?;
-        set_nonblocking(&w).map_err(|e| Refusal::errno("stdin pipe", e))?;
-        (r, Some(w))
-    } else {
-        let null = File::open("/dev/null").map_err(|e| Refusal::io("open /dev/null", &e))?;
-        (OwnedFd::from(null), None)
-    };
-    let (stdout_r, stdout_w) = pipe().map_err(setup)?;
-    let (stderr_r, stderr_w) = pipe().map_err(setup)?;
-    let stdio = Stdio {
-        stdin: stdin_r.as_fd(),
-        stdout: stdout_w.as_fd(),
-        stderr: stderr_w.as_fd(),
-    };
+    let stdio = io.stdio();
     let started = Instant::now();
     let (pid, watch) = agent.reaper.spawn(&spec, stdio).map_err(setup)?;
-    drop((stdin_r, stdout_w, stderr_w));
+    let ChildIo {
+        parent:
+            Parent {
+                stdout: stdout_r,
+                stderr: stderr_r,
+                stdin: stdin_w,
+                terminal,
+            },
+        child,
+    } = io;
+    drop(child); // the command has its copies; ours would keep the pipes open
     let proc = agent.procs.insert(|handle| Proc {
         handle,
         pid,
@@ -413,6 +506,7 @@ fn start_process(
         watch,
         state: Mutex::new(State::default()),
         stdin: Mutex::new(stdin_w),
+        terminal,
     });
     let rx = if start.attach {
         proc.subscribe(connection).ok()
@@ -434,7 +528,7 @@ fn start_process(
     Ok((proc, rx))
 }
 
-fn run_pump(proc: &Arc<Proc>, stdout: OwnedFd, stderr: OwnedFd, deadline: Option<Instant>) {
+fn run_pump(proc: &Arc<Proc>, stdout: OwnedFd, stderr: Option<OwnedFd>, deadline: Option<Instant>) {
     let ended = pump(
         proc.pid,
         &proc.watch,
@@ -509,7 +603,12 @@ fn write_stdin(proc: &Proc, data: &[u8], close: bool) -> Result<u32, Refusal> {
         }
     }
     if close && written == data.len() {
-        *stdin = None;
+        if proc.terminal.is_some() {
+            // A terminal has no end of file to close: type its EOF character (^D) instead.
+            let _ = nix::unistd::write(fd, &[0x04]);
+        } else {
+            *stdin = None;
+        }
     }
     Ok(u32::try_from(written).unwrap_or(u32::MAX))
 }

@@ -237,3 +237,69 @@ fn sigterm_kills_background_processes() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_process_on_a_terminal_is_typed_into_and_resized() {
+    let agent = Agent::start();
+    let mut streamer = agent.client();
+    let mut control = agent.client();
+    let start = ProcessStart::new(&["sh"]).with_pty(24, 80);
+    let mut stream = streamer.process_start_attached(&start).unwrap();
+    let handle = stream.process().handle;
+    let mut seen = String::new();
+    fn wait_for(
+        stream: &mut ember_agent_proto::ProcessStream<'_>,
+        seen: &mut String,
+        needle: &str,
+    ) {
+        let deadline = Instant::now() + T;
+        while !seen.contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "never saw {needle:?} in {seen:?}"
+            );
+            match stream.next_event(Duration::from_millis(200)).unwrap() {
+                Some(ProcessEvent::Output {
+                    stream: OutputStream::Stdout,
+                    data,
+                }) => seen.push_str(&s(&data)),
+                Some(ProcessEvent::Output { .. }) => panic!("a terminal has no separate stderr"),
+                Some(ProcessEvent::Exit { .. }) => panic!("exited early: {seen:?}"),
+                None => {}
+            }
+        }
+    }
+    control
+        .write_stdin(handle, b"tty; stty size; echo T=$TERM\n", false)
+        .unwrap();
+    wait_for(&mut stream, &mut seen, "T=xterm-256color");
+    assert!(seen.contains("/dev/pts/"), "{seen}");
+    assert!(seen.contains("24 80"), "{seen}");
+    let listed = control.process_list().unwrap();
+    assert!(listed.iter().find(|p| p.handle == handle).unwrap().pty);
+
+    control.process_resize(handle, 50, 132).unwrap();
+    control.write_stdin(handle, b"stty size\n", false).unwrap();
+    wait_for(&mut stream, &mut seen, "50 132");
+    // ^D at an empty prompt ends the shell.
+    control.write_stdin(handle, b"", true).unwrap();
+    let outcome = stream.wait(T).unwrap();
+    assert_eq!(outcome.exit_code, 0);
+
+    // Resizing a process without a terminal is refused.
+    let plain = control
+        .process_start(&ProcessStart::new(&["sleep", "5"]))
+        .unwrap();
+    let err = control.process_resize(plain.handle, 10, 10).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Agent {
+                code: ErrorCode::INVALID_ARGUMENT,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    control.process_signal(plain.handle, 9, true).unwrap();
+}

@@ -77,6 +77,8 @@ pub struct ProcessInfo {
     pub timed_out: bool,
     /// Its stdin is open for input.
     pub stdin_open: bool,
+    /// It runs on a pseudo-terminal.
+    pub pty: bool,
     /// Its argv.
     pub argv: Vec<Vec<u8>>,
     /// Its working directory.
@@ -94,6 +96,7 @@ impl From<&ProcessEntry<'_>> for ProcessInfo {
             exit_code: e.exit_code,
             timed_out: e.timed_out,
             stdin_open: e.stdin_open,
+            pty: e.pty,
             argv: e.argv.iter().map(<[u8]>::to_vec).collect(),
             cwd: e.cwd.to_vec(),
             user: e.user.to_owned(),
@@ -214,6 +217,18 @@ impl AgentClient {
         });
         self.call(&request, |reply| match reply {
             Reply::ProcessSignal => Ok(()),
+            _ => Err("unreachable: kind checked".to_owned()),
+        })
+    }
+
+    /// Sets the size of the process's pseudo-terminal.
+    pub fn process_resize(&mut self, handle: u64, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let request = Request::ProcessResize {
+            handle,
+            size: crate::message::TermSize { rows, cols },
+        };
+        self.call(&request, |reply| match reply {
+            Reply::ProcessResize => Ok(()),
             _ => Err("unreachable: kind checked".to_owned()),
         })
     }

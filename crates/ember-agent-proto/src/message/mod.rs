@@ -13,9 +13,10 @@ mod request;
 mod stat;
 
 pub use process::{
-    ENTRY_STDIN_OPEN, EXIT_TIMED_OUT, INPUT_CLOSE, OutputStream, ProcessEntries,
+    ENTRY_PTY, ENTRY_STDIN_OPEN, EXIT_TIMED_OUT, INPUT_CLOSE, OutputStream, ProcessEntries,
     ProcessEntriesIter, ProcessEntry, ProcessExit, ProcessInput, ProcessList, ProcessListing,
-    ProcessOutput, ProcessSignal, ProcessStart, ProcessState, START_ATTACH, START_STDIN,
+    ProcessOutput, ProcessSignal, ProcessStart, ProcessState, START_ATTACH, START_PTY, START_STDIN,
+    TermSize,
 };
 pub use reply::{DirListing, ErrorReply, ExecResult, FileData, HealthReport, HelloOk, Reply};
 pub use request::{

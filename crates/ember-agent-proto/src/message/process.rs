@@ -19,12 +19,30 @@ use crate::list::ByteList;
 pub const START_STDIN: u8 = 0b01;
 /// ProcessStart `flags` bit 1: stream the process's output and exit on this connection.
 pub const START_ATTACH: u8 = 0b10;
+/// ProcessStart `flags` bit 2: run on a new pseudo-terminal of `rows` × `cols`.
+pub const START_PTY: u8 = 0b100;
 /// ProcessInput `flags` bit 0: close stdin once `data` is written.
 pub const INPUT_CLOSE: u8 = 0b1;
 /// ProcessExit and listing `flags` bit 0: the time limit expired and the group was killed.
 pub const EXIT_TIMED_OUT: u8 = 0b1;
 /// Listing `flags` bit 1: the process's stdin is still open for ProcessInput.
 pub const ENTRY_STDIN_OPEN: u8 = 0b10;
+/// Listing `flags` bit 2: the process runs on a pseudo-terminal.
+pub const ENTRY_PTY: u8 = 0b100;
+
+/// A terminal's size in character cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TermSize {
+    /// Rows (at least 1).
+    pub rows: u16,
+    /// Columns (at least 1).
+    pub cols: u16,
+}
+
+impl TermSize {
+    /// The classic 24 × 80.
+    pub const DEFAULT: TermSize = TermSize { rows: 24, cols: 80 };
+}
 
 /// ProcessStart: start a command in the background.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +62,8 @@ pub struct ProcessStart<'a> {
     /// Guest-side time limit in milliseconds (0: none); on expiry the process group is killed
     /// and the exit says so.
     pub timeout_ms: u32,
+    /// Run on a pseudo-terminal of this size ([`START_PTY`]); `None`: pipes.
+    pub pty: Option<TermSize>,
 }
 
 impl<'a> ProcessStart<'a> {
@@ -57,7 +77,15 @@ impl<'a> ProcessStart<'a> {
             stdin: false,
             attach: false,
             timeout_ms: 0,
+            pty: None,
         }
+    }
+
+    /// On a pseudo-terminal of `rows` × `cols` (stdin, stdout and stderr are the terminal; its
+    /// output comes as stdout; ProcessInput types into it).
+    pub const fn with_pty(mut self, rows: u16, cols: u16) -> Self {
+        self.pty = Some(TermSize { rows, cols });
+        self
     }
 
     /// With environment entries `KEY=VALUE`.
@@ -95,8 +123,16 @@ impl<'a> ProcessStart<'a> {
         w.list(&rules::ENV, &self.env)?;
         w.bytes(&rules::CWD, self.cwd)?;
         w.bytes(&rules::USER, self.user.as_bytes())?;
-        w.u8(flag(self.stdin, START_STDIN) | flag(self.attach, START_ATTACH));
+        w.u8(flag(self.stdin, START_STDIN)
+            | flag(self.attach, START_ATTACH)
+            | flag(self.pty.is_some(), START_PTY));
         w.u32(self.timeout_ms);
+        let size = self.pty.unwrap_or(TermSize { rows: 0, cols: 0 });
+        if self.pty.is_some() {
+            check_size(Kind::ProcessStart, size)?;
+        }
+        w.u16(size.rows);
+        w.u16(size.cols);
         Ok(())
     }
 
@@ -105,7 +141,18 @@ impl<'a> ProcessStart<'a> {
         let env = r.list(&rules::ENV)?;
         let cwd = r.bytes(&rules::CWD)?;
         let user = r.text(&rules::USER)?;
-        let flags = flags(r, kind, "flags", START_STDIN | START_ATTACH)?;
+        let flags = flags(r, kind, "flags", START_STDIN | START_ATTACH | START_PTY)?;
+        let timeout_ms = r.u32("timeout_ms")?;
+        let size = TermSize {
+            rows: r.u16("rows")?,
+            cols: r.u16("cols")?,
+        };
+        let pty = if flags & START_PTY != 0 {
+            check_size(kind, size)?;
+            Some(size)
+        } else {
+            None
+        };
         Ok(ProcessStart {
             argv,
             env,
@@ -113,7 +160,8 @@ impl<'a> ProcessStart<'a> {
             user,
             stdin: flags & START_STDIN != 0,
             attach: flags & START_ATTACH != 0,
-            timeout_ms: r.u32("timeout_ms")?,
+            timeout_ms,
+            pty,
         })
     }
 }
@@ -228,6 +276,8 @@ pub struct ProcessEntry<'a> {
     pub timed_out: bool,
     /// Its stdin is open for ProcessInput.
     pub stdin_open: bool,
+    /// It runs on a pseudo-terminal.
+    pub pty: bool,
     /// Its argv as started.
     pub argv: ByteList<'a>,
     /// Its working directory as the agent resolved it.
@@ -251,7 +301,9 @@ impl<'a> ProcessEntry<'a> {
             ProcessState::Exited => 2,
         });
         w.i32(self.exit_code);
-        w.u8(flag(self.timed_out, EXIT_TIMED_OUT) | flag(self.stdin_open, ENTRY_STDIN_OPEN));
+        w.u8(flag(self.timed_out, EXIT_TIMED_OUT)
+            | flag(self.stdin_open, ENTRY_STDIN_OPEN)
+            | flag(self.pty, ENTRY_PTY));
         w.list(&rules::ARGV, &self.argv)?;
         w.bytes(&rules::CWD, self.cwd)?;
         w.bytes(&rules::USER, self.user.as_bytes())?;
@@ -268,7 +320,12 @@ impl<'a> ProcessEntry<'a> {
             v => return Err(out_of_range(kind, "state", v)),
         };
         let exit_code = r.i32("exit_code")?;
-        let flags = flags(r, kind, "flags", EXIT_TIMED_OUT | ENTRY_STDIN_OPEN)?;
+        let flags = flags(
+            r,
+            kind,
+            "flags",
+            EXIT_TIMED_OUT | ENTRY_STDIN_OPEN | ENTRY_PTY,
+        )?;
         Ok(ProcessEntry {
             handle,
             pid,
@@ -276,6 +333,7 @@ impl<'a> ProcessEntry<'a> {
             exit_code,
             timed_out: flags & EXIT_TIMED_OUT != 0,
             stdin_open: flags & ENTRY_STDIN_OPEN != 0,
+            pty: flags & ENTRY_PTY != 0,
             argv: r.list(&rules::ARGV)?,
             cwd: r.bytes(&rules::CWD)?,
             user: r.text(&rules::USER)?,
@@ -463,6 +521,20 @@ pub(crate) fn check_signal(kind: Kind, v: u8) -> Result<(), FieldError> {
     } else {
         Err(out_of_range(kind, "signal", v))
     }
+}
+
+/// A terminal size: both at least 1.
+pub(crate) fn check_size(kind: Kind, size: TermSize) -> Result<(), FieldError> {
+    for (field, v) in [("rows", size.rows), ("cols", size.cols)] {
+        if v == 0 {
+            return Err(FieldError {
+                kind,
+                field,
+                problem: FieldProblem::OutOfRange { value: 0 },
+            });
+        }
+    }
+    Ok(())
 }
 
 /// An output stream tag.

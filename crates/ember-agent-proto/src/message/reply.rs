@@ -155,6 +155,8 @@ pub enum Reply<'a> {
         /// Whether it still runs (if not, ProcessExit follows at once).
         running: bool,
     },
+    /// Reply to ProcessResize: the terminal has its new size.
+    ProcessResize,
     /// Stream event: a chunk of output.
     ProcessOutput(ProcessOutput<'a>),
     /// Stream event: the process ended; the stream's last frame.
@@ -191,6 +193,7 @@ impl<'a> Reply<'a> {
             Reply::ProcessSignal => Kind::ProcessSignalOk,
             Reply::ProcessListing(_) => Kind::ProcessListing,
             Reply::ProcessAttached { .. } => Kind::ProcessAttached,
+            Reply::ProcessResize => Kind::ProcessResizeOk,
             Reply::ProcessOutput(_) => Kind::ProcessOutput,
             Reply::ProcessExit(_) => Kind::ProcessExit,
             Reply::Error(_) => Kind::Error,
@@ -287,6 +290,7 @@ impl<'a> Reply<'a> {
                 written: r.u32("written")?,
             },
             Kind::ProcessSignalOk => Reply::ProcessSignal,
+            Kind::ProcessResizeOk => Reply::ProcessResize,
             Kind::ProcessListing => Reply::ProcessListing(ProcessListing {
                 more: r.bool("more")?,
                 entries: ProcessEntries::read(&mut r)?,
@@ -351,7 +355,8 @@ impl<'a> Reply<'a> {
             | Reply::Shutdown
             | Reply::Remove
             | Reply::Rename
-            | Reply::ProcessSignal => {}
+            | Reply::ProcessSignal
+            | Reply::ProcessResize => {}
             Reply::ProcessStarted { handle, pid } => {
                 w.u64(*handle);
                 w.u32(*pid);
@@ -455,6 +460,7 @@ mod tests {
         round_trip(Reply::ProcessStarted { handle: 3, pid: 77 });
         round_trip(Reply::ProcessInput { written: 12 });
         round_trip(Reply::ProcessSignal);
+        round_trip(Reply::ProcessResize);
         round_trip(Reply::ProcessAttached {
             pid: 1,
             running: false,
@@ -477,6 +483,7 @@ mod tests {
                 exit_code: 0,
                 timed_out: false,
                 stdin_open: true,
+                pty: true,
                 argv: ByteList::from_strs(&["sleep", "9"]),
                 cwd: b"/",
                 user: "",
@@ -488,6 +495,7 @@ mod tests {
                 exit_code: 3,
                 timed_out: true,
                 stdin_open: false,
+                pty: false,
                 argv: ByteList::from_strs(&["false"]),
                 cwd: b"/tmp",
                 user: "nobody",

@@ -301,6 +301,13 @@ pub enum Request<'a> {
         /// The process.
         handle: u64,
     },
+    /// Set a background process's terminal size.
+    ProcessResize {
+        /// The process (started with a pseudo-terminal).
+        handle: u64,
+        /// The new size.
+        size: process::TermSize,
+    },
 }
 
 impl<'a> Request<'a> {
@@ -326,6 +333,7 @@ impl<'a> Request<'a> {
             Request::ProcessSignal(_) => Kind::ProcessSignal,
             Request::ProcessList(_) => Kind::ProcessList,
             Request::ProcessAttach { .. } => Kind::ProcessAttach,
+            Request::ProcessResize { .. } => Kind::ProcessResize,
         }
     }
 
@@ -451,6 +459,15 @@ impl<'a> Request<'a> {
             Kind::ProcessAttach => Request::ProcessAttach {
                 handle: r.u64("handle")?,
             },
+            Kind::ProcessResize => {
+                let handle = r.u64("handle")?;
+                let size = process::TermSize {
+                    rows: r.u16("rows")?,
+                    cols: r.u16("cols")?,
+                };
+                process::check_size(kind, size)?;
+                Request::ProcessResize { handle, size }
+            }
             _ => return Err(DecodeError::UnknownKind { kind: header.kind }),
         };
         super::finish(&r, kind)?;
@@ -534,6 +551,12 @@ impl<'a> Request<'a> {
                 w.u32(p.max_entries);
             }
             Request::ProcessAttach { handle } => w.u64(*handle),
+            Request::ProcessResize { handle, size } => {
+                process::check_size(Kind::ProcessResize, *size)?;
+                w.u64(*handle);
+                w.u16(size.rows);
+                w.u16(size.cols);
+            }
         }
         Ok(())
     }
@@ -642,6 +665,29 @@ mod tests {
             max_entries: 3,
         }));
         round_trip(Request::ProcessAttach { handle: u64::MAX });
+        round_trip(Request::ProcessStart(
+            ProcessStart::new(&["bash"]).with_pty(40, 120),
+        ));
+        round_trip(Request::ProcessResize {
+            handle: 1,
+            size: process::TermSize {
+                rows: 50,
+                cols: 200,
+            },
+        });
+        let zero = Request::ProcessResize {
+            handle: 1,
+            size: process::TermSize { rows: 0, cols: 80 },
+        };
+        assert!(matches!(
+            zero.encode(1, &mut [0u8; 64]),
+            Err(EncodeError::Field(_))
+        ));
+        let zero = Request::ProcessStart(ProcessStart::new(&["bash"]).with_pty(24, 0));
+        assert!(matches!(
+            zero.encode(1, &mut [0u8; 64]),
+            Err(EncodeError::Field(_))
+        ));
     }
 
     #[test]
@@ -660,7 +706,7 @@ mod tests {
         let n = Request::ProcessStart(ProcessStart::new(&["x"]))
             .encode(1, &mut buf)
             .unwrap();
-        buf[n - 5] = 0b100;
+        buf[n - 9] = 0b1000;
         assert!(matches!(
             Request::decode(&buf[..n]),
             Err(DecodeError::Field(FieldError { field: "flags", .. }))

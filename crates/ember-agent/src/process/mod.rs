@@ -9,3 +9,4 @@ pub mod prepare;
 pub mod pump;
 pub mod reaper;
 pub mod spawn;
+pub mod terminal;

@@ -152,6 +152,7 @@ pub fn prepare(
             .collect::<Result<_, _>>()?,
         cwd: cstring(cwd.into_os_string().into_vec_bytes())?,
         credentials,
+        controlling_tty: false,
     })
 }
 

@@ -68,13 +68,13 @@ pub fn pump(
     pid: Pid,
     exit: &ExitWatch,
     stdout: OwnedFd,
-    stderr: OwnedFd,
+    stderr: Option<OwnedFd>,
     mut feed: Option<Feed<'_>>,
     deadline: Option<Instant>,
     mut peer: Option<BorrowedFd<'_>>,
     mut on_output: impl FnMut(Stream, &[u8]),
 ) -> Ended {
-    let mut outputs = [Some(stdout), Some(stderr)];
+    let mut outputs = [Some(stdout), stderr];
     let mut exited_at: Option<Instant> = None;
     let mut timed_out = false;
     let mut cancelled = false;
@@ -160,6 +160,7 @@ pub fn pump(
                 Ok(0) => *slot = None,
                 Ok(n) => on_output(stream, buf.get(..n).unwrap_or_default()),
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
+                // EIO: a terminal whose every slave end closed.
                 Err(_) => *slot = None,
             }
         }

@@ -42,6 +42,8 @@ pub struct SpawnSpec {
     pub cwd: CString,
     /// Who to run as; `None`: as the agent.
     pub credentials: Option<Credentials>,
+    /// Make stdin (a terminal) the new session's controlling terminal.
+    pub controlling_tty: bool,
 }
 
 /// The descriptors that become the child's fds 0, 1 and 2.
@@ -153,6 +155,7 @@ pub fn spawn(
             stdio.stdout.as_raw_fd(),
             stdio.stderr.as_raw_fd(),
         ],
+        controlling_tty: spec.controlling_tty,
         report: report_w.as_raw_fd(),
     };
     // SAFETY: the child runs only `run_child`, which makes async-signal-safe libc calls on
@@ -212,6 +215,7 @@ struct ChildPlan<'a> {
     credentials: Option<&'a Credentials>,
     groups: &'a [libc::gid_t],
     stdio: [RawFd; 3],
+    controlling_tty: bool,
     report: RawFd,
 }
 
@@ -244,6 +248,9 @@ unsafe fn run_child(plan: &ChildPlan<'_>) -> ! {
             if !ok {
                 fail(plan.report, Step::Stdio);
             }
+        }
+        if plan.controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+            fail(plan.report, Step::Stdio);
         }
         if let Some(c) = plan.credentials
             && (libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0
