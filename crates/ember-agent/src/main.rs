@@ -10,7 +10,8 @@
 //! `exec` (run to completion), `procs` (background processes and their streams), `files`,
 //! `agent` (Health, Reseed, Shutdown); beneath them `process` (prepare, spawn, reaper, pump),
 //! `paths`, `users`, `refusal`; `init` for PID 1 and signals. `unsafe` lives only in
-//! `process::spawn` (fork/exec) and `reseed` (the RNDADDENTROPY ioctl).
+//! `process::spawn` (fork/exec), `reseed` (the RNDADDENTROPY ioctl) and `netif` (bringing `lo`
+//! up as init).
 #![deny(unsafe_code)]
 
 mod agent;
@@ -18,6 +19,7 @@ mod exec;
 mod files;
 mod init;
 mod listen;
+mod netif;
 mod paths;
 mod process;
 mod procs;
@@ -48,7 +50,8 @@ struct Args {
     /// Working directory of commands without `cwd`, and base of relative paths.
     #[arg(long, default_value = "/")]
     workdir: PathBuf,
-    /// Act as init (mount /proc, /sys, /dev, /tmp; power off on Shutdown and SIGTERM):
+    /// Act as init (mount /proc, /sys, /dev, /tmp; bring `lo` up; power off on Shutdown and
+    /// SIGTERM):
     /// `auto` when PID 1.
     #[arg(long, value_enum, default_value_t = InitMode::Auto)]
     init: InitMode,
@@ -97,6 +100,10 @@ fn run(args: Args, as_init: bool) -> anyhow::Result<()> {
     init::ensure_std_fds();
     if as_init {
         init::mount_basics();
+        match netif::bring_up("lo") {
+            Ok(changed) => tracing::info!(changed, "loopback up"),
+            Err(e) => tracing::warn!(error = %e, "cannot bring the loopback interface up"),
+        }
     }
     // Before any thread starts, so every thread inherits the mask.
     init::block_signals().context("blocking signals")?;

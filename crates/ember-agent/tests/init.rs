@@ -1,5 +1,6 @@
-//! The agent as PID 1, in a fresh PID and mount namespace (`unshare`): it reaps orphans and
-//! Shutdown powers "the guest" off — which, in a PID namespace, ends the namespace.
+//! The agent as PID 1, in fresh PID, mount and network namespaces (`unshare`): it mounts /tmp,
+//! brings `lo` up, reaps orphans, and Shutdown powers "the guest" off — which, in a PID
+//! namespace, ends the namespace.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,13 +19,13 @@ use ember_agent_proto::Exec;
 fn can_unshare() -> bool {
     nix::unistd::geteuid().is_root()
         && std::process::Command::new("unshare")
-            .args(["--fork", "--pid", "--mount-proc", "true"])
+            .args(["--fork", "--pid", "--net", "--mount-proc", "true"])
             .status()
             .is_ok_and(|s| s.success())
 }
 
 #[test]
-fn as_pid1_it_reaps_orphans_and_powers_off_on_shutdown() {
+fn as_pid1_it_mounts_brings_lo_up_reaps_orphans_and_powers_off() {
     if !can_unshare() {
         eprintln!("skipped: needs root and unshare");
         return;
@@ -34,6 +35,7 @@ fn as_pid1_it_reaps_orphans_and_powers_off_on_shutdown() {
             "unshare",
             "--fork",
             "--pid",
+            "--net",
             "--mount-proc",
             "--propagation",
             "private",
@@ -67,6 +69,12 @@ fn as_pid1_it_reaps_orphans_and_powers_off_on_shutdown() {
         .exec(&Exec::new(&["sh", "-c", "stat -f -c %T /tmp"]))
         .unwrap();
     assert_eq!(s(&out.stdout).trim(), "tmpfs");
+    // A fresh network namespace starts with lo down: the agent brought it up.
+    let probe = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); \
+                 socket.create_connection(s.getsockname(), timeout=2); print('lo ok')";
+    if let Ok(out) = c.exec(&Exec::new(&["python3", "-c", probe])) {
+        assert_eq!(s(&out.stdout), "lo ok\n", "{}", s(&out.stderr));
+    }
     // Shutdown: the reply, then power-off, which ends the namespace.
     c.shutdown().unwrap();
     let status = agent.wait_exit(Duration::from_secs(10));
