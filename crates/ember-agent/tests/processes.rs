@@ -303,3 +303,24 @@ fn a_process_on_a_terminal_is_typed_into_and_resized() {
     );
     control.process_signal(plain.handle, 9, true).unwrap();
 }
+
+#[test]
+fn a_large_output_streams_whole_and_in_order() {
+    let agent = Agent::start();
+    let mut c = agent.client();
+    // 20 MB of numbered lines: every byte arrives, in order, through frames of the host's size.
+    let script = "seq 1 2500000";
+    let outcome = c
+        .process_start_attached(&ProcessStart::new(&["sh", "-c", script]))
+        .unwrap()
+        .wait(Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(outcome.exit_code, 0);
+    let text = s(&outcome.stdout);
+    let mut expected = 1u64;
+    for line in text.lines() {
+        assert_eq!(line.parse::<u64>().unwrap(), expected);
+        expected += 1;
+    }
+    assert_eq!(expected, 2_500_001);
+}
