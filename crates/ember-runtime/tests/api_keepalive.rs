@@ -25,6 +25,20 @@ fn started(dir: &Path) -> VmmProcess {
     vmm
 }
 
+/// Opens far more connections than the server's cap (32): the oldest idle ones are closed to
+/// make room. A request on the newest proves they were accepted.
+fn crowd_out(sock: &Path) -> Vec<UnixStream> {
+    let mut others: Vec<UnixStream> = (0..80)
+        .map(|_| UnixStream::connect(sock).unwrap())
+        .collect();
+    let last = others.last_mut().unwrap();
+    std::io::Write::write_all(last, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 16];
+    std::io::Read::read_exact(last, &mut buf).unwrap();
+    assert!(buf.starts_with(b"HTTP/1.1 200"));
+    others
+}
+
 #[test]
 fn a_kept_connection_idle_past_the_server_timeouts_is_still_served() {
     let dir = short_tempdir();
@@ -48,17 +62,7 @@ fn a_kept_connection_closed_at_the_cap_is_replaced_on_the_next_call() {
     let mut client = FirecrackerClient::new(vmm.api_sock(), ClientTimeouts::default());
     client.describe_instance().unwrap();
     for round in 1..=2u64 {
-        // Far more connections than the server's cap (32): the oldest idle ones, the client's
-        // among them, are closed to make room. A request on the newest proves they were
-        // accepted.
-        let mut others: Vec<UnixStream> = (0..80)
-            .map(|_| UnixStream::connect(vmm.api_sock()).unwrap())
-            .collect();
-        let last = others.last_mut().unwrap();
-        std::io::Write::write_all(last, b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        let mut buf = [0u8; 16];
-        std::io::Read::read_exact(last, &mut buf).unwrap();
-        assert!(buf.starts_with(b"HTTP/1.1 200"));
+        let others = crowd_out(vmm.api_sock());
         if round == 1 {
             client.describe_instance().unwrap();
         } else {
@@ -81,14 +85,7 @@ fn a_connection_opened_early_and_closed_at_the_cap_before_any_use_is_replaced() 
     // closes it to make room.
     let mut early = FirecrackerClient::new(vmm.api_sock(), ClientTimeouts::default());
     early.connect().unwrap();
-    let mut others: Vec<UnixStream> = (0..80)
-        .map(|_| UnixStream::connect(vmm.api_sock()).unwrap())
-        .collect();
-    let last = others.last_mut().unwrap();
-    std::io::Write::write_all(last, b"GET / HTTP/1.1\r\n\r\n").unwrap();
-    let mut buf = [0u8; 16];
-    std::io::Read::read_exact(last, &mut buf).unwrap();
-    assert!(buf.starts_with(b"HTTP/1.1 200"));
+    let others = crowd_out(vmm.api_sock());
     early.describe_instance().unwrap();
     assert_eq!(early.connects(), 2, "reconnected once");
     drop(others);
