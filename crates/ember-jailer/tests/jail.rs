@@ -273,3 +273,72 @@ fn bad_configurations_are_refused_naming_the_problem() {
     // Nothing was started or left.
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
 }
+
+/// A directory bind-mounted onto itself and made shared, unmounted (lazily) on drop.
+struct SharedMount(PathBuf);
+
+impl SharedMount {
+    fn new(dir: &Path) -> SharedMount {
+        use nix::mount::{MsFlags, mount};
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        let m = SharedMount(dir.to_path_buf());
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .unwrap();
+        m
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_file_bound_on_the_host_after_start_appears_in_the_jail() {
+    // How a runtime hands a pre-started VMM the snapshot it is to load: the runtime's directory
+    // is a shared mount, each jail a slave of it, so a bind mount made later under the jail's
+    // root on the host shows inside (same inode: the page cache stays shared).
+    let dir = tempfile::tempdir().unwrap();
+    let shared = SharedMount::new(dir.path());
+    let j = start(&shared.0, "jail-late", &[]);
+    let mut c = ApiClient::connect(&j.root.join("api.sock"), DEFAULT_TIMEOUT);
+    assert_eq!(c.get("/").status, 200);
+    let late = j.root.join("late-kernel");
+    std::fs::File::create(&late).unwrap();
+    nix::mount::mount(
+        Some(ember_probe_image::probe_elf_path()),
+        &late,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let inside = std::fs::read(format!("/proc/{}/root/late-kernel", j.pid)).unwrap();
+    assert_eq!(
+        inside,
+        std::fs::read(ember_probe_image::probe_elf_path()).unwrap()
+    );
+    // The VMM boots from it by its jail path.
+    let r = c.put(
+        "/boot-source",
+        r#"{"kernel_image_path": "/late-kernel", "boot_args": "ember.report=0"}"#,
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = c.put(
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = c.put("/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(r.status, 204, "{r:?}");
+    drop(c);
+    drop(j);
+    let _ = nix::mount::umount2(&late, nix::mount::MntFlags::MNT_DETACH);
+}
