@@ -62,4 +62,5 @@ pub use message::{
 pub use client::{
     AgentClient, AgentInfo, ClientError, ConnectOptions, ExecOutput, FileContents, FileInfo,
     ListedEntry, ProcessEvent, ProcessInfo, ProcessOutcome, ProcessStream, StartedProcess,
+    listing_page,
 };

@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -45,16 +45,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::client::listing_page;
 use crate::client::{FileInfo, ListedEntry};
 use crate::frame_buffer::FrameBuffer;
 use crate::guest::{AgentIdentity, Session, Step};
 use crate::kind::ErrorCode;
 use crate::limits::{HEADER_LEN, MAX_FRAME_LEN, MAX_MODE, MAX_USER_LEN};
 use crate::list::ByteList;
-use crate::message::{
-    DirEntries, DirEntry, DirListing, ExecResult, FileData, FileKind, FileStat, HealthReport,
-    Reply, Request,
-};
+use crate::message::{DirEntries, DirListing, ExecResult, FileData, HealthReport, Reply, Request};
 use crate::shell;
 
 /// Default receive and reply buffer size of the test agent.
@@ -523,48 +521,14 @@ fn id_name(id: u32, name: Option<String>) -> String {
 /// What `meta` (of `host`, not followed) says, as the protocol reports it.
 fn file_info(host: &Path, meta: &fs::Metadata) -> FileInfo {
     use nix::unistd::{Gid, Group, Uid, User};
-    let file_type = meta.file_type();
-    let kind = if file_type.is_file() {
-        FileKind::File
-    } else if file_type.is_dir() {
-        FileKind::Directory
-    } else if file_type.is_symlink() {
-        FileKind::Symlink
-    } else {
-        FileKind::Other
-    };
-    let target = match kind {
-        FileKind::Symlink => fs::read_link(host)
-            .map(|t| t.into_os_string().into_vec())
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    let seconds = u64::try_from(meta.mtime()).unwrap_or(0);
-    let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
     let owner = User::from_uid(Uid::from_raw(meta.uid())).ok().flatten();
     let group = Group::from_gid(Gid::from_raw(meta.gid())).ok().flatten();
-    FileInfo {
-        kind,
-        mode: meta.mode() & MAX_MODE,
-        size: meta.len(),
-        mtime_ns: seconds.saturating_mul(1_000_000_000).saturating_add(nanos),
-        owner: id_name(meta.uid(), owner.map(|u| u.name)),
-        group: id_name(meta.gid(), group.map(|g| g.name)),
-        target,
-    }
-}
-
-/// The wire form of `info`.
-fn stat_of(info: &FileInfo) -> FileStat<'_> {
-    FileStat {
-        kind: info.kind,
-        mode: info.mode,
-        size: info.size,
-        mtime_ns: info.mtime_ns,
-        owner: &info.owner,
-        group: &info.group,
-        target: &info.target,
-    }
+    FileInfo::from_metadata(
+        host,
+        meta,
+        id_name(meta.uid(), owner.map(|u| u.name)),
+        id_name(meta.gid(), group.map(|g| g.name)),
+    )
 }
 
 fn respond(
@@ -708,7 +672,7 @@ fn answer(
             let meta =
                 fs::symlink_metadata(&path.host).map_err(|e| Refusal::io("stat", &path, &e))?;
             let info = file_info(&path.host, &meta);
-            return Ok(session.reply_or_error(id, &Reply::Stat(stat_of(&info)), out));
+            return Ok(session.reply_or_error(id, &Reply::Stat(info.wire()), out));
         }
         Request::ListDir(list) => {
             let path = GuestPath::resolve(root, b"/", list.path);
@@ -720,29 +684,12 @@ fn answer(
             let mut all = Vec::new();
             walk(&path.host, b"", 1, list.depth, &mut all).map_err(fail)?;
             let rest = all.get(list.offset as usize..).unwrap_or_default();
-            let max = match list.max_entries {
-                0 => usize::MAX,
-                n => n as usize,
-            };
-            let mut used = DirListing::OVERHEAD;
-            let mut page = Vec::new();
-            for entry in rest.iter().take(max) {
-                let entry = DirEntry {
-                    name: &entry.name,
-                    stat: stat_of(&entry.info),
-                };
-                used += entry.encoded_len();
-                if used > reply_room {
-                    break;
-                }
-                page.push(entry);
-            }
-            if page.is_empty() && !rest.is_empty() {
+            let Some((page, more)) = listing_page(rest, list.max_entries, reply_room) else {
                 let message = format!("list {}: an entry does not fit a reply", path.display());
                 return Err(Refusal::new(ErrorCode::TOO_LARGE, message));
-            }
+            };
             let reply = Reply::DirListing(DirListing {
-                more: page.len() < rest.len(),
+                more,
                 entries: DirEntries::from_slice(&page),
             });
             return Ok(session.reply_or_error(id, &reply, out));

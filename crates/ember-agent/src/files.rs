@@ -12,12 +12,11 @@
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ember_agent_proto::limits::MAX_MODE;
-use ember_agent_proto::message::FileKind;
 use ember_agent_proto::{
     ErrorCode, FileInfo, GetFile, ListDir, ListedEntry, MakeDir, PutFile, Remove, Rename,
 };
@@ -260,33 +259,7 @@ fn parent_error(e: io::Error) -> io::Error {
 
 /// What `meta` (of `path`, not followed) says, as the protocol reports it.
 pub fn file_info(path: &Path, meta: &fs::Metadata, names: &Names) -> FileInfo {
-    let file_type = meta.file_type();
-    let kind = if file_type.is_file() {
-        FileKind::File
-    } else if file_type.is_dir() {
-        FileKind::Directory
-    } else if file_type.is_symlink() {
-        FileKind::Symlink
-    } else {
-        FileKind::Other
-    };
-    let target = match kind {
-        FileKind::Symlink => fs::read_link(path)
-            .map(|t| t.into_os_string().into_vec())
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    let seconds = u64::try_from(meta.mtime()).unwrap_or(0);
-    let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
-    FileInfo {
-        kind,
-        mode: meta.mode() & MAX_MODE,
-        size: meta.len(),
-        mtime_ns: seconds.saturating_mul(1_000_000_000).saturating_add(nanos),
-        owner: names.user(meta.uid()),
-        group: names.group(meta.gid()),
-        target,
-    }
+    FileInfo::from_metadata(path, meta, names.user(meta.uid()), names.group(meta.gid()))
 }
 
 /// Appends the entries of `dir` (and, while `level < depth`, of its subdirectories): depth

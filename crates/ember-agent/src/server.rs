@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use ember_agent_proto::limits::{HEADER_LEN, MAX_FRAME_LEN};
 use ember_agent_proto::{
-    AgentIdentity, DirEntries, DirEntry, DirListing, EncodeError, ErrorCode, ExecResult, FileData,
-    FileInfo, FileStat, FrameBuffer, Reply, Request, Session, Step,
+    AgentIdentity, DirEntries, DirListing, EncodeError, ErrorCode, ExecResult, FileData,
+    FrameBuffer, Reply, Request, Session, Step, listing_page,
 };
 use nix::sys::socket::{Shutdown, setsockopt, shutdown, sockopt};
 use nix::sys::time::TimeVal;
@@ -307,35 +307,18 @@ fn answer(
         }
         Request::Stat(stat) => {
             let info = files::stat(agent, stat.path)?;
-            return Ok(session.reply_or_error(id, &Reply::Stat(stat_of(&info)), out));
+            return Ok(session.reply_or_error(id, &Reply::Stat(info.wire()), out));
         }
         Request::ListDir(list) => {
             let rest = files::list_dir(agent, list)?;
-            let max = match list.max_entries {
-                0 => usize::MAX,
-                n => n as usize,
-            };
-            let mut used = DirListing::OVERHEAD;
-            let mut page = Vec::new();
-            for entry in rest.iter().take(max) {
-                let entry = DirEntry {
-                    name: &entry.name,
-                    stat: stat_of(&entry.info),
-                };
-                used += entry.encoded_len();
-                if used > room {
-                    break;
-                }
-                page.push(entry);
-            }
-            if page.is_empty() && !rest.is_empty() {
+            let Some((page, more)) = listing_page(&rest, list.max_entries, room) else {
                 return Err(Refusal::new(
                     ErrorCode::TOO_LARGE,
                     "list: an entry does not fit a reply",
                 ));
-            }
+            };
             let reply = Reply::DirListing(DirListing {
-                more: page.len() < rest.len(),
+                more,
                 entries: DirEntries::from_slice(&page),
             });
             return Ok(session.reply_or_error(id, &reply, out));
@@ -377,18 +360,5 @@ fn exec_result(outcome: &exec::Outcome) -> ExecResult<'_> {
         stderr_truncated: outcome.stderr_truncated,
         stdout: &outcome.stdout,
         stderr: &outcome.stderr,
-    }
-}
-
-/// The wire form of `info`.
-fn stat_of(info: &FileInfo) -> FileStat<'_> {
-    FileStat {
-        kind: info.kind,
-        mode: info.mode,
-        size: info.size,
-        mtime_ns: info.mtime_ns,
-        owner: &info.owner,
-        group: &info.group,
-        target: &info.target,
     }
 }

@@ -17,7 +17,9 @@ mod types;
 
 pub use error::ClientError;
 pub use process::{ProcessEvent, ProcessInfo, ProcessOutcome, ProcessStream, StartedProcess};
-pub use types::{AgentInfo, ConnectOptions, ExecOutput, FileContents, FileInfo, ListedEntry};
+pub use types::{
+    AgentInfo, ConnectOptions, ExecOutput, FileContents, FileInfo, ListedEntry, listing_page,
+};
 
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::limits::MAX_FRAME_LEN;
-use crate::message::{DirEntry, ExecResult, FileKind, FileStat, HelloOk};
+use crate::message::{DirEntry, DirListing, ExecResult, FileKind, FileStat, HelloOk};
 
 /// What Hello told about the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +99,60 @@ pub struct FileInfo {
 }
 
 impl FileInfo {
+    /// The wire form (borrowing from `self`).
+    pub fn wire(&self) -> FileStat<'_> {
+        FileStat {
+            kind: self.kind,
+            mode: self.mode,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            owner: &self.owner,
+            group: &self.group,
+            target: &self.target,
+        }
+    }
+
+    /// What `meta` (of `path`, not followed) says, as the protocol reports it, with the owner's
+    /// and group's names already resolved (agents resolve them their own way).
+    pub fn from_metadata(
+        path: &std::path::Path,
+        meta: &std::fs::Metadata,
+        owner: String,
+        group: String,
+    ) -> FileInfo {
+        use std::os::unix::ffi::OsStringExt;
+        use std::os::unix::fs::MetadataExt;
+        let file_type = meta.file_type();
+        let kind = if file_type.is_file() {
+            FileKind::File
+        } else if file_type.is_dir() {
+            FileKind::Directory
+        } else if file_type.is_symlink() {
+            FileKind::Symlink
+        } else {
+            FileKind::Other
+        };
+        let target = match kind {
+            FileKind::Symlink => std::fs::read_link(path)
+                .map(|t| t.into_os_string().into_vec())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let seconds = u64::try_from(meta.mtime()).unwrap_or(0);
+        let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
+        FileInfo {
+            kind,
+            mode: meta.mode() & crate::limits::MAX_MODE,
+            size: meta.len(),
+            mtime_ns: seconds.saturating_mul(1_000_000_000).saturating_add(nanos),
+            owner,
+            group,
+            target,
+        }
+    }
+}
+
+impl FileInfo {
     /// Whether this is a directory.
     pub fn is_dir(&self) -> bool {
         self.kind == FileKind::Directory
@@ -131,6 +185,40 @@ pub struct ListedEntry {
     pub name: Vec<u8>,
     /// What it is.
     pub info: FileInfo,
+}
+
+/// The page of a listing an agent answers ListDir with: from `rest` (the entries past the
+/// request's offset), at most `max_entries` (0: no limit) whose encoding fits `room` bytes of
+/// reply, and whether entries remain after it. `None` when not even the first entry fits (the
+/// agent answers TOO_LARGE). The reply is `DirListing { more, entries:
+/// DirEntries::from_slice(&page) }`.
+pub fn listing_page(
+    rest: &[ListedEntry],
+    max_entries: u32,
+    room: usize,
+) -> Option<(Vec<DirEntry<'_>>, bool)> {
+    let max = match max_entries {
+        0 => usize::MAX,
+        n => n as usize,
+    };
+    let mut used = DirListing::OVERHEAD;
+    let mut page = Vec::new();
+    for entry in rest.iter().take(max) {
+        let entry = DirEntry {
+            name: &entry.name,
+            stat: entry.info.wire(),
+        };
+        used += entry.encoded_len();
+        if used > room {
+            break;
+        }
+        page.push(entry);
+    }
+    if page.is_empty() && !rest.is_empty() {
+        return None;
+    }
+    let more = page.len() < rest.len();
+    Some((page, more))
 }
 
 impl From<&DirEntry<'_>> for ListedEntry {
