@@ -89,13 +89,15 @@ fn status_field(pid: u32, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn boot(c: &mut ApiClient) {
-    let r = c.put("/vsock", r#"{"guest_cid": 3, "uds_path": "/v.sock"}"#);
-    assert_eq!(r.status, 204, "{r:?}");
-    let r = c.put(
-        "/boot-source",
-        r#"{"kernel_image_path": "/kernel", "boot_args": "ember.report=0"}"#,
-    );
+/// Boots the probe from `kernel` (a path inside the jail), with a vsock device at `/v.sock`
+/// when `vsock`.
+fn boot(c: &mut ApiClient, kernel: &str, vsock: bool) {
+    if vsock {
+        let r = c.put("/vsock", r#"{"guest_cid": 3, "uds_path": "/v.sock"}"#);
+        assert_eq!(r.status, 204, "{r:?}");
+    }
+    let body = serde_json::json!({ "kernel_image_path": kernel, "boot_args": "ember.report=0" });
+    let r = c.put("/boot-source", &body.to_string());
     assert_eq!(r.status, 204, "{r:?}");
     let r = c.put(
         "/machine-config",
@@ -128,7 +130,7 @@ fn a_jailed_vmm_boots_runs_exec_and_is_confined() {
         r#"{"drive_id": "rootfs", "path_on_host": "/etc/passwd", "is_root_device": false, "is_read_only": true}"#,
     );
     assert_eq!(r.status, 400, "{r:?}");
-    boot(&mut c);
+    boot(&mut c, "/kernel", true);
     let mut agent = wait_for(DEFAULT_TIMEOUT, "the probe agent", || {
         ember_agent_proto::AgentClient::connect(
             j.root.join("v.sock"),
@@ -326,18 +328,7 @@ fn a_file_bound_on_the_host_after_start_appears_in_the_jail() {
         std::fs::read(ember_probe_image::probe_elf_path()).unwrap()
     );
     // The VMM boots from it by its jail path.
-    let r = c.put(
-        "/boot-source",
-        r#"{"kernel_image_path": "/late-kernel", "boot_args": "ember.report=0"}"#,
-    );
-    assert_eq!(r.status, 204, "{r:?}");
-    let r = c.put(
-        "/machine-config",
-        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
-    );
-    assert_eq!(r.status, 204, "{r:?}");
-    let r = c.put("/actions", r#"{"action_type": "InstanceStart"}"#);
-    assert_eq!(r.status, 204, "{r:?}");
+    boot(&mut c, "/late-kernel", false);
     drop(c);
     drop(j);
     let _ = nix::mount::umount2(&late, nix::mount::MntFlags::MNT_DETACH);
