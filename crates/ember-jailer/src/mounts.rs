@@ -52,6 +52,29 @@ fn inside(root: &Path, target: &Path) -> PathBuf {
     root.join(target.strip_prefix("/").unwrap_or(target))
 }
 
+/// Refuses a path under `root` that goes through a symbolic link (left in a reused root by an
+/// earlier VMM, it could point the jailer, which runs as root, at a host file).
+fn no_symlinks(root: &Path, path: &Path) -> Result<(), MountError> {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(MountError {
+                    what: "refusing a symbolic link in the jail at",
+                    path: at,
+                    source: io::Error::from_raw_os_error(libc::ELOOP),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("checking", &at)(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Stops mount events from propagating from this namespace to the host's (call first, in the
 /// new mount namespace).
 pub fn make_slave() -> Result<(), MountError> {
@@ -81,6 +104,7 @@ pub fn bind_root(root: &Path) -> Result<(), MountError> {
 /// mount on), read-only when asked, never with setuid or device files.
 pub fn bind(root: &Path, bind: &Bind) -> Result<(), MountError> {
     let target = inside(root, &bind.target);
+    no_symlinks(root, &target)?;
     let is_dir = std::fs::metadata(&bind.source)
         .map_err(io_err("reading bind source", &bind.source))?
         .is_dir();
@@ -112,6 +136,7 @@ pub fn bind(root: &Path, bind: &Bind) -> Result<(), MountError> {
 /// /dev/shm and /run are) and creates the [`DEVICES`] nodes in it, owned by uid:gid.
 pub fn devices(root: &Path, uid: u32, gid: u32) -> Result<(), MountError> {
     let dev = root.join("dev");
+    no_symlinks(root, &dev)?;
     std::fs::create_dir_all(&dev).map_err(io_err("creating", &dev))?;
     mount(
         Some("tmpfs"),
@@ -170,7 +195,20 @@ pub fn pivot(root: &Path) -> Result<(), MountError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_symlink_on_the_way_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
+        assert!(no_symlinks(root, &root.join("d/new")).is_ok());
+        assert!(no_symlinks(root, &root.join("missing/new")).is_ok());
+        let e = no_symlinks(root, &root.join("link/passwd")).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
 
     #[test]
     fn targets_land_inside_the_root() {
