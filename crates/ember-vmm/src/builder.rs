@@ -4,7 +4,8 @@
 //! for them.
 //!
 //! Boot order: memory, virtio devices (their `virtio_mmio.device=` entries go on the command
-//! line), kernel, command line, zero page, MP table, page tables and GDT, then per vCPU:
+//! line, and into the ACPI DSDT for kernels without that option), kernel, initrd, command
+//! line, ACPI tables, zero page, MP table, page tables and GDT, then per vCPU:
 //! normalized CPUID, boot MSRs, registers, FPU, LAPIC LINTs; legacy devices; threads.
 //! Restore order: virtio devices rebuilt from their sections (sockets bound before anything
 //! irreversible, so a bad `uds_path` leaves the shell usable), memory (copy-on-write mapping
@@ -23,7 +24,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::x86_64::boot_params::ZeroPage;
 use crate::arch::x86_64::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, ram_regions};
-use crate::arch::x86_64::{ArchError, cpuid, mptable, msr, paging, regs};
+use crate::arch::x86_64::{ArchError, acpi, cpuid, mptable, msr, paging, regs};
 use crate::config::VmConfig;
 use crate::devices::IrqLine;
 use crate::devices::bus::Buses;
@@ -254,6 +255,10 @@ pub fn boot(
     timings.phase("devices");
 
     let kernel = loader::load(&memory, Path::new(&boot_source.kernel_image_path))?;
+    let initrd = match &boot_source.initrd_path {
+        Some(path) => Some(loader::load_initrd(&memory, path, &kernel)?),
+        None => None,
+    };
     let cmdline = format!(
         "{}{}{}",
         boot_source.cmdline(),
@@ -275,8 +280,26 @@ pub fn boot(
             addr: CMDLINE_ADDR,
             source,
         })?;
+    let mmio_devices: Vec<acpi::MmioDevice> = virtio
+        .devices()
+        .into_iter()
+        .map(|(_, _, base, gsi)| acpi::MmioDevice {
+            base,
+            len: crate::devices::virtio::mmio::MMIO_LEN,
+            gsi,
+        })
+        .collect();
+    let rsdp = acpi::write(memory.mmap(), machine.vcpu_count, &mmio_devices)?;
     let mut zero_page = ZeroPage::new();
+    if let Some(header) = &kernel.setup_header {
+        zero_page.set_setup_header(header)?;
+    }
     zero_page.set_cmdline(CMDLINE_ADDR as u32, cmdline.len() as u32);
+    if let Some(initrd) = initrd {
+        // `place_initrd` keeps it below the 32-bit MMIO gap, so both fit in 32 bits.
+        zero_page.set_ramdisk(initrd.addr as u32, initrd.size as u32);
+    }
+    zero_page.set_acpi_rsdp(rsdp);
     zero_page.add_standard_e820(&memory.layout())?;
     zero_page.write_to(memory.mmap())?;
     mptable::write(memory.mmap(), machine.vcpu_count)?;

@@ -2,18 +2,23 @@
 //! fields a loader must fill, the command line pointer and the e820 memory map.
 //!
 //! Built as raw bytes at the offsets of Linux's `struct boot_params` (checked against
-//! linux-loader's bindings in the tests), so no unsafe `ByteValued` impl is needed. A later
-//! bzImage loader copies the image's setup header to [`SETUP_HEADER_OFFSET`] first.
+//! linux-loader's bindings in the tests), so no unsafe `ByteValued` impl is needed. For a
+//! bzImage the image's setup header is copied in first ([`ZeroPage::set_setup_header`]), then
+//! the loader's fields are set over it.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::ArchError;
 use super::layout::{self, HIMEM_START, SYSTEM_MEM_END, SYSTEM_MEM_START};
 
+/// Offset of `acpi_rsdp_addr` (u64, boot protocol 2.14+).
+const ACPI_RSDP_ADDR_OFFSET: usize = 0x070;
 /// Offset of `e820_entries` (u8).
 const E820_ENTRIES_OFFSET: usize = 0x1e8;
 /// Offset of the setup header (`hdr`).
 pub const SETUP_HEADER_OFFSET: usize = 0x1f1;
+/// End of the room for the setup header (`edd_mbr_sig_buffer` follows).
+const SETUP_HEADER_LIMIT: usize = 0x290;
 const BOOT_FLAG_OFFSET: usize = 0x1fe;
 const HEADER_MAGIC_OFFSET: usize = 0x202;
 const TYPE_OF_LOADER_OFFSET: usize = 0x210;
@@ -61,6 +66,27 @@ impl ZeroPage {
 
     fn put(&mut self, offset: usize, data: &[u8]) {
         self.bytes[offset..offset + data.len()].copy_from_slice(data);
+    }
+
+    /// Copies a bzImage's setup header (`struct setup_header` bytes, as read from the image
+    /// at [`SETUP_HEADER_OFFSET`]), then sets this loader's own fields again over it.
+    pub fn set_setup_header(&mut self, header: &[u8]) -> Result<(), ArchError> {
+        let end = SETUP_HEADER_OFFSET + header.len();
+        if end > SETUP_HEADER_LIMIT {
+            return Err(ArchError::Invalid(format!(
+                "setup header of {} bytes is too long",
+                header.len()
+            )));
+        }
+        self.put(SETUP_HEADER_OFFSET, header);
+        self.put(BOOT_FLAG_OFFSET, &0xaa55u16.to_le_bytes());
+        self.put(TYPE_OF_LOADER_OFFSET, &[0xff]);
+        Ok(())
+    }
+
+    /// Tells the kernel where the ACPI RSDP is (it also scans the BIOS area for it).
+    pub fn set_acpi_rsdp(&mut self, addr: u64) {
+        self.put(ACPI_RSDP_ADDR_OFFSET, &addr.to_le_bytes());
     }
 
     /// Points the kernel at its command line (`len` bytes without the NUL).
@@ -133,6 +159,10 @@ mod tests {
     #[test]
     fn offsets_match_linux_struct() {
         assert_eq!(offset_of!(boot_params, e820_entries), E820_ENTRIES_OFFSET);
+        assert_eq!(
+            offset_of!(boot_params, acpi_rsdp_addr),
+            ACPI_RSDP_ADDR_OFFSET
+        );
         assert_eq!(offset_of!(boot_params, hdr), SETUP_HEADER_OFFSET);
         assert_eq!(offset_of!(boot_params, e820_table), E820_TABLE_OFFSET);
         let h = SETUP_HEADER_OFFSET;
@@ -163,6 +193,25 @@ mod tests {
             CMDLINE_SIZE_OFFSET
         );
         assert_eq!(std::mem::size_of::<boot_params>(), 4096);
+    }
+
+    #[test]
+    fn setup_header_then_loader_fields() {
+        let mut hdr = vec![0x11u8; std::mem::size_of::<setup_header>()];
+        hdr[TYPE_OF_LOADER_OFFSET - SETUP_HEADER_OFFSET] = 0;
+        let mut zp = ZeroPage::new();
+        zp.set_setup_header(&hdr).unwrap();
+        zp.set_cmdline(0x20000, 5);
+        zp.set_acpi_rsdp(0xe0000);
+        let b = zp.as_bytes();
+        assert_eq!(b[TYPE_OF_LOADER_OFFSET], 0xff);
+        assert_eq!(b[SETUP_HEADER_OFFSET], 0x11);
+        assert_eq!(&b[CMD_LINE_PTR_OFFSET..CMD_LINE_PTR_OFFSET + 4], &0x20000u32.to_le_bytes());
+        assert_eq!(
+            &b[ACPI_RSDP_ADDR_OFFSET..ACPI_RSDP_ADDR_OFFSET + 8],
+            &0xe0000u64.to_le_bytes()
+        );
+        assert!(zp.set_setup_header(&[0u8; 512]).is_err());
     }
 
     #[test]

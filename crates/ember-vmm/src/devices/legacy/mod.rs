@@ -1,8 +1,10 @@
 //! The legacy PC devices a microVM needs: COM1 ([`serial`]), the i8042 ([`i8042`]) for resets
-//! and Ctrl+Alt+Del, and absorbing ranges for the other COM ports. Port 0x61 (speaker) and
+//! and Ctrl+Alt+Del, the CMOS clock ([`rtc`], stateless: it reads the host's time) and
+//! absorbing ranges for the other COM ports. Port 0x61 (speaker) and
 //! the PIT/PIC ports are handled in the kernel; anything else reads as all-ones.
 
 pub mod i8042;
+pub mod rtc;
 pub mod serial;
 
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use vm_superio::serial::SerialState;
 
 use self::i8042::{I8042, I8042_BASE, I8042_LEN, I8042State};
+use self::rtc::{RTC_BASE, RTC_LEN, Rtc};
 use self::serial::{Absent, COM1_BASE, SerialDevice, SerialSink};
 use crate::devices::IrqLine;
 use crate::devices::bus::{Bus, BusOverlap};
@@ -73,6 +76,7 @@ impl LegacyDevices {
         let i8042 = Arc::new(Mutex::new(i8042));
         pio.insert(COM1_BASE, 8, serial.clone())?;
         pio.insert(I8042_BASE, I8042_LEN, i8042.clone())?;
+        pio.insert(RTC_BASE, RTC_LEN, Arc::new(Mutex::new(Rtc::new())))?;
         for base in [0x2f8, 0x3e8, 0x2e8] {
             pio.insert(base, 8, Arc::new(Mutex::new(Absent)))?;
         }

@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# The nested Linux rig: ember-vmm boots Debian's stock cloud kernel on a real KVM.
+#
+# This host's /dev/kvm cannot run a stock Linux kernel, so the rig boots an L1 Linux under
+# QEMU's software emulation (TCG, `-cpu max`: AMD SVM with nested paging), loads kvm-amd
+# there, and runs ember-vmm in L1 to boot the same Debian kernel as L2 with an initramfs
+# whose init loads the virtio modules and reports what it found.
+#
+# Everything comes from Debian packages (qemu-system-x86, linux-image-cloud-amd64,
+# busybox-static, cpio, kmod); downloads and artifacts are cached under target/rig/.
+# ember-vmm is built static (glibc, crt-static) in release mode.
+#
+# Usage: scripts/linux-rig.sh            prints one JSON summary line last; exits non-zero
+#                                        when L2 did not reach userspace.
+# Env:   RIG_DIR (default target/rig), RIG_TIMEOUT (seconds for the QEMU run, default 300),
+#        RIG_L2_VCPUS (default 2), RIG_L2_MEM_MIB (default 512), RIG_KERNEL_FORMAT
+#        (bzimage | vmlinux: how L2's kernel is given to ember-vmm; default bzimage).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RIG="${RIG_DIR:-$ROOT/target/rig}"
+TIMEOUT="${RIG_TIMEOUT:-300}"
+L2_VCPUS="${RIG_L2_VCPUS:-2}"
+L2_MEM="${RIG_L2_MEM_MIB:-512}"
+KERNEL_FORMAT="${RIG_KERNEL_FORMAT:-bzimage}"
+T_START=$EPOCHREALTIME
+mkdir -p "$RIG"
+
+log() { printf 'rig: %s\n' "$*" >&2; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+fail_json() {
+    printf '{"booted": false, "error": "%s"}\n' "$1"
+    exit 1
+}
+
+# --- 1. host packages --------------------------------------------------------------------
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q "statically linked" \
+    || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
+command -v modinfo >/dev/null || need+=(kmod)
+command -v file >/dev/null || need+=(file)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+BUSYBOX=/bin/busybox
+file -L "$BUSYBOX" | grep -q "statically linked" || fail_json "busybox is not static"
+
+# --- 2. the Debian cloud kernel (not installed: downloaded and unpacked) ------------------
+KDIR="$RIG/kernel"
+if ! ls "$KDIR"/boot/vmlinuz-* >/dev/null 2>&1; then
+    log "downloading linux-image-cloud-amd64"
+    mkdir -p "$RIG/deb" && rm -rf "$KDIR"
+    (cd "$RIG/deb" && apt-get download linux-image-cloud-amd64 >&2)
+    meta=$(ls -t "$RIG"/deb/linux-image-cloud-amd64_*.deb | head -1)
+    real=$(dpkg-deb -f "$meta" Depends | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*' | head -1)
+    [ -n "$real" ] || fail_json "cannot find the kernel package linux-image-cloud-amd64 depends on"
+    (cd "$RIG/deb" && apt-get download "$real" >&2)
+    dpkg -x "$(ls -t "$RIG"/deb/"$real"_*.deb | head -1)" "$KDIR"
+fi
+VMLINUZ=$(ls "$KDIR"/boot/vmlinuz-* | head -1)
+KVER=${VMLINUZ##*/vmlinuz-}
+MODDIR="$KDIR/lib/modules/$KVER/kernel"
+T_KERNEL=$EPOCHREALTIME
+
+# Module files with their dependencies first (the package has no modules.dep).
+modpath() { find "$MODDIR" -name "$1.ko" -print -quit; }
+declare -A SEEN=()
+ORDERED=()
+add_module() {
+    local name="${1//-/_}" f dep
+    [ -n "${SEEN[$name]:-}" ] && return 0
+    SEEN[$name]=1
+    f=$(modpath "$1")
+    [ -n "$f" ] || f=$(modpath "${1//_/-}")
+    [ -n "$f" ] || fail_json "module $1 not found in $KVER"
+    for dep in $(modinfo -F depends "$f" | tr ',' ' '); do add_module "$dep"; done
+    ORDERED+=("$f")
+}
+modules_for() {
+    SEEN=()
+    ORDERED=()
+    for m in "$@"; do add_module "$m"; done
+}
+
+# --- 3. ember-vmm, static ---------------------------------------------------------------
+log "building ember-vmm (release, static)"
+T_BUILD0=$EPOCHREALTIME
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+(cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release -p ember-vmm --target x86_64-unknown-linux-gnu >&2)
+VMM="$TARGET_DIR/x86_64-unknown-linux-gnu/release/ember-vmm"
+file "$VMM" | grep -q "static" || fail_json "ember-vmm is not statically linked"
+T_BUILD=$EPOCHREALTIME
+
+# --- 4. L2 initramfs: busybox, virtio modules, a reporting init -------------------------
+mk_busybox_root() {
+    local dir=$1
+    rm -rf "$dir"
+    mkdir -p "$dir"/{bin,dev,proc,sys,tmp,run,lib/modules}
+    cp "$BUSYBOX" "$dir/bin/busybox"
+    ln -s busybox "$dir/bin/sh"
+}
+L2ROOT="$RIG/l2root"
+mk_busybox_root "$L2ROOT"
+modules_for virtio_mmio virtio_blk vmw_vsock_virtio_transport virtio-rng
+L2_MODULES=""
+for f in "${ORDERED[@]}"; do
+    cp "$f" "$L2ROOT/lib/modules/"
+    L2_MODULES+=" $(basename "$f")"
+done
+cat >"$L2ROOT/init" <<EOF
+#!/bin/sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+echo "EMBER-L2-USERSPACE uptime=\$(cut -d' ' -f1 /proc/uptime)"
+for m in $L2_MODULES; do insmod /lib/modules/\$m || echo "EMBER-L2-INSMOD-FAILED \$m"; done
+echo "EMBER-L2-MODULES uptime=\$(cut -d' ' -f1 /proc/uptime)"
+grep -m1 'model name' /proc/cpuinfo | sed 's/^/EMBER-L2-CPU /'
+echo "EMBER-L2-NCPUS \$(grep -c ^processor /proc/cpuinfo)"
+echo "EMBER-L2-KERNEL \$(uname -r)"
+for d in /sys/bus/virtio/devices/*; do
+    [ -e "\$d" ] || continue
+    drv=\$(basename "\$(readlink "\$d/driver" 2>/dev/null)" 2>/dev/null)
+    echo "EMBER-L2-VIRTIO \$(basename "\$d") device=\$(cat "\$d/device") driver=\${drv:-none}"
+done
+[ -b /dev/vda ] && echo "EMBER-L2-BLK \$(dd if=/dev/vda bs=16 count=1 2>/dev/null)"
+[ -e /dev/hwrng ] && echo "EMBER-L2-RNG \$(dd if=/dev/hwrng bs=8 count=1 2>/dev/null | od -An -tx1 | tr -d ' ')"
+[ -e /dev/vsock ] && echo "EMBER-L2-VSOCK present"
+echo "EMBER-L2-RTC \$(cat /sys/class/rtc/rtc0/name 2>/dev/null || echo none)"
+echo "EMBER-L2-DATE \$(date -u +%s)"
+echo "EMBER-L2-DONE uptime=\$(cut -d' ' -f1 /proc/uptime)"
+reboot -f
+EOF
+chmod +x "$L2ROOT/init"
+(cd "$L2ROOT" && find . | cpio -o -H newc --quiet) >"$RIG/l2-initramfs.cpio"
+
+# --- 5. L1 initramfs: kvm-amd, ember-vmm, the L2 kernel and initramfs -------------------
+L1ROOT="$RIG/l1root"
+mk_busybox_root "$L1ROOT"
+modules_for kvm-amd
+L1_MODULES=""
+for f in "${ORDERED[@]}"; do
+    cp "$f" "$L1ROOT/lib/modules/"
+    L1_MODULES+=" $(basename "$f")"
+done
+mkdir -p "$L1ROOT/rig"
+cp "$VMM" "$L1ROOT/rig/ember-vmm"
+cp "$RIG/l2-initramfs.cpio" "$L1ROOT/rig/initramfs"
+case "$KERNEL_FORMAT" in
+    bzimage) cp "$VMLINUZ" "$L1ROOT/rig/kernel" ;;
+    vmlinux)
+        # Debian's payload is LZ4 (legacy frame): offset and length at 0x248/0x24c of the
+        # setup header, relative to the end of the setup sectors.
+        command -v lz4 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lz4 >&2
+        setup_sects=$(od -An -tu1 -j 0x1f1 -N1 "$VMLINUZ" | tr -d ' ')
+        off=$(od -An -tu4 -j 0x248 -N4 "$VMLINUZ" | tr -d ' ')
+        len=$(od -An -tu4 -j 0x24c -N4 "$VMLINUZ" | tr -d ' ')
+        start=$(((setup_sects + 1) * 512 + off))
+        tail -c +$((start + 1)) "$VMLINUZ" | head -c "$len" | lz4 -dc >"$L1ROOT/rig/kernel" 2>/dev/null || true
+        head -c4 "$L1ROOT/rig/kernel" | grep -q ELF || fail_json "could not extract vmlinux"
+        ;;
+    *) fail_json "RIG_KERNEL_FORMAT must be bzimage or vmlinux" ;;
+esac
+# A small disk for L2's virtio-blk: 1 MiB starting with a marker.
+{ printf 'EMBER-RIG-DISK01'; head -c $((1024 * 1024 - 16)) /dev/zero; } >"$L1ROOT/rig/disk.img"
+cat >"$L1ROOT/rig/vm.json" <<EOF
+{
+  "boot-source": {
+    "kernel_image_path": "/rig/kernel",
+    "initrd_path": "/rig/initramfs",
+    "boot_args": "console=ttyS0 reboot=k panic=-1 quiet loglevel=4 i8042.noaux i8042.nomux"
+  },
+  "machine-config": { "vcpu_count": $L2_VCPUS, "mem_size_mib": $L2_MEM },
+  "drives": [
+    { "drive_id": "disk", "path_on_host": "/rig/disk.img", "is_root_device": false, "is_read_only": true }
+  ],
+  "vsock": { "guest_cid": 3, "uds_path": "/run/vsock.sock" },
+  "entropy": {}
+}
+EOF
+cat >"$L1ROOT/init" <<EOF
+#!/bin/sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo "RIG-L1-INIT uptime=\$(cut -d' ' -f1 /proc/uptime)"
+for m in $L1_MODULES; do insmod /lib/modules/\$m || echo "RIG-L1-INSMOD-FAILED \$m"; done
+if [ -e /dev/kvm ]; then echo "RIG-L1-KVM-READY uptime=\$(cut -d' ' -f1 /proc/uptime)"; else echo "RIG-L1-NO-KVM"; fi
+echo "RIG-L1-HOST-CPU \$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+echo "RIG-L1-EMBER-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
+/rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level warn
+echo "RIG-L1-EMBER-EXIT rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
+echo o >/proc/sysrq-trigger
+poweroff -f
+EOF
+chmod +x "$L1ROOT/init"
+(cd "$L1ROOT" && find . | cpio -o -H newc --quiet) >"$RIG/l1-initramfs.cpio"
+T_PREP=$EPOCHREALTIME
+
+# --- 6. run L1 under TCG; stamp each console line with host time -------------------------
+LOG="$RIG/console.log"
+log "booting L1 under QEMU TCG (log: $LOG)"
+T_QEMU=$EPOCHREALTIME
+set +e
+timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu max -smp 2 -m 2048 \
+    -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+    -kernel "$VMLINUZ" -initrd "$RIG/l1-initramfs.cpio" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3" </dev/null 2>&1 |
+    while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "${line%$'\r'}"; done >"$LOG"
+QEMU_RC=${PIPESTATUS[0]}
+set -e
+T_END=$EPOCHREALTIME
+
+# --- 7. summary --------------------------------------------------------------------------
+at() { grep -m1 " $1" "$LOG" | cut -d' ' -f1; }
+field() { grep -m1 " $1" "$LOG" | cut -d' ' -f3- | sed 's/"/\\"/g' | sed 's/^ *//'; }
+since() { # seconds between two markers' host stamps, or null
+    local a b
+    a=$(at "$1")
+    b=$(at "$2")
+    if [ -n "$a" ] && [ -n "$b" ]; then elapsed "$a" "$b"; else printf null; fi
+}
+booted=false
+grep -q " EMBER-L2-USERSPACE" "$LOG" && booted=true
+devices=$(grep " EMBER-L2-VIRTIO " "$LOG" | cut -d' ' -f3- |
+    awk '{ split($2, d, "="); split($3, r, "="); printf "%s{\"name\": \"%s\", \"device_id\": %d, \"driver\": \"%s\"}", (NR > 1 ? ", " : ""), $1, d[2], r[2] }')
+l2_uptime=$(grep -m1 " EMBER-L2-USERSPACE" "$LOG" | sed -n 's/.*uptime=\([0-9.]*\).*/\1/p')
+l2_date=$(field EMBER-L2-DATE)
+date_skew=null
+if [ -n "$l2_date" ]; then
+    date_skew=$(awk -v g="$l2_date" -v h="$(at EMBER-L2-DATE)" 'BEGIN { printf "%.1f", g - h }')
+fi
+printf '{"booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_clock_minus_host_s": %s, "l2_blk_marker": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "log": "%s"}\n' \
+    "$booted" "$QEMU_RC" "$(elapsed "$T_START" "$T_END")" "$(elapsed "$T_START" "$T_KERNEL")" \
+    "$(elapsed "$T_BUILD0" "$T_BUILD")" "$(elapsed "$T_BUILD" "$T_PREP")" \
+    "$(a=$(at RIG-L1-INIT); [ -n "$a" ] && elapsed "$T_QEMU" "$a" || printf null)" \
+    "$(since RIG-L1-INIT RIG-L1-KVM-READY)" \
+    "$(since RIG-L1-EMBER-START EMBER-L2-USERSPACE)" "${l2_uptime:-null}" \
+    "$(since EMBER-L2-USERSPACE EMBER-L2-MODULES)" "$(since EMBER-L2-USERSPACE EMBER-L2-DONE)" \
+    "$(since RIG-L1-EMBER-START RIG-L1-EMBER-EXIT)" \
+    "$devices" "$(field EMBER-L2-CPU | sed 's/^model name[[:space:]]*: //')" \
+    "$(field EMBER-L2-NCPUS | tr -cd '0-9' | sed 's/^$/null/')" "$(field EMBER-L2-KERNEL)" \
+    "$(field EMBER-L2-RTC)" "$date_skew" "$(field EMBER-L2-BLK)" \
+    "$(grep -c " EMBER-L2-INSMOD-FAILED" "$LOG" || true)" "$(field RIG-L1-HOST-CPU)" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" \
+    "$KERNEL_FORMAT" "$LOG"
+$booted && grep -q " EMBER-L2-DONE" "$LOG"
