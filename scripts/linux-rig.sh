@@ -174,7 +174,7 @@ cat >"$L1ROOT/rig/vm.json" <<EOF
   "boot-source": {
     "kernel_image_path": "/rig/kernel",
     "initrd_path": "/rig/initramfs",
-    "boot_args": "console=ttyS0 reboot=k panic=-1 quiet loglevel=4 i8042.noaux i8042.nomux"
+    "boot_args": "console=ttyS0 reboot=k panic=-1 pci=off quiet loglevel=4"
   },
   "machine-config": { "vcpu_count": $L2_VCPUS, "mem_size_mib": $L2_MEM },
   "drives": [

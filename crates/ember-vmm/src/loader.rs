@@ -1,9 +1,9 @@
 //! The kernel-image seam: recognizes the image format and loads it (and an initrd) into guest
 //! memory.
 //!
-//! - ELF (a vmlinux or the probe guest): segments loaded at their physical addresses, entered
-//!   in 64-bit mode at `e_entry` (Firecracker's convention). linux-loader reports a PVH note;
-//!   it is recorded but not used yet.
+//! - ELF (a vmlinux or the probe guest): segments loaded at their physical addresses. With a
+//!   PVH note (linux-loader reports it) the builder enters there in 32-bit mode
+//!   (`arch::x86_64::pvh`); without one, in 64-bit mode at `e_entry` (Firecracker's convention).
 //! - bzImage (Linux boot protocol ≥ 2.06, 64-bit capable): the protected-mode kernel loaded at
 //!   its `code32_start` (1 MiB), entered at its 64-bit entry (load address + 0x200); its setup
 //!   header is handed to the zero page.
@@ -46,7 +46,7 @@ pub struct LoadedKernel {
     pub setup_header: Option<Vec<u8>>,
     /// Highest address an initrd may end at (`initrd_addr_max` + 1; 4 GiB for an ELF).
     pub initrd_limit: u64,
-    /// The ELF's PVH entry point, if it has one (not used for booting yet).
+    /// The ELF's PVH entry point, if it has one.
     pub pvh_entry: Option<u64>,
 }
 

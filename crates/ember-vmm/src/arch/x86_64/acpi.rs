@@ -1,6 +1,9 @@
 //! ACPI tables for a Linux guest: RSDP, XSDT, a hardware-reduced FADT, the MADT (one local
 //! APIC per vCPU and the IOAPIC) and a DSDT describing each virtio-mmio device, so a stock
-//! kernel without `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` finds its devices.
+//! kernel without `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` finds its devices, and the legacy port
+//! devices with their interrupts: a hardware-reduced platform has no legacy PIC, so Linux maps
+//! no ISA interrupt unless a device's `_CRS` names it (without this COM1's interrupt never
+//! arrives and userspace console output stalls).
 //!
 //! Tables are built with rust-vmm's `acpi_tables` crate into byte vectors ([`build`]), then
 //! written into the reserved BIOS area below 1 MiB ([`write`]): the RSDP at [`RSDP_ADDR`]
@@ -8,7 +11,9 @@
 //! module only describes hardware; it does not create any.
 
 use acpi_tables::Aml;
-use acpi_tables::aml::{self, Device, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate};
+use acpi_tables::aml::{
+    self, Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate,
+};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic};
 use acpi_tables::rsdp::Rsdp;
@@ -41,6 +46,35 @@ pub struct MmioDevice {
     pub gsi: u32,
 }
 
+/// A legacy device on I/O ports, described by its PNP id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortDevice {
+    /// Its ASL name (4 characters: `A-Z`, `0-9`, `_`).
+    pub name: &'static str,
+    /// Its PNP id (`PNP0501`: 16550 UART, `PNP0B00`: CMOS RTC), as an EISA id.
+    pub pnp_id: &'static str,
+    /// First port.
+    pub port: u16,
+    /// Number of ports.
+    pub len: u8,
+    /// Its GSI (edge-triggered, active high).
+    pub gsi: u32,
+}
+
+fn valid_name(name: &str) -> bool {
+    name.len() == 4
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+fn valid_eisa_id(id: &str) -> bool {
+    id.len() == 7
+        && id.bytes().take(3).all(|b| b.is_ascii_uppercase())
+        && id.bytes().skip(3).all(|b| b.is_ascii_hexdigit())
+}
+
 /// The tables as bytes, with the guest addresses they were built for.
 #[derive(Debug, Clone)]
 pub struct AcpiTables {
@@ -61,8 +95,9 @@ fn device_name(index: usize) -> String {
     format!("VR{:02X}", index & 0xff)
 }
 
-/// The DSDT's AML body: `Scope (\_SB) { Device (VRnn) { _HID, _UID, _CRS } ... }`.
-pub fn dsdt_aml(devices: &[MmioDevice]) -> Result<Vec<u8>, ArchError> {
+/// The DSDT's AML body: `Scope (\_SB) { Device (name) { _HID, _UID, _CRS } ... }` for each
+/// legacy port device, then `VRnn` for each virtio device.
+pub fn dsdt_aml(legacy: &[PortDevice], devices: &[MmioDevice]) -> Result<Vec<u8>, ArchError> {
     if devices.len() > 256 {
         return Err(ArchError::Invalid(format!(
             "ACPI: {} virtio devices do not fit the DSDT's names",
@@ -70,6 +105,22 @@ pub fn dsdt_aml(devices: &[MmioDevice]) -> Result<Vec<u8>, ArchError> {
         )));
     }
     let mut body = Vec::new();
+    for (i, d) in legacy.iter().enumerate() {
+        // EISAName::new and Path::new panic on malformed ids and names: checked here.
+        if !valid_name(d.name) || !valid_eisa_id(d.pnp_id) || d.name.starts_with("VR") {
+            return Err(ArchError::Invalid(format!(
+                "ACPI: bad legacy device name {:?} or PNP id {:?}",
+                d.name, d.pnp_id
+            )));
+        }
+        let io = IO::new(d.port, d.port, 1, d.len);
+        let irq = Interrupt::new(true, true, false, false, d.gsi);
+        let crs = ResourceTemplate::new(vec![&io, &irq]);
+        let hid = Name::new(Path::new("_HID"), &EISAName::new(d.pnp_id));
+        let uid = Name::new(Path::new("_UID"), &(i as u64));
+        let crs = Name::new(Path::new("_CRS"), &crs);
+        Device::new(Path::new(d.name), vec![&hid, &uid, &crs]).to_aml_bytes(&mut body);
+    }
     for (i, d) in devices.iter().enumerate() {
         let base = u32::try_from(d.base).map_err(|_| {
             ArchError::Invalid(format!("ACPI: virtio window {:#x} above 4 GiB", d.base))
@@ -90,8 +141,13 @@ pub fn dsdt_aml(devices: &[MmioDevice]) -> Result<Vec<u8>, ArchError> {
     Ok(aml::Scope::raw(Path::new("\\_SB_"), body))
 }
 
-/// Builds every table for `vcpus` vCPUs and `devices`, laid out from [`ACPI_TABLES_START`].
-pub fn build(vcpus: u8, devices: &[MmioDevice]) -> Result<AcpiTables, ArchError> {
+/// Builds every table for `vcpus` vCPUs, the `legacy` port devices and the virtio `devices`,
+/// laid out from [`ACPI_TABLES_START`].
+pub fn build(
+    vcpus: u8,
+    legacy: &[PortDevice],
+    devices: &[MmioDevice],
+) -> Result<AcpiTables, ArchError> {
     if vcpus == 0 {
         return Err(ArchError::Invalid("ACPI: no vCPUs".into()));
     }
@@ -111,7 +167,7 @@ pub fn build(vcpus: u8, devices: &[MmioDevice]) -> Result<AcpiTables, ArchError>
     };
 
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"EMBRDSDT", OEM_REVISION);
-    dsdt.append_slice(&dsdt_aml(devices)?);
+    dsdt.append_slice(&dsdt_aml(legacy, devices)?);
     let dsdt_addr = place(dsdt.as_slice().to_vec())?;
 
     let mut fadt = FADTBuilder::new(OEM_ID, *b"EMBRFACP", OEM_REVISION)
@@ -145,8 +201,13 @@ pub fn build(vcpus: u8, devices: &[MmioDevice]) -> Result<AcpiTables, ArchError>
 }
 
 /// Builds the tables and writes them into guest memory; returns the RSDP's address.
-pub fn write(mem: &GuestMemoryMmap, vcpus: u8, devices: &[MmioDevice]) -> Result<u64, ArchError> {
-    let t = build(vcpus, devices)?;
+pub fn write(
+    mem: &GuestMemoryMmap,
+    vcpus: u8,
+    legacy: &[PortDevice],
+    devices: &[MmioDevice],
+) -> Result<u64, ArchError> {
+    let t = build(vcpus, legacy, devices)?;
     let put = |addr: u64, bytes: &[u8]| {
         mem.write_slice(bytes, GuestAddress(addr))
             .map_err(|source| ArchError::GuestWrite {
@@ -165,6 +226,23 @@ pub fn write(mem: &GuestMemoryMmap, vcpus: u8, devices: &[MmioDevice]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LEGACY: [PortDevice; 2] = [
+        PortDevice {
+            name: "COM1",
+            pnp_id: "PNP0501",
+            port: 0x3f8,
+            len: 8,
+            gsi: 4,
+        },
+        PortDevice {
+            name: "RTC_",
+            pnp_id: "PNP0B00",
+            port: 0x70,
+            len: 2,
+            gsi: 8,
+        },
+    ];
 
     fn sum(b: &[u8]) -> u8 {
         b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
@@ -198,7 +276,7 @@ mod tests {
 
     #[test]
     fn checksums_lengths_and_links() {
-        let t = build(2, &devices(3)).unwrap();
+        let t = build(2, &LEGACY, &devices(3)).unwrap();
         assert_eq!(&t.rsdp[..8], b"RSD PTR ");
         assert_eq!(sum(&t.rsdp[..20]), 0);
         assert_eq!(sum(&t.rsdp), 0);
@@ -224,7 +302,7 @@ mod tests {
 
     #[test]
     fn madt_lists_each_cpu_and_the_ioapic() {
-        let t = build(4, &[]).unwrap();
+        let t = build(4, &[], &[]).unwrap();
         let (_, madt) = find(&t, b"APIC");
         assert_eq!(u32_at(madt, 36), APIC_ADDR);
         let mut cpus = Vec::new();
@@ -252,7 +330,7 @@ mod tests {
     #[test]
     fn dsdt_describes_each_device() {
         let devs = devices(3);
-        let t = build(1, &devs).unwrap();
+        let t = build(1, &LEGACY, &devs).unwrap();
         let (_, dsdt) = find(&t, b"DSDT");
         let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
         assert_eq!(count(b"LNRO0005\0"), 3);
@@ -269,19 +347,43 @@ mod tests {
             assert_eq!(count(&irq), 1, "interrupt of device {i}");
         }
         assert!(count(b"_SB_") >= 1);
+        for d in LEGACY {
+            assert_eq!(count(d.name.as_bytes()), 1);
+            // IO descriptor: tag 0x47, decode16, min, max, alignment, length.
+            let mut io = vec![0x47, 1];
+            io.extend_from_slice(&d.port.to_le_bytes());
+            io.extend_from_slice(&d.port.to_le_bytes());
+            io.extend_from_slice(&[1, d.len]);
+            assert_eq!(count(&io), 1, "ports of {}", d.name);
+            let mut irq = vec![0x89, 6, 0, 0x03, 1];
+            irq.extend_from_slice(&d.gsi.to_le_bytes());
+            assert_eq!(count(&irq), 1, "interrupt of {}", d.name);
+        }
+        // PNP0501 as an EISA id: "PNP" compressed, product 0x0501.
+        assert_eq!(count(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), 1);
         // No devices: still a valid, empty scope.
-        let t = build(1, &[]).unwrap();
+        let t = build(1, &[], &[]).unwrap();
         assert_eq!(sum(find(&t, b"DSDT").1), 0);
     }
 
     #[test]
     fn refuses_what_does_not_fit() {
-        assert!(build(0, &[]).is_err());
+        assert!(build(0, &[], &[]).is_err());
         let high = MmioDevice {
             base: 1 << 32,
             len: 0x1000,
             gsi: 5,
         };
-        assert!(build(1, &[high]).is_err());
+        assert!(build(1, &[], &[high]).is_err());
+        let bad = PortDevice {
+            name: "com1",
+            ..LEGACY[0]
+        };
+        assert!(build(1, &[bad], &[]).is_err());
+        let bad = PortDevice {
+            pnp_id: "PNP05",
+            ..LEGACY[0]
+        };
+        assert!(build(1, &[bad], &[]).is_err());
     }
 }

@@ -37,6 +37,28 @@ pub const E820_RAM: u32 = 1;
 /// e820 type for reserved memory.
 pub const E820_RESERVED: u32 = 2;
 
+/// Firecracker's memory map for the given RAM regions, as `(address, size, e820 type)`: low
+/// RAM up to the EBDA, reserved up to 1 MiB (MP table, ACPI tables), then RAM from 1 MiB (and
+/// above 4 GiB). The zero page and PVH's start info both carry it.
+pub fn standard_e820(ram: &[(u64, u64)]) -> Vec<(u64, u64, u32)> {
+    let mut map = vec![
+        (0, SYSTEM_MEM_START, E820_RAM),
+        (
+            SYSTEM_MEM_START,
+            SYSTEM_MEM_END - SYSTEM_MEM_START,
+            E820_RESERVED,
+        ),
+    ];
+    for &(start, size) in ram {
+        let begin = start.max(HIMEM_START);
+        let end = start + size;
+        if end > begin {
+            map.push((begin, end - begin, E820_RAM));
+        }
+    }
+    map
+}
+
 /// A zero page being built.
 #[derive(Clone)]
 pub struct ZeroPage {
@@ -115,21 +137,10 @@ impl ZeroPage {
         Ok(())
     }
 
-    /// Adds Firecracker's memory map for the given RAM regions: low RAM up to the EBDA,
-    /// reserved up to 1 MiB, then RAM from 1 MiB (and above 4 GiB).
+    /// Adds the memory map [`standard_e820`] gives for the RAM regions.
     pub fn add_standard_e820(&mut self, ram: &[(u64, u64)]) -> Result<(), ArchError> {
-        self.add_e820(0, SYSTEM_MEM_START, E820_RAM)?;
-        self.add_e820(
-            SYSTEM_MEM_START,
-            SYSTEM_MEM_END - SYSTEM_MEM_START,
-            E820_RESERVED,
-        )?;
-        for &(start, size) in ram {
-            let begin = start.max(HIMEM_START);
-            let end = start + size;
-            if end > begin {
-                self.add_e820(begin, end - begin, E820_RAM)?;
-            }
+        for (addr, size, kind) in standard_e820(ram) {
+            self.add_e820(addr, size, kind)?;
         }
         Ok(())
     }

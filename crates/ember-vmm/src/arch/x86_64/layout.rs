@@ -4,6 +4,10 @@
 pub const GDT_ADDR: u64 = 0x500;
 /// Boot IDT (empty: the guest installs its own).
 pub const IDT_ADDR: u64 = 0x520;
+/// PVH start info, module list and memory map (up to the zero page).
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+/// End of the PVH start info area (exclusive).
+pub const PVH_INFO_END: u64 = ZERO_PAGE_ADDR;
 /// Linux zero page (`struct boot_params`); `rsi` points here at entry.
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// Initial stack pointer.

@@ -14,10 +14,34 @@ use vm_superio::serial::SerialState;
 use self::i8042::{I8042, I8042_BASE, I8042_LEN, I8042State};
 use self::rtc::{RTC_BASE, RTC_LEN, Rtc};
 use self::serial::{Absent, COM1_BASE, SerialDevice, SerialSink};
+use crate::arch::x86_64::acpi::PortDevice;
 use crate::devices::IrqLine;
 use crate::devices::bus::{Bus, BusOverlap};
 use crate::exit::ExitSignal;
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
+
+/// The legacy devices as the ACPI DSDT describes them (`PNP0501` COM1, `PNP0B00` RTC), so
+/// a kernel on a hardware-reduced ACPI platform maps their interrupts. The i8042 is not
+/// described: the FADT says there is none, Linux skips probing it, and `reboot=k` still
+/// resets through it.
+pub fn acpi_devices() -> [PortDevice; 2] {
+    [
+        PortDevice {
+            name: "COM1",
+            pnp_id: "PNP0501",
+            port: COM1_BASE as u16,
+            len: 8,
+            gsi: serial::COM1_GSI,
+        },
+        PortDevice {
+            name: "RTC_",
+            pnp_id: "PNP0B00",
+            port: RTC_BASE as u16,
+            len: RTC_LEN as u8,
+            gsi: rtc::RTC_GSI,
+        },
+    ]
+}
 
 /// Saved state of the legacy devices.
 #[derive(Debug, Clone)]
