@@ -14,7 +14,9 @@
 #                                        when L2 did not reach userspace.
 # Env:   RIG_DIR (default target/rig), RIG_TIMEOUT (seconds for the QEMU run, default 300),
 #        RIG_L2_VCPUS (default 2), RIG_L2_MEM_MIB (default 512), RIG_KERNEL_FORMAT
-#        (bzimage | vmlinux: how L2's kernel is given to ember-vmm; default bzimage).
+#        (bzimage | vmlinux: how L2's kernel is given to ember-vmm; default bzimage),
+#        RIG_L2_GAPS=1 (L2 prints the kernel log lines that follow a gap of more than 0.3 s:
+#        where its boot time goes).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +25,7 @@ TIMEOUT="${RIG_TIMEOUT:-300}"
 L2_VCPUS="${RIG_L2_VCPUS:-2}"
 L2_MEM="${RIG_L2_MEM_MIB:-512}"
 KERNEL_FORMAT="${RIG_KERNEL_FORMAT:-bzimage}"
+L2_GAPS="${RIG_L2_GAPS:-0}"
 T_START=$EPOCHREALTIME
 mkdir -p "$RIG"
 
@@ -134,6 +137,9 @@ done
 [ -e /dev/vsock ] && echo "EMBER-L2-VSOCK present"
 echo "EMBER-L2-RTC \$(cat /sys/class/rtc/rtc0/name 2>/dev/null || echo none)"
 echo "EMBER-L2-DATE \$(date -u +%s)"
+if [ "$L2_GAPS" = 1 ]; then
+    dmesg | awk '{ t = substr(\$0, 2, 12) + 0; if (t - p > 0.3) { print "EMBER-L2-GAP " prev; print "EMBER-L2-GAP " \$0 } p = t; prev = \$0 }'
+fi
 echo "EMBER-L2-DONE uptime=\$(cut -d' ' -f1 /proc/uptime)"
 reboot -f
 EOF

@@ -24,9 +24,9 @@ use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::x86_64::boot_params::ZeroPage;
-use crate::arch::x86_64::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, ram_regions};
 use crate::arch::x86_64::boot_params::standard_e820;
 use crate::arch::x86_64::gdt::PVH_GDT;
+use crate::arch::x86_64::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, ram_regions};
 use crate::arch::x86_64::{ArchError, acpi, cpuid, mptable, msr, paging, pvh, regs};
 use crate::config::VmConfig;
 use crate::devices::IrqLine;

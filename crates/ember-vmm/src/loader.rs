@@ -118,9 +118,7 @@ pub fn detect(path: &Path) -> Result<KernelFormat, LoaderError> {
     let mut n = 0;
     // Read until full or end of file (short reads are legal).
     loop {
-        let got = f
-            .read(&mut head[n..])
-            .map_err(io("kernel image", path))?;
+        let got = f.read(&mut head[n..]).map_err(io("kernel image", path))?;
         if got == 0 {
             break;
         }

@@ -15,7 +15,9 @@ use acpi_tables::aml::{
     self, Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;

@@ -217,7 +217,10 @@ mod tests {
         let b = zp.as_bytes();
         assert_eq!(b[TYPE_OF_LOADER_OFFSET], 0xff);
         assert_eq!(b[SETUP_HEADER_OFFSET], 0x11);
-        assert_eq!(&b[CMD_LINE_PTR_OFFSET..CMD_LINE_PTR_OFFSET + 4], &0x20000u32.to_le_bytes());
+        assert_eq!(
+            &b[CMD_LINE_PTR_OFFSET..CMD_LINE_PTR_OFFSET + 4],
+            &0x20000u32.to_le_bytes()
+        );
         assert_eq!(
             &b[ACPI_RSDP_ADDR_OFFSET..ACPI_RSDP_ADDR_OFFSET + 8],
             &0xe0000u64.to_le_bytes()

@@ -233,7 +233,9 @@ mod tests {
         assert_eq!((t.year, t.month, t.day, t.weekday), (1970, 1, 1, 5));
         let t = CivilTime::from_unix(T);
         assert_eq!(
-            (t.year, t.month, t.day, t.hour, t.minute, t.second, t.weekday),
+            (
+                t.year, t.month, t.day, t.hour, t.minute, t.second, t.weekday
+            ),
             (2026, 12, 5, 16, 56, 3, 7)
         );
         // A leap day and the turn of a century.
