@@ -201,8 +201,9 @@ for m in $L1_MODULES; do insmod /lib/modules/\$m || echo "RIG-L1-INSMOD-FAILED \
 if [ -e /dev/kvm ]; then echo "RIG-L1-KVM-READY uptime=\$(cut -d' ' -f1 /proc/uptime)"; else echo "RIG-L1-NO-KVM"; fi
 echo "RIG-L1-HOST-CPU \$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
 echo "RIG-L1-EMBER-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
-/rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level warn
+/rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log
 echo "RIG-L1-EMBER-EXIT rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
+sed 's/^/RIG-L1-VMM /' /run/vmm.log
 echo o >/proc/sysrq-trigger
 poweroff -f
 EOF
