@@ -44,6 +44,7 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v cpio >/dev/null || need+=(cpio)
 command -v modinfo >/dev/null || need+=(kmod)
 command -v file >/dev/null || need+=(file)
+command -v strip >/dev/null || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     apt-get update -qq >&2
@@ -156,7 +157,8 @@ for f in "${ORDERED[@]}"; do
     L1_MODULES+=" $(basename "$f")"
 done
 mkdir -p "$L1ROOT/rig"
-cp "$VMM" "$L1ROOT/rig/ember-vmm"
+# Stripped: a smaller L1 initramfs loads and unpacks faster under TCG.
+strip -o "$L1ROOT/rig/ember-vmm" "$VMM" 2>/dev/null || cp "$VMM" "$L1ROOT/rig/ember-vmm"
 cp "$RIG/l2-initramfs.cpio" "$L1ROOT/rig/initramfs"
 case "$KERNEL_FORMAT" in
     bzimage) cp "$VMLINUZ" "$L1ROOT/rig/kernel" ;;
@@ -201,7 +203,7 @@ for m in $L1_MODULES; do insmod /lib/modules/\$m || echo "RIG-L1-INSMOD-FAILED \
 if [ -e /dev/kvm ]; then echo "RIG-L1-KVM-READY uptime=\$(cut -d' ' -f1 /proc/uptime)"; else echo "RIG-L1-NO-KVM"; fi
 echo "RIG-L1-HOST-CPU \$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
 echo "RIG-L1-EMBER-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
-/rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log
+NO_COLOR=1 /rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log
 echo "RIG-L1-EMBER-EXIT rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
 sed 's/^/RIG-L1-VMM /' /run/vmm.log
 echo o >/proc/sysrq-trigger
