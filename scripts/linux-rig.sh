@@ -110,7 +110,7 @@ mk_busybox_root() {
 }
 L2ROOT="$RIG/l2root"
 mk_busybox_root "$L2ROOT"
-modules_for virtio_mmio virtio_blk vmw_vsock_virtio_transport virtio-rng
+modules_for virtio_mmio virtio_blk virtio_net vmw_vsock_virtio_transport virtio-rng
 L2_MODULES=""
 for f in "${ORDERED[@]}"; do
     cp "$f" "$L2ROOT/lib/modules/"
@@ -136,6 +136,9 @@ done
 [ -b /dev/vda ] && echo "EMBER-L2-BLK \$(dd if=/dev/vda bs=16 count=1 2>/dev/null)"
 [ -e /dev/hwrng ] && echo "EMBER-L2-RNG \$(dd if=/dev/hwrng bs=8 count=1 2>/dev/null | od -An -tx1 | tr -d ' ')"
 [ -e /dev/vsock ] && echo "EMBER-L2-VSOCK present"
+if ifconfig eth0 172.16.0.2 netmask 255.255.255.0 up 2>/dev/null; then
+    if ping -c 1 -W 5 172.16.0.1 >/dev/null 2>&1; then echo "EMBER-L2-NET ping-ok"; else echo "EMBER-L2-NET ping-failed"; fi
+fi
 echo "EMBER-L2-RTC \$(cat /sys/class/rtc/rtc0/name 2>/dev/null || echo none)"
 echo "EMBER-L2-DATE \$(date -u +%s)"
 if [ "$L2_GAPS" = 1 ]; then
@@ -150,7 +153,7 @@ chmod +x "$L2ROOT/init"
 # --- 5. L1 initramfs: kvm-amd, ember-vmm, the L2 kernel and initramfs -------------------
 L1ROOT="$RIG/l1root"
 mk_busybox_root "$L1ROOT"
-modules_for kvm-amd
+modules_for kvm-amd tun
 L1_MODULES=""
 for f in "${ORDERED[@]}"; do
     cp "$f" "$L1ROOT/lib/modules/"
@@ -188,6 +191,9 @@ cat >"$L1ROOT/rig/vm.json" <<EOF
   "drives": [
     { "drive_id": "disk", "path_on_host": "/rig/disk.img", "is_root_device": false, "is_read_only": true }
   ],
+  "network-interfaces": [
+    { "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02" }
+  ],
   "vsock": { "guest_cid": 3, "uds_path": "/run/vsock.sock" },
   "entropy": {}
 }
@@ -201,7 +207,10 @@ mount -t devtmpfs dev /dev
 echo "RIG-L1-INIT uptime=\$(cut -d' ' -f1 /proc/uptime)"
 for m in $L1_MODULES; do insmod /lib/modules/\$m || echo "RIG-L1-INSMOD-FAILED \$m"; done
 if [ -e /dev/kvm ]; then echo "RIG-L1-KVM-READY uptime=\$(cut -d' ' -f1 /proc/uptime)"; else echo "RIG-L1-NO-KVM"; fi
+# L2's network: a TAP in L1 (ember-vmm opens an existing one), 172.16.0.1/24.
+tunctl -t tap0 >/dev/null && ifconfig tap0 172.16.0.1 netmask 255.255.255.0 up || echo "RIG-L1-NO-TAP"
 echo "RIG-L1-HOST-CPU \$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+echo "RIG-L1-DATE \$(date -u +%s)"
 echo "RIG-L1-EMBER-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
 NO_COLOR=1 /rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log
 echo "RIG-L1-EMBER-EXIT rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
@@ -246,7 +255,12 @@ date_skew=null
 if [ -n "$l2_date" ]; then
     date_skew=$(awk -v g="$l2_date" -v h="$(at EMBER-L2-DATE)" 'BEGIN { printf "%.1f", g - h }')
 fi
-printf '{"booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_clock_minus_host_s": %s, "l2_blk_marker": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "log": "%s"}\n' \
+l1_skew=null
+l1_date=$(field RIG-L1-DATE)
+if [ -n "$l1_date" ]; then
+    l1_skew=$(awk -v g="$l1_date" -v h="$(at RIG-L1-DATE)" 'BEGIN { printf "%.1f", g - h }')
+fi
+printf '{"booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_clock_minus_host_s": %s, "l1_clock_minus_host_s": %s, "l2_blk_marker": "%s", "l2_net": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "log": "%s"}\n' \
     "$booted" "$QEMU_RC" "$(elapsed "$T_START" "$T_END")" "$(elapsed "$T_START" "$T_KERNEL")" \
     "$(elapsed "$T_BUILD0" "$T_BUILD")" "$(elapsed "$T_BUILD" "$T_PREP")" \
     "$(a=$(at RIG-L1-INIT); [ -n "$a" ] && elapsed "$T_QEMU" "$a" || printf null)" \
@@ -256,7 +270,7 @@ printf '{"booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_downloa
     "$(since RIG-L1-EMBER-START RIG-L1-EMBER-EXIT)" \
     "$devices" "$(field EMBER-L2-CPU | sed 's/^model name[[:space:]]*: //')" \
     "$(field EMBER-L2-NCPUS | tr -cd '0-9' | sed 's/^$/null/')" "$(field EMBER-L2-KERNEL)" \
-    "$(field EMBER-L2-RTC)" "$date_skew" "$(field EMBER-L2-BLK)" \
+    "$(field EMBER-L2-RTC)" "$date_skew" "$l1_skew" "$(field EMBER-L2-BLK)" "$(field EMBER-L2-NET)" \
     "$(grep -c " EMBER-L2-INSMOD-FAILED" "$LOG" || true)" "$(field RIG-L1-HOST-CPU)" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" \
     "$KERNEL_FORMAT" "$LOG"

@@ -59,8 +59,10 @@ pub struct PortDevice {
     pub port: u16,
     /// Number of ports.
     pub len: u8,
-    /// Its GSI (edge-triggered, active high).
-    pub gsi: u32,
+    /// Its GSI (edge-triggered, active high), if it interrupts. A device that never does
+    /// should not name one: Linux would reserve that line unshared (the RTC's IRQ 8 then
+    /// clashed with the fourth virtio device's GSI).
+    pub gsi: Option<u32>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -116,8 +118,14 @@ pub fn dsdt_aml(legacy: &[PortDevice], devices: &[MmioDevice]) -> Result<Vec<u8>
             )));
         }
         let io = IO::new(d.port, d.port, 1, d.len);
-        let irq = Interrupt::new(true, true, false, false, d.gsi);
-        let crs = ResourceTemplate::new(vec![&io, &irq]);
+        let irq = d
+            .gsi
+            .map(|gsi| Interrupt::new(true, true, false, false, gsi));
+        let mut resources: Vec<&dyn Aml> = vec![&io];
+        if let Some(irq) = &irq {
+            resources.push(irq);
+        }
+        let crs = ResourceTemplate::new(resources);
         let hid = Name::new(Path::new("_HID"), &EISAName::new(d.pnp_id));
         let uid = Name::new(Path::new("_UID"), &(i as u64));
         let crs = Name::new(Path::new("_CRS"), &crs);
@@ -235,14 +243,14 @@ mod tests {
             pnp_id: "PNP0501",
             port: 0x3f8,
             len: 8,
-            gsi: 4,
+            gsi: Some(4),
         },
         PortDevice {
             name: "RTC_",
             pnp_id: "PNP0B00",
             port: 0x70,
             len: 2,
-            gsi: 8,
+            gsi: None,
         },
     ];
 
@@ -357,10 +365,14 @@ mod tests {
             io.extend_from_slice(&d.port.to_le_bytes());
             io.extend_from_slice(&[1, d.len]);
             assert_eq!(count(&io), 1, "ports of {}", d.name);
-            let mut irq = vec![0x89, 6, 0, 0x03, 1];
-            irq.extend_from_slice(&d.gsi.to_le_bytes());
-            assert_eq!(count(&irq), 1, "interrupt of {}", d.name);
+            if let Some(gsi) = d.gsi {
+                let mut irq = vec![0x89, 6, 0, 0x03, 1];
+                irq.extend_from_slice(&gsi.to_le_bytes());
+                assert_eq!(count(&irq), 1, "interrupt of {}", d.name);
+            }
         }
+        // Only COM1 and the three virtio devices name an interrupt.
+        assert_eq!(count(&[0x89, 6, 0, 0x03, 1]), 4);
         // PNP0501 as an EISA id: "PNP" compressed, product 0x0501.
         assert_eq!(count(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), 1);
         // No devices: still a valid, empty scope.

@@ -229,6 +229,29 @@ mod tests {
     }
 
     #[test]
+    fn e820_map_around_the_mmio_gap() {
+        let ram = layout::ram_regions(4 << 30);
+        let map = standard_e820(&ram);
+        assert_eq!(
+            map,
+            vec![
+                (0, SYSTEM_MEM_START, E820_RAM),
+                (
+                    SYSTEM_MEM_START,
+                    SYSTEM_MEM_END - SYSTEM_MEM_START,
+                    E820_RESERVED
+                ),
+                (HIMEM_START, layout::MMIO32_START - HIMEM_START, E820_RAM),
+                (1 << 32, (4 << 30) - layout::MMIO32_START, E820_RAM),
+            ]
+        );
+        // The ACPI tables and the MP table sit in the reserved range.
+        for addr in [layout::RSDP_ADDR, layout::ACPI_TABLES_END - 1] {
+            assert!((SYSTEM_MEM_START..SYSTEM_MEM_END).contains(&addr));
+        }
+    }
+
+    #[test]
     fn e820_map() {
         let mut zp = ZeroPage::new();
         zp.add_standard_e820(&[(0, 128 << 20)]).unwrap();

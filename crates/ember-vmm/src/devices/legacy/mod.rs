@@ -21,7 +21,9 @@ use crate::exit::ExitSignal;
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
 
 /// The legacy devices as the ACPI DSDT describes them (`PNP0501` COM1, `PNP0B00` RTC), so
-/// a kernel on a hardware-reduced ACPI platform maps their interrupts. The i8042 is not
+/// a kernel on a hardware-reduced ACPI platform maps COM1's interrupt. The RTC is described
+/// without one (it raises none; Linux's `rtc_cmos` then runs without alarms, and ISA IRQ 8
+/// stays free for a virtio device). The i8042 is not
 /// described: the FADT says there is none, Linux skips probing it, and `reboot=k` still
 /// resets through it.
 pub fn acpi_devices() -> [PortDevice; 2] {
@@ -31,14 +33,14 @@ pub fn acpi_devices() -> [PortDevice; 2] {
             pnp_id: "PNP0501",
             port: COM1_BASE as u16,
             len: 8,
-            gsi: serial::COM1_GSI,
+            gsi: Some(serial::COM1_GSI),
         },
         PortDevice {
             name: "RTC_",
             pnp_id: "PNP0B00",
             port: RTC_BASE as u16,
             len: RTC_LEN as u8,
-            gsi: rtc::RTC_GSI,
+            gsi: None,
         },
     ]
 }

@@ -19,8 +19,6 @@ use crate::devices::bus::BusDevice;
 pub const RTC_BASE: u64 = 0x70;
 /// Ports covered (index and data).
 pub const RTC_LEN: u64 = 2;
-/// The interrupt the RTC is described with (ISA IRQ 8; never raised).
-pub const RTC_GSI: u32 = 8;
 
 const REG_SECONDS: u8 = 0x00;
 const REG_MINUTES: u8 = 0x02;
