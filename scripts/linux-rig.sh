@@ -237,8 +237,9 @@ set -e
 T_END=$EPOCHREALTIME
 
 # --- 7. summary --------------------------------------------------------------------------
-at() { grep -m1 " $1" "$LOG" | cut -d' ' -f1; }
-field() { grep -m1 " $1" "$LOG" | cut -d' ' -f3- | sed 's/"/\\"/g' | sed 's/^ *//'; }
+# Each helper prints nothing (and succeeds) when its marker is missing.
+at() { { grep -m1 " $1" "$LOG" || true; } | cut -d' ' -f1; }
+field() { { grep -m1 " $1" "$LOG" || true; } | cut -d' ' -f3- | sed 's/"/\\"/g' | sed 's/^ *//'; }
 since() { # seconds between two markers' host stamps, or null
     local a b
     a=$(at "$1")
@@ -247,9 +248,9 @@ since() { # seconds between two markers' host stamps, or null
 }
 booted=false
 grep -q " EMBER-L2-USERSPACE" "$LOG" && booted=true
-devices=$(grep " EMBER-L2-VIRTIO " "$LOG" | cut -d' ' -f3- |
+devices=$({ grep " EMBER-L2-VIRTIO " "$LOG" || true; } | cut -d' ' -f3- |
     awk '{ split($2, d, "="); split($3, r, "="); printf "%s{\"name\": \"%s\", \"device_id\": %d, \"driver\": \"%s\"}", (NR > 1 ? ", " : ""), $1, d[2], r[2] }')
-l2_uptime=$(grep -m1 " EMBER-L2-USERSPACE" "$LOG" | sed -n 's/.*uptime=\([0-9.]*\).*/\1/p')
+l2_uptime=$({ grep -m1 " EMBER-L2-USERSPACE" "$LOG" || true; } | sed -n 's/.*uptime=\([0-9.]*\).*/\1/p')
 l2_date=$(field EMBER-L2-DATE)
 date_skew=null
 if [ -n "$l2_date" ]; then
@@ -269,7 +270,7 @@ printf '{"booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_downloa
     "$(since EMBER-L2-USERSPACE EMBER-L2-MODULES)" "$(since EMBER-L2-USERSPACE EMBER-L2-DONE)" \
     "$(since RIG-L1-EMBER-START RIG-L1-EMBER-EXIT)" \
     "$devices" "$(field EMBER-L2-CPU | sed 's/^model name[[:space:]]*: //')" \
-    "$(field EMBER-L2-NCPUS | tr -cd '0-9' | sed 's/^$/null/')" "$(field EMBER-L2-KERNEL)" \
+    "$(n=$(field EMBER-L2-NCPUS | tr -cd '0-9'); printf '%s' "${n:-null}")" "$(field EMBER-L2-KERNEL)" \
     "$(field EMBER-L2-RTC)" "$date_skew" "$l1_skew" "$(field EMBER-L2-BLK)" "$(field EMBER-L2-NET)" \
     "$(grep -c " EMBER-L2-INSMOD-FAILED" "$LOG" || true)" "$(field RIG-L1-HOST-CPU)" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" \
