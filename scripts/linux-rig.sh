@@ -10,8 +10,13 @@
 # busybox-static, cpio, kmod); downloads and artifacts are cached under target/rig/.
 # ember-vmm is built static (glibc, crt-static) in release mode.
 #
-# Usage: scripts/linux-rig.sh            prints one JSON summary line last; exits non-zero
-#                                        when L2 did not reach userspace.
+# Usage: scripts/linux-rig.sh            prints one JSON summary line last ("passed", the
+#                                        names of "failed" checks, stage times, devices);
+#                                        exits non-zero when a check failed: L2 reached
+#                                        userspace, its init finished, Linux's drivers bound
+#                                        virtio blk/net/vsock/rng, ext4 read-write and
+#                                        read-only disks, a ping over virtio-net, rtc_cmos,
+#                                        every module loaded, ember-vmm exited 0.
 # Env:   RIG_DIR (default target/rig), RIG_TIMEOUT (seconds for the QEMU run, default 300),
 #        RIG_L2_VCPUS (default 2), RIG_L2_MEM_MIB (default 512), RIG_KERNEL_FORMAT
 #        (bzimage | vmlinux: how L2's kernel is given to ember-vmm; default bzimage),
@@ -45,6 +50,7 @@ command -v cpio >/dev/null || need+=(cpio)
 command -v modinfo >/dev/null || need+=(kmod)
 command -v file >/dev/null || need+=(file)
 command -v strip >/dev/null || need+=(binutils)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     apt-get update -qq >&2
@@ -133,7 +139,18 @@ for d in /sys/bus/virtio/devices/*; do
     drv=\$(basename "\$(readlink "\$d/driver" 2>/dev/null)" 2>/dev/null)
     echo "EMBER-L2-VIRTIO \$(basename "\$d") device=\$(cat "\$d/device") driver=\${drv:-none}"
 done
-[ -b /dev/vda ] && echo "EMBER-L2-BLK \$(dd if=/dev/vda bs=16 count=1 2>/dev/null)"
+# virtio-blk: an ext4 disk read-write (write, drop caches, read back) and one read-only.
+mkdir -p /mnt/rw /mnt/ro
+if mount -t ext4 /dev/vda /mnt/rw 2>/dev/null; then
+    echo "written-by-l2" >/mnt/rw/written && sync && umount /mnt/rw
+    echo 3 >/proc/sys/vm/drop_caches
+    mount -t ext4 /dev/vda /mnt/rw && echo "EMBER-L2-EXT4-RW \$(cat /mnt/rw/marker)/\$(cat /mnt/rw/written)"
+fi
+if mount -t ext4 -o ro /dev/vdb /mnt/ro 2>/dev/null; then
+    ro="\$(cat /sys/block/vdb/ro)"
+    touch /mnt/ro/x 2>/dev/null && ro="\$ro-but-writable"
+    echo "EMBER-L2-EXT4-RO \$(cat /mnt/ro/marker) device_ro=\$ro"
+fi
 [ -e /dev/hwrng ] && echo "EMBER-L2-RNG \$(dd if=/dev/hwrng bs=8 count=1 2>/dev/null | od -An -tx1 | tr -d ' ')"
 [ -e /dev/vsock ] && echo "EMBER-L2-VSOCK present"
 if ifconfig eth0 172.16.0.2 netmask 255.255.255.0 up 2>/dev/null; then
@@ -178,8 +195,14 @@ case "$KERNEL_FORMAT" in
         ;;
     *) fail_json "RIG_KERNEL_FORMAT must be bzimage or vmlinux" ;;
 esac
-# A small disk for L2's virtio-blk: 1 MiB starting with a marker.
-{ printf 'EMBER-RIG-DISK01'; head -c $((1024 * 1024 - 16)) /dev/zero; } >"$L1ROOT/rig/disk.img"
+# Two small ext4 disks for L2's virtio-blk, each with a marker file: one read-write, one
+# read-only.
+for d in rw ro; do
+    rm -rf "$RIG/disk-$d" && mkdir -p "$RIG/disk-$d"
+    echo "disk-$d" >"$RIG/disk-$d/marker"
+    rm -f "$L1ROOT/rig/$d.ext4"
+    mkfs.ext4 -q -F -d "$RIG/disk-$d" -L "$d" "$L1ROOT/rig/$d.ext4" 4M >&2
+done
 cat >"$L1ROOT/rig/vm.json" <<EOF
 {
   "boot-source": {
@@ -189,7 +212,8 @@ cat >"$L1ROOT/rig/vm.json" <<EOF
   },
   "machine-config": { "vcpu_count": $L2_VCPUS, "mem_size_mib": $L2_MEM },
   "drives": [
-    { "drive_id": "disk", "path_on_host": "/rig/disk.img", "is_root_device": false, "is_read_only": true }
+    { "drive_id": "rw", "path_on_host": "/rig/rw.ext4", "is_root_device": false, "is_read_only": false },
+    { "drive_id": "ro", "path_on_host": "/rig/ro.ext4", "is_root_device": false, "is_read_only": true }
   ],
   "network-interfaces": [
     { "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02" }
@@ -231,7 +255,7 @@ timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu max -smp 2 -m 2048 
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
     -kernel "$VMLINUZ" -initrd "$RIG/l1-initramfs.cpio" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" </dev/null 2>&1 |
-    while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "${line%$'\r'}"; done >"$LOG"
+    while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "${line//$'\r'/}"; done >"$LOG"
 QEMU_RC=${PIPESTATUS[0]}
 set -e
 T_END=$EPOCHREALTIME
@@ -261,7 +285,23 @@ l1_date=$(field RIG-L1-DATE)
 if [ -n "$l1_date" ]; then
     l1_skew=$(awk -v g="$l1_date" -v h="$(at RIG-L1-DATE)" 'BEGIN { printf "%.1f", g - h }')
 fi
-printf '{"booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_clock_minus_host_s": %s, "l1_clock_minus_host_s": %s, "l2_blk_marker": "%s", "l2_net": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "log": "%s"}\n' \
+# What must hold for the run to pass; the names of those that do not go in "failed".
+failed=()
+$booted || failed+=(l2_userspace)
+grep -q " EMBER-L2-DONE" "$LOG" || failed+=(l2_init_finished)
+for drv in virtio_blk virtio_net vmw_vsock_virtio_transport virtio_rng; do
+    grep -q " EMBER-L2-VIRTIO .* driver=$drv\$" "$LOG" || failed+=("bound_$drv")
+done
+grep -q " EMBER-L2-EXT4-RW disk-rw/written-by-l2" "$LOG" || failed+=(ext4_rw)
+grep -q " EMBER-L2-EXT4-RO disk-ro device_ro=1\$" "$LOG" || failed+=(ext4_ro)
+grep -q " EMBER-L2-NET ping-ok" "$LOG" || failed+=(net_ping)
+grep -q " EMBER-L2-RTC rtc_cmos" "$LOG" || failed+=(rtc)
+grep -q " EMBER-L2-INSMOD-FAILED" "$LOG" && failed+=(insmod)
+grep -q " RIG-L1-EMBER-EXIT rc=0" "$LOG" || failed+=(vmm_exit_0)
+failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
+[ ${#failed[@]} -gt 0 ] || failed_json=""
+printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_clock_minus_host_s": %s, "l1_clock_minus_host_s": %s, "l2_ext4_rw": "%s", "l2_ext4_ro": "%s", "l2_net": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "log": "%s"}\n' \
+    "$([ ${#failed[@]} -eq 0 ] && echo true || echo false)" "$failed_json" \
     "$booted" "$QEMU_RC" "$(elapsed "$T_START" "$T_END")" "$(elapsed "$T_START" "$T_KERNEL")" \
     "$(elapsed "$T_BUILD0" "$T_BUILD")" "$(elapsed "$T_BUILD" "$T_PREP")" \
     "$(a=$(at RIG-L1-INIT); [ -n "$a" ] && elapsed "$T_QEMU" "$a" || printf null)" \
@@ -271,8 +311,8 @@ printf '{"booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_downloa
     "$(since RIG-L1-EMBER-START RIG-L1-EMBER-EXIT)" \
     "$devices" "$(field EMBER-L2-CPU | sed 's/^model name[[:space:]]*: //')" \
     "$(n=$(field EMBER-L2-NCPUS | tr -cd '0-9'); printf '%s' "${n:-null}")" "$(field EMBER-L2-KERNEL)" \
-    "$(field EMBER-L2-RTC)" "$date_skew" "$l1_skew" "$(field EMBER-L2-BLK)" "$(field EMBER-L2-NET)" \
+    "$(field EMBER-L2-RTC)" "$date_skew" "$l1_skew" "$(field EMBER-L2-EXT4-RW)" "$(field EMBER-L2-EXT4-RO)" "$(field EMBER-L2-NET)" \
     "$(grep -c " EMBER-L2-INSMOD-FAILED" "$LOG" || true)" "$(field RIG-L1-HOST-CPU)" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" \
     "$KERNEL_FORMAT" "$LOG"
-$booted && grep -q " EMBER-L2-DONE" "$LOG"
+[ ${#failed[@]} -eq 0 ]
