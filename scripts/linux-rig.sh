@@ -31,6 +31,7 @@ L2_VCPUS="${RIG_L2_VCPUS:-2}"
 L2_MEM="${RIG_L2_MEM_MIB:-512}"
 KERNEL_FORMAT="${RIG_KERNEL_FORMAT:-bzimage}"
 L2_GAPS="${RIG_L2_GAPS:-0}"
+SNAPSHOT="${RIG_SNAPSHOT:-0}"
 T_START=$EPOCHREALTIME
 mkdir -p "$RIG"
 
@@ -101,8 +102,10 @@ log "building ember-vmm (release, static)"
 T_BUILD0=$EPOCHREALTIME
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release -p ember-vmm --target x86_64-unknown-linux-gnu >&2)
+    cargo build --release -p ember-vmm --bin ember-vmm --example api_call \
+        --target x86_64-unknown-linux-gnu >&2)
 VMM="$TARGET_DIR/x86_64-unknown-linux-gnu/release/ember-vmm"
+API_CALL="$TARGET_DIR/x86_64-unknown-linux-gnu/release/examples/api_call"
 file "$VMM" | grep -q "static" || fail_json "ember-vmm is not statically linked"
 T_BUILD=$EPOCHREALTIME
 
@@ -162,6 +165,14 @@ if [ "$L2_GAPS" = 1 ]; then
     dmesg | awk '{ t = substr(\$0, 2, 12) + 0; if (t - p > 0.3) { print "EMBER-L2-GAP " prev; print "EMBER-L2-GAP " \$0 } p = t; prev = \$0 }'
 fi
 echo "EMBER-L2-DONE uptime=\$(cut -d' ' -f1 /proc/uptime)"
+if grep -q ember.rig_snapshot=1 /proc/cmdline; then
+    i=0
+    while true; do
+        i=\$((i + 1))
+        echo "EMBER-L2-TICK \$i uptime=\$(cut -d' ' -f1 /proc/uptime) date=\$(date -u +%s)"
+        sleep 1
+    done
+fi
 reboot -f
 EOF
 chmod +x "$L2ROOT/init"
@@ -179,6 +190,7 @@ done
 mkdir -p "$L1ROOT/rig"
 # Stripped: a smaller L1 initramfs loads and unpacks faster under TCG.
 strip -o "$L1ROOT/rig/ember-vmm" "$VMM" 2>/dev/null || cp "$VMM" "$L1ROOT/rig/ember-vmm"
+strip -o "$L1ROOT/rig/api_call" "$API_CALL" 2>/dev/null || cp "$API_CALL" "$L1ROOT/rig/api_call"
 cp "$RIG/l2-initramfs.cpio" "$L1ROOT/rig/initramfs"
 case "$KERNEL_FORMAT" in
     bzimage) cp "$VMLINUZ" "$L1ROOT/rig/kernel" ;;
@@ -208,7 +220,7 @@ cat >"$L1ROOT/rig/vm.json" <<EOF
   "boot-source": {
     "kernel_image_path": "/rig/kernel",
     "initrd_path": "/rig/initramfs",
-    "boot_args": "console=ttyS0 reboot=k panic=-1 pci=off quiet loglevel=4"
+    "boot_args": "console=ttyS0 reboot=k panic=-1 pci=off quiet loglevel=4 ember.rig_snapshot=$SNAPSHOT"
   },
   "machine-config": { "vcpu_count": $L2_VCPUS, "mem_size_mib": $L2_MEM },
   "drives": [
@@ -236,9 +248,39 @@ tunctl -t tap0 >/dev/null && ifconfig tap0 172.16.0.1 netmask 255.255.255.0 up |
 echo "RIG-L1-HOST-CPU \$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
 echo "RIG-L1-DATE \$(date -u +%s)"
 echo "RIG-L1-EMBER-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
-NO_COLOR=1 /rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log
-echo "RIG-L1-EMBER-EXIT rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
-sed 's/^/RIG-L1-VMM /' /run/vmm.log
+if [ "$SNAPSHOT" != 1 ]; then
+    NO_COLOR=1 /rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log
+    echo "RIG-L1-EMBER-EXIT rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    sed 's/^/RIG-L1-VMM /' /run/vmm.log
+else
+    # wait_for FILE PATTERN COUNT SECONDS
+    wait_for() {
+        n=0
+        while :; do
+            c=\$(grep -c "\$2" "\$1" 2>/dev/null)
+            [ "\${c:-0}" -ge "\$3" ] && return 0
+            n=\$((n + 1)); [ \$n -gt \$((\$4 * 5)) ] && return 1; sleep 0.2
+        done
+    }
+    (NO_COLOR=1 /rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log; echo "RIG-L1-EMBER-EXIT rc=\$?") | tee /run/l2a.log &
+    wait_for /run/l2a.log EMBER-L2-TICK 2 240 || echo "RIG-L1-NO-TICKS"
+    echo "RIG-L1-PAUSE uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    /rig/api_call /run/api.sock PATCH /vm '{"state": "Paused"}'
+    /rig/api_call /run/api.sock PUT /snapshot/create '{"snapshot_type": "Full", "snapshot_path": "/run/l2.snap", "mem_file_path": "/run/l2.mem"}'
+    echo "RIG-L1-SNAPSHOT-DONE uptime=\$(cut -d' ' -f1 /proc/uptime) mem_kib=\$(du -k /run/l2.mem | cut -f1)"
+    kill -TERM \$(pidof ember-vmm)
+    wait_for /run/l2a.log RIG-L1-EMBER-EXIT 1 30
+    sleep 3
+    (NO_COLOR=1 /rig/ember-vmm --api-sock /run/api2.sock --log-level info 2>/run/vmm2.log; echo "RIG-L1-EMBER2-EXIT rc=\$?") | tee /run/l2b.log &
+    n=0; while [ ! -S /run/api2.sock ] && [ \$n -lt 100 ]; do n=\$((n + 1)); sleep 0.1; done
+    echo "RIG-L1-RESTORE-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    /rig/api_call /run/api2.sock PUT /snapshot/load '{"snapshot_path": "/run/l2.snap", "mem_backend": {"backend_type": "File", "backend_path": "/run/l2.mem"}, "resume_vm": true}'
+    echo "RIG-L1-RESTORED uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    wait_for /run/l2b.log EMBER-L2-TICK 3 120 || echo "RIG-L1-NO-TICKS-AFTER-RESTORE"
+    kill -TERM \$(pidof ember-vmm)
+    wait_for /run/l2b.log RIG-L1-EMBER2-EXIT 1 30
+    sed 's/^/RIG-L1-VMM /' /run/vmm.log /run/vmm2.log
+fi
 echo o >/proc/sysrq-trigger
 poweroff -f
 EOF
@@ -298,9 +340,34 @@ grep -q " EMBER-L2-NET ping-ok" "$LOG" || failed+=(net_ping)
 grep -q " EMBER-L2-RTC rtc_cmos" "$LOG" || failed+=(rtc)
 grep -q " EMBER-L2-INSMOD-FAILED" "$LOG" && failed+=(insmod)
 grep -q " RIG-L1-EMBER-EXIT rc=0" "$LOG" || failed+=(vmm_exit_0)
+restore_json=null
+if [ "$SNAPSHOT" = 1 ]; then
+    # Ticks after the restore, and how far the guest's wall clock was from the host's on
+    # each. ember-vmm restores kvmclock as saved (no KVM_CLOCK_REALTIME advance), so the
+    # guest's monotonic time goes on from the snapshot and its wall clock lags by the
+    # downtime until something steps it (the agent's Reseed): the checks are that it ticks
+    # on and that its uptime did not jump.
+    after=$(awk '/ RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { split($5, d, "="); printf "%s%.1f", (n++ ? "," : ""), d[2] - $1 }' "$LOG")
+    last_before=$(awk '/ RIG-L1-PAUSE/ { exit } / EMBER-L2-TICK / { t = $3 } END { print t + 0 }' "$LOG")
+    first_after=$(awk '/ RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { print $3; exit }' "$LOG")
+    uptime_gap=$(awk '/ RIG-L1-PAUSE/ { p = 1 } !p && / EMBER-L2-TICK / { split($4, u, "="); b = u[2] } / RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { split($4, u, "="); printf "%.2f", u[2] - b; exit }' "$LOG")
+    [ -n "$after" ] || failed+=(ticks_after_restore)
+    awk -v g="${uptime_gap:-99}" 'BEGIN { exit !(g < 5) }' || failed+=(uptime_continues)
+    restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "stop_to_restored": %s, "restore_request": %s}, "last_tick_before": %s, "first_tick_after": %s, "uptime_gap_s": %s, "clock_minus_host_after_s": [%s]}' \
+        "$(since RIG-L1-PAUSE RIG-L1-SNAPSHOT-DONE)" "$(since RIG-L1-SNAPSHOT-DONE RIG-L1-RESTORED)" \
+        "$(since RIG-L1-RESTORE-START RIG-L1-RESTORED)" \
+        "${last_before:-null}" "${first_after:-null}" "${uptime_gap:-null}" "$after")
+first_after=$(awk '/ RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { print $3; exit }' "$LOG")
+    [ -n "$after" ] || failed+=(ticks_after_restore)
+    worst=$(echo "$after" | tr ',' '\n' | awk '{ a = $1 < 0 ? -$1 : $1; if (a > w) w = a } END { print w + 0 }')
+    awk -v w="$worst" 'BEGIN { exit !(w <= 2.5) }' || failed+=(clock_after_restore)
+    restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "restore_request": %s}, "last_tick_before": %s, "first_tick_after": %s, "clock_minus_host_after_s": [%s]}' \
+        "$(since RIG-L1-PAUSE RIG-L1-SNAPSHOT-DONE)" "$(since RIG-L1-RESTORE-START RIG-L1-RESTORED)" \
+        "${last_before:-null}" "${first_after:-null}" "$after")
+fi
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
 [ ${#failed[@]} -gt 0 ] || failed_json=""
-printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_clock_minus_host_s": %s, "l1_clock_minus_host_s": %s, "l2_ext4_rw": "%s", "l2_ext4_ro": "%s", "l2_net": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "log": "%s"}\n' \
+printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_clock_minus_host_s": %s, "l1_clock_minus_host_s": %s, "l2_ext4_rw": "%s", "l2_ext4_ro": "%s", "l2_net": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "snapshot_restore": %s, "log": "%s"}\n' \
     "$([ ${#failed[@]} -eq 0 ] && echo true || echo false)" "$failed_json" \
     "$booted" "$QEMU_RC" "$(elapsed "$T_START" "$T_END")" "$(elapsed "$T_START" "$T_KERNEL")" \
     "$(elapsed "$T_BUILD0" "$T_BUILD")" "$(elapsed "$T_BUILD" "$T_PREP")" \
@@ -314,5 +381,5 @@ printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds":
     "$(field EMBER-L2-RTC)" "$date_skew" "$l1_skew" "$(field EMBER-L2-EXT4-RW)" "$(field EMBER-L2-EXT4-RO)" "$(field EMBER-L2-NET)" \
     "$(grep -c " EMBER-L2-INSMOD-FAILED" "$LOG" || true)" "$(field RIG-L1-HOST-CPU)" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" \
-    "$KERNEL_FORMAT" "$LOG"
+    "$KERNEL_FORMAT" "$restore_json" "$LOG"
 [ ${#failed[@]} -eq 0 ]
