@@ -357,13 +357,6 @@ if [ "$SNAPSHOT" = 1 ]; then
         "$(since RIG-L1-PAUSE RIG-L1-SNAPSHOT-DONE)" "$(since RIG-L1-SNAPSHOT-DONE RIG-L1-RESTORED)" \
         "$(since RIG-L1-RESTORE-START RIG-L1-RESTORED)" \
         "${last_before:-null}" "${first_after:-null}" "${uptime_gap:-null}" "$after")
-first_after=$(awk '/ RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { print $3; exit }' "$LOG")
-    [ -n "$after" ] || failed+=(ticks_after_restore)
-    worst=$(echo "$after" | tr ',' '\n' | awk '{ a = $1 < 0 ? -$1 : $1; if (a > w) w = a } END { print w + 0 }')
-    awk -v w="$worst" 'BEGIN { exit !(w <= 2.5) }' || failed+=(clock_after_restore)
-    restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "restore_request": %s}, "last_tick_before": %s, "first_tick_after": %s, "clock_minus_host_after_s": [%s]}' \
-        "$(since RIG-L1-PAUSE RIG-L1-SNAPSHOT-DONE)" "$(since RIG-L1-RESTORE-START RIG-L1-RESTORED)" \
-        "${last_before:-null}" "${first_after:-null}" "$after")
 fi
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
 [ ${#failed[@]} -gt 0 ] || failed_json=""
