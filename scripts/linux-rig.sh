@@ -102,10 +102,13 @@ log "building ember-vmm (release, static)"
 T_BUILD0=$EPOCHREALTIME
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release -p ember-vmm --bin ember-vmm --example api_call \
-        --target x86_64-unknown-linux-gnu >&2)
+    cargo build --release -p ember-vmm --bin ember-vmm --target x86_64-unknown-linux-gnu >&2)
 VMM="$TARGET_DIR/x86_64-unknown-linux-gnu/release/ember-vmm"
-API_CALL="$TARGET_DIR/x86_64-unknown-linux-gnu/release/examples/api_call"
+# The API helper uses std only: rustc alone builds it (cargo would build the crate's
+# dev-dependencies for an example, the probe guest among them).
+API_CALL="$RIG/api_call"
+rustc --edition 2021 -O -C target-feature=+crt-static --target x86_64-unknown-linux-gnu \
+    -o "$API_CALL" "$ROOT/crates/ember-vmm/examples/api_call.rs" >&2
 file "$VMM" | grep -q "static" || fail_json "ember-vmm is not statically linked"
 T_BUILD=$EPOCHREALTIME
 
@@ -350,13 +353,21 @@ if [ "$SNAPSHOT" = 1 ]; then
     after=$(awk '/ RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { split($5, d, "="); printf "%s%.1f", (n++ ? "," : ""), d[2] - $1 }' "$LOG")
     last_before=$(awk '/ RIG-L1-PAUSE/ { exit } / EMBER-L2-TICK / { t = $3 } END { print t + 0 }' "$LOG")
     first_after=$(awk '/ RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { print $3; exit }' "$LOG")
-    uptime_gap=$(awk '/ RIG-L1-PAUSE/ { p = 1 } !p && / EMBER-L2-TICK / { split($4, u, "="); b = u[2] } / RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { split($4, u, "="); printf "%.2f", u[2] - b; exit }' "$LOG")
+    # Guest uptime between the last tick before the pause and the first after the restore,
+    # and how much of it is not explained by the time the guest really ran (host time from
+    # that tick to the pause, and from the restore to that tick): about 0 when kvmclock
+    # goes on from the snapshot, about the downtime if it had jumped.
+    read -r uptime_gap uptime_jump < <(awk '
+        / RIG-L1-PAUSE/ { p = 1; tp = $1 }
+        !p && / EMBER-L2-TICK / { split($4, u, "="); b = u[2]; tb = $1 }
+        / RIG-L1-RESTORED/ { r = 1; tr = $1; next }
+        r && / EMBER-L2-TICK / { split($4, u, "="); g = u[2] - b; printf "%.2f %.2f\n", g, g - ((tp - tb) + ($1 - tr)); exit }' "$LOG")
     [ -n "$after" ] || failed+=(ticks_after_restore)
-    awk -v g="${uptime_gap:-99}" 'BEGIN { exit !(g < 5) }' || failed+=(uptime_continues)
-    restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "stop_to_restored": %s, "restore_request": %s}, "last_tick_before": %s, "first_tick_after": %s, "uptime_gap_s": %s, "clock_minus_host_after_s": [%s]}' \
+    awk -v j="${uptime_jump:-99}" 'BEGIN { exit !(j < 2 && j > -2) }' || failed+=(uptime_continues)
+    restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "stop_to_restored": %s, "restore_request": %s}, "last_tick_before": %s, "first_tick_after": %s, "uptime_gap_s": %s, "uptime_jump_s": %s, "clock_minus_host_after_s": [%s]}' \
         "$(since RIG-L1-PAUSE RIG-L1-SNAPSHOT-DONE)" "$(since RIG-L1-SNAPSHOT-DONE RIG-L1-RESTORED)" \
         "$(since RIG-L1-RESTORE-START RIG-L1-RESTORED)" \
-        "${last_before:-null}" "${first_after:-null}" "${uptime_gap:-null}" "$after")
+        "${last_before:-null}" "${first_after:-null}" "${uptime_gap:-null}" "${uptime_jump:-null}" "$after")
 fi
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
 [ ${#failed[@]} -gt 0 ] || failed_json=""
