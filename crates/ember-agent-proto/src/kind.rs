@@ -38,6 +38,18 @@ pub enum Kind {
     Rename = 0x0D,
     /// Request: run a command in a working directory, as a user.
     ExecIn = 0x0E,
+    /// Request: start a background process (optionally streaming its output here).
+    ProcessStart = 0x0F,
+    /// Request: write to (and optionally close) a background process's stdin.
+    ProcessInput = 0x10,
+    /// Request: send a signal to a background process (or its process group).
+    ProcessSignal = 0x11,
+    /// Request: the background processes, a page at a time.
+    ProcessList = 0x12,
+    /// Request: stream a running background process's output (from now on) and its exit here.
+    ProcessAttach = 0x13,
+    /// Request: set the size of a background process's terminal.
+    ProcessResize = 0x14,
     /// Reply to Hello.
     HelloOk = 0x81,
     /// Reply to Ping.
@@ -66,6 +78,22 @@ pub enum Kind {
     RenameOk = 0x8D,
     /// Reply to ExecIn.
     ExecInResult = 0x8E,
+    /// Reply to ProcessStart.
+    ProcessStarted = 0x8F,
+    /// Reply to ProcessInput.
+    ProcessInputOk = 0x90,
+    /// Reply to ProcessSignal.
+    ProcessSignalOk = 0x91,
+    /// Reply to ProcessList.
+    ProcessListing = 0x92,
+    /// Reply to ProcessAttach.
+    ProcessAttached = 0x93,
+    /// Reply to ProcessResize.
+    ProcessResizeOk = 0x94,
+    /// Event of a process stream: a chunk of output.
+    ProcessOutput = 0xC0,
+    /// Event of a process stream: the process ended (the stream's last frame).
+    ProcessExit = 0xC1,
     /// Reply to any request: the request failed.
     Error = 0xFE,
     /// Reply to any request: the agent does not know the request's kind.
@@ -74,7 +102,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, requests first.
-    pub const ALL: [Kind; 30] = [
+    pub const ALL: [Kind; 44] = [
         Kind::Hello,
         Kind::Ping,
         Kind::Health,
@@ -89,6 +117,12 @@ impl Kind {
         Kind::Remove,
         Kind::Rename,
         Kind::ExecIn,
+        Kind::ProcessStart,
+        Kind::ProcessInput,
+        Kind::ProcessSignal,
+        Kind::ProcessList,
+        Kind::ProcessAttach,
+        Kind::ProcessResize,
         Kind::HelloOk,
         Kind::Pong,
         Kind::HealthReport,
@@ -103,6 +137,14 @@ impl Kind {
         Kind::RemoveOk,
         Kind::RenameOk,
         Kind::ExecInResult,
+        Kind::ProcessStarted,
+        Kind::ProcessInputOk,
+        Kind::ProcessSignalOk,
+        Kind::ProcessListing,
+        Kind::ProcessAttached,
+        Kind::ProcessResizeOk,
+        Kind::ProcessOutput,
+        Kind::ProcessExit,
         Kind::Error,
         Kind::Unsupported,
     ];
@@ -124,6 +166,12 @@ impl Kind {
             0x0C => Kind::Remove,
             0x0D => Kind::Rename,
             0x0E => Kind::ExecIn,
+            0x0F => Kind::ProcessStart,
+            0x10 => Kind::ProcessInput,
+            0x11 => Kind::ProcessSignal,
+            0x12 => Kind::ProcessList,
+            0x13 => Kind::ProcessAttach,
+            0x14 => Kind::ProcessResize,
             0x81 => Kind::HelloOk,
             0x82 => Kind::Pong,
             0x83 => Kind::HealthReport,
@@ -138,6 +186,14 @@ impl Kind {
             0x8C => Kind::RemoveOk,
             0x8D => Kind::RenameOk,
             0x8E => Kind::ExecInResult,
+            0x8F => Kind::ProcessStarted,
+            0x90 => Kind::ProcessInputOk,
+            0x91 => Kind::ProcessSignalOk,
+            0x92 => Kind::ProcessListing,
+            0x93 => Kind::ProcessAttached,
+            0x94 => Kind::ProcessResizeOk,
+            0xC0 => Kind::ProcessOutput,
+            0xC1 => Kind::ProcessExit,
             0xFE => Kind::Error,
             0xFF => Kind::Unsupported,
             _ => return None,
@@ -152,6 +208,12 @@ impl Kind {
     /// Whether this kind is a request (sent by the host).
     pub const fn is_request(self) -> bool {
         (self as u8) < 0x80
+    }
+
+    /// Whether this kind is an event: an agent → host frame of a stream (`0xC0..=0xDF`), sent
+    /// after the reply to the request that opened the stream and carrying that request's id.
+    pub const fn is_event(self) -> bool {
+        matches!(self as u8, 0xC0..=0xDF)
     }
 
     /// The successful reply kind for a request kind (`None` for reply kinds).
@@ -180,6 +242,12 @@ impl Kind {
             Kind::Remove => "Remove",
             Kind::Rename => "Rename",
             Kind::ExecIn => "ExecIn",
+            Kind::ProcessStart => "ProcessStart",
+            Kind::ProcessInput => "ProcessInput",
+            Kind::ProcessSignal => "ProcessSignal",
+            Kind::ProcessList => "ProcessList",
+            Kind::ProcessAttach => "ProcessAttach",
+            Kind::ProcessResize => "ProcessResize",
             Kind::HelloOk => "HelloOk",
             Kind::Pong => "Pong",
             Kind::HealthReport => "HealthReport",
@@ -194,6 +262,14 @@ impl Kind {
             Kind::RemoveOk => "RemoveOk",
             Kind::RenameOk => "RenameOk",
             Kind::ExecInResult => "ExecInResult",
+            Kind::ProcessStarted => "ProcessStarted",
+            Kind::ProcessInputOk => "ProcessInputOk",
+            Kind::ProcessSignalOk => "ProcessSignalOk",
+            Kind::ProcessListing => "ProcessListing",
+            Kind::ProcessAttached => "ProcessAttached",
+            Kind::ProcessResizeOk => "ProcessResizeOk",
+            Kind::ProcessOutput => "ProcessOutput",
+            Kind::ProcessExit => "ProcessExit",
             Kind::Error => "Error",
             Kind::Unsupported => "Unsupported",
         }
@@ -294,10 +370,12 @@ mod tests {
     fn every_request_has_a_reply() {
         for kind in Kind::ALL.iter().filter(|k| k.is_request()) {
             let reply = kind.reply().unwrap();
-            assert!(!reply.is_request());
+            assert!(!reply.is_request() && !reply.is_event());
             assert_eq!(reply.as_u8(), kind.as_u8() | 0x80);
         }
         assert_eq!(Kind::Error.reply(), None);
+        assert!(Kind::ProcessOutput.is_event() && Kind::ProcessExit.is_event());
+        assert_eq!(Kind::ProcessOutput.reply(), None);
     }
 
     #[test]

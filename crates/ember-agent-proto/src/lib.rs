@@ -52,12 +52,14 @@ pub use kind::{ErrorCode, Kind};
 pub use list::{ByteList, Iter as ByteListIter};
 pub use message::{
     DirEntries, DirEntry, DirListing, ErrorReply, Exec, ExecIn, ExecResult, FileData, FileKind,
-    FileStat, GetFile, HealthReport, Hello, HelloOk, ListDir, MakeDir, Ping, PutFile, Remove,
-    Rename, Reply, Request, Reseed, Stat,
+    FileStat, GetFile, HealthReport, Hello, HelloOk, ListDir, MakeDir, OutputStream, Ping,
+    ProcessEntries, ProcessEntry, ProcessExit, ProcessInput, ProcessList, ProcessListing,
+    ProcessOutput, ProcessSignal, ProcessStart, ProcessState, PutFile, Remove, Rename, Reply,
+    Request, Reseed, Stat, TermSize,
 };
 
 #[cfg(feature = "std")]
 pub use client::{
     AgentClient, AgentInfo, ClientError, ConnectOptions, ExecOutput, FileContents, FileInfo,
-    ListedEntry,
+    ListedEntry, ProcessEvent, ProcessInfo, ProcessOutcome, ProcessStream, StartedProcess,
 };

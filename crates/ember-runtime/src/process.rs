@@ -82,6 +82,9 @@ impl std::fmt::Display for ExitInfo {
         match self {
             ExitInfo::Code(c) => write!(f, "exited with code {c}"),
             ExitInfo::Signal(s) => match nix::sys::signal::Signal::try_from(*s) {
+                Ok(nix::sys::signal::Signal::SIGSYS) => {
+                    f.write_str("killed by SIGSYS (its seccomp filter stopped a forbidden syscall)")
+                }
                 Ok(sig) => write!(f, "killed by {sig}"),
                 Err(_) => write!(f, "killed by signal {s}"),
             },
@@ -458,6 +461,17 @@ impl VmmProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exits_read_well_and_a_seccomp_kill_says_so() {
+        assert_eq!(ExitInfo::Code(2).to_string(), "exited with code 2");
+        assert_eq!(ExitInfo::Signal(9).to_string(), "killed by SIGKILL");
+        assert!(
+            ExitInfo::Signal(libc::SIGSYS)
+                .to_string()
+                .contains("seccomp")
+        );
+    }
 
     fn launch(owner: &str, cmd: &[&str]) -> std::process::Output {
         Command::new(SETPRIV)

@@ -1,6 +1,7 @@
 //! The runtime's kept API connection against ember-vmm's connection policy: a connection idle
 //! for longer than every server timeout is still the same connection; one the server closes
-//! at its connection cap is replaced transparently on the next call.
+//! at its connection cap is replaced transparently on the next call, whether or not it had
+//! served a request before.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -70,4 +71,25 @@ fn a_kept_connection_closed_at_the_cap_is_replaced_on_the_next_call() {
         assert_eq!(client.connects(), 1 + round, "reconnected once");
         drop(others);
     }
+}
+
+#[test]
+fn a_connection_opened_early_and_closed_at_the_cap_before_any_use_is_replaced() {
+    let dir = short_tempdir();
+    let vmm = started(dir.path());
+    // Opened ahead of its first request, as a spare's is, and never used before the server
+    // closes it to make room.
+    let mut early = FirecrackerClient::new(vmm.api_sock(), ClientTimeouts::default());
+    early.connect().unwrap();
+    let mut others: Vec<UnixStream> = (0..80)
+        .map(|_| UnixStream::connect(vmm.api_sock()).unwrap())
+        .collect();
+    let last = others.last_mut().unwrap();
+    std::io::Write::write_all(last, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 16];
+    std::io::Read::read_exact(last, &mut buf).unwrap();
+    assert!(buf.starts_with(b"HTTP/1.1 200"));
+    early.describe_instance().unwrap();
+    assert_eq!(early.connects(), 2, "reconnected once");
+    drop(others);
 }

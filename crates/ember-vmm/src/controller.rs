@@ -109,6 +109,9 @@ pub enum ControllerError {
     /// A device could not be created.
     #[error(transparent)]
     Virtio(#[from] VirtioError),
+    /// The main thread's seccomp filter could not be installed (the VM is stopped).
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// A snapshot's memory file does not fit it.
     #[error("memory file {path}: {message}")]
     MemFile {
@@ -193,7 +196,14 @@ impl Controller {
         match self.shell.take() {
             Some(shell) if shell.is_settled() => Some(shell),
             Some(young) => {
-                std::thread::spawn(move || drop(young));
+                std::thread::spawn(move || {
+                    // It only closes descriptors and unmaps: the narrowest filter fits, and
+                    // no thread of a running VM is left unfiltered.
+                    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+                        tracing::warn!("{e}");
+                    }
+                    drop(young)
+                });
                 None
             }
             None => None,
@@ -252,6 +262,18 @@ impl Controller {
         tracing::info!(total_us = timings.total_us, phases = ?timings.phases_us, "microVM booted");
         self.timings.boot = Some(timings);
         self.vm = Some(vm);
+        self.lock_down()
+    }
+
+    /// Installs the main thread's seccomp filter once a VM runs (a no-op without filters or
+    /// when installed already). A failure stops the VM: it must not run unfiltered.
+    fn lock_down(&mut self) -> Result<(), ControllerError> {
+        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vmm) {
+            tracing::error!("{e}");
+            self.exit
+                .request(crate::exit::ExitReason::VcpuError(e.to_string()));
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -532,6 +554,7 @@ impl Controller {
         tracing::info!(total_us = timings.total_us, phases = ?timings.phases_us, "snapshot loaded");
         self.timings.restore = Some(timings);
         self.vm = Some(vm);
+        self.lock_down()?;
         Ok(ActionOk::NoContent)
     }
 }

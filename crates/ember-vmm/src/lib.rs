@@ -36,7 +36,9 @@ pub mod exit;
 pub mod loader;
 pub mod microvm;
 pub mod rate_limiter;
+pub mod seccomp;
 pub mod snapshot;
+pub mod stale_socket;
 pub mod timing;
 pub mod vstate;
 

@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! ember-vmm --api-sock <path> [--config-file <json>] [--id <vm id>] [--serial-out <file>]
-//!           [--log-level error|warn|info|debug|trace]
+//!           [--log-level error|warn|info|debug|trace] [--no-seccomp]
 //! ```
+//! Every thread runs under a seccomp filter for its kind once it serves a guest (see
+//! `ember_vmm::seccomp`); a forbidden syscall kills the process with SIGSYS. `--no-seccomp`
+//! turns the filters off for debugging.
 //! With `--config-file` the VM boots right away (like `firecracker --config-file`); the API
 //! keeps serving either way. The process exits 0 when the guest resets or shuts down or on
 //! SIGTERM/SIGINT, 1 on a fatal vCPU error, 2 on a startup error; on each of these it removes
@@ -51,6 +54,14 @@ struct Args {
     /// Log level (logs go to stderr).
     #[arg(long, default_value = "warn")]
     log_level: LevelFilter,
+    /// Run without seccomp filters (debugging only: a guest that breaks into the VMM could
+    /// then make any syscall).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Test hook: once the main thread's filter is installed (a VM runs), make a forbidden
+    /// syscall, which must kill the process with SIGSYS.
+    #[arg(long, hide = true)]
+    seccomp_selftest: bool,
 }
 
 fn init_logging(level: LevelFilter) {
@@ -112,6 +123,14 @@ fn run(args: Args, main_start_ns: u64) -> Result<i32> {
         }
         None => None,
     };
+    if args.no_seccomp {
+        tracing::warn!("seccomp filters are off (--no-seccomp)");
+    } else {
+        ember_vmm::seccomp::enable().context("preparing the seccomp filters")?;
+        if args.seccomp_selftest {
+            ember_vmm::seccomp::arm_selftest();
+        }
+    }
     let kvm = Arc::new(KvmContext::open().context("KVM is not usable")?);
     let exit = Arc::new(ExitSignal::new().context("creating the exit eventfd")?);
     let socket = ApiSocket::bind(&args.api_sock)?;

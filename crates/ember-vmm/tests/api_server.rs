@@ -340,3 +340,33 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     wait_stderr(&fourth, "is not a socket");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
+
+#[test]
+fn a_stale_vsock_socket_is_replaced_and_a_live_one_refused() {
+    let dir = tempdir();
+    let uds = dir.path().join("v.vsock");
+    let mut first = spawn(dir.path(), "v1", &[]);
+    assert_eq!(
+        first.client().put("/vsock", &vsock_json(3, &uds)).status,
+        204
+    );
+    first.kill();
+    assert!(uds.exists(), "SIGKILL leaves the vsock socket file");
+    // The next VMM configuring the same path replaces it.
+    let second = spawn(dir.path(), "v2", &[]);
+    let r = second.client().put("/vsock", &vsock_json(3, &uds));
+    assert_eq!(r.status, 204, "{r:?}");
+    // Another one while it listens is refused, naming why, and leaves it alone.
+    let third = spawn(dir.path(), "v3", &[]);
+    let r = third.client().put("/vsock", &vsock_json(3, &uds));
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("in use by another process"), "{r:?}");
+    assert!(uds.exists());
+    // Not a socket: refused, never removed.
+    let file = dir.path().join("file.vsock");
+    std::fs::write(&file, b"keep me").unwrap();
+    let r = third.client().put("/vsock", &vsock_json(3, &file));
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("is not a socket"), "{r:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}

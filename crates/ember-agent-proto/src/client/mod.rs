@@ -8,11 +8,15 @@
 //! exception is a Reseed sent ahead ([`AgentClient::send_reseed`]): its reply is read and
 //! checked before the next call's, so a warm VM's handover and its tenant's first request share
 //! one guest wake-up while the tenant still never sees an answer from an un-reseeded guest.
+//! The other: a process stream (`process`), which reads its events after its reply until the
+//! process exits.
 
 mod error;
+mod process;
 mod types;
 
 pub use error::ClientError;
+pub use process::{ProcessEvent, ProcessInfo, ProcessOutcome, ProcessStream, StartedProcess};
 pub use types::{AgentInfo, ConnectOptions, ExecOutput, FileContents, FileInfo, ListedEntry};
 
 use std::io::Write as _;

@@ -1,4 +1,4 @@
-//! Messages: the request and reply bodies of protocol version 1.
+//! Messages: the request, reply and event bodies of protocol version 1.
 //!
 //! Owns the typed messages ([`Request`], [`Reply`] and their structs) and the shared rules table.
 //! Each direction lives in its own module, file metadata (shared by StatResult and DirListing) in
@@ -7,10 +7,17 @@
 
 pub(crate) mod rules;
 
+mod process;
 mod reply;
 mod request;
 mod stat;
 
+pub use process::{
+    ENTRY_PTY, ENTRY_STDIN_OPEN, EXIT_TIMED_OUT, INPUT_CLOSE, OutputStream, ProcessEntries,
+    ProcessEntriesIter, ProcessEntry, ProcessExit, ProcessInput, ProcessList, ProcessListing,
+    ProcessOutput, ProcessSignal, ProcessStart, ProcessState, START_ATTACH, START_PTY, START_STDIN,
+    TermSize,
+};
 pub use reply::{DirListing, ErrorReply, ExecResult, FileData, HealthReport, HelloOk, Reply};
 pub use request::{
     Exec, ExecIn, GetFile, Hello, ListDir, MakeDir, Ping, PutFile, Remove, Rename, Request, Reseed,

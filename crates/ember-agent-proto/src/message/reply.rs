@@ -1,9 +1,13 @@
 //! Replies (agent → host): their borrowed types and body codec.
 //!
-//! Owns the body layout of the sixteen reply kinds, Error and Unsupported included. Decoded replies
+//! Owns the body layout of the reply kinds, Error and Unsupported included, and of the stream
+//! events (agent → host frames that are not replies, decoded as [`Reply`] too). Decoded replies
 //! borrow from the frame buffer; replies to encode borrow from the caller (the guest agent's
 //! buffers). Framing is the frame module's job.
 
+use super::process::{
+    self, EXIT_TIMED_OUT, ProcessEntries, ProcessExit, ProcessListing, ProcessOutput,
+};
 use super::rules;
 use super::stat::{DirEntries, FileStat};
 use super::{encoded_len_of, kind_of};
@@ -128,6 +132,35 @@ pub enum Reply<'a> {
     Rename,
     /// Reply to ExecIn (the same body as ExecResult).
     ExecIn(ExecResult<'a>),
+    /// Reply to ProcessStart: the process runs.
+    ProcessStarted {
+        /// The agent's handle for it.
+        handle: u64,
+        /// Its pid in the guest.
+        pid: u32,
+    },
+    /// Reply to ProcessInput.
+    ProcessInput {
+        /// Bytes of `data` written (fewer when the pipe stayed full; `close` then not applied).
+        written: u32,
+    },
+    /// Reply to ProcessSignal: the signal was sent.
+    ProcessSignal,
+    /// Reply to ProcessList.
+    ProcessListing(ProcessListing<'a>),
+    /// Reply to ProcessAttach: the stream follows.
+    ProcessAttached {
+        /// The process's pid.
+        pid: u32,
+        /// Whether it still runs (if not, ProcessExit follows at once).
+        running: bool,
+    },
+    /// Reply to ProcessResize: the terminal has its new size.
+    ProcessResize,
+    /// Stream event: a chunk of output.
+    ProcessOutput(ProcessOutput<'a>),
+    /// Stream event: the process ended; the stream's last frame.
+    ProcessExit(ProcessExit),
     /// Any request failed.
     Error(ErrorReply<'a>),
     /// The agent does not know the request's kind.
@@ -155,6 +188,14 @@ impl<'a> Reply<'a> {
             Reply::Remove => Kind::RemoveOk,
             Reply::Rename => Kind::RenameOk,
             Reply::ExecIn(_) => Kind::ExecInResult,
+            Reply::ProcessStarted { .. } => Kind::ProcessStarted,
+            Reply::ProcessInput { .. } => Kind::ProcessInputOk,
+            Reply::ProcessSignal => Kind::ProcessSignalOk,
+            Reply::ProcessListing(_) => Kind::ProcessListing,
+            Reply::ProcessAttached { .. } => Kind::ProcessAttached,
+            Reply::ProcessResize => Kind::ProcessResizeOk,
+            Reply::ProcessOutput(_) => Kind::ProcessOutput,
+            Reply::ProcessExit(_) => Kind::ProcessExit,
             Reply::Error(_) => Kind::Error,
             Reply::Unsupported { .. } => Kind::Unsupported,
         }
@@ -241,6 +282,38 @@ impl<'a> Reply<'a> {
             },
             Kind::RemoveOk => Reply::Remove,
             Kind::RenameOk => Reply::Rename,
+            Kind::ProcessStarted => Reply::ProcessStarted {
+                handle: r.u64("handle")?,
+                pid: r.u32("pid")?,
+            },
+            Kind::ProcessInputOk => Reply::ProcessInput {
+                written: r.u32("written")?,
+            },
+            Kind::ProcessSignalOk => Reply::ProcessSignal,
+            Kind::ProcessResizeOk => Reply::ProcessResize,
+            Kind::ProcessListing => Reply::ProcessListing(ProcessListing {
+                more: r.bool("more")?,
+                entries: ProcessEntries::read(&mut r)?,
+            }),
+            Kind::ProcessAttached => Reply::ProcessAttached {
+                pid: r.u32("pid")?,
+                running: r.bool("running")?,
+            },
+            Kind::ProcessOutput => Reply::ProcessOutput(ProcessOutput {
+                handle: r.u64("handle")?,
+                stream: process::stream(&mut r, kind)?,
+                data: r.bytes(&rules::DATA)?,
+            }),
+            Kind::ProcessExit => {
+                let handle = r.u64("handle")?;
+                let exit_code = r.i32("exit_code")?;
+                let flags = process::flags(&mut r, kind, "flags", EXIT_TIMED_OUT)?;
+                Reply::ProcessExit(ProcessExit {
+                    handle,
+                    exit_code,
+                    timed_out: flags & EXIT_TIMED_OUT != 0,
+                })
+            }
             Kind::Error => Reply::Error(ErrorReply {
                 code: ErrorCode(r.u16("code")?),
                 message: r.text(&rules::MESSAGE)?,
@@ -278,7 +351,35 @@ impl<'a> Reply<'a> {
                 w.bytes(&rules::STDOUT, e.stdout)?;
                 w.bytes(&rules::STDERR, e.stderr)?;
             }
-            Reply::PutFile | Reply::Shutdown | Reply::Remove | Reply::Rename => {}
+            Reply::PutFile
+            | Reply::Shutdown
+            | Reply::Remove
+            | Reply::Rename
+            | Reply::ProcessSignal
+            | Reply::ProcessResize => {}
+            Reply::ProcessStarted { handle, pid } => {
+                w.u64(*handle);
+                w.u32(*pid);
+            }
+            Reply::ProcessInput { written } => w.u32(*written),
+            Reply::ProcessListing(l) => {
+                w.bool(l.more);
+                l.entries.write(w)?;
+            }
+            Reply::ProcessAttached { pid, running } => {
+                w.u32(*pid);
+                w.bool(*running);
+            }
+            Reply::ProcessOutput(o) => {
+                w.u64(o.handle);
+                w.u8(o.stream.as_u8());
+                w.bytes(&rules::DATA, o.data)?;
+            }
+            Reply::ProcessExit(e) => {
+                w.u64(e.handle);
+                w.i32(e.exit_code);
+                w.u8(if e.timed_out { EXIT_TIMED_OUT } else { 0 });
+            }
             Reply::Stat(s) => s.write(w, Kind::StatResult)?,
             Reply::DirListing(l) => {
                 w.bool(l.more);
@@ -350,6 +451,90 @@ mod tests {
         let (header, back) = Reply::decode(&buf[..n]).unwrap();
         assert_eq!(header.request_id, 7);
         assert_eq!(back, reply);
+    }
+
+    #[test]
+    fn process_replies_and_events_round_trip() {
+        use crate::list::ByteList;
+        use crate::message::{OutputStream, ProcessEntry, ProcessState};
+        round_trip(Reply::ProcessStarted { handle: 3, pid: 77 });
+        round_trip(Reply::ProcessInput { written: 12 });
+        round_trip(Reply::ProcessSignal);
+        round_trip(Reply::ProcessResize);
+        round_trip(Reply::ProcessAttached {
+            pid: 1,
+            running: false,
+        });
+        round_trip(Reply::ProcessOutput(ProcessOutput {
+            handle: 3,
+            stream: OutputStream::Stderr,
+            data: b"oops",
+        }));
+        round_trip(Reply::ProcessExit(ProcessExit {
+            handle: 3,
+            exit_code: -9,
+            timed_out: true,
+        }));
+        let entries = [
+            ProcessEntry {
+                handle: 1,
+                pid: 10,
+                state: ProcessState::Running,
+                exit_code: 0,
+                timed_out: false,
+                stdin_open: true,
+                pty: true,
+                argv: ByteList::from_strs(&["sleep", "9"]),
+                cwd: b"/",
+                user: "",
+            },
+            ProcessEntry {
+                handle: 2,
+                pid: 11,
+                state: ProcessState::Exited,
+                exit_code: 3,
+                timed_out: true,
+                stdin_open: false,
+                pty: false,
+                argv: ByteList::from_strs(&["false"]),
+                cwd: b"/tmp",
+                user: "nobody",
+            },
+        ];
+        let listing = ProcessListing {
+            more: true,
+            entries: ProcessEntries::from_slice(&entries),
+        };
+        round_trip(Reply::ProcessListing(listing));
+        let mut buf = [0u8; 512];
+        let n = Reply::ProcessListing(listing).encode(1, &mut buf).unwrap();
+        let body: usize = entries.iter().map(ProcessEntry::encoded_len).sum();
+        assert_eq!(n, ProcessListing::OVERHEAD + body);
+        let (_, back) = Reply::decode(&buf[..n]).unwrap();
+        let Reply::ProcessListing(back) = back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(back.entries.iter().nth(1).unwrap().user, "nobody");
+        // An unknown stream tag is malformed.
+        let n = Reply::ProcessOutput(ProcessOutput {
+            handle: 3,
+            stream: OutputStream::Stdout,
+            data: b"",
+        })
+        .encode(1, &mut buf)
+        .unwrap();
+        buf[HEADER_LEN + 8] = 3;
+        assert!(Reply::decode(&buf[..n]).is_err());
+        assert_eq!(
+            ProcessOutput::OVERHEAD + 2,
+            Reply::ProcessOutput(ProcessOutput {
+                handle: 0,
+                stream: OutputStream::Stdout,
+                data: b"ab",
+            })
+            .encoded_len()
+            .unwrap()
+        );
     }
 
     #[test]

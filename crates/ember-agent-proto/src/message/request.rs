@@ -1,8 +1,9 @@
 //! Requests (host → agent): their borrowed types and body codec.
 //!
-//! Owns the body layout of the fourteen request kinds. Decoded requests borrow from the frame buffer
+//! Owns the body layout of the request kinds (the background-process bodies are `process`'s). Decoded requests borrow from the frame buffer
 //! (no allocation); requests to encode borrow from the caller. Framing is the frame module's job.
 
+use super::process::{self, INPUT_CLOSE, ProcessInput, ProcessList, ProcessSignal, ProcessStart};
 use super::rules;
 use super::{encoded_len_of, kind_of};
 use crate::codec::{Reader, Writer};
@@ -287,6 +288,26 @@ pub enum Request<'a> {
     Rename(Rename<'a>),
     /// Run a command in a directory, as a user.
     ExecIn(ExecIn<'a>),
+    /// Start a background process.
+    ProcessStart(ProcessStart<'a>),
+    /// Write to a background process's stdin.
+    ProcessInput(ProcessInput<'a>),
+    /// Signal a background process.
+    ProcessSignal(ProcessSignal),
+    /// List background processes.
+    ProcessList(ProcessList),
+    /// Stream a background process's output and exit.
+    ProcessAttach {
+        /// The process.
+        handle: u64,
+    },
+    /// Set a background process's terminal size.
+    ProcessResize {
+        /// The process (started with a pseudo-terminal).
+        handle: u64,
+        /// The new size.
+        size: process::TermSize,
+    },
 }
 
 impl<'a> Request<'a> {
@@ -307,6 +328,12 @@ impl<'a> Request<'a> {
             Request::Remove(_) => Kind::Remove,
             Request::Rename(_) => Kind::Rename,
             Request::ExecIn(_) => Kind::ExecIn,
+            Request::ProcessStart(_) => Kind::ProcessStart,
+            Request::ProcessInput(_) => Kind::ProcessInput,
+            Request::ProcessSignal(_) => Kind::ProcessSignal,
+            Request::ProcessList(_) => Kind::ProcessList,
+            Request::ProcessAttach { .. } => Kind::ProcessAttach,
+            Request::ProcessResize { .. } => Kind::ProcessResize,
         }
     }
 
@@ -410,6 +437,37 @@ impl<'a> Request<'a> {
                 stdin: r.bytes(&rules::STDIN)?,
                 timeout_ms: r.u32("timeout_ms")?,
             }),
+            Kind::ProcessStart => Request::ProcessStart(ProcessStart::read(&mut r, kind)?),
+            Kind::ProcessInput => {
+                let handle = r.u64("handle")?;
+                let flags = process::flags(&mut r, kind, "flags", INPUT_CLOSE)?;
+                Request::ProcessInput(ProcessInput {
+                    handle,
+                    close: flags & INPUT_CLOSE != 0,
+                    data: r.bytes(&rules::DATA)?,
+                })
+            }
+            Kind::ProcessSignal => Request::ProcessSignal(ProcessSignal {
+                handle: r.u64("handle")?,
+                signal: process::signal(&mut r, kind)?,
+                group: r.bool("group")?,
+            }),
+            Kind::ProcessList => Request::ProcessList(ProcessList {
+                offset: r.u32("offset")?,
+                max_entries: r.u32("max_entries")?,
+            }),
+            Kind::ProcessAttach => Request::ProcessAttach {
+                handle: r.u64("handle")?,
+            },
+            Kind::ProcessResize => {
+                let handle = r.u64("handle")?;
+                let size = process::TermSize {
+                    rows: r.u16("rows")?,
+                    cols: r.u16("cols")?,
+                };
+                process::check_size(kind, size)?;
+                Request::ProcessResize { handle, size }
+            }
             _ => return Err(DecodeError::UnknownKind { kind: header.kind }),
         };
         super::finish(&r, kind)?;
@@ -475,6 +533,29 @@ impl<'a> Request<'a> {
                 w.bytes(&rules::USER, e.user.as_bytes())?;
                 w.bytes(&rules::STDIN, e.stdin)?;
                 w.u32(e.timeout_ms);
+            }
+            Request::ProcessStart(p) => p.write(w)?,
+            Request::ProcessInput(p) => {
+                w.u64(p.handle);
+                w.u8(if p.close { INPUT_CLOSE } else { 0 });
+                w.bytes(&rules::DATA, p.data)?;
+            }
+            Request::ProcessSignal(p) => {
+                process::check_signal(Kind::ProcessSignal, p.signal)?;
+                w.u64(p.handle);
+                w.u8(p.signal);
+                w.bool(p.group);
+            }
+            Request::ProcessList(p) => {
+                w.u32(p.offset);
+                w.u32(p.max_entries);
+            }
+            Request::ProcessAttach { handle } => w.u64(*handle),
+            Request::ProcessResize { handle, size } => {
+                process::check_size(Kind::ProcessResize, *size)?;
+                w.u64(*handle);
+                w.u16(size.rows);
+                w.u16(size.cols);
             }
         }
         Ok(())
@@ -559,6 +640,92 @@ mod tests {
                 .with_user("user"),
         ));
         round_trip(Request::ExecIn(ExecIn::new(&["pwd"])));
+        let mut start = ProcessStart::new(&["sh", "-c", "cat"])
+            .with_env(&["A=1"])
+            .with_cwd(b"/tmp")
+            .with_user("nobody")
+            .with_stdin()
+            .with_timeout_ms(9);
+        round_trip(Request::ProcessStart(start));
+        start.attach = true;
+        start.stdin = false;
+        round_trip(Request::ProcessStart(start));
+        round_trip(Request::ProcessInput(ProcessInput {
+            handle: 7,
+            close: true,
+            data: b"abc",
+        }));
+        round_trip(Request::ProcessSignal(ProcessSignal {
+            handle: 7,
+            signal: 15,
+            group: true,
+        }));
+        round_trip(Request::ProcessList(ProcessList {
+            offset: 2,
+            max_entries: 3,
+        }));
+        round_trip(Request::ProcessAttach { handle: u64::MAX });
+        round_trip(Request::ProcessStart(
+            ProcessStart::new(&["bash"]).with_pty(40, 120),
+        ));
+        round_trip(Request::ProcessResize {
+            handle: 1,
+            size: process::TermSize {
+                rows: 50,
+                cols: 200,
+            },
+        });
+        let zero = Request::ProcessResize {
+            handle: 1,
+            size: process::TermSize { rows: 0, cols: 80 },
+        };
+        assert!(matches!(
+            zero.encode(1, &mut [0u8; 64]),
+            Err(EncodeError::Field(_))
+        ));
+        let zero = Request::ProcessStart(ProcessStart::new(&["bash"]).with_pty(24, 0));
+        assert!(matches!(
+            zero.encode(1, &mut [0u8; 64]),
+            Err(EncodeError::Field(_))
+        ));
+    }
+
+    #[test]
+    fn process_request_rules_are_enforced() {
+        let mut buf = [0u8; 256];
+        let bad = Request::ProcessSignal(ProcessSignal {
+            handle: 1,
+            signal: 0,
+            group: false,
+        });
+        assert!(matches!(
+            bad.encode(1, &mut buf),
+            Err(EncodeError::Field(_))
+        ));
+        // Unknown ProcessStart flag bits and signal 65 are malformed on decode.
+        let n = Request::ProcessStart(ProcessStart::new(&["x"]))
+            .encode(1, &mut buf)
+            .unwrap();
+        buf[n - 9] = 0b1000;
+        assert!(matches!(
+            Request::decode(&buf[..n]),
+            Err(DecodeError::Field(FieldError { field: "flags", .. }))
+        ));
+        let n = Request::ProcessSignal(ProcessSignal {
+            handle: 1,
+            signal: 9,
+            group: false,
+        })
+        .encode(1, &mut buf)
+        .unwrap();
+        buf[n - 2] = 65;
+        assert!(matches!(
+            Request::decode(&buf[..n]),
+            Err(DecodeError::Field(FieldError {
+                field: "signal",
+                ..
+            }))
+        ));
     }
 
     #[test]

@@ -11,3 +11,4 @@ mod calls;
 mod faults;
 mod files;
 mod handshake;
+mod processes;

@@ -49,6 +49,9 @@ pub(crate) struct Connection {
     buf: Vec<u8>,
     /// Requests completed on this connection.
     served: u64,
+    /// The connection was kept open between calls (opened ahead of use, or kept after a
+    /// response): the server may have closed it while idle.
+    kept: bool,
 }
 
 /// Which request a round trip is for (for error messages).
@@ -104,6 +107,7 @@ impl Connection {
             stream,
             buf: Vec::with_capacity(1024),
             served: 0,
+            kept: false,
         })
     }
 
@@ -114,15 +118,20 @@ impl Connection {
         target: Target<'_>,
         deadline: Instant,
     ) -> Result<RawResponse, RoundTripError> {
-        let reused = self.served > 0;
+        let reused = self.reused();
         self.send(request, target, deadline)?;
         self.receive(target, deadline, reused)
     }
 
-    /// Whether this connection has served a request (a failure on it may be a dead
-    /// keep-alive connection).
+    /// Whether this connection was kept open between calls (a failure on it before any
+    /// response byte may be a dead keep-alive connection, closed by the server while idle).
     pub fn reused(&self) -> bool {
-        self.served > 0
+        self.kept || self.served > 0
+    }
+
+    /// Marks the connection as kept open between calls.
+    pub fn mark_kept(&mut self) {
+        self.kept = true;
     }
 
     /// Writes `request` (a complete HTTP request) by `deadline`.

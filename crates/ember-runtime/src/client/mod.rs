@@ -2,9 +2,10 @@
 //! flavors speak (ember-vmm implements Firecracker's routes and shapes).
 //!
 //! - One keep-alive connection per client (per VM), opened lazily and reused for every call.
-//! - A connection that served earlier requests and turns out dead before any response byte
-//!   arrives (the server closed it while idle) is reconnected once and the request resent; any
-//!   other failure drops the connection and is returned.
+//! - A connection kept open between calls (it served earlier requests, or was opened ahead of
+//!   use) that turns out dead before any response byte arrives (the server closed it while
+//!   idle, e.g. at its connection cap, before reading the request) is reconnected once and the
+//!   request resent; any other failure drops the connection and is returned.
 //! - Each call has its own timeout ([`ClientTimeouts`]); reads and writes are bounded by it.
 //! - Responses are read by `Content-Length`, never by waiting for the server to close the
 //!   connection ([`http`]).
@@ -167,7 +168,9 @@ impl FirecrackerClient {
     /// Opens the connection now (calls do it lazily otherwise).
     pub fn connect(&mut self) -> Result<(), ClientError> {
         if self.conn.is_none() {
-            self.conn = Some(Connection::connect(&self.socket)?);
+            let mut conn = Connection::connect(&self.socket)?;
+            conn.mark_kept();
+            self.conn = Some(conn);
             self.connects += 1;
         }
         Ok(())
@@ -284,6 +287,7 @@ impl FirecrackerClient {
             match f(&mut conn) {
                 Ok((out, keep)) => {
                     if keep {
+                        conn.mark_kept();
                         self.conn = Some(conn);
                     }
                     return Ok(out);

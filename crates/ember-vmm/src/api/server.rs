@@ -32,7 +32,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,6 +45,7 @@ use nix::sys::signalfd::SignalFd;
 use super::http::{self, CONTINUE, MAX_BODY, MAX_HEAD, Parsed, Response};
 use crate::controller::Controller;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::stale_socket::{StaleError, remove_stale};
 use crate::timing::now_ns;
 
 /// Most simultaneous API connections; a new one beyond closes the one idle the longest.
@@ -137,7 +138,11 @@ impl ApiSocket {
                 source,
             }
         };
-        remove_stale(path)?;
+        remove_stale(path, "API").map_err(|e| match e {
+            StaleError::NotASocket(p) => BindError::NotASocket(p),
+            StaleError::InUse(p) => BindError::InUse(p),
+            StaleError::Io { path, what, source } => BindError::Io { path, what, source },
+        })?;
         let Some(tmp) = temporary_name(path) else {
             // No shorter name fits: bind in place (the file then appears before listen()).
             let listener = UnixListener::bind(path).map_err(io_err("binding"))?;
@@ -199,61 +204,6 @@ impl Drop for ApiSocket {
     fn drop(&mut self) {
         self.remove_file();
     }
-}
-
-/// Removes a socket file at `path` that nobody listens on; refuses one a process listens on
-/// and anything that is not a socket.
-fn remove_stale(path: &Path) -> Result<(), BindError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(BindError::Io {
-                path: path.to_path_buf(),
-                what: "checking the path",
-                source,
-            });
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(BindError::NotASocket(path.to_path_buf()));
-    }
-    match probe_listener(path) {
-        // Accepted, or a full backlog: somebody listens.
-        Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => {
-            Err(BindError::InUse(path.to_path_buf()))
-        }
-        Err(Errno::ECONNREFUSED) => {
-            tracing::info!(path = %path.display(), "replacing a stale API socket nobody listens on");
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(BindError::Io {
-                    path: path.to_path_buf(),
-                    what: "removing the stale socket",
-                    source: e,
-                }),
-                _ => Ok(()),
-            }
-        }
-        Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(BindError::Io {
-            path: path.to_path_buf(),
-            what: "probing the existing socket",
-            source: e.into(),
-        }),
-    }
-}
-
-/// A non-blocking connect to `path` (a full backlog is `EAGAIN`, never a wait).
-fn probe_listener(path: &Path) -> Result<(), Errno> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
-    let addr = UnixAddr::new(path)?;
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    connect(fd.as_raw_fd(), &addr)
 }
 
 /// A name in `path`'s directory to bind before moving into place, unique to this process;

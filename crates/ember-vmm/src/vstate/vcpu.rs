@@ -120,6 +120,12 @@ impl VcpuThread {
             .stack_size(256 << 10)
             .spawn(move || {
                 if let Ok((vcpu, paused)) = start_rx.recv() {
+                    // Before the first KVM_RUN: the guest never runs on an unfiltered vCPU.
+                    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+                        tracing::error!(vcpu = index, "{e}");
+                        vcpu.exit.request(ExitReason::VcpuError(e.to_string()));
+                        return;
+                    }
                     vcpu.thread_main(paused, req_rx, resp_tx);
                 }
             })

@@ -82,6 +82,12 @@ impl Drop for EventLoop {
 }
 
 fn run(epoll: &Epoll, slots: &[LoopSlot]) {
+    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Device) {
+        // Fail closed: devices must not serve the guest unfiltered, and this thread has no
+        // way to stop the VM cleanly; the runtime sees exit code 1.
+        tracing::error!("{e}");
+        std::process::exit(1);
+    }
     let mut events = [EpollEvent::default(); 32];
     loop {
         let n = match epoll.wait(-1, &mut events) {

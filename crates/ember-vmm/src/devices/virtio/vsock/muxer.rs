@@ -114,12 +114,15 @@ pub struct Muxer {
 }
 
 impl Muxer {
-    /// Binds the listener at `uds_path` (which must not exist).
+    /// Binds the listener at `uds_path`. A socket file there that nobody listens on (left by
+    /// a killed VMM) is replaced; a live one or anything else is refused.
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Muxer, MuxerError> {
         let err = |source| MuxerError {
             path: uds_path.display().to_string(),
             source,
         };
+        crate::stale_socket::remove_stale(uds_path, "vsock")
+            .map_err(|e| err(io::Error::from(e)))?;
         let listener = UnixListener::bind(uds_path).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         let meta = std::fs::metadata(uds_path).map_err(err)?;

@@ -1,0 +1,301 @@
+//! A VM's cgroup: CPU weight and quota, memory max, pids max, on cgroup v2 (one unified tree,
+//! modern hosts) or v1 (one tree per controller, as these machines mount them). The jailer
+//! creates `<parent>/<id>` under each tree, writes the limits, and moves itself in before it
+//! forks the VMM, which inherits the membership. [`remove`] takes the cgroup away once the VMM
+//! is gone.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where cgroup trees are mounted on Linux.
+pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
+
+/// The v1 controllers the jailer uses.
+const V1_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+
+/// Which cgroup interface the host offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// One tree per controller (`<root>/<controller>/...`).
+    V1,
+    /// The unified tree (`<root>/cgroup.controllers` exists).
+    V2,
+}
+
+/// Limits for one VM; `None` leaves the host's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Relative CPU weight, 1..=10000 (v2's `cpu.weight`, default 100; on v1 `cpu.shares` =
+    /// weight × 1024 / 100).
+    pub cpu_weight: Option<u64>,
+    /// CPU time per period: (quota µs, period µs); e.g. (50000, 100000) is half a CPU.
+    pub cpu_quota: Option<(u64, u64)>,
+    /// Memory limit in bytes (the VMM's own memory and the guest's).
+    pub memory_max: Option<u64>,
+    /// Most tasks (threads count) in the cgroup.
+    pub pids_max: Option<u64>,
+}
+
+/// Errors creating, filling or removing a cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// A file operation failed.
+    #[error("cgroup {path}: {what}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// A limit is out of range.
+    #[error("invalid cgroup limit: {0}")]
+    Limit(String),
+    /// Neither interface is mounted at the root.
+    #[error("no cgroup tree at {0} (neither cgroup.controllers nor v1 controller directories)")]
+    NotMounted(PathBuf),
+}
+
+fn io_at(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_path_buf();
+    move |source| CgroupError::Io { path, what, source }
+}
+
+impl Limits {
+    /// Checks the ranges the kernel accepts.
+    pub fn validate(&self) -> Result<(), CgroupError> {
+        if let Some(w) = self.cpu_weight
+            && !(1..=10_000).contains(&w)
+        {
+            return Err(CgroupError::Limit(format!(
+                "cpu weight {w} is outside 1..=10000"
+            )));
+        }
+        if let Some((quota, period)) = self.cpu_quota
+            && (quota < 1_000 || !(1_000..=1_000_000).contains(&period))
+        {
+            return Err(CgroupError::Limit(format!(
+                "cpu quota {quota}/{period} µs: quota must be ≥ 1000 µs and the period 1000..=1000000 µs"
+            )));
+        }
+        if self.memory_max == Some(0) {
+            return Err(CgroupError::Limit("memory max 0".into()));
+        }
+        if self.pids_max == Some(0) {
+            return Err(CgroupError::Limit("pids max 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Which interface is mounted at `root`.
+pub fn detect(root: &Path) -> Result<Version, CgroupError> {
+    if root.join("cgroup.controllers").is_file() {
+        Ok(Version::V2)
+    } else if V1_CONTROLLERS.iter().all(|c| root.join(c).is_dir()) {
+        Ok(Version::V1)
+    } else {
+        Err(CgroupError::NotMounted(root.to_path_buf()))
+    }
+}
+
+/// A created cgroup: one directory (v2) or one per controller (v1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    /// The interface.
+    pub version: Version,
+    /// Its directories.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// The directories of `<parent>/<id>` under `root` for `version`.
+pub fn dirs(root: &Path, version: Version, parent: &str, id: &str) -> Vec<PathBuf> {
+    match version {
+        Version::V2 => vec![root.join(parent).join(id)],
+        Version::V1 => V1_CONTROLLERS
+            .iter()
+            .map(|c| root.join(c).join(parent).join(id))
+            .collect(),
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(io_at(path, "writing"))
+}
+
+/// Creates `<parent>/<id>` with `limits` (an existing one, left by a VMM that died, is reused
+/// and its limits rewritten).
+pub fn create(
+    root: &Path,
+    version: Version,
+    parent: &str,
+    id: &str,
+    limits: &Limits,
+) -> Result<Cgroup, CgroupError> {
+    limits.validate()?;
+    let dirs = dirs(root, version, parent, id);
+    for dir in &dirs {
+        std::fs::create_dir_all(dir).map_err(io_at(dir, "creating"))?;
+    }
+    match version {
+        Version::V2 => {
+            // Each ancestor hands the controllers down to its children.
+            let mut at = root.to_path_buf();
+            for part in parent.split('/') {
+                write(&at.join("cgroup.subtree_control"), "+cpu +memory +pids")?;
+                at.push(part);
+            }
+            write(&at.join("cgroup.subtree_control"), "+cpu +memory +pids")?;
+            let dir = &dirs[0];
+            if let Some(w) = limits.cpu_weight {
+                write(&dir.join("cpu.weight"), &w.to_string())?;
+            }
+            if let Some((quota, period)) = limits.cpu_quota {
+                write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
+            }
+            if let Some(m) = limits.memory_max {
+                write(&dir.join("memory.max"), &m.to_string())?;
+                // No swap: a VM over its memory is contained, not paged out.
+                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+            }
+            if let Some(p) = limits.pids_max {
+                write(&dir.join("pids.max"), &p.to_string())?;
+            }
+        }
+        Version::V1 => {
+            let [cpu, memory, pids] = [&dirs[0], &dirs[1], &dirs[2]];
+            if let Some(w) = limits.cpu_weight {
+                write(
+                    &cpu.join("cpu.shares"),
+                    &(w * 1024 / 100).max(2).to_string(),
+                )?;
+            }
+            if let Some((quota, period)) = limits.cpu_quota {
+                write(&cpu.join("cpu.cfs_period_us"), &period.to_string())?;
+                write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            }
+            if let Some(m) = limits.memory_max {
+                write(&memory.join("memory.limit_in_bytes"), &m.to_string())?;
+            }
+            if let Some(p) = limits.pids_max {
+                write(&pids.join("pids.max"), &p.to_string())?;
+            }
+        }
+    }
+    Ok(Cgroup { version, dirs })
+}
+
+impl Cgroup {
+    /// Moves process `pid` (and so its future children) into the cgroup.
+    pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes `<parent>/<id>` under `root` (every tree); a missing one is fine. Fails while a
+/// process is still in it.
+pub fn remove(root: &Path, version: Version, parent: &str, id: &str) -> Result<(), CgroupError> {
+    for dir in dirs(root, version, parent, id) {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(&dir, "removing")(e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap()
+    }
+
+    const LIMITS: Limits = Limits {
+        cpu_weight: Some(50),
+        cpu_quota: Some((50_000, 100_000)),
+        memory_max: Some(256 << 20),
+        pids_max: Some(64),
+    };
+
+    #[test]
+    fn v1_writes_one_tree_per_controller() {
+        let root = tempfile::tempdir().unwrap();
+        for c in V1_CONTROLLERS {
+            std::fs::create_dir(root.path().join(c)).unwrap();
+        }
+        assert_eq!(detect(root.path()).unwrap(), Version::V1);
+        let cg = create(root.path(), Version::V1, "ember/vms", "vm1", &LIMITS).unwrap();
+        let r = root.path();
+        assert_eq!(read(&r.join("cpu/ember/vms/vm1/cpu.shares")), "512");
+        assert_eq!(read(&r.join("cpu/ember/vms/vm1/cpu.cfs_quota_us")), "50000");
+        assert_eq!(
+            read(&r.join("cpu/ember/vms/vm1/cpu.cfs_period_us")),
+            "100000"
+        );
+        assert_eq!(
+            read(&r.join("memory/ember/vms/vm1/memory.limit_in_bytes")),
+            (256u64 << 20).to_string()
+        );
+        assert_eq!(read(&r.join("pids/ember/vms/vm1/pids.max")), "64");
+        cg.add_process(42).unwrap();
+        assert_eq!(read(&r.join("pids/ember/vms/vm1/cgroup.procs")), "42");
+    }
+
+    #[test]
+    fn v2_enables_controllers_down_the_tree() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        assert_eq!(detect(root.path()).unwrap(), Version::V2);
+        create(root.path(), Version::V2, "ember", "vm1", &LIMITS).unwrap();
+        let r = root.path();
+        assert_eq!(
+            read(&r.join("cgroup.subtree_control")),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(
+            read(&r.join("ember/cgroup.subtree_control")),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(read(&r.join("ember/vm1/cpu.weight")), "50");
+        assert_eq!(read(&r.join("ember/vm1/cpu.max")), "50000 100000");
+        assert_eq!(
+            read(&r.join("ember/vm1/memory.max")),
+            (256u64 << 20).to_string()
+        );
+        assert_eq!(read(&r.join("ember/vm1/pids.max")), "64");
+    }
+
+    #[test]
+    fn limits_out_of_range_are_named() {
+        let bad = [
+            Limits {
+                cpu_weight: Some(0),
+                ..Limits::default()
+            },
+            Limits {
+                cpu_quota: Some((10, 100_000)),
+                ..Limits::default()
+            },
+            Limits {
+                memory_max: Some(0),
+                ..Limits::default()
+            },
+            Limits {
+                pids_max: Some(0),
+                ..Limits::default()
+            },
+        ];
+        for l in bad {
+            assert!(l.validate().is_err(), "{l:?}");
+        }
+        assert!(detect(Path::new("/nonexistent")).is_err());
+    }
+}

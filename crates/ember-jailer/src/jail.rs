@@ -1,0 +1,212 @@
+//! Starting a VMM in its jail. In the jailer (root, the host's namespaces):
+//!
+//! 1. the cgroup `<parent>/<id>` is created with its limits and the jailer moves into it;
+//! 2. the jail root is chowned to the VMM's uid:gid (the VMM creates its sockets there);
+//! 3. a new pid namespace for its children;
+//! 4. fork: the child is pid 1 of the new pid namespace. It enters new mount, ipc and uts
+//!    namespaces and a new network namespace (or joins the one given), builds the file system
+//!    ([`crate::mounts`]), names the host `id`, drops the capability bounding set, sets its
+//!    gid, groups and uid, sets `no_new_privs`, and execs the VMM binary inside the jail with a
+//!    clean environment. A failure before the exec is written to a close-on-exec pipe, so the
+//!    parent reports it; an exec that succeeds closes the pipe.
+//! 5. the parent prints the VMM's host pid and exits, so the VMM is supervised by whoever
+//!    started the jailer (a subreaper, or through a pidfd like any adopted VMM).
+
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::unistd::{
+    ForkResult, Gid, Pid, Uid, chown, execve, pipe2, setgroups, setresgid, setresuid,
+};
+
+use crate::cgroup::{self, CgroupError};
+use crate::config::{ConfigError, JailConfig};
+use crate::mounts::{self, MountError};
+use crate::sys;
+
+/// Why a jail could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The cgroup could not be made.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// A system call failed in the jailer.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// The VMM binary's shared libraries could not be listed.
+    #[error(transparent)]
+    Libraries(#[from] crate::libraries::LibraryError),
+    /// The child failed before it could exec the VMM (its message).
+    #[error("in the jail: {0}")]
+    Child(String),
+}
+
+fn sys_err(what: &'static str) -> impl FnOnce(nix::Error) -> JailError {
+    move |e| JailError::Sys {
+        what,
+        source: e.into(),
+    }
+}
+
+/// A started jail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// The VMM's pid in the host's pid namespace.
+    pub pid: u32,
+}
+
+/// Starts `config`'s VMM in its jail (see the module doc) and returns its host pid once it
+/// has exec'd. Call from a single-threaded process (it forks).
+pub fn start(config: &JailConfig, cgroup_root: &Path) -> Result<Started, JailError> {
+    config.validate()?;
+    let libraries = crate::libraries::binds_for(&config.exec_file)?;
+    let version = cgroup::detect(cgroup_root)?;
+    let cg = cgroup::create(
+        cgroup_root,
+        version,
+        &config.parent_cgroup,
+        &config.id,
+        &config.limits,
+    )?;
+    cg.add_process(std::process::id())?;
+    chown(
+        &config.root,
+        Some(Uid::from_raw(config.uid)),
+        Some(Gid::from_raw(config.gid)),
+    )
+    .map_err(sys_err("chowning the jail root"))?;
+    let netns = match &config.netns {
+        Some(path) => Some(std::fs::File::open(path).map_err(|source| JailError::Sys {
+            what: "opening the network namespace",
+            source,
+        })?),
+        None => None,
+    };
+    // Only the pid namespace before the fork (it applies to children); the others in the
+    // child, so that its pivot_root never moves the jailer's own root.
+    unshare(CloneFlags::CLONE_NEWPID).map_err(sys_err("creating the pid namespace"))?;
+    let (report_rx, report_tx) =
+        pipe2(OFlag::O_CLOEXEC).map_err(sys_err("creating the report pipe"))?;
+    match sys::fork().map_err(|source| JailError::Sys {
+        what: "forking",
+        source,
+    })? {
+        ForkResult::Child => {
+            drop(report_rx);
+            let e = enter(config, netns, &libraries);
+            // Only reached on failure: tell the parent why, then go.
+            let mut tx = std::fs::File::from(report_tx);
+            let _ = tx.write_all(e.to_string().as_bytes());
+            sys::exit_now(1);
+        }
+        ForkResult::Parent { child } => {
+            drop(report_tx);
+            parent_wait_for_exec(report_rx, child)
+        }
+    }
+}
+
+/// Reads the child's report: EOF with nothing means it exec'd the VMM.
+fn parent_wait_for_exec(report_rx: OwnedFd, child: Pid) -> Result<Started, JailError> {
+    let mut message = String::new();
+    let mut rx = std::fs::File::from(report_rx);
+    rx.read_to_string(&mut message)
+        .map_err(|source| JailError::Sys {
+            what: "reading the child's report",
+            source,
+        })?;
+    if !message.is_empty() {
+        let _ = nix::sys::wait::waitpid(child, None);
+        return Err(JailError::Child(message));
+    }
+    Ok(Started {
+        pid: child.as_raw() as u32,
+    })
+}
+
+/// In the child: builds the jail and execs the VMM; returns only on failure.
+fn enter(
+    config: &JailConfig,
+    netns: Option<std::fs::File>,
+    libraries: &[crate::config::Bind],
+) -> JailError {
+    match try_enter(config, netns, libraries) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn mount_err(e: MountError) -> JailError {
+    JailError::Child(e.to_string())
+}
+
+fn try_enter(
+    config: &JailConfig,
+    netns: Option<std::fs::File>,
+    libraries: &[crate::config::Bind],
+) -> Result<std::convert::Infallible, JailError> {
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    match netns {
+        Some(ns) => {
+            setns(ns, CloneFlags::CLONE_NEWNET).map_err(sys_err("joining the network namespace"))?
+        }
+        None => flags |= CloneFlags::CLONE_NEWNET,
+    }
+    unshare(flags).map_err(sys_err("creating namespaces"))?;
+    mounts::make_slave().map_err(mount_err)?;
+    mounts::bind_root(&config.root).map_err(mount_err)?;
+    let exec = config.exec_in_jail();
+    let exec_bind = crate::config::Bind {
+        source: config.exec_file.clone(),
+        target: exec.clone(),
+        read_only: true,
+    };
+    mounts::bind(&config.root, &exec_bind).map_err(mount_err)?;
+    for b in libraries.iter().chain(&config.binds) {
+        mounts::bind(&config.root, b).map_err(mount_err)?;
+    }
+    mounts::devices(&config.root, config.uid, config.gid).map_err(mount_err)?;
+    mounts::pivot(&config.root).map_err(mount_err)?;
+    nix::unistd::sethostname(&config.id).map_err(sys_err("setting the hostname"))?;
+    sys::drop_capability_bounding_set().map_err(|source| JailError::Sys {
+        what: "dropping the capability bounding set",
+        source,
+    })?;
+    let (uid, gid) = (Uid::from_raw(config.uid), Gid::from_raw(config.gid));
+    setgroups(&[]).map_err(sys_err("clearing supplementary groups"))?;
+    setresgid(gid, gid, gid).map_err(sys_err("setting the gid"))?;
+    // From a uid of 0 to none of 0: the permitted and effective capability sets are cleared.
+    setresuid(uid, uid, uid).map_err(sys_err("setting the uid"))?;
+    sys::set_no_new_privs().map_err(|source| JailError::Sys {
+        what: "setting no_new_privs",
+        source,
+    })?;
+    let cstr = |s: &str| {
+        CString::new(s).map_err(|_| JailError::Child(format!("argument {s:?} contains NUL")))
+    };
+    let path = cstr(&exec.to_string_lossy())?;
+    let mut argv = vec![path.clone()];
+    for a in &config.args {
+        argv.push(cstr(a)?);
+    }
+    // A clean environment: only the VMM's log settings pass.
+    let mut env = Vec::new();
+    for key in ["RUST_LOG", "RUST_BACKTRACE"] {
+        if let Ok(v) = std::env::var(key) {
+            env.push(cstr(&format!("{key}={v}"))?);
+        }
+    }
+    execve(&path, &argv, &env).map_err(sys_err("executing the VMM"))
+}

@@ -1,0 +1,182 @@
+//! The jail's file system, built inside the VMM's new mount namespace: the host's mounts stop
+//! propagating back, the root directory becomes a mount of its own with the allowed host files
+//! bound into it (the VMM binary, kernels, snapshots, ...), a private `/dev` holding only
+//! `kvm`, `net/tun` and `urandom`, and then `pivot_root` makes it `/` and detaches everything
+//! else — no host path can be named from inside.
+
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, major, makedev, minor, mknod};
+use nix::unistd::{Gid, Uid, chown, pivot_root};
+
+use crate::config::Bind;
+
+/// The device nodes a VMM needs: (path inside the jail, host node, mode).
+pub const DEVICES: [(&str, &str, u32); 3] = [
+    ("dev/kvm", "/dev/kvm", 0o600),
+    ("dev/net/tun", "/dev/net/tun", 0o600),
+    ("dev/urandom", "/dev/urandom", 0o666),
+];
+
+/// A step of building the jail that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct MountError {
+    /// What was being done.
+    pub what: &'static str,
+    /// The path.
+    pub path: PathBuf,
+    /// Why.
+    pub source: io::Error,
+}
+
+fn err(what: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> MountError {
+    let path = path.to_path_buf();
+    move |e| MountError {
+        what,
+        path,
+        source: e.into(),
+    }
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> MountError {
+    let path = path.to_path_buf();
+    move |source| MountError { what, path, source }
+}
+
+/// `target` inside `root` (`target` is absolute and normal, checked by [`Bind::parse`]).
+fn inside(root: &Path, target: &Path) -> PathBuf {
+    root.join(target.strip_prefix("/").unwrap_or(target))
+}
+
+/// Stops mount events from propagating from this namespace to the host's (call first, in the
+/// new mount namespace).
+pub fn make_slave() -> Result<(), MountError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err("making the mount tree a slave", Path::new("/")))
+}
+
+/// Makes `root` a mount point (pivot_root needs one).
+pub fn bind_root(root: &Path) -> Result<(), MountError> {
+    mount(
+        Some(root),
+        root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err("bind-mounting the jail root", root))
+}
+
+/// Binds `bind.source` at its target inside `root` (creating an empty file or directory to
+/// mount on), read-only when asked, never with setuid or device files.
+pub fn bind(root: &Path, bind: &Bind) -> Result<(), MountError> {
+    let target = inside(root, &bind.target);
+    let is_dir = std::fs::metadata(&bind.source)
+        .map_err(io_err("reading bind source", &bind.source))?
+        .is_dir();
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+    }
+    if is_dir {
+        std::fs::create_dir_all(&target).map_err(io_err("creating", &target))?;
+    } else if !target.exists() {
+        std::fs::File::create(&target).map_err(io_err("creating", &target))?;
+    }
+    mount(
+        Some(&bind.source),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(err("bind-mounting", &bind.source))?;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if bind.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
+        .map_err(err("remounting (ro/nosuid/nodev)", &target))
+}
+
+/// Mounts a small tmpfs at `<root>/dev` (the root's own file system may be `nodev`, as
+/// /dev/shm and /run are) and creates the [`DEVICES`] nodes in it, owned by uid:gid.
+pub fn devices(root: &Path, uid: u32, gid: u32) -> Result<(), MountError> {
+    let dev = root.join("dev");
+    std::fs::create_dir_all(&dev).map_err(io_err("creating", &dev))?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("size=64k,mode=0755"),
+    )
+    .map_err(err("mounting a tmpfs on", &dev))?;
+    for (at, host, mode) in DEVICES {
+        let host = Path::new(host);
+        let meta = match std::fs::metadata(host) {
+            Ok(m) => m,
+            // A host without the device (no TUN module): the VMM reports it if it needs it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("reading", host)(e)),
+        };
+        let node = root.join(at);
+        if let Some(parent) = node.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        }
+        let rdev = meta.rdev();
+        mknod(
+            &node,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(mode),
+            makedev(major(rdev), minor(rdev)),
+        )
+        .map_err(err("creating the device node", &node))?;
+        // mknod applies the umask: set the mode exactly.
+        std::fs::set_permissions(&node, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err("setting the mode of", &node))?;
+        chown(&node, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .map_err(err("chowning", &node))?;
+    }
+    // Read-only from here: the VMM cannot add nodes.
+    mount(
+        None::<&str>,
+        &dev,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        Some("size=64k,mode=0755"),
+    )
+    .map_err(err("remounting read-only", &dev))
+}
+
+/// Makes `root` the process's `/` and detaches the old root: nothing outside `root` stays
+/// reachable.
+pub fn pivot(root: &Path) -> Result<(), MountError> {
+    std::env::set_current_dir(root).map_err(io_err("entering", root))?;
+    // pivot_root(".", "."): the old root is stacked under the new one at "/", then detached.
+    pivot_root(".", ".").map_err(err("pivot_root into", root))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching the old root", root))?;
+    std::env::set_current_dir("/").map_err(io_err("entering", Path::new("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_land_inside_the_root() {
+        assert_eq!(
+            inside(Path::new("/jail"), Path::new("/a/b")),
+            Path::new("/jail/a/b")
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! The few raw calls the jailer makes that have no safe wrapper: `fork` (the jailer is
+//! single-threaded when it forks), dropping the capability bounding set, and `_exit` in the
+//! child. Everything else goes through nix.
+#![allow(unsafe_code)]
+
+use std::io;
+
+use nix::unistd::ForkResult;
+
+/// Forks. The jailer has one thread (no runtime, no logging thread), so the child may do
+/// anything the parent could.
+pub fn fork() -> io::Result<ForkResult> {
+    // SAFETY: the process is single-threaded at this point (the jailer never spawns threads),
+    // so the child inherits no lock held by another thread.
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+/// Drops every capability from the bounding set (so no exec can regain one) and clears the
+/// ambient set. Needs CAP_SETPCAP, so call it before the uid changes.
+pub fn drop_capability_bounding_set() -> io::Result<()> {
+    // CAP_LAST_CAP of the running kernel, or a generous upper bound if /proc is not mounted.
+    let last: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63);
+    for cap in 0..=last {
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            // EINVAL: past the kernel's last capability.
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(e);
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets `no_new_privs`: no exec can gain privileges (setuid bits, file capabilities).
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Exits the forked child at once, without running the parent's exit handlers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is always safe to call.
+    unsafe { libc::_exit(code) }
+}

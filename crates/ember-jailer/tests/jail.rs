@@ -1,0 +1,275 @@
+//! The jailer around a real ember-vmm on real KVM: the jailed VMM boots the probe, answers
+//! exec over vsock, and runs as its own uid with no capabilities, no_new_privs and seccomp,
+//! in its own namespaces and root, inside its cgroup; it cannot open a host file by any path;
+//! bad configurations are refused naming the problem.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ember_jailer::cgroup;
+use ember_test_support::{ApiClient, DEFAULT_TIMEOUT, wait_for};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn jailer() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ember-jailer"))
+}
+
+struct Jailed {
+    id: String,
+    root: PathBuf,
+    pid: u32,
+}
+
+impl Drop for Jailed {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        wait_for(DEFAULT_TIMEOUT, "the jailed VMM to exit", || {
+            (!Path::new(&format!("/proc/{}", self.pid)).exists()).then_some(())
+        });
+        let _ = Command::new(jailer())
+            .args([
+                "--cleanup",
+                "--id",
+                &self.id,
+                "--parent-cgroup",
+                "ember-test",
+            ])
+            .status();
+    }
+}
+
+fn start(dir: &Path, id: &str, extra: &[&str]) -> Jailed {
+    let root = dir.join(id);
+    std::fs::create_dir(&root).unwrap();
+    let pid_file = dir.join(format!("{id}.pid"));
+    let kernel = format!("{}:/kernel", ember_probe_image::probe_elf_path().display());
+    // The VMM inherits the jailer's stdout and stderr: files, never pipes a wait would hang on.
+    let log = dir.join(format!("{id}.log"));
+    let status = Command::new(jailer())
+        .args(["--id", id, "--uid", "40001", "--gid", "40001"])
+        .arg("--root")
+        .arg(&root)
+        .arg("--exec-file")
+        .arg(ember_test_support::vmm_bin())
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .args(["--bind", &kernel, "--parent-cgroup", "ember-test"])
+        .args(extra)
+        .args(["--", "--api-sock", "/api.sock", "--serial-out", "none"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "jailer failed: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Jailed {
+        id: id.to_string(),
+        root,
+        pid,
+    }
+}
+
+fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn boot(c: &mut ApiClient) {
+    let r = c.put("/vsock", r#"{"guest_cid": 3, "uds_path": "/v.sock"}"#);
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = c.put(
+        "/boot-source",
+        r#"{"kernel_image_path": "/kernel", "boot_args": "ember.report=0"}"#,
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = c.put(
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = c.put("/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(r.status, 204, "{r:?}");
+}
+
+#[test]
+fn a_jailed_vmm_boots_runs_exec_and_is_confined() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = start(
+        dir.path(),
+        "jail-a",
+        &[
+            "--memory-max",
+            "536870912",
+            "--pids-max",
+            "64",
+            "--cpu-weight",
+            "50",
+        ],
+    );
+    let mut c = ApiClient::connect(&j.root.join("api.sock"), DEFAULT_TIMEOUT);
+    // Host paths do not exist for it: a drive at /etc/passwd is refused.
+    let r = c.put(
+        "/drives/rootfs",
+        r#"{"drive_id": "rootfs", "path_on_host": "/etc/passwd", "is_root_device": false, "is_read_only": true}"#,
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    boot(&mut c);
+    let mut agent = wait_for(DEFAULT_TIMEOUT, "the probe agent", || {
+        ember_agent_proto::AgentClient::connect(
+            j.root.join("v.sock"),
+            ember_probe_image::AGENT_PORT,
+            Duration::from_secs(5),
+        )
+        .ok()
+    });
+    agent.health().unwrap();
+    let out = agent
+        .exec(&ember_agent_proto::Exec::new(&["echo", "jailed"]))
+        .unwrap();
+    assert_eq!(out.stdout, b"jailed\n");
+
+    // Credentials: its own uid/gid, nothing privileged left, seccomp on once the VM runs.
+    assert_eq!(status_field(j.pid, "Uid:"), "40001\t40001\t40001\t40001");
+    assert_eq!(status_field(j.pid, "Gid:"), "40001\t40001\t40001\t40001");
+    for cap in ["CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(status_field(j.pid, cap), "0000000000000000", "{cap}");
+    }
+    assert_eq!(status_field(j.pid, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(j.pid, "Seccomp:"), "2");
+    // pid 1 of its own pid namespace.
+    let nspid = status_field(j.pid, "NSpid:");
+    assert!(nspid.ends_with("\t1"), "{nspid}");
+    // Every namespace differs from the host's.
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        let theirs = std::fs::read_link(format!("/proc/{}/ns/{ns}", j.pid)).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "{ns}");
+    }
+    // Its root holds only its own files.
+    let mut seen: Vec<String> = std::fs::read_dir(format!("/proc/{}/root", j.pid))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    seen.sort();
+    let allowed = [
+        "api.sock",
+        "dev",
+        "ember-vmm",
+        "kernel",
+        "lib",
+        "lib64",
+        "v.sock",
+    ];
+    for name in &seen {
+        assert!(
+            allowed.contains(&name.as_str()),
+            "unexpected {name} in {seen:?}"
+        );
+    }
+    assert!(!seen.contains(&"etc".to_string()));
+    let mut devs: Vec<String> = std::fs::read_dir(format!("/proc/{}/root/dev", j.pid))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    devs.sort();
+    assert_eq!(devs, ["kvm", "net", "urandom"]);
+    // Its cgroup, with the limits.
+    let version = cgroup::detect(Path::new(cgroup::DEFAULT_ROOT)).unwrap();
+    let dirs = cgroup::dirs(
+        Path::new(cgroup::DEFAULT_ROOT),
+        version,
+        "ember-test",
+        "jail-a",
+    );
+    for d in &dirs {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l == j.pid.to_string()),
+            "{} holds {procs:?}",
+            d.display()
+        );
+    }
+    let memory = match version {
+        cgroup::Version::V1 => dirs[1].join("memory.limit_in_bytes"),
+        cgroup::Version::V2 => dirs[0].join("memory.max"),
+    };
+    assert_eq!(std::fs::read_to_string(memory).unwrap().trim(), "536870912");
+    // The VMM keeps serving.
+    assert_eq!(c.get("/").status, 200);
+    // Gone: the cleanup removes the cgroup.
+    drop(c);
+    drop(j);
+    for d in &dirs {
+        assert!(!d.exists(), "{} left", d.display());
+    }
+}
+
+#[test]
+fn bad_configurations_are_refused_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    std::fs::create_dir(&root).unwrap();
+    let vmm = ember_test_support::vmm_bin();
+    let run = |args: &[&str]| {
+        let out = Command::new(jailer())
+            .args(args)
+            .args([
+                "--parent-cgroup",
+                "ember-test",
+                "--",
+                "--api-sock",
+                "/a.sock",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let root_s = root.to_str().unwrap();
+    let vmm_s = vmm.to_str().unwrap();
+    let base = |id: &'static str, uid: &'static str| {
+        vec![
+            "--id",
+            id,
+            "--uid",
+            uid,
+            "--gid",
+            "40001",
+            "--root",
+            root_s,
+            "--exec-file",
+            vmm_s,
+        ]
+    };
+    assert!(run(&base("ok", "0")).contains("uid 0"));
+    assert!(run(&base("a/b", "40001")).contains("invalid id"));
+    let mut args = base("ok", "40001");
+    args.extend(["--bind", "/nonexistent-kernel:/kernel"]);
+    assert!(run(&args).contains("/nonexistent-kernel"));
+    let mut args = base("ok", "40001");
+    args.extend(["--bind", "/etc/hostname:/../x"]);
+    assert!(run(&args).contains("'..'"));
+    let mut args = base("ok", "40001");
+    args[7] = "/nonexistent-root";
+    assert!(run(&args).contains("/nonexistent-root"));
+    let mut args = base("ok", "40001");
+    args.extend(["--cpu-weight", "0"]);
+    assert!(run(&args).contains("cpu weight"));
+    // Nothing was started or left.
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}

@@ -1,0 +1,204 @@
+//! Seccomp filters, one per thread kind, built with `seccompiler` (issue 15: a VMM broken into
+//! by its guest must not be able to open files, make network sockets, run programs or signal
+//! other processes).
+//!
+//! - [`enable`] compiles the three filters once at process start (`main`); library users that
+//!   never call it (unit tests, embedders) run unfiltered.
+//! - Each thread installs its own filter where it starts serving the guest: a vCPU thread when
+//!   its vCPU is handed to it ([`ThreadKind::Vcpu`]), the virtio event loop when it starts
+//!   ([`ThreadKind::Device`]), and the main thread (API and VM control) once a VM is running
+//!   after a boot or a restore ([`ThreadKind::Vmm`]) — before that it only served the host.
+//!   Threads the main thread spawns later inherit its filter.
+//! - A syscall outside a thread's list kills the whole process with SIGSYS
+//!   (`SECCOMP_RET_KILL_PROCESS`); the runtime reports a VMM killed that way.
+//! - Installing a filter also sets `no_new_privs`.
+//!
+//! The lists are in [`lists`]; `ember-vmm --no-seccomp` turns all of this off for debugging.
+
+pub mod lists;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+/// The kinds of thread, each with its own list of allowed syscalls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread: the API server and VM control (snapshots, device updates).
+    Vmm,
+    /// A vCPU thread: `KVM_RUN` and the port/MMIO exits it emulates.
+    Vcpu,
+    /// The virtio event loop: queue processing and the devices' host backends.
+    Device,
+}
+
+impl ThreadKind {
+    /// The kind's name in logs and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vmm => "vmm",
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Device => "device",
+        }
+    }
+}
+
+/// Errors building or installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The filter could not be built from its list.
+    #[error("building the {kind} seccomp filter: {source}")]
+    Build {
+        /// The thread kind.
+        kind: &'static str,
+        /// Why.
+        source: seccompiler::Error,
+    },
+    /// The kernel refused the filter.
+    #[error("installing the {kind} seccomp filter: {source}")]
+    Install {
+        /// The thread kind.
+        kind: &'static str,
+        /// Why.
+        source: seccompiler::Error,
+    },
+    /// [`enable`] was called twice.
+    #[error("seccomp filters are already enabled")]
+    AlreadyEnabled,
+}
+
+/// The compiled filters.
+#[derive(Debug)]
+struct Filters {
+    vmm: BpfProgram,
+    vcpu: BpfProgram,
+    device: BpfProgram,
+}
+
+static FILTERS: OnceLock<Filters> = OnceLock::new();
+
+/// Set by [`arm_selftest`]: the main thread makes a forbidden syscall right after installing
+/// its filter.
+static SELFTEST: AtomicBool = AtomicBool::new(false);
+
+/// Test hook (`ember-vmm --seccomp-selftest`): once the main thread's filter is installed,
+/// it opens an IPv4 socket, which the filter answers by killing the process with SIGSYS.
+pub fn arm_selftest() {
+    SELFTEST.store(true, Ordering::Relaxed);
+}
+
+std::thread_local! {
+    /// Whether this thread installed its filter (installing twice would stack two copies).
+    static INSTALLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Builds the BPF program for `kind`: its allowed syscalls (with their argument conditions)
+/// pass, anything else kills the process.
+pub fn build(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let err = |source| SeccompError::Build {
+        kind: kind.name(),
+        source,
+    };
+    let rules = lists::rules(kind, std::process::id()).map_err(|e| err(e.into()))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| err(e.into()))?;
+    BpfProgram::try_from(filter).map_err(|e| err(e.into()))
+}
+
+/// Compiles every thread kind's filter; from now on [`install`] applies them.
+pub fn enable() -> Result<(), SeccompError> {
+    let filters = Filters {
+        vmm: build(ThreadKind::Vmm)?,
+        vcpu: build(ThreadKind::Vcpu)?,
+        device: build(ThreadKind::Device)?,
+    };
+    FILTERS
+        .set(filters)
+        .map_err(|_| SeccompError::AlreadyEnabled)
+}
+
+/// Whether [`enable`] was called.
+pub fn enabled() -> bool {
+    FILTERS.get().is_some()
+}
+
+/// Installs `kind`'s filter on the calling thread if filters are enabled and this thread has
+/// none yet. An error means the thread must not go on serving the guest.
+pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
+    let Some(filters) = FILTERS.get() else {
+        return Ok(());
+    };
+    if INSTALLED.with(|i| i.get()) {
+        return Ok(());
+    }
+    let program = match kind {
+        ThreadKind::Vmm => &filters.vmm,
+        ThreadKind::Vcpu => &filters.vcpu,
+        ThreadKind::Device => &filters.device,
+    };
+    seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
+        kind: kind.name(),
+        source,
+    })?;
+    INSTALLED.with(|i| i.set(true));
+    tracing::debug!(kind = kind.name(), "seccomp filter installed");
+    if kind == ThreadKind::Vmm && SELFTEST.load(Ordering::Relaxed) {
+        tracing::warn!("seccomp self-test: making a forbidden syscall (socket(AF_INET))");
+        let _ = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::empty(),
+            None,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_kind_builds() {
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Device] {
+            let program = build(kind).unwrap();
+            assert!(!program.is_empty(), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn an_installed_filter_kills_on_a_forbidden_syscall_in_a_child() {
+        // In a forked child, so the test process keeps running: the child installs the vCPU
+        // filter and tries to open a file; it must die of SIGSYS.
+        use nix::sys::wait::{WaitStatus, waitpid};
+        use nix::unistd::{ForkResult, fork};
+        let program = build(ThreadKind::Vcpu).unwrap();
+        // SAFETY: the child only makes raw syscalls (prctl/seccomp, open, _exit), never
+        // allocates, and never returns into the test harness.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                if seccompiler::apply_filter(&program).is_err() {
+                    // SAFETY: _exit is always safe to call.
+                    unsafe { libc::_exit(3) };
+                }
+                // SAFETY: a NUL-terminated static path; the result is not used.
+                let _ = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+                // SAFETY: as above.
+                unsafe { libc::_exit(0) };
+            }
+            ForkResult::Parent { child } => match waitpid(child, None).unwrap() {
+                WaitStatus::Signaled(_, sig, _) => {
+                    assert_eq!(sig, nix::sys::signal::Signal::SIGSYS);
+                }
+                other => panic!("child was not killed by SIGSYS: {other:?}"),
+            },
+        }
+    }
+}
