@@ -255,6 +255,7 @@ if [ "$SNAPSHOT" != 1 ]; then
     NO_COLOR=1 /rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log
     echo "RIG-L1-EMBER-EXIT rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
     sed 's/^/RIG-L1-VMM /' /run/vmm.log
+    dmesg | grep 'type=1326' | sed 's/^/RIG-L1-SECCOMP /'
 else
     # wait_for FILE PATTERN COUNT SECONDS
     wait_for() {
@@ -283,6 +284,7 @@ else
     kill -TERM \$(pidof ember-vmm)
     wait_for /run/l2b.log RIG-L1-EMBER2-EXIT 1 30
     sed 's/^/RIG-L1-VMM /' /run/vmm.log /run/vmm2.log
+    dmesg | grep 'type=1326' | sed 's/^/RIG-L1-SECCOMP /'
 fi
 echo o >/proc/sysrq-trigger
 poweroff -f
@@ -343,6 +345,7 @@ grep -q " EMBER-L2-NET ping-ok" "$LOG" || failed+=(net_ping)
 grep -q " EMBER-L2-RTC rtc_cmos" "$LOG" || failed+=(rtc)
 grep -q " EMBER-L2-INSMOD-FAILED" "$LOG" && failed+=(insmod)
 grep -q " RIG-L1-EMBER-EXIT rc=0" "$LOG" || failed+=(vmm_exit_0)
+grep -q " RIG-L1-SECCOMP" "$LOG" && failed+=(seccomp_kill)
 restore_json=null
 if [ "$SNAPSHOT" = 1 ]; then
     # Ticks after the restore, and how far the guest's wall clock was from the host's on
@@ -361,7 +364,7 @@ if [ "$SNAPSHOT" = 1 ]; then
         / RIG-L1-PAUSE/ { p = 1; tp = $1 }
         !p && / EMBER-L2-TICK / { split($4, u, "="); b = u[2]; tb = $1 }
         / RIG-L1-RESTORED/ { r = 1; tr = $1; next }
-        r && / EMBER-L2-TICK / { split($4, u, "="); g = u[2] - b; printf "%.2f %.2f\n", g, g - ((tp - tb) + ($1 - tr)); exit }' "$LOG")
+        r && / EMBER-L2-TICK / { split($4, u, "="); g = u[2] - b; printf "%.2f %.2f\n", g, g - ((tp - tb) + ($1 - tr)); exit }' "$LOG") || true
     [ -n "$after" ] || failed+=(ticks_after_restore)
     awk -v j="${uptime_jump:-99}" 'BEGIN { exit !(j < 2 && j > -2) }' || failed+=(uptime_continues)
     restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "stop_to_restored": %s, "restore_request": %s}, "last_tick_before": %s, "first_tick_after": %s, "uptime_gap_s": %s, "uptime_jump_s": %s, "clock_minus_host_after_s": [%s]}' \
