@@ -6,7 +6,7 @@
 //! arrives and userspace console output stalls).
 //!
 //! Tables are built with rust-vmm's `acpi_tables` crate into byte vectors ([`build`]), then
-//! written into the reserved BIOS area below 1 MiB ([`write`]): the RSDP at [`RSDP_ADDR`]
+//! written into the reserved BIOS area below 1 MiB ([`write()`]): the RSDP at [`RSDP_ADDR`]
 //! (where Linux scans for it; the zero page also points at it) and the others after it. This
 //! module only describes hardware; it does not create any.
 
