@@ -4,7 +4,9 @@
 //! for them.
 //!
 //! Boot order: memory, virtio devices (their `virtio_mmio.device=` entries go on the command
-//! line), kernel, command line, zero page, MP table, page tables and GDT, then per vCPU:
+//! line, and into the ACPI DSDT for kernels without that option), kernel, initrd, command
+//! line, ACPI tables, zero page, MP table, page tables, GDT and (for a vmlinux with a PVH
+//! note) PVH's start info, then per vCPU:
 //! normalized CPUID, boot MSRs, registers, FPU, LAPIC LINTs; legacy devices; threads.
 //! Restore order: virtio devices rebuilt from their sections (sockets bound before anything
 //! irreversible, so a bad `uds_path` leaves the shell usable), memory (copy-on-write mapping
@@ -22,8 +24,10 @@ use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::x86_64::boot_params::ZeroPage;
+use crate::arch::x86_64::boot_params::standard_e820;
+use crate::arch::x86_64::gdt::PVH_GDT;
 use crate::arch::x86_64::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, ram_regions};
-use crate::arch::x86_64::{ArchError, cpuid, mptable, msr, paging, regs};
+use crate::arch::x86_64::{ArchError, acpi, cpuid, mptable, msr, paging, pvh, regs};
 use crate::config::VmConfig;
 use crate::devices::IrqLine;
 use crate::devices::bus::Buses;
@@ -254,6 +258,10 @@ pub fn boot(
     timings.phase("devices");
 
     let kernel = loader::load(&memory, Path::new(&boot_source.kernel_image_path))?;
+    let initrd = match &boot_source.initrd_path {
+        Some(path) => Some(loader::load_initrd(&memory, path, &kernel)?),
+        None => None,
+    };
     let cmdline = format!(
         "{}{}{}",
         boot_source.cmdline(),
@@ -275,13 +283,60 @@ pub fn boot(
             addr: CMDLINE_ADDR,
             source,
         })?;
+    let mmio_devices: Vec<acpi::MmioDevice> = virtio
+        .devices()
+        .into_iter()
+        .map(|(_, _, base, gsi)| acpi::MmioDevice {
+            base,
+            len: crate::devices::virtio::mmio::MMIO_LEN,
+            gsi,
+        })
+        .collect();
+    let rsdp = acpi::write(
+        memory.mmap(),
+        machine.vcpu_count,
+        &crate::devices::legacy::acpi_devices(),
+        &mmio_devices,
+    )?;
     let mut zero_page = ZeroPage::new();
+    if let Some(header) = &kernel.setup_header {
+        zero_page.set_setup_header(header)?;
+    }
     zero_page.set_cmdline(CMDLINE_ADDR as u32, cmdline.len() as u32);
+    if let Some(initrd) = initrd {
+        // `place_initrd` keeps it below the 32-bit MMIO gap, so both fit in 32 bits.
+        zero_page.set_ramdisk(initrd.addr as u32, initrd.size as u32);
+    }
+    zero_page.set_acpi_rsdp(rsdp);
     zero_page.add_standard_e820(&memory.layout())?;
     zero_page.write_to(memory.mmap())?;
     mptable::write(memory.mmap(), machine.vcpu_count)?;
     paging::write_identity_page_tables(memory.mmap())?;
-    regs::write_gdt_and_idt(memory.mmap())?;
+    // A vmlinux with a PVH note is entered through it (32-bit, start info in ebx); anything
+    // else at its 64-bit entry with the zero page in rsi.
+    let pvh = match (kernel.format, kernel.pvh_entry) {
+        (loader::KernelFormat::Elf, Some(entry)) => {
+            let info = pvh::StartInfo {
+                cmdline_addr: CMDLINE_ADDR,
+                initrd: initrd.map(|i| (i.addr, i.size)),
+                rsdp_addr: rsdp,
+                memmap: standard_e820(&memory.layout()),
+            };
+            regs::write_gdt_and_idt_from(memory.mmap(), &PVH_GDT)?;
+            Some((entry, info.write_to(memory.mmap())?))
+        }
+        _ => {
+            regs::write_gdt_and_idt(memory.mmap())?;
+            None
+        }
+    };
+    tracing::debug!(
+        format = ?kernel.format,
+        pvh = pvh.is_some(),
+        entry = kernel.entry,
+        initrd = ?initrd,
+        "kernel loaded"
+    );
     timings.phase("load_kernel");
 
     let fds = create_vcpus(&shell.vm, shell.vcpu0, machine.vcpu_count)?;
@@ -302,8 +357,16 @@ pub fn boot(
             source,
         })?;
         set_msrs_exact(fd, &boot_msrs)?;
-        regs::setup_regs(fd, kernel.entry)?;
-        regs::setup_sregs(fd)?;
+        match pvh {
+            Some((entry, start_info)) => {
+                regs::setup_pvh_regs(fd, entry, start_info)?;
+                regs::setup_pvh_sregs(fd)?;
+            }
+            None => {
+                regs::setup_regs(fd, kernel.entry)?;
+                regs::setup_sregs(fd)?;
+            }
+        }
         regs::setup_fpu(fd)?;
         regs::setup_lint(fd)?;
     }

@@ -1,7 +1,8 @@
 //! ember-vmm: a KVM virtual machine monitor for one microVM per process.
 //!
 //! Built on the rust-vmm crates, it speaks Firecracker's REST API over a Unix socket, boots
-//! ELF kernels with Firecracker's 64-bit convention, pauses, resumes, snapshots and restores.
+//! Linux (bzImage, or vmlinux through PVH, with an initrd and ACPI tables) and ELF kernels with
+//! Firecracker's 64-bit convention, pauses, resumes, snapshots and restores.
 //! The folder tree follows the data path (see `shared/notes/architecture.md`):
 //!
 //! - [`api`]: HTTP/1.1 over the Unix socket, one module per resource, Firecracker shapes;
@@ -13,10 +14,11 @@
 //! - [`builder`]: configuration or snapshot -> running [`microvm::Microvm`];
 //! - [`vstate`]: KVM handle, VM (memory regions, irqchip, clock), vCPUs (threads, run loop,
 //!   state), guest memory;
-//! - [`arch`]: x86_64 boot protocol, page tables, GDT, MSRs, CPUID normalization, MP table;
-//! - [`loader`]: the kernel-image seam (ELF now; bzImage/PVH slot in here);
-//! - [`devices`]: port/MMIO buses, the legacy devices (16550 serial, i8042) and the virtio-mmio
-//!   devices (transport, device thread, vsock, block, net, rng);
+//! - [`arch`]: x86_64 boot protocol, page tables, GDT, MSRs, CPUID normalization, MP table,
+//!   ACPI tables, PVH start info;
+//! - [`loader`]: the kernel-image seam (ELF, bzImage, initrd);
+//! - [`devices`]: port/MMIO buses, the legacy devices (16550 serial, i8042, CMOS RTC) and the
+//!   virtio-mmio devices (transport, device thread, vsock, block, net, rng);
 //! - [`snapshot`]: the versioned binary state format and the memory file;
 //! - [`rate_limiter`]: token buckets (bandwidth, ops) with a timerfd, Firecracker's shape;
 //! - [`microvm`]: a running VM (pause, resume, Ctrl+Alt+Del, snapshot);

@@ -211,6 +211,72 @@ fn bad_requests_before_boot_on_one_connection() {
     assert_400(&r, "not allowed after configuring");
 }
 
+/// Kernel images and initrds that cannot boot are refused at InstanceStart with what is wrong;
+/// the VMM then boots a good configuration (the probe with an initrd beside it).
+#[test]
+fn unbootable_kernels_and_initrds_are_named() {
+    let dir = tempdir();
+    let d = dir.path();
+    let vmm = spawn(d, "linux-inputs", &[]);
+    let mut c = vmm.client();
+    let machine = r#"{"vcpu_count": 1, "mem_size_mib": 32}"#;
+    assert_eq!(c.put("/machine-config", machine).status, 204);
+    let boot = |kernel: &std::path::Path, initrd: Option<&std::path::Path>| {
+        let mut b =
+            serde_json::json!({ "kernel_image_path": kernel, "boot_args": "ember.report=0" });
+        if let Some(i) = initrd {
+            b["initrd_path"] = serde_json::json!(i);
+        }
+        b.to_string()
+    };
+    let start = r#"{"action_type": "InstanceStart"}"#;
+
+    let text = d.join("not-a-kernel");
+    std::fs::write(&text, b"#!/bin/sh\necho hello\n").unwrap();
+    assert_eq!(c.put("/boot-source", &boot(&text, None)).status, 204);
+    assert_400(
+        &c.put("/actions", start),
+        "neither an ELF kernel nor a bzImage",
+    );
+    assert_alive(&mut c);
+
+    let empty = d.join("empty.initrd");
+    std::fs::write(&empty, b"").unwrap();
+    assert_400(
+        &c.put("/boot-source", &boot(probe(), Some(&empty))),
+        "is empty",
+    );
+    assert_400(
+        &c.put(
+            "/boot-source",
+            &boot(probe(), Some(&d.join("missing.initrd"))),
+        ),
+        "initrd_path",
+    );
+
+    let huge = d.join("huge.initrd");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    assert_eq!(
+        c.put("/boot-source", &boot(probe(), Some(&huge))).status,
+        204
+    );
+    assert_400(&c.put("/actions", start), "huge.initrd");
+
+    let small = d.join("small.initrd");
+    std::fs::write(&small, vec![0x5a; 10_000]).unwrap();
+    assert_eq!(
+        c.put("/boot-source", &boot(probe(), Some(&small))).status,
+        204
+    );
+    let r = c.put("/actions", start);
+    assert_eq!(r.status, 204, "{r:?}");
+    wait_banner(&vmm);
+    assert_alive(&mut c);
+}
+
 #[test]
 fn bad_requests_after_boot() {
     let dir = tempdir();

@@ -1,12 +1,14 @@
 //! What ember-vmm adds to the API's check of `PUT /boot-source` (`ember_fc_api::BootSource`):
 //! the kernel is a file on this host, the command line fits the x86_64 boot protocol's buffer
-//! and is printable ASCII, and no initrd is given (not supported yet).
+//! and is printable ASCII, and an initrd, if given, is a non-empty file. Whether the kernel is
+//! an image ember-vmm boots and the initrd fits in memory is known only at boot (the loader
+//! says which and why).
 
 use ember_fc_api::{BootSource, FieldError};
 
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 
-/// The API's check, then ember-vmm's: the kernel file, the command line, no initrd.
+/// The API's check, then ember-vmm's: the kernel file, the command line, the initrd file.
 pub fn validate_boot_source(b: &BootSource) -> Result<(), FieldError> {
     b.validate()?;
     if !b.kernel_image_path.is_file() {
@@ -29,11 +31,22 @@ pub fn validate_boot_source(b: &BootSource) -> Result<(), FieldError> {
             return Err(FieldError::new("boot_args", "must be printable ASCII"));
         }
     }
-    if b.initrd_path.is_some() {
-        return Err(FieldError::new(
-            "initrd_path",
-            "initrd images are not supported yet",
-        ));
+    if let Some(initrd) = &b.initrd_path {
+        match std::fs::metadata(initrd) {
+            Ok(m) if m.is_file() && m.len() > 0 => {}
+            Ok(m) if m.is_file() => {
+                return Err(FieldError::new(
+                    "initrd_path",
+                    format!("{} is empty", initrd.display()),
+                ));
+            }
+            _ => {
+                return Err(FieldError::new(
+                    "initrd_path",
+                    format!("{} is not a readable file", initrd.display()),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -67,13 +80,17 @@ mod tests {
                 .field,
             "boot_args"
         );
-        let initrd = BootSource {
-            initrd_path: Some("/i".into()),
+        let initrd = |p: &str| BootSource {
+            initrd_path: Some(p.into()),
             ..boot("/etc/hostname", None)
         };
-        assert_eq!(
-            validate_boot_source(&initrd).unwrap_err().field,
-            "initrd_path"
-        );
+        validate_boot_source(&initrd("/etc/hostname")).unwrap();
+        for bad in ["/nonexistent/initrd", "/etc", "/dev/null"] {
+            assert_eq!(
+                validate_boot_source(&initrd(bad)).unwrap_err().field,
+                "initrd_path",
+                "{bad}"
+            );
+        }
     }
 }

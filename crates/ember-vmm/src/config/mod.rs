@@ -4,7 +4,7 @@
 //! The request bodies and their API-level checks live in `ember_fc_api`; each module here adds
 //! what this VMM supports and what the host must offer, calling the API check first:
 //! [`machine`] (memory range, no SMT, dirty tracking, huge pages or CPU templates),
-//! [`boot_source`] (the kernel file, the command line's size and characters, no initrd),
+//! [`boot_source`] (the kernel file, the command line's size and characters, the initrd file),
 //! [`drive`] (no vhost-user, synchronous I/O, an existing backing file) and [`snapshot`]
 //! (full snapshots and file-backed memory only). Interfaces, vsock and entropy need nothing
 //! beyond the API's checks. [`from_json`] parses a body naming the field on error.

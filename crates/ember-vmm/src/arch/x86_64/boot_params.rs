@@ -2,18 +2,23 @@
 //! fields a loader must fill, the command line pointer and the e820 memory map.
 //!
 //! Built as raw bytes at the offsets of Linux's `struct boot_params` (checked against
-//! linux-loader's bindings in the tests), so no unsafe `ByteValued` impl is needed. A later
-//! bzImage loader copies the image's setup header to [`SETUP_HEADER_OFFSET`] first.
+//! linux-loader's bindings in the tests), so no unsafe `ByteValued` impl is needed. For a
+//! bzImage the image's setup header is copied in first ([`ZeroPage::set_setup_header`]), then
+//! the loader's fields are set over it.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::ArchError;
 use super::layout::{self, HIMEM_START, SYSTEM_MEM_END, SYSTEM_MEM_START};
 
+/// Offset of `acpi_rsdp_addr` (u64, boot protocol 2.14+).
+const ACPI_RSDP_ADDR_OFFSET: usize = 0x070;
 /// Offset of `e820_entries` (u8).
 const E820_ENTRIES_OFFSET: usize = 0x1e8;
 /// Offset of the setup header (`hdr`).
 pub const SETUP_HEADER_OFFSET: usize = 0x1f1;
+/// End of the room for the setup header (`edd_mbr_sig_buffer` follows).
+const SETUP_HEADER_LIMIT: usize = 0x290;
 const BOOT_FLAG_OFFSET: usize = 0x1fe;
 const HEADER_MAGIC_OFFSET: usize = 0x202;
 const TYPE_OF_LOADER_OFFSET: usize = 0x210;
@@ -31,6 +36,28 @@ const E820_MAX_ENTRIES: usize = 128;
 pub const E820_RAM: u32 = 1;
 /// e820 type for reserved memory.
 pub const E820_RESERVED: u32 = 2;
+
+/// Firecracker's memory map for the given RAM regions, as `(address, size, e820 type)`: low
+/// RAM up to the EBDA, reserved up to 1 MiB (MP table, ACPI tables), then RAM from 1 MiB (and
+/// above 4 GiB). The zero page and PVH's start info both carry it.
+pub fn standard_e820(ram: &[(u64, u64)]) -> Vec<(u64, u64, u32)> {
+    let mut map = vec![
+        (0, SYSTEM_MEM_START, E820_RAM),
+        (
+            SYSTEM_MEM_START,
+            SYSTEM_MEM_END - SYSTEM_MEM_START,
+            E820_RESERVED,
+        ),
+    ];
+    for &(start, size) in ram {
+        let begin = start.max(HIMEM_START);
+        let end = start + size;
+        if end > begin {
+            map.push((begin, end - begin, E820_RAM));
+        }
+    }
+    map
+}
 
 /// A zero page being built.
 #[derive(Clone)]
@@ -63,6 +90,27 @@ impl ZeroPage {
         self.bytes[offset..offset + data.len()].copy_from_slice(data);
     }
 
+    /// Copies a bzImage's setup header (`struct setup_header` bytes, as read from the image
+    /// at [`SETUP_HEADER_OFFSET`]), then sets this loader's own fields again over it.
+    pub fn set_setup_header(&mut self, header: &[u8]) -> Result<(), ArchError> {
+        let end = SETUP_HEADER_OFFSET + header.len();
+        if end > SETUP_HEADER_LIMIT {
+            return Err(ArchError::Invalid(format!(
+                "setup header of {} bytes is too long",
+                header.len()
+            )));
+        }
+        self.put(SETUP_HEADER_OFFSET, header);
+        self.put(BOOT_FLAG_OFFSET, &0xaa55u16.to_le_bytes());
+        self.put(TYPE_OF_LOADER_OFFSET, &[0xff]);
+        Ok(())
+    }
+
+    /// Tells the kernel where the ACPI RSDP is (it also scans the BIOS area for it).
+    pub fn set_acpi_rsdp(&mut self, addr: u64) {
+        self.put(ACPI_RSDP_ADDR_OFFSET, &addr.to_le_bytes());
+    }
+
     /// Points the kernel at its command line (`len` bytes without the NUL).
     pub fn set_cmdline(&mut self, addr: u32, len: u32) {
         self.put(CMD_LINE_PTR_OFFSET, &addr.to_le_bytes());
@@ -89,21 +137,10 @@ impl ZeroPage {
         Ok(())
     }
 
-    /// Adds Firecracker's memory map for the given RAM regions: low RAM up to the EBDA,
-    /// reserved up to 1 MiB, then RAM from 1 MiB (and above 4 GiB).
+    /// Adds the memory map [`standard_e820`] gives for the RAM regions.
     pub fn add_standard_e820(&mut self, ram: &[(u64, u64)]) -> Result<(), ArchError> {
-        self.add_e820(0, SYSTEM_MEM_START, E820_RAM)?;
-        self.add_e820(
-            SYSTEM_MEM_START,
-            SYSTEM_MEM_END - SYSTEM_MEM_START,
-            E820_RESERVED,
-        )?;
-        for &(start, size) in ram {
-            let begin = start.max(HIMEM_START);
-            let end = start + size;
-            if end > begin {
-                self.add_e820(begin, end - begin, E820_RAM)?;
-            }
+        for (addr, size, kind) in standard_e820(ram) {
+            self.add_e820(addr, size, kind)?;
         }
         Ok(())
     }
@@ -133,6 +170,10 @@ mod tests {
     #[test]
     fn offsets_match_linux_struct() {
         assert_eq!(offset_of!(boot_params, e820_entries), E820_ENTRIES_OFFSET);
+        assert_eq!(
+            offset_of!(boot_params, acpi_rsdp_addr),
+            ACPI_RSDP_ADDR_OFFSET
+        );
         assert_eq!(offset_of!(boot_params, hdr), SETUP_HEADER_OFFSET);
         assert_eq!(offset_of!(boot_params, e820_table), E820_TABLE_OFFSET);
         let h = SETUP_HEADER_OFFSET;
@@ -163,6 +204,51 @@ mod tests {
             CMDLINE_SIZE_OFFSET
         );
         assert_eq!(std::mem::size_of::<boot_params>(), 4096);
+    }
+
+    #[test]
+    fn setup_header_then_loader_fields() {
+        let mut hdr = vec![0x11u8; std::mem::size_of::<setup_header>()];
+        hdr[TYPE_OF_LOADER_OFFSET - SETUP_HEADER_OFFSET] = 0;
+        let mut zp = ZeroPage::new();
+        zp.set_setup_header(&hdr).unwrap();
+        zp.set_cmdline(0x20000, 5);
+        zp.set_acpi_rsdp(0xe0000);
+        let b = zp.as_bytes();
+        assert_eq!(b[TYPE_OF_LOADER_OFFSET], 0xff);
+        assert_eq!(b[SETUP_HEADER_OFFSET], 0x11);
+        assert_eq!(
+            &b[CMD_LINE_PTR_OFFSET..CMD_LINE_PTR_OFFSET + 4],
+            &0x20000u32.to_le_bytes()
+        );
+        assert_eq!(
+            &b[ACPI_RSDP_ADDR_OFFSET..ACPI_RSDP_ADDR_OFFSET + 8],
+            &0xe0000u64.to_le_bytes()
+        );
+        assert!(zp.set_setup_header(&[0u8; 512]).is_err());
+    }
+
+    #[test]
+    fn e820_map_around_the_mmio_gap() {
+        let ram = layout::ram_regions(4 << 30);
+        let map = standard_e820(&ram);
+        assert_eq!(
+            map,
+            vec![
+                (0, SYSTEM_MEM_START, E820_RAM),
+                (
+                    SYSTEM_MEM_START,
+                    SYSTEM_MEM_END - SYSTEM_MEM_START,
+                    E820_RESERVED
+                ),
+                (HIMEM_START, layout::MMIO32_START - HIMEM_START, E820_RAM),
+                (1 << 32, (4 << 30) - layout::MMIO32_START, E820_RAM),
+            ]
+        );
+        // The ACPI tables and the MP table sit in the reserved range.
+        for addr in [layout::RSDP_ADDR, layout::ACPI_TABLES_END - 1] {
+            assert!((SYSTEM_MEM_START..SYSTEM_MEM_END).contains(&addr));
+        }
     }
 
     #[test]

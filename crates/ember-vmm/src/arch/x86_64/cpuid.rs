@@ -6,7 +6,10 @@
 //! - leaves 0xb and 0x1f: a two-level topology (1 thread per core, N cores), x2APIC id in EDX;
 //! - Intel: leaf 0x4 core/thread sharing counts, leaf 0x6 turbo/EPB off, leaf 0xa (PMU) off;
 //! - AMD: leaf 0x7 ARCH_CAPABILITIES off, 0x8000_0008 core count, 0x8000_001d cache sharing,
-//!   0x8000_001e extended APIC id / compute unit.
+//!   0x8000_001e extended APIC id / compute unit;
+//! - leaves 0x8000_0002..=0x8000_0004: the host's brand string, or when KVM offers none (seen
+//!   with a nested KVM under QEMU's TCG: Linux then names the CPU from a table, "Hammer") a
+//!   generic one per vendor.
 
 use kvm_bindings::{
     KVM_CPUID_FLAG_SIGNIFCANT_INDEX as KVM_CPUID_FLAG_SIGNIFICANT_INDEX, kvm_cpuid_entry2,
@@ -133,6 +136,7 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, index: u8, count: u8, tsc_
             _ => {}
         }
     }
+    ensure_brand_string(entries, vendor);
     // Leaf 0xb must have its core level for Linux to read the topology.
     let has_b0 = entries.iter().any(|e| e.function == 0xb && e.index == 0);
     let has_b1 = entries.iter().any(|e| e.function == 0xb && e.index == 1);
@@ -148,6 +152,71 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, index: u8, count: u8, tsc_
             ..Default::default()
         });
     }
+}
+
+/// The brand string used when KVM offers none.
+fn default_brand(vendor: Vendor) -> &'static str {
+    match vendor {
+        Vendor::Intel => "Intel(R) Xeon(R) Processor",
+        Vendor::Amd => "AMD EPYC Processor",
+        Vendor::Other => "ember virtual CPU",
+    }
+}
+
+/// Keeps a non-empty brand string in leaves 0x8000_0002..=0x8000_0004; otherwise writes
+/// [`default_brand`] there and raises the extended maximum leaf to cover them.
+fn ensure_brand_string(entries: &mut Vec<kvm_cpuid_entry2>, vendor: Vendor) {
+    let brand_leaves = 0x8000_0002..=0x8000_0004u32;
+    let max_ext = entries
+        .iter()
+        .find(|e| e.function == 0x8000_0000)
+        .map(|e| e.eax);
+    let present = max_ext.is_some_and(|m| m >= 0x8000_0004)
+        && entries
+            .iter()
+            .filter(|e| brand_leaves.contains(&e.function))
+            .any(|e| e.eax | e.ebx | e.ecx | e.edx != 0);
+    if present {
+        return;
+    }
+    let mut bytes = [0u8; 48];
+    let brand = default_brand(vendor).as_bytes();
+    bytes[..brand.len()].copy_from_slice(brand);
+    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    entries.retain(|e| !brand_leaves.contains(&e.function));
+    for (n, function) in brand_leaves.enumerate() {
+        let o = n * 16;
+        entries.push(kvm_cpuid_entry2 {
+            function,
+            eax: word(o),
+            ebx: word(o + 4),
+            ecx: word(o + 8),
+            edx: word(o + 12),
+            ..Default::default()
+        });
+    }
+    match entries.iter_mut().find(|e| e.function == 0x8000_0000) {
+        Some(e) => e.eax = e.eax.max(0x8000_0004),
+        None => entries.push(kvm_cpuid_entry2 {
+            function: 0x8000_0000,
+            eax: 0x8000_0004,
+            ..Default::default()
+        }),
+    }
+}
+
+/// The brand string in `entries` (leaves 0x8000_0002..=0x8000_0004), up to its first NUL.
+pub fn brand_string(entries: &[kvm_cpuid_entry2]) -> String {
+    let mut bytes = Vec::with_capacity(48);
+    for function in 0x8000_0002..=0x8000_0004u32 {
+        if let Some(e) = entries.iter().find(|e| e.function == function) {
+            for r in [e.eax, e.ebx, e.ecx, e.edx] {
+                bytes.extend_from_slice(&r.to_le_bytes());
+            }
+        }
+    }
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).trim().to_string()
 }
 
 #[cfg(test)]
@@ -217,6 +286,40 @@ mod tests {
         assert_eq!(get(&e, 0x8000_001e, 0).eax, 1);
         assert_eq!(get(&e, 7, 0).edx & (1 << 29), 0);
         assert_eq!(get(&e, 1, 0).ecx & (1 << 24), 0);
+    }
+
+    #[test]
+    fn brand_string_kept_or_filled_in() {
+        let mut e = vec![vendor_leaf(b"AuthenticAMD"), leaf(0x8000_0000, 0)];
+        e[1].eax = 0x8000_0001;
+        normalize(&mut e, 0, 1, false);
+        assert_eq!(brand_string(&e), "AMD EPYC Processor");
+        assert_eq!(get(&e, 0x8000_0000, 0).eax, 0x8000_0004);
+
+        let mut e = vec![vendor_leaf(b"GenuineIntel")];
+        normalize(&mut e, 0, 1, false);
+        assert_eq!(brand_string(&e), "Intel(R) Xeon(R) Processor");
+
+        // A host brand string is kept.
+        let mut e = vec![vendor_leaf(b"AuthenticAMD"), leaf(0x8000_0000, 0)];
+        e[1].eax = 0x8000_0008;
+        let mut host = [0u8; 48];
+        host[..25].copy_from_slice(b"QEMU TCG CPU version 2.5+");
+        for (n, f) in (0x8000_0002..=0x8000_0004u32).enumerate() {
+            let w =
+                |i: usize| u32::from_le_bytes(host[n * 16 + i..n * 16 + i + 4].try_into().unwrap());
+            e.push(kvm_cpuid_entry2 {
+                function: f,
+                eax: w(0),
+                ebx: w(4),
+                ecx: w(8),
+                edx: w(12),
+                ..Default::default()
+            });
+        }
+        normalize(&mut e, 0, 1, false);
+        assert_eq!(brand_string(&e), "QEMU TCG CPU version 2.5+");
+        assert_eq!(get(&e, 0x8000_0000, 0).eax, 0x8000_0008);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The boot GDT (null, 64-bit code, data, TSS) and the KVM segment descriptors built from it.
+//! The boot GDTs (null, code, data, TSS: 64-bit code for the 64-bit entry, 32-bit code for
+//! PVH) and the KVM segment descriptors built from them.
 
 use kvm_bindings::kvm_segment;
 
@@ -18,6 +19,14 @@ pub const BOOT_GDT: [u64; 4] = [
     gdt_entry(0xa09b, 0, 0xfffff),
     gdt_entry(0xc093, 0, 0xfffff),
     gdt_entry(0x808b, 0, 0xfffff),
+];
+
+/// The GDT for a PVH entry: selector 0x08 is flat 32-bit code, 0x10 flat data, 0x18 a TSS.
+pub const PVH_GDT: [u64; 4] = [
+    gdt_entry(0, 0, 0),
+    gdt_entry(0xc09b, 0, 0xfffff),
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0x008b, 0, 0x67),
 ];
 
 /// The `kvm_segment` equivalent of GDT entry `entry` at `index`.
@@ -62,6 +71,8 @@ mod tests {
         assert_eq!(cs.limit, 0xffff_ffff);
         let ds = segment_from_entry(BOOT_GDT[2], 2);
         assert_eq!((ds.selector, ds.db, ds.type_), (0x10, 1, 3));
+        let cs32 = segment_from_entry(PVH_GDT[1], 1);
+        assert_eq!((cs32.l, cs32.db, cs32.limit), (0, 1, 0xffff_ffff));
         let null = segment_from_entry(BOOT_GDT[0], 0);
         assert_eq!(null.unusable, 1);
     }

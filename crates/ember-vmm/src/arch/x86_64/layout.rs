@@ -4,6 +4,10 @@
 pub const GDT_ADDR: u64 = 0x500;
 /// Boot IDT (empty: the guest installs its own).
 pub const IDT_ADDR: u64 = 0x520;
+/// PVH start info, module list and memory map (up to the zero page).
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+/// End of the PVH start info area (exclusive).
+pub const PVH_INFO_END: u64 = ZERO_PAGE_ADDR;
 /// Linux zero page (`struct boot_params`); `rsi` points here at entry.
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// Initial stack pointer.
@@ -22,6 +26,12 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const SYSTEM_MEM_START: u64 = 0x9fc00;
 /// End of the reserved area below 1 MiB (start of the BIOS ROM area we leave reserved).
 pub const SYSTEM_MEM_END: u64 = 0x10_0000;
+/// The ACPI RSDP, in the BIOS area Linux scans (0xe0000..0x100000, e820-reserved).
+pub const RSDP_ADDR: u64 = 0x000e_0000;
+/// First byte of the other ACPI tables.
+pub const ACPI_TABLES_START: u64 = 0x000e_1000;
+/// End of the area for ACPI tables (exclusive).
+pub const ACPI_TABLES_END: u64 = SYSTEM_MEM_END;
 /// Where kernels are loaded (1 MiB).
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap (devices, IOAPIC, LAPIC): 3 GiB..4 GiB.

@@ -2,10 +2,12 @@
 //!
 //! Owns the guest-physical layout ([`layout`]), the zero page ([`boot_params`]), the boot GDT
 //! ([`gdt`]) and identity page tables ([`paging`]), initial registers ([`regs`]), MSRs
-//! ([`msr`]), CPUID normalization ([`cpuid`]) and the MP table ([`mptable`]). Everything here
+//! ([`msr`]), CPUID normalization ([`cpuid`]), the MP table ([`mptable`]) and the ACPI tables
+//! ([`acpi`]), and PVH's start info ([`pvh`]). Everything here
 //! computes values or writes guest memory through vm-memory's safe API; KVM ioctls are issued
 //! by `vstate`.
 
+pub mod acpi;
 pub mod boot_params;
 pub mod cpuid;
 pub mod gdt;
@@ -13,6 +15,7 @@ pub mod layout;
 pub mod mptable;
 pub mod msr;
 pub mod paging;
+pub mod pvh;
 pub mod regs;
 
 /// Errors while preparing guest memory or CPU state for boot.

@@ -1,16 +1,18 @@
-//! Initial vCPU registers for the 64-bit boot: general registers (entry point, stack, zero
-//! page in `rsi`), long-mode segments/paging, FPU defaults and the LAPIC's LINT pins.
+//! Initial vCPU registers: for the 64-bit boot, general registers (entry point, stack, zero
+//! page in `rsi`) and long-mode segments/paging; for PVH, `ebx` = start info and flat 32-bit
+//! protected mode without paging; for both, FPU defaults and the LAPIC's LINT pins.
 
 use kvm_bindings::{kvm_fpu, kvm_regs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::ArchError;
-use super::gdt::{BOOT_GDT, segment_from_entry};
+use super::gdt::{BOOT_GDT, PVH_GDT, segment_from_entry};
 use super::layout::{BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PML4_ADDR, ZERO_PAGE_ADDR};
 
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_PG: u64 = 0x8000_0000;
+const X86_CR0_ET: u64 = 0x10;
 const X86_CR4_PAE: u64 = 0x20;
 const EFER_LME: u64 = 0x100;
 const EFER_LMA: u64 = 0x400;
@@ -21,7 +23,12 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> ArchError {
 
 /// Writes the boot GDT and an empty IDT into guest memory.
 pub fn write_gdt_and_idt(mem: &GuestMemoryMmap) -> Result<(), ArchError> {
-    for (i, entry) in BOOT_GDT.iter().enumerate() {
+    write_gdt_and_idt_from(mem, &BOOT_GDT)
+}
+
+/// Writes `gdt` and an empty IDT into guest memory.
+pub fn write_gdt_and_idt_from(mem: &GuestMemoryMmap, gdt: &[u64; 4]) -> Result<(), ArchError> {
+    for (i, entry) in gdt.iter().enumerate() {
         let addr = GDT_ADDR + 8 * i as u64;
         mem.write_obj(*entry, GuestAddress(addr))
             .map_err(|source| ArchError::GuestWrite {
@@ -72,6 +79,40 @@ pub fn setup_sregs(vcpu: &VcpuFd) -> Result<(), ArchError> {
     sregs.cr3 = PML4_ADDR;
     sregs.cr4 |= X86_CR4_PAE;
     sregs.efer |= EFER_LME | EFER_LMA;
+    vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))
+}
+
+/// PVH entry registers: `rip` = the note's entry, `rbx` = the start info.
+pub fn setup_pvh_regs(vcpu: &VcpuFd, entry: u64, start_info: u64) -> Result<(), ArchError> {
+    let regs = kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rbx: start_info,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
+}
+
+/// PVH entry state: 32-bit protected mode, flat segments from [`PVH_GDT`], no paging.
+pub fn setup_pvh_sregs(vcpu: &VcpuFd) -> Result<(), ArchError> {
+    let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.limit = (PVH_GDT.len() * 8 - 1) as u16;
+    sregs.idt.base = IDT_ADDR;
+    sregs.idt.limit = 7;
+    let code = segment_from_entry(PVH_GDT[1], 1);
+    let data = segment_from_entry(PVH_GDT[2], 2);
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment_from_entry(PVH_GDT[3], 3);
+    sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
     vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))
 }
 

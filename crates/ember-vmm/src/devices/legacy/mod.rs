@@ -1,8 +1,10 @@
 //! The legacy PC devices a microVM needs: COM1 ([`serial`]), the i8042 ([`i8042`]) for resets
-//! and Ctrl+Alt+Del, and absorbing ranges for the other COM ports. Port 0x61 (speaker) and
+//! and Ctrl+Alt+Del, the CMOS clock ([`rtc`], stateless: it reads the host's time) and
+//! absorbing ranges for the other COM ports. Port 0x61 (speaker) and
 //! the PIT/PIC ports are handled in the kernel; anything else reads as all-ones.
 
 pub mod i8042;
+pub mod rtc;
 pub mod serial;
 
 use std::sync::{Arc, Mutex};
@@ -10,11 +12,38 @@ use std::sync::{Arc, Mutex};
 use vm_superio::serial::SerialState;
 
 use self::i8042::{I8042, I8042_BASE, I8042_LEN, I8042State};
+use self::rtc::{RTC_BASE, RTC_LEN, Rtc};
 use self::serial::{Absent, COM1_BASE, SerialDevice, SerialSink};
+use crate::arch::x86_64::acpi::PortDevice;
 use crate::devices::IrqLine;
 use crate::devices::bus::{Bus, BusOverlap};
 use crate::exit::ExitSignal;
 use crate::snapshot::codec::{DecodeError, Reader, Writer};
+
+/// The legacy devices as the ACPI DSDT describes them (`PNP0501` COM1, `PNP0B00` RTC), so
+/// a kernel on a hardware-reduced ACPI platform maps COM1's interrupt. The RTC is described
+/// without one (it raises none; Linux's `rtc_cmos` then runs without alarms, and ISA IRQ 8
+/// stays free for a virtio device). The i8042 is not
+/// described: the FADT says there is none, Linux skips probing it, and `reboot=k` still
+/// resets through it.
+pub fn acpi_devices() -> [PortDevice; 2] {
+    [
+        PortDevice {
+            name: "COM1",
+            pnp_id: "PNP0501",
+            port: COM1_BASE as u16,
+            len: 8,
+            gsi: Some(serial::COM1_GSI),
+        },
+        PortDevice {
+            name: "RTC_",
+            pnp_id: "PNP0B00",
+            port: RTC_BASE as u16,
+            len: RTC_LEN as u8,
+            gsi: None,
+        },
+    ]
+}
 
 /// Saved state of the legacy devices.
 #[derive(Debug, Clone)]
@@ -73,6 +102,7 @@ impl LegacyDevices {
         let i8042 = Arc::new(Mutex::new(i8042));
         pio.insert(COM1_BASE, 8, serial.clone())?;
         pio.insert(I8042_BASE, I8042_LEN, i8042.clone())?;
+        pio.insert(RTC_BASE, RTC_LEN, Arc::new(Mutex::new(Rtc::new())))?;
         for base in [0x2f8, 0x3e8, 0x2e8] {
             pio.insert(base, 8, Arc::new(Mutex::new(Absent)))?;
         }

@@ -67,9 +67,14 @@ pub fn unwatch_limiter(events: &EventRegistry, limiter: &RateLimiter) {
 /// The wake-up plumbing of a device with one request queue and a rate limiter (block, rng):
 /// activation checks the queue and watches the limiter's timer and a self-kick, events are
 /// sorted into what the device must do, and reset stops watching both.
-#[derive(Debug, Default)]
+///
+/// The kick is created with the device ([`SingleQueueWakeups::new`], on the VMM thread):
+/// activation runs on the vCPU thread that wrote DRIVER_OK, which may not create descriptors
+/// under seccomp (a Linux guest's drivers activating a drive died of SIGSYS on `eventfd2`).
+#[derive(Debug)]
 pub struct SingleQueueWakeups {
-    kick: Option<Kick>,
+    kick: Kick,
+    watched: bool,
 }
 
 /// What a device event asks of a single-queue device.
@@ -87,6 +92,14 @@ const TOKEN_LIMITER: u32 = 0;
 const TOKEN_KICK: u32 = 1;
 
 impl SingleQueueWakeups {
+    /// Creates the kick (not watched until activation).
+    pub fn new() -> io::Result<SingleQueueWakeups> {
+        Ok(SingleQueueWakeups {
+            kick: Kick::new()?,
+            watched: false,
+        })
+    }
+
     /// Checks that queue 0 is ready and starts watching the kick and `limiter`'s timer.
     pub fn activate(
         &mut self,
@@ -100,12 +113,15 @@ impl SingleQueueWakeups {
             });
         }
         let io = |what: &'static str| move |source| ActivateError::Io { what, source };
-        let kick = Kick::new().map_err(io("creating the device kick eventfd"))?;
-        kick.register(ctx.events, TOKEN_KICK)
-            .map_err(io("watching the device kick"))?;
+        self.kick.clear();
+        if !self.watched {
+            self.kick
+                .register(ctx.events, TOKEN_KICK)
+                .map_err(io("watching the device kick"))?;
+            self.watched = true;
+        }
         watch_limiter(ctx.events, limiter, TOKEN_LIMITER)
             .map_err(io("watching the rate limiter timer"))?;
-        self.kick = Some(kick);
         Ok(())
     }
 
@@ -120,9 +136,7 @@ impl SingleQueueWakeups {
             DeviceEvent::Fd {
                 token: TOKEN_KICK, ..
             } => {
-                if let Some(k) = &self.kick {
-                    k.clear();
-                }
+                self.kick.clear();
                 Wake::Serve
             }
             DeviceEvent::Queue(_) | DeviceEvent::Fd { .. } => Wake::Nothing,
@@ -131,16 +145,17 @@ impl SingleQueueWakeups {
 
     /// Asks for another turn (work was left at the per-event budget).
     pub fn rearm(&self) {
-        if let Some(k) = &self.kick {
-            k.arm();
+        if self.watched {
+            self.kick.arm();
         }
     }
 
     /// Stops watching the kick and `limiter`'s timer.
     pub fn reset(&mut self, events: &EventRegistry, limiter: &RateLimiter) {
         unwatch_limiter(events, limiter);
-        if let Some(k) = self.kick.take() {
-            k.unregister(events);
+        if self.watched {
+            self.kick.unregister(events);
+            self.watched = false;
         }
     }
 }

@@ -84,6 +84,14 @@ pub enum BlockError {
         /// Why.
         source: RateLimiterError,
     },
+    /// Creating the device's wake-up eventfd.
+    #[error("drive {id}: creating its kick eventfd: {source}")]
+    Kick {
+        /// Drive id.
+        id: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Counters of one drive (tests and debugging).
@@ -246,13 +254,18 @@ impl Block {
             id: params.id.clone(),
             source,
         })?;
+        let wakeups =
+            super::wakeup::SingleQueueWakeups::new().map_err(|source| BlockError::Kick {
+                id: params.id.clone(),
+                source,
+            })?;
         Ok(Block {
             params,
             file,
             nsectors,
             limiter,
             stats: BlockStats::default(),
-            wakeups: super::wakeup::SingleQueueWakeups::default(),
+            wakeups,
             budget: BUDGET,
             chain: Chain::default(),
         })

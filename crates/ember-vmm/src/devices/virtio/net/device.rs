@@ -13,7 +13,7 @@ use crate::devices::virtio::TYPE_NET;
 use crate::devices::virtio::device::{
     ActivateError, DeviceContext, DeviceEvent, EventRegistry, Interest, VirtioDevice,
 };
-use crate::devices::virtio::wakeup::{Kick, unwatch_limiter, watch_limiter};
+use crate::devices::virtio::wakeup::{unwatch_limiter, watch_limiter};
 use crate::snapshot::codec::Writer;
 
 const TOKEN_TAP: u32 = 0;
@@ -69,8 +69,8 @@ impl Net {
     }
 
     fn arm_kick(&self) {
-        if let Some(k) = &self.kick {
-            k.arm();
+        if self.kick_watched {
+            self.kick.arm();
         }
     }
 
@@ -126,10 +126,15 @@ impl VirtioDevice for Net {
             }
         }
         let io = |what: &'static str| move |source| ActivateError::Io { what, source };
-        let kick = Kick::new().map_err(io("net kick eventfd"))?;
-        kick.register(ctx.events, TOKEN_KICK)
-            .map_err(io("watching the net kick"))?;
-        self.kick = Some(kick);
+        // The kick exists since `Net::new`: this runs on a vCPU thread, which may not create
+        // descriptors.
+        self.kick.clear();
+        if !self.kick_watched {
+            self.kick
+                .register(ctx.events, TOKEN_KICK)
+                .map_err(io("watching the net kick"))?;
+            self.kick_watched = true;
+        }
         watch_limiter(ctx.events, &self.rx_limiter, TOKEN_RX_LIMITER)
             .map_err(io("watching the RX rate limiter"))?;
         watch_limiter(ctx.events, &self.tx_limiter, TOKEN_TX_LIMITER)
@@ -185,9 +190,7 @@ impl VirtioDevice for Net {
             DeviceEvent::Fd {
                 token: TOKEN_KICK, ..
             } => {
-                if let Some(k) = &self.kick {
-                    k.clear();
-                }
+                self.kick.clear();
                 self.tx(ctx);
                 self.rx(ctx);
             }
@@ -202,8 +205,9 @@ impl VirtioDevice for Net {
         self.tap_watch = TapWatch::Off;
         unwatch_limiter(events, &self.rx_limiter);
         unwatch_limiter(events, &self.tx_limiter);
-        if let Some(k) = self.kick.take() {
-            k.unregister(events);
+        if self.kick_watched {
+            self.kick.unregister(events);
+            self.kick_watched = false;
         }
         self.rx_len = 0;
     }

@@ -78,6 +78,14 @@ pub enum NetError {
         /// The value.
         mac: String,
     },
+    /// Creating the device's wake-up eventfd.
+    #[error("network interface {id}: creating its kick eventfd: {source}")]
+    Kick {
+        /// Interface id.
+        id: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A rate limiter configuration.
     #[error("network interface {id}: {which}: {source}")]
     RateLimiter {
@@ -185,8 +193,12 @@ pub struct Net {
     rx_len: usize,
     tx_buf: Vec<u8>,
     stats: NetStats,
-    /// Present while active (see `device.rs`).
-    kick: Option<super::wakeup::Kick>,
+    /// The device's own wake-up, created with the device on the VMM thread: the vCPU
+    /// thread that activates the device (the driver's DRIVER_OK write) may not create
+    /// descriptors under seccomp. Watched while active ([`Net::kick_watched`]).
+    kick: super::wakeup::Kick,
+    /// Whether `kick` is registered with the device thread (see `device.rs`).
+    kick_watched: bool,
     tap_watch: device::TapWatch,
     /// Chains (frames) handled per call before yielding ([`BUDGET`]).
     budget: u32,
@@ -213,6 +225,10 @@ impl Net {
             source,
         })?;
         tracing::debug!(iface = %params.id, tap = %params.host_dev_name, "TAP opened");
+        let kick = super::wakeup::Kick::new().map_err(|source| NetError::Kick {
+            id: params.id.clone(),
+            source,
+        })?;
         Ok(Net {
             params,
             tap,
@@ -222,7 +238,8 @@ impl Net {
             rx_len: 0,
             tx_buf: Vec::with_capacity(MAX_FRAME),
             stats: NetStats::default(),
-            kick: None,
+            kick,
+            kick_watched: false,
             tap_watch: device::TapWatch::Off,
             budget: BUDGET,
             chain: Chain::default(),

@@ -54,13 +54,36 @@ pub struct Rng {
     buf: Vec<u8>,
 }
 
+/// Errors creating the entropy device.
+#[derive(Debug, thiserror::Error)]
+pub enum RngError {
+    /// The rate limiter configuration.
+    #[error("rate_limiter: {0}")]
+    RateLimiter(#[from] RateLimiterError),
+    /// Creating the device's wake-up eventfd.
+    #[error("creating its kick eventfd: {0}")]
+    Kick(std::io::Error),
+}
+
+/// Makes the host's entropy source ready on the calling (VMM) thread. `getrandom` falls back
+/// to opening `/dev/urandom` where it cannot find libc's `getrandom` (a static glibc build
+/// has no `dlsym`), and the device thread that serves the guest may not open files under
+/// seccomp: the first read here opens and keeps that descriptor; with the syscall it costs
+/// one call.
+fn prime_entropy_source() {
+    if let Err(e) = getrandom::fill(&mut [0u8; 1]) {
+        tracing::warn!(error = %e, "virtio-rng: the host entropy source failed");
+    }
+}
+
 impl Rng {
     /// A device with the given limits (`None`: unlimited) on `clock`.
-    pub fn new(limits: Option<&RateLimiterConfig>, clock: Clock) -> Result<Rng, RateLimiterError> {
+    pub fn new(limits: Option<&RateLimiterConfig>, clock: Clock) -> Result<Rng, RngError> {
+        prime_entropy_source();
         Ok(Rng {
             limiter: RateLimiter::with_clock(limits, clock)?,
             stats: RngStats::default(),
-            wakeups: super::wakeup::SingleQueueWakeups::default(),
+            wakeups: super::wakeup::SingleQueueWakeups::new().map_err(RngError::Kick)?,
             budget: BUDGET,
             chain: Chain::default(),
             buf: Vec::new(),
@@ -170,10 +193,16 @@ impl Rng {
 
     /// Rebuilds the device from [`Rng::encode_state`]'s bytes.
     pub fn restore(r: &mut Reader<'_>, clock: Clock) -> Result<Rng, DecodeError> {
+        prime_entropy_source();
         Ok(Rng {
             limiter: RateLimiter::decode(r, clock)?,
             stats: RngStats::default(),
-            wakeups: super::wakeup::SingleQueueWakeups::default(),
+            wakeups: super::wakeup::SingleQueueWakeups::new().map_err(|e| {
+                DecodeError::Invalid {
+                    what: "rng kick eventfd",
+                    detail: e.to_string(),
+                }
+            })?,
             budget: BUDGET,
             chain: Chain::default(),
             buf: Vec::new(),
