@@ -98,12 +98,16 @@ modules_for() {
 }
 
 # --- 3. ember-vmm, static ---------------------------------------------------------------
-log "building ember-vmm (release, static)"
+log "building ember-vmm, ember-agent and ember-agent-call (release, static)"
 T_BUILD0=$EPOCHREALTIME
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release -p ember-vmm --bin ember-vmm --target x86_64-unknown-linux-gnu >&2)
+    cargo build --release -p ember-vmm -p ember-agent --bin ember-vmm --bin ember-agent \
+    --bin ember-agent-call --target x86_64-unknown-linux-gnu >&2)
 VMM="$TARGET_DIR/x86_64-unknown-linux-gnu/release/ember-vmm"
+AGENT="$TARGET_DIR/x86_64-unknown-linux-gnu/release/ember-agent"
+AGENT_CALL="$TARGET_DIR/x86_64-unknown-linux-gnu/release/ember-agent-call"
+file "$AGENT" | grep -q "static" || fail_json "ember-agent is not statically linked"
 # The API helper uses std only: rustc alone builds it (cargo would build the crate's
 # dev-dependencies for an example, the probe guest among them).
 API_CALL="$RIG/api_call"
@@ -122,6 +126,11 @@ mk_busybox_root() {
 }
 L2ROOT="$RIG/l2root"
 mk_busybox_root "$L2ROOT"
+# ember-agent serves the agent protocol on vsock port 52; root's account for its HOME.
+strip -o "$L2ROOT/bin/ember-agent" "$AGENT" 2>/dev/null || cp "$AGENT" "$L2ROOT/bin/ember-agent"
+mkdir -p "$L2ROOT/etc" "$L2ROOT/root"
+echo "root:x:0:0:root:/root:/bin/sh" >"$L2ROOT/etc/passwd"
+echo "root:x:0:" >"$L2ROOT/etc/group"
 modules_for virtio_mmio virtio_blk virtio_net vmw_vsock_virtio_transport virtio-rng
 L2_MODULES=""
 for f in "${ORDERED[@]}"; do
@@ -137,6 +146,8 @@ mount -t devtmpfs dev /dev 2>/dev/null
 echo "EMBER-L2-USERSPACE uptime=\$(cut -d' ' -f1 /proc/uptime)"
 for m in $L2_MODULES; do insmod /lib/modules/\$m || echo "EMBER-L2-INSMOD-FAILED \$m"; done
 echo "EMBER-L2-MODULES uptime=\$(cut -d' ' -f1 /proc/uptime)"
+/bin/ember-agent --listen vsock:52 >/dev/null 2>/tmp/agent.log &
+echo "EMBER-L2-AGENT started"
 grep -m1 'model name' /proc/cpuinfo | sed 's/^/EMBER-L2-CPU /'
 echo "EMBER-L2-NCPUS \$(grep -c ^processor /proc/cpuinfo)"
 echo "EMBER-L2-KERNEL \$(uname -r)"
@@ -168,6 +179,12 @@ if [ "$L2_GAPS" = 1 ]; then
     dmesg | awk '{ t = substr(\$0, 2, 12) + 0; if (t - p > 0.3) { print "EMBER-L2-GAP " prev; print "EMBER-L2-GAP " \$0 } p = t; prev = \$0 }'
 fi
 echo "EMBER-L2-DONE uptime=\$(cut -d' ' -f1 /proc/uptime)"
+if grep -q ember.rig_agent=1 /proc/cmdline; then
+    # L1 drives the agent and ends with a reboot through it; this is the fallback.
+    sleep 120
+    echo "EMBER-L2-AGENT-NEVER-REBOOTED"
+    sed 's/^/EMBER-L2-AGENT-LOG /' /tmp/agent.log
+fi
 if grep -q ember.rig_snapshot=1 /proc/cmdline; then
     i=0
     while true; do
@@ -194,6 +211,7 @@ mkdir -p "$L1ROOT/rig"
 # Stripped: a smaller L1 initramfs loads and unpacks faster under TCG.
 strip -o "$L1ROOT/rig/ember-vmm" "$VMM" 2>/dev/null || cp "$VMM" "$L1ROOT/rig/ember-vmm"
 strip -o "$L1ROOT/rig/api_call" "$API_CALL" 2>/dev/null || cp "$API_CALL" "$L1ROOT/rig/api_call"
+strip -o "$L1ROOT/rig/agent_call" "$AGENT_CALL" 2>/dev/null || cp "$AGENT_CALL" "$L1ROOT/rig/agent_call"
 cp "$RIG/l2-initramfs.cpio" "$L1ROOT/rig/initramfs"
 case "$KERNEL_FORMAT" in
     bzimage) cp "$VMLINUZ" "$L1ROOT/rig/kernel" ;;
@@ -223,7 +241,7 @@ cat >"$L1ROOT/rig/vm.json" <<EOF
   "boot-source": {
     "kernel_image_path": "/rig/kernel",
     "initrd_path": "/rig/initramfs",
-    "boot_args": "console=ttyS0 reboot=k panic=-1 pci=off quiet loglevel=4 ember.rig_snapshot=$SNAPSHOT"
+    "boot_args": "console=ttyS0 reboot=k panic=-1 pci=off quiet loglevel=4 ember.rig_snapshot=$SNAPSHOT ember.rig_agent=$((1 - SNAPSHOT))"
   },
   "machine-config": { "vcpu_count": $L2_VCPUS, "mem_size_mib": $L2_MEM },
   "drives": [
@@ -251,21 +269,39 @@ tunctl -t tap0 >/dev/null && ifconfig tap0 172.16.0.1 netmask 255.255.255.0 up |
 echo "RIG-L1-HOST-CPU \$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
 echo "RIG-L1-DATE \$(date -u +%s)"
 echo "RIG-L1-EMBER-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
+# wait_for FILE PATTERN COUNT SECONDS
+wait_for() {
+    n=0
+    while :; do
+        c=\$(grep -c "\$2" "\$1" 2>/dev/null)
+        [ "\${c:-0}" -ge "\$3" ] && return 0
+        n=\$((n + 1)); [ \$n -gt \$((\$4 * 5)) ] && return 1; sleep 0.2
+    done
+}
+# agent NAME ARGV...: one command through ember-agent in L2; its output and exit code.
+agent() {
+    name=\$1; shift
+    out=\$(/rig/agent_call --uds /run/vsock.sock --port 52 -- "\$@" 2>/run/agent_call.err)
+    rc=\$?
+    echo "RIG-L1-AGENT-\$name rc=\$rc out=\$(echo "\$out" | head -1)"
+    [ -s /run/agent_call.err ] && sed "s/^/RIG-L1-AGENT-\$name-ERR /" /run/agent_call.err
+}
 if [ "$SNAPSHOT" != 1 ]; then
-    NO_COLOR=1 /rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log
-    echo "RIG-L1-EMBER-EXIT rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    (NO_COLOR=1 /rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log; echo "RIG-L1-EMBER-EXIT rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)") | tee /run/l2a.log &
+    if wait_for /run/l2a.log EMBER-L2-DONE 1 240; then
+        echo "RIG-L1-AGENT-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
+        agent UNAME uname -a
+        echo "RIG-L1-AGENT-FIRST-REPLY uptime=\$(cut -d' ' -f1 /proc/uptime)"
+        agent HOME sh -c 'echo \$HOME'
+        agent EXIT sh -c 'echo failing; exit 7'
+        agent SIGNAL sh -c 'kill -9 \$\$'
+        agent MISSING /no/such/program
+        agent REBOOT reboot -f
+    fi
+    wait_for /run/l2a.log RIG-L1-EMBER-EXIT 1 60 || { kill -TERM \$(pidof ember-vmm); wait_for /run/l2a.log RIG-L1-EMBER-EXIT 1 30; }
     sed 's/^/RIG-L1-VMM /' /run/vmm.log
     dmesg | grep 'type=1326' | sed 's/^/RIG-L1-SECCOMP /'
 else
-    # wait_for FILE PATTERN COUNT SECONDS
-    wait_for() {
-        n=0
-        while :; do
-            c=\$(grep -c "\$2" "\$1" 2>/dev/null)
-            [ "\${c:-0}" -ge "\$3" ] && return 0
-            n=\$((n + 1)); [ \$n -gt \$((\$4 * 5)) ] && return 1; sleep 0.2
-        done
-    }
     (NO_COLOR=1 /rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log; echo "RIG-L1-EMBER-EXIT rc=\$?") | tee /run/l2a.log &
     wait_for /run/l2a.log EMBER-L2-TICK 2 240 || echo "RIG-L1-NO-TICKS"
     echo "RIG-L1-PAUSE uptime=\$(cut -d' ' -f1 /proc/uptime)"
@@ -346,6 +382,14 @@ grep -q " EMBER-L2-RTC rtc_cmos" "$LOG" || failed+=(rtc)
 grep -q " EMBER-L2-INSMOD-FAILED" "$LOG" && failed+=(insmod)
 grep -q " RIG-L1-EMBER-EXIT rc=0" "$LOG" || failed+=(vmm_exit_0)
 grep -q " RIG-L1-SECCOMP" "$LOG" && failed+=(seccomp_kill)
+if [ "$SNAPSHOT" != 1 ]; then
+    # ember-agent in L2, reached from L1 through ember-vmm's hybrid vsock socket.
+    grep -q " RIG-L1-AGENT-UNAME rc=0 out=Linux " "$LOG" || failed+=(agent_uname)
+    grep -q " RIG-L1-AGENT-HOME rc=0 out=/root\$" "$LOG" || failed+=(agent_home)
+    grep -q " RIG-L1-AGENT-EXIT rc=7 out=failing\$" "$LOG" || failed+=(agent_exit_code)
+    grep -q " RIG-L1-AGENT-SIGNAL rc=137 " "$LOG" || failed+=(agent_signal)
+    grep -q " RIG-L1-AGENT-MISSING-ERR .*command not found" "$LOG" || failed+=(agent_not_found)
+fi
 restore_json=null
 if [ "$SNAPSHOT" = 1 ]; then
     # Ticks after the restore, and how far the guest's wall clock was from the host's on
@@ -374,7 +418,7 @@ if [ "$SNAPSHOT" = 1 ]; then
 fi
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
 [ ${#failed[@]} -gt 0 ] || failed_json=""
-printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_clock_minus_host_s": %s, "l1_clock_minus_host_s": %s, "l2_ext4_rw": "%s", "l2_ext4_ro": "%s", "l2_net": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "snapshot_restore": %s, "log": "%s"}\n' \
+printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_clock_minus_host_s": %s, "l1_clock_minus_host_s": %s, "l2_ext4_rw": "%s", "l2_ext4_ro": "%s", "l2_net": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "snapshot_restore": %s, "agent": {"uname": "%s", "l2_done_to_first_reply_s": %s}, "log": "%s"}\n' \
     "$([ ${#failed[@]} -eq 0 ] && echo true || echo false)" "$failed_json" \
     "$booted" "$QEMU_RC" "$(elapsed "$T_START" "$T_END")" "$(elapsed "$T_START" "$T_KERNEL")" \
     "$(elapsed "$T_BUILD0" "$T_BUILD")" "$(elapsed "$T_BUILD" "$T_PREP")" \
@@ -388,5 +432,6 @@ printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds":
     "$(field EMBER-L2-RTC)" "$date_skew" "$l1_skew" "$(field EMBER-L2-EXT4-RW)" "$(field EMBER-L2-EXT4-RO)" "$(field EMBER-L2-NET)" \
     "$(grep -c " EMBER-L2-INSMOD-FAILED" "$LOG" || true)" "$(field RIG-L1-HOST-CPU)" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" \
-    "$KERNEL_FORMAT" "$restore_json" "$LOG"
+    "$KERNEL_FORMAT" "$restore_json" \
+    "$(field RIG-L1-AGENT-UNAME | sed 's/^rc=[0-9]* out=//')" "$(since EMBER-L2-DONE RIG-L1-AGENT-FIRST-REPLY)" "$LOG"
 [ ${#failed[@]} -eq 0 ]
