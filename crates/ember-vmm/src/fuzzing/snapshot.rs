@@ -141,3 +141,23 @@ pub fn seeds() -> Vec<Vec<u8>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed with a matching configuration passes the restore checks, so the fuzzer starts
+    /// from a state that reaches every check.
+    #[test]
+    fn the_valid_seed_passes_the_restore_checks() {
+        let seeds = seeds();
+        let state = MicrovmState::from_bytes(&seeds[2][1..]).unwrap();
+        let config = serde_json::from_slice::<VmConfig>(&state.config_json)
+            .unwrap()
+            .with_defaults();
+        validate::check_restore(&state, &config).unwrap();
+        for s in &seeds {
+            snapshot_state(s);
+        }
+    }
+}
