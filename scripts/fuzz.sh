@@ -42,9 +42,14 @@ fi
 
 mkdir -p "$work/logs" "$work/artifacts"
 run_one() {
-  local t=$1
+  local t=$1 status=0
   "$bin" run "$t" --seconds "$seconds" --corpus "$work/corpus/$t" --artifacts "$work/artifacts" \
-    >"$work/logs/$t.out" 2>"$work/logs/$t.err"
+    >"$work/logs/$t.out" 2>"$work/logs/$t.err" &
+  local pid=$!
+  wait "$pid" || status=$?
+  # A run that ended on a finding by signal, hang or allocation leaves its scratch directory.
+  rm -rf "${TMPDIR:-/tmp}/ember-fuzz/$pid"
+  return "$status"
 }
 
 pids=()

@@ -9,7 +9,8 @@
 //! device says so, a device does not keep its thread busy once the guest stops.
 //!
 //! Host resources: the targets create what they need under a per-process directory in the
-//! system temporary directory ([`scratch_dir`]); `virtio_net` needs root (it moves the process
+//! system temporary directory ([`scratch_dir`], removed at the end of a run, or by the next
+//! run if this one died); `virtio_net` needs root (it moves the process
 //! into a new network namespace with a TAP of its own) and does nothing without it.
 
 // A fuzz target reports a bug by panicking: `expect` states the invariant that broke.
@@ -22,11 +23,26 @@ pub mod virtio;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// A directory private to this process for the targets' files and sockets (created once).
+/// A directory private to this process for the targets' files and sockets (created once):
+/// `<temp>/ember-fuzz/<pid>`. Directories of processes that are gone (a run that ended on a
+/// fatal signal, a test process) are removed on the way.
 pub fn scratch_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ember-fuzz-{}", std::process::id()));
+        let base = std::env::temp_dir().join("ember-fuzz");
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let gone = name
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+                if gone {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::create_dir_all(&dir);
         dir
