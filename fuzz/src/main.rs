@@ -16,7 +16,7 @@
 //! `scripts/fuzz.sh` builds this binary with `-sanitizer-coverage-inline-8bit-counters` (an
 //! inline byte counter per edge) and `-sanitizer-coverage-trace-compares` (comparison operands
 //! for input-to-state mutations), and [`engine::sancov`] implements the callbacks. Nothing to
-//! install, one instrumented build for every target (about 4.5 CPU-minutes), in-process
+//! install, one instrumented build for every target (about 3.5 CPU-minutes), in-process
 //! executions (no fork, no shared-memory handshake: `agent_decode` ran about 5 times as many
 //! executions per second as the same target under `cargo afl` here), and the findings and
 //! numbers CI prints are ours to format.
