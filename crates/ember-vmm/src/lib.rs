@@ -35,6 +35,9 @@ pub mod config;
 pub mod controller;
 pub mod devices;
 pub mod exit;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loader;
 pub mod microvm;
 pub mod rate_limiter;

@@ -191,7 +191,9 @@ impl MicrovmState {
     }
 }
 
-#[cfg(test)]
+// The sample state is also the fuzz targets' seed (`crate::fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use super::*;
     use crate::devices::legacy::i8042;

@@ -46,21 +46,12 @@ impl EventLoop {
     /// Registers the slots' eventfds on `epoll` and starts the thread.
     pub(crate) fn start(epoll: Arc<Epoll>, slots: Vec<LoopSlot>) -> io::Result<EventLoop> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
-        let add = |fd: &EventFd, k: u64| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, k),
-            )
-        };
-        add(&stop, key::pack(0, key::KIND_STOP, 0))?;
-        for (i, slot) in slots.iter().enumerate() {
-            let s = i as u16;
-            add(&slot.kick, key::pack(s, key::KIND_KICK, 0))?;
-            for (q, evt) in slot.queue_evts.iter().enumerate() {
-                add(evt, key::pack(s, key::KIND_QUEUE, q as u32))?;
-            }
-        }
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, key::pack(0, key::KIND_STOP, 0)),
+        )?;
+        register(&epoll, &slots)?;
         let thread = std::thread::Builder::new()
             .name("virtio".into())
             .stack_size(256 << 10)
@@ -70,6 +61,25 @@ impl EventLoop {
             thread: Some(thread),
         })
     }
+}
+
+/// Registers each slot's activation kick and queue notification eventfds on `epoll`.
+pub(crate) fn register(epoll: &Epoll, slots: &[LoopSlot]) -> io::Result<()> {
+    let add = |fd: &EventFd, k: u64| {
+        epoll.ctl(
+            ControlOperation::Add,
+            fd.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, k),
+        )
+    };
+    for (i, slot) in slots.iter().enumerate() {
+        let s = i as u16;
+        add(&slot.kick, key::pack(s, key::KIND_KICK, 0))?;
+        for (q, evt) in slot.queue_evts.iter().enumerate() {
+            add(evt, key::pack(s, key::KIND_QUEUE, q as u32))?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for EventLoop {
@@ -90,39 +100,61 @@ fn run(epoll: &Epoll, slots: &[LoopSlot]) {
     }
     let mut events = [EpollEvent::default(); 32];
     loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
+        match dispatch(epoll, slots, -1, &mut events) {
+            Ok(Dispatched::Stop) => return,
+            Ok(Dispatched::Events(_)) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::error!(error = %e, "virtio device thread: epoll failed");
                 return;
             }
-        };
-        for ev in &events[..n] {
-            let (slot, kind, token) = key::unpack(ev.data());
-            if kind == key::KIND_STOP {
-                return;
-            }
-            let Some(s) = slots.get(usize::from(slot)) else {
-                continue;
-            };
-            let event = match kind {
-                key::KIND_QUEUE => {
-                    if let Some(evt) = s.queue_evts.get(token as usize) {
-                        let _ = evt.read();
-                    }
-                    DeviceEvent::Queue(token as u16)
-                }
-                key::KIND_KICK => {
-                    let _ = s.kick.read();
-                    DeviceEvent::Activated
-                }
-                _ => DeviceEvent::Fd {
-                    token,
-                    readiness: Readiness::from_flags(ev.event_set()),
-                },
-            };
-            lock_core(&s.core).handle_event(event);
         }
     }
+}
+
+/// What one [`dispatch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dispatched {
+    /// The stop eventfd fired.
+    Stop,
+    /// This many ready descriptors were handled (0: the wait timed out).
+    Events(usize),
+}
+
+/// Waits up to `timeout_ms` (-1: forever) for ready descriptors and delivers each one's event
+/// to its device: one turn of the device thread (the fuzz targets turn it themselves).
+pub(crate) fn dispatch(
+    epoll: &Epoll,
+    slots: &[LoopSlot],
+    timeout_ms: i32,
+    events: &mut [EpollEvent],
+) -> io::Result<Dispatched> {
+    let n = epoll.wait(timeout_ms, events)?;
+    for ev in &events[..n] {
+        let (slot, kind, token) = key::unpack(ev.data());
+        if kind == key::KIND_STOP {
+            return Ok(Dispatched::Stop);
+        }
+        let Some(s) = slots.get(usize::from(slot)) else {
+            continue;
+        };
+        let event = match kind {
+            key::KIND_QUEUE => {
+                if let Some(evt) = s.queue_evts.get(token as usize) {
+                    let _ = evt.read();
+                }
+                DeviceEvent::Queue(token as u16)
+            }
+            key::KIND_KICK => {
+                let _ = s.kick.read();
+                DeviceEvent::Activated
+            }
+            _ => DeviceEvent::Fd {
+                token,
+                readiness: Readiness::from_flags(ev.event_set()),
+            },
+        };
+        lock_core(&s.core).handle_event(event);
+    }
+    Ok(Dispatched::Events(n))
 }
