@@ -278,10 +278,10 @@ wait_for() {
         n=\$((n + 1)); [ \$n -gt \$((\$4 * 5)) ] && return 1; sleep 0.2
     done
 }
-# agent NAME ARGV...: one command through ember-agent in L2; its output and exit code.
+# agent NAME [OPTIONS] -- ARGV...: one command through ember-agent in L2; its output and exit code.
 agent() {
     name=\$1; shift
-    out=\$(/rig/agent_call --uds /run/vsock.sock --port 52 -- "\$@" 2>/run/agent_call.err)
+    out=\$(/rig/agent_call --uds /run/vsock.sock --port 52 "\$@" 2>/run/agent_call.err)
     rc=\$?
     echo "RIG-L1-AGENT-\$name rc=\$rc out=\$(echo "\$out" | head -1)"
     [ -s /run/agent_call.err ] && sed "s/^/RIG-L1-AGENT-\$name-ERR /" /run/agent_call.err
@@ -290,13 +290,13 @@ if [ "$SNAPSHOT" != 1 ]; then
     (NO_COLOR=1 /rig/ember-vmm --api-sock /run/api.sock --config-file /rig/vm.json --log-level info 2>/run/vmm.log; echo "RIG-L1-EMBER-EXIT rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)") | tee /run/l2a.log &
     if wait_for /run/l2a.log EMBER-L2-DONE 1 240; then
         echo "RIG-L1-AGENT-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
-        agent UNAME uname -a
+        agent UNAME -- uname -a
         echo "RIG-L1-AGENT-FIRST-REPLY uptime=\$(cut -d' ' -f1 /proc/uptime)"
-        agent HOME sh -c 'echo \$HOME'
-        agent EXIT sh -c 'echo failing; exit 7'
-        agent SIGNAL sh -c 'kill -9 \$\$'
-        agent MISSING /no/such/program
-        agent REBOOT reboot -f
+        agent HOME -- sh -c 'echo \$HOME'
+        agent EXIT -- sh -c 'echo failing; exit 7'
+        agent SIGNAL -- sh -c 'kill -9 \$\$'
+        agent MISSING -- /no/such/program
+        agent REBOOT -- reboot -f
     fi
     wait_for /run/l2a.log RIG-L1-EMBER-EXIT 1 60 || { kill -TERM \$(pidof ember-vmm); wait_for /run/l2a.log RIG-L1-EMBER-EXIT 1 30; }
     sed 's/^/RIG-L1-VMM /' /run/vmm.log
@@ -317,8 +317,20 @@ else
     /rig/api_call /run/api2.sock PUT /snapshot/load '{"snapshot_path": "/run/l2.snap", "mem_backend": {"backend_type": "File", "backend_path": "/run/l2.mem"}, "resume_vm": true}'
     echo "RIG-L1-RESTORED uptime=\$(cut -d' ' -f1 /proc/uptime)"
     wait_for /run/l2b.log EMBER-L2-TICK 3 120 || echo "RIG-L1-NO-TICKS-AFTER-RESTORE"
+    # A clone at handover: Reseed (host entropy, host wall clock), then what it draws and its clock.
+    agent R1 --reseed 1 -- sh -c 'echo \$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n") \$(date +%s)'
+    echo "RIG-L1-CLOCK-R1 \$(date +%s)"
     kill -TERM \$(pidof ember-vmm)
     wait_for /run/l2b.log RIG-L1-EMBER2-EXIT 1 30
+    # A second clone of the same snapshot.
+    (NO_COLOR=1 /rig/ember-vmm --api-sock /run/api3.sock --log-level info 2>/run/vmm3.log; echo "RIG-L1-EMBER3-EXIT rc=\$?") | tee /run/l2c.log &
+    n=0; while [ ! -S /run/api3.sock ] && [ \$n -lt 100 ]; do n=\$((n + 1)); sleep 0.1; done
+    /rig/api_call /run/api3.sock PUT /snapshot/load '{"snapshot_path": "/run/l2.snap", "mem_backend": {"backend_type": "File", "backend_path": "/run/l2.mem"}, "resume_vm": true}'
+    echo "RIG-L1-RESTORED-2 uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    agent R2 --reseed 2 -- sh -c 'echo \$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n") \$(date +%s)'
+    echo "RIG-L1-CLOCK-R2 \$(date +%s)"
+    kill -TERM \$(pidof ember-vmm)
+    wait_for /run/l2c.log RIG-L1-EMBER3-EXIT 1 30
     sed 's/^/RIG-L1-VMM /' /run/vmm.log /run/vmm2.log
     dmesg | grep 'type=1326' | sed 's/^/RIG-L1-SECCOMP /'
 fi
@@ -410,6 +422,20 @@ if [ "$SNAPSHOT" = 1 ]; then
         / RIG-L1-RESTORED/ { r = 1; tr = $1; next }
         r && / EMBER-L2-TICK / { split($4, u, "="); g = u[2] - b; printf "%.2f %.2f\n", g, g - ((tp - tb) + ($1 - tr)); exit }' "$LOG") || true
     [ -n "$after" ] || failed+=(ticks_after_restore)
+    # Two clones of one snapshot, each reseeded at handover: both answer, draw different
+    # random bytes, and read a wall clock within 1 s of L1's.
+    r1=$(field RIG-L1-AGENT-R1)
+    r2=$(field RIG-L1-AGENT-R2)
+    case "$r1" in "rc=0 out="?*) ;; *) failed+=(clone1_exec) ;; esac
+    case "$r2" in "rc=0 out="?*) ;; *) failed+=(clone2_exec) ;; esac
+    bytes1=$(echo "$r1" | awk '{ print $2 }')
+    bytes2=$(echo "$r2" | awk '{ print $2 }')
+    [ -n "$bytes1" ] && [ "$bytes1" != "$bytes2" ] || failed+=(clones_draw_different_bytes)
+    for n in 1 2; do
+        g=$(field "RIG-L1-AGENT-R$n" | awk '{ print $3 }')
+        h=$(field "RIG-L1-CLOCK-R$n")
+        awk -v g="${g:-0}" -v h="${h:-99}" 'BEGIN { d = g - h; exit !(d <= 1 && d >= -1) }' || failed+=("clone${n}_clock")
+    done
     awk -v j="${uptime_jump:-99}" 'BEGIN { exit !(j < 2 && j > -2) }' || failed+=(uptime_continues)
     restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "stop_to_restored": %s, "restore_request": %s}, "last_tick_before": %s, "first_tick_after": %s, "uptime_gap_s": %s, "uptime_jump_s": %s, "clock_minus_host_after_s": [%s]}' \
         "$(since RIG-L1-PAUSE RIG-L1-SNAPSHOT-DONE)" "$(since RIG-L1-SNAPSHOT-DONE RIG-L1-RESTORED)" \

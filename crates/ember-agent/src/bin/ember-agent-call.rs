@@ -4,7 +4,8 @@
 //! Linux rig talks to ember-agent in its L2 guest.
 //!
 //! ```text
-//! ember-agent-call --uds /run/vsock.sock [--port 52] [--wait-ms 60000] [--timeout-ms 30000] -- ARGV...
+//! ember-agent-call --uds /run/vsock.sock [--port 52] [--wait-ms 60000] [--timeout-ms 30000]
+//!                  [--reseed GENERATION] -- ARGV...
 //! ```
 
 use std::io::Write;
@@ -31,6 +32,10 @@ struct Args {
     /// The command's time limit in the guest, ms (0: none).
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u32,
+    /// First send Reseed with this generation: fresh host entropy and the host's wall clock
+    /// (what a handover does to a restored clone).
+    #[arg(long)]
+    reseed: Option<u64>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
@@ -56,6 +61,9 @@ fn run(args: Args) -> Result<i32> {
             }
         }
     };
+    if let Some(generation) = args.reseed {
+        client.reseed_fresh(generation).context("reseeding")?;
+    }
     let argv: Vec<&str> = args.argv.iter().map(String::as_str).collect();
     let mut exec = Exec::new(&argv);
     exec.timeout_ms = args.timeout_ms;
