@@ -2,7 +2,7 @@
 //! page in `rsi`) and long-mode segments/paging; for PVH, `ebx` = start info and flat 32-bit
 //! protected mode without paging; for both, FPU defaults and the LAPIC's LINT pins.
 
-use kvm_bindings::{kvm_fpu, kvm_regs};
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -58,23 +58,27 @@ pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), ArchError> {
     vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
 }
 
-/// Sets segments, descriptor tables and control registers for 64-bit mode with paging.
-pub fn setup_sregs(vcpu: &VcpuFd) -> Result<(), ArchError> {
-    let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+/// Points the descriptor tables at the boot GDT (`gdt`, written at [`GDT_ADDR`]) and the empty
+/// IDT, and loads code (entry 1), data (entry 2, every data segment) and the TSS (entry 3).
+fn flat_segments(sregs: &mut kvm_sregs, gdt: &[u64]) {
     sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
+    sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
     sregs.idt.base = IDT_ADDR;
     sregs.idt.limit = 7;
-    let code = segment_from_entry(BOOT_GDT[1], 1);
-    let data = segment_from_entry(BOOT_GDT[2], 2);
-    let tss = segment_from_entry(BOOT_GDT[3], 3);
-    sregs.cs = code;
+    let data = segment_from_entry(gdt[2], 2);
+    sregs.cs = segment_from_entry(gdt[1], 1);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = tss;
+    sregs.tr = segment_from_entry(gdt[3], 3);
+}
+
+/// Sets segments, descriptor tables and control registers for 64-bit mode with paging.
+pub fn setup_sregs(vcpu: &VcpuFd) -> Result<(), ArchError> {
+    let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+    flat_segments(&mut sregs, &BOOT_GDT);
     sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
     sregs.cr3 = PML4_ADDR;
     sregs.cr4 |= X86_CR4_PAE;
@@ -96,19 +100,7 @@ pub fn setup_pvh_regs(vcpu: &VcpuFd, entry: u64, start_info: u64) -> Result<(), 
 /// PVH entry state: 32-bit protected mode, flat segments from [`PVH_GDT`], no paging.
 pub fn setup_pvh_sregs(vcpu: &VcpuFd) -> Result<(), ArchError> {
     let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-    sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (PVH_GDT.len() * 8 - 1) as u16;
-    sregs.idt.base = IDT_ADDR;
-    sregs.idt.limit = 7;
-    let code = segment_from_entry(PVH_GDT[1], 1);
-    let data = segment_from_entry(PVH_GDT[2], 2);
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = segment_from_entry(PVH_GDT[3], 3);
+    flat_segments(&mut sregs, &PVH_GDT);
     sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
     sregs.cr3 = 0;
     sregs.cr4 = 0;
