@@ -353,6 +353,29 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+#[cfg(feature = "std")]
+impl ErrorCode {
+    /// The code an agent answers an OS error with (ENAMETOOLONG is TOO_LARGE).
+    pub fn of_io(e: &std::io::Error) -> ErrorCode {
+        use std::io::ErrorKind as K;
+        if e.raw_os_error() == Some(nix::errno::Errno::ENAMETOOLONG as i32) {
+            return ErrorCode::TOO_LARGE;
+        }
+        match e.kind() {
+            K::NotFound => ErrorCode::NOT_FOUND,
+            K::AlreadyExists => ErrorCode::ALREADY_EXISTS,
+            K::NotADirectory => ErrorCode::NOT_A_DIRECTORY,
+            K::IsADirectory => ErrorCode::IS_A_DIRECTORY,
+            K::DirectoryNotEmpty => ErrorCode::NOT_EMPTY,
+            K::PermissionDenied => ErrorCode::PERMISSION_DENIED,
+            K::InvalidInput | K::InvalidFilename => ErrorCode::INVALID_ARGUMENT,
+            K::FileTooLarge | K::StorageFull | K::QuotaExceeded => ErrorCode::TOO_LARGE,
+            K::TimedOut => ErrorCode::TIMED_OUT,
+            _ => ErrorCode::IO,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -432,23 +432,10 @@ impl Refusal {
 
     /// The host's error `e` while doing `what` to `path`.
     fn io(what: &str, path: &GuestPath, e: &io::Error) -> Self {
-        Refusal::new(io_code(e), format!("{what} {}: {e}", path.display()))
-    }
-}
-
-/// The protocol's code for a host I/O error.
-fn io_code(e: &io::Error) -> ErrorCode {
-    use io::ErrorKind as K;
-    match e.kind() {
-        K::NotFound => ErrorCode::NOT_FOUND,
-        K::AlreadyExists => ErrorCode::ALREADY_EXISTS,
-        K::NotADirectory => ErrorCode::NOT_A_DIRECTORY,
-        K::IsADirectory => ErrorCode::IS_A_DIRECTORY,
-        K::DirectoryNotEmpty => ErrorCode::NOT_EMPTY,
-        K::PermissionDenied => ErrorCode::PERMISSION_DENIED,
-        K::InvalidInput | K::InvalidFilename => ErrorCode::INVALID_ARGUMENT,
-        K::FileTooLarge | K::StorageFull | K::QuotaExceeded => ErrorCode::TOO_LARGE,
-        _ => ErrorCode::IO,
+        Refusal::new(
+            ErrorCode::of_io(e),
+            format!("{what} {}: {e}", path.display()),
+        )
     }
 }
 
@@ -754,7 +741,7 @@ fn answer(
                 ));
             }
             fs::rename(&from.host, &to.host).map_err(|e| {
-                let code = match io_code(&e) {
+                let code = match ErrorCode::of_io(&e) {
                     // Linux may say EEXIST for a non-empty directory in the way.
                     ErrorCode::ALREADY_EXISTS => ErrorCode::NOT_EMPTY,
                     code => code,

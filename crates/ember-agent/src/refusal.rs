@@ -31,7 +31,7 @@ impl Refusal {
 
     /// The OS error `e` while doing `what` (e.g. `read /etc/x`).
     pub fn io(what: impl fmt::Display, e: &io::Error) -> Self {
-        Refusal::new(io_code(e), format!("{what}: {e}"))
+        Refusal::new(ErrorCode::of_io(e), format!("{what}: {e}"))
     }
 
     /// The errno `e` while doing `what`.
@@ -43,26 +43,6 @@ impl Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-/// The protocol's code for an OS error.
-pub fn io_code(e: &io::Error) -> ErrorCode {
-    use io::ErrorKind as K;
-    if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
-        return ErrorCode::TOO_LARGE;
-    }
-    match e.kind() {
-        K::NotFound => ErrorCode::NOT_FOUND,
-        K::AlreadyExists => ErrorCode::ALREADY_EXISTS,
-        K::NotADirectory => ErrorCode::NOT_A_DIRECTORY,
-        K::IsADirectory => ErrorCode::IS_A_DIRECTORY,
-        K::DirectoryNotEmpty => ErrorCode::NOT_EMPTY,
-        K::PermissionDenied => ErrorCode::PERMISSION_DENIED,
-        K::InvalidInput | K::InvalidFilename => ErrorCode::INVALID_ARGUMENT,
-        K::FileTooLarge | K::StorageFull | K::QuotaExceeded => ErrorCode::TOO_LARGE,
-        K::TimedOut => ErrorCode::TIMED_OUT,
-        _ => ErrorCode::IO,
     }
 }
 
