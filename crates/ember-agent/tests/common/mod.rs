@@ -32,12 +32,13 @@ impl Agent {
 
     /// Runs `wrapper... ember-agent --listen ... extra...`.
     pub fn start_with(wrapper: &[&str], extra: &[&str]) -> Agent {
-        // Not under /tmp: an agent that is init mounts a fresh /tmp in its namespace.
-        let base = option_env!("CARGO_TARGET_TMPDIR").map(PathBuf::from);
-        let dir = match base {
-            Some(base) => tempfile::tempdir_in(base).unwrap(),
-            None => tempfile::tempdir().unwrap(),
-        };
+        // Not under /tmp: an agent that is init mounts a fresh /tmp in its namespace, which
+        // hides a socket there (the target dir itself is under /tmp when the checkout is).
+        let base = option_env!("CARGO_TARGET_TMPDIR")
+            .map(PathBuf::from)
+            .filter(|p| !p.starts_with("/tmp"))
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        let dir = tempfile::tempdir_in(base).unwrap();
         let socket = dir.path().join("agent.sock");
         let work = dir.path().join("work");
         std::fs::create_dir(&work).unwrap();
