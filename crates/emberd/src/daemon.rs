@@ -193,12 +193,6 @@ impl Daemon {
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut servers = Vec::new();
-        let unix = bind_unix(&config.socket)?;
-        servers.push(serve(
-            unix,
-            api::router(state.clone(), None),
-            stop_rx.clone(),
-        ));
         let mut tcp = None;
         if let Some(addr) = config.listen {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -242,6 +236,14 @@ impl Daemon {
                 servers.push(serve(envd, router, stop_rx.clone()));
             }
         }
+        // The Unix socket last: once its file exists, every listener is bound (clients and
+        // tests wait for that file).
+        let unix = bind_unix(&config.socket)?;
+        servers.push(serve(
+            unix,
+            api::router(state.clone(), None),
+            stop_rx.clone(),
+        ));
         let background = vec![
             periodic(Arc::clone(&engine), REAP_EVERY, stop_rx.clone(), |e| {
                 e.reap_expired();
