@@ -296,6 +296,11 @@ if [ "$SNAPSHOT" != 1 ]; then
         agent EXIT -- sh -c 'echo failing; exit 7'
         agent SIGNAL -- sh -c 'kill -9 \$\$'
         agent MISSING -- /no/such/program
+        agent TIMEOUT --timeout-ms 1000 -- sleep 30
+        # 10 MiB through the file API, byte for byte both ways.
+        head -c 10485760 /dev/urandom >/run/big
+        agent BIGPUT --put /run/big:/tmp/big --get /tmp/big:/run/big.back -- sha256sum /tmp/big
+        echo "RIG-L1-BIG-SHA \$(sha256sum /run/big | cut -d' ' -f1) back=\$(cmp -s /run/big /run/big.back && echo same || echo differs)"
         agent REBOOT -- reboot -f
     fi
     wait_for /run/l2a.log RIG-L1-EMBER-EXIT 1 60 || { kill -TERM \$(pidof ember-vmm); wait_for /run/l2a.log RIG-L1-EMBER-EXIT 1 30; }
@@ -401,6 +406,10 @@ if [ "$SNAPSHOT" != 1 ]; then
     grep -q " RIG-L1-AGENT-EXIT rc=7 out=failing\$" "$LOG" || failed+=(agent_exit_code)
     grep -q " RIG-L1-AGENT-SIGNAL rc=137 " "$LOG" || failed+=(agent_signal)
     grep -q " RIG-L1-AGENT-MISSING-ERR .*command not found" "$LOG" || failed+=(agent_not_found)
+    grep -q " RIG-L1-AGENT-TIMEOUT-ERR .*longer than its 1000 ms limit" "$LOG" || failed+=(agent_timeout_kill)
+    sha=$(field RIG-L1-BIG-SHA | awk '{ print $1 }')
+    [ -n "$sha" ] && grep -q " RIG-L1-AGENT-BIGPUT rc=0 out=$sha " "$LOG" &&
+        grep -q " RIG-L1-BIG-SHA $sha back=same" "$LOG" || failed+=(agent_10mib_file)
 fi
 restore_json=null
 if [ "$SNAPSHOT" = 1 ]; then

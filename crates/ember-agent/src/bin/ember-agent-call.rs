@@ -5,7 +5,10 @@
 //!
 //! ```text
 //! ember-agent-call --uds /run/vsock.sock [--port 52] [--wait-ms 60000] [--timeout-ms 30000]
-//!                  [--reseed GENERATION] -- ARGV...
+//!                  [--reseed GENERATION] [--put LOCAL:GUEST] [--get GUEST:LOCAL] [-- ARGV...]
+//! ```
+//! In order: Reseed, the upload, the command, the download.
+//! ```text
 //! ```
 
 use std::io::Write;
@@ -36,10 +39,29 @@ struct Args {
     /// (what a handover does to a restored clone).
     #[arg(long)]
     reseed: Option<u64>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true)]
+    /// Copy a host file into the guest first (mode 0644): LOCAL:GUEST.
+    #[arg(long, value_parser = parse_pair::<PathBuf, String>)]
+    put: Option<(PathBuf, String)>,
+    /// Copy a guest file to the host after the command: GUEST:LOCAL.
+    #[arg(long, value_parser = parse_pair::<String, PathBuf>)]
+    get: Option<(String, PathBuf)>,
+    /// The command and its arguments (none: only the copies).
+    #[arg(last = true)]
     argv: Vec<String>,
 }
+
+/// Splits `A:B` at its first colon.
+fn parse_pair<A: From<String>, B: From<String>>(s: &str) -> Result<(A, B), String> {
+    match s.split_once(':') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => {
+            Ok((A::from(a.to_string()), B::from(b.to_string())))
+        }
+        _ => Err(format!("{s:?}: expected FROM:TO")),
+    }
+}
+
+/// Largest file `--get` fetches.
+const MAX_GET: usize = 1 << 30;
 
 fn run(args: Args) -> Result<i32> {
     let deadline = Instant::now() + Duration::from_millis(args.wait_ms);
@@ -64,6 +86,16 @@ fn run(args: Args) -> Result<i32> {
     if let Some(generation) = args.reseed {
         client.reseed_fresh(generation).context("reseeding")?;
     }
+    if let Some((local, guest)) = &args.put {
+        let data = std::fs::read(local).with_context(|| format!("reading {}", local.display()))?;
+        client
+            .put_file(guest, 0o644, &data)
+            .with_context(|| format!("writing {guest} in the guest"))?;
+    }
+    if args.argv.is_empty() {
+        get(&mut client, args.get.as_ref())?;
+        return Ok(0);
+    }
     let argv: Vec<&str> = args.argv.iter().map(String::as_str).collect();
     let mut exec = Exec::new(&argv);
     exec.timeout_ms = args.timeout_ms;
@@ -73,10 +105,22 @@ fn run(args: Args) -> Result<i32> {
     if out.stdout_truncated || out.stderr_truncated {
         bail!("the agent cut the output to fit its reply");
     }
+    get(&mut client, args.get.as_ref())?;
     Ok(match out.exit_code {
         c if c < 0 => 128 - c,
         c => c,
     })
+}
+
+/// `--get`: the guest file to a host file.
+fn get(client: &mut AgentClient, get: Option<&(String, PathBuf)>) -> Result<()> {
+    let Some((guest, local)) = get else {
+        return Ok(());
+    };
+    let contents = client
+        .get_file(guest, MAX_GET)
+        .with_context(|| format!("reading {guest} in the guest"))?;
+    std::fs::write(local, &contents.data).with_context(|| format!("writing {}", local.display()))
 }
 
 fn main() {
