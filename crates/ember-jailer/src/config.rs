@@ -97,6 +97,14 @@ pub struct JailConfig {
     pub parent_cgroup: String,
     /// The VMM's arguments.
     pub args: Vec<String>,
+    /// Tie the VMM to this process's life (the owner that started the jailer): the jailer
+    /// stays as the VMM's parent with a parent-death signal on itself, and the VMM gets one on
+    /// the jailer, so the owner's death takes the VMM with it. `None`: the jailer exits once
+    /// the VMM runs, and the VMM lives on its own.
+    pub tie_to: Option<u32>,
+    /// List the VMM binary's shared libraries with `ldd` and bind them. Off when the caller
+    /// passes them in `binds` itself (a runtime lists them once, not per VMM).
+    pub scan_libraries: bool,
 }
 
 /// A configuration that cannot work.
@@ -257,6 +265,8 @@ mod tests {
             limits: Limits::default(),
             parent_cgroup: "ember".into(),
             args: vec![],
+            tie_to: None,
+            scan_libraries: true,
         };
         good.validate().unwrap();
         assert_eq!(good.exec_in_jail(), Path::new("/vmm"));

@@ -11,6 +11,15 @@
 //!    parent reports it; an exec that succeeds closes the pipe.
 //! 5. the parent prints the VMM's host pid and exits, so the VMM is supervised by whoever
 //!    started the jailer (a subreaper, or through a pidfd like any adopted VMM).
+//!
+//! Tied to an owner (`tie_to`, an owner that must not leave VMMs behind when it dies): before
+//! the fork the jailer sets a parent-death SIGKILL on itself and checks its parent is still
+//! the owner; the child sets one on the jailer and checks, through a pipe only the jailer
+//! holds open, that the jailer did not die before the signal was armed. The jailer then stays
+//! as the VMM's parent ([`wait_and_mirror`]) and ends the way the VMM ended (its exit code, or
+//! the same signal), so the owner sees the VMM's end as the jailer's. Killing the jailer kills
+//! the VMM. A new pid namespace would hide the owner from the VMM's own `getppid`, which is
+//! why the VMM cannot arm the signal relative to the owner itself.
 
 use std::ffi::CString;
 use std::io::{self, Read, Write};
@@ -71,7 +80,14 @@ pub struct Started {
 /// has exec'd. Call from a single-threaded process (it forks).
 pub fn start(config: &JailConfig, cgroup_root: &Path) -> Result<Started, JailError> {
     config.validate()?;
-    let libraries = crate::libraries::binds_for(&config.exec_file)?;
+    if let Some(owner) = config.tie_to {
+        tie_to_owner(owner)?;
+    }
+    let libraries = if config.scan_libraries {
+        crate::libraries::binds_for(&config.exec_file)?
+    } else {
+        Vec::new()
+    };
     let version = cgroup::detect(cgroup_root)?;
     let cg = cgroup::create(
         cgroup_root,
@@ -99,13 +115,19 @@ pub fn start(config: &JailConfig, cgroup_root: &Path) -> Result<Started, JailErr
     unshare(CloneFlags::CLONE_NEWPID).map_err(sys_err("creating the pid namespace"))?;
     let (report_rx, report_tx) =
         pipe2(OFlag::O_CLOEXEC).map_err(sys_err("creating the report pipe"))?;
+    // Only the jailer holds the write end: the child sees POLLHUP on the read end once the
+    // jailer is gone.
+    let (alive_rx, alive_tx) =
+        pipe2(OFlag::O_CLOEXEC).map_err(sys_err("creating the liveness pipe"))?;
     match sys::fork().map_err(|source| JailError::Sys {
         what: "forking",
         source,
     })? {
         ForkResult::Child => {
             drop(report_rx);
-            let e = enter(config, netns, &libraries);
+            drop(alive_tx);
+            let alive = config.tie_to.map(|_| alive_rx);
+            let e = enter(config, netns, &libraries, alive);
             // Only reached on failure: tell the parent why, then go.
             let mut tx = std::fs::File::from(report_tx);
             let _ = tx.write_all(e.to_string().as_bytes());
@@ -113,7 +135,64 @@ pub fn start(config: &JailConfig, cgroup_root: &Path) -> Result<Started, JailErr
         }
         ForkResult::Parent { child } => {
             drop(report_tx);
-            parent_wait_for_exec(report_rx, child)
+            drop(alive_rx);
+            let started = parent_wait_for_exec(report_rx, child);
+            // Held until the jailer exits (tied) or returns (not tied: the VMM has exec'd and
+            // no longer looks at it).
+            std::mem::forget(alive_tx);
+            started
+        }
+    }
+}
+
+/// Arms a parent-death SIGKILL on the jailer and checks the owner did not die first.
+fn tie_to_owner(owner: u32) -> Result<(), JailError> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(sys_err("setting the parent-death signal"))?;
+    let parent = nix::unistd::getppid().as_raw();
+    if u32::try_from(parent).ok() != Some(owner) {
+        return Err(JailError::Child(format!(
+            "the owner {owner} is gone (the jailer's parent is now {parent}); not starting"
+        )));
+    }
+    Ok(())
+}
+
+/// In the child, after its last change of credentials (which would clear it): arms a
+/// parent-death SIGKILL on the jailer, then checks the jailer is alive.
+fn tie_to_jailer(alive_rx: OwnedFd) -> Result<(), JailError> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(sys_err("setting the parent-death signal"))?;
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&alive_rx),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let hung_up = matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0);
+    if hung_up {
+        return Err(JailError::Child(
+            "the jailer died before the VMM started".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Tied mode, in the jailer after [`start`]: waits for the VMM and ends the same way — its
+/// exit code, or the signal that killed it raised again on the jailer. Never returns.
+pub fn wait_and_mirror(vmm_pid: u32) -> ! {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    let pid = Pid::from_raw(vmm_pid as i32);
+    loop {
+        match waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                sys::default_signal_action(sig as i32);
+                let _ = nix::sys::signal::raise(sig);
+                // A signal whose default is not to terminate: end as a shell would report it.
+                std::process::exit(128 + sig as i32);
+            }
+            Ok(_) => continue,
+            Err(_) => std::process::exit(125),
         }
     }
 }
@@ -141,8 +220,9 @@ fn enter(
     config: &JailConfig,
     netns: Option<std::fs::File>,
     libraries: &[crate::config::Bind],
+    alive: Option<OwnedFd>,
 ) -> JailError {
-    match try_enter(config, netns, libraries) {
+    match try_enter(config, netns, libraries, alive) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -156,6 +236,7 @@ fn try_enter(
     config: &JailConfig,
     netns: Option<std::fs::File>,
     libraries: &[crate::config::Bind],
+    alive: Option<OwnedFd>,
 ) -> Result<std::convert::Infallible, JailError> {
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     match netns {
@@ -193,6 +274,10 @@ fn try_enter(
         what: "setting no_new_privs",
         source,
     })?;
+    // Last before the exec: a change of uid or gid clears the parent-death signal.
+    if let Some(alive) = alive {
+        tie_to_jailer(alive)?;
+    }
     let cstr = |s: &str| {
         CString::new(s).map_err(|_| JailError::Child(format!("argument {s:?} contains NUL")))
     };

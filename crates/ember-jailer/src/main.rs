@@ -4,11 +4,11 @@
 //! ember-jailer --id ID --root DIR --uid N --gid N --exec-file PATH [--bind SRC[:DST][:ro|rw]]...
 //!              [--netns PATH] [--cpu-weight W] [--cpu-quota QUOTA_US/PERIOD_US]
 //!              [--memory-max BYTES] [--pids-max N] [--parent-cgroup NAME] [--pid-file PATH]
-//!              -- VMM ARGS...
+//!              [--parent-pid OWNER] [--no-library-scan] -- VMM ARGS...
 //! ember-jailer --cleanup --id ID [--parent-cgroup NAME]
 //! ```
 //! Exits 0 once the VMM is running (exec'd) in its jail, 2 with a message naming what was
-//! wrong otherwise. `--cleanup` removes a gone VMM's cgroup.
+//! wrong otherwise; with `--parent-pid` it stays as the VMM's parent and ends as the VMM ends. `--cleanup` removes a gone VMM's cgroup.
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +63,13 @@ struct Args {
     /// Write the VMM's host pid here (and on stdout when not given).
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// Tie the VMM to this owner pid (the jailer's parent): the jailer stays as the VMM's
+    /// parent and dies with the owner, taking the VMM with it; it ends as the VMM ends.
+    #[arg(long)]
+    parent_pid: Option<u32>,
+    /// Do not list the VMM's shared libraries with ldd (the caller binds them with --bind).
+    #[arg(long)]
+    no_library_scan: bool,
     /// Remove the cgroup of VM `--id` (its VMM must be gone) and exit.
     #[arg(long)]
     cleanup: bool,
@@ -111,6 +118,8 @@ fn run(args: Args) -> Result<()> {
         },
         parent_cgroup: args.parent_cgroup,
         args: args.vmm_args,
+        tie_to: args.parent_pid,
+        scan_libraries: !args.no_library_scan,
     };
     let started = ember_jailer::start(&config, Path::new(&args.cgroup_root))
         .with_context(|| format!("jailing {}", config.id))?;
@@ -123,6 +132,9 @@ fn run(args: Args) -> Result<()> {
                 println!("{}", started.pid);
             }
         }
+    }
+    if config.tie_to.is_some() {
+        ember_jailer::jail::wait_and_mirror(started.pid);
     }
     Ok(())
 }

@@ -88,7 +88,9 @@ pub fn make_slave() -> Result<(), MountError> {
     .map_err(err("making the mount tree a slave", Path::new("/")))
 }
 
-/// Makes `root` a mount point (pivot_root needs one).
+/// Makes `root` a mount point (pivot_root needs one), without setuid files but with device
+/// nodes (the root may come from a `nodev` file system such as /dev/shm or /run; the jail's own
+/// nodes in [`devices`] are the only ones in it).
 pub fn bind_root(root: &Path) -> Result<(), MountError> {
     mount(
         Some(root),
@@ -97,7 +99,18 @@ pub fn bind_root(root: &Path) -> Result<(), MountError> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(err("bind-mounting the jail root", root))
+    .map_err(err("bind-mounting the jail root", root))?;
+    mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID,
+        None::<&str>,
+    )
+    .map_err(err(
+        "remounting the jail root (nosuid, devices allowed)",
+        root,
+    ))
 }
 
 /// Binds `bind.source` at its target inside `root` (creating an empty file or directory to
@@ -132,20 +145,18 @@ pub fn bind(root: &Path, bind: &Bind) -> Result<(), MountError> {
         .map_err(err("remounting (ro/nosuid/nodev)", &target))
 }
 
-/// Mounts a small tmpfs at `<root>/dev` (the root's own file system may be `nodev`, as
-/// /dev/shm and /run are) and creates the [`DEVICES`] nodes in it, owned by uid:gid.
+/// Creates `<root>/dev` (a plain directory of the jail root, owned by root, mode 0755: the VMM
+/// cannot add to it) and the [`DEVICES`] nodes in it, owned by uid:gid. Not a tmpfs over `/dev`:
+/// the files the VMM is given keep their host paths in the jail, and a host path under `/dev`
+/// (a runtime directory in `/dev/shm`) must stay reachable — for binds made now and for those
+/// a runtime adds later from the host.
 pub fn devices(root: &Path, uid: u32, gid: u32) -> Result<(), MountError> {
     let dev = root.join("dev");
     no_symlinks(root, &dev)?;
     std::fs::create_dir_all(&dev).map_err(io_err("creating", &dev))?;
-    mount(
-        Some("tmpfs"),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("size=64k,mode=0755"),
-    )
-    .map_err(err("mounting a tmpfs on", &dev))?;
+    chown(&dev, Some(Uid::from_raw(0)), Some(Gid::from_raw(0))).map_err(err("chowning", &dev))?;
+    std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err("setting the mode of", &dev))?;
     for (at, host, mode) in DEVICES {
         let host = Path::new(host);
         let meta = match std::fs::metadata(host) {
@@ -155,8 +166,15 @@ pub fn devices(root: &Path, uid: u32, gid: u32) -> Result<(), MountError> {
             Err(e) => return Err(io_err("reading", host)(e)),
         };
         let node = root.join(at);
+        no_symlinks(root, &node)?;
         if let Some(parent) = node.parent() {
             std::fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        }
+        match std::fs::remove_file(&node) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("replacing", &node)(e));
+            }
+            _ => {}
         }
         let rdev = meta.rdev();
         mknod(
@@ -172,15 +190,7 @@ pub fn devices(root: &Path, uid: u32, gid: u32) -> Result<(), MountError> {
         chown(&node, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
             .map_err(err("chowning", &node))?;
     }
-    // Read-only from here: the VMM cannot add nodes.
-    mount(
-        None::<&str>,
-        &dev,
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-        Some("size=64k,mode=0755"),
-    )
-    .map_err(err("remounting read-only", &dev))
+    Ok(())
 }
 
 /// Makes `root` the process's `/` and detaches the old root: nothing outside `root` stays

@@ -1,6 +1,6 @@
 //! The few raw calls the jailer makes that have no safe wrapper: `fork` (the jailer is
-//! single-threaded when it forks), dropping the capability bounding set, and `_exit` in the
-//! child. Everything else goes through nix.
+//! single-threaded when it forks), dropping the capability bounding set, restoring a signal's
+//! default action, and `_exit` in the child. Everything else goes through nix.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -59,6 +59,17 @@ pub fn set_no_new_privs() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Restores `signal`'s default action and unblocks it (before raising it on the jailer).
+pub fn default_signal_action(signal: i32) {
+    // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+    let mut set = nix::sys::signal::SigSet::empty();
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
+        set.add(sig);
+        let _ = set.thread_unblock();
+    }
 }
 
 /// Exits the forked child at once, without running the parent's exit handlers.

@@ -10,6 +10,7 @@
 //!     console.log           the process's stdout: the guest serial console
 //!     vmm.log               the process's stderr: the VMM's own log
 //!   vms/<vm id> -> ../slots/<n>    the VM's id, a symlink
+//!   jails/<n>/              slot n's jail root when VMMs are jailed (see the jail module)
 //!   snapshots/<snapshot id>/       state, mem (see the snapshots module)
 //! ```
 //!
@@ -239,6 +240,7 @@ impl Layout {
             mkdir(dir)?;
         }
         if leftovers == Leftovers::Clear {
+            layout.clear_jails().map_err(io_at(&layout.jails_dir()))?;
             let stale = clear_dir(&layout.vms)? + clear_dir(&layout.slots)?;
             if stale > 0 {
                 tracing::warn!(root = %layout.root.display(), stale,
@@ -332,12 +334,24 @@ impl Layout {
         Ok(paths)
     }
 
-    /// Removes slot `n` and everything in it; a slot already gone is fine.
+    /// Removes slot `n` and everything in it, and its jail root (mounts first) if it has one;
+    /// a slot already gone is fine.
     pub fn remove_slot(&self, n: u64) -> io::Result<()> {
+        crate::jail::remove_jail_dir(&self.jails_dir().join(n.to_string()))?;
         match fs::remove_dir_all(self.slots.join(n.to_string())) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// `<root>/jails`: the jail roots of jailed VMMs.
+    pub fn jails_dir(&self) -> PathBuf {
+        self.root.join("jails")
+    }
+
+    /// Removes every jail root (unmounting what is under them) and the jails directory itself.
+    fn clear_jails(&self) -> io::Result<()> {
+        crate::jail::remove_jail_dir(&self.jails_dir())
     }
 
     /// `<root>/vms/<id>`.
@@ -375,6 +389,7 @@ impl Layout {
     /// if this provider created it and it is now empty: what a provider leaves after shutdown is
     /// its snapshots and nothing else.
     pub fn remove_runtime_files(&self) -> io::Result<()> {
+        self.clear_jails()?;
         for dir in [&self.vms, &self.slots] {
             match fs::remove_dir_all(dir) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

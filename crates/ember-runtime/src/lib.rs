@@ -7,7 +7,8 @@
 //!   ├── process     spawn a VMM into its slot (console/log files, pidfd, parent-death signal)
 //!   ├── adopt       detached VMMs found again after a restart: adopt, sweep, records
 //!   ├── procfs      process identities (pid, start time, boot id) and VMMs found in /proc
-//!   ├── layout      <root>/{slots/<n>, vms/<id> -> ../slots/<n>, snapshots/<id>}
+//!   ├── layout      <root>/{slots/<n>, vms/<id> -> ../slots/<n>, snapshots/<id>, jails/<n>}
+//!   ├── jail        VMMs started through ember-jailer; files bound into a jail at their own path
 //!   ├── snapshots   snapshot catalog (ember-core SnapshotInfo) and files, cheap integrity checks
 //!   └── client/     Firecracker API client: HTTP/1.1 over UDS, keep-alive, typed errors;
 //!                   the bodies it sends and reads are ember-fc-api's
@@ -59,6 +60,7 @@
 
 pub mod client;
 pub mod error;
+pub mod jail;
 pub mod layout;
 pub mod process;
 pub mod procfs;
@@ -72,6 +74,6 @@ pub use error::RuntimeError;
 pub use process::ExitInfo;
 pub use provider::{
     AdoptError, ExitListener, Flavor, ListenerId, ProviderConfig, ProviderStats, StartError,
-    SweepReport, Timeouts, VmExit, VmPaths, VmmProvider, locate_ember_vmm,
+    SweepReport, Timeouts, VmExit, VmPaths, VmmProvider, locate_ember_jailer, locate_ember_vmm,
 };
 pub use spares::{SpareConfig, SpareStats};

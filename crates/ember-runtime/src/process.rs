@@ -115,6 +115,14 @@ pub enum ProcessError {
         #[source]
         source: io::Error,
     },
+    /// The jailer refused or failed to start the VMM.
+    #[error("the jailer could not start the VMM ({exit}): {message}")]
+    Jail {
+        /// How the jailer ended.
+        exit: String,
+        /// What it said (the end of the slot's `vmm.log`).
+        message: String,
+    },
     /// The process started but cannot be watched (the kernel lacks `pidfd_open`, Linux < 5.3).
     #[error("cannot open a pidfd for VMM process {pid}")]
     PidFd {
@@ -200,15 +208,32 @@ impl VmmProcess {
     /// from /dev/null, stdout to `console.log` and stderr to `vmm.log` in the slot (whose
     /// directory must exist), made to die with this process as `parent_death` says, and opens a
     /// pidfd for it.
+    ///
+    /// With `jail`, the VMM starts through the jailer instead (see [`crate::jail`]): tied to
+    /// this process (`ParentDeath::Flag`/`Launcher`) the process watched is the jailer, which
+    /// stays as the VMM's parent; detached, the jailer exits once the VMM runs and the process
+    /// watched is the VMM, named by the pid the jailer wrote.
     pub fn spawn(
         binary: &Path,
         extra_args: &[OsString],
         paths: &SlotPaths,
         instance_id: &str,
         parent_death: ParentDeath,
+        jail: Option<&crate::jail::Jails>,
     ) -> Result<VmmProcess, ProcessError> {
         let stdout = log_file(&paths.console_log)?;
         let stderr = log_file(&paths.vmm_log)?;
+        if let Some(jail) = jail {
+            return Self::spawn_jailed(
+                jail,
+                binary,
+                extra_args,
+                paths,
+                instance_id,
+                parent_death,
+                (stdout, stderr),
+            );
+        }
         let owner = std::process::id().to_string();
         let (mut cmd, started) = match parent_death {
             ParentDeath::Flag | ParentDeath::Detached => {
@@ -250,6 +275,79 @@ impl VmmProcess {
         let pid = child.id();
         // The `Child` is dropped without waiting: the supervisor reaps through the pidfd.
         drop(child);
+        Self::watch(pid, paths, spawned_at)
+    }
+
+    /// Starts the VMM through the jailer (see [`spawn`](Self::spawn)).
+    fn spawn_jailed(
+        jail: &crate::jail::Jails,
+        binary: &Path,
+        extra_args: &[OsString],
+        paths: &SlotPaths,
+        instance_id: &str,
+        parent_death: ParentDeath,
+        (stdout, stderr): (File, File),
+    ) -> Result<VmmProcess, ProcessError> {
+        use std::os::unix::process::CommandExt;
+        let spawn_err = |source| ProcessError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        };
+        jail.prepare_slot(paths.slot, &paths.dir)
+            .map_err(spawn_err)?;
+        let mut vmm_args: Vec<OsString> = vec![
+            "--api-sock".into(),
+            paths.api_sock.clone().into_os_string(),
+            "--id".into(),
+            instance_id.into(),
+        ];
+        vmm_args.extend(extra_args.iter().cloned());
+        let pid_file = paths.dir.join("vmm.pid");
+        let tied = parent_death != ParentDeath::Detached;
+        let mut cmd = jail.command(paths.slot, &paths.dir, binary, &vmm_args, &pid_file, tied);
+        cmd.current_dir(&paths.dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        if !tied {
+            cmd.process_group(0);
+        }
+        let spawned_at = Instant::now();
+        let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+            binary: jail.jailer().to_path_buf(),
+            source,
+        })?;
+        if tied {
+            // The jailer stays as the VMM's parent and ends as it ends: watch the jailer.
+            let pid = child.id();
+            drop(child);
+            return Self::watch(pid, paths, spawned_at);
+        }
+        let status = child.wait().map_err(|source| ProcessError::Spawn {
+            binary: jail.jailer().to_path_buf(),
+            source,
+        })?;
+        let message = || crate::spares::log_tail(&paths.vmm_log, 600);
+        if !status.success() {
+            return Err(ProcessError::Jail {
+                exit: status.to_string(),
+                message: message(),
+            });
+        }
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .ok_or_else(|| ProcessError::Jail {
+                exit: status.to_string(),
+                message: format!("no pid in {}; {}", pid_file.display(), message()),
+            })?;
+        // Re-parented to this process (a child subreaper), so it is ours to reap and its pid
+        // cannot be reused before we do.
+        Self::watch(pid, paths, spawned_at)
+    }
+
+    /// Opens a pidfd and the identity of our child `pid`, or kills and reaps it.
+    fn watch(pid: u32, paths: &SlotPaths, spawned_at: Instant) -> Result<VmmProcess, ProcessError> {
         let opened = PidFd::open(pid).and_then(|fd| {
             // The pid is ours until we reap it, so its /proc entry is this very process.
             let identity = crate::procfs::identity_of(pid).map_err(std::io::Error::other)?;

@@ -69,6 +69,8 @@ pub struct SpawnSettings {
     pub client_timeouts: ClientTimeouts,
     /// How spawned VMMs are made to die with their owner.
     pub parent_death: crate::process::ParentDeath,
+    /// Jail every VMM (see [`crate::jail`]).
+    pub jail: Option<Arc<crate::jail::Jails>>,
 }
 
 /// Why no spare could be had.
@@ -573,6 +575,7 @@ fn spawn_one(shared: &Shared, slot: u64) -> Result<Starting, SpawnFailure> {
         &paths,
         &format!("slot-{slot}"),
         shared.settings.parent_death,
+        shared.settings.jail.as_deref(),
     ) {
         Ok(p) => Arc::new(p),
         Err(e) => {

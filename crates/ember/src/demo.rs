@@ -37,6 +37,8 @@ pub struct DemoOptions {
     pub depth: usize,
     /// How pooled VMs wait.
     pub pooled: Pooled,
+    /// Jail the daemon's VMMs (ember-jailer); `None` runs them unjailed.
+    pub jail: Option<ember_runtime::jail::JailSettings>,
 }
 
 /// Pool counters at the end of the demo.
@@ -71,6 +73,8 @@ pub struct DemoReport {
     pub pool: PoolFigures,
     /// What was left after everything was destroyed (nothing, or the demo fails).
     pub leftovers: Leftovers,
+    /// Whether the VMMs ran jailed (ember-jailer).
+    pub jailed: bool,
 }
 
 /// Why the demo failed.
@@ -138,7 +142,13 @@ impl DemoOptions {
 pub async fn run(opts: &DemoOptions, ui: &dyn Ui) -> Result<DemoReport, DemoError> {
     opts.validate()?;
     ui.stage("starting an embedded emberd", None);
-    let daemon = Embedded::start(&opts.vmm, &opts.workdir, opts.depth.min(16)).await?;
+    let daemon = Embedded::start(
+        &opts.vmm,
+        &opts.workdir,
+        opts.depth.min(16),
+        opts.jail.clone(),
+    )
+    .await?;
     ui.finish("serving on its Unix socket");
     let result = run_in(&daemon, opts, ui).await;
     let pool = daemon
@@ -388,6 +398,7 @@ async fn run_in(
         warm_creates,
         pool: PoolFigures::default(),
         leftovers: Leftovers::default(),
+        jailed: opts.jail.is_some(),
     })
 }
 

@@ -40,11 +40,12 @@ pub enum EmbeddedError {
 
 impl Embedded {
     /// Starts a daemon in a fresh directory under `workdir` (short: socket paths live under it)
-    /// with `spares` spare VMM processes.
+    /// with `spares` spare VMM processes, its VMMs jailed when `jail` is given.
     pub async fn start(
         vmm: &Path,
         workdir: &Path,
         spares: usize,
+        jail: Option<ember_runtime::jail::JailSettings>,
     ) -> Result<Embedded, EmbeddedError> {
         let root = workdir.join(format!("emberd-{}", std::process::id()));
         let interrupt = Registration::new(&root);
@@ -63,6 +64,7 @@ impl Embedded {
             spares,
             limits: Limits::default(),
             e2b: None,
+            jail: jail.clone(),
         })
         .await;
         let daemon = match daemon {
@@ -114,6 +116,13 @@ impl Embedded {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        // The daemon is gone for good: the jails' shared mount and cgroups go too.
+        if let Err(e) = ember_runtime::jail::remove_leftovers(
+            &self.root.join("vms"),
+            Path::new(ember_runtime::jail::CGROUP_ROOT),
+        ) {
+            tracing::warn!(root = %self.root.display(), error = %e, "removing the VMMs' jails");
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.root) {
             tracing::warn!(root = %self.root.display(), error = %e, "removing the daemon's directory");
         }
@@ -128,6 +137,10 @@ impl Drop for Embedded {
         if let Some(d) = self.daemon.take() {
             d.engine.pool.shutdown();
             d.engine.provider.shutdown();
+            let _ = ember_runtime::jail::remove_leftovers(
+                &self.root.join("vms"),
+                Path::new(ember_runtime::jail::CGROUP_ROOT),
+            );
             let _ = std::fs::remove_dir_all(&self.root);
         }
     }

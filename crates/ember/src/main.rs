@@ -74,6 +74,10 @@ struct Cli {
     /// is tickless, so an idle running VM costs no CPU) or paused (no CPU whatever the guest).
     #[arg(long, global = true, default_value = "running")]
     pooled: Pooled,
+    /// `demo`: run the embedded daemon's VMMs unjailed (by default they run under ember-jailer
+    /// when it is found next to this binary, in $EMBER_JAILER_BIN or on $PATH).
+    #[arg(long, global = true)]
+    no_jail: bool,
     /// Log level for diagnostics on stderr.
     #[arg(long, global = true, default_value = "warn")]
     log_level: tracing::level_filters::LevelFilter,
@@ -647,6 +651,12 @@ async fn local_run(cli: Cli, ui: Arc<Bars>) -> Result<()> {
     // Every option first (the counts before the host, as they need none of it), then the host,
     // then the paths: nothing starts before all of them are known to be good.
     let placeholder = PathBuf::new();
+    // VMMs run jailed when ember-jailer is at hand (next to ember, $EMBER_JAILER_BIN, $PATH).
+    let jail = if cli.no_jail {
+        None
+    } else {
+        ember_runtime::locate_ember_jailer().map(ember_runtime::jail::JailSettings::new)
+    };
     let demo_opts = |vmm: PathBuf, sequential, concurrent, depth| DemoOptions {
         vmm,
         workdir: cli.workdir.clone(),
@@ -654,6 +664,7 @@ async fn local_run(cli: Cli, ui: Arc<Bars>) -> Result<()> {
         concurrent,
         depth,
         pooled: cli.pooled,
+        jail: jail.clone(),
     };
     let bench_opts = |vmm: PathBuf, iterations, concurrency, vms, rate, acquirers| BenchOptions {
         vmm,
@@ -736,8 +747,16 @@ fn print_demo(r: &DemoReport, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "\ntemplate built in {:.1} ms; the first sandbox said {:?}; a {}-byte file went in and out\n",
+        "\ntemplate built in {:.1} ms; the first sandbox said {:?}; a {}-byte file went in and out",
         r.template_build_ms, r.sample_output, r.file_round_trip_bytes
+    );
+    println!(
+        "VMMs {}\n",
+        if r.jailed {
+            "jailed (ember-jailer: own namespaces, root, uid, cgroup; seccomp)"
+        } else {
+            "NOT jailed (ember-jailer not found, or --no-jail)"
+        }
     );
     println!("one sandbox at a time:");
     print!("{}", latency_table(&r.sequential));

@@ -49,6 +49,11 @@ impl Daemon {
             .arg(d.runtime.path())
             .arg("--vmm")
             .arg(ember_test_support::vmm_bin())
+            .arg("--jailer")
+            .arg(ember_test_support::package_bin(
+                "ember-jailer",
+                "ember-jailer",
+            ))
             .args(["--spares", "2"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -135,9 +140,23 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for pid in self.vmm_pids() {
-            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        let pids = self.vmm_pids();
+        for pid in &pids {
+            signal(*pid, nix::sys::signal::Signal::SIGKILL);
         }
+        // Jailed VMMs leave a shared mount and cgroups under the runtime directory's name.
+        let gone = Instant::now() + Duration::from_secs(5);
+        while pids
+            .iter()
+            .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < gone
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = ember_runtime::jail::remove_leftovers(
+            self.runtime.path(),
+            std::path::Path::new("/sys/fs/cgroup"),
+        );
         if std::thread::panicking() {
             let log = self.log_text();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();

@@ -49,6 +49,8 @@ pub struct DaemonConfig {
     pub limits: Limits,
     /// E2B's REST API and envd listeners, if asked.
     pub e2b: Option<crate::e2b::E2bConfig>,
+    /// Jail every VMM (ember-jailer); `None` runs them unjailed.
+    pub jail: Option<ember_runtime::jail::JailSettings>,
 }
 
 /// Why a daemon could not start.
@@ -159,6 +161,7 @@ impl Daemon {
         provider_config.snapshots_dir = Some(config.state_dir.join("snapshots"));
         provider_config.detached = true;
         provider_config.spares.count = config.spares;
+        provider_config.jail = config.jail.clone();
         let provider = Arc::new(VmmProvider::new(provider_config)?);
         let engine = Engine::new(
             store,

@@ -3,9 +3,15 @@
 //! ```text
 //! emberd [--socket /run/ember/ember.sock] [--listen 127.0.0.1:PORT --token-file F]
 //!        [--state-dir /var/lib/ember] [--runtime-dir /run/ember/vms] [--vmm PATH]
+//!        [--jailer PATH | --no-jail] [--vm-uid-base N] [--vm-gid N] [--vm-cpu-weight W]
+//!        [--vm-cpu-quota Q/P] [--vm-memory-max BYTES] [--vm-pids-max N]
 //!        [--log-format text|json] [--log-level info]
 //! emberd --print-openapi        the API's OpenAPI document (what /openapi.json serves)
 //! ```
+//! Every VMM runs jailed (ember-jailer, found next to emberd, in `$EMBER_JAILER_BIN` or on
+//! `$PATH`): its own namespaces, root directory, uid and cgroup. `--no-jail` turns that off
+//! (for debugging; emberd then warns).
+//!
 //! SIGTERM or SIGINT stops it gracefully: no new connections, requests in flight finish, every
 //! VM keeps running for the next start to adopt.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -72,6 +78,30 @@ struct Args {
     /// E2B_SANDBOX_URL to it).
     #[arg(long)]
     e2b_envd: Option<SocketAddr>,
+    /// The ember-jailer binary (default: $EMBER_JAILER_BIN, next to emberd, or $PATH).
+    #[arg(long, conflicts_with = "no_jail")]
+    jailer: Option<PathBuf>,
+    /// Run VMMs unjailed, in the host's namespaces as root (debugging only).
+    #[arg(long)]
+    no_jail: bool,
+    /// First uid of jailed VMMs (each gets its own above it).
+    #[arg(long, default_value_t = 3_000_000)]
+    vm_uid_base: u32,
+    /// The gid of jailed VMMs.
+    #[arg(long, default_value_t = 3_000_000)]
+    vm_gid: u32,
+    /// CPU weight of each VMM's cgroup (1-10000; 100 is an even share).
+    #[arg(long)]
+    vm_cpu_weight: Option<u64>,
+    /// CPU quota of each VMM as QUOTA_US/PERIOD_US (50000/100000 = half a CPU).
+    #[arg(long, value_parser = parse_quota)]
+    vm_cpu_quota: Option<(u64, u64)>,
+    /// Memory limit of each VMM's cgroup, bytes (guest memory plus the VMM's own).
+    #[arg(long)]
+    vm_memory_max: Option<u64>,
+    /// Most tasks (threads) in each VMM's cgroup.
+    #[arg(long, default_value_t = 64)]
+    vm_pids_max: u64,
     /// Log lines as text or JSON (on stderr).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -81,6 +111,14 @@ struct Args {
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     print_openapi: bool,
+}
+
+fn parse_quota(s: &str) -> Result<(u64, u64), String> {
+    let (q, p) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected QUOTA_US/PERIOD_US, e.g. 50000/100000"))?;
+    let n = |x: &str| x.parse::<u64>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((n(q)?, n(p)?))
 }
 
 fn main() -> ExitCode {
@@ -154,6 +192,26 @@ async fn run(args: Args) -> Result<()> {
         (Some(_), None, _) => bail!("--e2b-api needs --e2b-api-key-file"),
         (None, _, _) => bail!("--e2b-envd and --e2b-api-key-file need --e2b-api"),
     };
+    let jail = if args.no_jail {
+        tracing::warn!("--no-jail: VMMs run unjailed, as root in the host's namespaces");
+        None
+    } else {
+        let jailer = match args.jailer {
+            Some(p) => p,
+            None => ember_runtime::locate_ember_jailer().context(
+                "the ember-jailer binary was not found (next to emberd, $EMBER_JAILER_BIN or \
+                 $PATH); pass --jailer, or --no-jail to run VMMs unjailed",
+            )?,
+        };
+        let mut settings = ember_runtime::jail::JailSettings::new(jailer);
+        settings.uid_base = args.vm_uid_base;
+        settings.gid = args.vm_gid;
+        settings.limits.cpu_weight = args.vm_cpu_weight;
+        settings.limits.cpu_quota = args.vm_cpu_quota;
+        settings.limits.memory_max = args.vm_memory_max;
+        settings.limits.pids_max = Some(args.vm_pids_max);
+        Some(settings)
+    };
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let daemon = Daemon::start(DaemonConfig {
@@ -170,6 +228,7 @@ async fn run(args: Args) -> Result<()> {
             ended_retention: std::time::Duration::from_secs(args.ended_retention_secs),
         },
         e2b,
+        jail,
     })
     .await
     .context("starting emberd")?;

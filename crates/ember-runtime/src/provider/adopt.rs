@@ -39,8 +39,19 @@ pub struct Leftover {
 impl Leftover {
     /// Reads the root (a provider that clears its root finds nothing).
     pub(crate) fn scan(layout: &Layout) -> std::io::Result<Leftover> {
+        let mut slots = layout.slot_numbers()?;
+        // A jail root whose slot directory is already gone still holds its number.
+        if let Ok(entries) = std::fs::read_dir(layout.jails_dir()) {
+            slots.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok())),
+            );
+            slots.sort_unstable();
+            slots.dedup();
+        }
         Ok(Leftover {
-            slots: layout.slot_numbers()?,
+            slots,
             processes: procfs::vmm_processes_under(layout.slots_dir()),
             adopted: HashSet::new(),
         })
@@ -255,6 +266,26 @@ impl VmmProvider {
                 Err(e) => tracing::error!(slot, error = %e, "cannot remove a leftover slot"),
             }
         }
+        if let Some(jail) = &inner.jail {
+            // Jail roots and cgroups of slots nobody adopted (a slot directory may be gone
+            // while its jail root is not, after a crash between the two removals).
+            let first_spare = inner.leftovers().max_slot() + 1;
+            let stale = |s: &u64| *s < first_spare && !adopted.contains(s);
+            if let Ok(entries) = std::fs::read_dir(inner.layout.jails_dir()) {
+                for n in entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+                    .filter(stale)
+                {
+                    if let Err(e) = crate::jail::remove_jail_dir(&jail.root_of(n)) {
+                        tracing::error!(slot = n, error = %e, "cannot remove a leftover jail root");
+                    }
+                }
+            }
+            for n in jail.cgroup_slots().into_iter().filter(stale) {
+                jail.remove_cgroup(n);
+            }
+        }
         let table = inner.table_read();
         match inner.layout.vm_links() {
             Ok(links) => {
@@ -286,7 +317,18 @@ impl VmmProvider {
 
     /// Adds (or replaces) a snapshot in the catalog, after checking its entry and that its files
     /// exist.
+    ///
+    /// Jailed, the files become readable by jailed VMMs (`root:<gid>`, 0640): a snapshot taken
+    /// before jailing was turned on is restorable too.
     pub fn register_snapshot(&self, info: SnapshotInfo) -> Result<(), VmError> {
+        if let Some(jail) = &self.inner.jail {
+            for path in [&info.state_path, &info.mem_path] {
+                if let Err(e) = jail.share_read_only(path) {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "cannot make a snapshot file readable by jailed VMMs");
+                }
+            }
+        }
         self.inner.snapshots.register(info)
     }
 

@@ -98,6 +98,9 @@ pub struct ProviderConfig {
     /// to [adopt](super::VmmProvider::adopt) or [sweep](super::VmmProvider::sweep). Off (the
     /// default), every VMM dies with this process and a new provider clears the root.
     pub detached: bool,
+    /// Jail every VMM (`ember-jailer`: namespaces, its own root, uid, cgroup); see
+    /// [`crate::jail`]. `None` runs VMMs in the host's namespaces as this process's user.
+    pub jail: Option<crate::jail::JailSettings>,
     /// Make [`verify_snapshot`](ember_core::VmProvider::verify_snapshot) restore the snapshot
     /// (paused) on a spare process after the file checks — the only check that catches every
     /// snapshot the VMM would refuse.
@@ -116,6 +119,7 @@ impl ProviderConfig {
             timeouts: Timeouts::default(),
             default_spec: None,
             detached: false,
+            jail: None,
             trial_restore: true,
         }
     }
@@ -124,14 +128,23 @@ impl ProviderConfig {
 /// Finds the `ember-vmm` binary: `$EMBER_VMM_BIN`, then next to the running executable (or one
 /// directory up, for test and bench executables under `target/<profile>/deps`), then `$PATH`.
 pub fn locate_ember_vmm() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("EMBER_VMM_BIN") {
+    locate_binary("ember-vmm", "EMBER_VMM_BIN")
+}
+
+/// Finds the `ember-jailer` binary the same way (`$EMBER_JAILER_BIN` first).
+pub fn locate_ember_jailer() -> Option<PathBuf> {
+    locate_binary("ember-jailer", "EMBER_JAILER_BIN")
+}
+
+fn locate_binary(name: &str, env: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         return Some(PathBuf::from(p));
     }
     let exe = std::env::current_exe().ok()?;
     let mut dir = exe.parent().map(Path::to_path_buf);
     for _ in 0..2 {
         let Some(d) = dir else { break };
-        let candidate = d.join("ember-vmm");
+        let candidate = d.join(name);
         if candidate.is_file() {
             return Some(candidate);
         }
@@ -139,7 +152,7 @@ pub fn locate_ember_vmm() -> Option<PathBuf> {
     }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|p| p.join("ember-vmm"))
+            .map(|p| p.join(name))
             .find(|p| p.is_file())
     })
 }

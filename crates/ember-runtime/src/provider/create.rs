@@ -57,6 +57,26 @@ fn require_file(field: &str, path: &Path) -> Result<(), VmError> {
     }
 }
 impl Inner {
+    /// Makes host `path` visible to slot `slot`'s jailed VMM at the same path (nothing to do
+    /// when VMMs are not jailed).
+    pub(super) fn expose(
+        &self,
+        slot: u64,
+        path: &Path,
+        writable: bool,
+    ) -> Result<(), RuntimeError> {
+        match &self.jail {
+            Some(jail) => jail
+                .expose(slot, path, writable)
+                .map_err(|source| RuntimeError::Files {
+                    what: "cannot make a file visible in the VMM's jail",
+                    path: path.to_path_buf(),
+                    source,
+                }),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn provider_err(
         &self,
         op: Operation,
@@ -193,6 +213,16 @@ impl Inner {
             require_file(&format!("drives[{i}].path_on_host"), &d.path_on_host)?;
         }
         self.create_in_spare(id, |client, paths| {
+            self.expose(paths.slot, kernel, false)?;
+            if let Some(initrd) = &spec.initrd {
+                self.expose(paths.slot, initrd, false)?;
+            }
+            if let Some(rootfs) = &spec.rootfs {
+                self.expose(paths.slot, rootfs, !spec.rootfs_read_only)?;
+            }
+            for d in &spec.drives {
+                self.expose(paths.slot, &d.path_on_host, !d.is_read_only)?;
+            }
             client.put_machine_config(&MachineConfiguration::new(
                 spec.vcpu_count,
                 spec.mem_size_mib,
@@ -270,6 +300,8 @@ impl Inner {
         }
         let resume = snap.resume;
         self.create_in_spare(id, |client, paths| {
+            self.expose(paths.slot, &stored.state_path, false)?;
+            self.expose(paths.slot, &stored.mem_path, false)?;
             client.load_snapshot(&load_params(&stored, paths, resume, snap))?;
             Ok(Created {
                 status: if resume {

@@ -32,7 +32,7 @@ use std::sync::{
 use std::time::{Duration, Instant};
 
 pub use adopt::{AdoptError, SweepReport};
-pub use config::{Flavor, ProviderConfig, Timeouts, locate_ember_vmm};
+pub use config::{Flavor, ProviderConfig, Timeouts, locate_ember_jailer, locate_ember_vmm};
 use ember_core::{VmError, VmId};
 use vm::VmEntry;
 
@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     /// What an earlier provider left under the root when this one opened it (detached mode):
     /// the slots with a directory and the VMM processes found, all numbered below the spares'.
     pub leftovers: Mutex<adopt::Leftover>,
+    /// Jailing, when configured.
+    pub jail: Option<Arc<crate::jail::Jails>>,
 }
 
 /// A [`VmProvider`](ember_core::VmProvider) + [`VmQuery`](ember_core::VmQuery) running each
@@ -148,6 +150,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// Jailing could not be set up.
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailSetupError),
     /// A provider thread could not be started.
     #[error("cannot start the provider's {what} thread")]
     Thread {
@@ -187,6 +192,26 @@ impl VmmProvider {
             source,
         })?;
         let first_slot = left.max_slot() + 1;
+        let jail = match &config.jail {
+            Some(settings) => {
+                if config.detached {
+                    // Jailed VMMs are re-parented to us when their jailer exits: reap them here.
+                    nix::sys::prctl::set_child_subreaper(true).map_err(|e| StartError::Thread {
+                        what: "subreaper",
+                        source: e.into(),
+                    })?;
+                }
+                let jails = crate::jail::Jails::prepare(settings.clone(), layout.root(), &binary)?;
+                if !config.detached {
+                    // The earlier provider's VMMs died with it: so go their cgroups.
+                    for slot in jails.cgroup_slots() {
+                        jails.remove_cgroup(slot);
+                    }
+                }
+                Some(Arc::new(jails))
+            }
+            None => None,
+        };
         let snapshots = SnapshotStore::new(layout.snapshots_dir());
         let me: Arc<OnceLock<Weak<Inner>>> = Arc::new(OnceLock::new());
         let hook_target = Arc::clone(&me);
@@ -213,6 +238,7 @@ impl VmmProvider {
                     Flavor::EmberVmm { .. } => crate::process::ParentDeath::Flag,
                     Flavor::Firecracker { .. } => crate::process::ParentDeath::Launcher,
                 },
+                jail: jail.clone(),
             },
             Arc::clone(&layout),
             Arc::clone(&supervisor),
@@ -236,6 +262,7 @@ impl VmmProvider {
             shut_down: Mutex::new(false),
             vmm_version: OnceLock::new(),
             leftovers: Mutex::new(left),
+            jail,
         });
         let _ = me.set(Arc::downgrade(&inner));
         tracing::info!(provider = inner.name, root = %inner.layout.root().display(),
@@ -425,6 +452,9 @@ impl Inner {
         {
             tracing::warn!(slot, error = %e, "cannot remove a dead VMM's slot");
         }
+        if let Some(jail) = &self.jail {
+            jail.remove_cgroup(slot);
+        }
         if let Some(exit) = died {
             tracing::warn!(vm = %exit.id, pid = exit.pid, exit = %exit.exit, "VMM process died");
             let listeners: Vec<ExitListener> = self
@@ -460,15 +490,24 @@ impl Inner {
             return;
         }
         self.shutting_down.store(true, Ordering::SeqCst);
-        let n = {
+        let (n, live_slots) = {
             let mut table = self.table();
+            let live: HashSet<u64> = table.by_slot.keys().copied().collect();
             table.by_slot.clear();
             let n = table.vms.len();
             table.vms.clear();
-            n
+            (n, live)
         };
         self.spares.shutdown();
         self.supervisor.stop();
+        if let Some(jail) = &self.jail {
+            // The spares just killed are reaped by nobody now: their cgroups go here.
+            for slot in jail.cgroup_slots() {
+                if !live_slots.contains(&slot) {
+                    jail.remove_cgroup(slot);
+                }
+            }
+        }
         *done = true;
         tracing::info!(
             provider = self.name,
@@ -519,6 +558,9 @@ impl Inner {
         if let Err(e) = self.layout.remove_runtime_files() {
             tracing::error!(root = %self.layout.root().display(), error = %e,
                 "cannot remove the provider's files");
+        }
+        if let Some(jail) = &self.jail {
+            jail.tear_down();
         }
         *done = true;
         if left > 0 {

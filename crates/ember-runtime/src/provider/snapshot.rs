@@ -55,12 +55,43 @@ impl Inner {
                 self.snapshots.abort(sid);
                 self.provider_err(Operation::Snapshot, id, e)
             };
-            if let Err(e) = client.create_snapshot(&SnapshotCreateParams {
+            let slot = entry.process.slot();
+            if let Some(jail) = &self.jail {
+                // The VMM writes the files itself, into the new snapshot's directory lent to
+                // it for the call; then they become root's, readable by every jailed VMM.
+                let lent = jail
+                    .lend_dir(slot, &dir)
+                    .and_then(|()| jail.expose(slot, &dir, true))
+                    .map_err(|source| RuntimeError::Files {
+                        what: "cannot lend the snapshot directory to the VMM's jail",
+                        path: dir.clone(),
+                        source,
+                    });
+                if let Err(e) = lent {
+                    return Err(fail(e));
+                }
+            }
+            let created = client.create_snapshot(&SnapshotCreateParams {
                 mem_file_path: mem_path.clone(),
                 snapshot_path: state_path.clone(),
                 snapshot_type: Some(SnapshotType::Full),
                 version: None,
-            }) {
+            });
+            if let Some(jail) = &self.jail {
+                let _ = jail.hide(slot, &dir);
+                let shared = [&dir, &state_path, &mem_path]
+                    .into_iter()
+                    .filter(|p| p.exists())
+                    .try_for_each(|p| jail.share_read_only(p));
+                if let Err(source) = shared {
+                    return Err(fail(RuntimeError::Files {
+                        what: "cannot hand the snapshot's files back to root",
+                        path: dir.clone(),
+                        source,
+                    }));
+                }
+            }
+            if let Err(e) = created {
                 return Err(fail(self.call_failed(&entry.process, e)));
             }
             let vmm_version = self.vmm_version(client);
@@ -120,10 +151,22 @@ impl Inner {
             mut client,
             ..
         } = self.take_spare(Operation::Create, sid)?;
-        let result = client.load_snapshot(&load_params(&stored, process.paths(), false, snap));
+        let slot = process.slot();
+        let result = self
+            .expose(slot, &stored.state_path, false)
+            .and_then(|()| self.expose(slot, &stored.mem_path, false))
+            .and_then(|()| {
+                client
+                    .load_snapshot(&load_params(&stored, process.paths(), false, snap))
+                    .map_err(RuntimeError::Api)
+            });
         discard(&self.layout, &process);
         result.map_err(|e| {
-            let source = Box::new(self.call_failed(&process, e));
+            let e = match e {
+                RuntimeError::Api(c) => self.call_failed(&process, c),
+                other => other,
+            };
+            let source = Box::new(e);
             self.provider_err(
                 Operation::Create,
                 sid,

@@ -92,6 +92,11 @@ impl Daemon {
             .arg(self.runtime.path())
             .arg("--vmm")
             .arg(ember_test_support::vmm_bin())
+            .arg("--jailer")
+            .arg(ember_test_support::package_bin(
+                "ember-jailer",
+                "ember-jailer",
+            ))
             .arg("--spares")
             .arg("2")
             .args(&self.extra)
@@ -177,9 +182,23 @@ impl Drop for Daemon {
     /// Kills the daemon and every VMM it left, so a failed test leaks nothing.
     fn drop(&mut self) {
         self.kill9();
-        for pid in self.vmm_pids() {
-            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        let pids = self.vmm_pids();
+        for pid in &pids {
+            signal(*pid, nix::sys::signal::Signal::SIGKILL);
         }
+        // Jailed VMMs leave a shared mount and cgroups under the runtime directory's name.
+        let gone = Instant::now() + Duration::from_secs(5);
+        while pids
+            .iter()
+            .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < gone
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = ember_runtime::jail::remove_leftovers(
+            self.runtime.path(),
+            std::path::Path::new("/sys/fs/cgroup"),
+        );
     }
 }
 

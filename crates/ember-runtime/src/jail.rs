@@ -1,0 +1,590 @@
+//! Jailed VMMs: every VMM process starts through `ember-jailer` (new mount, pid, ipc, uts and
+//! network namespaces; `pivot_root` into its own directory; its own uid; no capabilities;
+//! `no_new_privs`; a cgroup with limits), and the files it needs are made visible inside the
+//! jail as they are needed.
+//!
+//! # Paths stay the same inside and outside
+//! The jail root of slot `n` is `<root>/jails/<n>/`, an empty skeleton. The slot directory
+//! (`<root>/slots/<n>`: sockets, logs) is bound into it *at its own host path*, and so is every
+//! file the VMM is later given (a kernel, a snapshot's files, a drive). So a path in an API
+//! call means the same file on both sides: nothing in the provider translates paths, and the
+//! VMM's command line still names its slot (which is how a new provider finds the VMMs an
+//! earlier one left). The VMM sees those paths and nothing else of the host.
+//!
+//! # Files given after the VMM started
+//! A spare VMM is started before anyone knows which snapshot it will restore. `<root>/jails` is
+//! made a shared mount once (a bind of itself); each jail's root is a slave of it, so a bind
+//! mount the provider makes under `<root>/jails/<n>/...` on the host appears inside jail `n`
+//! (and, being under that jail's directory, in no other jail). [`Jails::expose`] makes one:
+//! the mount point's parent directories, an empty file or directory, `mount --bind`, and a
+//! read-only remount unless the VMM must write. Removing a slot unmounts everything under its
+//! jail directory first ([`remove_jail_dir`]).
+//!
+//! # Identity and limits
+//! uid = `uid_base + slot % uid_count` (slot numbers are not reused by a provider, so live VMs
+//! of one provider differ; the range must not overlap real users). Every jailed VMM shares
+//! the gid `gid`: files that many VMMs read (a template's snapshot) are `root:<gid>` mode 0640,
+//! readable by VMMs and by no other unprivileged user on the host. The cgroup is
+//! `ember-<tag>/slot<n>` (`tag` from the root's path, so two providers side by side never share
+//! one) with the configured limits; it is removed when the process has been reaped.
+//!
+//! # Tied or detached
+//! Tied (the CLI's runs) passes `--parent-pid`: the jailer stays as the VMM's parent and dies
+//! with its owner, and the provider watches the jailer. Detached (the daemon's): the jailer
+//! exits once the VMM runs, the VMM is re-parented to this process (a child subreaper, set
+//! when the provider starts) and the provider watches the VMM itself.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use ember_jailer::cgroup::{self, Version};
+use ember_jailer::{Bind, Limits};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+/// Where cgroup trees are mounted on a standard host.
+pub const CGROUP_ROOT: &str = cgroup::DEFAULT_ROOT;
+
+/// How the provider jails its VMMs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailSettings {
+    /// The `ember-jailer` binary.
+    pub jailer: PathBuf,
+    /// First uid handed to VMMs.
+    pub uid_base: u32,
+    /// How many uids, from `uid_base`, VMMs may use.
+    pub uid_count: u32,
+    /// The gid every jailed VMM runs as.
+    pub gid: u32,
+    /// The cgroup limits of each VMM (CPU weight and quota, memory, pids).
+    pub limits: Limits,
+    /// Where the cgroup trees are mounted (`/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
+}
+
+impl JailSettings {
+    /// Defaults: uids 3,000,000 and up (a million of them), gid 3,000,000, pids max 64, no other
+    /// limits, cgroups under `/sys/fs/cgroup`.
+    pub fn new(jailer: impl Into<PathBuf>) -> Self {
+        Self {
+            jailer: jailer.into(),
+            uid_base: 3_000_000,
+            uid_count: 1_000_000,
+            gid: 3_000_000,
+            limits: Limits {
+                pids_max: Some(64),
+                ..Limits::default()
+            },
+            cgroup_root: PathBuf::from(CGROUP_ROOT),
+        }
+    }
+}
+
+/// Why jailing cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JailSetupError {
+    /// The jailer binary is missing.
+    #[error("the jailer binary {0} does not exist")]
+    MissingJailer(PathBuf),
+    /// A setting is out of range.
+    #[error("jail setting {field}: {why}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// No usable cgroup tree.
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    /// The VMM's libraries could not be listed.
+    #[error(transparent)]
+    Libraries(#[from] ember_jailer::libraries::LibraryError),
+    /// A directory or mount could not be prepared.
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A provider's jailing: settings plus what was worked out once (libraries, cgroup version).
+#[derive(Debug)]
+pub struct Jails {
+    settings: JailSettings,
+    jailer: PathBuf,
+    dir: PathBuf,
+    parent_cgroup: String,
+    version: Version,
+    libraries: Vec<Bind>,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JailSetupError + '_ {
+    move |source| JailSetupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A short tag naming a provider root (FNV-1a of its path), for its cgroup.
+fn root_tag(root: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in root.as_os_str().as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}", h as u32)
+}
+
+/// The mount points in this mount namespace, from `/proc/self/mountinfo` (octal escapes
+/// decoded).
+fn mount_points() -> io::Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .collect())
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmounts (lazily) every mount at or under `dir`, deepest first, then removes `dir`. A
+/// missing directory is fine.
+pub fn remove_jail_dir(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut under: Vec<PathBuf> = mount_points()?
+        .into_iter()
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    under.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in under {
+        match umount2(&m, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Jails {
+    /// Prepares jailing for the provider rooted at `root` running `vmm`: checks the settings,
+    /// lists the VMM's shared libraries once, and makes `<root>/jails` a shared mount.
+    pub fn prepare(
+        settings: JailSettings,
+        root: &Path,
+        vmm: &Path,
+    ) -> Result<Jails, JailSetupError> {
+        if !settings.jailer.is_file() {
+            return Err(JailSetupError::MissingJailer(settings.jailer.clone()));
+        }
+        let jailer = std::path::absolute(&settings.jailer)
+            .map_err(|_| JailSetupError::MissingJailer(settings.jailer.clone()))?;
+        if settings.uid_base == 0 || settings.uid_count == 0 {
+            return Err(JailSetupError::Invalid {
+                field: "uid_base/uid_count",
+                why: "uids start above 0 and the range is not empty".into(),
+            });
+        }
+        if settings.uid_base.checked_add(settings.uid_count).is_none() {
+            return Err(JailSetupError::Invalid {
+                field: "uid_count",
+                why: format!(
+                    "{} + {} overflows a uid",
+                    settings.uid_base, settings.uid_count
+                ),
+            });
+        }
+        if settings.gid == 0 {
+            return Err(JailSetupError::Invalid {
+                field: "gid",
+                why: "a jailed VMM never runs as gid 0".into(),
+            });
+        }
+        settings.limits.validate()?;
+        let version = cgroup::detect(&settings.cgroup_root)?;
+        let libraries = ember_jailer::libraries::binds_for(vmm)?;
+        let dir = root.join("jails");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(io_at(&dir))?;
+        let is_mount = mount_points()
+            .map_err(io_at(&dir))?
+            .iter()
+            .any(|m| m == &dir);
+        if !is_mount {
+            mount(
+                Some(&dir),
+                &dir,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| io_at(&dir)(e.into()))?;
+        }
+        mount(
+            None::<&str>,
+            &dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .map_err(|e| io_at(&dir)(e.into()))?;
+        Ok(Jails {
+            parent_cgroup: format!("ember-{}", root_tag(root)),
+            settings,
+            jailer,
+            dir,
+            version,
+            libraries,
+        })
+    }
+
+    /// The jailer binary (absolute).
+    pub fn jailer(&self) -> &Path {
+        &self.jailer
+    }
+
+    /// Slot `n`'s jail root.
+    pub fn root_of(&self, slot: u64) -> PathBuf {
+        self.dir.join(slot.to_string())
+    }
+
+    /// The uid of slot `n`'s VMM.
+    pub fn uid_of(&self, slot: u64) -> u32 {
+        self.settings.uid_base + (slot % u64::from(self.settings.uid_count)) as u32
+    }
+
+    /// The gid every jailed VMM runs as.
+    pub fn gid(&self) -> u32 {
+        self.settings.gid
+    }
+
+    fn cgroup_id(slot: u64) -> String {
+        format!("slot{slot}")
+    }
+
+    /// Creates slot `n`'s jail root and hands the slot directory to the VMM's uid.
+    pub fn prepare_slot(&self, slot: u64, slot_dir: &Path) -> io::Result<()> {
+        let root = self.root_of(slot);
+        std::fs::DirBuilder::new().mode(0o755).create(&root)?;
+        let (uid, gid) = (self.uid_of(slot), self.settings.gid);
+        nix::unistd::chown(
+            slot_dir,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )?;
+        Ok(())
+    }
+
+    /// The command that starts `vmm` with `vmm_args` jailed in slot `n` (whose directory
+    /// `slot_dir` is bound at its own path), tied to this process or not, writing the VMM's
+    /// host pid to `pid_file`.
+    pub fn command(
+        &self,
+        slot: u64,
+        slot_dir: &Path,
+        vmm: &Path,
+        vmm_args: &[OsString],
+        pid_file: &Path,
+        tied: bool,
+    ) -> Command {
+        let mut cmd = Command::new(&self.jailer);
+        cmd.arg("--id")
+            .arg(Self::cgroup_id(slot))
+            .arg("--root")
+            .arg(self.root_of(slot))
+            .arg("--uid")
+            .arg(self.uid_of(slot).to_string())
+            .arg("--gid")
+            .arg(self.settings.gid.to_string())
+            .arg("--exec-file")
+            .arg(vmm)
+            .arg("--parent-cgroup")
+            .arg(&self.parent_cgroup)
+            .arg("--cgroup-root")
+            .arg(&self.settings.cgroup_root)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg("--no-library-scan");
+        let mut slot_bind = slot_dir.as_os_str().to_owned();
+        slot_bind.push(":");
+        slot_bind.push(slot_dir.as_os_str());
+        slot_bind.push(":rw");
+        cmd.arg("--bind").arg(slot_bind);
+        for lib in &self.libraries {
+            let mut b = lib.source.as_os_str().to_owned();
+            b.push(":");
+            b.push(lib.target.as_os_str());
+            b.push(":ro");
+            cmd.arg("--bind").arg(b);
+        }
+        let l = &self.settings.limits;
+        if let Some(w) = l.cpu_weight {
+            cmd.arg("--cpu-weight").arg(w.to_string());
+        }
+        if let Some((q, p)) = l.cpu_quota {
+            cmd.arg("--cpu-quota").arg(format!("{q}/{p}"));
+        }
+        if let Some(m) = l.memory_max {
+            cmd.arg("--memory-max").arg(m.to_string());
+        }
+        if let Some(p) = l.pids_max {
+            cmd.arg("--pids-max").arg(p.to_string());
+        }
+        if tied {
+            cmd.arg("--parent-pid").arg(std::process::id().to_string());
+        }
+        cmd.arg("--").args(vmm_args);
+        cmd
+    }
+
+    /// Makes host file or directory `path` visible inside slot `n`'s jail at the same path,
+    /// read-only unless `writable`. Already visible: nothing to do.
+    pub fn expose(&self, slot: u64, path: &Path, writable: bool) -> io::Result<()> {
+        if !path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not an absolute, normal path", path.display()),
+            ));
+        }
+        let meta = std::fs::metadata(path)?;
+        let root = self.root_of(slot);
+        let target = root.join(path.strip_prefix("/").unwrap_or(path));
+        if target.exists() {
+            return Ok(());
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)?;
+        }
+        if meta.is_dir() {
+            std::fs::DirBuilder::new().mode(0o755).create(&target)?;
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&target)?;
+        }
+        mount(
+            Some(path),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        if !writable {
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`expose`](Self::expose) of `path` in slot `n` (a missing one is fine).
+    pub fn hide(&self, slot: u64, path: &Path) -> io::Result<()> {
+        let target = self
+            .root_of(slot)
+            .join(path.strip_prefix("/").unwrap_or(path));
+        match umount2(&target, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let _ = std::fs::remove_file(&target).or_else(|_| std::fs::remove_dir(&target));
+        Ok(())
+    }
+
+    /// Lets every jailed VMM read `path` (a snapshot file written by one of them): `root:<gid>`,
+    /// mode 0640 (0750 for a directory).
+    pub fn share_read_only(&self, path: &Path) -> io::Result<()> {
+        let meta = std::fs::metadata(path)?;
+        nix::unistd::chown(
+            path,
+            Some(nix::unistd::Uid::from_raw(0)),
+            Some(nix::unistd::Gid::from_raw(self.settings.gid)),
+        )?;
+        let mode = if meta.is_dir() { 0o750 } else { 0o640 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+
+    /// Lets slot `n`'s VMM write into directory `dir` (a snapshot being taken).
+    pub fn lend_dir(&self, slot: u64, dir: &Path) -> io::Result<()> {
+        nix::unistd::chown(
+            dir,
+            Some(nix::unistd::Uid::from_raw(self.uid_of(slot))),
+            Some(nix::unistd::Gid::from_raw(self.settings.gid)),
+        )?;
+        Ok(())
+    }
+
+    /// Removes slot `n`'s cgroup, waiting up to ~100 ms for a dying process to leave it.
+    pub fn remove_cgroup(&self, slot: u64) {
+        let id = Self::cgroup_id(slot);
+        let mut last = None;
+        for _ in 0..50 {
+            match cgroup::remove(
+                &self.settings.cgroup_root,
+                self.version,
+                &self.parent_cgroup,
+                &id,
+            ) {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if let Some(e) = last {
+            tracing::warn!(slot, error = %e, "cannot remove a VMM's cgroup");
+        }
+    }
+
+    /// The slots that have a cgroup under this provider's parent cgroup.
+    pub fn cgroup_slots(&self) -> Vec<u64> {
+        let dirs = cgroup::dirs(
+            &self.settings.cgroup_root,
+            self.version,
+            &self.parent_cgroup,
+            "x",
+        );
+        let Some(parent) = dirs.first().and_then(|d| d.parent()) else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            return Vec::new();
+        };
+        let mut out: Vec<u64> = entries
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("slot"))
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Removes every VMM cgroup left (their processes are gone: a removal that raced with a
+    /// dying process is retried here), the provider's own parent cgroups, and unmounts
+    /// `<root>/jails`. Only when no VMM of the provider is left.
+    pub fn tear_down(&self) {
+        for slot in self.cgroup_slots() {
+            self.remove_cgroup(slot);
+        }
+        for dir in cgroup::dirs(
+            &self.settings.cgroup_root,
+            self.version,
+            &self.parent_cgroup,
+            "x",
+        ) {
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+        if let Err(e) = remove_jail_dir(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove the jails directory");
+        }
+    }
+}
+
+/// Removes what jailing leaves of a provider root whose VMMs are all gone (killed by an
+/// operator, or a test): the jail roots with their mounts, the shared `<root>/jails` mount, and
+/// the root's cgroups (waiting up to ~1 s for just-killed processes to leave them). For a
+/// detached provider's root after its daemon is gone for good; a running provider cleans up
+/// after itself.
+pub fn remove_leftovers(root: &Path, cgroup_root: &Path) -> io::Result<()> {
+    let root = std::path::absolute(root)?;
+    remove_jail_dir(&root.join("jails"))?;
+    let Ok(version) = cgroup::detect(cgroup_root) else {
+        return Ok(());
+    };
+    let parent = format!("ember-{}", root_tag(&root));
+    for dir in cgroup::dirs(cgroup_root, version, &parent, "x") {
+        let Some(parent_dir) = dir.parent() else {
+            continue;
+        };
+        let slots: Vec<PathBuf> = std::fs::read_dir(parent_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("slot"))
+            .map(|e| e.path())
+            .collect();
+        for slot in slots {
+            for _ in 0..200 {
+                match std::fs::remove_dir(&slot) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(parent_dir);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn tags_differ_per_root_and_are_stable() {
+        assert_eq!(
+            root_tag(Path::new("/run/ember")),
+            root_tag(Path::new("/run/ember"))
+        );
+        assert_ne!(
+            root_tag(Path::new("/run/ember")),
+            root_tag(Path::new("/run/ember2"))
+        );
+        assert_eq!(root_tag(Path::new("/x")).len(), 8);
+    }
+}
