@@ -55,6 +55,16 @@ impl Session {
     /// The directory is [`root_under`](Session::root_under)`(parent)`; it is removed again if
     /// the provider does not start.
     pub fn start(vmm: &Path, parent: &Path, spares: usize) -> Result<Session, SessionError> {
+        Session::start_with(vmm, parent, spares, None)
+    }
+
+    /// [`start`](Session::start), with every VMM jailed when `jail` is given.
+    pub fn start_with(
+        vmm: &Path,
+        parent: &Path,
+        spares: usize,
+        jail: Option<ember_runtime::jail::JailSettings>,
+    ) -> Result<Session, SessionError> {
         let root = Session::root_under(parent);
         std::fs::create_dir_all(&root).map_err(|source| SessionError::Root {
             path: root.clone(),
@@ -70,6 +80,7 @@ impl Session {
             count: spares,
             ..SpareConfig::default()
         };
+        config.jail = jail;
         let provider = match VmmProvider::new(config) {
             Ok(p) => p,
             Err(e) => {

@@ -7,6 +7,7 @@ pub mod api;
 mod boot;
 mod density;
 mod handoff;
+mod jail;
 
 pub use handoff::Acquirers;
 mod restore;
@@ -40,6 +41,8 @@ pub enum BenchKind {
     Vsock,
     /// emberd's HTTP API: create -> first exec through the daemon, restarts, memory.
     Api,
+    /// Warm handoff and pool refill with VMMs unjailed and jailed (ember-jailer), side by side.
+    Jail,
 }
 
 /// Knobs shared by the benchmarks.
@@ -251,6 +254,9 @@ pub fn probe_stack() -> StackKey {
 /// Runs benchmark `kind`.
 pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchError> {
     opts.validate(kind)?;
+    if kind == BenchKind::Jail {
+        return jail::run(opts, ui);
+    }
     let spares = match kind {
         BenchKind::Restore | BenchKind::Acquire => 16,
         _ => 4,
@@ -270,6 +276,7 @@ pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchRep
         BenchKind::Api => Err(BenchError::Failed(
             "the api benchmark runs its own daemon: call bench::api::run".into(),
         )),
+        BenchKind::Jail => unreachable!("handled above"),
     };
     ui.stage("destroying everything", None);
     let leftovers = session.finish();

@@ -1,0 +1,184 @@
+//! `ember bench jail`: what jailing costs. The same warm pool is run twice in one process — its
+//! VMMs unjailed, then jailed by ember-jailer (own namespaces, root, uid and cgroup; ember-vmm's
+//! seccomp filters in both) — and each run measures:
+//! - handoffs: rounds of `concurrency` tenants acquiring at once from a full pool, each timed
+//!   from the acquire call to its tenant's first agent reply;
+//! - refill: after each burst, how fast the pool refills (VMs restored per second until full;
+//!   a jailed refill also starts each VMM through the jailer and binds the snapshot's files
+//!   into its jail).
+//!
+//! Targets: jailed within 10% of unjailed for the handoff p50 and p99 and the refill rate.
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use ember_host::session::Session;
+use ember_host::ui::{Quiet, Ui};
+use ember_host::warm::{HandoffTiming, PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack};
+
+use super::handoff::summaries;
+use super::{AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, Target, probe_stack};
+
+/// One run's figures.
+struct Run {
+    handoffs: Vec<HandoffTiming>,
+    refill_rates: Vec<f64>,
+}
+
+pub(super) fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchError> {
+    let jailer = ember_runtime::locate_ember_jailer().ok_or_else(|| {
+        BenchError::Failed(
+            "ember-jailer was not found (next to ember, $EMBER_JAILER_BIN or $PATH); build it \
+             with cargo build --release -p ember-jailer"
+                .into(),
+        )
+    })?;
+    let mut report = BenchReport::new(BenchKind::Jail);
+    let mut runs = Vec::new();
+    for (label, jail) in [
+        ("not jailed", None),
+        ("jailed", Some(ember_runtime::jail::JailSettings::new(jailer))),
+    ] {
+        ui.stage(&format!("{label}: starting VMM processes"), None);
+        let interrupt =
+            crate::interrupt::Registration::new(&Session::root_under(&opts.workdir));
+        let session = Session::start_with(&opts.vmm, &opts.workdir, 16, jail)?;
+        let provider = std::sync::Arc::clone(session.provider());
+        interrupt.on_stop(move || provider.shutdown());
+        ui.finish(&format!("session in {}", session.root().display()));
+        let result = one_run(&session, opts, ui, label);
+        let leftovers = session.finish();
+        drop(interrupt);
+        let run = result?;
+        if !leftovers.is_clean() {
+            return Err(BenchError::Leaked(leftovers));
+        }
+        report
+            .latencies
+            .extend(summaries(&format!("{label}: "), &run.handoffs));
+        let rate = median(&run.refill_rates);
+        report.figure(&format!("refill_vms_per_s_{}", label.replace(' ', "_")), rate);
+        runs.push((label, run, rate));
+    }
+    let total = |label: &str| {
+        report
+            .latencies
+            .iter()
+            .find(|s| s.name.starts_with(label) && s.name.contains("acquire ->"))
+            .cloned()
+    };
+    if let (Some(free), Some(jailed)) = (total("not jailed: "), total("jailed: ")) {
+        for (what, a, b) in [
+            ("p50", free.p50_us, jailed.p50_us),
+            ("p99", free.p99_us, jailed.p99_us),
+        ] {
+            let ratio = b / a.max(1.0);
+            report.figure(&format!("handoff_{what}_jailed_over_unjailed"), ratio);
+            report.targets.push(Target::at_most(
+                &format!("handoff {what}, jailed / not jailed"),
+                1.10,
+                ratio,
+                "x",
+            ));
+        }
+    }
+    if let [(_, _, free), (_, _, jailed)] = runs.as_slice() {
+        let ratio = jailed / free.max(f64::MIN_POSITIVE);
+        report.figure("refill_jailed_over_unjailed", ratio);
+        report.targets.push(Target::at_least(
+            "refill rate, jailed / not jailed",
+            0.90,
+            ratio,
+            "x",
+        ));
+    }
+    report.figure("concurrency", opts.concurrency);
+    report.figure("handoffs_per_run", runs.first().map_or(0, |r| r.1.handoffs.len()));
+    Ok(report)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn one_run(
+    session: &Session,
+    opts: &BenchOptions,
+    ui: &dyn Ui,
+    label: &str,
+) -> Result<Run, BenchError> {
+    let warm = WarmStack::start(
+        session.provider(),
+        &WarmOptions {
+            stack: probe_stack(),
+            kernel: opts.kernel.clone(),
+            boot_args: Some(PROBE_TEMPLATE_ARGS.to_string()),
+            pooled: opts.pooled,
+            agent_port: opts.agent_port,
+            agent_timeout: AGENT_TIMEOUT,
+            depth: opts.concurrency,
+            refill_parallelism: 4,
+        },
+        ui,
+    )?;
+    let result = rounds(session, &warm, opts, ui, label);
+    warm.shutdown();
+    result
+}
+
+fn rounds(
+    session: &Session,
+    warm: &WarmStack,
+    opts: &BenchOptions,
+    ui: &dyn Ui,
+    label: &str,
+) -> Result<Run, BenchError> {
+    let rounds = opts.iterations.div_ceil(opts.concurrency).max(1);
+    ui.stage(
+        &format!("{label}: {rounds} rounds of {} concurrent handoffs", opts.concurrency),
+        Some((rounds * opts.concurrency) as u64),
+    );
+    let mut run = Run {
+        handoffs: Vec::new(),
+        refill_rates: Vec::new(),
+    };
+    warm.wait_full(&Quiet, Duration::from_secs(60))?;
+    for round in 0..rounds {
+        session.settle(Duration::from_secs(10));
+        let barrier = Barrier::new(opts.concurrency);
+        let results: Vec<Result<_, BenchError>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..opts.concurrency)
+                .map(|i| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        warm.handoff(&format!("j{round}-{i}"), &["bench"])
+                            .map_err(|e| BenchError::from(Box::new(e)))
+                    })
+                })
+                .collect();
+            hs.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        // The burst took `concurrency` VMs (the refill starts as each is taken; timed from the
+        // burst's end, the same way in both runs).
+        let emptied = Instant::now();
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(h) => run.handoffs.push(warm.release(h)),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        warm.wait_full(&Quiet, Duration::from_secs(60))?;
+        let took = emptied.elapsed().as_secs_f64();
+        run.refill_rates.push(opts.concurrency as f64 / took.max(1e-6));
+        ui.progress(run.handoffs.len() as u64);
+    }
+    ui.finish("done");
+    Ok(run)
+}
