@@ -80,7 +80,7 @@ impl Lab {
     /// A plain namespace `embt<id>-<name>` made with `ip netns add`, removed with the lab.
     pub fn netns(&mut self, name: &str) -> String {
         let full = format!("embt{}-{name}", self.id);
-        let _ = Command::new("ip").args(["netns", "del", &full]).status();
+        let _ = Command::new("ip").args(["netns", "del", &full]).output();
         sh(&format!("ip netns add {full}"));
         self.extra_netns.push(full.clone());
         full
@@ -99,6 +99,9 @@ impl Drop for Lab {
         for l in &self.extra_links {
             let _ = Command::new("ip").args(["link", "del", l]).output();
         }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &format!("ember-et{}y0", self.id)])
+            .output();
         for n in &self.extra_netns {
             let _ = Command::new("ip").args(["netns", "del", n]).output();
         }
@@ -137,7 +140,7 @@ pub fn netns_path(name: &str) -> PathBuf {
 }
 
 /// A TCP server in namespace `netns` (None: the host) on `addr` answering each connection with
-/// `reply` then echoing; runs until the process ends.
+/// `"<reply> <peer address>"` then echoing; runs until the process ends.
 pub fn serve(netns: Option<&str>, addr: SocketAddr, reply: &'static str) {
     let listener = match netns {
         Some(n) => in_netns(netns_path(n), move || TcpListener::bind(addr).unwrap()),
@@ -147,7 +150,11 @@ pub fn serve(netns: Option<&str>, addr: SocketAddr, reply: &'static str) {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
             std::thread::spawn(move || {
-                let _ = conn.write_all(reply.as_bytes());
+                let peer = conn
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                let _ = conn.write_all(format!("{reply} {peer}").as_bytes());
                 let mut buf = [0u8; 64];
                 while let Ok(n) = conn.read(&mut buf) {
                     if n == 0 || conn.write_all(&buf[..n]).is_err() {
