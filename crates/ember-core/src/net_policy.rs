@@ -84,7 +84,6 @@ impl fmt::Display for Protocol {
 }
 
 /// An IPv4 network in CIDR form; a bare address means `/32`.
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Ipv4Cidr {
@@ -180,7 +179,6 @@ impl From<Ipv4Cidr> for String {
 }
 
 /// One port or an inclusive range of ports; JSON `443` or `"8000-8080"`.
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "PortsRepr", into = "PortsRepr")]
 pub struct PortRange {
@@ -279,12 +277,14 @@ impl From<PortRange> for PortsRepr {
 #[serde(deny_unknown_fields)]
 pub struct EgressRule {
     /// Destination address or network.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "10.0.0.0/8"))]
     pub cidr: Ipv4Cidr,
     /// Only this protocol (none: any protocol, or TCP and UDP when `ports` is given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
-    /// Only these destination ports.
+    /// Only these destination ports: one (`443`) or a range (`"8000-8080"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "8000-8080"))]
     pub ports: Option<PortRange>,
 }
 

@@ -290,8 +290,6 @@ impl HostNet {
         let config = self.config.clone();
         let host_ns = self.host_ns.clone();
         let path = net.netns_path();
-        let g = &net.guest;
-        let mac = g.guest_mac.octets();
         ns::on_thread(|| {
             ns::enter(host_ns.as_fd(), "host")?;
             let rt = ns::runtime()?;
@@ -310,15 +308,38 @@ impl HostNet {
                 nft::sandbox_ruleset(&config, net, policy),
             )?;
             let t1 = Instant::now();
-            let guest_ns = match link {
-                GuestLink::Tap { .. } => None,
-                GuestLink::VethStandIn { guest_netns, .. } => {
-                    Some(File::open(guest_netns).map_err(|e| {
-                        NetError::io("opening", guest_netns.display().to_string(), e)
-                    })?)
-                }
-            };
-            if let GuestLink::Tap { owner } = link {
+            let linked = self.link_up(&rt, &host, &inner, net, link, made_veth);
+            let t_links = t1.elapsed();
+            let t2 = Instant::now();
+            // Waited for even if the links failed: no zombie is left behind.
+            let ruled = nft_run.wait();
+            linked?;
+            ruled?;
+            Ok(SetupTimes {
+                total: start.elapsed(),
+                netns: t_netns,
+                links: t_links,
+                nft_wait: t2.elapsed(),
+            })
+        })
+    }
+
+    /// Everything but the namespace and the rules: the TAP (or stand-in), forwarding, the veth,
+    /// addresses, routes, the guest's neighbour entry. Runs on the thread inside the namespace;
+    /// `host` and `inner` are netlink sockets in the host and in the sandbox namespace.
+    fn link_up(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        host: &rtnetlink::Handle,
+        inner: &rtnetlink::Handle,
+        net: &SandboxNet,
+        link: &GuestLink,
+        made_veth: &mut bool,
+    ) -> Result<(), NetError> {
+        let g = &net.guest;
+        let mac = g.guest_mac.octets();
+        let guest_ns = match link {
+            GuestLink::Tap { owner } => {
                 tap::create_persistent_tap(&g.tap_name, *owner).map_err(|e| {
                     NetError::io(
                         "creating TAP",
@@ -326,74 +347,67 @@ impl HostNet {
                         e,
                     )
                 })?;
+                None
             }
-            ns::enable_forwarding(&net.netns)?;
-            rt.block_on(async {
-                let inner_side = async {
-                    links::set_up(&inner, links::LOOPBACK_INDEX, "lo").await?;
-                    links::add_veth(
-                        &inner,
+            GuestLink::VethStandIn { guest_netns, .. } => Some(
+                File::open(guest_netns)
+                    .map_err(|e| NetError::io("opening", guest_netns.display().to_string(), e))?,
+            ),
+        };
+        ns::enable_forwarding(&net.netns)?;
+        rt.block_on(async {
+            links::add_veth(
+                inner,
+                &g.netns_if,
+                &net.host_if,
+                self.host_ns.as_raw_fd(),
+                None,
+                &net.host_if,
+            )
+            .await?;
+            *made_veth = true;
+            if let (GuestLink::VethStandIn { peer_if, .. }, Some(gns)) = (link, &guest_ns) {
+                links::add_veth(
+                    inner,
+                    &g.tap_name,
+                    peer_if,
+                    gns.as_raw_fd(),
+                    Some(mac),
+                    &g.tap_name,
+                )
+                .await?;
+            }
+            // Four independent sequences, pipelined on the two sockets.
+            let (lo, eth0, tap, host_side) = futures_util::join!(
+                links::set_up(inner, links::LOOPBACK_INDEX, "lo"),
+                async {
+                    let i = links::require_index(inner, &g.netns_if).await?;
+                    links::add_address(inner, i, &g.netns_if, net.sandbox_ip, 32).await?;
+                    links::add_route(inner, i, &g.netns_if, net.host_gateway, 32, None).await?;
+                    links::add_route(
+                        inner,
+                        i,
                         &g.netns_if,
-                        &net.host_if,
-                        host_ns.as_raw_fd(),
-                        None,
-                        &net.host_if,
+                        std::net::Ipv4Addr::UNSPECIFIED,
+                        0,
+                        Some(net.host_gateway),
                     )
-                    .await?;
-                    *made_veth = true;
-                    if let (GuestLink::VethStandIn { peer_if, .. }, Some(gns)) = (link, &guest_ns) {
-                        links::add_veth(
-                            &inner,
-                            &g.tap_name,
-                            peer_if,
-                            gns.as_raw_fd(),
-                            Some(mac),
-                            &g.tap_name,
-                        )
-                        .await?;
-                    }
-                    let eth0 = links::require_index(&inner, &g.netns_if).await?;
-                    let tap = links::require_index(&inner, &g.tap_name).await?;
-                    let (a, b) = futures_util::join!(
-                        async {
-                            links::add_address(&inner, eth0, &g.netns_if, net.sandbox_ip, 32)
-                                .await?;
-                            links::add_route(&inner, eth0, &g.netns_if, net.host_gateway, 32, None)
-                                .await?;
-                            links::add_route(
-                                &inner,
-                                eth0,
-                                &g.netns_if,
-                                std::net::Ipv4Addr::UNSPECIFIED,
-                                0,
-                                Some(net.host_gateway),
-                            )
-                            .await
-                        },
-                        async {
-                            links::add_address(&inner, tap, &g.tap_name, g.gateway, g.prefix_len)
-                                .await?;
-                            links::set_up(&inner, tap, &g.tap_name).await?;
-                            links::add_neighbour(&inner, tap, &g.tap_name, g.guest_ip, mac).await
-                        }
-                    );
-                    a.and(b)
-                };
-                inner_side.await?;
-                let host_if = links::require_index(&host, &net.host_if).await?;
-                links::set_up(&host, host_if, &net.host_if).await?;
-                links::add_address(&host, host_if, &net.host_if, net.host_gateway, 32).await?;
-                links::add_route(&host, host_if, &net.host_if, net.sandbox_ip, 32, None).await
-            })?;
-            let t_links = t1.elapsed();
-            let t2 = Instant::now();
-            nft_run.wait()?;
-            Ok(SetupTimes {
-                total: start.elapsed(),
-                netns: t_netns,
-                links: t_links,
-                nft_wait: t2.elapsed(),
-            })
+                    .await
+                },
+                async {
+                    let i = links::require_index(inner, &g.tap_name).await?;
+                    links::add_address(inner, i, &g.tap_name, g.gateway, g.prefix_len).await?;
+                    links::set_up(inner, i, &g.tap_name).await?;
+                    links::add_neighbour(inner, i, &g.tap_name, g.guest_ip, mac).await
+                },
+                async {
+                    let i = links::require_index(host, &net.host_if).await?;
+                    links::set_up(host, i, &net.host_if).await?;
+                    links::add_address(host, i, &net.host_if, net.host_gateway, 32).await?;
+                    links::add_route(host, i, &net.host_if, net.sandbox_ip, 32, None).await
+                }
+            );
+            lo.and(eth0).and(tap).and(host_side)
         })
     }
 
