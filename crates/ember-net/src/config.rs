@@ -277,3 +277,88 @@ impl SandboxNet {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn allocation(tap: &str, ip: [u8; 4]) -> NetworkAllocation {
+        let ip = Ipv4Addr::from(ip);
+        NetworkAllocation {
+            tap: tap.into(),
+            ip,
+            prefix_len: 16,
+            gateway: Ipv4Addr::new(172, 30, 0, 1),
+            mac: ember_store::network::mac_for_ip(ip),
+            vsock_cid: 3,
+        }
+    }
+
+    #[test]
+    fn plan_names_and_addresses() {
+        let net = SandboxNet::plan(
+            &allocation("embtap3", [172, 30, 0, 7]),
+            &GuestAddressing::default(),
+        );
+        assert_eq!(net.host_if, "embtap3");
+        assert_eq!(net.netns, "ember-embtap3");
+        assert_eq!(net.netns_path(), PathBuf::from("/run/netns/ember-embtap3"));
+        assert_eq!(net.tap_name(), "tap0");
+        assert_eq!(net.sandbox_ip, Ipv4Addr::new(172, 30, 0, 7));
+        assert_eq!(net.host_gateway, Ipv4Addr::new(172, 30, 0, 1));
+        assert_eq!(net.guest.guest_ip, Ipv4Addr::new(172, 16, 0, 2));
+        assert_eq!(net.guest.guest_mac.to_string(), "06:00:ac:10:00:02");
+        net.validate(&NetConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn host_interface_names_are_prefix_and_digits() {
+        let c = NetConfig::default();
+        assert_eq!(c.ifname_wildcard(), "embtap*");
+        assert!(c.is_host_if("embtap0") && c.is_host_if("embtap65535"));
+        assert!(!c.is_host_if("embtap") && !c.is_host_if("embtapx1") && !c.is_host_if("eth0"));
+        assert_eq!(c.host_if_of_netns("ember-embtap12"), Some("embtap12"));
+        assert_eq!(c.host_if_of_netns("ember-other"), None);
+        assert_eq!(c.host_if_of_netns("embtap12"), None);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field = |e: NetError| match e {
+            NetError::Invalid { field, .. } => field,
+            other => panic!("{other}"),
+        };
+        let bad = NetConfig {
+            tap_prefix: "emb*".into(),
+            ..NetConfig::default()
+        };
+        assert_eq!(field(bad.validate().unwrap_err()), "net.tap_prefix");
+        let bad = NetConfig {
+            host_table: "1x".into(),
+            ..NetConfig::default()
+        };
+        assert_eq!(field(bad.validate().unwrap_err()), "net.host_table");
+        let bad = GuestAddressing {
+            guest_ip: Ipv4Addr::new(172, 16, 0, 9),
+            ..GuestAddressing::default()
+        };
+        assert_eq!(field(bad.validate().unwrap_err()), "guest.guest_ip");
+        let bad = GuestAddressing {
+            tap_name: "eth0".into(),
+            ..GuestAddressing::default()
+        };
+        assert_eq!(field(bad.validate().unwrap_err()), "guest.tap_name");
+        let c = NetConfig::default();
+        let net = SandboxNet::plan(
+            &allocation("veth7", [172, 30, 0, 7]),
+            &GuestAddressing::default(),
+        );
+        assert_eq!(field(net.validate(&c).unwrap_err()), "sandbox.host_if");
+        let net = SandboxNet::plan(
+            &allocation("embtap7", [10, 0, 0, 7]),
+            &GuestAddressing::default(),
+        );
+        assert_eq!(field(net.validate(&c).unwrap_err()), "sandbox.sandbox_ip");
+    }
+}

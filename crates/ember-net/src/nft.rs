@@ -489,3 +489,95 @@ pub(crate) fn host_remove(config: &NetConfig) -> Vec<Value> {
         json!({ "delete": table(fn_, tn) }),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::GuestAddressing;
+    use ember_core::net_policy::Protocol;
+    use ember_store::NetworkAllocation;
+
+    fn net() -> SandboxNet {
+        let ip = Ipv4Addr::new(172, 30, 0, 7);
+        SandboxNet::plan(
+            &NetworkAllocation {
+                tap: "embtap3".into(),
+                ip,
+                prefix_len: 16,
+                gateway: Ipv4Addr::new(172, 30, 0, 1),
+                mac: ember_store::network::mac_for_ip(ip),
+                vsock_cid: 3,
+            },
+            &GuestAddressing::default(),
+        )
+    }
+
+    /// Each egress rule as a compact summary: its matches' right-hand sides and its verdict.
+    fn summary(rules: &[Value]) -> Vec<String> {
+        rules
+            .iter()
+            .map(|r| {
+                let expr = r["add"]["rule"]["expr"].as_array().unwrap();
+                expr.iter()
+                    .map(|e| match e.get("match") {
+                        Some(m) => m["right"].to_string(),
+                        None => e.as_object().unwrap().keys().next().unwrap().clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn egress_order_protected_dns_allow_deny_default() {
+        let rule = |c: &str| EgressRule::to(c.parse().unwrap());
+        let policy = EgressPolicy {
+            default: EgressAction::Deny,
+            allow: vec![
+                rule("10.0.0.0/8")
+                    .protocol(Protocol::Udp)
+                    .ports("8000-8080".parse().unwrap()),
+                rule("169.254.169.254"),
+                rule("0.0.0.0/0").ports("443".parse().unwrap()),
+            ],
+            deny: vec![rule("10.1.0.0/16")],
+            allow_dns: true,
+        };
+        let s = summary(&egress_rules("ember", &net(), &policy));
+        assert_eq!(
+            s,
+            vec![
+                r#""169.254.169.254" accept"#,
+                r#"{"prefix":{"addr":"169.254.0.0","len":16}} goto"#,
+                r#""172.30.0.1" goto"#,
+                r#"{"set":["tcp","udp"]} 53 accept"#,
+                r#"{"prefix":{"addr":"10.0.0.0","len":8}} "udp" {"range":[8000,8080]} accept"#,
+                r#"{"set":["tcp","udp"]} 443 accept"#,
+                r#"{"prefix":{"addr":"10.1.0.0","len":16}} goto"#,
+                "goto",
+            ]
+        );
+        let s = summary(&egress_rules("ember", &net(), &EgressPolicy::allow_all()));
+        assert_eq!(s.last().unwrap(), "accept");
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn policy_update_is_one_flush_then_the_rules() {
+        let c = policy_update(&NetConfig::default(), &net(), &EgressPolicy::deny_all());
+        assert_eq!(
+            c[0],
+            json!({ "flush": { "chain": { "family": "ip", "table": "ember", "name": "egress" } } })
+        );
+        assert!(c[1..].iter().all(|r| r["add"]["rule"]["chain"] == "egress"));
+    }
+
+    #[test]
+    fn host_rules_use_the_prefix_wildcard() {
+        let text = serde_json::to_string(&host_ruleset(&NetConfig::default())).unwrap();
+        assert!(text.contains(r#""right":"embtap*""#), "{text}");
+        assert!(text.contains(r#""addr":"172.30.0.0","len":16"#), "{text}");
+    }
+}

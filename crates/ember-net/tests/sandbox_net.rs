@@ -129,3 +129,66 @@ fn create_one_sandbox_network_with_a_tap_then_destroy_it() {
     assert!(census.no_sandboxes(), "{census:?}");
     assert!(!net.netns_path().exists());
 }
+
+#[test]
+fn invalid_policy_and_plan_are_refused_naming_the_field_before_touching_anything() {
+    let lab = Lab::new(205);
+    let err = EgressPolicy::from_json(
+        r#"{"default":"deny","allow":[{"cidr":"10.0.0.0/8","ports":"443-80"}]}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("allow[0].ports") && err.contains("lower port first"),
+        "{err}"
+    );
+
+    let too_many = EgressPolicy {
+        allow: vec![EgressRule::to("10.0.0.0/8".parse().unwrap()); 257],
+        ..EgressPolicy::default()
+    };
+    let err = lab
+        .host
+        .create(&lab.plan(0), None, &too_many)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("invalid egress policy") && err.contains("invalid allow"),
+        "{err}"
+    );
+
+    let mut net = lab.plan(0);
+    net.sandbox_ip = "192.0.2.9".parse().unwrap();
+    let err = lab
+        .host
+        .create(&net, None, &EgressPolicy::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sandbox.sandbox_ip"), "{err}");
+    assert!(lab.host.census().unwrap().no_sandboxes());
+}
+
+#[test]
+fn a_create_failing_halfway_removes_what_it_made_and_nothing_else() {
+    let mut lab = Lab::new(206);
+    let net = lab.plan(1);
+    // Someone else's link already has the sandbox's host interface name.
+    lab.own_link(&net.host_if);
+    sh(&format!(
+        "ip link add {} type veth peer name et206q",
+        net.host_if
+    ));
+    let err = lab
+        .host
+        .create(&net, None, &EgressPolicy::default())
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(17), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "creating veth et206x1: File exists (os error 17)"
+    );
+    assert!(!net.netns_path().exists(), "the namespace it made is gone");
+    sh(&format!("ip link show {}", net.host_if)); // the other link is untouched
+    let census = lab.host.census().unwrap();
+    assert_eq!((census.netns, census.taps_in_ember_netns), (0, 0));
+}
