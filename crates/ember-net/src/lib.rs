@@ -162,7 +162,7 @@ pub struct SetupTimes {
     pub netns: Duration,
     /// Netlink work (veth, TAP, addresses, routes).
     pub links: Duration,
-    /// Waiting for nft after the netlink work was done.
+    /// Waiting for nft (which runs alongside the netlink work) once that work was done.
     pub nft_wait: Duration,
 }
 
@@ -301,25 +301,32 @@ impl HostNet {
             *made_netns = true;
             let t_netns = t0.elapsed();
             let inner = ns::netlink(&net.netns)?;
-            // nft runs while the netlink work goes on; it names devices, it does not need them.
-            let nft_run = nft::spawn(
-                "installing the sandbox's rules",
-                &net.netns,
-                nft::sandbox_ruleset(&config, net, policy),
-            )?;
-            let t1 = Instant::now();
-            let linked = self.link_up(&rt, &host, &inner, net, link, made_veth);
-            let t_links = t1.elapsed();
-            let t2 = Instant::now();
-            // Waited for even if the links failed: no zombie is left behind.
-            let ruled = nft_run.wait();
-            linked?;
-            ruled?;
-            Ok(SetupTimes {
-                total: start.elapsed(),
-                netns: t_netns,
-                links: t_links,
-                nft_wait: t2.elapsed(),
+            // nft runs on a second thread in the namespace while this one does the netlink
+            // work: its rules name devices, they do not need them to exist yet. Starting a
+            // process blocks its caller until the exec, so it gets a thread of its own.
+            let ruleset = nft::sandbox_ruleset(&config, net, policy);
+            std::thread::scope(|s| {
+                let nft_thread = s.spawn(|| {
+                    ns::enter_named(&path)?;
+                    nft::apply("installing the sandbox's rules", &net.netns, ruleset)
+                });
+                let t1 = Instant::now();
+                let linked = self.link_up(&rt, &host, &inner, net, link, made_veth);
+                let t_links = t1.elapsed();
+                let t2 = Instant::now();
+                // Joined even if the links failed: nft is never left running.
+                let ruled = match nft_thread.join() {
+                    Ok(r) => r,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+                linked?;
+                ruled?;
+                Ok(SetupTimes {
+                    total: start.elapsed(),
+                    netns: t_netns,
+                    links: t_links,
+                    nft_wait: t2.elapsed(),
+                })
             })
         })
     }
@@ -381,7 +388,7 @@ impl HostNet {
             let (lo, eth0, tap, host_side) = futures_util::join!(
                 links::set_up(inner, links::LOOPBACK_INDEX, "lo"),
                 async {
-                    let i = links::require_index(inner, &g.netns_if).await?;
+                    let i = links::local_index(&g.netns_if)?;
                     links::add_address(inner, i, &g.netns_if, net.sandbox_ip, 32).await?;
                     links::add_route(inner, i, &g.netns_if, net.host_gateway, 32, None).await?;
                     links::add_route(
@@ -395,7 +402,7 @@ impl HostNet {
                     .await
                 },
                 async {
-                    let i = links::require_index(inner, &g.tap_name).await?;
+                    let i = links::local_index(&g.tap_name)?;
                     links::add_address(inner, i, &g.tap_name, g.gateway, g.prefix_len).await?;
                     links::set_up(inner, i, &g.tap_name).await?;
                     links::add_neighbour(inner, i, &g.tap_name, g.guest_ip, mac).await

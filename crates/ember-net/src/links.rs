@@ -49,6 +49,13 @@ pub(crate) async fn require_index(h: &Handle, name: &str) -> Result<u32, NetErro
     })
 }
 
+/// The index of link `name` in the calling thread's namespace, by `if_nametoindex` (a plain
+/// ioctl, cheaper than a netlink round trip).
+pub(crate) fn local_index(name: &str) -> Result<u32, NetError> {
+    nix::net::if_::if_nametoindex(name)
+        .map_err(|e| NetError::io("looking up link", name, crate::error::errno_io(e)))
+}
+
 /// Brings link `index` (named `name` for errors) up.
 pub(crate) async fn set_up(h: &Handle, index: u32, name: &str) -> Result<(), NetError> {
     h.link()

@@ -29,19 +29,15 @@ pub(crate) fn apply(
 }
 
 /// An `nft` run started by [`spawn`].
-pub(crate) struct Pending {
+struct Pending {
     child: std::process::Child,
     op: &'static str,
     namespace: String,
 }
 
 /// Starts `nft -j -f -` with `commands` in the calling thread's network namespace (the ruleset is
-/// written before returning; nft applies it while the caller goes on).
-pub(crate) fn spawn(
-    op: &'static str,
-    namespace: &str,
-    commands: Vec<Value>,
-) -> Result<Pending, NetError> {
+/// written before returning).
+fn spawn(op: &'static str, namespace: &str, commands: Vec<Value>) -> Result<Pending, NetError> {
     let input = json!({ "nftables": commands }).to_string();
     let err = |detail: String| NetError::Nft {
         op,
@@ -72,7 +68,7 @@ pub(crate) fn spawn(
 
 impl Pending {
     /// Waits for nft; its stderr is the error if it failed.
-    pub(crate) fn wait(self) -> Result<(), NetError> {
+    fn wait(self) -> Result<(), NetError> {
         let err = |detail: String| NetError::Nft {
             op: self.op,
             namespace: self.namespace.clone(),
