@@ -63,21 +63,36 @@
 //!   so `tap.rs` does the `TUNSETIFF`/`TUNSETOWNER`/`TUNSETGROUP`/`TUNSETPERSIST` ioctls — the
 //!   crate's only `unsafe` (the crate is `deny(unsafe_code)`, that module alone allowed), each
 //!   call with its `SAFETY:` comment.
-//! - nftables: JSON (`nft -j -f -`) built with serde_json; `nft` is spawned from the thread inside
-//!   the namespace (a child inherits its spawning thread's namespace), started first so its run
-//!   overlaps the netlink work.
+//! - nftables: JSON (`nft -j -f -`) built with serde_json; `nft` is spawned from a thread inside
+//!   the namespace (a child inherits its spawning thread's namespace, so no `ip netns exec`), a
+//!   second thread that runs alongside the netlink work (its rules name devices, they need not
+//!   exist yet).
+//!
+//! # Cost
+//!
+//! Setting up one sandbox network takes a median 5.5-6.6 ms (release build, 100 in a row on a
+//! loaded 2-CPU host; [`SetupTimes`] breaks it down): ~0.7 ms for the namespace, ~2 ms of
+//! netlink, and the rest waiting for `nft` (a process start and a JSON ruleset, ~4 ms, which is
+//! the critical path). Removing one takes ~35 ms, nearly all of it the kernel deleting the veth
+//! (RCU grace periods; `ip link del` of a veth takes as long).
 //!
 //! # API
 //!
 //! - [`HostNet::ensure`]`(NetConfig)`: host-wide setup; the returned [`HostNet`] does the rest.
 //! - [`SandboxNet::plan`]`(&NetworkAllocation, &GuestAddressing)`: pure, names and addresses.
-//! - [`HostNet::create`]`(&SandboxNet, tap_owner, &EgressPolicy)`: makes it; if it fails halfway
-//!   it removes what it made (never what was there before). [`HostNet::create_with`] takes a
+//! - [`HostNet::create`]`(&SandboxNet, tap_owner, &EgressPolicy) -> SetupTimes`: makes it; if it
+//!   fails halfway it removes what it made (never what was there before). [`HostNet::create_with`] takes a
 //!   [`GuestLink`] (a TAP, or for tests without a VM a veth stand-in).
 //! - [`HostNet::set_policy`], [`HostNet::destroy`] (idempotent).
 //! - [`HostNet::sweep`]`(keep)`: crash recovery, removes every namespace and host veth of ours
 //!   whose host interface is not in `keep`.
 //! - [`HostNet::census`]: counts what exists (tests count leaks with it).
+//! - [`HostNet::open`]: a handle without touching the host (census, sweep, remove);
+//!   [`HostNet::remove`] deletes the host-wide tables.
+//!
+//! Every call does its namespace work on threads of its own (never moving the caller's thread)
+//! and blocks; an async caller wraps it in `spawn_blocking`. Errors ([`NetError`]) name the
+//! operation and the resource: `creating veth embtap3: File exists (os error 17)`.
 #![deny(unsafe_code)]
 
 mod config;

@@ -133,4 +133,9 @@ fn sweep_removes_unrecorded_networks_and_keeps_recorded_ones() {
     let report = lab.host.sweep(&HashSet::new()).unwrap();
     assert_eq!(report.netns_removed, vec![nets[0].netns.clone()]);
     assert!(lab.host.census().unwrap().no_sandboxes());
+
+    // Removing the host tables is idempotent too.
+    lab.host.remove().unwrap();
+    lab.host.remove().unwrap();
+    assert_eq!(lab.host.census().unwrap().host_tables, 0);
 }
