@@ -10,8 +10,9 @@ rustup target add x86_64-unknown-none >/dev/null
 # iproute2 (`ip netns`, TAP devices for the net device tests), util-linux (`unshare` for the
 # no-KVM test; `setpriv`, which starts Firecracker-flavor VMMs with a parent-death signal).
 # python3-venv: the e2b SDK's venv below. procps (`sysctl`): the net tests' and the virtio_net
-# fuzz target's network namespaces.
-packages=(iproute2 util-linux python3-venv procps)
+# fuzz target's network namespaces. nftables (`nft`): ember-net's sandbox networks (NAT, egress
+# policy, host isolation).
+packages=(iproute2 util-linux python3-venv procps nftables)
 need=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -11,6 +11,8 @@
 //!   vocabulary: [`SnapshotInfo`] (a snapshot's catalog entry), [`VmRecord`] (a live VM and its
 //!   VMM process, enough to re-adopt it after a daemon restart), [`Template`] /
 //!   [`TemplateSpec`], [`PoolSpec`], [`Sandbox`] (a tenant's VM, its labels, env and deadline).
+//! - [`EgressPolicy`]: what a sandbox's guest may reach (allow/deny rules, DNS, a default), the
+//!   model `ember-net` turns into nftables rules.
 //! - [`HostInfo`]: the CPU model, kernel and CPU count every benchmark reports.
 //! - [`InMemoryVmProvider`]: the full lifecycle state machine without any VM behind it, with
 //!   deterministic fault injection, for testing the pool and everything above it.
@@ -27,6 +29,7 @@ pub mod error;
 pub mod host_info;
 pub mod id;
 pub mod in_memory;
+pub mod net_policy;
 pub mod pool_spec;
 pub mod process;
 pub mod provider;
@@ -44,6 +47,7 @@ pub use error::{BoxError, Operation, ResourceKind, VmError, error_chain};
 pub use host_info::HostInfo;
 pub use id::{SandboxId, SnapshotId, VmId};
 pub use in_memory::{FaultPlan, Gate, InMemoryVmProvider};
+pub use net_policy::{EgressAction, EgressPolicy, EgressRule, Ipv4Cidr, PortRange, Protocol};
 pub use pool_spec::{PoolSpec, Pooled};
 pub use process::ProcessIdentity;
 pub use provider::{Capabilities, SnapshotRequest, VmProvider, VmQuery};
