@@ -52,7 +52,9 @@ pub use pool_spec::{PoolSpec, Pooled};
 pub use process::ProcessIdentity;
 pub use provider::{Capabilities, SnapshotRequest, VmProvider, VmQuery};
 pub use rate_limiter::{RateLimiter, TokenBucket};
-pub use sandbox::{EndCause, OnTimeout, Sandbox, SandboxEnd, SandboxStart, SandboxState};
+pub use sandbox::{
+    EndCause, ExposedPort, OnTimeout, Sandbox, SandboxEnd, SandboxNetwork, SandboxStart, SandboxState,
+};
 pub use snapshot::{NetworkOverride, SnapshotRef, VsockOverride};
 pub use snapshot_info::SnapshotInfo;
 pub use spec::{DriveSpec, MacAddr, NetworkInterface, VmSpec, VsockSpec};

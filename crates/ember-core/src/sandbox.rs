@@ -227,6 +227,37 @@ pub struct Sandbox {
     /// listener), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token: Option<String>,
+    /// Its own network, when the daemon gives sandboxes networks (`emberd --sandbox-network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<SandboxNetwork>,
+}
+
+/// A sandbox's network: the address the host reaches its guest at (every port of it), what
+/// the guest may reach, and the guest ports exposed on the host.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxNetwork {
+    /// The sandbox's unique address on the host (translated to the guest's fixed one).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "172.30.0.7"))]
+    pub address: std::net::Ipv4Addr,
+    /// What the guest may reach.
+    pub egress: crate::net_policy::EgressPolicy,
+    /// Guest ports reachable from the host through emberd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ExposedPort>,
+}
+
+/// A guest port exposed on the host.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposedPort {
+    /// The guest's TCP port.
+    pub guest_port: u16,
+    /// Where the host accepts connections for it.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "127.0.0.1:40123"))]
+    pub host: std::net::SocketAddr,
 }
 
 impl Sandbox {
@@ -393,6 +424,7 @@ mod tests {
             on_timeout: OnTimeout::Kill,
             saved: None,
             access_token: None,
+            network: None,
         }
     }
 

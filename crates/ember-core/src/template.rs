@@ -129,7 +129,24 @@ pub struct TemplateSpec {
     /// How long the guest may take from boot to its agent's first answer, ms.
     #[serde(default = "default_boot_timeout")]
     pub boot_timeout_ms: u64,
+    /// Give the guest a network interface (`eth0` on the sandbox's TAP `tap0`, MAC
+    /// [`GUEST_MAC`], address [`GUEST_IP`]/30 via [`GUEST_GATEWAY`], the same in every clone);
+    /// needs a daemon that gives sandboxes networks. The probe guest is configured through its
+    /// command line; a kernel guest must configure the address itself.
+    #[serde(default)]
+    pub network: bool,
 }
+
+/// The address every networked template's guest has (each sandbox's network translates it).
+pub const GUEST_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(172, 16, 0, 2);
+/// The guest's gateway (the sandbox network's side of the TAP).
+pub const GUEST_GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(172, 16, 0, 1);
+/// The guest link's prefix length.
+pub const GUEST_PREFIX_LEN: u8 = 30;
+/// The guest's MAC: locally administered, the octets of [`GUEST_IP`].
+pub const GUEST_MAC: [u8; 6] = [0x06, 0x00, 172, 16, 0, 2];
+/// The TAP every sandbox network has, which templates' network interfaces name.
+pub const GUEST_TAP: &str = "tap0";
 
 fn default_vcpus() -> u8 {
     1
@@ -153,6 +170,7 @@ impl TemplateSpec {
             mem_size_mib: default_mem(),
             agent_port: default_agent_port(),
             boot_timeout_ms: default_boot_timeout(),
+            network: false,
         }
     }
 

@@ -58,7 +58,32 @@ impl TemplateBoot {
     /// Resolves `spec` for `stack`: the probe guest boots `probe_kernel` with
     /// [`PROBE_TEMPLATE_ARGS`] and the caller's arguments after them; a kernel guest boots its
     /// kernel, initrd and root filesystem as given.
+    ///
+    /// With `spec.network`, the VM gets `eth0` on the sandbox network's TAP (see
+    /// [`ember_core::template::GUEST_IP`]); the probe is told its address on its command line.
     pub fn resolve(stack: StackKey, spec: &TemplateSpec, probe_kernel: &Path) -> Self {
+        let mut boot = Self::resolve_guest(stack, spec, probe_kernel);
+        if spec.network {
+            use ember_core::template::{GUEST_GATEWAY, GUEST_IP, GUEST_MAC, GUEST_PREFIX_LEN, GUEST_TAP};
+            boot.boot.network_interfaces = vec![ember_core::spec::NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: GUEST_TAP.into(),
+                // Invariant: GUEST_MAC's first octet is unicast.
+                guest_mac: ember_core::MacAddr::from_bytes(GUEST_MAC).ok(),
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
+            }];
+            if matches!(spec.guest, GuestSpec::Probe { .. }) {
+                let args = boot.boot.boot_args.take().unwrap_or_default();
+                boot.boot.boot_args = Some(format!(
+                    "{args} ember.ip={GUEST_IP}/{GUEST_PREFIX_LEN} ember.gw={GUEST_GATEWAY}"
+                ));
+            }
+        }
+        boot
+    }
+
+    fn resolve_guest(stack: StackKey, spec: &TemplateSpec, probe_kernel: &Path) -> Self {
         let boot_timeout = Duration::from_millis(spec.boot_timeout_ms);
         match &spec.guest {
             GuestSpec::Probe { boot_args } => {

@@ -307,7 +307,7 @@ impl Jails {
 
     /// The command that starts `vmm` with `vmm_args` jailed in slot `n` (whose directory
     /// `slot_dir` is bound at its own path), tied to this process or not, writing the VMM's
-    /// host pid to `pid_file`.
+    /// host pid to `pid_file`, in network namespace `netns` (a new, empty one if `None`).
     pub fn command(
         &self,
         slot: u64,
@@ -316,6 +316,7 @@ impl Jails {
         vmm_args: &[OsString],
         pid_file: &Path,
         tied: bool,
+        netns: Option<&Path>,
     ) -> Command {
         let mut cmd = Command::new(&self.jailer);
         cmd.arg("--id")
@@ -362,6 +363,9 @@ impl Jails {
         }
         if tied {
             cmd.arg("--parent-pid").arg(std::process::id().to_string());
+        }
+        if let Some(ns) = netns {
+            cmd.arg("--netns").arg(ns);
         }
         cmd.arg("--").args(vmm_args);
         cmd

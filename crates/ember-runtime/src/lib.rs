@@ -9,6 +9,7 @@
 //!   ├── procfs      process identities (pid, start time, boot id) and VMMs found in /proc
 //!   ├── layout      <root>/{slots/<n>, vms/<id> -> ../slots/<n>, snapshots/<id>, jails/<n>}
 //!   ├── jail        VMMs started through ember-jailer; files bound into a jail at their own path
+//!   ├── slot_net    the hook that gives each slot's VMM a network namespace before it starts
 //!   ├── snapshots   snapshot catalog (ember-core SnapshotInfo) and files, cheap integrity checks
 //!   └── client/     Firecracker API client: HTTP/1.1 over UDS, keep-alive, typed errors;
 //!                   the bodies it sends and reads are ember-fc-api's
@@ -65,6 +66,7 @@ pub mod layout;
 pub mod process;
 pub mod procfs;
 pub mod provider;
+pub mod slot_net;
 pub mod snapshots;
 pub mod spares;
 pub mod supervisor;

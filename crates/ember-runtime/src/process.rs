@@ -177,6 +177,20 @@ fn log_file(path: &Path) -> Result<File, ProcessError> {
         })
 }
 
+/// Opens an existing log file for appending (the process's stdout or stderr).
+fn log_file_reopen(path: &Path) -> Result<File, ProcessError> {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|source| ProcessError::Files {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// util-linux's `nsenter`, which starts an unjailed VMM in its slot's network namespace.
+const NSENTER: &str = "nsenter";
+
 /// How a spawned VMM is made to die with the process that owns it (no VMM outlives a crashed
 /// owner).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +234,7 @@ impl VmmProcess {
         instance_id: &str,
         parent_death: ParentDeath,
         jail: Option<&crate::jail::Jails>,
+        netns: Option<&Path>,
     ) -> Result<VmmProcess, ProcessError> {
         let stdout = log_file(&paths.console_log)?;
         let stderr = log_file(&paths.vmm_log)?;
@@ -232,6 +247,7 @@ impl VmmProcess {
                 instance_id,
                 parent_death,
                 (stdout, stderr),
+                netns,
             );
         }
         let owner = std::process::id().to_string();
@@ -267,6 +283,27 @@ impl VmmProcess {
             }
             ParentDeath::Launcher => {}
         }
+        if let Some(ns) = netns {
+            // Unjailed: util-linux's nsenter joins the namespace and execs the VMM (same
+            // process, same parent: the parent-death arrangements above still hold).
+            let mut wrapped = Command::new(NSENTER);
+            let mut net = std::ffi::OsString::from("--net=");
+            net.push(ns.as_os_str());
+            wrapped
+                .arg(net)
+                .arg("--")
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .current_dir(&paths.dir)
+                .stdin(Stdio::null())
+                .stdout(log_file_reopen(&paths.console_log)?)
+                .stderr(log_file_reopen(&paths.vmm_log)?);
+            if parent_death == ParentDeath::Detached {
+                use std::os::unix::process::CommandExt;
+                wrapped.process_group(0);
+            }
+            cmd = wrapped;
+        }
         let spawned_at = Instant::now();
         let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
             binary: started,
@@ -287,6 +324,7 @@ impl VmmProcess {
         instance_id: &str,
         parent_death: ParentDeath,
         (stdout, stderr): (File, File),
+        netns: Option<&Path>,
     ) -> Result<VmmProcess, ProcessError> {
         use std::os::unix::process::CommandExt;
         let spawn_err = |source| ProcessError::Spawn {
@@ -304,7 +342,9 @@ impl VmmProcess {
         vmm_args.extend(extra_args.iter().cloned());
         let pid_file = paths.dir.join("vmm.pid");
         let tied = parent_death != ParentDeath::Detached;
-        let mut cmd = jail.command(paths.slot, &paths.dir, binary, &vmm_args, &pid_file, tied);
+        let mut cmd = jail.command(
+            paths.slot, &paths.dir, binary, &vmm_args, &pid_file, tied, netns,
+        );
         cmd.current_dir(&paths.dir)
             .stdin(Stdio::null())
             .stdout(stdout)

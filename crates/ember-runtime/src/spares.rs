@@ -71,6 +71,8 @@ pub struct SpawnSettings {
     pub parent_death: crate::process::ParentDeath,
     /// Jail every VMM (see [`crate::jail`]).
     pub jail: Option<Arc<crate::jail::Jails>>,
+    /// A network namespace per slot (see [`crate::slot_net`]).
+    pub networks: Option<crate::slot_net::NetworkHook>,
 }
 
 /// Why no spare could be had.
@@ -106,6 +108,14 @@ pub enum SpawnFailure {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// The slot's network namespace could not be made.
+    #[error("cannot make slot {slot}'s network: {why}")]
+    Network {
+        /// The slot.
+        slot: u64,
+        /// What went wrong.
+        why: String,
     },
     /// The process exited before its API answered.
     #[error("the VMM (pid {pid}) {exit} before its API answered; its log ends with: {log_tail:?}")]
@@ -569,6 +579,24 @@ fn spawn_one(shared: &Shared, slot: u64) -> Result<Starting, SpawnFailure> {
             path: shared.layout.slot(slot).dir,
             source,
         })?;
+    let netns = match &shared.settings.networks {
+        Some(hook) => {
+            let owner = shared
+                .settings
+                .jail
+                .as_ref()
+                .map(|j| (j.uid_of(slot), j.gid()));
+            match hook.0.prepare(slot, owner) {
+                Ok(path) => Some(path),
+                Err(why) => {
+                    hook.0.release(slot);
+                    let _ = shared.layout.remove_slot(slot);
+                    return Err(SpawnFailure::Network { slot, why });
+                }
+            }
+        }
+        None => None,
+    };
     let process = match VmmProcess::spawn(
         &shared.settings.binary,
         &shared.settings.extra_args,
@@ -576,10 +604,14 @@ fn spawn_one(shared: &Shared, slot: u64) -> Result<Starting, SpawnFailure> {
         &format!("slot-{slot}"),
         shared.settings.parent_death,
         shared.settings.jail.as_deref(),
+        netns.as_deref(),
     ) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             let _ = shared.layout.remove_slot(slot);
+            if let Some(hook) = &shared.settings.networks {
+                hook.0.release(slot);
+            }
             return Err(e.into());
         }
     };

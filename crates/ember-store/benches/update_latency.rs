@@ -114,6 +114,7 @@ fn sandbox(i: usize) -> Sandbox {
         on_timeout: ember_core::OnTimeout::Kill,
         saved: None,
         access_token: None,
+        network: None,
     }
 }
 

@@ -200,6 +200,15 @@ pub(crate) fn load(conn: &Connection, owner: &str) -> Result<Option<NetworkAlloc
     }))
 }
 
+/// The owners of every allocation whose owner key starts with `prefix`, sorted.
+pub(crate) fn owners_with_prefix(conn: &Connection, prefix: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT owner FROM net_allocations WHERE substr(owner, 1, length(?1)) = ?1 ORDER BY owner",
+    )?;
+    let rows = stmt.query_map([prefix], |r| r.get::<_, String>(0))?;
+    rows.collect()
+}
+
 /// Deletes `owner`'s allocation; returns whether there was one.
 pub(crate) fn release(tx: &Connection, owner: &str) -> rusqlite::Result<bool> {
     let n = tx

@@ -203,6 +203,11 @@ impl<'a> Tx<'a> {
         alloc::load(self.conn, owner).map_err(|f| self.err(f))
     }
 
+    /// The owners of every network allocation whose key starts with `prefix`, sorted.
+    pub fn network_owners(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        alloc::owners_with_prefix(self.conn, prefix).map_err(|f| self.err(Failure::Sql(f)))
+    }
+
     /// Releases `owner`'s network allocation; returns whether it had one.
     pub fn release_network(&self, owner: &str) -> Result<bool, StoreError> {
         self.writing()?;

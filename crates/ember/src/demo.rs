@@ -196,6 +196,7 @@ async fn make(client: &Client, words: Vec<String>) -> Result<Made, DemoError> {
             labels: [("demo".to_string(), "yes".to_string())].into(),
             env: Default::default(),
             timeout_secs: Some(600),
+            egress: None,
         })
         .await
         .map_err(api("creating a sandbox"))?;

@@ -65,6 +65,7 @@ impl Embedded {
             limits: Limits::default(),
             e2b: None,
             jail: jail.clone(),
+            network: None,
         })
         .await;
         let daemon = match daemon {

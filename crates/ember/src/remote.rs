@@ -364,6 +364,7 @@ pub async fn run(
             labels: parse_pairs("label", labels)?,
             env: parse_pairs("env", env)?,
             timeout_secs,
+            egress: None,
         })
         .await?;
     if out.json {

@@ -426,6 +426,30 @@ impl Client {
         .await
     }
 
+    /// `PUT /v1/sandboxes/{id}/network`: a new egress policy.
+    pub async fn set_network(
+        &self,
+        id: &str,
+        egress: &ember_core::EgressPolicy,
+    ) -> Result<Sandbox, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/sandboxes/{}/network", enc(id)),
+            Some(egress),
+        )
+        .await
+    }
+
+    /// `POST /v1/sandboxes/{id}/ports`: exposes a guest port on the host.
+    pub async fn expose_port(&self, id: &str, guest_port: u16) -> Result<Sandbox, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sandboxes/{}/ports", enc(id)),
+            Some(&crate::engine::network::ExposePort { guest_port }),
+        )
+        .await
+    }
+
     /// `POST /v1/sandboxes/{id}/exec`: calls `on_event` for each event as it arrives and
     /// returns the last one (`exit`, or `error`).
     pub async fn exec(

@@ -51,6 +51,8 @@ pub struct DaemonConfig {
     pub e2b: Option<crate::e2b::E2bConfig>,
     /// Jail every VMM (ember-jailer); `None` runs them unjailed.
     pub jail: Option<ember_runtime::jail::JailSettings>,
+    /// Give every sandbox its own network (ember-net); `None`: sandboxes have none.
+    pub network: Option<crate::engine::network::NetworkSettings>,
 }
 
 /// Why a daemon could not start.
@@ -85,6 +87,9 @@ pub enum StartError {
     /// The warm pool could not start.
     #[error("starting the warm pool")]
     Pool(#[from] ember_pool::PoolError),
+    /// Sandbox networks could not be set up.
+    #[error("setting up sandbox networks: {0}")]
+    Network(String),
     /// Recovery failed.
     #[error("recovering the host's state: {0}")]
     Recovery(crate::error::ApiError),
@@ -162,6 +167,21 @@ impl Daemon {
         provider_config.detached = true;
         provider_config.spares.count = config.spares;
         provider_config.jail = config.jail.clone();
+        let nets = match &config.network {
+            Some(settings) => {
+                let nets =
+                    crate::engine::network::SlotNets::start(Arc::clone(&store), settings.clone())
+                        .map_err(StartError::Network)?;
+                // Before any VMM starts (a spare's network is recorded, then made: a sweep
+                // running alongside could take one for a leftover).
+                nets.sweep_unrecorded();
+                provider_config.networks = Some(ember_runtime::slot_net::NetworkHook(
+                    Arc::clone(&nets) as Arc<dyn ember_runtime::slot_net::SlotNetworks>,
+                ));
+                Some(nets)
+            }
+            None => None,
+        };
         let provider = Arc::new(VmmProvider::new(provider_config)?);
         let engine = Engine::new(
             store,
@@ -169,6 +189,7 @@ impl Daemon {
             probe_kernel,
             Arc::clone(&metrics),
             config.limits.clone(),
+            nets,
         )?;
         metrics.register_collector(Box::new(engine.pool.collector()));
         let weak = Arc::downgrade(&engine);

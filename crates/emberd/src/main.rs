@@ -102,6 +102,21 @@ struct Args {
     /// Most tasks (threads) in each VMM's cgroup.
     #[arg(long, default_value_t = 64)]
     vm_pids_max: u64,
+    /// Give every sandbox its own network: a namespace with the guest's TAP, a unique address
+    /// on the host (a veth), NAT out and an egress policy (needs nftables).
+    #[arg(long)]
+    sandbox_network: bool,
+    /// Sandbox addresses come from this subnet (with --sandbox-network).
+    #[arg(long, default_value = "172.30.0.0/16")]
+    net_subnet: ember_store::Ipv4Subnet,
+    /// Host interfaces are named this prefix and a number; namespaces `ember-<name>`, nft
+    /// tables `ember_<prefix>` (with --sandbox-network; distinct per daemon on one host).
+    #[arg(long, default_value = "embtap")]
+    net_prefix: String,
+    /// The egress policy of sandboxes whose create names none: `allow` (all but the host and
+    /// link-local) or `deny` (nothing).
+    #[arg(long, default_value = "allow", value_parser = ["allow", "deny"])]
+    default_egress: String,
     /// Log lines as text or JSON (on stderr).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -212,6 +227,17 @@ async fn run(args: Args) -> Result<()> {
         settings.limits.pids_max = Some(args.vm_pids_max);
         Some(settings)
     };
+    let network = args.sandbox_network.then(|| {
+        emberd::engine::network::NetworkSettings::new(
+            args.net_subnet,
+            &args.net_prefix,
+            if args.default_egress == "deny" {
+                ember_core::EgressPolicy::deny_all()
+            } else {
+                ember_core::EgressPolicy::allow_all()
+            },
+        )
+    });
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let daemon = Daemon::start(DaemonConfig {
@@ -229,6 +255,7 @@ async fn run(args: Args) -> Result<()> {
         },
         e2b,
         jail,
+        network,
     })
     .await
     .context("starting emberd")?;

@@ -286,6 +286,14 @@ impl VmmProvider {
                 jail.remove_cgroup(n);
             }
         }
+        if let Some(hook) = &inner.config.networks {
+            let first_spare = inner.leftovers().max_slot() + 1;
+            for n in hook.0.slots() {
+                if n < first_spare && !adopted.contains(&n) {
+                    hook.0.release(n);
+                }
+            }
+        }
         let table = inner.table_read();
         match inner.layout.vm_links() {
             Ok(links) => {

@@ -101,6 +101,8 @@ pub struct ProviderConfig {
     /// Jail every VMM (`ember-jailer`: namespaces, its own root, uid, cgroup); see
     /// [`crate::jail`]. `None` runs VMMs in the host's namespaces as this process's user.
     pub jail: Option<crate::jail::JailSettings>,
+    /// A network namespace for every VMM, made before it starts (see [`crate::slot_net`]).
+    pub networks: Option<crate::slot_net::NetworkHook>,
     /// Make [`verify_snapshot`](ember_core::VmProvider::verify_snapshot) restore the snapshot
     /// (paused) on a spare process after the file checks — the only check that catches every
     /// snapshot the VMM would refuse.
@@ -120,6 +122,7 @@ impl ProviderConfig {
             default_spec: None,
             detached: false,
             jail: None,
+            networks: None,
             trial_restore: true,
         }
     }

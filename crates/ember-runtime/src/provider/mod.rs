@@ -239,6 +239,7 @@ impl VmmProvider {
                     Flavor::Firecracker { .. } => crate::process::ParentDeath::Launcher,
                 },
                 jail: jail.clone(),
+                networks: config.networks.clone(),
             },
             Arc::clone(&layout),
             Arc::clone(&supervisor),
@@ -455,6 +456,9 @@ impl Inner {
         if let Some(jail) = &self.jail {
             jail.remove_cgroup(slot);
         }
+        if let Some(hook) = &self.config.networks {
+            hook.0.release(slot);
+        }
         if let Some(exit) = died {
             tracing::warn!(vm = %exit.id, pid = exit.pid, exit = %exit.exit, "VMM process died");
             let listeners: Vec<ExitListener> = self
@@ -505,6 +509,13 @@ impl Inner {
             for slot in jail.cgroup_slots() {
                 if !live_slots.contains(&slot) {
                     jail.remove_cgroup(slot);
+                }
+            }
+        }
+        if let Some(hook) = &self.config.networks {
+            for slot in hook.0.slots() {
+                if !live_slots.contains(&slot) {
+                    hook.0.release(slot);
                 }
             }
         }
@@ -561,6 +572,11 @@ impl Inner {
         }
         if let Some(jail) = &self.jail {
             jail.tear_down();
+        }
+        if let Some(hook) = &self.config.networks {
+            for slot in hook.0.slots() {
+                hook.0.release(slot);
+            }
         }
         *done = true;
         if left > 0 {

@@ -108,6 +108,7 @@ pub fn sandbox(id: &str, template: &str) -> Sandbox {
         on_timeout: ember_core::OnTimeout::Kill,
         saved: None,
         access_token: None,
+        network: None,
     }
 }
 

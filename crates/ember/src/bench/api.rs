@@ -187,6 +187,7 @@ async fn create_and_exec(c: &Client) -> Result<(String, Sample), BenchError> {
             labels: Default::default(),
             env: Default::default(),
             timeout_secs: Some(3600),
+            egress: None,
         })
         .await
         .map_err(api_err("creating a sandbox"))?;
@@ -550,6 +551,7 @@ async fn measure(
                         labels: Default::default(),
                         env: Default::default(),
                         timeout_secs: Some(3600),
+                        egress: None,
                     })
                     .await
                 })

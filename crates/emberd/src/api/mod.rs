@@ -78,6 +78,8 @@ fn router_and_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sandboxes::put_file, sandboxes::get_file).layer(files_limit))
         .routes(routes!(sandboxes::pause))
         .routes(routes!(sandboxes::resume))
+        .routes(routes!(sandboxes::set_network))
+        .routes(routes!(sandboxes::expose_port))
         .routes(routes!(sandboxes::set_timeout))
         .routes(routes!(vms::create, vms::list))
         .routes(routes!(vms::get, vms::destroy))

@@ -357,3 +357,35 @@ pub async fn set_timeout(
     let e = s.engine;
     Ok(Json(blocking(move || e.set_timeout(&id, req)).await?))
 }
+
+/// Replaces a sandbox's egress policy: what its guest may reach (its next connections see it;
+/// established ones continue).
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/network", tag = "sandboxes",
+    request_body = ember_core::EgressPolicy,
+    params(("id" = String, Path, description = "The sandbox's id")),
+    responses((status = 200, body = Sandbox), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Ended", body = ErrorBody)))]
+pub async fn set_network(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ember_core::EgressPolicy>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let e = s.engine;
+    Ok(Json(blocking(move || e.set_egress(&id, req)).await?))
+}
+
+/// Exposes a guest TCP port on the host's loopback (the sandbox's `network.ports` says where);
+/// it closes when the sandbox ends.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/ports", tag = "sandboxes",
+    request_body = crate::engine::network::ExposePort,
+    params(("id" = String, Path, description = "The sandbox's id")),
+    responses((status = 200, body = Sandbox), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Ended", body = ErrorBody)))]
+pub async fn expose_port(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<crate::engine::network::ExposePort>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let e = s.engine;
+    Ok(Json(blocking(move || e.expose_port(&id, req)).await?))
+}

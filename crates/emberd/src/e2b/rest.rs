@@ -213,11 +213,19 @@ async fn create(
             return Err(bad(&format!("{field}: not supported by this emberd")));
         }
     }
-    if req.allow_internet_access == Some(true) {
+    let networked = st.app.engine.nets.is_some();
+    if req.allow_internet_access == Some(true) && !networked {
         return Err(bad(
-            "allow_internet_access: sandboxes have no network on this emberd yet; pass false",
+            "allow_internet_access: sandboxes have no network on this emberd (it runs without \
+             --sandbox-network); pass false",
         ));
     }
+    // E2B's `allow_internet_access: false` is a deny-everything egress policy.
+    let egress = match req.allow_internet_access {
+        Some(false) if networked => Some(ember_core::EgressPolicy::deny_all()),
+        Some(true) => Some(ember_core::EgressPolicy::allow_all()),
+        _ => None,
+    };
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -255,6 +263,7 @@ async fn create(
         labels: req.metadata.unwrap_or_default(),
         env: req.env_vars.unwrap_or_default(),
         timeout_secs: Some(req.timeout.unwrap_or(300)),
+        egress,
     };
     let opts = SandboxOptions {
         on_timeout: if req.auto_pause == Some(true) {

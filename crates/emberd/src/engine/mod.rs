@@ -15,10 +15,12 @@
 //! [`sandboxes`] (create, list, pause/resume, timeouts, kill), [`guest`] (exec and files over
 //! the agent), [`vms`] (the raw `VmProvider` contract), [`recovery`] (reconcile the store with
 //! the host at start), [`recorder`] (the recording provider), [`live`] (the in-memory index of
-//! live sandboxes).
+//! live sandboxes), [`network`] (sandbox networks: a namespace per VMM slot, egress policy,
+//! exposed ports).
 
 pub mod guest;
 pub mod live;
+pub mod network;
 pub mod pools;
 pub mod recorder;
 pub mod recovery;
@@ -102,6 +104,10 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     /// What the engine may hold.
     pub limits: Limits,
+    /// Sandbox networks, when the daemon gives sandboxes networks.
+    pub nets: Option<Arc<network::SlotNets>>,
+    /// Exposed guest ports' host listeners.
+    pub ports: network::PortProxies,
     /// Ready templates with the snapshot their sandboxes restore (a cache of the store's, so
     /// a create reads nothing from the store).
     ready: RwLock<HashMap<TemplateName, Arc<ReadyTemplate>>>,
@@ -123,6 +129,7 @@ impl Engine {
         probe_kernel: PathBuf,
         metrics: Arc<Metrics>,
         limits: Limits,
+        nets: Option<Arc<network::SlotNets>>,
     ) -> Result<Arc<Engine>, ember_pool::PoolError> {
         let vms = Recorded::new(Arc::clone(&provider), Arc::clone(&store), VmOwner::Api);
         let validator = Arc::new(AgentValidator::new(
@@ -148,6 +155,8 @@ impl Engine {
             probe_kernel,
             metrics,
             limits,
+            nets,
+            ports: network::PortProxies::default(),
             ready: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(seed),
             listener: Mutex::new(None),

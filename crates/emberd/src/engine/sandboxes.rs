@@ -54,6 +54,10 @@ pub struct CreateSandbox {
     /// `POST /v1/sandboxes/{id}/timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// What its guest may reach (with a daemon that gives sandboxes networks; default: the
+    /// daemon's `--default-egress`). Change it later with `PUT /v1/sandboxes/{id}/network`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<ember_core::EgressPolicy>,
 }
 
 /// What a sandbox may carry beyond [`CreateSandbox`] (the E2B API sets these).
@@ -147,6 +151,15 @@ impl Engine {
         validate_env(&req.env)?;
         let timeout = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
         validate_timeout("timeout_secs", timeout)?;
+        if let Some(policy) = &req.egress {
+            policy.validate().map_err(ApiError::from)?;
+            if self.nets.is_none() {
+                return Err(ApiError::invalid(
+                    "egress: this emberd gives sandboxes no network (start it with \
+                     --sandbox-network)",
+                ));
+            }
+        }
         let ready = self.ready_template(&req.template)?;
         if self.live.with_vm() >= self.limits.max_sandboxes {
             return Err(ApiError::unavailable(format!(
@@ -159,6 +172,17 @@ impl Engine {
         let created_at = SystemTime::now();
         let t0 = Instant::now();
         let obtained = self.obtain_vm(&ready, &id)?;
+        let network = match self.attach_network(&vm, req.egress.as_ref()) {
+            Ok(n) => n,
+            Err(e) => {
+                drop(obtained.agent);
+                self.validator.forget(&vm);
+                if let Err(d) = self.provider.destroy(&vm) {
+                    tracing::error!(%vm, error = %error_chain(&d), "destroying a VM whose network failed");
+                }
+                return Err(e);
+            }
+        };
         let latency = t0.elapsed();
         let sandbox = Sandbox {
             id: id.clone(),
@@ -178,6 +202,7 @@ impl Engine {
             on_timeout: opts.on_timeout,
             saved: None,
             access_token: opts.access_token,
+            network,
         };
         let pooled = self.vms.take_pending_rename(&vm);
         let recorded = self
@@ -359,6 +384,7 @@ impl Engine {
             })?;
         self.live.remove(id);
         live.drop_agents();
+        self.ports.close(id);
         match saved {
             Some(snap) => self.delete_saved(&snap),
             None => self.destroy_vm(&vm_id(id)),

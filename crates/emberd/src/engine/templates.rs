@@ -36,6 +36,12 @@ impl Engine {
     /// Builds a template and records it ready; blocks until the snapshot is on disk.
     pub fn build_template(&self, req: BuildTemplate) -> Result<Template, ApiError> {
         req.spec.validate()?;
+        if req.spec.network && self.nets.is_none() {
+            return Err(ApiError::invalid(
+                "spec.network: this emberd gives sandboxes no network (start it with \
+                 --sandbox-network)",
+            ));
+        }
         if req.spec.agent_port != super::AGENT_PORT {
             return Err(ApiError::unsupported(format!(
                 "spec.agent_port: only port {} is supported (the pool validates every guest \

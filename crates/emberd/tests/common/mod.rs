@@ -269,6 +269,7 @@ pub fn create(template: &str) -> emberd::engine::sandboxes::CreateSandbox {
         labels: Default::default(),
         env: Default::default(),
         timeout_secs: None,
+        egress: None,
     }
 }
 
