@@ -156,6 +156,13 @@ fn tcp_socket(rx: &'static mut [u8], tx: &'static mut [u8]) -> tcp::Socket<'stat
     s
 }
 
+/// An echo socket: replies leave at once (no Nagle: a small echo must not wait for an ACK).
+fn echo_socket(rx: &'static mut [u8], tx: &'static mut [u8]) -> tcp::Socket<'static> {
+    let mut s = tcp_socket(rx, tx);
+    s.set_nagle_enabled(false);
+    s
+}
+
 fn udp_socket(i: usize) -> udp::Socket<'static> {
     // SAFETY: called once per index `i` (0..4 in pairs, see `Stack::new`), at set-up: each
     // static buffer is handed out exactly once, for the life of the guest.
@@ -213,7 +220,7 @@ impl Stack {
                 .map_or((&mut [][..], &mut [][..]), |(r, t)| {
                     (&mut r[..], &mut t[..])
                 });
-            sockets.add(tcp_socket(rx, tx))
+            sockets.add(echo_socket(rx, tx))
         });
         let [s0, s1, s2, s3] = small;
         let discard = sockets.add(tcp_socket(&mut discard_rx[..], &mut s0[..]));
@@ -347,6 +354,7 @@ impl Stack {
             // gateway asks ARP for its (possibly new) MAC.
             self.iface.update_ip_addrs(|_| {});
         }
+        let mut cut_short = true;
         for _ in 0..MAX_ROUNDS {
             let now = Instant::from_micros(self.clock.now_us() as i64);
             let changed = self.iface.poll(now, &mut self.dev, &mut self.sockets)
@@ -358,8 +366,14 @@ impl Stack {
             }
             let more_tx = self.dev.flush();
             if !changed && !moved && !more_tx {
+                cut_short = false;
                 break;
             }
+        }
+        if cut_short {
+            // Still busy (a long transfer): let vsock have its turn, then come back at once
+            // (no interrupt may be on its way for frames already in the used ring).
+            crate::ring3::request_rerun();
         }
         let now_us = self.clock.now_us();
         let now = Instant::from_micros(now_us as i64);
