@@ -214,7 +214,8 @@ enum ExecOutcome {
     },
     /// It did not run: an Error reply.
     Err(ErrorCode, &'static str),
-    /// It runs on ([`netcmd`](crate::netcmd)): the reply comes later, from [`finish`].
+    /// It runs on ([`netcmd`](crate::netcmd)): the reply comes later, from
+    /// [`netcmd::reply`](crate::netcmd::reply).
     Pending,
 }
 
@@ -222,7 +223,8 @@ enum ExecOutcome {
 pub enum Handled {
     /// The reply is in the output buffer, this long (0: none fit, see [`handle`]).
     Reply(usize),
-    /// An Exec (or ExecIn, `exec_in`) runs on; [`finish`] makes its reply.
+    /// An Exec (or ExecIn, `exec_in`) runs on; [`netcmd::reply`](crate::netcmd::reply) makes
+    /// its reply.
     Pending { exec_in: bool },
 }
 
@@ -391,15 +393,13 @@ fn exec(argv: ByteList<'_>, ctx: &Context<'_>, out: &mut [u8], files: &Files) ->
             Started::Done(o) => {
                 let len = o.output.len().min(out.len());
                 out[..len].copy_from_slice(&o.output[..len]);
+                let stream = [Stream::Stderr, Stream::Stdout][usize::from(o.stdout)];
+                let (exit_code, truncated) = (o.exit_code, len < o.output.len());
                 ExecOutcome::Exited {
-                    exit_code: o.exit_code,
-                    stream: if o.stdout {
-                        Stream::Stdout
-                    } else {
-                        Stream::Stderr
-                    },
+                    exit_code,
+                    stream,
                     len,
-                    truncated: len < o.output.len(),
+                    truncated,
                 }
             }
             Started::Usage(message) => ExecOutcome::Err(ErrorCode::INVALID_ARGUMENT, message),
@@ -440,30 +440,6 @@ fn exec_result<'b>(
         // `handle` answers Pending before it asks for a result.
         ExecOutcome::Pending => Err((ErrorCode::INTERNAL, "pending")),
     }
-}
-
-/// The reply to pending Exec (or ExecIn) request `id` now that the command ended.
-pub fn finish(
-    session: &Session<'_>,
-    id: u64,
-    exec_in: bool,
-    outcome: &crate::netcmd::Outcome,
-    out: &mut [u8],
-) -> usize {
-    let (output, none) = (outcome.output, &[][..]);
-    let result = ExecResult {
-        exit_code: outcome.exit_code,
-        stdout_truncated: false,
-        stderr_truncated: false,
-        stdout: if outcome.stdout { output } else { none },
-        stderr: if outcome.stdout { none } else { output },
-    };
-    let reply = if exec_in {
-        Reply::ExecIn(result)
-    } else {
-        Reply::Exec(result)
-    };
-    session.reply_or_error(id, &reply, out).unwrap_or(0)
 }
 
 /// An unused ListDir page slot.

@@ -141,7 +141,7 @@ impl Driver {
     pub(crate) fn finish_pending(&mut self, outcome: &crate::netcmd::Outcome) {
         for c in self.conns.iter_mut().flatten() {
             if let Some((id, exec_in)) = c.pending.take() {
-                c.out_len = agent::finish(&c.session, id, exec_in, outcome, c.out);
+                c.out_len = crate::netcmd::reply(&c.session, id, exec_in, outcome, c.out);
                 c.out_sent = 0;
                 return;
             }

@@ -25,6 +25,8 @@ use core::ptr::addr_of_mut;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
+use ember_agent_proto::{ExecResult, Reply, Session};
+
 use crate::netstack::{Stack, parse_ipv4};
 
 /// The payload an outbound command sends.
@@ -79,6 +81,31 @@ pub enum Started {
     Usage(&'static str),
     /// Running: [`step`] ends it.
     Pending,
+}
+
+/// The reply to pending Exec (or ExecIn) request `id` now that its command ended; its length
+/// in `out`.
+pub fn reply(
+    session: &Session<'_>,
+    id: u64,
+    exec_in: bool,
+    outcome: &Outcome,
+    out: &mut [u8],
+) -> usize {
+    let (output, none) = (outcome.output, &[][..]);
+    let result = ExecResult {
+        exit_code: outcome.exit_code,
+        stdout_truncated: false,
+        stderr_truncated: false,
+        stdout: if outcome.stdout { output } else { none },
+        stderr: if outcome.stdout { none } else { output },
+    };
+    let reply = if exec_in {
+        Reply::ExecIn(result)
+    } else {
+        Reply::Exec(result)
+    };
+    session.reply_or_error(id, &reply, out).unwrap_or(0)
 }
 
 fn output(parts: &[&[u8]], exit_code: i32, stdout: bool) -> Outcome {
