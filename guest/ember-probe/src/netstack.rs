@@ -10,9 +10,11 @@
 //!   discard on port 9 (reads and drops: host -> guest throughput) and a TCP source on port
 //!   19 (sends bytes until the peer closes: guest -> host throughput). A closed service
 //!   socket listens again on the next run.
-//! - Cost: nothing without a net device — the first run looks for one (no MMIO read for the
-//!   vsock device it skips) and every later run is one compare. All socket buffers are
-//!   statics in `.bss`, touched only once a device exists.
+//! - Cost: nothing without a net device — [`setup`] (called by the vsock driver right after
+//!   its own set-up, before it serves any request) looks for one once, reading no MMIO
+//!   register of the vsock device it skips, and every later run is one compare. All socket
+//!   buffers are statics in `.bss`, touched only once a device exists. A run polls at most
+//!   [`MAX_ROUNDS`] times, then lets vsock have its turn and asks to run again.
 //! - Time and wake-ups: [`netclock`](crate::netclock) (TSC, clamped steps; the LAPIC timer or
 //!   the tick for deadlines). Everything lives in guest memory, so a snapshot carries the
 //!   whole stack (connections, timers, the same IP and MAC) and a restored clone answers as
