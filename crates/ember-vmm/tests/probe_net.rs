@@ -190,6 +190,39 @@ fn one_shot_listener() -> (u16, std::thread::JoinHandle<Vec<u8>>) {
     (port, h)
 }
 
+/// While a `net-connect` waits for its peer's byte (the listener holds it back until told),
+/// the agent answers other connections, and a second outbound command is refused as busy.
+fn agent_serves_while_connect_waits(uds: &Path) {
+    let l = TcpListener::bind(format!("{HOST_IP}:0")).unwrap();
+    let port = l.local_addr().unwrap().port().to_string();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (accepted_tx, accepted) = std::sync::mpsc::channel::<()>();
+    let listener = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        accepted_tx.send(()).unwrap();
+        wait.recv().unwrap();
+        // Closed with the guest's bytes unread: Linux resets the connection after the data,
+        // which still counts as an answer.
+        s.write_all(b"late\n").unwrap();
+    });
+    let uds_owned = uds.to_path_buf();
+    let p = port.clone();
+    let connect =
+        std::thread::spawn(move || guest(&uds_owned, &["net-connect", HOST_IP, &p, "20000"]));
+    accepted.recv().unwrap();
+    let (code, out, _) = guest(uds, &["echo", "still", "here"]);
+    assert_eq!((code, out.as_str()), (0, "still here\n"));
+    let (code, _, err) = guest(uds, &["net-udp", HOST_IP, "9", "100"]);
+    assert_eq!((code, err.as_str()), (1, "busy\n"));
+    go.send(()).unwrap();
+    listener.join().unwrap();
+    let (code, out, err) = connect.join().unwrap();
+    assert_eq!(
+        (code, out, err),
+        (0, format!("connected {HOST_IP}:{port}\n"), String::new())
+    );
+}
+
 fn outbound_connect_ok(uds: &Path) {
     let (port, h) = one_shot_listener();
     let (code, out, err) = guest(uds, &["net-connect", HOST_IP, &port.to_string()]);
@@ -226,6 +259,7 @@ fn probe_speaks_ip_over_virtio_net() {
     udp_echo();
 
     outbound_connect_ok(&uds);
+    agent_serves_while_connect_waits(&uds);
     // A closed port: the namespace's kernel answers RST.
     let closed = TcpListener::bind(format!("{HOST_IP}:0")).unwrap();
     let closed_port = closed.local_addr().unwrap().port().to_string();
@@ -309,7 +343,10 @@ fn restored_clone_answers_in_another_namespace() {
             String::new()
         )
     );
-    // The clone reaches its own host (a TAP with another MAC: the ARP cache was flushed).
+    // The clone reaches its own host (a TAP with another MAC: the ARP cache was flushed), and
+    // its deadlines still fire (on the tick here).
     outbound_connect_ok(&clone_uds);
+    let (code, _, err) = guest(&clone_uds, &["net-connect", "192.0.2.1", "80", "300"]);
+    assert_eq!((code, err.as_str()), (1, "timed out\n"));
     drop(clone);
 }

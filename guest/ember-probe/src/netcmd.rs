@@ -2,9 +2,10 @@
 //!
 //! - `net-connect IP PORT [TIMEOUT_MS]`: a TCP connection from the guest that sends
 //!   `ember-probe\n` and waits for one byte back (or for the peer to close after accepting).
-//!   Exit 0 with stdout `connected IP:PORT\n`; else exit 1 with stderr `refused\n` (a RST),
-//!   `timed out\n` (no answer by the deadline though the next hop answered ARP) or
-//!   `unreachable\n` (the next hop never answered ARP; or no route).
+//!   Exit 0 with stdout `connected IP:PORT\n` (also when the peer resets after the handshake);
+//!   else exit 1 with stderr `refused\n` (a RST to the SYN), `timed out\n` (no answer by the
+//!   deadline though the next hop answered ARP) or `unreachable\n` (the next hop never
+//!   answered ARP; or no route).
 //! - `net-udp IP PORT [TIMEOUT_MS]`: sends the datagram `ember-probe\n` and waits for one
 //!   back: exit 0 with the reply on stdout, else exit 1 with stderr `timed out\n`.
 //! - `net-info`: stdout `ip=A.B.C.D/PREFIX gw=A.B.C.D mac=xx:xx:xx:xx:xx:xx\n`.
@@ -305,7 +306,11 @@ pub fn step(stack: &mut Stack, progress: &mut bool) -> Option<Outcome> {
                     None
                 }
                 tcp::State::Established if s.recv_queue() == 0 => None,
+                // Closed after the handshake: the peer accepted, then reset (as Linux does
+                // when it closes a socket with our bytes unread) — it answered.
+                tcp::State::Closed if !sent => Some(fail(b"refused")),
                 tcp::State::Established
+                | tcp::State::Closed
                 | tcp::State::CloseWait
                 | tcp::State::LastAck
                 | tcp::State::Closing
@@ -316,7 +321,6 @@ pub fn step(stack: &mut Stack, progress: &mut bool) -> Option<Outcome> {
                     let p = dec(u64::from(port), &mut p);
                     Some(output(&[b"connected ", &ipb[..n], b":", p, b"\n"], 0, true))
                 }
-                tcp::State::Closed => Some(fail(b"refused")),
                 _ if now >= deadline_us => {
                     let hop = if on_link(stack, ip) { ip } else { stack.gw };
                     Some(fail(if stack.dev.heard(hop) {
