@@ -10,8 +10,8 @@
 //!   offers none). Two split queues ([`virtq`]) with one 2 KiB buffer per descriptor
 //!   (layout.rs); every RX buffer is posted before `DRIVER_OK`.
 //! - TX completions are reaped whenever the driver runs; TX interrupts are asked for only while
-//!   every TX buffer is in flight (as the vsock driver does). Queue notifications are batched:
-//!   [`NetDev::flush`] kicks each queue at most once per agent run.
+//!   every TX buffer is in flight (as the vsock driver does). Queue notifications are rationed
+//!   (see [`NetDev::flush`]): TX once per agent run, RX once per half ring of buffers.
 //! - [`NetDev::heard`]: the IPv4 addresses recent frames came from (ARP senders and IPv4
 //!   sources), so a connect that timed out can tell "nobody answered ARP" (unreachable) from
 //!   "the host was there but never answered" (timed out).
@@ -40,10 +40,10 @@ const HEARD: usize = 8;
 
 const _: () = assert!(NET_HDR + MAX_FRAME <= BUF_LEN);
 
-/// The RX half: the queue and whether buffers went back on it.
+/// The RX half: the queue and how many buffers went back on it since the last kick.
 pub struct RxHalf {
     q: Virtq,
-    reposted: bool,
+    unkicked: u16,
 }
 
 /// The TX half: the queue, the free buffers (one bit each) and whether it needs a kick.
@@ -99,7 +99,7 @@ impl NetDev {
             mac: [0x06, 0, 0xac, 0x10, 0, 0x02],
             rx: RxHalf {
                 q: Virtq::new(NET_RX_RING, NET_RX_COUNT),
-                reposted: false,
+                unkicked: 0,
             },
             tx: TxHalf {
                 q: Virtq::new(NET_TX_RING, NET_TX_COUNT),
@@ -178,16 +178,27 @@ impl NetDev {
 
     /// Kicks the queues that need it and asks for TX interrupts while TX is starved. Returns
     /// whether TX completions are already waiting (then the caller should poll again).
-    pub fn flush(&mut self) -> bool {
-        if self.rx.reposted && self.rx.q.device_wants_notify() {
-            mmio_write(self.mmio + 0x50, RXQ);
-        }
-        self.rx.reposted = false;
-        if self.tx.kick {
-            self.tx.kick = false;
-            mmio_write(self.mmio + 0x50, TXQ);
+    ///
+    /// A kick is an MMIO exit (~66 us from ring 3 on this project's KVM), so they are
+    /// rationed: TX is kicked at the end of the agent's run (`end_of_run`) or when every TX
+    /// buffer is in flight; RX only once half its buffers went back since the last kick. The
+    /// device reads the available index whenever it takes a buffer, so unkicked buffers are
+    /// used anyway; it waits for a kick only after it ran out of buffers — all of them used —
+    /// and the run that takes those back re-posts at least half the ring and kicks.
+    pub fn flush(&mut self, end_of_run: bool) -> bool {
+        if self.rx.unkicked >= NET_RX_COUNT / 2 {
+            if self.rx.q.device_wants_notify() {
+                mmio_write(self.mmio + 0x50, RXQ);
+            }
+            self.rx.unkicked = 0;
         }
         let starved = self.tx.free == 0;
+        if self.tx.kick && (end_of_run || starved) {
+            self.tx.kick = false;
+            if self.tx.q.device_wants_notify() {
+                mmio_write(self.mmio + 0x50, TXQ);
+            }
+        }
         self.tx.q.set_no_interrupt(!starved);
         starved && self.tx.q.has_used()
     }
@@ -213,7 +224,7 @@ impl RxToken for NetRx<'_> {
         let b = buf(NET_RX_BUFS, self.id);
         let r = f(&b[NET_HDR.min(self.len)..self.len]);
         self.rx.q.push(self.id);
-        self.rx.reposted = true;
+        self.rx.unkicked += 1;
         r
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! Time: the TSC (`rdtsc` works in ring 3), calibrated once when the net device is found
 //! against the LAPIC timer's current-count register (KVM's LAPIC timer counts at 1 GHz with
-//! divide-by-1, the rate `main.rs` already relies on): ~2 ms of reads, only on VMs with a net
-//! device. The clock is kept as a running count of microseconds advanced by TSC deltas, each
+//! divide-by-1, the rate `main.rs` already relies on; with a periodic tick the tick counter
+//! counts the reloads): the median of three 1 ms calibrations, each end a LAPIC read tightly
+//! bracketed by TSC reads — on a busy host the vCPU is preempted now and then, and one
+//! preemption inside an unbracketed 2 ms calibration once made the clock run 3-7x slow (a
+//! 300 ms timeout took 2 s). ~3 ms, only on VMs with a net device. The clock is kept as a running count of microseconds advanced by TSC deltas, each
 //! clamped to [`MAX_STEP_US`] (and a TSC that went backwards counts as no time): a restored
 //! clone may see its TSC jump by the time it spent on disk, and smoltcp must see a small step,
 //! not hours of retransmission timeouts firing at once.
@@ -38,8 +41,56 @@ const MASKED: u32 = 1 << 16;
 pub const MAX_STEP_US: u64 = 1_000_000;
 /// Longest one-shot the timer is armed for (the 32-bit count at 1 GHz holds ~4.29 s).
 const MAX_ARM_US: u64 = 4_000_000;
-/// LAPIC counts (ns) the calibration spans.
-const CALIBRATION_NS: u64 = 2_000_000;
+/// LAPIC counts (ns) one calibration spans.
+const CALIBRATION_NS: u64 = 1_000_000;
+/// Calibrations made (the median is kept).
+const CALIBRATIONS: usize = 3;
+/// Tries at a tightly bracketed LAPIC reading.
+const SAMPLE_TRIES: usize = 8;
+
+/// The tick counter (the timer handler increments it; 0 when tickless).
+fn ticks() -> u64 {
+    let st = crate::state();
+    // SAFETY: the state page is always mapped; the timer handler increments the counter.
+    unsafe { read_volatile(addr_of!((*st).counter)) }
+}
+
+/// A LAPIC timer reading as ns since the tick counter's start (`period` ns per tick; the
+/// count runs down from `period`), with the TSC at that moment: the reading bracketed by two
+/// TSC reads, the tightest of [`SAMPLE_TRIES`] (a vCPU preempted between the two reads would
+/// otherwise skew the rate by the whole preemption), and the tick counter read on both sides
+/// so a reload between them is seen (and retried) rather than miscounted.
+fn sample(period: u64) -> (u64, u64) {
+    let mut best = (0, 0, u64::MAX);
+    for _ in 0..SAMPLE_TRIES {
+        let a = rdtsc();
+        let t0 = ticks();
+        let cc = u64::from(mmio_read(CURRENT_COUNT));
+        let t1 = ticks();
+        let b = rdtsc();
+        let width = b.wrapping_sub(a);
+        if t0 == t1 && cc <= period && width < best.2 {
+            let pos = t0.saturating_mul(period) + (period - cc);
+            best = (pos, a + width / 2, width);
+        }
+    }
+    (best.0, best.1)
+}
+
+/// TSC ticks per microsecond, times 1024, over [`CALIBRATION_NS`] of the LAPIC timer; `None`
+/// if the count ran out or went backwards meanwhile (a vCPU away for seconds).
+fn calibrate(period: u64, one_shot: bool) -> Option<u64> {
+    let (pos0, tsc0) = sample(period);
+    loop {
+        let (pos1, tsc1) = sample(period);
+        if pos1 < pos0 || (one_shot && pos1 >= period) {
+            return None;
+        }
+        if pos1 - pos0 >= CALIBRATION_NS {
+            return Some(tsc1.wrapping_sub(tsc0).saturating_mul(1024 * 1000) / (pos1 - pos0));
+        }
+    }
+}
 
 fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
@@ -76,32 +127,30 @@ impl Clock {
                 // Tickless: the timer is ours. Masked while calibrating.
                 mmio_write(DIVIDE, 0xb);
                 mmio_write(LVT_TIMER, MASKED | crate::ring3::VIRTIO_VECTOR as u32);
-                mmio_write(INITIAL_COUNT, u32::MAX);
                 u64::from(u32::MAX)
             }
         };
-        let mut prev = u64::from(mmio_read(CURRENT_COUNT));
-        let tsc0 = rdtsc();
-        let mut elapsed = 0u64;
-        let mut tsc1 = tsc0;
-        while elapsed < CALIBRATION_NS {
-            let cur = u64::from(mmio_read(CURRENT_COUNT));
-            tsc1 = rdtsc();
-            elapsed += if cur <= prev {
-                prev - cur
-            } else {
-                prev + period - cur
-            };
-            prev = cur;
+        let mut rates = [0u64; CALIBRATIONS];
+        for r in rates.iter_mut() {
+            for _ in 0..8 {
+                if hz == 0 {
+                    // A fresh one-shot count for each calibration.
+                    mmio_write(INITIAL_COUNT, u32::MAX);
+                }
+                if let Some(rate) = calibrate(period, hz == 0) {
+                    *r = rate;
+                    break;
+                }
+            }
         }
+        rates.sort_unstable();
         if hz == 0 {
             mmio_write(INITIAL_COUNT, 0);
             mmio_write(LVT_TIMER, crate::ring3::VIRTIO_VECTOR as u32);
         }
-        let ticks = tsc1.wrapping_sub(tsc0).max(1);
         Clock {
-            tsc_per_us_x1024: (ticks.saturating_mul(1024 * 1000) / elapsed.max(1)).max(1),
-            last_tsc: tsc1,
+            tsc_per_us_x1024: rates[CALIBRATIONS / 2].max(1),
+            last_tsc: rdtsc(),
             now_us: 0,
             armed_us: None,
             hz,

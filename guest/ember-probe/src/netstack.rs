@@ -366,12 +366,13 @@ impl Stack {
             if outcome.is_none() {
                 outcome = netcmd::step(self, &mut moved);
             }
-            let more_tx = self.dev.flush();
+            let more_tx = self.dev.flush(false);
             if !changed && !moved && !more_tx {
                 cut_short = false;
                 break;
             }
         }
+        self.dev.flush(true);
         if cut_short {
             // Still busy (a long transfer): let vsock have its turn, then come back at once
             // (no interrupt may be on its way for frames already in the used ring).
