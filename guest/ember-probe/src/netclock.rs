@@ -4,12 +4,13 @@
 //! against the LAPIC timer's current-count register (KVM's LAPIC timer counts at 1 GHz with
 //! divide-by-1, the rate `main.rs` already relies on; with a periodic tick the tick counter
 //! counts the reloads): the median of three 1 ms calibrations, each end a LAPIC read tightly
-//! bracketed by TSC reads — on a busy host the vCPU is preempted now and then, and one
-//! preemption inside an unbracketed 2 ms calibration once made the clock run 3-7x slow (a
-//! 300 ms timeout took 2 s). ~3 ms, only on VMs with a net device. The clock is kept as a running count of microseconds advanced by TSC deltas, each
-//! clamped to [`MAX_STEP_US`] (and a TSC that went backwards counts as no time): a restored
-//! clone may see its TSC jump by the time it spent on disk, and smoltcp must see a small step,
-//! not hours of retransmission timeouts firing at once.
+//! bracketed by TSC reads, so a vCPU preempted mid-calibration (a busy host) does not skew
+//! the rate — an earlier unbracketed single calibration most likely explains VMs whose clock
+//! ran 3-7x slow now and then under load. ~3 ms, only on VMs with a net device. The clock is
+//! kept as a running count of microseconds advanced by TSC deltas, each clamped to
+//! [`MAX_STEP_US`] (and a TSC that went backwards counts as no time): a restored clone may see
+//! its TSC jump by the time it spent on disk, and smoltcp must see a small step, not hours of
+//! retransmission timeouts firing at once.
 //!
 //! Wake-ups: the agent only runs when an interrupt wakes it (the vCPU sleeps in `hlt`
 //! otherwise), so a pending deadline (a TCP retransmission, a connect's timeout) needs an
