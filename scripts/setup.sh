@@ -5,14 +5,17 @@ set -euo pipefail
 # Rust components and the probe guest's bare-metal target.
 rustup component add rustfmt clippy >/dev/null
 rustup target add x86_64-unknown-none >/dev/null
+# The probe guest is its own cargo workspace, built --offline by crates/ember-probe-image's
+# build script: fetch its dependencies (smoltcp) here, where the network may be used.
+(cd "$(dirname "$0")/../guest/ember-probe" && cargo fetch --locked -q)
 
 # Debian packages the tests use (only when missing, so re-runs are quick):
 # iproute2 (`ip netns`, TAP devices for the net device tests), util-linux (`unshare` for the
 # no-KVM test; `setpriv`, which starts Firecracker-flavor VMMs with a parent-death signal).
 # python3-venv: the e2b SDK's venv below. procps (`sysctl`): the net tests' and the virtio_net
 # fuzz target's network namespaces. nftables (`nft`): ember-net's sandbox networks (NAT, egress
-# policy, host isolation).
-packages=(iproute2 util-linux python3-venv procps nftables)
+# policy, host isolation). iputils-ping: the probe guest's network tests ping it.
+packages=(iproute2 util-linux python3-venv procps nftables iputils-ping)
 need=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -20,7 +20,17 @@
 //!
 //! Command-line knobs (append to `boot_args`): `ember.hz=<0..10000>` (timer rate, default 100;
 //! 0 = no timer: tickless, an idle VM costs no host CPU, counter and uptime stay 0),
-//! `ember.report=<ticks>` (count line period, 0 = never, default 50).
+//! `ember.report=<ticks>` (count line period, 0 = never, default 50), and for a VM with a
+//! network interface `ember.ip=A.B.C.D/PREFIX` and `ember.gw=A.B.C.D` (default 172.16.0.2/30
+//! via 172.16.0.1, the address every sandbox's template uses).
+//!
+//! # The network
+//! With a network interface configured (`PUT /network-interfaces/..`, a TAP on the host), the
+//! probe runs an IP stack (smoltcp) on the virtio-net device, in the same ring-3 agent: ARP,
+//! ping, TCP echo on port 7 (4 connections at once), UDP echo on 7, TCP discard on 9 (host ->
+//! guest throughput), a TCP source on 19 (guest -> host throughput). A snapshot keeps it all
+//! (same IP and MAC in every clone; the ARP cache is forgotten at the snapshot, so a clone
+//! behind another TAP finds its gateway's MAC anew). Without a net device it costs nothing.
 //!
 //! # The agent
 //! With a vsock device configured (`PUT /vsock`), the probe runs the ember agent protocol
@@ -36,7 +46,11 @@
 //!   bytes, cut to 8 KiB), `pwd`, `whoami`; each also through `sh`/`bash -c "<one built-in>"`
 //!   (word-split, no shell syntax); an unknown command or file: Error NOT_FOUND, bad
 //!   arguments: INVALID_ARGUMENT; ExecIn runs them in a directory (`cwd`) as `root` or
-//!   `user`;
+//!   `user`; `net-connect IP PORT [TIMEOUT_MS]` (exit 0, stdout `connected IP:PORT\n`;
+//!   else exit 1, stderr `refused\n`, `timed out\n` or `unreachable\n`; default 2000 ms),
+//!   `net-udp IP PORT [TIMEOUT_MS]` (the reply datagram on stdout, or exit 1 `timed out\n`),
+//!   `net-info` (`ip=A.B.C.D/P gw=A.B.C.D mac=..\n`) — the first two answer once the network
+//!   has, while the agent serves other connections;
 //! - files: a RAM tree of up to 32 entries (directories, and 8 files of up to 64 KiB), paths
 //!   up to 255 bytes, behind PutFile (creating missing parents), GetFile, Stat, ListDir,
 //!   MakeDir, Remove and Rename, with POSIX-like errors (NOT_FOUND, ALREADY_EXISTS,

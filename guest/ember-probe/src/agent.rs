@@ -18,7 +18,10 @@
 //!     taken from the working directory; NOT_FOUND if there is no such file, IS_A_DIRECTORY
 //!     for a directory;
 //!   - `pwd`: stdout the working directory, then `\n`;
-//!   - `whoami`: stdout the user (`root` unless ExecIn said `user`), then `\n`.
+//!   - `whoami`: stdout the user (`root` unless ExecIn said `user`), then `\n`;
+//!   - `net-connect IP PORT [TIMEOUT_MS]`, `net-udp IP PORT [TIMEOUT_MS]`, `net-info`: the
+//!     guest's own network traffic over virtio-net ([`netcmd`](crate::netcmd)); the first two
+//!     are answered once the network had its say (the request waits, the agent does not).
 //!
 //!   `sh`/`bash` (also `/bin/..`, `/usr/bin/..`) `[-l] [-i] [-e] -c SCRIPT` runs SCRIPT's one
 //!   simple command, split on whitespace ([`ember_agent_proto::shell`]: quotes, pipes, `;`,
@@ -49,6 +52,7 @@ use ember_agent_proto::{
 
 use crate::files::{self, Files, Node, ROOT_STAT};
 use crate::layout::{NODE_COUNT, SCRATCH, SCRATCH_LEN};
+use crate::netcmd::Started;
 use crate::path::Path;
 use crate::sha256;
 
@@ -210,6 +214,18 @@ enum ExecOutcome {
     },
     /// It did not run: an Error reply.
     Err(ErrorCode, &'static str),
+    /// It runs on ([`netcmd`](crate::netcmd)): the reply comes later, from
+    /// [`netcmd::reply`](crate::netcmd::reply).
+    Pending,
+}
+
+/// What [`handle`] did with a request.
+pub enum Handled {
+    /// The reply is in the output buffer, this long (0: none fit, see [`handle`]).
+    Reply(usize),
+    /// An Exec (or ExecIn, `exec_in`) runs on; [`netcmd::reply`](crate::netcmd::reply) makes
+    /// its reply.
+    Pending { exec_in: bool },
 }
 
 impl ExecOutcome {
@@ -373,9 +389,27 @@ fn exec(argv: ByteList<'_>, ctx: &Context<'_>, out: &mut [u8], files: &Files) ->
             out[len] = b'\n';
             ExecOutcome::stdout(len + 1, len < text.len())
         }
+        b"net-connect" | b"net-udp" | b"net-info" => match crate::netcmd::exec(cmd, args) {
+            Started::Done(o) => {
+                let len = o.output.len().min(out.len());
+                out[..len].copy_from_slice(&o.output[..len]);
+                let stream = [Stream::Stderr, Stream::Stdout][usize::from(o.stdout)];
+                let (exit_code, truncated) = (o.exit_code, len < o.output.len());
+                ExecOutcome::Exited {
+                    exit_code,
+                    stream,
+                    len,
+                    truncated,
+                }
+            }
+            Started::Usage(message) => ExecOutcome::Err(ErrorCode::INVALID_ARGUMENT, message),
+            Started::Pending => ExecOutcome::Pending,
+            Started::NotNet => ExecOutcome::Err(ErrorCode::NOT_FOUND, "no such command"),
+        },
         _ => ExecOutcome::Err(
             ErrorCode::NOT_FOUND,
-            "no such command (built-ins: echo, counter, sha256, exit, stderr, cat, pwd, whoami)",
+            "no such command (built-ins: echo, counter, sha256, exit, stderr, cat, pwd, whoami, \
+             net-connect, net-udp, net-info)",
         ),
     }
 }
@@ -403,6 +437,8 @@ fn exec_result<'b>(
             })
         }
         ExecOutcome::Err(code, message) => Err((code, message)),
+        // `handle` answers Pending before it asks for a result.
+        ExecOutcome::Pending => Err((ErrorCode::INTERNAL, "pending")),
     }
 }
 
@@ -444,9 +480,9 @@ fn user_of(user: &str) -> Result<&[u8], files::FileError> {
     }
 }
 
-/// Answers `request` (not Hello or Ping: the session does those); returns the reply's
-/// length in `out` (0 if even an error reply did not fit, which `out`'s size rules out).
-pub fn handle(session: &Session<'_>, id: u64, request: Request<'_>, out: &mut [u8]) -> usize {
+/// Answers `request` (not Hello or Ping: the session does those): the reply's length in
+/// `out` (0 if even an error reply did not fit, which `out`'s size rules out), or Pending.
+pub fn handle(session: &Session<'_>, id: u64, request: Request<'_>, out: &mut [u8]) -> Handled {
     let buf = scratch();
     let mut files = files::table();
     // The largest reply frame: the reply buffer, within the host's limit.
@@ -473,6 +509,9 @@ pub fn handle(session: &Session<'_>, id: u64, request: Request<'_>, out: &mut [u
             };
             let buf = &mut buf[..exec_room];
             let outcome = run(e.argv, &ctx, buf, &files);
+            if let ExecOutcome::Pending = outcome {
+                return Handled::Pending { exec_in: false };
+            }
             exec_result(outcome, buf).map_or_else(error, Reply::Exec)
         }
         Request::ExecIn(e) => {
@@ -482,9 +521,13 @@ pub fn handle(session: &Session<'_>, id: u64, request: Request<'_>, out: &mut [u
                     cwd: &cwd,
                     user: user_of(e.user)?,
                 };
-                exec_result(run(e.argv, &ctx, buf, &files), buf)
+                Ok(run(e.argv, &ctx, buf, &files))
             });
-            ran.map_or_else(error, Reply::ExecIn)
+            match ran {
+                Ok(ExecOutcome::Pending) => return Handled::Pending { exec_in: true },
+                Ok(outcome) => exec_result(outcome, buf).map_or_else(error, Reply::ExecIn),
+                Err(e) => error(e),
+            }
         }
         Request::PutFile(p) => absolute(p.path)
             .and_then(|path| files.put(&path, p.mode, p.offset, p.data, now_ns()))
@@ -561,5 +604,5 @@ pub fn handle(session: &Session<'_>, id: u64, request: Request<'_>, out: &mut [u
             kind: other.kind().as_u8(),
         },
     };
-    session.reply_or_error(id, &reply, out).unwrap_or(0)
+    Handled::Reply(session.reply_or_error(id, &reply, out).unwrap_or(0))
 }

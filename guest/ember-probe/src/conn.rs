@@ -2,7 +2,9 @@
 //! (`ember-agent-proto`), its reply buffer, and the vsock credit accounting on both sides
 //! (`buf_alloc` = its receive storage, `fwd_cnt` = request bytes the agent consumed; replies
 //! wait for the host's credit). Requests are served one at a time per connection: the next
-//! frame is handled once the previous reply has left.
+//! frame is handled once the previous reply has left. An Exec of a network built-in that
+//! waits on the network ([`crate::netcmd`]) leaves its connection `pending` until
+//! [`Driver::finish_pending`] writes its reply.
 
 use ember_agent_proto::{AgentIdentity, FrameBuffer, Session, Step};
 
@@ -34,6 +36,8 @@ pub struct Conn {
     pub(crate) send_response: bool,
     pub(crate) send_credit: bool,
     pub(crate) close_after_flush: bool,
+    /// A request whose reply waits on the network: its id and whether it is an ExecIn.
+    pub(crate) pending: Option<(u64, bool)>,
 }
 
 impl Conn {
@@ -76,6 +80,7 @@ impl Driver {
             send_response: true,
             send_credit: false,
             close_after_flush: false,
+            pending: None,
         });
     }
 
@@ -85,7 +90,7 @@ impl Driver {
             let Some(c) = self.conns[i].as_mut() else {
                 return;
             };
-            if c.out_len != 0 || c.close_after_flush {
+            if c.out_len != 0 || c.close_after_flush || c.pending.is_some() {
                 return;
             }
             let Conn {
@@ -111,7 +116,13 @@ impl Driver {
                 Step::Request {
                     request_id,
                     request,
-                } => (agent::handle(session, request_id, request, out), false),
+                } => match agent::handle(session, request_id, request, out) {
+                    agent::Handled::Reply(len) => (len, false),
+                    agent::Handled::Pending { exec_in } => {
+                        c.pending = Some((request_id, exec_in));
+                        (0, false)
+                    }
+                },
             };
             c.fwd_cnt = c.fwd_cnt.wrapping_add(frame_len);
             c.out_len = len;
@@ -121,6 +132,18 @@ impl Driver {
                 // Nothing to say (unreadable header): close now.
                 let peer = c.peer_port;
                 return self.close(i, peer);
+            }
+        }
+    }
+
+    /// Writes the reply of the connection whose request waited on the network (if it is
+    /// still there: a transport reset or the host closing drops it, and the outcome with it).
+    pub(crate) fn finish_pending(&mut self, outcome: &crate::netcmd::Outcome) {
+        for c in self.conns.iter_mut().flatten() {
+            if let Some((id, exec_in)) = c.pending.take() {
+                c.out_len = crate::netcmd::reply(&c.session, id, exec_in, outcome, c.out);
+                c.out_sent = 0;
+                return;
             }
         }
     }

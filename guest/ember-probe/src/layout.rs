@@ -14,6 +14,9 @@
 //! | 0x330000 | scratch for building Exec output ([`SCRATCH_LEN`]) |
 //! | 0x340000 | the file table: [`NODE_COUNT`] entries (files and directories) in three pages (`files.rs`) |
 //! | 0x343000..0x3c3000 | file data, [`FILE_COUNT`] x [`FILE_MAX_LEN`] |
+//! | 0x3c3000 | virtio-net rings, one page: RX at +0, TX at +0x400 (only with a net device) |
+//! | 0x3c4000 | virtio-net RX buffers, [`NET_RX_COUNT`] x [`BUF_LEN`] |
+//! | 0x3d4000..0x3e4000 | virtio-net TX buffers, [`NET_TX_COUNT`] x [`BUF_LEN`] |
 //!
 //! Everything past the image is touched only when used, so an idle VM restored from a
 //! snapshot shares it with its siblings. Nothing here is zeroed at boot: guest memory starts
@@ -56,8 +59,20 @@ pub const FILE_COUNT: usize = 8;
 pub const FILE_MAX_LEN: usize = 64 << 10;
 /// Longest file path, in bytes (the protocol allows 4096; the probe keeps paths in its table).
 pub const FILE_PATH_MAX: usize = 255;
+/// virtio-net RX queue rings (the page also holds the TX queue's).
+pub const NET_RX_RING: usize = FILE_DATA + FILE_COUNT * FILE_MAX_LEN;
+/// virtio-net TX queue rings.
+pub const NET_TX_RING: usize = NET_RX_RING + 0x400;
+/// virtio-net RX buffers.
+pub const NET_RX_BUFS: usize = NET_RX_RING + 0x1000;
+/// virtio-net TX buffers.
+pub const NET_TX_BUFS: usize = NET_RX_BUFS + NET_RX_COUNT as usize * BUF_LEN;
+/// virtio-net RX queue entries (and buffers).
+pub const NET_RX_COUNT: u16 = 32;
+/// virtio-net TX queue entries (and buffers; at most 32, one bit each in a `u32`).
+pub const NET_TX_COUNT: u16 = 32;
 /// End of the probe's memory (must fit the smallest guest, 4 MiB).
-pub const END: usize = FILE_DATA + FILE_COUNT * FILE_MAX_LEN;
+pub const END: usize = NET_TX_BUFS + NET_TX_COUNT as usize * BUF_LEN;
 
 /// Entries in the RX and TX queues (and buffers of each).
 pub const RX_COUNT: u16 = 16;
@@ -84,4 +99,8 @@ const _: () = assert!(TX_BUFS + TX_COUNT as usize * BUF_LEN <= USER_STACK_TOP - 
 const _: () = assert!(CONN_RX + MAX_CONNS * CONN_RX_LEN <= CONN_OUT);
 const _: () = assert!(CONN_OUT + MAX_CONNS * CONN_OUT_LEN <= SCRATCH);
 const _: () = assert!(SCRATCH + SCRATCH_LEN <= FILES);
+const _: () = assert!(NET_RX_RING.is_multiple_of(0x1000));
+const _: () = assert!(NET_RX_RING + crate::virtq::footprint(NET_RX_COUNT) <= NET_TX_RING);
+const _: () = assert!(NET_TX_RING + crate::virtq::footprint(NET_TX_COUNT) <= NET_RX_BUFS);
+const _: () = assert!(NET_TX_COUNT <= 32);
 const _: () = assert!(FILES.is_multiple_of(0x1000) && FILE_DATA.is_multiple_of(0x1000));

@@ -22,7 +22,11 @@
 //! 5. runs the agent in ring 3 ([`ring3`]) at boot and after every virtio interrupt: a
 //!    virtio-vsock driver ([`vsock`], [`virtq`]) that listens on port 52 and answers the
 //!    ember agent protocol ([`agent`], with a small RAM file system, [`files`]), and once
-//!    announces itself to host port 53.
+//!    announces itself to host port 53; then, if the VM has a virtio-net device, an IP stack
+//!    ([`netstack`] on [`net`]: ping, TCP/UDP echo, discard, chargen, and the agent's
+//!    outbound `net-*` built-ins, [`netcmd`]) configured by `ember.ip=A.B.C.D/PREFIX` and
+//!    `ember.gw=A.B.C.D` (default 172.16.0.2/30 via 172.16.0.1). Its deadlines wake the agent
+//!    through the LAPIC timer (tickless) or the tick ([`netclock`]).
 //!
 //! Guest ring-0 code is emulated (slow) on some hosts: per-tick work is a handful of
 //! instructions, the vCPU sleeps in `hlt` between interrupts, and all per-request work runs
@@ -34,6 +38,10 @@ mod agent;
 mod conn;
 mod files;
 mod layout;
+mod net;
+mod netclock;
+mod netcmd;
+mod netstack;
 mod path;
 mod ring3;
 mod sha256;
@@ -104,7 +112,12 @@ pub extern "C" fn probe_user_main() {
     unsafe {
         let (ptr, len) = *addr_of!(CMDLINE);
         let cmd = core::slice::from_raw_parts(ptr as *const u8, len as usize);
-        (*addr_of_mut!(vsock::DRIVER)).run(cmd);
+        let driver = &mut *addr_of_mut!(vsock::DRIVER);
+        driver.run(cmd);
+        if let Some(outcome) = netstack::run(cmd, driver.mmio) {
+            driver.finish_pending(&outcome);
+            driver.run(cmd);
+        }
     }
 }
 

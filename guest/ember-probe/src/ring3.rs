@@ -86,6 +86,14 @@ pub const ATTN_REPORT: usize = 3;
 /// and raises [`ATTN_REPORT`] at zero; `u64::MAX`: never).
 #[unsafe(no_mangle)]
 pub static mut PROBE_TICKS_TO_REPORT: u64 = u64::MAX;
+/// Makes the idle loop resume the agent as soon as it finishes this run (as a virtio
+/// interrupt during the run would): for work the agent left for its next run.
+pub fn request_rerun() {
+    // SAFETY: one byte of PROBE_ATTENTION (user-accessible, see `setup`), written with one
+    // store as the interrupt handlers do; the idle loop reads it with interrupts off.
+    unsafe { write_volatile((addr_of_mut!(PROBE_ATTENTION) as *mut u8).add(ATTN_WORK), 1) };
+}
+
 /// The kernel's stack pointer while the agent runs.
 #[unsafe(no_mangle)]
 static mut PROBE_KERNEL_RSP: u64 = 0;

@@ -143,12 +143,12 @@ pub static mut DRIVER: Driver = Driver {
     kick_tx: false,
 };
 
-fn mmio_read(addr: usize) -> u32 {
+pub(crate) fn mmio_read(addr: usize) -> u32 {
     // SAFETY: a virtio-mmio or IOAPIC register in the user-accessible MMIO window.
     unsafe { read_volatile(addr as *const u32) }
 }
 
-fn mmio_write(addr: usize, v: u32) {
+pub(crate) fn mmio_write(addr: usize, v: u32) {
     // SAFETY: as in `mmio_read`.
     unsafe { write_volatile(addr as *mut u32, v) }
 }
@@ -177,7 +177,7 @@ fn parse_device(arg: &[u8]) -> Option<(usize, u32)> {
     Some((addr as usize, irq as u32))
 }
 
-fn parse_num(s: &[u8]) -> Option<u64> {
+pub(crate) fn parse_num(s: &[u8]) -> Option<u64> {
     let (digits, radix) = match s {
         [b'0', b'x' | b'X', rest @ ..] => (rest, 16),
         _ => (s, 10),
@@ -193,8 +193,10 @@ fn parse_num(s: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-/// Finds the vsock device among the command line's virtio-mmio entries.
-fn find_vsock(cmdline: &[u8]) -> Option<(usize, u32)> {
+/// Finds the first virtio-mmio device with device ID `id` among the command line's
+/// `virtio_mmio.device=` entries, skipping the one at `skip` (a device already claimed: each
+/// MMIO read is a VM exit, so a driver looking for its device does not re-read the others).
+pub(crate) fn find_device(cmdline: &[u8], id: u32, skip: usize) -> Option<(usize, u32)> {
     const KEY: &[u8] = b"virtio_mmio.device=";
     for word in cmdline.split(|&b| b == b' ') {
         let Some(arg) = word.strip_prefix(KEY) else {
@@ -203,14 +205,24 @@ fn find_vsock(cmdline: &[u8]) -> Option<(usize, u32)> {
         let Some((base, irq)) = parse_device(arg) else {
             continue;
         };
-        if !(0xc000_0000..0xfec0_0000).contains(&base) {
+        if !(0xc000_0000..0xfec0_0000).contains(&base) || base == skip {
             continue;
         }
-        if mmio_read(base) == 0x7472_6976 && mmio_read(base + 4) == 2 && mmio_read(base + 8) == 19 {
+        if mmio_read(base) == 0x7472_6976 && mmio_read(base + 4) == 2 && mmio_read(base + 8) == id {
             return Some((base, irq));
         }
     }
     None
+}
+
+/// Routes IOAPIC pin `irq` to [`crate::ring3::VIRTIO_VECTOR`]: fixed delivery to APIC 0,
+/// edge, active high.
+pub(crate) fn route_irq(irq: u32) {
+    let ioapic = 0xfec0_0000usize;
+    mmio_write(ioapic, 0x10 + 2 * irq);
+    mmio_write(ioapic + 0x10, crate::ring3::VIRTIO_VECTOR as u32);
+    mmio_write(ioapic, 0x10 + 2 * irq + 1);
+    mmio_write(ioapic + 0x10, 0);
 }
 
 impl Driver {
@@ -223,6 +235,14 @@ impl Driver {
                     true => DriverState::Ready,
                     false => DriverState::Absent,
                 };
+                // The IP stack (if the VM has a net device) is set up before any request is
+                // served: an Exec of a net built-in can come in this very first poll.
+                let skip = if self.state == DriverState::Ready {
+                    self.mmio
+                } else {
+                    0
+                };
+                crate::netstack::setup(cmdline, skip);
                 if self.state == DriverState::Ready {
                     self.start_announce();
                     self.poll();
@@ -234,7 +254,7 @@ impl Driver {
     }
 
     fn init(&mut self, cmdline: &[u8]) -> bool {
-        let Some((base, irq)) = find_vsock(cmdline) else {
+        let Some((base, irq)) = find_device(cmdline, 19, 0) else {
             return false;
         };
         self.mmio = base;
@@ -294,12 +314,7 @@ impl Driver {
         }
         self.cid = u64::from(mmio_read(reg(0x100))) | (u64::from(mmio_read(reg(0x104))) << 32);
         mmio_write(reg(0x70), 1 | 2 | 8 | 4);
-        // IOAPIC pin `irq`: fixed delivery of VIRTIO_VECTOR to APIC 0, edge, active high.
-        let ioapic = 0xfec0_0000usize;
-        mmio_write(ioapic, 0x10 + 2 * irq);
-        mmio_write(ioapic + 0x10, crate::ring3::VIRTIO_VECTOR as u32);
-        mmio_write(ioapic, 0x10 + 2 * irq + 1);
-        mmio_write(ioapic + 0x10, 0);
+        route_irq(irq);
         true
     }
 
@@ -365,7 +380,9 @@ impl Driver {
                     read_volatile((EVENT_BUFS + 8 * usize::from(id % EV_COUNT)) as *const u32)
                 };
                 if event == 0 {
-                    // Transport reset: the VMM forgot every connection.
+                    // Transport reset: the VMM forgot every connection. It is also the
+                    // sign of a snapshot: the network's neighbours may have changed.
+                    crate::netstack::snapshot_taken();
                     for c in self.conns.iter_mut() {
                         *c = None;
                     }
