@@ -53,7 +53,8 @@ pub use process::ProcessIdentity;
 pub use provider::{Capabilities, SnapshotRequest, VmProvider, VmQuery};
 pub use rate_limiter::{RateLimiter, TokenBucket};
 pub use sandbox::{
-    EndCause, ExposedPort, OnTimeout, Sandbox, SandboxEnd, SandboxNetwork, SandboxStart, SandboxState,
+    EndCause, ExposedPort, OnTimeout, Sandbox, SandboxEnd, SandboxNetwork, SandboxStart,
+    SandboxState,
 };
 pub use snapshot::{NetworkOverride, SnapshotRef, VsockOverride};
 pub use snapshot_info::SnapshotInfo;

@@ -64,7 +64,9 @@ impl TemplateBoot {
     pub fn resolve(stack: StackKey, spec: &TemplateSpec, probe_kernel: &Path) -> Self {
         let mut boot = Self::resolve_guest(stack, spec, probe_kernel);
         if spec.network {
-            use ember_core::template::{GUEST_GATEWAY, GUEST_IP, GUEST_MAC, GUEST_PREFIX_LEN, GUEST_TAP};
+            use ember_core::template::{
+                GUEST_GATEWAY, GUEST_IP, GUEST_MAC, GUEST_PREFIX_LEN, GUEST_TAP,
+            };
             boot.boot.network_interfaces = vec![ember_core::spec::NetworkInterface {
                 iface_id: "eth0".into(),
                 host_dev_name: GUEST_TAP.into(),

@@ -113,6 +113,25 @@ pub enum JailSetupError {
     },
 }
 
+/// One jailed VMM to start (see [`Jails::command`]).
+#[derive(Debug, Clone, Copy)]
+pub struct JailedStart<'a> {
+    /// Its slot.
+    pub slot: u64,
+    /// The slot's directory (bound into the jail at its own path).
+    pub slot_dir: &'a Path,
+    /// The VMM binary.
+    pub vmm: &'a Path,
+    /// The VMM's arguments.
+    pub vmm_args: &'a [OsString],
+    /// Where the jailer writes the VMM's host pid.
+    pub pid_file: &'a Path,
+    /// Tied to this process (the jailer stays as the VMM's parent).
+    pub tied: bool,
+    /// The network namespace to join (a new, empty one if `None`).
+    pub netns: Option<&'a Path>,
+}
+
 /// A provider's jailing: settings plus what was worked out once (libraries, cgroup version).
 #[derive(Debug)]
 pub struct Jails {
@@ -305,19 +324,19 @@ impl Jails {
         Ok(())
     }
 
-    /// The command that starts `vmm` with `vmm_args` jailed in slot `n` (whose directory
-    /// `slot_dir` is bound at its own path), tied to this process or not, writing the VMM's
-    /// host pid to `pid_file`, in network namespace `netns` (a new, empty one if `None`).
-    pub fn command(
-        &self,
-        slot: u64,
-        slot_dir: &Path,
-        vmm: &Path,
-        vmm_args: &[OsString],
-        pid_file: &Path,
-        tied: bool,
-        netns: Option<&Path>,
-    ) -> Command {
+    /// The command that starts `start.vmm` with its arguments jailed in its slot (whose
+    /// directory is bound at its own path), tied to this process or not, writing the VMM's
+    /// host pid to `start.pid_file`, in `start.netns` (a new, empty one if `None`).
+    pub fn command(&self, start: &JailedStart<'_>) -> Command {
+        let JailedStart {
+            slot,
+            slot_dir,
+            vmm,
+            vmm_args,
+            pid_file,
+            tied,
+            netns,
+        } = *start;
         let mut cmd = Command::new(&self.jailer);
         cmd.arg("--id")
             .arg(Self::cgroup_id(slot))

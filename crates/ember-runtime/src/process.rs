@@ -217,6 +217,23 @@ const SETPRIV: &str = "setpriv";
 /// Run by `sh -c` under `setpriv`: `$0` is the owner's pid, `"$@"` the VMM command.
 const OWNER_CHECK: &str = r#"[ "$PPID" = "$0" ] || { echo "ember: owner $0 is gone; not starting $1" >&2; exit 70; }; exec "$@""#;
 
+/// What to start: a VMM binary with its arguments, in a slot, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct VmmLaunch<'a> {
+    /// The VMM binary.
+    pub binary: &'a Path,
+    /// Arguments after `--api-sock <path> --id <id>`.
+    pub extra_args: &'a [OsString],
+    /// The slot's files.
+    pub paths: &'a SlotPaths,
+    /// The VMM's `--id`.
+    pub instance_id: &'a str,
+    /// How it is tied to this process.
+    pub parent_death: ParentDeath,
+    /// The network namespace it runs in (the host's when `None`, or a new empty one jailed).
+    pub netns: Option<&'a Path>,
+}
+
 impl VmmProcess {
     /// Spawns `binary --api-sock <slot>/api.sock --id <instance_id> <extra args>` with stdin
     /// from /dev/null, stdout to `console.log` and stderr to `vmm.log` in the slot (whose
@@ -228,27 +245,21 @@ impl VmmProcess {
     /// stays as the VMM's parent; detached, the jailer exits once the VMM runs and the process
     /// watched is the VMM, named by the pid the jailer wrote.
     pub fn spawn(
-        binary: &Path,
-        extra_args: &[OsString],
-        paths: &SlotPaths,
-        instance_id: &str,
-        parent_death: ParentDeath,
+        launch: &VmmLaunch<'_>,
         jail: Option<&crate::jail::Jails>,
-        netns: Option<&Path>,
     ) -> Result<VmmProcess, ProcessError> {
+        let VmmLaunch {
+            binary,
+            extra_args,
+            paths,
+            instance_id,
+            parent_death,
+            netns,
+        } = *launch;
         let stdout = log_file(&paths.console_log)?;
         let stderr = log_file(&paths.vmm_log)?;
         if let Some(jail) = jail {
-            return Self::spawn_jailed(
-                jail,
-                binary,
-                extra_args,
-                paths,
-                instance_id,
-                parent_death,
-                (stdout, stderr),
-                netns,
-            );
+            return Self::spawn_jailed(jail, launch, (stdout, stderr));
         }
         let owner = std::process::id().to_string();
         let (mut cmd, started) = match parent_death {
@@ -318,15 +329,18 @@ impl VmmProcess {
     /// Starts the VMM through the jailer (see [`spawn`](Self::spawn)).
     fn spawn_jailed(
         jail: &crate::jail::Jails,
-        binary: &Path,
-        extra_args: &[OsString],
-        paths: &SlotPaths,
-        instance_id: &str,
-        parent_death: ParentDeath,
+        launch: &VmmLaunch<'_>,
         (stdout, stderr): (File, File),
-        netns: Option<&Path>,
     ) -> Result<VmmProcess, ProcessError> {
         use std::os::unix::process::CommandExt;
+        let VmmLaunch {
+            binary,
+            extra_args,
+            paths,
+            instance_id,
+            parent_death,
+            netns,
+        } = *launch;
         let spawn_err = |source| ProcessError::Spawn {
             binary: binary.to_path_buf(),
             source,
@@ -342,9 +356,15 @@ impl VmmProcess {
         vmm_args.extend(extra_args.iter().cloned());
         let pid_file = paths.dir.join("vmm.pid");
         let tied = parent_death != ParentDeath::Detached;
-        let mut cmd = jail.command(
-            paths.slot, &paths.dir, binary, &vmm_args, &pid_file, tied, netns,
-        );
+        let mut cmd = jail.command(&crate::jail::JailedStart {
+            slot: paths.slot,
+            slot_dir: &paths.dir,
+            vmm: binary,
+            vmm_args: &vmm_args,
+            pid_file: &pid_file,
+            tied,
+            netns,
+        });
         cmd.current_dir(&paths.dir)
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -597,15 +597,16 @@ fn spawn_one(shared: &Shared, slot: u64) -> Result<Starting, SpawnFailure> {
         }
         None => None,
     };
-    let process = match VmmProcess::spawn(
-        &shared.settings.binary,
-        &shared.settings.extra_args,
-        &paths,
-        &format!("slot-{slot}"),
-        shared.settings.parent_death,
-        shared.settings.jail.as_deref(),
-        netns.as_deref(),
-    ) {
+    let instance_id = format!("slot-{slot}");
+    let launch = crate::process::VmmLaunch {
+        binary: &shared.settings.binary,
+        extra_args: &shared.settings.extra_args,
+        paths: &paths,
+        instance_id: &instance_id,
+        parent_death: shared.settings.parent_death,
+        netns: netns.as_deref(),
+    };
+    let process = match VmmProcess::spawn(&launch, shared.settings.jail.as_deref()) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             let _ = shared.layout.remove_slot(slot);

@@ -143,7 +143,16 @@ impl Daemon {
         let store_path = config.state_dir.join("ember.db");
         let store = {
             let path = store_path.clone();
-            tokio::task::spawn_blocking(move || Store::open(&path, StoreConfig::default()))
+            // The allocator hands out sandbox addresses and host interface names from the
+            // daemon's network settings.
+            let store_config = match &config.network {
+                Some(n) => StoreConfig {
+                    network: n.allocator.clone(),
+                    ..StoreConfig::default()
+                },
+                None => StoreConfig::default(),
+            };
+            tokio::task::spawn_blocking(move || Store::open(&path, store_config))
                 .await
                 .map_err(|e| StartError::Io {
                     what: "opening the store",
@@ -175,9 +184,10 @@ impl Daemon {
                 // Before any VMM starts (a spare's network is recorded, then made: a sweep
                 // running alongside could take one for a leftover).
                 nets.sweep_unrecorded();
-                provider_config.networks = Some(ember_runtime::slot_net::NetworkHook(
-                    Arc::clone(&nets) as Arc<dyn ember_runtime::slot_net::SlotNetworks>,
-                ));
+                provider_config.networks = Some(ember_runtime::slot_net::NetworkHook(Arc::clone(
+                    &nets,
+                )
+                    as Arc<dyn ember_runtime::slot_net::SlotNetworks>));
                 Some(nets)
             }
             None => None,

@@ -37,11 +37,13 @@ pub(super) fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, Bench
     let mut runs = Vec::new();
     for (label, jail) in [
         ("not jailed", None),
-        ("jailed", Some(ember_runtime::jail::JailSettings::new(jailer))),
+        (
+            "jailed",
+            Some(ember_runtime::jail::JailSettings::new(jailer)),
+        ),
     ] {
         ui.stage(&format!("{label}: starting VMM processes"), None);
-        let interrupt =
-            crate::interrupt::Registration::new(&Session::root_under(&opts.workdir));
+        let interrupt = crate::interrupt::Registration::new(&Session::root_under(&opts.workdir));
         let session = Session::start_with(&opts.vmm, &opts.workdir, 16, jail)?;
         let provider = std::sync::Arc::clone(session.provider());
         interrupt.on_stop(move || provider.shutdown());
@@ -57,7 +59,10 @@ pub(super) fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, Bench
             .latencies
             .extend(summaries(&format!("{label}: "), &run.handoffs));
         let rate = median(&run.refill_rates);
-        report.figure(&format!("refill_vms_per_s_{}", label.replace(' ', "_")), rate);
+        report.figure(
+            &format!("refill_vms_per_s_{}", label.replace(' ', "_")),
+            rate,
+        );
         runs.push((label, run, rate));
     }
     let total = |label: &str| {
@@ -93,7 +98,10 @@ pub(super) fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, Bench
         ));
     }
     report.figure("concurrency", opts.concurrency);
-    report.figure("handoffs_per_run", runs.first().map_or(0, |r| r.1.handoffs.len()));
+    report.figure(
+        "handoffs_per_run",
+        runs.first().map_or(0, |r| r.1.handoffs.len()),
+    );
     Ok(report)
 }
 
@@ -137,7 +145,10 @@ fn rounds(
 ) -> Result<Run, BenchError> {
     let rounds = opts.iterations.div_ceil(opts.concurrency).max(1);
     ui.stage(
-        &format!("{label}: {rounds} rounds of {} concurrent handoffs", opts.concurrency),
+        &format!(
+            "{label}: {rounds} rounds of {} concurrent handoffs",
+            opts.concurrency
+        ),
         Some((rounds * opts.concurrency) as u64),
     );
     let mut run = Run {
@@ -176,7 +187,8 @@ fn rounds(
         }
         warm.wait_full(&Quiet, Duration::from_secs(60))?;
         let took = emptied.elapsed().as_secs_f64();
-        run.refill_rates.push(opts.concurrency as f64 / took.max(1e-6));
+        run.refill_rates
+            .push(opts.concurrency as f64 / took.max(1e-6));
         ui.progress(run.handoffs.len() as u64);
     }
     ui.finish("done");

@@ -343,7 +343,9 @@ impl super::Engine {
         let address = nets.address_of(slot).ok_or_else(|| {
             crate::error::ApiError::internal(format!("VM {vm}'s slot {slot} has no network"))
         })?;
-        let egress = egress.cloned().unwrap_or_else(|| nets.default_egress().clone());
+        let egress = egress
+            .cloned()
+            .unwrap_or_else(|| nets.default_egress().clone());
         if egress != *nets.default_egress() {
             nets.set_policy(slot, &egress).map_err(|e| {
                 crate::error::ApiError::internal(format!("applying the egress policy: {e}"))
@@ -357,7 +359,10 @@ impl super::Engine {
     }
 
     /// The live sandbox `id`'s slot and network manager, or why it has none.
-    fn sandbox_slot(&self, id: &str) -> Result<(SandboxId, u64, &Arc<SlotNets>), crate::error::ApiError> {
+    fn sandbox_slot(
+        &self,
+        id: &str,
+    ) -> Result<(SandboxId, u64, &Arc<SlotNets>), crate::error::ApiError> {
         let Some(nets) = &self.nets else {
             return Err(crate::error::ApiError::invalid(
                 "this emberd gives sandboxes no network (start it with --sandbox-network)",
@@ -381,14 +386,16 @@ impl super::Engine {
         nets.set_policy(slot, &egress).map_err(|e| {
             crate::error::ApiError::internal(format!("applying the egress policy: {e}"))
         })?;
-        let updated = self.store.write("sandbox egress changed", Durability::Process, |tx| {
-            tx.update::<ember_core::Sandbox, ember_store::StoreError>(sid.as_str(), |s| {
-                if let Some(n) = &mut s.network {
-                    n.egress = egress.clone();
-                }
-                Ok(())
-            })
-        })?;
+        let updated = self
+            .store
+            .write("sandbox egress changed", Durability::Process, |tx| {
+                tx.update::<ember_core::Sandbox, ember_store::StoreError>(sid.as_str(), |s| {
+                    if let Some(n) = &mut s.network {
+                        n.egress = egress.clone();
+                    }
+                    Ok(())
+                })
+            })?;
         Ok(updated.record)
     }
 
@@ -413,18 +420,22 @@ impl super::Engine {
                 SocketAddr::from(([127, 0, 0, 1], 0)),
                 SocketAddr::from((address, req.guest_port)),
             )
-            .map_err(|e| crate::error::ApiError::internal(format!("listening for the port: {e}")))?;
-        let updated = self.store.write("sandbox port exposed", Durability::Process, |tx| {
-            tx.update::<ember_core::Sandbox, ember_store::StoreError>(sid.as_str(), |s| {
-                if let Some(n) = &mut s.network {
-                    n.ports.push(ember_core::ExposedPort {
-                        guest_port: req.guest_port,
-                        host,
-                    });
-                }
-                Ok(())
-            })
-        });
+            .map_err(|e| {
+                crate::error::ApiError::internal(format!("listening for the port: {e}"))
+            })?;
+        let updated = self
+            .store
+            .write("sandbox port exposed", Durability::Process, |tx| {
+                tx.update::<ember_core::Sandbox, ember_store::StoreError>(sid.as_str(), |s| {
+                    if let Some(n) = &mut s.network {
+                        n.ports.push(ember_core::ExposedPort {
+                            guest_port: req.guest_port,
+                            host,
+                        });
+                    }
+                    Ok(())
+                })
+            });
         match updated {
             Ok(u) => Ok(u.record),
             Err(e) => {
