@@ -308,6 +308,7 @@ impl Jails {
     /// The command that starts `vmm` with `vmm_args` jailed in slot `n` (whose directory
     /// `slot_dir` is bound at its own path), tied to this process or not, writing the VMM's
     /// host pid to `pid_file`, in network namespace `netns` (a new, empty one if `None`).
+    #[allow(clippy::too_many_arguments)]
     pub fn command(
         &self,
         slot: u64,

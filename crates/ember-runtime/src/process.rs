@@ -316,6 +316,7 @@ impl VmmProcess {
     }
 
     /// Starts the VMM through the jailer (see [`spawn`](Self::spawn)).
+    #[allow(clippy::too_many_arguments)]
     fn spawn_jailed(
         jail: &crate::jail::Jails,
         binary: &Path,
