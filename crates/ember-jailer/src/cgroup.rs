@@ -3,6 +3,16 @@
 //! creates `<parent>/<id>` under each tree, writes the limits, and moves itself in before it
 //! forks the VMM, which inherits the membership. [`remove`] takes the cgroup away once the VMM
 //! is gone.
+//!
+//! Memory is a hard limit without swap: a VMM whose guest touches more than `memory_max`
+//! (guest RAM is the VMM's anonymous or copy-on-write memory, charged to its cgroup as KVM
+//! faults it in) is killed by the kernel's OOM killer inside its own cgroup — SIGKILL to the
+//! VMM, the largest task there — and no other cgroup is touched. v2 sets `memory.max` and
+//! `memory.swap.max = 0`; v1 sets `memory.limit_in_bytes` and, where the kernel accounts swap
+//! (`memory.memsw.limit_in_bytes` exists), the same RAM+swap limit, so a host with swap does
+//! not page the VMM out instead. v1's `memory.oom_control` is left as the kernel makes it
+//! (`oom_kill_disable 0`): with the OOM killer disabled the VMM would hang in its fault
+//! instead.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -176,7 +186,21 @@ pub fn create(
                 write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
             }
             if let Some(m) = limits.memory_max {
+                // memory.limit_in_bytes bounds RAM only: on a host with swap, a VM over it
+                // would be paged out (and crawl) rather than contained. memory.memsw.* (RAM +
+                // swap; present when the kernel accounts swap) gets the same limit, so it is
+                // OOM-killed inside its cgroup instead. memsw must stay ≥ the RAM limit at
+                // every step: unlimited first (a reused cgroup may hold a lower one), then
+                // the RAM limit, then memsw.
+                let memsw = memory.join("memory.memsw.limit_in_bytes");
+                let has_memsw = memsw.exists();
+                if has_memsw {
+                    write(&memsw, "-1")?;
+                }
                 write(&memory.join("memory.limit_in_bytes"), &m.to_string())?;
+                if has_memsw {
+                    write(&memsw, &m.to_string())?;
+                }
             }
             if let Some(p) = limits.pids_max {
                 write(&pids.join("pids.max"), &p.to_string())?;
@@ -245,8 +269,28 @@ mod tests {
             (256u64 << 20).to_string()
         );
         assert_eq!(read(&r.join("pids/ember/vms/vm1/pids.max")), "64");
+        // No memsw file (swap not accounted): none is made up.
+        assert!(
+            !r.join("memory/ember/vms/vm1/memory.memsw.limit_in_bytes")
+                .exists()
+        );
         cg.add_process(42).unwrap();
         assert_eq!(read(&r.join("pids/ember/vms/vm1/cgroup.procs")), "42");
+    }
+
+    #[test]
+    fn v1_limits_ram_and_swap_alike_where_swap_is_accounted() {
+        let root = tempfile::tempdir().unwrap();
+        for c in V1_CONTROLLERS {
+            std::fs::create_dir(root.path().join(c)).unwrap();
+        }
+        let dir = root.path().join("memory/ember/vm1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.memsw.limit_in_bytes"), "1").unwrap();
+        create(root.path(), Version::V1, "ember", "vm1", &LIMITS).unwrap();
+        let want = (256u64 << 20).to_string();
+        assert_eq!(read(&dir.join("memory.limit_in_bytes")), want);
+        assert_eq!(read(&dir.join("memory.memsw.limit_in_bytes")), want);
     }
 
     #[test]

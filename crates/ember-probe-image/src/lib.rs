@@ -50,7 +50,10 @@
 //!   else exit 1, stderr `refused\n`, `timed out\n` or `unreachable\n`; default 2000 ms),
 //!   `net-udp IP PORT [TIMEOUT_MS]` (the reply datagram on stdout, or exit 1 `timed out\n`),
 //!   `net-info` (`ip=A.B.C.D/P gw=A.B.C.D mac=..\n`) — the first two answer once the network
-//!   has, while the agent serves other connections;
+//!   has, while the agent serves other connections; `memtouch <MiB>` (writes a byte in every
+//!   page of that much guest RAM from 4 MiB up, so the VMM really holds it: stdout
+//!   `touched <MiB> MiB\n`; more than the guest has, up to 1 GiB: exit 1, stderr
+//!   `memtouch: only <n> MiB above 4 MiB\n`);
 //! - files: a RAM tree of up to 32 entries (directories, and 8 files of up to 64 KiB), paths
 //!   up to 255 bytes, behind PutFile (creating missing parents), GetFile, Stat, ListDir,
 //!   MakeDir, Remove and Rename, with POSIX-like errors (NOT_FOUND, ALREADY_EXISTS,

@@ -4,6 +4,12 @@
 //! `no_new_privs`, as a non-root uid of its own, inside its own root where no host file can be
 //! named, in its own cgroup; destroy and shutdown leave no jail root, mount or cgroup behind.
 //! Detached, jailed VMMs outlive their provider and are adopted by the next one.
+//!
+//! Limits contain a VM without harming its neighbours: a guest that touches more memory
+//! (the probe's `memtouch`) than its VMM's cgroup allows gets its VMM OOM-killed in that
+//! cgroup, reported as killed by SIGKILL, while a sibling under the same limits answers on; a
+//! VMM whose pids limit leaves no room for its vCPU threads fails its start with an error
+//! that says so, and the provider goes on. Each leaves no slot cgroup, mount or process.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -378,4 +384,316 @@ fn a_jailed_vmm_killed_by_seccomp_is_reported() {
         p.destroy(&id).unwrap();
         shutdown_and_check(&p);
     }
+}
+
+/// A jailed provider whose VMMs run under `limits` (no spares).
+fn limited_provider(dir: &Path, limits: ember_jailer::Limits) -> std::sync::Arc<VmmProvider> {
+    let mut config = ProviderConfig::new(dir.join("root"), flavor(Kind::EmberVmm).unwrap());
+    config.spares = SpareConfig {
+        count: 0,
+        ..SpareConfig::default()
+    };
+    let mut jail = jail_settings();
+    jail.limits = limits;
+    config.jail = Some(jail);
+    std::sync::Arc::new(VmmProvider::new(config).unwrap())
+}
+
+/// The exits the provider reports, as they come.
+fn exits(p: &VmmProvider) -> std::sync::mpsc::Receiver<ember_runtime::VmExit> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    p.add_exit_listener(std::sync::Arc::new(move |e: &ember_runtime::VmExit| {
+        let _ = tx.lock().unwrap().send(e.clone());
+    }));
+    rx
+}
+
+/// Boots a probe VM with an agent: `mem_mib` of guest memory, `vcpus` vCPUs.
+fn boot_probe(p: &VmmProvider, name: &str, mem_mib: u32, vcpus: u8) -> Result<(), String> {
+    let id = vm(name);
+    let mut spec = probe_spec("ember.hz=0 ember.report=0");
+    spec.mem_size_mib = mem_mib;
+    spec.vcpu_count = vcpus;
+    spec.vsock = Some(VsockSpec {
+        guest_cid: 3,
+        uds_path: "/unused".into(),
+    });
+    p.create_with_spec(&id, &spec)
+        .map_err(|e| error_chain(&e))?;
+    p.start(&id).map_err(|e| error_chain(&e))?;
+    Ok(())
+}
+
+/// `e` and its sources, joined by `: `.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `name` of the cgroup (v1 controller `ctrl`) VMM `pid` runs in: `/ember-<tag>/slot<n>`.
+fn cgroup_of(pid: u32, ctrl: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    text.lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == ctrl)
+                .then(|| path.to_string())
+        })
+        .unwrap_or_else(|| panic!("no {ctrl} cgroup for {pid}: {text}"))
+}
+
+/// The slot cgroups left under the provider cgroup `parent` (`ember-<tag>`), any controller.
+fn slot_cgroups_under(parent: &str) -> Vec<PathBuf> {
+    ["pids", "memory", "cpu", "unified", ""]
+        .iter()
+        .map(|c| Path::new("/sys/fs/cgroup").join(c).join(parent))
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("slot"))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The leak check after a limits test: the provider shut down, no VMM left, no mount under
+/// its root, no slot cgroup under its parent cgroup.
+fn shutdown_and_check_jails(p: &VmmProvider, parent_cgroup: &str) {
+    let root = p.root().to_path_buf();
+    shutdown_and_check(p);
+    assert_eq!(
+        mounts_under(&root),
+        0,
+        "mounts left under {}",
+        root.display()
+    );
+    let left = slot_cgroups_under(parent_cgroup);
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+    for ctrl in ["pids", "memory", "cpu", "unified", ""] {
+        let dir = Path::new("/sys/fs/cgroup").join(ctrl).join(parent_cgroup);
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
+}
+
+/// Guest memory of the limits tests' VMs (MiB), above their VMMs' memory limit.
+const GUEST_MIB: u32 = 256;
+/// The VMMs' memory limit.
+const MEMORY_MAX: u64 = 96 << 20;
+
+/// Hog `a` and neighbour `b` run under [`MEMORY_MAX`]: `b` uses memory within it and goes on
+/// answering while `a`, touching more, is OOM-killed inside its own cgroup. Returns the
+/// provider's parent cgroup.
+#[allow(clippy::print_stdout)]
+fn hog_is_killed_alone(
+    p: &VmmProvider,
+    exits: &std::sync::mpsc::Receiver<ember_runtime::VmExit>,
+    a: &ember_core::VmId,
+    b: &ember_core::VmId,
+    round: &str,
+) -> String {
+    let mut agent_b = agent(p, b);
+    assert_eq!(
+        agent_b
+            .exec(&Exec::new(&["echo", "before"]))
+            .unwrap()
+            .stdout,
+        b"before\n"
+    );
+    let vmm_a = vmm_pid(p.pid(a).unwrap());
+    let vmm_b = vmm_pid(p.pid(b).unwrap());
+    let cgroup_a = cgroup_of(vmm_a, "memory");
+    let parent = cgroup_a
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        cgroup_a,
+        cgroup_of(vmm_b, "memory"),
+        "two VMMs in one cgroup"
+    );
+    let memcg = Path::new("/sys/fs/cgroup/memory").join(cgroup_a.trim_start_matches('/'));
+    if memcg.is_dir() {
+        let read = |f: &str| std::fs::read_to_string(memcg.join(f)).ok();
+        assert_eq!(
+            read("memory.limit_in_bytes").unwrap().trim(),
+            MEMORY_MAX.to_string()
+        );
+        if let Some(memsw) = read("memory.memsw.limit_in_bytes") {
+            assert_eq!(memsw.trim(), MEMORY_MAX.to_string(), "RAM+swap limit");
+        }
+    }
+
+    // Within bounds: the guest's RAM above 4 MiB is 252 MiB; more is refused.
+    let slow_agent = |id: &ember_core::VmId| {
+        AgentClient::connect(p.vsock_path(id).unwrap(), PORT, DEFAULT_TIMEOUT).unwrap()
+    };
+    let out = slow_agent(b)
+        .exec(&Exec::new(&["memtouch", "300"]))
+        .unwrap();
+    assert_eq!(out.exit_code, 1);
+    assert_eq!(out.stderr, b"memtouch: only 252 MiB above 4 MiB\n");
+    let out = slow_agent(b).exec(&Exec::new(&["memtouch", "16"])).unwrap();
+    assert_eq!(out.stdout, b"touched 16 MiB\n");
+
+    // Over: A's VMM is killed in its own cgroup.
+    let started = std::time::Instant::now();
+    let touched = slow_agent(a).exec(&Exec::new(&["memtouch", "200"]));
+    assert!(
+        !touched.as_ref().is_ok_and(|o| o.exit_code == 0),
+        "{round}: 200 MiB touched under a 96 MiB limit: {touched:?}"
+    );
+    let exit = exits
+        .recv_timeout(DEFAULT_TIMEOUT)
+        .expect("the hog's death");
+    println!(
+        "{round}: memtouch 200 under a 96 MiB limit: {} after {:?} ({touched:?})",
+        exit.exit,
+        started.elapsed()
+    );
+    assert_eq!(&exit.id, a);
+    assert_eq!(exit.exit, ember_runtime::ExitInfo::Signal(libc::SIGKILL));
+    assert_eq!(exit.exit.to_string(), "killed by SIGKILL");
+    assert_eq!(p.get(a).unwrap().status, VmStatus::Stopped);
+    assert!(!alive(vmm_a));
+
+    // B never noticed.
+    assert!(alive(vmm_b));
+    assert_eq!(p.get(b).unwrap().status, VmStatus::Running);
+    let mut agent_b = agent(p, b);
+    assert_eq!(
+        agent_b.exec(&Exec::new(&["echo", "after"])).unwrap().stdout,
+        b"after\n"
+    );
+    assert!(exits.try_recv().is_err(), "{round}: another VM died");
+    p.destroy(a).unwrap();
+    p.destroy(b).unwrap();
+    parent
+}
+
+/// A VM whose guest touches more memory than its VMM's cgroup allows is killed by the
+/// kernel's OOM killer inside that cgroup (SIGKILL, reported through the exit listener as
+/// such); a sibling VM under the same limits answers before and after, and can use memory
+/// within its own limit. Booted VMs (fresh anonymous memory), then clones restored from a
+/// snapshot (copy-on-write of the snapshot's pages).
+#[test]
+fn a_jailed_vm_over_its_memory_limit_is_oom_killed_alone() {
+    let dir = short_tempdir();
+    let p = limited_provider(
+        dir.path(),
+        ember_jailer::Limits {
+            memory_max: Some(MEMORY_MAX),
+            pids_max: Some(32),
+            ..ember_jailer::Limits::default()
+        },
+    );
+    let exits = exits(&p);
+    boot_probe(&p, "hog", GUEST_MIB, 1).unwrap();
+    boot_probe(&p, "neighbour", GUEST_MIB, 1).unwrap();
+    let parent = hog_is_killed_alone(&p, &exits, &vm("hog"), &vm("neighbour"), "booted");
+
+    // The template is booted and snapshotted under the same limit.
+    let tpl = vm("tpl");
+    boot_probe(&p, "tpl", GUEST_MIB, 1).unwrap();
+    agent(&p, &tpl);
+    p.pause(&tpl).unwrap();
+    let snap = p
+        .snapshot(
+            &tpl,
+            &SnapshotRequest {
+                snapshot_id: SnapshotId::new("limited").unwrap(),
+                stack: None,
+            },
+        )
+        .unwrap();
+    p.destroy(&tpl).unwrap();
+    for name in ["hog-clone", "neighbour-clone"] {
+        p.create_with_spec(&vm(name), &VmSpec::restore(snap.clone()))
+            .unwrap();
+    }
+    hog_is_killed_alone(
+        &p,
+        &exits,
+        &vm("hog-clone"),
+        &vm("neighbour-clone"),
+        "restored",
+    );
+    shutdown_and_check_jails(&p, &parent);
+}
+
+/// Tasks a jailed provider's slot may hold: a running 1-vCPU VM takes 5 (the jailer, the
+/// VMM's main thread, vcpu0, the virtio thread, KVM's `kvm-nx-lpage-recovery` worker, which
+/// runs in the VM creator's cgroup) and a few more for a moment at start, while the
+/// VM shell prepared early is closed on a thread of its own.
+const PIDS_MAX: u64 = 8;
+
+/// A VMM whose cgroup's pids limit leaves no room for all its vCPU threads fails its start
+/// cleanly, naming the failure; the provider stays usable and a 1-vCPU VM under the same
+/// limit runs.
+#[test]
+fn a_jailed_vm_over_its_pids_limit_fails_to_start_cleanly() {
+    let dir = short_tempdir();
+    let p = limited_provider(
+        dir.path(),
+        ember_jailer::Limits {
+            pids_max: Some(PIDS_MAX),
+            ..ember_jailer::Limits::default()
+        },
+    );
+    let exits = exits(&p);
+    let wide = vm("wide");
+    let err = boot_probe(&p, "wide", 128, 8).unwrap_err();
+    println!("8 vCPUs under pids.max {PIDS_MAX}: {err}");
+    assert!(err.contains("cannot start vCPU thread"), "{err}");
+    assert!(err.contains("Resource temporarily unavailable"), "{err}");
+    assert!(err.contains("pids limit"), "{err}");
+    // Its VMM is still there, with none of the threads that failed start left behind.
+    assert_eq!(p.get(&wide).unwrap().status, VmStatus::Created);
+    let pid = vmm_pid(p.pid(&wide).unwrap());
+    let parent = cgroup_of(pid, "pids")
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    wait_for(DEFAULT_TIMEOUT, "the failed start's threads to end", || {
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .collect();
+        (!threads.iter().any(|c| c.starts_with("vcpu"))).then_some(())
+    });
+    p.destroy(&wide).unwrap();
+
+    // The provider goes on: a VM that fits runs and answers.
+    let narrow = vm("narrow");
+    boot_probe(&p, "narrow", 128, 1).unwrap();
+    let mut a = agent(&p, &narrow);
+    assert_eq!(
+        a.exec(&Exec::new(&["echo", "fits"])).unwrap().stdout,
+        b"fits\n"
+    );
+    let cg = cgroup_of(vmm_pid(p.pid(&narrow).unwrap()), "pids");
+    let pids = Path::new("/sys/fs/cgroup/pids").join(cg.trim_start_matches('/'));
+    if pids.is_dir() {
+        let read = |f: &str| std::fs::read_to_string(pids.join(f)).unwrap();
+        assert_eq!(read("pids.max").trim(), PIDS_MAX.to_string());
+        println!(
+            "a running 1-vCPU VM: pids.current {}",
+            read("pids.current").trim()
+        );
+    }
+    assert!(exits.try_recv().is_err(), "a VM died");
+    p.destroy(&narrow).unwrap();
+    shutdown_and_check_jails(&p, &parent);
 }

@@ -476,13 +476,18 @@ pub(crate) fn spawn_vcpus(
     exit: &Arc<ExitSignal>,
     paused: bool,
 ) -> Result<Vec<crate::vstate::vcpu::VcpuHandle>, VcpuError> {
-    let mut handles = Vec::with_capacity(fds.len());
-    for (index, fd) in fds.into_iter().enumerate() {
-        let vcpu = Vcpu::new(index as u8, fd, buses.clone(), exit.clone());
-        let thread = match first_thread.take() {
+    // Every thread first, parked: if one cannot be created (the jail's pids limit), the
+    // error comes before any vCPU has run, and the parked threads end as they are dropped.
+    let mut threads = Vec::with_capacity(fds.len());
+    for index in 0..fds.len() {
+        threads.push(match first_thread.take() {
             Some(t) if index == 0 => t,
             _ => VcpuThread::prespawn(index as u8)?,
-        };
+        });
+    }
+    let mut handles = Vec::with_capacity(fds.len());
+    for ((index, fd), thread) in fds.into_iter().enumerate().zip(threads) {
+        let vcpu = Vcpu::new(index as u8, fd, buses.clone(), exit.clone());
         handles.push(thread.start(vcpu, paused)?);
     }
     Ok(handles)

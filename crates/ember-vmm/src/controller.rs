@@ -196,7 +196,7 @@ impl Controller {
         match self.shell.take() {
             Some(shell) if shell.is_settled() => Some(shell),
             Some(young) => {
-                std::thread::spawn(move || {
+                let closer = std::thread::Builder::new().spawn(move || {
                     // It only closes descriptors and unmaps: the narrowest filter fits, and
                     // no thread of a running VM is left unfiltered.
                     if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
@@ -204,6 +204,11 @@ impl Controller {
                     }
                     drop(young)
                 });
+                // No thread to spare (the jail's pids limit): the failed spawn dropped the
+                // closure, and the shell with it, right here.
+                if let Err(e) = closer {
+                    tracing::warn!("closing the young VM shell inline: {e}");
+                }
                 None
             }
             None => None,

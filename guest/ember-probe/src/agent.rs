@@ -19,6 +19,10 @@
 //!     for a directory;
 //!   - `pwd`: stdout the working directory, then `\n`;
 //!   - `whoami`: stdout the user (`root` unless ExecIn said `user`), then `\n`;
+//!   - `memtouch <MiB>`: writes one byte in every 4 KiB page of that much guest RAM from
+//!     4 MiB up (the host then backs it, see [`memtouch`](crate::memtouch)); stdout
+//!     `touched <MiB> MiB`, then `\n`; more than the guest has: exit 1, nothing touched,
+//!     and stderr `memtouch: only <n> MiB above 4 MiB`, then `\n`;
 //!   - `net-connect IP PORT [TIMEOUT_MS]`, `net-udp IP PORT [TIMEOUT_MS]`, `net-info`: the
 //!     guest's own network traffic over virtio-net ([`netcmd`](crate::netcmd)); the first two
 //!     are answered once the network had its say (the request waits, the agent does not).
@@ -389,6 +393,42 @@ fn exec(argv: ByteList<'_>, ctx: &Context<'_>, out: &mut [u8], files: &Files) ->
             out[len] = b'\n';
             ExecOutcome::stdout(len + 1, len < text.len())
         }
+        b"memtouch" => {
+            let (Some(arg), None) = (args.next(), args.next()) else {
+                return ExecOutcome::Err(ErrorCode::INVALID_ARGUMENT, "usage: memtouch <MiB>");
+            };
+            let Some(mib) = parse_dec(arg) else {
+                return ExecOutcome::Err(
+                    ErrorCode::INVALID_ARGUMENT,
+                    "memtouch: <MiB> must be a decimal number of mebibytes",
+                );
+            };
+            // At most 10 + 20 + 17 + 1 bytes either way: `out` holds 65.
+            let touched = crate::memtouch::touch(mib);
+            let (head, value, tail): (&[u8], u64, &[u8]) = if touched {
+                (b"touched ", mib, b" MiB\n")
+            } else {
+                (
+                    b"memtouch: only ",
+                    crate::memtouch::available_mib(),
+                    b" MiB above 4 MiB\n",
+                )
+            };
+            out[..head.len()].copy_from_slice(head);
+            let mut n = head.len();
+            n += dec(value, &mut out[n..]);
+            out[n..n + tail.len()].copy_from_slice(tail);
+            ExecOutcome::Exited {
+                exit_code: i32::from(!touched),
+                stream: if touched {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                },
+                len: n + tail.len(),
+                truncated: false,
+            }
+        }
         b"net-connect" | b"net-udp" | b"net-info" => match crate::netcmd::exec(cmd, args) {
             Started::Done(o) => {
                 let len = o.output.len().min(out.len());
@@ -409,7 +449,7 @@ fn exec(argv: ByteList<'_>, ctx: &Context<'_>, out: &mut [u8], files: &Files) ->
         _ => ExecOutcome::Err(
             ErrorCode::NOT_FOUND,
             "no such command (built-ins: echo, counter, sha256, exit, stderr, cat, pwd, whoami, \
-             net-connect, net-udp, net-info)",
+             memtouch, net-connect, net-udp, net-info)",
         ),
     }
 }

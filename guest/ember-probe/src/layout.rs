@@ -1,5 +1,7 @@
-//! The probe's guest-physical memory map (identity-mapped; the first 8 MiB are user-accessible
-//! so the ring-3 agent can reach its buffers).
+//! The probe's guest-physical memory map (identity-mapped; the first GiB is user-accessible
+//! so the ring-3 agent can reach its buffers, and `memtouch` the rest of the RAM, see
+//! [`crate::memtouch`]). Everything the probe uses lies below 4 MiB; RAM from 4 MiB up is
+//! touched only by `memtouch`.
 //!
 //! | range | what |
 //! |---|---|

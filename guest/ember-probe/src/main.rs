@@ -38,6 +38,7 @@ mod agent;
 mod conn;
 mod files;
 mod layout;
+mod memtouch;
 mod net;
 mod netclock;
 mod netcmd;
@@ -487,8 +488,10 @@ pub unsafe extern "C" fn probe_main(zero_page: *const u8) -> ! {
         write_volatile(addr_of_mut!((*st).hz), hz);
         write_volatile(addr_of_mut!((*st).report), report);
     }
-    // SAFETY: interrupts are still off; this is the one-time setup.
+    // SAFETY: interrupts are still off; this is the one-time setup; the zero page comes from
+    // the loader.
     unsafe {
+        memtouch::init(zero_page);
         setup_idt();
         map_apic_range();
         ring3::setup(set_gate_dpl);

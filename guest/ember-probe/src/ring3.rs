@@ -3,7 +3,8 @@
 //! runs in user mode and the kernel only takes interrupts and sleeps.
 //!
 //! - [`setup`] (ring 0, once): a GDT with user segments and a TSS (RSP0 = a dedicated
-//!   interrupt stack), the user bit on the low 8 MiB and the APIC/MMIO window, and two IDT
+//!   interrupt stack), the identity-mapped first GiB (all the RAM the probe and `memtouch`
+//!   use, see [`crate::memtouch`]) and the APIC/MMIO window user-accessible, and two IDT
 //!   gates: [`VIRTIO_VECTOR`] (any virtio interrupt) and #UD.
 //! - `probe_enter_user` (ring 0, from the kernel loop): saves the kernel's callee-saved
 //!   registers and stack pointer, `iretq`s to `probe_user_main` on a fresh user stack with
@@ -202,9 +203,29 @@ struct DescriptorPointer {
     base: u64,
 }
 
-/// Loads the GDT and TSS, installs the two gates and makes the low 8 MiB and the
-/// 0xc000_0000.. window user-accessible (the window's page directory entries carry the user
-/// bit already, see `map_apic_range`).
+/// The identity map of the first GiB, as the loader builds it (2 MiB pages, present and
+/// writable) but with the user bit on every entry: ring 3 reaches the probe's buffers in
+/// the low 8 MiB and the rest of the guest's RAM (`memtouch`). Built at compile time, so
+/// [`setup`] installs it with one store instead of a loop of (slow, emulated) ring-0
+/// instructions. `mut`: the CPU sets accessed and dirty bits in it.
+#[repr(C, align(4096))]
+struct PageDir([u64; 512]);
+static mut USER_PD: PageDir = PageDir(user_identity_entries());
+
+const fn user_identity_entries() -> [u64; 512] {
+    let mut entries = [0u64; 512];
+    let mut i = 0;
+    while i < 512 {
+        // present | writable | user | 2 MiB page
+        entries[i] = ((i as u64) << 21) | 0x87;
+        i += 1;
+    }
+    entries
+}
+
+/// Loads the GDT and TSS, installs the two gates and makes the first GiB (through
+/// [`USER_PD`]) and the 0xc000_0000.. window user-accessible (the window's page directory
+/// entries carry the user bit already, see `map_apic_range`).
 ///
 /// # Safety
 /// Called once at boot with interrupts disabled, after the IDT and the high page directory
@@ -240,20 +261,16 @@ pub unsafe fn setup(set_gate: unsafe fn(usize, u64, u8)) {
         );
         set_gate(6, probe_ud_isr as *const () as u64, 0);
 
-        // User bit (4) on the path to the first 8 MiB and to the 3-4 GiB window.
+        // User bit (4) on the path to the first GiB (its own page directory, all user) and
+        // to the 3-4 GiB window.
         let cr3: u64;
         asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
         let pml4 = (cr3 & !0xfff) as *mut u64;
         write_volatile(pml4, read_volatile(pml4) | 4);
         let pdpt = (read_volatile(pml4) & 0x000f_ffff_ffff_f000) as *mut u64;
-        write_volatile(pdpt, read_volatile(pdpt) | 4);
+        write_volatile(pdpt, addr_of!(USER_PD) as u64 | 0x7);
         let high = pdpt.add(3);
         write_volatile(high, read_volatile(high) | 4);
-        let pd = (read_volatile(pdpt) & 0x000f_ffff_ffff_f000) as *mut u64;
-        for i in 0..4 {
-            let e = pd.add(i);
-            write_volatile(e, read_volatile(e) | 4);
-        }
         asm!("mov {tmp}, cr3", "mov cr3, {tmp}", tmp = out(reg) _, options(nostack));
     }
 }

@@ -61,9 +61,15 @@ pub enum VcpuError {
     /// Installing the kick signal handler failed.
     #[error("installing the vCPU kick signal handler: {0}")]
     Signal(String),
-    /// Spawning the thread failed.
-    #[error("spawning vCPU thread: {0}")]
-    Spawn(std::io::Error),
+    /// Spawning the thread failed (EAGAIN, most likely: the VMM's cgroup pids limit, or
+    /// RLIMIT_NPROC).
+    #[error("cannot start vCPU thread {index}: {source}{}", spawn_hint(.source))]
+    Spawn {
+        /// vCPU index.
+        index: u8,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The vCPU thread did not answer in time or has gone.
     #[error("vCPU {index} did not answer {request}")]
     NoAnswer {
@@ -80,6 +86,16 @@ pub enum VcpuError {
         /// The failed ioctl.
         source: VcpuStateError,
     },
+}
+
+/// What to suspect when a thread cannot be created: EAGAIN is the kernel refusing another
+/// task (the cgroup's `pids.max` a jail sets, or RLIMIT_NPROC).
+pub(crate) fn spawn_hint(e: &std::io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::EAGAIN) {
+        " (the VMM's pids limit?)"
+    } else {
+        ""
+    }
 }
 
 enum Request {
@@ -129,7 +145,7 @@ impl VcpuThread {
                     vcpu.thread_main(paused, req_rx, resp_tx);
                 }
             })
-            .map_err(VcpuError::Spawn)?;
+            .map_err(|source| VcpuError::Spawn { index, source })?;
         Ok(VcpuThread {
             index,
             start_tx,

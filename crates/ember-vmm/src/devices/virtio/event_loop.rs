@@ -55,7 +55,11 @@ impl EventLoop {
         let thread = std::thread::Builder::new()
             .name("virtio".into())
             .stack_size(256 << 10)
-            .spawn(move || run(&epoll, &slots))?;
+            .spawn(move || run(&epoll, &slots))
+            .map_err(|e| match crate::vstate::vcpu::spawn_hint(&e) {
+                "" => e,
+                hint => io::Error::new(e.kind(), format!("{e}{hint}")),
+            })?;
         Ok(EventLoop {
             stop,
             thread: Some(thread),
