@@ -379,6 +379,11 @@ impl Spares {
         {
             tracing::error!("the spawner thread panicked");
         }
+        // A spare the spawner made ready while the first drain ran (its round was under way).
+        let late: Vec<Spare> = self.shared.lock().ready.drain(..).collect();
+        for spare in late {
+            discard(&self.shared.layout, &spare.process);
+        }
     }
 }
 
@@ -503,6 +508,12 @@ fn spawner(shared: &Shared) {
             match poll_ready(shared, s) {
                 Poll::Ready(spare) => {
                     let mut st = shared.lock();
+                    if st.shutdown {
+                        // shutdown() already drained the ready queue: never add to it now.
+                        drop(st);
+                        discard(&shared.layout, &spare.process);
+                        continue;
+                    }
                     st.consecutive_failures = 0;
                     if st.samples.len() == MAX_SAMPLES {
                         st.samples.pop_front();

@@ -155,6 +155,14 @@ pub fn clean_up() -> Cleaned {
 
 /// Removes `dir` (retrying while threads of the interrupted run still write into it).
 fn remove_dir(dir: &Path) -> bool {
+    // Jailed VMMs' roots: their mounts and cgroups (the provider root is the directory itself
+    // for a session, `vms` under it for a daemon).
+    for root in [dir.to_path_buf(), dir.join("vms")] {
+        let _ = ember_runtime::jail::remove_leftovers(
+            &root,
+            Path::new(ember_runtime::jail::CGROUP_ROOT),
+        );
+    }
     for _ in 0..50 {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => return true,

@@ -20,6 +20,10 @@ fn ember(args: &[&str]) -> Value {
             "EMBERD_BIN",
             ember_test_support::package_bin("emberd", "emberd"),
         )
+        .env(
+            "EMBER_JAILER_BIN",
+            ember_test_support::package_bin("ember-jailer", "ember-jailer"),
+        )
         .arg("--json")
         .arg("--workdir")
         .arg(workdir.path())
@@ -164,6 +168,12 @@ fn every_bench_runs_and_reports() {
         latency(&api, "4 at once: create -> first exec reply")["n"],
         12
     );
+
+    // Unjailed and jailed side by side.
+    let jail = run("jail");
+    assert_eq!(latency(&jail, "jailed: acquire ->")["n"], 4);
+    assert_eq!(latency(&jail, "not jailed: acquire ->")["n"], 4);
+    assert!(jail["figures"]["refill_jailed_over_unjailed"].as_f64().unwrap() > 0.0);
 
     let vsock = run("vsock");
     assert_eq!(latency(&vsock, "exec echo")["name"], "exec echo round trip");

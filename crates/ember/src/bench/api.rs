@@ -395,6 +395,11 @@ pub async fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchE
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // The daemon's VMMs were jailed: their mounts and cgroups go with its directory.
+    let _ = ember_runtime::jail::remove_leftovers(
+        &dir.join("vms"),
+        std::path::Path::new(ember_runtime::jail::CGROUP_ROOT),
+    );
     let _ = std::fs::remove_dir_all(&dir);
     drop(daemon);
     let mut report = result?;
