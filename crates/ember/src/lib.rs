@@ -1,7 +1,7 @@
 //! ember's command line as a library, so tests can drive its pieces:
 //!
 //! - [`remote`]: the commands that talk to an emberd (`template`, `pool`, `run`, `exec`, `cp`,
-//!   `ls`, `inspect`, `pause`, `resume`, `rm`, `timeout`, `info`);
+//!   `ls`, `inspect`, `pause`, `resume`, `rm`, `timeout`, `network`, `expose`, `info`);
 //! - [`demo`]: an emberd embedded in the process ([`embedded`]) driven through its API, end to
 //!   end;
 //! - [`bench`]: the measurements (in-process handoff, and the API's own cost);

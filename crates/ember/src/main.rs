@@ -1,9 +1,12 @@
 //! `ember`: the command line of ember — a client of emberd, and the demo and benchmarks.
 //!
 //! ```text
-//! ember template build NAME | ls | rm NAME     templates (boot, agent, snapshot)
+//! ember template build NAME [--network] | ls | rm NAME   templates (boot, agent, snapshot)
 //! ember pool set TEMPLATE --min N | ls | rm     warm pools
 //! ember run TEMPLATE [--label k=v] [--env K=V] [--timeout 300s]
+//!           [--egress allow|deny] [--allow RULE]... [--deny RULE]... [--dns]
+//! ember network ID [--egress ...] [--allow RULE]... [--deny RULE]... [--dns]
+//! ember expose ID GUEST_PORT                    a guest TCP port on the host's loopback
 //! ember exec ID -- CMD ARGS...                  streams output, exits with the command's code
 //! ember cp SRC DST                              one side SANDBOX:/path
 //! ember ls | inspect ID | pause ID | resume ID | rm ID... | timeout ID 10m | info
@@ -29,7 +32,7 @@ use ember::bench::{self, BenchKind, BenchOptions, BenchReport};
 use ember::demo::{self, DemoOptions, DemoReport};
 use ember::interrupt;
 use ember::output::latency_table;
-use ember::remote::{self, LsArgs, Out, PoolArgs, TemplateArgs, parse_duration_secs};
+use ember::remote::{self, EgressArgs, LsArgs, Out, PoolArgs, TemplateArgs, parse_duration_secs};
 use ember_core::SandboxState;
 use ember_host::ui::Ui;
 use ember_host::warm::Pooled;
@@ -109,6 +112,10 @@ enum TemplateCmd {
         /// Memory of every sandbox, MiB.
         #[arg(long)]
         mem: Option<u32>,
+        /// Give the guest a network interface (its sandboxes get networks from an emberd
+        /// started with --sandbox-network).
+        #[arg(long)]
+        network: bool,
     },
     /// Lists templates.
     Ls,
@@ -178,6 +185,9 @@ enum Command {
         /// Kill it after this long (e.g. 300s, 10m; default 300s).
         #[arg(long, value_parser = parse_duration_secs)]
         timeout: Option<u64>,
+        /// Its egress policy (any of these flags makes one; none: the daemon's default).
+        #[command(flatten)]
+        egress: EgressArgs,
     },
     /// Runs a command in a sandbox; streams its output and exits with its exit code.
     Exec {
@@ -224,7 +234,7 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
-    /// Prints a sandbox's whole record (JSON).
+    /// Prints a sandbox's whole record (JSON; its network, when it has one, under `network`).
     Inspect {
         /// The sandbox.
         id: String,
@@ -252,6 +262,23 @@ enum Command {
         /// How long from now.
         #[arg(value_parser = parse_duration_secs)]
         duration: u64,
+    },
+    /// Replaces a sandbox's egress policy (given any policy flag), then prints its network:
+    /// address, policy, exposed ports.
+    Network {
+        /// The sandbox.
+        id: String,
+        /// The new policy (none of these flags: only print).
+        #[command(flatten)]
+        egress: EgressArgs,
+    },
+    /// Exposes a sandbox's guest TCP port on the host's loopback and prints the address.
+    Expose {
+        /// The sandbox.
+        id: String,
+        /// The guest's TCP port.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        guest_port: u16,
     },
     /// What the daemon runs and holds.
     Info,
@@ -429,6 +456,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     boot_args,
                     vcpus,
                     mem,
+                    network,
                 } => {
                     let b = (!cli.json).then(|| bar(&format!("building template {name}"), None));
                     let r = remote::template_build(
@@ -442,6 +470,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                             boot_args: boot_args.clone(),
                             vcpus: *vcpus,
                             mem_mib: *mem,
+                            network: *network,
                         },
                     )
                     .await;
@@ -507,8 +536,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             labels,
             env,
             timeout,
+            egress,
         } => {
-            remote::run(&client(&cli)?, &mut out, template, labels, env, *timeout).await?;
+            remote::run(
+                &client(&cli)?,
+                &mut out,
+                template,
+                labels,
+                env,
+                *timeout,
+                egress.policy(),
+            )
+            .await?;
             ok
         }
         Command::Exec {
@@ -586,6 +625,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Timeout { id, duration } => {
             remote::timeout(&client(&cli)?, &mut out, id, *duration).await?;
+            ok
+        }
+        Command::Network { id, egress } => {
+            remote::network(&client(&cli)?, &mut out, id, egress.policy()).await?;
+            ok
+        }
+        Command::Expose { id, guest_port } => {
+            remote::expose(&client(&cli)?, &mut out, id, *guest_port).await?;
             ok
         }
         Command::Info => {

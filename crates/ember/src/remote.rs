@@ -1,5 +1,5 @@
 //! The CLI as a client of emberd: one function per command (`ember template|pool|run|exec|cp|
-//! ls|inspect|pause|resume|rm|timeout|info`), each a few API calls through
+//! ls|inspect|pause|resume|rm|timeout|network|expose|info`), each a few API calls through
 //! [`emberd::client::Client`], printing a table (or JSON with `--json`). Output goes to the
 //! [`Out`] the caller gives, so tests can read it.
 
@@ -8,7 +8,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use ember_core::{Pooled, Sandbox, SandboxState, TemplateName, TemplateSpec};
+use ember_core::{
+    EgressAction, EgressPolicy, EgressRule, Ipv4Cidr, Pooled, PortRange, Protocol, Sandbox,
+    SandboxState, TemplateName, TemplateSpec,
+};
 use emberd::api::sandboxes::ExecEvent;
 use emberd::client::{Client, ClientError};
 use emberd::engine::guest::ExecRequest;
@@ -134,6 +137,8 @@ pub struct TemplateArgs {
     pub vcpus: Option<u8>,
     /// Memory, MiB.
     pub mem_mib: Option<u32>,
+    /// Give the guest a network interface (`spec.network`).
+    pub network: bool,
 }
 
 /// `ember template build NAME`.
@@ -170,6 +175,7 @@ pub async fn template_build(
     if let Some(m) = args.mem_mib {
         spec.mem_size_mib = m;
     }
+    spec.network = args.network;
     let t = client.build_template(&BuildTemplate { name, spec }).await?;
     if out.json {
         return out.json(&t);
@@ -348,6 +354,125 @@ pub async fn pool_rm(
     Ok(())
 }
 
+/// Parses `--egress`: `allow` or `deny`.
+pub fn parse_egress_action(s: &str) -> Result<EgressAction, String> {
+    match s {
+        "allow" => Ok(EgressAction::Allow),
+        "deny" => Ok(EgressAction::Deny),
+        _ => Err(format!("{s:?} is neither allow nor deny")),
+    }
+}
+
+/// The syntax of an `--allow`/`--deny` rule, for messages.
+const RULE_SYNTAX: &str = "CIDR[:PORTS][/tcp|/udp], e.g. 10.0.0.0/8, 1.1.1.1:443, \
+                           10.1.2.3:8000-8080/tcp";
+
+/// Parses an `--allow`/`--deny` RULE: `CIDR[:PORTS][/tcp|/udp]` — an address or network, then
+/// optionally a port or an inclusive range, then optionally the protocol. The CIDR has a `/` of
+/// its own; a trailing `/WORD` is a protocol only when it is letters (`/tcp`, `/udp`).
+pub fn parse_rule(s: &str) -> Result<EgressRule, String> {
+    if s.trim().is_empty() {
+        return Err(format!("an empty rule; expected {RULE_SYNTAX}"));
+    }
+    let (rest, protocol) = match s.rsplit_once('/') {
+        Some((rest, word)) if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphabetic()) => {
+            let p = match word.to_ascii_lowercase().as_str() {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                _ => {
+                    return Err(format!(
+                        "{word:?} is not a protocol: tcp or udp ({RULE_SYNTAX})"
+                    ));
+                }
+            };
+            (rest, Some(p))
+        }
+        _ => (s, None),
+    };
+    let (cidr, ports) = match rest.split_once(':') {
+        None => (rest, None),
+        Some((_, "")) => {
+            return Err(format!("no ports after ':' ({RULE_SYNTAX})"));
+        }
+        Some((cidr, ports)) => (cidr, Some(ports)),
+    };
+    let cidr: Ipv4Cidr = cidr.parse().map_err(|e| format!("{e} ({RULE_SYNTAX})"))?;
+    let ports = ports
+        .map(str::parse::<PortRange>)
+        .transpose()
+        .map_err(|e| format!("{e} ({RULE_SYNTAX})"))?;
+    Ok(EgressRule {
+        cidr,
+        protocol,
+        ports,
+    })
+}
+
+/// A rule in the syntax [`parse_rule`] reads (a single address without its `/32`).
+pub fn format_rule(r: &EgressRule) -> String {
+    let mut s = if r.cidr.prefix_len() == 32 {
+        r.cidr.addr().to_string()
+    } else {
+        r.cidr.to_string()
+    };
+    if let Some(p) = r.ports {
+        s.push_str(&format!(":{p}"));
+    }
+    if let Some(p) = r.protocol {
+        s.push_str(&format!("/{p}"));
+    }
+    s
+}
+
+/// A policy in one line: `default deny; allow 1.1.1.1:443/tcp, 10.0.0.0/8; deny ...; dns`.
+pub fn egress_summary(p: &EgressPolicy) -> String {
+    let mut parts = vec![format!("default {}", p.default)];
+    for (what, list) in [("allow", &p.allow), ("deny", &p.deny)] {
+        if !list.is_empty() {
+            let rules: Vec<String> = list.iter().map(format_rule).collect();
+            parts.push(format!("{what} {}", rules.join(", ")));
+        }
+    }
+    if p.allow_dns {
+        parts.push("dns".into());
+    }
+    parts.join("; ")
+}
+
+/// The egress flags of `ember run` and `ember network`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EgressArgs {
+    /// What the guest may reach when no rule decides: allow or deny (default allow, as in
+    /// the API, once any policy flag is given; with none, the daemon's --default-egress).
+    #[arg(long, value_name = "allow|deny", value_parser = parse_egress_action)]
+    pub egress: Option<EgressAction>,
+    /// A destination always allowed: CIDR[:PORTS][/tcp|/udp], e.g. 1.1.1.1:443/tcp (repeat
+    /// for more).
+    #[arg(long = "allow", value_name = "RULE", value_parser = parse_rule)]
+    pub allow: Vec<EgressRule>,
+    /// A destination refused unless an --allow rule lets it through (repeat for more).
+    #[arg(long = "deny", value_name = "RULE", value_parser = parse_rule)]
+    pub deny: Vec<EgressRule>,
+    /// DNS (port 53) to any address.
+    #[arg(long)]
+    pub dns: bool,
+}
+
+impl EgressArgs {
+    /// The policy these flags make, or `None` when none is given.
+    pub fn policy(&self) -> Option<EgressPolicy> {
+        if self.egress.is_none() && self.allow.is_empty() && self.deny.is_empty() && !self.dns {
+            return None;
+        }
+        Some(EgressPolicy {
+            default: self.egress.unwrap_or_default(),
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            allow_dns: self.dns,
+        })
+    }
+}
+
 /// `ember run TEMPLATE`.
 pub async fn run(
     client: &Client,
@@ -356,6 +481,7 @@ pub async fn run(
     labels: &[String],
     env: &[String],
     timeout_secs: Option<u64>,
+    egress: Option<EgressPolicy>,
 ) -> Result<(), RemoteError> {
     let template = TemplateName::new(template).map_err(|e| RemoteError::Usage(e.to_string()))?;
     let sb = client
@@ -364,7 +490,7 @@ pub async fn run(
             labels: parse_pairs("label", labels)?,
             env: parse_pairs("env", env)?,
             timeout_secs,
-            egress: None,
+            egress,
         })
         .await?;
     if out.json {
@@ -664,6 +790,73 @@ pub async fn timeout(
     Ok(())
 }
 
+fn print_network(out: &mut Out<'_>, sb: &Sandbox) -> Result<(), RemoteError> {
+    let Some(net) = &sb.network else {
+        return Err(RemoteError::Usage(format!(
+            "sandbox {} has no network (emberd gives networks with --sandbox-network, to \
+             templates built with --network)",
+            sb.id
+        )));
+    };
+    let ports = if net.ports.is_empty() {
+        "-".to_string()
+    } else {
+        net.ports
+            .iter()
+            .map(|p| format!("{} -> {}", p.guest_port, p.host))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    writeln!(out.stdout, "address  {}", net.address)?;
+    writeln!(out.stdout, "egress   {}", egress_summary(&net.egress))?;
+    writeln!(out.stdout, "ports    {ports}")?;
+    Ok(())
+}
+
+/// `ember network ID [POLICY FLAGS]`: replaces the sandbox's egress policy when `policy` is
+/// given, then prints its network (address, policy, exposed ports), or the sandbox as JSON.
+pub async fn network(
+    client: &Client,
+    out: &mut Out<'_>,
+    id: &str,
+    policy: Option<EgressPolicy>,
+) -> Result<(), RemoteError> {
+    let sb = match policy {
+        Some(p) => client.set_network(id, &p).await?,
+        None => client.sandbox(id).await?,
+    };
+    if out.json {
+        return out.json(&sb);
+    }
+    print_network(out, &sb)
+}
+
+/// `ember expose ID GUEST_PORT`: exposes a guest TCP port on the host's loopback and prints
+/// where (`127.0.0.1:PORT`), or the sandbox as JSON.
+pub async fn expose(
+    client: &Client,
+    out: &mut Out<'_>,
+    id: &str,
+    guest_port: u16,
+) -> Result<(), RemoteError> {
+    let sb = client.expose_port(id, guest_port).await?;
+    if out.json {
+        return out.json(&sb);
+    }
+    let host = sb
+        .network
+        .as_ref()
+        .and_then(|n| n.ports.iter().find(|p| p.guest_port == guest_port))
+        .map(|p| p.host)
+        .ok_or_else(|| {
+            RemoteError::Client(ClientError::Unexpected(format!(
+                "sandbox {id} does not list guest port {guest_port} as exposed"
+            )))
+        })?;
+    writeln!(out.stdout, "{host}")?;
+    Ok(())
+}
+
 /// `ember info`.
 pub async fn info(client: &Client, out: &mut Out<'_>) -> Result<(), RemoteError> {
     let i = client.info().await?;
@@ -716,5 +909,116 @@ mod tests {
         );
         assert_eq!(CpSide::parse("./a:b"), CpSide::Local("./a:b".into()));
         assert_eq!(CpSide::parse("/x/y"), CpSide::Local("/x/y".into()));
+    }
+
+    #[test]
+    fn rules_parse_and_print_back() {
+        for (text, cidr, ports, protocol, back) in [
+            ("10.0.0.0/8", "10.0.0.0/8", None, None, "10.0.0.0/8"),
+            ("1.1.1.1", "1.1.1.1/32", None, None, "1.1.1.1"),
+            ("1.1.1.1/32", "1.1.1.1/32", None, None, "1.1.1.1"),
+            (
+                "1.1.1.1:443",
+                "1.1.1.1/32",
+                Some((443, 443)),
+                None,
+                "1.1.1.1:443",
+            ),
+            (
+                "10.1.2.3:8000-8080/tcp",
+                "10.1.2.3/32",
+                Some((8000, 8080)),
+                Some(Protocol::Tcp),
+                "10.1.2.3:8000-8080/tcp",
+            ),
+            (
+                "10.0.0.0/8:53/udp",
+                "10.0.0.0/8",
+                Some((53, 53)),
+                Some(Protocol::Udp),
+                "10.0.0.0/8:53/udp",
+            ),
+            (
+                "10.0.0.0/8/tcp",
+                "10.0.0.0/8",
+                None,
+                Some(Protocol::Tcp),
+                "10.0.0.0/8/tcp",
+            ),
+            (
+                "1.1.1.1/UDP",
+                "1.1.1.1/32",
+                None,
+                Some(Protocol::Udp),
+                "1.1.1.1/udp",
+            ),
+            ("0.0.0.0/0", "0.0.0.0/0", None, None, "0.0.0.0/0"),
+        ] {
+            let r = parse_rule(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(r.cidr.to_string(), cidr, "{text}");
+            assert_eq!(r.ports.map(|p| (p.first(), p.last())), ports, "{text}");
+            assert_eq!(r.protocol, protocol, "{text}");
+            assert_eq!(format_rule(&r), back, "{text}");
+            assert_eq!(parse_rule(back).unwrap(), r, "{back}");
+        }
+    }
+
+    #[test]
+    fn bad_rules_say_what_is_wrong() {
+        for (text, says) in [
+            ("", "empty rule"),
+            ("   ", "empty rule"),
+            ("nope", "not an IPv4 address"),
+            ("10.0.0.1/8", "host bits"),
+            ("10.0.0.0/33", "longer than /32"),
+            ("1.1.1.1/icmp", "\"icmp\" is not a protocol: tcp or udp"),
+            ("1.1.1.1:443/sctp", "\"sctp\" is not a protocol"),
+            ("1.1.1.1:", "no ports after ':'"),
+            ("1.1.1.1:/tcp", "no ports after ':'"),
+            ("1.1.1.1:0", "port 0"),
+            ("1.1.1.1:70000", "not a port"),
+            ("1.1.1.1:https", "not a port"),
+            ("1.1.1.1:90-80", "lower port first"),
+            ("1.1.1.1:80:81", "not a port"),
+            ("1.1.1.1/tcp/udp", "not an IPv4 address"),
+            ("/tcp", "not an IPv4 address"),
+        ] {
+            let e = parse_rule(text).expect_err(text);
+            assert!(e.contains(says), "{text:?}: {e}");
+            assert!(e.contains("CIDR[:PORTS][/tcp|/udp]"), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn egress_flags_make_a_policy_only_when_given() {
+        assert_eq!(EgressArgs::default().policy(), None);
+        assert_eq!(parse_egress_action("deny"), Ok(EgressAction::Deny));
+        let e = parse_egress_action("maybe").unwrap_err();
+        assert!(e.contains("\"maybe\" is neither allow nor deny"), "{e}");
+        let dns_only = EgressArgs {
+            dns: true,
+            ..EgressArgs::default()
+        };
+        assert_eq!(
+            dns_only.policy(),
+            Some(EgressPolicy {
+                allow_dns: true,
+                ..EgressPolicy::allow_all()
+            })
+        );
+        let p = EgressArgs {
+            egress: Some(EgressAction::Deny),
+            allow: vec![parse_rule("1.1.1.1:443/tcp").unwrap()],
+            deny: vec![parse_rule("10.0.0.0/8").unwrap()],
+            dns: true,
+        }
+        .policy()
+        .unwrap();
+        assert_eq!(p.default, EgressAction::Deny);
+        assert_eq!(
+            egress_summary(&p),
+            "default deny; allow 1.1.1.1:443/tcp; deny 10.0.0.0/8; dns"
+        );
+        assert_eq!(egress_summary(&EgressPolicy::allow_all()), "default allow");
     }
 }

@@ -278,3 +278,77 @@ fn bad_options_are_one_clear_error_before_anything_starts() {
     let e = refused(&file, demo, "--workdir");
     assert!(e.contains("not a directory"), "{e}");
 }
+
+#[test]
+fn bad_network_arguments_name_the_flag_and_the_value() {
+    // Refused while parsing: the daemon named (which does not exist) is never called.
+    for (args, flag, value, says) in [
+        (
+            &["run", "t", "--egress", "maybe"][..],
+            "--egress",
+            "maybe",
+            "neither allow nor deny",
+        ),
+        (
+            &["network", "sb-1", "--egress", "maybe"][..],
+            "--egress",
+            "maybe",
+            "neither allow nor deny",
+        ),
+        (
+            &["run", "t", "--allow", "10.0.0.1/8"][..],
+            "--allow",
+            "10.0.0.1/8",
+            "host bits",
+        ),
+        (
+            &["run", "t", "--deny", "1.1.1.1:0"][..],
+            "--deny",
+            "1.1.1.1:0",
+            "port 0",
+        ),
+        (
+            &["network", "sb-1", "--allow", "1.1.1.1:443/icmp"][..],
+            "--allow",
+            "1.1.1.1:443/icmp",
+            "not a protocol",
+        ),
+        (
+            &["network", "sb-1", "--deny", "example.com:80"][..],
+            "--deny",
+            "example.com:80",
+            "not an IPv4 address",
+        ),
+        (
+            &["expose", "sb-1", "0"][..],
+            "GUEST_PORT",
+            "0",
+            "not in 1..=65535",
+        ),
+        (
+            &["expose", "sb-1", "http"][..],
+            "GUEST_PORT",
+            "http",
+            "invalid digit",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .env_remove("EMBER_HOST")
+            .args(["--host", "unix:///nonexistent/ember.sock"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: ")
+                && first.contains(flag)
+                && first.contains(&format!("'{value}'"))
+                && first.contains(says),
+            "{args:?}: names {flag}, {value:?}, says {says:?}: {stderr}"
+        );
+        assert!(!stderr.contains("cannot reach"), "{args:?}: {stderr}");
+    }
+}

@@ -2,7 +2,9 @@
 //! (template, pool, run, exec, cp, ls, inspect, pause, resume, timeout, rm, info) run as a user
 //! runs it — the binary with `--host unix://...` — checking its stdout, stderr and exit code;
 //! and the errors a user meets (an unknown sandbox, no daemon, a bad `cp`). The daemon is killed
-//! at the end, and no VMM process naming its runtime directory may be left.
+//! at the end, and no VMM process naming its runtime directory may be left. A second daemon with
+//! sandbox networks (`--sandbox-network`) serves the network commands (`template build
+//! --network`, `run --egress/--allow`, `network`, `expose`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::io::{Read, Write};
@@ -26,6 +28,11 @@ struct Daemon {
 
 impl Daemon {
     fn started() -> Daemon {
+        Daemon::started_with(&[])
+    }
+
+    /// Started with `extra` arguments too.
+    fn started_with(extra: &[String]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("emberd-c")
             .tempdir()
@@ -55,6 +62,7 @@ impl Daemon {
                 "ember-jailer",
             ))
             .args(["--spares", "2"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -803,4 +811,221 @@ fn errors_without_a_daemon_are_clear() {
     );
     assert_eq!(out.code, Some(2), "{}", out.describe());
     assert!(out.stderr.contains("5x"), "{}", out.describe());
+}
+
+/// Removes what a daemon with net prefix `prefix` leaves of its networks when it is gone for
+/// good (its spares' namespaces and links, the host's nft tables) — also when the test fails.
+/// (As emberd's own tests/network.rs does.)
+struct NetCleanup(String);
+
+impl Drop for NetCleanup {
+    fn drop(&mut self) {
+        let prefix = &self.0;
+        for e in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("ember-{prefix}")) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
+        for e in std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix.as_str()) {
+                let _ = Command::new("ip").args(["link", "del", &name]).output();
+            }
+        }
+        for (family, table) in [
+            ("inet", format!("ember_{prefix}")),
+            ("ip", format!("ember_nat_{prefix}")),
+        ] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &table])
+                .output();
+        }
+    }
+}
+
+/// Sends a line to `addr` and reads as many bytes back (the probe guest echoes on TCP port 7).
+fn echo(addr: std::net::SocketAddr) -> std::io::Result<Vec<u8>> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"ping through ember expose\n")?;
+    let mut buf = vec![0; 26];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[test]
+fn network_commands_against_a_networked_emberd() {
+    // A subnet and prefix of this test process's own (emberd's tests/network.rs uses
+    // 10.20-219.x and "en"): daemons of parallel runs do not meet.
+    let pid = std::process::id();
+    let prefix = format!("ec{}", pid % 100_000);
+    let _cleanup = NetCleanup(prefix.clone());
+    let subnet = format!("10.{}.0.0/16", 220 + pid % 30);
+    let d = Daemon::started_with(&[
+        "--sandbox-network".into(),
+        "--net-subnet".into(),
+        subnet,
+        "--net-prefix".into(),
+        prefix.clone(),
+    ]);
+
+    // A networked probe template.
+    let t = d
+        .ember(&["--json", "template", "build", "netprobe", "--network"])
+        .ok()
+        .json();
+    assert_eq!(t["spec"]["network"], true, "{t}");
+    assert_eq!(t["state"], "ready", "{t}");
+
+    // Created with a policy: deny but one address's port 80.
+    let run = d
+        .ember(&[
+            "run",
+            "netprobe",
+            "--egress",
+            "deny",
+            "--allow",
+            "192.0.2.1:80",
+        ])
+        .ok();
+    let id = run.text().trim().to_string();
+    assert!(is_sandbox_id(&id), "{}", run.describe());
+    let id = id.as_str();
+    let sb = d.ember(&["--json", "network", id]).ok().json();
+    assert_eq!(sb["id"], id, "{sb}");
+    assert_eq!(
+        sb["network"]["egress"],
+        serde_json::json!({
+            "default": "deny",
+            "allow": [{"cidr": "192.0.2.1/32", "ports": 80}],
+            "allow_dns": false
+        }),
+        "{sb}"
+    );
+    let address: std::net::Ipv4Addr = sb["network"]["address"].as_str().unwrap().parse().unwrap();
+    // The table: address, the policy in one line, no ports yet.
+    let shown = d.ember(&["network", id]).ok();
+    assert_eq!(
+        shown.row("address"),
+        Some(vec!["address".into(), address.to_string()]),
+        "{}",
+        shown.describe()
+    );
+    assert!(
+        shown
+            .text()
+            .lines()
+            .any(|l| l == "egress   default deny; allow 192.0.2.1:80"),
+        "{}",
+        shown.describe()
+    );
+    assert_eq!(
+        shown.row("ports"),
+        Some(vec!["ports".into(), "-".into()]),
+        "{}",
+        shown.describe()
+    );
+
+    // Replaced: allow everything, with DNS; then another rule set, as JSON.
+    let changed = d.ember(&["network", id, "--egress", "allow"]).ok();
+    assert!(
+        changed
+            .text()
+            .lines()
+            .any(|l| l == "egress   default allow"),
+        "{}",
+        changed.describe()
+    );
+    let sb = d.ember(&["--json", "network", id]).ok().json();
+    assert_eq!(
+        sb["network"]["egress"],
+        serde_json::json!({"default": "allow", "allow_dns": false}),
+        "{sb}"
+    );
+    let sb = d
+        .ember(&[
+            "--json",
+            "network",
+            id,
+            "--deny",
+            "10.0.0.0/8",
+            "--allow",
+            "10.1.2.3:8000-8080/tcp",
+            "--dns",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        sb["network"]["egress"],
+        serde_json::json!({
+            "default": "allow",
+            "allow": [{"cidr": "10.1.2.3/32", "protocol": "tcp", "ports": "8000-8080"}],
+            "deny": [{"cidr": "10.0.0.0/8"}],
+            "allow_dns": true
+        }),
+        "{sb}"
+    );
+    d.ember(&["network", id, "--egress", "allow"]).ok();
+
+    // Exposed: the printed address echoes.
+    let exposed = d.ember(&["expose", id, "7"]).ok();
+    let host: std::net::SocketAddr = exposed
+        .text()
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {}", exposed.describe()));
+    assert!(host.ip().is_loopback(), "{}", exposed.describe());
+    assert_eq!(echo(host).unwrap(), b"ping through ember expose\n");
+    let shown = d.ember(&["network", id]).ok();
+    assert_eq!(
+        shown.row("ports"),
+        Some(vec![
+            "ports".into(),
+            "7".into(),
+            "->".into(),
+            host.to_string()
+        ]),
+        "{}",
+        shown.describe()
+    );
+    // inspect: the network is part of the record.
+    let rec = d.ember(&["inspect", id]).ok().json();
+    assert_eq!(rec["network"]["address"], address.to_string(), "{rec}");
+    assert_eq!(rec["network"]["egress"]["default"], "allow", "{rec}");
+    assert_eq!(rec["network"]["ports"][0]["guest_port"], 7, "{rec}");
+    assert_eq!(
+        rec["network"]["ports"][0]["host"],
+        host.to_string(),
+        "{rec}"
+    );
+    // --json expose prints the sandbox.
+    let sb = d.ember(&["--json", "expose", id, "7"]).ok().json();
+    assert_eq!(sb["id"], id, "{sb}");
+
+    // The daemon's errors name what is wrong.
+    let unknown = "sb-00000000deadbeef";
+    d.ember(&["network", unknown]).fails(&[unknown]);
+    d.ember(&["expose", unknown, "7"]).fails(&[unknown]);
+
+    // rm: the exposed address stops answering.
+    d.ember(&["rm", id]).ok();
+    let t0 = Instant::now();
+    while echo(host).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{host} still answers after rm"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.ember(&["template", "rm", "netprobe"]).ok();
+    drop(d);
 }
