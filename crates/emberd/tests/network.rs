@@ -7,7 +7,8 @@
 //!   sandbox created with a deny-all policy reaches nothing;
 //! - two sandboxes cannot reach each other, nor the host's own services;
 //! - an exposed guest port answers on the host and stops answering after kill;
-//! - sandboxes created and killed leave no namespace, veth, TAP or nft table behind.
+//! - sandboxes keep their networks and policies across a `kill -9` of the daemon;
+//! - 100 sandboxes created and killed leave no namespace, veth, TAP or nft table behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -112,7 +113,8 @@ fn rule(addr: Ipv4Addr, port: u16) -> EgressRule {
     }
 }
 
-/// What exists with the daemon's prefix: namespaces, host links.
+/// What exists with the daemon's prefix: namespaces (each holds a sandbox's TAP and nft table,
+/// which go with it), host links.
 fn census(prefix: &str) -> (usize, usize) {
     let ns = std::fs::read_dir("/run/netns")
         .map(|d| {
@@ -331,6 +333,22 @@ fn sandboxes_get_networks_with_policy_isolation_and_ports() {
             wider
         );
 
+        // The daemon is SIGKILLed and restarted: the sandboxes keep their networks, addresses
+        // and policies (recovery re-adopts their VMs and keeps their slots' networks).
+        d.kill9();
+        d.start();
+        assert_eq!(
+            echo(SocketAddr::from((na.address, 7))).unwrap(),
+            b"ping over the host\n"
+        );
+        assert!(connect(&c, a.id.as_str(), th.addr, 9090).await.is_ok());
+        assert!(connect(&c, a.id.as_str(), nb.address, 7).await.is_err());
+        assert_eq!(c.sandbox(a.id.as_str()).await.unwrap().network.unwrap().egress, wider);
+        let mut narrow = wider.clone();
+        narrow.allow.pop();
+        c.set_network(a.id.as_str(), &narrow).await.unwrap();
+        assert!(connect(&c, a.id.as_str(), th.addr, 9090).await.is_err());
+
         // Created with deny-all: reaches nothing.
         let mut req = create("netprobe");
         req.egress = Some(EgressPolicy::deny_all());
@@ -361,7 +379,7 @@ fn sandboxes_get_networks_with_policy_isolation_and_ports() {
 
         // Many sandboxes created and killed: nothing of their networks is left.
         let mut ids = Vec::new();
-        for _ in 0..20 {
+        for _ in 0..100 {
             ids.push(
                 c.create_sandbox(&create("netprobe"))
                     .await
