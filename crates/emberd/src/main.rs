@@ -78,8 +78,9 @@ struct Args {
     /// E2B_SANDBOX_URL to it).
     #[arg(long)]
     e2b_envd: Option<SocketAddr>,
-    /// The ember-jailer binary (default: $EMBER_JAILER_BIN, next to emberd, or $PATH).
-    #[arg(long, conflicts_with = "no_jail")]
+    /// The ember-jailer binary (default: $EMBER_JAILER_BIN, next to emberd, or $PATH; unused
+    /// with --no-jail).
+    #[arg(long)]
     jailer: Option<PathBuf>,
     /// Run VMMs unjailed, in the host's namespaces as root (debugging only).
     #[arg(long)]

@@ -235,7 +235,7 @@ fn sandboxes_get_networks_with_policy_isolation_and_ports() {
     let prefix = format!("en{tag}");
     let _cleanup = NetCleanup(prefix.clone());
     let octet = (std::process::id() % 200) as u8 + 20;
-    let subnet = format!("10.{octet}.0.0/16");
+    let subnet = format!("10.{octet}.0.0/17");
     let gateway = Ipv4Addr::new(10, octet, 0, 1);
     let th = TestHost::new(&tag, octet);
     th.serve(8080);
@@ -417,5 +417,52 @@ fn sandboxes_get_networks_with_policy_isolation_and_ports() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(nft_tables(&prefix), 2, "the host's two tables");
+    drop(d);
+}
+
+/// The same networks with VMMs unjailed (`--no-jail`: the runtime starts each VMM in its slot's
+/// namespace through nsenter): the host reaches each sandbox at its address, and killing it
+/// removes its network.
+#[test]
+fn unjailed_vmms_get_networks_too() {
+    let tag = format!("{}", std::process::id() % 100_000);
+    let prefix = format!("eu{tag}");
+    let _cleanup = NetCleanup(prefix.clone());
+    let octet = (std::process::id() % 200) as u8 + 20;
+    let mut d = Daemon::new();
+    d.extra = vec![
+        "--no-jail".into(),
+        "--sandbox-network".into(),
+        "--net-subnet".into(),
+        format!("10.{octet}.128.0/17"),
+        "--net-prefix".into(),
+        prefix.clone(),
+    ];
+    d.start();
+    let rt = runtime();
+    rt.block_on(async {
+        let c = d.client();
+        let mut spec = TemplateSpec::probe();
+        spec.network = true;
+        c.build_template(&emberd::engine::templates::BuildTemplate {
+            name: ember_core::TemplateName::new("netprobe").unwrap(),
+            spec,
+        })
+        .await
+        .unwrap();
+        let a = c.create_sandbox(&create("netprobe")).await.unwrap();
+        let addr = a.network.clone().unwrap().address;
+        assert_eq!(
+            echo(SocketAddr::from((addr, 7))).unwrap(),
+            b"ping over the host\n"
+        );
+        c.kill(a.id.as_str()).await.unwrap();
+        c.delete_template("netprobe").await.unwrap();
+    });
+    let t0 = Instant::now();
+    while census(&prefix).0 > 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "networks left");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(d);
 }
