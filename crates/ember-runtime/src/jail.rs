@@ -423,21 +423,29 @@ impl Jails {
                 .create_new(true)
                 .open(&target)?;
         }
-        mount(
+        let mounted = mount(
             Some(path),
             &target,
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
-        )?;
-        if !writable {
+        )
+        .and_then(|()| {
+            if writable {
+                return Ok(());
+            }
             mount(
                 None::<&str>,
                 &target,
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None::<&str>,
-            )?;
+            )
+        });
+        if let Err(e) = mounted {
+            // Never leave an empty mount point behind: the next expose would take it for done.
+            let _ = self.hide(slot, path);
+            return Err(e.into());
         }
         Ok(())
     }

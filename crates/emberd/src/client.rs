@@ -426,6 +426,16 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/sandboxes/{id}/pause?mode=disk`: snapshot it to disk and free its VM.
+    pub async fn pause_to_disk(&self, id: &str) -> Result<Sandbox, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sandboxes/{}/pause?mode=disk", enc(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// `PUT /v1/sandboxes/{id}/network`: a new egress policy.
     pub async fn set_network(
         &self,

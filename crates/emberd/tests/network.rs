@@ -7,7 +7,8 @@
 //!   sandbox created with a deny-all policy reaches nothing;
 //! - two sandboxes cannot reach each other, nor the host's own services;
 //! - an exposed guest port answers on the host and stops answering after kill;
-//! - sandboxes keep their networks and policies across a `kill -9` of the daemon;
+//! - sandboxes keep their networks and policies across a `kill -9` of the daemon, and their
+//!   policy across a pause to disk and resume (a new VM, so a new network);
 //! - 100 sandboxes created and killed leave no namespace, veth, TAP or nft table behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -353,6 +354,18 @@ fn sandboxes_get_networks_with_policy_isolation_and_ports() {
         let mut narrow = wider.clone();
         narrow.allow.pop();
         c.set_network(a.id.as_str(), &narrow).await.unwrap();
+        assert!(connect(&c, a.id.as_str(), th.addr, 9090).await.is_err());
+
+        // Paused to disk and resumed: a new VM, so a new slot and network, with the same policy.
+        c.pause_to_disk(a.id.as_str()).await.unwrap();
+        let resumed = c.pause(a.id.as_str(), false).await.unwrap();
+        let na2 = resumed.network.unwrap();
+        assert_eq!(na2.egress, narrow);
+        assert_eq!(
+            echo(SocketAddr::from((na2.address, 7))).unwrap(),
+            b"ping over the host\n"
+        );
+        assert!(connect(&c, a.id.as_str(), th.addr, 8080).await.is_ok());
         assert!(connect(&c, a.id.as_str(), th.addr, 9090).await.is_err());
 
         // Created with deny-all: reaches nothing.

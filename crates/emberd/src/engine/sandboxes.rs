@@ -481,6 +481,10 @@ impl Engine {
                 s.state = SandboxState::Paused;
                 s.saved = Some(snapshot_id.clone());
                 s.deadline = None;
+                // Its VM (and so its slot's network) goes: exposed ports close with it.
+                if let Some(n) = &mut s.network {
+                    n.ports.clear();
+                }
                 Ok(())
             })
         });
@@ -495,6 +499,7 @@ impl Engine {
         live.set_saved(Some(snapshot_id.clone()));
         live.set_deadline(None);
         live.drop_agents();
+        self.ports.close(&id);
         self.destroy_vm(&vm);
         tracing::info!(sandbox = %id, snapshot = %snapshot_id,
             ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox paused to disk");
@@ -564,6 +569,21 @@ impl Engine {
             }
         };
         let record = self.sandbox(id.as_str())?;
+        // A new VM means a new slot, so a new network: the sandbox's policy goes with it (its
+        // address changes; exposed ports were closed at the pause).
+        let network = match &record.network {
+            Some(n) => match self.attach_network(&vm, Some(&n.egress)) {
+                Ok(net) => net,
+                Err(e) => {
+                    drop(agent);
+                    if let Err(d) = self.provider.destroy(&vm) {
+                        tracing::error!(%vm, error = %error_chain(&d), "destroying a restore whose network failed");
+                    }
+                    return Err(e.context(format!("resuming sandbox {id}'s network")));
+                }
+            },
+            None => None,
+        };
         let timeout = timeout_secs
             .or(record.timeout_secs)
             .unwrap_or(DEFAULT_TIMEOUT_SECS);
@@ -581,6 +601,7 @@ impl Engine {
                             s.saved = None;
                             s.timeout_secs = Some(timeout);
                             s.deadline = Some(deadline);
+                            s.network = network.clone();
                             Ok(())
                         })
                     })
