@@ -173,7 +173,12 @@ fn every_bench_runs_and_reports() {
     let jail = run("jail");
     assert_eq!(latency(&jail, "jailed: acquire ->")["n"], 4);
     assert_eq!(latency(&jail, "not jailed: acquire ->")["n"], 4);
-    assert!(jail["figures"]["refill_jailed_over_unjailed"].as_f64().unwrap() > 0.0);
+    assert!(
+        jail["figures"]["refill_jailed_over_unjailed"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 
     let vsock = run("vsock");
     assert_eq!(latency(&vsock, "exec echo")["name"], "exec echo round trip");

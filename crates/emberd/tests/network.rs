@@ -298,9 +298,7 @@ fn sandboxes_get_networks_with_policy_isolation_and_ports() {
         let changed = c.set_network(a.id.as_str(), &policy).await.unwrap();
         assert_eq!(changed.network.unwrap().egress, policy);
         assert!(connect(&c, a.id.as_str(), th.addr, 8080).await.is_ok());
-        let denied = connect(&c, a.id.as_str(), th.addr, 9090)
-            .await
-            .unwrap_err();
+        let denied = connect(&c, a.id.as_str(), th.addr, 9090).await.unwrap_err();
         assert!(denied.contains("refused"), "{denied}");
         // Changed at runtime: the next connection sees it. B is unaffected throughout.
         let mut wider = policy.clone();
