@@ -218,6 +218,31 @@ impl Cgroup {
         }
         Ok(())
     }
+
+    /// Moves the calling process, which must be single-threaded, into the cgroup (and so its
+    /// future children).
+    ///
+    /// On v1 this writes `0` to each controller's `tasks` file: it moves the calling thread
+    /// only — the whole process, when it has one thread — and for a thread moving itself the
+    /// kernel skips the global `cgroup_threadgroup_rwsem` write lock that a write to
+    /// `cgroup.procs` takes (`CGRP_ATTACH_LOCK_NONE` in 6.18; a kernel without that shortcut
+    /// takes the lock either way, so this is never slower). Taking that lock waits for an RCU
+    /// grace period unless another migration ran moments before: measured on this project's
+    /// 2-CPU v1 host (kernel 6.18, HZ 250, load ~3), 8-15 ms median per start through
+    /// `cgroup.procs` against 0.5-0.7 ms through `tasks`, for the three controllers.
+    /// On v2 a thread cannot move to another domain cgroup alone, so the process's pid goes
+    /// to `cgroup.procs` as in [`add_process`](Self::add_process).
+    pub fn add_self(&self) -> Result<(), CgroupError> {
+        match self.version {
+            Version::V1 => {
+                for dir in &self.dirs {
+                    write(&dir.join("tasks"), "0")?;
+                }
+                Ok(())
+            }
+            Version::V2 => self.add_process(std::process::id()),
+        }
+    }
 }
 
 /// Removes `<parent>/<id>` under `root` (every tree); a missing one is fine. Fails while a
@@ -276,6 +301,11 @@ mod tests {
         );
         cg.add_process(42).unwrap();
         assert_eq!(read(&r.join("pids/ember/vms/vm1/cgroup.procs")), "42");
+        // The calling thread moves itself through `tasks` ("0": the writer).
+        cg.add_self().unwrap();
+        for c in V1_CONTROLLERS {
+            assert_eq!(read(&r.join(c).join("ember/vms/vm1/tasks")), "0");
+        }
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub fn start(config: &JailConfig, cgroup_root: &Path) -> Result<Started, JailErr
         &config.id,
         &config.limits,
     )?;
-    cg.add_process(std::process::id())?;
+    // The jailer is single-threaded: on v1 it moves its one thread, the cheap migration.
+    cg.add_self()?;
     chown(
         &config.root,
         Some(Uid::from_raw(config.uid)),
