@@ -38,6 +38,10 @@ impl Drop for Jailed {
                 "ember-test",
             ])
             .status();
+        // The shared parent goes with the last test's VM (it is busy while another's exists).
+        for ctrl in ["pids", "memory", "cpu", "unified", ""] {
+            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctrl).join("ember-test"));
+        }
     }
 }
 
