@@ -334,8 +334,17 @@ fn sandboxes_get_networks_with_policy_isolation_and_ports() {
 
         // The daemon is SIGKILLed and restarted: the sandboxes keep their networks, addresses
         // and policies (recovery re-adopts their VMs and keeps their slots' networks).
+        let pa = c
+            .expose_port(a.id.as_str(), 7)
+            .await
+            .unwrap()
+            .network
+            .unwrap()
+            .ports[0];
         d.kill9();
         d.start();
+        // Its exposed port listens again at the same host address.
+        assert_eq!(echo(pa.host).unwrap(), b"ping over the host\n");
         assert_eq!(
             echo(SocketAddr::from((na.address, 7))).unwrap(),
             b"ping over the host\n"

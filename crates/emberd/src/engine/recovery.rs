@@ -173,6 +173,7 @@ pub fn recover(engine: &Arc<Engine>) -> Result<RecoveryReport, ApiError> {
                     engine
                         .live
                         .insert(sandbox.id.clone(), Arc::new(Live::new(&stored, None)));
+                    reopen_ports(engine, &stored);
                     claimed.insert(vm);
                     report.sandboxes_adopted += 1;
                 }
@@ -371,4 +372,19 @@ fn end(engine: &Engine, id: &SandboxId, cause: EndCause, message: String) -> Res
         })?;
     engine.metrics.sandbox_ended(cause);
     Ok(())
+}
+
+/// An adopted sandbox's exposed ports listened in the daemon that died: listen again at the
+/// recorded host addresses (a port taken meanwhile is logged and stays recorded as it was).
+fn reopen_ports(engine: &Engine, sandbox: &Sandbox) {
+    let Some(net) = &sandbox.network else {
+        return;
+    };
+    for p in &net.ports {
+        let target = std::net::SocketAddr::from((net.address, p.guest_port));
+        if let Err(e) = engine.ports.expose(&sandbox.id, p.host, target) {
+            tracing::warn!(sandbox = %sandbox.id, port = p.guest_port, host = %p.host,
+                error = %e, "cannot listen again for an exposed port");
+        }
+    }
 }
