@@ -404,6 +404,9 @@ impl Jails {
             ));
         }
         let meta = std::fs::metadata(path)?;
+        if writable && meta.is_file() {
+            self.check_writable(slot, path, &meta)?;
+        }
         let root = self.root_of(slot);
         let target = root.join(path.strip_prefix("/").unwrap_or(path));
         if target.exists() {
@@ -448,6 +451,29 @@ impl Jails {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// A file the VMM must write (a read-write drive) must be writable by its uid or by the
+    /// VMs' group; otherwise the error says how to fix it (the VMM would fail with a bare
+    /// "permission denied" otherwise).
+    fn check_writable(&self, slot: u64, path: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let (uid, gid, mode) = (self.uid_of(slot), self.settings.gid, meta.mode());
+        let ok = (meta.uid() == uid && mode & 0o200 != 0)
+            || (meta.gid() == gid && mode & 0o020 != 0)
+            || mode & 0o002 != 0;
+        if ok {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is attached read-write but the jailed VMM (uid {uid}, gid {gid}) cannot write \
+                 it: make it writable by group {gid} (chgrp {gid} and chmod g+w), or attach it \
+                 read-only",
+                path.display()
+            ),
+        ))
     }
 
     /// Undoes [`expose`](Self::expose) of `path` in slot `n` (a missing one is fine).

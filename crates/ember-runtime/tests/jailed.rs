@@ -671,3 +671,38 @@ fn a_jailed_vm_over_its_pids_limit_fails_to_start_cleanly() {
     p.destroy(&narrow).unwrap();
     shutdown_and_check_jails(&p, &parent);
 }
+
+/// A read-write drive the jailed VMM cannot write is refused with how to fix it; made writable
+/// by the VMs' group, the same drive attaches (read-only drives need no such thing).
+#[test]
+fn a_jailed_rw_drive_must_be_writable_by_the_vm_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = short_tempdir();
+    let p = jailed_provider(dir.path(), false, 1);
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let spec = |read_only: bool| {
+        let mut s = probe_spec("ember.hz=0 ember.report=0");
+        s.drives = vec![ember_core::spec::DriveSpec {
+            drive_id: "data".into(),
+            path_on_host: disk.clone(),
+            is_root_device: false,
+            is_read_only: read_only,
+            rate_limiter: None,
+        }];
+        s
+    };
+    let err = p.create_with_spec(&vm("rw"), &spec(false)).unwrap_err();
+    let text = error_chain(&err);
+    assert!(text.contains("make it writable by group 3000000"), "{text}");
+    assert!(p.list().unwrap().is_empty());
+    p.create_with_spec(&vm("ro"), &spec(true)).unwrap();
+    nix::unistd::chown(&disk, None, Some(nix::unistd::Gid::from_raw(3_000_000))).unwrap();
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o664)).unwrap();
+    p.create_with_spec(&vm("rw2"), &spec(false)).unwrap();
+    p.start(&vm("rw2")).unwrap();
+    p.destroy(&vm("rw2")).unwrap();
+    p.destroy(&vm("ro")).unwrap();
+    shutdown_and_check(&p);
+}
