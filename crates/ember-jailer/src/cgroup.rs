@@ -165,16 +165,14 @@ pub fn create(
                 write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
             }
             if let Some(m) = limits.memory_max {
-                write(&dir.join("memory.max"), &m.to_string())?;
-                // No swap: a VM over its memory is contained, not paged out.
-                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+                set_memory_max(version, &dirs, m)?;
             }
             if let Some(p) = limits.pids_max {
                 write(&dir.join("pids.max"), &p.to_string())?;
             }
         }
         Version::V1 => {
-            let [cpu, memory, pids] = [&dirs[0], &dirs[1], &dirs[2]];
+            let [cpu, pids] = [&dirs[0], &dirs[2]];
             if let Some(w) = limits.cpu_weight {
                 write(
                     &cpu.join("cpu.shares"),
@@ -186,21 +184,7 @@ pub fn create(
                 write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
             }
             if let Some(m) = limits.memory_max {
-                // memory.limit_in_bytes bounds RAM only: on a host with swap, a VM over it
-                // would be paged out (and crawl) rather than contained. memory.memsw.* (RAM +
-                // swap; present when the kernel accounts swap) gets the same limit, so it is
-                // OOM-killed inside its cgroup instead. memsw must stay ≥ the RAM limit at
-                // every step: unlimited first (a reused cgroup may hold a lower one), then
-                // the RAM limit, then memsw.
-                let memsw = memory.join("memory.memsw.limit_in_bytes");
-                let has_memsw = memsw.exists();
-                if has_memsw {
-                    write(&memsw, "-1")?;
-                }
-                write(&memory.join("memory.limit_in_bytes"), &m.to_string())?;
-                if has_memsw {
-                    write(&memsw, &m.to_string())?;
-                }
+                set_memory_max(version, &dirs, m)?;
             }
             if let Some(p) = limits.pids_max {
                 write(&pids.join("pids.max"), &p.to_string())?;
@@ -208,6 +192,42 @@ pub fn create(
         }
     }
     Ok(Cgroup { version, dirs })
+}
+
+/// Sets the memory limit of the cgroup made of `dirs` (as [`dirs`] returns them) to `bytes`,
+/// swap included.
+///
+/// v2: `memory.max` and `memory.swap.max = 0` (a VM over its memory is contained, not paged
+/// out). v1: `memory.limit_in_bytes` bounds RAM only, so on a host with swap a VM over it would
+/// be paged out (and crawl) rather than contained; `memory.memsw.*` (RAM + swap; present when
+/// the kernel accounts swap) gets the same limit, so it is OOM-killed inside its cgroup
+/// instead. memsw must stay ≥ the RAM limit at every step: unlimited first (a reused cgroup may
+/// hold a lower one), then the RAM limit, then memsw.
+pub fn set_memory_max(version: Version, dirs: &[PathBuf], bytes: u64) -> Result<(), CgroupError> {
+    match version {
+        Version::V2 => {
+            for dir in dirs {
+                write(&dir.join("memory.max"), &bytes.to_string())?;
+                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+            }
+        }
+        Version::V1 => {
+            // `dirs()` lists the v1 trees in V1_CONTROLLERS' order: cpu, memory, pids.
+            let Some(memory) = dirs.get(1) else {
+                return Ok(());
+            };
+            let memsw = memory.join("memory.memsw.limit_in_bytes");
+            let has_memsw = memsw.exists();
+            if has_memsw {
+                write(&memsw, "-1")?;
+            }
+            write(&memory.join("memory.limit_in_bytes"), &bytes.to_string())?;
+            if has_memsw {
+                write(&memsw, &bytes.to_string())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Cgroup {

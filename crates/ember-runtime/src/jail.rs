@@ -62,6 +62,12 @@ pub struct JailSettings {
     pub limits: Limits,
     /// Where the cgroup trees are mounted (`/sys/fs/cgroup`).
     pub cgroup_root: PathBuf,
+    /// Size each VM's memory limit to it: guest memory plus this many bytes (the VMM's own
+    /// memory), set when the VM is made (boot or restore); it replaces `limits.memory_max` for
+    /// that VM. `None`: the provider-wide `limits.memory_max` only. Files the VMM writes (a
+    /// snapshot's memory file) are charged to its memory cgroup as they are written, and on a
+    /// tmpfs they stay charged: leave room for them.
+    pub memory_overhead: Option<u64>,
 }
 
 impl JailSettings {
@@ -78,6 +84,7 @@ impl JailSettings {
                 ..Limits::default()
             },
             cgroup_root: PathBuf::from(CGROUP_ROOT),
+            memory_overhead: None,
         }
     }
 }
@@ -510,6 +517,22 @@ impl Jails {
             Some(nix::unistd::Gid::from_raw(self.settings.gid)),
         )?;
         Ok(())
+    }
+
+    /// Sizes slot `slot`'s memory limit to a guest of `guest_mib` MiB (see
+    /// [`JailSettings::memory_overhead`]); nothing without an overhead setting.
+    pub fn size_memory(&self, slot: u64, guest_mib: u32) -> Result<(), cgroup::CgroupError> {
+        let Some(overhead) = self.settings.memory_overhead else {
+            return Ok(());
+        };
+        let bytes = (u64::from(guest_mib) << 20).saturating_add(overhead);
+        let dirs = cgroup::dirs(
+            &self.settings.cgroup_root,
+            self.version,
+            &self.parent_cgroup,
+            &Self::cgroup_id(slot),
+        );
+        cgroup::set_memory_max(self.version, &dirs, bytes)
     }
 
     /// Removes slot `n`'s cgroup, waiting up to ~100 ms for a dying process to leave it.

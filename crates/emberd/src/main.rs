@@ -4,7 +4,8 @@
 //! emberd [--socket /run/ember/ember.sock] [--listen 127.0.0.1:PORT --token-file F]
 //!        [--state-dir /var/lib/ember] [--runtime-dir /run/ember/vms] [--vmm PATH]
 //!        [--jailer PATH | --no-jail] [--vm-uid-base N] [--vm-gid N] [--vm-cpu-weight W]
-//!        [--vm-cpu-quota Q/P] [--vm-memory-max BYTES] [--vm-pids-max N]
+//!        [--vm-cpu-quota Q/P] [--vm-memory-max BYTES] [--vm-memory-overhead BYTES]
+//!        [--vm-pids-max N]
 //!        [--log-format text|json] [--log-level info]
 //! emberd --print-openapi        the API's OpenAPI document (what /openapi.json serves)
 //! ```
@@ -100,6 +101,11 @@ struct Args {
     /// Memory limit of each VMM's cgroup, bytes (guest memory plus the VMM's own).
     #[arg(long)]
     vm_memory_max: Option<u64>,
+    /// Size each VMM's memory limit to its VM: guest memory plus this many bytes (replaces
+    /// --vm-memory-max for that VM). Snapshots a jailed VMM writes (pause to disk) are charged
+    /// to its cgroup while written, and stay charged on a tmpfs state dir: leave room.
+    #[arg(long)]
+    vm_memory_overhead: Option<u64>,
     /// Most tasks (threads) in each VMM's cgroup.
     #[arg(long, default_value_t = 64)]
     vm_pids_max: u64,
@@ -226,6 +232,7 @@ async fn run(args: Args) -> Result<()> {
         settings.limits.cpu_quota = args.vm_cpu_quota;
         settings.limits.memory_max = args.vm_memory_max;
         settings.limits.pids_max = Some(args.vm_pids_max);
+        settings.memory_overhead = args.vm_memory_overhead;
         Some(settings)
     };
     let network = args.sandbox_network.then(|| {

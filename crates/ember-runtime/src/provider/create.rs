@@ -77,6 +77,20 @@ impl Inner {
         }
     }
 
+    /// Sizes slot `slot`'s memory limit to a guest of `mib` MiB (jailed, with an overhead set).
+    fn size_memory(&self, slot: u64, mib: u32) -> Result<(), RuntimeError> {
+        match &self.jail {
+            Some(jail) => jail
+                .size_memory(slot, mib)
+                .map_err(|e| RuntimeError::Files {
+                    what: "cannot size the VMM's memory limit",
+                    path: std::path::PathBuf::from(format!("cgroup of slot {slot}")),
+                    source: std::io::Error::other(e.to_string()),
+                }),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn provider_err(
         &self,
         op: Operation,
@@ -213,6 +227,7 @@ impl Inner {
             require_file(&format!("drives[{i}].path_on_host"), &d.path_on_host)?;
         }
         self.create_in_spare(id, |client, paths| {
+            self.size_memory(paths.slot, spec.mem_size_mib)?;
             self.expose(paths.slot, kernel, false)?;
             if let Some(initrd) = &spec.initrd {
                 self.expose(paths.slot, initrd, false)?;
@@ -300,6 +315,7 @@ impl Inner {
         }
         let resume = snap.resume;
         self.create_in_spare(id, |client, paths| {
+            self.size_memory(paths.slot, stored.mem_size_mib)?;
             self.expose(paths.slot, &stored.state_path, false)?;
             self.expose(paths.slot, &stored.mem_path, false)?;
             client.load_snapshot(&load_params(&stored, paths, resume, snap))?;
