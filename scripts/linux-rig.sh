@@ -363,7 +363,10 @@ T_END=$EPOCHREALTIME
 # --- 7. summary --------------------------------------------------------------------------
 # Each helper prints nothing (and succeeds) when its marker is missing.
 at() { { grep -m1 " $1" "$LOG" || true; } | cut -d' ' -f1; }
-field() { { grep -m1 " $1" "$LOG" || true; } | cut -d' ' -f3- | sed 's/"/\\"/g' | sed 's/^ *//'; }
+# A marker's value: what follows "MARKER " on its line. L1's and L2's consoles share the serial
+# line, so a marker may come glued to the end of an L2 line (`...date=1796507069RIG-L1-AGENT-R2
+# rc=0 ...`): match it anywhere, not only after a space.
+field() { { grep -m1 -o "$1 .*" "$LOG" || true; } | cut -d' ' -f2- | sed 's/"/\\"/g' | sed 's/^ *//'; }
 since() { # seconds between two markers' host stamps, or null
     local a b
     a=$(at "$1")
