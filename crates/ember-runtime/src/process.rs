@@ -165,7 +165,7 @@ pub struct VmmProcess {
     remove_files_on_exit: AtomicBool,
 }
 
-fn log_file(path: &Path) -> Result<File, ProcessError> {
+pub(crate) fn log_file(path: &Path) -> Result<File, ProcessError> {
     OpenOptions::new()
         .create_new(true)
         .write(true)
@@ -326,88 +326,12 @@ impl VmmProcess {
         Self::watch(pid, paths, spawned_at)
     }
 
-    /// Starts the VMM through the jailer (see [`spawn`](Self::spawn)).
-    fn spawn_jailed(
-        jail: &crate::jail::Jails,
-        launch: &VmmLaunch<'_>,
-        (stdout, stderr): (File, File),
-    ) -> Result<VmmProcess, ProcessError> {
-        use std::os::unix::process::CommandExt;
-        let VmmLaunch {
-            binary,
-            extra_args,
-            paths,
-            instance_id,
-            parent_death,
-            netns,
-        } = *launch;
-        let spawn_err = |source| ProcessError::Spawn {
-            binary: binary.to_path_buf(),
-            source,
-        };
-        jail.prepare_slot(paths.slot, &paths.dir)
-            .map_err(spawn_err)?;
-        let mut vmm_args: Vec<OsString> = vec![
-            "--api-sock".into(),
-            paths.api_sock.clone().into_os_string(),
-            "--id".into(),
-            instance_id.into(),
-        ];
-        vmm_args.extend(extra_args.iter().cloned());
-        let pid_file = paths.dir.join("vmm.pid");
-        let tied = parent_death != ParentDeath::Detached;
-        let mut cmd = jail.command(&crate::jail::JailedStart {
-            slot: paths.slot,
-            slot_dir: &paths.dir,
-            vmm: binary,
-            vmm_args: &vmm_args,
-            pid_file: &pid_file,
-            tied,
-            netns,
-        });
-        cmd.current_dir(&paths.dir)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        if !tied {
-            cmd.process_group(0);
-        }
-        let spawned_at = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
-            binary: jail.jailer().to_path_buf(),
-            source,
-        })?;
-        if tied {
-            // The jailer stays as the VMM's parent and ends as it ends: watch the jailer.
-            let pid = child.id();
-            drop(child);
-            return Self::watch(pid, paths, spawned_at);
-        }
-        let status = child.wait().map_err(|source| ProcessError::Spawn {
-            binary: jail.jailer().to_path_buf(),
-            source,
-        })?;
-        let message = || crate::spares::log_tail(&paths.vmm_log, 600);
-        if !status.success() {
-            return Err(ProcessError::Jail {
-                exit: status.to_string(),
-                message: message(),
-            });
-        }
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .ok_or_else(|| ProcessError::Jail {
-                exit: status.to_string(),
-                message: format!("no pid in {}; {}", pid_file.display(), message()),
-            })?;
-        // Re-parented to this process (a child subreaper), so it is ours to reap and its pid
-        // cannot be reused before we do.
-        Self::watch(pid, paths, spawned_at)
-    }
-
     /// Opens a pidfd and the identity of our child `pid`, or kills and reaps it.
-    fn watch(pid: u32, paths: &SlotPaths, spawned_at: Instant) -> Result<VmmProcess, ProcessError> {
+    pub(crate) fn watch(
+        pid: u32,
+        paths: &SlotPaths,
+        spawned_at: Instant,
+    ) -> Result<VmmProcess, ProcessError> {
         let opened = PidFd::open(pid).and_then(|fd| {
             // The pid is ours until we reap it, so its /proc entry is this very process.
             let identity = crate::procfs::identity_of(pid).map_err(std::io::Error::other)?;
