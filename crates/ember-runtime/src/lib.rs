@@ -8,7 +8,8 @@
 //!   ├── adopt       detached VMMs found again after a restart: adopt, sweep, records
 //!   ├── procfs      process identities (pid, start time, boot id) and VMMs found in /proc
 //!   ├── layout      <root>/{slots/<n>, vms/<id> -> ../slots/<n>, snapshots/<id>, jails/<n>}
-//!   ├── jail        VMMs started through ember-jailer; files bound into a jail at their own path
+//!   ├── jail/       VMMs started through ember-jailer (spawn), files bound into a jail at their
+//!   │               own path (mod), its mounts and cgroups removed (cleanup)
 //!   ├── slot_net    the hook that gives each slot's VMM a network namespace before it starts
 //!   ├── snapshots   snapshot catalog (ember-core SnapshotInfo) and files, cheap integrity checks
 //!   └── client/     Firecracker API client: HTTP/1.1 over UDS, keep-alive, typed errors;
