@@ -19,9 +19,7 @@ use std::time::Duration;
 
 use common::*;
 use ember_agent_proto::{AgentClient, Exec};
-use ember_core::{
-    SnapshotId, SnapshotRequest, VmOwner, VmProvider, VmQuery, VmSpec, VmStatus, VsockSpec,
-};
+use ember_core::{VmOwner, VmProvider, VmQuery, VmSpec, VmStatus, VsockSpec};
 use ember_runtime::jail::JailSettings;
 use ember_runtime::{ProviderConfig, SpareConfig, VmmProvider};
 
@@ -162,16 +160,7 @@ fn jailed_vmms_boot_snapshot_restore_and_answer() {
     let src_pid = vmm_pid(p.pid(&src).unwrap());
     assert_jailed(src_pid, &p.paths(&src).unwrap().slot.dir);
     let parent = cgroup_parent(src_pid);
-    p.pause(&src).unwrap();
-    let snap = p
-        .snapshot(
-            &src,
-            &SnapshotRequest {
-                snapshot_id: SnapshotId::new("jailed").unwrap(),
-                stack: None,
-            },
-        )
-        .unwrap();
+    let snap = pause_and_snapshot(&p, &src, "jailed");
     p.destroy(&src).unwrap();
     // The files the jailed VMM wrote are root's again, readable by jailed VMMs only.
     let info = p.snapshot_info(&snap.snapshot_id).unwrap();
@@ -218,16 +207,7 @@ fn jailed_detached_vmms_outlive_their_provider_and_are_adopted() {
         p.create_with_spec(&src, &spec).unwrap();
         p.start(&src).unwrap();
         agent(&p, &src);
-        p.pause(&src).unwrap();
-        let snap = p
-            .snapshot(
-                &src,
-                &SnapshotRequest {
-                    snapshot_id: SnapshotId::new("kept").unwrap(),
-                    stack: None,
-                },
-            )
-            .unwrap();
+        let snap = pause_and_snapshot(&p, &src, "kept");
         p.destroy(&src).unwrap();
         let id = vm("sandbox");
         p.create_with_spec(&id, &VmSpec::restore(snap.clone()))
@@ -578,16 +558,7 @@ fn a_jailed_vm_over_its_memory_limit_is_oom_killed_alone() {
     let tpl = vm("tpl");
     boot_probe(&p, "tpl", GUEST_MIB, 1).unwrap();
     agent(&p, &tpl);
-    p.pause(&tpl).unwrap();
-    let snap = p
-        .snapshot(
-            &tpl,
-            &SnapshotRequest {
-                snapshot_id: SnapshotId::new("limited").unwrap(),
-                stack: None,
-            },
-        )
-        .unwrap();
+    let snap = pause_and_snapshot(&p, &tpl, "limited");
     p.destroy(&tpl).unwrap();
     for name in ["hog-clone", "neighbour-clone"] {
         p.create_with_spec(&vm(name), &VmSpec::restore(snap.clone()))
@@ -743,16 +714,7 @@ fn a_jailed_vms_memory_limit_follows_its_guest() {
     // A clone restored from a snapshot gets the same sized limit. (The small VM is the one
     // snapshotted: the files a jailed VMM writes are charged to its memory cgroup, and on this
     // test's tmpfs they stay charged — a 256 MiB guest's snapshot would not fit 288 MiB.)
-    p.pause(&vm("small")).unwrap();
-    let snap = p
-        .snapshot(
-            &vm("small"),
-            &SnapshotRequest {
-                snapshot_id: SnapshotId::new("small").unwrap(),
-                stack: None,
-            },
-        )
-        .unwrap();
+    let snap = pause_and_snapshot(&p, &vm("small"), "small");
     p.create_with_spec(&vm("clone"), &VmSpec::restore(snap))
         .unwrap();
     assert_eq!(limit_of("clone"), (64 + 32) << 20);

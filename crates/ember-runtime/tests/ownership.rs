@@ -134,7 +134,7 @@ const DETACHED_ROOT: &str = "EMBER_RUNTIME_TEST_DETACHED_ROOT";
 #[test]
 fn detached_vms_outlive_their_owner_and_are_adopted() {
     use ember_agent_proto::AgentClient;
-    use ember_core::{SnapshotId, SnapshotInfo, SnapshotRequest, VmOwner, VmRecord, VsockSpec};
+    use ember_core::{SnapshotId, SnapshotInfo, VmOwner, VmRecord, VsockSpec};
     const PORT: u32 = ember_probe_image::AGENT_PORT;
     let agent_health = |path: &std::path::Path| {
         wait_for(DEFAULT_TIMEOUT, "the agent", || {
@@ -161,16 +161,7 @@ fn detached_vms_outlive_their_owner_and_are_adopted() {
         p.create_with_spec(&src, &spec).unwrap();
         p.start(&src).unwrap();
         agent_health(&p.vsock_path(&src).unwrap());
-        p.pause(&src).unwrap();
-        let snap = p
-            .snapshot(
-                &src,
-                &SnapshotRequest {
-                    snapshot_id: SnapshotId::new("kept").unwrap(),
-                    stack: None,
-                },
-            )
-            .unwrap();
+        let snap = pause_and_snapshot(&p, &src, "kept");
         p.destroy(&src).unwrap();
         for i in 0..3 {
             p.create_with_spec(&vm(&format!("copy-{i}")), &VmSpec::restore(snap.clone()))

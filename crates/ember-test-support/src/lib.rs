@@ -379,6 +379,55 @@ pub fn smaps_rollup_kib(pid: u32, name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Waits up to `timeout` for every process in `pids` to be gone from `/proc` (killed VMMs take
+/// a few milliseconds to go); returns whether they all went.
+pub fn wait_gone(pids: &[u32], timeout: Duration) -> bool {
+    try_wait_for(timeout, || {
+        pids.iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+            .then_some(())
+    })
+    .is_some()
+}
+
+/// On drop, removes what an emberd with sandbox networks under interface prefix `.0` leaves
+/// when it is gone for good — its namespaces (`ember-<prefix>*`), host links (`<prefix>*`) and
+/// nft tables (`ember_<prefix>`, `ember_nat_<prefix>`); a restarted daemon would sweep them.
+/// Tests that start such a daemon hold one, so a failed run leaks nothing either.
+pub struct NetCleanup(pub String);
+
+impl Drop for NetCleanup {
+    fn drop(&mut self) {
+        let prefix = &self.0;
+        let entries = |dir: &str| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        for name in entries("/run/netns") {
+            if name.starts_with(&format!("ember-{prefix}")) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
+        for name in entries("/sys/class/net") {
+            if name.starts_with(prefix.as_str()) {
+                let _ = Command::new("ip").args(["link", "del", &name]).output();
+            }
+        }
+        for (family, table) in [
+            ("inet", format!("ember_{prefix}")),
+            ("ip", format!("ember_nat_{prefix}")),
+        ] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &table])
+                .output();
+        }
+    }
+}
+
 /// A binary of another workspace package, built on demand: cargo does not build other
 /// packages' binaries for a test, so `cargo test -p <one crate>` would otherwise miss it.
 /// `cargo build -p <package> --bin <bin>` runs into this test's own target directory and

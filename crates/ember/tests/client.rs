@@ -7,6 +7,7 @@
 //! --network`, `run --egress/--allow`, `network`, `expose`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+use ember_test_support::NetCleanup;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -153,14 +154,7 @@ impl Drop for Daemon {
             signal(*pid, nix::sys::signal::Signal::SIGKILL);
         }
         // Jailed VMMs leave a shared mount and cgroups under the runtime directory's name.
-        let gone = Instant::now() + Duration::from_secs(5);
-        while pids
-            .iter()
-            .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-            && Instant::now() < gone
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        ember_test_support::wait_gone(&pids, Duration::from_secs(5));
         let _ = ember_runtime::jail::remove_leftovers(
             self.runtime.path(),
             std::path::Path::new("/sys/fs/cgroup"),
@@ -811,45 +805,6 @@ fn errors_without_a_daemon_are_clear() {
     );
     assert_eq!(out.code, Some(2), "{}", out.describe());
     assert!(out.stderr.contains("5x"), "{}", out.describe());
-}
-
-/// Removes what a daemon with net prefix `prefix` leaves of its networks when it is gone for
-/// good (its spares' namespaces and links, the host's nft tables) — also when the test fails.
-/// (As emberd's own tests/network.rs does.)
-struct NetCleanup(String);
-
-impl Drop for NetCleanup {
-    fn drop(&mut self) {
-        let prefix = &self.0;
-        for e in std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("ember-{prefix}")) {
-                let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            }
-        }
-        for e in std::fs::read_dir("/sys/class/net")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(prefix.as_str()) {
-                let _ = Command::new("ip").args(["link", "del", &name]).output();
-            }
-        }
-        for (family, table) in [
-            ("inet", format!("ember_{prefix}")),
-            ("ip", format!("ember_nat_{prefix}")),
-        ] {
-            let _ = Command::new("nft")
-                .args(["delete", "table", family, &table])
-                .output();
-        }
-    }
 }
 
 /// Sends a line to `addr` and reads as many bytes back (the probe guest echoes on TCP port 7).

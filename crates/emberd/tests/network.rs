@@ -14,6 +14,7 @@
 
 mod common;
 
+use ember_test_support::NetCleanup;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -191,43 +192,35 @@ fn echo(addr: SocketAddr) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Removes what a daemon with prefix `prefix` leaves of its networks when it is gone for good
-/// (its spares' networks and the host tables; a restarted daemon would sweep them) — also when
-/// the test fails.
-struct NetCleanup(String);
+/// A started emberd with sandbox networks from `subnet` under interface prefix `prefix`, and
+/// `extra` arguments.
+fn networked_daemon(extra: &[&str], subnet: &str, prefix: &str) -> Daemon {
+    let mut d = Daemon::new();
+    d.extra = extra.iter().map(|s| s.to_string()).collect();
+    d.extra.extend(
+        [
+            "--sandbox-network",
+            "--net-subnet",
+            subnet,
+            "--net-prefix",
+            prefix,
+        ]
+        .map(String::from),
+    );
+    d.start();
+    d
+}
 
-impl Drop for NetCleanup {
-    fn drop(&mut self) {
-        let prefix = &self.0;
-        for e in std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("ember-{prefix}")) {
-                let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            }
-        }
-        for e in std::fs::read_dir("/sys/class/net")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(prefix.as_str()) {
-                let _ = Command::new("ip").args(["link", "del", &name]).output();
-            }
-        }
-        for (family, table) in [
-            ("inet", format!("ember_{prefix}")),
-            ("ip", format!("ember_nat_{prefix}")),
-        ] {
-            let _ = Command::new("nft")
-                .args(["delete", "table", family, &table])
-                .output();
-        }
-    }
+/// Builds template `netprobe`: the probe guest with a network interface.
+async fn build_networked_template(c: &emberd::client::Client) {
+    let mut spec = TemplateSpec::probe();
+    spec.network = true;
+    c.build_template(&emberd::engine::templates::BuildTemplate {
+        name: ember_core::TemplateName::new("netprobe").unwrap(),
+        spec,
+    })
+    .await
+    .unwrap();
 }
 
 #[test]
@@ -241,26 +234,11 @@ fn sandboxes_get_networks_with_policy_isolation_and_ports() {
     let th = TestHost::new(&tag, octet);
     th.serve(8080);
     th.serve(9090);
-    let mut d = Daemon::new();
-    d.extra = vec![
-        "--sandbox-network".into(),
-        "--net-subnet".into(),
-        subnet,
-        "--net-prefix".into(),
-        prefix.clone(),
-    ];
-    d.start();
+    let mut d = networked_daemon(&[], &subnet, &prefix);
     let rt = runtime();
     rt.block_on(async {
         let c = d.client();
-        let mut spec = TemplateSpec::probe();
-        spec.network = true;
-        c.build_template(&emberd::engine::templates::BuildTemplate {
-            name: ember_core::TemplateName::new("netprobe").unwrap(),
-            spec,
-        })
-        .await
-        .unwrap();
+        build_networked_template(&c).await;
         let a = c.create_sandbox(&create("netprobe")).await.unwrap();
         let b = c.create_sandbox(&create("netprobe")).await.unwrap();
         let (na, nb) = (a.network.clone().unwrap(), b.network.clone().unwrap());
@@ -451,27 +429,11 @@ fn unjailed_vmms_get_networks_too() {
     let prefix = format!("eu{tag}");
     let _cleanup = NetCleanup(prefix.clone());
     let octet = (std::process::id() % 200) as u8 + 20;
-    let mut d = Daemon::new();
-    d.extra = vec![
-        "--no-jail".into(),
-        "--sandbox-network".into(),
-        "--net-subnet".into(),
-        format!("10.{octet}.128.0/17"),
-        "--net-prefix".into(),
-        prefix.clone(),
-    ];
-    d.start();
+    let d = networked_daemon(&["--no-jail"], &format!("10.{octet}.128.0/17"), &prefix);
     let rt = runtime();
     rt.block_on(async {
         let c = d.client();
-        let mut spec = TemplateSpec::probe();
-        spec.network = true;
-        c.build_template(&emberd::engine::templates::BuildTemplate {
-            name: ember_core::TemplateName::new("netprobe").unwrap(),
-            spec,
-        })
-        .await
-        .unwrap();
+        build_networked_template(&c).await;
         let a = c.create_sandbox(&create("netprobe")).await.unwrap();
         let addr = a.network.clone().unwrap().address;
         assert_eq!(

@@ -120,20 +120,8 @@ impl NetDev {
                 *b = unsafe { core::ptr::read_volatile(reg(0x100 + i) as *const u8) };
             }
         }
-        for (i, q) in [&dev.rx.q, &dev.tx.q].into_iter().enumerate() {
-            mmio_write(reg(0x30), i as u32);
-            if mmio_read(reg(0x34)) < u32::from(q.size()) {
-                return None;
-            }
-            let (d, a, u) = q.addresses();
-            mmio_write(reg(0x38), u32::from(q.size()));
-            mmio_write(reg(0x80), d as u32);
-            mmio_write(reg(0x84), (d >> 32) as u32);
-            mmio_write(reg(0x90), a as u32);
-            mmio_write(reg(0x94), (a >> 32) as u32);
-            mmio_write(reg(0xa0), u as u32);
-            mmio_write(reg(0xa4), (u >> 32) as u32);
-            mmio_write(reg(0x44), 1);
+        if !vsock::activate_queues(base, &[&dev.rx.q, &dev.tx.q]) {
+            return None;
         }
         for i in 0..NET_RX_COUNT {
             let addr = (NET_RX_BUFS + usize::from(i) * BUF_LEN) as u64;

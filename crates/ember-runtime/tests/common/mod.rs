@@ -166,6 +166,19 @@ pub fn make_template(
     .unwrap()
 }
 
+/// Pauses `id` and takes snapshot `sid` of it (no stack); the VM stays, paused.
+pub fn pause_and_snapshot(p: &VmmProvider, id: &VmId, sid: &str) -> ember_core::SnapshotRef {
+    p.pause(id).unwrap();
+    p.snapshot(
+        id,
+        &SnapshotRequest {
+            snapshot_id: SnapshotId::new(sid).unwrap(),
+            stack: None,
+        },
+    )
+    .unwrap()
+}
+
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -21,12 +21,14 @@ use ember_host::warm::{
     Handoff, HandoffError, HandoffTiming, PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack,
 };
 
-pub(super) fn run(
+/// The handoff benchmarks' warm pool: the probe template, `concurrency` deep, refilled 4 at a
+/// time (also `ember bench jail`'s).
+pub(super) fn warm_stack(
     session: &Session,
     opts: &BenchOptions,
     ui: &dyn Ui,
-) -> Result<BenchReport, BenchError> {
-    let warm = WarmStack::start(
+) -> Result<WarmStack, BenchError> {
+    Ok(WarmStack::start(
         session.provider(),
         &WarmOptions {
             stack: probe_stack(),
@@ -39,7 +41,15 @@ pub(super) fn run(
             refill_parallelism: 4,
         },
         ui,
-    )?;
+    )?)
+}
+
+pub(super) fn run(
+    session: &Session,
+    opts: &BenchOptions,
+    ui: &dyn Ui,
+) -> Result<BenchReport, BenchError> {
+    let warm = warm_stack(session, opts, ui)?;
     let result = rounds(session, &warm, opts, ui).and_then(|burst| {
         warm.wait_full(&Quiet, Duration::from_secs(60))?;
         session.settle(Duration::from_secs(10));

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use ember_host::session::Session;
 use ember_host::ui::{Quiet, Ui};
-use ember_host::warm::{HandoffTiming, PROBE_TEMPLATE_ARGS, WarmOptions, WarmStack};
+use ember_host::warm::{HandoffTiming, WarmStack};
 
 use super::handoff::summaries;
-use super::{AGENT_TIMEOUT, BenchError, BenchKind, BenchOptions, BenchReport, Target, probe_stack};
+use super::{BenchError, BenchKind, BenchOptions, BenchReport, Target};
 
 /// One run's figures.
 struct Run {
@@ -124,20 +124,7 @@ fn one_run(
     ui: &dyn Ui,
     label: &str,
 ) -> Result<Run, BenchError> {
-    let warm = WarmStack::start(
-        session.provider(),
-        &WarmOptions {
-            stack: probe_stack(),
-            kernel: opts.kernel.clone(),
-            boot_args: Some(PROBE_TEMPLATE_ARGS.to_string()),
-            pooled: opts.pooled,
-            agent_port: opts.agent_port,
-            agent_timeout: AGENT_TIMEOUT,
-            depth: opts.concurrency,
-            refill_parallelism: 4,
-        },
-        ui,
-    )?;
+    let warm = super::handoff::warm_stack(session, opts, ui)?;
     let result = rounds(session, &warm, opts, ui, label);
     warm.shutdown();
     result

@@ -187,14 +187,7 @@ impl Drop for Daemon {
             signal(*pid, nix::sys::signal::Signal::SIGKILL);
         }
         // Jailed VMMs leave a shared mount and cgroups under the runtime directory's name.
-        let gone = Instant::now() + Duration::from_secs(5);
-        while pids
-            .iter()
-            .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-            && Instant::now() < gone
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        ember_test_support::wait_gone(&pids, Duration::from_secs(5));
         let _ = ember_runtime::jail::remove_leftovers(
             self.runtime.path(),
             std::path::Path::new("/sys/fs/cgroup"),
