@@ -131,8 +131,9 @@ pub struct TemplateSpec {
     pub boot_timeout_ms: u64,
     /// Give the guest a network interface (`eth0` on the sandbox's TAP `tap0`, MAC
     /// [`GUEST_MAC`], address [`GUEST_IP`]/30 via [`GUEST_GATEWAY`], the same in every clone);
-    /// needs a daemon that gives sandboxes networks. The probe guest is configured through its
-    /// command line; a kernel guest must configure the address itself.
+    /// needs a daemon that gives sandboxes networks. The guest is told its address on its
+    /// command line (`ember.ip=`, `ember.gw=`): the probe and the init of images from
+    /// `ember image build` configure `eth0` from it; another kernel guest must do so itself.
     #[serde(default)]
     pub network: bool,
 }

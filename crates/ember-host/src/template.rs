@@ -60,7 +60,9 @@ impl TemplateBoot {
     /// kernel, initrd and root filesystem as given.
     ///
     /// With `spec.network`, the VM gets `eth0` on the sandbox network's TAP (see
-    /// [`ember_core::template::GUEST_IP`]); the probe is told its address on its command line.
+    /// [`ember_core::template::GUEST_IP`]); the guest is told its address on its command line
+    /// (`ember.ip=A/N ember.gw=G`: the probe reads it, and so does the init of images from
+    /// `ember image build`).
     pub fn resolve(stack: StackKey, spec: &TemplateSpec, probe_kernel: &Path) -> Self {
         let mut boot = Self::resolve_guest(stack, spec, probe_kernel);
         if spec.network {
@@ -75,12 +77,10 @@ impl TemplateBoot {
                 rx_rate_limiter: None,
                 tx_rate_limiter: None,
             }];
-            if matches!(spec.guest, GuestSpec::Probe { .. }) {
-                let args = boot.boot.boot_args.take().unwrap_or_default();
-                boot.boot.boot_args = Some(format!(
-                    "{args} ember.ip={GUEST_IP}/{GUEST_PREFIX_LEN} ember.gw={GUEST_GATEWAY}"
-                ));
-            }
+            let args = boot.boot.boot_args.take().unwrap_or_default();
+            boot.boot.boot_args = Some(format!(
+                "{args} ember.ip={GUEST_IP}/{GUEST_PREFIX_LEN} ember.gw={GUEST_GATEWAY}"
+            ));
         }
         boot
     }

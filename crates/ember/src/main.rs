@@ -103,6 +103,16 @@ enum TemplateCmd {
         /// The root filesystem image.
         #[arg(long)]
         rootfs: Option<PathBuf>,
+        /// Attach the root filesystem read-only (shared by every clone; images from
+        /// `ember image build` are meant to be: their guests write to an overlay in memory).
+        #[arg(long)]
+        rootfs_read_only: bool,
+        /// The vsock port the guest's agent listens on (default: the probe's, 52).
+        #[arg(long = "guest-agent-port")]
+        guest_agent_port: Option<u32>,
+        /// How long the guest may take from boot to its agent's first answer (e.g. 120s).
+        #[arg(long, value_parser = parse_duration_secs)]
+        boot_timeout: Option<u64>,
         /// Kernel command line (added after the probe's own).
         #[arg(long)]
         boot_args: Option<String>,
@@ -453,6 +463,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     kernel,
                     initrd,
                     rootfs,
+                    rootfs_read_only,
+                    guest_agent_port,
+                    boot_timeout,
                     boot_args,
                     vcpus,
                     mem,
@@ -467,6 +480,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                             kernel: kernel.clone(),
                             initrd: initrd.clone(),
                             rootfs: rootfs.clone(),
+                            rootfs_read_only: *rootfs_read_only,
+                            agent_port: *guest_agent_port,
+                            boot_timeout_ms: boot_timeout.map(|s| s.saturating_mul(1000)),
                             boot_args: boot_args.clone(),
                             vcpus: *vcpus,
                             mem_mib: *mem,

@@ -131,6 +131,12 @@ pub struct TemplateArgs {
     pub initrd: Option<PathBuf>,
     /// Its root filesystem.
     pub rootfs: Option<PathBuf>,
+    /// Attach the root filesystem read-only.
+    pub rootfs_read_only: bool,
+    /// The guest agent's vsock port (default: the probe's).
+    pub agent_port: Option<u32>,
+    /// Boot to the agent's first answer may take this long, ms.
+    pub boot_timeout_ms: Option<u64>,
     /// Kernel command line (added to the probe's).
     pub boot_args: Option<String>,
     /// vCPUs.
@@ -157,12 +163,14 @@ pub async fn template_build(
             initrd: args.initrd.map(abs),
             boot_args: args.boot_args,
             rootfs: args.rootfs.map(abs),
-            rootfs_read_only: false,
+            rootfs_read_only: args.rootfs_read_only,
         };
     } else {
-        if args.initrd.is_some() || args.rootfs.is_some() {
+        if args.initrd.is_some() || args.rootfs.is_some() || args.rootfs_read_only {
             return Err(RemoteError::Usage(
-                "--initrd and --rootfs need --kernel (the probe guest has neither)".into(),
+                "--initrd, --rootfs and --rootfs-read-only need --kernel (the probe guest has \
+                 neither)"
+                    .into(),
             ));
         }
         spec.guest = ember_core::GuestSpec::Probe {
@@ -174,6 +182,12 @@ pub async fn template_build(
     }
     if let Some(m) = args.mem_mib {
         spec.mem_size_mib = m;
+    }
+    if let Some(port) = args.agent_port {
+        spec.agent_port = port;
+    }
+    if let Some(ms) = args.boot_timeout_ms {
+        spec.boot_timeout_ms = ms;
     }
     spec.network = args.network;
     let t = client.build_template(&BuildTemplate { name, spec }).await?;

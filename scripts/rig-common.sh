@@ -1,0 +1,79 @@
+# Shared by the rig scripts (scripts/linux-rig.sh, scripts/rig-daemon.sh): sourced, not run.
+#
+# Expects ROOT (the repository) and RIG (the cache and work dir) set, and `set -euo pipefail`.
+# Installs the host packages the rigs need (RIG_EXTRA_PACKAGES adds more), downloads and unpacks
+# Debian's cloud kernel (VMLINUZ, KVER, MODDIR), and offers: log, elapsed, fail_json,
+# modules_for (module files with their dependencies first, in ORDERED) and mk_busybox_root.
+
+log() { printf 'rig: %s\n' "$*" >&2; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+fail_json() {
+    printf '{"booted": false, "error": "%s"}\n' "$1"
+    exit 1
+}
+
+# --- 1. host packages --------------------------------------------------------------------
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q "statically linked" \
+    || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
+command -v modinfo >/dev/null || need+=(kmod)
+command -v file >/dev/null || need+=(file)
+command -v strip >/dev/null || need+=(binutils)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+for p in ${RIG_EXTRA_PACKAGES:-}; do need+=("$p"); done
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+BUSYBOX=/bin/busybox
+file -L "$BUSYBOX" | grep -q "statically linked" || fail_json "busybox is not static"
+
+# --- 2. the Debian cloud kernel (not installed: downloaded and unpacked) ------------------
+KDIR="$RIG/kernel"
+if ! ls "$KDIR"/boot/vmlinuz-* >/dev/null 2>&1; then
+    log "downloading linux-image-cloud-amd64"
+    mkdir -p "$RIG/deb" && rm -rf "$KDIR"
+    (cd "$RIG/deb" && apt-get download linux-image-cloud-amd64 >&2)
+    meta=$(ls -t "$RIG"/deb/linux-image-cloud-amd64_*.deb | head -1)
+    real=$(dpkg-deb -f "$meta" Depends | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*' | head -1)
+    [ -n "$real" ] || fail_json "cannot find the kernel package linux-image-cloud-amd64 depends on"
+    (cd "$RIG/deb" && apt-get download "$real" >&2)
+    dpkg -x "$(ls -t "$RIG"/deb/"$real"_*.deb | head -1)" "$KDIR"
+fi
+VMLINUZ=$(ls "$KDIR"/boot/vmlinuz-* | head -1)
+KVER=${VMLINUZ##*/vmlinuz-}
+MODDIR="$KDIR/lib/modules/$KVER/kernel"
+T_KERNEL=$EPOCHREALTIME
+
+# Module files with their dependencies first (the package has no modules.dep).
+modpath() { find "$MODDIR" -name "$1.ko" -print -quit; }
+declare -A SEEN=()
+ORDERED=()
+add_module() {
+    local name="${1//-/_}" f dep
+    [ -n "${SEEN[$name]:-}" ] && return 0
+    SEEN[$name]=1
+    f=$(modpath "$1")
+    [ -n "$f" ] || f=$(modpath "${1//_/-}")
+    [ -n "$f" ] || fail_json "module $1 not found in $KVER"
+    for dep in $(modinfo -F depends "$f" | tr ',' ' '); do add_module "$dep"; done
+    ORDERED+=("$f")
+}
+modules_for() {
+    SEEN=()
+    ORDERED=()
+    for m in "$@"; do add_module "$m"; done
+}
+
+
+# mk_busybox_root DIR: a fresh root with the host's static busybox as /bin/sh.
+mk_busybox_root() {
+    local dir=$1
+    rm -rf "$dir"
+    mkdir -p "$dir"/{bin,dev,proc,sys,tmp,run,lib/modules}
+    cp "$BUSYBOX" "$dir/bin/busybox"
+    ln -s busybox "$dir/bin/sh"
+}
