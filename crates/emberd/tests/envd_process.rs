@@ -6,7 +6,9 @@
 //! Covered: output streamed as it comes, exit codes and statuses, keepalives, a background
 //! process listed (config, pid, tag), connected to by pid and by tag, and killed; stdin kept open
 //! (SendInput, StreamInput, CloseStdin) or closed by default; a reconnect after the starting
-//! client went; a PTY typed into and resized; unknown processes answering not_found.
+//! client went; a PTY typed into and resized; unknown processes answering not_found. Then the
+//! unmodified `e2b` SDK (the venv of scripts/setup.sh, or `$EMBER_E2B_PYTHON`) runs its
+//! commands and PTY calls against the same rig (`tests/e2b/sdk_process.py`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -545,5 +547,48 @@ async fn unknown_processes_are_not_found() {
     match ev.next(WAIT).await {
         Some(Msg::End(v)) => assert_eq!(v["error"]["code"], "not_found", "{v}"),
         other => panic!("{other:?}"),
+    }
+}
+
+/// The venv's python: `$EMBER_E2B_PYTHON`, or `target/e2b-venv/bin/python`.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("EMBER_E2B_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/e2b-venv/bin/python");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/setup.sh (it installs the e2b SDK from PyPI into \
+         target/e2b-venv), or point EMBER_E2B_PYTHON at a python with `e2b` installed",
+        p.display()
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_e2b_sdk_runs_commands_and_ptys_through_the_service() {
+    let r = rig().await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2b/sdk_process.py");
+    let out = tokio::process::Command::new(python())
+        .arg(&script)
+        .env("E2B_SANDBOX_URL", format!("http://{}", r.addr))
+        .env("EMBER_ENVD_VERSION", emberd::e2b::model::ENVD_VERSION)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the SDK script failed:\n{stdout}\n{stderr}"
+    );
+    for line in [
+        "run ok",
+        "background ok",
+        "stdin ok",
+        "connect ok",
+        "pty ok",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
 }

@@ -370,18 +370,24 @@ fn stream_failed(sandbox: &str, e: ApiError) -> Response {
     connect::stream(&[], Some(&RpcError::from(e)))
 }
 
-/// `process.Process/*` for one sandbox behind `processes`, with no access token or sandbox
-/// headers: for tests and tools that point the service at one agent.
+/// `process.Process/*` (and `GET /health`, which the SDK asks after a failure) for one sandbox
+/// behind `processes`, with no access token or sandbox headers: for tests and tools that point
+/// the service at one agent.
 pub fn router(processes: Arc<Processes>, sandbox: String) -> axum::Router {
-    axum::Router::new().fallback(move |req: Request| {
-        let p = Arc::clone(&processes);
-        let sandbox = sandbox.clone();
-        async move {
-            let path = req.uri().path().to_string();
-            match path.strip_prefix("/process.Process/") {
-                Some(name) => p.call(&sandbox, None, name, req).await,
-                None => RpcError::new(Code::NotFound, format!("no route {path}")).into_response(),
+    let health = || async { axum::http::StatusCode::NO_CONTENT };
+    axum::Router::new()
+        .route("/health", axum::routing::get(health))
+        .fallback(move |req: Request| {
+            let p = Arc::clone(&processes);
+            let sandbox = sandbox.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                match path.strip_prefix("/process.Process/") {
+                    Some(name) => p.call(&sandbox, None, name, req).await,
+                    None => {
+                        RpcError::new(Code::NotFound, format!("no route {path}")).into_response()
+                    }
+                }
             }
-        }
-    })
+        })
 }
