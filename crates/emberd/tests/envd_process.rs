@@ -332,6 +332,20 @@ async fn start_streams_output_as_it_comes_and_ends_like_envd() {
     }
     assert!(keepalives >= 1, "no keepalive in 2.5 s at a 1 s interval");
     assert_eq!(String::from_utf8_lossy(&out), "from-envs\n/\n");
+
+    // The stream's `connect-timeout-ms` is the command's time limit, as envd makes it.
+    let t0 = Instant::now();
+    let mut ev = Events::open(
+        r.addr,
+        "Start",
+        start_req("/bin/sleep", &["30"]),
+        &[("connect-timeout-ms", "500")],
+    )
+    .await;
+    ev.pid().await;
+    let (.., end, _) = ev.rest().await;
+    assert_eq!(end["status"], "signal: killed", "{end}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,6 +384,21 @@ async fn background_process_is_listed_connected_by_tag_and_killed() {
         assert_eq!(end["status"], "signal: killed");
         assert_eq!(end["exited"], false);
         assert_eq!(fin, json!({}));
+    }
+    // Its tag is forgotten once it exited (before any List).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = unary(
+            r.addr,
+            "SendSignal",
+            json!({"process": {"tag": "web"}, "signal": "SIGNAL_SIGKILL"}),
+        )
+        .await;
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tag outlived its process");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (_, list) = unary(r.addr, "List", json!({})).await;
     assert_eq!(list, json!({"processes": []}));

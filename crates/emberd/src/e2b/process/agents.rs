@@ -33,6 +33,11 @@ pub trait ProcessAgents: Send + Sync {
     /// Runs a command to its end with the one-shot Exec, for agents without background
     /// processes (the probe guest).
     fn exec(&self, sandbox: &str, req: ExecRequest) -> Result<ExecDone, ApiError>;
+
+    /// Whether `sandbox` still exists (what is kept for one that does not is forgotten).
+    fn is_live(&self, _sandbox: &str) -> bool {
+        true
+    }
 }
 
 /// The daemon's sandboxes, through its engine.
@@ -58,6 +63,10 @@ impl ProcessAgents for EngineAgents {
 
     fn exec(&self, sandbox: &str, req: ExecRequest) -> Result<ExecDone, ApiError> {
         self.0.exec(sandbox, req)
+    }
+
+    fn is_live(&self, sandbox: &str) -> bool {
+        ember_core::SandboxId::new(sandbox).is_ok_and(|id| self.0.live.get(&id).is_some())
     }
 }
 

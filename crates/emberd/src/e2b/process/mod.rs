@@ -104,6 +104,25 @@ impl Processes {
         }
     }
 
+    /// A hook that forgets a process of `sandbox` once it exited.
+    fn forgetter(self: &Arc<Self>, sandbox: &str) -> Box<dyn FnOnce(u64) + Send> {
+        let (me, id) = (Arc::downgrade(self), sandbox.to_string());
+        Box::new(move |handle| {
+            if let Some(p) = me.upgrade() {
+                let mut registry = p.registry();
+                if let Some(m) = registry.get_mut(&id) {
+                    m.remove(&handle);
+                }
+            }
+        })
+    }
+
+    /// Forgets the processes of sandboxes that are gone.
+    fn sweep(&self) {
+        self.registry()
+            .retain(|sb, m| !m.is_empty() && self.agents.is_live(sb));
+    }
+
     /// The agent handle `sel` names in `sandbox`.
     fn resolve(&self, sandbox: &str, sel: &Selector) -> Result<u64, RpcError> {
         match sel {
@@ -169,12 +188,22 @@ impl Processes {
             timeout_ms: request::timeout_ms(&headers).unwrap_or(0),
             pty,
         };
+        self.sweep();
         let (tx, rx) = mpsc::channel(stream::CHANNEL);
         let (opened_tx, opened_rx) = oneshot::channel();
+        let (me, id) = (Arc::downgrade(self), sandbox.to_string());
+        let on_open = move |handle: u64| {
+            if let Some(p) = me.upgrade() {
+                let started = Started { tag, config };
+                p.registry().entry(id).or_default().insert(handle, started);
+            }
+        };
         let sink = Sink {
             tx,
             opened: opened_tx,
             keepalive: request::keepalive(&headers),
+            on_open: Some(Box::new(on_open)),
+            on_exit: Some(self.forgetter(sandbox)),
         };
         stream::start(
             Arc::clone(&self.agents),
@@ -183,13 +212,7 @@ impl Processes {
             sink,
         );
         match opened_rx.await {
-            Ok(Opened::Streaming { handle, .. }) => {
-                self.registry()
-                    .entry(sandbox.to_string())
-                    .or_default()
-                    .insert(handle, Started { tag, config });
-                connect::live_stream(rx)
-            }
+            Ok(Opened::Streaming { .. }) => connect::live_stream(rx),
             Ok(Opened::Unsupported) => {
                 let pid = self.exec_pids.fetch_add(1, Ordering::Relaxed);
                 exec::run(Arc::clone(&self.agents), sandbox, spec, envs, pid).await
@@ -221,6 +244,8 @@ impl Processes {
             tx,
             opened: opened_tx,
             keepalive: request::keepalive(&headers),
+            on_open: None,
+            on_exit: Some(self.forgetter(sandbox)),
         };
         stream::attach(Arc::clone(&self.agents), sandbox.to_string(), handle, sink);
         let not_found = || RpcError::new(Code::NotFound, format!("{sel} not found"));

@@ -69,7 +69,14 @@ pub struct Sink {
     pub opened: oneshot::Sender<Opened>,
     /// Keepalive interval.
     pub keepalive: Duration,
+    /// Called with the handle once the stream is open, before anything is sent.
+    pub on_open: Hook,
+    /// Called with the handle when the process's exit arrives.
+    pub on_exit: Hook,
 }
+
+/// A callback of a stream's thread, given the process's handle.
+pub type Hook = Option<Box<dyn FnOnce(u64) + Send>>;
 
 fn unsupported(e: &ClientError) -> bool {
     matches!(e, ClientError::Unsupported { .. })
@@ -133,18 +140,24 @@ pub fn attach(agents: Arc<dyn ProcessAgents>, sandbox: String, handle: u64, sink
 
 /// A stream is open: queues `start{pid}` first, says so, and pumps its events.
 /// (Returning early drops the stream with its own connection; the process runs on.)
-fn opened(stream: ProcessStream<'_>, handle: u64, pty: bool, sink: Sink) {
+fn opened(stream: ProcessStream<'_>, handle: u64, pty: bool, mut sink: Sink) {
     let Ok(pid) = u32::try_from(handle) else {
         let e = ApiError::internal(format!("the agent's process handle {handle} is over u32"));
         let _ = sink.opened.send(Opened::Failed(e));
         return;
     };
+    if let Some(f) = sink.on_open.take() {
+        f(handle);
+    }
     let start = connect::message(&json!({"event": {"start": {"pid": pid}}}));
     if sink.tx.blocking_send(start).is_err() {
         return;
     }
     if sink.opened.send(Opened::Streaming { handle, pty }).is_ok() {
-        pump(stream, &sink.tx, sink.keepalive, pty);
+        let exited = pump(stream, &sink.tx, sink.keepalive, pty);
+        if let Some(f) = sink.on_exit.take().filter(|_| exited) {
+            f(handle);
+        }
     }
 }
 
@@ -172,12 +185,18 @@ fn data_event(stream: OutputStream, data: &[u8], pty: bool) -> Value {
     json!({"event": {"data": {field: b64(data)}}})
 }
 
-/// Sends the stream's events until the exit, the agent's end, or the client's going.
-fn pump(mut stream: ProcessStream<'_>, tx: &mpsc::Sender<Bytes>, keepalive: Duration, pty: bool) {
+/// Sends the stream's events until the exit, the agent's end, or the client's going; returns
+/// whether the exit came.
+fn pump(
+    mut stream: ProcessStream<'_>,
+    tx: &mpsc::Sender<Bytes>,
+    keepalive: Duration,
+    pty: bool,
+) -> bool {
     let mut last = Instant::now();
     loop {
         if tx.is_closed() {
-            return;
+            return false;
         }
         let wait = keepalive.saturating_sub(last.elapsed()).min(POLL);
         let out = match stream.next_event(wait) {
@@ -189,7 +208,7 @@ fn pump(mut stream: ProcessStream<'_>, tx: &mpsc::Sender<Bytes>, keepalive: Dura
                 if tx.blocking_send(connect::message(&end)).is_ok() {
                     let _ = tx.blocking_send(connect::end(None));
                 }
-                return;
+                return true;
             }
             Ok(None) if last.elapsed() >= keepalive => {
                 connect::message(&json!({"event": {"keepalive": {}}}))
@@ -198,11 +217,11 @@ fn pump(mut stream: ProcessStream<'_>, tx: &mpsc::Sender<Bytes>, keepalive: Dura
             Err(e) => {
                 let err = RpcError::from(ApiError::from(e));
                 let _ = tx.blocking_send(connect::end(Some(&err)));
-                return;
+                return false;
             }
         };
         if tx.blocking_send(out).is_err() {
-            return;
+            return false;
         }
         last = Instant::now();
     }
