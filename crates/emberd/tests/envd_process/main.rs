@@ -311,12 +311,28 @@ async fn unknown_processes_are_not_found() {
             other => panic!("{other:?}"),
         }
     }
-    // A program that is not there fails the stream.
-    let mut ev = start(r.addr, start_req("/no/such/program", &[])).await;
-    match ev.next(WAIT).await {
-        Some(Msg::End(v)) => assert_eq!(v["error"]["code"], "not_found", "{v}"),
-        other => panic!("{other:?}"),
+    // A program or directory that is not there fails the stream as envd's spawn errors do.
+    let mut req = start_req("/bin/true", &[]);
+    req["process"]["cwd"] = json!("/no/such/dir");
+    for req in [start_req("/no/such/program", &[]), req] {
+        let mut ev = start(r.addr, req).await;
+        match ev.next(WAIT).await {
+            Some(Msg::End(v)) => assert_eq!(v["error"]["code"], "invalid_argument", "{v}"),
+            other => panic!("{other:?}"),
+        }
     }
+    // Signals other than SIGTERM and SIGKILL are not envd's.
+    let (status, v) = unary(
+        r.addr,
+        "SendSignal",
+        json!({"process": {"pid": 1}, "signal": 2}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (501, Some("unimplemented")),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

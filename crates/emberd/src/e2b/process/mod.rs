@@ -217,7 +217,7 @@ impl Processes {
                 let pid = self.exec_pids.fetch_add(1, Ordering::Relaxed);
                 exec::run(Arc::clone(&self.agents), sandbox, spec, envs, pid).await
             }
-            Ok(Opened::Failed(e)) => stream_failed(sandbox, e),
+            Ok(Opened::Failed(e)) => stream_failed(sandbox, start_error(e)),
             Err(_) => stream_failed(
                 sandbox,
                 ApiError::internal("the process stream never opened"),
@@ -351,6 +351,8 @@ impl Processes {
                     }
                     Ok(())
                 }
+                // To the process group: envd stops waiting for a killed command's output;
+                // signalling the children too keeps them from holding it open.
                 Op::Signal(sig) => a.process_signal(handle, *sig, true),
                 Op::Resize(rows, cols) => a.process_resize(handle, *rows, *cols),
             })
@@ -384,6 +386,24 @@ enum Op {
     Signal(u8),
     /// A terminal's new (rows, cols).
     Resize(u16, u16),
+}
+
+/// A failed start as envd says it: the guest refusing the command (no such program or
+/// directory, not allowed, a bad argument) is `invalid_argument`, a guest out of room
+/// `resource_exhausted`.
+fn start_error(e: ApiError) -> ApiError {
+    if !e.message.starts_with("the guest agent") {
+        return e;
+    }
+    match e.status.as_u16() {
+        400 | 403 | 404 | 422 => ApiError::invalid(e.message),
+        413 | 503 => ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "resource_exhausted",
+            e.message,
+        ),
+        _ => e,
+    }
 }
 
 /// A stream that did not open: a sandbox gone meanwhile answers as the proxy does; anything

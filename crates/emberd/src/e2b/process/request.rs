@@ -161,9 +161,10 @@ pub fn signal(v: &Value) -> Result<u8, RpcError> {
         other => match integer(other) {
             Some(9) => Ok(9),
             Some(15) => Ok(15),
+            // As envd answers any other signal.
             _ => Err(RpcError::new(
-                Code::InvalidArgument,
-                format!("signal: {other} is not SIGNAL_SIGTERM or SIGNAL_SIGKILL"),
+                Code::Unimplemented,
+                format!("invalid signal: {other}"),
             )),
         },
     }
