@@ -3,7 +3,7 @@
 //! (unary calls; server streams read envelope by envelope as they arrive).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,16 +60,22 @@ pub async fn rig() -> Rig {
         assert!(Instant::now() < deadline, "the agent never listened");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let processes = Arc::new(Processes::new(Arc::new(SocketAgent::new(&socket, PORT))));
-    let app = router(processes, "sb".into());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(&socket).await;
     Rig {
         agent,
         _dir: dir,
         addr,
     }
+}
+
+/// The process service over the agent behind `socket`, served on a loopback port.
+pub async fn serve(socket: &Path) -> SocketAddr {
+    let processes = Arc::new(Processes::new(Arc::new(SocketAgent::new(socket, PORT))));
+    let app = router(processes, "sb".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
 }
 
 pub fn envelope(flags: u8, v: &Value) -> Vec<u8> {

@@ -6,9 +6,11 @@
 //! Covered: output streamed as it comes, exit codes and statuses, keepalives, a background
 //! process listed (config, pid, tag), connected to by pid and by tag, and killed; stdin kept open
 //! (SendInput, StreamInput, CloseStdin) or closed by default; a reconnect after the starting
-//! client went; a PTY typed into and resized; unknown processes answering not_found. Then the
-//! unmodified `e2b` SDK (the venv of scripts/setup.sh, or `$EMBER_E2B_PYTHON`) runs its
-//! commands and PTY calls against the same rig (`tests/e2b/sdk_process.py`).
+//! client went; a PTY typed into and resized; unknown processes answering not_found; an agent
+//! without background processes (the reference test agent, as the probe guest) getting Start
+//! through Exec and nothing else. Then the unmodified `e2b` SDK (the venv of scripts/setup.sh,
+//! or `$EMBER_E2B_PYTHON`) runs its commands and PTY calls against the same rig
+//! (`tests/e2b/sdk_process.py`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod client;
@@ -333,6 +335,57 @@ async fn unknown_processes_are_not_found() {
         (501, Some("unimplemented")),
         "{v}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_background_processes_runs_start_through_exec() {
+    // The reference test agent answers Process* with Unsupported, as the probe guest does.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("probe.sock");
+    let agent =
+        ember_agent_proto::test_agent::TestAgent::start(&socket, Default::default()).unwrap();
+    let addr = client::serve(&socket).await;
+    for round in 0..2 {
+        let mut ev = start(addr, start_req("echo", &["hi"])).await;
+        ev.pid().await;
+        let (out, _, _, end, fin) = ev.rest().await;
+        assert_eq!(
+            (out.as_str(), &end, &fin),
+            (
+                "hi\n",
+                &json!({"exited": true, "status": "exit status 0"}),
+                &json!({})
+            )
+        );
+        if round == 0 {
+            // Later Starts go straight to Exec on the kept connection: no new one.
+            let before = agent.connections();
+            let mut ev = start(addr, start_req("echo", &["again"])).await;
+            ev.pid().await;
+            assert_eq!(ev.rest().await.0, "again\n");
+            assert_eq!(agent.connections(), before);
+        }
+    }
+    let (_, list) = unary(addr, "List", json!({})).await;
+    assert_eq!(list, json!({"processes": []}));
+    let (status, v) = unary(
+        addr,
+        "SendSignal",
+        json!({"process": {"pid": 5}, "signal": "SIGNAL_SIGKILL"}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let mut req = start_req("cat", &[]);
+    req["stdin"] = json!(true);
+    let mut ev = start(addr, req).await;
+    match ev.next(WAIT).await {
+        Some(Msg::End(v)) => assert_eq!(v["error"]["code"], "unimplemented", "{v}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine as _;
 use serde_json::json;
 
@@ -23,19 +23,18 @@ pub async fn run(
     command_env: std::collections::BTreeMap<String, String>,
     pid: u32,
 ) -> Response {
-    if spec.pty.is_some() {
-        return RpcError::new(
+    let refuse = |what: &str| {
+        let e = RpcError::new(
             Code::Unimplemented,
-            "PTYs need an agent with background processes (this sandbox's has none)",
-        )
-        .into_response();
+            format!("{what} need an agent with background processes (this sandbox's has none)"),
+        );
+        connect::stream(&[], Some(&e))
+    };
+    if spec.pty.is_some() {
+        return refuse("PTYs");
     }
     if spec.stdin {
-        return RpcError::new(
-            Code::Unimplemented,
-            "stdin needs an agent with background processes (this sandbox's has none)",
-        )
-        .into_response();
+        return refuse("stdin and input");
     }
     let timeout_ms = (spec.timeout_ms > 0).then(|| spec.timeout_ms.min(MAX_EXEC_TIMEOUT_MS));
     let exec = ExecRequest {

@@ -25,7 +25,7 @@ pub mod exec;
 pub mod request;
 pub mod stream;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -58,6 +58,9 @@ pub struct Processes {
     registry: Mutex<Registry>,
     /// Pids for commands run through Exec (no agent handle), above any handle in practice.
     exec_pids: AtomicU32,
+    /// Sandboxes whose agent answered ProcessStart with Unsupported (their agent never
+    /// changes: a restore brings back the same one), so their Starts go straight to Exec.
+    exec_only: Mutex<HashSet<String>>,
 }
 
 impl Processes {
@@ -67,6 +70,7 @@ impl Processes {
             agents,
             registry: Mutex::new(HashMap::new()),
             exec_pids: AtomicU32::new(1 << 30),
+            exec_only: Mutex::new(HashSet::new()),
         }
     }
 
@@ -121,6 +125,22 @@ impl Processes {
     fn sweep(&self) {
         self.registry()
             .retain(|sb, m| !m.is_empty() && self.agents.is_live(sb));
+        self.exec_only().retain(|sb| self.agents.is_live(sb));
+    }
+
+    fn exec_only(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.exec_only.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a Start through Exec (its agent has no background processes).
+    async fn exec_start(
+        &self,
+        sandbox: &str,
+        spec: StartSpec,
+        envs: BTreeMap<String, String>,
+    ) -> Response {
+        let pid = self.exec_pids.fetch_add(1, Ordering::Relaxed);
+        exec::run(Arc::clone(&self.agents), sandbox, spec, envs, pid).await
     }
 
     /// The agent handle `sel` names in `sandbox`.
@@ -145,7 +165,7 @@ impl Processes {
         let headers = req.headers().clone();
         let msg = match request::stream_body(req, "Start").await {
             Ok(m) => m,
-            Err(e) => return e.into_response(),
+            Err(e) => return connect::stream(&[], Some(&e)),
         };
         let parsed = (|| {
             let p = &msg["process"];
@@ -160,7 +180,7 @@ impl Processes {
         })();
         let (cmd, args, envs, pty) = match parsed {
             Ok(p) => p,
-            Err(e) => return e.into_response(),
+            Err(e) => return connect::stream(&[], Some(&e)),
         };
         let cwd = msg["process"]["cwd"].as_str().unwrap_or("").to_string();
         let tag = msg["tag"].as_str().map(str::to_string);
@@ -173,7 +193,7 @@ impl Processes {
         let sandbox_env = match blocking(move || agents.sandbox_env(&id)).await {
             Ok(e) => e,
             Err(e) if e.status.as_u16() == 409 => return super::envd::not_found(sandbox),
-            Err(e) => return RpcError::from(e).into_response(),
+            Err(e) => return connect::stream(&[], Some(&RpcError::from(e))),
         };
         let mut env = sandbox_env;
         env.extend(envs.clone());
@@ -189,6 +209,9 @@ impl Processes {
             pty,
         };
         self.sweep();
+        if self.exec_only().contains(sandbox) {
+            return self.exec_start(sandbox, spec, envs).await;
+        }
         let (tx, rx) = mpsc::channel(stream::CHANNEL);
         let (opened_tx, opened_rx) = oneshot::channel();
         let (me, id) = (Arc::downgrade(self), sandbox.to_string());
@@ -214,8 +237,8 @@ impl Processes {
         match opened_rx.await {
             Ok(Opened::Streaming { .. }) => connect::live_stream(rx),
             Ok(Opened::Unsupported) => {
-                let pid = self.exec_pids.fetch_add(1, Ordering::Relaxed);
-                exec::run(Arc::clone(&self.agents), sandbox, spec, envs, pid).await
+                self.exec_only().insert(sandbox.to_string());
+                self.exec_start(sandbox, spec, envs).await
             }
             Ok(Opened::Failed(e)) => stream_failed(sandbox, start_error(e)),
             Err(_) => stream_failed(
