@@ -12,11 +12,14 @@
 //!   reach a process by pid or tag.
 //!
 //! envd's pid is the agent's process handle (the agent never reuses one; pids in the guest are
-//! reused). Tags and each Start's `ProcessConfig` are kept here per sandbox ([`Registry`]), as
-//! the agent knows neither; `List` drops the entries of processes that are gone.
+//! reused). Tags and each Start's `ProcessConfig` are kept here per sandbox (`Registry`), as
+//! the agent knows neither: an entry goes when its exit streams, when `List` finds the process
+//! gone, or with its sandbox. They live in memory: after an emberd restart `List` shows the
+//! agent's argv and directory, and tags no longer select.
 //!
 //! An agent without background processes (the probe guest: Unsupported) gets `Start` through
-//! the one-shot Exec ([`exec`]); its other calls answer as for a process that is not there.
+//! the one-shot Exec ([`exec`]), and is remembered so its later Starts go there directly; its
+//! other calls answer as for a process that is not there.
 //! Where the agent is reached is a [`ProcessAgents`]: the daemon's engine, or one agent on a
 //! socket ([`router`] serves that for tests).
 
