@@ -2,7 +2,8 @@
 //! in and out) and server-streaming calls (`application/connect+json`: envelopes of
 //! `flags: u8 | length: u32 big-endian | JSON`, ending with an end-of-stream envelope, flag
 //! `0x02`, carrying `{}` or `{"error": {code, message}}`), and Connect's error codes with the
-//! HTTP statuses they travel with.
+//! HTTP statuses they travel with. A stream's envelopes can come all at once ([`stream`]) or as
+//! they are produced ([`live_stream`], fed by a channel).
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -203,6 +204,51 @@ pub fn stream(messages: &[serde_json::Value], error: Option<&RpcError>) -> Respo
     };
     envelope(END_STREAM, end.to_string().as_bytes(), &mut body);
     ([(CONTENT_TYPE, STREAM_CONTENT_TYPE)], Bytes::from(body)).into_response()
+}
+
+/// One message envelope of a server stream.
+pub fn message(m: &serde_json::Value) -> Bytes {
+    let mut out = Vec::new();
+    envelope(0, m.to_string().as_bytes(), &mut out);
+    Bytes::from(out)
+}
+
+/// The end envelope of a server stream (with `error`, if any).
+pub fn end(error: Option<&RpcError>) -> Bytes {
+    let end = match error {
+        Some(e) => json!({"error": e.json()}),
+        None => json!({}),
+    };
+    let mut out = Vec::new();
+    envelope(END_STREAM, end.to_string().as_bytes(), &mut out);
+    Bytes::from(out)
+}
+
+/// A server stream whose envelopes are sent on `rx` as they are made ([`message`]s, then one
+/// [`end`]); the body ends when every sender is gone.
+pub fn live_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
+    (
+        [(CONTENT_TYPE, STREAM_CONTENT_TYPE)],
+        axum::body::Body::new(ChannelBody(rx)),
+    )
+        .into_response()
+}
+
+/// A response body read from a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
 }
 
 #[cfg(test)]

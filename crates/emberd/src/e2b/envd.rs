@@ -16,7 +16,6 @@
 //! signature (`/files`); `/health` needs none.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -29,6 +28,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::process::{EngineAgents, Processes};
 use crate::api::AppState;
 use crate::api::extract::{QueryPairs, blocking};
 use crate::engine::Live;
@@ -44,22 +44,18 @@ pub const MAX_BODY: usize = 64 << 20;
 pub struct EnvdState {
     /// The daemon's state.
     pub app: AppState,
-    /// Process ids handed out for commands (a command's pid is its own, not the guest's).
-    pids: Arc<AtomicU32>,
+    /// The `process.Process` service over the sandboxes' agents.
+    pub processes: Arc<Processes>,
 }
 
 impl EnvdState {
     /// A state over the daemon's.
     pub fn new(app: AppState) -> Self {
+        let agents = Arc::new(EngineAgents(Arc::clone(&app.engine)));
         Self {
             app,
-            pids: Arc::new(AtomicU32::new(1000)),
+            processes: Arc::new(Processes::new(agents)),
         }
-    }
-
-    /// A fresh pid for a command.
-    pub fn next_pid(&self) -> u32 {
-        self.pids.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -171,7 +167,8 @@ async fn dispatch(State(st): State<EnvdState>, req: Request) -> Response {
                 return unauthorized();
             }
             let name = p.trim_start_matches("/process.Process/").to_string();
-            super::process::call(&st, target, &name, req).await
+            let sandbox = target.id.to_string();
+            st.processes.call(&sandbox, target.user, &name, req).await
         }
         (Method::POST, p) if p.starts_with("/filesystem.Filesystem/") => {
             if !token_ok {
@@ -333,7 +330,10 @@ async fn files_post(st: &EnvdState, t: Target, token_ok: bool, req: Request) -> 
     if header(&req, "content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
         return http_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "compressed uploads are not supported (this envd is version 0.4.0)",
+            format!(
+                "compressed uploads are not supported (this envd is version {})",
+                super::model::ENVD_VERSION
+            ),
         );
     }
     let ct = header(&req, "content-type")

@@ -12,11 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use super::time::rfc3339;
 
-/// The envd version emberd's envd listener implements, as the SDK gates features on it:
-/// ≥ 0.4.0 means a default user (no `username` sent unless asked); features of later versions
-/// (closing stdin 0.5.2, octet-stream and gzip uploads 0.5.7, file metadata 0.6.2, watch
-/// options 0.6.3+) are not implemented, so the SDK does not try them.
-pub const ENVD_VERSION: &str = "0.4.0";
+/// The envd version emberd's envd listener implements, as the SDK gates features on it
+/// (e2b's `envd/versions.py`): 0.5.2 is the lowest that turns on everything implemented and
+/// nothing that is not — ≥ 0.3.0 lets `commands.run(stdin=False)` through (stdin is closed
+/// unless asked), ≥ 0.4.0 means a default user (no `username` sent unless asked), ≥ 0.5.2
+/// allows `close_stdin` (CloseStdin, over the agent's ProcessInput). The next gates are not
+/// implemented, so the SDK must not try them: gzip uploads (0.5.7, which also sends octet-stream bodies — those emberd takes), file
+/// metadata (0.6.2), watch options (0.6.3+).
+pub const ENVD_VERSION: &str = "0.5.2";
 
 /// The `clientID` every answer carries (deprecated in the API, required by the SDK).
 pub const CLIENT_ID: &str = "ember";

@@ -167,8 +167,20 @@ fn vm_of(id: &ember_core::SandboxId) -> VmId {
 }
 
 impl Engine {
+    /// A new connection to sandbox `id`'s agent, not pooled (for a process stream, which holds
+    /// its connection until the process exits). A paused sandbox is refused (409).
+    pub(crate) fn dial_agent(&self, id: &str) -> Result<AgentClient, ApiError> {
+        let (sid, live) = self.live_sandbox(id)?;
+        if live.state() == SandboxState::Paused {
+            return Err(ApiError::conflict(format!(
+                "sandbox {sid} is paused; resume it first"
+            )));
+        }
+        self.connect_agent(&vm_of(&sid))
+    }
+
     /// Runs `f` on one of sandbox `id`'s agent connections.
-    fn with_agent<T>(
+    pub(crate) fn with_agent<T>(
         &self,
         id: &str,
         f: impl FnOnce(&mut AgentClient) -> Result<T, ClientError>,
