@@ -88,6 +88,16 @@ for f in "${ORDERED[@]}"; do
 done
 cat >"$L1ROOT/init" <<EOF
 #!/bin/sh
+# The jailer's pivot_root cannot leave the initial ramfs (EINVAL): like a host booted from
+# disk, L1 first moves into a tmpfs root.
+if [ ! -e /.in-tmpfs ]; then
+    /bin/busybox mkdir -p /newroot
+    /bin/busybox mount -t tmpfs -o mode=0755 root /newroot
+    /bin/busybox cp -a /bin /lib /init /newroot/
+    /bin/busybox mkdir -p /newroot/dev /newroot/proc /newroot/sys /newroot/tmp /newroot/run
+    /bin/busybox touch /newroot/.in-tmpfs
+    exec /bin/busybox switch_root /newroot /init
+fi
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys

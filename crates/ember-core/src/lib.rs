@@ -57,7 +57,7 @@ pub use sandbox::{
     SandboxState,
 };
 pub use snapshot::{NetworkOverride, SnapshotRef, VsockOverride};
-pub use snapshot_info::SnapshotInfo;
+pub use snapshot_info::{DiskFile, SnapshotInfo};
 pub use spec::{DriveSpec, MacAddr, NetworkInterface, VmSpec, VsockSpec};
 pub use stack::StackKey;
 pub use template::{GuestSpec, Template, TemplateBuild, TemplateName, TemplateSpec, TemplateState};

@@ -49,12 +49,42 @@ pub struct SnapshotInfo {
     /// Ids of the VM's network interfaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_interfaces: Vec<String>,
+    /// The disk files the VM had attached (root filesystem, drives): its state names them by
+    /// path, so a restore must be able to open them there (a jailed VMM gets them bound in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskFile>,
     /// The VM it was taken from (for the record; the snapshot does not depend on it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_vm: Option<VmId>,
     /// When it was taken (millisecond precision).
     #[serde(with = "crate::view::unix_millis")]
     pub created_at: SystemTime,
+}
+
+/// A disk file attached to a VM: where it is on the host and whether the guest may write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskFile {
+    /// The file on the host.
+    pub path: PathBuf,
+    /// Attached read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl DiskFile {
+    /// The disk files `spec` attaches: its root filesystem, then its drives.
+    pub fn of_spec(spec: &crate::spec::VmSpec) -> Vec<Self> {
+        let rootfs = spec.rootfs.iter().map(|path| Self {
+            path: path.clone(),
+            read_only: spec.rootfs_read_only,
+        });
+        let drives = spec.drives.iter().map(|d| Self {
+            path: d.path_on_host.clone(),
+            read_only: d.is_read_only,
+        });
+        rootfs.chain(drives).collect()
+    }
 }
 
 impl SnapshotInfo {
@@ -84,6 +114,9 @@ impl SnapshotInfo {
                     self.vcpu_count, self.mem_size_mib
                 ),
             ));
+        }
+        for (i, disk) in self.disks.iter().enumerate() {
+            validate_path(&format!("snapshot.disks[{i}].path"), &disk.path)?;
         }
         for (i, iface) in self.network_interfaces.iter().enumerate() {
             crate::id::validate_id(&format!("snapshot.network_interfaces[{i}]"), iface)?;
@@ -122,6 +155,7 @@ mod tests {
             mem_len: 128 << 20,
             vsock_cid: Some(3),
             network_interfaces: vec![],
+            disks: vec![],
             source_vm: None,
             created_at: SystemTime::UNIX_EPOCH,
         }

@@ -87,6 +87,9 @@ pub struct VmRecord {
     /// Ids of its network interfaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_interfaces: Vec<String>,
+    /// Its disk files (a snapshot of it records them for its restores).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<crate::snapshot_info::DiskFile>,
     /// Its VMM process.
     pub process: VmProcess,
 }
@@ -165,6 +168,7 @@ pub(crate) mod tests {
             mem_size_mib: 128,
             vsock_cid: Some(3),
             network_interfaces: vec![],
+            disks: vec![],
             process: VmProcess {
                 identity: ProcessIdentity {
                     pid: 42,

@@ -374,6 +374,7 @@ mod tests {
             mem_len,
             vsock_cid: Some(3),
             network_interfaces: vec![],
+            disks: vec![],
             source_vm: None,
             created_at: SystemTime::now(),
         }

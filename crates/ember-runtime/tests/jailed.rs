@@ -1,6 +1,7 @@
 //! Jailed VMMs (the provider's `jail` setting): every VMM the provider starts — spares, booted
-//! VMs, restores — runs through ember-jailer. A template is booted and snapshotted jailed, its
-//! clones are restored jailed and answer exec; each VMM runs under seccomp with
+//! VMs, restores — runs through ember-jailer. A template with a read-only root disk is booted
+//! and snapshotted jailed, its clones are restored jailed (the disk bound into each jail) and
+//! answer exec; each VMM runs under seccomp with
 //! `no_new_privs`, as a non-root uid of its own, inside its own root where no host file can be
 //! named, in its own cgroup; destroy and shutdown leave no jail root, mount or cgroup behind.
 //! Detached, jailed VMMs outlive their provider and are adopted by the next one.
@@ -154,6 +155,12 @@ fn jailed_vmms_boot_snapshot_restore_and_answer() {
         guest_cid: 3,
         uds_path: "/unused".into(),
     });
+    // A read-only root disk outside the provider's root, as a Linux template has: the
+    // snapshot records it and every jailed restore gets it bound in at its path.
+    let disk = dir.path().join("rootfs.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    spec.rootfs = Some(disk.clone());
+    spec.rootfs_read_only = true;
     p.create_with_spec(&src, &spec).unwrap();
     p.start(&src).unwrap();
     agent(&p, &src);
@@ -164,6 +171,13 @@ fn jailed_vmms_boot_snapshot_restore_and_answer() {
     p.destroy(&src).unwrap();
     // The files the jailed VMM wrote are root's again, readable by jailed VMMs only.
     let info = p.snapshot_info(&snap.snapshot_id).unwrap();
+    assert_eq!(
+        info.disks,
+        vec![ember_core::DiskFile {
+            path: disk.clone(),
+            read_only: true
+        }]
+    );
     let meta = std::fs::metadata(&info.mem_path).unwrap();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     assert_eq!(meta.uid(), 0);

@@ -73,6 +73,7 @@ fn seed(store: &Store) {
         mem_len: 128 << 20,
         vsock_cid: Some(3),
         network_interfaces: vec![],
+        disks: vec![],
         source_vm: None,
         created_at: SystemTime::now(),
     };

@@ -51,6 +51,7 @@ fn vm(id: &str) -> VmRecord {
         mem_size_mib: 128,
         vsock_cid: Some(3),
         network_interfaces: vec![],
+        disks: vec![],
         process: ember_core::VmProcess {
             identity: ember_core::ProcessIdentity {
                 pid: 4242,

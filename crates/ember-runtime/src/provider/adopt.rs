@@ -144,6 +144,7 @@ impl VmmProvider {
             mem_size_mib: rec.mem_size_mib,
             vsock_cid: rec.vsock_cid,
             network_interfaces: rec.network_interfaces,
+            disks: rec.disks,
             process: VmProcess {
                 identity: entry.process.identity().clone(),
                 slot: paths.slot,
@@ -223,6 +224,7 @@ impl VmmProvider {
                 mem_size_mib: record.mem_size_mib,
                 vsock_cid: record.vsock_cid,
                 network_interfaces: record.network_interfaces.clone(),
+                disks: record.disks.clone(),
                 exit: None,
             },
         ));

@@ -44,6 +44,7 @@ struct Created {
     mem_size_mib: u32,
     vsock_cid: Option<u32>,
     network_interfaces: Vec<String>,
+    disks: Vec<ember_core::DiskFile>,
 }
 
 fn require_file(field: &str, path: &Path) -> Result<(), VmError> {
@@ -179,6 +180,7 @@ impl Inner {
             mem_size_mib: created.mem_size_mib,
             vsock_cid: created.vsock_cid,
             network_interfaces: created.network_interfaces,
+            disks: created.disks,
             exit: None,
         };
         let view = record.view();
@@ -286,6 +288,7 @@ impl Inner {
                     .iter()
                     .map(|n| n.iface_id.clone())
                     .collect(),
+                disks: ember_core::DiskFile::of_spec(spec),
             })
         })
     }
@@ -318,6 +321,9 @@ impl Inner {
             self.size_memory(paths.slot, stored.mem_size_mib)?;
             self.expose(paths.slot, &stored.state_path, false)?;
             self.expose(paths.slot, &stored.mem_path, false)?;
+            for disk in &stored.disks {
+                self.expose(paths.slot, &disk.path, !disk.read_only)?;
+            }
             client.load_snapshot(&load_params(&stored, paths, resume, snap))?;
             Ok(Created {
                 status: if resume {
@@ -331,6 +337,7 @@ impl Inner {
                 mem_size_mib: stored.mem_size_mib,
                 vsock_cid: stored.vsock_cid,
                 network_interfaces: stored.network_interfaces.clone(),
+                disks: stored.disks.clone(),
             })
         })
     }

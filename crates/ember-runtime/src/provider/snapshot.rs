@@ -120,6 +120,7 @@ impl Inner {
                 mem_len,
                 vsock_cid: rec.vsock_cid,
                 network_interfaces: rec.network_interfaces.clone(),
+                disks: rec.disks.clone(),
                 source_vm: Some(id.clone()),
                 created_at: std::time::SystemTime::now(),
             };
@@ -155,6 +156,12 @@ impl Inner {
         let result = self
             .expose(slot, &stored.state_path, false)
             .and_then(|()| self.expose(slot, &stored.mem_path, false))
+            .and_then(|()| {
+                stored
+                    .disks
+                    .iter()
+                    .try_for_each(|d| self.expose(slot, &d.path, !d.read_only))
+            })
             .and_then(|()| {
                 client
                     .load_snapshot(&load_params(&stored, process.paths(), false, snap))

@@ -25,6 +25,8 @@ pub(crate) struct VmRecord {
     pub mem_size_mib: u32,
     pub vsock_cid: Option<u32>,
     pub network_interfaces: Vec<String>,
+    /// Its disk files (recorded in its snapshots).
+    pub disks: Vec<ember_core::DiskFile>,
     /// How the process ended, once it has.
     pub exit: Option<ExitInfo>,
 }

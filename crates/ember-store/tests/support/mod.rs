@@ -58,6 +58,7 @@ pub fn snapshot(id: &str, stack: Option<StackKey>) -> SnapshotInfo {
         mem_len: 128 << 20,
         vsock_cid: Some(3),
         network_interfaces: vec![],
+        disks: vec![],
         source_vm: None,
         created_at: t0(),
     }
