@@ -155,7 +155,11 @@ fn download(pkg: &KernelPackage, cache: &Path, dir: &Path, log: &Path) -> Result
             None,
             log,
         )?;
-        std::fs::rename(&root, dir).map_err(ImageError::io("renaming into place", dir))
+        match std::fs::rename(&root, dir) {
+            // Another build unpacked the same kernel meanwhile: use its.
+            Err(_) if dir.join("boot").is_dir() => Ok(()),
+            r => r.map_err(ImageError::io("renaming into place", dir)),
+        }
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     result

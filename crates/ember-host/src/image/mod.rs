@@ -41,7 +41,7 @@ use crate::ui::Ui;
 use hash::ContentHash;
 
 /// The builder's format: bump it when what a build makes changes for the same inputs.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The kernel command line of an image's template: serial console, reboot and panic exit the
 /// VMM, no PCI (virtio-mmio), quiet; the network settings `/init` applies when the guest has
@@ -221,10 +221,22 @@ fn build_in(
         Source::Dir { path } => format!("copying {}", path.display()),
         Source::Tar { path } => format!("unpacking {}", path.display()),
     };
-    ui.stage(&format!("[4/6] {what}"), None);
-    source.populate(&tree, log)?;
+    let stage = format!("[4/6] {what}");
+    ui.stage(&stage, None);
+    let populating = Instant::now();
+    // debootstrap takes minutes: its progress lines become the stage's name as they come.
+    source.populate(&tree, log, &|line| {
+        ui.stage(
+            &format!("[4/6] debootstrap: {}", line.trim_start_matches("I: ")),
+            None,
+        )
+    })?;
     source::finish_tree(&tree, &opts.agent)?;
-    ui.finish("done");
+    ui.stage(&stage, None);
+    ui.finish(&format!(
+        "done in {:.0} s",
+        populating.elapsed().as_secs_f64()
+    ));
 
     ui.stage("[5/6] writing rootfs.ext4", None);
     let used = rootfs::tree_usage(&tree, log)?;

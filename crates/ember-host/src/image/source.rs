@@ -1,5 +1,5 @@
 //! Where an image's root tree comes from ([`Source`]): a debootstrap of a Debian suite with
-//! extra packages, a directory, or a tarball (e.g. `docker export` output); and what every
+//! extra packages (its downloaded .debs and package lists removed), a directory, or a tarball (e.g. `docker export` output); and what every
 //! tree gets before it becomes a filesystem: ember-agent at
 //! [`AGENT_GUEST_PATH`](super::agent::AGENT_GUEST_PATH), root's account, `/root` and `/tmp`.
 
@@ -140,8 +140,14 @@ impl Source {
         }
     }
 
-    /// Fills `tree` (an empty directory), logging the tools' output to `log`.
-    pub fn populate(&self, tree: &Path, log: &Path) -> Result<(), ImageError> {
+    /// Fills `tree` (an empty directory), logging the tools' output to `log`; debootstrap's
+    /// `I: ...` progress lines are passed to `on_line` as they come.
+    pub fn populate(
+        &self,
+        tree: &Path,
+        log: &Path,
+        on_line: &dyn Fn(&str),
+    ) -> Result<(), ImageError> {
         match self {
             Source::Debootstrap {
                 suite,
@@ -155,7 +161,7 @@ impl Source {
                 }
                 args.extend([OsStr::new(suite), tree.as_os_str(), OsStr::new(mirror)]);
                 let what = format!("debootstrap {suite} from {mirror}");
-                tools::run(&what, "debootstrap", &args, None, log).map_err(|e| {
+                run_watched(&what, &args, log, on_line).map_err(|e| {
                     let text = std::fs::read_to_string(log).unwrap_or_default();
                     match missing_debs(&text) {
                         Some(packages) => ImageError::NoSuchPackage {
@@ -167,11 +173,17 @@ impl Source {
                         None => e,
                     }
                 })?;
+                // The downloaded .debs and the archive's package lists (~100 MiB): not needed
+                // to run, and `apt-get update` fetches fresh lists.
+                for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+                    clear_files(&inside(tree, dir)?)?;
+                }
                 // debootstrap copies the build host's resolv.conf and hostname: not the guest's.
-                let etc = tree.join("etc");
-                let _ = std::fs::remove_file(etc.join("resolv.conf"));
-                write(&etc.join("resolv.conf"), "", 0o644)?;
-                write(&etc.join("hostname"), "ember\n", 0o644)
+                // (a link itself is removed, not followed)
+                let resolv = inside(tree, "etc")?.join("resolv.conf");
+                let _ = std::fs::remove_file(&resolv);
+                write(&resolv, "", 0o644)?;
+                write(&inside(tree, "etc/hostname")?, "ember\n", 0o644)
             }
             Source::Dir { path } => {
                 let mut from = path.clone().into_os_string();
@@ -203,6 +215,62 @@ impl Source {
     }
 }
 
+/// Runs debootstrap with `args`, its output going to `log`, whose new `I: ` lines are passed to
+/// `on_line` every quarter second.
+fn run_watched(
+    what: &str,
+    args: &[&OsStr],
+    log: &Path,
+    on_line: &dyn Fn(&str),
+) -> Result<(), ImageError> {
+    let failed = |status: String| ImageError::ToolFailed {
+        what: what.to_string(),
+        status,
+        log: log.to_path_buf(),
+    };
+    let mut child = tools::command("debootstrap", args, log)?
+        .spawn()
+        .map_err(|e| failed(format!("debootstrap could not start: {e}")))?;
+    let start = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    let mut seen = usize::try_from(start).unwrap_or(0);
+    loop {
+        let done = child
+            .try_wait()
+            .map_err(|e| failed(format!("waiting for debootstrap: {e}")))?;
+        if let Ok(bytes) = std::fs::read(log)
+            && let Some(new) = bytes.get(seen..)
+            && let Some(end) = new.iter().rposition(|&b| b == b'\n')
+        {
+            for line in String::from_utf8_lossy(&new[..end]).lines() {
+                if line.starts_with("I: ") {
+                    on_line(line);
+                }
+            }
+            seen += end + 1;
+        }
+        match done {
+            Some(status) if status.success() => return Ok(()),
+            Some(status) => return Err(failed(status.to_string())),
+            None => std::thread::sleep(std::time::Duration::from_millis(250)),
+        }
+    }
+}
+
+/// Removes the regular files directly in `dir` (not its subdirectories, e.g. `partial/`).
+fn clear_files(dir: &Path) -> Result<(), ImageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ImageError::io("reading", dir)(e)),
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        if e.file_type().is_ok_and(|t| t.is_file()) && e.file_name() != "lock" {
+            std::fs::remove_file(e.path()).map_err(ImageError::io("removing", e.path()))?;
+        }
+    }
+    Ok(())
+}
+
 fn bad(path: &Path, reason: &str) -> ImageError {
     ImageError::BadSource {
         path: path.to_path_buf(),
@@ -225,6 +293,22 @@ pub fn missing_debs(log: &str) -> Option<Vec<String>> {
     })
 }
 
+/// `tree/rel`, refused when it or a directory on the way is a symbolic link: the tree is
+/// written to as root, and a link (`usr -> /usr`) would lead the write out of it.
+fn inside(tree: &Path, rel: &str) -> Result<PathBuf, ImageError> {
+    let mut path = tree.to_path_buf();
+    for part in rel.split('/') {
+        path.push(part);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(ImageError::BadSource {
+                path: path.clone(),
+                reason: format!("a symbolic link where the image builder writes /{rel}"),
+            });
+        }
+    }
+    Ok(path)
+}
+
 /// What every tree gets: the agent at [`AGENT_GUEST_PATH`] (0755), root in `/etc/passwd` (home
 /// `/root`) and `/etc/group`, `/root` (0700) and `/tmp` (1777).
 pub fn finish_tree(tree: &Path, agent: &Path) -> Result<(), ImageError> {
@@ -236,7 +320,7 @@ pub fn finish_tree(tree: &Path, agent: &Path) -> Result<(), ImageError> {
         }
         Ok(())
     };
-    let agent_dst = tree.join(AGENT_GUEST_PATH.trim_start_matches('/'));
+    let agent_dst = inside(tree, AGENT_GUEST_PATH.trim_start_matches('/'))?;
     if let Some(dir) = agent_dst.parent() {
         mkdir(dir, 0o755)?;
     }
@@ -258,7 +342,7 @@ pub fn finish_tree(tree: &Path, agent: &Path) -> Result<(), ImageError> {
         ("etc/passwd", "root:x:0:0:root:/root:/bin/sh"),
         ("etc/group", "root:x:0:"),
     ] {
-        let path = tree.join(file);
+        let path = inside(tree, file)?;
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -276,6 +360,30 @@ pub fn finish_tree(tree: &Path, agent: &Path) -> Result<(), ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_in_the_way_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"agent").unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), tree.join("usr")).unwrap();
+        let e = finish_tree(&tree, &agent).unwrap_err().to_string();
+        assert!(e.contains("symbolic link") && e.contains("usr"), "{e}");
+        std::fs::remove_file(tree.join("usr")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", tree.join("etc/passwd")).unwrap();
+        let e = finish_tree(&tree, &agent).unwrap_err().to_string();
+        assert!(e.contains("etc/passwd"), "{e}");
+        std::fs::remove_file(tree.join("etc/passwd")).unwrap();
+        finish_tree(&tree, &agent).unwrap();
+        assert_eq!(
+            std::fs::read(tree.join("usr/local/bin/ember-agent")).unwrap(),
+            b"agent"
+        );
+        let passwd = std::fs::read_to_string(tree.join("etc/passwd")).unwrap();
+        assert!(passwd.starts_with("root:x:0:0:root:/root:"), "{passwd}");
+    }
 
     #[test]
     fn missing_debs_line() {
