@@ -1,6 +1,7 @@
 //! Where an image's root tree comes from ([`Source`]): a debootstrap of a Debian suite with
-//! extra packages (its downloaded .debs and package lists removed), a directory, or a tarball (e.g. `docker export` output); and what every
-//! tree gets before it becomes a filesystem: ember-agent at
+//! extra packages (its downloaded .debs and package lists removed), a directory, or a tarball
+//! (e.g. `docker export` output); and what every tree gets before it becomes a filesystem:
+//! ember-agent at
 //! [`AGENT_GUEST_PATH`](super::agent::AGENT_GUEST_PATH), root's account, `/root` and `/tmp`.
 
 use std::ffi::OsStr;
