@@ -15,7 +15,10 @@ rustup target add x86_64-unknown-none >/dev/null
 # python3-venv: the e2b SDK's venv below. procps (`sysctl`): the net tests' and the virtio_net
 # fuzz target's network namespaces. nftables (`nft`): ember-net's sandbox networks (NAT, egress
 # policy, host isolation). iputils-ping: the probe guest's network tests ping it.
-packages=(iproute2 util-linux python3-venv procps nftables iputils-ping)
+# debootstrap, e2fsprogs (mkfs.ext4, debugfs), busybox-static, cpio, kmod (depmod): `ember image
+# build` and its tests (crates/ember-host/tests/image.rs).
+packages=(iproute2 util-linux python3-venv procps nftables iputils-ping
+  debootstrap e2fsprogs busybox-static cpio kmod)
 need=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -9,12 +9,15 @@
 //! - [`session`]: a private root directory and a [`VmmProvider`](ember_runtime::VmmProvider)
 //!   for one run, and the proof that nothing (no process, no file) is left when it ends.
 //! - [`memory`] and [`cpu`]: what a VMM process costs its host, from /proc.
+//! - [`image`]: `ember image build` — a Debian cloud kernel, an initramfs and a read-only ext4
+//!   root (debootstrap, a directory or a tarball, with ember-agent), cached by content hash.
 //! - [`ui`]: how slow work reports progress without printing ([`ui::Ui`]).
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod cpu;
 pub mod host;
+pub mod image;
 pub mod memory;
 pub mod session;
 pub mod template;

@@ -2,6 +2,7 @@
 //!
 //! - [`remote`]: the commands that talk to an emberd (`template`, `pool`, `run`, `exec`, `cp`,
 //!   `ls`, `inspect`, `pause`, `resume`, `rm`, `timeout`, `network`, `expose`, `info`);
+//! - [`image`]: `ember image build` (a Linux guest's kernel, initramfs and root filesystem);
 //! - [`demo`]: an emberd embedded in the process ([`embedded`]) driven through its API, end to
 //!   end;
 //! - [`bench`]: the measurements (in-process handoff, and the API's own cost);
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod demo;
 pub mod embedded;
+pub mod image;
 pub mod interrupt;
 pub mod output;
 pub mod remote;

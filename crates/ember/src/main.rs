@@ -1,7 +1,8 @@
 //! `ember`: the command line of ember — a client of emberd, and the demo and benchmarks.
 //!
 //! ```text
-//! ember template build NAME [--network] | ls | rm NAME   templates (boot, agent, snapshot)
+//! ember image build [--packages a,b | --from-dir DIR | --from-tar FILE]   a Linux guest image
+//! ember template build NAME [--image DIR] [--network] | ls | rm NAME   templates (boot, agent, snapshot)
 //! ember pool set TEMPLATE --min N | ls | rm     warm pools
 //! ember run TEMPLATE [--label k=v] [--env K=V] [--timeout 300s]
 //!           [--egress allow|deny] [--allow RULE]... [--deny RULE]... [--dns]
@@ -94,6 +95,10 @@ enum TemplateCmd {
     Build {
         /// Its name.
         name: String,
+        /// Boot an image made by `ember image build` (its directory: kernel, initramfs,
+        /// read-only root filesystem and command line from its image.json).
+        #[arg(long, conflicts_with_all = ["kernel", "initrd", "rootfs"])]
+        image: Option<PathBuf>,
         /// Boot this kernel instead of the probe guest.
         #[arg(long)]
         kernel: Option<PathBuf>,
@@ -137,6 +142,14 @@ enum TemplateCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum ImageCmd {
+    /// Builds (or finds in its cache) a kernel, initramfs and read-only root filesystem for
+    /// Linux guests: a debootstrap of Debian with ember-agent, or a directory or tarball.
+    /// Needs root.
+    Build(ember::image::BuildArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum PoolCmd {
     /// Creates or changes a template's warm pool.
     Set {
@@ -172,6 +185,11 @@ enum PoolCmd {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Linux guest images: build.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
     /// Templates: build, ls, rm.
     Template {
         #[command(subcommand)]
@@ -455,11 +473,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     };
     let ok = Ok(ExitCode::SUCCESS);
     match &cli.command {
+        Command::Image {
+            cmd: ImageCmd::Build(args),
+        } => {
+            let (args, json) = (args.clone(), cli.json);
+            let ui = Arc::new(Bars::default());
+            let bars = Arc::clone(&ui);
+            let r = tokio::task::spawn_blocking(move || {
+                let mut stdout = std::io::stdout();
+                ember::image::build(&args, json, &*bars, &mut stdout)
+            })
+            .await?;
+            ui.clear();
+            r?;
+            ok
+        }
         Command::Template { cmd } => {
             let c = client(&cli)?;
             match cmd {
                 TemplateCmd::Build {
                     name,
+                    image,
                     kernel,
                     initrd,
                     rootfs,
@@ -477,6 +511,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         &mut out,
                         name,
                         TemplateArgs {
+                            image: image.clone(),
                             kernel: kernel.clone(),
                             initrd: initrd.clone(),
                             rootfs: rootfs.clone(),

@@ -125,6 +125,8 @@ fn until(t: Option<SystemTime>) -> String {
 /// What to boot for `ember template build`.
 #[derive(Debug, Clone, Default)]
 pub struct TemplateArgs {
+    /// An image made by `ember image build` (its directory).
+    pub image: Option<PathBuf>,
     /// A kernel image (instead of the probe guest).
     pub kernel: Option<PathBuf>,
     /// Its initrd.
@@ -156,7 +158,20 @@ pub async fn template_build(
 ) -> Result<(), RemoteError> {
     let name = TemplateName::new(name).map_err(|e| RemoteError::Usage(e.to_string()))?;
     let mut spec = TemplateSpec::probe();
-    if let Some(kernel) = args.kernel {
+    if let Some(dir) = args.image {
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let manifest = ember_host::image::ImageManifest::read(&dir)
+            .map_err(|e| RemoteError::Usage(format!("--image: {e}")))?;
+        spec = manifest.template;
+        if let (Some(extra), ember_core::GuestSpec::Kernel { boot_args, .. }) =
+            (args.boot_args, &mut spec.guest)
+        {
+            *boot_args = Some(match boot_args.take() {
+                Some(own) => format!("{own} {extra}"),
+                None => extra,
+            });
+        }
+    } else if let Some(kernel) = args.kernel {
         let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         spec.guest = ember_core::GuestSpec::Kernel {
             kernel: abs(kernel),
