@@ -41,7 +41,7 @@ use crate::ui::Ui;
 use hash::ContentHash;
 
 /// The builder's format: bump it when what a build makes changes for the same inputs.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The kernel command line of an image's template: serial console, reboot and panic exit the
 /// VMM, no PCI (virtio-mmio), quiet; the network settings `/init` applies when the guest has

@@ -311,8 +311,61 @@ fn inside(tree: &Path, rel: &str) -> Result<PathBuf, ImageError> {
 }
 
 /// What every tree gets: the agent at [`AGENT_GUEST_PATH`] (0755), root in `/etc/passwd` (home
-/// `/root`) and `/etc/group`, `/root` (0700) and `/tmp` (1777).
+/// `/root`) and `/etc/group`, `/root` (0700) and `/tmp` (1777); and, unless the tree has one
+/// already, the unprivileged account E2B's clients run commands as: `user` (uid and gid
+/// [`USER_ID`], home `/home/user`, bash when the tree has it).
 pub fn finish_tree(tree: &Path, agent: &Path) -> Result<(), ImageError> {
+    finish_root(tree, agent)?;
+    add_user(tree)
+}
+
+/// The uid and gid of the `user` account images get.
+pub const USER_ID: u32 = 1000;
+
+/// Adds the `user` account and its home, unless the tree names a `user` or uses uid 1000.
+fn add_user(tree: &Path) -> Result<(), ImageError> {
+    let passwd_path = inside(tree, "etc/passwd")?;
+    let group_path = inside(tree, "etc/group")?;
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(ImageError::io("reading", p));
+    let passwd = read(&passwd_path)?;
+    let taken = |text: &str| {
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            f.first() == Some(&"user") || f.get(2) == Some(&USER_ID.to_string().as_str())
+        })
+    };
+    if taken(&passwd) {
+        return Ok(());
+    }
+    let shell = if inside(tree, "bin/bash")?.exists() || inside(tree, "usr/bin/bash")?.exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
+    let home = inside(tree, "home/user")?;
+    std::fs::create_dir_all(&home).map_err(ImageError::io("creating", &home))?;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755))
+        .map_err(ImageError::io("chmod", &home))?;
+    std::os::unix::fs::chown(&home, Some(USER_ID), Some(USER_ID))
+        .map_err(ImageError::io("chown", &home))?;
+    let mut text = passwd;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("user:x:{USER_ID}:{USER_ID}:user:/home/user:{shell}\n"));
+    write(&passwd_path, &text, 0o644)?;
+    let mut group = read(&group_path)?;
+    if !taken(&group) {
+        if !group.is_empty() && !group.ends_with('\n') {
+            group.push('\n');
+        }
+        group.push_str(&format!("user:x:{USER_ID}:\n"));
+        write(&group_path, &group, 0o644)?;
+    }
+    Ok(())
+}
+
+fn finish_root(tree: &Path, agent: &Path) -> Result<(), ImageError> {
     let mkdir = |p: &Path, mode: u32| -> Result<(), ImageError> {
         if std::fs::symlink_metadata(p).is_err() {
             std::fs::create_dir_all(p).map_err(ImageError::io("creating", p))?;
@@ -384,6 +437,15 @@ mod tests {
         );
         let passwd = std::fs::read_to_string(tree.join("etc/passwd")).unwrap();
         assert!(passwd.starts_with("root:x:0:0:root:/root:"), "{passwd}");
+        assert!(passwd.contains("\nuser:x:1000:1000:user:/home/user:/bin/sh\n"), "{passwd}");
+        let group = std::fs::read_to_string(tree.join("etc/group")).unwrap();
+        assert!(group.contains("\nuser:x:1000:\n"), "{group}");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(tree.join("home/user")).unwrap().uid(), 1000);
+        // Once there, it is not added again.
+        finish_tree(&tree, &agent).unwrap();
+        let again = std::fs::read_to_string(tree.join("etc/passwd")).unwrap();
+        assert_eq!(again, passwd);
     }
 
     #[test]
