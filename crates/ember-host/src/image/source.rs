@@ -337,7 +337,8 @@ fn add_user(tree: &Path) -> Result<(), ImageError> {
     if taken(&passwd) {
         return Ok(());
     }
-    let shell = if inside(tree, "bin/bash")?.exists() || inside(tree, "usr/bin/bash")?.exists() {
+    // Only looked at (merged-/usr trees have /bin as a link): nothing is written there.
+    let shell = if tree.join("usr/bin/bash").is_file() || tree.join("bin/bash").is_file() {
         "/bin/bash"
     } else {
         "/bin/sh"
