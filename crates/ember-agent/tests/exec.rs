@@ -193,6 +193,54 @@ fn commands_run_as_another_user() {
     assert_eq!(code, ErrorCode::PERMISSION_DENIED, "{message}");
 }
 
+/// A named user's command without a working directory starts in that user's home (as a
+/// login does, and as E2B's envd runs its default user's commands); without a user, or when
+/// the home is missing, in the agent's default directory.
+#[test]
+fn a_named_users_commands_start_in_their_home() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let accounts = tempfile::tempdir_in("/var/tmp").unwrap();
+    let home = accounts.path().join("home-tenant");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(1000), Some(1000)).unwrap();
+    let etc = accounts.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(
+        etc.join("passwd"),
+        format!(
+            "root:x:0:0:root:/root:/bin/sh\ntenant:x:1000:1000::{}:/bin/sh\n\
+             homeless:x:1001:1001::/no/such/home:/bin/sh\n",
+            home.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("group"),
+        "root:x:0:\ntenant:x:1000:\nhomeless:x:1001:\n",
+    )
+    .unwrap();
+    let agent = Agent::start_with(&[], &["--init", "no", "--etc", etc.to_str().unwrap()]);
+    let mut c = agent.client();
+    let pwd = |c: &mut ember_agent_proto::AgentClient, user: Option<&str>| {
+        let mut e = ExecIn::new(&["pwd"]);
+        if let Some(u) = user {
+            e = e.with_user(u);
+        }
+        s(&c.exec_in(&e).unwrap().stdout).trim().to_string()
+    };
+    assert_eq!(pwd(&mut c, Some("tenant")), home.display().to_string());
+    let work = agent.dir.path().join("work").display().to_string();
+    assert_eq!(pwd(&mut c, Some("homeless")), work);
+    assert_eq!(pwd(&mut c, None), work);
+    // An explicit directory wins.
+    let out = c
+        .exec_in(&ExecIn::new(&["pwd"]).with_user("tenant").with_cwd(b"/"))
+        .unwrap();
+    assert_eq!(s(&out.stdout), "/\n");
+}
+
 #[test]
 fn large_output_is_cut_to_the_frame_and_flagged() {
     let agent = Agent::start();

@@ -29,7 +29,8 @@ pub struct CommandRequest<'r> {
     pub argv: ByteList<'r>,
     /// `KEY=VALUE` entries.
     pub env: ByteList<'r>,
-    /// Working directory; empty: the agent's default.
+    /// Working directory; empty: the named user's home when it is a directory (as a login
+    /// starts there), else the agent's default.
     pub cwd: &'r [u8],
     /// User; empty: the agent's own.
     pub user: &'r str,
@@ -80,7 +81,11 @@ pub fn prepare(
         (Some(account), Some(credentials))
     };
 
-    let cwd = resolver.resolve(request.cwd);
+    let home = match (&account, request.cwd.is_empty() && !request.user.is_empty()) {
+        (Some(a), true) => Some(std::path::PathBuf::from(&a.home)).filter(|h| h.is_dir()),
+        _ => None,
+    };
+    let cwd = home.unwrap_or_else(|| resolver.resolve(request.cwd));
     match std::fs::metadata(&cwd) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {

@@ -353,7 +353,9 @@ fn add_user(tree: &Path) -> Result<(), ImageError> {
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    text.push_str(&format!("user:x:{USER_ID}:{USER_ID}:user:/home/user:{shell}\n"));
+    text.push_str(&format!(
+        "user:x:{USER_ID}:{USER_ID}:user:/home/user:{shell}\n"
+    ));
     write(&passwd_path, &text, 0o644)?;
     let mut group = read(&group_path)?;
     if !taken(&group) {
@@ -438,11 +440,17 @@ mod tests {
         );
         let passwd = std::fs::read_to_string(tree.join("etc/passwd")).unwrap();
         assert!(passwd.starts_with("root:x:0:0:root:/root:"), "{passwd}");
-        assert!(passwd.contains("\nuser:x:1000:1000:user:/home/user:/bin/sh\n"), "{passwd}");
+        assert!(
+            passwd.contains("\nuser:x:1000:1000:user:/home/user:/bin/sh\n"),
+            "{passwd}"
+        );
         let group = std::fs::read_to_string(tree.join("etc/group")).unwrap();
         assert!(group.contains("\nuser:x:1000:\n"), "{group}");
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(std::fs::metadata(tree.join("home/user")).unwrap().uid(), 1000);
+        assert_eq!(
+            std::fs::metadata(tree.join("home/user")).unwrap().uid(),
+            1000
+        );
         // Once there, it is not added again.
         finish_tree(&tree, &agent).unwrap();
         let again = std::fs::read_to_string(tree.join("etc/passwd")).unwrap();

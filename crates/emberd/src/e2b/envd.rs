@@ -196,12 +196,15 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// The home directory of `user` (E2B's default user is `user`).
+/// The user commands run as when the client names none: E2B's default, `user` (images from
+/// `ember image build` have that account).
+pub const DEFAULT_USER: &str = "user";
+
+/// The home directory of `user` (none: [`DEFAULT_USER`]'s).
 pub fn home(user: Option<&str>) -> String {
-    match user {
-        Some("root") => "/root".into(),
-        Some(u) => format!("/home/{u}"),
-        None => "/home/user".into(),
+    match user.unwrap_or(DEFAULT_USER) {
+        "root" => "/root".into(),
+        u => format!("/home/{u}"),
     }
 }
 

@@ -45,11 +45,29 @@ pub async fn rig() -> Rig {
     let socket: PathBuf = dir.path().join("agent.sock");
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
+    // E2B's default user, `user`, as images have it: commands the client names no user for
+    // run as it, in its home.
+    let home = dir.path().join("home-user");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(1000), Some(1000)).unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(
+        etc.join("passwd"),
+        format!(
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::{}:/bin/sh\n",
+            home.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(etc.join("group"), "root:x:0:\nuser:x:1000:\n").unwrap();
     let agent = Command::new(bin)
         .arg("--listen")
         .arg(format!("unix:{}", socket.display()))
         .args(["--port", &PORT.to_string(), "--init", "no", "--workdir"])
         .arg(&work)
+        .arg("--etc")
+        .arg(&etc)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

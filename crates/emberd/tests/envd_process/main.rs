@@ -22,6 +22,22 @@ use client::{Events, Msg, WAIT, b64, enc, envelope, python, rig, send, start, st
 use http_body_util::BodyExt as _;
 use serde_json::json;
 
+/// A command the client names no user for runs as E2B's default user, `user`, in its home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_as_the_default_user_in_its_home() {
+    let r = rig().await;
+    let mut ev = start(
+        r.addr,
+        start_req("/bin/sh", &["-c", "echo $USER; id -u; pwd"]),
+    )
+    .await;
+    ev.pid().await;
+    let (out, ..) = ev.rest().await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["user", "1000"], "{out}");
+    assert!(lines[2].ends_with("/home-user"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_streams_output_as_it_comes_and_ends_like_envd() {
     let r = rig().await;

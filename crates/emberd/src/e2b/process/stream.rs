@@ -49,9 +49,11 @@ pub struct StartSpec {
     pub argv: Vec<String>,
     /// `KEY=VALUE` entries.
     pub env: Vec<String>,
-    /// Working directory (empty: the agent's).
+    /// Working directory (empty: the agent starts a named user's commands in their home, as
+    /// envd does).
     pub cwd: String,
-    /// User (empty: the agent's).
+    /// User (empty: E2B's default user, [`DEFAULT_USER`](crate::e2b::envd::DEFAULT_USER); the
+    /// one-shot Exec leaves it to the agent).
     pub user: String,
     /// Keep stdin open for input.
     pub stdin: bool,
@@ -91,10 +93,14 @@ pub fn start(agents: Arc<dyn ProcessAgents>, sandbox: String, spec: StartSpec, s
         };
         let argv: Vec<&str> = spec.argv.iter().map(String::as_str).collect();
         let env: Vec<&str> = spec.env.iter().map(String::as_str).collect();
+        let user = match spec.user.as_str() {
+            "" => crate::e2b::envd::DEFAULT_USER,
+            u => u,
+        };
         let mut ps = ProcessStart::new(&argv)
             .with_env(&env)
             .with_cwd(spec.cwd.as_bytes())
-            .with_user(&spec.user)
+            .with_user(user)
             .with_timeout_ms(spec.timeout_ms);
         if spec.stdin {
             ps = ps.with_stdin();
