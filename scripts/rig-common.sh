@@ -22,7 +22,7 @@ command -v modinfo >/dev/null || need+=(kmod)
 command -v file >/dev/null || need+=(file)
 command -v strip >/dev/null || need+=(binutils)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-for p in ${RIG_EXTRA_PACKAGES:-}; do need+=("$p"); done
+for p in ${RIG_EXTRA_PACKAGES:-}; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     apt-get update -qq >&2

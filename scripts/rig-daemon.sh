@@ -134,7 +134,7 @@ print(*[x.getsockname()[1] for x in s])')
 LOG="$RIG/daemon-console.log"
 log "booting L1 under QEMU TCG (log: $LOG; API on 127.0.0.1:$P_API)"
 T_QEMU=$EPOCHREALTIME
-timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu max -smp 2 -m 4096 \
+timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu max -smp 2 -m 6144 \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
     -kernel "$VMLINUZ" -initrd "$RIG/l1d-initramfs.cpio" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" \

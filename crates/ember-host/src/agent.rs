@@ -35,6 +35,33 @@ pub fn connect(
     connect_path(&path, port, timeout)
 }
 
+/// Connects to the agent of VM `id`, just restored, trying again until `timeout` has passed: a
+/// Linux guest resets its vsock transport when it is restored, and a connection that arrives
+/// while it does is refused (the VMM closes it after `CONNECT`) — more likely the busier the
+/// host. Each attempt may take up to a second.
+pub fn connect_restored(
+    provider: &VmmProvider,
+    id: &VmId,
+    port: u32,
+    timeout: Duration,
+) -> Result<AgentClient, AgentError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match connect(provider, id, port, left.min(Duration::from_secs(1))) {
+            Ok(agent) => return Ok(agent),
+            Err(e @ AgentError::NoSocket(_)) => return Err(e),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!(vm = %id, error = %e, "the restored guest's agent refused; trying again");
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 /// Connects to an agent through the hybrid vsock socket at `path`.
 pub fn connect_path(path: &Path, port: u32, timeout: Duration) -> Result<AgentClient, AgentError> {
     AgentClient::connect(path, port, timeout).map_err(AgentError::Client)

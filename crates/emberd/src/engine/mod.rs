@@ -53,6 +53,9 @@ pub const AGENT_PORT: u32 = ember_core::template::PROBE_AGENT_PORT;
 /// How long connecting to an agent, or one agent call other than an exec, may take before the
 /// sandbox counts as unreachable.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a guest restored from disk may refuse its agent's first connection (a Linux
+/// guest resetting its vsock transport after the restore).
+pub const RESTORED_AGENT_WAIT: Duration = Duration::from_secs(30);
 
 /// What the engine is allowed to hold.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,7 +27,7 @@ use ember_store::{Cursor, Durability, Page, SandboxFilter, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{AGENT_PORT, AGENT_TIMEOUT, Engine, Live, ReadyTemplate};
+use super::{AGENT_PORT, AGENT_TIMEOUT, Engine, Live, RESTORED_AGENT_WAIT, ReadyTemplate};
 use crate::error::ApiError;
 
 /// Saved snapshots' ids start with this (`saved-<sandbox>-<suffix>`): recovery removes those no
@@ -260,26 +260,42 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.vms
-            .create_unrecorded(&vm, &VmSpec::restore(ready.snapshot.clone()))?;
-        let reseeded = self.connect_agent(&vm).and_then(|mut agent| {
+        let agent = self
+            .restore_reseeded(&vm, ready.snapshot.clone())
+            .map_err(|e| e.context(format!("reseeding the restored VM {vm}")))?;
+        Ok(Obtained {
+            warm: false,
+            agent: Some(agent),
+        })
+    }
+
+    /// Restores VM `vm` from `snap`, waits for its agent (a restored Linux guest may refuse
+    /// the first connections while it resets its vsock transport) and reseeds it; destroys
+    /// the VM if any of that fails.
+    fn restore_reseeded(
+        &self,
+        vm: &VmId,
+        snap: ember_core::SnapshotRef,
+    ) -> Result<AgentClient, ApiError> {
+        self.vms.create_unrecorded(vm, &VmSpec::restore(snap))?;
+        let reseeded = ember_host::agent::connect_restored(
+            &self.provider,
+            vm,
+            AGENT_PORT,
+            RESTORED_AGENT_WAIT,
+        )
+        .map_err(ApiError::from)
+        .and_then(|mut agent| {
             agent
                 .send_reseed_fresh(self.next_generation())
                 .map_err(ApiError::from)?;
             Ok(agent)
         });
-        match reseeded {
-            Ok(agent) => Ok(Obtained {
-                warm: false,
-                agent: Some(agent),
-            }),
-            Err(e) => {
-                if let Err(d) = self.provider.destroy(&vm) {
-                    tracing::error!(%vm, error = %error_chain(&d), "destroying a VM that failed its reseed");
-                }
-                Err(e.context(format!("reseeding the restored VM {vm}")))
+        reseeded.inspect_err(|_| {
+            if let Err(d) = self.provider.destroy(vm) {
+                tracing::error!(%vm, error = %error_chain(&d), "destroying a VM that failed its reseed");
             }
-        }
+        })
     }
 
     /// A new connection to VM `vm`'s agent.
@@ -552,22 +568,9 @@ impl Engine {
         let mut snap = info.to_ref();
         snap.resume = true;
         let vm = vm_id(id);
-        self.vms.create_unrecorded(&vm, &VmSpec::restore(snap))?;
-        let reseeded = self.connect_agent(&vm).and_then(|mut agent| {
-            agent
-                .send_reseed_fresh(self.next_generation())
-                .map_err(ApiError::from)?;
-            Ok(agent)
-        });
-        let agent = match reseeded {
-            Ok(a) => a,
-            Err(e) => {
-                if let Err(d) = self.provider.destroy(&vm) {
-                    tracing::error!(%vm, error = %error_chain(&d), "destroying a VM that failed its reseed");
-                }
-                return Err(e.context(format!("resuming sandbox {id} from disk")));
-            }
-        };
+        let agent = self
+            .restore_reseeded(&vm, snap)
+            .map_err(|e| e.context(format!("resuming sandbox {id} from disk")))?;
         let record = self.sandbox(id.as_str())?;
         // A new VM means a new slot, so a new network: the sandbox's policy goes with it (its
         // address changes; exposed ports were closed at the pause).
