@@ -134,7 +134,7 @@ print(*[x.getsockname()[1] for x in s])')
 LOG="$RIG/daemon-console.log"
 log "booting L1 under QEMU TCG (log: $LOG; API on 127.0.0.1:$P_API)"
 T_QEMU=$EPOCHREALTIME
-timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu max -smp 2 -m 6144 \
+timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu max -smp 2 -m 4096 \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
     -kernel "$VMLINUZ" -initrd "$RIG/l1d-initramfs.cpio" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" \
@@ -249,6 +249,7 @@ awk -v g="${guest_date:-0}" -v h="$HOST_DATE" 'BEGIN { d = g - h; exit !(d <= 2 
 [ "$(rc kill)" = 0 ] || failed+=(kill)
 if [ "$RUN_E2B" != 0 ]; then [ "$(rc e2b)" = 0 ] || failed+=(e2b_sdk); fi
 grep -q "RIG-L1-EMBERD .*panicked" "$LOG" && failed+=(daemon_panic)
+grep -q "Kernel panic" "$LOG" && failed+=(l1_kernel_panic)
 pool_json=$(out pools | tr -d '\n')
 template_json=$(out template | tr -d '\n')
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')

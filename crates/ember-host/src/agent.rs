@@ -38,19 +38,24 @@ pub fn connect(
 /// Connects to the agent of VM `id`, just restored, trying again until `timeout` has passed: a
 /// Linux guest resets its vsock transport when it is restored, and a connection that arrives
 /// while it does is refused (the VMM closes it after `CONNECT`) — more likely the busier the
-/// host. Each attempt may take up to a second.
+/// host. Each attempt may take up to a second; the connection returned waits `call_timeout`
+/// for each later reply.
 pub fn connect_restored(
     provider: &VmmProvider,
     id: &VmId,
     port: u32,
     timeout: Duration,
+    call_timeout: Duration,
 ) -> Result<AgentClient, AgentError> {
     let deadline = std::time::Instant::now() + timeout;
     let mut pause = Duration::from_millis(2);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match connect(provider, id, port, left.min(Duration::from_secs(1))) {
-            Ok(agent) => return Ok(agent),
+            Ok(mut agent) => {
+                agent.set_call_timeout(call_timeout);
+                return Ok(agent);
+            }
             Err(e @ AgentError::NoSocket(_)) => return Err(e),
             Err(e) if std::time::Instant::now() >= deadline => return Err(e),
             Err(e) => {

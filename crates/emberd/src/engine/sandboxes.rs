@@ -283,6 +283,7 @@ impl Engine {
             vm,
             AGENT_PORT,
             RESTORED_AGENT_WAIT,
+            AGENT_TIMEOUT,
         )
         .map_err(ApiError::from)
         .and_then(|mut agent| {
