@@ -18,7 +18,8 @@
 #                                   checks, stage seconds) and exits non-zero if a check failed.
 # Env:   RIG_DIR (default target/rig), RIG_TIMEOUT (seconds for the whole QEMU run, default
 #        1200), RIG_L2_MEM_MIB (guest memory, default 256), RIG_POOL_DEPTH (default 2),
-#        RIG_E2B (run the SDK script; default 1), RIG_IMAGE_PACKAGES (default: the image
+#        RIG_E2B (run the SDK script; default 1), RIG_E2B_CLIENTS (its concurrent clients,
+#        default 4), RIG_IMAGE_PACKAGES (default: the image
 #        builder's own), RIG_IMAGE_DIR (use this built image instead), RIG_KEEP=1 (leave QEMU running at the end, for poking at it).
 set -euo pipefail
 
@@ -28,6 +29,9 @@ TIMEOUT="${RIG_TIMEOUT:-1200}"
 L2_MEM="${RIG_L2_MEM_MIB:-256}"
 POOL_DEPTH="${RIG_POOL_DEPTH:-2}"
 RUN_E2B="${RIG_E2B:-1}"
+# SDK clients at once: each L2 vCPU is emulated by TCG in L1, so 16 Linux guests resuming at
+# once outrun the agents' time limits here; the host's e2b_sdk test runs 16 on probe guests.
+E2B_CLIENTS="${RIG_E2B_CLIENTS:-4}"
 T_START=$EPOCHREALTIME
 mkdir -p "$RIG"
 RIG_EXTRA_PACKAGES="debootstrap"
@@ -217,7 +221,7 @@ if [ "$RUN_E2B" != 0 ]; then
     PY="${EMBER_E2B_PYTHON:-$ROOT/target/e2b-venv/bin/python}"
     if [ -x "$PY" ]; then
         E2B_API_URL="http://127.0.0.1:$P_E2B" E2B_SANDBOX_URL="http://127.0.0.1:$P_ENVD" \
-            E2B_API_KEY="$E2B_KEY" E2B_TEMPLATE=linux \
+            E2B_API_KEY="$E2B_KEY" E2B_TEMPLATE=linux E2B_CONCURRENCY="$E2B_CLIENTS" \
             step e2b 900 "$PY" "$ROOT/crates/emberd/tests/e2b/sdk_linux.py"
     else
         echo "no python with the e2b SDK at $PY (scripts/setup.sh makes target/e2b-venv)" >"$RESULTS/e2b.err"
