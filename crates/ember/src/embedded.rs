@@ -47,6 +47,17 @@ impl Embedded {
         spares: usize,
         jail: Option<ember_runtime::jail::JailSettings>,
     ) -> Result<Embedded, EmbeddedError> {
+        Self::start_with_e2b(vmm, workdir, spares, jail, None).await
+    }
+
+    /// [`start`](Self::start), also serving E2B's API (and envd) as `e2b` says.
+    pub async fn start_with_e2b(
+        vmm: &Path,
+        workdir: &Path,
+        spares: usize,
+        jail: Option<ember_runtime::jail::JailSettings>,
+        e2b: Option<emberd::e2b::E2bConfig>,
+    ) -> Result<Embedded, EmbeddedError> {
         let root = workdir.join(format!("emberd-{}", std::process::id()));
         let interrupt = Registration::new(&root);
         std::fs::create_dir_all(&root).map_err(|source| EmbeddedError::Root {
@@ -63,7 +74,7 @@ impl Embedded {
             vmm: vmm.to_path_buf(),
             spares,
             limits: Limits::default(),
-            e2b: None,
+            e2b,
             jail: jail.clone(),
             network: None,
         })

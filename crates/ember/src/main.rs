@@ -829,6 +829,8 @@ async fn local_run(cli: Cli, ui: Arc<Bars>) -> Result<()> {
             let opts = bench_opts(vmm, iterations, concurrency, vms, rate, acquirers);
             let report = if kind == BenchKind::Api {
                 bench::api::run(&opts, &*ui).await
+            } else if kind == BenchKind::E2b {
+                bench::e2b::run(&opts, jail.clone(), &*ui).await
             } else {
                 tokio::task::spawn_blocking(move || bench::run(kind, &opts, &*ui)).await?
             }

@@ -183,6 +183,12 @@ fn every_bench_runs_and_reports() {
     let vsock = run("vsock");
     assert_eq!(latency(&vsock, "exec echo")["name"], "exec echo round trip");
     assert!(vsock["figures"]["exec_echo_per_s"].as_f64().unwrap() > 0.0);
+
+    // The unmodified e2b SDK (the venv of scripts/setup.sh) against E2B's API.
+    let e2b = run("e2b");
+    assert_eq!(latency(&e2b, "Sandbox.create()")["n"], 4, "{e2b}");
+    assert_eq!(latency(&e2b, "create -> first commands.run")["n"], 4);
+    assert_eq!(e2b["figures"]["clients"], 4);
 }
 
 /// `ember --workdir <dir> ARGS`, which must fail at once with one line naming `option`, having

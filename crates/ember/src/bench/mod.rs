@@ -1,11 +1,13 @@
-//! `ember bench <boot|restore|acquire|density|vsock|api>`: measurements of the real system on
+//! `ember bench <boot|restore|acquire|density|vsock|api|jail|e2b>`: measurements of the real system on
 //! this machine, each in its own session (so each proves it leaves nothing behind), reported as
 //! percentiles, throughput and memory with the host they ran on, and the project's targets
-//! marked met or missed. `api` measures a real emberd process through its HTTP API.
+//! marked met or missed. `api` measures a real emberd process through its HTTP API; `e2b` the
+//! unmodified `e2b` SDK against an embedded emberd's E2B listeners.
 
 pub mod api;
 mod boot;
 mod density;
+pub mod e2b;
 mod handoff;
 mod jail;
 
@@ -43,6 +45,9 @@ pub enum BenchKind {
     Api,
     /// Warm handoff and pool refill with VMMs unjailed and jailed (ember-jailer), side by side.
     Jail,
+    /// The `e2b` SDK (PyPI) against emberd's E2B API: `Sandbox.create()` and create -> first
+    /// command, `--concurrency` clients at once.
+    E2b,
 }
 
 /// Knobs shared by the benchmarks.
@@ -224,7 +229,7 @@ impl BenchOptions {
                 });
             }
         }
-        if kind == BenchKind::Api {
+        if matches!(kind, BenchKind::Api | BenchKind::E2b) {
             // The daemon holds at most this many sandboxes: the bursts and the live ones.
             let max = emberd::Limits::default().max_sandboxes;
             for (option, v) in [("concurrency", self.concurrency), ("vms", self.vms)] {
@@ -273,9 +278,10 @@ pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchRep
         BenchKind::Acquire => handoff::run(&session, opts, ui),
         BenchKind::Density => density::run(&session, opts, ui),
         BenchKind::Vsock => vsock::run(&session, opts, ui),
-        BenchKind::Api => Err(BenchError::Failed(
-            "the api benchmark runs its own daemon: call bench::api::run".into(),
-        )),
+        BenchKind::Api | BenchKind::E2b => Err(BenchError::Failed(format!(
+            "the {kind:?} benchmark runs its own daemon: call bench::{}::run",
+            format!("{kind:?}").to_lowercase()
+        ))),
         BenchKind::Jail => unreachable!("handled above"),
     };
     ui.stage("destroying everything", None);
