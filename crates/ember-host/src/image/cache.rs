@@ -1,5 +1,6 @@
 //! The image cache: one directory per image, named by its content hash, under the cache
-//! directory (default [`DEFAULT_CACHE_DIR`]). A build works in `.tmp-<hash>-<pid>` and is
+//! directory (default [`DEFAULT_CACHE_DIR`]). A build works in `.tmp-<hash>-<n>-<pid>` (`n`
+//! tells apart builds of one process: two threads may build at once) and is
 //! renamed into place when complete, so an image directory is always whole; a failed build
 //! leaves only its log (`build-<hash>.log`). Temporary directories of processes that are gone
 //! are removed when the next build starts.
@@ -13,9 +14,17 @@ pub const DEFAULT_CACHE_DIR: &str = "/var/lib/ember/images";
 /// Where unpacked kernels go, under the cache directory, by default.
 pub const KERNELS_DIR: &str = "kernels";
 
-/// The build's working directory for `hash`.
+/// A working directory's name, `.tmp-<what>-<n>-<pid>`: unique in this process (a counter)
+/// and among processes (the pid, last, which [`clean_stale`] reads).
+pub fn tmp_name(what: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".tmp-{what}-{n}-{}", std::process::id())
+}
+
+/// A new working directory path for a build of `hash`.
 pub fn tmp_dir(cache: &Path, hash: &str) -> PathBuf {
-    cache.join(format!(".tmp-{hash}-{}", std::process::id()))
+    cache.join(tmp_name(hash))
 }
 
 /// The log of a build of `hash`.

@@ -122,7 +122,7 @@ pub fn fetch(
 
 fn download(pkg: &KernelPackage, cache: &Path, dir: &Path, log: &Path) -> Result<(), ImageError> {
     std::fs::create_dir_all(cache).map_err(ImageError::io("creating", cache))?;
-    let tmp = cache.join(format!(".tmp-{}-{}", pkg.package, std::process::id()));
+    let tmp = cache.join(super::cache::tmp_name(&pkg.package));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(ImageError::io("creating", &tmp))?;
     let result = (|| {
