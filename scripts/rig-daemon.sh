@@ -12,7 +12,8 @@
 # From the host, with the `ember` CLI: build the template (boot, agent Health, pause,
 # snapshot), give it a warm pool, create a sandbox (a warm handoff of a restored clone), run
 # commands in it (uname, python3, bash -l, a failing command), move a file in and out; then the
-# E2B SDK script crates/emberd/tests/e2b/sdk_linux.py when RIG_E2B is not 0.
+# E2B SDK script crates/emberd/tests/e2b/sdk_linux.py when RIG_E2B is not 0. As a reference
+# figure, QEMU's own boot of the same image under TCG (no nesting) to its agent, first.
 #
 # Usage: scripts/rig-daemon.sh      prints one JSON summary line last ("passed", "failed"
 #                                   checks, stage seconds) and exits non-zero if a check failed.
@@ -65,6 +66,27 @@ fi
 IMAGE_DIR=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dir"])' "$RIG/image.json")
 [ -f "$IMAGE_DIR/rootfs.ext4" ] || fail_json "the image has no rootfs.ext4"
 T_IMAGE=$EPOCHREALTIME
+
+# --- 4b. a reference: QEMU's own boot of the same image under TCG (no nesting), to the agent --
+# (`-M microvm` describes its virtio-mmio devices in ACPI, as ember-vmm does; the kernel needs
+# its TSC frequency given under TCG.) Seconds from QEMU's start to "ember-agent serving".
+log "reference: QEMU (TCG, -M microvm) boots the image to its agent"
+QEMU_REF=null
+ref_t0=$EPOCHREALTIME
+while IFS= read -r line; do
+    case "$line" in *"ember-agent serving"*)
+        QEMU_REF=$(elapsed "$ref_t0" "$EPOCHREALTIME")
+        pkill -f "microvm,acpi=on.*$IMAGE_DIR" || true
+        break ;;
+    esac
+done < <(timeout 120 qemu-system-x86_64 -M microvm,acpi=on -accel tcg -cpu max -m "$L2_MEM" -smp 1 \
+    -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+    -kernel "$IMAGE_DIR/vmlinuz" -initrd "$IMAGE_DIR/initrd.img" \
+    -drive "id=root,file=$IMAGE_DIR/rootfs.ext4,format=raw,if=none,readonly=on" \
+    -device virtio-blk-device,drive=root \
+    -append "console=ttyS0 reboot=k panic=-1 quiet loglevel=3 tsc_early_khz=2000000 lpj=4000000 no_timer_check" \
+    </dev/null 2>&1)
+log "QEMU reference boot to agent: ${QEMU_REF} s"
 
 # --- 5. L1's data disk (binaries, the image, credentials) and its initramfs ----------------
 DATA="$RIG/l1-data"
@@ -259,11 +281,12 @@ template_json=$(out template | tr -d '\n')
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
 [ ${#failed[@]} -gt 0 ] || failed_json=""
 e2b_json=$(tail -1 "$RESULTS/e2b.out" 2>/dev/null | grep '^{' || echo null)
-printf '{"passed": %s, "failed": [%s], "seconds": {"total": %s, "build": %s, "image": %s, "prep": %s, "qemu_to_daemon_up": %s, "template_build": %s, "pool_fill": %s, "create": %s, "first_exec": %s, "python3": %s, "create2": %s, "e2b": %s}, "uname": "%s", "template": %s, "pools": %s, "e2b": %s, "host_cpu": "%s", "host_kernel": "%s", "log": "%s", "results": "%s"}\n' \
+printf '{"passed": %s, "failed": [%s], "seconds": {"total": %s, "build": %s, "image": %s, "prep": %s, "qemu_to_daemon_up": %s, "template_build": %s, "pool_fill": %s, "create": %s, "first_exec": %s, "python3": %s, "create2": %s, "e2b": %s, "qemu_tcg_boot_to_agent": %s, "template_boot_to_agent": %s}, "uname": "%s", "template": %s, "pools": %s, "e2b": %s, "host_cpu": "%s", "host_kernel": "%s", "log": "%s", "results": "%s"}\n' \
     "$([ ${#failed[@]} -eq 0 ] && echo true || echo false)" "$failed_json" \
     "$(elapsed "$T_START" "$T_END")" "$(elapsed "$T_BUILD0" "$T_BUILD")" "$(elapsed "$T_BUILD" "$T_IMAGE")" \
     "$(elapsed "$T_IMAGE" "$T_PREP")" "$(elapsed "$T_QEMU" "$T_DAEMON")" "$(secs template)" \
     "$(secs pool)" "$(secs create)" "$(secs uname)" "$(secs python)" "$(secs create2)" "$(secs e2b)" \
+    "$QEMU_REF" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["build"]["boot_to_agent_ms"] / 1000)' "$RESULTS/template.out" 2>/dev/null || echo null)" \
     "$(out uname | head -1 | sed 's/"/\\"/g')" "${template_json:-null}" "${pool_json:-null}" "$e2b_json" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" "$LOG" "$RESULTS"
 if [ ${#failed[@]} -gt 0 ]; then
