@@ -9,6 +9,7 @@
 //! - [`cgroup`]: the VM's cgroup on v1 or v2, and its removal;
 //! - [`mounts`]: the jail's file system and `pivot_root`;
 //! - [`libraries`]: the shared libraries a dynamically linked VMM needs in the jail;
+//! - [`elf`]: whether an executable is static (its program interpreter, if any);
 //! - [`jail`]: the sequence (namespaces, fork, credentials, exec) and its errors;
 //! - `sys`: the raw calls without safe wrappers (fork, capability bounding set).
 //!
@@ -45,6 +46,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod elf;
 pub mod jail;
 pub mod libraries;
 pub mod mounts;

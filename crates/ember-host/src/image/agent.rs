@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ember_jailer::elf::ElfError;
+
 use super::error::ImageError;
 
 /// Where the agent lives in the guest.
@@ -39,64 +41,16 @@ pub fn check_static(path: &Path) -> Result<(), ImageError> {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| {
-        bad(format!(
+    match ember_jailer::elf::interpreter(path) {
+        Err(ElfError::Io(e)) => Err(bad(format!(
             "{e} (give --agent PATH or $EMBER_AGENT_BIN; build one with {STATIC_AGENT_BUILD})"
-        ))
-    })?;
-    match elf_interpreter(&bytes) {
-        Err(why) => Err(bad(format!(
-            "not a 64-bit little-endian ELF executable: {why}"
         ))),
+        Err(e @ ElfError::NotElf(_)) => Err(bad(e.to_string())),
         Ok(Some(interp)) => Err(bad(format!(
             "dynamically linked (interpreter {interp}); the image needs a static one: {STATIC_AGENT_BUILD}"
         ))),
         Ok(None) => Ok(()),
     }
-}
-
-/// The program interpreter an ELF64 little-endian file asks for, if any.
-pub fn elf_interpreter(b: &[u8]) -> Result<Option<String>, &'static str> {
-    const PT_INTERP: u32 = 3;
-    if b.len() < 64 || &b[..4] != b"\x7fELF" {
-        return Err("no ELF header");
-    }
-    if b[4] != 2 || b[5] != 1 {
-        return Err("not ELFCLASS64 little-endian");
-    }
-    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
-    let u32_at = |o: usize| {
-        b.get(o..o + 4)
-            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    };
-    let u64_at = |o: usize| {
-        b.get(o..o + 8)
-            .and_then(|s| <[u8; 8]>::try_from(s).ok())
-            .map(u64::from_le_bytes)
-    };
-    let phoff = u64_at(0x20).ok_or("short header")?;
-    let phentsize = usize::from(u16_at(0x36).ok_or("short header")?);
-    let phnum = usize::from(u16_at(0x38).ok_or("short header")?);
-    let phoff = usize::try_from(phoff).map_err(|_| "program headers out of range")?;
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        if u32_at(ph).ok_or("program headers out of range")? == PT_INTERP {
-            let off = u64_at(ph + 8).ok_or("program headers out of range")?;
-            let size = u64_at(ph + 32).ok_or("program headers out of range")?;
-            let (off, size) = (
-                usize::try_from(off).map_err(|_| "interpreter out of range")?,
-                usize::try_from(size).map_err(|_| "interpreter out of range")?,
-            );
-            let name = b
-                .get(off..off.saturating_add(size))
-                .ok_or("interpreter out of range")?;
-            let name = String::from_utf8_lossy(name)
-                .trim_end_matches('\0')
-                .to_string();
-            return Ok(Some(name));
-        }
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
@@ -105,15 +59,17 @@ mod tests {
 
     #[test]
     fn this_test_binary_is_dynamic_and_garbage_is_not_elf() {
-        let exe = std::env::current_exe().unwrap();
-        let bytes = std::fs::read(&exe).unwrap();
         // Test binaries are built without crt-static: they have an interpreter.
-        assert!(elf_interpreter(&bytes).unwrap().is_some());
-        assert!(elf_interpreter(b"#!/bin/sh\n").is_err());
+        let exe = std::env::current_exe().unwrap();
         let e = check_static(&exe).unwrap_err().to_string();
         assert!(
             e.contains("dynamically linked") && e.contains("crt-static"),
             "{e}"
         );
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("agent");
+        std::fs::write(&script, b"#!/bin/sh\n").unwrap();
+        let e = check_static(&script).unwrap_err().to_string();
+        assert!(e.contains("not a 64-bit little-endian ELF"), "{e}");
     }
 }

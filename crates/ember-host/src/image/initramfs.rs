@@ -29,12 +29,12 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// Checks [`BUSYBOX`] is there and static.
 pub fn check_busybox() -> Result<PathBuf, ImageError> {
     let path = PathBuf::from(BUSYBOX);
-    let bytes = std::fs::read(&path).map_err(|_| ImageError::MissingTool {
-        tool: BUSYBOX.into(),
-        package: "busybox-static".into(),
-    })?;
-    match super::agent::elf_interpreter(&bytes) {
+    match ember_jailer::elf::interpreter(&path) {
         Ok(None) => Ok(path),
+        Err(ember_jailer::elf::ElfError::Io(_)) => Err(ImageError::MissingTool {
+            tool: BUSYBOX.into(),
+            package: "busybox-static".into(),
+        }),
         _ => Err(ImageError::MissingTool {
             tool: format!("a static {BUSYBOX} (this one is not)"),
             package: "busybox-static".into(),
