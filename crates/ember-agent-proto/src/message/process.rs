@@ -151,6 +151,18 @@ impl<'a> ProcessStart<'a> {
             check_size(kind, size)?;
             Some(size)
         } else {
+            // Without a terminal the size is zero (the one encoding: the wire is canonical).
+            for (field, v) in [("rows", size.rows), ("cols", size.cols)] {
+                if v != 0 {
+                    return Err(FieldError {
+                        kind,
+                        field,
+                        problem: FieldProblem::OutOfRange {
+                            value: u64::from(v),
+                        },
+                    });
+                }
+            }
             None
         };
         Ok(ProcessStart {

@@ -688,6 +688,15 @@ mod tests {
             zero.encode(1, &mut [0u8; 64]),
             Err(EncodeError::Field(_))
         ));
+        // Without a terminal the size must be zero: a size without the PTY flag has no
+        // encoding of its own (found by the agent_decode fuzz target).
+        let mut buf = [0u8; 128];
+        let n = Request::ProcessStart(ProcessStart::new(&["sh"]))
+            .encode(1, &mut buf)
+            .unwrap();
+        buf[n - 4] = 24;
+        let err = Request::decode(&buf[..n]).unwrap_err().to_string();
+        assert!(err.contains("rows"), "{err}");
     }
 
     #[test]
