@@ -488,6 +488,23 @@ pub fn vmm_bin() -> PathBuf {
     package_bin("ember-vmm", "ember-vmm")
 }
 
+/// The python with the `e2b` SDK that tests drive emberd with: `$EMBER_E2B_PYTHON`, or the
+/// repository's `target/e2b-venv/bin/python` (made by scripts/setup.sh). Panics naming the fix
+/// when it is missing.
+pub fn e2b_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("EMBER_E2B_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/e2b-venv/bin/python");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/setup.sh (it installs the e2b SDK from PyPI into \
+         target/e2b-venv), or point EMBER_E2B_PYTHON at a python with `e2b` installed",
+        p.display()
+    );
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,19 +14,9 @@ use std::process::Command;
 
 use common::{Daemon, probe_template, runtime};
 
-/// The venv's python: `$EMBER_E2B_PYTHON`, or `target/e2b-venv/bin/python`.
+/// The venv's python (ember-test-support's [`e2b_python`](ember_test_support::e2b_python)).
 fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("EMBER_E2B_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/e2b-venv/bin/python");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/setup.sh (it installs the e2b SDK from PyPI into \
-         target/e2b-venv), or point EMBER_E2B_PYTHON at a python with `e2b` installed",
-        p.display()
-    );
-    p
+    ember_test_support::e2b_python()
 }
 
 fn free_port() -> u16 {

@@ -402,22 +402,7 @@ pub async fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchE
     );
     let _ = std::fs::remove_dir_all(&dir);
     drop(daemon);
-    let mut report = result?;
-    report.targets.push(Target {
-        name: "left behind after the run".into(),
-        target: "0 VMM processes, 0 files".into(),
-        measured: format!(
-            "{} processes, {} files",
-            left.processes.len(),
-            left.files.len()
-        ),
-        met: left.is_clean(),
-    });
-    if !left.is_clean() {
-        return Err(BenchError::Leaked(left));
-    }
-    report.leftovers = left;
-    Ok(report)
+    result?.close(left)
 }
 
 async fn measure(

@@ -110,21 +110,7 @@ pub async fn run(
     ui.finish("done");
     let mut report = result?;
     report.figure("jailed", jailed);
-    report.targets.push(Target {
-        name: "left behind after the run".into(),
-        target: "0 VMM processes, 0 files".into(),
-        measured: format!(
-            "{} processes, {} files",
-            leftovers.processes.len(),
-            leftovers.files.len()
-        ),
-        met: leftovers.is_clean(),
-    });
-    if !leftovers.is_clean() {
-        return Err(BenchError::Leaked(leftovers));
-    }
-    report.leftovers = leftovers;
-    Ok(report)
+    report.close(leftovers)
 }
 
 #[allow(clippy::too_many_arguments)]

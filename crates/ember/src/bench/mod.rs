@@ -137,6 +137,26 @@ impl BenchReport {
         }
     }
 
+    /// Ends the report with what the run left behind: a target that must be met, and a
+    /// [`BenchError::Leaked`] when anything is left.
+    fn close(mut self, leftovers: Leftovers) -> Result<BenchReport, BenchError> {
+        self.targets.push(Target {
+            name: "left behind after the run".into(),
+            target: "0 VMM processes, 0 files".into(),
+            measured: format!(
+                "{} processes, {} files",
+                leftovers.processes.len(),
+                leftovers.files.len()
+            ),
+            met: leftovers.is_clean(),
+        });
+        if !leftovers.is_clean() {
+            return Err(BenchError::Leaked(leftovers));
+        }
+        self.leftovers = leftovers;
+        Ok(self)
+    }
+
     fn figure(&mut self, name: &str, value: impl Serialize) {
         if let Ok(v) = serde_json::to_value(value) {
             self.figures.insert(name.to_string(), v);
@@ -288,22 +308,7 @@ pub fn run(kind: BenchKind, opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchRep
     let leftovers = session.finish();
     drop(interrupt);
     ui.finish("done");
-    let mut report = result?;
-    report.targets.push(Target {
-        name: "left behind after the run".into(),
-        target: "0 VMM processes, 0 files".into(),
-        measured: format!(
-            "{} processes, {} files",
-            leftovers.processes.len(),
-            leftovers.files.len()
-        ),
-        met: leftovers.is_clean(),
-    });
-    if !leftovers.is_clean() {
-        return Err(BenchError::Leaked(leftovers));
-    }
-    report.leftovers = leftovers;
-    Ok(report)
+    result?.close(leftovers)
 }
 
 /// What every benchmark boots: the probe guest on [`probe_stack`] with the template arguments.
