@@ -121,6 +121,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
             acquiring: std::sync::atomic::AtomicUsize::new(0),
             wake: Condvar::new(),
             ready: Condvar::new(),
+            spawns_done: Condvar::new(),
             counters: Counters::new(),
             generation: generation(),
             jobs: Mutex::new(Some(tx.clone())),
@@ -242,7 +243,8 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
     }
 
     /// Removes `stack`'s bucket and destroys its entries (cause `unregister`); spawns under way
-    /// for it are destroyed when they finish. Returns how many entries were evicted.
+    /// for it are destroyed when they finish (`wait_spawns` waits for that). Returns how many
+    /// entries were evicted.
     pub fn unregister(&self, stack: &StackKey) -> Result<usize, PoolError> {
         let (entries, counters) = {
             let mut st = self.shared.lock();
@@ -265,6 +267,28 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
         }
         tracing::info!(%stack, evicted = n, "unregistered warm pool bucket");
         Ok(n)
+    }
+
+    /// Waits until no spawn job of `stack` is under way (a restore planned before `unregister`
+    /// finishes, and its VM is destroyed, after the bucket is gone), or `timeout` passes.
+    /// Returns whether none is left. Call it before deleting what those restores read (the
+    /// stack's snapshot files).
+    pub fn wait_spawns(&self, stack: &StackKey, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        while st.spawning.contains_key(stack) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .shared
+                .spawns_done
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
     }
 
     /// The stacks with a bucket.

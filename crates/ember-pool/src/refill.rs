@@ -32,6 +32,7 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
         let mut expired: Vec<(StackKey, Entry)> = Vec::new();
         let mut spawns: Vec<Job> = Vec::new();
         let yielding = yield_to_acquires(shared, &mut st, now, &mut next);
+        let mut planned: Vec<StackKey> = Vec::new();
         for (key, slot) in st.buckets.iter_mut() {
             let bucket = &mut slot.bucket;
             expired.extend(
@@ -51,6 +52,7 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
                     break;
                 };
                 bucket.in_flight += 1;
+                planned.push(key.clone());
                 spawns.push(Job::Spawn {
                     stack: key.clone(),
                     epoch: slot.epoch,
@@ -67,6 +69,9 @@ pub(crate) fn coordinator<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Sen
                 // take_expired evicts strictly older than max_age: look just after.
                 next = next.min(expiry + Duration::from_millis(1));
             }
+        }
+        for key in &planned {
+            st.spawn_planned(key);
         }
         drop(st);
 
@@ -149,7 +154,18 @@ fn abandon_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
         if let Some(slot) = st.buckets.get_mut(&stack).filter(|s| s.epoch == epoch) {
             slot.bucket.in_flight = slot.bucket.in_flight.saturating_sub(1);
         }
+        finish_spawn(shared, &mut st, &stack);
     }
+}
+
+/// Counts a spawn job of `stack` as over and wakes `WarmPool::wait_spawns`.
+fn finish_spawn<P: VmProvider + VmQuery>(
+    shared: &Shared<P>,
+    st: &mut crate::shared::State,
+    stack: &StackKey,
+) {
+    st.spawn_done(stack);
+    shared.spawns_done.notify_all();
 }
 
 /// Why a spawn did not produce an entry.
@@ -162,7 +178,20 @@ enum SpawnFailure {
     Pause(VmError),
 }
 
+/// Runs a spawn job; it counts as over (for `WarmPool::wait_spawns`) only once its VM is in
+/// its bucket or destroyed.
 fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
+    let stack = match &job {
+        Job::Spawn { stack, .. } => stack.clone(),
+        Job::Destroy { .. } => return,
+    };
+    if spawn_job(shared, job) {
+        finish_spawn(shared, &mut shared.lock(), &stack);
+    }
+}
+
+/// The spawn itself; false when it was abandoned (already counted as over).
+fn spawn_job<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) -> bool {
     let Job::Spawn {
         stack,
         epoch,
@@ -172,7 +201,7 @@ fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
         counters,
     } = job
     else {
-        return;
+        return false;
     };
     if shared.lock().shutdown {
         abandon_spawn(
@@ -186,7 +215,7 @@ fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
                 counters,
             },
         );
-        return;
+        return false;
     }
     let t0 = Instant::now();
     let outcome = spawn_one(shared, &counters, &vm_id, &template, pause_idle);
@@ -257,6 +286,7 @@ fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
             }
         }
     }
+    true
 }
 
 /// Restore, validate and (optionally) pause one entry of the stack `counters` count for.

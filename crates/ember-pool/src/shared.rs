@@ -49,6 +49,26 @@ pub(crate) struct State {
     pub acquires_ended_at: Option<std::time::Instant>,
     /// Since when the refiller has been yielding to acquires (see `PoolSettings::refill_yield`).
     pub yielding_since: Option<std::time::Instant>,
+    /// Spawn jobs planned and not yet finished, per stack — outliving the stack's bucket, so
+    /// `WarmPool::wait_spawns` can tell when nothing restores from a deleted stack any more.
+    pub spawning: HashMap<StackKey, usize>,
+}
+
+impl State {
+    /// Counts a spawn job planned for `stack`.
+    pub fn spawn_planned(&mut self, stack: &StackKey) {
+        *self.spawning.entry(stack.clone()).or_default() += 1;
+    }
+
+    /// Counts a spawn job of `stack` finished (or abandoned).
+    pub fn spawn_done(&mut self, stack: &StackKey) {
+        if let Some(n) = self.spawning.get_mut(stack) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.spawning.remove(stack);
+            }
+        }
+    }
 }
 
 /// The pool's shared core.
@@ -66,6 +86,8 @@ pub(crate) struct Shared<P> {
     pub wake: Condvar,
     /// `acquire_timeout` callers wait here for entries.
     pub ready: Condvar,
+    /// `WarmPool::wait_spawns` callers wait here for a stack's spawn jobs to finish.
+    pub spawns_done: Condvar,
     pub counters: Counters,
     /// Distinguishes this pool instance's VM ids from any other's.
     pub generation: String,

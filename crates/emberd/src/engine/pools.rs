@@ -66,6 +66,10 @@ pub fn bucket_config(spec: &PoolSpec) -> BucketConfig {
     }
 }
 
+/// How long deleting a pool waits for its restores under way (a Linux guest's restore and
+/// agent check take seconds; the probe's, milliseconds).
+const SPAWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Engine {
     /// Sets (creates or changes) the pool of `template`.
     pub fn set_pool(&self, template: &str, req: SetPool) -> Result<PoolStatus, ApiError> {
@@ -130,7 +134,9 @@ impl Engine {
         })
     }
 
-    /// Deletes `template`'s pool and destroys its idle VMs.
+    /// Deletes `template`'s pool and destroys its idle VMs; returns once no restore for it is
+    /// under way (at most `SPAWN_DRAIN`), so deleting the template next finds nothing still
+    /// reading its snapshot.
     pub fn delete_pool(&self, template: &str) -> Result<PoolSpec, ApiError> {
         let name = TemplateName::new(template)?;
         let t = self.template(name.as_str())?;
@@ -143,6 +149,9 @@ impl Engine {
             Ok(n) => tracing::info!(template = %name, drained = n, "pool deleted"),
             Err(ember_pool::PoolError::UnknownStack { .. }) => {}
             Err(e) => return Err(e.into()),
+        }
+        if !self.pool.wait_spawns(&t.stack, SPAWN_DRAIN) {
+            tracing::warn!(template = %name, "a restore for the deleted pool is still under way");
         }
         Ok(spec)
     }
