@@ -211,6 +211,11 @@ wait_for() {
         n=\$((n + 1)); [ \$n -gt \$((\$4 * 5)) ] && return 1; sleep 0.2
     done
 }
+# mem_touched: KiB of the snapshot's memory file the running ember-vmm has mapped in (Rss) and
+# written (Private_Dirty: copied on write), from its smaps.
+mem_touched() {
+    awk '/l2\\.mem/ { m = 1; next } /^[0-9a-f]+-[0-9a-f]+ / { m = 0 } m && /^Rss:/ { r += \$2 } m && /^Private_Dirty:/ { d += \$2 } END { print "rss_kib=" r + 0, "dirty_kib=" d + 0 }' /proc/\$(pidof ember-vmm)/smaps
+}
 # agent NAME [OPTIONS] -- ARGV...: one command through ember-agent in L2; its output and exit code.
 agent() {
     name=\$1; shift
@@ -265,8 +270,10 @@ else
     n=0; while [ ! -S /run/api3.sock ] && [ \$n -lt 100 ]; do n=\$((n + 1)); sleep 0.1; done
     /rig/api_call /run/api3.sock PUT /snapshot/load '{"snapshot_path": "/run/l2.snap", "mem_backend": {"backend_type": "File", "backend_path": "/run/l2.mem"}, "resume_vm": true}'
     echo "RIG-L1-RESTORED-2 uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    echo "RIG-L1-MEM-AT-RESTORE \$(mem_touched)"
     agent R2 --reseed 2 -- sh -c 'echo \$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n") \$(date +%s)'
     echo "RIG-L1-CLOCK-R2 \$(date +%s)"
+    echo "RIG-L1-MEM-AFTER-EXEC \$(mem_touched)"
     kill -TERM \$(pidof ember-vmm)
     wait_for /run/l2c.log RIG-L1-EMBER3-EXIT 1 30
     sed 's/^/RIG-L1-VMM /' /run/vmm.log /run/vmm2.log
@@ -382,9 +389,16 @@ if [ "$SNAPSHOT" = 1 ]; then
         awk -v g="${g:-0}" -v h="${h:-99}" 'BEGIN { d = g - h; exit !(d <= 1 && d >= -1) }' || failed+=("clone${n}_clock")
     done
     awk -v j="${uptime_jump:-99}" 'BEGIN { exit !(j < 2 && j > -2) }' || failed+=(uptime_continues)
-    restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "stop_to_restored": %s, "restore_request": %s}, "last_tick_before": %s, "first_tick_after": %s, "uptime_gap_s": %s, "uptime_jump_s": %s, "clock_minus_host_after_s": [%s]}' \
+    # Guest memory touched: the second clone's mapping of the memory file right after its
+    # restore, and after its Reseed and first command (Rss: pages read in; dirty: copied).
+    kib() { field "$1" | sed -n "s/.*$2=\([0-9]*\).*/\1/p"; }
+    mem_json=$(printf '{"guest_mem_kib": %s, "at_restore": {"rss_kib": %s, "dirty_kib": %s}, "after_first_exec": {"rss_kib": %s, "dirty_kib": %s}}' \
+        "$(field RIG-L1-SNAPSHOT-DONE | sed -n 's/.*mem_kib=\([0-9]*\).*/\1/p' | grep . || echo null)" \
+        "$(kib RIG-L1-MEM-AT-RESTORE rss_kib | grep . || echo null)" "$(kib RIG-L1-MEM-AT-RESTORE dirty_kib | grep . || echo null)" \
+        "$(kib RIG-L1-MEM-AFTER-EXEC rss_kib | grep . || echo null)" "$(kib RIG-L1-MEM-AFTER-EXEC dirty_kib | grep . || echo null)")
+    restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "stop_to_restored": %s, "restore_request": %s, "restored_to_first_exec_reply": %s}, "guest_memory_touched": %s, "last_tick_before": %s, "first_tick_after": %s, "uptime_gap_s": %s, "uptime_jump_s": %s, "clock_minus_host_after_s": [%s]}' \
         "$(since RIG-L1-PAUSE RIG-L1-SNAPSHOT-DONE)" "$(since RIG-L1-SNAPSHOT-DONE RIG-L1-RESTORED)" \
-        "$(since RIG-L1-RESTORE-START RIG-L1-RESTORED)" \
+        "$(since RIG-L1-RESTORE-START RIG-L1-RESTORED)" "$(since RIG-L1-RESTORED-2 RIG-L1-AGENT-R2)" "$mem_json" \
         "${last_before:-null}" "${first_after:-null}" "${uptime_gap:-null}" "${uptime_jump:-null}" "$after")
 fi
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
