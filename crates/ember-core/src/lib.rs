@@ -28,6 +28,7 @@
 pub mod error;
 pub mod host_info;
 pub mod id;
+pub mod image_source;
 pub mod in_memory;
 pub mod net_policy;
 pub mod pool_spec;
@@ -46,6 +47,7 @@ pub mod vm_record;
 pub use error::{BoxError, Operation, ResourceKind, VmError, error_chain};
 pub use host_info::HostInfo;
 pub use id::{SandboxId, SnapshotId, VmId};
+pub use image_source::ImageSource;
 pub use in_memory::{FaultPlan, Gate, InMemoryVmProvider};
 pub use net_policy::{EgressAction, EgressPolicy, EgressRule, Ipv4Cidr, PortRange, Protocol};
 pub use pool_spec::{PoolSpec, Pooled};

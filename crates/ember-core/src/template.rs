@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::VmError;
 use crate::id::{SnapshotId, validate_id};
+use crate::image_source::ImageSource;
 use crate::spec::{MAX_BOOT_ARGS_LEN, validate_path};
 use crate::stack::{MAX_STACK_NAME_LEN, StackKey, validate_mem, validate_vcpus};
 
@@ -108,6 +109,15 @@ pub enum GuestSpec {
         #[serde(default)]
         rootfs_read_only: bool,
     },
+    /// A Linux image the host builds first (Debian's cloud kernel, an overlay initramfs, a
+    /// root filesystem from `source` with ember-agent; cached by content hash, as `ember image
+    /// build` makes), then boots as a `kernel` guest; the template records the `kernel` guest
+    /// it resolved to. Give it 256 MiB or more (half is the guest's writable overlay at most)
+    /// and a boot timeout that fits a Linux boot.
+    Image {
+        /// Where its root tree comes from.
+        source: ImageSource,
+    },
 }
 
 /// What a caller asks a template to be.
@@ -200,6 +210,10 @@ impl TemplateSpec {
         }
         let args = match &self.guest {
             GuestSpec::Probe { boot_args } => boot_args,
+            GuestSpec::Image { source } => {
+                source.clone().normalize("spec.guest.source.")?;
+                &None
+            }
             GuestSpec::Kernel {
                 kernel,
                 initrd,

@@ -63,8 +63,16 @@ impl TemplateBoot {
     /// [`ember_core::template::GUEST_IP`]); the guest is told its address on its command line
     /// (`ember.ip=A/N ember.gw=G`: the probe reads it, and so does the init of images from
     /// `ember image build`).
-    pub fn resolve(stack: StackKey, spec: &TemplateSpec, probe_kernel: &Path) -> Self {
-        let mut boot = Self::resolve_guest(stack, spec, probe_kernel);
+    ///
+    /// An `image` guest cannot boot as it is: build the image first
+    /// ([`crate::image::build`]) and resolve the `kernel` guest it gives
+    /// ([`crate::image::template_spec`]).
+    pub fn resolve(
+        stack: StackKey,
+        spec: &TemplateSpec,
+        probe_kernel: &Path,
+    ) -> Result<Self, VmError> {
+        let mut boot = Self::resolve_guest(stack, spec, probe_kernel)?;
         if spec.network {
             use ember_core::template::{
                 GUEST_GATEWAY, GUEST_IP, GUEST_MAC, GUEST_PREFIX_LEN, GUEST_TAP,
@@ -82,12 +90,22 @@ impl TemplateBoot {
                 "{args} ember.ip={GUEST_IP}/{GUEST_PREFIX_LEN} ember.gw={GUEST_GATEWAY}"
             ));
         }
-        boot
+        Ok(boot)
     }
 
-    fn resolve_guest(stack: StackKey, spec: &TemplateSpec, probe_kernel: &Path) -> Self {
+    fn resolve_guest(
+        stack: StackKey,
+        spec: &TemplateSpec,
+        probe_kernel: &Path,
+    ) -> Result<Self, VmError> {
         let boot_timeout = Duration::from_millis(spec.boot_timeout_ms);
-        match &spec.guest {
+        Ok(match &spec.guest {
+            GuestSpec::Image { .. } => {
+                return Err(VmError::invalid_spec(
+                    "spec.guest",
+                    "an image guest boots once its image is built (its kernel guest)",
+                ));
+            }
             GuestSpec::Probe { boot_args } => {
                 let args = match boot_args {
                     Some(extra) => format!("{PROBE_TEMPLATE_ARGS} {extra}"),
@@ -123,7 +141,7 @@ impl TemplateBoot {
                     boot_timeout,
                 }
             }
-        }
+        })
     }
 
     /// The stack's shape and a vsock device (the provider puts the socket in the VM's own

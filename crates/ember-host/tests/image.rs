@@ -7,7 +7,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use ember_core::GuestSpec;
@@ -30,39 +29,7 @@ fn kernel_cache() -> PathBuf {
 
 /// The static agent: `$EMBER_AGENT_BIN`, or built (release, crt-static) as the Linux rig does.
 fn static_agent() -> PathBuf {
-    static AGENT: OnceLock<PathBuf> = OnceLock::new();
-    AGENT
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("EMBER_AGENT_BIN") {
-                return PathBuf::from(p);
-            }
-            let path = target_dir().join("x86_64-unknown-linux-gnu/release/ember-agent");
-            if !path.is_file() {
-                eprintln!(
-                    "building a static ember-agent: {}",
-                    image::agent::STATIC_AGENT_BUILD
-                );
-                let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-                let status = Command::new(cargo)
-                    .args([
-                        "build",
-                        "--release",
-                        "-p",
-                        "ember-agent",
-                        "--bin",
-                        "ember-agent",
-                    ])
-                    .args(["--target", "x86_64-unknown-linux-gnu"])
-                    .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                    .env("CARGO_TARGET_DIR", target_dir())
-                    .current_dir(env!("CARGO_MANIFEST_DIR"))
-                    .status()
-                    .unwrap();
-                assert!(status.success(), "building the static agent failed");
-            }
-            path
-        })
-        .clone()
+    ember_test_support::static_ember_agent(Some(&target_dir()))
 }
 
 /// Image builds need root; without it the test says so loudly and passes.

@@ -483,6 +483,45 @@ pub fn package_bin(package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// A static ember-agent for Linux guest images: `$EMBER_AGENT_BIN`, or built once (release,
+/// crt-static, as the Linux rig builds it) into `target_dir` (the workspace's `target/` when
+/// `None`).
+pub fn static_ember_agent(target_dir: Option<&Path>) -> PathBuf {
+    static AGENT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut agent = AGENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = agent.as_ref() {
+        return p.clone();
+    }
+    if let Some(p) = std::env::var_os("EMBER_AGENT_BIN") {
+        return agent.insert(PathBuf::from(p)).clone();
+    }
+    let target_dir = target_dir.map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        Path::to_path_buf,
+    );
+    let path = target_dir.join("x86_64-unknown-linux-gnu/release/ember-agent");
+    if !path.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "ember-agent",
+                "--bin",
+                "ember-agent",
+            ])
+            .args(["--target", "x86_64-unknown-linux-gnu"])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap_or_else(|e| panic!("running cargo build -p ember-agent: {e}"));
+        assert!(status.success(), "building the static agent failed");
+    }
+    agent.insert(path).clone()
+}
+
 /// The `ember-vmm` binary (`$EMBER_VMM_BIN`, or built on demand).
 pub fn vmm_bin() -> PathBuf {
     package_bin("ember-vmm", "ember-vmm")

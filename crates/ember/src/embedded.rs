@@ -77,6 +77,7 @@ impl Embedded {
             e2b,
             jail: jail.clone(),
             network: None,
+            agent_bin: None,
         })
         .await;
         let daemon = match daemon {

@@ -89,6 +89,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum TemplateCmd {
     /// Builds a template: boots the guest, waits for its agent, snapshots it.
@@ -99,6 +101,28 @@ enum TemplateCmd {
         /// read-only root filesystem and command line from its image.json).
         #[arg(long, conflicts_with_all = ["kernel", "initrd", "rootfs"])]
         image: Option<PathBuf>,
+        /// Have emberd build a Linux image for it first (as `ember image build` does, on
+        /// emberd's host, cached in its state dir): a debootstrap of Debian with the default
+        /// packages, or what --packages, --from-dir or --from-tar say.
+        #[arg(long, conflicts_with_all = ["image", "kernel", "initrd", "rootfs"])]
+        build_image: bool,
+        /// Debian packages for the image emberd builds, comma-separated (implies
+        /// --build-image; replaces the default bash,coreutils,python3).
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["image", "kernel", "from_dir", "from_tar"])]
+        packages: Option<Vec<String>>,
+        /// The Debian suite of the image emberd builds (implies --build-image).
+        #[arg(long, conflicts_with_all = ["image", "kernel", "from_dir", "from_tar"])]
+        suite: Option<String>,
+        /// The Debian mirror of the image emberd builds (implies --build-image).
+        #[arg(long, conflicts_with_all = ["image", "kernel", "from_dir", "from_tar"])]
+        mirror: Option<String>,
+        /// Build the image from this directory on emberd's host (implies --build-image).
+        #[arg(long, conflicts_with_all = ["image", "kernel", "from_tar"])]
+        from_dir: Option<PathBuf>,
+        /// Build the image from this tarball on emberd's host, e.g. `docker export` output
+        /// (implies --build-image).
+        #[arg(long, conflicts_with_all = ["image", "kernel"])]
+        from_tar: Option<PathBuf>,
         /// Boot this kernel instead of the probe guest.
         #[arg(long)]
         kernel: Option<PathBuf>,
@@ -494,6 +518,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 TemplateCmd::Build {
                     name,
                     image,
+                    build_image,
+                    packages,
+                    suite,
+                    mirror,
+                    from_dir,
+                    from_tar,
                     kernel,
                     initrd,
                     rootfs,
@@ -512,6 +542,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         name,
                         TemplateArgs {
                             image: image.clone(),
+                            build_image: image_source(
+                                *build_image,
+                                packages,
+                                suite,
+                                mirror,
+                                from_dir,
+                                from_tar,
+                            ),
                             kernel: kernel.clone(),
                             initrd: initrd.clone(),
                             rootfs: rootfs.clone(),
@@ -899,4 +937,43 @@ fn print_bench(r: &BenchReport, json: bool) -> Result<()> {
         println!("[{mark}] {}: {} (target {})", t.name, t.measured, t.target);
     }
     Ok(())
+}
+
+/// The image `ember template build` asks emberd to build, if its flags ask for one.
+fn image_source(
+    build: bool,
+    packages: &Option<Vec<String>>,
+    suite: &Option<String>,
+    mirror: &Option<String>,
+    from_dir: &Option<PathBuf>,
+    from_tar: &Option<PathBuf>,
+) -> Option<ember_core::ImageSource> {
+    let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    if let Some(d) = from_dir {
+        return Some(ember_core::ImageSource::Dir { path: abs(d) });
+    }
+    if let Some(t) = from_tar {
+        return Some(ember_core::ImageSource::Tar { path: abs(t) });
+    }
+    if !(build || packages.is_some() || suite.is_some() || mirror.is_some()) {
+        return None;
+    }
+    let packages = packages
+        .as_ref()
+        .map(|p| p.iter().map(|s| s.trim().to_string()).collect());
+    let mut source = ember_core::ImageSource::debootstrap(packages);
+    if let ember_core::ImageSource::Debootstrap {
+        suite: s,
+        mirror: m,
+        ..
+    } = &mut source
+    {
+        if let Some(v) = suite {
+            *s = v.clone();
+        }
+        if let Some(v) = mirror {
+            *m = v.clone();
+        }
+    }
+    Some(source)
 }

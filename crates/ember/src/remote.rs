@@ -127,6 +127,8 @@ fn until(t: Option<SystemTime>) -> String {
 pub struct TemplateArgs {
     /// An image made by `ember image build` (its directory).
     pub image: Option<PathBuf>,
+    /// An image emberd builds first (the template's guest is `image`).
+    pub build_image: Option<ember_core::ImageSource>,
     /// A kernel image (instead of the probe guest).
     pub kernel: Option<PathBuf>,
     /// Its initrd.
@@ -171,6 +173,16 @@ pub async fn template_build(
                 None => extra,
             });
         }
+    } else if let Some(source) = args.build_image {
+        if args.boot_args.is_some() || args.rootfs_read_only {
+            return Err(RemoteError::Usage(
+                "--boot-args and --rootfs-read-only do not apply to an image emberd builds (its \
+                 command line and read-only root are the image's)"
+                    .into(),
+            ));
+        }
+        spec.guest = ember_core::GuestSpec::Image { source };
+        spec.mem_size_mib = ember_host::image::TEMPLATE_MEM_MIB;
     } else if let Some(kernel) = args.kernel {
         let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         spec.guest = ember_core::GuestSpec::Kernel {

@@ -382,6 +382,11 @@ fn every_client_command_against_a_real_emberd() {
     );
     d.ember(&["template", "build", "probe"])
         .fails(&["probe", "already exists"]);
+    // An image emberd would build: a bad package name is named before anything starts.
+    d.ember(&["template", "build", "img", "--packages", "bash,no such"])
+        .fails(&["spec.guest.source.packages", "no such"]);
+    d.ember(&["template", "build", "img", "--build-image", "--kernel", "/k"])
+        .fails(&["--kernel"]);
     let other = d
         .ember(&["--json", "template", "build", "other", "--mem", "256"])
         .ok();

@@ -53,6 +53,9 @@ pub struct DaemonConfig {
     pub jail: Option<ember_runtime::jail::JailSettings>,
     /// Give every sandbox its own network (ember-net); `None`: sandboxes have none.
     pub network: Option<crate::engine::network::NetworkSettings>,
+    /// The static ember-agent templates' images get (`None`: `$EMBER_AGENT_BIN`, or
+    /// `ember-agent` next to the daemon's executable).
+    pub agent_bin: Option<PathBuf>,
 }
 
 /// Why a daemon could not start.
@@ -200,6 +203,10 @@ impl Daemon {
             Arc::clone(&metrics),
             config.limits.clone(),
             nets,
+            crate::engine::ImageSettings {
+                cache_dir: config.state_dir.join("images"),
+                agent: config.agent_bin.clone(),
+            },
         )?;
         metrics.register_collector(Box::new(engine.pool.collector()));
         let weak = Arc::downgrade(&engine);

@@ -3,6 +3,7 @@
 //! ```text
 //! emberd [--socket /run/ember/ember.sock] [--listen 127.0.0.1:PORT --token-file F]
 //!        [--state-dir /var/lib/ember] [--runtime-dir /run/ember/vms] [--vmm PATH]
+//!        [--agent-bin PATH]
 //!        [--jailer PATH | --no-jail] [--vm-uid-base N] [--vm-gid N] [--vm-cpu-weight W]
 //!        [--vm-cpu-quota Q/P] [--vm-memory-max BYTES] [--vm-memory-overhead BYTES]
 //!        [--vm-pids-max N]
@@ -57,6 +58,10 @@ struct Args {
     /// The ember-vmm binary (default: $EMBER_VMM_BIN, next to emberd, or $PATH).
     #[arg(long)]
     vmm: Option<PathBuf>,
+    /// The static ember-agent put into templates' Linux images (a template whose guest is an
+    /// `image`; default: $EMBER_AGENT_BIN, or ember-agent next to emberd).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
     /// Spare VMM processes kept ready for creates.
     #[arg(long, default_value_t = 4)]
     spares: usize,
@@ -264,6 +269,7 @@ async fn run(args: Args) -> Result<()> {
         e2b,
         jail,
         network,
+        agent_bin: args.agent_bin,
     })
     .await
     .context("starting emberd")?;

@@ -117,6 +117,33 @@ fn every_route_refuses_bad_input_and_changes_nothing() {
         "relative kernel path",
     );
     check(
+        &post(
+            "/v1/templates",
+            r#"{"name":"x","spec":{"guest":{"kind":"image","source":{"kind":"debootstrap","packages":["bash","no such"]}}}}"#,
+        ),
+        400,
+        "spec.guest.source.packages",
+        "a package name with a space",
+    );
+    check(
+        &post(
+            "/v1/templates",
+            r#"{"name":"x","spec":{"guest":{"kind":"image","source":{"kind":"tar","path":"x.tar"}}}}"#,
+        ),
+        400,
+        "spec.guest.source.path",
+        "a relative image tarball",
+    );
+    check(
+        &post(
+            "/v1/templates",
+            r#"{"name":"x","spec":{"guest":{"kind":"image","source":{"kind":"docker","image":"x"}}}}"#,
+        ),
+        400,
+        "docker",
+        "an unknown image source kind",
+    );
+    check(
         &post("/v1/templates", r#"{"name":"probe"}"#),
         409,
         "already exists",

@@ -101,8 +101,8 @@ pub fn build(opts: &BuildOptions, ui: &dyn Ui) -> Result<Built, ImageError> {
     let start = Instant::now();
     tools::ensure_root()?;
     let mut source = opts.source.clone();
-    source.validate()?;
-    tools::require(source.tools())?;
+    source::validate(&mut source)?;
+    tools::require(source::tools(&source))?;
     tools::require(TOOLS)?;
     agent::check_static(&opts.agent)?;
     let busybox = initramfs::check_busybox()?;
@@ -123,7 +123,7 @@ pub fn build(opts: &BuildOptions, ui: &dyn Ui) -> Result<Built, ImageError> {
     ui.stage("[2/6] hashing the inputs", None);
     let mut h = ContentHash::default();
     h.text("format", &FORMAT_VERSION.to_string());
-    source.hash_into(&mut h)?;
+    source::hash_into(&source, &mut h)?;
     h.file("agent", &opts.agent)?;
     h.file("busybox", &busybox)?;
     h.text("kernel", &format!("{}={}", kpkg.package, kpkg.version));
@@ -225,7 +225,7 @@ fn build_in(
     ui.stage(&stage, None);
     let populating = Instant::now();
     // debootstrap takes minutes: its progress lines become the stage's name as they come.
-    source.populate(&tree, log, &|line| {
+    source::populate(source, &tree, log, &|line| {
         ui.stage(
             &format!("[4/6] debootstrap: {}", line.trim_start_matches("I: ")),
             None,

@@ -8,211 +8,145 @@ use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::agent::AGENT_GUEST_PATH;
 use super::error::ImageError;
 use super::hash::ContentHash;
 use super::tools;
 
-/// The suite debootstrap installs by default.
-pub const DEFAULT_SUITE: &str = "bookworm";
-/// The mirror debootstrap downloads from by default.
-pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-/// The packages installed by default (on top of debootstrap's minbase).
-pub const DEFAULT_PACKAGES: &[&str] = &["bash", "coreutils", "python3"];
+/// Where an image's root tree comes from: ember-core's model, shared with the API.
+pub use ember_core::ImageSource as Source;
+pub use ember_core::image_source::{DEFAULT_MIRROR, DEFAULT_PACKAGES, DEFAULT_SUITE};
 
-/// Where the root tree comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Source {
-    /// `debootstrap --variant=minbase --include=<packages> <suite> <dir> <mirror>`.
-    Debootstrap {
-        /// The Debian suite (`bookworm`).
-        suite: String,
-        /// The archive mirror.
-        mirror: String,
-        /// Packages on top of minbase.
-        packages: Vec<String>,
-    },
-    /// A copy of a directory (owners, modes and links kept).
-    Dir {
-        /// The directory.
-        path: PathBuf,
-    },
-    /// A tarball unpacked with numeric owners.
-    Tar {
-        /// The tarball.
-        path: PathBuf,
-    },
+/// The external tools populating `source` needs.
+pub fn tools(source: &Source) -> &'static [&'static str] {
+    match source {
+        Source::Debootstrap { .. } => &["debootstrap"],
+        Source::Dir { .. } => &["cp"],
+        Source::Tar { .. } => &["tar"],
+    }
 }
 
-impl Source {
-    /// A debootstrap of the default suite from the default mirror with `packages` (the
-    /// default packages when `None`).
-    pub fn debootstrap(packages: Option<Vec<String>>) -> Self {
+/// Checks `source` before anything starts: its names (errors name the command line's
+/// options), and that a directory or tarball exists (made absolute first); sorts and
+/// de-duplicates the package list.
+pub fn validate(source: &mut Source) -> Result<(), ImageError> {
+    if let Source::Dir { path } | Source::Tar { path } = source {
+        *path = std::path::absolute(&*path).map_err(ImageError::io("resolving", &*path))?;
+    }
+    source
+        .normalize("--")
+        .map_err(|e| ImageError::BadOption(e.to_string()))?;
+    match source {
+        Source::Debootstrap { .. } => Ok(()),
+        Source::Dir { path } => match std::fs::metadata(&*path) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(bad(path, "not a directory")),
+            Err(e) => Err(bad(path, &e.to_string())),
+        },
+        Source::Tar { path } => match std::fs::metadata(&*path) {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => Err(bad(path, "not a file")),
+            Err(e) => Err(bad(path, &e.to_string())),
+        },
+    }
+}
+
+/// Feeds what decides `source`'s tree into `h`.
+pub fn hash_into(source: &Source, h: &mut ContentHash) -> Result<(), ImageError> {
+    match source {
         Source::Debootstrap {
-            suite: DEFAULT_SUITE.into(),
-            mirror: DEFAULT_MIRROR.into(),
-            packages: packages
-                .unwrap_or_else(|| DEFAULT_PACKAGES.iter().map(|p| p.to_string()).collect()),
+            suite,
+            mirror,
+            packages,
+        } => {
+            h.text("source", "debootstrap");
+            h.text("suite", suite);
+            h.text("mirror", mirror);
+            h.text("packages", &packages.join(","));
+            Ok(())
+        }
+        Source::Dir { path } => {
+            h.text("source", "dir");
+            h.tree(path)
+        }
+        Source::Tar { path } => {
+            h.text("source", "tar");
+            h.file("tar", path)
         }
     }
+}
 
-    /// The external tools populating needs.
-    pub fn tools(&self) -> &'static [&'static str] {
-        match self {
-            Source::Debootstrap { .. } => &["debootstrap"],
-            Source::Dir { .. } => &["cp"],
-            Source::Tar { .. } => &["tar"],
+/// Fills `tree` (an empty directory) from `source`, logging the tools' output to `log`;
+/// debootstrap's `I: ...` progress lines are passed to `on_line` as they come.
+pub fn populate(
+    source: &Source,
+    tree: &Path,
+    log: &Path,
+    on_line: &dyn Fn(&str),
+) -> Result<(), ImageError> {
+    match source {
+        Source::Debootstrap {
+            suite,
+            mirror,
+            packages,
+        } => {
+            let include = format!("--include={}", packages.join(","));
+            let mut args = vec![OsStr::new("--variant=minbase")];
+            if !packages.is_empty() {
+                args.push(OsStr::new(&include));
+            }
+            args.extend([OsStr::new(suite), tree.as_os_str(), OsStr::new(mirror)]);
+            let what = format!("debootstrap {suite} from {mirror}");
+            run_watched(&what, &args, log, on_line).map_err(|e| {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                match missing_debs(&text) {
+                    Some(packages) => ImageError::NoSuchPackage {
+                        packages,
+                        suite: suite.clone(),
+                        mirror: mirror.clone(),
+                        log: log.to_path_buf(),
+                    },
+                    None => e,
+                }
+            })?;
+            // The downloaded .debs and the archive's package lists (~100 MiB): not needed
+            // to run, and `apt-get update` fetches fresh lists.
+            for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+                clear_files(&inside(tree, dir)?)?;
+            }
+            // debootstrap copies the build host's resolv.conf and hostname: not the guest's.
+            // (a link itself is removed, not followed)
+            let resolv = inside(tree, "etc")?.join("resolv.conf");
+            let _ = std::fs::remove_file(&resolv);
+            write(&resolv, "", 0o644)?;
+            write(&inside(tree, "etc/hostname")?, "ember\n", 0o644)
         }
-    }
-
-    /// Checks the source before anything starts; sorts and de-duplicates the package list.
-    pub fn validate(&mut self) -> Result<(), ImageError> {
-        match self {
-            Source::Debootstrap {
-                suite,
-                mirror,
-                packages,
-            } => {
-                let word = |s: &str| {
-                    !s.is_empty()
-                        && s.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"+-._~".contains(&b))
-                };
-                if !word(suite) {
-                    return Err(ImageError::BadOption(format!(
-                        "--suite {suite:?}: not a suite name"
-                    )));
-                }
-                if mirror.is_empty() || mirror.contains(char::is_whitespace) {
-                    return Err(ImageError::BadOption(format!(
-                        "--mirror {mirror:?}: not a URL"
-                    )));
-                }
-                if let Some(bad) = packages
-                    .iter()
-                    .find(|p| !word(p) || !p.starts_with(|c: char| c.is_ascii_alphanumeric()))
-                {
-                    return Err(ImageError::BadOption(format!(
-                        "--packages: {bad:?} is not a Debian package name"
-                    )));
-                }
-                packages.sort();
-                packages.dedup();
-                Ok(())
-            }
-            Source::Dir { path } => match std::fs::metadata(&*path) {
-                Ok(m) if m.is_dir() => Ok(()),
-                Ok(_) => Err(bad(path, "not a directory")),
-                Err(e) => Err(bad(path, &e.to_string())),
-            },
-            Source::Tar { path } => match std::fs::metadata(&*path) {
-                Ok(m) if m.is_file() => Ok(()),
-                Ok(_) => Err(bad(path, "not a file")),
-                Err(e) => Err(bad(path, &e.to_string())),
-            },
-        }
-    }
-
-    /// Feeds what decides the tree into `h`.
-    pub fn hash_into(&self, h: &mut ContentHash) -> Result<(), ImageError> {
-        match self {
-            Source::Debootstrap {
-                suite,
-                mirror,
-                packages,
-            } => {
-                h.text("source", "debootstrap");
-                h.text("suite", suite);
-                h.text("mirror", mirror);
-                h.text("packages", &packages.join(","));
-                Ok(())
-            }
-            Source::Dir { path } => {
-                h.text("source", "dir");
-                h.tree(path)
-            }
-            Source::Tar { path } => {
-                h.text("source", "tar");
-                h.file("tar", path)
-            }
-        }
-    }
-
-    /// Fills `tree` (an empty directory), logging the tools' output to `log`; debootstrap's
-    /// `I: ...` progress lines are passed to `on_line` as they come.
-    pub fn populate(
-        &self,
-        tree: &Path,
-        log: &Path,
-        on_line: &dyn Fn(&str),
-    ) -> Result<(), ImageError> {
-        match self {
-            Source::Debootstrap {
-                suite,
-                mirror,
-                packages,
-            } => {
-                let include = format!("--include={}", packages.join(","));
-                let mut args = vec![OsStr::new("--variant=minbase")];
-                if !packages.is_empty() {
-                    args.push(OsStr::new(&include));
-                }
-                args.extend([OsStr::new(suite), tree.as_os_str(), OsStr::new(mirror)]);
-                let what = format!("debootstrap {suite} from {mirror}");
-                run_watched(&what, &args, log, on_line).map_err(|e| {
-                    let text = std::fs::read_to_string(log).unwrap_or_default();
-                    match missing_debs(&text) {
-                        Some(packages) => ImageError::NoSuchPackage {
-                            packages,
-                            suite: suite.clone(),
-                            mirror: mirror.clone(),
-                            log: log.to_path_buf(),
-                        },
-                        None => e,
-                    }
-                })?;
-                // The downloaded .debs and the archive's package lists (~100 MiB): not needed
-                // to run, and `apt-get update` fetches fresh lists.
-                for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
-                    clear_files(&inside(tree, dir)?)?;
-                }
-                // debootstrap copies the build host's resolv.conf and hostname: not the guest's.
-                // (a link itself is removed, not followed)
-                let resolv = inside(tree, "etc")?.join("resolv.conf");
-                let _ = std::fs::remove_file(&resolv);
-                write(&resolv, "", 0o644)?;
-                write(&inside(tree, "etc/hostname")?, "ember\n", 0o644)
-            }
-            Source::Dir { path } => {
-                let mut from = path.clone().into_os_string();
-                from.push("/.");
-                tools::run(
-                    &format!("copying {}", path.display()),
-                    "cp",
-                    &[OsStr::new("-a"), &from, tree.as_os_str()],
-                    None,
-                    log,
-                )
-            }
-            Source::Tar { path } => tools::run(
-                &format!("unpacking {}", path.display()),
-                "tar",
-                &[
-                    OsStr::new("-x"),
-                    OsStr::new("-p"),
-                    OsStr::new("--numeric-owner"),
-                    OsStr::new("-f"),
-                    path.as_os_str(),
-                    OsStr::new("-C"),
-                    tree.as_os_str(),
-                ],
+        Source::Dir { path } => {
+            let mut from = path.clone().into_os_string();
+            from.push("/.");
+            tools::run(
+                &format!("copying {}", path.display()),
+                "cp",
+                &[OsStr::new("-a"), &from, tree.as_os_str()],
                 None,
                 log,
-            ),
+            )
         }
+        Source::Tar { path } => tools::run(
+            &format!("unpacking {}", path.display()),
+            "tar",
+            &[
+                OsStr::new("-x"),
+                OsStr::new("-p"),
+                OsStr::new("--numeric-owner"),
+                OsStr::new("-f"),
+                path.as_os_str(),
+                OsStr::new("-C"),
+                tree.as_os_str(),
+            ],
+            None,
+            log,
+        ),
     }
 }
 
@@ -467,15 +401,16 @@ mod tests {
     #[test]
     fn validate_sorts_and_refuses() {
         let mut s = Source::debootstrap(Some(vec!["b".into(), "a".into(), "b".into()]));
-        s.validate().unwrap();
+        validate(&mut s).unwrap();
         assert!(matches!(&s, Source::Debootstrap { packages, .. } if packages == &["a", "b"]));
         let mut s = Source::debootstrap(Some(vec!["a,b".into()]));
-        assert!(s.validate().unwrap_err().to_string().contains("a,b"));
+        let e = validate(&mut s).unwrap_err().to_string();
+        assert!(e.contains("a,b") && e.contains("--packages"), "{e}");
         let mut s = Source::Dir {
             path: "/nonexistent-ember".into(),
         };
         assert!(
-            s.validate()
+            validate(&mut s)
                 .unwrap_err()
                 .to_string()
                 .contains("/nonexistent-ember")

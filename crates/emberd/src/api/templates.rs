@@ -11,13 +11,14 @@ use crate::engine::templates::BuildTemplate;
 use crate::error::{ApiError, ErrorBody};
 
 /// Builds a template: boots its guest, waits for its agent, pauses and snapshots it. Returns
-/// once the snapshot is on disk.
+/// once the snapshot is on disk. A guest of kind `image` has its Linux image built first (a
+/// debootstrap takes a minute or two the first time; the same source again is cached).
 #[utoipa::path(post, path = "/v1/templates", tag = "templates", request_body = BuildTemplate,
     responses(
         (status = 201, description = "Built and ready", body = Template),
         (status = 400, description = "A field is invalid", body = ErrorBody),
         (status = 409, description = "A template of that name exists", body = ErrorBody),
-        (status = 503, description = "The guest's agent never answered", body = ErrorBody)))]
+        (status = 503, description = "The guest's agent never answered, or this host cannot build images", body = ErrorBody)))]
 pub async fn build(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<BuildTemplate>,

@@ -78,6 +78,17 @@ impl Default for Limits {
     }
 }
 
+/// How the engine builds Linux images for templates with an `image` guest.
+#[derive(Debug, Clone)]
+pub struct ImageSettings {
+    /// The image cache (one directory per content hash; templates' guests point into it, so
+    /// it lives in the state dir).
+    pub cache_dir: PathBuf,
+    /// The static ember-agent put into every image (`None`: `$EMBER_AGENT_BIN`, or
+    /// `ember-agent` next to the daemon's executable).
+    pub agent: Option<PathBuf>,
+}
+
 /// A ready template and the snapshot reference its sandboxes are restored from.
 #[derive(Debug, Clone)]
 pub struct ReadyTemplate {
@@ -111,6 +122,8 @@ pub struct Engine {
     pub nets: Option<Arc<network::SlotNets>>,
     /// Exposed guest ports' host listeners.
     pub ports: network::PortProxies,
+    /// Where templates' Linux images are built.
+    pub images: ImageSettings,
     /// Ready templates with the snapshot their sandboxes restore (a cache of the store's, so
     /// a create reads nothing from the store).
     ready: RwLock<HashMap<TemplateName, Arc<ReadyTemplate>>>,
@@ -133,6 +146,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         limits: Limits,
         nets: Option<Arc<network::SlotNets>>,
+        images: ImageSettings,
     ) -> Result<Arc<Engine>, ember_pool::PoolError> {
         let vms = Recorded::new(Arc::clone(&provider), Arc::clone(&store), VmOwner::Api);
         let validator = Arc::new(AgentValidator::new(
@@ -160,6 +174,7 @@ impl Engine {
             limits,
             nets,
             ports: network::PortProxies::default(),
+            images,
             ready: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(seed),
             listener: Mutex::new(None),

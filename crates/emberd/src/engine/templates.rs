@@ -2,13 +2,19 @@
 //! (state `building` while it boots, `ready` with its [`SnapshotInfo`] in the same transaction
 //! when done). A failed build leaves nothing: the record and any snapshot files go, and the
 //! error says why. Deleting a template is refused while a pool or a live sandbox uses it.
+//!
+//! A template whose guest is an `image` (a debootstrap package list, a directory or a tarball)
+//! has its Linux image built first by ember-host's image builder, into the state dir's image
+//! cache (content-addressed: the same source is built once), and records the `kernel` guest
+//! the image boots as.
 
 use std::time::SystemTime;
 
 use ember_core::{
-    SnapshotId, StackKey, Template, TemplateBuild, TemplateName, TemplateSpec, TemplateState,
-    VmProvider, error_chain,
+    GuestSpec, SnapshotId, StackKey, Template, TemplateBuild, TemplateName, TemplateSpec,
+    TemplateState, VmProvider, error_chain,
 };
+use ember_host::image::{self, ImageError};
 use ember_host::template::{self as host_template, TemplateBoot, TemplateError};
 use ember_store::{Durability, StoreError};
 use serde::{Deserialize, Serialize};
@@ -77,18 +83,20 @@ impl Engine {
                 other => other.into(),
             })?;
         let snapshot_id = SnapshotId::new(format!("tpl-{}-{}", req.name, crate::ids::suffix()))?;
-        let built = host_template::build(
-            &self.provider,
-            &TemplateBoot::resolve(stack.clone(), &req.spec, &self.probe_kernel),
-            snapshot_id.clone(),
-        );
-        let outcome = built
-            .map_err(|e| build_error(&req.name, &e))
-            .and_then(|(snap, report)| {
+        let outcome = self
+            .resolve_image(&req.name, &req.spec)
+            .and_then(|spec| {
+                let boot = TemplateBoot::resolve(stack.clone(), &spec, &self.probe_kernel)?;
+                host_template::build(&self.provider, &boot, snapshot_id.clone())
+                    .map(|built| (spec, built))
+                    .map_err(|e| build_error(&req.name, &e))
+            })
+            .and_then(|(spec, (snap, report))| {
                 let info = self.provider.snapshot_info(&snap.snapshot_id)?;
                 let ready = self.store.write("template ready", Durability::Full, |tx| {
                     tx.put(&info)?;
                     tx.update::<Template, StoreError>(req.name.as_str(), |t| {
+                        t.spec = spec;
                         t.state = TemplateState::Ready;
                         t.snapshot = Some(info.snapshot_id.clone());
                         t.build = Some(TemplateBuild {
@@ -118,6 +126,41 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// `spec` with an `image` guest replaced by the `kernel` guest of its built image (built
+    /// now, or found in the image cache); any other spec as it is.
+    fn resolve_image(
+        &self,
+        name: &TemplateName,
+        spec: &TemplateSpec,
+    ) -> Result<TemplateSpec, ApiError> {
+        let GuestSpec::Image { source } = &spec.guest else {
+            return Ok(spec.clone());
+        };
+        let agent = image::agent::locate(self.images.agent.as_deref()).map_err(|e| {
+            ApiError::unavailable(format!(
+                "spec.guest: this emberd cannot build images: {} (start it with --agent-bin)",
+                error_chain(&e)
+            ))
+        })?;
+        let opts = image::BuildOptions {
+            source: source.clone(),
+            agent,
+            cache_dir: self.images.cache_dir.clone(),
+            kernel_cache: None,
+        };
+        tracing::info!(template = %name, source = %source.describe(), "building the template's image");
+        let ui = ember_host::ui::Logged {
+            subject: name.to_string(),
+        };
+        let built = image::build(&opts, &ui).map_err(|e| image_error(name, &e))?;
+        tracing::info!(template = %name, image = %built.manifest.hash, cached = built.cached,
+            secs = built.took.as_secs_f64(), "template's image ready");
+        Ok(TemplateSpec {
+            guest: image::template_spec(built.dir()).guest,
+            ..spec.clone()
+        })
     }
 
     /// Removes what a failed build left: its snapshot (files and row) and its record.
@@ -213,5 +256,27 @@ fn build_error(name: &TemplateName, e: &TemplateError) -> ApiError {
             ember_core::VmError::NotFound { .. } => ApiError::not_found(message),
             _ => ApiError::internal(message),
         },
+    }
+}
+
+/// An image build's failure as the API reports it: the caller's source at fault is a 400
+/// naming the field; a host that cannot build images, a 503; anything else, a 500 — each
+/// with the builder's log when there is one.
+fn image_error(name: &TemplateName, e: &ImageError) -> ApiError {
+    let message = format!(
+        "template {:?}: building its image: {}",
+        name.as_str(),
+        error_chain(e)
+    );
+    match e {
+        ImageError::BadOption(_)
+        | ImageError::BadSource { .. }
+        | ImageError::NoSuchPackage { .. } => {
+            ApiError::invalid(format!("spec.guest.source: {message}"))
+        }
+        ImageError::NotRoot | ImageError::MissingTool { .. } | ImageError::Agent { .. } => {
+            ApiError::unavailable(message)
+        }
+        _ => ApiError::internal(message),
     }
 }
