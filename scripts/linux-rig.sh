@@ -16,7 +16,10 @@
 #                                        userspace, its init finished, Linux's drivers bound
 #                                        virtio blk/net/vsock/rng, ext4 read-write and
 #                                        read-only disks, a ping over virtio-net, rtc_cmos,
-#                                        every module loaded, ember-vmm exited 0.
+#                                        the VM generation id in ACPI with its GED bound
+#                                        (and, with RIG_SNAPSHOT=1, the GED interrupted
+#                                        by the restore), every module loaded, ember-vmm
+#                                        exited 0.
 # Env:   RIG_DIR (default target/rig), RIG_TIMEOUT (seconds for the QEMU run, default 300),
 #        RIG_L2_VCPUS (default 2), RIG_L2_MEM_MIB (default 512), RIG_KERNEL_FORMAT
 #        (bzimage | vmlinux: how L2's kernel is given to ember-vmm; default bzimage),
@@ -107,6 +110,10 @@ if ifconfig eth0 172.16.0.2 netmask 255.255.255.0 up 2>/dev/null; then
     if ping -c 1 -W 5 172.16.0.1 >/dev/null 2>&1; then echo "EMBER-L2-NET ping-ok"; else echo "EMBER-L2-NET ping-failed"; fi
 fi
 echo "EMBER-L2-RTC \$(cat /sys/class/rtc/rtc0/name 2>/dev/null || echo none)"
+# The VM generation id as ACPI enumerated it (Debian's cloud kernel has no vmgenid driver,
+# so nothing binds it), and whether the Generic Event Device that notifies it is bound.
+ged=\$(basename "\$(readlink /sys/bus/platform/devices/ACPI0013:00/driver 2>/dev/null)" 2>/dev/null)
+echo "EMBER-L2-VMGENID \$(cat /sys/bus/acpi/devices/VMGENCTR:00/modalias 2>/dev/null || echo none) ged_driver=\${ged:-none}"
 echo "EMBER-L2-DATE \$(date -u +%s)"
 if [ "$L2_GAPS" = 1 ]; then
     dmesg | awk '{ t = substr(\$0, 2, 12) + 0; if (t - p > 0.3) { print "EMBER-L2-GAP " prev; print "EMBER-L2-GAP " \$0 } p = t; prev = \$0 }'
@@ -122,7 +129,9 @@ if grep -q ember.rig_snapshot=1 /proc/cmdline; then
     i=0
     while true; do
         i=\$((i + 1))
-        echo "EMBER-L2-TICK \$i uptime=\$(cut -d' ' -f1 /proc/uptime) date=\$(date -u +%s)"
+        # ged_irqs: interrupts the GED took (a restore raises one to renew the generation id).
+        ged_irqs=\$(awk '/ACPI:Ged/ { for (i = 2; i <= NF && \$i ~ /^[0-9]+\$/; i++) s += \$i } END { print s + 0 }' /proc/interrupts)
+        echo "EMBER-L2-TICK \$i uptime=\$(cut -d' ' -f1 /proc/uptime) date=\$(date -u +%s) ged_irqs=\$ged_irqs"
         sleep 1
     done
 fi
@@ -339,6 +348,7 @@ grep -q " EMBER-L2-EXT4-RW disk-rw/written-by-l2" "$LOG" || failed+=(ext4_rw)
 grep -q " EMBER-L2-EXT4-RO disk-ro device_ro=1\$" "$LOG" || failed+=(ext4_ro)
 grep -q " EMBER-L2-NET ping-ok" "$LOG" || failed+=(net_ping)
 grep -q " EMBER-L2-RTC rtc_cmos" "$LOG" || failed+=(rtc)
+grep -q " EMBER-L2-VMGENID acpi:VMGENCTR:.* ged_driver=acpi-ged" "$LOG" || failed+=(vmgenid_acpi)
 grep -q " EMBER-L2-INSMOD-FAILED" "$LOG" && failed+=(insmod)
 grep -q " RIG-L1-EMBER-EXIT rc=0" "$LOG" || failed+=(vmm_exit_0)
 grep -q " RIG-L1-SECCOMP" "$LOG" && failed+=(seccomp_kill)
@@ -374,6 +384,11 @@ if [ "$SNAPSHOT" = 1 ]; then
         / RIG-L1-RESTORED/ { r = 1; tr = $1; next }
         r && / EMBER-L2-TICK / { split($4, u, "="); g = u[2] - b; printf "%.2f %.2f\n", g, g - ((tp - tb) + ($1 - tr)); exit }' "$LOG") || true
     [ -n "$after" ] || failed+=(ticks_after_restore)
+    # The restore renews the VM generation id and raises the GED's interrupt: the guest
+    # took one more of them by its first tick after the restore.
+    ged_before=$(awk '/ RIG-L1-PAUSE/ { exit } / EMBER-L2-TICK / { t = $6 } END { sub("ged_irqs=", "", t); print t + 0 }' "$LOG")
+    ged_after=$(awk '/ RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { sub("ged_irqs=", "", $6); print $6 + 0; exit }' "$LOG")
+    awk -v a="${ged_after:-0}" -v b="${ged_before:-0}" 'BEGIN { exit !(a > b) }' || failed+=(vmgenid_notified)
     # Two clones of one snapshot, each reseeded at handover: both answer, draw different
     # random bytes, and read a wall clock within 1 s of L1's.
     r1=$(field RIG-L1-AGENT-R1)
@@ -396,14 +411,15 @@ if [ "$SNAPSHOT" = 1 ]; then
         "$(field RIG-L1-SNAPSHOT-DONE | sed -n 's/.*mem_kib=\([0-9]*\).*/\1/p' | grep . || echo null)" \
         "$(kib RIG-L1-MEM-AT-RESTORE rss_kib | grep . || echo null)" "$(kib RIG-L1-MEM-AT-RESTORE dirty_kib | grep . || echo null)" \
         "$(kib RIG-L1-MEM-AFTER-EXEC rss_kib | grep . || echo null)" "$(kib RIG-L1-MEM-AFTER-EXEC dirty_kib | grep . || echo null)")
-    restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "stop_to_restored": %s, "restore_request": %s, "restored_to_first_exec_reply": %s}, "guest_memory_touched": %s, "last_tick_before": %s, "first_tick_after": %s, "uptime_gap_s": %s, "uptime_jump_s": %s, "clock_minus_host_after_s": [%s]}' \
+    restore_json=$(printf '{"seconds": {"pause_to_snapshot_done": %s, "stop_to_restored": %s, "restore_request": %s, "restored_to_first_exec_reply": %s}, "guest_memory_touched": %s, "last_tick_before": %s, "first_tick_after": %s, "uptime_gap_s": %s, "uptime_jump_s": %s, "clock_minus_host_after_s": [%s], "ged_irqs_before": %s, "ged_irqs_after": %s}' \
         "$(since RIG-L1-PAUSE RIG-L1-SNAPSHOT-DONE)" "$(since RIG-L1-SNAPSHOT-DONE RIG-L1-RESTORED)" \
         "$(since RIG-L1-RESTORE-START RIG-L1-RESTORED)" "$(since RIG-L1-RESTORED-2 RIG-L1-AGENT-R2)" "$mem_json" \
-        "${last_before:-null}" "${first_after:-null}" "${uptime_gap:-null}" "${uptime_jump:-null}" "$after")
+        "${last_before:-null}" "${first_after:-null}" "${uptime_gap:-null}" "${uptime_jump:-null}" "$after" \
+        "${ged_before:-null}" "${ged_after:-null}")
 fi
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
 [ ${#failed[@]} -gt 0 ] || failed_json=""
-printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_clock_minus_host_s": %s, "l1_clock_minus_host_s": %s, "l2_ext4_rw": "%s", "l2_ext4_ro": "%s", "l2_net": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "snapshot_restore": %s, "agent": {"uname": "%s", "l2_done_to_first_reply_s": %s}, "log": "%s"}\n' \
+printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_vmgenid": "%s", "l2_clock_minus_host_s": %s, "l1_clock_minus_host_s": %s, "l2_ext4_rw": "%s", "l2_ext4_ro": "%s", "l2_net": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "snapshot_restore": %s, "agent": {"uname": "%s", "l2_done_to_first_reply_s": %s}, "log": "%s"}\n' \
     "$([ ${#failed[@]} -eq 0 ] && echo true || echo false)" "$failed_json" \
     "$booted" "$QEMU_RC" "$(elapsed "$T_START" "$T_END")" "$(elapsed "$T_START" "$T_KERNEL")" \
     "$(elapsed "$T_BUILD0" "$T_BUILD")" "$(elapsed "$T_BUILD" "$T_PREP")" \
@@ -414,7 +430,7 @@ printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds":
     "$(since RIG-L1-EMBER-START RIG-L1-EMBER-EXIT)" \
     "$devices" "$(field EMBER-L2-CPU | sed 's/^model name[[:space:]]*: //')" \
     "$(n=$(field EMBER-L2-NCPUS | tr -cd '0-9'); printf '%s' "${n:-null}")" "$(field EMBER-L2-KERNEL)" \
-    "$(field EMBER-L2-RTC)" "$date_skew" "$l1_skew" "$(field EMBER-L2-EXT4-RW)" "$(field EMBER-L2-EXT4-RO)" "$(field EMBER-L2-NET)" \
+    "$(field EMBER-L2-RTC)" "$(field EMBER-L2-VMGENID)" "$date_skew" "$l1_skew" "$(field EMBER-L2-EXT4-RW)" "$(field EMBER-L2-EXT4-RO)" "$(field EMBER-L2-NET)" \
     "$(grep -c " EMBER-L2-INSMOD-FAILED" "$LOG" || true)" "$(field RIG-L1-HOST-CPU)" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" \
     "$KERNEL_FORMAT" "$restore_json" \

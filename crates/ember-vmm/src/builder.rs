@@ -5,13 +5,14 @@
 //!
 //! Boot order: memory, virtio devices (their `virtio_mmio.device=` entries go on the command
 //! line, and into the ACPI DSDT for kernels without that option), kernel, initrd, command
-//! line, ACPI tables, zero page, MP table, page tables, GDT and (for a vmlinux with a PVH
-//! note) PVH's start info, then per vCPU:
+//! line, the VM generation id, ACPI tables, zero page, MP table, page tables, GDT and (for a
+//! vmlinux with a PVH note) PVH's start info, then per vCPU:
 //! normalized CPUID, boot MSRs, registers, FPU, LAPIC LINTs; legacy devices; threads.
 //! Restore order: virtio devices rebuilt from their sections (sockets bound before anything
 //! irreversible, so a bad `uds_path` leaves the shell usable), memory (copy-on-write mapping
-//! of the file, or eager copy), VM state (PIT, clock, PICs, IOAPIC), per-vCPU state, devices
-//! attached (transport state restored), threads.
+//! of the file, or eager copy), a fresh VM generation id written into it, VM state (PIT,
+//! clock, PICs, IOAPIC), per-vCPU state, devices attached (transport state restored), the
+//! generation id's notification (its GED line pulsed once the LAPICs are restored), threads.
 //!
 //! Devices are attached in one place, `attach_devices`; which virtio devices exist is
 //! decided by `devices::virtio::registry`.
@@ -36,6 +37,7 @@ use crate::devices::legacy::serial::{COM1_GSI, SerialOutput, SerialSink};
 use crate::devices::legacy::{LegacyDevices, LegacyError};
 use crate::devices::virtio::registry::{self, PreparedDevices};
 use crate::devices::virtio::{VirtioDevice, VirtioError, VirtioManager};
+use crate::devices::vmgenid::{VmGenId, VmGenIdError, VmGenIdState};
 use crate::exit::ExitSignal;
 use crate::loader::{self, LoaderError};
 use crate::microvm::Microvm;
@@ -85,6 +87,9 @@ pub enum BuildError {
     /// Virtio devices.
     #[error(transparent)]
     Virtio(#[from] VirtioError),
+    /// The VM generation id.
+    #[error(transparent)]
+    VmGenId(#[from] VmGenIdError),
     /// An eventfd or output file.
     #[error("{what}: {source}")]
     Io {
@@ -292,11 +297,13 @@ pub fn boot(
             gsi,
         })
         .collect();
+    let vmgenid = VmGenId::generate(VmGenIdState::BOOT, memory.mmap())?;
     let rsdp = acpi::write(
         memory.mmap(),
         machine.vcpu_count,
         &crate::devices::legacy::acpi_devices(),
         &mmio_devices,
+        Some(&vmgenid.state().acpi()),
     )?;
     let mut zero_page = ZeroPage::new();
     if let Some(header) = &kernel.setup_header {
@@ -378,6 +385,7 @@ pub fn boot(
         memory,
         (fds, shell.vcpu0_thread),
         (buses, devices, virtio),
+        Some(vmgenid.state()),
         config.clone(),
         false,
         timings,
@@ -432,6 +440,12 @@ pub fn restore(
         GuestMemory::from_file_private(mem_file, &state.memory_regions)?
     };
     timings.phase("map_memory");
+    // A new id into the private copy of its page (the memory file keeps the saved one).
+    let vmgenid = state
+        .vmgenid
+        .map(|saved| VmGenId::generate(saved, memory.mmap()))
+        .transpose()?;
+    timings.phase("vmgenid");
     let shell = match shell {
         Some(shell) => {
             shell.vm.register_memory(&memory)?;
@@ -456,12 +470,18 @@ pub fn restore(
         Some(&state.legacy),
     )?;
     timings.phase("devices");
+    // After the LAPICs are restored (which would drop a pending interrupt): a guest with
+    // Linux's vmgenid driver reads the new id and reseeds its RNG once it runs.
+    if let Some(g) = &vmgenid {
+        g.notify(&IrqLine::Gsi(shell.vm.line(g.state().gsi)))?;
+    }
     Microvm::start(
         ctx,
         shell.vm,
         memory,
         (fds, shell.vcpu0_thread),
         (buses, devices, virtio),
+        vmgenid.map(|g| g.state()),
         config,
         !resume,
         timings,

@@ -17,8 +17,9 @@
 //! - [`arch`]: x86_64 boot protocol, page tables, GDT, MSRs, CPUID normalization, MP table,
 //!   ACPI tables, PVH start info;
 //! - [`loader`]: the kernel-image seam (ELF, bzImage, initrd);
-//! - [`devices`]: port/MMIO buses, the legacy devices (16550 serial, i8042, CMOS RTC) and the
-//!   virtio-mmio devices (transport, device thread, vsock, block, net, rng);
+//! - [`devices`]: port/MMIO buses, the legacy devices (16550 serial, i8042, CMOS RTC), the
+//!   virtio-mmio devices (transport, device thread, vsock, block, net, rng) and the VM
+//!   generation id;
 //! - [`snapshot`]: the versioned binary state format and the memory file;
 //! - [`rate_limiter`]: token buckets (bandwidth, ops) with a timerfd, Firecracker's shape;
 //! - [`microvm`]: a running VM (pause, resume, Ctrl+Alt+Del, snapshot);

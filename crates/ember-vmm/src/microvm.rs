@@ -15,6 +15,7 @@ use crate::config::VmConfig;
 use crate::devices::bus::Buses;
 use crate::devices::legacy::LegacyDevices;
 use crate::devices::virtio::VirtioManager;
+use crate::devices::vmgenid::VmGenIdState;
 use crate::snapshot::{MicrovmState, SnapshotId, files};
 use crate::timing::PhaseTimings;
 use crate::vstate::kvm::KvmContext;
@@ -68,6 +69,7 @@ pub struct Microvm {
     vm: Vm,
     memory: GuestMemory,
     kvm: Arc<KvmContext>,
+    vmgenid: Option<VmGenIdState>,
     config: VmConfig,
     paused: bool,
 }
@@ -82,6 +84,7 @@ impl Microvm {
         memory: GuestMemory,
         (fds, first_thread): (Vec<VcpuFd>, Option<VcpuThread>),
         (buses, devices, virtio): (Buses, LegacyDevices, VirtioManager),
+        vmgenid: Option<VmGenIdState>,
         config: VmConfig,
         paused: bool,
         timings: &mut PhaseTimings,
@@ -108,6 +111,7 @@ impl Microvm {
             vm,
             memory,
             kvm: ctx.kvm.clone(),
+            vmgenid,
             config,
             paused,
         })
@@ -197,6 +201,7 @@ impl Microvm {
             legacy: self.devices.state(),
             host_tsc_khz,
             virtio,
+            vmgenid: self.vmgenid,
         };
         timings.phase("vm_state");
         let bytes = state.to_bytes();

@@ -1,5 +1,6 @@
 //! Pause/resume and snapshot/restore on real KVM with the probe guest: the counter stops while
-//! paused, and a snapshot restored in a new process continues from the saved value.
+//! paused, and a snapshot restored in a new process continues from the saved value, with a
+//! new VM generation id.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -138,4 +139,56 @@ fn two_vcpu_snapshot_restores() {
     assert!(wait_count_above(&vmm, saved, 0) > saved);
     let mc: serde_json::Value = serde_json::from_str(&c.get("/machine-config").body).unwrap();
     assert_eq!(mc["vcpu_count"], 2);
+}
+
+/// The VM generation id's 16 bytes in a memory file (region 0 starts the file, so the file
+/// offset is the guest address).
+fn generation_id(mem_file: &[u8]) -> [u8; 16] {
+    let at = ember_vmm::arch::x86_64::layout::VMGENID_ADDR as usize;
+    mem_file[at..at + 16].try_into().unwrap()
+}
+
+#[test]
+fn each_restore_writes_a_new_vm_generation_id_and_leaves_the_memory_file_alone() {
+    let dir = tempdir();
+    let (snap, mem, saved) = make_snapshot(dir.path(), "genid", "ember.report=5", 3);
+    let mem_before = std::fs::read(&mem).unwrap();
+    let booted = generation_id(&mem_before);
+    assert_ne!(booted, [0; 16], "the boot wrote no generation id");
+    let state =
+        ember_vmm::snapshot::MicrovmState::from_bytes(&std::fs::read(&snap).unwrap()).unwrap();
+    assert_eq!(
+        state.vmgenid,
+        Some(ember_vmm::devices::vmgenid::VmGenIdState::BOOT)
+    );
+    let mut seen = vec![booted];
+    for (name, eager) in [("genid-cow", false), ("genid-eager", true)] {
+        let vmm = spawn(dir.path(), name, &[]);
+        let mut c = vmm.client();
+        let mut body: serde_json::Value =
+            serde_json::from_str(&load_body(&snap, &mem, false)).unwrap();
+        body["ember_eager_load"] = serde_json::Value::Bool(eager);
+        let r = c.put("/snapshot/load", &body.to_string());
+        assert_eq!(r.status, 204, "{r:?}\n{}", vmm.stderr_text());
+        // Still paused: a snapshot now shows what the restore wrote, and keeps the device.
+        let (snap2, mem2) = snapshot_paths(dir.path(), name);
+        assert_eq!(create_snapshot(&mut c, &snap2, &mem2).status, 204);
+        let id = generation_id(&std::fs::read(&mem2).unwrap());
+        assert!(
+            !seen.contains(&id),
+            "{name}: the restore kept an old generation id"
+        );
+        seen.push(id);
+        let again =
+            ember_vmm::snapshot::MicrovmState::from_bytes(&std::fs::read(&snap2).unwrap()).unwrap();
+        assert_eq!(again.vmgenid, state.vmgenid);
+        // The GED's interrupt (raised by the restore) does not disturb a guest that never
+        // routed it: the probe counts on.
+        resume(&mut c);
+        assert!(wait_count_above(&vmm, saved, 0) > saved);
+    }
+    assert!(
+        std::fs::read(&mem).unwrap() == mem_before,
+        "a restore wrote into the snapshot's memory file"
+    );
 }

@@ -4,11 +4,13 @@
 //! [`bus::Bus`] before the vCPUs start. Interrupts are lines of the in-kernel irqchip
 //! ([`IrqLine`]). Device state for snapshots lives next to each device
 //! (`save_state`/`restore_state` with the snapshot codec), collected by
-//! [`legacy::LegacyDevices`] and [`virtio::VirtioManager`].
+//! [`legacy::LegacyDevices`] and [`virtio::VirtioManager`]. The VM generation id
+//! ([`vmgenid`]) is no bus device: 16 bytes of guest memory and an interrupt line.
 
 pub mod bus;
 pub mod legacy;
 pub mod virtio;
+pub mod vmgenid;
 
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;

@@ -59,6 +59,7 @@ pub fn snapshot_state(data: &[u8]) {
         "virtio sections changed in a round trip"
     );
     assert_eq!(again.memory_regions, state.memory_regions);
+    assert_eq!(again.vmgenid, state.vmgenid);
     for d in &state.virtio {
         device_state(d.device_type, &d.id, &d.device);
     }
@@ -124,9 +125,9 @@ fn device_state(device_type: u32, id: &str, bytes: &[u8]) {
     }
 }
 
-/// Seeds: the sample state of the snapshot tests as is (two vCPUs, a vsock device), and with a
-/// configuration that passes the restore checks; each once with the header fixed by the
-/// harness and once as written.
+/// Seeds: the sample state of the snapshot tests as is (two vCPUs, a vsock device, a VM
+/// generation id), and with a configuration that passes the restore checks; each once with
+/// the header fixed by the harness and once as written.
 pub fn seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let base = crate::snapshot::state::tests::sample_state();

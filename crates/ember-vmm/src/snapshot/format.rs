@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "EMBRSNAP"
-//! 8       4     format version (u32 LE), currently 3
+//! 8       4     format version (u32 LE), currently 4 (3 is still read)
 //! 12      4     flags (0)
 //! 16      8     payload length (u64 LE)
 //! 24      16    snapshot id (random; the memory file's trailer carries the same id)
@@ -15,16 +15,21 @@
 //! the most precise message; [`check_header`] runs the first four on the header alone, so a
 //! reader can refuse a file before reading (and allocating for) all of it.
 //!
-//! Version 3 added the snapshot id, which pairs a state file with its memory file (see
-//! `snapshot::files`); version 2 added the virtio device sections.
+//! Version 4 added the VM generation id section (`snapshot::state`); a version 3 file is the
+//! same without it and still restores (its guest was never given a generation id). Version 3
+//! added the snapshot id, which pairs a state file with its memory file (see
+//! `snapshot::files`); version 2 added the virtio device sections. Older versions are
+//! refused.
 
 use super::SnapshotError;
 use super::codec::Writer;
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"EMBRSNAP";
-/// The version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+/// The version this build writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 4;
+/// The oldest version this build reads.
+pub const OLDEST_READ_VERSION: u32 = 3;
 /// Header size.
 pub const HEADER_LEN: usize = 40;
 /// Header plus the CRC32 trailer: the smallest possible file.
@@ -102,6 +107,8 @@ impl ContainerWriter {
 /// A validated container.
 #[derive(Debug)]
 pub struct Container<'a> {
+    /// The format version from the header (`OLDEST_READ_VERSION..=FORMAT_VERSION`).
+    pub version: u32,
     /// The snapshot id from the header.
     pub snapshot_id: SnapshotId,
     /// Sections `(id, body)` in file order.
@@ -129,9 +136,10 @@ pub fn check_header(header: &[u8], file_len: u64) -> Result<(), SnapshotError> {
         return Err(SnapshotError::BadMagic);
     }
     let version = word(header, 8);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(SnapshotError::Version {
             found: version,
+            oldest: OLDEST_READ_VERSION,
             supported: FORMAT_VERSION,
         });
     }
@@ -181,6 +189,7 @@ pub fn read_container(bytes: &[u8]) -> Result<Container<'_>, SnapshotError> {
         pos = start + len;
     }
     Ok(Container {
+        version: word(bytes, 8),
         snapshot_id: SnapshotId(id),
         sections,
     })

@@ -8,7 +8,8 @@
 //! Never JSON for vCPU state: decoding the whole state here takes microseconds. Device state
 //! is a section per device family, encoded by the device's own module: the legacy devices in
 //! [`state::SECTION_LEGACY_DEVICES`], each virtio device in a [`state::SECTION_VIRTIO_DEVICE`]
-//! (written by `devices::virtio::manager`, the device's own bytes by the device).
+//! (written by `devices::virtio::manager`, the device's own bytes by the device), the VM
+//! generation id's address and GSI in [`state::SECTION_VMGENID`] (`devices::vmgenid`).
 
 pub mod codec;
 pub mod files;
@@ -16,7 +17,7 @@ pub mod format;
 pub mod state;
 pub mod validate;
 
-pub use self::format::{FORMAT_VERSION, MAGIC, SnapshotId};
+pub use self::format::{FORMAT_VERSION, MAGIC, OLDEST_READ_VERSION, SnapshotId};
 pub use self::state::MicrovmState;
 
 /// Errors reading a snapshot file.
@@ -45,11 +46,14 @@ pub enum SnapshotError {
     BadMagic,
     /// A version this build cannot read.
     #[error(
-        "unsupported snapshot format version {found} (this ember-vmm reads version {supported})"
+        "unsupported snapshot format version {found} (this ember-vmm reads versions {oldest} \
+         to {supported})"
     )]
     Version {
         /// Version in the file.
         found: u32,
+        /// Oldest version supported.
+        oldest: u32,
         /// Version supported.
         supported: u32,
     },

@@ -9,16 +9,20 @@
 //! | 5 | legacy devices | COM1 and i8042 registers ([`LegacyState`]) |
 //! | 6 | host | TSC kHz of the host that saved (informational) |
 //! | 7 | virtio device | one per virtio device, in slot order ([`DeviceSnapshot`]: type, id, MMIO window, GSI, transport registers and queues, the device's own bytes) |
+//! | 8 | vmgenid | the VM generation id's guest address (u64) and its Generic Event Device's GSI (u32) ([`VmGenIdState`]) |
 //!
 //! Sections 1-6 must appear (vcpu at least once), section 7 as often as the VM has virtio
-//! devices; unknown ids are an error, since the format version governs the layout
-//! (version 2 added section 7).
+//! devices, section 8 at most once (every boot of a version-4 build writes it; without it
+//! a restore writes no generation id); unknown ids are an error, since the format version
+//! governs the layout (version 2 added section 7, version 4 section 8, which a version 3
+//! file must not have).
 
 use super::SnapshotError;
 use super::codec::{Reader, Writer};
 use super::format::{ContainerWriter, SnapshotId, read_container};
 use crate::devices::legacy::LegacyState;
 use crate::devices::virtio::manager::{DeviceSnapshot, MAX_DEVICES};
+use crate::devices::vmgenid::VmGenIdState;
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::VmState;
 
@@ -36,6 +40,8 @@ pub const SECTION_LEGACY_DEVICES: u16 = 5;
 pub const SECTION_HOST: u16 = 6;
 /// One virtio device.
 pub const SECTION_VIRTIO_DEVICE: u16 = 7;
+/// The VM generation id (format version 4).
+pub const SECTION_VMGENID: u16 = 8;
 
 /// Everything a restore needs besides guest memory.
 #[derive(Debug, Clone)]
@@ -57,6 +63,8 @@ pub struct MicrovmState {
     pub host_tsc_khz: u32,
     /// Virtio devices, in slot order.
     pub virtio: Vec<DeviceSnapshot>,
+    /// The VM generation id's address and GSI, if the guest was given one.
+    pub vmgenid: Option<VmGenIdState>,
 }
 
 impl MicrovmState {
@@ -85,6 +93,9 @@ impl MicrovmState {
         for d in &self.virtio {
             c.section(SECTION_VIRTIO_DEVICE, |w| d.encode(w));
         }
+        if let Some(g) = &self.vmgenid {
+            c.section(SECTION_VMGENID, |w| g.encode(w));
+        }
         c.finish()
     }
 
@@ -98,6 +109,7 @@ impl MicrovmState {
         let mut legacy = None;
         let mut host_tsc_khz = None;
         let mut virtio = Vec::new();
+        let mut vmgenid = None;
         let sec = |section: &'static str| move |source| SnapshotError::Section { section, source };
         let dup = |name: &str| SnapshotError::Structure(format!("duplicate {name} section"));
         for (id, body) in container.sections {
@@ -160,6 +172,13 @@ impl MicrovmState {
                     }
                     virtio.push(d);
                 }
+                SECTION_VMGENID if container.version >= 4 => {
+                    let g = VmGenIdState::decode(&mut r).map_err(sec("vmgenid"))?;
+                    r.finish("vmgenid section").map_err(sec("vmgenid"))?;
+                    if vmgenid.replace(g).is_some() {
+                        return Err(dup("vmgenid"));
+                    }
+                }
                 other => {
                     return Err(SnapshotError::Structure(format!(
                         "unknown section id {other}"
@@ -187,6 +206,7 @@ impl MicrovmState {
             legacy: legacy.ok_or_else(|| missing("legacy devices"))?,
             host_tsc_khz: host_tsc_khz.unwrap_or(0),
             virtio,
+            vmgenid,
         })
     }
 }
@@ -273,6 +293,7 @@ pub(crate) mod tests {
                 },
                 device: vec![3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0x40],
             }],
+            vmgenid: Some(VmGenIdState::BOOT),
         }
     }
 
@@ -300,8 +321,52 @@ pub(crate) mod tests {
         assert_eq!(back.vcpus[0].tsc_khz, Some(2_600_000));
         assert_eq!(back.legacy.i8042, s.legacy.i8042);
         assert_eq!(back.virtio, s.virtio);
+        assert_eq!(back.vmgenid, s.vmgenid);
         // The encoding is deterministic.
         assert_eq!(back.to_bytes(), bytes);
+    }
+
+    /// `state` encoded as a version 3 file (the header's version patched, the CRC redone).
+    #[cfg(test)]
+    fn as_version_3(state: &MicrovmState) -> Vec<u8> {
+        let mut bytes = state.to_bytes();
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let end = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn vmgenid_section_is_optional_once_and_new_in_version_4() {
+        let mut s = sample_state();
+        s.vmgenid = None;
+        let back = MicrovmState::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(back.vmgenid, None);
+        // A version 3 file (no generation id) still decodes...
+        let back = MicrovmState::from_bytes(&as_version_3(&s)).unwrap();
+        assert_eq!(back.vmgenid, None);
+        assert_eq!(back.virtio, s.virtio);
+        // ...but must not carry the section version 4 added.
+        let e = MicrovmState::from_bytes(&as_version_3(&sample_state())).unwrap_err();
+        assert!(e.to_string().contains("unknown section id 8"), "{e}");
+        // Twice is refused.
+        let mut c = ContainerWriter::new(s.snapshot_id);
+        let full = sample_state().to_bytes();
+        for (id, body) in read_container(&full).unwrap().sections {
+            c.section(id, |w| w.raw(body));
+        }
+        c.section(SECTION_VMGENID, |w| VmGenIdState::BOOT.encode(w));
+        let e = MicrovmState::from_bytes(&c.finish()).unwrap_err();
+        assert!(e.to_string().contains("duplicate vmgenid"), "{e}");
+        // Versions before 3 and after 4 are refused, naming both ends.
+        let mut old = as_version_3(&s);
+        old[8] = 2;
+        let e = MicrovmState::from_bytes(&old).unwrap_err().to_string();
+        assert!(
+            e.contains("version 2") && e.contains("versions 3 to 4"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -13,18 +13,26 @@
 //!   ember-vmm lays out that size;
 //! - **virtio device**: each section is a device kind this build knows, matching one
 //!   configured device (drive id, interface id, vsock, entropy), and each configured device
-//!   has exactly one section.
+//!   has exactly one section;
+//! - **vmgenid**: the id's 16 bytes 8-byte aligned in the e820-reserved system area below
+//!   the RSDP and inside the first RAM region, its GSI an IOAPIC pin no other device uses.
 //!
 //! Host resources that are opened anyway on restore (TAPs, drive files, the vsock socket) are
 //! checked by opening them, before anything irreversible (`builder::restore`); the config
 //! check above catches a missing drive file earlier, with the field's name.
 
 use super::{MicrovmState, SnapshotError};
-use crate::arch::x86_64::layout::{FIRST_ADDR_PAST_32BITS, HIMEM_START, MMIO32_START, ram_regions};
+use crate::arch::x86_64::layout::{
+    FIRST_ADDR_PAST_32BITS, HIMEM_START, MMIO32_START, RSDP_ADDR, SYSTEM_MEM_START, ram_regions,
+};
 use crate::config::VmConfig;
 use crate::config::machine::{MAX_MEM_MIB, validate_machine};
+use crate::devices::legacy::i8042::KBD_GSI;
+use crate::devices::legacy::serial::COM1_GSI;
+use crate::devices::virtio::manager::LAST_GSI;
 use crate::devices::virtio::rng::RNG_ID;
 use crate::devices::virtio::{TYPE_BLOCK, TYPE_NET, TYPE_RNG, TYPE_VSOCK};
+use crate::devices::vmgenid::VMGENID_LEN;
 
 const PAGE: u64 = 4096;
 
@@ -47,7 +55,42 @@ pub fn check_restore(state: &MicrovmState, config: &VmConfig) -> Result<(), Snap
         &state.memory_regions,
         config.machine_config.mem_size_bytes(),
     )?;
-    check_devices(state, config)
+    check_devices(state, config)?;
+    check_vmgenid(state)
+}
+
+/// The VM generation id's address and GSI, against the memory layout and the other devices.
+pub fn check_vmgenid(state: &MicrovmState) -> Result<(), SnapshotError> {
+    let Some(g) = state.vmgenid else {
+        return Ok(());
+    };
+    let len = VMGENID_LEN as u64;
+    let ram_end = state.memory_regions.first().map_or(0, |r| r.0 + r.1);
+    if g.addr < SYSTEM_MEM_START
+        || g.addr > RSDP_ADDR - len
+        || !g.addr.is_multiple_of(8)
+        || g.addr + len > ram_end
+    {
+        return Err(invalid(
+            "vmgenid",
+            format!(
+                "address {:#x} is not an 8-byte aligned place for {len} bytes in the reserved                  area {SYSTEM_MEM_START:#x}..{RSDP_ADDR:#x} of guest RAM",
+                g.addr
+            ),
+        ));
+    }
+    // The PIT (0, and 2 through the override), the i8042, COM1 and the virtio devices.
+    let taken = [0, 2, KBD_GSI, COM1_GSI];
+    if g.gsi > LAST_GSI || taken.contains(&g.gsi) || state.virtio.iter().any(|d| d.gsi == g.gsi) {
+        return Err(invalid(
+            "vmgenid",
+            format!(
+                "GSI {} is not a free IOAPIC pin (0..={LAST_GSI}, not the PIT's, the                  i8042's, COM1's or a virtio device's)",
+                g.gsi
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The configuration section, as a boot would check it (but the kernel file).
@@ -274,6 +317,46 @@ mod tests {
             err(TWO_VCPUS_VSOCK, &alien)
                 .to_string()
                 .contains("device type 16")
+        );
+    }
+
+    #[test]
+    fn vmgenid_place_and_line() {
+        use crate::devices::vmgenid::{GED_GSI, VmGenIdState};
+        let cfg = config(TWO_VCPUS_VSOCK);
+        let mut s = sample_state();
+        s.vmgenid = None;
+        check_restore(&s, &cfg).unwrap();
+        for (addr, gsi, needle) in [
+            (SYSTEM_MEM_START - 8, GED_GSI, "address"),
+            (RSDP_ADDR - 8, GED_GSI, "address"),
+            (RSDP_ADDR, GED_GSI, "address"),
+            (VmGenIdState::BOOT.addr + 4, GED_GSI, "address"),
+            (VmGenIdState::BOOT.addr, COM1_GSI, "GSI 4"),
+            (VmGenIdState::BOOT.addr, 0, "GSI 0"),
+            (VmGenIdState::BOOT.addr, 24, "GSI 24"),
+            (VmGenIdState::BOOT.addr, s.virtio[0].gsi, "GSI 5"),
+        ] {
+            s.vmgenid = Some(VmGenIdState { addr, gsi });
+            let e = check_restore(&s, &cfg).unwrap_err().to_string();
+            assert!(
+                e.contains("vmgenid section") && e.contains(needle),
+                "{addr:#x} {gsi}: {e}"
+            );
+        }
+        // Another free pin or place is fine: the guest's DSDT names what the snapshot saved.
+        s.vmgenid = Some(VmGenIdState {
+            addr: RSDP_ADDR - 16,
+            gsi: 23,
+        });
+        check_restore(&s, &cfg).unwrap();
+        // Memory too small to hold the page.
+        s.memory_regions = vec![(0, 0x8_0000)];
+        assert!(
+            check_vmgenid(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("address")
         );
     }
 

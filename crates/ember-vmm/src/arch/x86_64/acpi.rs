@@ -5,6 +5,13 @@
 //! no ISA interrupt unless a device's `_CRS` names it (without this COM1's interrupt never
 //! arrives and userspace console output stalls).
 //!
+//! The DSDT also describes the VM generation id (`VGEN`, Microsoft's "Virtual Machine
+//! Generation ID": `_HID "VMGENCTR"`, `_CID "VM_Gen_Counter"`, ACPICA upper-cases it to the
+//! `VM_GEN_COUNTER` Linux's `vmgenid` driver matches; an `ADDR` method returning the id's
+//! guest-physical address as a package of two 32-bit integers, low then high) and a Generic
+//! Event Device (`GED_`, `ACPI0013`) whose one interrupt makes its `_EVT` method
+//! `Notify (VGEN, 0x80)`: how the VMM tells the guest the id changed ([`VmGenIdDevice`]).
+//!
 //! Tables are built with rust-vmm's `acpi_tables` crate into byte vectors ([`build`]), then
 //! written into the reserved BIOS area below 1 MiB ([`write()`]): the RSDP at [`RSDP_ADDR`]
 //! (where Linux scans for it; the zero page also points at it) and the others after it. This
@@ -12,7 +19,8 @@
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
-    self, Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate,
+    self, Arg, Device, EISAName, Equal, IO, If, Interrupt, Memory32Fixed, Method, Name, Notify,
+    Package, Path, ResourceTemplate, Return,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::madt::{
@@ -36,6 +44,18 @@ const HYPERVISOR_ID: u64 = u64::from_le_bytes(*b"EMBERVMM");
 const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3) | (1 << 4);
 /// The `_HID` Linux's virtio-mmio driver matches.
 pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
+/// The VM generation id's `_HID` (what Linux's `vmgenid` driver and Firecracker use).
+pub const VMGENID_HID: &str = "VMGENCTR";
+/// Its `_CID` and `_DDN`, as Microsoft's specification spells them.
+pub const VMGENID_CID: &str = "VM_Gen_Counter";
+/// The Generic Event Device's `_HID`.
+pub const GED_HID: &str = "ACPI0013";
+/// ASL name of the VM generation id device.
+pub const VMGENID_NAME: &str = "VGEN";
+/// ASL name of the Generic Event Device.
+pub const GED_NAME: &str = "GED_";
+/// The notification value that tells a `vmgenid` driver to read the id again.
+pub const VMGENID_NOTIFY: u8 = 0x80;
 
 /// A virtio-mmio device to describe: its register window and interrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +83,16 @@ pub struct PortDevice {
     /// should not name one: Linux would reserve that line unshared (the RTC's IRQ 8 then
     /// clashed with the fourth virtio device's GSI).
     pub gsi: Option<u32>,
+}
+
+/// The VM generation id to describe: where its 16 bytes are and the GSI of the Generic Event
+/// Device that notifies the guest of a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmGenIdDevice {
+    /// Guest-physical address of the 16-byte id.
+    pub addr: u64,
+    /// The GED's interrupt (edge-triggered, active high); `_EVT` is called with it.
+    pub gsi: u32,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -99,9 +129,41 @@ fn device_name(index: usize) -> String {
     format!("VR{:02X}", index & 0xff)
 }
 
+/// `Device (VGEN)` with its ids and `ADDR`, and `Device (GED_)` whose `_EVT` notifies it.
+fn vmgenid_aml(g: &VmGenIdDevice, body: &mut Vec<u8>) {
+    // Linux's driver reads `ADDR` as a package of two integers: low and high 32 bits.
+    let low = g.addr as u32;
+    let high = (g.addr >> 32) as u32;
+    let addr = Package::new(vec![&low, &high]);
+    let ret = Return::new(&addr);
+    let hid = Name::new(Path::new("_HID"), &VMGENID_HID);
+    let cid = Name::new(Path::new("_CID"), &VMGENID_CID);
+    let ddn = Name::new(Path::new("_DDN"), &VMGENID_CID);
+    let addr = Method::new(Path::new("ADDR"), 0, false, vec![&ret]);
+    Device::new(Path::new(VMGENID_NAME), vec![&hid, &cid, &ddn, &addr]).to_aml_bytes(body);
+
+    let irq = Interrupt::new(true, true, false, false, g.gsi);
+    let crs = ResourceTemplate::new(vec![&irq]);
+    let target = Path::new(&format!("\\_SB_.{VMGENID_NAME}"));
+    let notify = Notify::new(&target, &VMGENID_NOTIFY);
+    // Linux's GED driver calls `_EVT` with the GSI that fired.
+    let is_ours = Equal::new(&Arg(0), &g.gsi);
+    let when = If::new(&is_ours, vec![&notify]);
+    let hid = Name::new(Path::new("_HID"), &GED_HID);
+    let crs = Name::new(Path::new("_CRS"), &crs);
+    let evt = Method::new(Path::new("_EVT"), 1, true, vec![&when]);
+    Device::new(Path::new(GED_NAME), vec![&hid, &crs, &evt]).to_aml_bytes(body);
+}
+
 /// The DSDT's AML body: `Scope (\_SB) { Device (name) { _HID, _UID, _CRS } ... }` for each
-/// legacy port device, then `VRnn` for each virtio device.
-pub fn dsdt_aml(legacy: &[PortDevice], devices: &[MmioDevice]) -> Result<Vec<u8>, ArchError> {
+/// legacy port device, then `VRnn` for each virtio device, then the VM generation id and its
+/// Generic Event Device if there is one. Every GSI named must be distinct (Linux reserves
+/// each line unshared).
+pub fn dsdt_aml(
+    legacy: &[PortDevice],
+    devices: &[MmioDevice],
+    vmgenid: Option<&VmGenIdDevice>,
+) -> Result<Vec<u8>, ArchError> {
     if devices.len() > 256 {
         return Err(ArchError::Invalid(format!(
             "ACPI: {} virtio devices do not fit the DSDT's names",
@@ -111,7 +173,12 @@ pub fn dsdt_aml(legacy: &[PortDevice], devices: &[MmioDevice]) -> Result<Vec<u8>
     let mut body = Vec::new();
     for (i, d) in legacy.iter().enumerate() {
         // EISAName::new and Path::new panic on malformed ids and names: checked here.
-        if !valid_name(d.name) || !valid_eisa_id(d.pnp_id) || d.name.starts_with("VR") {
+        if !valid_name(d.name)
+            || !valid_eisa_id(d.pnp_id)
+            || d.name.starts_with("VR")
+            || d.name == VMGENID_NAME
+            || d.name == GED_NAME
+        {
             return Err(ArchError::Invalid(format!(
                 "ACPI: bad legacy device name {:?} or PNP id {:?}",
                 d.name, d.pnp_id
@@ -148,15 +215,31 @@ pub fn dsdt_aml(legacy: &[PortDevice], devices: &[MmioDevice]) -> Result<Vec<u8>
         let dev = Device::new(Path::new(&name), vec![&hid, &uid, &crs]);
         dev.to_aml_bytes(&mut body);
     }
+    if let Some(g) = vmgenid {
+        let taken = legacy
+            .iter()
+            .filter_map(|d| d.gsi)
+            .chain(devices.iter().map(|d| d.gsi));
+        if g.addr.checked_add(16).is_none() || taken.clone().any(|gsi| gsi == g.gsi) {
+            return Err(ArchError::Invalid(format!(
+                "ACPI: VM generation id at {:#x} with GSI {} (GSIs in use: {:?})",
+                g.addr,
+                g.gsi,
+                taken.collect::<Vec<_>>()
+            )));
+        }
+        vmgenid_aml(g, &mut body);
+    }
     Ok(aml::Scope::raw(Path::new("\\_SB_"), body))
 }
 
-/// Builds every table for `vcpus` vCPUs, the `legacy` port devices and the virtio `devices`,
-/// laid out from [`ACPI_TABLES_START`].
+/// Builds every table for `vcpus` vCPUs, the `legacy` port devices, the virtio `devices` and
+/// the VM generation id, laid out from [`ACPI_TABLES_START`].
 pub fn build(
     vcpus: u8,
     legacy: &[PortDevice],
     devices: &[MmioDevice],
+    vmgenid: Option<&VmGenIdDevice>,
 ) -> Result<AcpiTables, ArchError> {
     if vcpus == 0 {
         return Err(ArchError::Invalid("ACPI: no vCPUs".into()));
@@ -177,7 +260,7 @@ pub fn build(
     };
 
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"EMBRDSDT", OEM_REVISION);
-    dsdt.append_slice(&dsdt_aml(legacy, devices)?);
+    dsdt.append_slice(&dsdt_aml(legacy, devices, vmgenid)?);
     let dsdt_addr = place(dsdt.as_slice().to_vec())?;
 
     let mut fadt = FADTBuilder::new(OEM_ID, *b"EMBRFACP", OEM_REVISION)
@@ -216,8 +299,9 @@ pub fn write(
     vcpus: u8,
     legacy: &[PortDevice],
     devices: &[MmioDevice],
+    vmgenid: Option<&VmGenIdDevice>,
 ) -> Result<u64, ArchError> {
-    let t = build(vcpus, legacy, devices)?;
+    let t = build(vcpus, legacy, devices, vmgenid)?;
     let put = |addr: u64, bytes: &[u8]| {
         mem.write_slice(bytes, GuestAddress(addr))
             .map_err(|source| ArchError::GuestWrite {
@@ -286,7 +370,7 @@ mod tests {
 
     #[test]
     fn checksums_lengths_and_links() {
-        let t = build(2, &LEGACY, &devices(3)).unwrap();
+        let t = build(2, &LEGACY, &devices(3), None).unwrap();
         assert_eq!(&t.rsdp[..8], b"RSD PTR ");
         assert_eq!(sum(&t.rsdp[..20]), 0);
         assert_eq!(sum(&t.rsdp), 0);
@@ -312,7 +396,7 @@ mod tests {
 
     #[test]
     fn madt_lists_each_cpu_and_the_ioapic() {
-        let t = build(4, &[], &[]).unwrap();
+        let t = build(4, &[], &[], None).unwrap();
         let (_, madt) = find(&t, b"APIC");
         assert_eq!(u32_at(madt, 36), APIC_ADDR);
         let mut cpus = Vec::new();
@@ -340,7 +424,7 @@ mod tests {
     #[test]
     fn dsdt_describes_each_device() {
         let devs = devices(3);
-        let t = build(1, &LEGACY, &devs).unwrap();
+        let t = build(1, &LEGACY, &devs, None).unwrap();
         let (_, dsdt) = find(&t, b"DSDT");
         let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
         assert_eq!(count(b"LNRO0005\0"), 3);
@@ -376,28 +460,123 @@ mod tests {
         // PNP0501 as an EISA id: "PNP" compressed, product 0x0501.
         assert_eq!(count(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), 1);
         // No devices: still a valid, empty scope.
-        let t = build(1, &[], &[]).unwrap();
+        let t = build(1, &[], &[], None).unwrap();
         assert_eq!(sum(find(&t, b"DSDT").1), 0);
+    }
+
+    /// An AML integer at `b[*o..]` (ZeroOp, OneOp, byte, word, dword or qword constant).
+    fn aml_int(b: &[u8], o: &mut usize) -> u64 {
+        let (v, n) = match b[*o] {
+            0x00 => (0, 1),
+            0x01 => (1, 1),
+            0x0a => (u64::from(b[*o + 1]), 2),
+            0x0b => (u64::from(u16::from_le_bytes([b[*o + 1], b[*o + 2]])), 3),
+            0x0c => (u64::from(u32_at(b, *o + 1)), 5),
+            0x0e => (u64_at(b, *o + 1), 9),
+            op => panic!("not an integer: {op:#x}"),
+        };
+        *o += n;
+        v
+    }
+
+    /// The `(low, high)` that `Method (ADDR, 0) { Return (Package () { low, high }) }` gives.
+    fn addr_package(dsdt: &[u8]) -> (u64, u64) {
+        let at = dsdt.windows(4).position(|w| w == b"ADDR").unwrap();
+        // Flags (no args, not serialized), ReturnOp, PackageOp, its length, 2 elements.
+        assert_eq!(&dsdt[at + 4..at + 7], &[0x00, 0xa4, 0x12]);
+        assert_eq!(dsdt[at + 8], 2);
+        let mut o = at + 9;
+        let low = aml_int(dsdt, &mut o);
+        let high = aml_int(dsdt, &mut o);
+        // The package's length byte covers exactly its contents.
+        assert_eq!(usize::from(dsdt[at + 7]), o - (at + 7));
+        (low, high)
+    }
+
+    #[test]
+    fn dsdt_describes_the_vm_generation_id_and_its_event_device() {
+        let devs = devices(2);
+        for g in [
+            VmGenIdDevice {
+                addr: crate::arch::x86_64::layout::VMGENID_ADDR,
+                gsi: 3,
+            },
+            VmGenIdDevice {
+                addr: 0x1_0000_d008,
+                gsi: 23,
+            },
+        ] {
+            let t = build(1, &LEGACY, &devs, Some(&g)).unwrap();
+            let (_, dsdt) = find(&t, b"DSDT");
+            assert_eq!(sum(dsdt), 0);
+            assert_eq!(u32_at(dsdt, 4) as usize, dsdt.len());
+            let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
+            // Device (VGEN) { Name (_HID, "VMGENCTR"); Name (_CID, "VM_Gen_Counter");
+            // Name (_DDN, "VM_Gen_Counter"); Method (ADDR) ... }
+            assert_eq!(
+                count(b"\x5b\x82"),
+                2 + 2 + 2,
+                "Device ops: legacy, virtio, VGEN, GED"
+            );
+            assert_eq!(count(b"VGEN"), 2, "the device and the Notify target");
+            assert_eq!(count(b"_HID\x0dVMGENCTR\0"), 1);
+            assert_eq!(count(b"_CID\x0dVM_Gen_Counter\0"), 1);
+            assert_eq!(count(b"_DDN\x0dVM_Gen_Counter\0"), 1);
+            let (low, high) = addr_package(dsdt);
+            assert_eq!(low | (high << 32), g.addr);
+            assert!(low <= u64::from(u32::MAX) && high <= u64::from(u32::MAX));
+            // Device (GED_) { Name (_HID, "ACPI0013"); Name (_CRS, { Interrupt { gsi } });
+            // Method (_EVT, 1, Serialized) { If (Arg0 == gsi) { Notify (\_SB_.VGEN, 0x80) } } }
+            assert_eq!(count(b"GED_"), 1);
+            assert_eq!(count(b"_HID\x0dACPI0013\0"), 1);
+            let mut irq = vec![0x89, 6, 0, 0x03, 1];
+            irq.extend_from_slice(&g.gsi.to_le_bytes());
+            assert_eq!(count(&irq), 1, "the GED's interrupt");
+            assert_eq!(count(b"_EVT\x09"), 1, "one argument, serialized");
+            let mut evt = vec![0x93, 0x68, 0x0a, g.gsi as u8, 0x86, b'\\', 0x2e];
+            evt.extend_from_slice(b"_SB_VGEN\x0a\x80");
+            assert_eq!(
+                count(&evt),
+                1,
+                "If (LEqual (Arg0, gsi)) Notify (\\_SB_.VGEN, 0x80)"
+            );
+        }
+        // Without it: neither device.
+        let t = build(1, &LEGACY, &devs, None).unwrap();
+        let dsdt = find(&t, b"DSDT").1;
+        assert!(!dsdt.windows(4).any(|w| w == b"VGEN" || w == b"GED_"));
+        // Its GSI must be a line nobody else names.
+        for gsi in [4, 5, 6] {
+            let g = VmGenIdDevice { addr: 0xdf000, gsi };
+            let e = build(1, &LEGACY, &devs, Some(&g)).unwrap_err();
+            assert!(e.to_string().contains(&format!("GSI {gsi}")), "{e}");
+        }
+        // Legacy devices cannot take its names.
+        let bad = PortDevice {
+            name: "VGEN",
+            ..LEGACY[0]
+        };
+        assert!(build(1, &[bad], &[], None).is_err());
     }
 
     #[test]
     fn refuses_what_does_not_fit() {
-        assert!(build(0, &[], &[]).is_err());
+        assert!(build(0, &[], &[], None).is_err());
         let high = MmioDevice {
             base: 1 << 32,
             len: 0x1000,
             gsi: 5,
         };
-        assert!(build(1, &[], &[high]).is_err());
+        assert!(build(1, &[], &[high], None).is_err());
         let bad = PortDevice {
             name: "com1",
             ..LEGACY[0]
         };
-        assert!(build(1, &[bad], &[]).is_err());
+        assert!(build(1, &[bad], &[], None).is_err());
         let bad = PortDevice {
             pnp_id: "PNP05",
             ..LEGACY[0]
         };
-        assert!(build(1, &[bad], &[]).is_err());
+        assert!(build(1, &[bad], &[], None).is_err());
     }
 }

@@ -26,6 +26,10 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const SYSTEM_MEM_START: u64 = 0x9fc00;
 /// End of the reserved area below 1 MiB (start of the BIOS ROM area we leave reserved).
 pub const SYSTEM_MEM_END: u64 = 0x10_0000;
+/// The VM generation id's page: the last page of the reserved system area below the RSDP
+/// (the MP table at [`SYSTEM_MEM_START`] stays far below it; the guest never uses the page,
+/// e820 marks it reserved). Its first 16 bytes are the id (`devices::vmgenid`).
+pub const VMGENID_ADDR: u64 = 0x000d_f000;
 /// The ACPI RSDP, in the BIOS area Linux scans (0xe0000..0x100000, e820-reserved).
 pub const RSDP_ADDR: u64 = 0x000e_0000;
 /// First byte of the other ACPI tables.
@@ -44,6 +48,12 @@ pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// Local APIC base.
 pub const APIC_ADDR: u32 = 0xfee0_0000;
+
+const _: () = assert!(
+    SYSTEM_MEM_START < VMGENID_ADDR
+        && VMGENID_ADDR.is_multiple_of(4096)
+        && VMGENID_ADDR + 4096 <= RSDP_ADDR
+);
 
 /// Guest RAM regions `(guest address, size)` for `mem_size` bytes: one region below the MMIO
 /// gap, the rest above 4 GiB.

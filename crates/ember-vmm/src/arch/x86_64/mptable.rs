@@ -5,7 +5,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::ArchError;
-use super::layout::{APIC_ADDR, IOAPIC_ADDR, SYSTEM_MEM_END, SYSTEM_MEM_START};
+use super::layout::{APIC_ADDR, IOAPIC_ADDR, SYSTEM_MEM_START, VMGENID_ADDR};
 
 /// Where the MP floating pointer goes.
 pub const MPTABLE_ADDR: u64 = SYSTEM_MEM_START;
@@ -78,9 +78,9 @@ pub fn build(num_cpus: u8, addr: u64) -> Result<Vec<u8>, ArchError> {
     out.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]);
     out[10] = checksum(&out);
     out.extend_from_slice(&table);
-    if addr + out.len() as u64 > SYSTEM_MEM_END {
+    if addr + out.len() as u64 > VMGENID_ADDR {
         return Err(ArchError::Invalid(
-            "MP table does not fit below 1 MiB".into(),
+            "MP table does not fit below the VM generation id's page".into(),
         ));
     }
     Ok(out)
