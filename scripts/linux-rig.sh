@@ -41,15 +41,12 @@ mkdir -p "$RIG"
 . "$ROOT/scripts/rig-common.sh"
 
 # --- 3. ember-vmm, static ---------------------------------------------------------------
-log "building ember-vmm, ember-agent and ember-agent-call (release, static)"
+log "building the static binaries (release; the daemon rig's set: one build for both rigs)"
 T_BUILD0=$EPOCHREALTIME
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-(cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release -p ember-vmm -p ember-agent --bin ember-vmm --bin ember-agent \
-    --bin ember-agent-call --target x86_64-unknown-linux-gnu >&2)
-VMM="$TARGET_DIR/x86_64-unknown-linux-gnu/release/ember-vmm"
-AGENT="$TARGET_DIR/x86_64-unknown-linux-gnu/release/ember-agent"
-AGENT_CALL="$TARGET_DIR/x86_64-unknown-linux-gnu/release/ember-agent-call"
+build_static
+VMM="$BIN/ember-vmm"
+AGENT="$BIN/ember-agent"
+AGENT_CALL="$BIN/ember-agent-call"
 file "$AGENT" | grep -q "static" || fail_json "ember-agent is not statically linked"
 # The API helper uses std only: rustc alone builds it (cargo would build the crate's
 # dev-dependencies for an example, the probe guest among them).

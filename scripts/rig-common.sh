@@ -77,3 +77,15 @@ mk_busybox_root() {
     cp "$BUSYBOX" "$dir/bin/busybox"
     ln -s busybox "$dir/bin/sh"
 }
+
+# build_static: every static binary either rig needs, in one cargo invocation (the same package
+# selection in both rigs, so features unify alike and the second rig's build is a no-op; with
+# different selections cargo would build ember-vmm and ember-agent twice). Sets BIN.
+build_static() {
+    local target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
+    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --release -p ember-vmm -p ember-jailer -p emberd -p ember-agent -p ember \
+        --bin ember-vmm --bin ember-jailer --bin emberd --bin ember-agent --bin ember-agent-call \
+        --bin ember --target x86_64-unknown-linux-gnu >&2)
+    BIN="$target_dir/x86_64-unknown-linux-gnu/release"
+}

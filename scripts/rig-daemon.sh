@@ -43,12 +43,7 @@ RIG_EXTRA_PACKAGES="debootstrap"
 # --- 3. static binaries for L1 (and the CLI for this host) ------------------------------
 log "building ember-vmm, ember-jailer, emberd, ember-agent and ember (release, static)"
 T_BUILD0=$EPOCHREALTIME
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-(cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release -p ember-vmm -p ember-jailer -p emberd -p ember-agent -p ember \
-    --bin ember-vmm --bin ember-jailer --bin emberd --bin ember-agent --bin ember \
-    --target x86_64-unknown-linux-gnu >&2)
-BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release"
+build_static
 for b in ember-vmm ember-jailer emberd ember-agent; do
     file "$BIN/$b" | grep -q "static" || fail_json "$b is not statically linked"
 done
