@@ -309,6 +309,12 @@ fn recover_snapshots(engine: &Engine, report: &mut RecoveryReport) -> Result<(),
             report.builds_abandoned += 1;
         }
     }
+    // An image build the previous daemon died in left its working directory in the cache.
+    if engine.images.cache_dir.is_dir()
+        && let Err(e) = ember_host::image::cache::clean_stale(&engine.images.cache_dir)
+    {
+        tracing::warn!(error = %error_chain(&e), "cleaning the image cache");
+    }
     let mut broken: Vec<(SnapshotInfo, String)> = Vec::new();
     for s in engine.store.list::<SnapshotInfo>()? {
         if let Err(e) = engine.provider.register_snapshot(s.record.clone()) {
