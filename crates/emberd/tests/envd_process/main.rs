@@ -574,6 +574,7 @@ async fn the_e2b_sdk_runs_commands_and_ptys_through_the_service() {
         "stdin ok",
         "connect ok",
         "pty ok",
+        "port ok",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
