@@ -12,7 +12,9 @@
 # From the host, with the `ember` CLI: build the template (boot, agent Health, pause,
 # snapshot), give it a warm pool, create a sandbox (a warm handoff of a restored clone), run
 # commands in it (uname, python3, bash -l, a failing command), move a file in and out; then the
-# E2B SDK script crates/emberd/tests/e2b/sdk_linux.py when RIG_E2B is not 0. As a reference
+# E2B SDK script crates/emberd/tests/e2b/sdk_linux.py when RIG_E2B is not 0 (commands, files,
+# pause/resume, a `python3 -m http.server` reached through E2b-Sandbox-Port forwarding,
+# concurrent clients). As a reference
 # figure, QEMU's own boot of the same image under TCG (no nesting) to its agent, first.
 #
 # Usage: scripts/rig-daemon.sh      prints one JSON summary line last ("passed", "failed"

@@ -51,6 +51,15 @@ impl<'b> FrameBuffer<'b> {
         self.end = 0;
     }
 
+    /// Hands out the bytes received after the last frame taken and forgets them, for a
+    /// connection that stops carrying frames (after TcpConnected they belong to the pipe).
+    pub fn take_rest(&mut self) -> &[u8] {
+        let range = self.start..self.end;
+        self.start = 0;
+        self.end = 0;
+        self.buf.get(range).unwrap_or_default()
+    }
+
     fn compact(&mut self) {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
@@ -143,6 +152,19 @@ mod tests {
             assert_eq!(seen, 3);
             assert_eq!(fb.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn the_rest_after_a_frame_is_handed_out_once() {
+        let (stream, len) = frames(&[b"a"]);
+        let mut storage = [0u8; 64];
+        let mut fb = FrameBuffer::new(&mut storage);
+        fb.push(&stream[..len]);
+        fb.push(b"raw bytes");
+        assert!(fb.next_frame().unwrap().is_some());
+        assert_eq!(fb.take_rest(), b"raw bytes");
+        assert_eq!(fb.buffered(), 0);
+        assert_eq!(fb.take_rest(), b"");
     }
 
     #[test]

@@ -101,6 +101,19 @@ impl FrameReader {
         self.end = self.buf.len();
     }
 
+    /// Takes the bytes received but not yet returned as frames, leaving the reader empty (for
+    /// a connection that stops carrying frames, e.g. after TcpConnected).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        let rest = self
+            .buf
+            .get(self.start..self.end)
+            .unwrap_or_default()
+            .to_vec();
+        self.start = 0;
+        self.end = 0;
+        rest
+    }
+
     fn compact(&mut self) {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
@@ -332,6 +345,17 @@ mod tests {
                 .request_id,
             1
         );
+    }
+
+    #[test]
+    fn bytes_after_a_frame_can_be_taken() {
+        let mut stream = stream_of(&[b"x"]);
+        stream.extend_from_slice(b"raw");
+        let mut src: &[u8] = &stream;
+        let mut reader = FrameReader::new(MAX_FRAME_LEN);
+        reader.read_frame(&mut src).unwrap();
+        assert_eq!(reader.take_buffered(), b"raw");
+        assert_eq!(reader.buffered(), 0);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum Kind {
     ProcessAttach = 0x13,
     /// Request: set the size of a background process's terminal.
     ProcessResize = 0x14,
+    /// Request: connect to a TCP port on the guest's loopback; after the reply the connection
+    /// is a raw byte pipe to it.
+    TcpConnect = 0x15,
     /// Reply to Hello.
     HelloOk = 0x81,
     /// Reply to Ping.
@@ -90,6 +93,8 @@ pub enum Kind {
     ProcessAttached = 0x93,
     /// Reply to ProcessResize.
     ProcessResizeOk = 0x94,
+    /// Reply to TcpConnect: the connection is a byte pipe from the next byte on.
+    TcpConnected = 0x95,
     /// Event of a process stream: a chunk of output.
     ProcessOutput = 0xC0,
     /// Event of a process stream: the process ended (the stream's last frame).
@@ -102,7 +107,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, requests first.
-    pub const ALL: [Kind; 44] = [
+    pub const ALL: [Kind; 46] = [
         Kind::Hello,
         Kind::Ping,
         Kind::Health,
@@ -123,6 +128,7 @@ impl Kind {
         Kind::ProcessList,
         Kind::ProcessAttach,
         Kind::ProcessResize,
+        Kind::TcpConnect,
         Kind::HelloOk,
         Kind::Pong,
         Kind::HealthReport,
@@ -143,6 +149,7 @@ impl Kind {
         Kind::ProcessListing,
         Kind::ProcessAttached,
         Kind::ProcessResizeOk,
+        Kind::TcpConnected,
         Kind::ProcessOutput,
         Kind::ProcessExit,
         Kind::Error,
@@ -172,6 +179,7 @@ impl Kind {
             0x12 => Kind::ProcessList,
             0x13 => Kind::ProcessAttach,
             0x14 => Kind::ProcessResize,
+            0x15 => Kind::TcpConnect,
             0x81 => Kind::HelloOk,
             0x82 => Kind::Pong,
             0x83 => Kind::HealthReport,
@@ -192,6 +200,7 @@ impl Kind {
             0x92 => Kind::ProcessListing,
             0x93 => Kind::ProcessAttached,
             0x94 => Kind::ProcessResizeOk,
+            0x95 => Kind::TcpConnected,
             0xC0 => Kind::ProcessOutput,
             0xC1 => Kind::ProcessExit,
             0xFE => Kind::Error,
@@ -248,6 +257,7 @@ impl Kind {
             Kind::ProcessList => "ProcessList",
             Kind::ProcessAttach => "ProcessAttach",
             Kind::ProcessResize => "ProcessResize",
+            Kind::TcpConnect => "TcpConnect",
             Kind::HelloOk => "HelloOk",
             Kind::Pong => "Pong",
             Kind::HealthReport => "HealthReport",
@@ -268,6 +278,7 @@ impl Kind {
             Kind::ProcessListing => "ProcessListing",
             Kind::ProcessAttached => "ProcessAttached",
             Kind::ProcessResizeOk => "ProcessResizeOk",
+            Kind::TcpConnected => "TcpConnected",
             Kind::ProcessOutput => "ProcessOutput",
             Kind::ProcessExit => "ProcessExit",
             Kind::Error => "Error",
@@ -320,6 +331,8 @@ impl ErrorCode {
     /// The directory has entries (Remove without `recursive`, Rename onto it), like
     /// `ENOTEMPTY`.
     pub const NOT_EMPTY: ErrorCode = ErrorCode(15);
+    /// Nothing accepts connections on the port (TcpConnect), like `ECONNREFUSED`.
+    pub const CONNECTION_REFUSED: ErrorCode = ErrorCode(16);
 
     /// Name of a code this version defines, `None` for others.
     pub const fn name(self) -> Option<&'static str> {
@@ -339,6 +352,7 @@ impl ErrorCode {
             13 => "not a directory",
             14 => "is a directory",
             15 => "directory not empty",
+            16 => "connection refused",
             _ => return None,
         })
     }
@@ -371,6 +385,7 @@ impl ErrorCode {
             K::InvalidInput | K::InvalidFilename => ErrorCode::INVALID_ARGUMENT,
             K::FileTooLarge | K::StorageFull | K::QuotaExceeded => ErrorCode::TOO_LARGE,
             K::TimedOut => ErrorCode::TIMED_OUT,
+            K::ConnectionRefused => ErrorCode::CONNECTION_REFUSED,
             _ => ErrorCode::IO,
         }
     }
@@ -406,6 +421,10 @@ mod tests {
         assert_eq!(ErrorCode(999).name(), None);
         assert_eq!(ErrorCode::NOT_FOUND.name(), Some("not found"));
         assert_eq!(ErrorCode::NOT_EMPTY.name(), Some("directory not empty"));
-        assert_eq!(ErrorCode(16).name(), None);
+        assert_eq!(
+            ErrorCode::CONNECTION_REFUSED.name(),
+            Some("connection refused")
+        );
+        assert_eq!(ErrorCode(17).name(), None);
     }
 }

@@ -13,7 +13,8 @@
 //! With the `std` feature (default):
 //! - `io`: `io::FrameReader` (buffered, partial reads, oversize rejected before allocating);
 //! - `vsock`: Firecracker's hybrid vsock handshake (`CONNECT <port>\n` / `OK <hostport>\n`);
-//! - `client`: `AgentClient`, the host's blocking client with per-call deadlines.
+//! - `client`: `AgentClient`, the host's blocking client with per-call deadlines, and
+//!   `tcp_connect`: a connection turned into a byte pipe to a TCP port in the guest.
 //!
 //! With the `test-agent` feature: `test_agent`, a reference agent on a hybrid-vsock Unix socket
 //! with fault injection, built from the guest-side [`Session`].
@@ -61,6 +62,6 @@ pub use message::{
 #[cfg(feature = "std")]
 pub use client::{
     AgentClient, AgentInfo, ClientError, ConnectOptions, ExecOutput, FileContents, FileInfo,
-    ListedEntry, ProcessEvent, ProcessInfo, ProcessOutcome, ProcessStream, StartedProcess,
-    listing_page,
+    ListedEntry, ProcessEvent, ProcessInfo, ProcessOutcome, ProcessStream, StartedProcess, TcpPipe,
+    listing_page, tcp_connect,
 };

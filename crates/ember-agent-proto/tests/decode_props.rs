@@ -29,6 +29,7 @@ enum OwnedRequest {
     Remove(Vec<u8>, bool),
     Rename(Vec<u8>, Vec<u8>),
     ExecIn(Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<u8>, String, Vec<u8>, u32),
+    TcpConnect(u16),
 }
 
 impl OwnedRequest {
@@ -102,6 +103,7 @@ impl OwnedRequest {
                     timeout_ms: *timeout_ms,
                 }))
             }
+            OwnedRequest::TcpConnect(port) => f(&Request::TcpConnect { port: *port }),
         }
     }
 
@@ -123,6 +125,7 @@ enum OwnedReply {
     Health(u64, [u8; 16], u64),
     Exec(i32, bool, bool, Vec<u8>, Vec<u8>),
     PutFile,
+    TcpConnected,
     File(u32, u64, Vec<u8>),
     Reseeded(u64),
     Shutdown,
@@ -190,6 +193,7 @@ impl OwnedReply {
                 stderr,
             }),
             OwnedReply::PutFile => Reply::PutFile,
+            OwnedReply::TcpConnected => Reply::TcpConnected,
             OwnedReply::File(mode, size, data) => Reply::File(FileData {
                 mode: *mode,
                 size: *size,
@@ -325,6 +329,7 @@ fn request() -> impl Strategy<Value = OwnedRequest> {
             any::<u32>()
         )
             .prop_map(|(a, e, c, u, s, t)| OwnedRequest::ExecIn(a, e, c, u, s, t)),
+        (1u16..).prop_map(OwnedRequest::TcpConnect),
     ]
 }
 
@@ -337,6 +342,7 @@ fn reply() -> impl Strategy<Value = OwnedReply> {
         (any::<i32>(), any::<bool>(), any::<bool>(), data(), data())
             .prop_map(|(c, o, e, so, se)| OwnedReply::Exec(c, o, e, so, se)),
         Just(OwnedReply::PutFile),
+        Just(OwnedReply::TcpConnected),
         (0u32..=0o7777, any::<u64>(), data()).prop_map(|(m, s, d)| OwnedReply::File(m, s, d)),
         any::<u64>().prop_map(OwnedReply::Reseeded),
         Just(OwnedReply::Shutdown),

@@ -3,12 +3,14 @@
 //! Serves ember's agent protocol (`crates/ember-agent-proto/WIRE-FORMAT.md`) over AF_VSOCK in a
 //! guest, or over a Unix socket speaking Firecracker's hybrid-vsock handshake for tests on a
 //! host: real commands (argv, env, cwd, user, stdin, time limits), background processes with
-//! streamed output, the guest's files, and Reseed (entropy and wall clock) for clones. It can
+//! streamed output, the guest's files, TCP connections to the guest's loopback ports (so the
+//! host can reach servers inside), and Reseed (entropy and wall clock) for clones. It can
 //! be the guest's PID 1 (mounts, reaping, power-off) or run under another init.
 //!
 //! Module map: `listen` (sockets, handshake) → `server` (connections, dispatch) → handlers:
 //! `exec` (run to completion), `procs` (background processes and their streams), `files`,
-//! `agent` (Health, Reseed, Shutdown); beneath them `process` (prepare, spawn, reaper, pump),
+//! `agent` (Health, Reseed, Shutdown), `tcp` (TcpConnect: a byte pipe to a port on the guest's
+//! loopback); beneath them `process` (prepare, spawn, reaper, pump),
 //! `paths`, `users`, `refusal`; `init` for PID 1 and signals. `unsafe` lives only in
 //! `process::spawn` (fork/exec), `reseed` (the RNDADDENTROPY ioctl) and `netif` (bringing `lo`
 //! up as init).
@@ -26,6 +28,7 @@ mod procs;
 mod refusal;
 mod reseed;
 mod server;
+mod tcp;
 mod users;
 
 use std::path::PathBuf;

@@ -5,7 +5,8 @@
 //! dispatching each request to its handler, encoding the reply within the host's frame limit,
 //! and writing frames through one lock so replies and streamed process events never
 //! interleave mid-frame. Requests on one connection are answered in order; connections run in
-//! parallel. What a request does is its handler's (`exec`, `files`, `procs`, `agent`).
+//! parallel; after TcpConnected a connection stops carrying frames and becomes `tcp`'s pipe.
+//! What a request does is its handler's (`exec`, `files`, `procs`, `agent`, `tcp`).
 #![forbid(unsafe_code)]
 
 use std::fs::File;
@@ -60,9 +61,23 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Writes one whole frame.
+    /// The writer of connection `id`, writing to `stream`.
+    pub fn new(stream: File, id: u64) -> Self {
+        Writer {
+            stream: Mutex::new(stream),
+            id,
+        }
+    }
+
+    /// Writes one whole frame (or, on a pipe, a chunk of raw bytes).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         lock(&self.stream).write_all(frame)
+    }
+
+    /// Ends the host's input (a pipe's half-close); the connection stays readable.
+    pub fn shutdown_write(&self) {
+        let stream = lock(&self.stream);
+        let _ = shutdown(stream.as_raw_fd(), Shutdown::Write);
     }
 
     /// Ends the connection (both directions), so its reader sees the end too.
@@ -128,10 +143,7 @@ pub fn serve(agent: &Arc<Agent>, mut stream: File, id: u64) -> io::Result<()> {
     let timeout = TimeVal::new(SEND_TIMEOUT.as_secs() as _, 0);
     // Not a socket (a test's pipe) or no support: writes simply have no limit.
     let _ = setsockopt(&stream, sockopt::SendTimeout, &timeout);
-    let writer = Arc::new(Writer {
-        stream: Mutex::new(stream.try_clone()?),
-        id,
-    });
+    let writer = Arc::new(Writer::new(stream.try_clone()?, id));
     let result = serve_frames(agent, &mut stream, &writer);
     agent.procs.detach_connection(id);
     writer.close();
@@ -189,6 +201,13 @@ fn serve_frames(agent: &Arc<Agent>, stream: &mut File, writer: &Arc<Writer>) -> 
             match after {
                 Some(After::Shutdown) => agent.shutdown(),
                 Some(After::Then(action)) => action(),
+                Some(After::Pipe(tcp)) => {
+                    // No more frames: the connection's streams end, and whatever the host
+                    // sent after TcpConnect is the pipe's first bytes.
+                    agent.procs.detach_connection(writer.id);
+                    let early = frames.take_rest().to_vec();
+                    return crate::tcp::pipe(stream, writer, tcp, &early);
+                }
                 None => {}
             }
             if close {
@@ -204,6 +223,8 @@ pub enum After {
     Shutdown,
     /// Anything else (e.g. start streaming a process's events).
     Then(Box<dyn FnOnce() + Send>),
+    /// Turn the connection into a byte pipe to this TCP connection (TcpConnect).
+    Pipe(std::net::TcpStream),
 }
 
 /// What a handler knows about the request it answers.
@@ -340,6 +361,10 @@ fn answer(
         Request::Shutdown => {
             *after = Some(After::Shutdown);
             Reply::Shutdown
+        }
+        Request::TcpConnect { port } => {
+            *after = Some(After::Pipe(crate::tcp::connect(*port)?));
+            Reply::TcpConnected
         }
         other => {
             if let Some(encoded) = crate::procs::answer(ctx, other, out, after)? {

@@ -214,6 +214,7 @@ fn request_frames() -> Vec<Vec<u8>> {
             stdin: b"",
             timeout_ms: 500,
         }),
+        Request::TcpConnect { port: 8000 },
     ];
     reqs.iter()
         .enumerate()
@@ -280,6 +281,7 @@ fn reply_frames() -> Vec<Vec<u8>> {
         Reply::Remove,
         Reply::Rename,
         Reply::ExecIn(exec),
+        Reply::TcpConnected,
     ];
     replies
         .iter()

@@ -44,7 +44,8 @@
 //!   host's frame limit). ListDir answers its page depth-first in name order, as many entries
 //!   as `max_entries` allows and the reply frame holds. Stat and ListDir report owner and
 //!   group `root` and no symlinks (the probe has none).
-//! - Shutdown: Unsupported.
+//! - Shutdown: Unsupported. So are the background-process kinds and TcpConnect (the probe's
+//!   servers listen on vsock ports, which emberd's port forwarding then dials directly).
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 

@@ -9,14 +9,17 @@
 //! checked before the next call's, so a warm VM's handover and its tenant's first request share
 //! one guest wake-up while the tenant still never sees an answer from an un-reseeded guest.
 //! The other: a process stream (`process`), which reads its events after its reply until the
-//! process exits.
+//! process exits. TcpConnect (`tcp`) ends the framing altogether: the connection becomes a byte
+//! pipe to a TCP port in the guest.
 
 mod error;
 mod process;
+mod tcp;
 mod types;
 
 pub use error::ClientError;
 pub use process::{ProcessEvent, ProcessInfo, ProcessOutcome, ProcessStream, StartedProcess};
+pub use tcp::{TcpPipe, tcp_connect};
 pub use types::{
     AgentInfo, ConnectOptions, ExecOutput, FileContents, FileInfo, ListedEntry, listing_page,
 };

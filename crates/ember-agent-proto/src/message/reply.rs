@@ -157,6 +157,9 @@ pub enum Reply<'a> {
     },
     /// Reply to ProcessResize: the terminal has its new size.
     ProcessResize,
+    /// Reply to TcpConnect: from the byte after this frame on, the connection is a raw byte
+    /// pipe to the guest's TCP port (no more frames either way).
+    TcpConnected,
     /// Stream event: a chunk of output.
     ProcessOutput(ProcessOutput<'a>),
     /// Stream event: the process ended; the stream's last frame.
@@ -194,6 +197,7 @@ impl<'a> Reply<'a> {
             Reply::ProcessListing(_) => Kind::ProcessListing,
             Reply::ProcessAttached { .. } => Kind::ProcessAttached,
             Reply::ProcessResize => Kind::ProcessResizeOk,
+            Reply::TcpConnected => Kind::TcpConnected,
             Reply::ProcessOutput(_) => Kind::ProcessOutput,
             Reply::ProcessExit(_) => Kind::ProcessExit,
             Reply::Error(_) => Kind::Error,
@@ -291,6 +295,7 @@ impl<'a> Reply<'a> {
             },
             Kind::ProcessSignalOk => Reply::ProcessSignal,
             Kind::ProcessResizeOk => Reply::ProcessResize,
+            Kind::TcpConnected => Reply::TcpConnected,
             Kind::ProcessListing => Reply::ProcessListing(ProcessListing {
                 more: r.bool("more")?,
                 entries: ProcessEntries::read(&mut r)?,
@@ -356,7 +361,8 @@ impl<'a> Reply<'a> {
             | Reply::Remove
             | Reply::Rename
             | Reply::ProcessSignal
-            | Reply::ProcessResize => {}
+            | Reply::ProcessResize
+            | Reply::TcpConnected => {}
             Reply::ProcessStarted { handle, pid } => {
                 w.u64(*handle);
                 w.u32(*pid);
@@ -461,6 +467,7 @@ mod tests {
         round_trip(Reply::ProcessInput { written: 12 });
         round_trip(Reply::ProcessSignal);
         round_trip(Reply::ProcessResize);
+        round_trip(Reply::TcpConnected);
         round_trip(Reply::ProcessAttached {
             pid: 1,
             running: false,

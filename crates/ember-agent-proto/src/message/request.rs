@@ -308,6 +308,11 @@ pub enum Request<'a> {
         /// The new size.
         size: process::TermSize,
     },
+    /// Connect to a TCP port on the guest's loopback; after the reply, a raw byte pipe.
+    TcpConnect {
+        /// The port on 127.0.0.1 in the guest (1..=65535).
+        port: u16,
+    },
 }
 
 impl<'a> Request<'a> {
@@ -334,6 +339,7 @@ impl<'a> Request<'a> {
             Request::ProcessList(_) => Kind::ProcessList,
             Request::ProcessAttach { .. } => Kind::ProcessAttach,
             Request::ProcessResize { .. } => Kind::ProcessResize,
+            Request::TcpConnect { .. } => Kind::TcpConnect,
         }
     }
 
@@ -468,6 +474,11 @@ impl<'a> Request<'a> {
                 process::check_size(kind, size)?;
                 Request::ProcessResize { handle, size }
             }
+            Kind::TcpConnect => {
+                let port = r.u16("port")?;
+                check_port(port)?;
+                Request::TcpConnect { port }
+            }
             _ => return Err(DecodeError::UnknownKind { kind: header.kind }),
         };
         super::finish(&r, kind)?;
@@ -557,9 +568,25 @@ impl<'a> Request<'a> {
                 w.u16(size.rows);
                 w.u16(size.cols);
             }
+            Request::TcpConnect { port } => {
+                check_port(*port)?;
+                w.u16(*port);
+            }
         }
         Ok(())
     }
+}
+
+/// TcpConnect's `port`: 0 names no port (and would be a second encoding of "no request").
+fn check_port(port: u16) -> Result<(), FieldError> {
+    if port == 0 {
+        return Err(FieldError {
+            kind: Kind::TcpConnect,
+            field: "port",
+            problem: crate::error::FieldProblem::OutOfRange { value: 0 },
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -665,6 +692,8 @@ mod tests {
             max_entries: 3,
         }));
         round_trip(Request::ProcessAttach { handle: u64::MAX });
+        round_trip(Request::TcpConnect { port: 8000 });
+        round_trip(Request::TcpConnect { port: u16::MAX });
         round_trip(Request::ProcessStart(
             ProcessStart::new(&["bash"]).with_pty(40, 120),
         ));
@@ -734,6 +763,43 @@ mod tests {
                 field: "signal",
                 ..
             }))
+        ));
+    }
+
+    #[test]
+    fn tcp_connect_is_two_bytes_and_refuses_port_zero() {
+        let mut buf = [0u8; 64];
+        let n = Request::TcpConnect { port: 0x1f40 }
+            .encode(7, &mut buf)
+            .unwrap();
+        assert_eq!(n, HEADER_LEN + 2);
+        assert_eq!(&buf[HEADER_LEN..n], &[0x40, 0x1f]);
+        assert!(matches!(
+            Request::TcpConnect { port: 0 }.encode(7, &mut buf),
+            Err(EncodeError::Field(FieldError { field: "port", .. }))
+        ));
+        let n = Request::TcpConnect { port: 1 }.encode(7, &mut buf).unwrap();
+        buf[HEADER_LEN..n].copy_from_slice(&[0, 0]);
+        assert!(matches!(
+            Request::decode(&buf[..n]),
+            Err(DecodeError::Field(FieldError {
+                field: "port",
+                problem: FieldProblem::OutOfRange { value: 0 },
+                ..
+            }))
+        ));
+        // One byte short, one byte long: malformed, not another encoding.
+        let header = Header {
+            version: VERSION,
+            kind: Kind::TcpConnect.as_u8(),
+            request_id: 7,
+        };
+        let n = frame::encode_raw_frame(header, &[0x40], &mut buf).unwrap();
+        assert!(Request::decode(&buf[..n]).is_err());
+        let n = frame::encode_raw_frame(header, &[0x40, 0x1f, 0], &mut buf).unwrap();
+        assert!(matches!(
+            Request::decode(&buf[..n]),
+            Err(DecodeError::TrailingBytes { extra: 1, .. })
         ));
     }
 

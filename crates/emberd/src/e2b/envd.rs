@@ -8,7 +8,8 @@
 //!   `application/octet-stream` body with `?path=`) → GetFile / PutFile;
 //! - Connect RPC `process.Process/*` ([`super::process`]) and
 //!   `filesystem.Filesystem/*` ([`super::filesystem`]);
-//! - any other port is forwarded to that port in the guest over vsock ([`super::proxy`]).
+//! - any other port is forwarded to that TCP port on the guest's loopback through the agent's
+//!   TcpConnect (over vsock for an agent without it) ([`super::proxy`]).
 //!
 //! A sandbox that is unknown, ended or paused answers as E2B's proxy does: 502
 //! `{"message": "The sandbox was not found", ...}` (the SDK raises SandboxNotRunningException).

@@ -7,7 +7,8 @@
 //! - envd ([`envd`], `--e2b-envd ADDR`): the in-sandbox API for every sandbox on one
 //!   endpoint, routed by the `E2b-Sandbox-Id` / `E2b-Sandbox-Port` headers — what the SDK
 //!   reaches through `E2B_SANDBOX_URL` — over the Connect protocol ([`connect`]): processes
-//!   ([`process`]), files ([`filesystem`], `/files`), other guest ports forwarded ([`proxy`]).
+//!   ([`process`]), files ([`filesystem`], `/files`), other guest ports forwarded to TCP
+//!   servers in the guest through the agent ([`proxy`]).
 //!
 //! [`model`] holds E2B's JSON bodies, [`time`] its timestamps. The wire details (what the SDK
 //! sends and requires, observed against e2b 2.63.0) are in each module's docs.

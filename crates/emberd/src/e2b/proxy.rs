@@ -1,9 +1,19 @@
 //! Forwarding an HTTP request to a port inside the guest (`E2b-Sandbox-Port` other than envd's;
-//! the code interpreter listens on 49999): one hybrid-vsock connection to that guest port per
-//! request, HTTP/1.1 over it (hyper), the answer streamed back. A port nothing listens on answers
-//! as E2B's proxy does: 502 "The sandbox is running but port is not open".
+//! the code interpreter listens on 49999, a user's server wherever it likes): servers in a guest
+//! listen on TCP, so the request goes through the sandbox's agent — a fresh agent connection
+//! whose TcpConnect makes it a byte pipe to 127.0.0.1:PORT in the guest — and HTTP/1.1 runs over
+//! that pipe (hyper), the answer streamed back. A port nothing listens on (the agent's
+//! `CONNECTION_REFUSED`, or no answer to its connect) answers as E2B's proxy does: 502 "The
+//! sandbox is running but port is not open".
+//!
+//! An agent without TcpConnect (the probe guest: Unsupported) gets the old rule: the port is
+//! dialed as a *vsock* port of the guest through its hybrid vsock socket (the probe's servers
+//! are vsock listeners), and a port that takes no connection is "not open" too. Ports above
+//! 65535 are no TCP ports: they are only ever dialed over vsock.
 
+use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -11,13 +21,16 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::http::header::{CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
 use axum::response::{IntoResponse, Response};
-use ember_core::{SandboxId, VmId};
+use ember_agent_proto::{ClientError, ErrorCode};
+use ember_core::SandboxId;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use super::envd::EnvdState;
+use super::process::ProcessAgents;
+use crate::error::ApiError;
 
-/// How long connecting to a guest port may take.
+/// How long connecting to a guest port over vsock may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn port_closed(id: &str) -> Response {
@@ -34,13 +47,32 @@ fn port_closed(id: &str) -> Response {
 
 /// Forwards `req` to guest port `port` of sandbox `id`.
 pub async fn forward(st: &EnvdState, id: &SandboxId, port: u32, req: Request) -> Response {
-    let vsock = match VmId::new(id.as_str()).and_then(|vm| st.app.engine.provider.vsock_path(&vm)) {
-        Ok(p) => p,
-        Err(_) => return super::envd::not_found(id.as_str()),
+    forward_via(Arc::clone(st.processes.agents()), id.as_str(), port, req).await
+}
+
+/// Forwards `req` to port `port` of `sandbox`, reached through `agents`: over TcpConnect, or
+/// (an agent without it, a port above 65535) over the guest's vsock.
+pub async fn forward_via(
+    agents: Arc<dyn ProcessAgents>,
+    sandbox: &str,
+    port: u32,
+    req: Request,
+) -> Response {
+    let result = match u16::try_from(port) {
+        Ok(tcp_port) => match open_tcp(Arc::clone(&agents), sandbox, tcp_port).await {
+            Ok(Opened::Pipe(stream, leftover)) => exchange(stream, &leftover, req).await,
+            Ok(Opened::Unsupported) => forward_vsock(&*agents, sandbox, port, req).await,
+            Err(failure) => Err(failure),
+        },
+        Err(_) => forward_vsock(&*agents, sandbox, port, req).await,
     };
-    match forward_to(&vsock, port, req).await {
+    match result {
         Ok(resp) => resp,
-        Err(Failure::Closed) => port_closed(id.as_str()),
+        Err(Failure::Closed) => port_closed(sandbox),
+        Err(Failure::Agent(e)) => super::envd::http_error(
+            StatusCode::BAD_GATEWAY,
+            format!("reaching port {port} in the sandbox: {}", e.message),
+        ),
         Err(Failure::Http(e)) => super::envd::http_error(
             StatusCode::BAD_GATEWAY,
             format!("forwarding to port {port} in the sandbox: {e}"),
@@ -48,11 +80,57 @@ pub async fn forward(st: &EnvdState, id: &SandboxId, port: u32, req: Request) ->
     }
 }
 
+/// What asking the agent for a TCP connection gave.
+enum Opened {
+    /// The pipe, and bytes the guest's server sent along with the reply.
+    Pipe(UnixStream, Vec<u8>),
+    /// The agent has no TcpConnect.
+    Unsupported,
+}
+
+/// A fresh connection to `sandbox`'s agent, turned into a pipe to TCP port `port` in the guest.
+async fn open_tcp(
+    agents: Arc<dyn ProcessAgents>,
+    sandbox: &str,
+    port: u16,
+) -> Result<Opened, Failure> {
+    let sandbox = sandbox.to_string();
+    let opened = tokio::task::spawn_blocking(move || {
+        let agent = agents.dial(&sandbox).map_err(Failure::Agent)?;
+        match agent.into_tcp(port) {
+            Ok(pipe) => Ok(Opened::Pipe(pipe.stream, pipe.leftover)),
+            Err(ClientError::Unsupported { .. }) => Ok(Opened::Unsupported),
+            Err(ClientError::Agent { code, .. })
+                if code == ErrorCode::CONNECTION_REFUSED || code == ErrorCode::TIMED_OUT =>
+            {
+                Err(Failure::Closed)
+            }
+            Err(e) => Err(Failure::Agent(ApiError::from(e))),
+        }
+    })
+    .await
+    .map_err(|e| Failure::Http(e.to_string()))??;
+    Ok(opened)
+}
+
+/// Forwards `req` to vsock port `port` of `sandbox` (an agent without TcpConnect).
+async fn forward_vsock(
+    agents: &dyn ProcessAgents,
+    sandbox: &str,
+    port: u32,
+    req: Request,
+) -> Result<Response, Failure> {
+    let vsock = agents.vsock_path(sandbox).map_err(Failure::Agent)?;
+    forward_to(&vsock, port, req).await
+}
+
 /// Why forwarding failed.
 #[derive(Debug)]
 pub enum Failure {
     /// Nothing listens on the guest port (or the sandbox's vsock is gone).
     Closed,
+    /// The sandbox's agent could not be reached, or refused otherwise.
+    Agent(ApiError),
     /// The exchange with the guest's server failed.
     Http(String),
 }
@@ -66,17 +144,22 @@ pub async fn forward_to(vsock: &Path, port: u32, req: Request) -> Result<Respons
     .await
     .map_err(|e| Failure::Http(e.to_string()))?
     .map_err(|_| Failure::Closed)?;
-    if !hybrid.leftover.is_empty() {
+    exchange(hybrid.stream, &hybrid.leftover, req).await
+}
+
+/// Sends `req` over `stream` (which reaches the guest's server; `leftover` are bytes it sent
+/// already) as HTTP/1.1 and hands back the answer, its body streamed.
+async fn exchange(stream: UnixStream, leftover: &[u8], req: Request) -> Result<Response, Failure> {
+    if !leftover.is_empty() {
         return Err(Failure::Http(
             "the guest's server spoke before the request".into(),
         ));
     }
-    hybrid
-        .stream
+    stream
         .set_nonblocking(true)
         .map_err(|e| Failure::Http(e.to_string()))?;
-    let stream = tokio::net::UnixStream::from_std(hybrid.stream)
-        .map_err(|e| Failure::Http(e.to_string()))?;
+    let stream =
+        tokio::net::UnixStream::from_std(stream).map_err(|e| Failure::Http(e.to_string()))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Failure::Http(e.to_string()))?;

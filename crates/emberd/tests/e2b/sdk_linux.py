@@ -2,7 +2,9 @@
 
 Run by scripts/rig-daemon.sh (emberd inside the nested rig, its ports forwarded to this host)
 with E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY and E2B_TEMPLATE (an ember template booting an
-image from `ember image build`) set. Every check is an assert; the script exits non-zero on
+image from `ember image build`) set. Checks: commands, files, pause/resume ("commands"); a
+`python3 -m http.server` in the sandbox reached through envd's E2b-Sandbox-Port forwarding
+("ports"); concurrent clients ("concurrent"). Every check is an assert; the script exits non-zero on
 the first failure and prints one JSON line of figures last.
 """
 import concurrent.futures
@@ -11,6 +13,8 @@ import os
 import statistics
 import sys
 import time
+import urllib.error
+import urllib.request
 
 from e2b import CommandExitException, Sandbox, SandboxQuery
 from e2b.exceptions import SandboxException, TimeoutException
@@ -125,6 +129,58 @@ def check_commands():
     print("commands ok", flush=True)
 
 
+def fetch_port(sbx, port, path="/"):
+    """GET `path` from `port` in the sandbox the way the SDK reaches envd with E2B_SANDBOX_URL
+    set: that URL, with E2b-Sandbox-Id and E2b-Sandbox-Port naming the sandbox and port (the
+    SDK's own envd calls carry the same two headers). Host is what `sandbox.get_host(port)`
+    gives, as a client going through E2B's proxy would send it. Returns (status, body)."""
+    base = os.environ["E2B_SANDBOX_URL"].rstrip("/")
+    req = urllib.request.Request(base + path, headers={
+        "E2b-Sandbox-Id": sbx.sandbox_id,
+        "E2b-Sandbox-Port": str(port),
+        "Host": sbx.get_host(port),
+    })
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def check_ports():
+    """A server listening on TCP inside the sandbox, reached through emberd's envd endpoint
+    (E2b-Sandbox-Port: the agent's TcpConnect to 127.0.0.1:PORT in the guest)."""
+    sbx = Sandbox.create(template=TEMPLATE, metadata={"run": "ports"}, timeout=300)
+    assert sbx.get_host(8000).startswith("8000-") or sbx.get_host(8000).endswith(":8000"), \
+        sbx.get_host(8000)
+    sbx.files.write("/home/user/site/served.txt", "served from the sandbox\n")
+    server = sbx.commands.run("python3 -m http.server 8000", cwd="/home/user/site",
+                              background=True)
+    t0 = time.monotonic()
+    deadline = t0 + 60
+    while True:
+        status, body = fetch_port(sbx, 8000)
+        if status == 200:
+            break
+        # Until python has bound the port, the proxy says it is not open.
+        assert status == 502 and "port is not open" in body, (status, body)
+        assert time.monotonic() < deadline, "http.server never answered"
+        time.sleep(0.5)
+    FIGURES["port_first_answer_s"] = round(time.monotonic() - t0, 2)
+    assert "Directory listing" in body and "served.txt" in body, body
+    status, body = fetch_port(sbx, 8000, "/served.txt")
+    assert (status, body) == (200, "served from the sandbox\n"), (status, body)
+    # Nothing listens on 8001: E2B's answer for a closed port.
+    status, body = fetch_port(sbx, 8001)
+    assert status == 502, (status, body)
+    closed = json.loads(body)
+    assert closed["message"] == "The sandbox is running but port is not open", closed
+    assert closed["sandboxId"] == sbx.sandbox_id, closed
+    assert sbx.commands.kill(server.pid) is True
+    sbx.kill()
+    print("ports ok", flush=True)
+
+
 def one_client(i):
     t0 = time.monotonic()
     sbx = Sandbox.create(template=TEMPLATE, metadata={"run": "many", "i": str(i)}, timeout=300)
@@ -164,7 +220,7 @@ def check_concurrent():
 
 
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["commands", "concurrent"]
+    which = sys.argv[1:] or ["commands", "ports", "concurrent"]
     for name in which:
         globals()[f"check_{name}"]()
     print(json.dumps(FIGURES))

@@ -4,8 +4,12 @@ E2B_SANDBOX_URL and EMBER_ENVD_VERSION). The Sandbox object is built without the
 (its plain constructor), so only envd is reached. Prints one "... ok" line a check."""
 
 import os
+import socket
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import warnings
 
 from packaging.version import Version
@@ -103,3 +107,56 @@ done.join(15)
 assert not done.is_alive(), "the PTY did not end"
 assert sbx.pty.kill(term.pid) is False
 print("pty ok")
+
+# A server listening on TCP "in the sandbox" (the agent runs on this host, so on its loopback),
+# started as a background command and reached as sdk_linux.py reaches one in a real sandbox:
+# E2B_SANDBOX_URL with E2b-Sandbox-Id and E2b-Sandbox-Port naming the sandbox and port.
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+site = tempfile.mkdtemp(prefix="envd-port-")
+os.chmod(site, 0o755)
+with open(os.path.join(site, "served.txt"), "w") as f:
+    f.write("served through the agent\n")
+
+
+def fetch_port(port, path="/"):
+    req = urllib.request.Request(os.environ["E2B_SANDBOX_URL"].rstrip("/") + path, headers={
+        "E2b-Sandbox-Id": "sb",
+        "E2b-Sandbox-Port": str(port),
+        "Host": sbx.get_host(port),
+    })
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+# Commands run as E2B's default user here, which may not reach this venv's python: the system's.
+python = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)),
+              "python3")
+server = sbx.commands.run(f"{python} -m http.server {port} --bind 127.0.0.1", cwd=site,
+                          background=True)
+deadline = time.monotonic() + 15
+while True:
+    status, body = fetch_port(port)
+    if status == 200:
+        break
+    assert status == 502 and "port is not open" in body, (status, body)
+    if time.monotonic() > deadline:
+        listed = sbx.commands.list()
+        try:
+            server.kill()
+            ended = server.wait()
+        except CommandExitException as e:
+            ended = e
+        raise AssertionError(f"http.server never answered: {listed} {ended}")
+    time.sleep(0.1)
+assert "Directory listing" in body and "served.txt" in body, body
+assert fetch_port(port, "/served.txt") == (200, "served through the agent\n")
+assert sbx.commands.kill(server.pid) is True
+wait_until("the port closed", lambda: fetch_port(port)[0] == 502)
+status, body = fetch_port(port)
+assert status == 502 and "port is not open" in body, (status, body)
+print("port ok")

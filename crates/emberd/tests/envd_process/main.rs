@@ -8,7 +8,9 @@
 //! (SendInput, StreamInput, CloseStdin) or closed by default; a reconnect after the starting
 //! client went; a PTY typed into and resized; unknown processes answering not_found; an agent
 //! without background processes (the reference test agent, as the probe guest) getting Start
-//! through Exec and nothing else. Then the unmodified `e2b` SDK (the venv of scripts/setup.sh,
+//! through Exec and nothing else. `E2b-Sandbox-Port` forwarding: HTTP to a TCP server on the
+//! loopback through the agent's TcpConnect, a closed port answering E2B's "port is not open",
+//! and the vsock fallback for an agent without TcpConnect. Then the unmodified `e2b` SDK (the venv of scripts/setup.sh,
 //! or `$EMBER_E2B_PYTHON`) runs its commands and PTY calls against the same rig
 //! (`tests/e2b/sdk_process.py`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -404,6 +406,151 @@ async fn an_agent_without_background_processes_runs_start_through_exec() {
     }
 }
 
+/// A tiny HTTP server on the host's loopback (the agent runs on the host here, so its
+/// 127.0.0.1 is this one): HTTP/1.0 as `python3 -m http.server` speaks it, answering
+/// `<method> <target> <body>` and closing. Returns its port.
+fn http_server() -> u16 {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut request_line = String::new();
+            r.read_line(&mut request_line).unwrap();
+            let mut len = 0usize;
+            let mut host = String::new();
+            loop {
+                let mut l = String::new();
+                r.read_line(&mut l).unwrap();
+                if l == "\r\n" || l.is_empty() {
+                    break;
+                }
+                let lower = l.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if let Some(v) = lower.strip_prefix("host:") {
+                    host = v.trim().to_string();
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            let mut words = request_line.split_whitespace();
+            let (method, target) = (words.next().unwrap(), words.next().unwrap());
+            let reply = format!("{method} {target} {}", String::from_utf8_lossy(&body));
+            write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nX-Host: {host}\r\n\r\n{reply}"
+            )
+            .unwrap();
+        }
+    });
+    port
+}
+
+/// An HTTP request to envd's endpoint with E2B's routing headers for `port`.
+async fn to_port(
+    addr: std::net::SocketAddr,
+    port: u16,
+    method: &str,
+    target: &str,
+    body: &'static str,
+) -> (u16, hyper::HeaderMap, String) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", format!("{port}-sb.e2b.local"))
+        .header("e2b-sandbox-id", "sb")
+        .header("e2b-sandbox-port", port.to_string())
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("the body never ended")
+        .unwrap()
+        .to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A free port on the loopback (bound, then let go).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `E2b-Sandbox-Port` other than envd's reaches a TCP server inside the guest through the
+/// agent's TcpConnect; a port nothing listens on answers as E2B's proxy does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_port_reaches_a_tcp_server_through_the_agent() {
+    let r = rig().await;
+    let port = http_server();
+    // A close-delimited HTTP/1.0 answer, as python's http.server gives.
+    let (status, headers, body) = to_port(r.addr, port, "GET", "/dir/?q=1", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["content-type"], "text/plain");
+    assert_eq!(headers["x-host"], "localhost");
+    assert_eq!(body, "GET /dir/?q=1 ");
+    // A body goes through too, and each request gets a pipe of its own.
+    for i in 0..3 {
+        let (status, _, body) = to_port(r.addr, port, "POST", "/echo", "payload").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "POST /echo payload"),
+            "round {i}"
+        );
+    }
+
+    let closed = closed_port();
+    let (status, _, body) = to_port(r.addr, closed, "GET", "/", "").await;
+    assert_eq!(status, 502, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "sandboxId": "sb",
+            "message": "The sandbox is running but port is not open",
+            "code": 502,
+        })
+    );
+    // The agent is still fine after the pipes and the refusal.
+    let (status, _) = unary(r.addr, "List", json!({})).await;
+    assert_eq!(status, 200);
+}
+
+/// An agent without TcpConnect (the reference test agent, as the probe guest) answers
+/// Unsupported: the port is dialed over vsock instead, and nothing listens there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_tcp_connect_falls_back_to_vsock() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("probe.sock");
+    let agent =
+        ember_agent_proto::test_agent::TestAgent::start(&socket, Default::default()).unwrap();
+    let addr = client::serve(&socket).await;
+    let port = http_server();
+    let before = agent.connections();
+    let (status, _, body) = to_port(addr, port, "GET", "/", "").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("port is not open"), "{body}");
+    // One agent connection for the TcpConnect, one vsock dial of the port itself.
+    assert_eq!(agent.connections(), before + 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_e2b_sdk_runs_commands_and_ptys_through_the_service() {
     let r = rig().await;
@@ -427,6 +574,7 @@ async fn the_e2b_sdk_runs_commands_and_ptys_through_the_service() {
         "stdin ok",
         "connect ok",
         "pty ok",
+        "port ok",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }

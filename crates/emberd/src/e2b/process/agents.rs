@@ -1,4 +1,5 @@
-//! Where envd's process service reaches a sandbox's agent: the [`ProcessAgents`] trait, served
+//! Where envd's process service (and its port forwarding, `proxy`) reaches a sandbox's agent:
+//! the [`ProcessAgents`] trait, served
 //! by the daemon's engine ([`EngineAgents`]: the sandbox's vsock, its pooled connections, its
 //! environment) or by one agent on a hybrid-vsock Unix socket ([`SocketAgent`]: what a
 //! sandbox's vsock socket is, and what tests point at an `ember-agent --listen unix:PATH`).
@@ -38,6 +39,10 @@ pub trait ProcessAgents: Send + Sync {
     fn is_live(&self, _sandbox: &str) -> bool {
         true
     }
+
+    /// The hybrid vsock socket of `sandbox`'s VM (to dial guest ports other than the agent's,
+    /// for agents that cannot connect to TCP ports).
+    fn vsock_path(&self, sandbox: &str) -> Result<PathBuf, ApiError>;
 }
 
 /// The daemon's sandboxes, through its engine.
@@ -67,6 +72,15 @@ impl ProcessAgents for EngineAgents {
 
     fn is_live(&self, sandbox: &str) -> bool {
         ember_core::SandboxId::new(sandbox).is_ok_and(|id| self.0.live.get(&id).is_some())
+    }
+
+    fn vsock_path(&self, sandbox: &str) -> Result<PathBuf, ApiError> {
+        let vm = ember_core::VmId::new(sandbox)
+            .map_err(|_| ApiError::not_found(format!("sandbox {sandbox} not found")))?;
+        self.0
+            .provider
+            .vsock_path(&vm)
+            .map_err(|_| ApiError::not_found(format!("sandbox {sandbox} has no vsock")))
     }
 }
 
@@ -127,6 +141,10 @@ impl ProcessAgents for SocketAgent {
 
     fn sandbox_env(&self, _sandbox: &str) -> Result<BTreeMap<String, String>, ApiError> {
         Ok(self.env.clone())
+    }
+
+    fn vsock_path(&self, _sandbox: &str) -> Result<PathBuf, ApiError> {
+        Ok(self.socket.clone())
     }
 
     fn exec(&self, sandbox: &str, req: ExecRequest) -> Result<ExecDone, ApiError> {

@@ -77,6 +77,11 @@ impl Processes {
         }
     }
 
+    /// Where the sandboxes' agents are reached.
+    pub fn agents(&self) -> &Arc<dyn ProcessAgents> {
+        &self.agents
+    }
+
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -442,23 +447,32 @@ fn stream_failed(sandbox: &str, e: ApiError) -> Response {
 }
 
 /// `process.Process/*` (and `GET /health`, which the SDK asks after a failure) for one sandbox
-/// behind `processes`, with no access token or sandbox headers: for tests and tools that point
-/// the service at one agent.
+/// behind `processes`, with no access token or sandbox id: for tests and tools that point the
+/// service at one agent. A request with an `E2b-Sandbox-Port` other than envd's goes to that
+/// port in the guest, as the daemon's envd forwards it ([`super::proxy`]).
 pub fn router(processes: Arc<Processes>, sandbox: String) -> axum::Router {
-    let health = || async { axum::http::StatusCode::NO_CONTENT };
-    axum::Router::new()
-        .route("/health", axum::routing::get(health))
-        .fallback(move |req: Request| {
-            let p = Arc::clone(&processes);
-            let sandbox = sandbox.clone();
-            async move {
-                let path = req.uri().path().to_string();
-                match path.strip_prefix("/process.Process/") {
-                    Some(name) => p.call(&sandbox, None, name, req).await,
-                    None => {
-                        RpcError::new(Code::NotFound, format!("no route {path}")).into_response()
-                    }
-                }
+    axum::Router::new().fallback(move |req: Request| {
+        let p = Arc::clone(&processes);
+        let sandbox = sandbox.clone();
+        async move {
+            let port = req
+                .headers()
+                .get("e2b-sandbox-port")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|p| *p != 0 && *p != super::envd::ENVD_PORT);
+            if let Some(port) = port {
+                let agents = Arc::clone(p.agents());
+                return super::proxy::forward_via(agents, &sandbox, port, req).await;
             }
-        })
+            let path = req.uri().path().to_string();
+            if path == "/health" && req.method() == axum::http::Method::GET {
+                return axum::http::StatusCode::NO_CONTENT.into_response();
+            }
+            match path.strip_prefix("/process.Process/") {
+                Some(name) => p.call(&sandbox, None, name, req).await,
+                None => RpcError::new(Code::NotFound, format!("no route {path}")).into_response(),
+            }
+        }
+    })
 }
