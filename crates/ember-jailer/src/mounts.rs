@@ -1,8 +1,8 @@
 //! The jail's file system, built inside the VMM's new mount namespace: the host's mounts stop
 //! propagating back, the root directory becomes a mount of its own with the allowed host files
 //! bound into it (the VMM binary, kernels, snapshots, ...), a private `/dev` holding only
-//! `kvm`, `net/tun` and `urandom`, and then `pivot_root` makes it `/` and detaches everything
-//! else — no host path can be named from inside.
+//! `kvm`, `net/tun`, `random` and `urandom`, and then `pivot_root` makes it `/` and detaches
+//! everything else — no host path can be named from inside.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -14,10 +14,13 @@ use nix::unistd::{Gid, Uid, chown, pivot_root};
 
 use crate::config::Bind;
 
-/// The device nodes a VMM needs: (path inside the jail, host node, mode).
-pub const DEVICES: [(&str, &str, u32); 3] = [
+/// The device nodes a VMM needs: (path inside the jail, host node, mode). `random` as well as
+/// `urandom`: a static VMM's `getrandom` (no libc symbol to find) falls back to the files, and
+/// it polls `/dev/random` once before it reads `/dev/urandom`.
+pub const DEVICES: [(&str, &str, u32); 4] = [
     ("dev/kvm", "/dev/kvm", 0o600),
     ("dev/net/tun", "/dev/net/tun", 0o600),
+    ("dev/random", "/dev/random", 0o666),
     ("dev/urandom", "/dev/urandom", 0o666),
 ];
 

@@ -385,8 +385,15 @@ fn every_client_command_against_a_real_emberd() {
     // An image emberd would build: a bad package name is named before anything starts.
     d.ember(&["template", "build", "img", "--packages", "bash,no such"])
         .fails(&["spec.guest.source.packages", "no such"]);
-    d.ember(&["template", "build", "img", "--build-image", "--kernel", "/k"])
-        .fails(&["--kernel"]);
+    d.ember(&[
+        "template",
+        "build",
+        "img",
+        "--build-image",
+        "--kernel",
+        "/k",
+    ])
+    .fails(&["--kernel"]);
     let other = d
         .ember(&["--json", "template", "build", "other", "--mem", "256"])
         .ok();
