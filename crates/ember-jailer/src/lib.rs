@@ -1,7 +1,7 @@
 //! ember's jailer: starts a VMM (ember-vmm) the way a platform that runs strangers' code must
 //! assume it can be broken into by its guest — in new mount, pid, ipc, uts and network
 //! namespaces, after `pivot_root` into a directory holding only its own files (the binary,
-//! the host files it is given, `/dev/kvm`, `/dev/net/tun`, `/dev/urandom`), as its own
+//! the host files it is given, `/dev/kvm`, `/dev/net/tun`, `/dev/urandom`, `/dev/random`), as its own
 //! unprivileged uid/gid with no capabilities and `no_new_privs`, inside a cgroup with CPU,
 //! memory and pids limits (v1 or v2). ember-vmm then installs its own seccomp filters.
 //!

@@ -1,7 +1,7 @@
 //! The jail's file system, built inside the VMM's new mount namespace: the host's mounts stop
 //! propagating back, the root directory becomes a mount of its own with the allowed host files
 //! bound into it (the VMM binary, kernels, snapshots, ...), a private `/dev` holding only
-//! `kvm`, `net/tun` and `urandom`, and then `pivot_root` makes it `/` and detaches everything
+//! `kvm`, `net/tun`, `urandom` and `random`, and then `pivot_root` makes it `/` and detaches everything
 //! else — no host path can be named from inside.
 
 use std::io;
@@ -15,10 +15,16 @@ use nix::unistd::{Gid, Uid, chown, pivot_root};
 use crate::config::Bind;
 
 /// The device nodes a VMM needs: (path inside the jail, host node, mode).
-pub const DEVICES: [(&str, &str, u32); 3] = [
+///
+/// `random` is there for a statically linked VMM: its `getrandom` crate cannot find glibc's
+/// `getrandom` (no `dlsym` in a static build) and falls back to `/dev/urandom`, polling
+/// `/dev/random` first to know the pool is ready — without the node, every random draw (a VM
+/// generation id, virtio-rng) fails with ENOENT.
+pub const DEVICES: [(&str, &str, u32); 4] = [
     ("dev/kvm", "/dev/kvm", 0o600),
     ("dev/net/tun", "/dev/net/tun", 0o600),
     ("dev/urandom", "/dev/urandom", 0o666),
+    ("dev/random", "/dev/random", 0o666),
 ];
 
 /// A step of building the jail that failed.

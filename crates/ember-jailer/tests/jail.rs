@@ -193,7 +193,7 @@ fn a_jailed_vmm_boots_runs_exec_and_is_confined() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     devs.sort();
-    assert_eq!(devs, ["kvm", "net", "urandom"]);
+    assert_eq!(devs, ["kvm", "net", "random", "urandom"]);
     // Its cgroup, with the limits.
     let version = cgroup::detect(Path::new(cgroup::DEFAULT_ROOT)).unwrap();
     let dirs = cgroup::dirs(
