@@ -3,7 +3,8 @@
 # Expects ROOT (the repository) and RIG (the cache and work dir) set, and `set -euo pipefail`.
 # Installs the host packages the rigs need (RIG_EXTRA_PACKAGES adds more), downloads and unpacks
 # Debian's cloud kernel (VMLINUZ, KVER, MODDIR), and offers: log, elapsed, fail_json,
-# modules_for (module files with their dependencies first, in ORDERED) and mk_busybox_root.
+# modules_for (module files with their dependencies first, in ORDERED), mk_busybox_root and
+# add_dynamic_binary.
 
 log() { printf 'rig: %s\n' "$*" >&2; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
@@ -76,6 +77,23 @@ mk_busybox_root() {
     mkdir -p "$dir"/{bin,dev,proc,sys,tmp,run,lib/modules}
     cp "$BUSYBOX" "$dir/bin/busybox"
     ln -s busybox "$dir/bin/sh"
+}
+
+# add_dynamic_binary DIR PROGRAM: copies this host's PROGRAM (a dynamically linked executable)
+# into the root DIR at the same path, with every library `ldd` resolves and the ELF interpreter at
+# their own paths, so it runs there as it does here (L1 has no package manager, and Debian's
+# tools such as nft have no static build).
+add_dynamic_binary() {
+    local dir=$1 prog f
+    prog=$(command -v "$2") || fail_json "$2 is not installed on this host"
+    prog=$(readlink -f "$prog")
+    mkdir -p "$dir$(dirname "$prog")"
+    cp "$prog" "$dir$prog"
+    # ldd prints "name => /path (addr)" for libraries and "/path (addr)" for the interpreter.
+    for f in $(ldd "$prog" | grep -o '/[^ ]*'); do
+        mkdir -p "$dir$(dirname "$f")"
+        cp -L "$f" "$dir$f"
+    done
 }
 
 # build_static: every static binary either rig needs, in one cargo invocation (the same package

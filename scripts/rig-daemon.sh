@@ -17,13 +17,23 @@
 # concurrent clients). As a reference
 # figure, QEMU's own boot of the same image under TCG (no nesting) to its agent, first.
 #
+# Sandbox networks (RIG_NET, default 1): emberd runs with --sandbox-network (Debian's dynamic
+# `nft` and its libraries copied into L1, the netfilter modules loaded), and a second template
+# `linuxnet` (the same image, built with --network) serves sandboxes that use real tools (curl,
+# ping) against a test host: this host as L1 sees it through QEMU's user network (10.0.2.2),
+# two small HTTP servers on this host's loopback, one a policy allows and one it does not.
+# Checked: a sandbox reaches the test host and pings it; another sandbox's address and L1's own
+# services (emberd's API) are out of reach; `--egress deny --allow HOST:PORT/tcp` reaches that
+# port only, `--egress deny` nothing; a policy changed at runtime (`ember network ID ...`) takes
+# effect on the next connection, both ways.
+#
 # Usage: scripts/rig-daemon.sh      prints one JSON summary line last ("passed", "failed"
 #                                   checks, stage seconds) and exits non-zero if a check failed.
 # Env:   RIG_DIR (default target/rig), RIG_TIMEOUT (seconds for the whole QEMU run, default
 #        1200), RIG_L2_MEM_MIB (guest memory, default 256), RIG_POOL_DEPTH (default 2),
 #        RIG_E2B (run the SDK script; default 1), RIG_E2B_CLIENTS (its concurrent clients,
-#        default 4), RIG_IMAGE_PACKAGES (default: the image
-#        builder's own), RIG_IMAGE_DIR (use this built image instead), RIG_KEEP=1 (leave QEMU running at the end, for poking at it).
+#        default 2), RIG_IMAGE_PACKAGES (default: the image builder's own plus curl and
+#        iputils-ping), RIG_NET (the sandbox network checks; default 1), RIG_IMAGE_DIR (use this built image instead), RIG_KEEP=1 (leave QEMU running at the end, for poking at it).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,6 +42,10 @@ TIMEOUT="${RIG_TIMEOUT:-1200}"
 L2_MEM="${RIG_L2_MEM_MIB:-256}"
 POOL_DEPTH="${RIG_POOL_DEPTH:-2}"
 RUN_E2B="${RIG_E2B:-1}"
+RUN_NET="${RIG_NET:-1}"
+# The image builder's packages (bash, coreutils, python3) plus real network tools for the
+# network checks.
+IMAGE_PACKAGES="${RIG_IMAGE_PACKAGES:-bash,coreutils,python3,curl,iputils-ping}"
 # SDK clients at once: each L2 vCPU is emulated by TCG in L1 on the host's 2 CPUs, so 16 Linux
 # guests resuming at once outrun the agents' time limits here, and 4 did once in CI (an agent's
 # Hello took over 10 s); 2 (the pool's depth: both creates warm) hold. The host's e2b_sdk test
@@ -39,7 +53,8 @@ RUN_E2B="${RIG_E2B:-1}"
 E2B_CLIENTS="${RIG_E2B_CLIENTS:-2}"
 T_START=$EPOCHREALTIME
 mkdir -p "$RIG"
-RIG_EXTRA_PACKAGES="debootstrap"
+# nftables: its `nft` (and libraries) go into L1, where ember-net runs it.
+RIG_EXTRA_PACKAGES="debootstrap nftables"
 . "$ROOT/scripts/rig-common.sh"
 
 # --- 3. static binaries for L1 (and the CLI for this host) ------------------------------
@@ -54,8 +69,7 @@ T_BUILD=$EPOCHREALTIME
 
 # --- 4. the Linux image ------------------------------------------------------------------
 log "building the Linux image (ember image build; cached by content hash)"
-image_args=(--agent "$BIN/ember-agent" --cache-dir "$RIG/images")
-[ -n "${RIG_IMAGE_PACKAGES:-}" ] && image_args+=(--packages "$RIG_IMAGE_PACKAGES")
+image_args=(--agent "$BIN/ember-agent" --cache-dir "$RIG/images" --packages "$IMAGE_PACKAGES")
 if [ -n "${RIG_IMAGE_DIR:-}" ]; then
     cp "$RIG_IMAGE_DIR/image.json" "$RIG/image.json"
 else
@@ -105,7 +119,21 @@ mkfs.ext4 -q -F -d "$DATA" -L rigdata "$RIG/l1-data.ext4" "${data_mib}M" >&2
 
 L1ROOT="$RIG/l1d-root"
 mk_busybox_root "$L1ROOT"
-modules_for kvm-amd tun virtio_pci virtio_blk virtio_net
+l1_modules=(kvm-amd tun virtio_pci virtio_blk virtio_net)
+EMBERD_NET_ARGS=""
+if [ "$RUN_NET" != 0 ]; then
+    # ember-net shells out to nft (links, namespaces and the TAP are netlink and syscalls); nft
+    # resolves protocol names ("tcp") through /etc/protocols.
+    add_dynamic_binary "$L1ROOT" nft
+    mkdir -p "$L1ROOT/etc"
+    cp /etc/protocols /etc/services "$L1ROOT/etc/"
+    # What ember-net's rules use (nft.rs): nat chains with dnat/snat and masquerade, conntrack
+    # state, reject (TCP reset, ICMP) in the ip family; and the veth to each namespace. L1's
+    # busybox has no modprobe, so the kernel cannot load them on demand.
+    l1_modules+=(veth nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_reject_ipv4)
+    EMBERD_NET_ARGS="--sandbox-network"
+fi
+modules_for "${l1_modules[@]}"
 L1_MODULES=""
 for f in "${ORDERED[@]}"; do
     cp "$f" "$L1ROOT/lib/modules/"
@@ -118,15 +146,23 @@ cat >"$L1ROOT/init" <<EOF
 if [ ! -e /.in-tmpfs ]; then
     /bin/busybox mkdir -p /newroot
     /bin/busybox mount -t tmpfs -o mode=0755 root /newroot
-    /bin/busybox cp -a /bin /lib /init /newroot/
+    for d in /bin /lib /lib64 /usr /etc /init; do
+        [ -e \$d ] && /bin/busybox cp -a \$d /newroot/
+    done
     /bin/busybox mkdir -p /newroot/dev /newroot/proc /newroot/sys /newroot/tmp /newroot/run
     /bin/busybox touch /newroot/.in-tmpfs
     exec /bin/busybox switch_root /newroot /init
 fi
 /bin/busybox --install -s /bin
+# The kernel starts init without PATH; emberd finds nft through it.
+export PATH=/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# devtmpfs has no /dev/std* links (udev makes them); ember-net feeds nft its rules on
+# "-f -", which nft opens as /dev/stdin.
+for i in 0:stdin 1:stdout 2:stderr; do ln -sf /proc/self/fd/\${i%%:*} /dev/\${i#*:}; done
+ln -sf /proc/self/fd /dev/fd
 echo "RIG-L1-INIT uptime=\$(cut -d' ' -f1 /proc/uptime)"
 for m in $L1_MODULES; do insmod /lib/modules/\$m || echo "RIG-L1-INSMOD-FAILED \$m"; done
 [ -e /dev/kvm ] && echo "RIG-L1-KVM-READY" || echo "RIG-L1-NO-KVM"
@@ -143,7 +179,7 @@ echo "RIG-L1-EMBERD-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
     --state-dir /run/ember/state --runtime-dir /run/ember/vms \\
     --vmm /data/ember-vmm --jailer /data/ember-jailer --spares 2 \\
     --e2b-api 0.0.0.0:3000 --e2b-api-key-file /data/e2b-keys --e2b-envd 0.0.0.0:49983 \\
-    --log-level warn 2>&1 | sed 's/^/RIG-L1-EMBERD /' &
+    --log-level warn $EMBERD_NET_ARGS 2>&1 | sed 's/^/RIG-L1-EMBERD /' &
 while :; do sleep 3600; done
 EOF
 chmod +x "$L1ROOT/init"
@@ -151,11 +187,33 @@ chmod +x "$L1ROOT/init"
 T_PREP=$EPOCHREALTIME
 
 # --- 6. L1 under TCG, its daemon's ports on this host's loopback -------------------------
-read -r P_API P_E2B P_ENVD < <(python3 -c '
+read -r P_API P_E2B P_ENVD P_ALLOWED P_DENIED < <(python3 -c '
 import socket
-s = [socket.socket() for _ in range(3)]
+s = [socket.socket() for _ in range(5)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*[x.getsockname()[1] for x in s])')
+# The network checks' test host: this host, which L1 and its sandboxes reach as 10.0.2.2 (QEMU's
+# user network forwards 10.0.2.2 to this host's loopback). Two HTTP servers serving the same
+# page: a policy allows one port and not the other. Started before L1 boots.
+TEST_HOST=10.0.2.2
+TEST_MARKER="ember-rig-test-host-$$"
+HTTP_PIDS=()
+start_test_host() {
+    local www="$RIG/www" port
+    rm -rf "$www" && mkdir -p "$www"
+    echo "$TEST_MARKER" >"$www/index.html"
+    for port in "$P_ALLOWED" "$P_DENIED"; do
+        python3 -m http.server --bind 127.0.0.1 --directory "$www" "$port" \
+            >"$RIG/www-$port.log" 2>&1 &
+        HTTP_PIDS+=($!)
+    done
+}
+stop_test_host() {
+    local pid
+    for pid in "${HTTP_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    HTTP_PIDS=()
+}
+[ "$RUN_NET" != 0 ] && start_test_host
 LOG="$RIG/daemon-console.log"
 log "booting L1 under QEMU TCG (log: $LOG; API on 127.0.0.1:$P_API)"
 T_QEMU=$EPOCHREALTIME
@@ -170,6 +228,7 @@ timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu max -smp 2 -m 4096 
 QEMU_PID=$!
 stop_qemu() {
     [ "${RIG_KEEP:-0}" = 1 ] && return 0
+    stop_test_host
     pkill -f "l1d-initramfs.cpio" 2>/dev/null || true
     wait "$QEMU_PID" 2>/dev/null || true
 }
@@ -249,6 +308,59 @@ if [ "$RUN_E2B" != 0 ]; then
         echo 127 >"$RESULTS/e2b.rc"
     fi
 fi
+# Sandbox networks, with real tools in the guests (see the header). curl exits 7 when the
+# connection is refused (a policy's TCP reset), 28 when it times out (a drop).
+if [ "$RUN_NET" != 0 ]; then
+    # addr ID: the sandbox's unique address (its network record).
+    addr() {
+        "$EMBER" --json inspect "$1" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["network"]["address"])'
+    }
+    # fetch NAME SANDBOX URL: curl in the guest, at most 10 s.
+    fetch() { step "$1" 60 "$EMBER" exec "$2" -- curl -sS -m 10 "$3"; }
+    allowed_url="http://$TEST_HOST:$P_ALLOWED/"
+    denied_url="http://$TEST_HOST:$P_DENIED/"
+    step net_template 600 "$EMBER" --json template build linuxnet --network \
+        --kernel /data/image/vmlinuz --initrd /data/image/initrd.img \
+        --rootfs /data/image/rootfs.ext4 --rootfs-read-only --guest-agent-port 52 \
+        --boot-timeout 300s --mem "$L2_MEM" --vcpus 1 --boot-args "$boot_args"
+    # A serves HTTP on port 8080; B (the daemon's default egress: all but the host) probes.
+    step net_create_a 120 "$EMBER" run linuxnet --label rig=net
+    NA=$(out net_create_a | tr -d '[:space:]')
+    step net_create_b 120 "$EMBER" run linuxnet --label rig=net
+    NB=$(out net_create_b | tr -d '[:space:]')
+    ADDR_A=$(addr "$NA" 2>/dev/null || true)
+    ADDR_B=$(addr "$NB" 2>/dev/null || true)
+    # setsid: the server outlives the exec (its own session, no inherited pipes).
+    step net_a_serves 120 "$EMBER" exec "$NA" -- sh -c 'setsid -f python3 -m http.server 8080 \
+        >/dev/null 2>&1 </dev/null; for i in $(seq 60); do
+            curl -s -m 2 -o /dev/null http://127.0.0.1:8080/ && echo serving && exit 0
+            sleep 0.5; done; exit 1'
+    fetch net_b_host "$NB" "$allowed_url"
+    step net_b_ping_host 60 "$EMBER" exec "$NB" -- ping -c 1 -W 10 "$TEST_HOST"
+    fetch net_b_to_a "$NB" "http://$ADDR_A:8080/"
+    step net_b_ping_a 60 "$EMBER" exec "$NB" -- ping -c 1 -W 5 "$ADDR_A"
+    # L1's own services: emberd's API on L1's address and on the sandbox's gateway.
+    fetch net_b_to_l1 "$NB" "http://10.0.2.15:7070/v1/info"
+    fetch net_b_to_gateway "$NB" "http://172.30.0.1:7070/v1/info"
+    step net_kill_ab 120 "$EMBER" rm "$NA" "$NB"
+    # C may reach the allowed port only; D nothing.
+    step net_create_c 120 "$EMBER" run linuxnet --label rig=net --egress deny \
+        --allow "$TEST_HOST:$P_ALLOWED/tcp"
+    NC=$(out net_create_c | tr -d '[:space:]')
+    fetch net_c_allowed "$NC" "$allowed_url"
+    fetch net_c_denied "$NC" "$denied_url"
+    step net_create_d 120 "$EMBER" run linuxnet --label rig=net --egress deny
+    ND=$(out net_create_d | tr -d '[:space:]')
+    fetch net_d_allowed "$ND" "$allowed_url"
+    step net_d_ping_host 60 "$EMBER" exec "$ND" -- ping -c 1 -W 5 "$TEST_HOST"
+    # C's policy changed at runtime: deny all, then the allowed port again.
+    step net_c_set_deny 60 "$EMBER" network "$NC" --egress deny
+    fetch net_c_after_deny "$NC" "$allowed_url"
+    step net_c_set_allow 60 "$EMBER" network "$NC" --egress deny --allow "$TEST_HOST:$P_ALLOWED/tcp"
+    fetch net_c_after_allow "$NC" "$allowed_url"
+    step net_kill_cd 120 "$EMBER" rm "$NC" "$ND"
+fi
 step left 30 "$EMBER" --json ls
 T_END=$EPOCHREALTIME
 stop_qemu
@@ -273,6 +385,52 @@ awk -v g="${guest_date:-0}" -v h="$HOST_DATE" 'BEGIN { d = g - h; exit !(d <= 2 
     failed+=(clone_clock)
 [ "$(rc kill)" = 0 ] || failed+=(kill)
 if [ "$RUN_E2B" != 0 ]; then [ "$(rc e2b)" = 0 ] || failed+=(e2b_sdk); fi
+# reached NAME: curl got the test host's page. blocked NAME: curl's connection was refused (7)
+# or timed out (28) — not any other failure (no sandbox, a broken exec). unanswered NAME: ping
+# ran and got no reply.
+reached() { [ "$(rc "$1")" = 0 ] && out "$1" | grep -q "$TEST_MARKER"; }
+blocked() { [ "$(rc "$1")" = 7 ] || [ "$(rc "$1")" = 28 ]; }
+unanswered() { [ "$(rc "$1")" = 1 ] && out "$1" | grep -q "packets transmitted"; }
+# how NAME: what curl or ping saw, for the summary (ping exits 1 when no reply came: dropped,
+# or refused with an ICMP error).
+how() {
+    case "$(rc "$1")" in
+        0) echo ok ;; 7) echo refused ;; 28) echo timeout ;; 124) echo "step timed out" ;;
+        1) case "$1" in
+            *ping*) grep -q "filtered" "$RESULTS/$1.out" && echo "filtered" || echo "no reply" ;;
+            *) echo "exit 1" ;;
+        esac ;;
+        *) echo "exit $(rc "$1"): $(head -c 80 "$RESULTS/$1.err" 2>/dev/null | tr -d '"\\\n')" ;;
+    esac
+}
+net_json=null
+if [ "$RUN_NET" != 0 ]; then
+    [ "$(rc net_template)" = 0 ] || failed+=(net_template_build)
+    [ "$(rc net_create_a)" = 0 ] && [ "$(rc net_create_b)" = 0 ] && [ -n "$ADDR_A" ] &&
+        [ -n "$ADDR_B" ] && [ "$ADDR_A" != "$ADDR_B" ] || failed+=(net_sandbox_addresses)
+    [ "$(rc net_a_serves)" = 0 ] && [ "$(out net_a_serves)" = serving ] || failed+=(net_a_serves_http)
+    reached net_b_host || failed+=(net_reaches_test_host)
+    [ "$(rc net_b_ping_host)" = 0 ] || failed+=(net_pings_test_host)
+    blocked net_b_to_a || failed+=(net_isolated_from_sandbox)
+    unanswered net_b_ping_a || failed+=(net_ping_isolated_from_sandbox)
+    blocked net_b_to_l1 || failed+=(net_isolated_from_l1_services)
+    blocked net_b_to_gateway || failed+=(net_isolated_from_gateway)
+    [ "$(rc net_create_c)" = 0 ] && [ "$(rc net_create_d)" = 0 ] || failed+=(net_create_with_policy)
+    reached net_c_allowed || failed+=(net_policy_allows)
+    blocked net_c_denied || failed+=(net_policy_denies_other_port)
+    blocked net_d_allowed || failed+=(net_deny_all)
+    unanswered net_d_ping_host || failed+=(net_deny_all_ping)
+    [ "$(rc net_c_set_deny)" = 0 ] && blocked net_c_after_deny || failed+=(net_runtime_deny)
+    [ "$(rc net_c_set_allow)" = 0 ] && reached net_c_after_allow || failed+=(net_runtime_allow)
+    [ "$(rc net_kill_ab)" = 0 ] && [ "$(rc net_kill_cd)" = 0 ] || failed+=(net_kill)
+    net_json=$(printf '{"a": "%s", "b": "%s", "b_to_test_host": "%s", "b_ping_test_host": "%s", "b_to_a": "%s", "b_ping_a": "%s", "b_to_l1_api": "%s", "b_to_gateway_api": "%s", "c_allowed_port": "%s", "c_other_port": "%s", "d_deny_all": "%s", "d_ping_test_host": "%s", "c_after_runtime_deny": "%s", "c_after_runtime_allow": "%s", "seconds": {"template_build": %s, "create": %s, "first_curl": %s, "ping": %s, "set_policy": %s, "blocked_by_drop": %s}}' \
+        "$ADDR_A" "$ADDR_B" "$(how net_b_host)" "$(how net_b_ping_host)" "$(how net_b_to_a)" \
+        "$(how net_b_ping_a)" "$(how net_b_to_l1)" "$(how net_b_to_gateway)" \
+        "$(how net_c_allowed)" "$(how net_c_denied)" "$(how net_d_allowed)" \
+        "$(how net_d_ping_host)" "$(how net_c_after_deny)" "$(how net_c_after_allow)" \
+        "$(secs net_template)" "$(secs net_create_a)" "$(secs net_b_host)" \
+        "$(secs net_b_ping_host)" "$(secs net_c_set_deny)" "$(secs net_b_to_a)")
+fi
 grep -q "RIG-L1-EMBERD .*panicked" "$LOG" && failed+=(daemon_panic)
 grep -q "Kernel panic" "$LOG" && failed+=(l1_kernel_panic)
 pool_json=$(out pools | tr -d '\n')
@@ -280,13 +438,13 @@ template_json=$(out template | tr -d '\n')
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
 [ ${#failed[@]} -gt 0 ] || failed_json=""
 e2b_json=$(tail -1 "$RESULTS/e2b.out" 2>/dev/null | grep '^{' || echo null)
-printf '{"passed": %s, "failed": [%s], "seconds": {"total": %s, "build": %s, "image": %s, "prep": %s, "qemu_to_daemon_up": %s, "template_build": %s, "pool_fill": %s, "create": %s, "first_exec": %s, "python3": %s, "create2": %s, "e2b": %s, "qemu_tcg_boot_to_agent": %s, "template_boot_to_agent": %s}, "uname": "%s", "template": %s, "pools": %s, "e2b": %s, "host_cpu": "%s", "host_kernel": "%s", "log": "%s", "results": "%s"}\n' \
+printf '{"passed": %s, "failed": [%s], "seconds": {"total": %s, "build": %s, "image": %s, "prep": %s, "qemu_to_daemon_up": %s, "template_build": %s, "pool_fill": %s, "create": %s, "first_exec": %s, "python3": %s, "create2": %s, "e2b": %s, "qemu_tcg_boot_to_agent": %s, "template_boot_to_agent": %s}, "uname": "%s", "template": %s, "pools": %s, "e2b": %s, "net": %s, "host_cpu": "%s", "host_kernel": "%s", "log": "%s", "results": "%s"}\n' \
     "$([ ${#failed[@]} -eq 0 ] && echo true || echo false)" "$failed_json" \
     "$(elapsed "$T_START" "$T_END")" "$(elapsed "$T_BUILD0" "$T_BUILD")" "$(elapsed "$T_BUILD" "$T_IMAGE")" \
     "$(elapsed "$T_IMAGE" "$T_PREP")" "$(elapsed "$T_QEMU" "$T_DAEMON")" "$(secs template)" \
     "$(secs pool)" "$(secs create)" "$(secs uname)" "$(secs python)" "$(secs create2)" "$(secs e2b)" \
     "$QEMU_REF" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["build"]["boot_to_agent_ms"] / 1000)' "$RESULTS/template.out" 2>/dev/null || echo null)" \
-    "$(out uname | head -1 | sed 's/"/\\"/g')" "${template_json:-null}" "${pool_json:-null}" "$e2b_json" \
+    "$(out uname | head -1 | sed 's/"/\\"/g')" "${template_json:-null}" "${pool_json:-null}" "$e2b_json" "$net_json" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" "$LOG" "$RESULTS"
 if [ ${#failed[@]} -gt 0 ]; then
     for f in "$RESULTS"/*.err; do [ -s "$f" ] && sed "s|^|$(basename "$f" .err): |" "$f" | head -20 >&2; done
