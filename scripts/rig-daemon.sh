@@ -177,7 +177,7 @@ echo "RIG-L1-HOST-CPU \$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
 echo "RIG-L1-EMBERD-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
 /data/emberd --socket /run/ember/ember.sock --listen 0.0.0.0:7070 --token-file /data/token \\
     --state-dir /run/ember/state --runtime-dir /run/ember/vms \\
-    --vmm /data/ember-vmm --jailer /data/ember-jailer --spares 2 \\
+    --vmm /data/ember-vmm --jailer /data/ember-jailer --spares 2 --agent-timeout-secs 60 \\
     --e2b-api 0.0.0.0:3000 --e2b-api-key-file /data/e2b-keys --e2b-envd 0.0.0.0:49983 \\
     --log-level warn $EMBERD_NET_ARGS 2>&1 | sed 's/^/RIG-L1-EMBERD /' &
 while :; do sleep 3600; done

@@ -3,7 +3,7 @@
 //! ```text
 //! emberd [--socket /run/ember/ember.sock] [--listen 127.0.0.1:PORT --token-file F]
 //!        [--state-dir /var/lib/ember] [--runtime-dir /run/ember/vms] [--vmm PATH]
-//!        [--agent-bin PATH]
+//!        [--agent-bin PATH] [--agent-timeout-secs 10]
 //!        [--jailer PATH | --no-jail] [--vm-uid-base N] [--vm-gid N] [--vm-cpu-weight W]
 //!        [--vm-cpu-quota Q/P] [--vm-memory-max BYTES] [--vm-memory-overhead BYTES]
 //!        [--vm-pids-max N]
@@ -71,6 +71,10 @@ struct Args {
     /// Largest file moved by the files API, bytes.
     #[arg(long, default_value_t = 64 << 20)]
     max_file_bytes: usize,
+    /// How long connecting to a guest's agent, or one agent call other than an exec, may take
+    /// before the guest counts as unreachable, seconds (raise it for slow guests).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    agent_timeout_secs: u64,
     /// How long ended sandboxes' records are kept, seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     ended_retention_secs: u64,
@@ -265,6 +269,7 @@ async fn run(args: Args) -> Result<()> {
             max_sandboxes: args.max_sandboxes,
             max_file_bytes: args.max_file_bytes,
             ended_retention: std::time::Duration::from_secs(args.ended_retention_secs),
+            agent_timeout: std::time::Duration::from_secs(args.agent_timeout_secs),
         },
         e2b,
         jail,

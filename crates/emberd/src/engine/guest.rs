@@ -20,7 +20,7 @@ use ember_core::{SandboxState, VmId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{AGENT_TIMEOUT, Engine};
+use super::Engine;
 use crate::error::ApiError;
 
 /// Default guest-side time limit of a command, ms.
@@ -235,7 +235,7 @@ impl Engine {
                 } else {
                     agent.exec_in(&exec_in)
                 };
-                agent.set_call_timeout(AGENT_TIMEOUT);
+                agent.set_call_timeout(self.limits.agent_timeout);
                 out
             })
             .map_err(|e| {

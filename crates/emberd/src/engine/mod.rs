@@ -51,7 +51,7 @@ pub type Pool = WarmPool<Recorded>;
 pub const AGENT_PORT: u32 = ember_core::template::PROBE_AGENT_PORT;
 
 /// How long connecting to an agent, or one agent call other than an exec, may take before the
-/// sandbox counts as unreachable.
+/// sandbox counts as unreachable, by default (`Limits::agent_timeout`, `--agent-timeout-secs`).
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a guest restored from disk may refuse its agent's first connection (a Linux
 /// guest resetting its vsock transport after the restore).
@@ -66,6 +66,17 @@ pub struct Limits {
     pub max_file_bytes: usize,
     /// How long an ended sandbox's record is kept before it is pruned.
     pub ended_retention: Duration,
+    /// How long connecting to a guest's agent, or one agent call other than an exec, may take
+    /// (pool validation included) before the guest counts as unreachable. Raise it for slow
+    /// guests: a host under heavy load, nested emulation.
+    pub agent_timeout: Duration,
+}
+
+impl Limits {
+    /// How long a guest restored from disk may refuse its agent's first connection.
+    pub fn restored_agent_wait(&self) -> Duration {
+        RESTORED_AGENT_WAIT.max(self.agent_timeout)
+    }
 }
 
 impl Default for Limits {
@@ -74,6 +85,7 @@ impl Default for Limits {
             max_sandboxes: 1024,
             max_file_bytes: 64 << 20,
             ended_retention: Duration::from_secs(24 * 3600),
+            agent_timeout: AGENT_TIMEOUT,
         }
     }
 }
@@ -152,7 +164,7 @@ impl Engine {
         let validator = Arc::new(AgentValidator::new(
             Arc::clone(&provider),
             AGENT_PORT,
-            AGENT_TIMEOUT,
+            limits.agent_timeout,
         ));
         let pool = Arc::new(WarmPool::start(
             vms.for_owner(VmOwner::Pool),

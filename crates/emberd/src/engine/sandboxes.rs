@@ -27,7 +27,7 @@ use ember_store::{Cursor, Durability, Page, SandboxFilter, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{AGENT_PORT, AGENT_TIMEOUT, Engine, Live, RESTORED_AGENT_WAIT, ReadyTemplate};
+use super::{AGENT_PORT, Engine, Live, ReadyTemplate};
 use crate::error::ApiError;
 
 /// Saved snapshots' ids start with this (`saved-<sandbox>-<suffix>`): recovery removes those no
@@ -282,8 +282,8 @@ impl Engine {
             &self.provider,
             vm,
             AGENT_PORT,
-            RESTORED_AGENT_WAIT,
-            AGENT_TIMEOUT,
+            self.limits.restored_agent_wait(),
+            self.limits.agent_timeout,
         )
         .map_err(ApiError::from)
         .and_then(|mut agent| {
@@ -301,7 +301,7 @@ impl Engine {
 
     /// A new connection to VM `vm`'s agent.
     pub fn connect_agent(&self, vm: &VmId) -> Result<AgentClient, ApiError> {
-        ember_host::agent::connect(&self.provider, vm, AGENT_PORT, AGENT_TIMEOUT)
+        ember_host::agent::connect(&self.provider, vm, AGENT_PORT, self.limits.agent_timeout)
             .map_err(ApiError::from)
     }
 
