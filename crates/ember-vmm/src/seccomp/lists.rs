@@ -9,8 +9,11 @@
 //! socket, mount, change credentials or namespaces, trace, load modules or BPF. vCPU and device
 //! threads cannot open files, create sockets or spawn threads either.
 //!
-//! Not yet narrowed: `ioctl` is allowed with any request (KVM, TUN and FIO requests are what
-//! the threads use; filtering by request number is the next step).
+//! `ioctl` is narrowed by the request's type byte (bits 8-15 of the request number): KVM's
+//! (`0xAE`: the VM, vCPU and system requests), and `'T'` (`0x54`: TUN's `TUNSET*`, the
+//! terminal and `FIO*` requests std makes — `FIONBIO`, `TCGETS` for `isatty`) except
+//! `TIOCSTI` (faking terminal input). Everything else — block devices, file systems (`FICLONE`),
+//! sockets (`SIOC*`), userfaultfd, loop devices — is refused like any forbidden syscall.
 
 use std::collections::BTreeMap;
 
@@ -35,7 +38,6 @@ const BASE: &[i64] = &[
     libc::SYS_close,
     libc::SYS_fcntl,
     libc::SYS_fstat,
-    libc::SYS_ioctl,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_recvmsg,
@@ -114,6 +116,13 @@ const VMM_EXTRA: &[i64] = &[
 /// The device thread also accepts and makes Unix connections (vsock's host side).
 const DEVICE_EXTRA: &[i64] = &[libc::SYS_accept4, libc::SYS_connect, libc::SYS_setsockopt];
 
+/// The type byte of an ioctl request number (`_IOC_TYPE`), in place.
+const IOCTL_TYPE_MASK: u64 = 0xff00;
+/// KVM's ioctl type (`KVMIO`).
+const IOCTL_TYPE_KVM: u64 = 0xae00;
+/// `'T'`: TUN (`TUNSETIFF`, ...), terminals (`TCGETS`) and `FIONBIO`/`FIOCLEX`.
+const IOCTL_TYPE_T: u64 = 0x5400;
+
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, BackendError> {
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
 }
@@ -131,6 +140,21 @@ pub fn rules(kind: ThreadKind, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
         ThreadKind::Device => DEVICE_EXTRA,
     };
     map.extend(extra.iter().map(|&s| (s, vec![])));
+    // KVM's requests, and TUN/terminal/FIO ones but TIOCSTI (see the module docs).
+    map.insert(
+        libc::SYS_ioctl,
+        vec![
+            SeccompRule::new(vec![cond(
+                1,
+                SeccompCmpOp::MaskedEq(IOCTL_TYPE_MASK),
+                IOCTL_TYPE_KVM,
+            )?])?,
+            SeccompRule::new(vec![
+                cond(1, SeccompCmpOp::MaskedEq(IOCTL_TYPE_MASK), IOCTL_TYPE_T)?,
+                cond(1, SeccompCmpOp::Ne, libc::TIOCSTI as u64)?,
+            ])?,
+        ],
+    );
     // Signals only to this process's own threads (vCPU kicks).
     map.insert(
         libc::SYS_tgkill,

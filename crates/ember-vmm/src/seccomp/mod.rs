@@ -201,4 +201,53 @@ mod tests {
             },
         }
     }
+
+    /// Forks a child that installs the device threads' filter, makes the allowed `ioctl`
+    /// requests on a bad descriptor (EBADF, not death), then `last`; returns how it ended.
+    fn child_ioctls(last: u64) -> nix::sys::wait::WaitStatus {
+        use nix::unistd::{ForkResult, fork};
+        let program = build(ThreadKind::Device).unwrap();
+        // SAFETY: the child only makes raw syscalls (prctl/seccomp, ioctl, _exit), never
+        // allocates, and never returns into the test harness.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                if seccompiler::apply_filter(&program).is_err() {
+                    // SAFETY: _exit is always safe to call.
+                    unsafe { libc::_exit(3) };
+                }
+                // KVM_GET_API_VERSION, FIONBIO, TUNSETIFF, TCGETS: allowed (fd -1: EBADF).
+                for req in [0xae00u64, 0x5421, 0x400454ca, 0x5401] {
+                    // SAFETY: fd -1 is never valid; the kernel answers EBADF and touches no memory.
+                    let r = unsafe { libc::ioctl(-1, req as libc::Ioctl, 0) };
+                    if r != -1 {
+                        // SAFETY: as above.
+                        unsafe { libc::_exit(4) };
+                    }
+                }
+                // SAFETY: as above.
+                let _ = unsafe { libc::ioctl(-1, last as libc::Ioctl, 0) };
+                // SAFETY: as above.
+                unsafe { libc::_exit(0) };
+            }
+            ForkResult::Parent { child } => nix::sys::wait::waitpid(child, None).unwrap(),
+        }
+    }
+
+    #[test]
+    fn ioctls_outside_kvm_and_tun_kill() {
+        use nix::sys::signal::Signal;
+        use nix::sys::wait::WaitStatus;
+        // FICLONE (a file system's), TIOCSTI (faking terminal input), SIOCGIFCONF (sockets).
+        for req in [0x4004_9409u64, libc::TIOCSTI as u64, 0x8912] {
+            match child_ioctls(req) {
+                WaitStatus::Signaled(_, Signal::SIGSYS, _) => {}
+                other => panic!("ioctl {req:#x}: not killed by SIGSYS: {other:?}"),
+            }
+        }
+        // And the allowed ones alone let the child exit normally.
+        match child_ioctls(0xae01) {
+            WaitStatus::Exited(_, 0) => {}
+            other => panic!("allowed ioctls: {other:?}"),
+        }
+    }
 }
