@@ -32,7 +32,8 @@
 # Env:   RIG_DIR (default target/rig), RIG_TIMEOUT (seconds for the whole QEMU run, default
 #        1200), RIG_L2_MEM_MIB (guest memory, default 256), RIG_POOL_DEPTH (default 2),
 #        RIG_E2B (run the SDK script; default 1), RIG_E2B_CLIENTS (its concurrent clients,
-#        default 2), RIG_IMAGE_PACKAGES (default: the image builder's own plus curl and
+#        default 8; 16 Linux guests resuming at once outrun even a 60 s agent wait under TCG),
+#        RIG_IMAGE_PACKAGES (default: the image builder's own plus curl and
 #        iputils-ping), RIG_NET (the sandbox network checks; default 1), RIG_IMAGE_DIR (use this built image instead), RIG_KEEP=1 (leave QEMU running at the end, for poking at it).
 set -euo pipefail
 
@@ -50,7 +51,7 @@ IMAGE_PACKAGES="${RIG_IMAGE_PACKAGES:-bash,coreutils,python3,curl,iputils-ping}"
 # guests resuming at once outrun the agents' time limits here, and 4 did once in CI (an agent's
 # Hello took over 10 s); 2 (the pool's depth: both creates warm) hold. The host's e2b_sdk test
 # runs 16 clients on probe guests.
-E2B_CLIENTS="${RIG_E2B_CLIENTS:-2}"
+E2B_CLIENTS="${RIG_E2B_CLIENTS:-8}"
 T_START=$EPOCHREALTIME
 mkdir -p "$RIG"
 # nftables: its `nft` (and libraries) go into L1, where ember-net runs it.

@@ -151,7 +151,7 @@ pub fn rules(kind: ThreadKind, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
             )?])?,
             SeccompRule::new(vec![
                 cond(1, SeccompCmpOp::MaskedEq(IOCTL_TYPE_MASK), IOCTL_TYPE_T)?,
-                cond(1, SeccompCmpOp::Ne, libc::TIOCSTI as u64)?,
+                cond(1, SeccompCmpOp::Ne, libc::TIOCSTI)?,
             ])?,
         ],
     );

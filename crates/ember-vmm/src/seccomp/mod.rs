@@ -238,7 +238,7 @@ mod tests {
         use nix::sys::signal::Signal;
         use nix::sys::wait::WaitStatus;
         // FICLONE (a file system's), TIOCSTI (faking terminal input), SIOCGIFCONF (sockets).
-        for req in [0x4004_9409u64, libc::TIOCSTI as u64, 0x8912] {
+        for req in [0x4004_9409u64, libc::TIOCSTI, 0x8912] {
             match child_ioctls(req) {
                 WaitStatus::Signaled(_, Signal::SIGSYS, _) => {}
                 other => panic!("ioctl {req:#x}: not killed by SIGSYS: {other:?}"),
