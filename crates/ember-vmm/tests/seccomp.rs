@@ -14,7 +14,10 @@ use common::*;
 fn thread_status(pid: u32) -> BTreeMap<String, (String, String)> {
     let mut out = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        // A thread that ended since the listing (a short-lived helper) has no status to read.
+        let Ok(status) = std::fs::read_to_string(task.unwrap().path().join("status")) else {
+            continue;
+        };
         let field = |name: &str| {
             status
                 .lines()
