@@ -13,11 +13,11 @@ import os
 import statistics
 import sys
 import time
-import urllib.error
-import urllib.request
 
 from e2b import CommandExitException, Sandbox, SandboxQuery
 from e2b.exceptions import SandboxException, TimeoutException
+
+import envd_port
 
 TEMPLATE = os.environ.get("E2B_TEMPLATE", "linux")
 CONCURRENCY = int(os.environ.get("E2B_CONCURRENCY", "16"))
@@ -130,21 +130,8 @@ def check_commands():
 
 
 def fetch_port(sbx, port, path="/"):
-    """GET `path` from `port` in the sandbox the way the SDK reaches envd with E2B_SANDBOX_URL
-    set: that URL, with E2b-Sandbox-Id and E2b-Sandbox-Port naming the sandbox and port (the
-    SDK's own envd calls carry the same two headers). Host is what `sandbox.get_host(port)`
-    gives, as a client going through E2B's proxy would send it. Returns (status, body)."""
-    base = os.environ["E2B_SANDBOX_URL"].rstrip("/")
-    req = urllib.request.Request(base + path, headers={
-        "E2b-Sandbox-Id": sbx.sandbox_id,
-        "E2b-Sandbox-Port": str(port),
-        "Host": sbx.get_host(port),
-    })
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    """GET `path` from `port` in `sbx` through envd's port forwarding; (status, body)."""
+    return envd_port.fetch_port(sbx.sandbox_id, sbx.get_host(port), port, path)
 
 
 def check_ports():

@@ -8,14 +8,14 @@ import socket
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 
 from packaging.version import Version
 
 from e2b import CommandExitException, ConnectionConfig, Sandbox
 from e2b.sandbox.commands.command_handle import PtySize
+
+import envd_port
 
 warnings.simplefilter("ignore", DeprecationWarning)
 
@@ -121,16 +121,7 @@ with open(os.path.join(site, "served.txt"), "w") as f:
 
 
 def fetch_port(port, path="/"):
-    req = urllib.request.Request(os.environ["E2B_SANDBOX_URL"].rstrip("/") + path, headers={
-        "E2b-Sandbox-Id": "sb",
-        "E2b-Sandbox-Port": str(port),
-        "Host": sbx.get_host(port),
-    })
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return envd_port.fetch_port("sb", sbx.get_host(port), port, path, timeout=15)
 
 
 # Commands run as E2B's default user here, which may not reach this venv's python: the system's.
