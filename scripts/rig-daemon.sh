@@ -109,8 +109,11 @@ for b in ember-vmm ember-jailer emberd; do
     strip -o "$DATA/$b" "$BIN/$b" 2>/dev/null || cp "$BIN/$b" "$DATA/$b"
 done
 for f in vmlinuz initrd.img rootfs.ext4; do cp "$IMAGE_DIR/$f" "$DATA/image/$f"; done
-TOKEN="rig-token-$$-$RANDOM"
-E2B_KEY="e2b_rig_$$_$RANDOM"
+# Fixed-length secrets: emberd refuses a token or key under 16 characters ("$$-$RANDOM" made
+# a 15-character key once).
+secret() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+TOKEN="rig-token-$(secret)"
+E2B_KEY="e2b_rig_$(secret)"
 echo "$TOKEN" >"$DATA/token"
 echo "$E2B_KEY" >"$DATA/e2b-keys"
 chmod 600 "$DATA/token" "$DATA/e2b-keys"
