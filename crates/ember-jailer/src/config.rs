@@ -10,7 +10,7 @@ use crate::cgroup::Limits;
 pub const MAX_ID_LEN: usize = 64;
 
 /// One host path made visible inside the jail.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bind {
     /// The host path (file or directory).
     pub source: PathBuf,
@@ -75,7 +75,7 @@ fn check_inside(path: &Path) -> Result<(), &'static str> {
 }
 
 /// Everything the jailer needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JailConfig {
     /// The VM's id: `[A-Za-z0-9_-]`, 1..=64 characters.
     pub id: String,

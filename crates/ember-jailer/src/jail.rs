@@ -20,6 +20,11 @@
 //! the same signal), so the owner sees the VMM's end as the jailer's. Killing the jailer kills
 //! the VMM. A new pid namespace would hide the owner from the VMM's own `getppid`, which is
 //! why the VMM cannot arm the signal relative to the owner itself.
+//!
+//! [`start_sibling`] is the same jail started from a resident jailer ([`crate::serve`]): the
+//! VMM is cloned as the jailer's sibling (`CLONE_PARENT`), so it is the owner's child; it joins
+//! its cgroup itself, and a tied one arms its parent-death signal relative to the owner and
+//! checks the owner's liveness through a socket only the owner holds the peer of.
 
 use std::ffi::CString;
 use std::io::{self, Read, Write};
@@ -127,8 +132,11 @@ pub fn start(config: &JailConfig, cgroup_root: &Path) -> Result<Started, JailErr
         ForkResult::Child => {
             drop(report_rx);
             drop(alive_tx);
-            let alive = config.tie_to.map(|_| alive_rx);
-            let e = enter(config, netns, &libraries, alive);
+            let tie = match config.tie_to {
+                Some(_) => Tie::Jailer(alive_rx),
+                None => Tie::None,
+            };
+            let e = enter(config, netns, &libraries, tie);
             // Only reached on failure: tell the parent why, then go.
             let mut tx = std::fs::File::from(report_tx);
             let _ = tx.write_all(e.to_string().as_bytes());
@@ -177,6 +185,187 @@ fn tie_to_jailer(alive_rx: OwnedFd) -> Result<(), JailError> {
     Ok(())
 }
 
+/// How the VMM is tied to an owner's life (armed last before the exec).
+enum Tie {
+    /// Not tied.
+    None,
+    /// To the jailer, its parent, which holds the write end of this pipe.
+    Jailer(OwnedFd),
+    /// To the owner, its parent (a sibling start, [`start_sibling`]): this is a socket whose
+    /// peer only the owner holds.
+    Owner(OwnedFd),
+}
+
+/// In a sibling's child, after its last change of credentials: arms a parent-death SIGKILL
+/// (its parent is the owner) and checks, through the owner's socket, that the owner did not
+/// die before the signal was armed (a new pid namespace hides the parent from `getppid`).
+fn tie_to_owner_link(link: OwnedFd) -> Result<(), JailError> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(sys_err("setting the parent-death signal"))?;
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&link),
+        nix::poll::PollFlags::empty(),
+    )];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
+    let gone = fds[0].revents().is_some_and(|r| {
+        r.intersects(nix::poll::PollFlags::POLLHUP | nix::poll::PollFlags::POLLERR)
+    });
+    if gone {
+        return Err(JailError::Child(
+            "the owner died before the VMM started".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Where a sibling VMM's standard streams go (host paths, opened before the jail is built).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Stdio {
+    /// The VMM's stdout (opened for appending; must exist).
+    pub stdout: std::path::PathBuf,
+    /// The VMM's stderr (opened for appending; must exist).
+    pub stderr: std::path::PathBuf,
+}
+
+/// A sibling start that failed: why, and the child to reap if one was made.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct SiblingError {
+    /// The child (the caller's, to reap) if the failure came after the clone.
+    pub pid: Option<u32>,
+    /// Why.
+    pub error: JailError,
+}
+
+/// Like [`start`], from a resident jailer ([`crate::serve`]): the VMM is made a child of this
+/// process's parent (`CLONE_PARENT`), so the owner supervises and reaps it as it would a VMM
+/// it started itself, and no jailer process stays or exits per VMM. The child joins the
+/// cgroup itself (the jailer stays where it is), takes `stdio`, starts a new session when
+/// `new_session` (the owner's signals to its process group do not reach it), and, tied
+/// (`owner_link`: a socket whose peer only the owner holds), arms a parent-death SIGKILL —
+/// its parent being the owner's thread that started this jailer.
+pub fn start_sibling(
+    config: &JailConfig,
+    cgroup_root: &Path,
+    stdio: &Stdio,
+    new_session: bool,
+    owner_link: Option<OwnedFd>,
+) -> Result<Started, SiblingError> {
+    let early = |error: JailError| SiblingError { pid: None, error };
+    config.validate().map_err(|e| early(e.into()))?;
+    let libraries = if config.scan_libraries {
+        crate::libraries::binds_for(&config.exec_file).map_err(|e| early(e.into()))?
+    } else {
+        Vec::new()
+    };
+    let version = cgroup::detect(cgroup_root).map_err(|e| early(e.into()))?;
+    let cg = cgroup::create(
+        cgroup_root,
+        version,
+        &config.parent_cgroup,
+        &config.id,
+        &config.limits,
+    )
+    .map_err(|e| early(e.into()))?;
+    chown(
+        &config.root,
+        Some(Uid::from_raw(config.uid)),
+        Some(Gid::from_raw(config.gid)),
+    )
+    .map_err(|e| early(sys_err("chowning the jail root")(e)))?;
+    let open_err = |what: &'static str| move |source| early(JailError::Sys { what, source });
+    let netns = match &config.netns {
+        Some(path) => {
+            Some(std::fs::File::open(path).map_err(open_err("opening the network namespace"))?)
+        }
+        None => None,
+    };
+    let append = |p: &Path| std::fs::OpenOptions::new().append(true).open(p);
+    let out = append(&stdio.stdout).map_err(open_err("opening the VMM's stdout"))?;
+    let err = append(&stdio.stderr).map_err(open_err("opening the VMM's stderr"))?;
+    let null = std::fs::File::open("/dev/null").map_err(open_err("opening /dev/null"))?;
+    let (report_rx, report_tx) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| early(sys_err("creating the report pipe")(e)))?;
+    match sys::clone_sibling_in_new_pid_namespace().map_err(|source| {
+        early(JailError::Sys {
+            what: "cloning the VMM's process",
+            source,
+        })
+    })? {
+        None => {
+            drop(report_rx);
+            let e = sibling_child(
+                config,
+                &cg,
+                [null.into(), out.into(), err.into()],
+                new_session,
+                netns,
+                &libraries,
+                owner_link,
+            );
+            let mut tx = std::fs::File::from(report_tx);
+            let _ = tx.write_all(e.to_string().as_bytes());
+            sys::exit_now(1);
+        }
+        Some(child) => {
+            drop(report_tx);
+            parent_wait_for_exec_of_sibling(report_rx, child).map_err(|error| SiblingError {
+                pid: Some(child.as_raw() as u32),
+                error,
+            })
+        }
+    }
+}
+
+/// In a sibling's child: joins the cgroup, takes its standard streams, then builds the jail
+/// and execs; returns only on failure.
+fn sibling_child(
+    config: &JailConfig,
+    cg: &cgroup::Cgroup,
+    [stdin, stdout, stderr]: [OwnedFd; 3],
+    new_session: bool,
+    netns: Option<std::fs::File>,
+    libraries: &[crate::config::Bind],
+    owner_link: Option<OwnedFd>,
+) -> JailError {
+    if let Err(e) = cg.add_self() {
+        return e.into();
+    }
+    for (fd, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
+        if let Err(e) = sys::dup_onto(&fd, to) {
+            return JailError::Sys {
+                what: "setting the VMM's standard streams",
+                source: e,
+            };
+        }
+    }
+    if new_session && let Err(e) = nix::unistd::setsid() {
+        return sys_err("starting a new session")(e);
+    }
+    let tie = match owner_link {
+        Some(link) => Tie::Owner(link),
+        None => Tie::None,
+    };
+    enter(config, netns, libraries, tie)
+}
+
+/// Reads a sibling child's report: EOF with nothing means it exec'd the VMM.
+fn parent_wait_for_exec_of_sibling(report_rx: OwnedFd, child: Pid) -> Result<Started, JailError> {
+    let mut message = String::new();
+    std::fs::File::from(report_rx)
+        .read_to_string(&mut message)
+        .map_err(|source| JailError::Sys {
+            what: "reading the child's report",
+            source,
+        })?;
+    if !message.is_empty() {
+        return Err(JailError::Child(message));
+    }
+    Ok(Started {
+        pid: child.as_raw() as u32,
+    })
+}
+
 /// Tied mode, in the jailer after [`start`]: waits for the VMM and ends the same way — its
 /// exit code, or the signal that killed it raised again on the jailer. Never returns.
 pub fn wait_and_mirror(vmm_pid: u32) -> ! {
@@ -221,9 +410,9 @@ fn enter(
     config: &JailConfig,
     netns: Option<std::fs::File>,
     libraries: &[crate::config::Bind],
-    alive: Option<OwnedFd>,
+    tie: Tie,
 ) -> JailError {
-    match try_enter(config, netns, libraries, alive) {
+    match try_enter(config, netns, libraries, tie) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -237,7 +426,7 @@ fn try_enter(
     config: &JailConfig,
     netns: Option<std::fs::File>,
     libraries: &[crate::config::Bind],
-    alive: Option<OwnedFd>,
+    tie: Tie,
 ) -> Result<std::convert::Infallible, JailError> {
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     match netns {
@@ -276,8 +465,10 @@ fn try_enter(
         source,
     })?;
     // Last before the exec: a change of uid or gid clears the parent-death signal.
-    if let Some(alive) = alive {
-        tie_to_jailer(alive)?;
+    match tie {
+        Tie::None => {}
+        Tie::Jailer(alive) => tie_to_jailer(alive)?,
+        Tie::Owner(link) => tie_to_owner_link(link)?,
     }
     let cstr = |s: &str| {
         CString::new(s).map_err(|_| JailError::Child(format!("argument {s:?} contains NUL")))

@@ -11,6 +11,7 @@
 //! - [`libraries`]: the shared libraries a dynamically linked VMM needs in the jail;
 //! - [`elf`]: whether an executable is static (its program interpreter, if any);
 //! - [`jail`]: the sequence (namespaces, fork, credentials, exec) and its errors;
+//! - [`serve`]: a resident jailer starting VMMs on request, as its owner's children;
 //! - `sys`: the raw calls without safe wrappers (fork, capability bounding set).
 //!
 //! Paths the VMM is given through its API are paths inside the jail (`/kernel`,
@@ -50,6 +51,7 @@ pub mod elf;
 pub mod jail;
 pub mod libraries;
 pub mod mounts;
+pub mod serve;
 mod sys;
 
 pub use cgroup::{Limits, Version};

@@ -6,9 +6,11 @@
 //!              [--memory-max BYTES] [--pids-max N] [--parent-cgroup NAME] [--pid-file PATH]
 //!              [--parent-pid OWNER] [--no-library-scan] -- VMM ARGS...
 //! ember-jailer --cleanup --id ID [--parent-cgroup NAME]
+//! ember-jailer --serve --parent-pid OWNER
 //! ```
 //! Exits 0 once the VMM is running (exec'd) in its jail, 2 with a message naming what was
 //! wrong otherwise; with `--parent-pid` it stays as the VMM's parent and ends as the VMM ends. `--cleanup` removes a gone VMM's cgroup.
+//! `--serve` stays resident and starts VMMs on requests from stdin (see `ember_jailer::serve`).
 
 use std::path::{Path, PathBuf};
 
@@ -22,19 +24,19 @@ use ember_jailer::{Bind, JailConfig, Limits};
 #[command(name = "ember-jailer", version, about)]
 struct Args {
     /// The VM's id (names its cgroup and hostname): 1-64 of A-Z a-z 0-9 _ -.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "serve", default_value = "")]
     id: String,
     /// The directory that becomes the VMM's root (must exist; chowned to uid:gid).
-    #[arg(long, required_unless_present = "cleanup")]
+    #[arg(long, required_unless_present_any = ["cleanup", "serve"])]
     root: Option<PathBuf>,
     /// The VMM's uid (not 0).
-    #[arg(long, required_unless_present = "cleanup")]
+    #[arg(long, required_unless_present_any = ["cleanup", "serve"])]
     uid: Option<u32>,
     /// The VMM's gid (not 0).
-    #[arg(long, required_unless_present = "cleanup")]
+    #[arg(long, required_unless_present_any = ["cleanup", "serve"])]
     gid: Option<u32>,
     /// The VMM binary (appears as /<its name> in the jail).
-    #[arg(long, required_unless_present = "cleanup")]
+    #[arg(long, required_unless_present_any = ["cleanup", "serve"])]
     exec_file: Option<PathBuf>,
     /// A host file or directory the VMM may see: SOURCE[:TARGET][:ro|:rw] (read-only by default).
     #[arg(long = "bind", value_parser = parse_bind)]
@@ -73,6 +75,10 @@ struct Args {
     /// Remove the cgroup of VM `--id` (its VMM must be gone) and exit.
     #[arg(long)]
     cleanup: bool,
+    /// Stay resident: start VMMs on JSON requests read from stdin, one a line, answering each
+    /// on stdout; the VMMs become children of `--parent-pid` (required), this jailer's parent.
+    #[arg(long, requires = "parent_pid")]
+    serve: bool,
     /// The VMM's arguments (after `--`).
     #[arg(last = true)]
     vmm_args: Vec<String>,
@@ -91,6 +97,10 @@ fn parse_quota(s: &str) -> Result<(u64, u64), String> {
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.serve {
+        let owner = args.parent_pid.context("--serve needs --parent-pid")?;
+        return ember_jailer::serve::serve(owner).context("serving");
+    }
     if args.cleanup {
         let version = cgroup::detect(&args.cgroup_root)?;
         cgroup::remove(&args.cgroup_root, version, &args.parent_cgroup, &args.id)

@@ -1,6 +1,7 @@
-//! The few raw calls the jailer makes that have no safe wrapper: `fork` (the jailer is
-//! single-threaded when it forks), dropping the capability bounding set, restoring a signal's
-//! default action, and `_exit` in the child. Everything else goes through nix.
+//! The few raw calls the jailer makes that have no safe wrapper: `fork` and a fork-like
+//! `clone` (the jailer is single-threaded when it forks), `dup2`, dropping the capability
+//! bounding set, restoring a signal's default action, and `_exit` in the child. Everything
+//! else goes through nix.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -13,6 +14,34 @@ pub fn fork() -> io::Result<ForkResult> {
     // SAFETY: the process is single-threaded at this point (the jailer never spawns threads),
     // so the child inherits no lock held by another thread.
     unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+/// Forks a child that is this process's sibling (`CLONE_PARENT`: its parent is our parent,
+/// which is sent its SIGCHLD and reaps it) and pid 1 of a new pid namespace. Returns the
+/// child's pid in the parent, `None` in the child.
+pub fn clone_sibling_in_new_pid_namespace() -> io::Result<Option<nix::unistd::Pid>> {
+    let flags = (libc::CLONE_PARENT | libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: the raw clone syscall with no new stack (0) and none of CLONE_VM, CLONE_SETTLS
+    // or the tid pointers behaves as fork: the child continues on a copy of this stack in a
+    // copy of the address space. The process is single-threaded (a resident jailer serves one
+    // request at a time on its only thread), so no lock is held by another thread in the copy.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match rc {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(nix::unistd::Pid::from_raw(pid as i32))),
+    }
+}
+
+/// Makes descriptor `to` a copy of `fd` (not close-on-exec).
+pub fn dup_onto(fd: &impl std::os::fd::AsRawFd, to: i32) -> io::Result<()> {
+    // SAFETY: dup2 on a descriptor we own onto a standard stream number; it closes whatever
+    // `to` was and touches no memory.
+    let rc = unsafe { libc::dup2(fd.as_raw_fd(), to) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Drops every capability from the bounding set (so no exec can regain one) and clears the

@@ -81,7 +81,11 @@ pub fn remove_leftovers(root: &Path, cgroup_root: &Path) -> io::Result<()> {
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("slot"))
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("slot") || name.starts_with(super::recycle::FREE_CGROUP_PREFIX)
+            })
             .map(|e| e.path())
             .collect();
         for slot in slots {

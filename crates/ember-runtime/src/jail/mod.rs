@@ -29,23 +29,26 @@
 //! `ember-<tag>/slot<n>` (`tag` from the root's path, so two providers side by side never share
 //! one) with the configured limits; it is removed when the process has been reaped.
 //!
-//! # Tied or detached
-//! Tied (the CLI's runs) passes `--parent-pid`: the jailer stays as the VMM's parent and dies
-//! with its owner, and the provider watches the jailer. Detached (the daemon's): the jailer
-//! exits once the VMM runs, the VMM is re-parented to this process (a child subreaper, set
-//! when the provider starts) and the provider watches the VMM itself.
+//! # One resident jailer
+//! VMMs are started by the provider's resident jailer (`ember-jailer --serve`, [`resident`]),
+//! started on the spawner thread: it builds each jail and clones the VMM as *its own sibling*,
+//! so every VMM is this process's child, watched through a pidfd and reaped here. Tied (the
+//! CLI's runs) the VMM carries a parent-death SIGKILL that follows the spawner thread;
+//! detached (the daemon's) it runs in a session of its own and outlives us. The empty network
+//! namespace and the cgroup a VMM gets are recycled from VMMs that have exited ([`recycle`]).
 
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
 
 use ember_jailer::cgroup::{self, Version};
 use ember_jailer::{Bind, Limits};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 mod cleanup;
+mod recycle;
+mod resident;
 pub(crate) mod spawn;
 
 use cleanup::mount_points;
@@ -138,8 +141,6 @@ pub struct JailedStart<'a> {
     pub vmm: &'a Path,
     /// The VMM's arguments.
     pub vmm_args: &'a [OsString],
-    /// Where the jailer writes the VMM's host pid.
-    pub pid_file: &'a Path,
     /// Tied to this process (the jailer stays as the VMM's parent).
     pub tied: bool,
     /// The network namespace to join (a new, empty one if `None`).
@@ -155,6 +156,19 @@ pub struct Jails {
     parent_cgroup: String,
     version: Version,
     libraries: Vec<Bind>,
+    recycler: recycle::Recycler,
+    resident: std::sync::Mutex<Option<resident::Resident>>,
+}
+
+/// Why the resident jailer did not start a VMM.
+#[derive(Debug, thiserror::Error)]
+pub enum ResidentError {
+    /// Talking to it failed (it is replaced at the next start).
+    #[error("the resident jailer: {0}")]
+    Io(io::Error),
+    /// It refused or failed: why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JailSetupError + '_ {
@@ -240,14 +254,49 @@ impl Jails {
             None::<&str>,
         )
         .map_err(|e| io_at(&dir)(e.into()))?;
-        Ok(Jails {
+        let jails = Jails {
             parent_cgroup: format!("ember-{}", root_tag(root)),
             settings,
             jailer,
             dir,
             version,
             libraries,
-        })
+            recycler: recycle::Recycler::default(),
+            resident: std::sync::Mutex::new(None),
+        };
+        recycle::remove_stale_free_cgroups(&jails.cgroup_place());
+        Ok(jails)
+    }
+
+    fn cgroup_place(&self) -> recycle::CgroupPlace<'_> {
+        recycle::CgroupPlace {
+            root: &self.settings.cgroup_root,
+            version: self.version,
+            parent: &self.parent_cgroup,
+        }
+    }
+
+    /// Gets slot `slot`'s jail ready for its VMM's start (see [`recycle`]): names a free cgroup
+    /// after the slot, and, unless the VMM joins a sandbox's network (`own_netns` false),
+    /// returns the empty network namespace it joins (a free one or a new one).
+    pub(crate) fn claim(&self, slot: u64, own_netns: bool) -> io::Result<Option<PathBuf>> {
+        self.recycler
+            .claim_cgroup(&self.cgroup_place(), &Self::cgroup_id(slot));
+        if own_netns {
+            self.recycler
+                .claim_netns(slot, &self.cgroup_place())
+                .map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Slot `slot`'s VMM (or its tied jailer) has exited: once nothing of it is left in its
+    /// cgroup, its namespace and cgroup are kept for the next VMM, or the cgroup is removed
+    /// (see [`recycle`]).
+    pub fn release_slot(&self, slot: u64) {
+        self.recycler
+            .release(slot, &self.cgroup_place(), &Self::cgroup_id(slot));
     }
 
     /// The jailer binary (absolute).
@@ -287,70 +336,91 @@ impl Jails {
         Ok(())
     }
 
-    /// The command that starts `start.vmm` with its arguments jailed in its slot (whose
-    /// directory is bound at its own path), tied to this process or not, writing the VMM's
-    /// host pid to `start.pid_file`, in `start.netns` (a new, empty one if `None`).
-    pub fn command(&self, start: &JailedStart<'_>) -> Command {
+    /// The jail that starts `start.vmm` with its arguments in its slot (whose directory is
+    /// bound at its own path), tied to this process or not, in `start.netns` (a new, empty one
+    /// if `None`). Arguments must be UTF-8 (they travel as JSON).
+    pub fn config(&self, start: &JailedStart<'_>) -> io::Result<ember_jailer::JailConfig> {
         let JailedStart {
             slot,
             slot_dir,
             vmm,
             vmm_args,
-            pid_file,
             tied,
             netns,
         } = *start;
-        let mut cmd = Command::new(&self.jailer);
-        cmd.arg("--id")
-            .arg(Self::cgroup_id(slot))
-            .arg("--root")
-            .arg(self.root_of(slot))
-            .arg("--uid")
-            .arg(self.uid_of(slot).to_string())
-            .arg("--gid")
-            .arg(self.settings.gid.to_string())
-            .arg("--exec-file")
-            .arg(vmm)
-            .arg("--parent-cgroup")
-            .arg(&self.parent_cgroup)
-            .arg("--cgroup-root")
-            .arg(&self.settings.cgroup_root)
-            .arg("--pid-file")
-            .arg(pid_file)
-            .arg("--no-library-scan");
-        let mut slot_bind = slot_dir.as_os_str().to_owned();
-        slot_bind.push(":");
-        slot_bind.push(slot_dir.as_os_str());
-        slot_bind.push(":rw");
-        cmd.arg("--bind").arg(slot_bind);
-        for lib in &self.libraries {
-            let mut b = lib.source.as_os_str().to_owned();
-            b.push(":");
-            b.push(lib.target.as_os_str());
-            b.push(":ro");
-            cmd.arg("--bind").arg(b);
+        let mut binds = vec![Bind {
+            source: slot_dir.to_path_buf(),
+            target: slot_dir.to_path_buf(),
+            read_only: false,
+        }];
+        binds.extend(self.libraries.iter().map(|lib| Bind {
+            read_only: true,
+            ..lib.clone()
+        }));
+        let args = vmm_args
+            .iter()
+            .map(|a| {
+                a.clone().into_string().map_err(|a| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("VMM argument {a:?} is not UTF-8"),
+                    )
+                })
+            })
+            .collect::<io::Result<Vec<String>>>()?;
+        Ok(ember_jailer::JailConfig {
+            id: Self::cgroup_id(slot),
+            root: self.root_of(slot),
+            exec_file: vmm.to_path_buf(),
+            uid: self.uid_of(slot),
+            gid: self.settings.gid,
+            binds,
+            netns: netns.map(Path::to_path_buf),
+            limits: self.settings.limits,
+            parent_cgroup: self.parent_cgroup.clone(),
+            args,
+            tie_to: tied.then(std::process::id),
+            scan_libraries: false,
+        })
+    }
+
+    /// Starts a VMM in the jail `config` through the provider's resident jailer (started on
+    /// the first call: call from the spawner thread), with `stdio`, in a session of its own
+    /// when `new_session`. Returns its pid: this process's child.
+    pub(crate) fn start_resident(
+        &self,
+        config: ember_jailer::JailConfig,
+        stdio: ember_jailer::jail::Stdio,
+        new_session: bool,
+    ) -> Result<u32, ResidentError> {
+        let request = ember_jailer::serve::Request {
+            config,
+            cgroup_root: self.settings.cgroup_root.clone(),
+            stdio,
+            new_session,
+        };
+        let mut guard = self.resident.lock().unwrap_or_else(|p| p.into_inner());
+        let resident = match guard.as_mut() {
+            Some(r) => r,
+            None => {
+                guard.insert(resident::Resident::start(&self.jailer).map_err(ResidentError::Io)?)
+            }
+        };
+        match resident.ask(&request) {
+            Ok(ember_jailer::serve::Reply::Started { pid }) => Ok(pid),
+            Ok(ember_jailer::serve::Reply::Failed { pid, error }) => {
+                if let Some(pid) = pid {
+                    // It exited before its exec; it is our child (a sibling of the jailer).
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+                }
+                Err(ResidentError::Refused(error))
+            }
+            Err(e) => {
+                // Unusable: the next start begins a new one.
+                *guard = None;
+                Err(ResidentError::Io(e))
+            }
         }
-        let l = &self.settings.limits;
-        if let Some(w) = l.cpu_weight {
-            cmd.arg("--cpu-weight").arg(w.to_string());
-        }
-        if let Some((q, p)) = l.cpu_quota {
-            cmd.arg("--cpu-quota").arg(format!("{q}/{p}"));
-        }
-        if let Some(m) = l.memory_max {
-            cmd.arg("--memory-max").arg(m.to_string());
-        }
-        if let Some(p) = l.pids_max {
-            cmd.arg("--pids-max").arg(p.to_string());
-        }
-        if tied {
-            cmd.arg("--parent-pid").arg(std::process::id().to_string());
-        }
-        if let Some(ns) = netns {
-            cmd.arg("--netns").arg(ns);
-        }
-        cmd.arg("--").args(vmm_args);
-        cmd
     }
 
     /// Makes host file or directory `path` visible inside slot `n`'s jail at the same path,
@@ -543,6 +613,7 @@ impl Jails {
     /// dying process is retried here), the provider's own parent cgroups, and unmounts
     /// `<root>/jails`. Only when no VMM of the provider is left.
     pub fn tear_down(&self) {
+        self.recycler.clear(&self.cgroup_place());
         for slot in self.cgroup_slots() {
             self.remove_cgroup(slot);
         }

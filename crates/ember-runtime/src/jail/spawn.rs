@@ -1,14 +1,13 @@
-//! Starting a VMM through the jailer: the slot handed to the VMM's uid, the jailer's command
-//! ([`Jails::command`]), and the process to watch — the jailer itself when it stays as the
-//! VMM's parent (tied), else the VMM named by the pid file the jailer wrote (detached; the VMM
-//! is re-parented to this process, a child subreaper).
+//! Starting a VMM through the jailer: the slot handed to the VMM's uid, its recycled network
+//! namespace and cgroup, its jail ([`Jails::config`]) sent to the provider's resident jailer,
+//! and the process to watch — the VMM itself, which the resident jailer makes our child, tied
+//! to us by a parent-death signal or (detached) in a session of its own.
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::process::Stdio;
 use std::time::Instant;
 
-use super::{JailedStart, Jails};
+use super::{JailedStart, Jails, ResidentError};
 use crate::process::{ParentDeath, ProcessError, VmmLaunch, VmmProcess};
 
 impl VmmProcess {
@@ -18,14 +17,11 @@ impl VmmProcess {
         launch: &VmmLaunch<'_>,
         (stdout, stderr): (File, File),
     ) -> Result<VmmProcess, ProcessError> {
-        use std::os::unix::process::CommandExt;
         let VmmLaunch {
             binary,
-            extra_args,
             paths,
-            instance_id,
-            parent_death,
             netns,
+            ..
         } = *launch;
         let spawn_err = |source| ProcessError::Spawn {
             binary: binary.to_path_buf(),
@@ -33,6 +29,33 @@ impl VmmProcess {
         };
         jail.prepare_slot(paths.slot, &paths.dir)
             .map_err(spawn_err)?;
+        // Its own empty network namespace unless it joins a sandbox's (see `jail::recycle`).
+        let own_netns = jail.claim(paths.slot, netns.is_none()).map_err(spawn_err)?;
+        let netns = netns.or(own_netns.as_deref());
+        let started = Self::start_jailer(jail, launch, netns, (stdout, stderr));
+        if started.is_err() {
+            // Nothing of the slot runs: its namespace and cgroup go back (or away).
+            jail.release_slot(paths.slot);
+        }
+        started
+    }
+
+    fn start_jailer(
+        jail: &Jails,
+        launch: &VmmLaunch<'_>,
+        netns: Option<&std::path::Path>,
+        stdio: (File, File),
+    ) -> Result<VmmProcess, ProcessError> {
+        let VmmLaunch {
+            binary,
+            extra_args,
+            paths,
+            instance_id,
+            parent_death,
+            ..
+        } = *launch;
+        // The files exist (created for us, mode 0600); the jailer's child opens them by path.
+        drop(stdio);
         let mut vmm_args: Vec<OsString> = vec![
             "--api-sock".into(),
             paths.api_sock.clone().into_os_string(),
@@ -40,55 +63,40 @@ impl VmmProcess {
             instance_id.into(),
         ];
         vmm_args.extend(extra_args.iter().cloned());
-        let pid_file = paths.dir.join("vmm.pid");
         let tied = parent_death != ParentDeath::Detached;
-        let mut cmd = jail.command(&JailedStart {
-            slot: paths.slot,
-            slot_dir: &paths.dir,
-            vmm: binary,
-            vmm_args: &vmm_args,
-            pid_file: &pid_file,
-            tied,
-            netns,
-        });
-        cmd.current_dir(&paths.dir)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        if !tied {
-            cmd.process_group(0);
-        }
-        let spawned_at = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
-            binary: jail.jailer().to_path_buf(),
-            source,
-        })?;
-        if tied {
-            // The jailer stays as the VMM's parent and ends as it ends: watch the jailer.
-            let pid = child.id();
-            drop(child);
-            return Self::watch(pid, paths, spawned_at);
-        }
-        let status = child.wait().map_err(|source| ProcessError::Spawn {
-            binary: jail.jailer().to_path_buf(),
-            source,
-        })?;
-        let message = || crate::spares::log_tail(&paths.vmm_log, 600);
-        if !status.success() {
-            return Err(ProcessError::Jail {
-                exit: status.to_string(),
-                message: message(),
-            });
-        }
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .ok_or_else(|| ProcessError::Jail {
-                exit: status.to_string(),
-                message: format!("no pid in {}; {}", pid_file.display(), message()),
+        let config = jail
+            .config(&JailedStart {
+                slot: paths.slot,
+                slot_dir: &paths.dir,
+                vmm: binary,
+                vmm_args: &vmm_args,
+                tied,
+                netns,
+            })
+            .map_err(|source| ProcessError::Spawn {
+                binary: binary.to_path_buf(),
+                source,
             })?;
-        // Re-parented to this process (a child subreaper), so it is ours to reap and its pid
-        // cannot be reused before we do.
+        let stdio = ember_jailer::jail::Stdio {
+            stdout: paths.console_log.clone(),
+            stderr: paths.vmm_log.clone(),
+        };
+        let spawned_at = Instant::now();
+        // Detached: a session of its own, so nothing sent to our process group reaches it.
+        let pid = jail
+            .start_resident(config, stdio, !tied)
+            .map_err(|e| match e {
+                ResidentError::Io(source) => ProcessError::Spawn {
+                    binary: jail.jailer().to_path_buf(),
+                    source,
+                },
+                ResidentError::Refused(error) => ProcessError::Jail {
+                    exit: "refused by the resident jailer".into(),
+                    message: error,
+                },
+            })?;
+        // Our child (the resident jailer clones it as its own sibling): ours to reap, so its
+        // pid cannot be reused before we do.
         Self::watch(pid, paths, spawned_at)
     }
 }

@@ -454,7 +454,7 @@ impl Inner {
             tracing::warn!(slot, error = %e, "cannot remove a dead VMM's slot");
         }
         if let Some(jail) = &self.jail {
-            jail.remove_cgroup(slot);
+            jail.release_slot(slot);
         }
         if let Some(hook) = &self.config.networks {
             hook.0.release(slot);
