@@ -609,14 +609,14 @@ impl Jails {
         out
     }
 
-    /// Removes every VMM cgroup left (their processes are gone: a removal that raced with a
-    /// dying process is retried here), the provider's own parent cgroups, and unmounts
-    /// `<root>/jails`. Only when no VMM of the provider is left.
-    pub fn tear_down(&self) {
+    /// Removes the cgroups kept for reuse and drops the kept network namespaces (the provider
+    /// is letting go of its VMMs; those still running keep their own).
+    pub fn drop_recycled(&self) {
         self.recycler.clear(&self.cgroup_place());
-        for slot in self.cgroup_slots() {
-            self.remove_cgroup(slot);
-        }
+    }
+
+    /// Removes the provider's parent cgroups if no VMM cgroup is left under them.
+    pub fn remove_parent_cgroups_if_empty(&self) {
         for dir in cgroup::dirs(
             &self.settings.cgroup_root,
             self.version,
@@ -627,6 +627,17 @@ impl Jails {
                 let _ = std::fs::remove_dir(parent);
             }
         }
+    }
+
+    /// Removes every VMM cgroup left (their processes are gone: a removal that raced with a
+    /// dying process is retried here), the provider's own parent cgroups, and unmounts
+    /// `<root>/jails`. Only when no VMM of the provider is left.
+    pub fn tear_down(&self) {
+        self.recycler.clear(&self.cgroup_place());
+        for slot in self.cgroup_slots() {
+            self.remove_cgroup(slot);
+        }
+        self.remove_parent_cgroups_if_empty();
         if let Err(e) = remove_jail_dir(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove the jails directory");
         }

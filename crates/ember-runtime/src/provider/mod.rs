@@ -505,12 +505,16 @@ impl Inner {
         self.spares.shutdown();
         self.supervisor.stop();
         if let Some(jail) = &self.jail {
-            // The spares just killed are reaped by nobody now: their cgroups go here.
+            // What was kept for reuse goes (free cgroups, namespaces); the spares just killed
+            // are reaped by nobody now: their cgroups go here.
+            jail.drop_recycled();
             for slot in jail.cgroup_slots() {
                 if !live_slots.contains(&slot) {
                     jail.remove_cgroup(slot);
                 }
             }
+            // Nothing left running: nothing of ours is left in the cgroup trees.
+            jail.remove_parent_cgroups_if_empty();
         }
         if let Some(hook) = &self.config.networks {
             for slot in hook.0.slots() {
