@@ -452,6 +452,7 @@ async fn measure(
     let n_seq = opts.iterations.clamp(1, 100);
     ui.stage("create -> exec, one at a time", Some(n_seq as u64));
     let mut seq = Vec::new();
+    let seq_scrape_before = c.metrics().await.map_err(api_err("reading /metrics"))?;
     for i in 0..n_seq {
         let (id, s) = create_and_exec(c).await?;
         seq.push(s);
@@ -459,6 +460,15 @@ async fn measure(
         wait_full(c, depth).await?;
         ui.progress(i as u64 + 1);
     }
+    let seq_scrape_after = c.metrics().await.map_err(api_err("reading /metrics"))?;
+    report.figure(
+        "one_at_a_time_server_side_mean_us",
+        serde_json::json!({
+            "create": mean_server_us(&seq_scrape_before, &seq_scrape_after, "POST", "/v1/sandboxes"),
+            "exec": mean_server_us(&seq_scrape_before, &seq_scrape_after, "POST", "/v1/sandboxes/{id}/exec"),
+            "note": "emberd's own request timing (its HTTP latency histogram), mean",
+        }),
+    );
     ui.finish("done");
 
     // Bursts of `concurrency` clients at once.
