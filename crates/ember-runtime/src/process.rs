@@ -240,10 +240,10 @@ impl VmmProcess {
     /// directory must exist), made to die with this process as `parent_death` says, and opens a
     /// pidfd for it.
     ///
-    /// With `jail`, the VMM starts through the jailer instead (see [`crate::jail`]): tied to
-    /// this process (`ParentDeath::Flag`/`Launcher`) the process watched is the jailer, which
-    /// stays as the VMM's parent; detached, the jailer exits once the VMM runs and the process
-    /// watched is the VMM, named by the pid the jailer wrote.
+    /// With `jail`, the VMM starts through the provider's resident jailer instead (see
+    /// [`crate::jail`]), which makes it this process's child: the process watched is the VMM
+    /// itself, tied to this process by a parent-death signal (`ParentDeath::Flag`/`Launcher`)
+    /// or, detached, in a session of its own.
     pub fn spawn(
         launch: &VmmLaunch<'_>,
         jail: Option<&crate::jail::Jails>,

@@ -141,7 +141,7 @@ pub struct JailedStart<'a> {
     pub vmm: &'a Path,
     /// The VMM's arguments.
     pub vmm_args: &'a [OsString],
-    /// Tied to this process (the jailer stays as the VMM's parent).
+    /// Tied to this process (a parent-death signal; detached otherwise, in its own session).
     pub tied: bool,
     /// The network namespace to join (a new, empty one if `None`).
     pub netns: Option<&'a Path>,
