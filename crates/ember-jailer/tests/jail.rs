@@ -337,3 +337,151 @@ fn a_file_bound_on_the_host_after_start_appears_in_the_jail() {
     drop(j);
     let _ = nix::mount::umount2(&late, nix::mount::MntFlags::MNT_DETACH);
 }
+
+/// `ember-jailer --serve` on a socket pair: one request a line, one answer a line.
+struct Resident {
+    child: std::process::Child,
+    io: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Resident {
+    fn start() -> Resident {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let out = theirs.try_clone().unwrap();
+        let child = Command::new(jailer())
+            .args(["--serve", "--parent-pid", &std::process::id().to_string()])
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                theirs,
+            )))
+            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(out)))
+            .spawn()
+            .unwrap();
+        Resident {
+            child,
+            io: std::io::BufReader::new(ours),
+        }
+    }
+
+    fn ask(&mut self, line: &str) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        self.io.get_mut().write_all(line.as_bytes()).unwrap();
+        self.io.get_mut().write_all(b"\n").unwrap();
+        let mut answer = String::new();
+        self.io.read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_resident_jailer_starts_vmms_as_its_owners_children_and_names_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r1");
+    std::fs::create_dir(&root).unwrap();
+    let log = dir.path().join("r1.log");
+    std::fs::write(&log, b"").unwrap();
+    let kernel = ember_probe_image::probe_elf_path();
+    let config = |id: &str, root: &Path, netns: Option<&str>, exec: &Path| {
+        serde_json::json!({
+            "id": id, "root": root, "exec_file": exec, "uid": 40011, "gid": 40011,
+            "binds": [{"source": kernel, "target": "/kernel", "read_only": true}],
+            "netns": netns,
+            "limits": {"cpu_weight": null, "cpu_quota": null, "memory_max": null, "pids_max": 64},
+            "parent_cgroup": "ember-test", "args": ["--api-sock", "/api.sock", "--serial-out", "none"],
+            "tie_to": std::process::id(), "scan_libraries": true,
+        })
+    };
+    let request = |config: serde_json::Value| {
+        serde_json::json!({
+            "config": config, "cgroup_root": "/sys/fs/cgroup",
+            "stdio": {"stdout": log, "stderr": log}, "new_session": false,
+        })
+        .to_string()
+    };
+    let vmm = ember_test_support::vmm_bin();
+    let mut resident = Resident::start();
+
+    // A VMM started: our child (not the jailer's), jailed, answering its API.
+    let answer = resident.ask(&request(config("r1", &root, None, &vmm)));
+    let pid = answer["started"]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{answer}: {}", std::fs::read_to_string(&log).unwrap()))
+        as u32;
+    let jailed = Jailed {
+        id: "r1".into(),
+        root: root.clone(),
+        pid,
+    };
+    assert_eq!(status_field(pid, "PPid:"), std::process::id().to_string());
+    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
+    assert!(status_field(pid, "Uid:").starts_with("40011"));
+    let mut c = ApiClient::connect(&root.join("api.sock"), DEFAULT_TIMEOUT);
+    boot(&mut c, "/kernel", false);
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
+        ours
+    );
+    drop(c);
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    // Ours to reap.
+    let status = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None).unwrap();
+    assert!(
+        matches!(
+            status,
+            nix::sys::wait::WaitStatus::Signaled(_, Signal::SIGKILL, _)
+        ),
+        "{status:?}"
+    );
+    drop(jailed);
+
+    // Refused before anything is made: no child.
+    let missing = dir.path().join("no-such-vmm");
+    let answer = resident.ask(&request(config("r2", &root, None, &missing)));
+    assert!(answer["failed"]["pid"].is_null(), "{answer}");
+    assert!(
+        answer["failed"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exec file"),
+        "{answer}"
+    );
+
+    // Failed in the child (a "network namespace" that is not one): named, and the child is
+    // ours to reap.
+    let root3 = dir.path().join("r3");
+    std::fs::create_dir(&root3).unwrap();
+    let answer = resident.ask(&request(config("r3", &root3, Some("/dev/null"), &vmm)));
+    let error = answer["failed"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("network namespace"), "{answer}");
+    let child = answer["failed"]["pid"].as_u64().expect("the child's pid") as i32;
+    let status = nix::sys::wait::waitpid(Pid::from_raw(child), None).unwrap();
+    assert!(
+        matches!(status, nix::sys::wait::WaitStatus::Exited(_, 1)),
+        "{status:?}"
+    );
+    let _ = Command::new(jailer())
+        .args(["--cleanup", "--id", "r3", "--parent-cgroup", "ember-test"])
+        .status();
+
+    // A malformed line is answered, and the jailer serves on.
+    let answer = resident.ask("{not json");
+    assert!(
+        answer["failed"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("malformed"),
+        "{answer}"
+    );
+    let answer = resident.ask(&request(config("r4", &root3, None, &missing)));
+    assert!(answer["failed"].is_object(), "{answer}");
+}
