@@ -3,6 +3,9 @@
 //! bound into it (the VMM binary, kernels, snapshots, ...), a private `/dev` holding only
 //! `kvm`, `net/tun`, `random` and `urandom`, and then `pivot_root` makes it `/` and detaches
 //! everything else — no host path can be named from inside.
+//!
+//! [`inject`] and [`eject`] add and remove a bind mount in a *running* VMM's mount namespace
+//! (from a single-threaded resident jailer): the files a VMM is given after it started.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -194,6 +197,90 @@ pub fn devices(root: &Path, uid: u32, gid: u32) -> Result<(), MountError> {
             .map_err(err("chowning", &node))?;
     }
     Ok(())
+}
+
+/// Runs `f` inside the mount namespace of process `pid` (whose `/` is its jail), then comes
+/// back. The caller must be single-threaded: a process whose threads share their file-system
+/// context cannot change mount namespace. Not coming back would leave this process in a VMM's
+/// jail: it exits instead.
+fn in_mount_namespace_of<T>(
+    pid: u32,
+    f: impl FnOnce() -> Result<T, MountError>,
+) -> Result<T, MountError> {
+    use nix::sched::{CloneFlags, setns};
+    let own_path = Path::new("/proc/self/ns/mnt");
+    let own = std::fs::File::open(own_path).map_err(io_err("opening", own_path))?;
+    let theirs_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
+    let theirs = std::fs::File::open(&theirs_path).map_err(io_err("opening", &theirs_path))?;
+    setns(&theirs, CloneFlags::CLONE_NEWNS)
+        .map_err(err("entering the mount namespace", &theirs_path))?;
+    let result = f();
+    if let Err(e) = setns(&own, CloneFlags::CLONE_NEWNS) {
+        tracing::error!(error = %e, "cannot return to the jailer's own mount namespace; exiting");
+        std::process::exit(3);
+    }
+    result
+}
+
+/// Binds host `source` at `target` in process `pid`'s mount namespace (`target` as that
+/// process sees it — a jailed VMM sees its jail as `/` — an existing empty file or directory),
+/// read-only when asked, never with setuid or device files. The bind is cloned here, where the
+/// host's paths are visible (`open_tree`), and attached there (`move_mount`): nothing is
+/// mounted in the host's namespace. Single-threaded callers only (see `in_mount_namespace_of`).
+pub fn inject(pid: u32, source: &Path, target: &Path, read_only: bool) -> Result<(), MountError> {
+    use rustix::mount::{MoveMountFlags, OpenTreeFlags, move_mount, open_tree};
+    let tree = open_tree(
+        rustix::fs::CWD,
+        source,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| MountError {
+        what: "cloning a bind of",
+        path: source.to_path_buf(),
+        source: e.into(),
+    })?;
+    in_mount_namespace_of(pid, || {
+        no_symlinks(Path::new("/"), target)?;
+        move_mount(
+            &tree,
+            "",
+            rustix::fs::CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| MountError {
+            what: "attaching a bind at",
+            path: target.to_path_buf(),
+            source: e.into(),
+        })?;
+        let mut flags =
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(|e| {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+            err("remounting (ro/nosuid/nodev)", target)(e)
+        })
+    })
+}
+
+/// Removes what is mounted at `target` in process `pid`'s mount namespace (nothing there, or
+/// the process gone, is fine).
+pub fn eject(pid: u32, target: &Path) -> Result<(), MountError> {
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return Ok(());
+    }
+    in_mount_namespace_of(pid, || {
+        for _ in 0..16 {
+            match umount2(target, MntFlags::MNT_DETACH) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => return Ok(()),
+                Err(e) => return Err(err("unmounting", target)(e)),
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Makes `root` the process's `/` and detaches the old root: nothing outside `root` stays

@@ -398,10 +398,10 @@ fn the_resident_jailer_starts_vmms_as_its_owners_children_and_names_failures() {
         })
     };
     let request = |config: serde_json::Value| {
-        serde_json::json!({
+        serde_json::json!({"start": {
             "config": config, "cgroup_root": "/sys/fs/cgroup",
             "stdio": {"stdout": log, "stderr": log}, "new_session": false,
-        })
+        }})
         .to_string()
     };
     let vmm = ember_test_support::vmm_bin();
@@ -429,6 +429,34 @@ fn the_resident_jailer_starts_vmms_as_its_owners_children_and_names_failures() {
         ours
     );
     drop(c);
+    // A host file given to the running VMM: bound in its own mount namespace, read-only, and
+    // nothing mounted on the host.
+    let given = dir.path().join("given");
+    std::fs::write(&given, b"snapshot").unwrap();
+    let inside = Path::new("/given-file");
+    std::fs::write(root.join("given-file"), b"").unwrap();
+    let expose = serde_json::json!({"expose": {
+        "pid": pid, "source": given, "target": inside, "read_only": true}});
+    assert_eq!(resident.ask(&expose.to_string()), serde_json::json!("done"));
+    let seen = std::fs::read(format!("/proc/{pid}/root/given-file")).unwrap();
+    assert_eq!(seen, b"snapshot");
+    assert!(
+        std::fs::read(root.join("given-file")).unwrap().is_empty(),
+        "not on the host"
+    );
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/given-file"))
+        .unwrap();
+    assert!(line.split(' ').nth(5).unwrap().starts_with("ro"), "{line}");
+    let hide = serde_json::json!({"hide": {"pid": pid, "target": inside}});
+    assert_eq!(resident.ask(&hide.to_string()), serde_json::json!("done"));
+    assert!(
+        std::fs::read(format!("/proc/{pid}/root/given-file"))
+            .unwrap()
+            .is_empty()
+    );
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     // Ours to reap.
     let status = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None).unwrap();

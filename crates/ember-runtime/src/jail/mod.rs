@@ -44,7 +44,7 @@ use std::path::{Component, Path, PathBuf};
 
 use ember_jailer::cgroup::{self, Version};
 use ember_jailer::{Bind, Limits};
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MsFlags, mount};
 
 mod cleanup;
 mod recycle;
@@ -157,7 +157,12 @@ pub struct Jails {
     version: Version,
     libraries: Vec<Bind>,
     recycler: recycle::Recycler,
+    /// Starts VMMs (on the spawner thread: see [`resident`]).
     resident: std::sync::Mutex<Option<resident::Resident>>,
+    /// Binds files into running VMMs' mount namespaces.
+    mounter: std::sync::Mutex<Option<resident::Resident>>,
+    /// The VMM of each slot that has one (for binds into its mount namespace).
+    pids: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
 }
 
 /// Why the resident jailer did not start a VMM.
@@ -263,6 +268,8 @@ impl Jails {
             libraries,
             recycler: recycle::Recycler::default(),
             resident: std::sync::Mutex::new(None),
+            mounter: std::sync::Mutex::new(None),
+            pids: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         recycle::remove_stale_free_cgroups(&jails.cgroup_place());
         Ok(jails)
@@ -291,10 +298,57 @@ impl Jails {
         }
     }
 
+    /// Slot `slot`'s VMM is process `pid` (started or adopted): files it is given later are
+    /// bound into its mount namespace.
+    pub fn note_pid(&self, slot: u64, pid: u32) {
+        self.pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(slot, pid);
+    }
+
+    fn pid_of(&self, slot: u64) -> io::Result<u32> {
+        self.pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&slot)
+            .copied()
+            .ok_or_else(|| io::Error::other(format!("slot {slot} has no jailed VMM")))
+    }
+
+    /// Asks the mounter (started if needed, and once more if it is gone) for a bind or unbind.
+    fn mount_op(&self, op: &ember_jailer::serve::Op) -> io::Result<()> {
+        let mut guard = self.mounter.lock().unwrap_or_else(|p| p.into_inner());
+        for attempt in 0..2 {
+            let mounter = match guard.as_mut() {
+                Some(m) => m,
+                None => guard.insert(resident::Resident::start(&self.jailer)?),
+            };
+            match mounter.ask(op) {
+                Ok(ember_jailer::serve::Reply::Done) => return Ok(()),
+                Ok(ember_jailer::serve::Reply::Failed { error, .. }) => {
+                    return Err(io::Error::other(error));
+                }
+                Ok(other) => return Err(io::Error::other(format!("unexpected answer {other:?}"))),
+                Err(e) => {
+                    *guard = None;
+                    if attempt == 1 {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(io::Error::other("the mounting jailer is unusable"))
+    }
+
     /// Slot `slot`'s VMM (or its tied jailer) has exited: once nothing of it is left in its
     /// cgroup, its namespace and cgroup are kept for the next VMM, or the cgroup is removed
     /// (see [`recycle`]).
     pub fn release_slot(&self, slot: u64) {
+        self.pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&slot);
         self.recycler
             .release(slot, &self.cgroup_place(), &Self::cgroup_id(slot));
     }
@@ -393,12 +447,12 @@ impl Jails {
         stdio: ember_jailer::jail::Stdio,
         new_session: bool,
     ) -> Result<u32, ResidentError> {
-        let request = ember_jailer::serve::Request {
+        let request = ember_jailer::serve::Op::Start(ember_jailer::serve::Request {
             config,
             cgroup_root: self.settings.cgroup_root.clone(),
             stdio,
             new_session,
-        };
+        });
         let mut guard = self.resident.lock().unwrap_or_else(|p| p.into_inner());
         let resident = match guard.as_mut() {
             Some(r) => r,
@@ -415,6 +469,9 @@ impl Jails {
                 }
                 Err(ResidentError::Refused(error))
             }
+            Ok(ember_jailer::serve::Reply::Done) => Err(ResidentError::Refused(
+                "the resident jailer answered a start with \"done\"".into(),
+            )),
             Err(e) => {
                 // Unusable: the next start begins a new one.
                 *guard = None;
@@ -459,29 +516,20 @@ impl Jails {
                 .create_new(true)
                 .open(&target)?;
         }
-        let mounted = mount(
-            Some(path),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .and_then(|()| {
-            if writable {
-                return Ok(());
-            }
-            mount(
-                None::<&str>,
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
+        // Bound in the VMM's own mount namespace (see `ember_jailer::mounts::inject`): the
+        // host's namespace gets no mount per VM, which every new jail would copy and detach.
+        let mounted = self.pid_of(slot).and_then(|pid| {
+            self.mount_op(&ember_jailer::serve::Op::Expose {
+                pid,
+                source: path.to_path_buf(),
+                target: path.to_path_buf(),
+                read_only: !writable,
+            })
         });
         if let Err(e) = mounted {
             // Never leave an empty mount point behind: the next expose would take it for done.
             let _ = self.hide(slot, path);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
@@ -514,9 +562,11 @@ impl Jails {
         let target = self
             .root_of(slot)
             .join(path.strip_prefix("/").unwrap_or(path));
-        match umount2(&target, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
-            Err(e) => return Err(e.into()),
+        if let Ok(pid) = self.pid_of(slot) {
+            self.mount_op(&ember_jailer::serve::Op::Hide {
+                pid,
+                target: path.to_path_buf(),
+            })?;
         }
         let _ = std::fs::remove_file(&target).or_else(|_| std::fs::remove_dir(&target));
         Ok(())

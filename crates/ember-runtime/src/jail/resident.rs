@@ -3,6 +3,9 @@
 //! starts is this process's child (the jailer clones it as its own sibling), so the provider
 //! watches and reaps it like any VMM it started; a tied VMM's parent-death signal follows the
 //! thread that started the resident jailer — the spawner, which lives as long as the provider.
+//! A second one, started from whichever thread first needs it (and again if it is gone: its
+//! own parent-death signal follows that thread), binds the files a running VMM is given into
+//! the VMM's own mount namespace; it never starts a VMM, so its thread does not matter.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
@@ -11,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ember_jailer::serve::{Reply, Request};
+use ember_jailer::serve::{Op, Reply};
 
 /// Longest wait for one answer (a start takes milliseconds; a wedged jailer is replaced).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,7 +51,7 @@ impl Resident {
     }
 
     /// Sends one request and reads its answer. An I/O error means the jailer is unusable.
-    pub(super) fn ask(&mut self, req: &Request) -> io::Result<Reply> {
+    pub(super) fn ask(&mut self, req: &Op) -> io::Result<Reply> {
         let mut line = serde_json::to_string(req).map_err(io::Error::other)?;
         line.push('\n');
         self.writer.write_all(line.as_bytes())?;

@@ -95,6 +95,7 @@ impl VmmProcess {
                     message: error,
                 },
             })?;
+        jail.note_pid(paths.slot, pid);
         // Our child (the resident jailer clones it as its own sibling): ours to reap, so its
         // pid cannot be reused before we do.
         Self::watch(pid, paths, spawned_at)

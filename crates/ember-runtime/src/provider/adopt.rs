@@ -237,6 +237,9 @@ impl VmmProvider {
             table.by_slot.insert(slot, Arc::clone(&entry));
         }
         inner.leftovers().adopted.insert(slot);
+        if let Some(jail) = &inner.jail {
+            jail.note_pid(slot, process.pid());
+        }
         if let Err(e) = inner.supervisor.watch(Arc::clone(&process)) {
             tracing::error!(vm = %id, error = %e, "cannot watch an adopted VMM");
         }
