@@ -45,7 +45,7 @@ pub struct Request {
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     /// Start a VMM in its jail.
-    Start(Request),
+    Start(Box<Request>),
     /// Bind host `source` at `target` in running VMM `pid`'s jail (`target` as the VMM sees
     /// it: an existing empty file or directory; see [`crate::mounts::inject`]).
     Expose {
@@ -130,7 +130,7 @@ fn handle(line: &str) -> Reply {
         },
     };
     match op {
-        Op::Start(req) => start(req),
+        Op::Start(req) => start(*req),
         Op::Expose {
             pid,
             source,

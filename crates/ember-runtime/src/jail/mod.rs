@@ -447,12 +447,12 @@ impl Jails {
         stdio: ember_jailer::jail::Stdio,
         new_session: bool,
     ) -> Result<u32, ResidentError> {
-        let request = ember_jailer::serve::Op::Start(ember_jailer::serve::Request {
+        let request = ember_jailer::serve::Op::Start(Box::new(ember_jailer::serve::Request {
             config,
             cgroup_root: self.settings.cgroup_root.clone(),
             stdio,
             new_session,
-        });
+        }));
         let mut guard = self.resident.lock().unwrap_or_else(|p| p.into_inner());
         let resident = match guard.as_mut() {
             Some(r) => r,
