@@ -12,14 +12,18 @@
 //! earlier one left). The VMM sees those paths and nothing else of the host.
 //!
 //! # Files given after the VMM started
-//! A spare VMM is started before anyone knows which snapshot it will restore. `<root>/jails` is
-//! made a shared mount once (a bind of itself); each jail's root is a slave of it, so a bind
-//! mount the provider makes under `<root>/jails/<n>/...` on the host appears inside jail `n`
-//! (and, being under that jail's directory, in no other jail). [`Jails::expose`] makes one:
-//! the mount point's parent directories, an empty file or directory, `mount --bind`, and a
-//! read-only remount unless the VMM must write. Removing a slot unmounts everything under its
-//! jail directory first ([`remove_jail_dir`], in [`cleanup`]); [`spawn`] starts a VMM through
-//! the jailer.
+//! A spare VMM is started before anyone knows which snapshot it will restore.
+//! [`Jails::expose`] makes the mount point on the host side (its parent directories and an
+//! empty file or directory under `<root>/jails/<n>/`, the directory the VMM sees as `/`), then
+//! asks the provider's *mounting* resident jailer to bind the host file there inside the VMM's
+//! own mount namespace (`ember_jailer::mounts::inject`: `open_tree` here, `setns` and
+//! `move_mount` there), read-only unless the VMM must write. The host's mount namespace gets no
+//! mount per VM: every new jail copies the host's mounts and detaches them after
+//! `pivot_root`, so mounts that grew with the number of live VMs made every start slower.
+//! The binds die with the VMM's namespace; removing a slot only removes files
+//! ([`remove_jail_dir`], in [`cleanup`], still unmounts anything it finds first).
+//! `<root>/jails` stays a shared mount for the one-shot jailer's way (a bind made on the host
+//! under a jail's directory appears inside it). [`spawn`] starts a VMM through the jailer.
 //!
 //! # Identity and limits
 //! uid = `uid_base + slot % uid_count` (slot numbers are not reused by a provider, so live VMs
