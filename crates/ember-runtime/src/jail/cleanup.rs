@@ -42,7 +42,7 @@ fn unescape(s: &str) -> String {
 /// missing directory is fine. Nothing is ever removed through a mount: the mounts are found
 /// first and detached before the directory goes.
 ///
-/// The mounts are found by walking `dir` ([`mount_roots_under`]: `statx`'s mount-root
+/// The mounts are found by walking `dir` (`mount_roots_under`: `statx`'s mount-root
 /// attribute, never descending into a mount), which costs a few calls per file in the jail;
 /// reading `/proc/self/mountinfo` instead costs as much as the host has mounts — every live
 /// jailed VM's exposed files — and was ~2% of the host's CPU during a jailed pool refill

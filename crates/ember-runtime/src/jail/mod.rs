@@ -34,12 +34,12 @@
 //! one) with the configured limits; it is removed when the process has been reaped.
 //!
 //! # One resident jailer
-//! VMMs are started by the provider's resident jailer (`ember-jailer --serve`, [`resident`]),
+//! VMMs are started by the provider's resident jailer (`ember-jailer --serve`, `resident`),
 //! started on the spawner thread: it builds each jail and clones the VMM as *its own sibling*,
 //! so every VMM is this process's child, watched through a pidfd and reaped here. Tied (the
 //! CLI's runs) the VMM carries a parent-death SIGKILL that follows the spawner thread;
 //! detached (the daemon's) it runs in a session of its own and outlives us. The empty network
-//! namespace and the cgroup a VMM gets are recycled from VMMs that have exited ([`recycle`]).
+//! namespace and the cgroup a VMM gets are recycled from VMMs that have exited (`recycle`).
 
 use std::ffi::OsString;
 use std::io;
@@ -161,7 +161,7 @@ pub struct Jails {
     version: Version,
     libraries: Vec<Bind>,
     recycler: recycle::Recycler,
-    /// Starts VMMs (on the spawner thread: see [`resident`]).
+    /// Starts VMMs (on the spawner thread: see `resident`).
     resident: std::sync::Mutex<Option<resident::Resident>>,
     /// Binds files into running VMMs' mount namespaces.
     mounter: std::sync::Mutex<Option<resident::Resident>>,
@@ -287,7 +287,7 @@ impl Jails {
         }
     }
 
-    /// Gets slot `slot`'s jail ready for its VMM's start (see [`recycle`]): names a free cgroup
+    /// Gets slot `slot`'s jail ready for its VMM's start (see `recycle`): names a free cgroup
     /// after the slot, and, unless the VMM joins a sandbox's network (`own_netns` false),
     /// returns the empty network namespace it joins (a free one or a new one).
     pub(crate) fn claim(&self, slot: u64, own_netns: bool) -> io::Result<Option<PathBuf>> {
@@ -347,7 +347,7 @@ impl Jails {
 
     /// Slot `slot`'s VMM (or its tied jailer) has exited: once nothing of it is left in its
     /// cgroup, its namespace and cgroup are kept for the next VMM, or the cgroup is removed
-    /// (see [`recycle`]).
+    /// (see `recycle`).
     pub fn release_slot(&self, slot: u64) {
         self.pids
             .lock()
