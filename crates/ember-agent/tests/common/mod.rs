@@ -79,7 +79,16 @@ impl Agent {
     }
 
     pub fn client(&self) -> AgentClient {
-        AgentClient::connect(&self.socket, PORT, Duration::from_secs(10)).unwrap()
+        // The socket file appears at bind(), a moment before listen(): a connection in between
+        // is refused, so retry until the agent listens (CI saw that race once).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match AgentClient::connect(&self.socket, PORT, Duration::from_secs(10)) {
+                Ok(c) => return c,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("connecting to the agent at {}: {e}", self.socket.display()),
+            }
+        }
     }
 
     pub fn work(&self) -> PathBuf {
