@@ -84,38 +84,16 @@ pub struct Started {
 /// Starts `config`'s VMM in its jail (see the module doc) and returns its host pid once it
 /// has exec'd. Call from a single-threaded process (it forks).
 pub fn start(config: &JailConfig, cgroup_root: &Path) -> Result<Started, JailError> {
-    config.validate()?;
     if let Some(owner) = config.tie_to {
         tie_to_owner(owner)?;
     }
-    let libraries = if config.scan_libraries {
-        crate::libraries::binds_for(&config.exec_file)?
-    } else {
-        Vec::new()
-    };
-    let version = cgroup::detect(cgroup_root)?;
-    let cg = cgroup::create(
-        cgroup_root,
-        version,
-        &config.parent_cgroup,
-        &config.id,
-        &config.limits,
-    )?;
+    let Prepared {
+        libraries,
+        cgroup: cg,
+        netns,
+    } = prepare(config, cgroup_root)?;
     // The jailer is single-threaded: on v1 it moves its one thread, the cheap migration.
     cg.add_self()?;
-    chown(
-        &config.root,
-        Some(Uid::from_raw(config.uid)),
-        Some(Gid::from_raw(config.gid)),
-    )
-    .map_err(sys_err("chowning the jail root"))?;
-    let netns = match &config.netns {
-        Some(path) => Some(std::fs::File::open(path).map_err(|source| JailError::Sys {
-            what: "opening the network namespace",
-            source,
-        })?),
-        None => None,
-    };
     // Only the pid namespace before the fork (it applies to children); the others in the
     // child, so that its pivot_root never moves the jailer's own root.
     unshare(CloneFlags::CLONE_NEWPID).map_err(sys_err("creating the pid namespace"))?;
@@ -152,6 +130,53 @@ pub fn start(config: &JailConfig, cgroup_root: &Path) -> Result<Started, JailErr
             started
         }
     }
+}
+
+/// What both ways of starting a jail make before the fork.
+struct Prepared {
+    /// The VMM's shared libraries to bind (when the config asks for a scan).
+    libraries: Vec<crate::config::Bind>,
+    /// The VM's cgroup, with its limits (nobody in it yet).
+    cgroup: cgroup::Cgroup,
+    /// The network namespace to join, if one is given.
+    netns: Option<std::fs::File>,
+}
+
+/// Checks `config`, lists the libraries, makes the cgroup, hands the jail root to the VMM's
+/// uid:gid and opens the network namespace to join.
+fn prepare(config: &JailConfig, cgroup_root: &Path) -> Result<Prepared, JailError> {
+    config.validate()?;
+    let libraries = if config.scan_libraries {
+        crate::libraries::binds_for(&config.exec_file)?
+    } else {
+        Vec::new()
+    };
+    let version = cgroup::detect(cgroup_root)?;
+    let cgroup = cgroup::create(
+        cgroup_root,
+        version,
+        &config.parent_cgroup,
+        &config.id,
+        &config.limits,
+    )?;
+    chown(
+        &config.root,
+        Some(Uid::from_raw(config.uid)),
+        Some(Gid::from_raw(config.gid)),
+    )
+    .map_err(sys_err("chowning the jail root"))?;
+    let netns = match &config.netns {
+        Some(path) => Some(std::fs::File::open(path).map_err(|source| JailError::Sys {
+            what: "opening the network namespace",
+            source,
+        })?),
+        None => None,
+    };
+    Ok(Prepared {
+        libraries,
+        cgroup,
+        netns,
+    })
 }
 
 /// Arms a parent-death SIGKILL on the jailer and checks the owner did not die first.
@@ -252,34 +277,12 @@ pub fn start_sibling(
     owner_link: Option<OwnedFd>,
 ) -> Result<Started, SiblingError> {
     let early = |error: JailError| SiblingError { pid: None, error };
-    config.validate().map_err(|e| early(e.into()))?;
-    let libraries = if config.scan_libraries {
-        crate::libraries::binds_for(&config.exec_file).map_err(|e| early(e.into()))?
-    } else {
-        Vec::new()
-    };
-    let version = cgroup::detect(cgroup_root).map_err(|e| early(e.into()))?;
-    let cg = cgroup::create(
-        cgroup_root,
-        version,
-        &config.parent_cgroup,
-        &config.id,
-        &config.limits,
-    )
-    .map_err(|e| early(e.into()))?;
-    chown(
-        &config.root,
-        Some(Uid::from_raw(config.uid)),
-        Some(Gid::from_raw(config.gid)),
-    )
-    .map_err(|e| early(sys_err("chowning the jail root")(e)))?;
+    let Prepared {
+        libraries,
+        cgroup: cg,
+        netns,
+    } = prepare(config, cgroup_root).map_err(early)?;
     let open_err = |what: &'static str| move |source| early(JailError::Sys { what, source });
-    let netns = match &config.netns {
-        Some(path) => {
-            Some(std::fs::File::open(path).map_err(open_err("opening the network namespace"))?)
-        }
-        None => None,
-    };
     let append = |p: &Path| std::fs::OpenOptions::new().append(true).open(p);
     let out = append(&stdio.stdout).map_err(open_err("opening the VMM's stdout"))?;
     let err = append(&stdio.stderr).map_err(open_err("opening the VMM's stderr"))?;

@@ -60,7 +60,7 @@ fn inside(root: &Path, target: &Path) -> PathBuf {
 
 /// Refuses a path under `root` that goes through a symbolic link (left in a reused root by an
 /// earlier VMM, it could point the jailer, which runs as root, at a host file).
-fn no_symlinks(root: &Path, path: &Path) -> Result<(), MountError> {
+pub fn no_symlinks(root: &Path, path: &Path) -> Result<(), MountError> {
     let rel = path.strip_prefix(root).unwrap_or(path);
     let mut at = root.to_path_buf();
     for part in rel.components() {

@@ -503,6 +503,10 @@ impl Jails {
         }
         let root = self.root_of(slot);
         let target = root.join(path.strip_prefix("/").unwrap_or(path));
+        // The VMM owns its jail root: never follow a link it may have left there while
+        // making the mount point as root on the host.
+        ember_jailer::mounts::no_symlinks(&root, &target)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         if target.exists() {
             return Ok(());
         }
