@@ -184,6 +184,22 @@ echo "RIG-L1-EMBERD-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
     --vmm /data/ember-vmm --jailer /data/ember-jailer --spares 2 --agent-timeout-secs 60 \\
     --e2b-api 0.0.0.0:3000 --e2b-api-key-file /data/e2b-keys --e2b-envd 0.0.0.0:49983 \\
     --log-level warn $EMBERD_NET_ARGS 2>&1 | sed 's/^/RIG-L1-EMBERD /' &
+# Watchdog: emberd should answer its API within a minute. If it does not, say what L1 is
+# doing (processes by CPU, emberd's threads and where each waits in the kernel) every 30 s, so
+# a hang is diagnosable from the console log alone.
+(
+    sleep 60
+    while ! wget -q -O /dev/null -T 5 --header "Authorization: Bearer \$(cat /data/token)" \\
+        http://127.0.0.1:7070/healthz 2>/dev/null; do
+        echo "RIG-L1-STUCK uptime=\$(cut -d' ' -f1 /proc/uptime) load=\$(cut -d' ' -f1-3 /proc/loadavg)"
+        top -b -n 1 | head -20 | sed 's/^/RIG-L1-STUCK top /'
+        for t in /proc/\$(pidof emberd)/task/*; do
+            echo "RIG-L1-STUCK emberd \$(cat \$t/comm) \$(cat \$t/wchan 2>/dev/null) \$(head -3 \$t/stack 2>/dev/null | tr '\\n' ' ')"
+        done
+        sleep 30
+    done
+    echo "RIG-L1-EMBERD-ANSWERS uptime=\$(cut -d' ' -f1 /proc/uptime)"
+) &
 while :; do sleep 3600; done
 EOF
 chmod +x "$L1ROOT/init"
@@ -260,11 +276,13 @@ out() { cat "$RESULTS/$1.out" 2>/dev/null; }
 rc() { cat "$RESULTS/$1.rc" 2>/dev/null || echo none; }
 secs() { cat "$RESULTS/$1.s" 2>/dev/null || echo null; }
 
-# emberd answers once L1 booted, loaded kvm-amd and started it.
-n=0
-until "$EMBER" info >/dev/null 2>&1; do
-    n=$((n + 1))
-    [ $n -gt 600 ] && break
+# emberd answers once L1 booted, loaded kvm-amd and started it (~20 s). QEMU's port forward
+# accepts connections before anything listens in L1, so each try has its own time limit, and
+# all of them together a deadline: a daemon that never answers fails the rig in minutes, with
+# L1's watchdog lines (RIG-L1-STUCK, below) in the log, instead of holding CI until its limit.
+daemon_deadline=$((SECONDS + ${RIG_DAEMON_UP_SECS:-300}))
+until timeout 10 "$EMBER" info >/dev/null 2>&1; do
+    [ $SECONDS -gt $daemon_deadline ] && break
     kill -0 "$QEMU_PID" 2>/dev/null || break
     sleep 0.5
 done
@@ -452,6 +470,6 @@ printf '{"passed": %s, "failed": [%s], "seconds": {"total": %s, "build": %s, "im
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" "$LOG" "$RESULTS"
 if [ ${#failed[@]} -gt 0 ]; then
     for f in "$RESULTS"/*.err; do [ -s "$f" ] && sed "s|^|$(basename "$f" .err): |" "$f" | head -20 >&2; done
-    grep "RIG-L1-EMBERD \|RIG-L1-.*FAILED\|RIG-L1-NO" "$LOG" | tail -40 >&2 || true
+    grep "RIG-L1-EMBERD \|RIG-L1-.*FAILED\|RIG-L1-NO\|RIG-L1-STUCK" "$LOG" | tail -40 >&2 || true
 fi
 [ ${#failed[@]} -eq 0 ]

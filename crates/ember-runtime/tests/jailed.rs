@@ -316,8 +316,9 @@ fn jailed_vmms_die_with_their_owner() {
 }
 
 /// A jailed VMM that makes a forbidden syscall is killed by SIGSYS (ember-vmm's seccomp
-/// filter, installed inside the jail), and the provider reports it as such — tied (the jailer
-/// ends the way its VMM did) and detached (the VMM is watched itself).
+/// filter, installed inside the jail), and the provider reports it as such, with the end of
+/// the VMM's log — tied (the jailer ends the way its VMM did) and detached (the VMM is watched
+/// itself).
 #[test]
 fn a_jailed_vmm_killed_by_seccomp_is_reported() {
     for detached in [false, true] {
@@ -348,6 +349,12 @@ fn a_jailed_vmm_killed_by_seccomp_is_reported() {
             "detached={detached}"
         );
         assert!(exit.exit.to_string().contains("seccomp"), "{}", exit.exit);
+        // Its last words come with the report (read before its slot's files go).
+        assert!(
+            exit.log_tail.contains("seccomp self-test"),
+            "detached={detached}: {:?}",
+            exit.log_tail
+        );
         assert_eq!(p.get(&id).unwrap().status, VmStatus::Stopped);
         p.destroy(&id).unwrap();
         shutdown_and_check(&p);

@@ -55,6 +55,9 @@ pub struct VmExit {
     pub pid: u32,
     /// How the process ended.
     pub exit: ExitInfo,
+    /// The end of its log (`vmm.log`, up to 600 bytes, read before the slot's files go): why
+    /// it ended, when the VMM said so.
+    pub log_tail: String,
 }
 
 /// Called on the supervisor thread, with no provider lock held, when a VM's process dies.
@@ -436,6 +439,7 @@ impl Inner {
                         slot,
                         pid: process.pid(),
                         exit: info,
+                        log_tail: crate::spares::log_tail(&process.paths().vmm_log, 600),
                     });
                 }
             }
@@ -460,7 +464,13 @@ impl Inner {
             hook.0.release(slot);
         }
         if let Some(exit) = died {
-            tracing::warn!(vm = %exit.id, pid = exit.pid, exit = %exit.exit, "VMM process died");
+            tracing::warn!(
+                vm = %exit.id,
+                pid = exit.pid,
+                exit = %exit.exit,
+                log = %exit.log_tail,
+                "VMM process died"
+            );
             let listeners: Vec<ExitListener> = self
                 .listeners()
                 .iter()

@@ -610,6 +610,23 @@ async fn measure(
         ));
     }
 
+    // The same steady state with half as many sandboxes: the difference is what a sandbox
+    // costs the daemon (its records, its kept agent connection), without what the exec burst
+    // grows in both (threads, allocator arenas) counting as if each sandbox had brought it.
+    ui.stage(
+        &format!("restarting emberd under {} sandboxes", n - n / 2),
+        None,
+    );
+    let mut ids = ids;
+    let halved: Vec<String> = ids.drain(..n / 2).collect();
+    kill_all(c, halved).await?;
+    daemon.stop(true);
+    daemon.start(c).await?;
+    all_answer(c, &ids).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_half = rss_kib(daemon.pid().unwrap_or(0));
+    ui.finish(&format!("{} KiB with {} sandboxes", rss_half, ids.len()));
+
     ui.stage("removing everything through the API", None);
     kill_all(c, ids).await?;
     c.delete_pool("probe")
@@ -620,13 +637,23 @@ async fn measure(
         .map_err(api_err("deleting the template"))?;
     ui.finish("done");
 
-    let per_sandbox_kib = rss_steady.saturating_sub(rss_idle) as f64 / n as f64;
+    let over_idle_per_sandbox_kib = rss_steady.saturating_sub(rss_idle) as f64 / n as f64;
+    let per_sandbox_kib = (rss_steady as f64 - rss_half as f64) / (n / 2).max(1) as f64;
+    let bound_kib = 30.0 * 1024.0 + 16.0 * n as f64;
     report.figure("concurrency", opts.concurrency);
     report.figure("pooled", opts.pooled);
     report.figure("live_sandboxes", n);
     report.figure("emberd_rss_idle_kib", rss_idle);
     report.figure(&format!("emberd_rss_with_{n}_sandboxes_kib"), rss_steady);
+    report.figure(
+        &format!("emberd_rss_with_{}_sandboxes_kib", n - n / 2),
+        rss_half,
+    );
     report.figure("emberd_rss_per_sandbox_kib", per_sandbox_kib);
+    report.figure(
+        "emberd_rss_growth_over_idle_per_sandbox_kib",
+        over_idle_per_sandbox_kib,
+    );
     report.figure(
         &format!("emberd_rss_with_{n}_sandboxes_after_the_bursts_kib"),
         rss_live,
@@ -676,7 +703,18 @@ async fn measure(
             met: all_adopted,
         },
         Target::at_most("emberd idle RSS", 30.0 * 1024.0, rss_idle as f64, "KiB"),
-        Target::at_most("emberd RSS per live sandbox", 16.0, per_sandbox_kib, "KiB"),
+        Target::at_most(
+            "emberd RSS per live sandbox (with n vs n/2 live)",
+            16.0,
+            per_sandbox_kib,
+            "KiB",
+        ),
+        Target::at_most(
+            &format!("emberd RSS with {n} live sandboxes (30 MiB + 16 KiB each)"),
+            bound_kib,
+            rss_steady as f64,
+            "KiB",
+        ),
     ];
     report.targets.extend(targets);
     Ok(report)

@@ -40,8 +40,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Live {
-    /// The live state of `sandbox` as recorded, with `agent` (a connection already open) kept.
+    /// The live state of `sandbox` as recorded, with `agent` (a connection already open) kept
+    /// without its buffers, as [`put_agent`](Self::put_agent) keeps one.
     pub fn new(sandbox: &Sandbox, agent: Option<AgentClient>) -> Self {
+        let agent = agent.filter(|a| a.poisoned().is_none()).map(|mut a| {
+            a.release_buffers();
+            a
+        });
         Self {
             state: Mutex::new(sandbox.state),
             deadline: Mutex::new(sandbox.deadline),

@@ -248,7 +248,11 @@ impl Engine {
     }
 
     fn vm_died_now(&self, exit: &ember_runtime::VmExit) {
-        let message = format!("its VMM (pid {}) died: {}", exit.pid, exit.exit);
+        let mut message = format!("its VMM (pid {}) died: {}", exit.pid, exit.exit);
+        // Its last words, when it said any: what an operator needs to know why.
+        if let Some(last) = exit.log_tail.lines().rev().find(|l| !l.trim().is_empty()) {
+            message.push_str(&format!(" (its log ends: {})", last.trim()));
+        }
         if let Ok(id) = SandboxId::new(exit.id.as_str())
             && self.live.get(&id).is_some()
         {
