@@ -617,7 +617,6 @@ async fn measure(
         &format!("restarting emberd under {} sandboxes", n - n / 2),
         None,
     );
-    let mut ids = ids;
     let halved: Vec<String> = ids.drain(..n / 2).collect();
     kill_all(c, halved).await?;
     daemon.stop(true);
