@@ -308,7 +308,7 @@ T_END=$EPOCHREALTIME
 
 # --- 7. summary --------------------------------------------------------------------------
 # Each helper prints nothing (and succeeds) when its marker is missing.
-at() { { grep -m1 " $1" "$LOG" || true; } | cut -d' ' -f1; }
+at() { { grep -m1 "$1\( \|\$\)" "$LOG" || true; } | cut -d' ' -f1; }
 # A marker's value: what follows "MARKER " on its line. L1's and L2's consoles share the serial
 # line, so a marker may come glued to the end of an L2 line (`...date=1796507069RIG-L1-AGENT-R2
 # rc=0 ...`): match it anywhere, not only after a space.
@@ -368,23 +368,23 @@ if [ "$SNAPSHOT" = 1 ]; then
     # guest's monotonic time goes on from the snapshot and its wall clock lags by the
     # downtime until something steps it (the agent's Reseed): the checks are that it ticks
     # on and that its uptime did not jump.
-    after=$(awk '/ RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { split($5, d, "="); printf "%s%.1f", (n++ ? "," : ""), d[2] - $1 }' "$LOG")
-    last_before=$(awk '/ RIG-L1-PAUSE/ { exit } / EMBER-L2-TICK / { t = $3 } END { print t + 0 }' "$LOG")
-    first_after=$(awk '/ RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { print $3; exit }' "$LOG")
+    after=$(awk '/RIG-L1-RESTORED( |$)/ { r = 1; next } r && ($2 == "EMBER-L2-TICK" && $6 ~ /^ged_irqs=[0-9]+$/) { split($5, d, "="); printf "%s%.1f", (n++ ? "," : ""), d[2] - $1 }' "$LOG")
+    last_before=$(awk '/RIG-L1-PAUSE( |$)/ { exit } ($2 == "EMBER-L2-TICK" && $6 ~ /^ged_irqs=[0-9]+$/) { t = $3 } END { print t + 0 }' "$LOG")
+    first_after=$(awk '/RIG-L1-RESTORED( |$)/ { r = 1; next } r && ($2 == "EMBER-L2-TICK" && $6 ~ /^ged_irqs=[0-9]+$/) { print $3; exit }' "$LOG")
     # Guest uptime between the last tick before the pause and the first after the restore,
     # and how much of it is not explained by the time the guest really ran (host time from
     # that tick to the pause, and from the restore to that tick): about 0 when kvmclock
     # goes on from the snapshot, about the downtime if it had jumped.
     read -r uptime_gap uptime_jump < <(awk '
-        / RIG-L1-PAUSE/ { p = 1; tp = $1 }
-        !p && / EMBER-L2-TICK / { split($4, u, "="); b = u[2]; tb = $1 }
-        / RIG-L1-RESTORED/ { r = 1; tr = $1; next }
-        r && / EMBER-L2-TICK / { split($4, u, "="); g = u[2] - b; printf "%.2f %.2f\n", g, g - ((tp - tb) + ($1 - tr)); exit }' "$LOG") || true
+        /RIG-L1-PAUSE( |$)/ { p = 1; tp = $1 }
+        !p && ($2 == "EMBER-L2-TICK" && $6 ~ /^ged_irqs=[0-9]+$/) { split($4, u, "="); b = u[2]; tb = $1 }
+        /RIG-L1-RESTORED( |$)/ { r = 1; tr = $1; next }
+        r && ($2 == "EMBER-L2-TICK" && $6 ~ /^ged_irqs=[0-9]+$/) { split($4, u, "="); g = u[2] - b; printf "%.2f %.2f\n", g, g - ((tp - tb) + ($1 - tr)); exit }' "$LOG") || true
     [ -n "$after" ] || failed+=(ticks_after_restore)
     # The restore renews the VM generation id and raises the GED's interrupt: the guest
     # took one more of them by its first tick after the restore.
-    ged_before=$(awk '/ RIG-L1-PAUSE/ { exit } / EMBER-L2-TICK / { t = $6 } END { sub("ged_irqs=", "", t); print t + 0 }' "$LOG")
-    ged_after=$(awk '/ RIG-L1-RESTORED/ { r = 1; next } r && / EMBER-L2-TICK / { sub("ged_irqs=", "", $6); print $6 + 0; exit }' "$LOG")
+    ged_before=$(awk '/RIG-L1-PAUSE( |$)/ { exit } ($2 == "EMBER-L2-TICK" && $6 ~ /^ged_irqs=[0-9]+$/) { t = $6 } END { sub("ged_irqs=", "", t); print t + 0 }' "$LOG")
+    ged_after=$(awk '/RIG-L1-RESTORED( |$)/ { r = 1; next } r && ($2 == "EMBER-L2-TICK" && $6 ~ /^ged_irqs=[0-9]+$/) { sub("ged_irqs=", "", $6); print $6 + 0; exit }' "$LOG")
     awk -v a="${ged_after:-0}" -v b="${ged_before:-0}" 'BEGIN { exit !(a > b) }' || failed+=(vmgenid_notified)
     # Two clones of one snapshot, each reseeded at handover: both answer, draw different
     # random bytes, and read a wall clock within 1 s of L1's.
