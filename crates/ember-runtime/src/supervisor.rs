@@ -98,6 +98,12 @@ impl Supervisor {
         self.shared.watched().values().map(|p| p.pid()).collect()
     }
 
+    /// The processes watched and not yet reaped (after [`stop`](Self::stop): the ones whose
+    /// exits will not be reported).
+    pub fn unreaped(&self) -> Vec<Arc<VmmProcess>> {
+        self.shared.watched().values().cloned().collect()
+    }
+
     /// Stops the thread (exits still pending are not reported). Idempotent.
     pub fn stop(&self) {
         let _ = self.shared.stop.write(1);

@@ -514,6 +514,17 @@ impl Inner {
         };
         self.spares.shutdown();
         self.supervisor.stop();
+        // VMs destroyed a moment ago, killed and not reaped yet: the supervisor will not
+        // report them now, and a jailed one's files wait for its exit (see `destroy_vm`).
+        // SIGKILLed, they are gone in moments: reap them and remove their files here.
+        for process in self.supervisor.unreaped() {
+            if process.kill_requested() && process.remove_files_on_exit() {
+                process.reap_blocking();
+                if let Err(e) = self.layout.remove_slot(process.slot()) {
+                    tracing::warn!(slot = process.slot(), error = %e, "cannot remove a destroyed VM's files");
+                }
+            }
+        }
         if let Some(jail) = &self.jail {
             // What was kept for reuse goes (free cgroups, namespaces); the spares just killed
             // are reaped by nobody now: their cgroups go here.

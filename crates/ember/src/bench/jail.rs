@@ -3,9 +3,11 @@
 //! seccomp filters in both) — and each run measures:
 //! - handoffs: rounds of `concurrency` tenants acquiring at once from a full pool, each timed
 //!   from the acquire call to its tenant's first agent reply;
-//! - refill: after each burst, how fast the pool refills (VMs restored per second until full;
-//!   a jailed refill also starts each VMM through the jailer and binds the snapshot's files
-//!   into its jail).
+//! - refill: after each burst, how fast the pool refills (VMs restored per second until full,
+//!   while the burst's tenants keep their VMs; a jailed refill also starts each VMM through
+//!   the jailer and binds the snapshot's files into its jail);
+//! - release: then, the time per tenant VM to destroy the burst's VMs (informational: a jailed
+//!   VM's destroy also unbinds its files, removes its jail and recycles its cgroup).
 //!
 //! Targets: jailed within 10% of unjailed for the handoff p50 and p99 and the refill rate.
 
@@ -23,6 +25,8 @@ use super::{BenchError, BenchKind, BenchOptions, BenchReport, Target};
 struct Run {
     handoffs: Vec<HandoffTiming>,
     refill_rates: Vec<f64>,
+    /// Per round: ms per tenant VM released (destroyed) after the refill.
+    release_ms: Vec<f64>,
 }
 
 pub(super) fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, BenchError> {
@@ -63,6 +67,10 @@ pub(super) fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, Bench
             &format!("refill_vms_per_s_{}", label.replace(' ', "_")),
             rate,
         );
+        report.figure(
+            &format!("release_ms_per_vm_{}", label.replace(' ', "_")),
+            median(&run.release_ms),
+        );
         runs.push((label, run, rate));
     }
     let total = |label: &str| {
@@ -87,7 +95,11 @@ pub(super) fn run(opts: &BenchOptions, ui: &dyn Ui) -> Result<BenchReport, Bench
             ));
         }
     }
-    if let [(_, _, free), (_, _, jailed)] = runs.as_slice() {
+    if let [(_, free_run, free), (_, jailed_run, jailed)] = runs.as_slice() {
+        report.figure(
+            "release_jailed_over_unjailed",
+            median(&jailed_run.release_ms) / median(&free_run.release_ms).max(f64::MIN_POSITIVE),
+        );
         let ratio = jailed / free.max(f64::MIN_POSITIVE);
         report.figure("refill_jailed_over_unjailed", ratio);
         report.targets.push(Target::at_least(
@@ -148,6 +160,7 @@ fn rounds(
     let mut run = Run {
         handoffs: Vec::new(),
         refill_rates: Vec::new(),
+        release_ms: Vec::new(),
     };
     warm.wait_full(&Quiet, Duration::from_secs(60))?;
     for round in 0..rounds {
@@ -166,23 +179,37 @@ fn rounds(
                 .collect();
             hs.into_iter().filter_map(|h| h.join().ok()).collect()
         });
-        // The burst took `concurrency` VMs (the refill starts as each is taken; timed from the
-        // burst's end, the same way in both runs).
+        // The burst took `concurrency` VMs; the refill starts as each is taken and is timed
+        // from the burst's end until the pool is full again, the same way in both runs, while
+        // the tenants keep their VMs (as tenants do: a sandbox outlives the pool's refill).
+        // Then the tenants' VMs are released, timed on their own: destroying a VM is not a
+        // refill's work, though it is jailing's cost too.
         let emptied = Instant::now();
+        let mut held = Vec::with_capacity(results.len());
         let mut failure = None;
         for r in results {
             match r {
-                Ok(h) => run.handoffs.push(warm.release(h)),
+                Ok(h) => held.push(h),
                 Err(e) => failure = failure.or(Some(e)),
             }
         }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        warm.wait_full(&Quiet, Duration::from_secs(60))?;
+        let refilled = match failure {
+            Some(e) => Err(e),
+            None => warm
+                .wait_full(&Quiet, Duration::from_secs(60))
+                .map_err(BenchError::from),
+        };
         let took = emptied.elapsed().as_secs_f64();
+        let n_held = held.len();
+        let released = Instant::now();
+        for h in held {
+            run.handoffs.push(warm.release(h));
+        }
+        refilled?;
         run.refill_rates
             .push(opts.concurrency as f64 / took.max(1e-6));
+        run.release_ms
+            .push(released.elapsed().as_secs_f64() * 1e3 / n_held.max(1) as f64);
         ui.progress(run.handoffs.len() as u64);
     }
     ui.finish("done");
