@@ -189,8 +189,9 @@ echo "RIG-L1-EMBERD-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
 # a hang is diagnosable from the console log alone.
 (
     sleep 60
-    while ! wget -q -O /dev/null -T 5 --header "Authorization: Bearer \$(cat /data/token)" \\
-        http://127.0.0.1:7070/healthz 2>/dev/null; do
+    # (busybox nc: Debian's busybox wget crashes on --header.)
+    while ! printf 'GET /healthz HTTP/1.0\\r\\nAuthorization: Bearer %s\\r\\n\\r\\n' "\$(cat /data/token)" |
+        timeout 5 nc 127.0.0.1 7070 2>/dev/null | head -1 | grep -q " 200 "; do
         echo "RIG-L1-STUCK uptime=\$(cut -d' ' -f1 /proc/uptime) load=\$(cut -d' ' -f1-3 /proc/loadavg)"
         top -b -n 1 | head -20 | sed 's/^/RIG-L1-STUCK top /'
         for t in /proc/\$(pidof emberd)/task/*; do
