@@ -515,8 +515,9 @@ impl Inner {
         self.spares.shutdown();
         self.supervisor.stop();
         // VMs destroyed a moment ago, killed and not reaped yet: the supervisor will not
-        // report them now, and a jailed one's files wait for its exit (see `destroy_vm`).
-        // SIGKILLed, they are gone in moments: reap them and remove their files here.
+        // report them now. SIGKILLed, they are gone in moments: reap them (so their cgroups
+        // can go, below) and remove what is left of their files (destroy's removal failed if
+        // any is).
         for process in self.supervisor.unreaped() {
             if process.kill_requested() && process.remove_files_on_exit() {
                 process.reap_blocking();
