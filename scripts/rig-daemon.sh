@@ -184,22 +184,30 @@ echo "RIG-L1-EMBERD-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
     --vmm /data/ember-vmm --jailer /data/ember-jailer --spares 2 --agent-timeout-secs 60 \\
     --e2b-api 0.0.0.0:3000 --e2b-api-key-file /data/e2b-keys --e2b-envd 0.0.0.0:49983 \\
     --log-level warn $EMBERD_NET_ARGS 2>&1 | sed 's/^/RIG-L1-EMBERD /' &
-# Watchdog: emberd should answer its API within a minute. If it does not, say what L1 is
-# doing (processes by CPU, emberd's threads and where each waits in the kernel) every 30 s, so
-# a hang is diagnosable from the console log alone.
+# Watchdog, every 30 s from a minute after emberd's start: when emberd answers its API, a
+# heartbeat line (RIG-L1-ALIVE); when it does not, what L1 is doing (processes by CPU,
+# emberd's threads and where each waits in the kernel: RIG-L1-STUCK). A hang is then
+# diagnosable from the console log alone: STUCK lines say emberd is stuck, and no line at all
+# says L1 itself froze (the host side reports that as l1_frozen).
 (
     sleep 60
-    # (busybox nc: Debian's busybox wget crashes on --header.)
-    while ! printf 'GET /healthz HTTP/1.0\\r\\nAuthorization: Bearer %s\\r\\n\\r\\n' "\$(cat /data/token)" |
-        timeout 5 nc 127.0.0.1 7070 2>/dev/null | head -1 | grep -q " 200 "; do
-        echo "RIG-L1-STUCK uptime=\$(cut -d' ' -f1 /proc/uptime) load=\$(cut -d' ' -f1-3 /proc/loadavg)"
-        top -b -n 1 | head -20 | sed 's/^/RIG-L1-STUCK top /'
-        for t in /proc/\$(pidof emberd)/task/*; do
-            echo "RIG-L1-STUCK emberd \$(cat \$t/comm) \$(cat \$t/wchan 2>/dev/null) \$(head -3 \$t/stack 2>/dev/null | tr '\\n' ' ')"
-        done
+    answered=0
+    while :; do
+        # (busybox nc: Debian's busybox wget crashes on --header.)
+        if printf 'GET /healthz HTTP/1.0\\r\\nAuthorization: Bearer %s\\r\\n\\r\\n' "\$(cat /data/token)" |
+            timeout 5 nc 127.0.0.1 7070 2>/dev/null | head -1 | grep -q " 200 "; then
+            [ \$answered = 1 ] || echo "RIG-L1-EMBERD-ANSWERS uptime=\$(cut -d' ' -f1 /proc/uptime)"
+            answered=1
+            echo "RIG-L1-ALIVE uptime=\$(cut -d' ' -f1 /proc/uptime) load=\$(cut -d' ' -f1-3 /proc/loadavg)"
+        else
+            echo "RIG-L1-STUCK uptime=\$(cut -d' ' -f1 /proc/uptime) load=\$(cut -d' ' -f1-3 /proc/loadavg)"
+            top -b -n 1 | head -20 | sed 's/^/RIG-L1-STUCK top /'
+            for t in /proc/\$(pidof emberd)/task/*; do
+                echo "RIG-L1-STUCK emberd \$(cat \$t/comm) \$(cat \$t/wchan 2>/dev/null) \$(head -3 \$t/stack 2>/dev/null | tr '\\n' ' ')"
+            done
+        fi
         sleep 30
     done
-    echo "RIG-L1-EMBERD-ANSWERS uptime=\$(cut -d' ' -f1 /proc/uptime)"
 ) &
 while :; do sleep 3600; done
 EOF
@@ -238,7 +246,7 @@ stop_test_host() {
 LOG="$RIG/daemon-console.log"
 log "booting L1 under QEMU TCG (log: $LOG; API on 127.0.0.1:$P_API)"
 T_QEMU=$EPOCHREALTIME
-timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu max -smp 2 -m 4096 \
+timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu "$L1_CPU" -smp 2 -m 4096 \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
     -kernel "$VMLINUZ" -initrd "$RIG/l1d-initramfs.cpio" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" \
@@ -456,6 +464,13 @@ if [ "$RUN_NET" != 0 ]; then
 fi
 grep -q "RIG-L1-EMBERD .*panicked" "$LOG" && failed+=(daemon_panic)
 grep -q "Kernel panic" "$LOG" && failed+=(l1_kernel_panic)
+# L1 froze: its watchdog printed nothing (neither ALIVE nor STUCK) in the last 2 minutes
+# before QEMU was stopped — the emulation stack hung, not emberd (whose hang prints STUCK).
+last_sign=$(grep -a "RIG-L1-ALIVE\|RIG-L1-STUCK" "$LOG" | tail -1 | cut -d' ' -f1)
+if [ -n "$last_sign" ] && [ ${#failed[@]} -gt 0 ] &&
+    awk -v a="$last_sign" -v b="$T_END" 'BEGIN { exit !(b - a > 120) }'; then
+    failed+=(l1_frozen)
+fi
 pool_json=$(out pools | tr -d '\n')
 template_json=$(out template | tr -d '\n')
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
