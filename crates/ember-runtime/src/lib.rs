@@ -19,8 +19,10 @@
 //! The data path of a restore: `create_with_spec` takes a ready spare (its API connection is
 //! already open), links `vms/<id>` to its slot, sends one `PUT /snapshot/load` (memory file
 //! mapped copy-on-write, the VM's own vsock socket, the caller's network overrides) and records
-//! the VM. Destroy kills the process through its pidfd and removes its files; the dying
-//! process's teardown and reaping happen on the supervisor thread.
+//! the VM. Destroy kills the process through its pidfd and removes its files (a jailed VM's
+//! once it is reaped: its jail's mount points are cheap to unlink only after its mount
+//! namespace is gone); the dying process's teardown and reaping happen on the supervisor
+//! thread.
 //!
 //! # Using it
 //! ```no_run

@@ -133,9 +133,15 @@ impl Inner {
             }
         }
         // Killing is a signal; the process's teardown and its reaping happen on the
-        // supervisor thread, which removes the slot again once it is gone.
+        // supervisor thread, which removes the slot once it is gone.
         entry.process.kill(true);
-        if let Err(e) = self.layout.remove_slot(entry.slot()) {
+        // A jailed VMM's files stay until then: while its mount namespace lives, every file
+        // of its jail that is a mount point there (the binary, the kernel, the snapshot's
+        // files) costs a detach of that mount in the dying namespace to unlink (~1.3 ms more
+        // per destroy, measured with `ember bench jail`); once it is gone they are plain files.
+        if (self.jail.is_none() || entry.process.has_exited())
+            && let Err(e) = self.layout.remove_slot(entry.slot())
+        {
             tracing::warn!(vm = %id, error = %e, "cannot remove the VM's files (retried when it is reaped)");
         }
         Ok(())
