@@ -102,7 +102,7 @@ impl Target {
         Target {
             name: name.into(),
             target: format!(">= {limit} {unit}"),
-            measured: format!("{value:.1} {unit}"),
+            measured: format!("{value:.2} {unit}"),
             met: value >= limit,
         }
     }
