@@ -57,8 +57,26 @@ impl Drop for Reaper<'_> {
 
 /// Runs `ember --workdir <tmp> ARGS`, waits until at least `vmms` processes run under the work
 /// directory, sends `signal`, and checks the cleanup.
+/// Whether this process ignores `signal` (its children inherit that, and `ember` keeps an
+/// ignored signal ignored): bit n-1 of `SigIgn` in /proc/self/status is signal n.
+fn ignored_here(signal: Signal) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    mask & (1 << (signal as i32 - 1)) != 0
+}
+
 fn interrupted(args: &[&str], vmms: usize, signal: Signal) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(
+        !ignored_here(signal),
+        "this test process ignores {signal}, so the ember it starts would too (a non-interactive \
+         shell starts its background jobs with SIGINT and SIGQUIT ignored): run the tests in the \
+         foreground, or detach them with `setsid -f` instead of `&`"
+    );
     let workdir = tempfile::Builder::new()
         .prefix("ei")
         .tempdir_in("/dev/shm")
