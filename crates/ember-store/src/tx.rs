@@ -185,6 +185,22 @@ impl<'a> Tx<'a> {
         Ok(Some(old.record))
     }
 
+    /// Removes the record `key` without reading it back (what [`remove`](Self::remove) does
+    /// for a caller that only needs it gone: no decoding of its body); whether there was one.
+    /// Refused with [`StoreError::InUse`] while other records refer to it.
+    pub fn delete<R: Record>(&self, key: &str) -> Result<bool, StoreError> {
+        self.writing()?;
+        let users = queries::users_of(self.conn, R::KIND, key).map_err(|f| self.err(f))?;
+        if !users.is_empty() {
+            return Err(StoreError::InUse {
+                kind: R::KIND,
+                key: key.to_string(),
+                users,
+            });
+        }
+        rows::delete(self.conn, R::KIND, key).map_err(|f| self.err(f))
+    }
+
     /// Gives `owner` a TAP name, an IPv4 address, a MAC and a vsock CID, each free in the
     /// configured ranges. An owner has at most one allocation.
     pub fn allocate_network(&self, owner: &str) -> Result<NetworkAllocation, StoreError> {

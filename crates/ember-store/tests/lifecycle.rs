@@ -146,6 +146,12 @@ fn insert_never_overwrites_and_remove_is_idempotent() {
     );
     let err = store.load::<Sandbox>("a").unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+
+    // delete: the same without reading the record back.
+    write(&store, |tx| tx.insert(&sandbox("b", "probe"))).unwrap();
+    assert!(write(&store, |tx| tx.delete::<Sandbox>("b")).unwrap());
+    assert!(!write(&store, |tx| tx.delete::<Sandbox>("b")).unwrap());
+    assert!(store.get::<Sandbox>("b").unwrap().is_none());
 }
 
 #[test]
@@ -250,6 +256,9 @@ fn references_must_exist_and_users_block_removal() {
     );
     let err = write(&store, |tx| tx.remove::<SnapshotInfo>("tpl-probe")).unwrap_err();
     assert!(err.to_string().contains("template probe"), "{err}");
+    let err = write(&store, |tx| tx.delete::<Template>("probe")).unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+    assert!(store.get::<Template>("probe").unwrap().is_some());
 
     // An ended sandbox and a removed pool no longer hold the template.
     write(&store, |tx| {

@@ -116,7 +116,7 @@ impl Recorded {
     fn forget(&self, id: &VmId) -> Result<(), VmError> {
         self.store
             .write("forget vm", Durability::Process, |tx| {
-                tx.remove::<VmRecord>(id.as_str()).map(drop)
+                tx.delete::<VmRecord>(id.as_str()).map(drop)
             })
             .map_err(|e| store_fault(Operation::Destroy, id, e))
     }
@@ -229,7 +229,7 @@ impl VmProvider for Recorded {
         let record = self.provider.vm_record(to, owner)?;
         self.store
             .write("rename vm", Durability::Process, |tx| {
-                tx.remove::<VmRecord>(from.as_str())?;
+                tx.delete::<VmRecord>(from.as_str())?;
                 tx.put(&record).map(drop)
             })
             .map_err(|e| store_fault(Operation::Rename, from, e))?;

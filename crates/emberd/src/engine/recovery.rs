@@ -99,7 +99,7 @@ pub fn recover(engine: &Arc<Engine>) -> Result<RecoveryReport, ApiError> {
                 engine
                     .store
                     .write("forget gone vm", Durability::Process, |tx| {
-                        tx.remove::<VmRecord>(rec.id.as_str()).map(drop)
+                        tx.delete::<VmRecord>(rec.id.as_str()).map(drop)
                     })?;
                 report.vms_gone += 1;
                 gone.insert(rec.id, why);

@@ -213,7 +213,7 @@ impl Engine {
                 self.store
                     .write("sandbox created", Durability::Process, |tx| {
                         if let Some(p) = &pooled {
-                            tx.remove::<VmRecord>(p.as_str())?;
+                            tx.delete::<VmRecord>(p.as_str())?;
                         }
                         tx.put(&record)?;
                         tx.insert(&sandbox).map(drop)
