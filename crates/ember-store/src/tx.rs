@@ -10,7 +10,7 @@ use ember_core::Sandbox;
 use rusqlite::Connection;
 
 use crate::alloc;
-use crate::error::StoreError;
+use crate::error::{RecordKind, StoreError};
 use crate::network::{NetworkAllocation, NetworkConfig};
 use crate::query::{Page, SandboxFilter};
 use crate::record::{Record, Stored};
@@ -173,14 +173,7 @@ impl<'a> Tx<'a> {
         let Some(old) = self.get::<R>(key)? else {
             return Ok(None);
         };
-        let users = queries::users_of(self.conn, R::KIND, key).map_err(|f| self.err(f))?;
-        if !users.is_empty() {
-            return Err(StoreError::InUse {
-                kind: R::KIND,
-                key: key.to_string(),
-                users,
-            });
-        }
+        self.refuse_if_used(R::KIND, key)?;
         rows::delete(self.conn, R::KIND, key).map_err(|f| self.err(f))?;
         Ok(Some(old.record))
     }
@@ -190,15 +183,21 @@ impl<'a> Tx<'a> {
     /// Refused with [`StoreError::InUse`] while other records refer to it.
     pub fn delete<R: Record>(&self, key: &str) -> Result<bool, StoreError> {
         self.writing()?;
-        let users = queries::users_of(self.conn, R::KIND, key).map_err(|f| self.err(f))?;
-        if !users.is_empty() {
-            return Err(StoreError::InUse {
-                kind: R::KIND,
-                key: key.to_string(),
-                users,
-            });
-        }
+        self.refuse_if_used(R::KIND, key)?;
         rows::delete(self.conn, R::KIND, key).map_err(|f| self.err(f))
+    }
+
+    /// [`StoreError::InUse`] if other records refer to `key` of `kind`.
+    fn refuse_if_used(&self, kind: RecordKind, key: &str) -> Result<(), StoreError> {
+        let users = queries::users_of(self.conn, kind, key).map_err(|f| self.err(f))?;
+        if users.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::InUse {
+            kind,
+            key: key.to_string(),
+            users,
+        })
     }
 
     /// Gives `owner` a TAP name, an IPv4 address, a MAC and a vsock CID, each free in the

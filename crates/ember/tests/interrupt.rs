@@ -55,8 +55,6 @@ impl Drop for Reaper<'_> {
     }
 }
 
-/// Runs `ember --workdir <tmp> ARGS`, waits until at least `vmms` processes run under the work
-/// directory, sends `signal`, and checks the cleanup.
 /// Whether this process ignores `signal` (its children inherit that, and `ember` keeps an
 /// ignored signal ignored): bit n-1 of `SigIgn` in /proc/self/status is signal n.
 fn ignored_here(signal: Signal) -> bool {
@@ -69,6 +67,8 @@ fn ignored_here(signal: Signal) -> bool {
     mask & (1 << (signal as i32 - 1)) != 0
 }
 
+/// Runs `ember --workdir <tmp> ARGS`, waits until at least `vmms` processes run under the work
+/// directory, sends `signal`, and checks the cleanup.
 fn interrupted(args: &[&str], vmms: usize, signal: Signal) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     assert!(
