@@ -12,7 +12,7 @@ log() { printf 'rig: %s\n' "$*" >&2; }
 # while GIF should still hold it off and GS still had the L2 guest's value: the handler's
 # per-CPU access faulted, recursively, until L1's kernel overflowed its stack ("BUG: TASK stack
 # guard page was hit" in svm_vcpu_enter_exit): the daemon rig lost L1 so in 4 of 8 runs on
-# 2026-12-06, none in the 4 runs since without vGIF, where L1's kvm-amd tracks L2's GIF itself.
+# 2026-12-06, none in the 6 runs since without vGIF, where L1's kvm-amd tracks L2's GIF itself.
 L1_CPU="max,vgif=off"
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 fail_json() {
