@@ -360,7 +360,7 @@ enum Command {
         /// VMs for the density benchmark.
         #[arg(long, default_value_t = 50)]
         vms: usize,
-        /// Handoffs per second in the paced phase of the acquire benchmark.
+        /// Handoffs (acquire) or creates (api) per second in the benchmarks' paced phase.
         #[arg(long, default_value_t = 100)]
         rate: u32,
         /// Which threads acquire in the acquire benchmark's bursts: fresh ones each round, or

@@ -168,6 +168,15 @@ fn every_bench_runs_and_reports() {
         latency(&api, "4 at once: create -> first exec reply")["n"],
         12
     );
+    assert_eq!(
+        latency(&api, "paced 50/s, 4 clients: create -> first exec reply")["n"],
+        4
+    );
+    // Where the bursts' CPU went: emberd and the VMMs ran (scheduler statistics, not ticks).
+    let window = &api["figures"]["burst_window"];
+    for who in ["emberd_cpu_ms", "vmms_cpu_ms", "wall_ms"] {
+        assert!(window[who].as_f64().unwrap() > 0.0, "{who}: {window}");
+    }
 
     // Unjailed and jailed side by side.
     let jail = run("jail");

@@ -2,9 +2,14 @@
 //! platform's code sees it, against a real `emberd` process with a warm pool of the probe
 //! template:
 //!
-//! - create → first exec reply, one at a time and `--concurrency` clients at once (bursts),
-//!   and the API's own cost: the client's latency minus what the daemon measured inside (the
-//!   handoff, `start.latency_us`, and the agent call, the exit event's `duration_us`);
+//! - create → first exec reply, one at a time, `--concurrency` clients at once (bursts: every
+//!   client starts at the same instant from a full pool, the worst case for a 2-core host), and
+//!   `--concurrency` clients sharing a steady `--rate` of creates per second (paced: each
+//!   create → exec → kill, the pool refilling as it goes — a sustained load); and the API's own
+//!   cost: the client's latency minus what the daemon measured inside (the handoff,
+//!   `start.latency_us`, and the agent call, the exit event's `duration_us`);
+//! - where a burst's CPU goes: the host's busy CPU during it against its wall time, and what
+//!   emberd, the VMMs and the client ran (their threads' scheduler statistics);
 //! - a restart with `--vms` live sandboxes, graceful (SIGTERM) and `kill -9`: from the new
 //!   process's start to serving again, and to every sandbox answering exec;
 //! - emberd's resident memory: idle (a fresh daemon with a full pool) and per live sandbox (a
@@ -30,6 +35,7 @@ use emberd::engine::pools::SetPool;
 use emberd::engine::sandboxes::CreateSandbox;
 use emberd::engine::templates::BuildTemplate;
 
+use super::cputime::{cpu_ms, host_busy_ms, run_ms, vmms_run_ms};
 use super::{BenchError, BenchKind, BenchOptions, BenchReport, Target};
 use crate::interrupt::Registration;
 use crate::stats::Summary;
@@ -316,34 +322,13 @@ fn p99_ms(s: &[Summary], name_part: &str) -> f64 {
         .map_or(f64::NAN, |r| r.p99_us / 1e3)
 }
 
-/// CPU time a process has used (user + system, its exited threads included), ms.
-fn cpu_ms(pid: u32) -> f64 {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit(')').next()?.split_whitespace().collect::<Vec<_>>();
-            // Fields after the command: state is index 0, utime 11, stime 12.
-            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks as f64 * 1e3 / hz
-}
-
-/// Sum and count of `ember_http_request_duration_seconds` for `method route` in a scrape.
-fn server_time(metrics: &str, method: &str, route: &str) -> (f64, f64) {
-    let labels = format!("{{method=\"{method}\",route=\"{route}\"}}");
+/// Sum and count of the histogram `name` with exactly `labels` (`{k="v",...}`) in a scrape.
+fn histogram_sum_count(metrics: &str, name: &str, labels: &str) -> (f64, f64) {
     let read = |suffix: &str| {
+        let prefix = format!("{name}_{suffix}{labels} ");
         metrics
             .lines()
-            .find(|l| {
-                l.starts_with(&format!(
-                    "ember_http_request_duration_seconds_{suffix}{labels}"
-                ))
-            })
+            .find(|l| l.starts_with(&prefix))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
@@ -351,15 +336,95 @@ fn server_time(metrics: &str, method: &str, route: &str) -> (f64, f64) {
     (read("sum"), read("count"))
 }
 
-/// Mean server-side time of `method route` between two scrapes, µs.
-fn mean_server_us(before: &str, after: &str, method: &str, route: &str) -> f64 {
-    let (s0, c0) = server_time(before, method, route);
-    let (s1, c1) = server_time(after, method, route);
-    if c1 > c0 {
+/// Between two scrapes: the mean of histogram `name` with `labels`, µs, and how many
+/// observations it got.
+fn histogram_mean_us(before: &str, after: &str, name: &str, labels: &str) -> (f64, f64) {
+    let (s0, c0) = histogram_sum_count(before, name, labels);
+    let (s1, c1) = histogram_sum_count(after, name, labels);
+    let mean = if c1 > c0 {
         (s1 - s0) / (c1 - c0) * 1e6
     } else {
         f64::NAN
+    };
+    (mean, c1 - c0)
+}
+
+/// emberd's own mean time for `method route` between two scrapes, µs.
+fn mean_server_us(before: &str, after: &str, method: &str, route: &str) -> f64 {
+    histogram_mean_us(
+        before,
+        after,
+        "ember_http_request_duration_seconds",
+        &format!("{{method=\"{method}\",route=\"{route}\"}}"),
+    )
+    .0
+}
+
+/// emberd's store commits between two scrapes with `durability`: (mean µs, per `cycles`).
+fn commits(before: &str, after: &str, durability: &str, cycles: f64) -> serde_json::Value {
+    let (mean, count) = histogram_mean_us(
+        before,
+        after,
+        "ember_store_commit_duration_seconds",
+        &format!("{{durability=\"{durability}\"}}"),
+    );
+    serde_json::json!({ "mean_us": mean, "per_cycle": count / cycles.max(1.0) })
+}
+
+/// What the paced phase measured.
+struct Paced {
+    samples: Vec<Sample>,
+    /// How late the clients started their creates against the schedule, p99.
+    lateness_p99: Duration,
+}
+
+/// `opts.concurrency` client tasks share one schedule of `n` start times `1/rate` apart; each
+/// takes the next slot, waits for it, creates a sandbox, runs the first exec and kills it.
+async fn paced(c: &Arc<Client>, opts: &BenchOptions, n: usize) -> Result<Paced, BenchError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let interval = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..opts.concurrency.max(1))
+        .map(|_| {
+            let (c, next) = (Arc::clone(c), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<_, BenchError>(mine);
+                    }
+                    let at = start + interval.mul_f64(i as f64);
+                    tokio::time::sleep_until(at).await;
+                    let late = at.elapsed();
+                    let (id, s) = create_and_exec(&c).await?;
+                    c.kill(&id).await.map_err(api_err("killing"))?;
+                    mine.push((s, late));
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::with_capacity(n);
+    let mut lateness = Vec::with_capacity(n);
+    for t in tasks {
+        for (s, late) in t
+            .await
+            .map_err(|e| failed(format!("a paced client: {e}")))??
+        {
+            samples.push(s);
+            lateness.push(late);
+        }
     }
+    lateness.sort();
+    let lateness_p99 = lateness
+        .get((lateness.len() * 99 / 100).min(lateness.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default();
+    Ok(Paced {
+        samples,
+        lateness_p99,
+    })
 }
 
 /// Runs the benchmark (see the module docs).
@@ -466,7 +531,9 @@ async fn measure(
         serde_json::json!({
             "create": mean_server_us(&seq_scrape_before, &seq_scrape_after, "POST", "/v1/sandboxes"),
             "exec": mean_server_us(&seq_scrape_before, &seq_scrape_after, "POST", "/v1/sandboxes/{id}/exec"),
-            "note": "emberd's own request timing (its HTTP latency histogram), mean",
+            "store_commits": commits(&seq_scrape_before, &seq_scrape_after, "process", n_seq as f64),
+            "note": "emberd's own request timing (its HTTP latency histogram), mean; its store \
+                     commits (lock wait included) per create + exec + kill + refill cycle",
         }),
     );
     ui.finish("done");
@@ -488,9 +555,14 @@ async fn measure(
     let scrape_before = c.metrics().await.map_err(api_err("reading /metrics"))?;
     let daemon_pid = daemon.pid().unwrap_or(0);
     let cpu_before = (cpu_ms(daemon_pid), cpu_ms(std::process::id()));
+    // The bursts themselves (barrier to last reply): wall time and the host's busy CPU in it.
+    let (mut window_wall_ms, mut window_busy_ms, mut window_emberd_ms) = (0.0, 0.0, 0.0);
+    let (mut window_vmms_ms, mut window_client_ms) = (0.0, 0.0);
     for r in 0..rounds {
         wait_full(c, depth).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let (vmms0, client0) = (vmms_run_ms(), run_ms(std::process::id()));
+        let (busy0, emberd0, t0) = (host_busy_ms(), run_ms(daemon_pid), Instant::now());
         let barrier = Arc::new(tokio::sync::Barrier::new(opts.concurrency));
         let tasks: Vec<_> = (0..opts.concurrency)
             .map(|_| {
@@ -509,6 +581,11 @@ async fn measure(
             ids.push(id);
             burst.push(s);
         }
+        window_wall_ms += t0.elapsed().as_secs_f64() * 1e3;
+        window_busy_ms += host_busy_ms() - busy0;
+        window_emberd_ms += run_ms(daemon_pid) - emberd0;
+        window_client_ms += run_ms(std::process::id()) - client0;
+        window_vmms_ms += vmms_run_ms() - vmms0;
         kill_all(c, ids).await?;
         ui.progress(r as u64 + 1);
     }
@@ -522,11 +599,33 @@ async fn measure(
             "note": "create + exec + kill + the pool's refill, per cycle; VMM processes not included",
         }),
     );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    report.figure(
+        "burst_window",
+        serde_json::json!({
+            "wall_ms": window_wall_ms / rounds as f64,
+            "host_busy_cpu_ms": window_busy_ms / rounds as f64,
+            "host_cpu_utilisation": window_busy_ms / (window_wall_ms * cpus).max(f64::MIN_POSITIVE),
+            "ember_cpu_utilisation": (window_emberd_ms + window_vmms_ms + window_client_ms)
+                / (window_wall_ms * cpus).max(f64::MIN_POSITIVE),
+            "emberd_cpu_ms": window_emberd_ms / rounds as f64,
+            "vmms_cpu_ms": window_vmms_ms / rounds as f64,
+            "client_cpu_ms": window_client_ms / rounds as f64,
+            "vmms_alone_wall_floor_ms": window_vmms_ms / rounds as f64 / cpus,
+            "note": "per burst, from the barrier to the last exec reply: the host's busy CPU \
+                     (/proc/stat: clock ticks, coarse over bursts of a few ms) against the wall \
+                     time; what emberd, every VMM and this client ran (their threads' \
+                     scheduler statistics, exact) and their share of the host's CPUs over the \
+                     wall time; and the wall time the VMMs' CPU alone needs on this host's \
+                     CPUs",
+        }),
+    );
     report.figure(
         "burst_server_side_mean_us",
         serde_json::json!({
             "create": mean_server_us(&scrape_before, &scrape_after, "POST", "/v1/sandboxes"),
             "exec": mean_server_us(&scrape_before, &scrape_after, "POST", "/v1/sandboxes/{id}/exec"),
+            "store_commits": commits(&scrape_before, &scrape_after, "process", cycles),
         }),
     );
     ui.finish(&format!("{} creates", burst.len()));
@@ -534,6 +633,28 @@ async fn measure(
     report
         .latencies
         .extend(rows(&format!("{} at once: ", opts.concurrency), &burst));
+
+    // `concurrency` clients sharing one schedule of `rate` creates per second.
+    wait_full(c, depth).await?;
+    let n_paced = opts.iterations.clamp(1, 2000);
+    ui.stage(
+        &format!(
+            "{n_paced} creates -> exec -> kill at {}/s by {} clients",
+            opts.rate, opts.concurrency
+        ),
+        Some(n_paced as u64),
+    );
+    let paced = paced(c, opts, n_paced).await?;
+    ui.finish("done");
+    report.figure("paced_rate_per_s", opts.rate);
+    report.figure(
+        "paced_start_lateness_p99_us",
+        paced.lateness_p99.as_secs_f64() * 1e6,
+    );
+    report.latencies.extend(rows(
+        &format!("paced {}/s, {} clients: ", opts.rate, opts.concurrency),
+        &paced.samples,
+    ));
 
     // Many live sandboxes, memory, restarts.
     let n = opts.vms;
@@ -659,6 +780,7 @@ async fn measure(
     );
     report.figure("restart", restarts);
     let burst_name = format!("{} at once: ", opts.concurrency);
+    let paced_name = format!("paced {}/s, {} clients: ", opts.rate, opts.concurrency);
     let l = &report.latencies;
     let targets = vec![
         Target::at_most(
@@ -671,6 +793,18 @@ async fn measure(
             &format!("{burst_name}create -> first exec reply p99"),
             10.0,
             p99_ms(l, &format!("{burst_name}create -> first")),
+            "ms",
+        ),
+        Target::at_most(
+            &format!("{paced_name}create -> first exec reply p50"),
+            1.5,
+            p50_ms(l, &format!("{paced_name}create -> first")),
+            "ms",
+        ),
+        Target::at_most(
+            &format!("{paced_name}create -> first exec reply p99"),
+            10.0,
+            p99_ms(l, &format!("{paced_name}create -> first")),
             "ms",
         ),
         Target::at_most(

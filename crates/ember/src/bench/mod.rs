@@ -6,6 +6,7 @@
 
 pub mod api;
 mod boot;
+mod cputime;
 mod density;
 pub mod e2b;
 mod handoff;
@@ -69,7 +70,7 @@ pub struct BenchOptions {
     pub vms: usize,
     /// How pooled VMs wait (acquire, density).
     pub pooled: ember_host::warm::Pooled,
-    /// Aggregate handoff rate of the paced phase of the acquire benchmark, per second.
+    /// Aggregate rate of the paced phase (acquire: handoffs, api: creates), per second.
     pub rate: u32,
     /// Which threads acquire in the acquire benchmark's bursts.
     pub acquirers: Acquirers,
