@@ -495,17 +495,16 @@ impl VmmProcess {
         matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
-    /// Waits for the process to exit and reaps it here (for a process the supervisor does not
-    /// watch).
-    pub(crate) fn reap_blocking(&self) {
-        loop {
-            match waitid(Id::PIDFd(self.pidfd.0.as_fd()), WaitPidFlag::WEXITED) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                Ok(WaitStatus::Exited(_, code)) => self.set_exit(ExitInfo::Code(code)),
-                Ok(WaitStatus::Signaled(_, sig, _)) => self.set_exit(ExitInfo::Signal(sig as i32)),
-                _ => self.set_exit(ExitInfo::Unknown),
+    /// Waits until `deadline` for the process to exit and reaps it here (for a process the
+    /// supervisor does not watch); false if it is still there then — a killed process the
+    /// kernel holds (in uninterruptible sleep, say) must not hang its owner's shutdown.
+    pub(crate) fn reap_by(&self, deadline: Instant) -> bool {
+        match reap_pidfd_by(self.pidfd.0.as_fd(), deadline) {
+            Some(info) => {
+                self.set_exit(info);
+                true
             }
-            return;
+            None => false,
         }
     }
 
@@ -540,6 +539,34 @@ impl VmmProcess {
     }
 }
 
+/// Reaps the child `pidfd` names once it has exited, waiting (on the pidfd) until `deadline`
+/// at most; `None` if it has not exited by then. A child someone else reaped ends as
+/// [`ExitInfo::Unknown`].
+fn reap_pidfd_by(pidfd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> Option<ExitInfo> {
+    loop {
+        match waitid(
+            Id::PIDFd(pidfd),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(WaitStatus::Exited(_, code)) => return Some(ExitInfo::Code(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Some(ExitInfo::Signal(sig as i32)),
+            // ECHILD (reaped elsewhere) or a status that is no exit.
+            _ => return Some(ExitInfo::Unknown),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        // The pidfd turns readable when the process exits; wake at least every 100 ms.
+        let wait = nix::poll::PollTimeout::try_from(left.min(Duration::from_millis(100)))
+            .unwrap_or(nix::poll::PollTimeout::ZERO);
+        let mut fds = [nix::poll::PollFd::new(pidfd, nix::poll::PollFlags::POLLIN)];
+        let _ = nix::poll::poll(&mut fds, wait);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,6 +596,27 @@ mod tests {
             .args(cmd)
             .output()
             .unwrap()
+    }
+
+    #[test]
+    fn a_bounded_reap_gives_up_on_a_live_child_and_reaps_a_dead_one() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pidfd = PidFd::open(child.id()).unwrap();
+        let t0 = Instant::now();
+        let gone = reap_pidfd_by(pidfd.0.as_fd(), t0 + Duration::from_millis(150));
+        assert!(gone.is_none(), "a sleeping child is not reaped: {gone:?}");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(150),
+            "it waited until the deadline"
+        );
+        child.kill().unwrap();
+        let ended = reap_pidfd_by(pidfd.0.as_fd(), Instant::now() + Duration::from_secs(30));
+        assert_eq!(ended, Some(ExitInfo::Signal(libc::SIGKILL)));
+        // Reaped here: nothing is left for a waitpid.
+        assert!(
+            child.try_wait().is_err(),
+            "the child was reaped by the pidfd"
+        );
     }
 
     #[test]

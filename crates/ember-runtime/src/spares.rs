@@ -630,7 +630,12 @@ fn spawn_one(shared: &Shared, slot: u64) -> Result<Starting, SpawnFailure> {
     if let Err(e) = shared.supervisor.watch(Arc::clone(&process)) {
         tracing::error!(error = %e, "cannot watch a VMM process; killing it");
         discard(&shared.layout, &process);
-        process.reap_blocking();
+        if !process.reap_by(Instant::now() + Duration::from_secs(5)) {
+            tracing::warn!(
+                pid = process.pid(),
+                "a killed spare VMM has not exited within 5 s"
+            );
+        }
         return Err(SpawnFailure::NotReady {
             pid: process.pid(),
             waited: Duration::ZERO,

@@ -44,6 +44,9 @@ use crate::snapshots::SnapshotStore;
 use crate::spares::{SpareStats, Spares, SpawnSettings};
 use crate::supervisor::{ExitHook, Supervisor};
 
+/// How long a released provider waits, in all, for the VMMs it just killed to exit.
+const RELEASE_REAP_WAIT: Duration = Duration::from_secs(5);
+
 /// A VM whose VMM process ended without the provider asking it to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmExit {
@@ -518,9 +521,19 @@ impl Inner {
         // report them now. SIGKILLed, they are gone in moments: reap them (so their cgroups
         // can go, below) and remove what is left of their files (destroy's removal failed if
         // any is).
+        // One bound for all of them: a process the kernel holds (uninterruptible sleep) must
+        // not hang the release; its files stay for the next start's sweep.
+        let deadline = Instant::now() + RELEASE_REAP_WAIT;
         for process in self.supervisor.unreaped() {
             if process.kill_requested() && process.remove_files_on_exit() {
-                process.reap_blocking();
+                if !process.reap_by(deadline) {
+                    tracing::warn!(
+                        slot = process.slot(),
+                        pid = process.pid(),
+                        "a destroyed VM's process has not exited after SIGKILL; its files are left for the next start's sweep"
+                    );
+                    continue;
+                }
                 if let Err(e) = self.layout.remove_slot(process.slot()) {
                     tracing::warn!(slot = process.slot(), error = %e, "cannot remove a destroyed VM's files");
                 }
