@@ -3,8 +3,8 @@
 # Expects ROOT (the repository) and RIG (the cache and work dir) set, and `set -euo pipefail`.
 # Installs the host packages the rigs need (RIG_EXTRA_PACKAGES adds more), downloads and unpacks
 # Debian's cloud kernel (VMLINUZ, KVER, MODDIR), and offers: log, elapsed, fail_json,
-# modules_for (module files with their dependencies first, in ORDERED), mk_busybox_root and
-# add_dynamic_binary.
+# modules_for (module files with their dependencies first, in ORDERED), mk_busybox_root,
+# add_dynamic_binary, build_static and l1_dump (where a silent L1's CPUs are).
 
 log() { printf 'rig: %s\n' "$*" >&2; }
 # L1's CPU: QEMU's `max` model (AMD SVM with nested paging) without virtual GIF. With vGIF,
@@ -113,4 +113,51 @@ build_static() {
         --bin ember-vmm --bin ember-jailer --bin emberd --bin ember-agent --bin ember-agent-call \
         --bin ember --target x86_64-unknown-linux-gnu >&2)
     BIN="$target_dir/x86_64-unknown-linux-gnu/release"
+}
+
+# l1_dump SOCK OUT: asks L1's QEMU, through its human monitor on the Unix socket SOCK, where its
+# CPUs are (`info cpus`, `info registers -a`) and writes the answers to OUT, each CPU's RIP
+# followed by the nearest symbol of the L1 kernel's System.map (L1 boots with `nokaslr`, so
+# the addresses are the map's). For a rig whose L1 went silent: a guest spinning somewhere
+# shows where; a QEMU that does not answer within 10 s says the emulator itself hung.
+l1_dump() {
+    local sock=$1 out=$2
+    local map
+    map=$(ls "$KDIR"/boot/System.map-* 2>/dev/null | head -1)
+    timeout 20 python3 - "$sock" "$map" >"$out" 2>&1 <<'PY' || echo "rig: the L1 monitor did not answer (QEMU hung?)" >>"$out"
+import bisect, re, socket, sys
+sock_path, map_path = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sock_path)
+def until_prompt():
+    buf = b""
+    while not buf.endswith(b"(qemu) "):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace")
+until_prompt()
+text = ""
+for cmd in ("info cpus", "info registers -a"):
+    s.sendall(cmd.encode() + b"\n")
+    # (the monitor echoes what it is sent with terminal escapes: those lines go)
+    answer = "\n".join(l for l in until_prompt().splitlines() if "\x1b" not in l)
+    text += f"### {cmd}\n{answer}\n"
+print(text)
+syms = []
+if map_path:
+    for line in open(map_path):
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            syms.append((int(parts[0], 16), parts[2]))
+    syms.sort()
+addrs = [a for a, _ in syms]
+for rip in re.findall(r"RIP=([0-9a-f]{16})", text):
+    r = int(rip, 16)
+    i = bisect.bisect_right(addrs, r) - 1
+    where = f"{syms[i][1]}+{r - syms[i][0]:#x}" if i >= 0 and syms else "?"
+    print(f"L1 CPU RIP {rip} {where}")
+PY
 }

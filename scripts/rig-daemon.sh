@@ -246,10 +246,12 @@ stop_test_host() {
 LOG="$RIG/daemon-console.log"
 log "booting L1 under QEMU TCG (log: $LOG; API on 127.0.0.1:$P_API)"
 T_QEMU=$EPOCHREALTIME
+rm -f "$RIG/l1-monitor.sock" "$RIG/l1-cpus.txt"
 timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu "$L1_CPU" -smp 2 -m 4096 \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
     -kernel "$VMLINUZ" -initrd "$RIG/l1d-initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 nokaslr" \
+    -monitor "unix:$RIG/l1-monitor.sock,server=on,wait=off" \
     -drive "file=$RIG/l1-data.ext4,if=virtio,format=raw,readonly=on" \
     -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$P_API-:7070,hostfwd=tcp:127.0.0.1:$P_E2B-:3000,hostfwd=tcp:127.0.0.1:$P_ENVD-:49983" \
     -device virtio-net-pci,netdev=n0 </dev/null 2>&1 |
@@ -394,6 +396,13 @@ if [ "$RUN_NET" != 0 ]; then
 fi
 step left 30 "$EMBER" --json ls
 T_END=$EPOCHREALTIME
+# L1's watchdog has been silent for 2 minutes: before QEMU goes, ask it where L1's CPUs are.
+last_sign=$(grep -a "RIG-L1-ALIVE\|RIG-L1-STUCK" "$LOG" | tail -1 | cut -d' ' -f1)
+L1_DUMP=""
+if [ -n "$last_sign" ] && awk -v a="$last_sign" -v b="$T_END" 'BEGIN { exit !(b - a > 120) }'; then
+    L1_DUMP="$RIG/l1-cpus.txt"
+    l1_dump "$RIG/l1-monitor.sock" "$L1_DUMP"
+fi
 stop_qemu
 
 # --- 7. summary --------------------------------------------------------------------------
@@ -487,5 +496,9 @@ printf '{"passed": %s, "failed": [%s], "seconds": {"total": %s, "build": %s, "im
 if [ ${#failed[@]} -gt 0 ]; then
     for f in "$RESULTS"/*.err; do [ -s "$f" ] && sed "s|^|$(basename "$f" .err): |" "$f" | head -20 >&2; done
     grep "RIG-L1-EMBERD \|RIG-L1-.*FAILED\|RIG-L1-NO\|RIG-L1-STUCK" "$LOG" | tail -40 >&2 || true
+    if [ -n "$L1_DUMP" ]; then
+        echo "rig: L1 was silent; where its CPUs were (all of it in $L1_DUMP):" >&2
+        grep "^L1 CPU RIP\|did not answer\|^CPU #\|^\* CPU\|^  CPU" "$L1_DUMP" >&2 || true
+    fi
 fi
 [ ${#failed[@]} -eq 0 ]
