@@ -357,9 +357,10 @@ enum Command {
         /// Concurrent workers (acquirers, restorers).
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
-        /// VMs for the density benchmark.
-        #[arg(long, default_value_t = 50)]
-        vms: usize,
+        /// VMs for the density benchmark, live sandboxes for the API benchmark (default: 50 for
+        /// density, 200 for api).
+        #[arg(long)]
+        vms: Option<usize>,
         /// Handoffs (acquire) or creates (api) per second in the benchmarks' paced phase.
         #[arg(long, default_value_t = 100)]
         rate: u32,
@@ -827,9 +828,15 @@ async fn local_run(cli: Cli, ui: Arc<Bars>) -> Result<()> {
             vms,
             rate,
             acquirers,
-        } => {
-            bench_opts(placeholder, iterations, concurrency, vms, rate, acquirers).validate(kind)?
-        }
+        } => bench_opts(
+            placeholder,
+            iterations,
+            concurrency,
+            vms.unwrap_or(kind.default_vms()),
+            rate,
+            acquirers,
+        )
+        .validate(kind)?,
         _ => {}
     }
     ember_host::host::check_kvm()?;
@@ -864,6 +871,7 @@ async fn local_run(cli: Cli, ui: Arc<Bars>) -> Result<()> {
             rate,
             acquirers,
         } => {
+            let vms = vms.unwrap_or(kind.default_vms());
             let opts = bench_opts(vmm, iterations, concurrency, vms, rate, acquirers);
             let report = if kind == BenchKind::Api {
                 bench::api::run(&opts, &*ui).await

@@ -51,6 +51,19 @@ pub enum BenchKind {
     E2b,
 }
 
+impl BenchKind {
+    /// `--vms` when not given: the density benchmark's idle pooled VMs, or the API
+    /// benchmark's live sandboxes — 200 there, because its per-sandbox memory is the
+    /// difference between a daemon holding n and one holding n/2, which fewer sandboxes leave
+    /// in the noise of the allocator (5-45 KiB per sandbox with 50).
+    pub fn default_vms(self) -> usize {
+        match self {
+            BenchKind::Api => 200,
+            _ => 50,
+        }
+    }
+}
+
 /// Knobs shared by the benchmarks.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -66,7 +79,7 @@ pub struct BenchOptions {
     pub iterations: usize,
     /// Concurrent workers (acquirers, restorers).
     pub concurrency: usize,
-    /// VMs for the density benchmark.
+    /// VMs for the density benchmark, live sandboxes for the API benchmark.
     pub vms: usize,
     /// How pooled VMs wait (acquire, density).
     pub pooled: ember_host::warm::Pooled,
