@@ -2,6 +2,15 @@
 //! (clock ticks, exited threads included, or its live threads' scheduler statistics, exact),
 //! every `ember-vmm` process's, and the host's busy time.
 
+/// `ticks` clock ticks (`CLK_TCK`, 100 when unknown), ms.
+fn ticks_ms(ticks: u64) -> f64 {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    ticks as f64 * 1e3 / hz
+}
+
 /// CPU time a process has used (user + system, its exited threads included), ms.
 pub fn cpu_ms(pid: u32) -> f64 {
     let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -12,11 +21,7 @@ pub fn cpu_ms(pid: u32) -> f64 {
             Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
         })
         .unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks as f64 * 1e3 / hz
+    ticks_ms(ticks)
 }
 
 /// The host's busy CPU time (every CPU's time that was not idle or waiting for I/O), ms.
@@ -33,14 +38,10 @@ pub fn host_busy_ms() -> f64 {
                 .collect::<Vec<_>>();
             // user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
             let total: u64 = fields.iter().take(8).sum();
-            Some(total - fields.get(3)? - fields.get(4)?)
+            Some(total.saturating_sub(fields.get(3)? + fields.get(4)?))
         })
         .unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks as f64 * 1e3 / hz
+    ticks_ms(ticks)
 }
 
 /// CPU time the live threads of a process have run so far (their scheduler statistics, in
