@@ -11,7 +11,7 @@
 //! did not reseed fails that call and poisons the connection). Handover and first request then
 //! share one guest wake-up, which under a burst of handoffs is most of the cost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,11 +104,50 @@ pub struct AgentValidator {
     port: u32,
     timeout: Duration,
     generation: AtomicU64,
-    /// Pooled VMs' agent connections from their after-restore Health check, by provider slot
-    /// (stable across the rename at handover). A paused VM keeps its vsock connections.
-    pooled: Mutex<HashMap<u64, AgentClient>>,
+    /// Pooled VMs' agent connections from their Health check, by provider slot (stable across
+    /// the rename at handover). A paused VM keeps its vsock connections.
+    pooled: Mutex<Kept>,
     /// Handed-over VMs' connections, waiting for their tenant.
     handed_over: Mutex<HashMap<VmId, AgentClient>>,
+}
+
+/// Pooled VMs' kept connections, and the slots whose Health check is under way: a check of an
+/// adopted entry runs while the entry can be handed over, and a connection whose VM was handed
+/// over meanwhile is not kept (it would never be taken, nor dropped).
+struct Kept<C = AgentClient> {
+    conns: HashMap<u64, C>,
+    checking: HashSet<u64>,
+}
+
+impl<C> Default for Kept<C> {
+    fn default() -> Self {
+        Self {
+            conns: HashMap::new(),
+            checking: HashSet::new(),
+        }
+    }
+}
+
+impl<C> Kept<C> {
+    /// A check of `slot` starts.
+    fn start_check(&mut self, slot: u64) {
+        self.checking.insert(slot);
+    }
+
+    /// The check of `slot` ended: keeps its connection if it passed and nobody took the slot
+    /// meanwhile.
+    fn end_check(&mut self, slot: u64, passed: Option<C>) {
+        let still_pooled = self.checking.remove(&slot);
+        if let Some(conn) = passed.filter(|_| still_pooled) {
+            self.conns.insert(slot, conn);
+        }
+    }
+
+    /// Forgets `slot`'s connection and any check of it under way; returns the connection.
+    fn take(&mut self, slot: u64) -> Option<C> {
+        self.checking.remove(&slot);
+        self.conns.remove(&slot)
+    }
 }
 
 impl AgentValidator {
@@ -119,7 +158,7 @@ impl AgentValidator {
             port,
             timeout,
             generation: AtomicU64::new(1),
-            pooled: Mutex::new(HashMap::new()),
+            pooled: Mutex::new(Kept::default()),
             handed_over: Mutex::new(HashMap::new()),
         }
     }
@@ -135,11 +174,24 @@ impl AgentValidator {
         drop(self.take_connection(vm));
     }
 
+    /// Health over a new connection, kept for the VM's handover unless the VM was handed over
+    /// (or evicted) while the check ran.
     fn health(&self, vm: &VmId) -> Result<(), AgentError> {
-        let mut agent = connect(&self.provider, vm, self.port, self.timeout)?;
-        agent.health().map_err(AgentError::Client)?;
-        if let Ok(slot) = self.provider.slot(vm) {
-            lock(&self.pooled).insert(slot, agent);
+        let slot = self.provider.slot(vm).ok();
+        if let Some(slot) = slot {
+            lock(&self.pooled).start_check(slot);
+        }
+        let checked = connect(&self.provider, vm, self.port, self.timeout).and_then(|mut agent| {
+            agent.health().map_err(AgentError::Client)?;
+            Ok(agent)
+        });
+        match (slot, checked) {
+            (Some(slot), Ok(agent)) => lock(&self.pooled).end_check(slot, Some(agent)),
+            (Some(slot), Err(e)) => {
+                lock(&self.pooled).end_check(slot, None);
+                return Err(e);
+            }
+            (None, checked) => return checked.map(drop),
         }
         Ok(())
     }
@@ -150,7 +202,7 @@ impl AgentValidator {
             .provider
             .slot(vm)
             .ok()
-            .and_then(|slot| lock(&self.pooled).remove(&slot));
+            .and_then(|slot| lock(&self.pooled).take(slot));
         // The connection kept since the Health check, if it still works; else a new one.
         let had = kept.is_some();
         let reused =
@@ -190,11 +242,13 @@ fn verdict(what: &str, vm: &VmId, r: Result<(), AgentError>) -> ValidationResult
 impl EntryValidator for AgentValidator {
     fn validate(&self, vm: &VmView, phase: Phase) -> ValidationResult {
         match phase {
-            Phase::AfterSpawn if vm.status == VmStatus::Running => {
+            // An adopted VM is checked like a fresh one, and its connection kept the same way:
+            // its handover then costs what any handover costs.
+            Phase::AfterSpawn | Phase::Adopted if vm.status == VmStatus::Running => {
                 verdict("agent health", &vm.id, self.health(&vm.id))
             }
-            // A VM restored paused cannot answer yet; its handover will prove it.
-            Phase::AfterSpawn => ValidationResult::Healthy,
+            // A paused VM cannot answer yet; its handover will prove it.
+            Phase::AfterSpawn | Phase::Adopted => ValidationResult::Healthy,
             Phase::OnAcquire => match self.provider.get(&vm.id) {
                 Ok(v) if matches!(v.status, VmStatus::Running | VmStatus::Paused) => {
                     ValidationResult::Healthy
@@ -208,8 +262,40 @@ impl EntryValidator for AgentValidator {
 
     fn evicted(&self, vm: &VmId, _cause: EvictionCause) {
         if let Ok(slot) = self.provider.slot(vm) {
-            lock(&self.pooled).remove(&slot);
+            lock(&self.pooled).take(slot);
         }
         lock(&self.handed_over).remove(vm);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kept;
+
+    #[test]
+    fn a_checked_connection_is_kept_until_its_handover_takes_it() {
+        let mut k = Kept::<&str>::default();
+        k.start_check(7);
+        k.end_check(7, Some("conn"));
+        assert_eq!(k.take(7), Some("conn"));
+        assert_eq!(k.take(7), None);
+    }
+
+    #[test]
+    fn a_check_that_outlives_its_handover_keeps_nothing() {
+        let mut k = Kept::<&str>::default();
+        k.start_check(7);
+        // Handed over (or evicted) while its check ran.
+        assert_eq!(k.take(7), None);
+        k.end_check(7, Some("conn"));
+        assert!(k.conns.is_empty() && k.checking.is_empty());
+    }
+
+    #[test]
+    fn a_failed_check_keeps_nothing() {
+        let mut k = Kept::<&str>::default();
+        k.start_check(3);
+        k.end_check(3, None);
+        assert!(k.conns.is_empty() && k.checking.is_empty());
     }
 }

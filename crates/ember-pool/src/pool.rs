@@ -598,8 +598,9 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
     /// Registers `stack` like [`register`](Self::register) and, in the same step (before the
     /// refiller sees the bucket), puts VMs an earlier owner of the pool left running (found
     /// again after a restart) into it as ready entries — those restored from the bucket's
-    /// template, live, up to its max depth. Returns the VMs it did not take, each with the
-    /// reason, for the caller to destroy.
+    /// template, live, up to its max depth. They serve at once; the pool's workers then check
+    /// each with the validator ([`Phase::Adopted`]) and evict the unfit. Returns the VMs it did
+    /// not take, each with the reason, for the caller to destroy.
     pub fn register_adopting(
         &self,
         stack: StackKey,
@@ -614,6 +615,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
         }
         let bucket = self.bucket_for(&mut st, &stack, template, config);
         let mut refused = Vec::new();
+        let mut taken = Vec::new();
         for view in left {
             let same_template = view
                 .restored_from
@@ -635,6 +637,7 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
                 Some(reason) => refused.push((view, reason)),
                 None => {
                     tracing::debug!(%stack, vm = %view.id, "adopted warm VM");
+                    taken.push(view.clone());
                     bucket.entries.push_back(Entry {
                         view,
                         ready_at: Instant::now(),
@@ -645,7 +648,13 @@ impl<P: VmProvider + VmQuery + 'static> WarmPool<P> {
         }
         self.shared.ready.notify_all();
         self.shared.wake_refiller(&mut st);
-        tracing::info!(%stack, refused = refused.len(), "registered warm pool bucket with adopted VMs");
+        drop(st);
+        tracing::info!(%stack, adopted = taken.len(), refused = refused.len(),
+            "registered warm pool bucket with adopted VMs");
+        // They serve at once; the workers check them in the background.
+        for view in taken {
+            self.shared.dispatch_check(stack.clone(), view);
+        }
         Ok(refused)
     }
 

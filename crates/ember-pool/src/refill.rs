@@ -143,9 +143,49 @@ pub(crate) fn worker<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Receiver
     for job in jobs {
         match job {
             Job::Destroy { vm_id, cause } => shared.destroy_now(&vm_id, cause),
+            Job::CheckAdopted { stack, view } => check_adopted(shared, &stack, view),
             job @ Job::Spawn { .. } => run_spawn(shared, job),
         }
     }
+}
+
+/// Checks an adopted entry ([`Phase::Adopted`]); an unfit one still in its bucket is evicted
+/// (`unhealthy`) and replaced. One handed over meanwhile is its tenant's: its Handover check
+/// proved it.
+fn check_adopted<P: VmProvider + VmQuery>(shared: &Shared<P>, stack: &StackKey, view: VmView) {
+    if shared.lock().shutdown {
+        return;
+    }
+    let ValidationResult::Unhealthy(reason) = shared.validator.validate(&view, Phase::Adopted)
+    else {
+        tracing::debug!(%stack, vm = %view.id, "adopted warm VM checked");
+        return;
+    };
+    shared.counters.validation_failed(&reason);
+    let entry = {
+        let mut st = shared.lock();
+        let entry = st.buckets.get_mut(stack).and_then(|slot| {
+            let at = slot
+                .bucket
+                .entries
+                .iter()
+                .position(|e| e.view.id == view.id)?;
+            slot.bucket.entries.remove(at)
+        });
+        if entry.is_some() {
+            shared.wake_refiller(&mut st);
+        }
+        entry
+    };
+    let Some(entry) = entry else {
+        tracing::debug!(%stack, vm = %view.id, %reason, "an adopted VM failed its check after it left its bucket");
+        return;
+    };
+    tracing::warn!(%stack, vm = %view.id, %reason, "evicting an adopted warm VM that failed its check");
+    shared
+        .counters
+        .evicted(&entry.counters, EvictionCause::Unhealthy, 1);
+    shared.destroy_now(&entry.view.id, EvictionCause::Unhealthy);
 }
 
 fn abandon_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
@@ -183,7 +223,7 @@ enum SpawnFailure {
 fn run_spawn<P: VmProvider + VmQuery>(shared: &Shared<P>, job: Job) {
     let stack = match &job {
         Job::Spawn { stack, .. } => stack.clone(),
-        Job::Destroy { .. } => return,
+        Job::Destroy { .. } | Job::CheckAdopted { .. } => return,
     };
     if spawn_job(shared, job) {
         finish_spawn(shared, &mut shared.lock(), &stack);

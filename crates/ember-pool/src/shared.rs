@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crossbeam_channel::Sender;
-use ember_core::{SnapshotRef, StackKey, VmError, VmId, VmProvider, VmQuery, error_chain};
+use ember_core::{SnapshotRef, StackKey, VmError, VmId, VmProvider, VmQuery, VmView, error_chain};
 
 use crate::bucket::Bucket;
 use crate::config::PoolSettings;
@@ -28,6 +28,8 @@ pub(crate) enum Job {
     },
     /// Destroy an evicted VM (already counted as evicted).
     Destroy { vm_id: VmId, cause: EvictionCause },
+    /// Check an adopted entry ([`Phase::Adopted`](crate::Phase::Adopted)) and evict it if unfit.
+    CheckAdopted { stack: StackKey, view: VmView },
 }
 
 /// A registered bucket and the instance number it was registered under.
@@ -120,6 +122,15 @@ impl<P: VmProvider + VmQuery> Shared<P> {
         };
         if let Some(Job::Destroy { vm_id, cause }) = unsent {
             self.destroy_now(&vm_id, cause);
+        }
+    }
+
+    /// Queues the background check of an adopted entry (dropped if the pool is shutting down:
+    /// its entries go anyway).
+    pub fn dispatch_check(&self, stack: StackKey, view: VmView) {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = jobs.as_ref() {
+            let _ = tx.send(Job::CheckAdopted { stack, view });
         }
     }
 

@@ -18,6 +18,11 @@ pub enum Phase {
     /// per-clone state is refreshed (ember reseeds entropy and the clock here). Unhealthy evicts
     /// the VM and the next entry is tried.
     Handover,
+    /// An entry an earlier owner of the pool left running, taken back by
+    /// [`WarmPool::register_adopting`](crate::WarmPool::register_adopting): checked in the
+    /// background while it already waits in its bucket (an acquire may hand it over meanwhile;
+    /// its Handover check proves it then). The VM is as that owner left it, running or paused.
+    Adopted,
 }
 
 /// A validator's verdict.

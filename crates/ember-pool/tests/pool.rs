@@ -1091,6 +1091,58 @@ fn acquires_do_not_wake_a_refiller_that_is_yielding_to_them() {
 }
 
 #[test]
+fn adopted_vms_are_checked_in_the_background_and_the_unfit_one_replaced() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let first = start(&p, fast_settings());
+    first
+        .register(s.clone(), snap.clone(), config(3, 3))
+        .unwrap();
+    wait_until("fill", || depth(&first, &s) == 3);
+    assert_eq!(first.leave().len(), 3);
+    drop(first);
+    let kept = live_with_prefix(&p, "warm-");
+    // Its agent stopped answering while no daemon watched it.
+    p.mark_unhealthy(&kept[1].id, "agent timeout").unwrap();
+
+    let validator = ProviderHealth::new(&p);
+    let second = ember_pool::WarmPool::start(
+        p.clone(),
+        std::sync::Arc::clone(&validator) as std::sync::Arc<dyn ember_pool::EntryValidator>,
+        fast_settings(),
+    )
+    .unwrap();
+    let refused = second
+        .register_adopting(s.clone(), snap, config(3, 3), kept.clone())
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    wait_until("the unfit one destroyed", || {
+        p.get(&kept[1].id).unwrap().status == VmStatus::Destroyed
+    });
+    wait_until("replaced", || depth(&second, &s) == 3);
+    let m = second.metrics();
+    assert_eq!(m.evicted_by(EvictionCause::Unhealthy), 1);
+    assert_eq!(m.validation_failures_by_reason["agent timeout"], 1);
+    let checks = validator
+        .phases
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|ph| **ph == Phase::Adopted)
+        .count();
+    assert_eq!(checks, 3, "each adopted VM checked once");
+    for v in [&kept[0], &kept[2]] {
+        assert_ne!(
+            p.get(&v.id).unwrap().status,
+            VmStatus::Destroyed,
+            "{}",
+            v.id
+        );
+    }
+}
+
+#[test]
 fn leave_keeps_ready_vms_and_a_new_pool_adopts_them_without_restoring() {
     let p = InMemoryVmProvider::new();
     let s = stack("alpha");

@@ -551,6 +551,14 @@ async fn measure(
         ui.progress(i as u64 + 1);
     }
     let seq_scrape_after = c.metrics().await.map_err(api_err("reading /metrics"))?;
+    // The floor under every call: an HTTP exchange that does nothing (a kept-alive
+    // connection, the daemon idle but warm, as between the creates above).
+    let mut floor = Vec::with_capacity(n_seq);
+    for _ in 0..n_seq {
+        let t0 = Instant::now();
+        c.healthz().await.map_err(api_err("GET /healthz"))?;
+        floor.push(t0.elapsed());
+    }
     report.figure(
         "one_at_a_time_server_side_mean_us",
         serde_json::json!({
@@ -655,6 +663,10 @@ async fn measure(
     );
     ui.finish(&format!("{} creates", burst.len()));
     report.latencies.extend(rows("one at a time: ", &seq));
+    report.latencies.extend(Summary::of(
+        "one at a time: GET /healthz (an HTTP exchange)",
+        &floor,
+    ));
     report
         .latencies
         .extend(rows(&format!("{} at once: ", opts.concurrency), &burst));
