@@ -102,10 +102,6 @@ impl<'a> Tx<'a> {
     pub fn insert<R: Record>(&self, record: &R) -> Result<Stored<R>, StoreError> {
         self.writing()?;
         record.check()?;
-        let key = record.key();
-        if rows::exists(self.conn, R::KIND, &key).map_err(|f| self.err(f))? {
-            return Err(StoreError::AlreadyExists { kind: R::KIND, key });
-        }
         self.check_references(record)?;
         rows::insert(self.conn, record).map_err(|f| self.err(f))
     }

@@ -108,7 +108,8 @@ fn body_of<R: Record>(record: &R) -> Result<String, Failure> {
         .map_err(|e| Failure::Store(StoreError::invalid(R::KIND.to_string(), e.to_string())))
 }
 
-/// Inserts `record` at revision 1; the caller has checked that its key is free.
+/// Inserts `record` at revision 1; a record under its key is
+/// [`StoreError::AlreadyExists`] (the key's uniqueness constraint says so: no lookup first).
 pub(crate) fn insert<R: Record>(conn: &Connection, record: &R) -> Result<Stored<R>, Failure> {
     let sql = format!(
         "INSERT INTO {} (id, body, revision, updated_at_ms) VALUES (?1, ?2, 1, ?3)",
@@ -116,7 +117,16 @@ pub(crate) fn insert<R: Record>(conn: &Connection, record: &R) -> Result<Stored<
     );
     let at = now_ms();
     conn.prepare_cached(&sql)?
-        .execute(params![record.key(), body_of(record)?, at])?;
+        .execute(params![record.key(), body_of(record)?, at])
+        .map_err(|e| match e.sqlite_error().map(|f| f.extended_code) {
+            Some(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                Failure::Store(StoreError::AlreadyExists {
+                    kind: R::KIND,
+                    key: record.key(),
+                })
+            }
+            _ => Failure::Sql(e),
+        })?;
     Ok(Stored {
         record: record.clone(),
         revision: 1,

@@ -215,7 +215,9 @@ impl Engine {
                         if let Some(p) = &pooled {
                             tx.delete::<VmRecord>(p.as_str())?;
                         }
-                        tx.put(&record)?;
+                        // The VM is new under the sandbox's id (a pending rename or an
+                        // unrecorded restore): nothing to look up first.
+                        tx.insert(&record)?;
                         tx.insert(&sandbox).map(drop)
                     })
                     .map_err(ApiError::from)
