@@ -153,15 +153,22 @@ pub(crate) fn worker<P: VmProvider + VmQuery>(shared: &Shared<P>, jobs: Receiver
 /// (`unhealthy`) and replaced. One handed over meanwhile is its tenant's: its Handover check
 /// proved it.
 fn check_adopted<P: VmProvider + VmQuery>(shared: &Shared<P>, stack: &StackKey, view: VmView) {
-    if shared.lock().shutdown {
-        return;
+    let pooled = |st: &crate::shared::State| {
+        st.buckets
+            .get(stack)
+            .is_some_and(|slot| slot.bucket.entries.iter().any(|e| e.view.id == view.id))
+    };
+    {
+        let st = shared.lock();
+        if st.shutdown || !pooled(&st) {
+            return;
+        }
     }
     let ValidationResult::Unhealthy(reason) = shared.validator.validate(&view, Phase::Adopted)
     else {
         tracing::debug!(%stack, vm = %view.id, "adopted warm VM checked");
         return;
     };
-    shared.counters.validation_failed(&reason);
     let entry = {
         let mut st = shared.lock();
         let entry = st.buckets.get_mut(stack).and_then(|slot| {
@@ -178,9 +185,12 @@ fn check_adopted<P: VmProvider + VmQuery>(shared: &Shared<P>, stack: &StackKey, 
         entry
     };
     let Some(entry) = entry else {
-        tracing::debug!(%stack, vm = %view.id, %reason, "an adopted VM failed its check after it left its bucket");
+        // Handed over (or evicted) while it was checked: the check may have failed for that
+        // reason alone, and the tenant's handover check is what counts.
+        tracing::debug!(%stack, vm = %view.id, %reason, "an adopted VM left its bucket during its check");
         return;
     };
+    shared.counters.validation_failed(&reason);
     tracing::warn!(%stack, vm = %view.id, %reason, "evicting an adopted warm VM that failed its check");
     shared
         .counters

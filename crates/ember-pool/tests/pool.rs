@@ -1143,6 +1143,60 @@ fn adopted_vms_are_checked_in_the_background_and_the_unfit_one_replaced() {
 }
 
 #[test]
+fn an_adopted_vm_handed_over_during_its_check_stays_its_tenants() {
+    let p = InMemoryVmProvider::new();
+    let s = stack("alpha");
+    let snap = template(&p, &s, "s1");
+    let first = start(&p, fast_settings());
+    first
+        .register(s.clone(), snap.clone(), config(1, 1))
+        .unwrap();
+    wait_until("fill", || depth(&first, &s) == 1);
+    first.leave();
+    drop(first);
+    let kept = live_with_prefix(&p, "warm-");
+
+    // The check starts, then waits until the test lets it fail.
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (started_tx, go_rx) = (
+        std::sync::Mutex::new(started_tx),
+        std::sync::Mutex::new(go_rx),
+    );
+    let second = ember_pool::WarmPool::start(
+        p.clone(),
+        std::sync::Arc::new(move |_: &ember_core::VmView, phase: Phase| {
+            if phase == Phase::Adopted {
+                started_tx.lock().unwrap().send(()).unwrap();
+                go_rx.lock().unwrap().recv().unwrap();
+                return ember_pool::ValidationResult::Unhealthy("late".into());
+            }
+            ember_pool::ValidationResult::Healthy
+        }),
+        PoolSettings {
+            // Nothing refills during the test: the bucket holds only the adopted VM.
+            tick: Duration::from_secs(3600),
+            ..fast_settings()
+        },
+    )
+    .unwrap();
+    second
+        .register_adopting(s.clone(), snap, config(0, 1), kept.clone())
+        .unwrap();
+    started_rx.recv().unwrap();
+    let vm = second.acquire(&s, &Tenant::new("t").unwrap()).unwrap();
+    assert_eq!(vm.pooled_id, kept[0].id);
+    go_tx.send(()).unwrap();
+    // The failed check of a VM that already left its bucket changes nothing (shutdown joins
+    // the workers, so the check is over; the tenant's VM is not the pool's to destroy).
+    second.shutdown();
+    assert_eq!(p.get(&vm.vm_id).unwrap().status, VmStatus::Running);
+    let m = second.metrics();
+    assert_eq!(m.evicted_by(EvictionCause::Unhealthy), 0);
+    assert_eq!(m.validation_failures_total, 0);
+}
+
+#[test]
 fn leave_keeps_ready_vms_and_a_new_pool_adopts_them_without_restoring() {
     let p = InMemoryVmProvider::new();
     let s = stack("alpha");
