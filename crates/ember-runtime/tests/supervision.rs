@@ -44,6 +44,19 @@ fn sigkill_is_noticed_at_once() {
         new
     };
     let pid = p.pid(&victim).unwrap();
+    // The restored guest reports its counter on its console every 10 ticks.
+    let console = p.console_log(&victim).unwrap();
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("count=")
+    {
+        assert!(
+            t0.elapsed() < DEFAULT_TIMEOUT,
+            "no count line on the console"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -55,6 +68,12 @@ fn sigkill_is_noticed_at_once() {
     assert_eq!(exit.id, victim);
     assert_eq!(exit.pid, pid);
     assert_eq!(exit.exit, ExitInfo::Signal(libc::SIGKILL));
+    // What the guest printed last comes with the report (its slot's files are gone by now).
+    assert!(
+        exit.console_tail.contains("count="),
+        "{:?}",
+        exit.console_tail
+    );
     assert_eq!(p.get(&victim).unwrap().status, VmStatus::Stopped);
     assert!(!alive(pid));
     // The other VM is untouched; calls on the dead one fail clearly.

@@ -61,6 +61,10 @@ pub struct VmExit {
     /// The end of its log (`vmm.log`, up to 600 bytes, read before the slot's files go): why
     /// it ended, when the VMM said so.
     pub log_tail: String,
+    /// The end of its guest's serial console (`console.log`, up to 1,000 bytes): what the
+    /// guest printed last — a Linux guest's oops or panic, say. For the host's log only: it is
+    /// the tenant's output.
+    pub console_tail: String,
 }
 
 /// Called on the supervisor thread, with no provider lock held, when a VM's process dies.
@@ -443,6 +447,7 @@ impl Inner {
                         pid: process.pid(),
                         exit: info,
                         log_tail: crate::spares::log_tail(&process.paths().vmm_log, 600),
+                        console_tail: crate::spares::log_tail(&process.paths().console_log, 1000),
                     });
                 }
             }
@@ -472,6 +477,7 @@ impl Inner {
                 pid = exit.pid,
                 exit = %exit.exit,
                 log = %exit.log_tail,
+                console = ?exit.console_tail,
                 "VMM process died"
             );
             let listeners: Vec<ExitListener> = self
