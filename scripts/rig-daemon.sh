@@ -283,7 +283,7 @@ step() {
     log "$name: rc=$rc ($(cat "$RESULTS/$name.s") s) $(head -c 200 "$RESULTS/$name.out" | tr '\n' ' ')"
     return 0
 }
-out() { cat "$RESULTS/$1.out" 2>/dev/null; }
+out() { cat "$RESULTS/$1.out" 2>/dev/null || true; }
 rc() { cat "$RESULTS/$1.rc" 2>/dev/null || echo none; }
 secs() { cat "$RESULTS/$1.s" 2>/dev/null || echo null; }
 
@@ -397,7 +397,7 @@ fi
 step left 30 "$EMBER" --json ls
 T_END=$EPOCHREALTIME
 # L1's watchdog has been silent for 2 minutes: before QEMU goes, ask it where L1's CPUs are.
-last_sign=$(grep -a "RIG-L1-ALIVE\|RIG-L1-STUCK" "$LOG" | tail -1 | cut -d' ' -f1)
+last_sign=$(grep -a "RIG-L1-ALIVE\|RIG-L1-STUCK" "$LOG" | tail -1 | cut -d' ' -f1 || true)
 L1_DUMP=""
 if [ -n "$last_sign" ] && awk -v a="$last_sign" -v b="$T_END" 'BEGIN { exit !(b - a > 120) }'; then
     L1_DUMP="$RIG/l1-cpus.txt"
@@ -475,7 +475,7 @@ grep -q "RIG-L1-EMBERD .*panicked" "$LOG" && failed+=(daemon_panic)
 grep -q "Kernel panic" "$LOG" && failed+=(l1_kernel_panic)
 # L1 froze: its watchdog printed nothing (neither ALIVE nor STUCK) in the last 2 minutes
 # before QEMU was stopped — the emulation stack hung, not emberd (whose hang prints STUCK).
-last_sign=$(grep -a "RIG-L1-ALIVE\|RIG-L1-STUCK" "$LOG" | tail -1 | cut -d' ' -f1)
+last_sign=$(grep -a "RIG-L1-ALIVE\|RIG-L1-STUCK" "$LOG" | tail -1 | cut -d' ' -f1 || true)
 if [ -n "$last_sign" ] && [ ${#failed[@]} -gt 0 ] &&
     awk -v a="$last_sign" -v b="$T_END" 'BEGIN { exit !(b - a > 120) }'; then
     failed+=(l1_frozen)
