@@ -1090,19 +1090,30 @@ fn acquires_do_not_wake_a_refiller_that_is_yielding_to_them() {
     wait_until("full again", || depth(&pool, &s) == 4);
 }
 
+/// The VMs a first pool of `depth` on `s` leaves running when it stops (as a daemon's restart
+/// leaves them for the next one to adopt).
+fn left_behind(
+    p: &InMemoryVmProvider,
+    s: &ember_core::StackKey,
+    snap: &ember_core::SnapshotRef,
+    depth_: usize,
+) -> Vec<ember_core::VmView> {
+    let first = start(p, fast_settings());
+    first
+        .register(s.clone(), snap.clone(), config(depth_, depth_))
+        .unwrap();
+    wait_until("fill", || depth(&first, s) == depth_);
+    assert_eq!(first.leave().len(), depth_);
+    drop(first);
+    live_with_prefix(p, "warm-")
+}
+
 #[test]
 fn adopted_vms_are_checked_in_the_background_and_the_unfit_one_replaced() {
     let p = InMemoryVmProvider::new();
     let s = stack("alpha");
     let snap = template(&p, &s, "s1");
-    let first = start(&p, fast_settings());
-    first
-        .register(s.clone(), snap.clone(), config(3, 3))
-        .unwrap();
-    wait_until("fill", || depth(&first, &s) == 3);
-    assert_eq!(first.leave().len(), 3);
-    drop(first);
-    let kept = live_with_prefix(&p, "warm-");
+    let kept = left_behind(&p, &s, &snap, 3);
     // Its agent stopped answering while no daemon watched it.
     p.mark_unhealthy(&kept[1].id, "agent timeout").unwrap();
 
@@ -1147,14 +1158,7 @@ fn an_adopted_vm_handed_over_during_its_check_stays_its_tenants() {
     let p = InMemoryVmProvider::new();
     let s = stack("alpha");
     let snap = template(&p, &s, "s1");
-    let first = start(&p, fast_settings());
-    first
-        .register(s.clone(), snap.clone(), config(1, 1))
-        .unwrap();
-    wait_until("fill", || depth(&first, &s) == 1);
-    first.leave();
-    drop(first);
-    let kept = live_with_prefix(&p, "warm-");
+    let kept = left_behind(&p, &s, &snap, 1);
 
     // The check starts, then waits until the test lets it fail.
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
