@@ -414,6 +414,16 @@ if [ "$SNAPSHOT" = 1 ]; then
         "${last_before:-null}" "${first_after:-null}" "${uptime_gap:-null}" "${uptime_jump:-null}" "$after" \
         "${ged_before:-null}" "${ged_after:-null}")
 fi
+if [ ${#failed[@]} -gt 0 ]; then
+    # What CI shows of a failed run is its output: the VMM's exits and log, any seccomp kill
+    # (the audit line names the syscall and the thread), and the console's last lines.
+    {
+        echo "rig: failed (${failed[*]}); what the console says (whole log: $LOG):"
+        grep -E " (RIG-L1-EMBER[0-9]*-EXIT|RIG-L1-SECCOMP|RIG-L1-VMM|RIG-L1-NO-TICKS)" "$LOG" | tail -n 40 || true
+        echo "rig: the console's last 30 lines:"
+        tail -n 30 "$LOG"
+    } >&2
+fi
 failed_json=$(printf '"%s", ' "${failed[@]}" | sed 's/, $//')
 [ ${#failed[@]} -gt 0 ] || failed_json=""
 printf '{"passed": %s, "failed": [%s], "booted": %s, "qemu_exit": %s, "seconds": {"total": %s, "kernel_download": %s, "build": %s, "initramfs": %s, "qemu_to_l1_init": %s, "l1_insmod_kvm": %s, "ember_start_to_l2_userspace": %s, "l2_kernel_uptime_at_userspace": %s, "l2_modules": %s, "l2_userspace_to_done": %s, "ember_start_to_exit": %s}, "l2_virtio_devices": [%s], "l2_cpu": "%s", "l2_vcpus": %s, "l2_kernel": "%s", "l2_rtc": "%s", "l2_vmgenid": "%s", "l2_clock_minus_host_s": %s, "l1_clock_minus_host_s": %s, "l2_ext4_rw": "%s", "l2_ext4_ro": "%s", "l2_net": "%s", "l2_insmod_failures": %s, "l1_cpu": "%s", "host_cpu": "%s", "host_kernel": "%s", "kernel_format": "%s", "snapshot_restore": %s, "agent": {"uname": "%s", "l2_done_to_first_reply_s": %s}, "log": "%s"}\n' \

@@ -119,3 +119,55 @@ fn a_forbidden_syscall_kills_the_vmm_with_sigsys() {
         vmm.stderr_text()
     );
 }
+
+/// The child half of the test below: enables the filters, then in a thread of `kind` allocates
+/// and frees what makes glibc shrink that thread's arena — the first shrink in a process opens
+/// `/proc/sys/vm/overcommit_memory` (a 10 MiB vsock transfer did this in the device thread of
+/// a Linux guest's VMM, which seccomp then killed).
+fn shrink_an_arena_under(kind: ember_vmm::seccomp::ThreadKind) {
+    ember_vmm::seccomp::enable().unwrap();
+    std::thread::spawn(move || {
+        ember_vmm::seccomp::install(kind).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..200).map(|i| vec![i as u8; 60_000]).collect();
+        let total: usize = chunks.iter().map(|c| c.len()).sum();
+        drop(chunks);
+        total
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn the_allocator_shrinking_a_thread_arena_does_not_kill_a_filtered_thread() {
+    use ember_vmm::seccomp::ThreadKind;
+    if let Ok(kind) = std::env::var("EMBER_TEST_ARENA_CHILD") {
+        let kind = if kind == "vcpu" {
+            ThreadKind::Vcpu
+        } else {
+            ThreadKind::Device
+        };
+        shrink_an_arena_under(kind);
+        println!("survived");
+        return;
+    }
+    // Each kind in a fresh process: glibc opens the file once per process.
+    for kind in ["device", "vcpu"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "the_allocator_shrinking_a_thread_arena_does_not_kill_a_filtered_thread",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("EMBER_TEST_ARENA_CHILD", kind)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("survived"),
+            "{kind} thread: {:?}; stdout: {stdout}; stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

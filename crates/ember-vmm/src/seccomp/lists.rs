@@ -9,6 +9,14 @@
 //! socket, mount, change credentials or namespaces, trace, load modules or BPF. vCPU and device
 //! threads cannot open files, create sockets or spawn threads either.
 //!
+//! vCPU and device threads still get past the first filter with `openat` ([`REFUSED`]): a
+//! second filter ([`refusals`]) answers it with `EACCES`. glibc's allocator opens files behind
+//! the program's back in whichever thread happens to need them — `/proc/sys/vm/overcommit_memory`
+//! the first time a thread's arena shrinks (a burst of vsock traffic freed in the device
+//! thread killed the VMM with SIGSYS when this was a kill), `/sys/devices/system/cpu/online`
+//! when it sizes its arena count — and carries on without them when they fail. So those
+//! threads still cannot open anything, and the allocator does not kill the VMM.
+//!
 //! `ioctl` is narrowed by the request's type byte (bits 8-15 of the request number): KVM's
 //! (`0xAE`: the VM, vCPU and system requests), and `'T'` (`0x54`: TUN's `TUNSET*`, the
 //! terminal and `FIO*` requests std makes — `FIONBIO`, `TCGETS` for `isatty`) except
@@ -116,6 +124,10 @@ const VMM_EXTRA: &[i64] = &[
 /// The device thread also accepts and makes Unix connections (vsock's host side).
 const DEVICE_EXTRA: &[i64] = &[libc::SYS_accept4, libc::SYS_connect, libc::SYS_setsockopt];
 
+/// Syscalls vCPU and device threads get an error for rather than a kill (see the module docs):
+/// allowed by their [`rules`], answered with `EACCES` by [`refusals`].
+pub const REFUSED: &[i64] = &[libc::SYS_openat];
+
 /// The type byte of an ioctl request number (`_IOC_TYPE`), in place.
 const IOCTL_TYPE_MASK: u64 = 0xff00;
 /// KVM's ioctl type (`KVMIO`).
@@ -140,6 +152,10 @@ pub fn rules(kind: ThreadKind, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
         ThreadKind::Device => DEVICE_EXTRA,
     };
     map.extend(extra.iter().map(|&s| (s, vec![])));
+    if kind != ThreadKind::Vmm {
+        // Let through to the refusals filter, which answers EACCES.
+        map.extend(REFUSED.iter().map(|&s| (s, vec![])));
+    }
     // KVM's requests, and TUN/terminal/FIO ones but TIOCSTI (see the module docs).
     map.insert(
         libc::SYS_ioctl,
@@ -188,6 +204,12 @@ pub fn rules(kind: ThreadKind, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
     Ok(map)
 }
 
+/// The second filter of vCPU and device threads: [`REFUSED`] syscalls match (and get
+/// `EACCES`), everything else goes on to the thread's [`rules`].
+pub fn refusals() -> BTreeMap<i64, Vec<SeccompRule>> {
+    REFUSED.iter().map(|&s| (s, vec![])).collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -228,14 +250,23 @@ mod tests {
 
     #[test]
     fn vcpu_and_device_threads_cannot_open_files_or_spawn() {
+        let refused = refusals();
         for kind in [ThreadKind::Vcpu, ThreadKind::Device] {
             let rules = rules(kind, 1).unwrap();
+            // What the first filter lets through to open a file, the second refuses.
             for s in [
                 libc::SYS_openat,
-                libc::SYS_clone,
-                libc::SYS_clone3,
-                libc::SYS_kill,
+                libc::SYS_openat2,
+                libc::SYS_open,
+                libc::SYS_creat,
+                libc::SYS_open_by_handle_at,
             ] {
+                assert!(
+                    !rules.contains_key(&s) || refused.contains_key(&s),
+                    "{kind:?} may open files with syscall {s}"
+                );
+            }
+            for s in [libc::SYS_clone, libc::SYS_clone3, libc::SYS_kill] {
                 assert!(!rules.contains_key(&s), "{kind:?} allows syscall {s}");
             }
         }

@@ -10,7 +10,9 @@
 //!   after a boot or a restore ([`ThreadKind::Vmm`]) — before that it only served the host.
 //!   Threads the main thread spawns later inherit its filter.
 //! - A syscall outside a thread's list kills the whole process with SIGSYS
-//!   (`SECCOMP_RET_KILL_PROCESS`); the runtime reports a VMM killed that way.
+//!   (`SECCOMP_RET_KILL_PROCESS`); the runtime reports a VMM killed that way. vCPU and device
+//!   threads carry a second filter first, which answers `openat` with `EACCES` instead (the C
+//!   library opens files on its own in any thread; see [`lists`]).
 //! - Installing a filter also sets `no_new_privs`.
 //!
 //! The lists are in [`lists`]; `ember-vmm --no-seccomp` turns all of this off for debugging.
@@ -68,12 +70,12 @@ pub enum SeccompError {
     AlreadyEnabled,
 }
 
-/// The compiled filters.
+/// The compiled filters: each kind's programs, in the order they are installed.
 #[derive(Debug)]
 struct Filters {
-    vmm: BpfProgram,
-    vcpu: BpfProgram,
-    device: BpfProgram,
+    vmm: Vec<BpfProgram>,
+    vcpu: Vec<BpfProgram>,
+    device: Vec<BpfProgram>,
 }
 
 static FILTERS: OnceLock<Filters> = OnceLock::new();
@@ -93,22 +95,36 @@ std::thread_local! {
     static INSTALLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Builds the BPF program for `kind`: its allowed syscalls (with their argument conditions)
-/// pass, anything else kills the process.
-pub fn build(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+/// Builds the BPF programs for `kind`, in the order to install them: for vCPU and device
+/// threads first the refusals ([`lists::REFUSED`] get `EACCES`, anything else goes on), then
+/// for every kind its allowed syscalls (with their argument conditions), anything else killing
+/// the process. The kernel runs every program a thread has and takes the strictest answer, and
+/// installing the refusals first means a thread whose second install failed still refuses.
+pub fn build(kind: ThreadKind) -> Result<Vec<BpfProgram>, SeccompError> {
     let err = |source| SeccompError::Build {
         kind: kind.name(),
         source,
     };
+    let compile = |rules, mismatch, matched| {
+        let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+            .map_err(|e| err(e.into()))?;
+        BpfProgram::try_from(filter).map_err(|e| err(e.into()))
+    };
+    let mut programs = Vec::with_capacity(2);
+    if kind != ThreadKind::Vmm {
+        programs.push(compile(
+            lists::refusals(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EACCES as u32),
+        )?);
+    }
     let rules = lists::rules(kind, std::process::id()).map_err(|e| err(e.into()))?;
-    let filter = SeccompFilter::new(
+    programs.push(compile(
         rules,
         SeccompAction::KillProcess,
         SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| err(e.into()))?;
-    BpfProgram::try_from(filter).map_err(|e| err(e.into()))
+    )?);
+    Ok(programs)
 }
 
 /// Compiles every thread kind's filter; from now on [`install`] applies them.
@@ -137,15 +153,17 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     if INSTALLED.with(|i| i.get()) {
         return Ok(());
     }
-    let program = match kind {
+    let programs = match kind {
         ThreadKind::Vmm => &filters.vmm,
         ThreadKind::Vcpu => &filters.vcpu,
         ThreadKind::Device => &filters.device,
     };
-    seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
-        kind: kind.name(),
-        source,
-    })?;
+    for program in programs {
+        seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
+            kind: kind.name(),
+            source,
+        })?;
+    }
     INSTALLED.with(|i| i.set(true));
     tracing::debug!(kind = kind.name(), "seccomp filter installed");
     if kind == ThreadKind::Vmm && SELFTEST.load(Ordering::Relaxed) {
@@ -168,37 +186,70 @@ mod tests {
     #[test]
     fn every_kind_builds() {
         for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Device] {
-            let program = build(kind).unwrap();
-            assert!(!program.is_empty(), "{kind:?}");
+            let programs = build(kind).unwrap();
+            let want = if kind == ThreadKind::Vmm { 1 } else { 2 };
+            assert_eq!(programs.len(), want, "{kind:?}");
+            assert!(programs.iter().all(|p| !p.is_empty()), "{kind:?}");
+        }
+    }
+
+    /// In a forked child (so the test process keeps running): installs `kind`'s programs, then
+    /// runs `then`, which only makes raw syscalls; returns how the child ended (exit code 3:
+    /// the filters did not install).
+    fn child(kind: ThreadKind, then: fn()) -> nix::sys::wait::WaitStatus {
+        use nix::unistd::{ForkResult, fork};
+        let programs = build(kind).unwrap();
+        // SAFETY: the child only makes raw syscalls (prctl/seccomp, those of `then`, _exit),
+        // never allocates, and never returns into the test harness.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                for p in &programs {
+                    if seccompiler::apply_filter(p).is_err() {
+                        // SAFETY: _exit is always safe to call.
+                        unsafe { libc::_exit(3) };
+                    }
+                }
+                then();
+                // SAFETY: as above.
+                unsafe { libc::_exit(0) };
+            }
+            ForkResult::Parent { child } => nix::sys::wait::waitpid(child, None).unwrap(),
+        }
+    }
+
+    /// Opens a file: exits 5 unless the open failed with EACCES.
+    fn open_refused() {
+        // SAFETY: a NUL-terminated static path; errno is read right after.
+        let fd = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        if fd != -1 || errno != Some(libc::EACCES) {
+            // SAFETY: _exit is always safe to call.
+            unsafe { libc::_exit(5) };
         }
     }
 
     #[test]
-    fn an_installed_filter_kills_on_a_forbidden_syscall_in_a_child() {
-        // In a forked child, so the test process keeps running: the child installs the vCPU
-        // filter and tries to open a file; it must die of SIGSYS.
-        use nix::sys::wait::{WaitStatus, waitpid};
-        use nix::unistd::{ForkResult, fork};
-        let program = build(ThreadKind::Vcpu).unwrap();
-        // SAFETY: the child only makes raw syscalls (prctl/seccomp, open, _exit), never
-        // allocates, and never returns into the test harness.
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
-                if seccompiler::apply_filter(&program).is_err() {
-                    // SAFETY: _exit is always safe to call.
-                    unsafe { libc::_exit(3) };
-                }
-                // SAFETY: a NUL-terminated static path; the result is not used.
-                let _ = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
-                // SAFETY: as above.
-                unsafe { libc::_exit(0) };
-            }
-            ForkResult::Parent { child } => match waitpid(child, None).unwrap() {
-                WaitStatus::Signaled(_, sig, _) => {
-                    assert_eq!(sig, nix::sys::signal::Signal::SIGSYS);
-                }
-                other => panic!("child was not killed by SIGSYS: {other:?}"),
-            },
+    fn a_vcpu_thread_opening_a_file_gets_eacces_and_a_forbidden_syscall_kills() {
+        use nix::sys::signal::Signal;
+        use nix::sys::wait::WaitStatus;
+        // The open is refused without a kill (what glibc's allocator does in any thread)...
+        match child(ThreadKind::Vcpu, open_refused) {
+            WaitStatus::Exited(_, 0) => {}
+            other => panic!("open in a vCPU thread: {other:?} (exit 5: not refused with EACCES)"),
+        }
+        // ... and anything outside the list still kills: a socket, after that refused open.
+        let socket = || {
+            open_refused();
+            // SAFETY: plain syscall, the result is not used.
+            let _ = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        };
+        match child(ThreadKind::Vcpu, socket) {
+            WaitStatus::Signaled(_, Signal::SIGSYS, _) => {}
+            other => panic!("socket in a vCPU thread: not killed by SIGSYS: {other:?}"),
+        }
+        match child(ThreadKind::Device, open_refused) {
+            WaitStatus::Exited(_, 0) => {}
+            other => panic!("open in the device thread: {other:?}"),
         }
     }
 
@@ -206,14 +257,16 @@ mod tests {
     /// requests on a bad descriptor (EBADF, not death), then `last`; returns how it ended.
     fn child_ioctls(last: u64) -> nix::sys::wait::WaitStatus {
         use nix::unistd::{ForkResult, fork};
-        let program = build(ThreadKind::Device).unwrap();
+        let programs = build(ThreadKind::Device).unwrap();
         // SAFETY: the child only makes raw syscalls (prctl/seccomp, ioctl, _exit), never
         // allocates, and never returns into the test harness.
         match unsafe { fork() }.unwrap() {
             ForkResult::Child => {
-                if seccompiler::apply_filter(&program).is_err() {
-                    // SAFETY: _exit is always safe to call.
-                    unsafe { libc::_exit(3) };
+                for p in &programs {
+                    if seccompiler::apply_filter(p).is_err() {
+                        // SAFETY: _exit is always safe to call.
+                        unsafe { libc::_exit(3) };
+                    }
                 }
                 // KVM_GET_API_VERSION, FIONBIO, TUNSETIFF, TCGETS: allowed (fd -1: EBADF).
                 for req in [0xae00u64, 0x5421, 0x400454ca, 0x5401] {
