@@ -285,6 +285,7 @@ else
     sed 's/^/RIG-L1-VMM /' /run/vmm.log /run/vmm2.log
     dmesg | grep 'type=1326' | sed 's/^/RIG-L1-SECCOMP /'
 fi
+echo "RIG-L1-END uptime=\$(cut -d' ' -f1 /proc/uptime)"
 echo o >/proc/sysrq-trigger
 poweroff -f
 EOF
@@ -336,6 +337,18 @@ if [ -n "$l1_date" ]; then
 fi
 # What must hold for the run to pass; the names of those that do not go in "failed".
 failed=()
+# L1 gone before its script's end marker: its kernel panicked, or QEMU stopped by itself (L1
+# reset: a triple fault, a fault of the emulation stack below ember) — not a timeout, which
+# may be ember hanging. .ci/run repeats a run that failed this way.
+if ! grep -q " RIG-L1-END" "$LOG"; then
+    if grep -q "Kernel panic" "$LOG"; then
+        failed+=(l1_kernel_panic)
+    elif [ "$QEMU_RC" = 0 ]; then
+        failed+=(l1_reset)
+    else
+        failed+=(l1_no_end)
+    fi
+fi
 $booted || failed+=(l2_userspace)
 grep -q " EMBER-L2-DONE" "$LOG" || failed+=(l2_init_finished)
 for drv in virtio_blk virtio_net vmw_vsock_virtio_transport virtio_rng; do
