@@ -298,7 +298,7 @@ LOG="$RIG/console.log"
 log "booting L1 under QEMU TCG (log: $LOG)"
 T_QEMU=$EPOCHREALTIME
 set +e
-timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu "$L1_CPU" -smp 2 -m 2048 \
+timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel "$L1_ACCEL" -cpu "$L1_CPU" -smp 2 -m 2048 \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
     -kernel "$VMLINUZ" -initrd "$RIG/l1-initramfs.cpio" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" </dev/null 2>&1 |

@@ -14,6 +14,10 @@ log() { printf 'rig: %s\n' "$*" >&2; }
 # guard page was hit" in svm_vcpu_enter_exit): the daemon rig lost L1 so in 4 of 8 runs on
 # 2026-12-06, none in the 6 runs since without vGIF, where L1's kvm-amd tracks L2's GIF itself.
 L1_CPU="max,vgif=off"
+# QEMU's accelerator for L1 (RIG_L1_ACCEL). "tcg,thread=single" (both L1 vCPUs on one host
+# thread, to rule out MTTCG races under the faults above) made L1 too slow to use: emberd took
+# 60 s to answer instead of 6 and the template's boot did not finish in 300 s.
+L1_ACCEL="${RIG_L1_ACCEL:-tcg}"
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 fail_json() {
     printf '{"booted": false, "error": "%s"}\n' "$1"

@@ -247,7 +247,7 @@ LOG="$RIG/daemon-console.log"
 log "booting L1 under QEMU TCG (log: $LOG; API on 127.0.0.1:$P_API)"
 T_QEMU=$EPOCHREALTIME
 rm -f "$RIG/l1-monitor.sock" "$RIG/l1-cpus.txt"
-timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel tcg -cpu "$L1_CPU" -smp 2 -m 4096 \
+timeout "$TIMEOUT" qemu-system-x86_64 -M q35 -accel "$L1_ACCEL" -cpu "$L1_CPU" -smp 2 -m 4096 \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
     -kernel "$VMLINUZ" -initrd "$RIG/l1d-initramfs.cpio" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3 nokaslr" \
