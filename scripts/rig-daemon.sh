@@ -494,7 +494,16 @@ printf '{"passed": %s, "failed": [%s], "seconds": {"total": %s, "build": %s, "im
     "$(out uname | head -1 | sed 's/"/\\"/g')" "${template_json:-null}" "${pool_json:-null}" "$e2b_json" "$net_json" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$(uname -r)" "$LOG" "$RESULTS"
 if [ ${#failed[@]} -gt 0 ]; then
-    for f in "$RESULTS"/*.err; do [ -s "$f" ] && sed "s|^|$(basename "$f" .err): |" "$f" | head -20 >&2; done
+    # Each failed step's error output: its first lines and, for a long one (a Python
+    # traceback ends with the exception), its last.
+    for f in "$RESULTS"/*.err; do
+        [ -s "$f" ] || continue
+        if [ "$(wc -l <"$f")" -le 30 ]; then
+            sed "s|^|$(basename "$f" .err): |" "$f" >&2
+        else
+            { head -n 8 "$f"; echo "[...]"; tail -n 20 "$f"; } | sed "s|^|$(basename "$f" .err): |" >&2
+        fi
+    done
     grep "RIG-L1-EMBERD \|RIG-L1-.*FAILED\|RIG-L1-NO\|RIG-L1-STUCK" "$LOG" | tail -40 >&2 || true
     if [ -n "$L1_DUMP" ]; then
         echo "rig: L1 was silent; where its CPUs were (all of it in $L1_DUMP):" >&2
