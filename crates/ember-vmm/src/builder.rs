@@ -33,7 +33,7 @@ use crate::config::VmConfig;
 use crate::devices::IrqLine;
 use crate::devices::bus::Buses;
 use crate::devices::legacy::i8042::KBD_GSI;
-use crate::devices::legacy::serial::{COM1_GSI, SerialOutput, SerialSink};
+use crate::devices::legacy::serial::{COM1_GSI, SerialConfig, SerialSink};
 use crate::devices::legacy::{LegacyDevices, LegacyError};
 use crate::devices::virtio::registry::{self, PreparedDevices};
 use crate::devices::virtio::{VirtioDevice, VirtioError, VirtioManager};
@@ -221,8 +221,8 @@ pub struct BuildContext<'a> {
     pub kvm: &'a Arc<KvmContext>,
     /// Where stop requests go.
     pub exit: &'a Arc<ExitSignal>,
-    /// Where COM1 output goes.
-    pub serial: &'a SerialOutput,
+    /// Where COM1 output goes, and its size limit.
+    pub serial: &'a SerialConfig,
     /// Set to CLOCK_MONOTONIC ns when the guest completes its first console line.
     pub console_first_line_ns: &'a Arc<std::sync::atomic::AtomicU64>,
 }

@@ -25,7 +25,7 @@ use crate::config::{
     VmConfig, validate_boot_source, validate_machine, validate_snapshot_create,
     validate_snapshot_load,
 };
-use crate::devices::legacy::serial::SerialOutput;
+use crate::devices::legacy::serial::SerialConfig;
 use crate::devices::virtio::VirtioError;
 use crate::devices::virtio::registry::PreparedDevices;
 use crate::exit::ExitSignal;
@@ -137,7 +137,7 @@ pub struct Controller {
     id: String,
     kvm: Arc<KvmContext>,
     exit: Arc<ExitSignal>,
-    serial: SerialOutput,
+    serial: SerialConfig,
     pending: VmConfig,
     configured: bool,
     shell: Option<VmShell>,
@@ -153,7 +153,7 @@ impl Controller {
         id: String,
         kvm: Arc<KvmContext>,
         exit: Arc<ExitSignal>,
-        serial: SerialOutput,
+        serial: SerialConfig,
     ) -> Controller {
         Controller {
             id,

@@ -21,7 +21,7 @@ use clap::Parser;
 use ember_vmm::api::server::ApiSocket;
 use ember_vmm::config::VmConfig;
 use ember_vmm::controller::Controller;
-use ember_vmm::devices::legacy::serial::SerialOutput;
+use ember_vmm::devices::legacy::serial::{SerialConfig, SerialOutput};
 use ember_vmm::exit::ExitSignal;
 use ember_vmm::timing::now_ns;
 use ember_vmm::vstate::kvm::KvmContext;
@@ -47,6 +47,11 @@ struct Args {
     /// discard).
     #[arg(long)]
     serial_out: Option<PathBuf>,
+    /// Most bytes the console log may hold when it is a regular file (`--serial-out FILE`, or
+    /// stdout redirected to one): past it the file is cut to a notice and its last 4 KiB, and
+    /// output goes on after them. 0: no limit. Pipes and terminals are never limited.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    console_limit_bytes: u64,
     /// Die with this process: the VMM sets its parent-death signal to SIGKILL and exits at once
     /// if its parent is already not `<pid>` (the owner died before the signal was armed).
     #[arg(long)]
@@ -107,10 +112,14 @@ fn run(args: Args, main_start_ns: u64) -> Result<i32> {
     if let Some(parent) = args.parent_pid {
         die_with_parent(parent)?;
     }
-    let serial = match args.serial_out.as_deref().and_then(|p| p.to_str()) {
+    let output = match args.serial_out.as_deref().and_then(|p| p.to_str()) {
         None | Some("-") => SerialOutput::Stdout,
         Some("none") => SerialOutput::Sink,
         Some(_) => SerialOutput::File(args.serial_out.clone().unwrap_or_default()),
+    };
+    let serial = SerialConfig {
+        output,
+        limit_bytes: (args.console_limit_bytes > 0).then_some(args.console_limit_bytes),
     };
     let config = match &args.config_file {
         Some(path) => {

@@ -121,6 +121,10 @@ const VMM_EXTRA: &[i64] = &[
     libc::SYS_prlimit64,
 ];
 
+/// vCPU threads also cut the console log to its size limit (the serial device runs on them:
+/// `devices::legacy::serial`).
+const VCPU_EXTRA: &[i64] = &[libc::SYS_ftruncate];
+
 /// The device thread also accepts and makes Unix connections (vsock's host side).
 const DEVICE_EXTRA: &[i64] = &[libc::SYS_accept4, libc::SYS_connect, libc::SYS_setsockopt];
 
@@ -148,7 +152,7 @@ pub fn rules(kind: ThreadKind, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BASE.iter().map(|&s| (s, vec![])).collect();
     let extra = match kind {
         ThreadKind::Vmm => VMM_EXTRA,
-        ThreadKind::Vcpu => &[],
+        ThreadKind::Vcpu => VCPU_EXTRA,
         ThreadKind::Device => DEVICE_EXTRA,
     };
     map.extend(extra.iter().map(|&s| (s, vec![])));

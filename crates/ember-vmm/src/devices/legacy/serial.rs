@@ -1,8 +1,18 @@
 //! COM1: a 16550A UART (vm-superio) whose output goes to stdout, a file or nowhere, and whose
 //! interrupt is GSI 4 of the irqchip, pulsed with `KVM_IRQ_LINE`. Its registers are part of the snapshot.
+//!
+//! **The console log's size limit.** A guest decides how much it prints, so output going to a
+//! regular file (`--serial-out FILE`, or a stdout redirected to one, as ember's runtime does)
+//! is bounded by [`SerialConfig::limit_bytes`]: once the file passes the limit it is cut to a
+//! line saying so followed by its last [`KEPT_TAIL`] bytes, and output goes on after them. The
+//! file holds at most about the limit, and its end — what a crash report wants — is always the
+//! guest's latest output. Pipes and terminals are not limited (their reader decides). The
+//! serial device runs on vCPU threads, which is why their seccomp list has `ftruncate`.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +41,19 @@ pub enum SerialOutput {
     Sink,
 }
 
+/// Where serial output goes, and how large a console log file may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialConfig {
+    /// The destination.
+    pub output: SerialOutput,
+    /// Cut a regular-file destination once it passes this many bytes (see the module docs);
+    /// `None`: never.
+    pub limit_bytes: Option<u64>,
+}
+
+/// Bytes of the latest output kept when a console log is cut.
+pub const KEPT_TAIL: u64 = 4096;
+
 /// Where the bytes go.
 enum SinkKind {
     Stdout(io::Stdout),
@@ -38,27 +61,88 @@ enum SinkKind {
     Discard,
 }
 
+/// A size-limited regular file: the bytes in it, the limit, and the last [`KEPT_TAIL`] bytes
+/// written (kept here: the file may be write-only, as a redirected stdout is).
+#[derive(Debug)]
+struct Limit {
+    size: u64,
+    max: u64,
+    tail: VecDeque<u8>,
+}
+
+impl Limit {
+    fn wrote(&mut self, bytes: &[u8]) {
+        self.size += bytes.len() as u64;
+        let room = KEPT_TAIL as usize;
+        let bytes = &bytes[bytes.len().saturating_sub(room)..];
+        let over = (self.tail.len() + bytes.len()).saturating_sub(room);
+        self.tail.drain(..over);
+        self.tail.extend(bytes);
+    }
+}
+
 /// The writer behind the UART; records when the first complete line left the guest (for
 /// timings: boot -> banner, restore -> first output).
 pub struct SerialSink {
     kind: SinkKind,
+    limit: Option<Limit>,
     first_line_ns: Arc<AtomicU64>,
 }
 
 impl SerialSink {
     /// Opens the destination; `first_line_ns` receives CLOCK_MONOTONIC of the first `\n`.
-    pub fn open(out: &SerialOutput, first_line_ns: Arc<AtomicU64>) -> io::Result<SerialSink> {
-        let kind = match out {
+    pub fn open(config: &SerialConfig, first_line_ns: Arc<AtomicU64>) -> io::Result<SerialSink> {
+        let mut kind = match &config.output {
             SerialOutput::Stdout => SinkKind::Stdout(io::stdout()),
             SerialOutput::File(p) => {
                 SinkKind::File(OpenOptions::new().create(true).append(true).open(p)?)
             }
             SerialOutput::Sink => SinkKind::Discard,
         };
+        let mut limit = None;
+        if let Some(max) = config.limit_bytes {
+            // A stdout that is a regular file is written through a duplicate of it (same
+            // open file, same offset), so that it can be cut like a `--serial-out` file.
+            if let SinkKind::Stdout(out) = &kind {
+                let dup = File::from(out.as_fd().try_clone_to_owned()?);
+                if dup.metadata()?.is_file() {
+                    kind = SinkKind::File(dup);
+                }
+            }
+            if let SinkKind::File(f) = &kind {
+                let meta = f.metadata()?;
+                if meta.is_file() {
+                    limit = Some(Limit {
+                        size: meta.len(),
+                        max,
+                        tail: VecDeque::with_capacity(KEPT_TAIL as usize),
+                    });
+                }
+            }
+        }
         Ok(SerialSink {
             kind,
+            limit,
             first_line_ns,
         })
+    }
+
+    /// Cuts the file to a notice and its last [`KEPT_TAIL`] bytes (see the module docs).
+    fn cut(file: &mut File, limit: &mut Limit) -> io::Result<()> {
+        let keep = limit.tail.len() as u64;
+        file.set_len(0)?;
+        // For a file not opened to append (a redirected stdout); harmless for one that is.
+        file.seek(SeekFrom::Start(0))?;
+        let notice = format!(
+            "[ember-vmm: the console log passed its {} byte limit; all but its last {keep} bytes were dropped]\n",
+            limit.max
+        );
+        file.write_all(notice.as_bytes())?;
+        let (a, b) = limit.tail.as_slices();
+        file.write_all(a)?;
+        file.write_all(b)?;
+        limit.size = (notice.len() as u64) + keep;
+        Ok(())
     }
 }
 
@@ -68,6 +152,7 @@ impl Write for SerialSink {
         if buf.contains(&b'\n') && self.first_line_ns.load(Ordering::Relaxed) == 0 {
             self.first_line_ns.store(now_ns(), Ordering::Relaxed);
         }
+        let mut cut_failed = false;
         let n = match &mut self.kind {
             SinkKind::Stdout(s) => {
                 let mut lock = s.lock();
@@ -75,9 +160,28 @@ impl Write for SerialSink {
                 lock.flush()?;
                 buf.len()
             }
-            SinkKind::File(f) => f.write(buf)?,
+            SinkKind::File(f) => {
+                let n = f.write(buf)?;
+                if let Some(limit) = &mut self.limit {
+                    limit.wrote(&buf[..n]);
+                    if limit.size > limit.max
+                        && let Err(e) = Self::cut(f, limit)
+                    {
+                        tracing::warn!(
+                            error = %e,
+                            "cannot cut the console log to its limit; dropping further output"
+                        );
+                        cut_failed = true;
+                    }
+                }
+                n
+            }
             SinkKind::Discard => buf.len(),
         };
+        if cut_failed {
+            // Bounded either way: what the guest prints from now on is not kept.
+            self.kind = SinkKind::Discard;
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -199,4 +303,55 @@ impl BusDevice for Absent {
         data.fill(0xff);
     }
     fn write(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_limit_keeps_the_last_bytes_written_however_they_come() {
+        let mut limit = Limit {
+            size: 10,
+            max: 100,
+            tail: VecDeque::new(),
+        };
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for chunk in bytes[..5_000].chunks(7) {
+            limit.wrote(chunk);
+        }
+        limit.wrote(&bytes[5_000..]);
+        assert_eq!(limit.size, 10 + 10_000);
+        let kept: Vec<u8> = limit.tail.iter().copied().collect();
+        assert_eq!(kept, bytes[bytes.len() - KEPT_TAIL as usize..]);
+        limit.wrote(b"x");
+        assert_eq!(limit.tail.len(), KEPT_TAIL as usize);
+        assert_eq!(limit.tail.back(), Some(&b'x'));
+    }
+
+    #[test]
+    fn a_cut_file_holds_the_notice_then_the_tail_and_output_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let config = SerialConfig {
+            output: SerialOutput::File(path.clone()),
+            limit_bytes: Some(8192),
+        };
+        let mut sink = SerialSink::open(&config, Arc::new(AtomicU64::new(0))).unwrap();
+        for i in 0..2_000 {
+            sink.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() <= 8192, "{} bytes", text.len());
+        assert!(text.starts_with("[ember-vmm: the console log passed its 8192 byte limit"));
+        assert!(text.ends_with("line 1999\n"), "{text}");
+        // A pipe-like destination (none here: discarded output) has no limit to apply.
+        let discard = SerialConfig {
+            output: SerialOutput::Sink,
+            limit_bytes: Some(1),
+        };
+        let sink = SerialSink::open(&discard, Arc::new(AtomicU64::new(0))).unwrap();
+        assert!(sink.limit.is_none());
+    }
 }
