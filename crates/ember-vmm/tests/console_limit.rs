@@ -83,26 +83,37 @@ fn a_flooding_guest_keeps_its_console_log_file_within_the_limit() {
     );
 }
 
+/// A VMM spawned by hand, killed and reaped when the test ends, passed or failed.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_stdout_redirected_to_a_file_is_limited_too_and_a_pipe_is_not() {
     let dir = tempdir();
     let log = dir.path().join("stdout.log");
     let sock = dir.path().join("stdout.sock");
-    let mut child = Command::new(vmm_bin())
-        .args(["--api-sock", sock.to_str().unwrap()])
-        .args(["--console-limit-bytes", &LIMIT.to_string()])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Killed(
+        Command::new(vmm_bin())
+            .args(["--api-sock", sock.to_str().unwrap()])
+            .args(["--console-limit-bytes", &LIMIT.to_string()])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut c = ApiClient::connect(&sock, DEFAULT_TIMEOUT);
     boot_via_api(&mut c, 1, 64, FLOOD_ARGS);
     watch_the_log(&log);
     assert_eq!(c.get("/").status, 200, "the VMM stopped answering");
-    assert!(child.try_wait().unwrap().is_none(), "the VMM died");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert!(child.0.try_wait().unwrap().is_none(), "the VMM died");
+    drop(child);
 
     // A pipe (the test harness's capture) is the reader's business: nothing is cut.
     let vmm = spawn(
