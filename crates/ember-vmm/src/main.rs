@@ -49,8 +49,9 @@ struct Args {
     serial_out: Option<PathBuf>,
     /// Most bytes the console log may hold when it is a regular file (`--serial-out FILE`, or
     /// stdout redirected to one): past it the file is cut to a notice and its last 4 KiB, and
-    /// output goes on after them. 0: no limit. Pipes and terminals are never limited.
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    /// output goes on after them. 0: no limit; otherwise at least 8192. Pipes and terminals
+    /// are never limited.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", value_parser = console_limit)]
     console_limit_bytes: u64,
     /// Die with this process: the VMM sets its parent-death signal to SIGKILL and exits at once
     /// if its parent is already not `<pid>` (the owner died before the signal was armed).
@@ -101,6 +102,19 @@ fn stop_signals() -> SigSet {
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set
+}
+
+/// Parses `--console-limit-bytes`: 0, or a limit a cut's notice and kept tail fit well within.
+fn console_limit(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|e| format!("not a number of bytes: {e}"))?;
+    if n != 0 && n < 8192 {
+        return Err(format!(
+            "{n} is below the smallest limit, 8192 (0: no limit)"
+        ));
+    }
+    Ok(n)
 }
 
 fn run(args: Args, main_start_ns: u64) -> Result<i32> {

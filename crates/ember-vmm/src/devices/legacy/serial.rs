@@ -129,7 +129,8 @@ impl SerialSink {
 
     /// Cuts the file to a notice and its last [`KEPT_TAIL`] bytes (see the module docs).
     fn cut(file: &mut File, limit: &mut Limit) -> io::Result<()> {
-        let keep = limit.tail.len() as u64;
+        // At most half the limit, so that a small limit is not passed again at once.
+        let keep = (limit.tail.len() as u64).min(limit.max / 2);
         file.set_len(0)?;
         // For a file not opened to append (a redirected stdout); harmless for one that is.
         file.seek(SeekFrom::Start(0))?;
@@ -138,6 +139,7 @@ impl SerialSink {
             limit.max
         );
         file.write_all(notice.as_bytes())?;
+        limit.tail.drain(..limit.tail.len() - keep as usize);
         let (a, b) = limit.tail.as_slices();
         file.write_all(a)?;
         file.write_all(b)?;
@@ -346,6 +348,17 @@ mod tests {
         assert!(text.len() <= 8192, "{} bytes", text.len());
         assert!(text.starts_with("[ember-vmm: the console log passed its 8192 byte limit"));
         assert!(text.ends_with("line 1999\n"), "{text}");
+        // The smallest limit the VMM accepts: a cut keeps half of it, so it is not passed
+        // again at once.
+        let small = dir.path().join("small.log");
+        let config = SerialConfig {
+            output: SerialOutput::File(small.clone()),
+            limit_bytes: Some(8192),
+        };
+        let mut sink = SerialSink::open(&config, Arc::new(AtomicU64::new(0))).unwrap();
+        sink.write_all(&[b'a'; 8193]).unwrap();
+        let len = std::fs::metadata(&small).unwrap().len();
+        assert!(len < 4096 + 200, "{len} bytes after one cut");
         // A pipe-like destination (none here: discarded output) has no limit to apply.
         let discard = SerialConfig {
             output: SerialOutput::Sink,
