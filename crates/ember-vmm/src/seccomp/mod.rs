@@ -196,7 +196,7 @@ mod tests {
     /// In a forked child (so the test process keeps running): installs `kind`'s programs, then
     /// runs `then`, which only makes raw syscalls; returns how the child ended (exit code 3:
     /// the filters did not install).
-    fn child(kind: ThreadKind, then: fn()) -> nix::sys::wait::WaitStatus {
+    fn child(kind: ThreadKind, then: impl FnOnce()) -> nix::sys::wait::WaitStatus {
         use nix::unistd::{ForkResult, fork};
         let programs = build(kind).unwrap();
         // SAFETY: the child only makes raw syscalls (prctl/seccomp, those of `then`, _exit),
@@ -256,34 +256,19 @@ mod tests {
     /// Forks a child that installs the device threads' filter, makes the allowed `ioctl`
     /// requests on a bad descriptor (EBADF, not death), then `last`; returns how it ended.
     fn child_ioctls(last: u64) -> nix::sys::wait::WaitStatus {
-        use nix::unistd::{ForkResult, fork};
-        let programs = build(ThreadKind::Device).unwrap();
-        // SAFETY: the child only makes raw syscalls (prctl/seccomp, ioctl, _exit), never
-        // allocates, and never returns into the test harness.
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
-                for p in &programs {
-                    if seccompiler::apply_filter(p).is_err() {
-                        // SAFETY: _exit is always safe to call.
-                        unsafe { libc::_exit(3) };
-                    }
+        child(ThreadKind::Device, move || {
+            // KVM_GET_API_VERSION, FIONBIO, TUNSETIFF, TCGETS: allowed (fd -1: EBADF).
+            for req in [0xae00u64, 0x5421, 0x400454ca, 0x5401] {
+                // SAFETY: fd -1 is never valid; the kernel answers EBADF and touches no memory.
+                let r = unsafe { libc::ioctl(-1, req as libc::Ioctl, 0) };
+                if r != -1 {
+                    // SAFETY: _exit is always safe to call.
+                    unsafe { libc::_exit(4) };
                 }
-                // KVM_GET_API_VERSION, FIONBIO, TUNSETIFF, TCGETS: allowed (fd -1: EBADF).
-                for req in [0xae00u64, 0x5421, 0x400454ca, 0x5401] {
-                    // SAFETY: fd -1 is never valid; the kernel answers EBADF and touches no memory.
-                    let r = unsafe { libc::ioctl(-1, req as libc::Ioctl, 0) };
-                    if r != -1 {
-                        // SAFETY: as above.
-                        unsafe { libc::_exit(4) };
-                    }
-                }
-                // SAFETY: as above.
-                let _ = unsafe { libc::ioctl(-1, last as libc::Ioctl, 0) };
-                // SAFETY: as above.
-                unsafe { libc::_exit(0) };
             }
-            ForkResult::Parent { child } => nix::sys::wait::waitpid(child, None).unwrap(),
-        }
+            // SAFETY: as above.
+            let _ = unsafe { libc::ioctl(-1, last as libc::Ioctl, 0) };
+        })
     }
 
     #[test]
